@@ -1,0 +1,261 @@
+"""The ``nmt`` command line: parses arguments and calls the library. No logic lives here.
+
+Every :class:`~nmt.errors.NmtError` becomes a one-paragraph message on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Callable
+
+from .errors import NmtError
+
+EPILOG_MAIN = """\
+examples:
+  nmt train recipes/fr-en.yaml                      train the French→English model
+  nmt train recipes/fr-en.yaml --set train.lr=5e-4  ... with an override
+  nmt translate runs/fr-en -i input.fr -o out.en --beam 5
+  nmt evaluate runs/fr-en --split test
+  nmt evaluate --hyp out.en --ref ref.en --metrics bleu,chrf
+  nmt plot attention runs/fr-en --source "Je suis fatigué." -o att.png
+  nmt config show recipes/fr-en.yaml --set model.attention.kind=luong-general
+  nmt info
+"""
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def _sub(subparsers, name: str, help_: str, examples: str, func: Callable) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_, description=help_, formatter_class=_formatter,
+                              epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "))
+    p.set_defaults(func=func)
+    return p
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+def _cmd_train(args) -> int:
+    from .config import load_recipe
+    from .training import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
+    return 0
+
+
+def _cmd_translate(args) -> int:
+    from .translate import translate_cli
+
+    return translate_cli(args)
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_cli
+
+    return evaluate_cli(args)
+
+
+def _cmd_plot(args) -> int:
+    from .plots import plot_cli
+
+    return plot_cli(args)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench_cli
+
+    return bench_cli(args)
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep_cli
+
+    return sweep_cli(args)
+
+
+def _cmd_config(args) -> int:
+    from .config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.action == "show":
+        sys.stdout.write(recipe.to_yaml())
+    else:
+        print(f"{args.recipe}: OK")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .info import info_text
+
+    print(info_text())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt", formatter_class=_formatter, epilog=EPILOG_MAIN,
+        description="Attention-based GRU sequence-to-sequence machine translation.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"nmt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = _sub(sub, "train", "train a model from a recipe (resumable, distributed through accelerate)", """
+        nmt train recipes/fr-en.yaml
+        nmt train recipes/fr-en.yaml --run-dir runs/exp1 --set train.precision=bf16
+        nmt train recipes/fr-en.yaml --resume                 continue the last checkpoint
+        torchrun --nproc_per_node 2 -m nmt train recipes/tiny.yaml   2 CPU processes
+        accelerate launch --num_processes 4 -m nmt train recipes/fr-en.yaml   (GPUs)
+        """, _cmd_train)
+    p.add_argument("recipe", help="recipe YAML file")
+    _add_set(p)
+    p.add_argument("--run-dir", help="output directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+
+    p = _sub(sub, "translate", "translate text with a trained run (greedy or batched beam search)", """
+        nmt translate runs/fr-en -i test.fr -o test.en
+        echo "Je suis fatigué." | nmt translate runs/fr-en
+        nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text
+        nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
+        torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
+        """, _cmd_translate)
+    p.add_argument("run_dir", help="run directory written by nmt train")
+    p.add_argument("-i", "--input", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    p.add_argument("--beam", type=int, help="beam size (default: the recipe's decode.beam)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (beam 1)")
+    p.add_argument("--n-best", type=int, help="write K hypotheses per input line")
+    p.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
+    p.add_argument("--coverage-penalty", type=float, help="GNMT beta (0 = none)")
+    p.add_argument("--max-len-a", type=float, help="max output length = a * source length + b")
+    p.add_argument("--max-len-b", type=int)
+    p.add_argument("--min-len", type=int)
+    p.add_argument("--no-repeat-ngram", type=int, help="forbid repeating n-grams of this size")
+    p.add_argument("--batch-tokens", type=int, help="source tokens per batch")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--score-reference", metavar="FILE",
+                   help="instead of translating, print the log-probability of each reference line")
+    p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
+
+    p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
+        nmt evaluate --hyp out.en --ref test.en
+        nmt evaluate --hyp out.en --ref ref1.en --ref ref2.en --metrics bleu,chrf,ter --json
+        nmt evaluate runs/fr-en --split test --beam 5          translate the split, then score it
+        """, _cmd_evaluate)
+    p.add_argument("run_dir", nargs="?", help="run directory (translate a split, then score it)")
+    p.add_argument("--hyp", help="hypothesis file (detokenized)")
+    p.add_argument("--ref", action="append", default=[], help="reference file (repeatable)")
+    p.add_argument("--metrics", default=None, help="comma list of bleu,chrf,ter (default: all)")
+    p.add_argument("--split", default="test", help="split of the run's corpus (default: test)")
+    p.add_argument("--beam", type=int, help="beam size when translating a split")
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = _sub(sub, "plot", "plot attention weights, training curves or activation functions", """
+        nmt plot attention runs/fr-en --source "Je suis fatigué." -o att.png
+        nmt plot attention runs/fr-en --input test.fr --lines 1-10 --out-dir plots/
+        nmt plot curves runs/fr-en runs/fr-en-luong -o curves.png
+        nmt plot activations relu gelu arelu -o act.png
+        nmt plot activations arelu aprelu --run runs/fr-en-arelu -o learned.png
+        """, _cmd_plot)
+    psub = p.add_subparsers(dest="what", metavar="WHAT")
+    psub.required = True
+    pa = psub.add_parser("attention", help="attention heatmaps of translations", formatter_class=_formatter)
+    pa.add_argument("run_dir")
+    pa.add_argument("--source", help="one source sentence")
+    pa.add_argument("--input", help="file of source sentences")
+    pa.add_argument("--lines", help="line range of --input, e.g. 1-10 (1-based, inclusive)")
+    pa.add_argument("-o", "--output", help="image file for --source (png, svg or pdf)")
+    pa.add_argument("--out-dir", help="directory for --input plots")
+    pa.add_argument("--beam", type=int, default=1)
+    pa.add_argument("--checkpoint", default="best")
+    pc = psub.add_parser("curves", help="loss and valid BLEU over steps, runs overlaid", formatter_class=_formatter)
+    pc.add_argument("run_dirs", nargs="+")
+    pc.add_argument("-o", "--output", default="curves.png")
+    pv = psub.add_parser("activations", help="activation functions and their derivatives", formatter_class=_formatter)
+    pv.add_argument("names", nargs="+")
+    pv.add_argument("--run", help="a trained run: also show learned AReLU/APReLU parameters")
+    pv.add_argument("-o", "--output", default="activations.png")
+
+    p = _sub(sub, "bench", "measure training and translation speed", """
+        nmt bench train recipes/bench-joeynmt.yaml --steps 200
+        nmt bench translate runs/fr-en --beam 5 --split test --json
+        """, _cmd_bench)
+    bsub = p.add_subparsers(dest="what", metavar="WHAT")
+    bsub.required = True
+    bt = bsub.add_parser("train", help="training throughput (target tokens/s)", formatter_class=_formatter)
+    bt.add_argument("recipe")
+    _add_set(bt)
+    bt.add_argument("--steps", type=int, default=200)
+    bt.add_argument("--warmup", type=int, default=20)
+    bt.add_argument("--json", action="store_true")
+    btr = bsub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=_formatter)
+    btr.add_argument("run_dir")
+    btr.add_argument("--beam", type=int, default=5)
+    btr.add_argument("--greedy", action="store_true")
+    btr.add_argument("--split", default="test")
+    btr.add_argument("--batch-tokens", type=int)
+    btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
+    btr.add_argument("--checkpoint", default="best")
+    btr.add_argument("--quantize", action="store_true")
+    btr.add_argument("--json", action="store_true")
+
+    p = _sub(sub, "sweep", "train a grid of recipe variants and report", """
+        nmt sweep recipes/sweep-activations.yaml \\
+            --grid model.activation=relu,gelu,arelu --grid model.attention.kind=bahdanau,local-p \\
+            --steps 500 --seeds 1,2
+        """, _cmd_sweep)
+    p.add_argument("recipe")
+    _add_set(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...")
+    p.add_argument("--budget-minutes", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seeds", default=None, help="comma list of seeds")
+    p.add_argument("--out-dir", help="sweep directory (default: runs/sweep-<recipe name>)")
+
+    p = _sub(sub, "config", "show or validate a recipe", """
+        nmt config show recipes/fr-en.yaml --set train.lr=5e-4
+        nmt config validate recipes/fr-en.yaml
+        """, _cmd_config)
+    p.add_argument("action", choices=["show", "validate"])
+    p.add_argument("recipe")
+    _add_set(p)
+
+    _sub(sub, "info", "versions, threads and devices", "nmt info", _cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NmtError as exc:
+        print(f"nmt {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("nmt."):  # a verb whose module is not written yet
+            print(f"nmt {args.command}: not built yet ({exc.name} is missing in this version)",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"nmt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `nmt translate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

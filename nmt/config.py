@@ -1,0 +1,572 @@
+"""Typed recipes: a YAML file parsed into nested dataclasses, validated, with ``--set`` overrides.
+
+Every default lives in the dataclasses below; ``nmt config show RECIPE`` prints the resolved recipe.
+Validation collects *all* problems and reports each with its full key path:
+
+- unknown keys (``model.atention``) with a "did you mean" suggestion,
+- wrong types (``train.lr: "fast"``) with the value and the expected type,
+- out-of-range values and impossible combinations, with what is allowed.
+
+String values may reference environment variables as ``${NAME}`` or ``${NAME:-default}``; this is
+how ``recipes/fr-en.yaml`` finds the local corpus. Relative data paths are resolved against the
+directory of the recipe file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterConfig:
+    """Cleaning applied to training pairs (valid/test are only normalised, never dropped)."""
+
+    max_len: int = 100  #: drop pairs whose source or target has more subwords than this
+    max_ratio: float = 3.0  #: drop pairs whose subword length ratio (longer/shorter) exceeds this
+    min_len: int = 1  #: drop pairs with fewer subwords than this on either side
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"  #: Unicode normalisation of both sides
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel corpus comes from. Everything is read through HuggingFace ``datasets``.
+
+    ``format``:
+      - ``tsv``: a directory (``path``) holding one tab-separated file per split (``splits``), or one
+        file with no splits (then ``valid``/``test`` are carved off deterministically); ``columns``
+        are 0-based column indices.
+      - ``text``: a pair of parallel plain-text files per split: ``{path}/{split}.{src_lang}`` and
+        ``{path}/{split}.{tgt_lang}``.
+      - ``jsonl``: one JSON object per line; ``columns`` are field names.
+      - ``hub``: a dataset on the HuggingFace Hub (``hub_id``, ``hub_config``); ``columns`` name the
+        fields, or use ``translation`` for the usual ``{"translation": {"fr": ..., "en": ...}}``.
+      - ``url``: a remote TSV file (``url``; ``zip://member::https://...`` reaches inside archives),
+        downloaded and cached by ``datasets``; split deterministically.
+    """
+
+    format: Literal["tsv", "text", "jsonl", "hub", "url"] = "tsv"
+    path: Optional[str] = None  #: local directory or file (``${ENV:-default}`` allowed)
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train.tsv", "valid": "valid.tsv", "test": "test.tsv"}
+    )
+    src_lang: str = "fr"
+    tgt_lang: str = "en"
+    columns: dict[str, Union[int, str]] = field(default_factory=lambda: {"src": 1, "tgt": 0})
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    url: Optional[str] = None
+    #: When the corpus has no fixed splits: fraction (in 1/1000 hash buckets) that goes to valid/test.
+    #: Pairs are grouped by target sentence so that one sentence never lands in two splits.
+    split_permille: dict[str, int] = field(default_factory=lambda: {"test": 12, "valid": 12})
+    split_salt: str = "tatoeba-fra-eng-split|"
+    max_train_pairs: Optional[int] = None  #: keep only the first N training pairs (debugging)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    cache_dir: Optional[str] = None  #: where ``datasets`` caches downloads and Arrow files
+
+
+@dataclass
+class TokenizerConfig:
+    """sentencepiece subwords, trained on the training split only and stored in the run directory."""
+
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    joint: bool = False  #: one shared vocabulary for both languages
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 8000
+    character_coverage: float = 1.0
+    input_sentence_size: int = 2_000_000  #: sentences sampled to train sentencepiece (large corpora)
+    num_threads: int = 2
+
+
+@dataclass
+class EncoderConfig:
+    layers: int = 1
+    bidirectional: bool = True
+    hidden_size: int = 256  #: per direction
+    dropout: float = 0.2  #: between GRU layers and on the encoder output
+    self_attention_layers: int = 0  #: multi-head self-attention blocks on top of the GRU
+    self_attention_heads: int = 4
+    self_attention_ff_size: int = 1024
+
+
+@dataclass
+class DecoderConfig:
+    layers: int = 1
+    hidden_size: int = 256
+    dropout: float = 0.2  #: on the attentional/readout vector before the output layer
+    input_feeding: bool = True  #: Luong: feed the previous attentional vector into the GRU input
+    bridge: bool = True  #: initial state = act(W · encoder final state); else zeros
+
+
+@dataclass
+class AttentionConfig:
+    """``kind``: bahdanau | luong-dot | luong-general | luong-concat | local-p.
+
+    Bahdanau attention is computed *before* the decoder GRU (the context feeds the GRU); all Luong
+    kinds *after* it (attentional hidden state). ``local-p`` uses ``score`` inside a Gaussian window
+    of half-width ``window`` (Luong et al. 2015, §3.2).
+    """
+
+    kind: Literal["bahdanau", "luong-dot", "luong-general", "luong-concat", "local-p"] = "bahdanau"
+    hidden_size: Optional[int] = None  #: additive/concat scorer size; default: decoder hidden size
+    activation: Optional[str] = None  #: scorer non-linearity; default: tanh
+    score: Literal["dot", "general", "concat"] = "general"  #: local-p's alignment score
+    window: Optional[int] = None  #: local-p half window D (required for local-p)
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = 256
+    tied_embeddings: bool = False  #: tie decoder input embeddings to the output projection
+    shared_embeddings: bool = False  #: share source and target embeddings (needs a joint vocabulary)
+    dropout: float = 0.2  #: on embeddings
+    #: Non-linearity of every layer that has one (bridge, readout / attentional state, self-attention
+    #: feed-forward), by registry name (``nmt.activations.available_activations()``).
+    activation: str = "tanh"
+    activation_options: dict[str, Any] = field(default_factory=dict)  #: e.g. ``{pieces: 2}``
+    init: Literal["xavier_uniform", "uniform", "pytorch"] = "xavier_uniform"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    batch_tokens: int = 4096  #: target tokens (incl. EOS, no padding) per batch
+    max_sentences: int = 512  #: cap on sentences per batch
+    bucket_width: int = 1  #: length bucket granularity in tokens (1 = exact length buckets)
+    accumulate: int = 1  #: gradient accumulation steps
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "inverse_sqrt", "cosine", "plateau"] = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 1e-5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    clip_norm: float = 1.0  #: 0 disables clipping
+    label_smoothing: float = 0.0
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = None
+    budget_minutes: Optional[float] = None  #: stop training after this much training wall time
+    valid_every: int = 1000  #: steps between validations
+    valid_beam: int = 1  #: 1 = greedy decoding for validation BLEU
+    valid_max_sentences: Optional[int] = None  #: validate BLEU on the first N valid pairs only
+    early_stopping_metric: Literal["bleu", "loss"] = "bleu"
+    patience: Optional[int] = None  #: validations without improvement before stopping
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    num_threads: Optional[int] = None  #: torch intra-op threads (default: torch's choice)
+    log_every: int = 100
+    keep_last: int = 1  #: rolling "last" checkpoints kept besides "best"
+    plot_sentences: int = 3  #: attention plots of fixed valid sentences at each validation
+    max_nan_skips: int = 5  #: consecutive non-finite losses before the run stops
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 5
+    n_best: int = 1
+    length_penalty: float = 0.0  #: GNMT alpha: score / ((5 + |Y|) / 6) ** alpha; 0 disables
+    coverage_penalty: float = 0.0  #: GNMT beta; 0 disables
+    max_len_a: float = 1.5  #: max output length = a * source length + b
+    max_len_b: int = 10
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    batch_tokens: int = 8000  #: source tokens per translation batch
+    max_input_len: int = 250  #: longer inputs are truncated with a warning
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf", "ter"])
+    bleu_tokenize: str = "13a"
+
+
+@dataclass
+class OutputConfig:
+    name: Optional[str] = None  #: run name; default: the recipe file name
+    run_dir: Optional[str] = None  #: default: ``runs/<name>``
+    tensorboard: bool = False
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and validation
+# --------------------------------------------------------------------------------------------------
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` by the environment variable (or the default)."""
+
+    def repl(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (referenced as {match.group(0)})")
+
+    return _ENV_PATTERN.sub(repl, text)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "anything"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the value (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping (section), got {value!r}")
+            return tp()
+        return _build(tp, value, path, problems)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, arg, path, trial)
+            if not trial:
+                return out
+        problems.append(f"{path}: got {value!r}, expected {_type_name(tp)}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(
+                f"{path}: got {value!r}, expected one of {', '.join(map(repr, allowed))}{extra}"
+            )
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            problems.append(f"{path}: got {value!r}, expected a list of {_type_name(item_tp)}")
+            return value
+        return [_coerce(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: got {value!r}, expected a mapping")
+            return value
+        return {k: _coerce(v, item_tp, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: got {value!r}, expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: got {value!r}, expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: got {value!r}, expected a number")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: got {value!r}, expected a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in the schema, not input
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            suggestion = f"did you mean '{(prefix + '.') if prefix else ''}{hint[0]}'?" if hint else (
+                f"known keys here: {', '.join(names)}"
+            )
+            problems.append(f"{path}: unknown key; {suggestion}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], path, problems)
+    return cls(**kwargs)
+
+
+def _check_ranges(r: Recipe, problems: list[str]) -> None:
+    """Value ranges and combinations that the types alone cannot express."""
+
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            problems.append(message)
+
+    def positive(path: str, value: Any, allow_zero: bool = False) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = value >= 0 if allow_zero else value > 0
+            need(ok, f"{path}: got {value!r}, must be {'>= 0' if allow_zero else '> 0'}")
+
+    def fraction(path: str, value: Any, upper_open: bool = True) -> None:
+        if isinstance(value, (int, float)):
+            need(0 <= value < 1 if upper_open else 0 <= value <= 1,
+                 f"{path}: got {value!r}, must be in [0, 1{')' if upper_open else ']'}")
+
+    for path, value in [
+        ("tokenizer.src_vocab_size", r.tokenizer.src_vocab_size),
+        ("tokenizer.tgt_vocab_size", r.tokenizer.tgt_vocab_size),
+        ("model.embedding_dim", r.model.embedding_dim),
+        ("model.encoder.layers", r.model.encoder.layers),
+        ("model.encoder.hidden_size", r.model.encoder.hidden_size),
+        ("model.encoder.self_attention_heads", r.model.encoder.self_attention_heads),
+        ("model.encoder.self_attention_ff_size", r.model.encoder.self_attention_ff_size),
+        ("model.decoder.layers", r.model.decoder.layers),
+        ("model.decoder.hidden_size", r.model.decoder.hidden_size),
+        ("train.batch_tokens", r.train.batch_tokens),
+        ("train.max_sentences", r.train.max_sentences),
+        ("train.bucket_width", r.train.bucket_width),
+        ("train.accumulate", r.train.accumulate),
+        ("train.lr", r.train.lr),
+        ("train.valid_every", r.train.valid_every),
+        ("train.valid_beam", r.train.valid_beam),
+        ("train.log_every", r.train.log_every),
+        ("train.keep_last", r.train.keep_last),
+        ("train.max_nan_skips", r.train.max_nan_skips),
+        ("decode.beam", r.decode.beam),
+        ("decode.n_best", r.decode.n_best),
+        ("decode.batch_tokens", r.decode.batch_tokens),
+        ("decode.max_input_len", r.decode.max_input_len),
+        ("data.filter.max_len", r.data.filter.max_len),
+        ("data.filter.max_ratio", r.data.filter.max_ratio),
+    ]:
+        positive(path, value)
+    for path, value in [
+        ("train.warmup_steps", r.train.warmup_steps),
+        ("train.weight_decay", r.train.weight_decay),
+        ("train.clip_norm", r.train.clip_norm),
+        ("train.min_lr", r.train.min_lr),
+        ("model.encoder.self_attention_layers", r.model.encoder.self_attention_layers),
+        ("decode.length_penalty", r.decode.length_penalty),
+        ("decode.coverage_penalty", r.decode.coverage_penalty),
+        ("decode.max_len_a", r.decode.max_len_a),
+        ("decode.max_len_b", r.decode.max_len_b),
+        ("decode.min_len", r.decode.min_len),
+        ("decode.no_repeat_ngram", r.decode.no_repeat_ngram),
+        ("data.filter.min_len", r.data.filter.min_len),
+    ]:
+        positive(path, value, allow_zero=True)
+    for path, value in [
+        ("model.dropout", r.model.dropout),
+        ("model.encoder.dropout", r.model.encoder.dropout),
+        ("model.decoder.dropout", r.model.decoder.dropout),
+        ("train.label_smoothing", r.train.label_smoothing),
+    ]:
+        fraction(path, value)
+    fraction("tokenizer.character_coverage", r.tokenizer.character_coverage, upper_open=False)
+    for opt in ("max_steps", "max_epochs", "budget_minutes", "patience", "num_threads",
+                "valid_max_sentences"):
+        value = getattr(r.train, opt)
+        if value is not None:
+            positive(f"train.{opt}", value)
+    if isinstance(r.tokenizer.src_vocab_size, int):
+        need(r.tokenizer.src_vocab_size >= 8 and r.tokenizer.tgt_vocab_size >= 8,
+             "tokenizer.*_vocab_size: must be at least 8 (4 special pieces + characters)")
+    if isinstance(r.train.betas, list):
+        need(len(r.train.betas) == 2 and all(isinstance(b, float) and 0 <= b < 1 for b in r.train.betas),
+             f"train.betas: got {r.train.betas!r}, expected two numbers in [0, 1)")
+    if isinstance(r.decode.n_best, int) and isinstance(r.decode.beam, int):
+        need(r.decode.n_best <= r.decode.beam,
+             f"decode.n_best: got {r.decode.n_best}, must be <= decode.beam ({r.decode.beam})")
+    att = r.model.attention
+    if att.kind == "local-p":
+        need(att.window is not None,
+             "model.attention.window: local-p attention needs a window half-width D "
+             "(e.g. model.attention.window: 10)")
+    if att.window is not None:
+        positive("model.attention.window", att.window)
+    if att.hidden_size is not None:
+        positive("model.attention.hidden_size", att.hidden_size)
+    enc = r.model.encoder
+    if enc.self_attention_layers and isinstance(enc.hidden_size, int):
+        width = enc.hidden_size * (2 if enc.bidirectional else 1)
+        need(isinstance(enc.self_attention_heads, int) and enc.self_attention_heads > 0
+             and width % enc.self_attention_heads == 0,
+             f"model.encoder.self_attention_heads: {enc.self_attention_heads} must divide the "
+             f"encoder output width {width}")
+    if r.model.shared_embeddings:
+        need(r.tokenizer.joint, "model.shared_embeddings: needs tokenizer.joint: true "
+             "(source and target must share one vocabulary)")
+    if r.train.early_stopping_metric == "bleu" and r.train.patience is not None:
+        pass  # any metric works with patience
+    if r.data.format in ("tsv", "text", "jsonl") and not r.data.path:
+        problems.append(f"data.path: format {r.data.format!r} reads local files; set data.path "
+                        "(a directory, or a file for a single unsplit corpus)")
+    if r.data.format == "hub":
+        need(bool(r.data.hub_id), "data.hub_id: format 'hub' needs a dataset id (e.g. 'wmt14')")
+    if r.data.format == "url":
+        need(bool(r.data.url), "data.url: format 'url' needs the corpus URL")
+    for role in ("src", "tgt"):
+        need(role in r.data.columns, f"data.columns.{role}: missing (which column holds the {role} side?)")
+    need(set(r.data.columns) <= {"src", "tgt"},
+         f"data.columns: only 'src' and 'tgt' are allowed, got {sorted(r.data.columns)}")
+    need("train" in r.data.splits or r.data.format in ("url",),
+         "data.splits.train: missing (the file of the training split)")
+    for metric in r.eval.metrics:
+        need(metric in ("bleu", "chrf", "ter"),
+             f"eval.metrics: unknown metric {metric!r}; choose from bleu, chrf, ter")
+    _check_activations(r, problems)
+
+
+def _check_activations(r: Recipe, problems: list[str]) -> None:
+    """Activation names must exist in the registry (imported lazily: torch is heavy)."""
+    try:
+        from .activations import available_activations
+    except ImportError:  # registry not importable: nothing to check against
+        return
+    names = available_activations()
+    for path, name in [("model.activation", r.model.activation),
+                       ("model.attention.activation", r.model.attention.activation)]:
+        if isinstance(name, str) and name not in names:
+            hint = difflib.get_close_matches(name, list(names), n=1)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            problems.append(f"{path}: unknown activation {name!r}; {extra}available: {', '.join(names)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> ``(["train", "lr"], 0.0003)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (e.g. --set train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: bad key {key!r}; expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        value = float(value)  # YAML 1.1 reads 3e-4 as a string
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for part in keys[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _fix_floats(node: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; read such scientific literals as numbers."""
+    if isinstance(node, dict):
+        return {k: _fix_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_floats(v) for v in node]
+    if isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", node):
+        return float(node)
+    return node
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str | None = None,
+                     base_dir: Path | None = None) -> Recipe:
+    """Validate a nested mapping into a :class:`Recipe`, raising :class:`ConfigError` with all problems."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, got {type(raw).__name__}", source)
+    problems: list[str] = []
+    recipe = _build(Recipe, _fix_floats(raw), "", problems)
+    if not problems:
+        _check_ranges(recipe, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    if recipe.data.path and base_dir is not None:
+        path = Path(recipe.data.path).expanduser()
+        if not path.is_absolute():
+            recipe.data.path = str((base_dir / path).resolve())
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, expand, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} not found (give the path to a .yaml recipe, "
+                          "e.g. recipes/fr-en.yaml)")
+    try:
+        text = expand_env(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
+    raw = apply_overrides(raw or {}, overrides or [])
+    recipe = recipe_from_dict(raw, source=str(path), base_dir=path.resolve().parent)
+    if recipe.output.name is None:
+        recipe.output.name = path.stem
+    return recipe
+
+
+def resolved_run_dir(recipe: Recipe, override: str | None = None) -> Path:
+    if override:
+        return Path(override)
+    if recipe.output.run_dir:
+        return Path(recipe.output.run_dir)
+    return Path("runs") / (recipe.output.name or "run")
