@@ -256,7 +256,8 @@ def _type_name(tp: Any) -> str:
         return "null"
     if tp is Any:
         return "anything"
-    return getattr(tp, "__name__", str(tp))
+    plain = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return plain.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:

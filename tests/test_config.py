@@ -1,0 +1,143 @@
+"""Recipe parsing: valid recipes, every kind of invalid input, overrides, environment expansion."""
+from pathlib import Path
+
+import pytest
+
+from nmt.config import Recipe, load_recipe, parse_override, recipe_from_dict
+from nmt.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(raw) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict(raw)
+    return info.value.problems
+
+
+def test_shipped_recipes_validate(repo):
+    for path in sorted((repo / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        assert isinstance(recipe, Recipe)
+        assert recipe.output.name == path.stem
+
+
+def test_defaults_and_nesting():
+    recipe = recipe_from_dict({"data": {"path": "/tmp/x"}, "model": {"attention": {"kind": "luong-general"}}})
+    assert recipe.model.attention.kind == "luong-general"
+    assert recipe.model.encoder.bidirectional is True  # untouched default
+    assert recipe.train.lr == 1e-3
+
+
+def test_unknown_key_gets_path_and_suggestion():
+    problems = problems_of({"data": {"path": "x"}, "model": {"atention": {"kind": "bahdanau"}}})
+    assert problems == ["model.atention: unknown key; did you mean 'model.attention'?"]
+    problems = problems_of({"data": {"path": "x"}, "model": {"encoder": {"hiden_size": 3}}})
+    assert "model.encoder.hiden_size" in problems[0] and "model.encoder.hidden_size" in problems[0]
+
+
+def test_unknown_section_lists_known():
+    problems = problems_of({"trian": {}, "data": {"path": "x"}})
+    assert problems[0].startswith("trian: unknown key; did you mean 'train'")
+
+
+def test_wrong_types_name_value_and_expected():
+    problems = problems_of({"data": {"path": "x"}, "train": {"lr": "fast", "max_steps": 1.5,
+                                                            "betas": [0.9]},
+                            "model": {"encoder": {"bidirectional": "yes"}}})
+    text = "\n".join(problems)
+    assert "train.lr: got 'fast', expected a number" in text
+    assert "train.max_steps: got 1.5" in text and "integer" in text
+    assert "model.encoder.bidirectional: got 'yes', expected true or false" in text
+
+
+def test_literal_choices_suggest():
+    problems = problems_of({"data": {"path": "x"}, "model": {"attention": {"kind": "bahdanu"}}})
+    assert "model.attention.kind: got 'bahdanu'" in problems[0]
+    assert "did you mean 'bahdanau'" in problems[0]
+
+
+def test_out_of_range_and_combinations():
+    text = "\n".join(problems_of({
+        "data": {"path": "x"},
+        "train": {"lr": -1.0, "label_smoothing": 1.5},
+        "decode": {"beam": 2, "n_best": 4},
+        "model": {"attention": {"kind": "local-p"}},
+    }))
+    assert "train.lr: got -1.0, must be > 0" in text
+    assert "train.label_smoothing: got 1.5, must be in [0, 1)" in text
+    assert "decode.n_best: got 4, must be <= decode.beam (2)" in text
+    assert "model.attention.window: local-p attention needs a window" in text
+
+
+def test_unknown_activation_is_rejected():
+    text = "\n".join(problems_of({"data": {"path": "x"}, "model": {"activation": "gelo"}}))
+    assert "model.activation: unknown activation 'gelo'" in text and "'gelu'" in text
+
+
+def test_self_attention_heads_must_divide_width():
+    text = "\n".join(problems_of({"data": {"path": "x"}, "model": {"encoder": {
+        "hidden_size": 10, "self_attention_layers": 1, "self_attention_heads": 3}}}))
+    assert "model.encoder.self_attention_heads: 3 must divide the encoder output width 20" in text
+
+
+def test_local_formats_need_a_path():
+    assert any("data.path" in p for p in problems_of({"data": {"format": "tsv"}}))
+
+
+def test_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "data: {path: /tmp}\n")
+    recipe = load_recipe(path, ["train.lr=3e-4", "model.attention.kind=local-p", "model.attention.window=8",
+                                "train.betas=[0.8, 0.98]", "eval.metrics=bleu,chrf"])
+    assert recipe.train.lr == pytest.approx(3e-4)
+    assert recipe.model.attention.window == 8
+    assert recipe.train.betas == [0.8, 0.98]
+    assert recipe.eval.metrics == ["bleu", "chrf"]
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, ["train.lr=abc"])
+    assert "train.lr: got 'abc'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, ["train.lr"])
+    assert "expected section.key=value" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_recipe(path, ["train.lr.x=1"])
+
+
+def test_parse_override_scientific():
+    assert parse_override("train.lr=1e-3") == (["train", "lr"], 1e-3)
+    assert parse_override("output.name=abc") == (["output", "name"], "abc")
+
+
+def test_env_expansion_and_relative_paths(tmp_path, monkeypatch):
+    path = write(tmp_path, "data: {path: '${NMT_TEST_DIR:-corpus}'}\n")
+    monkeypatch.delenv("NMT_TEST_DIR", raising=False)
+    assert load_recipe(path).data.path == str((tmp_path / "corpus").resolve())
+    monkeypatch.setenv("NMT_TEST_DIR", "/elsewhere")
+    assert load_recipe(path).data.path == "/elsewhere"
+    path2 = write(tmp_path, "data: {path: '${NMT_UNSET_VAR_X}'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path2)
+    assert "NMT_UNSET_VAR_X" in str(info.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, "data:\n  path: [unclosed\ntrain: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert "line" in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(tmp_path / "nope.yaml")
+    assert "not found" in str(info.value)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    recipe = recipe_from_dict({"data": {"path": "/x"}, "model": {"activation": "gelu"}})
+    path = write(tmp_path, recipe.to_yaml())
+    assert load_recipe(path).to_dict() | {"output": None} == recipe.to_dict() | {"output": None}
