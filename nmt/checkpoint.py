@@ -1,0 +1,182 @@
+"""Run directories and checkpoints: atomic writes, safetensors weights, no pickled code on load.
+
+Layout of a run directory (everything translation needs)::
+
+    recipe.yaml                 the resolved recipe the run was trained with
+    spm.src.model spm.tgt.model sentencepiece models (see nmt.tokenizer)
+    checkpoints/best.safetensors, best.json   weights + metadata of the best validation
+    checkpoints/last.safetensors, last.json   weights of the last checkpoint
+    checkpoints/last.state.pt   optimizer, scheduler, RNG and data-position state (resume only)
+    metrics.jsonl               one JSON record per log/validation event
+    plots/                      attention plots written at validation
+
+Every file is written to a temporary name in the same directory, flushed, fsynced and renamed, so a
+crash (even ``kill -9``) leaves either the previous complete file or the new complete file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+    """Model weights as safetensors (tied parameters stored once), written atomically."""
+    from safetensors.torch import save_model
+
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata=meta)
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load safetensors weights into ``model``; returns the stored metadata.
+
+    Corrupt or truncated files and weights of a different architecture give a CheckpointError.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
+    except CheckpointError:
+        raise
+    except RuntimeError as exc:
+        text = str(exc)
+        if "size mismatch" in text or "shape" in text:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model (shapes differ); was it trained with a "
+                f"different recipe (model sizes, vocabulary)? Details: {text.splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {text.splitlines()[0]}") from None
+    except Exception as exc:  # safetensors raises SafetensorError for truncated headers / data
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); "
+                              "use another checkpoint (--checkpoint last) or retrain") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}; was it written by a run with a different recipe?")
+    out = {}
+    for key, value in metadata.items():
+        try:
+            out[key] = json.loads(value)
+        except (TypeError, ValueError):
+            out[key] = value
+    return out
+
+
+def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Trainer state (optimizer, scheduler, RNG, data position): tensors and plain containers only."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"trainer state {path} not found; cannot resume (start without --resume)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as exc:
+        raise CheckpointError(f"trainer state {path} is corrupt or truncated ({type(exc).__name__}); "
+                              "delete the run directory's checkpoints/last.* to restart") from None
+
+
+def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
+    """``best`` | ``last`` | an explicit file path -> the weights file."""
+    run_dir = Path(run_dir)
+    if which in ("best", "last"):
+        path = run_dir / CHECKPOINT_DIR / f"{which}.safetensors"
+        if not path.is_file() and which == "best":
+            last = run_dir / CHECKPOINT_DIR / "last.safetensors"
+            if last.is_file():
+                return last
+        if not path.is_file():
+            raise CheckpointError(f"run directory {run_dir} has no {which} checkpoint ({path}); "
+                                  "is it a run directory written by `nmt train`?")
+        return path
+    path = Path(which)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {which} not found (use best, last or a path)")
+    return path
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
+             map_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+    """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
+    from .config import recipe_from_dict
+    from .model import build_model
+    from .tokenizer import SubwordTokenizers
+    import yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found (train one with `nmt train RECIPE`)")
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise CheckpointError(f"run directory {run_dir} has no recipe.yaml; was it written by `nmt train`?")
+    recipe = recipe_from_dict(yaml.safe_load(recipe_file.read_text(encoding="utf-8")),
+                              source=str(recipe_file))
+    tokenizers = SubwordTokenizers.load(run_dir)
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    weights = checkpoint_path(run_dir, checkpoint)
+    metadata = load_weights(model, weights)
+    model.eval()
+    if map_fn is not None:
+        model = map_fn(model)
+    return recipe, tokenizers, model, metadata

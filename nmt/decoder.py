@@ -1,0 +1,238 @@
+"""GRU decoders with attention before the RNN (Bahdanau) or after it (Luong).
+
+Both decoders expose the same two entry points:
+
+- ``forward(embedded, state, memory)`` runs teacher forcing over a whole target and returns the
+  readout vectors of every step (the output projection is applied afterwards in one GEMM);
+- ``step(embedded, state, memory)`` advances one step for search.
+
+They compute the same numbers (tests check it). Speed notes, because the decoder dominates training:
+
+- the encoder keys are projected once per source (``memory.proj_keys``);
+- the GRU input projection of all target embeddings is one GEMM before the time loop;
+- the readout and the vocabulary projection are one GEMM each after the loop;
+- Luong attention without input feeding has no step-to-step dependency besides the GRU itself,
+  so it runs ``nn.GRU`` over the whole target and attends to all steps at once.
+
+Bahdanau, Cho & Bengio 2015 (attention before the RNN):
+    c_t = attend(s_{t-1}, H);  s_t = GRU([y_{t-1}; c_t], s_{t-1});  o_t = act(W_o [s_t; c_t; y_{t-1}])
+Luong, Pham & Manning 2015 (attention after the RNN, §3, input feeding §3.3):
+    s_t = GRU([y_{t-1}; h̃_{t-1}], s_{t-1});  c_t = attend(s_t, H);  h̃_t = act(W_c [c_t; s_t])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import ActivatedLinear, make_dropout
+from .attention import build_attention
+from .config import AttentionConfig, DecoderConfig
+
+
+@dataclass
+class Memory:
+    """What the decoder attends to; fixed for a source sentence during decoding."""
+
+    keys: torch.Tensor  #: (batch, src_len, key_dim) encoder states
+    mask: torch.Tensor  #: (batch, src_len) bool
+    proj_keys: torch.Tensor | None = None  #: precomputed key projection of the attention
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        """Rows ``index`` (batch reordering for beams / dropping finished sentences)."""
+        return Memory(self.keys.index_select(0, index), self.mask.index_select(0, index),
+                      None if self.proj_keys is None else self.proj_keys.index_select(0, index))
+
+
+@dataclass
+class DecoderState:
+    hidden: torch.Tensor  #: (batch, layers, hidden) batch first, so beams reorder with index_select
+    feed: torch.Tensor | None = None  #: (batch, readout) previous attentional vector (input feeding)
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        return DecoderState(self.hidden.index_select(0, index),
+                            None if self.feed is None else self.feed.index_select(0, index))
+
+
+@dataclass
+class StepOutput:
+    readout: torch.Tensor  #: (batch, readout_dim) vector fed to the output projection
+    state: DecoderState
+    attention: torch.Tensor  #: (batch, src_len)
+    positions: torch.Tensor | None = None  #: (batch,) local-p predicted centre, else None
+
+
+def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
+             bias_hh: torch.Tensor) -> torch.Tensor:
+    """One GRU step given the *precomputed* input gates ``gates_x = W_ih x + b_ih`` (batch, 3H).
+
+    Same equations and gate order (r, z, n) as ``torch.nn.GRU``:
+    r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ h_n), h' = (1 − z) ⊙ n + z ⊙ h.
+    """
+    gates_h = F.linear(h, weight_hh, bias_hh)
+    x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+    h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return n + z * (h - n)
+
+
+class _GRUDecoderBase(nn.Module):
+    """Shared parts: the stacked GRU (as ``nn.GRU`` parameters), attention, readout, dropout."""
+
+    attention_before_rnn: bool
+
+    def __init__(self, embedding_dim: int, key_dim: int, readout_dim: int, cfg: DecoderConfig,
+                 att: AttentionConfig, activation: str, activation_options: dict,
+                 rnn_extra_input: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding_dim = embedding_dim
+        self.key_dim = key_dim
+        self.readout_dim = readout_dim
+        self.hidden_size = cfg.hidden_size
+        self.rnn_extra_input = rnn_extra_input
+        self.rnn = nn.GRU(embedding_dim + rnn_extra_input, cfg.hidden_size, num_layers=cfg.layers,
+                          batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.attention_kind = att.kind
+        self.attention = build_attention(
+            att.kind, query_dim=cfg.hidden_size, key_dim=key_dim,
+            hidden_size=att.hidden_size or cfg.hidden_size,
+            activation=att.activation or "tanh", score=att.score, window=att.window)
+        self.readout_dropout = make_dropout(activation, cfg.dropout)
+        self.layer_dropout = nn.Dropout(cfg.dropout if cfg.layers > 1 else 0.0)
+
+    # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
+    def _layer_weights(self, layer: int):
+        rnn = self.rnn
+        return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
+                getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+
+    def embedding_gates(self, embedded: torch.Tensor) -> torch.Tensor:
+        """First-layer input gates from the embeddings alone: ``(..., emb) -> (..., 3H)``.
+
+        For teacher forcing this is one GEMM over all target positions before the time loop.
+        """
+        w_ih, _, b_ih, _ = self._layer_weights(0)
+        return F.linear(embedded, w_ih[:, : self.embedding_dim], b_ih)
+
+    def rnn_step(self, emb_gates: torch.Tensor, extra: torch.Tensor | None,
+                 hidden: torch.Tensor) -> torch.Tensor:
+        """Advance the stacked GRU one step. ``hidden (batch, layers, H)`` -> same shape."""
+        w_ih, w_hh, _, b_hh = self._layer_weights(0)
+        gates = emb_gates
+        if extra is not None:
+            gates = gates + F.linear(extra, w_ih[:, self.embedding_dim:])
+        h = gru_cell(gates, hidden[:, 0], w_hh, b_hh)
+        new = [h]
+        for layer in range(1, self.cfg.layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer)
+            h = gru_cell(F.linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh)
+            new.append(h)
+        return torch.stack(new, dim=1)
+
+    def _attend(self, query: torch.Tensor, memory: Memory):
+        """``query (batch, T, H)`` -> context (batch, T, key_dim), weights (batch, T, S), positions."""
+        context, weights = self.attention(query, memory.keys, memory.keys, memory.mask,
+                                          proj_keys=memory.proj_keys)
+        positions = getattr(self.attention, "last_positions", None) if self.attention_kind == "local-p" else None
+        return context, weights, positions
+
+    def precompute(self, memory: Memory) -> Memory:
+        return replace(memory, proj_keys=self.attention.precompute(memory.keys))
+
+
+class BahdanauDecoder(_GRUDecoderBase):
+    """Attention before the RNN: the context of step t is computed from s_{t-1} and fed to the GRU."""
+
+    attention_before_rnn = True
+
+    def __init__(self, embedding_dim, key_dim, readout_dim, cfg, att, activation, activation_options):
+        super().__init__(embedding_dim, key_dim, readout_dim, cfg, att, activation,
+                         activation_options, rnn_extra_input=key_dim)
+        # o_t = act(W_o [s_t; c_t; y_{t-1}]) (Bahdanau et al. 2015, appendix A.2.2, "deep output")
+        self.readout = ActivatedLinear(cfg.hidden_size + key_dim + embedding_dim, readout_dim,
+                                       activation, **activation_options)
+
+    def init_state(self, hidden: torch.Tensor) -> DecoderState:
+        return DecoderState(hidden=hidden)
+
+    def forward(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
+        """Teacher forcing. ``embedded (batch, T, emb)`` -> readout (batch, T, D), attention (batch, T, S)."""
+        emb_gates = self.embedding_gates(embedded)  # (batch, T, 3H), one GEMM
+        hidden = state.hidden
+        tops, contexts, weights, positions = [], [], [], []
+        for t in range(embedded.size(1)):
+            context, w, pos = self._attend(hidden[:, -1:], memory)  # query s_{t-1}
+            hidden = self.rnn_step(emb_gates[:, t], context[:, 0], hidden)
+            tops.append(hidden[:, -1])
+            contexts.append(context[:, 0])
+            weights.append(w[:, 0])
+            positions.append(pos)
+        top = torch.stack(tops, dim=1)  # (batch, T, H)
+        ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
+        readout = self.readout(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
+        return self.readout_dropout(readout), torch.stack(weights, dim=1)
+
+    def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
+        """``embedded (batch, emb)`` of y_{t-1} -> :class:`StepOutput`."""
+        context, w, pos = self._attend(state.hidden[:, -1:], memory)
+        hidden = self.rnn_step(self.embedding_gates(embedded), context[:, 0], state.hidden)
+        readout = self.readout(torch.cat([hidden[:, -1], context[:, 0], embedded], dim=-1))
+        return StepOutput(self.readout_dropout(readout), DecoderState(hidden=hidden), w[:, 0],
+                          None if pos is None else pos[:, 0])
+
+
+class LuongDecoder(_GRUDecoderBase):
+    """Attention after the RNN; attentional hidden state h̃_t = act(W_c [c_t; s_t]) (Luong eq. 5)."""
+
+    attention_before_rnn = False
+
+    def __init__(self, embedding_dim, key_dim, readout_dim, cfg, att, activation, activation_options):
+        feed = readout_dim if cfg.input_feeding else 0
+        super().__init__(embedding_dim, key_dim, readout_dim, cfg, att, activation,
+                         activation_options, rnn_extra_input=feed)
+        self.input_feeding = cfg.input_feeding
+        self.combine = ActivatedLinear(key_dim + cfg.hidden_size, readout_dim, activation,
+                                       **activation_options)
+
+    def init_state(self, hidden: torch.Tensor) -> DecoderState:
+        feed = hidden.new_zeros(hidden.size(0), self.readout_dim) if self.input_feeding else None
+        return DecoderState(hidden=hidden, feed=feed)
+
+    def forward(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
+        if not self.input_feeding:
+            # No step-to-step dependency outside the GRU: one cuDNN/MKL GRU call over the target,
+            # then attention and the combination for all steps at once.
+            h0 = state.hidden.transpose(0, 1).contiguous()  # (layers, batch, H)
+            top, _ = self.rnn(embedded, h0)  # (batch, T, H)
+            context, weights, _ = self._attend(top, memory)
+            attentional = self.combine(torch.cat([context, top], dim=-1))
+            return self.readout_dropout(attentional), weights
+        emb_gates = self.embedding_gates(embedded)
+        hidden, feed = state.hidden, state.feed
+        outputs, weights = [], []
+        for t in range(embedded.size(1)):
+            hidden = self.rnn_step(emb_gates[:, t], feed, hidden)
+            context, w, _ = self._attend(hidden[:, -1:], memory)
+            feed = self.readout_dropout(self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
+            outputs.append(feed)
+            weights.append(w[:, 0])
+        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
+
+    def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
+        hidden = self.rnn_step(self.embedding_gates(embedded), state.feed, state.hidden)
+        context, w, pos = self._attend(hidden[:, -1:], memory)
+        attentional = self.readout_dropout(
+            self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
+        new_state = DecoderState(hidden=hidden, feed=attentional if self.input_feeding else None)
+        return StepOutput(attentional, new_state, w[:, 0], None if pos is None else pos[:, 0])
+
+
+def build_decoder(embedding_dim: int, key_dim: int, readout_dim: int, cfg: DecoderConfig,
+                  att: AttentionConfig, activation: str, activation_options: dict) -> _GRUDecoderBase:
+    cls = BahdanauDecoder if att.kind == "bahdanau" else LuongDecoder
+    return cls(embedding_dim, key_dim, readout_dim, cfg, att, activation, activation_options)

@@ -1,0 +1,169 @@
+"""The translator: embeddings → encoder → bridge → decoder (with attention) → output projection.
+
+``Seq2Seq`` reads no files and knows nothing about tokenization: token ids in, log-probabilities
+out. Search (``nmt.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
+:meth:`Seq2Seq.step`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import ActivatedLinear, available_activations
+from .config import ModelConfig
+from .decoder import DecoderState, Memory, StepOutput, build_decoder
+from .encoder import Encoder, EncoderOutput
+from .errors import ConfigError
+
+PAD_ID = 0
+
+#: parameter-name prefixes of the parts whose gradient norms training reports
+PARTS = ("embeddings", "encoder", "attention", "decoder", "output")
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.src_vocab_size = src_vocab_size
+        self.tgt_vocab_size = tgt_vocab_size
+        act, opts = cfg.activation, dict(cfg.activation_options)
+        emb = cfg.embedding_dim
+        self.src_embed = nn.Embedding(src_vocab_size, emb, padding_idx=PAD_ID)
+        if cfg.shared_embeddings:
+            if src_vocab_size != tgt_vocab_size:
+                raise ConfigError("model.shared_embeddings: source and target vocabularies differ "
+                                  f"({src_vocab_size} vs {tgt_vocab_size}); set tokenizer.joint: true")
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = nn.Embedding(tgt_vocab_size, emb, padding_idx=PAD_ID)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = Encoder(emb, cfg.encoder, act, opts)
+        dec = cfg.decoder
+        key_dim = self.encoder.output_dim
+        att = cfg.attention
+        score = att.score if att.kind == "local-p" else att.kind
+        if score in ("luong-dot", "dot") and key_dim != dec.hidden_size:
+            raise ConfigError(
+                f"model.attention: the dot score needs decoder.hidden_size ({dec.hidden_size}) equal to "
+                f"the encoder output width ({key_dim} = {'2 × ' if cfg.encoder.bidirectional else ''}"
+                f"encoder.hidden_size); change one of them or use luong-general")
+        readout_dim = emb if cfg.tied_embeddings else dec.hidden_size
+        # bridge: s_0 = act(W_b h_enc) (Bahdanau et al. 2015 appendix A.2.2 uses tanh); one per layer
+        self.bridge = (ActivatedLinear(self.encoder.final_dim, dec.hidden_size * dec.layers, act, **opts)
+                       if dec.bridge else None)
+        self.decoder = build_decoder(emb, key_dim, readout_dim, dec, att, act, opts)
+        self.output = nn.Linear(readout_dim, tgt_vocab_size)
+        if cfg.tied_embeddings:
+            self.output.weight = self.tgt_embed.weight
+        self._init_weights(cfg.init)
+
+    # ------------------------------------------------------------------------------------- set-up
+    def _init_weights(self, scheme: str) -> None:
+        if scheme == "pytorch":
+            return
+        # SELU layers keep the LeCun-normal initialisation ActivatedLinear gave them
+        keep = {id(p) for m in self.modules() if isinstance(m, ActivatedLinear)
+                and available_activations()[m.activation_name].self_normalizing for p in m.linear.parameters()}
+        for name, param in self.named_parameters():
+            if id(param) in keep:
+                continue
+            if param.dim() > 1:
+                if scheme == "xavier_uniform":
+                    if name.startswith("encoder.rnn") or name.startswith("decoder.rnn"):
+                        # per gate, so each gate's matrix gets its own fan-in/fan-out scale
+                        for chunk in param.data.chunk(3, dim=0):
+                            nn.init.xavier_uniform_(chunk)
+                    else:
+                        nn.init.xavier_uniform_(param)
+                else:
+                    nn.init.uniform_(param, -0.1, 0.1)
+            elif name.endswith("bias") and ("rnn" in name or name.startswith("output")):
+                nn.init.zeros_(param)
+        with torch.no_grad():
+            self.src_embed.weight[PAD_ID].zero_()
+            self.tgt_embed.weight[PAD_ID].zero_()
+
+    def part_of(self, name: str) -> str:
+        """Which reporting part (``PARTS``) a parameter name belongs to."""
+        if "embed" in name:
+            return "embeddings"
+        if name.startswith("decoder.attention"):
+            return "attention"
+        if name.startswith("output"):
+            return "output"
+        if name.startswith("encoder"):
+            return "encoder"
+        return "decoder"  # decoder GRU, readout, bridge
+
+    # ------------------------------------------------------------------------------------ forward
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor, src_mask: torch.Tensor,
+               need_attention: bool = False) -> EncoderOutput:
+        """``src (batch, src_len)`` ids -> encoder states and final state."""
+        embedded = self.embed_dropout(self.src_embed(src))
+        return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
+
+    def start(self, enc: EncoderOutput) -> tuple[DecoderState, Memory]:
+        """Initial decoder state (bridge) and the attention memory with keys projected once."""
+        batch = enc.final.size(0)
+        dec = self.cfg.decoder
+        if self.bridge is not None:
+            hidden = self.bridge(enc.final).view(batch, dec.layers, dec.hidden_size)
+        else:
+            hidden = enc.final.new_zeros(batch, dec.layers, dec.hidden_size)
+        memory = self.decoder.precompute(Memory(keys=enc.states, mask=enc.mask))
+        return self.decoder.init_state(hidden), memory
+
+    def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
+        """One decoding step: ``prev_tokens (batch,)`` -> log-probs (batch, V) and a StepOutput."""
+        out: StepOutput = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+        logits = self.output(out.readout)
+        return F.log_softmax(logits.float(), dim=-1), out
+
+    def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):
+        """Training objective of a batch: ``(loss_sum, nll_sum)`` summed over real target tokens.
+
+        ``src (batch, src_len)``, ``tgt_in``/``tgt_out``/``tgt_mask (batch, tgt_len)``. Computing the
+        loss inside ``forward`` keeps every parameter inside DistributedDataParallel's forward.
+        """
+        readout, _ = self.teacher_force(src, src_lengths, src_mask, tgt_in)
+        return self.loss(readout, tgt_out, tgt_mask, label_smoothing)
+
+    def teacher_force(self, src, src_lengths, src_mask, tgt_in):
+        """Readout ``(batch, tgt_len, D)`` and attention ``(batch, tgt_len, src_len)`` of a target."""
+        enc = self.encode(src, src_lengths, src_mask)
+        state, memory = self.start(enc)
+        embedded = self.embed_dropout(self.tgt_embed(tgt_in))
+        return self.decoder(embedded, state, memory)
+
+    def loss(self, readout: torch.Tensor, tgt_out: torch.Tensor, tgt_mask: torch.Tensor,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy over real target positions (one output GEMM, no padding).
+
+        Returns ``(loss_sum, nll_sum)``: the (label-smoothed) training objective and the plain
+        negative log-likelihood, both summed over tokens (divide by the token count).
+        """
+        flat = readout[tgt_mask]  # (n_tokens, D): padding never reaches the output layer
+        targets = tgt_out[tgt_mask]
+        log_probs = F.log_softmax(self.output(flat).float(), dim=-1)
+        nll = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+        if label_smoothing > 0:
+            smooth = -log_probs.mean(dim=-1)
+            loss = (1 - label_smoothing) * nll + label_smoothing * smooth
+        else:
+            loss = nll
+        return loss.sum(), nll.sum().detach()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
+
+
+def perplexity(nll_per_token: float) -> float:
+    return math.exp(min(nll_per_token, 50.0))

@@ -1,0 +1,175 @@
+"""The encoder–decoder: packing, step-wise vs teacher-forced equivalence, losses, learning."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from nmt.model import build_model
+
+BOS, EOS, PAD = 2, 3, 0
+KINDS = [("bahdanau", True), ("luong-general", True), ("luong-general", False), ("luong-concat", True),
+         ("local-p", True), ("luong-dot", False)]
+
+
+def tiny_model(kind="bahdanau", input_feeding=True, activation="tanh", layers=1, self_att=0, seed=0,
+               src_vocab=17, tgt_vocab=19, **extra):
+    torch.manual_seed(seed)
+    enc_hidden = 6
+    dec_hidden = 12  # = 2 * enc_hidden so luong-dot works
+    cfg = ModelConfig(embedding_dim=8, dropout=0.0, activation=activation,
+                      encoder=EncoderConfig(hidden_size=enc_hidden, layers=layers, dropout=0.0,
+                                            self_attention_layers=self_att, self_attention_heads=2,
+                                            self_attention_ff_size=16),
+                      decoder=DecoderConfig(hidden_size=dec_hidden, layers=layers, dropout=0.0,
+                                            input_feeding=input_feeding),
+                      attention=AttentionConfig(kind=kind, window=2, score="general"), **extra)
+    return build_model(cfg, src_vocab, tgt_vocab).eval()
+
+
+def batch(lengths, vocab=17, tgt_lengths=None, vocab_t=19, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(lengths), max(lengths)
+    src = torch.zeros(B, S, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, vocab, (n,), generator=g)
+        src[i, n - 1] = EOS
+    tgt_lengths = tgt_lengths or [n + 1 for n in lengths]
+    T = max(tgt_lengths)
+    tgt_out = torch.zeros(B, T, dtype=torch.long)
+    for i, n in enumerate(tgt_lengths):
+        tgt_out[i, :n] = torch.randint(4, vocab_t, (n,), generator=g)
+        tgt_out[i, n - 1] = EOS
+    tgt_in = torch.cat([torch.full((B, 1), BOS), tgt_out[:, :-1]], dim=1)
+    tgt_in[tgt_out == PAD] = PAD
+    return (src, torch.tensor(lengths), src != PAD, tgt_in, tgt_out, tgt_out != PAD)
+
+
+@pytest.mark.parametrize("kind,feed", KINDS)
+def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed):
+    model = tiny_model(kind, feed)
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
+    with torch.no_grad():
+        loss_sum, nll_sum = model(src, lens, smask, tgt_in, tgt_out, tmask)
+        state, memory = model.start(model.encode(src, lens, smask))
+        total = 0.0
+        for t in range(tgt_in.size(1)):
+            log_probs, out = model.step(tgt_in[:, t], state, memory)
+            state = out.state
+            nll = -log_probs.gather(1, tgt_out[:, t:t + 1]).squeeze(1)
+            total += float((nll * tmask[:, t]).sum())
+    assert float(nll_sum) == pytest.approx(total, rel=1e-5)
+    assert float(loss_sum) == pytest.approx(total, rel=1e-5)  # no label smoothing
+
+
+@pytest.mark.parametrize("kind,feed", KINDS)
+def test_step_attention_equals_teacher_forced_attention(kind, feed):
+    model = tiny_model(kind, feed)
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([4, 6])
+    with torch.no_grad():
+        _, weights = model.teacher_force(src, lens, smask, tgt_in)
+        state, memory = model.start(model.encode(src, lens, smask))
+        for t in range(tgt_in.size(1)):
+            _, out = model.step(tgt_in[:, t], state, memory)
+            state = out.state
+            torch.testing.assert_close(out.attention, weights[:, t], rtol=1e-5, atol=1e-6)
+    assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
+
+
+def test_packed_encoder_ignores_padding():
+    """A sentence encodes the same alone and in a batch padded to a longer length."""
+    model = tiny_model(layers=2, self_att=1)
+    src, lens, smask, *_ = batch([3, 9, 5])
+    with torch.no_grad():
+        together = model.encode(src, lens, smask)
+        for i, n in enumerate(lens.tolist()):
+            alone = model.encode(src[i:i + 1, :n], lens[i:i + 1], smask[i:i + 1, :n])
+            torch.testing.assert_close(together.states[i, :n], alone.states[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(together.final[i], alone.final[0], rtol=1e-5, atol=1e-6)
+        assert torch.all(together.states[~smask] == 0)
+
+
+def test_packed_matches_unpacked_gru_on_real_positions():
+    model = tiny_model()
+    src, lens, smask, *_ = batch([4, 4])  # equal lengths: no padding, plain GRU must agree
+    with torch.no_grad():
+        packed = model.encode(src, lens, smask).states
+        plain, _ = model.encoder.rnn(model.src_embed(src))
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_formula():
+    model = tiny_model()
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 4])
+    with torch.no_grad():
+        readout, _ = model.teacher_force(src, lens, smask, tgt_in)
+        loss, nll = model.loss(readout, tgt_out, tmask, label_smoothing=0.1)
+        logits = model.output(readout)[tmask]
+        expected = F.cross_entropy(logits, tgt_out[tmask], label_smoothing=0.1, reduction="sum")
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(nll) == pytest.approx(float(F.cross_entropy(logits, tgt_out[tmask], reduction="sum")), rel=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swish", "selu", "prelu", "aprelu", "arelu", "maxout", "mish"])
+def test_every_registry_activation_builds_and_trains_a_step(activation):
+    model = tiny_model("luong-general", True, activation=activation).train()
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 5])
+    loss, _ = model(src, lens, smask, tgt_in, tgt_out, tmask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "readout" in n or "combine" in n)
+
+
+def test_selu_layers_keep_lecun_init_and_alpha_dropout():
+    model = tiny_model("luong-general", activation="selu")
+    assert isinstance(model.decoder.readout_dropout, torch.nn.AlphaDropout)
+
+
+def test_dot_attention_dimension_mismatch_is_a_config_error():
+    from nmt.errors import ConfigError
+    cfg = ModelConfig(encoder=EncoderConfig(hidden_size=8), decoder=DecoderConfig(hidden_size=8),
+                      attention=AttentionConfig(kind="luong-dot"))
+    with pytest.raises(ConfigError, match="decoder.hidden_size"):
+        build_model(cfg, 10, 10)
+
+
+def test_tied_embeddings_share_storage():
+    model = tiny_model(tied_embeddings=True)
+    assert model.output.weight.data_ptr() == model.tgt_embed.weight.data_ptr()
+
+
+def test_model_overfits_twenty_pairs():
+    """20 pairs, learned to exact reproduction under greedy decoding."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    pairs = []
+    for _ in range(20):
+        n = int(torch.randint(2, 6, (1,), generator=g))
+        s = torch.randint(4, 15, (n,), generator=g).tolist()
+        pairs.append((s + [EOS], [x + 2 for x in reversed(s)] + [EOS]))  # reverse and shift
+    cfg = ModelConfig(embedding_dim=32, dropout=0.0, encoder=EncoderConfig(hidden_size=32, dropout=0.0),
+                      decoder=DecoderConfig(hidden_size=64, dropout=0.0),
+                      attention=AttentionConfig(kind="bahdanau"))
+    model = build_model(cfg, 17, 19)
+    S, T = max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
+    src = torch.tensor([s + [PAD] * (S - len(s)) for s, _ in pairs])
+    tgt_out = torch.tensor([t + [PAD] * (T - len(t)) for _, t in pairs])
+    tgt_in = torch.cat([torch.full((20, 1), BOS), tgt_out[:, :-1]], 1).masked_fill(tgt_out == PAD, PAD)
+    lens, smask, tmask = (src != PAD).sum(1), src != PAD, tgt_out != PAD
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        loss, _ = model(src, lens, smask, tgt_in, tgt_out, tmask)
+        (loss / tmask.sum()).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        state, memory = model.start(model.encode(src, lens, smask))
+        prev = torch.full((20,), BOS)
+        outputs = []
+        for _ in range(T):
+            log_probs, out = model.step(prev, state, memory)
+            prev, state = log_probs.argmax(-1), out.state
+            outputs.append(prev)
+    decoded = torch.stack(outputs, 1)
+    for i, (_, t) in enumerate(pairs):
+        assert decoded[i, :len(t)].tolist() == t
