@@ -1,0 +1,364 @@
+"""Scoring translations with sacrebleu (BLEU, chrF, TER), and ``nmt evaluate``.
+
+All numbers come from sacrebleu's metric objects, so they equal what the ``sacrebleu`` command line
+prints for the same files and settings. Input is *detokenized* text, one segment per line.
+
+Files are read the way the sacrebleu CLI reads them: UTF-8, split on ``"\\n"`` only, a final empty
+line (the trailing newline) dropped, and trailing whitespace stripped from every line.
+
+Two ways to use ``nmt evaluate``:
+
+- ``nmt evaluate --hyp OUT --ref REF [--ref REF2 ...] [--metrics bleu,chrf,ter] [--json]``
+  scores an existing hypothesis file;
+- ``nmt evaluate RUN_DIR --split test [--beam 5 | --greedy] [--checkpoint best] [--json]``
+  translates a split of the run's own corpus, scores it, and keeps the hypotheses and the scores in
+  ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` / ``.json``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import gzip
+import json
+import os
+import re
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import CheckpointError, DataError, NmtError
+
+METRICS: tuple[str, ...] = ("bleu", "chrf", "ter")
+
+__all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
+           "format_scores", "evaluate_run", "evaluate_cli"]
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+def parse_metrics(metrics: str | Iterable[str] | None) -> list[str]:
+    """``"bleu,chrf"`` or ``["BLEU", "chrf"]`` -> ``["bleu", "chrf"]``; ``None`` -> all metrics.
+
+    Unknown names raise :class:`NmtError` (with a suggestion); duplicates are dropped.
+    """
+    if metrics is None:
+        return list(METRICS)
+    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise NmtError(f"metric names must be strings, got {item!r}; choose from {', '.join(METRICS)}")
+        name = item.strip().lower()
+        if not name:
+            continue
+        if name not in METRICS:
+            hint = difflib.get_close_matches(name, METRICS, n=1, cutoff=0.5)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            raise NmtError(f"unknown metric {item.strip()!r}; {extra}choose from {', '.join(METRICS)} "
+                           "(e.g. --metrics bleu,chrf)")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise NmtError(f"no metric given; choose from {', '.join(METRICS)} (e.g. --metrics bleu,chrf)")
+    return names
+
+
+def _metric(name: str, bleu_tokenize: str):
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    if name == "bleu":
+        if bleu_tokenize not in BLEU.TOKENIZERS:
+            raise NmtError(f"unknown BLEU tokenizer {bleu_tokenize!r}; sacrebleu knows "
+                           f"{', '.join(BLEU.TOKENIZERS)} (the usual one is '13a')")
+        return BLEU(tokenize=bleu_tokenize)
+    if name == "chrf":
+        return CHRF()
+    return TER()
+
+
+def score_corpus(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                 metrics: Iterable[str] | str | None = METRICS,
+                 bleu_tokenize: str = "13a") -> dict[str, dict[str, Any]]:
+    """Corpus scores of detokenized ``hypotheses`` against one or more reference sets.
+
+    ``references`` holds one list per reference set, each as long as ``hypotheses``
+    (``[refs]`` for a single reference). Returns, per metric name (``bleu``, ``chrf``, ``ter``)::
+
+        {"name": "BLEU", "score": 42.48, "signature": "nrefs:1|case:mixed|...",
+         "line": "BLEU = 42.48 88.9/57.1/40.0/25.0 (BP = ...)"}
+
+    ``signature`` is sacrebleu's ``metric.get_signature()`` and ``line`` is ``str(score)``.
+    """
+    names = parse_metrics(metrics)
+    hyps = list(hypotheses)
+    if isinstance(hypotheses, str) or any(not isinstance(h, str) for h in hyps):
+        raise NmtError("hypotheses must be a list of strings (one detokenized segment each)")
+    if isinstance(references, str) or not references:
+        raise NmtError("references must be a non-empty list of reference sets, e.g. [refs]")
+    ref_sets = [list(r) for r in references]
+    if any(isinstance(r, str) for r in references):
+        raise NmtError("references must be a list of reference *sets* (lists of strings); "
+                       "for a single reference write score_corpus(hyps, [refs])")
+    for i, refs in enumerate(ref_sets, 1):
+        if any(not isinstance(r, str) for r in refs):
+            raise NmtError(f"reference set {i} must contain only strings")
+        if len(refs) != len(hyps):
+            raise DataError(f"reference set {i} has {len(refs)} segments but there are "
+                            f"{len(hyps)} hypotheses; every set needs one segment per hypothesis")
+    if not hyps:
+        raise DataError("nothing to score: there are no hypotheses")
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        metric = _metric(name, bleu_tokenize)
+        score = metric.corpus_score(hyps, ref_sets)
+        results[name] = {
+            "name": score.name,
+            "score": float(score.score),
+            "signature": str(metric.get_signature()),
+            "line": str(score),
+        }
+    return results
+
+
+def format_scores(scores: dict[str, dict[str, Any]]) -> str:
+    """One line per metric, as sacrebleu prints it: ``BLEU|nrefs:1|... = 42.48 88.9/...``."""
+    lines = []
+    for result in scores.values():
+        line = result["line"]
+        head = f"{result['name']} = "
+        rest = line[len(head):] if line.startswith(head) else line
+        lines.append(f"{result['name']}|{result['signature']} = {rest}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def read_lines(path: str | os.PathLike, role: str = "file") -> list[str]:
+    """Lines of a UTF-8 text file exactly as the sacrebleu CLI reads them.
+
+    Split on ``"\\n"``; a last empty line (the final newline) is dropped; trailing whitespace is
+    stripped from each line. ``.gz`` files are decompressed. Missing files and bytes that are not
+    UTF-8 raise :class:`DataError` naming the file, the line and the byte.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{role} {str(p)!r} not found")
+    if p.is_dir():
+        raise DataError(f"{role} {str(p)!r} is a directory; give a text file with one segment per line")
+    try:
+        data = p.read_bytes()
+        if p.suffix == ".gz":
+            data = gzip.decompress(data)
+    except OSError as exc:
+        raise DataError(f"cannot read {role} {str(p)!r}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        column = exc.start - line_start + 1
+        raise DataError(f"{role} {str(p)!r} is not UTF-8: line {line_no}, byte {column} of the line "
+                        f"(0x{data[exc.start]:02x}, {exc.reason}); convert it, e.g. "
+                        f"iconv -f latin1 -t utf-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip() for line in lines]
+
+
+def evaluate_files(hyp_path: str | os.PathLike, ref_paths: Sequence[str | os.PathLike] | str,
+                   metrics: Iterable[str] | str | None = METRICS,
+                   bleu_tokenize: str = "13a") -> dict[str, dict[str, Any]]:
+    """Score a hypothesis file against one or more reference files (see :func:`score_corpus`)."""
+    names = parse_metrics(metrics)
+    if isinstance(ref_paths, (str, os.PathLike)):
+        ref_paths = [ref_paths]
+    if not ref_paths:
+        raise NmtError("no reference file given (--ref FILE, repeatable for several references)")
+    hyps = read_lines(hyp_path, "hypothesis file")
+    if not hyps:
+        raise DataError(f"hypothesis file {str(hyp_path)!r} is empty")
+    refs = []
+    for ref_path in ref_paths:
+        lines = read_lines(ref_path, "reference file")
+        if not lines:
+            raise DataError(f"reference file {str(ref_path)!r} is empty")
+        if len(lines) != len(hyps):
+            raise DataError(f"line counts differ: hypothesis file {str(hyp_path)!r} has {len(hyps)} "
+                            f"lines, reference file {str(ref_path)!r} has {len(lines)} lines")
+        refs.append(lines)
+    return score_corpus(hyps, refs, names, bleu_tokenize)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------------ run dirs
+
+def _checkpoint_tag(checkpoint: str) -> str:
+    """``best`` -> ``best``; ``runs/x/checkpoints/step1000.pt`` -> ``step1000`` (file-name safe)."""
+    name = Path(str(checkpoint)).name
+    for suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "checkpoint"
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | None = None,
+                 checkpoint: str = "best", metrics: Iterable[str] | str | None = None,
+                 command: str | None = None) -> dict[str, Any]:
+    """Translate ``split`` of the run's corpus, score it, and write the results into the run.
+
+    ``beam=None`` uses the recipe's ``decode.beam``; ``metrics=None`` the recipe's ``eval.metrics``.
+    Writes ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` (one hypothesis per line) and
+    ``... .json`` (scores, signatures, settings, timestamp), both atomically, and returns the JSON
+    record (with ``"json_path"``).
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
+    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise NmtError(f"--beam: got {beam!r}, must be a positive integer (1 = greedy)")
+    import importlib
+
+    from nmt.translate import Translator
+
+    data_module = importlib.import_module("nmt.data")
+
+    known_splits = getattr(data_module, "SPLITS", None)
+    if known_splits and split not in known_splits:
+        raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(known_splits)}")
+    translator = Translator.load(run, checkpoint=checkpoint)
+    recipe = translator.recipe
+    names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
+    beam = int(beam if beam is not None else recipe.decode.beam)
+    corpus = data_module.load_corpus(recipe.data, splits=(split,))
+    if split not in corpus:
+        raise DataError(f"the run's corpus has no split {split!r} (available: "
+                        f"{', '.join(map(str, corpus)) or 'none'})")
+    dataset = corpus[split]
+    sources = [str(s) for s in dataset["src"]]
+    references = [str(t) for t in dataset["tgt"]]
+    if not sources:
+        raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
+    started = _dt.datetime.now(_dt.timezone.utc)
+    hypotheses = list(translator.translate(sources, beam=beam))
+    seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
+    if len(hypotheses) != len(sources):
+        raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
+                       "sources (a bug in nmt.translate)")
+    # One segment per line on disk: a newline inside a hypothesis would shift every later line.
+    hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
+    scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
+
+    stem = f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}"
+    eval_dir = run / "eval"
+    hyp_path = eval_dir / f"{stem}.hyp"
+    json_path = eval_dir / f"{stem}.json"
+    from . import __version__
+    import sacrebleu
+
+    record = {
+        "run_dir": str(run),
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "beam": beam,
+        "metrics": names,
+        "bleu_tokenize": recipe.eval.bleu_tokenize,
+        "sentences": len(sources),
+        "translate_seconds": round(seconds, 3),
+        "scores": scores,
+        "hypotheses": str(hyp_path),
+        "command": command,
+        "timestamp": started.isoformat(timespec="seconds"),
+        "nmt_version": __version__,
+        "sacrebleu_version": sacrebleu.__version__,
+    }
+    _atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
+    _atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    record["json_path"] = str(json_path)
+    return record
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+_MODES = ("nmt evaluate needs one of two argument sets:\n"
+          "  nmt evaluate --hyp OUT --ref REF [--ref REF2 ...] [--metrics bleu,chrf,ter] [--json]\n"
+          "      score an existing (detokenized) hypothesis file against reference files\n"
+          "  nmt evaluate RUN_DIR [--split test] [--beam 5 | --greedy] [--checkpoint best] [--json]\n"
+          "      translate a split of the run's corpus, then score it")
+
+
+def _command_line(run_dir, split, beam, checkpoint, metrics) -> str:
+    """The equivalent command line (for the record written into the run)."""
+    parts = ["nmt", "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
+    parts += ["--beam", str(beam)] if beam is not None else []
+    parts += ["--metrics", ",".join(metrics)] if metrics else []
+    return shlex.join(parts)
+
+
+def evaluate_cli(args) -> int:
+    """``nmt evaluate``: see the module docstring for the two modes. Returns the exit code."""
+    run_dir = getattr(args, "run_dir", None)
+    hyp = getattr(args, "hyp", None)
+    refs = list(getattr(args, "ref", None) or [])
+    beam = getattr(args, "beam", None)
+    greedy = bool(getattr(args, "greedy", False))
+    split = getattr(args, "split", "test") or "test"
+    checkpoint = getattr(args, "checkpoint", "best") or "best"
+    as_json = bool(getattr(args, "json", False))
+    metrics_arg = getattr(args, "metrics", None)
+
+    if run_dir and (hyp or refs):
+        raise NmtError("give either a run directory or --hyp/--ref files, not both.\n" + _MODES)
+    if hyp or refs:
+        if not hyp:
+            raise NmtError("--ref needs --hyp (the hypothesis file to score).\n" + _MODES)
+        if not refs:
+            raise NmtError("--hyp needs at least one --ref (reference file).\n" + _MODES)
+        unused = [flag for flag, used in (("--beam", beam is not None), ("--greedy", greedy),
+                                          ("--split", split != "test"),
+                                          ("--checkpoint", checkpoint != "best")) if used]
+        if unused:
+            raise NmtError(f"{', '.join(unused)} only apply when evaluating a run directory; "
+                           "with --hyp/--ref the translations already exist.\n" + _MODES)
+        names = parse_metrics(metrics_arg)
+        scores = evaluate_files(hyp, refs, names)
+        if as_json:
+            print(json.dumps({"hyp": str(hyp), "refs": [str(r) for r in refs], "scores": scores},
+                             indent=2, ensure_ascii=False))
+        else:
+            print(format_scores(scores))
+        return 0
+    if run_dir:
+        if greedy and beam is not None and beam != 1:
+            raise NmtError(f"--greedy means beam 1, but --beam {beam} was also given; choose one")
+        if greedy:
+            beam = 1
+        names = parse_metrics(metrics_arg) if metrics_arg is not None else None
+        record = evaluate_run(run_dir, split=split, beam=beam, checkpoint=checkpoint, metrics=names,
+                              command=_command_line(run_dir, split, beam, checkpoint, names))
+        if as_json:
+            print(json.dumps(record, indent=2, ensure_ascii=False))
+        else:
+            print(format_scores(record["scores"]))
+            print(f"wrote {record['hypotheses']} and {record['json_path']}")
+        return 0
+    raise NmtError("nothing to evaluate.\n" + _MODES)

@@ -1,0 +1,296 @@
+"""nmt.evaluation: sacrebleu scoring, file reading rules, error messages and ``nmt evaluate``."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+from nmt.errors import DataError, NmtError
+from nmt.evaluation import (evaluate_cli, evaluate_files, format_scores, parse_metrics, read_lines,
+                            score_corpus)
+
+HYPS = ["The cat sat on a mat.", "Hello world!", "It is raining today, isn't it?",
+        "We will see tomorrow."]
+REFS = ["The cat sat on the mat.", "Hello there, world!", "It's raining today, isn't it?",
+        "We'll see tomorrow."]
+REFS2 = ["A cat was sitting on the mat.", "Hello world!", "Today it rains, doesn't it?",
+         "See you tomorrow."]
+
+
+def write(path: Path, lines: list[str], trailing_newline: bool = True) -> Path:
+    path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""), encoding="utf-8")
+    return path
+
+
+def cli_args(**kw) -> argparse.Namespace:
+    base = dict(run_dir=None, hyp=None, ref=[], metrics=None, split="test", beam=None, greedy=False,
+                checkpoint="best", json=False)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+# -------------------------------------------------------------------------------------- scoring
+
+def test_scores_equal_sacrebleu_api():
+    got = score_corpus(HYPS, [REFS])
+    assert list(got) == ["bleu", "chrf", "ter"]
+    bleu = sacrebleu.corpus_bleu(HYPS, [REFS])
+    chrf = sacrebleu.corpus_chrf(HYPS, [REFS])
+    ter = sacrebleu.corpus_ter(HYPS, [REFS])
+    assert got["bleu"]["score"] == pytest.approx(bleu.score, abs=1e-9)
+    assert got["chrf"]["score"] == pytest.approx(chrf.score, abs=1e-9)
+    assert got["ter"]["score"] == pytest.approx(ter.score, abs=1e-9)
+    assert 0 < got["bleu"]["score"] < 100 and got["ter"]["score"] > 0  # a non-trivial example
+    assert got["bleu"]["line"] == str(bleu)
+    assert got["chrf"]["line"] == str(chrf)
+    assert got["bleu"]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|")
+    assert got["chrf"]["signature"].startswith("nrefs:1|") and "nc:6" in got["chrf"]["signature"]
+    assert got["ter"]["signature"].startswith("nrefs:1|case:lc|tok:tercom")
+    assert format_scores(got).splitlines()[0] == \
+        f"BLEU|{got['bleu']['signature']} = {str(bleu)[len('BLEU = '):]}"
+
+
+def test_bleu_tokenizer_and_metric_subset():
+    got = score_corpus(HYPS, [REFS], metrics=["bleu"], bleu_tokenize="char")
+    assert list(got) == ["bleu"]
+    expected = sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="char").score
+    assert got["bleu"]["score"] == pytest.approx(expected)
+    assert got["bleu"]["score"] != pytest.approx(score_corpus(HYPS, [REFS], "bleu")["bleu"]["score"])
+    assert "tok:char" in got["bleu"]["signature"]
+    with pytest.raises(NmtError, match="unknown BLEU tokenizer 'nope'"):
+        score_corpus(HYPS, [REFS], "bleu", bleu_tokenize="nope")
+
+
+def test_multi_reference():
+    got = score_corpus(HYPS, [REFS, REFS2])
+    assert got["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, REFS2]).score)
+    assert got["ter"]["score"] == pytest.approx(sacrebleu.corpus_ter(HYPS, [REFS, REFS2]).score)
+    assert got["bleu"]["signature"].startswith("nrefs:2|")
+    # the second reference matches line 2 exactly, so two references score higher than one
+    assert got["bleu"]["score"] > score_corpus(HYPS, [REFS])["bleu"]["score"]
+
+
+def test_score_corpus_rejects_bad_shapes():
+    with pytest.raises(NmtError, match=r"score_corpus\(hyps, \[refs\]\)"):
+        score_corpus(HYPS, REFS)  # a flat list instead of a list of reference sets
+    with pytest.raises(DataError, match="reference set 1 has 3 segments but there are 4 hypotheses"):
+        score_corpus(HYPS, [REFS[:3]])
+    with pytest.raises(DataError, match="no hypotheses"):
+        score_corpus([], [[]])
+
+
+def test_parse_metrics():
+    assert parse_metrics(None) == ["bleu", "chrf", "ter"]
+    assert parse_metrics("BLEU, chrf,bleu") == ["bleu", "chrf"]
+    with pytest.raises(NmtError, match="unknown metric 'blue'; did you mean 'bleu'"):
+        parse_metrics("blue,chrf")
+    with pytest.raises(NmtError, match="no metric"):
+        parse_metrics(" , ")
+
+
+# ---------------------------------------------------------------------------------------- files
+
+def test_read_lines_like_sacrebleu_cli(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"one  \r\ntwo\n\nfour\n")
+    assert read_lines(f) == ["one", "two", "", "four"]  # final newline dropped, blank line kept
+    f.write_bytes(b"one\ntwo")  # no final newline
+    assert read_lines(f) == ["one", "two"]
+    f.write_bytes(b"")
+    assert read_lines(f) == []
+
+
+def test_scores_equal_sacrebleu_cli(tmp_path):
+    exe = shutil.which("sacrebleu") or str(Path(sys.executable).with_name("sacrebleu"))
+    if not Path(exe).exists():
+        pytest.skip("the sacrebleu command line is not installed")
+    hyp = write(tmp_path / "hyp.txt", [h + "  \r" if i == 1 else h for i, h in enumerate(HYPS)])
+    ref = write(tmp_path / "ref.txt", REFS, trailing_newline=False)
+    ref2 = write(tmp_path / "ref2.txt", REFS2)
+    for refs in ([ref], [ref, ref2]):
+        out = subprocess.run([exe, *map(str, refs), "-i", str(hyp), "-m", "bleu", "chrf", "ter",
+                              "-b", "-w", "6"], capture_output=True, text=True, check=True).stdout
+        expected = json.loads(out)
+        got = evaluate_files(hyp, refs)
+        assert [round(got[m]["score"], 6) for m in ("bleu", "chrf", "ter")] == \
+            pytest.approx(expected, abs=1e-6)
+
+
+def test_evaluate_files_errors(tmp_path):
+    hyp = write(tmp_path / "hyp.txt", HYPS)
+    short = write(tmp_path / "short.txt", REFS[:3])
+    with pytest.raises(DataError) as err:
+        evaluate_files(hyp, [short])
+    msg = str(err.value)
+    assert "hyp.txt" in msg and "has 4 lines" in msg and "short.txt" in msg and "has 3 lines" in msg
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"hypothesis file .*empty\.txt' is empty"):
+        evaluate_files(empty, [short])
+    with pytest.raises(DataError, match=r"reference file .*empty\.txt' is empty"):
+        evaluate_files(hyp, [empty])
+
+    with pytest.raises(DataError, match=r"reference file .*missing\.txt' not found"):
+        evaluate_files(hyp, [tmp_path / "missing.txt"])
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("ok\nstill ok\nfatigu\u00e9\nend\n".encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        evaluate_files(hyp, [latin1])
+    msg = str(err.value)
+    assert "latin1.txt" in msg and "not UTF-8" in msg and "line 3" in msg and "0xe9" in msg
+    assert "byte 7 of the line" in msg
+
+    with pytest.raises(NmtError, match="unknown metric 'bleu4'"):
+        evaluate_files(hyp, [hyp], metrics="bleu4")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def test_cli_files_text_and_json(tmp_path, capsys):
+    hyp = write(tmp_path / "hyp.txt", HYPS)
+    ref = write(tmp_path / "ref.txt", REFS)
+    assert evaluate_cli(cli_args(hyp=str(hyp), ref=[str(ref)], metrics="bleu,chrf")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("BLEU|nrefs:1|") and out[1].startswith("chrF2|nrefs:1|")
+    assert f"= {sacrebleu.corpus_bleu(HYPS, [REFS]).score:.2f} " in out[0]
+
+    assert evaluate_cli(cli_args(hyp=str(hyp), ref=[str(ref)], json=True)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["scores"]) == {"bleu", "chrf", "ter"}
+    assert data["scores"]["ter"]["score"] == pytest.approx(sacrebleu.corpus_ter(HYPS, [REFS]).score)
+
+
+def test_cli_argument_errors(tmp_path):
+    with pytest.raises(NmtError, match="two argument sets") as err:
+        evaluate_cli(cli_args())
+    assert "--hyp OUT --ref REF" in str(err.value) and "nmt evaluate RUN_DIR" in str(err.value)
+    with pytest.raises(NmtError, match="--hyp needs at least one --ref"):
+        evaluate_cli(cli_args(hyp="h.txt"))
+    with pytest.raises(NmtError, match="--ref needs --hyp"):
+        evaluate_cli(cli_args(ref=["r.txt"]))
+    with pytest.raises(NmtError, match="not both"):
+        evaluate_cli(cli_args(run_dir="runs/x", hyp="h.txt", ref=["r.txt"]))
+    with pytest.raises(NmtError, match="--beam only apply when evaluating a run directory"):
+        evaluate_cli(cli_args(hyp="h.txt", ref=["r.txt"], beam=5))
+    with pytest.raises(NmtError, match="--greedy means beam 1"):
+        evaluate_cli(cli_args(run_dir=str(tmp_path), greedy=True, beam=4))
+
+
+def test_cli_main_exit_code(tmp_path, capsys):
+    from nmt.cli import main
+
+    hyp = write(tmp_path / "hyp.txt", HYPS)
+    assert main(["evaluate", "--hyp", str(hyp), "--ref", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt' not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- run-directory mode
+
+class FakeTranslator:
+    """Stands in for nmt.translate.Translator: 'translates' by looking up the reference."""
+
+    calls: list = []
+
+    def __init__(self, recipe, table):
+        self.recipe, self.table = recipe, table
+
+    @classmethod
+    def make_load(cls, recipe, table):
+        def load(run_dir, checkpoint="best"):
+            cls.calls.append(("load", str(run_dir), checkpoint))
+            return cls(recipe, table)
+        return load
+
+    def translate(self, sources, beam=5):
+        self.calls.append(("translate", len(sources), beam))
+        return [self.table[s] for s in sources]
+
+
+def _fake_corpus(split_name="test"):
+    class Split(dict):
+        pass
+
+    data = Split(src=[f"src {i}" for i in range(len(HYPS))], tgt=list(REFS))
+
+    def load_corpus(data_config, splits=("train", "valid", "test")):
+        assert tuple(splits) == (split_name,)
+        return {split_name: data}
+
+    table = dict(zip(data["src"], HYPS))
+    return load_corpus, table
+
+
+def _recipe():
+    from nmt.config import Recipe
+
+    recipe = Recipe()
+    recipe.eval.metrics = ["bleu", "ter"]
+    recipe.decode.beam = 3
+    return recipe
+
+
+def _check_run_outputs(run: Path, capsys, beam: int) -> None:
+    json_path = run / "eval" / f"test.best.beam{beam}.json"
+    hyp_path = run / "eval" / f"test.best.beam{beam}.hyp"
+    assert hyp_path.read_text(encoding="utf-8").splitlines() == HYPS
+    record = json.loads(json_path.read_text(encoding="utf-8"))
+    assert record["split"] == "test" and record["beam"] == beam and record["checkpoint"] == "best"
+    assert record["metrics"] == ["bleu", "ter"] and record["sentences"] == len(HYPS)
+    assert record["timestamp"] and record["command"].startswith("nmt evaluate ")
+    assert record["scores"]["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    assert record["scores"]["bleu"]["signature"].startswith("nrefs:1|")
+    assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]  # no temp files left
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["scores"] == record["scores"]
+
+
+def test_run_mode_with_fake_modules(tmp_path, monkeypatch, capsys):
+    """The run-directory mode against stand-ins for nmt.translate / nmt.data (always runs)."""
+    load_corpus, table = _fake_corpus()
+    FakeTranslator.calls = []
+    monkeypatch.setitem(sys.modules, "nmt.translate", types.SimpleNamespace(
+        Translator=types.SimpleNamespace(load=FakeTranslator.make_load(_recipe(), table))))
+    monkeypatch.setitem(sys.modules, "nmt.data", types.SimpleNamespace(load_corpus=load_corpus))
+    run = tmp_path / "run"
+    run.mkdir()
+    assert evaluate_cli(cli_args(run_dir=str(run), json=True)) == 0  # beam from the recipe
+    assert FakeTranslator.calls == [("load", str(run), "best"), ("translate", len(HYPS), 3)]
+    _check_run_outputs(run, capsys, beam=3)
+    assert evaluate_cli(cli_args(run_dir=str(run), greedy=True, json=True)) == 0
+    assert FakeTranslator.calls[-1] == ("translate", len(HYPS), 1)
+    _check_run_outputs(run, capsys, beam=1)
+
+    with pytest.raises(NmtError, match="run directory .* not found"):
+        evaluate_cli(cli_args(run_dir=str(tmp_path / "nope")))
+    monkeypatch.setattr(sys.modules["nmt.data"], "SPLITS", ("train", "valid", "test"), raising=False)
+    with pytest.raises(NmtError, match="--split 'dev': unknown split; the run's corpus has train, valid"):
+        evaluate_cli(cli_args(run_dir=str(run), split="dev"))
+
+
+def test_run_mode_against_real_api(tmp_path, monkeypatch, capsys):
+    """The same, but patching the real nmt.translate / nmt.data (checks the names we rely on)."""
+    import inspect
+
+    translate_mod = pytest.importorskip("nmt.translate")
+    data_mod = pytest.importorskip("nmt.data")
+    assert "checkpoint" in inspect.signature(translate_mod.Translator.load).parameters
+    assert "beam" in inspect.signature(translate_mod.Translator.translate).parameters
+    assert "splits" in inspect.signature(data_mod.load_corpus).parameters
+    load_corpus, table = _fake_corpus()
+    FakeTranslator.calls = []
+    monkeypatch.setattr(translate_mod.Translator, "load", FakeTranslator.make_load(_recipe(), table))
+    monkeypatch.setattr(data_mod, "load_corpus", load_corpus)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert evaluate_cli(cli_args(run_dir=str(run), beam=2, json=True)) == 0
+    assert FakeTranslator.calls[-1] == ("translate", len(HYPS), 2)
+    _check_run_outputs(run, capsys, beam=2)
