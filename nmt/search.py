@@ -1,0 +1,534 @@
+"""Greedy and beam search over a :class:`~nmt.model.Seq2Seq`, batched over sentences × beams.
+
+Everything here works on token ids (no tokenizers). The only Python loop is over time steps:
+sentences and beams are rows of tensors, the attention memory is projected once per batch
+(``model.start``), and a sentence that is done leaves the active batch (its rows of the decoder
+state and memory are dropped with ``select``), so each step costs less as sentences finish.
+
+Definitions (shared by greedy and beam search)
+----------------------------------------------
+- A hypothesis is the list of generated target ids, without BOS; it ends with EOS unless it was
+  *closed* at the maximum length (``Hypothesis.finished`` tells which).
+- Its **raw score** is the sum of the log-probabilities of its tokens, EOS included. It equals
+  :func:`score_targets` of the same tokens (teacher forcing); PAD and BOS are never generated and
+  masked choices (min length, no-repeat n-grams) are not renormalised, so the numbers agree.
+- Its **score** is the raw score with the GNMT penalties (Wu et al. 2016, eq. 14)::
+
+      score = raw / lp(|Y|) + cp,   lp(n) = ((5 + n) / 6) ** alpha,
+      cp = beta * Σ_i log(min(Σ_t a_{t,i}, 1))     over the real source tokens i (EOS included)
+
+  where ``|Y|`` counts the generated tokens including EOS and ``a_{t,i}`` is the attention of
+  output step t (EOS's step included) on source token i. Coverage below 1e-6 is clamped to 1e-6
+  so that a never-attended source token costs ``beta * log(1e-6)`` instead of minus infinity.
+  ``alpha = beta = 0`` (the defaults) makes ``score == raw``.
+- **Max length** of sentence i is ``max(floor(a · S_i + b), min_len + 1, 1)`` generated tokens
+  (EOS included), where ``S_i`` is the number of real source ids the model sees (EOS included).
+  A hypothesis that reaches it without EOS is closed there and *does* count as a hypothesis
+  (``finished=False``, its tokens have no EOS).
+- **Min length** ``min_len`` counts tokens before EOS: EOS is forbidden while fewer than
+  ``min_len`` tokens were generated.
+- **No-repeat n-gram** ``n``: a token is forbidden if it would complete an n-gram that already
+  occurs in the hypothesis (n = 1: no token twice).
+
+Greedy search takes the arg-max at every step; the penalties do not influence it (they are only
+reported in ``score``).
+
+Beam search (beam K, n-best P <= K)
+-----------------------------------
+At each step, each active sentence has K beams; their K·V continuations are scored.
+
+1. The top K continuations *overall* are looked at: those that end in EOS are finished hypotheses
+   and go to the sentence's pool (they are not extended). At a sentence's max length, the
+   non-EOS ones among them are closed and go to the pool as well.
+2. The K beams of the next step are the top K continuations that do not end in EOS (the beam is
+   refilled, so it stays K wide).
+3. The pool keeps the P best hypotheses by penalised score, sorted best first. Hypotheses are
+   distinct by construction (distinct parents × distinct tokens; EOS-ended and closed differ).
+4. A sentence is done when it reached its max length, when no beam has a finite score left, or
+   when its pool is full and no active beam can still beat the pool's worst entry. Log-probs are
+   <= 0, so a beam's raw score only falls; with ``lp`` growing in length and ``cp <= 0``, an upper
+   bound of any future score of a beam with raw score r is ``r / lp(max_len)``. With
+   ``alpha = 0`` this is the usual "best finished beats all active beams" rule. The rule is exact:
+   search never stops a sentence that could still improve its pool.
+
+With K = 1 this is exactly greedy search (the arg-max continuation either ends in EOS, which is
+then the best possible, or is the single beam that goes on). With K at least the number of
+distinct prefixes, nothing is ever pruned and the result equals exhaustive enumeration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import NmtError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+#: coverage below this is clamped before the log of the coverage penalty
+COVERAGE_FLOOR = 1e-6
+
+__all__ = [
+    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
+    "SearchOptions", "Hypothesis",
+    "search", "greedy_search", "beam_search", "score_targets", "pad_sources", "translate_ids",
+    "length_penalty", "coverage_penalty",
+]
+
+
+# --------------------------------------------------------------------------------------- options
+
+@dataclass
+class SearchOptions:
+    """Search settings; :meth:`from_config` fills them from a recipe's ``decode`` section."""
+
+    beam: int = 5  #: 1 = greedy search
+    n_best: int = 1  #: hypotheses returned per sentence (<= beam)
+    length_penalty: float = 0.0  #: GNMT alpha (0 disables)
+    coverage_penalty: float = 0.0  #: GNMT beta (0 disables)
+    max_len_a: float = 1.5  #: max output length = a · source length + b
+    max_len_b: int = 10
+    min_len: int = 0  #: tokens before EOS
+    no_repeat_ngram: int = 0  #: 0 disables
+    return_attention: bool = False  #: keep attention weights (and local-p positions) per token
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.beam, int) or isinstance(self.beam, bool) or self.beam < 1:
+            problems.append(f"beam must be an integer >= 1, got {self.beam!r}")
+        if not isinstance(self.n_best, int) or isinstance(self.n_best, bool) or self.n_best < 1:
+            problems.append(f"n_best must be an integer >= 1, got {self.n_best!r}")
+        elif isinstance(self.beam, int) and self.n_best > self.beam:
+            problems.append(f"n_best ({self.n_best}) must not exceed the beam size ({self.beam}); "
+                            f"use a beam of at least {self.n_best}")
+        for name in ("length_penalty", "coverage_penalty", "max_len_a"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                    or not math.isfinite(value):
+                problems.append(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("max_len_b", "min_len", "no_repeat_ngram"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name} must be an integer >= 0, got {value!r}")
+        if problems:
+            raise NmtError("invalid search options: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, decode: Any = None, **overrides: Any) -> "SearchOptions":
+        """Options from a ``DecodeConfig`` (or defaults), then ``overrides`` (``None`` = keep)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise NmtError(f"unknown search option(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(names))}")
+        values = {}
+        if decode is not None:
+            values = {name: getattr(decode, name) for name in names if hasattr(decode, name)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def max_lengths(self, src_lengths: Tensor) -> Tensor:
+        """Per-sentence max output length (generated tokens incl. EOS) as a long tensor."""
+        limit = torch.floor(self.max_len_a * src_lengths.double() + self.max_len_b).long()
+        return limit.clamp(min=max(1, self.min_len + 1))
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  #: target ids without BOS; ends with EOS unless closed at max length
+    score: float  #: penalised score (ranking); equals ``raw_score`` without penalties
+    log_probs: list[float]  #: per token (same length as ``tokens``)
+    attention: Tensor | None = None  #: (len(tokens), real source length), when requested
+    positions: Tensor | None = None  #: (len(tokens),) local-p predicted centres, when requested
+    raw_score: float = 0.0  #: sum of the token log-probs (EOS included)
+    finished: bool = True  #: ended with EOS (False: closed at the max length)
+
+
+# ------------------------------------------------------------------------------------- penalties
+
+def length_penalty(lengths: Tensor | int, alpha: float) -> Tensor | float:
+    """GNMT ``lp(n) = ((5 + n) / 6) ** alpha``."""
+    if isinstance(lengths, Tensor):
+        return ((5.0 + lengths.double()) / 6.0).pow(alpha).float()
+    return ((5.0 + lengths) / 6.0) ** alpha
+
+
+def coverage_penalty(coverage: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """GNMT ``beta * Σ_i log(min(coverage_i, 1))`` over ``mask``-ed source positions, ``(..., S) -> (...)``."""
+    logs = coverage.float().clamp(min=COVERAGE_FLOOR, max=1.0).log()
+    return beta * (logs * mask.to(logs.dtype)).sum(-1)
+
+
+# ------------------------------------------------------------------------------------- utilities
+
+def pad_sources(sources: Sequence[Sequence[int]], device: torch.device | str | None = None):
+    """Id lists (each non-empty, EOS already appended) -> ``(src (B, S), lengths (B,), mask (B, S))``."""
+    if not sources or any(len(s) == 0 for s in sources):
+        raise ValueError("pad_sources needs a non-empty list of non-empty id lists")
+    width = max(len(s) for s in sources)
+    src = torch.full((len(sources), width), PAD_ID, dtype=torch.long)
+    for row, ids in enumerate(sources):
+        src[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sources], dtype=torch.long)
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    if device is not None:
+        src, lengths, mask = src.to(device), lengths.to(device), mask.to(device)
+    return src, lengths, mask
+
+
+def _check_model(model) -> None:
+    if model.training:
+        raise ValueError("search needs the model in eval mode (call model.eval() first): "
+                         "dropout would make the search random")
+
+
+def _restrict(log_probs: Tensor, history: Tensor, step: int, opts: SearchOptions) -> Tensor:
+    """Copy of ``log_probs (N, V)`` with forbidden tokens at -inf.
+
+    ``history (N, step)`` holds the tokens generated so far. Forbidden: PAD and BOS always, EOS
+    before ``min_len`` tokens, and tokens that would repeat an n-gram (``no_repeat_ngram``).
+    """
+    out = log_probs.clone()
+    out[:, PAD_ID] = -math.inf
+    out[:, BOS_ID] = -math.inf
+    if step < opts.min_len:
+        out[:, EOS_ID] = -math.inf
+    n = opts.no_repeat_ngram
+    if n > 0 and step >= n:
+        windows = history.unfold(1, n, 1)  # (N, step - n + 1, n): every n-gram so far
+        if n > 1:
+            last = history[:, step - n + 1:]  # (N, n - 1): the prefix the next token would extend
+            match = (windows[:, :, : n - 1] == last.unsqueeze(1)).all(-1)  # (N, W)
+        else:
+            match = torch.ones(windows.shape[:2], dtype=torch.bool, device=history.device)
+        # scatter_add (not scatter): several windows may name the same token
+        hits = torch.zeros_like(out).scatter_add_(1, windows[:, :, n - 1], match.to(out.dtype))
+        out.masked_fill_(hits > 0, -math.inf)
+    return out
+
+
+def _positions_or_zero(out, rows: int, device) -> Tensor:
+    if out.positions is None:
+        return torch.zeros(rows, device=device)
+    return out.positions.float()
+
+
+def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
+           options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+    """Greedy search when ``options.beam == 1``, else beam search. One list per sentence."""
+    options = options or SearchOptions()
+    if options.beam == 1:
+        return greedy_search(model, src, src_lengths, src_mask, options)
+    return beam_search(model, src, src_lengths, src_mask, options)
+
+
+def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOptions | None = None,
+                  device: torch.device | str | None = None, batch_tokens: int | None = 8000,
+                  max_sentences: int | None = None) -> list[list[Hypothesis]]:
+    """Search for many id sequences: batched by length, results in input order.
+
+    ``sources`` are source ids *without* EOS (as ``SubwordTokenizers.encode_src`` returns them);
+    EOS is appended here. An empty source is not searched: it gets one empty hypothesis
+    (``tokens == []``, score 0, ``finished=False``; attention of shape (0, 1) when requested).
+    No truncation happens here (``Translator`` truncates to ``decode.max_input_len``).
+    """
+    from .batching import inference_batches
+
+    options = options or SearchOptions()
+    if device is None:
+        device = next(model.parameters()).device
+    with_eos = [list(ids) + [EOS_ID] if len(ids) else None for ids in sources]
+    todo = [i for i, ids in enumerate(with_eos) if ids is not None]
+    results: list[list[Hypothesis] | None] = [None] * len(with_eos)
+    if todo:
+        groups = inference_batches([len(with_eos[i]) for i in todo], batch_tokens or 8000, max_sentences)
+        for group in groups:
+            rows = [todo[k] for k in group]
+            src, lengths, mask = pad_sources([with_eos[i] for i in rows], device)
+            for i, hyps in zip(rows, search(model, src, lengths, mask, options)):
+                results[i] = hyps
+    for i, hyps in enumerate(results):
+        if hyps is None:
+            results[i] = [Hypothesis(tokens=[], score=0.0, log_probs=[], raw_score=0.0, finished=False,
+                                     attention=torch.zeros(0, 1) if options.return_attention else None)]
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------- greedy
+
+@torch.inference_mode()
+def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
+                  options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+    """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored)."""
+    _check_model(model)
+    opts = options or SearchOptions(beam=1)
+    if src_mask is None:
+        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+    batch, src_len = src.shape
+    device = src.device
+    enc = model.encode(src, src_lengths, src_mask)
+    state, memory = model.start(enc)
+    max_lens = opts.max_lengths(src_lengths.to(device))
+    horizon = int(max_lens.max())
+    keep_att = opts.return_attention
+    tokens = torch.full((batch, horizon), PAD_ID, dtype=torch.long, device=device)
+    tok_lps = torch.zeros(batch, horizon, device=device)
+    att = torch.zeros(batch, horizon, src_len, device=device) if keep_att else None
+    pos = torch.zeros(batch, horizon, device=device) if keep_att else None
+    coverage = torch.zeros(batch, src_len, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)  # original sentence index of each row
+    act_max = max_lens
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    for step in range(horizon):
+        log_probs, out = model.step(prev, state, memory)
+        history = tokens.index_select(0, active)[:, :step] if opts.no_repeat_ngram else None
+        allowed = _restrict(log_probs, history, step, opts)
+        best, tok = allowed.max(dim=-1)
+        alive = torch.isfinite(best)  # False only if every token is forbidden
+        rows = active[alive]
+        tokens[rows, step] = tok[alive]
+        tok_lps[rows, step] = log_probs.gather(1, tok.unsqueeze(1)).squeeze(1)[alive]
+        lengths[rows] = step + 1
+        coverage.index_add_(0, rows, out.attention[alive].float())
+        if keep_att:
+            att[rows, step] = out.attention[alive].float()
+            pos[rows, step] = _positions_or_zero(out, tok.size(0), device)[alive]
+        ended = ~alive | (tok == EOS_ID) | (act_max <= step + 1)
+        if bool(ended.all()):
+            break
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
+            state, memory = out.state.select(keep), memory.select(keep)
+            active, act_max, prev = active[keep], act_max[keep], tok[keep]
+        else:
+            state, prev = out.state, tok
+    raw = tok_lps.sum(1)
+    penalised = raw / length_penalty(lengths.clamp(min=1), opts.length_penalty)
+    if opts.coverage_penalty:
+        penalised = penalised + coverage_penalty(coverage, src_mask, opts.coverage_penalty)
+    results = []
+    src_lens = src_lengths.tolist()
+    for b, n in enumerate(lengths.tolist()):
+        toks = tokens[b, :n].tolist()
+        results.append([Hypothesis(
+            tokens=toks, score=float(penalised[b]), log_probs=tok_lps[b, :n].tolist(),
+            attention=att[b, :n, : src_lens[b]].clone() if keep_att else None,
+            positions=pos[b, :n].clone() if keep_att and _has_positions(model) else None,
+            raw_score=float(raw[b]), finished=bool(n > 0 and toks[-1] == EOS_ID))])
+    return results
+
+
+def _has_positions(model) -> bool:
+    attention = getattr(getattr(model, "cfg", None), "attention", None)
+    return getattr(attention, "kind", None) == "local-p"
+
+
+# ------------------------------------------------------------------------------------------ beam
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x (A, M, ...)``, ``index (A, P)`` -> ``x[a, index[a, p], ...]`` of shape ``(A, P, ...)``."""
+    shape = index.shape + x.shape[2:]
+    idx = index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape)
+    return x.gather(1, idx)
+
+
+@torch.inference_mode()
+def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
+                options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+    """Batched beam search (see the module docstring for the exact rules).
+
+    Returns, per sentence, up to ``n_best`` distinct hypotheses sorted by penalised score, best
+    first (fewer only if fewer than ``n_best`` sequences are possible at all).
+    """
+    _check_model(model)
+    opts = options or SearchOptions()
+    if src_mask is None:
+        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+    K, P = opts.beam, opts.n_best
+    alpha, beta = opts.length_penalty, opts.coverage_penalty
+    keep_att = opts.return_attention
+    device = src.device
+    batch, src_len = src.shape
+
+    enc = model.encode(src, src_lengths, src_mask)
+    state, memory = model.start(enc)
+    max_lens = opts.max_lengths(src_lengths.to(device))
+    horizon = int(max_lens.max())
+    rows0 = torch.arange(batch, device=device).repeat_interleave(K)
+    state, memory = state.select(rows0), memory.select(rows0)
+
+    # active beams: rows are (sentence, beam) pairs, sentence-major; only beam 0 is live at first
+    beam_scores = torch.full((batch, K), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    beam_scores = beam_scores.view(-1)
+    seqs = torch.zeros(batch * K, 0, dtype=torch.long, device=device)
+    hist_lp = torch.zeros(batch * K, 0, device=device)
+    hist_att = torch.zeros(batch * K, 0, src_len, device=device) if keep_att else None
+    hist_pos = torch.zeros(batch * K, 0, device=device) if keep_att else None
+    coverage = torch.zeros(batch * K, src_len, device=device) if beta else None
+    active = torch.arange(batch, device=device)
+    act_max = max_lens
+    prev = torch.full((batch * K,), BOS_ID, dtype=torch.long, device=device)
+
+    # per-sentence pool of the P best hypotheses (sorted, -inf = empty slot)
+    pool_score = torch.full((batch, P), -math.inf, device=device)
+    pool_raw = torch.zeros(batch, P, device=device)
+    pool_len = torch.zeros(batch, P, dtype=torch.long, device=device)
+    pool_tok = torch.full((batch, P, horizon), PAD_ID, dtype=torch.long, device=device)
+    pool_lp = torch.zeros(batch, P, horizon, device=device)
+    pool_att = torch.zeros(batch, P, horizon, src_len, device=device) if keep_att else None
+    pool_pos = torch.zeros(batch, P, horizon, device=device) if keep_att else None
+
+    for step in range(horizon):
+        n_act = active.numel()
+        log_probs, out = model.step(prev, state, memory)  # (n_act*K, V)
+        vocab = log_probs.size(1)
+        allowed = _restrict(log_probs, seqs, step, opts)
+        cand = (beam_scores.unsqueeze(1) + allowed).view(n_act, K * vocab)
+        at_max = act_max <= step + 1  # (n_act,)
+        step_att = out.attention.float()
+        new_cov = coverage + step_att if beta else None
+
+        # 1. the top K continuations overall: EOS ones (and all of them at max length) are pooled
+        top_val, top_idx = cand.topk(K, dim=1)
+        top_tok, top_par = top_idx % vocab, top_idx // vocab
+        admit = ((top_tok == EOS_ID) | at_max.unsqueeze(1)) & torch.isfinite(top_val)
+        if bool(admit.any()):
+            pen = top_val / length_penalty(step + 1, alpha)
+            if beta:
+                cand_rows = torch.arange(n_act, device=device).unsqueeze(1) * K + top_par
+                pen = pen + coverage_penalty(new_cov[cand_rows], memory.mask[cand_rows], beta)
+            pen = pen.masked_fill(~admit, -math.inf)
+            worst = pool_score.index_select(0, active)[:, P - 1]
+            sub = ((pen > worst.unsqueeze(1)).any(1)).nonzero().squeeze(1)
+            if sub.numel():
+                ids = active[sub]
+                rows = sub.unsqueeze(1) * K + top_par[sub]  # (s, K) rows of the parents
+                toks = top_tok[sub]
+                flat = rows.view(-1)
+                pad = horizon - step - 1
+                c_tok = torch.cat([seqs[flat], toks.view(-1, 1)], 1)
+                c_lp = torch.cat([hist_lp[flat], log_probs[flat].gather(1, toks.view(-1, 1))], 1)
+                shape = rows.shape
+                merged_score = torch.cat([pool_score[ids], pen[sub]], 1)  # (s, P + K)
+                sel = merged_score.topk(P, dim=1).indices
+
+                def merge(pool: Tensor, cand_x: Tensor) -> None:
+                    both = torch.cat([pool[ids], cand_x], 1)
+                    pool[ids] = _gather_rows(both, sel)
+
+                merge(pool_tok, F.pad(c_tok, (0, pad), value=PAD_ID).view(*shape, horizon))
+                merge(pool_lp, F.pad(c_lp, (0, pad)).view(*shape, horizon))
+                merge(pool_raw, top_val[sub])
+                merge(pool_len, torch.full(shape, step + 1, dtype=torch.long, device=device))
+                if keep_att:
+                    c_att = torch.cat([hist_att[flat], step_att[flat].unsqueeze(1)], 1)
+                    merge(pool_att, F.pad(c_att, (0, 0, 0, pad)).view(*shape, horizon, src_len))
+                    c_pos = torch.cat([hist_pos[flat], _positions_or_zero(out, step_att.size(0), device)[flat]
+                                       .unsqueeze(1)], 1)
+                    merge(pool_pos, F.pad(c_pos, (0, pad)).view(*shape, horizon))
+                pool_score[ids] = _gather_rows(merged_score, sel)
+        if bool(at_max.all()):
+            break
+
+        # 2. the next beams: the top K continuations that do not end in EOS
+        cand.view(n_act, K, vocab)[:, :, EOS_ID] = -math.inf
+        cont_val, cont_idx = cand.topk(K, dim=1)
+        # 4. done sentences leave the batch
+        bound = cont_val[:, 0] / length_penalty(act_max, alpha)
+        worst = pool_score.index_select(0, active)[:, P - 1]
+        done = at_max | ~torch.isfinite(cont_val[:, 0]) | (worst >= bound)
+        if bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(1)
+        cont_tok = cont_idx[keep] % vocab
+        parents = (keep.unsqueeze(1) * K + cont_idx[keep] // vocab).view(-1)
+        tok = cont_tok.view(-1)
+        state = out.state.select(parents)
+        if keep.numel() < n_act:
+            memory = memory.select((keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1))
+            active, act_max = active[keep], act_max[keep]
+        beam_scores = cont_val[keep].view(-1)
+        seqs = torch.cat([seqs[parents], tok.unsqueeze(1)], 1)
+        hist_lp = torch.cat([hist_lp[parents], log_probs[parents].gather(1, tok.unsqueeze(1))], 1)
+        if keep_att:
+            hist_att = torch.cat([hist_att[parents], step_att[parents].unsqueeze(1)], 1)
+            hist_pos = torch.cat([hist_pos[parents],
+                                  _positions_or_zero(out, step_att.size(0), device)[parents].unsqueeze(1)], 1)
+        if beta:
+            coverage = new_cov[parents]
+        prev = tok
+
+    return _collect_pool(model, src_lengths, pool_score, pool_raw, pool_len, pool_tok, pool_lp,
+                         pool_att, pool_pos)
+
+
+def _collect_pool(model, src_lengths, pool_score, pool_raw, pool_len, pool_tok, pool_lp,
+                  pool_att, pool_pos) -> list[list[Hypothesis]]:
+    scores, raws, lens = pool_score.tolist(), pool_raw.tolist(), pool_len.tolist()
+    src_lens = src_lengths.tolist()
+    with_pos = _has_positions(model)
+    results = []
+    for b in range(len(scores)):
+        hyps = []
+        for p, score in enumerate(scores[b]):
+            if not math.isfinite(score):
+                continue
+            n = lens[b][p]
+            toks = pool_tok[b, p, :n].tolist()
+            hyps.append(Hypothesis(
+                tokens=toks, score=score, log_probs=pool_lp[b, p, :n].tolist(),
+                attention=None if pool_att is None else pool_att[b, p, :n, : src_lens[b]].clone(),
+                positions=None if pool_pos is None or not with_pos else pool_pos[b, p, :n].clone(),
+                raw_score=raws[b][p], finished=bool(n > 0 and toks[-1] == EOS_ID)))
+        results.append(hyps)
+    return results
+
+
+# ------------------------------------------------------------------------------ forced decoding
+
+@torch.inference_mode()
+def score_targets(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None,
+                  targets: Sequence[Sequence[int]], add_eos: bool = True
+                  ) -> tuple[list[float], list[list[float]]]:
+    """Log-probability of given target ids by teacher forcing (one pass for the batch).
+
+    ``targets[b]`` are target ids without BOS; with ``add_eos`` EOS is appended unless it is
+    already the last id. Returns ``(scores, token_log_probs)``: per sentence the sum of the
+    token log-probabilities (EOS included when present) and the list of them. No penalties: the
+    sum equals the raw score search reports for the same tokens.
+    """
+    _check_model(model)
+    if len(targets) != src.size(0):
+        raise ValueError(f"{len(targets)} targets for {src.size(0)} sources")
+    if src_mask is None:
+        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+    device = src.device
+    tgts = []
+    for ids in targets:
+        ids = [int(i) for i in ids]
+        if add_eos and (not ids or ids[-1] != EOS_ID):
+            ids.append(EOS_ID)
+        tgts.append(ids)
+    width = max(1, max(len(t) for t in tgts))
+    tgt_in = torch.full((len(tgts), width), PAD_ID, dtype=torch.long)
+    tgt_out = torch.full((len(tgts), width), PAD_ID, dtype=torch.long)
+    for row, ids in enumerate(tgts):
+        if ids:
+            tgt_in[row, 0] = BOS_ID
+            tgt_in[row, 1: len(ids)] = torch.tensor(ids[:-1], dtype=torch.long)
+            tgt_out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        else:
+            tgt_in[row, 0] = BOS_ID  # nothing to score; the row still needs a valid input
+    tgt_in, tgt_out = tgt_in.to(device), tgt_out.to(device)
+    readout, _ = model.teacher_force(src, src_lengths, src_mask, tgt_in)
+    log_probs = F.log_softmax(model.output(readout).float(), dim=-1)
+    token_lp = log_probs.gather(2, tgt_out.unsqueeze(2)).squeeze(2).cpu()
+    per_token = [token_lp[row, : len(ids)].tolist() for row, ids in enumerate(tgts)]
+    return [float(sum(t)) if t else 0.0 for t in per_token], per_token

@@ -1,0 +1,417 @@
+"""Greedy and beam search on tiny random models: exactness against exhaustive enumeration,
+agreement with forced decoding, batching invariance, and every search option at its edges."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from nmt.config import AttentionConfig, DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
+from nmt.errors import NmtError
+from nmt.model import build_model
+from nmt.search import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SearchOptions,
+    beam_search,
+    greedy_search,
+    length_penalty,
+    pad_sources,
+    score_targets,
+    search,
+    translate_ids,
+)
+
+KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (and the CPUs are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(kind: str = "bahdanau", tgt_vocab: int = 12, src_vocab: int = 10, seed: int = 0,
+               eos_bias: float = 1.0, weight_scale: float = 3.0, out_scale: float = 1.0,
+               input_feeding: bool = True):
+    """A random model; larger weights (``weight_scale``) give more varied, context-dependent
+    outputs, ``eos_bias`` moves the output lengths (high: short, negative: up to the max length)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        embedding_dim=8, dropout=0.0,
+        encoder=EncoderConfig(hidden_size=6, dropout=0.0),
+        decoder=DecoderConfig(hidden_size=12, dropout=0.0, input_feeding=input_feeding),
+        attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None))
+    model = build_model(cfg, src_vocab, tgt_vocab).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(weight_scale)
+        model.output.weight.mul_(out_scale)
+        model.output.bias[EOS_ID] += eos_bias
+    return model
+
+
+def sources(n: int, src_vocab: int = 10, seed: int = 1, max_len: int = 7) -> list[list[int]]:
+    """Random source id lists ending in EOS (lengths 2..max_len+1)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(1, max_len + 1, (1,), generator=gen))
+        out.append(torch.randint(4, src_vocab, (length,), generator=gen).tolist() + [EOS_ID])
+    return out
+
+
+def run(fn, model, srcs, **opts):
+    src, lengths, mask = pad_sources(srcs)
+    return fn(model, src, lengths, mask, SearchOptions(**opts))
+
+
+def forced(model, srcs, targets, add_eos=False):
+    src, lengths, mask = pad_sources(srcs)
+    return score_targets(model, src, lengths, mask, targets, add_eos=add_eos)
+
+
+# ------------------------------------------------------------------------------- beam 1 = greedy
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("extra", [{}, {"min_len": 2, "no_repeat_ngram": 2}], ids=["plain", "constrained"])
+def test_beam_one_equals_greedy(kind, extra):
+    model = tiny_model(kind, eos_bias=1.0, out_scale=2.0)
+    srcs = sources(6)
+    greedy = run(greedy_search, model, srcs, beam=1, **extra)
+    beam = run(beam_search, model, srcs, beam=1, **extra)
+    assert any(g[0].finished for g in greedy) and any(len(g[0].tokens) > 2 for g in greedy)
+    for g, b in zip(greedy, beam):
+        assert len(g) == len(b) == 1
+        assert g[0].tokens == b[0].tokens
+        assert g[0].finished == b[0].finished
+        assert b[0].score == pytest.approx(g[0].score, abs=1e-4)
+        assert b[0].log_probs == pytest.approx(g[0].log_probs, abs=1e-4)
+
+
+def test_search_dispatches_beam_one_to_greedy(monkeypatch):
+    import nmt.search as search_mod
+
+    model = tiny_model()
+    calls = []
+    monkeypatch.setattr(search_mod, "greedy_search", lambda *a, **k: calls.append("greedy") or [])
+    monkeypatch.setattr(search_mod, "beam_search", lambda *a, **k: calls.append("beam") or [])
+    src, lengths, mask = pad_sources(sources(2))
+    search_mod.search(model, src, lengths, mask, SearchOptions(beam=1))
+    search_mod.search(model, src, lengths, mask, SearchOptions(beam=3))
+    assert calls == ["greedy", "beam"]
+
+
+# -------------------------------------------------------------------------- exhaustive optimum
+
+def enumerate_outputs(max_len: int, vocab: int) -> list[list[int]]:
+    """Every sequence search can produce: k < max_len non-EOS tokens + EOS, or max_len without EOS.
+
+    Generable tokens are UNK and 4..V-1 besides EOS (PAD and BOS are never generated).
+    """
+    tokens = [1] + list(range(4, vocab))
+    out = []
+    for k in range(max_len):
+        out += [list(p) + [EOS_ID] for p in itertools.product(tokens, repeat=k)]
+    out += [list(p) for p in itertools.product(tokens, repeat=max_len)]
+    return out
+
+
+def exhaustive_scores(model, src: list[int], candidates, alpha=0.0, beta=0.0):
+    """Penalised scores of every candidate, independently of search (teacher forcing)."""
+    srcs = [src] * len(candidates)
+    raw, _ = forced(model, srcs, candidates)
+    if not alpha and not beta:
+        return raw
+    # coverage from the teacher-forced attention of each candidate
+    s, lengths, mask = pad_sources(srcs)
+    width = max(len(c) for c in candidates)
+    tgt_in = torch.full((len(candidates), width), PAD_ID)
+    for row, c in enumerate(candidates):
+        tgt_in[row, : len(c)] = torch.tensor([BOS_ID] + c[:-1])
+    with torch.inference_mode():
+        _, attention = model.teacher_force(s, lengths, mask, tgt_in)
+    out = []
+    for row, c in enumerate(candidates):
+        cov = attention[row, : len(c), : len(src)].sum(0)
+        cp = beta * float(torch.log(cov.clamp(1e-6, 1.0)).sum())
+        out.append(raw[row] / ((5 + len(c)) / 6) ** alpha + cp)
+    return out
+
+
+@pytest.mark.parametrize("kind,max_len", [("bahdanau", 3), ("luong-general", 4), ("local-p", 3)])
+def test_large_beam_equals_exhaustive_enumeration(kind, max_len):
+    vocab = 6  # specials + 2 real tokens: generable UNK, EOS, 4, 5
+    model = tiny_model(kind, tgt_vocab=vocab, eos_bias=0.5, out_scale=3.0, seed=3)
+    src = [4, 7, 5, EOS_ID]
+    candidates = enumerate_outputs(max_len, vocab)
+    scores = exhaustive_scores(model, src, candidates)
+    ranked = sorted(zip(scores, map(tuple, candidates)), reverse=True)
+    beam = vocab ** (max_len - 1)
+    (hyps,) = run(beam_search, model, [src], beam=beam, n_best=5, max_len_a=0.0, max_len_b=max_len)
+    assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:5]]
+    assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:5]], rel=1e-5, abs=1e-4)
+    # the optimum is not trivially the shortest output (the space is interesting)
+    assert any(not h.finished or len(h.tokens) > 1 for h in hyps)
+    # smaller beams never beat the optimum
+    for k in range(1, 6):
+        (small,) = run(beam_search, model, [src], beam=k, max_len_a=0.0, max_len_b=max_len)
+        assert small[0].score <= ranked[0][0] + 1e-5
+
+
+@pytest.mark.parametrize("alpha,beta,n_best,max_len,seed,eos_bias", [
+    (1.0, 0.0, 4, 3, 5, 1.0), (0.0, 0.4, 4, 3, 5, 1.0), (2.0, 0.3, 4, 3, 5, 1.0),
+    # a short output fills the pool early and a longer one overtakes it under the length penalty:
+    # stopping on the raw score (instead of the bound raw / lp(max_len)) would miss it
+    (2.0, 0.0, 1, 4, 5, 2.0),
+])
+def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_len, seed, eos_bias):
+    vocab = 6
+    model = tiny_model("bahdanau", tgt_vocab=vocab, eos_bias=eos_bias, out_scale=3.0, seed=seed)
+    src = [6, 4, 8, 9, EOS_ID]
+    candidates = enumerate_outputs(max_len, vocab)
+    scores = exhaustive_scores(model, src, candidates, alpha, beta)
+    ranked = sorted(zip(scores, map(tuple, candidates)), reverse=True)
+    (hyps,) = run(beam_search, model, [src], beam=vocab ** (max_len - 1), n_best=n_best, max_len_a=0.0,
+                  max_len_b=max_len, length_penalty=alpha, coverage_penalty=beta)
+    assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:n_best]]
+    assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:n_best]], rel=1e-5, abs=1e-4)
+
+
+# ------------------------------------------------------------------- scores = forced decoding
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong-concat", "local-p"])
+def test_beam_scores_equal_forced_decoding(kind):
+    model = tiny_model(kind, eos_bias=1.5, out_scale=2.0)
+    srcs = sources(5, seed=4)
+    results = run(beam_search, model, srcs, beam=4, n_best=4, max_len_b=4)
+    flat_src = [s for s, hyps in zip(srcs, results) for _ in hyps]
+    flat_hyp = [h for hyps in results for h in hyps]
+    assert any(h.finished for h in flat_hyp) and any(not h.finished for h in flat_hyp)
+    totals, per_token = forced(model, flat_src, [h.tokens for h in flat_hyp])
+    for h, total, toks in zip(flat_hyp, totals, per_token):
+        assert h.raw_score == pytest.approx(total, abs=1e-4)
+        assert h.score == pytest.approx(total, abs=1e-4)  # no penalties
+        assert h.log_probs == pytest.approx(toks, abs=1e-4)
+        assert sum(h.log_probs) == pytest.approx(h.raw_score, abs=1e-4)
+
+
+def test_luong_without_input_feeding_scores_match():
+    # teacher forcing runs nn.GRU over the whole target there; search runs the step-wise cell
+    model = tiny_model("luong-dot", input_feeding=False, eos_bias=1.0)
+    srcs = sources(4, seed=9)
+    results = run(beam_search, model, srcs, beam=3, n_best=3)
+    flat = [(s, h) for s, hyps in zip(srcs, results) for h in hyps]
+    totals, _ = forced(model, [s for s, _ in flat], [h.tokens for _, h in flat])
+    assert [h.raw_score for _, h in flat] == pytest.approx(totals, abs=1e-4)
+
+
+def test_score_targets_appends_eos():
+    model = tiny_model()
+    srcs = sources(2)
+    with_eos, _ = forced(model, srcs, [[4, 5, EOS_ID], [6]], add_eos=False)
+    added, toks = forced(model, srcs, [[4, 5], [6, EOS_ID]], add_eos=True)
+    plain, _ = forced(model, srcs, [[4, 5, EOS_ID], [6, EOS_ID]], add_eos=True)
+    assert added == pytest.approx(plain) and with_eos[0] == pytest.approx(added[0])
+    assert len(toks[0]) == 3 and len(toks[1]) == 2
+    assert with_eos[1] > added[1]  # one token fewer (log-probs are negative)
+
+
+# ------------------------------------------------------------------------------------- batching
+
+@pytest.mark.parametrize("kind,beam", [("bahdanau", 1), ("bahdanau", 4), ("local-p", 3), ("luong-general", 5)])
+def test_batch_equals_one_by_one(kind, beam):
+    model = tiny_model(kind, eos_bias=1.0, out_scale=1.5)
+    srcs = sources(7, seed=11)
+    together = run(search, model, srcs, beam=beam, n_best=min(beam, 2), return_attention=True)
+    for src, hyps in zip(srcs, together):
+        (alone,) = run(search, model, [src], beam=beam, n_best=min(beam, 2), return_attention=True)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
+        for a, b in zip(hyps, alone):
+            torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
+
+
+def test_translate_ids_appends_eos_and_keeps_order():
+    model = tiny_model(eos_bias=1.0)
+    raw = [s[:-1] for s in sources(9, seed=2)] + [[]]
+    opts = SearchOptions(beam=3, n_best=2)
+    got = translate_ids(model, raw, opts, batch_tokens=12)
+    assert len(got) == len(raw)
+    assert got[-1][0].tokens == [] and got[-1][0].score == 0.0
+    for ids, hyps in zip(raw[:-1], got[:-1]):
+        (alone,) = run(beam_search, model, [ids + [EOS_ID]], beam=3, n_best=2)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+
+
+def test_finished_sentences_leave_the_batch():
+    """Rows of finished sentences are dropped: later steps run on fewer rows."""
+    model = tiny_model(eos_bias=-8.0)  # EOS (almost) never: lengths are set by the max length
+    sizes = []
+    original = model.step
+
+    def spy(prev, state, memory):
+        sizes.append(prev.size(0))
+        return original(prev, state, memory)
+
+    model.step = spy
+    srcs = [[4, EOS_ID], [4, 5, 6, 7, 8, 9, 4, EOS_ID]]  # max lengths 1.0 * S + 1: 3 and 9
+    run(greedy_search, model, srcs, beam=1, max_len_a=1.0, max_len_b=1)
+    assert sizes == [2] * 3 + [1] * 6
+    sizes.clear()
+    run(beam_search, model, srcs, beam=3, max_len_a=1.0, max_len_b=1)
+    assert sizes == [6] * 3 + [3] * 6
+
+
+# ----------------------------------------------------------------------------- n-best, options
+
+def test_nbest_sorted_distinct_and_eos_only_at_the_end():
+    model = tiny_model("luong-general", eos_bias=0.5, out_scale=2.0)
+    results = run(beam_search, model, sources(6, seed=5), beam=6, n_best=6)
+    for hyps in results:
+        assert len(hyps) == 6
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
+        for h in hyps:
+            assert EOS_ID not in h.tokens[:-1]
+            assert h.finished == (h.tokens[-1:] == [EOS_ID])
+            assert PAD_ID not in h.tokens and BOS_ID not in h.tokens
+
+
+def test_length_penalty_reranks_as_documented():
+    """Without a penalty the bare EOS wins; with alpha a longer output wins, ranked by raw / lp."""
+    found = False
+    for seed in range(20):
+        model = tiny_model(tgt_vocab=8, eos_bias=2.0, out_scale=3.0, seed=seed)
+        src = [[5, 6, 7, EOS_ID]]
+        (plain,) = run(beam_search, model, src, beam=5, n_best=5)
+        (penal,) = run(beam_search, model, src, beam=5, n_best=5, length_penalty=1.5)
+        if plain[0].tokens != [EOS_ID] or penal[0].tokens == [EOS_ID]:
+            continue
+        found = True
+        for h in penal:
+            assert h.score == pytest.approx(h.raw_score / ((5 + len(h.tokens)) / 6) ** 1.5, abs=1e-4)
+        assert [h.score for h in penal] == sorted((h.score for h in penal), reverse=True)
+        # the bare EOS has lp(1) = 1: its penalised score is its raw score, now beaten
+        (eos_only,), _ = forced(model, src, [[EOS_ID]])
+        assert eos_only == pytest.approx(plain[0].raw_score, abs=1e-4)
+        assert penal[0].score > eos_only
+        assert penal[0].raw_score < eos_only  # ... although its probability is lower
+        break
+    assert found, "no seed gave a model where the length penalty changes the best output"
+
+
+def test_length_penalty_function():
+    assert length_penalty(1, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(torch.tensor([1, 7]), 2.0).tolist() == pytest.approx([1.0, 4.0])
+
+
+def test_coverage_penalty_reported_as_documented():
+    model = tiny_model(eos_bias=1.0)
+    results = run(beam_search, model, sources(4, seed=8), beam=3, n_best=3, coverage_penalty=0.7,
+                  return_attention=True)
+    for hyps in results:
+        for h in hyps:
+            cov = h.attention.sum(0).clamp(1e-6, 1.0)
+            assert h.score == pytest.approx(h.raw_score + 0.7 * float(cov.log().sum()), abs=1e-4)
+
+
+@pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 4)])
+def test_min_len_respected(fn, beam):
+    model = tiny_model(eos_bias=6.0)  # EOS first is (nearly) certain
+    srcs = sources(4, seed=3)
+    free = run(fn, model, srcs, beam=beam, n_best=beam)
+    assert all(hyps[0].tokens == [EOS_ID] for hyps in free)
+    bound = run(fn, model, srcs, beam=beam, n_best=beam, min_len=3)
+    for hyps in bound:
+        assert hyps
+        for h in hyps:
+            assert h.finished and len(h.tokens) - 1 >= 3
+        assert len(hyps[0].tokens) == 4  # EOS as soon as it is allowed
+
+
+@pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 3)])
+def test_no_repeat_ngram_respected(fn, beam):
+    model = tiny_model(eos_bias=-4.0, out_scale=3.0, seed=2)
+    srcs = sources(4, seed=6)
+
+    def ngrams(tokens, n):
+        return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+
+    free = run(fn, model, srcs, beam=beam, n_best=beam)
+    assert any(len(set(ngrams(h.tokens, 2))) < len(ngrams(h.tokens, 2)) for hyps in free for h in hyps)
+    for n in (1, 2, 3):
+        for hyps in run(fn, model, srcs, beam=beam, n_best=beam, no_repeat_ngram=n):
+            for h in hyps:
+                grams = ngrams(h.tokens, n)
+                assert len(set(grams)) == len(grams), (n, h.tokens)
+
+
+@pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 3)])
+def test_max_len_respected(fn, beam):
+    model = tiny_model(eos_bias=-10.0)  # never EOS: every output is closed at its max length
+    srcs = sources(5, seed=7)
+    results = run(fn, model, srcs, beam=beam, n_best=beam, max_len_a=0.5, max_len_b=2)
+    for src, hyps in zip(srcs, results):
+        limit = math.floor(0.5 * len(src) + 2)
+        for h in hyps:
+            assert len(h.tokens) == limit and not h.finished and EOS_ID not in h.tokens
+        (closed,) = forced(model, [src], [hyps[0].tokens])[0]
+        assert hyps[0].raw_score == pytest.approx(closed, abs=1e-4)
+
+
+def test_max_len_with_eos_possible():
+    model = tiny_model(eos_bias=0.0, out_scale=2.0)
+    srcs = sources(8, seed=10)
+    for hyps, src in zip(run(beam_search, model, srcs, beam=4, n_best=4, max_len_a=0.0, max_len_b=3), srcs):
+        assert all(len(h.tokens) <= 3 for h in hyps)
+
+
+def test_attention_and_positions_returned():
+    srcs = sources(3, seed=12)
+    for kind in ("bahdanau", "local-p"):
+        model = tiny_model(kind, eos_bias=1.0)
+        for fn, beam in ((greedy_search, 1), (beam_search, 3)):
+            for src, hyps in zip(srcs, run(fn, model, srcs, beam=beam, n_best=beam, return_attention=True)):
+                for h in hyps:
+                    assert h.attention.shape == (len(h.tokens), len(src))
+                    sums = h.attention.sum(-1)
+                    if kind == "local-p":
+                        assert (sums <= 1 + 1e-5).all()
+                        assert h.positions.shape == (len(h.tokens),)
+                        assert ((h.positions >= 0) & (h.positions <= len(src) - 1)).all()
+                    else:
+                        torch.testing.assert_close(sums, torch.ones_like(sums))
+                        assert h.positions is None
+        plain = run(beam_search, model, srcs, beam=2)
+        assert plain[0][0].attention is None and plain[0][0].positions is None
+
+
+# -------------------------------------------------------------------------------------- options
+
+def test_options_from_config_and_validation():
+    opts = SearchOptions.from_config(DecodeConfig(beam=7, length_penalty=0.6), n_best=3, min_len=None)
+    assert (opts.beam, opts.n_best, opts.length_penalty, opts.min_len) == (7, 3, 0.6, 0)
+    with pytest.raises(NmtError, match="n_best"):
+        SearchOptions(beam=2, n_best=3)
+    with pytest.raises(NmtError, match="beam"):
+        SearchOptions(beam=0)
+    with pytest.raises(NmtError, match="unknown search option"):
+        SearchOptions.from_config(DecodeConfig(), beem=3)
+    assert SearchOptions(max_len_a=1.5, max_len_b=10).max_lengths(torch.tensor([1, 4])).tolist() == [11, 16]
+    assert SearchOptions(max_len_a=0, max_len_b=0, min_len=2).max_lengths(torch.tensor([5])).tolist() == [3]
+
+
+def test_training_mode_is_refused():
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match="eval"):
+        run(beam_search, model, sources(1), beam=2)
