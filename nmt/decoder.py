@@ -162,16 +162,17 @@ class BahdanauDecoder(_GRUDecoderBase):
 
     def forward(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
         """Teacher forcing. ``embedded (batch, T, emb)`` -> readout (batch, T, D), attention (batch, T, S)."""
-        emb_gates = self.embedding_gates(embedded)  # (batch, T, 3H), one GEMM
+        # (batch, T, 3H) in one GEMM; unbind, not indexing: its backward is one stack instead of a
+        # zero-filled full-size gradient per step
+        emb_gates = self.embedding_gates(embedded).unbind(1)
         hidden = state.hidden
-        tops, contexts, weights, positions = [], [], [], []
-        for t in range(embedded.size(1)):
+        tops, contexts, weights = [], [], []
+        for gates_t in emb_gates:
             context, w, pos = self._attend(hidden[:, -1:], memory)  # query s_{t-1}
-            hidden = self.rnn_step(emb_gates[:, t], context[:, 0], hidden)
+            hidden = self.rnn_step(gates_t, context[:, 0], hidden)
             tops.append(hidden[:, -1])
             contexts.append(context[:, 0])
             weights.append(w[:, 0])
-            positions.append(pos)
         top = torch.stack(tops, dim=1)  # (batch, T, H)
         ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
         readout = self.readout(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
@@ -212,11 +213,11 @@ class LuongDecoder(_GRUDecoderBase):
             context, weights, _ = self._attend(top, memory)
             attentional = self.combine(torch.cat([context, top], dim=-1))
             return self.readout_dropout(attentional), weights
-        emb_gates = self.embedding_gates(embedded)
+        emb_gates = self.embedding_gates(embedded).unbind(1)
         hidden, feed = state.hidden, state.feed
         outputs, weights = [], []
-        for t in range(embedded.size(1)):
-            hidden = self.rnn_step(emb_gates[:, t], feed, hidden)
+        for gates_t in emb_gates:
+            hidden = self.rnn_step(gates_t, feed, hidden)
             context, w, _ = self._attend(hidden[:, -1:], memory)
             feed = self.readout_dropout(self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
             outputs.append(feed)

@@ -114,7 +114,12 @@ class Seq2Seq(nn.Module):
             hidden = self.bridge(enc.final).view(batch, dec.layers, dec.hidden_size)
         else:
             hidden = enc.final.new_zeros(batch, dec.layers, dec.hidden_size)
-        memory = self.decoder.precompute(Memory(keys=enc.states, mask=enc.mask))
+        keys = enc.states
+        device_type = keys.device.type
+        if torch.is_autocast_enabled(device_type):
+            # cast once per source, not in every decoder step's attention bmm
+            keys = keys.to(torch.get_autocast_dtype(device_type))
+        memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask))
         return self.decoder.init_state(hidden), memory
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):

@@ -1,0 +1,583 @@
+"""Training with accelerate: recipe → data → tokenizers → batches → model → checkpoints.
+
+``train(recipe)`` is the whole job behind ``nmt train``. Devices, processes and mixed precision come
+from :class:`accelerate.Accelerator` only, so the same code runs on one CPU, on several CPU processes
+(``torchrun``, gloo) and on GPUs (``accelerate launch``).
+
+Exact resume: a checkpoint holds the weights, optimizer, scheduler, RNG states and the data position
+(epoch and batch index of the sampler), so ``--resume`` continues the batch stream where it stopped
+and ends with the same weights as an uninterrupted run on CPU (tests check it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (CHECKPOINT_DIR, atomic_write_json, atomic_write_text, load_state, load_weights,
+                         save_state, save_weights)
+from .config import Recipe, recipe_from_dict, resolved_run_dir
+from .errors import CheckpointError, NmtError
+from .model import PARTS, Seq2Seq, build_model, perplexity
+
+log = logging.getLogger("nmt.train")
+
+#: recipe sections that must not change when resuming (they define the model and its data)
+_FROZEN_ON_RESUME = ("model", "tokenizer", "data")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  #: optimizer updates done
+    tokens: int = 0  #: target tokens trained on (all processes)
+    train_seconds: float = 0.0  #: time in training steps (validation excluded)
+    wall_seconds: float = 0.0  #: loop time including validation (the budget counts this)
+    best_metric: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0
+    nan_skips: int = 0  #: consecutive non-finite losses
+    total_nan_skips: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  #: validation results
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a notebook worker)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: finishing this step, writing a checkpoint, then stopping",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------ preflight
+
+def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
+    """Fail before any training if the run directory is unusable (not after an hour)."""
+    last = run_dir / CHECKPOINT_DIR / "last.safetensors"
+    if resume and not last.is_file():
+        raise CheckpointError(f"--resume: {run_dir} has no checkpoint to resume from ({last} is missing); "
+                              "run without --resume to start training")
+    if not resume and last.is_file():
+        raise NmtError(f"run directory {run_dir} already holds a trained run; continue it with --resume, "
+                       "or choose a new one with --run-dir (nothing was overwritten)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise NmtError(f"run directory {run_dir} is not writable ({exc.strerror}); "
+                       "choose another with --run-dir") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise NmtError(f"not enough free disk space in {run_dir}: {free / 2**20:.0f} MiB free, checkpoints "
+                       f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
+
+
+def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
+    import yaml
+
+    saved_file = run_dir / "recipe.yaml"
+    if not saved_file.is_file():
+        return
+    saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file))
+    for section in _FROZEN_ON_RESUME:
+        old, new = getattr(saved, section), getattr(recipe, section)
+        if old != new:
+            diffs = _diff(_asdict(old), _asdict(new), section)
+            raise NmtError(f"--resume: the recipe's {section} section differs from the run's "
+                           f"({'; '.join(diffs[:5])}); resuming would load incompatible weights. "
+                           "Restore the recipe or start a new run directory")
+
+
+def _asdict(obj):
+    import dataclasses
+    return dataclasses.asdict(obj)
+
+
+def _diff(a: dict, b: dict, prefix: str) -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}.{key}")
+        elif va != vb:
+            out.append(f"{prefix}.{key}: {va!r} -> {vb!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------- schedules
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    t = recipe.train
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def lr_factor(step: int, recipe: Recipe) -> float:
+    """Multiplier of ``train.lr`` at update ``step`` (1-based) for the step-driven schedules."""
+    t = recipe.train
+    warm = t.warmup_steps
+    if warm and step <= warm:
+        return step / warm
+    if t.schedule == "inverse_sqrt":
+        return math.sqrt(max(warm, 1) / step)
+    if t.schedule == "cosine":
+        if not t.max_steps:
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, t.max_steps - warm))
+        floor = t.min_lr / t.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0  # constant, and plateau (whose reductions are applied on top at validation)
+
+
+# ---------------------------------------------------------------------------------------- train
+
+def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool = False,
+          recipe_path: str | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by ``recipe``; returns a summary dict."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .batching import TokenBatchSampler, encode_dataset, lengths_of, make_dataloader
+    from .data import load_corpus
+    from .tokenizer import SubwordTokenizers
+
+    t = recipe.train
+    run_dir = resolved_run_dir(recipe, run_dir)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    trackers = "tensorboard" if recipe.output.tensorboard else None
+    accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir))
+    main = accelerator.is_main_process
+    if main:
+        preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
+        if resume:
+            _check_resume_recipe(run_dir, recipe)
+    accelerator.wait_for_everyone()
+    _setup_logging(run_dir if main else None)
+    set_seed(t.seed)
+
+    # -- data and tokenizers: the main process prepares, the others read what it wrote ----------
+    with accelerator.main_process_first():
+        corpus = load_corpus(recipe.data, splits=("train", "valid"))
+        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir)
+        f = recipe.data.filter
+        train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
+                                  min_len=f.min_len)
+        valid_ds = encode_dataset(corpus["valid"], tokenizers)
+    if main:
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    if len(train_ds) == 0:
+        raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
+
+    src_lens, tgt_lens = lengths_of(train_ds)
+    sampler = TokenBatchSampler(
+        src_lens, tgt_lens, batch_tokens=t.batch_tokens,
+        max_sentences=t.max_sentences, bucket_width=t.bucket_width, seed=t.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    optimizer = build_optimizer(model, recipe)
+    plateau = None
+    if t.schedule == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if t.early_stopping_metric == "bleu" else "min",
+            factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr)
+    state = TrainerState()
+    if resume:
+        state = _restore(run_dir, model, optimizer, plateau, sampler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core: Seq2Seq = accelerator.unwrap_model(model)
+    if main:
+        log.info("model: %s parameters; %d training pairs, %d batches per epoch per process; device %s, "
+                 "%d process(es), precision %s", f"{core.num_parameters():,}", len(train_ds), len(sampler),
+                 accelerator.device, accelerator.num_processes, t.precision)
+    if trackers:
+        accelerator.init_trackers(recipe.output.name or "nmt")
+
+    validator = _Validator(recipe, core, tokenizers, corpus["valid"], valid_ds, accelerator, run_dir)
+    metrics_file = run_dir / "metrics.jsonl"
+    loader = _batches(make_dataloader(train_ds, sampler))
+    reason = "max_steps"
+    progress = _progress(recipe, state, main)
+    window_tokens, window_time, window_loss, window_nll = 0, 0.0, 0.0, 0.0
+    loop_start = time.perf_counter() - state.wall_seconds
+
+    with _StopSignal() as stop:
+        while True:
+            if t.max_steps and state.step >= t.max_steps:
+                reason = "max_steps"
+                break
+            if t.max_epochs and sampler.epoch >= t.max_epochs:
+                reason = "max_epochs"
+                break
+            if t.budget_minutes and (time.perf_counter() - loop_start) >= t.budget_minutes * 60:
+                reason = "budget"
+                break
+            if stop.received is not None:
+                reason = f"signal {signal.Signals(stop.received).name}"
+                break
+
+            step_start = time.perf_counter()
+            model.train()
+            step_tokens, step_loss, step_nll = 0, 0.0, 0.0
+            finite = True
+            for micro in range(t.accumulate):
+                batch = next(loader).to(accelerator.device)
+                sync = nullcontext() if micro == t.accumulate - 1 else accelerator.no_sync(model)
+                with sync:
+                    with accelerator.autocast():
+                        loss_sum, nll_sum = model(batch.src, batch.src_lengths, batch.src_mask,
+                                                  batch.tgt_in, batch.tgt_out, batch.tgt_mask,
+                                                  t.label_smoothing)
+                    loss = loss_sum / batch.n_tgt_tokens / t.accumulate
+                    finite = finite and bool(torch.isfinite(loss))
+                    accelerator.backward(loss)  # always: DDP expects every rank to run backward
+                step_tokens += batch.n_tgt_tokens
+                step_loss += float(loss_sum.detach())
+                step_nll += float(nll_sum)
+            # all ranks must agree on skipping, or their weights would diverge
+            bad = accelerator.reduce(torch.tensor([0.0 if finite else 1.0], device=accelerator.device), "sum")
+            if float(bad) > 0:
+                optimizer.zero_grad(set_to_none=True)
+                state.nan_skips += 1
+                state.total_nan_skips += 1
+                log.warning("step %d: non-finite loss; update skipped (%d in a row)", state.step + 1,
+                            state.nan_skips)
+                if state.nan_skips >= t.max_nan_skips:
+                    raise NmtError(
+                        f"{state.nan_skips} consecutive non-finite losses at step {state.step + 1}: training "
+                        "diverged. Lower train.lr, enable train.clip_norm or use train.precision=no; "
+                        f"the last good checkpoint in {run_dir / CHECKPOINT_DIR} is untouched")
+                continue
+            state.nan_skips = 0
+
+            log_now = (state.step + 1) % t.log_every == 0
+            part_norms = _part_grad_norms(core) if (log_now and main) else None
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), t.clip_norm)
+                         if t.clip_norm > 0 else None)
+            state.step += 1
+            for group in optimizer.param_groups:
+                group["lr"] = group.setdefault("base_lr", t.lr) * lr_factor(state.step, recipe) * \
+                    group.get("plateau_scale", 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            elapsed = time.perf_counter() - step_start
+            state.train_seconds += elapsed
+            global_tokens = step_tokens * accelerator.num_processes  # equal-sized shards on average
+            state.tokens += global_tokens
+            window_tokens += global_tokens
+            window_time += elapsed
+            window_loss += step_loss
+            window_nll += step_nll
+            state.wall_seconds = time.perf_counter() - loop_start
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss / step_tokens:.3f}",
+                                     tok_s=f"{global_tokens / elapsed:,.0f}", refresh=False)
+            if log_now and main:
+                local_tokens = window_tokens / accelerator.num_processes
+                record = {
+                    "kind": "train", "step": state.step, "epoch": round(_epoch_progress(sampler), 4),
+                    "time": round(state.wall_seconds, 2), "loss": window_loss / local_tokens,
+                    "ppl": perplexity(window_nll / local_tokens),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": window_tokens / window_time,
+                    "tokens": window_tokens, "seconds": round(window_time, 4),
+                    "grad_norm": {"total": float(grad_norm) if grad_norm is not None else None,
+                                  **(part_norms or {})},
+                }
+                _append_jsonl(metrics_file, record)
+                if trackers:
+                    accelerator.log({"train/loss": record["loss"], "train/tokens_per_s": record["tokens_per_s"],
+                                     "train/lr": record["lr"]}, step=state.step)
+                window_tokens, window_time, window_loss, window_nll = 0, 0.0, 0.0, 0.0
+
+            if state.step % t.valid_every == 0:
+                stop_early = _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau,
+                                                      sampler, run_dir, accelerator, metrics_file)
+                state.wall_seconds = time.perf_counter() - loop_start
+                if stop_early:
+                    reason = "early_stopping"
+                    break
+
+        if progress is not None:
+            progress.close()
+        state.wall_seconds = time.perf_counter() - loop_start
+        interrupted = reason.startswith("signal")
+        # the final state is validated (unless interrupted) and always checkpointed as "last"
+        if state.step > 0 and (not state.history or state.history[-1]["step"] != state.step):
+            if interrupted:
+                _checkpoint(state, core, optimizer, plateau, sampler, run_dir, accelerator, best=False)
+            else:
+                _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau, sampler,
+                                         run_dir, accelerator, metrics_file)
+    summary = {
+        "run_dir": str(run_dir), "stopped": reason, "steps": state.step, "target_tokens": state.tokens,
+        "train_seconds": round(state.train_seconds, 1), "wall_seconds": round(state.wall_seconds, 1),
+        "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+        "best_step": state.best_step, "best_metric": state.best_metric,
+        "metric": t.early_stopping_metric, "nan_skips": state.total_nan_skips,
+    }
+    if main:
+        atomic_write_json(run_dir / "train_summary.json", summary)
+        log.info("finished (%s): %s", reason, json.dumps(summary))
+    if trackers:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+# ------------------------------------------------------------------------------ loop helpers
+
+def _batches(loader):
+    """Endless stream of batches; the sampler advances epochs and remembers its position.
+
+    The loader has no worker processes, so the sampler's position is exactly the batches trained.
+    """
+    while True:
+        yield from loader
+
+
+def _epoch_progress(sampler) -> float:
+    return sampler.epoch + sampler.position / max(1, len(sampler))
+
+
+def _part_grad_norms(model: Seq2Seq) -> dict[str, float]:
+    sums = {part: 0.0 for part in PARTS}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            sums[model.part_of(name)] += float(param.grad.detach().float().pow(2).sum())
+    return {part: math.sqrt(v) for part, v in sums.items()}
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def _progress(recipe: Recipe, state: TrainerState, main: bool):
+    if not main:
+        return None
+    from tqdm.auto import tqdm
+
+    total = recipe.train.max_steps
+    return tqdm(total=total, initial=state.step, unit="step", dynamic_ncols=True, mininterval=2.0,
+                desc="train", disable=os.environ.get("NMT_NO_PROGRESS") == "1")
+
+
+def _setup_logging(run_dir: Path | None) -> None:
+    root = logging.getLogger("nmt")
+    if root.handlers:
+        return
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if run_dir is not None:
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+# ------------------------------------------------------------------------- validate/checkpoint
+
+def _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau, sampler, run_dir,
+                             accelerator, metrics_file) -> bool:
+    """Validate, write checkpoints, update early stopping. Returns True to stop training."""
+    t = recipe.train
+    start = time.perf_counter()
+    result = validator.run(state.step)
+    result["time"] = round(state.wall_seconds, 2)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    state.history.append(result)
+    metric = result["bleu"] if t.early_stopping_metric == "bleu" else result["loss"]
+    better = (state.best_metric is None or
+              (metric > state.best_metric if t.early_stopping_metric == "bleu" else metric < state.best_metric))
+    if better:
+        state.best_metric, state.best_step, state.bad_validations = metric, state.step, 0
+    else:
+        state.bad_validations += 1
+    if plateau is not None:
+        before = optimizer.param_groups[0]["lr"]
+        plateau.step(metric)
+        after = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:  # keep the reduction when lr_factor rewrites lr
+            group["plateau_scale"] = group.get("plateau_scale", 1.0) * (after / before if before else 1.0)
+    result["best"] = better
+    if accelerator.is_main_process:
+        _append_jsonl(metrics_file, {"kind": "valid", **result})
+        log.info("validation @ %d: loss %.4f ppl %.2f BLEU %.2f chrF %.2f (%.1fs)%s", state.step,
+                 result["loss"], result["ppl"], result["bleu"], result["chrf"], result["seconds"],
+                 " *best*" if better else "")
+        if recipe.output.tensorboard:
+            accelerator.log({f"valid/{k}": result[k] for k in ("loss", "ppl", "bleu", "chrf")}, step=state.step)
+    _checkpoint(state, core, optimizer, None if plateau is None else plateau, sampler, run_dir,
+                accelerator, best=better)
+    return t.patience is not None and state.bad_validations >= t.patience
+
+
+def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, accelerator, best: bool) -> None:
+    """Write ``last`` (weights + trainer state) and, if ``best``, the best weights. Main process only."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    ckpt = run_dir / CHECKPOINT_DIR
+    meta = {"step": state.step, "tokens": state.tokens, "best_metric": state.best_metric,
+            "best_step": state.best_step}
+    trainer = {k: v for k, v in state.__dict__.items()}
+    payload = {
+        "trainer": json.dumps(trainer),
+        "optimizer": optimizer.state_dict(),
+        "plateau": plateau.state_dict() if plateau is not None else None,
+        "sampler": sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": json.dumps(random.getstate()),
+    }
+    # state first, weights last: "last.safetensors" existing means the pair is complete
+    save_state(payload, ckpt / "last.state.pt")
+    save_weights(core, ckpt / "last.safetensors", meta)
+    atomic_write_json(ckpt / "last.json", meta)
+    if best:
+        save_weights(core, ckpt / "best.safetensors", meta)
+        atomic_write_json(ckpt / "best.json", meta)
+
+
+def _restore(run_dir: Path, model, optimizer, plateau, sampler) -> TrainerState:
+    ckpt = run_dir / CHECKPOINT_DIR
+    meta = load_weights(model, ckpt / "last.safetensors")
+    payload = load_state(ckpt / "last.state.pt")
+    trainer = json.loads(payload["trainer"])
+    if trainer.get("step") != meta.get("step"):
+        raise CheckpointError(f"{ckpt}: last.safetensors (step {meta.get('step')}) and last.state.pt "
+                              f"(step {trainer.get('step')}) do not belong together; the run was "
+                              "interrupted while writing. Delete both to restart from scratch")
+    optimizer.load_state_dict(payload["optimizer"])
+    if plateau is not None and payload.get("plateau"):
+        plateau.load_state_dict(payload["plateau"])
+    sampler.load_state_dict(payload["sampler"])
+    torch.set_rng_state(payload["torch_rng"])
+    py_state = json.loads(payload["python_rng"])
+    random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
+    state = TrainerState(**trainer)
+    log.info("resumed from step %d (%s)", state.step, ckpt)
+    return state
+
+
+class _Validator:
+    """Valid loss/perplexity over the whole valid split and BLEU/chrF of decoded valid sentences."""
+
+    def __init__(self, recipe: Recipe, model: Seq2Seq, tokenizers, raw_valid, valid_ds, accelerator, run_dir):
+        self.recipe = recipe
+        self.model = model
+        self.tokenizers = tokenizers
+        self.accelerator = accelerator
+        self.run_dir = run_dir
+        limit = recipe.train.valid_max_sentences or len(valid_ds)
+        self.valid_ds = valid_ds
+        self.sources = list(raw_valid["src"][:limit])
+        self.references = list(raw_valid["tgt"][:limit])
+
+    def run(self, step: int) -> dict[str, Any]:
+        from .batching import collate, inference_batches
+        from .evaluation import score_corpus
+        from .search import SearchOptions, translate_ids
+
+        acc = self.accelerator
+        model = self.model
+        was_training = model.training
+        model.eval()
+        rank, world = acc.process_index, acc.num_processes
+        nll, tokens = 0.0, 0
+        batches = inference_batches(self.valid_ds["tgt_len"], 8000, 512)
+        with torch.inference_mode(), acc.autocast():
+            for indices in batches[rank::world]:
+                rows = self.valid_ds[indices]
+                batch = collate([{"src_ids": s, "tgt_ids": t} for s, t in
+                                 zip(rows["src_ids"], rows["tgt_ids"])]).to(acc.device)
+                _, nll_sum = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
+                                   batch.tgt_out, batch.tgt_mask, 0.0)
+                nll += float(nll_sum)
+                tokens += batch.n_tgt_tokens
+        totals = acc.reduce(torch.tensor([nll, float(tokens)], dtype=torch.float64, device=acc.device), "sum")
+        loss = float(totals[0] / totals[1])
+        # BLEU: each process decodes a strided share, the main process scores the gathered output
+        beam = self.recipe.train.valid_beam
+        options = SearchOptions.from_config(self.recipe.decode, beam=beam, n_best=1)
+        src_ids = self.tokenizers.encode_src(self.sources)
+        mine = list(range(rank, len(src_ids), world))
+        with acc.autocast():
+            hyps = translate_ids(model, [src_ids[i] for i in mine], options, device=acc.device,
+                                 batch_tokens=self.recipe.decode.batch_tokens)
+        texts = self.tokenizers.decode_tgt([h[0].tokens for h in hyps])
+        pairs = list(zip(mine, texts))
+        if world > 1:
+            from accelerate.utils import gather_object
+            pairs = gather_object(pairs)
+        ordered = [text for _, text in sorted(pairs)]
+        scores = score_corpus(ordered, [self.references], metrics=("bleu", "chrf"),
+                              bleu_tokenize=self.recipe.eval.bleu_tokenize)
+        if acc.is_main_process:
+            self._plots(step)
+        if was_training:
+            model.train()
+        return {"step": step, "loss": loss, "ppl": perplexity(loss), "bleu": scores["bleu"]["score"],
+                "chrf": scores["chrf"]["score"], "beam": beam, "sentences": len(ordered),
+                "samples": [{"src": s, "hyp": h, "ref": r} for s, h, r in
+                            zip(self.sources[:3], ordered[:3], self.references[:3])]}
+
+    def _plots(self, step: int) -> None:
+        """Attention heatmaps of a few fixed valid sentences, so alignments can be watched forming."""
+        count = self.recipe.train.plot_sentences
+        if not count:
+            return
+        try:
+            from .plots import plot_attention
+            from .search import SearchOptions, translate_ids
+        except ImportError:
+            return
+        options = SearchOptions.from_config(self.recipe.decode, beam=1, n_best=1, return_attention=True)
+        src_ids = self.tokenizers.encode_src(self.sources[:count])
+        hyps = translate_ids(self.model, src_ids, options, device=self.accelerator.device)
+        out_dir = self.run_dir / "plots" / f"step{step:07d}"
+        kind = self.recipe.model.attention.kind
+        for i, (ids, nbest) in enumerate(zip(src_ids, hyps)):
+            hyp = nbest[0]
+            src_tokens = self.tokenizers.src_pieces(self.sources[i]) + ["</s>"]
+            tgt_tokens = self.tokenizers.tgt_pieces_from_ids(hyp.tokens)
+            plot_attention(hyp.attention.float().cpu().numpy(), src_tokens, tgt_tokens,
+                           out_dir / f"valid{i}.png", title=f"{kind} attention, step {step}",
+                           positions=None if hyp.positions is None else hyp.positions.float().cpu().numpy())
