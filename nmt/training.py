@@ -168,7 +168,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .batching import TokenBatchSampler, encode_dataset, lengths_of, make_dataloader
+    from .batching import TokenBatchSampler, encode_dataset, lengths_of
     from .data import load_corpus
     from .tokenizer import SubwordTokenizers
 
@@ -177,7 +177,11 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
-    accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir))
+    # accelerate picks multi-process CPU (gloo) only when asked for the CPU: do so under torchrun
+    # on a machine without CUDA; otherwise it chooses the device itself
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
+                              cpu=launched and not torch.cuda.is_available())
     main = accelerator.is_main_process
     if main:
         preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
@@ -227,7 +231,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 
     validator = _Validator(recipe, core, tokenizers, corpus["valid"], valid_ds, accelerator, run_dir)
     metrics_file = run_dir / "metrics.jsonl"
-    loader = _batches(make_dataloader(train_ds, sampler))
+    loader = _batches(train_ds, sampler)
     reason = "max_steps"
     progress = _progress(recipe, state, main)
     window_tokens, window_time, window_loss, window_nll = 0, 0.0, 0.0, 0.0
@@ -350,6 +354,12 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         "best_step": state.best_step, "best_metric": state.best_metric,
         "metric": t.early_stopping_metric, "nan_skips": state.total_nan_skips,
     }
+    # replicas must hold identical weights; record each process's checksum to show it
+    checksums = [_weights_checksum(core)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+        checksums = gather_object(checksums)
+    summary["replica_checksums"] = checksums
     if main:
         atomic_write_json(run_dir / "train_summary.json", summary)
         log.info("finished (%s): %s", reason, json.dumps(summary))
@@ -361,17 +371,33 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 
 # ------------------------------------------------------------------------------ loop helpers
 
-def _batches(loader):
-    """Endless stream of batches; the sampler advances epochs and remembers its position.
+def _batches(dataset, sampler):
+    """Endless stream of collated batches; the sampler advances epochs and remembers its position.
 
-    The loader has no worker processes, so the sampler's position is exactly the batches trained.
+    No DataLoader: its iterators draw seeds from the global RNG, which would make a resumed run
+    diverge from an uninterrupted one; and the sampler's position is then exactly the batches trained.
     """
+    from .batching import collate
+
+    columns = dataset.select_columns(["src_ids", "tgt_ids"])
     while True:
-        yield from loader
+        for indices in sampler:
+            rows = columns[indices]
+            yield collate([{"src_ids": s, "tgt_ids": t} for s, t in zip(rows["src_ids"], rows["tgt_ids"])])
 
 
 def _epoch_progress(sampler) -> float:
     return sampler.epoch + sampler.position / max(1, len(sampler))
+
+
+def _weights_checksum(model: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _part_grad_norms(model: Seq2Seq) -> dict[str, float]:
