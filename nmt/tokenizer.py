@@ -1,0 +1,236 @@
+"""sentencepiece subword models for the source and target languages.
+
+Models are trained on the training split only, streaming sentences out of the (memory-mapped)
+``datasets.Dataset`` through sentencepiece's ``sentence_iterator`` (no temporary corpus file);
+sentencepiece keeps a uniform random sample of ``tokenizer.input_sentence_size`` sentences
+(``shuffle_input_sentence``), so a huge corpus costs only the sample's memory.
+
+Files in the run directory: ``spm.src.model`` and ``spm.tgt.model``. With ``tokenizer.joint`` one
+model is trained on both sides (vocabulary size ``tokenizer.src_vocab_size``) and written under both
+names with identical bytes, so loading never needs to know whether the vocabulary is joint
+(:attr:`SubwordTokenizers.joint` tells).
+
+Special ids are fixed for every model: ``PAD_ID=0``, ``UNK_ID=1``, ``BOS_ID=2``, ``EOS_ID=3``.
+sentencepiece's own normaliser is off (``normalization_rule_name=identity``): text is already
+normalised by :mod:`nmt.data` as ``data.filter.normalize`` says, and decoding then reproduces the
+cleaned text exactly (up to runs of spaces, which sentencepiece collapses).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import sentencepiece as spm
+
+from .config import TokenizerConfig
+from .errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("nmt.tokenizer")
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SRC_MODEL, TGT_MODEL = "spm.src.model", "spm.tgt.model"
+_ITER_BATCH = 10_000
+
+
+def sentence_stream(ds, columns: Sequence[str]) -> Iterator[str]:
+    """Yield the non-empty strings of ``columns`` of a dataset, batch by batch (bounded memory)."""
+    for column in columns:
+        for batch in ds.select_columns([column]).iter(batch_size=_ITER_BATCH):
+            for text in batch[column]:
+                if text:
+                    yield text
+
+
+def _train_model(sentences: Iterable[str], vocab_size: int, key: str, cfg: TokenizerConfig,
+                 verbose: bool = False) -> bytes:
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=buf,
+            vocab_size=vocab_size, model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
+            num_threads=cfg.num_threads,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            normalization_rule_name="identity",
+            minloglevel=0 if verbose else 2,
+        )
+    except RuntimeError as exc:
+        message = str(exc)
+        too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)",
+                             message)
+        if too_high:
+            limit = int(too_high.group(2))
+            raise ConfigError(
+                f"{key}: {vocab_size} is too large for this training data (sentencepiece can build "
+                f"at most {limit} pieces from it); set a smaller value, e.g. --set {key}={limit}"
+            ) from None
+        too_low = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
+        if too_low:
+            raise ConfigError(
+                f"{key}: {vocab_size} is smaller than the {too_low.group(2)} pieces needed for the "
+                f"characters of the training data; raise {key} or lower "
+                "tokenizer.character_coverage (e.g. 0.9995)") from None
+        if "sentence_iterator" in message or "no sentences" in message.lower() or \
+                "Input corpus is empty" in message or "sentences_.empty" in message:
+            raise ConfigError(f"{key}: no training sentences to learn a vocabulary from "
+                              "(is the training split empty?)") from None
+        raise
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _processor(proto: bytes, path: Path) -> spm.SentencePieceProcessor:
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(proto)
+    except Exception as exc:  # corrupt or truncated file
+        raise CheckpointError(f"{path}: not a valid sentencepiece model ({exc}); delete it to "
+                              "retrain, or restore it from the run directory's backup") from None
+    specials = [sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()]
+    if specials != [PAD_ID, UNK_ID, BOS_ID, EOS_ID]:
+        raise CheckpointError(f"{path}: special ids pad/unk/bos/eos are {specials}, expected "
+                              f"{[PAD_ID, UNK_ID, BOS_ID, EOS_ID]}; was it written by nmt train?")
+    return sp
+
+
+class SubwordTokenizers:
+    """A source and a target sentencepiece model (the same one if ``joint``)."""
+
+    PAD, UNK, BOS, EOS = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, src_proto: bytes, tgt_proto: bytes, where: Path = Path(".")):
+        self._src_proto, self._tgt_proto = src_proto, tgt_proto
+        self.src = _processor(src_proto, where / SRC_MODEL)
+        self.tgt = self.src if tgt_proto == src_proto else _processor(tgt_proto, where / TGT_MODEL)
+        #: identifies both models (for ``datasets`` cache fingerprints and checkpoints)
+        self.fingerprint = hashlib.sha256(src_proto + b"\0" + tgt_proto).hexdigest()[:16]
+
+    # ---------------------------------------------------------------------------------- creation
+
+    @classmethod
+    def train(cls, cfg: TokenizerConfig, train_ds, out_dir: str | os.PathLike,
+              verbose: bool = False) -> "SubwordTokenizers":
+        """Train on the ``src``/``tgt`` columns of the training dataset; write the models to out_dir."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.joint:
+            if cfg.tgt_vocab_size != cfg.src_vocab_size:
+                logger.warning("tokenizer.joint: one vocabulary of tokenizer.src_vocab_size=%d pieces; "
+                               "tokenizer.tgt_vocab_size=%d is ignored", cfg.src_vocab_size,
+                               cfg.tgt_vocab_size)
+            src_proto = tgt_proto = _train_model(sentence_stream(train_ds, ["src", "tgt"]),
+                                                 cfg.src_vocab_size, "tokenizer.src_vocab_size", cfg,
+                                                 verbose)
+        else:
+            src_proto = _train_model(sentence_stream(train_ds, ["src"]), cfg.src_vocab_size,
+                                     "tokenizer.src_vocab_size", cfg, verbose)
+            tgt_proto = _train_model(sentence_stream(train_ds, ["tgt"]), cfg.tgt_vocab_size,
+                                     "tokenizer.tgt_vocab_size", cfg, verbose)
+        _write_atomic(out / SRC_MODEL, src_proto)
+        _write_atomic(out / TGT_MODEL, tgt_proto)
+        tok = cls(src_proto, tgt_proto, out)
+        logger.info("trained sentencepiece %s: src %d pieces, tgt %d pieces%s -> %s", cfg.model_type,
+                    tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
+        return tok
+
+    @staticmethod
+    def exists(out_dir: str | os.PathLike) -> bool:
+        out = Path(out_dir)
+        return (out / SRC_MODEL).is_file() and (out / TGT_MODEL).is_file()
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "SubwordTokenizers":
+        out = Path(out_dir)
+        for name in (SRC_MODEL, TGT_MODEL):
+            if not (out / name).is_file():
+                raise CheckpointError(f"run directory {out} has no tokenizer model {name}; was it "
+                                      "written by nmt train?")
+        return cls((out / SRC_MODEL).read_bytes(), (out / TGT_MODEL).read_bytes(), out)
+
+    @classmethod
+    def load_or_train(cls, cfg: TokenizerConfig, train_ds, out_dir: str | os.PathLike,
+                      verbose: bool = False) -> "SubwordTokenizers":
+        """Reuse the models in ``out_dir`` (resume) or train them."""
+        if cls.exists(out_dir):
+            tok = cls.load(out_dir)
+            if tok.joint != bool(cfg.joint):
+                logger.warning("%s: reusing existing %s tokenizer although tokenizer.joint=%s",
+                               out_dir, "joint" if tok.joint else "separate", cfg.joint)
+            return tok
+        return cls.train(cfg, train_ds, out_dir, verbose)
+
+    def __getstate__(self):
+        return {"src_proto": self._src_proto, "tgt_proto": self._tgt_proto}
+
+    def __setstate__(self, state):
+        self.__init__(state["src_proto"], state["tgt_proto"])
+
+    # ---------------------------------------------------------------------------------- queries
+
+    @property
+    def joint(self) -> bool:
+        return self._src_proto == self._tgt_proto
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, texts: list[str]) -> list[list[int]]:
+        """Subword ids, without BOS/EOS (:func:`nmt.batching.encode_dataset` appends EOS)."""
+        return self.src.encode(list(texts), out_type=int)
+
+    def encode_tgt(self, texts: list[str]) -> list[list[int]]:
+        return self.tgt.encode(list(texts), out_type=int)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        """Text of id sequences; each sequence is cut at its first EOS, PAD/BOS are ignored."""
+        return self.tgt.decode([_until_eos(seq) for seq in ids])
+
+    def decode_src(self, ids: list[list[int]]) -> list[str]:
+        return self.src.decode([_until_eos(seq) for seq in ids])
+
+    def src_pieces(self, text: str) -> list[str]:
+        """The source subword pieces of one sentence (attention-plot labels)."""
+        return self.src.encode(text, out_type=str)
+
+    def tgt_pieces_from_ids(self, ids: Sequence[int]) -> list[str]:
+        """Target pieces of ids (specials as ``<s>``, ``</s>``, ``<pad>``) for plot labels."""
+        return [self.tgt.id_to_piece(int(i)) for i in ids]
+
+
+def _until_eos(seq: Sequence[int]) -> list[int]:
+    out = []
+    for i in seq:
+        i = int(i)
+        if i == EOS_ID:
+            break
+        if i not in (PAD_ID, BOS_ID):
+            out.append(i)
+    return out
+
+
+def train(cfg: TokenizerConfig, train_ds, out_dir, verbose: bool = False) -> SubwordTokenizers:
+    return SubwordTokenizers.train(cfg, train_ds, out_dir, verbose)
+
+
+def load(out_dir) -> SubwordTokenizers:
+    return SubwordTokenizers.load(out_dir)
+
+
+def load_or_train(cfg: TokenizerConfig, train_ds, out_dir, verbose: bool = False) -> SubwordTokenizers:
+    return SubwordTokenizers.load_or_train(cfg, train_ds, out_dir, verbose)
