@@ -395,8 +395,11 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
         step_att = out.attention.float()
         new_cov = coverage + step_att if beta else None
 
+        # One top-2K serves both selections below: each beam has one EOS continuation, so at most
+        # K of the 2K best end in EOS and the K best non-EOS continuations are among them.
+        best_val, best_idx = cand.topk(2 * K, dim=1)
         # 1. the top K continuations overall: EOS ones (and all of them at max length) are pooled
-        top_val, top_idx = cand.topk(K, dim=1)
+        top_val, top_idx = best_val[:, :K], best_idx[:, :K]
         top_tok, top_par = top_idx % vocab, top_idx // vocab
         admit = ((top_tok == EOS_ID) | at_max.unsqueeze(1)) & torch.isfinite(top_val)
         if bool(admit.any()):
@@ -438,8 +441,9 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
             break
 
         # 2. the next beams: the top K continuations that do not end in EOS
-        cand.view(n_act, K, vocab)[:, :, EOS_ID] = -math.inf
-        cont_val, cont_idx = cand.topk(K, dim=1)
+        # (stable sort on "is EOS" moves the non-EOS ones first, keeping their order)
+        order = torch.sort((best_idx % vocab == EOS_ID).to(torch.uint8), dim=1, stable=True).indices[:, :K]
+        cont_val, cont_idx = best_val.gather(1, order), best_idx.gather(1, order)
         # 4. done sentences leave the batch
         bound = cont_val[:, 0] / length_penalty(act_max, alpha)
         worst = pool_score.index_select(0, active)[:, P - 1]

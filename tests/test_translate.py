@@ -1,0 +1,451 @@
+"""Translator API and ``nmt translate``: order, empty/long/junk lines, n-best and scoring formats,
+atomic output, streaming in chunks, quantization, and the 2-process run equal to the 1-process one.
+
+A tiny run directory (sentencepiece models trained on generated sentences, a random model with
+enlarged weights so that outputs vary) is built once per session.
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nmt.translate as tr
+from nmt.cli import main
+from nmt.config import (AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, Recipe,
+                        TokenizerConfig)
+from nmt.errors import NmtError
+from nmt.search import EOS_ID, pad_sources, score_targets
+from nmt.translate import Translator, clean_source, decode_split_timed
+
+FR = "le la chat chien maison rouge bleu petit grand mange dort voit un une et".split()
+EN = "the cat dog house red blue small big eats sleeps sees a and".split()
+MAX_INPUT_LEN = 12
+
+
+def corpus(n: int, seed: int, words=FR, max_words: int = 6) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+
+
+def build_run(run: Path, kind: str = "bahdanau", seed: int = 0) -> Path:
+    import datasets
+
+    from nmt.checkpoint import save_weights
+    from nmt.model import build_model
+    from nmt.tokenizer import SubwordTokenizers
+
+    run.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_dict({"src": corpus(200, 0), "tgt": corpus(200, 1, EN)})
+    tok_cfg = TokenizerConfig(src_vocab_size=30, tgt_vocab_size=22, num_threads=1)
+    tokenizers = SubwordTokenizers.train(tok_cfg, ds, run)
+    recipe = Recipe()
+    recipe.data.path = "corpus"
+    recipe.tokenizer = tok_cfg
+    recipe.model = ModelConfig(
+        embedding_dim=12, dropout=0.0, activation="arelu",
+        encoder=EncoderConfig(hidden_size=8, dropout=0.0, self_attention_layers=1,
+                              self_attention_heads=2, self_attention_ff_size=16),
+        decoder=DecoderConfig(hidden_size=16, dropout=0.0),
+        attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None))
+    recipe.decode.beam = 3
+    recipe.decode.max_len_a = 1.0
+    recipe.decode.max_len_b = 4
+    recipe.decode.max_input_len = MAX_INPUT_LEN
+    (run / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    with torch.no_grad():  # larger weights: varied outputs; EOS bias: some end before the max length
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(2.0)
+        model.output.bias[EOS_ID] += 4.0
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("translate") / "run")
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("translate-localp") / "run", kind="local-p", seed=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def translator(run_dir) -> Translator:
+    return Translator.load(run_dir, device="cpu")
+
+
+SOURCES = corpus(12, 7) + ["le chat", "une maison rouge et un chien bleu"]
+
+
+# ----------------------------------------------------------------------------------------- API
+
+def test_translate_returns_strings_in_input_order(translator):
+    together = translator.translate(SOURCES)
+    assert isinstance(together, list) and len(together) == len(SOURCES)
+    assert all(isinstance(t, str) for t in together)
+    assert len(set(together)) > 3  # the fixture model does not say the same thing to everything
+    # batching (length-sorted, several batches) changes nothing: one by one gives the same
+    alone = [translator.translate([s])[0] for s in SOURCES]
+    assert together == alone
+    assert translator.translate(SOURCES, batch_tokens=10) == together
+
+
+def test_attributes(translator, run_dir):
+    assert translator.attention_kind == "bahdanau"
+    assert translator.recipe.decode.beam == 3
+    assert translator.model.training is False
+    assert translator.tokenizers.tgt_vocab_size == 22
+    with pytest.raises(TypeError):
+        translator.translate("le chat")
+
+
+def test_nbest_results(translator):
+    results = translator.translate(SOURCES[:6], beam=4, n_best=3, return_attention=True)
+    finished = 0
+    for src, res in zip(SOURCES, results):
+        assert res.source == src
+        assert len(res.hypotheses) == 3
+        scores = [h.score for h in res.hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in res.hypotheses}) == 3
+        for h in res.hypotheses:
+            assert h.src_tokens[-1] == "</s>"
+            assert h.src_tokens[:-1] == translator.tokenizers.src_pieces(src)[:MAX_INPUT_LEN]
+            assert h.attention.shape == (len(h.tokens), len(h.src_tokens))
+            assert len(h.token_log_probs) == len(h.tokens)
+            assert sum(h.token_log_probs) == pytest.approx(h.raw_score, abs=1e-4)
+            assert "</s>" not in h.tokens[:-1]
+            finished += h.tokens[-1] == "</s>"
+        assert res.text == res.hypotheses[0].text
+    assert finished > 0
+
+
+def test_reported_scores_equal_forced_decoding_and_score(translator):
+    """Translation scores = teacher-forced log-probabilities of the same ids; t.score() = the same
+    forced decoding of the tokenized reference text."""
+    results = translator.translate(SOURCES, beam=3, n_best=3, return_scores=True)
+    tok = translator.tokenizers
+    items = translator._prepare(SOURCES)
+    srcs, targets, expected = [], [], []
+    for item, res in zip(items, results):
+        for h in res.hypotheses:
+            srcs.append(item.ids)
+            targets.append([tok.tgt.piece_to_id(p) for p in h.tokens])
+            expected.append(h.raw_score)
+            assert h.score == pytest.approx(h.raw_score)  # no penalties configured
+    src, lengths, mask = pad_sources(srcs)
+    forced, _ = score_targets(translator.model, src, lengths, mask, targets, add_eos=False)
+    assert forced == pytest.approx(expected, abs=1e-4)
+
+    texts = [r.hypotheses[0].text for r in results]
+    scored, per_token = translator.score(SOURCES, texts, return_token_log_probs=True)
+    assert translator.score(SOURCES, texts) == scored
+    ref_ids = tok.encode_tgt(texts)
+    src, lengths, mask = pad_sources([it.ids for it in items])
+    direct, _ = score_targets(translator.model, src, lengths, mask, ref_ids, add_eos=True)
+    assert scored == pytest.approx(direct, abs=1e-4)
+    assert [len(t) for t in per_token] == [len(ids) + 1 for ids in ref_ids]
+    for item, res, value in zip(items, results, scored):
+        h = res.hypotheses[0]
+        if h.tokens[-1] == "</s>" and tok.encode_tgt([h.text])[0] + [EOS_ID] == \
+                [tok.tgt.piece_to_id(p) for p in h.tokens]:
+            assert value == pytest.approx(h.raw_score, abs=1e-4)  # round trip: the very same ids
+
+
+def test_nbest_widens_the_default_beam(translator):
+    (res,) = translator.translate(["le chat"], n_best=5)  # the recipe's beam is 3
+    assert len(res.hypotheses) == 5
+    with pytest.raises(NmtError, match="n_best"):
+        translator.translate(["le chat"], beam=2, n_best=5)
+
+
+def test_score_checks_lengths_and_handles_empty(translator):
+    with pytest.raises(NmtError, match="2 sources but 1 targets"):
+        translator.score(["a", "b"], ["x"])
+    scores = translator.score(["", "le chat"], ["the cat", ""])
+    assert len(scores) == 2 and all(s < 0 for s in scores)
+
+
+def test_empty_lines_are_not_translated(translator, monkeypatch):
+    seen = []
+    original = tr.search
+
+    def spy(model, src, lengths, mask, options):
+        seen.extend(lengths.tolist())
+        return original(model, src, lengths, mask, options)
+
+    monkeypatch.setattr(tr, "search", spy)
+    out = translator.translate(["", "le chat", "   ", "\x00\x01", "\t"])
+    assert out[0] == out[2] == out[3] == out[4] == ""
+    assert len(seen) == 1 and min(seen) >= 2
+    seen.clear()
+    assert translator.translate(["", " "]) == ["", ""] and seen == []
+    rich = translator.translate(["", "le chat"], n_best=2, beam=2)
+    assert rich[0].hypotheses[0].text == "" and rich[0].hypotheses[0].score == 0.0
+
+
+def test_long_line_truncated_with_warning(translator, capsys):
+    long_line = " ".join(["maison rouge"] * 20)
+    results = translator.translate(["le chat", long_line], return_attention=True)
+    err = capsys.readouterr().err
+    assert "line 2:" in err and "truncated" in err and "line 1:" not in err
+    hyp = results[1].hypotheses[0]
+    assert len(hyp.src_tokens) == MAX_INPUT_LEN + 1
+    assert hyp.attention.shape[1] == MAX_INPUT_LEN + 1
+
+
+def test_clean_source():
+    assert clean_source("  a\x00b\x1b[0m\tc\r\n") == "ab[0m c"
+    assert clean_source("e\u0301t\u00e9") == "\u00e9t\u00e9"  # NFC
+    assert clean_source("x\ud800y\ufffe") == "xy"  # lone surrogate, non-character
+    assert clean_source("ﬁ", "NFKC") == "fi" and clean_source("ﬁ", "none") == "ﬁ"
+    assert clean_source("\x85\u2028") == ""  # NEL control and line separator: whitespace only
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.text(max_size=30),
+                          st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=30),
+                          st.sampled_from(["", " ", "\x00", "\ud800", "le chat", "\u2028"])),
+                max_size=6))
+def test_any_unicode_keeps_line_count(translator, lines):
+    out = translator.translate(lines, beam=1, max_len_a=0.0, max_len_b=3)
+    assert len(out) == len(lines)
+    assert all(isinstance(t, str) for t in out)
+    for line, text in zip(lines, out):
+        if not clean_source(line):
+            assert text == ""
+
+
+def test_encoder_self_attention_and_activation_parameters(translator):
+    maps = translator.encoder_self_attention("le chat mange")
+    n = len(translator.tokenizers.src_pieces("le chat mange")) + 1
+    assert maps.shape == (1, 2, n, n)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, n))
+    assert translator.encoder_self_attention("") is None
+    params = translator.learned_activation_parameters()
+    assert params and all("alpha" in p and "beta" in p for p in params.values())
+
+
+def test_local_p_positions(local_run):
+    t = Translator.load(local_run, device="cpu")
+    assert t.attention_kind == "local-p"
+    (res,) = t.translate(["le petit chat mange"], beam=2, return_attention=True)
+    h = res.hypotheses[0]
+    assert h.positions.shape == (len(h.tokens),)
+    assert ((h.positions >= 0) & (h.positions <= len(h.src_tokens) - 1)).all()
+
+
+def test_quantized_translator(run_dir):
+    t = Translator.load(run_dir, quantize=True)
+    assert t.quantized
+    assert any("quantized" in type(m).__module__ for m in t.model.modules())
+    out = t.translate(SOURCES[:4])
+    assert len(out) == 4 and all(isinstance(x, str) for x in out)
+
+
+def test_decode_split_timed(translator):
+    expected = translator.translate(SOURCES, beam=2)
+    for kwargs in ({}, {"batch_tokens": 16}, {"batch_sentences": 3}):
+        hyps, seconds, n_tokens = decode_split_timed(translator, SOURCES, 2, **kwargs)
+        assert hyps == expected and seconds > 0
+        assert n_tokens >= len(SOURCES)  # at least one token (EOS) per sentence
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def cli(*argv: str) -> int:
+    return main(["translate", *map(str, argv)])
+
+
+LINES = ["le chat", "", "un chien rouge", " ".join(["maison bleue"] * 15), "\x00\x1b", "la maison"]
+
+
+def test_cli_line_alignment(run_dir, tmp_path, translator, capsys):
+    # CRLF, undecodable bytes, a form feed and U+2028 inside lines: none of them splits a line
+    data = ("\n".join(LINES) + "\r\n").encode() + b"un \xff\xfe chien\n" + "le\x0cchat\u2028et\n".encode()
+    src = write_bytes(tmp_path / "in.txt", data)
+    out = tmp_path / "sub" / "out.txt"
+    assert cli(run_dir, "-i", src, "-o", out) == 0
+    got = out.read_text(encoding="utf-8").split("\n")
+    assert got[-1] == "" and len(got) - 1 == len(LINES) + 2
+    expected = translator.translate(LINES + ["un \ufffd\ufffd chien", "le\x0cchat\u2028et"])
+    assert got[:-1] == expected
+    assert got[1] == "" and got[4] == ""
+    err = capsys.readouterr().err
+    assert "line 4" in err and "truncated" in err  # the long line
+    assert "line 7" in err and "UTF-8" in err  # the undecodable bytes
+    assert oct(out.stat().st_mode & 0o777) != "0o600"  # not the temp file's private mode
+    assert [p.name for p in out.parent.iterdir()] == ["out.txt"]
+
+
+def test_cli_stdin_stdout_and_last_line_without_newline(run_dir, monkeypatch, capsysbinary, translator):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"le chat\n\nla maison")))
+    assert cli(run_dir, "--beam", "2") == 0
+    out = capsysbinary.readouterr().out.decode()
+    assert out.split("\n") == translator.translate(["le chat", "", "la maison"], beam=2) + [""]
+
+
+def test_cli_chunks_give_the_same_output(run_dir, tmp_path, monkeypatch):
+    src = write_bytes(tmp_path / "in.txt", "\n".join(SOURCES + LINES).encode() + b"\n")
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "a.txt") == 0
+    monkeypatch.setattr(tr, "CHUNK_LINES", 4)
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "b.txt", "--n-best", "1") == 0
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "c.txt") == 0
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "c.txt").read_bytes()
+    # many small batches per chunk: the same lines again
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "d.txt", "--batch-tokens", "10") == 0
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "d.txt").read_bytes()
+    b_lines = (tmp_path / "b.txt").read_text().splitlines()
+    assert [int(line.split("\t")[0]) for line in b_lines] == list(range(len(SOURCES + LINES)))
+
+
+def test_cli_nbest_format(run_dir, tmp_path, translator):
+    src = write_bytes(tmp_path / "in.txt", "\n".join(["le chat", "", "la maison rouge"]).encode() + b"\n")
+    out = tmp_path / "nbest.txt"
+    assert cli(run_dir, "-i", src, "-o", out, "--beam", "3", "--n-best", "3") == 0
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 9 and all(len(r) == 3 for r in rows)
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert rows[3][1:] == ["0.0000", ""] and rows[4][1:] == ["-inf", ""] and rows[5][1:] == ["-inf", ""]
+    expected = translator.translate(["le chat", "", "la maison rouge"], beam=3, n_best=3)
+    for i, res in enumerate(expected):
+        if i == 1:
+            continue
+        block = rows[3 * i: 3 * i + 3]
+        assert [r[2] for r in block] == [h.text for h in res.hypotheses]
+        assert [float(r[1]) for r in block] == pytest.approx([h.score for h in res.hypotheses], abs=1e-4)
+        assert [float(r[1]) for r in block] == sorted((float(r[1]) for r in block), reverse=True)
+
+
+def test_cli_score_reference(run_dir, tmp_path, translator, capsys):
+    srcs, refs = ["le chat", "", "la maison"], ["the cat", "a", ""]
+    src = write_bytes(tmp_path / "in.txt", "\n".join(srcs).encode() + b"\n")
+    ref = write_bytes(tmp_path / "ref.txt", "\n".join(refs).encode() + b"\n")
+    out = tmp_path / "scores.txt"
+    assert cli(run_dir, "-i", src, "--score-reference", ref, "-o", out) == 0
+    got = [float(x) for x in out.read_text().splitlines()]
+    assert got == pytest.approx(translator.score(srcs, refs), abs=1e-5)
+
+    short = write_bytes(tmp_path / "short.txt", b"the cat\n")
+    assert cli(run_dir, "-i", src, "--score-reference", short, "-o", tmp_path / "x.txt") == 2
+    err = capsys.readouterr().err
+    assert str(src) in err and str(short) in err and "3 lines" in err and "1" in err
+    assert not (tmp_path / "x.txt").exists()
+    # stdin input (no counting beforehand): detected while streaming
+    assert tr._read_chunk(iter(["a"]), iter(["x", "y"]), 0, "stdin", "ref.txt") == {"src": ["a"], "ref": ["x"]}
+    with pytest.raises(NmtError, match="stdin has 1 lines but ref.txt has more"):
+        tr._read_chunk(iter([]), iter(["y"]), 1, "stdin", "ref.txt")
+    with pytest.raises(NmtError, match="only 1 lines"):
+        tr._read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
+
+
+def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
+    src = write_bytes(tmp_path / "in.txt", "\n".join(SOURCES).encode() + b"\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "out.txt"
+    monkeypatch.setattr(tr, "CHUNK_LINES", 3)
+    calls = []
+    original = Translator._search
+
+    def failing(self, batches, options):
+        calls.append(1)
+        if len(calls) == 3:  # two chunks written to the temporary file, then it breaks
+            raise RuntimeError("simulated crash")
+        return original(self, batches, options)
+
+    monkeypatch.setattr(Translator, "_search", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli(run_dir, "-i", src, "-o", out)
+    assert list(out_dir.iterdir()) == []
+
+    calls.clear()
+    monkeypatch.setattr(Translator, "_search", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert cli(run_dir, "-i", src, "-o", out) == 130
+    assert list(out_dir.iterdir()) == []
+
+
+def test_cli_option_errors(run_dir, tmp_path, capsys):
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    assert cli(run_dir, "-i", src, "--greedy", "--beam", "4") == 2
+    assert "--greedy" in capsys.readouterr().err
+    assert cli(run_dir, "-i", src, "--beam", "2", "--n-best", "3") == 2
+    assert "n_best" in capsys.readouterr().err
+    assert cli(run_dir, "-i", tmp_path / "missing.txt") == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert cli(run_dir, "-i", src, "--checkpoint", "last") == 2
+    assert "last" in capsys.readouterr().err
+
+
+def test_cli_checkpoint_path_and_greedy(run_dir, tmp_path, capsysbinary, translator):
+    src = write_bytes(tmp_path / "in.txt", b"le chat\nla maison\n")
+    weights = run_dir / "checkpoints" / "best.safetensors"
+    assert cli(run_dir, "-i", src, "--checkpoint", weights, "--greedy") == 0
+    out = capsysbinary.readouterr().out.decode().splitlines()
+    assert out == translator.translate(["le chat", "la maison"], beam=1)
+
+
+# ------------------------------------------------------------------------------ subprocesses
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.mark.slow
+def test_subprocess_stdin_stdout(run_dir, translator):
+    lines = ["le chat", "", "un chien \x00 rouge", "la maison"]
+    proc = subprocess.run([sys.executable, "-m", "nmt", "translate", str(run_dir)],
+                          input="\n".join(lines).encode() + b"\n", capture_output=True, env=_env(),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split("\n") == translator.translate(lines) + [""]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
+    # long lines (truncated, with a warning from the process that translates them), small batches
+    lines = corpus(25, 3, max_words=9) + ["", "le chat"]
+    lines[1] = " ".join(["maison rouge"] * 10)
+    src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
+    common = ["-i", src, "--n-best", "2", "--batch-tokens", "40"]
+    assert cli(run_dir, *common, "-o", tmp_path / "one.txt") == 0
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nmt", "translate",
+                           str(run_dir), *map(str, common), "-o", str(tmp_path / "two.txt")],
+                          capture_output=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert "[rank 1]: warning: line" in proc.stderr.decode()  # the second process translated a share
+    one = (tmp_path / "one.txt").read_bytes()
+    assert one.count(b"\n") == 2 * len(lines)
+    assert (tmp_path / "two.txt").read_bytes() == one
