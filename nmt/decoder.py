@@ -119,13 +119,30 @@ class _GRUDecoderBase(nn.Module):
         w_ih, _, b_ih, _ = self._layer_weights(0)
         return F.linear(embedded, w_ih[:, : self.embedding_dim], b_ih)
 
+    def extra_input_weight(self) -> torch.Tensor:
+        """First-layer input weights of the per-step input (context or input feed), (3H, extra).
+
+        A slice is not a leaf, so autocast would cast it again at every step: slice and cast it
+        once per sequence instead.
+        """
+        weight = self.rnn.weight_ih_l0[:, self.embedding_dim:]
+        device_type = weight.device.type
+        if torch.is_autocast_enabled(device_type):
+            weight = weight.to(torch.get_autocast_dtype(device_type))
+        return weight
+
     def rnn_step(self, emb_gates: torch.Tensor, extra: torch.Tensor | None,
-                 hidden: torch.Tensor) -> torch.Tensor:
-        """Advance the stacked GRU one step. ``hidden (batch, layers, H)`` -> same shape."""
+                 hidden: torch.Tensor, extra_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Advance the stacked GRU one step. ``hidden (batch, layers, H)`` -> same shape.
+
+        ``extra_weight``: :meth:`extra_input_weight`, precomputed by sequence-level callers.
+        """
         w_ih, w_hh, _, b_hh = self._layer_weights(0)
         gates = emb_gates
         if extra is not None:
-            gates = gates + F.linear(extra, w_ih[:, self.embedding_dim:])
+            if extra_weight is None:
+                extra_weight = self.extra_input_weight()
+            gates = gates + F.linear(extra, extra_weight)
         h = gru_cell(gates, hidden[:, 0], w_hh, b_hh)
         new = [h]
         for layer in range(1, self.cfg.layers):
@@ -166,10 +183,11 @@ class BahdanauDecoder(_GRUDecoderBase):
         # zero-filled full-size gradient per step
         emb_gates = self.embedding_gates(embedded).unbind(1)
         hidden = state.hidden
+        extra_weight = self.extra_input_weight()
         tops, contexts, weights = [], [], []
         for gates_t in emb_gates:
             context, w, pos = self._attend(hidden[:, -1:], memory)  # query s_{t-1}
-            hidden = self.rnn_step(gates_t, context[:, 0], hidden)
+            hidden = self.rnn_step(gates_t, context[:, 0], hidden, extra_weight)
             tops.append(hidden[:, -1])
             contexts.append(context[:, 0])
             weights.append(w[:, 0])
@@ -215,9 +233,10 @@ class LuongDecoder(_GRUDecoderBase):
             return self.readout_dropout(attentional), weights
         emb_gates = self.embedding_gates(embedded).unbind(1)
         hidden, feed = state.hidden, state.feed
+        extra_weight = self.extra_input_weight()
         outputs, weights = [], []
         for gates_t in emb_gates:
-            hidden = self.rnn_step(gates_t, feed, hidden)
+            hidden = self.rnn_step(gates_t, feed, hidden, extra_weight)
             context, w, _ = self._attend(hidden[:, -1:], memory)
             feed = self.readout_dropout(self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
             outputs.append(feed)

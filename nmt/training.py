@@ -143,8 +143,13 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optim
     return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
-def lr_factor(step: int, recipe: Recipe) -> float:
-    """Multiplier of ``train.lr`` at update ``step`` (1-based) for the step-driven schedules."""
+def lr_factor(step: int, recipe: Recipe, elapsed_seconds: float | None = None) -> float:
+    """Multiplier of ``train.lr`` at update ``step`` (1-based).
+
+    ``cosine`` decays to ``min_lr`` over ``max_steps``, or, when training is limited by
+    ``budget_minutes`` instead, over the time budget (``elapsed_seconds`` of it spent): a
+    time-budgeted run then ends with a fully decayed learning rate whatever its speed.
+    """
     t = recipe.train
     warm = t.warmup_steps
     if warm and step <= warm:
@@ -152,9 +157,12 @@ def lr_factor(step: int, recipe: Recipe) -> float:
     if t.schedule == "inverse_sqrt":
         return math.sqrt(max(warm, 1) / step)
     if t.schedule == "cosine":
-        if not t.max_steps:
+        if t.max_steps:
+            progress = min(1.0, (step - warm) / max(1, t.max_steps - warm))
+        elif t.budget_minutes and elapsed_seconds is not None:
+            progress = min(1.0, elapsed_seconds / (t.budget_minutes * 60))
+        else:
             return 1.0
-        progress = min(1.0, (step - warm) / max(1, t.max_steps - warm))
         floor = t.min_lr / t.lr
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0  # constant, and plateau (whose reductions are applied on top at validation)
@@ -292,7 +300,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
                          if t.clip_norm > 0 else None)
             state.step += 1
             for group in optimizer.param_groups:
-                group["lr"] = group.setdefault("base_lr", t.lr) * lr_factor(state.step, recipe) * \
+                group["lr"] = group.setdefault("base_lr", t.lr) * lr_factor(state.step, recipe, state.wall_seconds) * \
                     group.get("plateau_scale", 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
