@@ -62,13 +62,14 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int)
 
 
 def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | None,
-                    batch_sentences: int | None, checkpoint: str, quantize: bool) -> dict[str, Any]:
+                    batch_sentences: int | None, checkpoint: str, quantize: bool,
+                    precision: str = "float32") -> dict[str, Any]:
     from .data import load_corpus
     from .evaluation import score_corpus
     from .translate import Translator, decode_split_timed
 
     load_start = time.perf_counter()
-    translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize)
+    translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision)
     load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
@@ -79,7 +80,7 @@ def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | Non
     return {
         "what": "translate", "run_dir": str(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": beam, "batch_tokens": batch_tokens, "batch_sentences": batch_sentences,
-        "quantize": quantize, "sentences": len(sources), "seconds": round(seconds, 3),
+        "quantize": quantize, "precision": precision, "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
         "target_tokens_per_s": round(n_tokens / seconds, 1), "target_tokens_incl_eos": n_tokens,
         "bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
@@ -98,8 +99,8 @@ def bench_cli(args) -> int:
     else:
         beam = 1 if args.greedy else args.beam
         result = bench_translate(args.run_dir, beam, args.split, args.batch_tokens, args.batch_sentences,
-                                 args.checkpoint, args.quantize)
-        line = (f"translate {args.run_dir} [{args.split}, beam {beam}]: {result['sentences_per_s']:,} "
+                                 args.checkpoint, args.quantize, args.precision)
+        line = (f"translate {args.run_dir} [{args.split}, beam {beam}, {args.precision}]: {result['sentences_per_s']:,} "
                 f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")

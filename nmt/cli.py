@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size when translating a split")
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--checkpoint", default="best")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="search under bf16 autocast when translating a split")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = _sub(sub, "plot", "plot attention weights, training curves or activation functions", """
@@ -209,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
     btr.add_argument("--checkpoint", default="best")
     btr.add_argument("--quantize", action="store_true")
+    btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
     btr.add_argument("--json", action="store_true")
 
     p = _sub(sub, "sweep", "train a grid of recipe variants and report", """

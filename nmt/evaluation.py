@@ -223,7 +223,7 @@ def _checkpoint_tag(checkpoint: str) -> str:
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | None = None,
                  checkpoint: str = "best", metrics: Iterable[str] | str | None = None,
-                 command: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, precision: str = "float32") -> dict[str, Any]:
     """Translate ``split`` of the run's corpus, score it, and write the results into the run.
 
     ``beam=None`` uses the recipe's ``decode.beam``; ``metrics=None`` the recipe's ``eval.metrics``.
@@ -245,7 +245,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     known_splits = getattr(data_module, "SPLITS", None)
     if known_splits and split not in known_splits:
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(known_splits)}")
-    translator = Translator.load(run, checkpoint=checkpoint)
+    translator = Translator.load(run, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
     beam = int(beam if beam is not None else recipe.decode.beam)
@@ -268,7 +268,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
     scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
 
-    stem = f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}"
+    stem = f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}" + (".bf16" if precision == "bf16" else "")
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
@@ -280,6 +280,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         "split": split,
         "checkpoint": str(checkpoint),
         "beam": beam,
+        "precision": precision,
         "metrics": names,
         "bleu_tokenize": recipe.eval.bleu_tokenize,
         "sentences": len(sources),
@@ -354,7 +355,8 @@ def evaluate_cli(args) -> int:
             beam = 1
         names = parse_metrics(metrics_arg) if metrics_arg is not None else None
         record = evaluate_run(run_dir, split=split, beam=beam, checkpoint=checkpoint, metrics=names,
-                              command=_command_line(run_dir, split, beam, checkpoint, names))
+                              command=_command_line(run_dir, split, beam, checkpoint, names),
+                              precision=getattr(args, "precision", None) or "float32")
         if as_json:
             print(json.dumps(record, indent=2, ensure_ascii=False))
         else:

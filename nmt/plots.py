@@ -286,6 +286,29 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike |
     return fig
 
 
+def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
+              path: str | os.PathLike | None, ylabel: str = "", title: str = "") -> Figure:
+    """Bars with error bars (e.g. mean ± std test BLEU over seeds), one per label, value on top."""
+    if not (len(labels) == len(means) == len(stds)) or not labels:
+        raise NmtError("plot_bars needs equally many labels, means and stds (at least one)")
+    fig = _new_figure(max(5.0, 0.9 * len(labels) + 2.0), 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(labels))
+    ax.bar(x, means, yerr=stds, capsize=4, color=[_colour(i) for i in range(len(labels))], alpha=0.85)
+    for xi, mean in zip(x, means):
+        if mean == mean:  # not NaN
+            ax.text(xi, mean, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
 def plot_grad_norms(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike | None) -> Figure:
     """Gradient norm of each model part (embeddings, encoder, attention, decoder, output) over
     steps, one panel per part, log scale, runs overlaid."""

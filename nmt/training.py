@@ -361,6 +361,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
         "best_step": state.best_step, "best_metric": state.best_metric,
         "metric": t.early_stopping_metric, "nan_skips": state.total_nan_skips,
+        "parameters": core.num_parameters(),
     }
     # replicas must hold identical weights; record each process's checksum to show it
     checksums = [_weights_checksum(core)]
@@ -404,7 +405,7 @@ def _weights_checksum(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -195,7 +195,12 @@ class Translator:
     """A trained model with its tokenizers, ready to translate (eval mode, inference only)."""
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
-                 metadata: dict | None = None, quantize: bool = False):
+                 metadata: dict | None = None, quantize: bool = False, precision: str = "float32"):
+        if precision not in ("float32", "bf16"):
+            raise NmtError(f"precision {precision!r}: choose float32 or bf16")
+        if precision == "bf16" and quantize:
+            raise NmtError("--precision bf16 and --quantize do not combine; choose one")
+        self.precision = precision
         self.recipe = recipe
         self.tokenizers = tokenizers
         self.device = _resolve_device(device, quantize)
@@ -219,12 +224,17 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: Any = None,
-             quantize: bool = False) -> "Translator":
-        """Load a run directory (``checkpoint``: ``best``, ``last`` or a weights file)."""
+             quantize: bool = False, precision: str = "float32") -> "Translator":
+        """Load a run directory (``checkpoint``: ``best``, ``last`` or a weights file).
+
+        ``precision="bf16"`` runs search under bf16 autocast (weights cast once per batch; attention
+        softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
+        """
         from .checkpoint import load_run
 
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint)
-        return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize)
+        return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
+                   precision=precision)
 
     # ---------------------------------------------------------------------------- preparation
     def _normalize_form(self) -> str:
@@ -284,7 +294,8 @@ class Translator:
 
     def _search(self, batches: list[list[_Item]], options: SearchOptions) -> dict[int, list[Hypothesis]]:
         out: dict[int, list[Hypothesis]] = {}
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 for it, hyps in zip(group, search(self.model, src, lengths, mask, options)):
@@ -559,7 +570,8 @@ def translate_cli(args) -> int:
     if batch_tokens is not None and batch_tokens < 1:
         raise NmtError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     translator = Translator.load(args.run_dir, getattr(args, "checkpoint", "best") or "best",
-                                 quantize=getattr(args, "quantize", False))
+                                 quantize=getattr(args, "quantize", False),
+                                 precision=getattr(args, "precision", None) or "float32")
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     options = translator._options(beam, n_best, False, overrides)  # validate before reading input

@@ -205,7 +205,7 @@ class FakeTranslator:
 
     @classmethod
     def make_load(cls, recipe, table):
-        def load(run_dir, checkpoint="best"):
+        def load(run_dir, checkpoint="best", precision="float32"):
             cls.calls.append(("load", str(run_dir), checkpoint))
             return cls(recipe, table)
         return load

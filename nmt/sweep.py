@@ -1,0 +1,324 @@
+"""`nmt sweep`: train a grid of recipe variants on the same data, budget and seeds, then report.
+
+Which activation and which attention suit a translation task is an empirical question; a sweep
+answers it under controlled conditions. Every grid point x seed is one ordinary run directory
+(``SWEEP_DIR/runs/<point>-seed<k>/``), trained by ``nmt train`` in its own process and evaluated on
+the test split. The sweep directory then holds:
+
+    sweep.json           what was swept (base recipe, grid, seeds, budget): a sweep never mixes
+                         results of different recipes; a second call with other settings is refused
+    results.json/.csv    one row per run, and per grid point the mean ± std over seeds
+    report.md            the table and the plots below
+    plots/bleu.png       test BLEU per grid point with error bars (std over seeds)
+    plots/valid-loss.png valid loss curves of every run, overlaid
+    plots/grad-norms.png per-part gradient norms (vanishing / exploding gradients show here)
+    plots/activations.png the swept activation functions and their derivatives
+    plots/attention-<kind>.png  one heatmap of the same test sentence per attention kind
+
+An interrupted sweep resumes: finished runs are not retrained, an interrupted run continues from
+its last checkpoint (``--resume``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_json, atomic_write_text
+from .config import load_recipe, parse_override
+from .errors import NmtError
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``["model.activation=relu,gelu", ...]`` -> ``[("model.activation", ["relu", "gelu"]), ...]``."""
+    grid: list[tuple[str, list[str]]] = []
+    for item in items:
+        if "=" not in item:
+            raise NmtError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. --grid model.activation=relu,gelu)")
+        key, raw = item.split("=", 1)
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not key.strip() or not values:
+            raise NmtError(f"--grid {item!r}: expected KEY=V1,V2,... with at least one value")
+        if any(k == key.strip() for k, _ in grid):
+            raise NmtError(f"--grid: key {key.strip()!r} given twice; list all its values in one --grid")
+        grid.append((key.strip(), values))
+    if not grid:
+        raise NmtError("nmt sweep needs at least one --grid KEY=V1,V2,...")
+    return grid
+
+
+def _slug(point: dict[str, str]) -> str:
+    parts = []
+    for key, value in point.items():
+        short = key.split(".")[-1]
+        parts.append(f"{short}={value}")
+    text = "_".join(parts)
+    return "".join(c if c.isalnum() or c in "=-_." else "-" for c in text)
+
+
+def _budget_overrides(budget_minutes: float | None, steps: int | None) -> list[str]:
+    if budget_minutes is not None and steps is not None:
+        raise NmtError("give either --budget-minutes or --steps, not both")
+    if budget_minutes is not None:
+        if budget_minutes <= 0:
+            raise NmtError("--budget-minutes must be > 0")
+        return [f"train.budget_minutes={budget_minutes}", "train.max_steps=null"]
+    if steps is not None:
+        if steps <= 0:
+            raise NmtError("--steps must be > 0")
+        return [f"train.max_steps={steps}", "train.budget_minutes=null"]
+    return []
+
+
+def plan(recipe_path: str, overrides: list[str], grid: list[tuple[str, list[str]]], seeds: list[int],
+         budget_minutes: float | None, steps: int | None) -> list[dict[str, Any]]:
+    """Every run of the sweep, each validated as a recipe before anything is trained."""
+    budget = _budget_overrides(budget_minutes, steps)
+    runs = []
+    keys = [k for k, _ in grid]
+    for values in itertools.product(*[v for _, v in grid]):
+        point = dict(zip(keys, values))
+        for seed in seeds:
+            run_overrides = list(overrides) + [f"{k}={v}" for k, v in point.items()] + budget + \
+                [f"train.seed={seed}"]
+            try:
+                load_recipe(recipe_path, run_overrides)
+            except NmtError as exc:
+                raise NmtError(f"grid point {point} (seed {seed}) is not a valid recipe:\n{exc}") from None
+            runs.append({"point": point, "seed": seed, "overrides": run_overrides,
+                         "name": f"{_slug(point)}-seed{seed}"})
+    return runs
+
+
+def _manifest(recipe_path: str, overrides, grid, seeds, budget_minutes, steps) -> dict[str, Any]:
+    base = load_recipe(recipe_path, overrides)
+    return {"recipe": base.to_dict(), "recipe_path": str(recipe_path), "overrides": list(overrides),
+            "grid": [[k, v] for k, v in grid], "seeds": seeds, "budget_minutes": budget_minutes,
+            "steps": steps}
+
+
+def _check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    path = out_dir / "sweep.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("recipe", "grid", "seeds", "budget_minutes", "steps", "overrides"):
+            if old.get(key) != manifest.get(key):
+                raise NmtError(f"{out_dir} holds a sweep with a different {key}; results of different "
+                               "sweeps are never mixed. Use another --out-dir, or restore the settings "
+                               "to resume that sweep")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, manifest)
+
+
+def _train_run(recipe_path: str, run: dict[str, Any], run_dir: Path, log_path: Path) -> None:
+    resume = (run_dir / "checkpoints" / "last.safetensors").is_file()
+    cmd = [sys.executable, "-m", "nmt", "train", str(recipe_path), "--run-dir", str(run_dir)]
+    for override in run["overrides"]:
+        cmd += ["--set", override]
+    if resume:
+        cmd.append("--resume")
+    env = {**os.environ, "NMT_NO_PROGRESS": "1"}
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise NmtError(f"training {run['name']} failed (exit {proc.returncode}); see {log_path}. "
+                       "Re-running the same nmt sweep command resumes it")
+
+
+def _summarise_run(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from .evaluation import evaluate_run
+
+    summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
+    valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    valid = [r for r in valid if r.get("kind") == "valid"]
+    test = evaluate_run(run_dir, split="test", metrics=["bleu", "chrf"], command="nmt sweep")
+    return {
+        "name": run["name"], **{k: v for k, v in run["point"].items()}, "seed": run["seed"],
+        "parameters": summary.get("parameters"), "steps": summary["steps"],
+        "train_tokens_per_s": summary["train_tokens_per_s"],
+        "best_valid_loss": min((r["loss"] for r in valid), default=None),
+        "best_valid_bleu": max((r["bleu"] for r in valid), default=None),
+        "test_bleu": test["scores"]["bleu"]["score"], "test_chrf": test["scores"]["chrf"]["score"],
+        "nan_skips": summary.get("nan_skips", 0), "run_dir": str(run_dir),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for point, members in groups.items():
+        entry = dict(zip(keys, point))
+        entry["seeds"] = len(members)
+        entry["parameters"] = members[0]["parameters"]
+        for metric in ("train_tokens_per_s", "best_valid_loss", "test_bleu", "test_chrf"):
+            mean, std = _mean_std([m[metric] for m in members])
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
+        out.append(entry)
+    return out
+
+
+def _write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
+    atomic_write_json(out_dir / "results.json", {"runs": rows, "grid_points": summary})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "results.csv", buffer.getvalue())
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _write_report(out_dir: Path, manifest: dict[str, Any], keys: list[str],
+                  summary: list[dict[str, Any]], plots: list[str], command: str) -> None:
+    axes = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in manifest["grid"])
+    lines = [f"# Sweep report: {Path(manifest['recipe_path']).name}", "",
+             f"Command: `{command}`", "",
+             f"Grid: {axes}; "
+             f"seeds {manifest['seeds']}; budget "
+             + (f"{manifest['budget_minutes']} minutes" if manifest["budget_minutes"] else
+                f"{manifest['steps']} steps" if manifest["steps"] else "as in the recipe")
+             + " per run. Mean ± std over seeds; test scores with the best-validation checkpoint "
+               "and the recipe's beam.", ""]
+    header = keys + ["params", "tokens/s", "best valid loss", "test BLEU", "test chrF"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for entry in sorted(summary, key=lambda e: -e["test_bleu_mean"] if e["test_bleu_mean"] == e["test_bleu_mean"] else 0):
+        cells = [str(entry[k]) for k in keys] + [
+            f"{entry['parameters']:,}" if entry["parameters"] else "n/a",
+            _fmt(entry["train_tokens_per_s_mean"], entry["train_tokens_per_s_std"], 0),
+            _fmt(entry["best_valid_loss_mean"], entry["best_valid_loss_std"], 3),
+            _fmt(entry["test_bleu_mean"], entry["test_bleu_std"]),
+            _fmt(entry["test_chrf_mean"], entry["test_chrf_std"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+    atomic_write_text(out_dir / "report.md", "\n".join(lines))
+
+
+def _make_plots(out_dir: Path, keys: list[str], rows: list[dict[str, Any]], summary: list[dict[str, Any]],
+                grid: list[tuple[str, list[str]]]) -> list[str]:
+    from .plots import plot_activations, plot_attention, plot_bars, plot_curves, plot_grad_norms
+
+    plots_dir = out_dir / "plots"
+    made: list[str] = []
+    labels = [" / ".join(str(e[k]) for k in keys) for e in summary]
+    plot_bars(labels, [e["test_bleu_mean"] for e in summary], [e["test_bleu_std"] for e in summary],
+              plots_dir / "bleu.png", ylabel="test BLEU", title="Test BLEU (mean ± std over seeds)")
+    made.append("plots/bleu.png")
+    run_dirs = [r["run_dir"] for r in rows]
+    plot_curves(run_dirs, plots_dir / "valid-loss.png")
+    made.append("plots/valid-loss.png")
+    try:
+        plot_grad_norms(run_dirs, plots_dir / "grad-norms.png")
+        made.append("plots/grad-norms.png")
+    except NmtError:
+        pass  # runs too short to have logged gradient norms
+    activations = dict(grid).get("model.activation")
+    if activations:
+        plot_activations(activations, plots_dir / "activations.png")
+        made.append("plots/activations.png")
+    kinds = dict(grid).get("model.attention.kind")
+    if kinds:
+        from .data import load_corpus
+        from .translate import Translator
+
+        for kind in kinds:
+            row = next(r for r in rows if r.get("model.attention.kind") == kind)
+            translator = Translator.load(row["run_dir"])
+            source = next(s for s in load_corpus(translator.recipe.data, splits=("test",))["test"]["src"] if s.strip())
+            result = translator.translate([source], beam=1, return_attention=True)[0]
+            hyp = result.hypotheses[0]
+            plot_attention(hyp.attention.float().numpy(), hyp.src_tokens, hyp.tokens,
+                           plots_dir / f"attention-{kind}.png", title=f"{kind} attention ({row['name']})",
+                           positions=None if hyp.positions is None else hyp.positions.float().numpy())
+            made.append(f"plots/attention-{kind}.png")
+    return made
+
+
+def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | None = None,
+              seeds: list[int] | None = None, budget_minutes: float | None = None, steps: int | None = None,
+              out_dir: str | os.PathLike | None = None, command: str | None = None) -> dict[str, Any]:
+    overrides = list(overrides or [])
+    grid = parse_grid(grid_items)
+    base = load_recipe(recipe_path, overrides)
+    for key, _ in grid:
+        parse_override(f"{key}=x")  # the key's form; its values are validated in plan()
+    seeds = seeds or [base.train.seed]
+    out = Path(out_dir) if out_dir else Path("runs") / f"sweep-{Path(recipe_path).stem}"
+    runs = plan(recipe_path, overrides, grid, seeds, budget_minutes, steps)
+    manifest = _manifest(recipe_path, overrides, grid, seeds, budget_minutes, steps)
+    _check_manifest(out, manifest)
+    keys = [k for k, _ in grid]
+    rows = []
+    for i, run in enumerate(runs, 1):
+        run_dir = out / "runs" / run["name"]
+        result_path = run_dir / "sweep_result.json"
+        if result_path.is_file():
+            rows.append(json.loads(result_path.read_text(encoding="utf-8")))
+            print(f"[{i}/{len(runs)}] {run['name']}: done earlier", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        print(f"[{i}/{len(runs)}] {run['name']}: training", file=sys.stderr, flush=True)
+        if not _finished(run_dir):  # fresh, or interrupted: _train_run resumes from its checkpoint
+            _train_run(recipe_path, run, run_dir, out / "sweep.log")
+        row = _summarise_run(run, run_dir)
+        atomic_write_json(result_path, row)
+        rows.append(row)
+        print(f"[{i}/{len(runs)}] {run['name']}: test BLEU {row['test_bleu']:.2f} "
+              f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+    summary = aggregate(rows, keys)
+    _write_tables(out, rows, summary)
+    plots = _make_plots(out, keys, rows, summary, grid)
+    _write_report(out, manifest, keys, summary, plots, command or "nmt sweep")
+    return {"out_dir": str(out), "runs": rows, "grid_points": summary}
+
+
+def _finished(run_dir: Path) -> bool:
+    """Trained to its end (a run stopped by a signal wrote a summary too, but must resume)."""
+    summary = run_dir / "train_summary.json"
+    if not summary.is_file():
+        return False
+    return not json.loads(summary.read_text(encoding="utf-8"))["stopped"].startswith("signal")
+
+
+def sweep_cli(args) -> int:
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise NmtError(f"--seeds {args.seeds!r}: expected a comma list of integers, e.g. 1,2,3") from None
+    command = "nmt sweep " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "nmt sweep"
+    result = run_sweep(args.recipe, args.grid, args.overrides, seeds, args.budget_minutes, args.steps,
+                       args.out_dir, command=command)
+    print(f"sweep report: {Path(result['out_dir']) / 'report.md'}")
+    return 0

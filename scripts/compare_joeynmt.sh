@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Side-by-side speed of nmt and JoeyNMT 2.3.0: same data, same architecture, same machine, one go.
+#
+#   scripts/compare_joeynmt.sh RUN_DIR [OUT_JSON]
+#
+# RUN_DIR  a trained nmt run of recipes/fr-en.yaml (the sizes of JoeyNMT's config-sent64.yaml),
+#          decoded against JoeyNMT's 60-minute model (../shared/peers/joeynmt/model-60min).
+# Env:     JOEY_VENV  JoeyNMT virtualenv (default $HOME/venvs/joeynmt; made by its setup.sh if missing)
+#          PEERS      the peer scripts (default ../shared/peers/joeynmt beside the clone)
+#          DATA_DIR   Tatoeba splits (default ../shared/data/tatoeba-fra-eng)
+#          TRAIN_SEC  seconds of JoeyNMT training to time (default 150)
+#          STEPS      timed nmt training steps per precision (default 200)
+# Prints one table with both toolkits' figures and the ratios; writes them as JSON to OUT_JSON.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="$(cd "${1:?usage: compare_joeynmt.sh RUN_DIR [OUT_JSON]}" && pwd)"
+OUT_JSON="${2:-compare-joeynmt.json}"
+PEERS="$(cd "${PEERS:-$HERE/../shared/peers/joeynmt}" && pwd)"
+DATA_DIR="$(cd "${DATA_DIR:-$HERE/../shared/data/tatoeba-fra-eng}" && pwd)"
+JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
+TRAIN_SEC="${TRAIN_SEC:-150}"
+STEPS="${STEPS:-200}"
+WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+NMT="$(command -v nmt)"
+
+[ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+
+echo "== JoeyNMT: ${TRAIN_SEC}s of training (config-sent64.yaml), throughput from its own log" >&2
+( . "$JOEY_VENV/bin/activate"
+  mkdir -p "$WORK/joey" && cd "$WORK/joey"
+  python "$PEERS/prep_data.py" "$DATA_DIR" . 8000 > prep.log 2>&1
+  cp "$PEERS/config-sent64.yaml" config.yaml
+  timeout -s INT -k 60 "$TRAIN_SEC" python -m joeynmt train config.yaml --skip-test > train.stdout 2>&1 || true
+  python "$PEERS/train_summary.py" . > summary.json )
+
+echo "== JoeyNMT: decoding the test split with its 60-minute model (batches of 64)" >&2
+( . "$JOEY_VENV/bin/activate"
+  DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" 5 64 > "$WORK/joey-beam5.txt"
+  DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" 1 64 > "$WORK/joey-greedy.txt" )
+
+echo "== nmt: training throughput (recipes/bench-joeynmt.yaml), bf16 and float32" >&2
+export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
+"$NMT" bench train "$HERE/recipes/bench-joeynmt.yaml" --steps "$STEPS" --set train.precision=bf16 --json \
+    2> "$WORK/nmt-train-bf16.log" > "$WORK/nmt-train-bf16.json"
+"$NMT" bench train "$HERE/recipes/bench-joeynmt.yaml" --steps "$STEPS" --set train.precision=no --json \
+    2> "$WORK/nmt-train-fp32.log" > "$WORK/nmt-train-fp32.json"
+
+echo "== nmt: decoding the test split with $RUN_DIR" >&2
+for mode in "beam5 --beam 5" "greedy --greedy" "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64"; do
+  set -- $mode; name=$1; shift
+  "$NMT" bench translate "$RUN_DIR" "$@" --json 2> "$WORK/nmt-$name.log" > "$WORK/nmt-$name.json"
+done
+
+python3 - "$WORK" "$OUT_JSON" <<'PY'
+import json, sys
+from pathlib import Path
+work, out = Path(sys.argv[1]), sys.argv[2]
+joey_train = json.loads((work / "joey" / "summary.json").read_text())
+def joey_decode(name):
+    lines = (work / f"joey-{name}.txt").read_text().split("\n")
+    info = json.loads(next(l for l in lines if l.startswith("{")))
+    numbers = [l for l in lines if l.strip() and not l.startswith("{")]
+    return {"sent_per_s": info["sent_per_s"], "bleu": float(numbers[0]), "chrf": float(numbers[1])}
+nmt = {p.stem[4:]: json.loads(p.read_text()) for p in work.glob("nmt-*.json")}
+rows = []
+jt = joey_train["trg_tok_per_s_train_only"]
+for prec in ("bf16", "fp32"):
+    r = nmt[f"train-{prec}"]["target_tokens_per_s"]
+    rows.append((f"training, target tokens/s ({prec})", jt, r, r / jt))
+for name, joey in (("beam5", joey_decode("beam5")), ("greedy", joey_decode("greedy"))):
+    for suffix, label in (("", "token batches"), ("-b64", "64-sentence batches")):
+        ours = nmt[name + suffix]
+        rows.append((f"decode test {name}, sentences/s ({label}); BLEU {joey['bleu']} vs {ours['bleu']}",
+                     joey["sent_per_s"], ours["sentences_per_s"], ours["sentences_per_s"] / joey["sent_per_s"]))
+width = max(len(r[0]) for r in rows)
+print(f"{'':{width}}  {'JoeyNMT':>10}  {'nmt':>10}  ratio")
+for label, j, n, ratio in rows:
+    print(f"{label:{width}}  {j:>10,.1f}  {n:>10,.1f}  {ratio:5.2f}x")
+Path(out).write_text(json.dumps({"joeynmt_train": joey_train, "nmt": nmt,
+                                 "rows": [dict(zip(("what", "joeynmt", "nmt", "ratio"), r)) for r in rows]}, indent=2))
+PY

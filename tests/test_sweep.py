@@ -1,0 +1,67 @@
+"""nmt sweep: a 2 x 2 grid of the tiny recipe, its report, resumption, refusal to mix sweeps."""
+import csv
+import json
+
+import pytest
+
+from nmt.errors import NmtError
+from nmt.sweep import aggregate, parse_grid, run_sweep
+
+FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
+        "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=4",
+        "tokenizer.src_vocab_size=80", "tokenizer.tgt_vocab_size=80", "train.valid_every=4",
+        "decode.beam=2"]
+GRID = ["model.activation=relu,arelu", "model.attention.kind=bahdanau,luong-general"]
+
+
+@pytest.mark.slow
+def test_two_by_two_grid_reports_and_resumes(repo, tmp_path):
+    out = tmp_path / "sweep"
+    result = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=out)
+    assert len(result["runs"]) == 4
+    with open(out / "results.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    assert {(r["model.activation"], r["model.attention.kind"]) for r in rows} == {
+        ("relu", "bahdanau"), ("relu", "luong-general"), ("arelu", "bahdanau"), ("arelu", "luong-general")}
+    for r in rows:
+        assert 0.0 <= float(r["test_bleu"]) <= 100.0 and float(r["train_tokens_per_s"]) > 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.count("| relu |") + report.count("| arelu |") == 4
+    for plot in ["bleu.png", "valid-loss.png", "activations.png", "attention-bahdanau.png",
+                 "attention-luong-general.png"]:
+        assert (out / "plots" / plot).is_file(), plot
+    checkpoints = sorted(out.rglob("last.safetensors"))
+    stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
+    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=out)
+    assert [r["test_bleu"] for r in again["runs"]] == [r["test_bleu"] for r in result["runs"]]
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps, "finished runs were not retrained"
+    with pytest.raises(NmtError, match="different"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=6, out_dir=out)
+
+
+def test_invalid_grid_point_fails_before_training(repo, tmp_path):
+    with pytest.raises(NmtError, match="not a valid recipe"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu,notanactivation"], FAST,
+                  steps=2, out_dir=tmp_path / "s")
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_parse_grid_errors():
+    assert parse_grid(["a.b=1,2"]) == [("a.b", ["1", "2"])]
+    for bad in [["a.b"], ["a.b="], ["a.b=1", "a.b=2"]]:
+        with pytest.raises(NmtError):
+            parse_grid(bad)
+    with pytest.raises(NmtError):
+        parse_grid([])
+
+
+def test_aggregate_mean_and_std():
+    rows = [{"k": "x", "parameters": 10, "train_tokens_per_s": 100.0, "best_valid_loss": 2.0,
+             "test_bleu": 10.0, "test_chrf": 30.0},
+            {"k": "x", "parameters": 10, "train_tokens_per_s": 300.0, "best_valid_loss": 4.0,
+             "test_bleu": 20.0, "test_chrf": 40.0}]
+    (entry,) = aggregate(rows, ["k"])
+    assert entry["test_bleu_mean"] == 15.0
+    assert entry["test_bleu_std"] == pytest.approx(7.0710678, rel=1e-6)  # sample std
+    assert entry["seeds"] == 2
