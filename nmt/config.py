@@ -285,6 +285,11 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         return value
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads an unquoted no/yes as a boolean: `precision: no` means "no"
+            word = "yes" if value else "no"
+            if word in allowed:
+                return word
         if value not in allowed:
             hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -20,7 +20,7 @@ DATA_DIR="$(cd "${DATA_DIR:-$HERE/../shared/data/tatoeba-fra-eng}" && pwd)"
 JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 TRAIN_SEC="${TRAIN_SEC:-150}"
 STEPS="${STEPS:-200}"
-WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
 NMT="$(command -v nmt)"
 
 [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1

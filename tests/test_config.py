@@ -141,3 +141,11 @@ def test_round_trip_through_yaml(tmp_path):
     recipe = recipe_from_dict({"data": {"path": "/x"}, "model": {"activation": "gelu"}})
     path = write(tmp_path, recipe.to_yaml())
     assert load_recipe(path).to_dict() | {"output": None} == recipe.to_dict() | {"output": None}
+
+
+def test_yaml_no_is_read_as_the_word_for_choices(tmp_path):
+    path = write(tmp_path, "data: {path: /tmp}\ntrain: {precision: no}\n")
+    assert load_recipe(path).train.precision == "no"
+    assert load_recipe(path, ["train.precision=no"]).train.precision == "no"
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_recipe(path, ["train.precision=yes"])
