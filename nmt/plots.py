@@ -170,7 +170,9 @@ def plot_attention(weights: Any, src_tokens: Sequence[str], tgt_tokens: Sequence
             ax.set_ylim(T - 0.5, -0.5)
     fig.colorbar(image, ax=axes, label="attention weight", pad=0.02)
     if title:
-        fig.suptitle(title, fontsize=max(font + 2, 10))
+        # wrap long titles to the figure width (about 0.1 inch per character at 10 pt)
+        import textwrap
+        fig.suptitle("\n".join(textwrap.wrap(title, max(20, int(width * 10)))), fontsize=max(font + 2, 10))
     if path is not None:
         save_figure(fig, path)
     return fig

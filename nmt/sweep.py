@@ -189,9 +189,11 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
 
 
-def _fmt(mean: float, std: float, digits: int = 2) -> str:
+def _fmt(mean: float, std: float, digits: int = 2, seeds: int = 2) -> str:
     if mean != mean:  # NaN
         return "n/a"
+    if seeds < 2:  # one seed: no spread to report
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -204,18 +206,18 @@ def _write_report(out_dir: Path, manifest: dict[str, Any], keys: list[str],
              f"seeds {manifest['seeds']}; budget "
              + (f"{manifest['budget_minutes']} minutes" if manifest["budget_minutes"] else
                 f"{manifest['steps']} steps" if manifest["steps"] else "as in the recipe")
-             + " per run. Mean ± std over seeds; test scores with the best-validation checkpoint "
-               "and the recipe's beam.", ""]
+             + " per run. Mean ± std over seeds (when more than one); test scores with the "
+               "best-validation checkpoint and the recipe's beam.", ""]
     header = keys + ["params", "tokens/s", "best valid loss", "test BLEU", "test chrF"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for entry in sorted(summary, key=lambda e: -e["test_bleu_mean"] if e["test_bleu_mean"] == e["test_bleu_mean"] else 0):
         cells = [str(entry[k]) for k in keys] + [
             f"{entry['parameters']:,}" if entry["parameters"] else "n/a",
-            _fmt(entry["train_tokens_per_s_mean"], entry["train_tokens_per_s_std"], 0),
-            _fmt(entry["best_valid_loss_mean"], entry["best_valid_loss_std"], 3),
-            _fmt(entry["test_bleu_mean"], entry["test_bleu_std"]),
-            _fmt(entry["test_chrf_mean"], entry["test_chrf_std"]),
+            _fmt(entry["train_tokens_per_s_mean"], entry["train_tokens_per_s_std"], 0, entry["seeds"]),
+            _fmt(entry["best_valid_loss_mean"], entry["best_valid_loss_std"], 3, entry["seeds"]),
+            _fmt(entry["test_bleu_mean"], entry["test_bleu_std"], 2, entry["seeds"]),
+            _fmt(entry["test_chrf_mean"], entry["test_chrf_std"], 2, entry["seeds"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -59,7 +59,9 @@ joey_train = json.loads((work / "joey" / "summary.json").read_text())
 def joey_decode(name):
     lines = (work / f"joey-{name}.txt").read_text().split("\n")
     info = json.loads(next(l for l in lines if l.startswith("{")))
-    numbers = [l for l in lines if l.strip() and not l.startswith("{")]
+    # `sacrebleu -b` prints the two scores, one per line (newer versions inside [ ... ])
+    numbers = [l.strip().rstrip(",") for l in lines
+               if l.strip() and not l.startswith("{") and l.strip() not in ("[", "]")]
     return {"sent_per_s": info["sent_per_s"], "bleu": float(numbers[0]), "chrf": float(numbers[1])}
 nmt = {p.stem[4:]: json.loads(p.read_text()) for p in work.glob("nmt-*.json")}
 rows = []
