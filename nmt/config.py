@@ -188,7 +188,7 @@ class DecodeConfig:
     max_len_b: int = 10
     min_len: int = 0
     no_repeat_ngram: int = 0
-    batch_tokens: int = 8000  #: source tokens per translation batch
+    batch_tokens: int = 8000  #: source tokens × beam size per translation batch
     max_input_len: int = 250  #: longer inputs are truncated with a warning
 
 

