@@ -449,8 +449,6 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     if r.model.shared_embeddings:
         need(r.tokenizer.joint, "model.shared_embeddings: needs tokenizer.joint: true "
              "(source and target must share one vocabulary)")
-    if r.train.early_stopping_metric == "bleu" and r.train.patience is not None:
-        pass  # any metric works with patience
     if r.data.format in ("tsv", "text", "jsonl") and not r.data.path:
         problems.append(f"data.path: format {r.data.format!r} reads local files; set data.path "
                         "(a directory, or a file for a single unsplit corpus)")
