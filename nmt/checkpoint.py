@@ -20,9 +20,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the atomic-write helpers stay cheap to import
+    import torch
 
 from .errors import CheckpointError
 
@@ -66,11 +67,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+def save_weights(model: "torch.nn.Module", path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
     """Model weights as safetensors (tied parameters stored once), written atomically."""
     from safetensors.torch import save_model
 
@@ -79,7 +85,7 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: dict
         save_model(model, str(tmp), metadata=meta)
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def load_weights(model: "torch.nn.Module", path: str | os.PathLike) -> dict[str, Any]:
     """Load safetensors weights into ``model``; returns the stored metadata.
 
     Corrupt or truncated files and weights of a different architecture give a CheckpointError.
@@ -122,11 +128,15 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, A
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Trainer state (optimizer, scheduler, RNG, data position): tensors and plain containers only."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"trainer state {path} not found; cannot resume (start without --resume)")
@@ -157,7 +167,7 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
-             map_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+             map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None):
     """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
     from .config import recipe_from_dict
     from .model import build_model

@@ -23,10 +23,10 @@ import json
 import os
 import re
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .checkpoint import atomic_write_text
 from .errors import CheckpointError, DataError, NmtError
 
 METRICS: tuple[str, ...] = ("bleu", "chrf", "ter")
@@ -192,23 +192,6 @@ def evaluate_files(hyp_path: str | os.PathLike, ref_paths: Sequence[str | os.Pat
     return score_corpus(hyps, refs, names, bleu_tokenize)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ------------------------------------------------------------------------------------ run dirs
 
 def _checkpoint_tag(checkpoint: str) -> str:
@@ -292,8 +275,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         "nmt_version": __version__,
         "sacrebleu_version": sacrebleu.__version__,
     }
-    _atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
-    _atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
+    atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     record["json_path"] = str(json_path)
     return record
 

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from .checkpoint import atomic_write_bytes
 from .config import TokenizerConfig
 from .errors import CheckpointError, ConfigError
 
@@ -84,12 +85,6 @@ def _train_model(sentences: Iterable[str], vocab_size: int, key: str, cfg: Token
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _processor(proto: bytes, path: Path) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     try:
@@ -137,8 +132,8 @@ class SubwordTokenizers:
                                      "tokenizer.src_vocab_size", cfg, verbose)
             tgt_proto = _train_model(sentence_stream(train_ds, ["tgt"]), cfg.tgt_vocab_size,
                                      "tokenizer.tgt_vocab_size", cfg, verbose)
-        _write_atomic(out / SRC_MODEL, src_proto)
-        _write_atomic(out / TGT_MODEL, tgt_proto)
+        atomic_write_bytes(out / SRC_MODEL, src_proto)
+        atomic_write_bytes(out / TGT_MODEL, tgt_proto)
         tok = cls(src_proto, tgt_proto, out)
         logger.info("trained sentencepiece %s: src %d pieces, tgt %d pieces%s -> %s", cfg.model_type,
                     tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
