@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "sweep", "train a grid of recipe variants and report", """
         nmt sweep recipes/sweep-activations.yaml \\
             --grid model.activation=relu,gelu,arelu --grid model.attention.kind=bahdanau,local-p \\
-            --steps 500 --seeds 1,2
+            --steps 500 --seeds 1,2 --jobs 2
         """, _cmd_sweep)
     p.add_argument("recipe")
     _add_set(p)
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", default=None, help="comma list of seeds")
     p.add_argument("--out-dir", help="sweep directory (default: runs/sweep-<recipe name>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each with cores/jobs threads (default 1); pair with --steps")
 
     p = _sub(sub, "config", "show or validate a recipe", """
         nmt config show recipes/fr-en.yaml --set train.lr=5e-4

@@ -65,3 +65,20 @@ def test_aggregate_mean_and_std():
     assert entry["test_bleu_mean"] == 15.0
     assert entry["test_bleu_std"] == pytest.approx(7.0710678, rel=1e-6)  # sample std
     assert entry["seeds"] == 2
+
+
+@pytest.mark.slow
+def test_parallel_jobs_match_serial_runs(repo, tmp_path):
+    grid = ["model.activation=relu,arelu"]
+    serial = run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, seeds=[1], steps=4, out_dir=tmp_path / "a")
+    parallel = run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, seeds=[1], steps=4,
+                         out_dir=tmp_path / "b", jobs=2)
+    assert [r["name"] for r in parallel["runs"]] == [r["name"] for r in serial["runs"]], "plan order kept"
+    assert sorted(p.name for p in (tmp_path / "b" / "logs").iterdir()) == [
+        "activation=arelu-seed1.log", "activation=relu-seed1.log"]
+    for s, p in zip(serial["runs"], parallel["runs"]):
+        # one thread per job instead of torch's default: same data, seeds and updates
+        assert p["steps"] == s["steps"] == 4
+        assert p["best_valid_loss"] == pytest.approx(s["best_valid_loss"], rel=1e-4)
+    with pytest.raises(NmtError, match="--jobs"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, steps=4, out_dir=tmp_path / "c", jobs=0)
