@@ -2,7 +2,11 @@
 
 - ``bench train RECIPE``: trains ``--warmup + --steps`` updates in a scratch run directory and
   reports target tokens/s (real target tokens incl. EOS, no padding, validation excluded — counted
-  as JoeyNMT counts them) over the steps after the warm-up, plus peak resident memory.
+  as JoeyNMT counts them) over the steps after the warm-up, plus peak resident memory. With
+  ``--flops`` it also counts the matrix-multiply FLOPs of a training step per target token
+  (``torch.utils.flop_counter`` over forward + backward of real batches of the recipe) and measures
+  the machine's GEMM peak in the recipe's precision, so the achieved FLOP/s is reported as a
+  fraction of what this CPU can do at all.
 - ``bench translate RUN_DIR``: decodes a split of the run's corpus, timing search and
   detokenization only (as the JoeyNMT reference does), and reports sentences/s, target tokens/s
   and the BLEU/chrF of what was decoded, so no speed is quoted without its quality.
@@ -32,7 +36,76 @@ def _machine() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int) -> dict[str, Any]:
+def gemm_peak_gflops(dtype_name: str = "float32", seconds: float = 2.0) -> dict[str, Any]:
+    """Measured GEMM throughput of this machine (best of a few shapes typical of the model), GFLOP/s.
+
+    Shapes: (tokens x 256) @ (256 x 768), a GRU's gate projection, and (1024 x 256) @ (256 x 8000),
+    an output layer; float32, or bfloat16 inputs as autocast runs them.
+    """
+    import torch
+
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    best: dict[str, Any] = {"gflops": 0.0}
+    for m, k, n in [(4096, 256, 768), (1024, 256, 8000)]:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            torch.mm(a, b)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            torch.mm(a, b)
+            reps += 1
+        gflops = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+        if gflops > best["gflops"]:
+            best = {"gflops": round(gflops, 1), "shape": f"({m}x{k}) @ ({k}x{n})", "dtype": str(dtype)}
+    best["threads"] = torch.get_num_threads()
+    return best
+
+
+def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bool = True) -> float:
+    """Matrix-multiply FLOPs of one training step (forward + backward) per real target token.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` on ``batches`` batches drawn by the
+    recipe's own sampler from the first 20k training pairs, with the tokenizers of ``run_dir``.
+    Elementwise work (activations, softmax, the optimizer) is not counted: this is the work a
+    GEMM peak can be compared with.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .batching import TokenBatchSampler, collate, encode_dataset, lengths_of
+    from .data import load_corpus
+    from .model import build_model
+    from .tokenizer import SubwordTokenizers
+
+    t = recipe.train
+    train_split = load_corpus(recipe.data, splits=("train",))["train"]
+    train_split = train_split.select(range(min(20000, len(train_split))))
+    tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, train_split, run_dir)
+    f = recipe.data.filter
+    ds = encode_dataset(train_split, tokenizers, max_len=f.max_len, max_ratio=f.max_ratio, min_len=f.min_len)
+    src_lens, tgt_lens = lengths_of(ds)
+    sampler = TokenBatchSampler(src_lens, tgt_lens, batch_tokens=t.batch_tokens, max_sentences=t.max_sentences,
+                                bucket_width=t.bucket_width, seed=t.seed)
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size).train()
+    flops, tokens = 0, 0
+    for i, indices in enumerate(sampler):
+        if i == batches:
+            break
+        rows = ds[list(indices)]
+        batch = collate([{"src_ids": s, "tgt_ids": tg} for s, tg in zip(rows["src_ids"], rows["tgt_ids"])])
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
+                            batch.tgt_mask, label_smoothing=t.label_smoothing)
+            if backward:
+                loss.backward()
+        model.zero_grad(set_to_none=True)
+        flops += counter.get_total_flops()
+        tokens += batch.n_tgt_tokens
+    return flops / max(1, tokens)
+
+
+def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
+                flops: bool = False) -> dict[str, Any]:
     from .config import load_recipe
     from .training import train
 
@@ -48,16 +121,23 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int)
         summary = train(recipe, run_dir=Path(tmp) / "run")
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        per_token = train_flops_per_token(recipe, Path(tmp) / "run") if flops else None
     timed = [r for r in records if r.get("kind") == "train" and r["step"] > warmup]
     tokens = sum(r["tokens"] for r in timed)
     seconds = sum(r["seconds"] for r in timed)
+    extra: dict[str, Any] = {}
+    if per_token is not None and seconds:
+        peak = gemm_peak_gflops("bf16" if recipe.train.precision == "bf16" else "float32")
+        achieved = per_token * tokens / seconds / 1e9
+        extra = {"gemm_flops_per_target_token": round(per_token), "achieved_gflops": round(achieved, 1),
+                 "gemm_peak": peak, "fraction_of_peak": round(achieved / peak["gflops"], 3)}
     return {
         "what": "train", "recipe": recipe_path, "overrides": overrides, "precision": recipe.train.precision,
         "steps_timed": len(timed), "warmup_steps": warmup, "target_tokens": tokens,
         "seconds": round(seconds, 3), "target_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "steps_per_s": round(len(timed) / seconds, 3) if seconds else None,
         "peak_rss_mib": round(peak_rss_mib(), 1), "command_wall_seconds": round(wall, 1),
-        "machine": _machine(), "train_summary": summary,
+        "machine": _machine(), "train_summary": summary, **extra,
     }
 
 
@@ -91,11 +171,15 @@ def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | Non
 
 def bench_cli(args) -> int:
     if args.what == "train":
-        result = bench_train(args.recipe, args.overrides, args.steps, args.warmup)
+        result = bench_train(args.recipe, args.overrides, args.steps, args.warmup, flops=args.flops)
         line = (f"train {args.recipe}: {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['steps_per_s']} steps/s over {result['steps_timed']} steps after "
                 f"{result['warmup_steps']} warm-up; precision {result['precision']}), "
                 f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+        if "fraction_of_peak" in result:
+            line += (f"; {result['gemm_flops_per_target_token'] / 1e6:.1f} MFLOP (GEMM) per target token = "
+                     f"{result['achieved_gflops']} GFLOP/s, {100 * result['fraction_of_peak']:.0f}% of the "
+                     f"measured {result['gemm_peak']['dtype']} GEMM peak {result['gemm_peak']['gflops']} GFLOP/s")
     else:
         beam = 1 if args.greedy else args.beam
         result = bench_translate(args.run_dir, beam, args.split, args.batch_tokens, args.batch_sentences,

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("-o", "--output", default="activations.png")
 
     p = _sub(sub, "bench", "measure training and translation speed", """
-        nmt bench train recipes/bench-joeynmt.yaml --steps 200
+        nmt bench train recipes/bench-joeynmt.yaml --steps 200 --flops
         nmt bench translate runs/fr-en --beam 5 --split test --json
         """, _cmd_bench)
     bsub = p.add_subparsers(dest="what", metavar="WHAT")
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(bt)
     bt.add_argument("--steps", type=int, default=200)
     bt.add_argument("--warmup", type=int, default=20)
+    bt.add_argument("--flops", action="store_true",
+                    help="also count GEMM FLOPs per token and report them against the measured GEMM peak")
     bt.add_argument("--json", action="store_true")
     btr = bsub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=_formatter)
     btr.add_argument("run_dir")

@@ -124,9 +124,18 @@ class Seq2Seq(nn.Module):
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
         """One decoding step: ``prev_tokens (batch,)`` -> log-probs (batch, V) and a StepOutput."""
-        out: StepOutput = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
-        logits = self.output(out.readout)
+        logits, out = self.step_logits(prev_tokens, state, memory)
         return F.log_softmax(logits.float(), dim=-1), out
+
+    def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
+        """One decoding step for search: ``logits (batch, V)`` (bfloat16 under bf16 autocast) and a StepOutput.
+
+        Search ranks and masks the logits themselves and normalises only the few values it keeps
+        (``nmt.search.LogNormaliser``): on a CPU, every extra pass over a (beams, vocabulary)
+        matrix costs about as much as the decoder's own GEMMs.
+        """
+        out: StepOutput = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+        return self.output(out.readout), out
 
     def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):
         """Training objective of a batch: ``(loss_sum, nll_sum)`` summed over real target tokens.

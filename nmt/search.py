@@ -187,13 +187,13 @@ def _check_model(model) -> None:
                          "dropout would make the search random")
 
 
-def _restrict(log_probs: Tensor, history: Tensor, step: int, opts: SearchOptions) -> Tensor:
-    """Copy of ``log_probs (N, V)`` with forbidden tokens at -inf.
+def _forbid_(out: Tensor, history: Tensor | None, step: int, opts: SearchOptions) -> Tensor:
+    """Set forbidden tokens of ``out (N, V)`` (logits or log-probs) to -inf, in place.
 
     ``history (N, step)`` holds the tokens generated so far. Forbidden: PAD and BOS always, EOS
     before ``min_len`` tokens, and tokens that would repeat an n-gram (``no_repeat_ngram``).
+    The log-normaliser is taken before this: forbidden choices are not renormalised.
     """
-    out = log_probs.clone()
     out[:, PAD_ID] = -math.inf
     out[:, BOS_ID] = -math.inf
     if step < opts.min_len:
@@ -206,10 +206,33 @@ def _restrict(log_probs: Tensor, history: Tensor, step: int, opts: SearchOptions
             match = (windows[:, :, : n - 1] == last.unsqueeze(1)).all(-1)  # (N, W)
         else:
             match = torch.ones(windows.shape[:2], dtype=torch.bool, device=history.device)
-        # scatter_add (not scatter): several windows may name the same token
-        hits = torch.zeros_like(out).scatter_add_(1, windows[:, :, n - 1], match.to(out.dtype))
-        out.masked_fill_(hits > 0, -math.inf)
+        # the n-gram's last token where the prefix matches; PAD (always forbidden) elsewhere
+        banned = torch.where(match, windows[:, :, n - 1], torch.full_like(windows[:, :, n - 1], PAD_ID))
+        out.scatter_(1, banned, -math.inf)
     return out
+
+
+class LogNormaliser:
+    """Row-wise ``log Σ_v exp(logits[:, v])`` of ``(N, V)`` logits, in float32: ``(N, V) -> (N,)``.
+
+    ``log_probs = logits - log_norm[:, None]`` without writing that matrix: search needs the
+    log-probabilities of the few tokens it keeps only. One float32 scratch matrix is reused for
+    every step of a search (a fresh (N, V) allocation per step made ``torch.logsumexp`` 2.2x
+    slower on CPU); bfloat16 logits are widened on the way into it.
+    """
+
+    def __init__(self) -> None:
+        self.scratch: Tensor | None = None
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        rows, vocab = logits.shape
+        if self.scratch is None or self.scratch.size(0) < rows or self.scratch.size(1) != vocab \
+                or self.scratch.device != logits.device:
+            self.scratch = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+        shifted = self.scratch[:rows]
+        top = logits.amax(dim=1, keepdim=True).float()
+        torch.sub(logits, top, out=shifted)
+        return shifted.exp_().sum(dim=1).log_().add_(top.squeeze(1))
 
 
 def _positions_or_zero(out, rows: int, device) -> Tensor:
@@ -285,15 +308,17 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     active = torch.arange(batch, device=device)  # original sentence index of each row
     act_max = max_lens
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    log_normaliser = LogNormaliser()
     for step in range(horizon):
-        log_probs, out = model.step(prev, state, memory)
+        logits, out = model.step_logits(prev, state, memory)
+        log_norm = log_normaliser(logits)  # before _forbid_: forbidden tokens are not renormalised
         history = tokens.index_select(0, active)[:, :step] if opts.no_repeat_ngram else None
-        allowed = _restrict(log_probs, history, step, opts)
-        best, tok = allowed.max(dim=-1)
+        best, tok = _forbid_(logits, history, step, opts).max(dim=-1)
+        best = best.float()
         alive = torch.isfinite(best)  # False only if every token is forbidden
         rows = active[alive]
         tokens[rows, step] = tok[alive]
-        tok_lps[rows, step] = log_probs.gather(1, tok.unsqueeze(1)).squeeze(1)[alive]
+        tok_lps[rows, step] = (best - log_norm)[alive]
         lengths[rows] = step + 1
         coverage.index_add_(0, rows, out.attention[alive].float())
         if keep_att:
@@ -385,19 +410,29 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     pool_att = torch.zeros(batch, P, horizon, src_len, device=device) if keep_att else None
     pool_pos = torch.zeros(batch, P, horizon, device=device) if keep_att else None
 
+    log_normaliser = LogNormaliser()
     for step in range(horizon):
         n_act = active.numel()
-        log_probs, out = model.step(prev, state, memory)  # (n_act*K, V)
-        vocab = log_probs.size(1)
-        allowed = _restrict(log_probs, seqs, step, opts)
-        cand = (beam_scores.unsqueeze(1) + allowed).view(n_act, K * vocab)
+        logits, out = model.step_logits(prev, state, memory)  # (n_act*K, V)
+        vocab = logits.size(1)
+        log_norm = log_normaliser(logits)  # (n_act*K,), before _forbid_: no renormalisation
+        _forbid_(logits, seqs, step, opts)
         at_max = act_max <= step + 1  # (n_act,)
         step_att = out.attention.float()
         new_cov = coverage + step_att if beta else None
 
         # One top-2K serves both selections below: each beam has one EOS continuation, so at most
-        # K of the 2K best end in EOS and the K best non-EOS continuations are among them.
-        best_val, best_idx = cand.topk(2 * K, dim=1)
+        # K of the 2K best end in EOS and the K best non-EOS continuations are among them. The
+        # sentence's top 2K over its K x V continuations are among its beams' own top 2K, so the
+        # (rows, V) matrix is read once by a per-row top-k and never copied or added to.
+        per_row = min(2 * K, vocab)
+        row_val, row_tok = logits.topk(per_row, dim=1)  # (n_act*K, per_row)
+        row_lp = (row_val.float() - log_norm.unsqueeze(1)).view(n_act, K * per_row)  # token log-probs
+        cand = (beam_scores.view(n_act, K, 1) + row_lp.view(n_act, K, per_row)).view(n_act, K * per_row)
+        best_val, best_pos = cand.topk(2 * K, dim=1)
+        best_lp = row_lp.gather(1, best_pos)
+        # continuation (parent beam k, token v) as k * V + v, as if ranked over (K x V) directly
+        best_idx = (best_pos // per_row) * vocab + row_tok.view(n_act, K * per_row).gather(1, best_pos)
         # 1. the top K continuations overall: EOS ones (and all of them at max length) are pooled
         top_val, top_idx = best_val[:, :K], best_idx[:, :K]
         top_tok, top_par = top_idx % vocab, top_idx // vocab
@@ -417,7 +452,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
                 flat = rows.view(-1)
                 pad = horizon - step - 1
                 c_tok = torch.cat([seqs[flat], toks.view(-1, 1)], 1)
-                c_lp = torch.cat([hist_lp[flat], log_probs[flat].gather(1, toks.view(-1, 1))], 1)
+                c_lp = torch.cat([hist_lp[flat], best_lp[sub, :K].reshape(-1, 1)], 1)
                 shape = rows.shape
                 merged_score = torch.cat([pool_score[ids], pen[sub]], 1)  # (s, P + K)
                 sel = merged_score.topk(P, dim=1).indices
@@ -444,6 +479,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
         # (stable sort on "is EOS" moves the non-EOS ones first, keeping their order)
         order = torch.sort((best_idx % vocab == EOS_ID).to(torch.uint8), dim=1, stable=True).indices[:, :K]
         cont_val, cont_idx = best_val.gather(1, order), best_idx.gather(1, order)
+        cont_lp = best_lp.gather(1, order)
         # 4. done sentences leave the batch
         bound = cont_val[:, 0] / length_penalty(act_max, alpha)
         worst = pool_score.index_select(0, active)[:, P - 1]
@@ -460,7 +496,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
             active, act_max = active[keep], act_max[keep]
         beam_scores = cont_val[keep].view(-1)
         seqs = torch.cat([seqs[parents], tok.unsqueeze(1)], 1)
-        hist_lp = torch.cat([hist_lp[parents], log_probs[parents].gather(1, tok.unsqueeze(1))], 1)
+        hist_lp = torch.cat([hist_lp[parents], cont_lp[keep].view(-1, 1)], 1)
         if keep_att:
             hist_att = torch.cat([hist_att[parents], step_att[parents].unsqueeze(1)], 1)
             hist_pos = torch.cat([hist_pos[parents],

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -330,9 +330,16 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
     if jobs == 1:
         rows = [one(i, run) for i, run in enumerate(runs, 1)]
     else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each job waits on its own subprocess
-            futures = [pool.submit(one, i, run) for i, run in enumerate(runs, 1)]
-            rows = [f.result() for f in futures]  # plan order; the first failure is raised
+        pool = ThreadPoolExecutor(max_workers=jobs)  # each job waits on its own subprocess
+        futures = [pool.submit(one, i, run) for i, run in enumerate(runs, 1)]
+        try:
+            for future in as_completed(futures):
+                future.result()  # the first failure stops the sweep: no run is started after it
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running jobs end; re-running resumes
+            raise
+        pool.shutdown()
+        rows = [f.result() for f in futures]  # plan order
     summary = aggregate(rows, keys)
     _write_tables(out, rows, summary)
     plots = _make_plots(out, keys, rows, summary, grid)

@@ -1,6 +1,7 @@
 """nmt sweep: a 2 x 2 grid of the tiny recipe, its report, resumption, refusal to mix sweeps."""
 import csv
 import json
+import time
 
 import pytest
 
@@ -82,3 +83,20 @@ def test_parallel_jobs_match_serial_runs(repo, tmp_path):
         assert p["best_valid_loss"] == pytest.approx(s["best_valid_loss"], rel=1e-4)
     with pytest.raises(NmtError, match="--jobs"):
         run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, steps=4, out_dir=tmp_path / "c", jobs=0)
+
+
+def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch):
+    import nmt.sweep as sweep
+
+    started = []
+
+    def fake_train(recipe_path, run, run_dir, log_path, threads=None):
+        started.append(run["name"])
+        time.sleep(0.2)
+        raise NmtError(f"training {run['name']} failed")
+
+    monkeypatch.setattr(sweep, "_train_run", fake_train)
+    grid = ["model.activation=relu,gelu,swish,selu,prelu,arelu"]
+    with pytest.raises(NmtError, match="failed"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, steps=2, out_dir=tmp_path / "s", jobs=2)
+    assert len(started) < 6, "runs queued after the failure were cancelled"
