@@ -47,7 +47,13 @@ def _cmd_train(args) -> int:
     from .training import train
 
     recipe = load_recipe(args.recipe, args.overrides)
-    train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
+    summary = train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
+    if summary["stopped"].startswith("signal "):
+        # the checkpoint is written and --resume continues, but the training did not finish:
+        # say so to the shell (128 + signal number, as for a process killed by it)
+        import signal
+
+        return 128 + signal.Signals[summary["stopped"].split()[1]].value
     return 0
 
 

@@ -321,6 +321,9 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
             log = out / "sweep.log" if jobs == 1 else out / "logs" / f"{run['name']}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             _train_run(recipe_path, run, run_dir, log, threads)
+            if not _finished(run_dir):  # stopped by a signal: never report a half-trained run
+                raise NmtError(f"training {run['name']} was interrupted; re-running the same nmt sweep "
+                               "command resumes it")
         row = _summarise_run(run, run_dir)
         atomic_write_json(result_path, row)
         say(f"[{i}/{len(runs)}] {run['name']}: test BLEU {row['test_bleu']:.2f} "

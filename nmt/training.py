@@ -103,6 +103,16 @@ def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
                        f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
 
 
+def force_cpu() -> bool:
+    """The ``cpu=`` flag for accelerate: True for a multi-process launch on a machine without CUDA.
+
+    accelerate picks multi-process CPU (MULTI_CPU, gloo) only when asked for the CPU, so a torchrun
+    launch without CUDA asks for it; otherwise accelerate chooses the device (CUDA, MPS or CPU).
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return launched and not torch.cuda.is_available()
+
+
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
     import yaml
 
@@ -185,11 +195,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
-    # accelerate picks multi-process CPU (gloo) only when asked for the CPU: do so under torchrun
-    # on a machine without CUDA; otherwise it chooses the device itself
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
-                              cpu=launched and not torch.cuda.is_available())
+                              cpu=force_cpu())
     main = accelerator.is_main_process
     if main:
         preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)

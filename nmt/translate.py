@@ -170,15 +170,12 @@ class _Warnings:
 # ---------------------------------------------------------------------------------- translator
 
 def distributed_state():
-    """accelerate's ``PartialState``; multi-process CPU (gloo) when launched by torchrun without CUDA.
-
-    accelerate only picks MULTI_CPU when asked for the CPU, so a multi-process launch on a machine
-    without CUDA asks for it; otherwise accelerate chooses the device (CUDA, MPS, ... or CPU).
-    """
+    """accelerate's ``PartialState``, with the device choice of :func:`nmt.training.force_cpu`."""
     from accelerate import PartialState
 
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    return PartialState(cpu=launched and not torch.cuda.is_available())
+    from .training import force_cpu
+
+    return PartialState(cpu=force_cpu())
 
 
 def _resolve_device(device: Any, quantize: bool) -> torch.device:

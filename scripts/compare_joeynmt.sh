@@ -10,6 +10,8 @@
 #          DATA_DIR   Tatoeba splits (default ../shared/data/tatoeba-fra-eng)
 #          TRAIN_SEC  seconds of JoeyNMT training to time (default 150)
 #          STEPS      timed nmt training steps per precision (default 200)
+# nmt's training rows also give the achieved GEMM FLOP/s as a fraction of the measured GEMM peak of
+# the precision used (`nmt bench train --flops`).
 # Prints one table with both toolkits' figures and the ratios; writes them as JSON to OUT_JSON.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,15 +40,19 @@ echo "== JoeyNMT: decoding the test split with its 60-minute model (batches of 6
   DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" 5 64 > "$WORK/joey-beam5.txt"
   DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" 1 64 > "$WORK/joey-greedy.txt" )
 
-echo "== nmt: training throughput (recipes/bench-joeynmt.yaml), bf16 and float32" >&2
+echo "== nmt: training throughput (recipes/bench-joeynmt.yaml): bf16, float32, Luong without feeding" >&2
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
-"$NMT" bench train "$HERE/recipes/bench-joeynmt.yaml" --steps "$STEPS" --set train.precision=bf16 --json \
-    2> "$WORK/nmt-train-bf16.log" > "$WORK/nmt-train-bf16.json"
-"$NMT" bench train "$HERE/recipes/bench-joeynmt.yaml" --steps "$STEPS" --set train.precision=no --json \
-    2> "$WORK/nmt-train-fp32.log" > "$WORK/nmt-train-fp32.json"
+for mode in "bf16 --set train.precision=bf16" "fp32 --set train.precision=no" \
+            "luong-bf16 --set train.precision=bf16 --set model.attention.kind=luong-general --set model.decoder.input_feeding=false"; do
+  set -- $mode; name=$1; shift
+  "$NMT" bench train "$HERE/recipes/bench-joeynmt.yaml" --steps "$STEPS" --flops "$@" --json \
+      2> "$WORK/nmt-train-$name.log" > "$WORK/nmt-train-$name.json"
+done
 
 echo "== nmt: decoding the test split with $RUN_DIR" >&2
-for mode in "beam5 --beam 5" "greedy --greedy" "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64"; do
+for mode in "beam5 --beam 5" "greedy --greedy" "beam5-bf16 --beam 5 --precision bf16" \
+            "greedy-bf16 --greedy --precision bf16" "beam5-int8 --beam 5 --quantize" "greedy-int8 --greedy --quantize" \
+            "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64"; do
   set -- $mode; name=$1; shift
   "$NMT" bench translate "$RUN_DIR" "$@" --json 2> "$WORK/nmt-$name.log" > "$WORK/nmt-$name.json"
 done
@@ -66,11 +72,15 @@ def joey_decode(name):
 nmt = {p.stem[4:]: json.loads(p.read_text()) for p in work.glob("nmt-*.json")}
 rows = []
 jt = joey_train["trg_tok_per_s_train_only"]
-for prec in ("bf16", "fp32"):
-    r = nmt[f"train-{prec}"]["target_tokens_per_s"]
-    rows.append((f"training, target tokens/s ({prec})", jt, r, r / jt))
+for name, label in (("bf16", "bf16 autocast"), ("fp32", "float32"),
+                    ("luong-bf16", "Luong general, no input feeding, bf16")):
+    r = nmt[f"train-{name}"]
+    rows.append((f"training, target tokens/s ({label}); {100 * r['fraction_of_peak']:.0f}% of "
+                 f"{r['gemm_peak']['gflops']:.0f} GFLOP/s GEMM peak", jt, r["target_tokens_per_s"],
+                 r["target_tokens_per_s"] / jt))
 for name, joey in (("beam5", joey_decode("beam5")), ("greedy", joey_decode("greedy"))):
-    for suffix, label in (("", "token batches"), ("-b64", "64-sentence batches")):
+    for suffix, label in (("", "token batches, float32"), ("-bf16", "token batches, bf16"),
+                          ("-int8", "token batches, int8 Linear"), ("-b64", "64-sentence batches, float32")):
         ours = nmt[name + suffix]
         rows.append((f"decode test {name}, sentences/s ({label}); BLEU {joey['bleu']} vs {ours['bleu']}",
                      joey["sent_per_s"], ours["sentences_per_s"], ours["sentences_per_s"] / joey["sent_per_s"]))
