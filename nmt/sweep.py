@@ -210,7 +210,8 @@ def _fmt(mean: float, std: float, digits: int = 2, seeds: int = 2) -> str:
 
 
 def _write_report(out_dir: Path, manifest: dict[str, Any], keys: list[str],
-                  summary: list[dict[str, Any]], plots: list[str], command: str) -> None:
+                  summary: list[dict[str, Any]], plots: list[str], command: str,
+                  jobs: int = 1, threads: int | None = None) -> None:
     axes = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in manifest["grid"])
     lines = [f"# Sweep report: {Path(manifest['recipe_path']).name}", "",
              f"Command: `{command}`", "",
@@ -219,7 +220,10 @@ def _write_report(out_dir: Path, manifest: dict[str, Any], keys: list[str],
              + (f"{manifest['budget_minutes']} minutes" if manifest["budget_minutes"] else
                 f"{manifest['steps']} steps" if manifest["steps"] else "as in the recipe")
              + " per run. Mean ± std over seeds (when more than one); test scores with the "
-               "best-validation checkpoint and the recipe's beam.", ""]
+               "best-validation checkpoint and the recipe's beam."
+             + (f" Runs were trained {jobs} at a time ({threads or 'recipe'} thread(s) each): tokens/s "
+                "compares the runs of this sweep with each other, not with a benchmark on an idle "
+                "machine." if jobs > 1 else ""), ""]
     header = keys + ["params", "tokens/s", "best valid loss", "test BLEU", "test chrF"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -346,7 +350,7 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
     summary = aggregate(rows, keys)
     _write_tables(out, rows, summary)
     plots = _make_plots(out, keys, rows, summary, grid)
-    _write_report(out, manifest, keys, summary, plots, command or "nmt sweep")
+    _write_report(out, manifest, keys, summary, plots, command or "nmt sweep", jobs, threads)
     return {"out_dir": str(out), "runs": rows, "grid_points": summary}
 
 

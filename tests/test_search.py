@@ -415,3 +415,23 @@ def test_training_mode_is_refused():
     model = tiny_model().train()
     with pytest.raises(ValueError, match="eval"):
         run(beam_search, model, sources(1), beam=2)
+
+
+def test_log_normaliser_matches_logsumexp_and_reuses_its_scratch():
+    from nmt.search import LogNormaliser
+
+    norm = LogNormaliser()
+    big = torch.randn(7, 50) * 20
+    before = big.clone()
+    assert torch.allclose(norm(big), torch.logsumexp(big, dim=1), atol=1e-5)
+    assert torch.equal(big, before), "the logits are not modified"
+    scratch = norm.scratch
+    small = torch.randn(3, 50) * 20
+    assert torch.allclose(norm(small), torch.logsumexp(small, dim=1), atol=1e-5)
+    assert norm.scratch is scratch, "fewer rows reuse the scratch matrix"
+    half = big.bfloat16()
+    got = norm(half)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, torch.logsumexp(half.float(), dim=1), atol=1e-4)
+    huge = torch.tensor([[1000.0, 1000.0, -1000.0]])  # no overflow: shifted by the row maximum
+    assert norm(huge).item() == pytest.approx(1000.0 + math.log(2.0))

@@ -75,6 +75,8 @@ def test_parallel_jobs_match_serial_runs(repo, tmp_path):
     parallel = run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, seeds=[1], steps=4,
                          out_dir=tmp_path / "b", jobs=2)
     assert [r["name"] for r in parallel["runs"]] == [r["name"] for r in serial["runs"]], "plan order kept"
+    assert "trained 2 at a time" in (tmp_path / "b" / "report.md").read_text(encoding="utf-8")
+    assert "at a time" not in (tmp_path / "a" / "report.md").read_text(encoding="utf-8")
     assert sorted(p.name for p in (tmp_path / "b" / "logs").iterdir()) == [
         "activation=arelu-seed1.log", "activation=relu-seed1.log"]
     for s, p in zip(serial["runs"], parallel["runs"]):
