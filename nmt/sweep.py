@@ -318,7 +318,8 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
         result_path = run_dir / "sweep_result.json"
         if result_path.is_file():
             say(f"[{i}/{len(runs)}] {run['name']}: done earlier")
-            return json.loads(result_path.read_text(encoding="utf-8"))
+            # where the run is now: a sweep directory may have been moved or copied since
+            return {**json.loads(result_path.read_text(encoding="utf-8")), "run_dir": str(run_dir)}
         start = time.perf_counter()
         say(f"[{i}/{len(runs)}] {run['name']}: training")
         if not _finished(run_dir):  # fresh, or interrupted: _train_run resumes from its checkpoint

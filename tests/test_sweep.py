@@ -2,6 +2,7 @@
 import csv
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,10 @@ def test_two_by_two_grid_reports_and_resumes(repo, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps, "finished runs were not retrained"
     with pytest.raises(NmtError, match="different"):
         run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=6, out_dir=out)
+    moved = tmp_path / "moved"
+    out.rename(moved)  # a finished sweep directory still reports after a move
+    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=moved)
+    assert all(Path(r["run_dir"]).parent == moved / "runs" for r in again["runs"])
 
 
 def test_invalid_grid_point_fails_before_training(repo, tmp_path):
