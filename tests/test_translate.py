@@ -449,3 +449,17 @@ def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
     one = (tmp_path / "one.txt").read_bytes()
     assert one.count(b"\n") == 2 * len(lines)
     assert (tmp_path / "two.txt").read_bytes() == one
+
+
+def test_one_process_on_a_cpu_only_machine_skips_accelerate(monkeypatch):
+    import torch
+
+    from nmt.translate import distributed_state
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if torch.accelerator.current_accelerator() is not None:
+        pytest.skip("this machine has an accelerator: accelerate chooses the device")
+    state = distributed_state()
+    assert (state.num_processes, state.process_index, state.is_main_process) == (1, 0, True)
+    assert state.device == torch.device("cpu")
+    assert type(state).__module__ == "nmt.translate"

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Decoding speed of nmt and JoeyNMT 2.3.0 on the test split, measured in alternating rounds.
+#
+#   scripts/compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]
+#
+# This machine's speed drifts by tens of percent over minutes (shared host), which a single run of
+# each toolkit turns into noise in the ratio. Here every round decodes with JoeyNMT's 60-minute
+# model and then with nmt (float32, bf16, int8), beam 5 and greedy, so both toolkits see the same
+# conditions; the best and the median round of each are reported, with the ratios of each.
+# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && pwd)"
+ROUNDS="${2:-3}"
+OUT_JSON="${3:-compare-decoding.json}"
+PEERS="$(cd "${PEERS:-$HERE/../shared/peers/joeynmt}" && pwd)"
+DATA_DIR="$(cd "${DATA_DIR:-$HERE/../shared/data/tatoeba-fra-eng}" && pwd)"
+JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
+WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
+NMT="$(command -v nmt)"
+[ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round of $ROUNDS" >&2
+  for beam in 5 1; do
+    ( . "$JOEY_VENV/bin/activate"
+      DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" "$beam" 64 \
+          > "$WORK/joey-beam$beam.r$round.txt" )
+    for mode in "float32" "bf16 --precision bf16" "int8 --quantize"; do
+      set -- $mode; name=$1; shift
+      "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \
+          2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
+    done
+  done
+done
+
+python3 - "$WORK" "$OUT_JSON" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+work, out = Path(sys.argv[1]), sys.argv[2]
+
+def joey(path):
+    lines = path.read_text().split("\n")
+    info = json.loads(next(l for l in lines if l.startswith("{")))
+    numbers = [l.strip().rstrip(",") for l in lines
+               if l.strip() and not l.startswith("{") and l.strip() not in ("[", "]")]
+    return info["sent_per_s"], float(numbers[0])
+
+table = {}
+for beam in (5, 1):
+    joey_runs = [joey(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]
+    table[f"joeynmt beam {beam}"] = {"sent_per_s": [s for s, _ in joey_runs], "bleu": joey_runs[0][1]}
+    for name in ("float32", "bf16", "int8"):
+        runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"nmt-beam{beam}-{name}.r*.json"))]
+        table[f"nmt beam {beam} {name}"] = {"sent_per_s": [r["sentences_per_s"] for r in runs],
+                                            "bleu": runs[0]["bleu"]}
+print(f"{'':24} {'best':>9} {'median':>9} {'BLEU':>6}  ratio (best / median)")
+for beam in (5, 1):
+    ref = table[f"joeynmt beam {beam}"]["sent_per_s"]
+    for key in [f"joeynmt beam {beam}"] + [f"nmt beam {beam} {n}" for n in ("float32", "bf16", "int8")]:
+        runs = table[key]["sent_per_s"]
+        best, med = max(runs), statistics.median(runs)
+        ratio = "" if key.startswith("joeynmt") else f"{best / max(ref):.2f}x / {med / statistics.median(ref):.2f}x"
+        print(f"{key:24} {best:>9,.1f} {med:>9,.1f} {table[key]['bleu']:>6}  {ratio}")
+Path(out).write_text(json.dumps(table, indent=2))
+PY
