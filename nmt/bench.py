@@ -143,7 +143,7 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
 
 def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | None,
                     batch_sentences: int | None, checkpoint: str, quantize: bool,
-                    precision: str = "float32") -> dict[str, Any]:
+                    precision: str = "float32", shortlist: int | None = None) -> dict[str, Any]:
     from .data import load_corpus
     from .evaluation import score_corpus
     from .translate import Translator, decode_split_timed
@@ -153,14 +153,16 @@ def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | Non
     load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
-    decode_split_timed(translator, sources[:32], beam, batch_tokens, batch_sentences)  # warm-up
-    hyps, seconds, n_tokens = decode_split_timed(translator, sources, beam, batch_tokens, batch_sentences)
+    decode_split_timed(translator, sources[:32], beam, batch_tokens, batch_sentences, shortlist)  # warm-up
+    hyps, seconds, n_tokens = decode_split_timed(translator, sources, beam, batch_tokens, batch_sentences,
+                                                 shortlist)
+    shortlist = translator.recipe.decode.shortlist if shortlist is None else shortlist
     scores = score_corpus(hyps, [references], metrics=("bleu", "chrf"),
                           bleu_tokenize=translator.recipe.eval.bleu_tokenize)
     return {
         "what": "translate", "run_dir": str(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": beam, "batch_tokens": batch_tokens, "batch_sentences": batch_sentences,
-        "quantize": quantize, "precision": precision, "sentences": len(sources), "seconds": round(seconds, 3),
+        "quantize": quantize, "precision": precision, "shortlist": shortlist, "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
         "target_tokens_per_s": round(n_tokens / seconds, 1), "target_tokens_incl_eos": n_tokens,
         "bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
@@ -183,8 +185,10 @@ def bench_cli(args) -> int:
     else:
         beam = 1 if args.greedy else args.beam
         result = bench_translate(args.run_dir, beam, args.split, args.batch_tokens, args.batch_sentences,
-                                 args.checkpoint, args.quantize, args.precision)
-        line = (f"translate {args.run_dir} [{args.split}, beam {beam}, {args.precision}]: {result['sentences_per_s']:,} "
+                                 args.checkpoint, args.quantize, args.precision, args.shortlist)
+        mode = args.precision + (", int8" if args.quantize else "") + (
+            f", shortlist {result['shortlist']}" if result["shortlist"] else "")
+        line = (f"translate {args.run_dir} [{args.split}, beam {beam}, {mode}]: {result['sentences_per_s']:,} "
                 f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")

@@ -166,13 +166,11 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
     return path
 
 
-def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
-             map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None):
-    """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
-    from .config import recipe_from_dict
-    from .model import build_model
-    from .tokenizer import SubwordTokenizers
+def load_run_recipe(run_dir: str | os.PathLike):
+    """The resolved recipe a run directory was trained with (``recipe.yaml``)."""
     import yaml
+
+    from .config import recipe_from_dict
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -180,8 +178,17 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise CheckpointError(f"run directory {run_dir} has no recipe.yaml; was it written by `nmt train`?")
-    recipe = recipe_from_dict(yaml.safe_load(recipe_file.read_text(encoding="utf-8")),
-                              source=str(recipe_file))
+    return recipe_from_dict(yaml.safe_load(recipe_file.read_text(encoding="utf-8")), source=str(recipe_file))
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
+             map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None):
+    """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
+    from .model import build_model
+    from .tokenizer import SubwordTokenizers
+
+    run_dir = Path(run_dir)
+    recipe = load_run_recipe(run_dir)
     tokenizers = SubwordTokenizers.load(run_dir)
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
     weights = checkpoint_path(run_dir, checkpoint)

@@ -81,6 +81,18 @@ def _cmd_bench(args) -> int:
     return bench_cli(args)
 
 
+def _cmd_shortlist(args) -> int:
+    from .errors import NmtError
+    from .shortlist import build_for_run
+
+    for flag, value in (("--keep", args.keep), ("--iterations", args.iterations), ("--max-pairs", args.max_pairs)):
+        if value < 1:
+            raise NmtError(f"{flag} must be >= 1, got {value}")
+    path = build_for_run(args.run_dir, iterations=args.iterations, keep=args.keep, max_pairs=args.max_pairs)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from .sweep import sweep_cli
 
@@ -154,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
+    p.add_argument("--shortlist", type=int, metavar="K",
+                   help="lexical shortlist: K translations per source subword + the frequent ones "
+                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en
@@ -170,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast when translating a split")
+    p.add_argument("--shortlist", type=int, metavar="K",
+                   help="lexical shortlist: K translations per source subword + the frequent ones "
+                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = _sub(sub, "plot", "plot attention weights, training curves or activation functions", """
@@ -222,7 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--checkpoint", default="best")
     btr.add_argument("--quantize", action="store_true")
     btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
+    btr.add_argument("--shortlist", type=int, metavar="K", help="lexical shortlist (see nmt translate --help)")
     btr.add_argument("--json", action="store_true")
+
+    p = _sub(sub, "shortlist", "build a run's lexicon for shortlist decoding (IBM Model 1 on its training data)", """
+        nmt shortlist runs/fr-en
+        nmt translate runs/fr-en -i test.fr --shortlist 20     decode over the batch's shortlist
+        """, _cmd_shortlist)
+    p.add_argument("run_dir", help="run directory written by nmt train")
+    p.add_argument("--keep", type=int, default=100, help="translations kept per source subword (default 100)")
+    p.add_argument("--iterations", type=int, default=5, help="EM iterations (default 5)")
+    p.add_argument("--max-pairs", type=int, default=1_000_000,
+                   help="train on an evenly spaced sample of at most this many pairs (default 1,000,000)")
 
     p = _sub(sub, "sweep", "train a grid of recipe variants and report", """
         nmt sweep recipes/sweep-activations.yaml \\

@@ -189,6 +189,8 @@ class DecodeConfig:
     min_len: int = 0
     no_repeat_ngram: int = 0
     batch_tokens: int = 8000  #: source tokens × beam size per translation batch
+    shortlist: int = 0  #: lexical shortlist (nmt.shortlist): translations per source subword; 0 = off
+    shortlist_frequent: int = 100  #: most frequent target subwords always in a shortlist
     max_input_len: int = 250  #: longer inputs are truncated with a warning
 
 
@@ -405,6 +407,8 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         ("decode.max_len_b", r.decode.max_len_b),
         ("decode.min_len", r.decode.min_len),
         ("decode.no_repeat_ngram", r.decode.no_repeat_ngram),
+        ("decode.shortlist", r.decode.shortlist),
+        ("decode.shortlist_frequent", r.decode.shortlist_frequent),
         ("data.filter.min_len", r.data.filter.min_len),
     ]:
         positive(path, value, allow_zero=True)

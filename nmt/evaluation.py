@@ -206,10 +206,12 @@ def _checkpoint_tag(checkpoint: str) -> str:
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | None = None,
                  checkpoint: str = "best", metrics: Iterable[str] | str | None = None,
-                 command: str | None = None, precision: str = "float32") -> dict[str, Any]:
+                 command: str | None = None, precision: str = "float32",
+                 shortlist: int | None = None) -> dict[str, Any]:
     """Translate ``split`` of the run's corpus, score it, and write the results into the run.
 
-    ``beam=None`` uses the recipe's ``decode.beam``; ``metrics=None`` the recipe's ``eval.metrics``.
+    ``beam=None`` uses the recipe's ``decode.beam``; ``metrics=None`` the recipe's ``eval.metrics``;
+    ``shortlist=None`` the recipe's ``decode.shortlist`` (0 = full vocabulary).
     Writes ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` (one hypothesis per line) and
     ``... .json`` (scores, signatures, settings, timestamp), both atomically, and returns the JSON
     record (with ``"json_path"``).
@@ -242,7 +244,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     if not sources:
         raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
     started = _dt.datetime.now(_dt.timezone.utc)
-    hypotheses = list(translator.translate(sources, beam=beam))
+    shortlist = int(shortlist if shortlist is not None else recipe.decode.shortlist)
+    hypotheses = list(translator.translate(sources, beam=beam, shortlist=shortlist))
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     if len(hypotheses) != len(sources):
         raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
@@ -251,7 +254,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
     scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
 
-    stem = f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}" + (".bf16" if precision == "bf16" else "")
+    stem = (f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}" + (".bf16" if precision == "bf16" else "")
+            + (f".shortlist{shortlist}" if shortlist else ""))
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
@@ -264,6 +268,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         "checkpoint": str(checkpoint),
         "beam": beam,
         "precision": precision,
+        "shortlist": shortlist,
         "metrics": names,
         "bleu_tokenize": recipe.eval.bleu_tokenize,
         "sentences": len(sources),
@@ -290,10 +295,12 @@ _MODES = ("nmt evaluate needs one of two argument sets:\n"
           "      translate a split of the run's corpus, then score it")
 
 
-def _command_line(run_dir, split, beam, checkpoint, metrics) -> str:
+def _command_line(run_dir, split, beam, checkpoint, metrics, precision="float32", shortlist=None) -> str:
     """The equivalent command line (for the record written into the run)."""
     parts = ["nmt", "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
     parts += ["--beam", str(beam)] if beam is not None else []
+    parts += ["--precision", precision] if precision != "float32" else []
+    parts += ["--shortlist", str(shortlist)] if shortlist is not None else []
     parts += ["--metrics", ",".join(metrics)] if metrics else []
     return shlex.join(parts)
 
@@ -318,6 +325,7 @@ def evaluate_cli(args) -> int:
         if not refs:
             raise NmtError("--hyp needs at least one --ref (reference file).\n" + _MODES)
         unused = [flag for flag, used in (("--beam", beam is not None), ("--greedy", greedy),
+                                          ("--shortlist", getattr(args, "shortlist", None) is not None),
                                           ("--split", split != "test"),
                                           ("--checkpoint", checkpoint != "best")) if used]
         if unused:
@@ -337,9 +345,14 @@ def evaluate_cli(args) -> int:
         if greedy:
             beam = 1
         names = parse_metrics(metrics_arg) if metrics_arg is not None else None
+        precision = getattr(args, "precision", None) or "float32"
+        shortlist = getattr(args, "shortlist", None)
+        if shortlist is not None and shortlist < 0:
+            raise NmtError(f"--shortlist must be >= 0 (0 = full vocabulary), got {shortlist}")
         record = evaluate_run(run_dir, split=split, beam=beam, checkpoint=checkpoint, metrics=names,
-                              command=_command_line(run_dir, split, beam, checkpoint, names),
-                              precision=getattr(args, "precision", None) or "float32")
+                              command=_command_line(run_dir, split, beam, checkpoint, names, precision,
+                                                    shortlist),
+                              precision=precision, shortlist=shortlist)
         if as_json:
             print(json.dumps(record, indent=2, ensure_ascii=False))
         else:

@@ -127,14 +127,18 @@ class Seq2Seq(nn.Module):
         logits, out = self.step_logits(prev_tokens, state, memory)
         return F.log_softmax(logits.float(), dim=-1), out
 
-    def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
+    def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
+                    output: tuple[torch.Tensor, torch.Tensor] | None = None):
         """One decoding step for search: ``logits (batch, V)`` (bfloat16 under bf16 autocast) and a StepOutput.
 
         Search ranks and masks the logits themselves and normalises only the few values it keeps
         (``nmt.search.LogNormaliser``): on a CPU, every extra pass over a (beams, vocabulary)
-        matrix costs about as much as the decoder's own GEMMs.
+        matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
+        replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
         """
         out: StepOutput = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+        if output is not None:
+            return F.linear(out.readout, output[0], output[1]), out
         return self.output(out.readout), out
 
     def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):

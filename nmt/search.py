@@ -96,6 +96,8 @@ class SearchOptions:
     min_len: int = 0  #: tokens before EOS
     no_repeat_ngram: int = 0  #: 0 disables
     return_attention: bool = False  #: keep attention weights (and local-p positions) per token
+    shortlist: int = 0  #: lexical shortlist: translations kept per source subword (0 = full vocabulary)
+    shortlist_frequent: int = 100  #: most frequent target subwords always in the shortlist
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,7 +113,7 @@ class SearchOptions:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
                     or not math.isfinite(value):
                 problems.append(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("max_len_b", "min_len", "no_repeat_ngram"):
+        for name in ("max_len_b", "min_len", "no_repeat_ngram", "shortlist", "shortlist_frequent"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be an integer >= 0, got {value!r}")
@@ -241,18 +243,67 @@ def _positions_or_zero(out, rows: int, device) -> Tensor:
     return out.positions.float()
 
 
+@dataclass
+class OutputShortlist:
+    """The output layer restricted to ``columns``: search scores ``(rows, L)`` logits instead of
+    ``(rows, V)`` and maps a chosen column ``c`` back to the target id ``columns[c]``.
+
+    ``columns`` are sorted target ids that start with 0..3 (PAD, UNK, BOS, EOS), so the special
+    tokens keep their ids as column indices; ``column_of`` maps any target id to its column (ids
+    outside the shortlist to column 0, PAD, which is never generated).
+    """
+
+    columns: Tensor  #: (L,) target ids
+    weight: Tensor  #: (L, D) rows of the output layer
+    bias: Tensor  #: (L,)
+    column_of: Tensor  #: (V,) target id -> column
+
+    @classmethod
+    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: "SearchOptions") -> "OutputShortlist":
+        from .shortlist import N_SPECIAL, shortlist_output
+
+        columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
+        vocab = model.output.out_features
+        if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
+            raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "
+                           f"has {vocab}; rebuild it with `nmt shortlist RUN_DIR`")
+        assert columns[:N_SPECIAL].tolist() == list(range(N_SPECIAL))
+        weight, bias = shortlist_output(model, columns)
+        column_of = torch.zeros(vocab, dtype=torch.long, device=src.device)
+        column_of[columns] = torch.arange(columns.numel(), device=src.device)
+        return cls(columns, weight, bias, column_of)
+
+
 def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-           options: SearchOptions | None = None) -> list[list[Hypothesis]]:
-    """Greedy search when ``options.beam == 1``, else beam search. One list per sentence."""
+           options: SearchOptions | None = None, lexicon=None) -> list[list[Hypothesis]]:
+    """Greedy search when ``options.beam == 1``, else beam search. One list per sentence.
+
+    With ``options.shortlist > 0`` the output layer is restricted to the batch's lexical shortlist
+    (:mod:`nmt.shortlist`; ``lexicon`` is the run's :class:`~nmt.shortlist.Lexicon`).
+    """
     options = options or SearchOptions()
+    shortlist = None
+    if options.shortlist:
+        if lexicon is None:
+            raise NmtError("a shortlist search needs the run's lexicon (nmt.shortlist.Lexicon); "
+                           "build it with `nmt shortlist RUN_DIR`")
+        if src_mask is None:
+            src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+        shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options)
     if options.beam == 1:
-        return greedy_search(model, src, src_lengths, src_mask, options)
-    return beam_search(model, src, src_lengths, src_mask, options)
+        return greedy_search(model, src, src_lengths, src_mask, options, shortlist=shortlist)
+    return beam_search(model, src, src_lengths, src_mask, options, shortlist=shortlist)
+
+
+def _step_logits(model, prev: Tensor, state, memory, shortlist: OutputShortlist | None):
+    if shortlist is None:
+        return model.step_logits(prev, state, memory)
+    return model.step_logits(prev, state, memory, output=(shortlist.weight, shortlist.bias))
 
 
 def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOptions | None = None,
                   device: torch.device | str | None = None, batch_tokens: int | None = 8000,
-                  max_sentences: int | None = None) -> list[list[Hypothesis]]:
+                  max_sentences: int | None = None, lexicon=None) -> list[list[Hypothesis]]:
     """Search for many id sequences: batched by length, results in input order.
 
     ``sources`` are source ids *without* EOS (as ``SubwordTokenizers.encode_src`` returns them);
@@ -273,7 +324,7 @@ def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOption
         for group in groups:
             rows = [todo[k] for k in group]
             src, lengths, mask = pad_sources([with_eos[i] for i in rows], device)
-            for i, hyps in zip(rows, search(model, src, lengths, mask, options)):
+            for i, hyps in zip(rows, search(model, src, lengths, mask, options, lexicon)):
                 results[i] = hyps
     for i, hyps in enumerate(results):
         if hyps is None:
@@ -286,7 +337,8 @@ def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOption
 
 @torch.inference_mode()
 def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-                  options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+                  options: SearchOptions | None = None,
+                  shortlist: OutputShortlist | None = None) -> list[list[Hypothesis]]:
     """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored)."""
     _check_model(model)
     opts = options or SearchOptions(beam=1)
@@ -310,10 +362,14 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     log_normaliser = LogNormaliser()
     for step in range(horizon):
-        logits, out = model.step_logits(prev, state, memory)
+        logits, out = _step_logits(model, prev, state, memory, shortlist)
         log_norm = log_normaliser(logits)  # before _forbid_: forbidden tokens are not renormalised
         history = tokens.index_select(0, active)[:, :step] if opts.no_repeat_ngram else None
+        if history is not None and shortlist is not None:
+            history = shortlist.column_of[history]
         best, tok = _forbid_(logits, history, step, opts).max(dim=-1)
+        if shortlist is not None:
+            tok = shortlist.columns[tok]
         best = best.float()
         alive = torch.isfinite(best)  # False only if every token is forbidden
         rows = active[alive]
@@ -365,7 +421,8 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-                options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+                options: SearchOptions | None = None,
+                shortlist: OutputShortlist | None = None) -> list[list[Hypothesis]]:
     """Batched beam search (see the module docstring for the exact rules).
 
     Returns, per sentence, up to ``n_best`` distinct hypotheses sorted by penalised score, best
@@ -413,10 +470,13 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     log_normaliser = LogNormaliser()
     for step in range(horizon):
         n_act = active.numel()
-        logits, out = model.step_logits(prev, state, memory)  # (n_act*K, V)
-        vocab = logits.size(1)
+        logits, out = _step_logits(model, prev, state, memory, shortlist)  # (n_act*K, V or L)
+        vocab = model.output.out_features  # continuations are numbered k * vocab + target id
         log_norm = log_normaliser(logits)  # (n_act*K,), before _forbid_: no renormalisation
-        _forbid_(logits, seqs, step, opts)
+        if shortlist is not None and opts.no_repeat_ngram:
+            _forbid_(logits, shortlist.column_of[seqs], step, opts)
+        else:
+            _forbid_(logits, seqs, step, opts)
         at_max = act_max <= step + 1  # (n_act,)
         step_att = out.attention.float()
         new_cov = coverage + step_att if beta else None
@@ -425,8 +485,10 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
         # K of the 2K best end in EOS and the K best non-EOS continuations are among them. The
         # sentence's top 2K over its K x V continuations are among its beams' own top 2K, so the
         # (rows, V) matrix is read once by a per-row top-k and never copied or added to.
-        per_row = min(2 * K, vocab)
+        per_row = min(2 * K, logits.size(1))
         row_val, row_tok = logits.topk(per_row, dim=1)  # (n_act*K, per_row)
+        if shortlist is not None:
+            row_tok = shortlist.columns[row_tok]  # columns -> target ids
         row_lp = (row_val.float() - log_norm.unsqueeze(1)).view(n_act, K * per_row)  # token log-probs
         cand = (beam_scores.view(n_act, K, 1) + row_lp.view(n_act, K, per_row)).view(n_act, K * per_row)
         best_val, best_pos = cand.topk(2 * K, dim=1)

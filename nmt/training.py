@@ -218,6 +218,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     if len(train_ds) == 0:
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
+    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator) if recipe.decode.shortlist else None
 
     src_lens, tgt_lens = lengths_of(train_ds)
     sampler = TokenBatchSampler(
@@ -244,7 +245,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     if trackers:
         accelerator.init_trackers(recipe.output.name or "nmt")
 
-    validator = _Validator(recipe, core, tokenizers, corpus["valid"], valid_ds, accelerator, run_dir)
+    validator = _Validator(recipe, core, tokenizers, corpus["valid"], valid_ds, accelerator, run_dir, lexicon)
     metrics_file = run_dir / "metrics.jsonl"
     loader = _batches(train_ds, sampler)
     reason = "max_steps"
@@ -386,6 +387,18 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 
 
 # ------------------------------------------------------------------------------ loop helpers
+
+def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator):
+    """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
+    training data before training (IBM Model 1 does not depend on the model), kept on resume."""
+    from .shortlist import LEXICON_FILE, Lexicon, build_for_run
+
+    path = run_dir / LEXICON_FILE
+    if accelerator.is_main_process and not path.is_file():
+        build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds)
+    accelerator.wait_for_everyone()
+    return Lexicon.load(path)
+
 
 def _batches(dataset, sampler):
     """Endless stream of collated batches; the sampler advances epochs and remembers its position.
@@ -542,8 +555,10 @@ def _restore(run_dir: Path, model, optimizer, plateau, sampler) -> TrainerState:
 class _Validator:
     """Valid loss/perplexity over the whole valid split and BLEU/chrF of decoded valid sentences."""
 
-    def __init__(self, recipe: Recipe, model: Seq2Seq, tokenizers, raw_valid, valid_ds, accelerator, run_dir):
+    def __init__(self, recipe: Recipe, model: Seq2Seq, tokenizers, raw_valid, valid_ds, accelerator, run_dir,
+                 lexicon=None):
         self.recipe = recipe
+        self.lexicon = lexicon  # validation decodes as translation will: with the recipe's shortlist
         self.model = model
         self.tokenizers = tokenizers
         self.accelerator = accelerator
@@ -583,7 +598,7 @@ class _Validator:
         mine = list(range(rank, len(src_ids), world))
         with acc.autocast():
             hyps = translate_ids(model, [src_ids[i] for i in mine], options, device=acc.device,
-                                 batch_tokens=self.recipe.decode.batch_tokens)
+                                 batch_tokens=self.recipe.decode.batch_tokens, lexicon=self.lexicon)
         texts = self.tokenizers.decode_tgt([h[0].tokens for h in hyps])
         pairs = list(zip(mine, texts))
         if world > 1:

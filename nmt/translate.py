@@ -209,7 +209,8 @@ class Translator:
     """A trained model with its tokenizers, ready to translate (eval mode, inference only)."""
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
-                 metadata: dict | None = None, quantize: bool = False, precision: str = "float32"):
+                 metadata: dict | None = None, quantize: bool = False, precision: str = "float32",
+                 run_dir: str | os.PathLike | None = None, lexicon=None):
         if precision not in ("float32", "bf16"):
             raise NmtError(f"precision {precision!r}: choose float32 or bf16")
         if precision == "bf16" and quantize:
@@ -233,6 +234,8 @@ class Translator:
         self.model = model.to(self.device).eval()
         self.quantized = quantize
         self.metadata = metadata or {}
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.lexicon = lexicon  #: nmt.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
         self.attention_kind = recipe.model.attention.kind
         self.warn = _Warnings()
 
@@ -248,7 +251,7 @@ class Translator:
 
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
-                   precision=precision)
+                   precision=precision, run_dir=run_dir)
 
     # ---------------------------------------------------------------------------- preparation
     def _normalize_form(self) -> str:
@@ -312,13 +315,27 @@ class Translator:
             groups = inference_batches([len(it.ids) for it in todo], budget, max_sentences)
         return [[todo[k] for k in group] for group in groups]
 
+    def _lexicon_for(self, options: SearchOptions):
+        """The run's lexicon when ``options`` ask for a shortlist (loaded once), else None."""
+        if not options.shortlist:
+            return None
+        if self.lexicon is None:
+            from .shortlist import LEXICON_FILE, Lexicon
+
+            if self.run_dir is None:
+                raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
+                               "the translator from its run directory")
+            self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
+        return self.lexicon
+
     def _search(self, batches: list[list[_Item]], options: SearchOptions) -> dict[int, list[Hypothesis]]:
         out: dict[int, list[Hypothesis]] = {}
+        lexicon = self._lexicon_for(options)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch.inference_mode(), autocast:
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
-                for it, hyps in zip(group, search(self.model, src, lengths, mask, options)):
+                for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon=lexicon)):
                     out[it.index] = hyps
         return out
 
@@ -451,15 +468,16 @@ class Translator:
 # ----------------------------------------------------------------------------- bench helper
 
 def decode_split_timed(translator: Translator, sources: Sequence[str], beam: int,
-                       batch_tokens: int | None = None, batch_sentences: int | None = None
-                       ) -> tuple[list[str], float, int]:
+                       batch_tokens: int | None = None, batch_sentences: int | None = None,
+                       shortlist: int | None = None) -> tuple[list[str], float, int]:
     """Translate ``sources`` timing only the search and detokenization (not loading/encoding).
 
     ``batch_sentences`` makes fixed batches of that many sentences (longest first) instead of
     token batches. Returns ``(translations, seconds, n_target_tokens)``, the last counting the
     generated target subwords including EOS.
     """
-    options = translator._options(beam, 1, False, {})
+    options = translator._options(beam, 1, False, {"shortlist": shortlist})
+    translator._lexicon_for(options)  # loaded before the clock starts, as the model is
     items = translator._prepare(sources)
     batches = translator._batches(items, batch_tokens, None, batch_sentences, beam=options.beam)
     start = time.perf_counter()
@@ -574,7 +592,7 @@ def _cli_options(args) -> tuple[int | None, int, dict[str, Any]]:
         raise NmtError(f"--beam must be >= 1, got {beam}")
     overrides = {name: getattr(args, name, None) for name in
                  ("length_penalty", "coverage_penalty", "max_len_a", "max_len_b", "min_len",
-                  "no_repeat_ngram")}
+                  "no_repeat_ngram", "shortlist")}
     return beam, n_best, {k: v for k, v in overrides.items() if v is not None}
 
 
@@ -595,6 +613,7 @@ def translate_cli(args) -> int:
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     options = translator._options(beam, n_best, False, overrides)  # validate before reading input
+    translator._lexicon_for(options)
     nbest_format = getattr(args, "n_best", None) is not None
     input_name = args.input or "stdin"
     output = src_stream = ref_stream = None

@@ -210,7 +210,7 @@ class FakeTranslator:
             return cls(recipe, table)
         return load
 
-    def translate(self, sources, beam=5):
+    def translate(self, sources, beam=5, shortlist=0):
         self.calls.append(("translate", len(sources), beam))
         return [self.table[s] for s in sources]
 

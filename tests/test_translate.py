@@ -192,9 +192,9 @@ def test_empty_lines_are_not_translated(translator, monkeypatch):
     seen = []
     original = tr.search
 
-    def spy(model, src, lengths, mask, options):
+    def spy(model, src, lengths, mask, options, lexicon=None):
         seen.extend(lengths.tolist())
-        return original(model, src, lengths, mask, options)
+        return original(model, src, lengths, mask, options, lexicon)
 
     monkeypatch.setattr(tr, "search", spy)
     out = translator.translate(["", "le chat", "   ", "\x00\x01", "\t"])

@@ -1,0 +1,285 @@
+"""Lexical shortlists: decode over the target subwords a batch of sources can plausibly produce.
+
+The output projection is the largest matrix of a decoder step (hidden × vocabulary: 256 × 8000 is
+2.0M of the 3.2M multiply-adds per hypothesis and step of the JoeyNMT-sized recipe), and search
+reads the (rows, vocabulary) scores two more times (log-normaliser, top-k). A shortlist restricts
+all three to the union, over the batch, of
+
+- the ``frequent`` most frequent target subwords of the training corpus,
+- for each source subword in the batch, its ``per_source`` most probable translations under
+  IBM Model 1 (Brown et al. 1993, §4), trained by EM on the training pairs,
+- the special tokens (PAD, UNK, BOS, EOS; PAD and BOS are still never generated),
+
+as Marian's ``--shortlist`` and CTranslate2's vocabulary map do. Search then normalises the
+log-probabilities over the shortlist (a token outside it has probability 0), which is what makes the
+hypotheses' scores equal to those of the full model with every other output logit set to -inf (the
+tests check exactly that). Whether it costs BLEU is measured, not assumed (README, speed section).
+
+IBM Model 1 with a NULL source word (PAD's id stands for it; it never occurs in a real source):
+    p(t | s) ∝ Σ_pairs Σ_{j: t_j = t} Σ_{i: s_i = s} p(t_j | s_i) / Σ_{i'} p(t_j | s_{i'})
+(E-step: the posterior of aligning target position j to source position i; M-step: normalise the
+expected counts per source word). Only co-occurring (s, t) pairs have a parameter, so memory grows
+with the corpus, not with src_vocab × tgt_vocab.
+
+Files: ``lexicon.safetensors`` in the run directory (``nmt shortlist RUN_DIR`` writes it; ``nmt
+train`` writes it after training) holds ``top_ids (src_vocab, keep)`` (-1 = no entry),
+``top_probs`` and ``by_frequency (tgt_vocab,)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import NmtError
+
+logger = logging.getLogger("nmt.shortlist")
+
+LEXICON_FILE = "lexicon.safetensors"
+NULL_ID = 0  #: PAD's id stands for IBM Model 1's NULL source word
+N_SPECIAL = 4  #: PAD, UNK, BOS, EOS = ids 0..3: always in a shortlist, at columns 0..3
+
+#: one chunk of pairs as flat arrays: (src_values, src_offsets, tgt_values, tgt_offsets)
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+# ------------------------------------------------------------------------------- IBM Model 1
+
+def _chunk_links(chunk: Chunk, tgt_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (source position incl. NULL, target position) link of a chunk of pairs.
+
+    Returns ``(link (n,), tgt_pos (n,))``: the link as ``s * tgt_vocab + t`` and the index of its
+    target position within the chunk (the E-step normalises over the links of one target position).
+    """
+    src_values, src_offsets, tgt_values, tgt_offsets = chunk
+    src_len = np.diff(src_offsets) + 1  # + NULL
+    tgt_len = np.diff(tgt_offsets)
+    per_pair = src_len * tgt_len
+    total = int(per_pair.sum())
+    pair = np.repeat(np.arange(len(src_len)), per_pair)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(per_pair) - per_pair, per_pair)
+    n_tgt = tgt_len[pair]
+    i, j = within // n_tgt, within % n_tgt  # source position (0 = NULL), target position
+    src_pos = src_offsets[:-1][pair] + i - 1
+    s = np.where(i == 0, NULL_ID, src_values[np.maximum(src_pos, 0)]).astype(np.int64)
+    tgt_pos = tgt_offsets[:-1][pair] + j - tgt_offsets[0]
+    t = tgt_values[tgt_offsets[0] + tgt_pos].astype(np.int64)
+    return s * tgt_vocab + t, tgt_pos
+
+
+def ibm_model1(chunks: Iterable[Chunk], src_vocab: int, tgt_vocab: int, iterations: int = 5
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Train IBM Model 1 by EM; returns the co-occurring ``links`` (sorted ``s * tgt_vocab + t``)
+    and their probabilities ``p(t | s)`` (each source word's probabilities sum to 1).
+
+    ``chunks``: the training pairs in chunks (flat id arrays with offsets, EOS included on both
+    sides, as the encoded corpus holds them). Starts from uniform ``p(t | s)``.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    linked = [_chunk_links(chunk, tgt_vocab) for chunk in chunks]
+    linked = [(link, pos) for link, pos in linked if link.size]
+    if not linked:
+        raise NmtError("no training pairs to build a lexicon from")
+    links = np.unique(np.concatenate([np.unique(link) for link, _ in linked]))
+    # each link becomes an index into `links`; int32 halves the memory of the largest arrays
+    linked = [(np.searchsorted(links, link).astype(np.int32), pos.astype(np.int32)) for link, pos in linked]
+    source_of = links // tgt_vocab
+    prob = np.full(links.size, 1.0 / tgt_vocab)
+    for _ in range(iterations):
+        counts = np.zeros(links.size)
+        for index, tgt_pos in linked:
+            p = prob[index]
+            norm = np.bincount(tgt_pos, weights=p)  # Σ_i p(t_j | s_i) per target position
+            counts += np.bincount(index, weights=p / norm[tgt_pos], minlength=links.size)
+        totals = np.bincount(source_of, weights=counts, minlength=src_vocab)
+        prob = counts / totals[source_of]
+    return links, prob
+
+
+def top_translations(links: np.ndarray, prob: np.ndarray, src_vocab: int, tgt_vocab: int,
+                     keep: int) -> tuple[Tensor, Tensor]:
+    """The ``keep`` most probable targets of every source id: ``(ids, probs)`` of shape
+    ``(src_vocab, keep)``, best first; ``-1`` / ``0.0`` where a source word has fewer."""
+    source, target = links // tgt_vocab, links % tgt_vocab
+    order = np.lexsort((-prob, source))  # by source, then by falling probability
+    source, target, prob = source[order], target[order], prob[order]
+    first = np.searchsorted(source, np.arange(src_vocab))
+    rank = np.arange(source.size) - first[source]
+    kept = rank < keep
+    ids = np.full((src_vocab, keep), -1, dtype=np.int32)
+    probs = np.zeros((src_vocab, keep), dtype=np.float32)
+    ids[source[kept], rank[kept]] = target[kept]
+    probs[source[kept], rank[kept]] = prob[kept]
+    return torch.from_numpy(ids), torch.from_numpy(probs)
+
+
+def dataset_chunks(ds, max_pairs: int | None = None, chunk_pairs: int = 50_000) -> Iterator[Chunk]:
+    """Chunks of an encoded corpus (``src_ids``/``tgt_ids`` columns, see ``nmt.batching``).
+
+    With ``max_pairs`` an evenly spaced sample of that many pairs is used (deterministic).
+    """
+    if max_pairs is not None and len(ds) > max_pairs:
+        ds = ds.select(np.linspace(0, len(ds) - 1, max_pairs).astype(np.int64))
+    table_iter = ds.select_columns(["src_ids", "tgt_ids"]).with_format("arrow").iter(batch_size=chunk_pairs)
+    for table in table_iter:
+        columns = []
+        for name in ("src_ids", "tgt_ids"):
+            array = table.column(name).combine_chunks()
+            offsets = array.offsets.to_numpy().astype(np.int64)
+            columns += [array.values.to_numpy(zero_copy_only=False), offsets]
+        yield columns[0], columns[1], columns[2], columns[3]
+
+
+def id_list_chunks(src: Iterable[Iterable[int]], tgt: Iterable[Iterable[int]]) -> list[Chunk]:
+    """One chunk from Python id lists (tests, small corpora)."""
+    src, tgt = [list(s) for s in src], [list(t) for t in tgt]
+    if len(src) != len(tgt):
+        raise ValueError(f"{len(src)} sources for {len(tgt)} targets")
+
+    def flat(seqs):
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(s) for s in seqs])
+        values = np.array([i for s in seqs for i in s], dtype=np.int64)
+        return values, offsets
+
+    return [(*flat(src), *flat(tgt))]
+
+
+# ---------------------------------------------------------------------------------- lexicon
+
+class Lexicon:
+    """The lexical table of a run: best translations per source id and target frequency order."""
+
+    def __init__(self, top_ids: Tensor, top_probs: Tensor, by_frequency: Tensor,
+                 metadata: dict[str, str] | None = None):
+        self.top_ids = top_ids.long()  # (src_vocab, keep), -1 = none
+        self.top_probs = top_probs.float()
+        self.by_frequency = by_frequency.long()  # (tgt_vocab,) most frequent first
+        self.metadata = dict(metadata or {})
+
+    @property
+    def keep(self) -> int:
+        return self.top_ids.size(1)
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.by_frequency.numel()
+
+    @classmethod
+    def build(cls, chunks: Iterable[Chunk], src_vocab: int, tgt_vocab: int, iterations: int = 5,
+              keep: int = 100) -> "Lexicon":
+        chunks = list(chunks)
+        start = time.perf_counter()
+        links, prob = ibm_model1(chunks, src_vocab, tgt_vocab, iterations)
+        top_ids, top_probs = top_translations(links, prob, src_vocab, tgt_vocab, keep)
+        counts = np.zeros(tgt_vocab, dtype=np.int64)
+        pairs = 0
+        for _, src_offsets, tgt_values, tgt_offsets in chunks:
+            counts += np.bincount(tgt_values[tgt_offsets[0]: tgt_offsets[-1]].astype(np.int64),
+                                  minlength=tgt_vocab)
+            pairs += len(src_offsets) - 1
+        # stable: equally frequent ids keep id order
+        by_frequency = torch.from_numpy(np.argsort(-counts, kind="stable"))
+        seconds = time.perf_counter() - start
+        meta = {"method": "ibm-model-1", "iterations": str(iterations), "pairs": str(pairs),
+                "links": str(links.size), "seconds": f"{seconds:.1f}"}
+        return cls(top_ids, top_probs, by_frequency, meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        from .checkpoint import atomic_path
+
+        tensors = {"top_ids": self.top_ids.int().contiguous(), "top_probs": self.top_probs.contiguous(),
+                   "by_frequency": self.by_frequency.int().contiguous()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=self.metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Lexicon":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise NmtError(f"no lexicon at {path}: a shortlist needs one; build it with "
+                           f"`nmt shortlist {path.parent}` (or decode without --shortlist)")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                metadata = handle.metadata() or {}
+            return cls(tensors["top_ids"], tensors["top_probs"], tensors["by_frequency"], metadata)
+        except Exception as exc:
+            raise NmtError(f"lexicon {path} is corrupt or incomplete ({type(exc).__name__}: {exc}); "
+                           f"rebuild it with `nmt shortlist {path.parent}`") from None
+
+    def columns(self, src: Tensor, src_mask: Tensor, per_source: int, frequent: int) -> Tensor:
+        """The shortlist of a batch: sorted target ids ``(L,)``, ids 0..3 first (at columns 0..3).
+
+        ``src (batch, src_len)`` with ``src_mask``: padding contributes nothing.
+        """
+        if per_source > self.keep:
+            raise NmtError(f"shortlist of {per_source} translations per source subword, but the "
+                           f"lexicon keeps {self.keep}; rebuild it with `nmt shortlist RUN_DIR "
+                           f"--keep {per_source}` or use a smaller shortlist")
+        table = self.top_ids.to(src.device)
+        candidates = table[src[src_mask]][:, :per_source].reshape(-1)
+        parts = [torch.arange(N_SPECIAL, device=src.device), self.by_frequency[:frequent].to(src.device),
+                 candidates[candidates >= 0]]
+        return torch.unique(torch.cat(parts))  # sorted: ids 0..3 are columns 0..3
+
+
+def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 100,
+                  max_pairs: int | None = 1_000_000, recipe=None, tokenizers=None, train_ds=None) -> Path:
+    """Build and write ``RUN_DIR/lexicon.safetensors`` from the run's training corpus.
+
+    ``recipe``/``tokenizers``/``train_ds`` (the encoded, filtered training split) may be passed by a
+    caller that has them (``nmt train``); otherwise they are loaded from the run directory.
+    """
+    run_dir = Path(run_dir)
+    if train_ds is None:
+        from .batching import encode_dataset
+        from .checkpoint import load_run_recipe
+        from .data import load_corpus
+        from .tokenizer import SubwordTokenizers
+
+        recipe = recipe or load_run_recipe(run_dir)
+        tokenizers = tokenizers or SubwordTokenizers.load(run_dir)
+        f = recipe.data.filter
+        corpus = load_corpus(recipe.data, splits=("train",))
+        train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
+                                  min_len=f.min_len)
+    lexicon = Lexicon.build(dataset_chunks(train_ds, max_pairs), tokenizers.src_vocab_size,
+                            tokenizers.tgt_vocab_size, iterations=iterations, keep=keep)
+    path = run_dir / LEXICON_FILE
+    lexicon.save(path)
+    logger.info("lexicon (IBM Model 1, %s iterations, %s pairs, %s s) -> %s", lexicon.metadata["iterations"],
+                lexicon.metadata["pairs"], lexicon.metadata["seconds"], path)
+    return path
+
+
+def shortlist_output(model, columns: Tensor) -> tuple[Tensor, Tensor]:
+    """The output layer's rows for ``columns``: ``(weight (L, D), bias (L,))``.
+
+    Under autocast they are cast once here (per batch), not in every step's GEMM. A dynamically
+    quantized output layer is dequantized first (a shortlist of it is small).
+    """
+    output = model.output
+    weight = output.weight() if callable(output.weight) else output.weight
+    bias = output.bias() if callable(output.bias) else output.bias
+    if weight.is_quantized:
+        weight = weight.dequantize()
+    weight = weight.index_select(0, columns)
+    bias = bias.index_select(0, columns) if bias is not None else torch.zeros(columns.numel(), device=weight.device)
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        weight, bias = weight.to(dtype), bias.to(dtype)
+    return weight, bias
+
