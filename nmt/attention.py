@@ -51,9 +51,10 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import ActivatedLinear, available_activations, get_activation, make_dropout
+from .activations import ActivatedLinear, Tanh, available_activations, get_activation, make_dropout
 from .errors import NmtError
 
 __all__ = [
@@ -195,12 +196,27 @@ class AdditiveAttention(Attention):
         self.query_proj = nn.Linear(query_dim, hidden * factor, bias=False)     # W_q
         self.key_proj = nn.Linear(key_dim, hidden * factor, bias=True)          # W_k, b
         self.v = nn.Linear(hidden, 1, bias=False)                               # v
+        # tanh(a) = 2σ(2a) - 1, and torch's CPU sigmoid is 3-5x faster than its tanh (measured on
+        # (800, 12, 256) tensors, float32 and bf16); the (B, T, S, H) activation is the largest
+        # elementwise work of a decoder step. The factor 2 is folded into both projections.
+        self.tanh_by_sigmoid = type(self.act) is Tanh
 
     def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
-        return self.key_proj(keys)                                     # (B, S, f·H)
+        proj = self.key_proj(keys)                                     # (B, S, f·H)
+        return proj * 2 if self.tanh_by_sigmoid else proj
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor) -> Tensor:
         # Broadcast (B, T, 1, f·H) + (B, 1, S, f·H): every query position meets every key independently.
+        if self.tanh_by_sigmoid:  # proj_keys holds 2 (W_k k + b)
+            hidden = torch.sigmoid((self.query_proj(query) * 2).unsqueeze(2) + proj_keys.unsqueeze(1))
+            # vᵀ tanh(a) = 2 (vᵀ σ(2a) - Σv / 2). The constant goes in as the GEMM's bias, so that it
+            # is subtracted before the (bf16) result is rounded: vᵀ σ alone can be much larger than
+            # the score and would lose its low bits.
+            weight = self.v.weight
+            if isinstance(weight, Tensor):
+                return F.linear(hidden, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
+            # int8 dynamic quantization (nmt translate --quantize): float32 output, a method for weight
+            return self.v(hidden).squeeze(-1) * 2 - weight().dequantize().sum()
         hidden = self.act(self.query_proj(query).unsqueeze(2) + proj_keys.unsqueeze(1))
         return self.v(hidden).squeeze(-1)                              # (B, T, S, H) -> (B, T, S)
 

@@ -104,6 +104,7 @@ class _GRUDecoderBase(nn.Module):
             activation=att.activation or "tanh", score=att.score, window=att.window)
         self.readout_dropout = make_dropout(activation, cfg.dropout)
         self.layer_dropout = nn.Dropout(cfg.dropout if cfg.layers > 1 else 0.0)
+        self._weight_parts = None  # see _input_weight_parts
 
     # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
     def _layer_weights(self, layer: int):
@@ -111,25 +112,38 @@ class _GRUDecoderBase(nn.Module):
         return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
                 getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
 
+    def _input_weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's input weights split into ``(embedding part (3H, emb), extra part (3H, extra))``,
+        contiguous and in the autocast dtype.
+
+        Slices are not leaves, so autocast would cast them again at every step, and the bf16 GEMM
+        copies a strided slice to a contiguous one first (both seen in the profile of search).
+        Without autograd (search, validation) the parts are kept until the weight changes
+        (its version counter moves with every optimizer step).
+        """
+        weight = self.rnn.weight_ih_l0
+        device_type = weight.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        key = (weight.data_ptr(), weight._version, dtype)
+        if torch.is_grad_enabled() or self._weight_parts is None or self._weight_parts[0] != key:
+            parts = (weight[:, : self.embedding_dim].to(dtype).contiguous(),
+                     weight[:, self.embedding_dim:].to(dtype).contiguous())
+            if torch.is_grad_enabled():
+                return parts
+            self._weight_parts = (key, *parts)
+        return self._weight_parts[1], self._weight_parts[2]
+
     def embedding_gates(self, embedded: torch.Tensor) -> torch.Tensor:
         """First-layer input gates from the embeddings alone: ``(..., emb) -> (..., 3H)``.
 
         For teacher forcing this is one GEMM over all target positions before the time loop.
         """
-        w_ih, _, b_ih, _ = self._layer_weights(0)
-        return F.linear(embedded, w_ih[:, : self.embedding_dim], b_ih)
+        return F.linear(embedded, self._input_weight_parts()[0], self.rnn.bias_ih_l0)
 
     def extra_input_weight(self) -> torch.Tensor:
-        """First-layer input weights of the per-step input (context or input feed), (3H, extra).
-
-        A slice is not a leaf, so autocast would cast it again at every step: slice and cast it
-        once per sequence instead.
-        """
-        weight = self.rnn.weight_ih_l0[:, self.embedding_dim:]
-        device_type = weight.device.type
-        if torch.is_autocast_enabled(device_type):
-            weight = weight.to(torch.get_autocast_dtype(device_type))
-        return weight
+        """First-layer input weights of the per-step input (context or input feed), (3H, extra);
+        sequence-level callers fetch it once per sequence."""
+        return self._input_weight_parts()[1]
 
     def rnn_step(self, emb_gates: torch.Tensor, extra: torch.Tensor | None,
                  hidden: torch.Tensor, extra_weight: torch.Tensor | None = None) -> torch.Tensor:
