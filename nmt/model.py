@@ -106,8 +106,12 @@ class Seq2Seq(nn.Module):
         embedded = self.embed_dropout(self.src_embed(src))
         return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
 
-    def start(self, enc: EncoderOutput) -> tuple[DecoderState, Memory]:
-        """Initial decoder state (bridge) and the attention memory with keys projected once."""
+    def start(self, enc: EncoderOutput, search: bool = False) -> tuple[DecoderState, Memory]:
+        """Initial decoder state (bridge) and the attention memory with keys projected once.
+
+        ``search=True`` (step-by-step decoding without gradients) adds the decoder's per-source
+        search precomputation (``prepare_search``) to the memory.
+        """
         batch = enc.final.size(0)
         dec = self.cfg.decoder
         if self.bridge is not None:
@@ -120,6 +124,8 @@ class Seq2Seq(nn.Module):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask))
+        if search and not self.training and not torch.is_grad_enabled():
+            memory = self.decoder.prepare_search(memory)
         return self.decoder.init_state(hidden), memory
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
@@ -136,7 +142,11 @@ class Seq2Seq(nn.Module):
         matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
         replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
         """
-        out: StepOutput = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+        if memory.context_proj is not None:
+            tables = self.decoder.embedding_tables(self.tgt_embed.weight)
+            out = self.decoder.search_step(tables, prev_tokens, state, memory)
+        else:
+            out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
         if output is not None:
             return F.linear(out.readout, output[0], output[1]), out
         return self.output(out.readout), out

@@ -347,7 +347,7 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     batch, src_len = src.shape
     device = src.device
     enc = model.encode(src, src_lengths, src_mask)
-    state, memory = model.start(enc)
+    state, memory = model.start(enc, search=True)
     max_lens = opts.max_lengths(src_lengths.to(device))
     horizon = int(max_lens.max())
     keep_att = opts.return_attention
@@ -439,11 +439,16 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     batch, src_len = src.shape
 
     enc = model.encode(src, src_lengths, src_mask)
-    state, memory = model.start(enc)
+    state, memory = model.start(enc, search=True)
     max_lens = opts.max_lengths(src_lengths.to(device))
     horizon = int(max_lens.max())
     rows0 = torch.arange(batch, device=device).repeat_interleave(K)
-    state, memory = state.select(rows0), memory.select(rows0)
+    state = state.select(rows0)
+    # a search-prepared memory (model.start(search=True)) is shared by a sentence's K beams;
+    # otherwise every beam row gets its own copy
+    shared_memory = memory.context_proj is not None
+    if not shared_memory:
+        memory = memory.select(rows0)
 
     # active beams: rows are (sentence, beam) pairs, sentence-major; only beam 0 is live at first
     beam_scores = torch.full((batch, K), -math.inf, device=device)
@@ -503,7 +508,8 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
             pen = top_val / length_penalty(step + 1, alpha)
             if beta:
                 cand_rows = torch.arange(n_act, device=device).unsqueeze(1) * K + top_par
-                pen = pen + coverage_penalty(new_cov[cand_rows], memory.mask[cand_rows], beta)
+                mask_rows = cand_rows // K if shared_memory else cand_rows
+                pen = pen + coverage_penalty(new_cov[cand_rows], memory.mask[mask_rows], beta)
             pen = pen.masked_fill(~admit, -math.inf)
             worst = pool_score.index_select(0, active)[:, P - 1]
             sub = ((pen > worst.unsqueeze(1)).any(1)).nonzero().squeeze(1)
@@ -554,7 +560,8 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
         tok = cont_tok.view(-1)
         state = out.state.select(parents)
         if keep.numel() < n_act:
-            memory = memory.select((keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1))
+            memory = memory.select(keep if shared_memory else
+                                   (keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1))
             active, act_max = active[keep], act_max[keep]
         beam_scores = cont_val[keep].view(-1)
         seqs = torch.cat([seqs[parents], tok.unsqueeze(1)], 1)
