@@ -5,9 +5,10 @@
 #
 # This machine's speed drifts by tens of percent over minutes (shared host), which a single run of
 # each toolkit turns into noise in the ratio. Here every round decodes with JoeyNMT's 60-minute
-# model and then with nmt (float32, bf16, int8), beam 5 and greedy, so both toolkits see the same
-# conditions; the best and the median round of each are reported, with the ratios of each.
-# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh.
+# model and then with nmt (float32, bf16, int8, and bf16 with a lexical shortlist of SHORTLIST
+# translations per source subword), beam 5 and greedy, so both toolkits see the same conditions;
+# the best and the median round of each are reported, with the ratios of each.
+# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 20).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && pwd)"
@@ -19,7 +20,9 @@ JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
 NMT="$(command -v nmt)"
 [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+SHORTLIST="${SHORTLIST:-20}"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
+[ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS" >&2
@@ -27,7 +30,8 @@ for round in $(seq 1 "$ROUNDS"); do
     ( . "$JOEY_VENV/bin/activate"
       DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" "$beam" 64 \
           > "$WORK/joey-beam$beam.r$round.txt" )
-    for mode in "float32" "bf16 --precision bf16" "int8 --quantize"; do
+    for mode in "float32" "bf16 --precision bf16" "int8 --quantize" \
+                "bf16-shortlist --precision bf16 --shortlist $SHORTLIST"; do
       set -- $mode; name=$1; shift
       "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \
           2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
@@ -51,17 +55,17 @@ table = {}
 for beam in (5, 1):
     joey_runs = [joey(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]
     table[f"joeynmt beam {beam}"] = {"sent_per_s": [s for s, _ in joey_runs], "bleu": joey_runs[0][1]}
-    for name in ("float32", "bf16", "int8"):
+    for name in ("float32", "bf16", "int8", "bf16-shortlist"):
         runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"nmt-beam{beam}-{name}.r*.json"))]
         table[f"nmt beam {beam} {name}"] = {"sent_per_s": [r["sentences_per_s"] for r in runs],
                                             "bleu": runs[0]["bleu"]}
-print(f"{'':24} {'best':>9} {'median':>9} {'BLEU':>6}  ratio (best / median)")
+print(f"{'':32} {'best':>9} {'median':>9} {'BLEU':>6}  ratio (best / median)")
 for beam in (5, 1):
     ref = table[f"joeynmt beam {beam}"]["sent_per_s"]
-    for key in [f"joeynmt beam {beam}"] + [f"nmt beam {beam} {n}" for n in ("float32", "bf16", "int8")]:
+    for key in [f"joeynmt beam {beam}"] + [f"nmt beam {beam} {n}" for n in ("float32", "bf16", "int8", "bf16-shortlist")]:
         runs = table[key]["sent_per_s"]
         best, med = max(runs), statistics.median(runs)
         ratio = "" if key.startswith("joeynmt") else f"{best / max(ref):.2f}x / {med / statistics.median(ref):.2f}x"
-        print(f"{key:24} {best:>9,.1f} {med:>9,.1f} {table[key]['bleu']:>6}  {ratio}")
+        print(f"{key:32} {best:>9,.1f} {med:>9,.1f} {table[key]['bleu']:>6}  {ratio}")
 Path(out).write_text(json.dumps(table, indent=2))
 PY

@@ -10,6 +10,8 @@
 #          DATA_DIR   Tatoeba splits (default ../shared/data/tatoeba-fra-eng)
 #          TRAIN_SEC  seconds of JoeyNMT training to time (default 150)
 #          STEPS      timed nmt training steps per precision (default 200)
+#          SHORTLIST  translations per source subword of the shortlist rows (default 20; the lexicon
+#                     is built with `nmt shortlist RUN_DIR` if the run has none)
 # nmt's training rows also give the achieved GEMM FLOP/s as a fraction of the measured GEMM peak of
 # the precision used (`nmt bench train --flops`).
 # Prints one table with both toolkits' figures and the ratios; writes them as JSON to OUT_JSON.
@@ -50,9 +52,12 @@ for mode in "bf16 --set train.precision=bf16" "fp32 --set train.precision=no" \
 done
 
 echo "== nmt: decoding the test split with $RUN_DIR" >&2
+[ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
 for mode in "beam5 --beam 5" "greedy --greedy" "beam5-bf16 --beam 5 --precision bf16" \
             "greedy-bf16 --greedy --precision bf16" "beam5-int8 --beam 5 --quantize" "greedy-int8 --greedy --quantize" \
-            "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64"; do
+            "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64" \
+            "beam5-bf16-sl --beam 5 --precision bf16 --shortlist ${SHORTLIST:-20}" \
+            "greedy-bf16-sl --greedy --precision bf16 --shortlist ${SHORTLIST:-20}"; do
   set -- $mode; name=$1; shift
   "$NMT" bench translate "$RUN_DIR" "$@" --json 2> "$WORK/nmt-$name.log" > "$WORK/nmt-$name.json"
 done
@@ -80,7 +85,8 @@ for name, label in (("bf16", "bf16 autocast"), ("fp32", "float32"),
                  r["target_tokens_per_s"] / jt))
 for name, joey in (("beam5", joey_decode("beam5")), ("greedy", joey_decode("greedy"))):
     for suffix, label in (("", "token batches, float32"), ("-bf16", "token batches, bf16"),
-                          ("-int8", "token batches, int8 Linear"), ("-b64", "64-sentence batches, float32")):
+                          ("-int8", "token batches, int8 Linear"), ("-b64", "64-sentence batches, float32"),
+                          ("-bf16-sl", "token batches, bf16, lexical shortlist")):
         ours = nmt[name + suffix]
         rows.append((f"decode test {name}, sentences/s ({label}); BLEU {joey['bleu']} vs {ours['bleu']}",
                      joey["sent_per_s"], ours["sentences_per_s"], ours["sentences_per_s"] / joey["sent_per_s"]))
