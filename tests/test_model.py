@@ -75,6 +75,41 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed):
     assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "arelu", "maxout"])
+def test_search_step_equals_step_with_beams_sharing_the_memory(activation):
+    """The folded search step (context weights applied to the keys, embedding tables, one memory row
+    per sentence for its K beams) computes what the plain step computes on per-beam memory."""
+    model = tiny_model("bahdanau", activation=activation)
+    src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
+    K = 3
+    rows = torch.arange(3).repeat_interleave(K)
+    with torch.inference_mode():
+        enc = model.encode(src, lens, smask)
+        plain_state, plain_memory = model.start(enc)
+        search_state, search_memory = model.start(enc, search=True)
+        assert plain_memory.context_proj is None and search_memory.context_proj is not None
+        plain_state, plain_memory = plain_state.select(rows), plain_memory.select(rows)
+        search_state = search_state.select(rows)
+        g = torch.Generator().manual_seed(3)
+        for t in range(4):
+            prev = torch.randint(4, 19, (3 * K,), generator=g)
+            want_logits, want = model.step_logits(prev, plain_state, plain_memory)
+            got_logits, got = model.step_logits(prev, search_state, search_memory)
+            torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got.attention, want.attention, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got.state.hidden, want.state.hidden, rtol=1e-5, atol=1e-6)
+            # beams diverge: reorder the rows of the state, as beam search does
+            order = (torch.arange(3).repeat_interleave(K) * K + torch.randint(0, K, (3 * K,), generator=g))
+            plain_state, search_state = want.state.select(order), got.state.select(order)
+    # the per-vocabulary tables are rebuilt once the weights change
+    tables = model.decoder.embedding_tables(model.tgt_embed.weight)
+    with torch.no_grad():
+        model.tgt_embed.weight.add_(1.0)
+    with torch.inference_mode():
+        fresh = model.decoder.embedding_tables(model.tgt_embed.weight)
+    assert not torch.allclose(fresh[0], tables[0])
+
+
 def test_packed_encoder_ignores_padding():
     """A sentence encodes the same alone and in a batch padded to a longer length."""
     model = tiny_model(layers=2, self_att=1)
