@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory written by nmt train")
     p.add_argument("--keep", type=int, default=100, help="translations kept per source subword (default 100)")
     p.add_argument("--iterations", type=int, default=5, help="EM iterations (default 5)")
-    p.add_argument("--max-pairs", type=int, default=1_000_000,
-                   help="train on an evenly spaced sample of at most this many pairs (default 1,000,000)")
+    p.add_argument("--max-pairs", type=int, default=200_000,
+                   help="train on an evenly spaced sample of at most this many pairs (default 200,000; "
+                        "memory grows with pairs × source length × target length)")
 
     p = _sub(sub, "sweep", "train a grid of recipe variants and report", """
         nmt sweep recipes/sweep-activations.yaml \\
