@@ -28,13 +28,7 @@ from nmt.search import (
 KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and the CPUs are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(kind: str = "bahdanau", tgt_vocab: int = 12, src_vocab: int = 10, seed: int = 0,

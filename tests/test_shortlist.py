@@ -17,12 +17,7 @@ from nmt.shortlist import LEXICON_FILE, Lexicon, ibm_model1, id_list_chunks, top
 from tests.test_search import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_ibm1(src, tgt, tgt_vocab, iterations):

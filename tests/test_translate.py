@@ -83,12 +83,7 @@ def local_run(tmp_path_factory) -> Path:
     return build_run(tmp_path_factory.mktemp("translate-localp") / "run", kind="local-p", seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
