@@ -8,7 +8,7 @@
 # model and then with nmt (float32, bf16, int8, and bf16 with a lexical shortlist of SHORTLIST
 # translations per source subword), beam 5 and greedy, so both toolkits see the same conditions;
 # the best and the median round of each are reported, with the ratios of each.
-# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 20).
+# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 10).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && pwd)"
@@ -20,7 +20,7 @@ JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
 NMT="$(command -v nmt)"
 [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
-SHORTLIST="${SHORTLIST:-20}"
+SHORTLIST="${SHORTLIST:-10}"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
 [ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
 
@@ -30,7 +30,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ( . "$JOEY_VENV/bin/activate"
       DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" "$beam" 64 \
           > "$WORK/joey-beam$beam.r$round.txt" )
-    for mode in "float32" "bf16 --precision bf16" "int8 --quantize" \
+    for mode in "float32 --shortlist 0" "bf16 --precision bf16 --shortlist 0" "int8 --quantize --shortlist 0" \
                 "bf16-shortlist --precision bf16 --shortlist $SHORTLIST"; do
       set -- $mode; name=$1; shift
       "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \

@@ -10,7 +10,7 @@
 #          DATA_DIR   Tatoeba splits (default ../shared/data/tatoeba-fra-eng)
 #          TRAIN_SEC  seconds of JoeyNMT training to time (default 150)
 #          STEPS      timed nmt training steps per precision (default 200)
-#          SHORTLIST  translations per source subword of the shortlist rows (default 20; the lexicon
+#          SHORTLIST  translations per source subword of the shortlist rows (default 10; the lexicon
 #                     is built with `nmt shortlist RUN_DIR` if the run has none)
 # nmt's training rows also give the achieved GEMM FLOP/s as a fraction of the measured GEMM peak of
 # the precision used (`nmt bench train --flops`).
@@ -53,11 +53,12 @@ done
 
 echo "== nmt: decoding the test split with $RUN_DIR" >&2
 [ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
-for mode in "beam5 --beam 5" "greedy --greedy" "beam5-bf16 --beam 5 --precision bf16" \
-            "greedy-bf16 --greedy --precision bf16" "beam5-int8 --beam 5 --quantize" "greedy-int8 --greedy --quantize" \
-            "beam5-b64 --beam 5 --batch-sentences 64" "greedy-b64 --greedy --batch-sentences 64" \
-            "beam5-bf16-sl --beam 5 --precision bf16 --shortlist ${SHORTLIST:-20}" \
-            "greedy-bf16-sl --greedy --precision bf16 --shortlist ${SHORTLIST:-20}"; do
+for mode in "beam5 --beam 5 --shortlist 0" "greedy --greedy --shortlist 0" \
+            "beam5-bf16 --beam 5 --precision bf16 --shortlist 0" "greedy-bf16 --greedy --precision bf16 --shortlist 0" \
+            "beam5-int8 --beam 5 --quantize --shortlist 0" "greedy-int8 --greedy --quantize --shortlist 0" \
+            "beam5-b64 --beam 5 --batch-sentences 64 --shortlist 0" "greedy-b64 --greedy --batch-sentences 64 --shortlist 0" \
+            "beam5-bf16-sl --beam 5 --precision bf16 --shortlist ${SHORTLIST:-10}" \
+            "greedy-bf16-sl --greedy --precision bf16 --shortlist ${SHORTLIST:-10}"; do
   set -- $mode; name=$1; shift
   "$NMT" bench translate "$RUN_DIR" "$@" --json 2> "$WORK/nmt-$name.log" > "$WORK/nmt-$name.json"
 done
