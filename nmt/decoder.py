@@ -42,13 +42,21 @@ class Memory:
     #: search only (BahdanauDecoder.prepare_search): the keys through every weight that reads the
     #: context, (batch, src_len, 3H + readout width)
     context_proj: torch.Tensor | None = None
+    #: search without folding: those weights themselves, (3H + readout width, key_dim), shared by all rows
+    context_weight: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> "Memory":
         """Rows ``index`` (batch reordering for beams / dropping finished sentences)."""
         def rows(x):
             return None if x is None else x.index_select(0, index)
 
-        return Memory(rows(self.keys), rows(self.mask), rows(self.proj_keys), rows(self.context_proj))
+        return Memory(rows(self.keys), rows(self.mask), rows(self.proj_keys), rows(self.context_proj),
+                      self.context_weight)
+
+    @property
+    def for_search(self) -> bool:
+        """Prepared by ``prepare_search``: the decoder's ``search_step`` applies."""
+        return self.context_proj is not None or self.context_weight is not None
 
 
 @dataclass
@@ -181,7 +189,7 @@ class _GRUDecoderBase(nn.Module):
     def precompute(self, memory: Memory) -> Memory:
         return replace(memory, proj_keys=self.attention.precompute(memory.keys))
 
-    def prepare_search(self, memory: Memory) -> Memory:
+    def prepare_search(self, memory: Memory, fold_context: bool = True) -> Memory:
         """Extra per-source precomputation for step-by-step search (none by default)."""
         return memory
 
@@ -251,7 +259,9 @@ class BahdanauDecoder(_GRUDecoderBase):
         device_type = weight.device.type
         return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
 
-    def prepare_search(self, memory: Memory) -> Memory:
+    def prepare_search(self, memory: Memory, fold_context: bool = True) -> Memory:
+        """``fold_context``: apply the context weights to the keys now (pays with several beams per
+        sentence); otherwise each step multiplies the context by them (one GEMM for both)."""
         if not isinstance(self.readout.linear.weight, torch.Tensor):
             return memory  # int8 dynamic quantization (a packed weight): the plain step
         gru_c = self._input_weight_parts()[1]  # (3H, key_dim)
@@ -259,6 +269,8 @@ class BahdanauDecoder(_GRUDecoderBase):
         dtype = gru_c.dtype
         weight = self._cached("context_weight", (self.rnn.weight_ih_l0, self.readout.linear.weight),
                               lambda: torch.cat([gru_c, read_c.to(dtype)], 0))
+        if not fold_context:
+            return replace(memory, context_weight=weight)
         return replace(memory, context_proj=F.linear(memory.keys.to(dtype), weight))
 
     def embedding_tables(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,7 +298,11 @@ class BahdanauDecoder(_GRUDecoderBase):
         query = state.hidden[:, -1].reshape(sentences, rows // sentences, -1)  # (sentences, K, H)
         scores = self.attention.score(query, memory.keys, memory.proj_keys)  # (sentences, K, S)
         weights = masked_softmax(scores, memory.mask.unsqueeze(1))
-        proj = torch.bmm(weights.to(memory.context_proj.dtype), memory.context_proj).reshape(rows, -1)
+        if memory.context_proj is not None:
+            proj = torch.bmm(weights.to(memory.context_proj.dtype), memory.context_proj).reshape(rows, -1)
+        else:
+            context = torch.bmm(weights.to(memory.keys.dtype), memory.keys).reshape(rows, -1)
+            proj = F.linear(context, memory.context_weight)
         weights = weights.reshape(rows, src_len)
         gates_c, read_c = proj.split([3 * self.hidden_size, proj.size(1) - 3 * self.hidden_size], dim=1)
         gates_y, read_y = (table.index_select(0, prev_tokens) for table in tables)

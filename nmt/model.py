@@ -106,7 +106,8 @@ class Seq2Seq(nn.Module):
         embedded = self.embed_dropout(self.src_embed(src))
         return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
 
-    def start(self, enc: EncoderOutput, search: bool = False) -> tuple[DecoderState, Memory]:
+    def start(self, enc: EncoderOutput, search: bool = False,
+              fold_context: bool = True) -> tuple[DecoderState, Memory]:
         """Initial decoder state (bridge) and the attention memory with keys projected once.
 
         ``search=True`` (step-by-step decoding without gradients) adds the decoder's per-source
@@ -125,7 +126,7 @@ class Seq2Seq(nn.Module):
             keys = keys.to(torch.get_autocast_dtype(device_type))
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask))
         if search and not self.training and not torch.is_grad_enabled():
-            memory = self.decoder.prepare_search(memory)
+            memory = self.decoder.prepare_search(memory, fold_context)
         return self.decoder.init_state(hidden), memory
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
@@ -142,7 +143,7 @@ class Seq2Seq(nn.Module):
         matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
         replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
         """
-        if memory.context_proj is not None:
+        if memory.for_search:
             tables = self.decoder.embedding_tables(self.tgt_embed.weight)
             out = self.decoder.search_step(tables, prev_tokens, state, memory)
         else:

@@ -347,9 +347,9 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     batch, src_len = src.shape
     device = src.device
     enc = model.encode(src, src_lengths, src_mask)
-    # not model.start(search=True): folding the context weights into the keys costs about what it
-    # saves when each sentence has one hypothesis (S x 512 x 1024 once vs 512 x 1024 per step)
-    state, memory = model.start(enc)
+    # no context folding: with one hypothesis per sentence it costs about what it saves
+    # (S x 512 x 1024 once vs 512 x 1024 per step); the embedding tables still pay
+    state, memory = model.start(enc, search=True, fold_context=False)
     max_lens = opts.max_lengths(src_lengths.to(device))
     horizon = int(max_lens.max())
     keep_att = opts.return_attention
@@ -448,7 +448,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     state = state.select(rows0)
     # a search-prepared memory (model.start(search=True)) is shared by a sentence's K beams;
     # otherwise every beam row gets its own copy
-    shared_memory = memory.context_proj is not None
+    shared_memory = memory.for_search
     if not shared_memory:
         memory = memory.select(rows0)
 

@@ -75,8 +75,8 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed):
     assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "arelu", "maxout"])
-def test_search_step_equals_step_with_beams_sharing_the_memory(activation):
+@pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False)])
+def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold):
     """The folded search step (context weights applied to the keys, embedding tables, one memory row
     per sentence for its K beams) computes what the plain step computes on per-beam memory."""
     model = tiny_model("bahdanau", activation=activation)
@@ -86,8 +86,9 @@ def test_search_step_equals_step_with_beams_sharing_the_memory(activation):
     with torch.inference_mode():
         enc = model.encode(src, lens, smask)
         plain_state, plain_memory = model.start(enc)
-        search_state, search_memory = model.start(enc, search=True)
-        assert plain_memory.context_proj is None and search_memory.context_proj is not None
+        search_state, search_memory = model.start(enc, search=True, fold_context=fold)
+        assert not plain_memory.for_search and search_memory.for_search
+        assert (search_memory.context_proj is not None) == fold
         plain_state, plain_memory = plain_state.select(rows), plain_memory.select(rows)
         search_state = search_state.select(rows)
         g = torch.Generator().manual_seed(3)
