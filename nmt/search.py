@@ -12,6 +12,9 @@ Definitions (shared by greedy and beam search)
 - Its **raw score** is the sum of the log-probabilities of its tokens, EOS included. It equals
   :func:`score_targets` of the same tokens (teacher forcing); PAD and BOS are never generated and
   masked choices (min length, no-repeat n-grams) are not renormalised, so the numbers agree.
+  With a lexical shortlist (``SearchOptions.shortlist``) the log-probabilities are normalised over
+  the batch's shortlist instead: they equal those of the full model with every logit outside it
+  at -inf (see :mod:`nmt.shortlist`).
 - Its **score** is the raw score with the GNMT penalties (Wu et al. 2016, eq. 14)::
 
       score = raw / lp(|Y|) + cp,   lp(n) = ((5 + n) / 6) ** alpha,
