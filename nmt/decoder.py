@@ -117,7 +117,6 @@ class _GRUDecoderBase(nn.Module):
             activation=att.activation or "tanh", score=att.score, window=att.window)
         self.readout_dropout = make_dropout(activation, cfg.dropout)
         self.layer_dropout = nn.Dropout(cfg.dropout if cfg.layers > 1 else 0.0)
-        self._weight_parts = None  # see _input_weight_parts
         self._search_cache: dict = {}  # see _cached
 
     # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
@@ -132,20 +131,13 @@ class _GRUDecoderBase(nn.Module):
 
         Slices are not leaves, so autocast would cast them again at every step, and the bf16 GEMM
         copies a strided slice to a contiguous one first (both seen in the profile of search).
-        Without autograd (search, validation) the parts are kept until the weight changes
-        (its version counter moves with every optimizer step).
+        Without autograd (search, validation) the parts are kept until the weight changes (``_cached``).
         """
         weight = self.rnn.weight_ih_l0
-        device_type = weight.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-        key = (weight.data_ptr(), weight._version, dtype)
-        if torch.is_grad_enabled() or self._weight_parts is None or self._weight_parts[0] != key:
-            parts = (weight[:, : self.embedding_dim].to(dtype).contiguous(),
-                     weight[:, self.embedding_dim:].to(dtype).contiguous())
-            if torch.is_grad_enabled():
-                return parts
-            self._weight_parts = (key, *parts)
-        return self._weight_parts[1], self._weight_parts[2]
+        dtype = self._search_dtype(weight)
+        return self._cached("input_weight_parts", (weight,),
+                            lambda: (weight[:, : self.embedding_dim].to(dtype).contiguous(),
+                                     weight[:, self.embedding_dim:].to(dtype).contiguous()))
 
     def embedding_gates(self, embedded: torch.Tensor) -> torch.Tensor:
         """First-layer input gates from the embeddings alone: ``(..., emb) -> (..., 3H)``.
@@ -192,6 +184,12 @@ class _GRUDecoderBase(nn.Module):
     def prepare_search(self, memory: Memory, fold_context: bool = True) -> Memory:
         """Extra per-source precomputation for step-by-step search (none by default)."""
         return memory
+
+    @staticmethod
+    def _search_dtype(weight: torch.Tensor) -> torch.dtype:
+        """The dtype GEMMs with ``weight`` run in: autocast's when it is on."""
+        device_type = weight.device.type
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
 
     def _cached(self, name: str, weights: tuple[torch.Tensor, ...], build):
         """``build()`` cached under ``name`` while no gradient is recorded and ``weights`` are unchanged
@@ -254,10 +252,6 @@ class BahdanauDecoder(_GRUDecoderBase):
         weight = self.readout.linear.weight
         h, k = self.hidden_size, self.key_dim
         return weight[:, :h], weight[:, h: h + k], weight[:, h + k:]
-
-    def _search_dtype(self, weight: torch.Tensor) -> torch.dtype:
-        device_type = weight.device.type
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
 
     def prepare_search(self, memory: Memory, fold_context: bool = True) -> Memory:
         """``fold_context``: apply the context weights to the keys now (pays with several beams per
