@@ -28,6 +28,12 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _add_shortlist(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shortlist", type=int, metavar="K",
+                   help="lexical shortlist: K translations per source subword + the frequent ones "
+                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
@@ -166,9 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
-    p.add_argument("--shortlist", type=int, metavar="K",
-                   help="lexical shortlist: K translations per source subword + the frequent ones "
-                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
+    _add_shortlist(p)
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en
@@ -185,9 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast when translating a split")
-    p.add_argument("--shortlist", type=int, metavar="K",
-                   help="lexical shortlist: K translations per source subword + the frequent ones "
-                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
+    _add_shortlist(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = _sub(sub, "plot", "plot attention weights, training curves or activation functions", """
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--checkpoint", default="best")
     btr.add_argument("--quantize", action="store_true")
     btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
-    btr.add_argument("--shortlist", type=int, metavar="K", help="lexical shortlist (see nmt translate --help)")
+    _add_shortlist(btr)
     btr.add_argument("--json", action="store_true")
 
     p = _sub(sub, "shortlist", "build a run's lexicon for shortlist decoding (IBM Model 1 on its training data)", """

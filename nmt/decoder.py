@@ -194,9 +194,7 @@ class _GRUDecoderBase(nn.Module):
     def _cached(self, name: str, weights: tuple[torch.Tensor, ...], build):
         """``build()`` cached under ``name`` while no gradient is recorded and ``weights`` are unchanged
         (same storage and version counter: an optimizer step invalidates it)."""
-        device_type = weights[0].device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        key = tuple((w.data_ptr(), w._version) for w in weights) + (dtype,)
+        key = tuple((w.data_ptr(), w._version) for w in weights) + (self._search_dtype(weights[0]),)
         if torch.is_grad_enabled():
             return build()
         hit = self._search_cache.get(name)
