@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import ActivatedLinear, Tanh, available_activations, get_activation, make_dropout
+from .activations import ActivatedLinear, Dropout, Tanh, available_activations, get_activation, make_dropout
 from .errors import NmtError
 
 __all__ = [
@@ -403,7 +403,7 @@ class MultiHeadAttention(Attention):
         self.k_proj = nn.Linear(key_dim, d_model)
         self.v_proj = nn.Linear(key_dim, d_model)
         self.out_proj = nn.Linear(d_model, key_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape                                     # (B, L, h·d_k) -> (B, h, L, d_k)
@@ -472,7 +472,7 @@ class SelfAttentionLayer(nn.Module):
         self.ff_in = ActivatedLinear(d_model, ff_size, activation, **activation_options)
         self.ff_dropout = make_dropout(activation, dropout)
         self.ff_out = nn.Linear(ff_size, d_model)
-        self.residual_dropout = nn.Dropout(dropout)
+        self.residual_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor, causal: bool = False) -> tuple[Tensor, Tensor]:
         h = self.attn_norm(x)

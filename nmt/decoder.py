@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ActivatedLinear, make_dropout
+from .activations import ActivatedLinear, Dropout, make_dropout
 from .attention import build_attention, masked_softmax
 from .config import AttentionConfig, DecoderConfig
 
@@ -116,7 +116,7 @@ class _GRUDecoderBase(nn.Module):
             hidden_size=att.hidden_size or cfg.hidden_size,
             activation=att.activation or "tanh", score=att.score, window=att.window)
         self.readout_dropout = make_dropout(activation, cfg.dropout)
-        self.layer_dropout = nn.Dropout(cfg.dropout if cfg.layers > 1 else 0.0)
+        self.layer_dropout = Dropout(cfg.dropout if cfg.layers > 1 else 0.0)
         self._search_cache: dict = {}  # see _cached
 
     # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------

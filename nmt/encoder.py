@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .activations import Dropout
 from .attention import SelfAttentionLayer
 from .config import EncoderConfig
 
@@ -37,7 +38,7 @@ class Encoder(nn.Module):
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.output_dim = cfg.hidden_size * self.num_directions
         self.final_dim = self.output_dim
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.self_attention = nn.ModuleList(
             SelfAttentionLayer(self.output_dim, cfg.self_attention_heads, cfg.self_attention_ff_size,
                                cfg.dropout, activation, **(activation_options or {}))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from nmt.activations import (AReLU, APReLU, ActivatedLinear, Activation, Maxout, activation_parameters,
-                             available_activations, get_activation, make_dropout)
+                             available_activations, get_activation, make_dropout, Dropout)
 from nmt.errors import ConfigError
 
 LAMBDA, ALPHA = 1.0507009873554804934, 1.6732632423543772848  # Klambauer et al. 2017
@@ -291,7 +291,41 @@ def test_selu_layer_is_lecun_normal_with_alpha_dropout():
     assert abs(w.mean().item()) < 2e-3 and torch.all(layer.linear.bias == 0)
     assert isinstance(make_dropout("selu", 0.1), nn.AlphaDropout)
     d = make_dropout("relu", 0.3)
-    assert type(d) is nn.Dropout and d.p == 0.3
+    assert type(d) is Dropout and d.p == 0.3
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_at_rate_p_and_scales_survivors(p, dtype):
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.full((400, 500), 3.0, dtype=dtype, requires_grad=True)
+    y = drop(x)
+    dropped = (y == 0).double().mean().item()
+    # 200k Bernoulli(p) draws: 5 standard deviations
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
+    kept = y[y != 0]
+    assert torch.allclose(kept.float(), torch.full_like(kept.float(), 3.0 / (1 - p)), rtol=1e-2)
+    y.float().sum().backward()  # the gradient goes through the same mask
+    assert torch.equal(x.grad == 0, y == 0)
+    assert torch.allclose(x.grad[y != 0].float(), torch.full_like(kept.float(), 1 / (1 - p)), rtol=1e-2)
+    # neighbouring elements (the four 16-bit lanes of one draw) are independent: no lane is biased
+    lanes = (y == 0).view(-1, 4).double().mean(0)
+    assert torch.all((lanes - p).abs() < 5 * math.sqrt(p * (1 - p) / (x.numel() / 4)))
+
+
+def test_dropout_is_identity_in_eval_and_reproducible_by_seed():
+    x = torch.randn(7, 33)
+    drop = Dropout(0.3)
+    assert torch.equal(drop.eval()(x), x)
+    drop.train()
+    torch.manual_seed(5)
+    first = drop(x)
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), first)
+    assert not torch.equal(drop(x), first)  # the generator moved on
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.count_nonzero(Dropout(1.0).train()(x)) == 0
 
 
 def test_activation_parameters():

@@ -1,0 +1,111 @@
+"""The fused output layer + cross-entropy (nmt.loss) against PyTorch's own two-step computation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nmt.loss
+
+from nmt.loss import linear_cross_entropy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _inputs(dtype=torch.float64, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(37, 12, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(29, 12, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(29, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    targets = torch.randint(0, 29, (37,), generator=g)
+    return hidden, weight, b, targets
+
+
+def _grads(*tensors):
+    out = [None if t is None else t.grad.clone() for t in tensors]
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    return out
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [None, 10 * 29 * 8])  # one chunk; 37 rows as 10+10+10+7
+def test_loss_and_gradients_equal_cross_entropy_of_linear(label_smoothing, bias, chunk_bytes, monkeypatch):
+    if chunk_bytes:
+        monkeypatch.setattr(nmt.loss, "CHUNK_BYTES", chunk_bytes)
+    hidden, weight, b, targets = _inputs(bias=bias)
+    loss, nll = linear_cross_entropy(hidden, weight, b, targets, label_smoothing)
+    (2.5 * loss).backward()  # a non-unit incoming gradient must scale every gradient
+    ours = _grads(hidden, weight, b)
+
+    logits = F.linear(hidden, weight, b)
+    ref = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
+    (2.5 * ref).backward()
+    theirs = _grads(hidden, weight, b)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert nll.item() == pytest.approx(F.cross_entropy(logits, targets, reduction="sum").item(), rel=1e-6)
+    for a, r in zip(ours, theirs):
+        if r is not None:
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+    assert not nll.requires_grad
+
+
+def test_gradcheck():
+    hidden, weight, b, targets = _inputs()
+
+    def loss_only(h, w, bias):
+        return linear_cross_entropy(h, w, bias, targets, 0.2)[0].double()
+
+    assert torch.autograd.gradcheck(loss_only, (hidden, weight, b))
+
+
+def test_without_gradients_gives_the_same_numbers():
+    hidden, weight, b, targets = _inputs()
+    with_grad = linear_cross_entropy(hidden, weight, b, targets, 0.1)
+    with torch.no_grad():
+        without = linear_cross_entropy(hidden, weight, b, targets, 0.1)
+    assert [t.item() for t in without] == pytest.approx([t.item() for t in with_grad], rel=1e-7)
+
+
+def test_tied_weight_gets_both_gradients():
+    """With tied embeddings the output weight is the embedding table: gradients add up."""
+    hidden, weight, b, targets = _inputs()
+    ids = torch.tensor([3, 5, 5])
+    (linear_cross_entropy(hidden, weight, b, targets)[0] + weight[ids].sum()).backward()
+    ours = weight.grad.clone()
+    weight.grad = None
+    (F.cross_entropy(F.linear(hidden, weight, b), targets, reduction="sum") + weight[ids].sum()).backward()
+    torch.testing.assert_close(ours, weight.grad)
+
+
+def test_bf16_autocast_matches_float32_within_bf16_precision():
+    hidden, weight, b, targets = _inputs(torch.float32, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, nll = linear_cross_entropy(hidden, weight, b, targets, 0.1)
+    loss.backward()
+    ours = _grads(hidden, weight, b)
+    assert loss.dtype == torch.float32 and [g.dtype for g in ours] == [torch.float32] * 3
+    ref = F.cross_entropy(F.linear(hidden, weight, b), targets, label_smoothing=0.1, reduction="sum")
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=2e-2)
+    for a, r in zip(ours, _grads(hidden, weight, b)):
+        assert (a - r).abs().max() <= 3e-2 * r.abs().max()
+
+
+def test_model_loss_ignores_padding():
+    """Seq2Seq.loss through the fused op: padded positions contribute nothing."""
+    from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
+    from nmt.model import build_model
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=8, dropout=0.0, encoder=EncoderConfig(hidden_size=8, dropout=0.0),
+                      decoder=DecoderConfig(hidden_size=8, dropout=0.0))
+    model = build_model(cfg, 20, 20)
+    readout = torch.randn(2, 4, model.output.in_features)
+    tgt_out = torch.tensor([[4, 5, 6, 2], [7, 2, 0, 0]])
+    mask = tgt_out != 0
+    loss, _ = model.loss(readout, tgt_out, mask)
+    garbage = readout.clone()
+    garbage[1, 2:] = 1e4  # padding positions
+    assert model.loss(garbage, tgt_out, mask)[0].item() == pytest.approx(loss.item())
+    ref = F.cross_entropy(model.output(readout[mask]), tgt_out[mask], reduction="sum")
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
