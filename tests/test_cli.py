@@ -72,3 +72,27 @@ def test_info_prints_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "accelerate" in out and "threads" in out
+
+
+def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):
+    import ctypes
+    import sys
+
+    from nmt.cli import keep_freed_memory_for_reuse
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert keep_freed_memory_for_reuse() is False and calls == []
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    for name in [n for n in __import__("os").environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    assert keep_freed_memory_for_reuse() is True
+    # M_MMAP_THRESHOLD (-3) at glibc's 32 MiB maximum, M_TRIM_THRESHOLD (-1) at 512 MiB
+    assert calls == [(-3, 32 * 2**20), (-1, 512 * 2**20)]
