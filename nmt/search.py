@@ -398,15 +398,18 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     penalised = raw / length_penalty(lengths.clamp(min=1), opts.length_penalty)
     if opts.coverage_penalty:
         penalised = penalised + coverage_penalty(coverage, src_mask, opts.coverage_penalty)
+    # whole tensors to Python lists once: per-sentence tensor indexing cost ~6% of greedy decoding
+    all_tokens, all_log_probs = tokens.tolist(), tok_lps.tolist()
+    scores, raw_scores = penalised.tolist(), raw.tolist()
+    with_positions = keep_att and _has_positions(model)
     results = []
-    src_lens = src_lengths.tolist()
-    for b, n in enumerate(lengths.tolist()):
-        toks = tokens[b, :n].tolist()
+    for b, (n, src_n) in enumerate(zip(lengths.tolist(), src_lengths.tolist())):
+        toks = all_tokens[b][:n]
         results.append([Hypothesis(
-            tokens=toks, score=float(penalised[b]), log_probs=tok_lps[b, :n].tolist(),
-            attention=att[b, :n, : src_lens[b]].clone() if keep_att else None,
-            positions=pos[b, :n].clone() if keep_att and _has_positions(model) else None,
-            raw_score=float(raw[b]), finished=bool(n > 0 and toks[-1] == EOS_ID))])
+            tokens=toks, score=scores[b], log_probs=all_log_probs[b][:n],
+            attention=att[b, :n, :src_n].clone() if keep_att else None,
+            positions=pos[b, :n].clone() if with_positions else None,
+            raw_score=raw_scores[b], finished=bool(n > 0 and toks[-1] == EOS_ID))])
     return results
 
 
@@ -586,6 +589,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
 def _collect_pool(model, src_lengths, pool_score, pool_raw, pool_len, pool_tok, pool_lp,
                   pool_att, pool_pos) -> list[list[Hypothesis]]:
     scores, raws, lens = pool_score.tolist(), pool_raw.tolist(), pool_len.tolist()
+    all_tokens, all_log_probs = pool_tok.tolist(), pool_lp.tolist()  # once, not per hypothesis
     src_lens = src_lengths.tolist()
     with_pos = _has_positions(model)
     results = []
@@ -595,9 +599,9 @@ def _collect_pool(model, src_lengths, pool_score, pool_raw, pool_len, pool_tok, 
             if not math.isfinite(score):
                 continue
             n = lens[b][p]
-            toks = pool_tok[b, p, :n].tolist()
+            toks = all_tokens[b][p][:n]
             hyps.append(Hypothesis(
-                tokens=toks, score=score, log_probs=pool_lp[b, p, :n].tolist(),
+                tokens=toks, score=score, log_probs=all_log_probs[b][p][:n],
                 attention=None if pool_att is None else pool_att[b, p, :n, : src_lens[b]].clone(),
                 positions=None if pool_pos is None or not with_pos else pool_pos[b, p, :n].clone(),
                 raw_score=raws[b][p], finished=bool(n > 0 and toks[-1] == EOS_ID)))
