@@ -192,8 +192,10 @@ def test_training_writes_the_lexicon_and_translate_uses_it(repo, tmp_path, capsy
 
     run = tmp_path / "run"
     recipe = load_recipe(repo / "recipes/tiny.yaml", FAST + ["train.max_steps=4", "train.valid_every=4",
-                                                             "decode.shortlist=3"])
+                                                             "decode.shortlist=3", "train.plot_sentences=1"])
     train(recipe, run_dir=run)
+    # validation's attention plots decode with the recipe's shortlist too
+    assert list((run / "plots").glob("step*/valid0.png"))
     lexicon = Lexicon.load(run / LEXICON_FILE)
     assert lexicon.top_ids.shape == (80, 100) and lexicon.metadata["method"] == "ibm-model-1"
     # `nmt shortlist` rebuilds the same table from the run directory alone
