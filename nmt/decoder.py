@@ -30,6 +30,7 @@ from torch import nn
 from .activations import ActivatedLinear, Dropout, make_dropout
 from .attention import build_attention, masked_softmax
 from .config import AttentionConfig, DecoderConfig
+from .gru import run_gru, use_gru_scan
 
 
 @dataclass
@@ -337,7 +338,10 @@ class LuongDecoder(_GRUDecoderBase):
             # No step-to-step dependency outside the GRU: one cuDNN/MKL GRU call over the target,
             # then attention and the combination for all steps at once.
             h0 = state.hidden.transpose(0, 1).contiguous()  # (layers, batch, H)
-            top, _ = self.rnn(embedded, h0)  # (batch, T, H)
+            if use_gru_scan(embedded):
+                top, _ = run_gru(self.rnn, embedded, h0=h0, dropout=self.layer_dropout)
+            else:
+                top, _ = self.rnn(embedded, h0)  # (batch, T, H)
             context, weights, _ = self._attend(top, memory)
             attentional = self.combine(torch.cat([context, top], dim=-1))
             return self.readout_dropout(attentional), weights

@@ -2,6 +2,7 @@
 
 The GRU reads the source in both directions (Bahdanau et al. 2015 §3.2); packing makes padding
 invisible to it, so a sentence's encoding does not depend on how much padding its batch has.
+In CPU training the same GRU runs as :func:`nmt.gru.run_gru` (a hand-written backward pass).
 Optional multi-head self-attention blocks (Vaswani et al. 2017) then refine the annotations.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .activations import Dropout
 from .attention import SelfAttentionLayer
 from .config import EncoderConfig
+from .gru import run_gru, use_gru_scan
 
 
 @dataclass
@@ -50,9 +52,12 @@ class Encoder(nn.Module):
                 need_attention: bool = False) -> EncoderOutput:
         """``embedded (batch, src_len, emb)``, ``lengths (batch,)``, ``mask (batch, src_len)``."""
         src_len = embedded.size(1)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_out, h_n = self.rnn(packed)
-        states, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src_len)
+        if use_gru_scan(embedded):
+            states, h_n = run_gru(self.rnn, embedded, lengths, dropout=self.dropout)
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_out, h_n = self.rnn(packed)
+            states, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src_len)
         # h_n: (layers * directions, batch, hidden) -> last layer, directions concatenated
         last = h_n.view(self.cfg.layers, self.num_directions, h_n.size(1), h_n.size(2))[-1]
         final = torch.cat(list(last), dim=-1)  # (batch, directions * hidden)

@@ -338,6 +338,10 @@ def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOption
 
 # ---------------------------------------------------------------------------------------- greedy
 
+#: greedy search drops ended rows from the batch once this fraction of its rows has ended
+_DROP_FINISHED_FRACTION = 0.25
+
+
 @torch.inference_mode()
 def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
                   options: SearchOptions | None = None,
@@ -356,52 +360,91 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     max_lens = opts.max_lengths(src_lengths.to(device))
     horizon = int(max_lens.max())
     keep_att = opts.return_attention
-    tokens = torch.full((batch, horizon), PAD_ID, dtype=torch.long, device=device)
-    tok_lps = torch.zeros(batch, horizon, device=device)
-    att = torch.zeros(batch, horizon, src_len, device=device) if keep_att else None
-    pos = torch.zeros(batch, horizon, device=device) if keep_att else None
-    coverage = torch.zeros(batch, src_len, device=device)
+    need_att = keep_att or bool(opts.coverage_penalty)
+    with_positions = keep_att and _has_positions(model)
+    # Each step's choices are recorded for the rows it ran (``active`` holds their sentence ids) and
+    # laid out by sentence once at the end. A row that ends keeps running until enough rows have
+    # ended to pay for dropping them: dropping gathers the memory (keys and their projection, the
+    # largest tensors of the search), which costs about as much as a decoder step.
+    recorded: list[tuple[Tensor, ...]] = []
+    history = torch.full((batch, horizon), PAD_ID, dtype=torch.long, device=device) \
+        if opts.no_repeat_ngram else None
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    active = torch.arange(batch, device=device)  # original sentence index of each row
+    active = torch.arange(batch, device=device)  # sentence id of each row
+    running = torch.ones(batch, dtype=torch.bool, device=device)
+    row_len = torch.zeros(batch, dtype=torch.long, device=device)
     act_max = max_lens
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     log_normaliser = LogNormaliser()
     for step in range(horizon):
         logits, out = _step_logits(model, prev, state, memory, shortlist)
         log_norm = log_normaliser(logits)  # before _forbid_: forbidden tokens are not renormalised
-        history = tokens.index_select(0, active)[:, :step] if opts.no_repeat_ngram else None
-        if history is not None and shortlist is not None:
-            history = shortlist.column_of[history]
-        best, tok = _forbid_(logits, history, step, opts).max(dim=-1)
+        seen = None
+        if history is not None:
+            seen = history.index_select(0, active)[:, :step]
+            if shortlist is not None:
+                seen = shortlist.column_of[seen]
+        best, tok = _forbid_(logits, seen, step, opts).max(dim=-1)
         if shortlist is not None:
             tok = shortlist.columns[tok]
         best = best.float()
-        alive = torch.isfinite(best)  # False only if every token is forbidden
-        rows = active[alive]
-        tokens[rows, step] = tok[alive]
-        tok_lps[rows, step] = (best - log_norm)[alive]
-        lengths[rows] = step + 1
-        coverage.index_add_(0, rows, out.attention[alive].float())
-        if keep_att:
-            att[rows, step] = out.attention[alive].float()
-            pos[rows, step] = _positions_or_zero(out, tok.size(0), device)[alive]
-        ended = ~alive | (tok == EOS_ID) | (act_max <= step + 1)
-        if bool(ended.all()):
+        record = [active, tok, best - log_norm]
+        if need_att:
+            record.append(out.attention.float())
+        if with_positions:
+            record.append(_positions_or_zero(out, tok.size(0), device))
+        recorded.append(tuple(record))
+        if history is not None:
+            history[active, step] = tok
+        ended = (tok == EOS_ID) | (act_max <= step + 1)
+        end_len = step + 1
+        if history is not None:
+            # every token forbidden (only n-gram blocking can do that): the row ends without one
+            blocked = ~torch.isfinite(best)
+            ended = ended | blocked
+            end_len = step + 1 - blocked.long()
+        ended &= running
+        row_len = torch.where(ended, end_len, row_len)
+        running &= ~ended
+        n_running = int(running.sum())
+        if n_running == 0:
             break
-        if bool(ended.any()):
-            keep = (~ended).nonzero().squeeze(1)
+        rows = running.numel()
+        if rows - n_running >= max(1, int(rows * _DROP_FINISHED_FRACTION)):
+            done = (~running).nonzero().squeeze(1)
+            lengths[active[done]] = row_len[done]
+            keep = running.nonzero().squeeze(1)
             state, memory = out.state.select(keep), memory.select(keep)
-            active, act_max, prev = active[keep], act_max[keep], tok[keep]
+            active, act_max, prev, row_len = active[keep], act_max[keep], tok[keep], row_len[keep]
+            running = running[keep]
         else:
             state, prev = out.state, tok
+    lengths[active] = row_len
+
+    steps_run = len(recorded)
+    columns = list(zip(*recorded))
+    sentence = torch.cat(columns[0])
+    position = torch.repeat_interleave(torch.arange(steps_run, device=device),
+                                       torch.tensor([r.numel() for r in columns[0]], device=device))
+
+    def by_sentence(values, fill):
+        flat = torch.cat(values)
+        laid = flat.new_full((batch, steps_run) + tuple(flat.shape[1:]), fill)
+        laid[sentence, position] = flat
+        return laid
+
+    tokens = by_sentence(columns[1], PAD_ID)
+    valid = torch.arange(steps_run, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    tok_lps = by_sentence(columns[2], 0.0).masked_fill_(~valid, 0.0)
+    att = by_sentence(columns[3], 0.0).masked_fill_(~valid.unsqueeze(2), 0.0) if need_att else None
+    pos = by_sentence(columns[4], 0.0) if with_positions else None
     raw = tok_lps.sum(1)
     penalised = raw / length_penalty(lengths.clamp(min=1), opts.length_penalty)
     if opts.coverage_penalty:
-        penalised = penalised + coverage_penalty(coverage, src_mask, opts.coverage_penalty)
+        penalised = penalised + coverage_penalty(att.sum(1), src_mask, opts.coverage_penalty)
     # whole tensors to Python lists once: per-sentence tensor indexing cost ~6% of greedy decoding
     all_tokens, all_log_probs = tokens.tolist(), tok_lps.tolist()
     scores, raw_scores = penalised.tolist(), raw.tolist()
-    with_positions = keep_att and _has_positions(model)
     results = []
     for b, (n, src_n) in enumerate(zip(lengths.tolist(), src_lengths.tolist())):
         toks = all_tokens[b][:n]

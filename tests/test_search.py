@@ -11,6 +11,7 @@ import torch
 from nmt.config import AttentionConfig, DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt.errors import NmtError
 from nmt.model import build_model
+import nmt.search as search_mod
 from nmt.search import (
     BOS_ID,
     EOS_ID,
@@ -317,6 +318,40 @@ def test_coverage_penalty_reported_as_documented():
         for h in hyps:
             cov = h.attention.sum(0).clamp(1e-6, 1.0)
             assert h.score == pytest.approx(h.raw_score + 0.7 * float(cov.log().sum()), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "local-p"])
+def test_greedy_result_does_not_depend_on_when_ended_rows_are_dropped(kind, monkeypatch):
+    """Ended rows keep running until a fraction of the batch has ended; dropping them at once or
+    never gives the same hypotheses, scores, attention and coverage penalty."""
+    model = tiny_model(kind, eos_bias=0.5, out_scale=2.0)
+    srcs = sources(9, seed=4)
+    opts = dict(beam=1, return_attention=True, coverage_penalty=0.4, length_penalty=1.0)
+    results = {}
+    for fraction in (0.0, 0.25, 2.0):  # 0: drop every ended row at once; 2: never drop
+        monkeypatch.setattr(search_mod, "_DROP_FINISHED_FRACTION", fraction)
+        results[fraction] = run(greedy_search, model, srcs, **opts)
+    lengths = {len(h[0].tokens) for h in results[0.0]}
+    assert len(lengths) > 2  # rows end at different steps
+    for fraction in (0.25, 2.0):
+        for a, b in zip(results[0.0], results[fraction]):
+            assert a[0].tokens == b[0].tokens and a[0].finished == b[0].finished
+            assert b[0].score == pytest.approx(a[0].score, abs=1e-5)
+            assert b[0].log_probs == pytest.approx(a[0].log_probs, abs=1e-5)
+            torch.testing.assert_close(b[0].attention, a[0].attention)
+            if kind == "local-p":
+                torch.testing.assert_close(b[0].positions, a[0].positions)
+
+
+def test_greedy_row_with_every_token_forbidden_ends_without_one():
+    """9 generatable target tokens (UNK and 4..11), each allowed once, EOS forbidden before 10
+    tokens: after 9 steps nothing is allowed and the hypothesis ends there, unfinished."""
+    model = tiny_model(eos_bias=-3.0)
+    srcs = sources(4, seed=5)
+    for hyps in run(greedy_search, model, srcs, beam=1, no_repeat_ngram=1, min_len=10, max_len_b=20):
+        h = hyps[0]
+        assert sorted(h.tokens) == [1, *range(4, 12)] and not h.finished
+        assert h.raw_score == pytest.approx(sum(h.log_probs)) and math.isfinite(h.raw_score)
 
 
 @pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 4)])

@@ -1,0 +1,130 @@
+"""The hand-written GRU (nmt.gru) against torch.nn.GRU: values, gradients, lengths, precision."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.config import DecoderConfig, EncoderConfig, AttentionConfig
+from nmt.decoder import LuongDecoder, DecoderState, Memory
+from nmt.encoder import Encoder
+from nmt.gru import GRUScan, run_gru, use_gru_scan
+
+
+def _packed_reference(rnn, x, lengths, h0):
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, h_n = rnn(packed, h0)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    return out, h_n
+
+
+@pytest.mark.parametrize("bidirectional,layers,with_h0", [(True, 1, False), (True, 2, True), (False, 2, True)])
+def test_values_and_gradients_equal_packed_nn_gru(bidirectional, layers, with_h0):
+    torch.manual_seed(0)
+    rnn = nn.GRU(5, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional).double()
+    batch, steps = 6, 7
+    x = torch.randn(batch, steps, 5, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([3, 7, 1, 5, 7, 2])  # unsorted, with a one-token row
+    directions = 2 if bidirectional else 1
+    h0 = (torch.randn(layers * directions, batch, 4, dtype=torch.double, requires_grad=True)
+          if with_h0 else None)
+    ref_out, ref_h = _packed_reference(rnn, x, lengths, h0)
+    out, h_n = run_gru(rnn, x, lengths, h0)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-12)
+    assert out[2, 1:].abs().max() == 0  # padding stays zero
+
+    grad_out, grad_h = torch.randn_like(ref_out), torch.randn_like(ref_h)
+    inputs = [x, *rnn.parameters()] + ([h0] if with_h0 else [])
+    expected = torch.autograd.grad((ref_out * grad_out).sum() + (ref_h * grad_h).sum(), inputs)
+    got = torch.autograd.grad((out * grad_out).sum() + (h_n * grad_h).sum(), inputs)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+def test_full_length_without_lengths_equals_nn_gru():
+    torch.manual_seed(1)
+    rnn = nn.GRU(3, 5, batch_first=True).double()
+    x = torch.randn(4, 6, 3, dtype=torch.double)
+    h0 = torch.randn(1, 4, 5, dtype=torch.double)
+    ref_out, ref_h = rnn(x, h0)
+    out, h_n = run_gru(rnn, x, None, h0)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_passes_gradcheck_with_rows_ending_early(reverse):
+    torch.manual_seed(2)
+    steps, batch, hidden = 4, 3, 2
+    gates_x = torch.randn(steps, batch, 3 * hidden, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(batch, hidden, dtype=torch.double, requires_grad=True)
+    w = torch.randn(3 * hidden, hidden, dtype=torch.double, requires_grad=True)
+    b = torch.randn(3 * hidden, dtype=torch.double, requires_grad=True)
+    active = [3, 2, 2, 1]  # rows sorted longest first: lengths 4, 3, 1
+    assert torch.autograd.gradcheck(lambda *a: GRUScan.apply(*a, active, reverse), (gates_x, h0, w, b))
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(3)
+    rnn = nn.GRU(32, 32, batch_first=True, bidirectional=True)
+    x = torch.randn(8, 9, 32)
+    lengths = torch.tensor([9, 4, 7, 9, 1, 2, 8, 5])
+    ref_out, ref_h = _packed_reference(rnn, x, lengths, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = run_gru(rnn, x, lengths)
+    assert out.dtype == torch.float32  # states kept in float32; only the GEMMs run in bf16
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=3e-2)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=3e-2)
+    (out.sum() + h_n.sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in rnn.parameters())
+
+
+def test_used_only_for_cpu_training():
+    x = torch.zeros(1, 1, 1)
+    assert use_gru_scan(x)
+    with torch.no_grad():
+        assert not use_gru_scan(x)
+
+
+def test_encoder_training_path_equals_packed_inference_path():
+    """Train mode (GRUScan) and no-grad (packed nn.GRU) give the same annotations without dropout."""
+    torch.manual_seed(4)
+    enc = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.0)).double()
+    emb = torch.randn(3, 5, 6, dtype=torch.double)
+    lengths = torch.tensor([5, 2, 4])
+    mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
+    trained = enc(emb, lengths, mask)
+    with torch.no_grad():
+        inferred = enc(emb, lengths, mask)
+    torch.testing.assert_close(trained.states, inferred.states, rtol=0, atol=1e-12)
+    torch.testing.assert_close(trained.final, inferred.final, rtol=0, atol=1e-12)
+
+
+def test_encoder_dropout_between_layers_only_in_training():
+    torch.manual_seed(5)
+    enc = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.5))
+    emb = torch.randn(3, 5, 6)
+    lengths = torch.tensor([5, 2, 4])
+    mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
+    enc.train()
+    first, second = enc(emb, lengths, mask).final, enc(emb, lengths, mask).final
+    assert not torch.allclose(first, second)  # the layer-2 input is dropped differently each call
+    enc.eval()
+    torch.testing.assert_close(enc(emb, lengths, mask).final, enc(emb, lengths, mask).final)
+
+
+def test_luong_decoder_without_feeding_trains_through_the_scan():
+    torch.manual_seed(6)
+    cfg = DecoderConfig(layers=1, hidden_size=5, dropout=0.0, input_feeding=False)
+    dec = LuongDecoder(4, 6, 5, cfg, AttentionConfig(kind="luong-general"), "tanh", {}).double()
+    keys = torch.randn(2, 3, 6, dtype=torch.double)
+    memory = dec.precompute(Memory(keys=keys, mask=torch.ones(2, 3, dtype=torch.bool)))
+    emb = torch.randn(2, 4, 4, dtype=torch.double)
+    state = DecoderState(hidden=torch.randn(2, 1, 5, dtype=torch.double))
+    out, _ = dec(emb, state, memory)
+    with torch.no_grad():
+        ref, _ = dec(emb, state, memory)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out.sum().backward()
+    assert dec.rnn.weight_hh_l0.grad.abs().sum() > 0
