@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ActivatedLinear, Dropout, make_dropout
-from .attention import build_attention, masked_softmax
+from .attention import AdditiveAttention, build_attention, masked_softmax
 from .config import AttentionConfig, DecoderConfig
-from .gru import run_gru, use_gru_scan
+from .gru import BahdanauRecurrence, run_gru, use_gru_scan
 
 
 @dataclass
@@ -222,6 +222,8 @@ class BahdanauDecoder(_GRUDecoderBase):
 
     def forward(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
         """Teacher forcing. ``embedded (batch, T, emb)`` -> readout (batch, T, D), attention (batch, T, S)."""
+        if self._fused_recurrence(embedded, memory):
+            return self._forward_fused(embedded, state, memory)
         # (batch, T, 3H) in one GEMM; unbind, not indexing: its backward is one stack instead of a
         # zero-filled full-size gradient per step
         emb_gates = self.embedding_gates(embedded).unbind(1)
@@ -238,6 +240,26 @@ class BahdanauDecoder(_GRUDecoderBase):
         ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
         readout = self.readout(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
         return self.readout_dropout(readout), torch.stack(weights, dim=1)
+
+    def _fused_recurrence(self, embedded: torch.Tensor, memory: Memory) -> bool:
+        """CPU training of the usual configuration (one layer, tanh additive attention) runs the
+        time loop as :class:`nmt.gru.BahdanauRecurrence`; anything else keeps the step loop."""
+        att = self.attention
+        return (use_gru_scan(embedded) and self.cfg.layers == 1 and memory.proj_keys is not None
+                and isinstance(att, AdditiveAttention)
+                and att.tanh_by_sigmoid and att.v.in_features == att.query_proj.out_features)
+
+    def _forward_fused(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
+        emb_gates = self.embedding_gates(embedded)  # (batch, T, 3H), GEMM dtype
+        dtype = emb_gates.dtype
+        att = self.attention
+        states, contexts, weights = BahdanauRecurrence.apply(
+            emb_gates.transpose(0, 1).contiguous(), state.hidden[:, 0], memory.proj_keys.to(dtype),
+            memory.keys.to(dtype), memory.mask, att.query_proj.weight.to(dtype), att.v.weight.to(dtype),
+            self.extra_input_weight(), self.rnn.weight_hh_l0.to(dtype), self.rnn.bias_hh_l0)
+        top, ctx = states.transpose(0, 1), contexts.transpose(0, 1)
+        readout = self.readout(torch.cat([top, ctx.to(top.dtype), embedded.to(top.dtype)], dim=-1))
+        return self.readout_dropout(readout), weights.transpose(0, 1)
 
     # -- search: everything linear in the context is applied to the keys once per source ----------
     # c_t = Σ_s a_ts h_s is only ever multiplied by weights (the GRU input's context columns W_c and

@@ -28,6 +28,41 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+def _gru_step(x_t: Tensor, h_t: Tensor, w_t: Tensor, bias: Tensor, gates_h_t: Tensor, rz_t: Tensor,
+              new_t: Tensor) -> None:
+    """One GRU step on ``rows`` rows, in place: ``h_t (rows, H)`` becomes h'.
+
+    ``x_t`` input gates (rows, 3H); ``w_t = W_hhᵀ`` and ``bias`` in the GEMM dtype; the outputs
+    ``gates_h_t = W_h h + b_h`` (rows, 3H), ``rz_t = [r, z]`` (rows, 2H) and ``new_t = n`` (rows, H)
+    are what the backward step needs.
+    """
+    hidden = h_t.size(1)
+    g_h = torch.addmm(bias, h_t.to(w_t.dtype), w_t, out=gates_h_t)
+    torch.add(x_t[:, : 2 * hidden], g_h[:, : 2 * hidden], out=rz_t).sigmoid_()
+    torch.addcmul(x_t[:, 2 * hidden:], rz_t[:, :hidden], g_h[:, 2 * hidden:], out=new_t).tanh_()
+    h_t.sub_(new_t).mul_(rz_t[:, hidden:]).add_(new_t)  # h' = n + z (h - n)
+
+
+def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor, gates_h_t: Tensor,
+                       weight_hh: Tensor, grad_x_t: Tensor, grad_hn_t: Tensor, grad_gates_h_t: Tensor) -> None:
+    """The backward of :func:`_gru_step`, in place: ``dh`` (rows, H) = dL/dh' becomes dL/dh.
+
+    Writes dL/d x_t = [d r_pre, d z_pre, d n_pre] into ``grad_x_t`` (rows, 3H), d(W_hn h + b_hn)
+    into ``grad_hn_t`` (rows, H), and dL/d gates_h = [d r_pre, d z_pre, d h_n] into
+    ``grad_gates_h_t`` (rows, 3H, GEMM dtype) for the weight gradient.
+    """
+    hidden = dh.size(1)
+    r, z = rz_t[:, :hidden], rz_t[:, hidden:]
+    g_r, g_z, g_n = grad_x_t[:, :hidden], grad_x_t[:, hidden: 2 * hidden], grad_x_t[:, 2 * hidden:]
+    torch.mul(dh, 1 - z, out=g_n).mul_(1 - new_t * new_t)  # dh (1 - z) (1 - n^2)
+    torch.sub(h_prev_t, new_t, out=g_z).mul_(dh).mul_(z * (1 - z))  # dh (h - n) z (1 - z)
+    torch.mul(g_n, gates_h_t[:, 2 * hidden:], out=g_r).mul_(r * (1 - r))  # d n_pre h_n r (1 - r)
+    torch.mul(g_n, r, out=grad_hn_t)
+    grad_gates_h_t[:, : 2 * hidden] = grad_x_t[:, : 2 * hidden]
+    grad_gates_h_t[:, 2 * hidden:] = grad_hn_t
+    dh.mul_(z).add_(torch.mm(grad_gates_h_t, weight_hh))  # dh z + d gates_h W_hh
+
+
 class GRUScan(torch.autograd.Function):
     """One GRU layer in one direction over time-major input gates.
 
@@ -69,14 +104,8 @@ class GRUScan(torch.autograd.Function):
                     continue
                 h_t = h[:n_rows]
                 h_prev[t, :n_rows] = h_t
-                g_h = torch.addmm(bias, h_t.to(gemm_dtype), w_t, out=gates_h[t, :n_rows])
-                x_t = gates_x[t, :n_rows]
-                rz_t = rz[t, :n_rows]
-                torch.add(x_t[:, : 2 * hidden], g_h[:, : 2 * hidden], out=rz_t).sigmoid_()
-                n_t = new[t, :n_rows]
-                torch.addcmul(x_t[:, 2 * hidden:], rz_t[:, :hidden], g_h[:, 2 * hidden:], out=n_t).tanh_()
-                # h' = n + z (h - n), in the running state and the output
-                h_t.sub_(n_t).mul_(rz_t[:, hidden:]).add_(n_t)
+                _gru_step(gates_x[t, :n_rows], h_t, w_t, bias, gates_h[t, :n_rows], rz[t, :n_rows],
+                          new[t, :n_rows])
                 outputs[t, :n_rows] = h_t
         ctx.save_for_backward(weight_hh, h_prev, rz, new, gates_h)
         ctx.active, ctx.reverse = active, reverse
@@ -110,19 +139,9 @@ class GRUScan(torch.autograd.Function):
                 dh = grad_h[:n_rows]
                 if grad_outputs is not None:
                     dh.add_(grad_outputs[t, :n_rows])
-                r, z = rz[t, :n_rows, :hidden], rz[t, :n_rows, hidden:]
-                n_t = new[t, :n_rows]
-                g = grad_gates_x[t, :n_rows]
-                g_r, g_z, g_n = g[:, :hidden], g[:, hidden: 2 * hidden], g[:, 2 * hidden:]
-                g_hn = grad_hn[t, :n_rows]
-                torch.mul(dh, 1 - z, out=g_n).mul_(1 - n_t * n_t)  # dh (1 - z) (1 - n^2)
-                torch.sub(h_prev[t, :n_rows], n_t, out=g_z).mul_(dh).mul_(z * (1 - z))  # dh (h - n) z (1 - z)
-                torch.mul(g_n, gates_h[t, :n_rows, 2 * hidden:], out=g_r).mul_(r * (1 - r))  # d n_pre h_n r (1 - r)
-                torch.mul(g_n, r, out=g_hn)
-                g_h = grad_gates_h[t, :n_rows]
-                g_h[:, : 2 * hidden] = g[:, : 2 * hidden]
-                g_h[:, 2 * hidden:] = g_hn
-                dh.mul_(z).add_(torch.mm(g_h, weight_hh))  # dh z + d gates_h W_hh
+                _gru_step_backward(dh, h_prev[t, :n_rows], rz[t, :n_rows], new[t, :n_rows],
+                                   gates_h[t, :n_rows], weight_hh, grad_gates_x[t, :n_rows],
+                                   grad_hn[t, :n_rows], grad_gates_h[t, :n_rows])
             grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), h_prev.view(-1, hidden).to(gemm_dtype))
             grad_bias_hh = torch.cat([grad_gates_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
         return (grad_gates_x.to(gemm_dtype) if ctx.needs_input_grad[0] else None,
@@ -189,3 +208,123 @@ def run_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor | None = None, h0: Tensor | 
         outputs = outputs.index_select(0, inverse)
         h_n = h_n.index_select(1, inverse)
     return outputs, h_n
+
+
+class BahdanauRecurrence(torch.autograd.Function):
+    """The Bahdanau decoder's time loop (additive attention before a one-layer GRU), with a
+    hand-written backward pass. Teacher forcing on CPU; every row runs all T steps.
+
+    Per step, with query s = s_{t-1} (Bahdanau et al. 2015, App. A.1.2, tanh written as 2σ(2a) − 1):
+    u = σ(2 W_q s + P2) with P2 = 2 (W_k k + b) precomputed, e = 2 uᵀv − Σv (= vᵀ tanh(W_q s + W_k k + b)),
+    a = masked softmax(e), c = Σ_j a_j k_j, x = E_t + W_ic c, s_t = GRU(x, s_{t-1}).
+
+    forward(emb_gates (T, B, 3H), h0 (B, H), proj_keys2 (B, S, A), keys (B, S, K), mask (B, S) bool,
+            w_query (A, H), v (1, A), w_context (3H, K), weight_hh (3H, H), bias_hh (3H,))
+    -> states s_1..s_T (T, B, H), contexts (T, B, K), attention weights (T, B, S) (not differentiable).
+
+    The weights and ``emb_gates``, ``proj_keys2``, ``keys`` are in the GEMM dtype (bfloat16 under
+    autocast); states and attention weights are float32 then. The backward saves per step only what
+    it reads again (σ outputs, attention weights, contexts, GRU gates); weight gradients, the keys'
+    gradient through the contexts and v's gradient are one GEMM each over all steps.
+    """
+
+    @staticmethod
+    def forward(ctx, emb_gates: Tensor, h0: Tensor, proj_keys2: Tensor, keys: Tensor, mask: Tensor,
+                w_query: Tensor, v: Tensor, w_context: Tensor, weight_hh: Tensor, bias_hh: Tensor):
+        steps, batch, three_h = emb_gates.shape
+        hidden = three_h // 3
+        src_len, att_dim = proj_keys2.shape[1:]
+        gemm_dtype = weight_hh.dtype
+        dtype = _state_dtype(gemm_dtype)
+        with torch.autocast(emb_gates.device.type, enabled=False):
+            w_q2 = (w_query * 2).t()  # (H, A): the query side of 2a
+            v_col = v.t()  # (A, 1)
+            v_sum = float(v.float().sum())
+            w_c = w_context.t()
+            w_hh = weight_hh.t()
+            bias = bias_hh.to(gemm_dtype)
+            blocked = ~mask
+            h = h0.to(dtype).clone()
+            h_prev = h.new_empty(steps, batch, hidden)
+            sig = proj_keys2.new_empty(steps, batch, src_len, att_dim)  # u, GEMM dtype
+            weights = h.new_empty(steps, batch, src_len)
+            contexts = keys.new_empty(steps, batch, keys.size(2))
+            gates_x = h.new_empty(steps, batch, three_h, dtype=gemm_dtype)
+            rz = h.new_empty(steps, batch, 2 * hidden)
+            new = h.new_empty(steps, batch, hidden)
+            gates_h = proj_keys2.new_empty(steps, batch, three_h, dtype=gemm_dtype)
+            states = h.new_empty(steps, batch, hidden)
+            for t in range(steps):
+                h_prev[t] = h
+                q2 = torch.mm(h.to(gemm_dtype), w_q2)  # (B, A)
+                u = torch.add(proj_keys2, q2.unsqueeze(1), out=sig[t]).sigmoid_()
+                scores = torch.matmul(u, v_col).squeeze(2).to(dtype).mul_(2).sub_(v_sum)  # (B, S)
+                a = torch.softmax(scores.masked_fill_(blocked, float("-inf")), dim=1)
+                a = weights[t].copy_(a.masked_fill_(blocked, 0.0))
+                c = torch.bmm(a.to(keys.dtype).unsqueeze(1), keys, out=contexts[t].unsqueeze(1)).squeeze(1)
+                torch.addmm(emb_gates[t], c.to(gemm_dtype), w_c, out=gates_x[t])
+                _gru_step(gates_x[t], h, w_hh, bias, gates_h[t], rz[t], new[t])
+                states[t] = h
+        ctx.save_for_backward(proj_keys2, keys, mask, w_query, v, w_context, weight_hh,
+                              h_prev, sig, weights, contexts, rz, new, gates_h)
+        ctx.dtypes = (emb_gates.dtype, h0.dtype, bias_hh.dtype)
+        ctx.mark_non_differentiable(weights)
+        return states, contexts, weights
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor | None, grad_contexts: Tensor | None, _grad_weights):
+        (proj_keys2, keys, mask, w_query, v, w_context, weight_hh,
+         h_prev, sig, weights, contexts, rz, new, gates_h) = ctx.saved_tensors
+        steps, batch, hidden = h_prev.shape
+        gemm_dtype = weight_hh.dtype
+        dtype = h_prev.dtype
+        emb_dtype, h0_dtype, bias_dtype = ctx.dtypes
+        with torch.autocast(h_prev.device.type, enabled=False):
+            v_row = (v * 2).to(sig.dtype)  # (1, A): d e / d u = 2 v
+            w_q2 = (w_query * 2)  # (A, H)
+            grad_h = h_prev.new_zeros(batch, hidden)
+            grad_x = h_prev.new_empty(steps, batch, 3 * hidden)  # = d emb_gates
+            grad_hn = h_prev.new_empty(steps, batch, hidden)
+            grad_gates_h = h_prev.new_empty(steps, batch, 3 * hidden, dtype=gemm_dtype)
+            grad_c = h_prev.new_empty(steps, batch, keys.size(2))
+            grad_scores = h_prev.new_empty(steps, batch, proj_keys2.size(1))
+            grad_q2 = h_prev.new_empty(steps, batch, proj_keys2.size(2))
+            grad_proj = torch.zeros_like(proj_keys2, dtype=dtype)
+            for t in range(steps - 1, -1, -1):
+                if grad_states is not None:
+                    grad_h.add_(grad_states[t])
+                _gru_step_backward(grad_h, h_prev[t], rz[t], new[t], gates_h[t], weight_hh,
+                                   grad_x[t], grad_hn[t], grad_gates_h[t])
+                # context: x = E + W_ic c
+                dc = torch.mm(grad_x[t].to(gemm_dtype), w_context).to(dtype)
+                if grad_contexts is not None:
+                    dc.add_(grad_contexts[t])
+                grad_c[t] = dc
+                # c = Σ a k  ->  d a = k · dc; softmax: d e = a (d a − Σ a d a)
+                da = torch.bmm(keys, dc.to(keys.dtype).unsqueeze(2)).squeeze(2).to(dtype)
+                a = weights[t]
+                de = grad_scores[t]
+                torch.mul(a, da - (a * da).sum(1, keepdim=True), out=de)
+                # e = 2 uᵀv − Σv, u = σ(pre): d pre = d e · 2v · u (1 − u)
+                u = sig[t]
+                d_pre = u * (1 - u)
+                d_pre.mul_(v_row).mul_(de.to(u.dtype).unsqueeze(2))
+                grad_proj.add_(d_pre)
+                dq2 = grad_q2[t]
+                torch.sum(d_pre, dim=1, dtype=dtype, out=dq2)
+                grad_h.add_(torch.mm(dq2.to(gemm_dtype), w_q2.to(gemm_dtype)))  # q2 = 2 W_q s
+            flat_h = h_prev.view(-1, hidden).to(gemm_dtype)
+            grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), flat_h)
+            grad_bias_hh = torch.cat([grad_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
+            grad_w_context = torch.mm(grad_x.view(-1, 3 * hidden).t().to(gemm_dtype),
+                                      contexts.view(-1, contexts.size(2)).to(gemm_dtype))
+            grad_w_query = 2 * torch.mm(grad_q2.view(-1, grad_q2.size(2)).t().to(gemm_dtype), flat_h)
+            # d v = Σ d e (2u − 1) over steps, rows and source positions
+            de_flat = grad_scores.view(1, -1)
+            grad_v = 2 * torch.mm(de_flat.to(sig.dtype), sig.view(-1, sig.size(3))).to(dtype) - de_flat.sum()
+            # keys through the contexts: d k_j = Σ_t a_tj dc_t, one batched GEMM over steps
+            grad_keys = torch.bmm(weights.permute(1, 2, 0).to(gemm_dtype), grad_c.transpose(0, 1).to(gemm_dtype))
+        return (grad_x.to(emb_dtype), grad_h.to(h0_dtype), grad_proj.to(proj_keys2.dtype),
+                grad_keys.to(keys.dtype), None, grad_w_query.to(w_query.dtype), grad_v.to(v.dtype),
+                grad_w_context.to(w_context.dtype), grad_weight_hh.to(weight_hh.dtype),
+                grad_bias_hh.to(bias_dtype))

@@ -1,13 +1,15 @@
-"""The hand-written GRU (nmt.gru) against torch.nn.GRU: values, gradients, lengths, precision."""
+"""The hand-written time loops (nmt.gru) against torch.nn.GRU and the decoder's step loop:
+values, gradients, lengths, masks, precision."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import DecoderConfig, EncoderConfig, AttentionConfig
-from nmt.decoder import LuongDecoder, DecoderState, Memory
+import nmt.decoder
+from nmt.decoder import BahdanauDecoder, DecoderState, LuongDecoder, Memory
 from nmt.encoder import Encoder
-from nmt.gru import GRUScan, run_gru, use_gru_scan
+from nmt.gru import BahdanauRecurrence, GRUScan, run_gru, use_gru_scan
 
 
 def _packed_reference(rnn, x, lengths, h0):
@@ -128,3 +130,81 @@ def test_luong_decoder_without_feeding_trains_through_the_scan():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     out.sum().backward()
     assert dec.rnn.weight_hh_l0.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------- the Bahdanau decoder's time loop
+
+def _bahdanau_decoder(layers=1, activation=None, seed=7):
+    torch.manual_seed(seed)
+    cfg = DecoderConfig(layers=layers, hidden_size=5, dropout=0.0)
+    return BahdanauDecoder(4, 6, 7, cfg, AttentionConfig(kind="bahdanau", activation=activation),
+                           "tanh", {}).double()
+
+
+def _decoder_grads(dec, fused, monkeypatch):
+    """Readout, attention and all gradients of one teacher-forced pass, fused or step by step."""
+    monkeypatch.setattr(nmt.decoder, "use_gru_scan",
+                        (lambda x: torch.is_grad_enabled()) if fused else (lambda x: False))
+    gen = torch.Generator().manual_seed(11)
+    keys = torch.randn(3, 4, 6, dtype=torch.double, generator=gen).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    emb = torch.randn(3, 5, 4, dtype=torch.double, generator=gen).requires_grad_()
+    h0 = torch.randn(3, dec.cfg.layers, 5, dtype=torch.double, generator=gen).requires_grad_()
+    readout, weights = dec(emb, DecoderState(hidden=h0), dec.precompute(Memory(keys=keys, mask=mask)))
+    grad_out = torch.randn(readout.shape, dtype=torch.double, generator=gen)
+    grads = torch.autograd.grad((readout * grad_out).sum(), [emb, h0, keys, *dec.parameters()])
+    return readout, weights, grads
+
+
+def test_bahdanau_recurrence_equals_the_step_loop(monkeypatch):
+    dec = _bahdanau_decoder()
+    calls = []
+    original = BahdanauRecurrence.apply
+    monkeypatch.setattr(BahdanauRecurrence, "apply", lambda *a: calls.append(1) or original(*a))
+    ref_out, ref_w, ref_grads = _decoder_grads(dec, False, monkeypatch)
+    assert not calls
+    out, w, grads = _decoder_grads(dec, True, monkeypatch)
+    assert calls  # the fused loop did run
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w, ref_w, rtol=0, atol=1e-12)
+    assert w[1, :, 2:].abs().max() == 0 and w[2, :, 1:].abs().max() == 0  # padding gets no attention
+    for g, e in zip(grads, ref_grads):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layers,activation", [(2, None), (1, "relu")])
+def test_bahdanau_configurations_the_fused_loop_does_not_cover_keep_the_step_loop(layers, activation, monkeypatch):
+    dec = _bahdanau_decoder(layers=layers, activation=activation)
+    monkeypatch.setattr(BahdanauRecurrence, "apply", lambda *a: pytest.fail("fused loop used"))
+    _decoder_grads(dec, True, monkeypatch)
+
+
+def test_bahdanau_recurrence_passes_gradcheck():
+    torch.manual_seed(8)
+    steps, batch, src_len, hidden, att, key = 3, 2, 3, 2, 3, 2
+    d = dict(dtype=torch.double, requires_grad=True)
+    args = (torch.randn(steps, batch, 3 * hidden, **d), torch.randn(batch, hidden, **d),
+            torch.randn(batch, src_len, att, **d), torch.randn(batch, src_len, key, **d),
+            torch.tensor([[True, True, True], [True, True, False]]),
+            torch.randn(att, hidden, **d), torch.randn(1, att, **d), torch.randn(3 * hidden, key, **d),
+            torch.randn(3 * hidden, hidden, **d), torch.randn(3 * hidden, **d))
+
+    def states_and_contexts(*a):
+        states, contexts, _ = BahdanauRecurrence.apply(*a)
+        return states, contexts
+
+    assert torch.autograd.gradcheck(states_and_contexts, args)
+
+
+def test_bahdanau_recurrence_under_bf16_autocast_stays_close(monkeypatch):
+    dec = _bahdanau_decoder().float()
+    monkeypatch.setattr(nmt.decoder, "use_gru_scan", lambda x: torch.is_grad_enabled())
+    keys, emb = torch.randn(3, 4, 6), torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    h0 = torch.randn(3, 1, 5)
+    ref, _ = dec(emb, DecoderState(hidden=h0), dec.precompute(Memory(keys=keys, mask=mask)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = dec(emb, DecoderState(hidden=h0), dec.precompute(Memory(keys=keys, mask=mask)))
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=5e-2)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dec.parameters())
