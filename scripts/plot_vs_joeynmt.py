@@ -27,12 +27,12 @@ def main(run_dir: str, out: str) -> None:
     valid = [r for r in records if r.get("kind") == "valid"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot([s * JOEY_SECONDS_PER_STEP / 60 for s in JOEY_STEPS], JOEY_BLEU, "o-", color="0.5",
-            label="JoeyNMT 2.3.0 (dev, greedy, all 2,020 sentences)")
+            label="JoeyNMT 2.3.0, its RESULTS.md (dev, greedy, all 2,020 sentences)")
     ax.plot([r["time"] / 60 for r in valid], [r["bleu"] for r in valid], "o-", color="tab:blue",
             label=f"nmt {Path(run_dir).name} (valid, greedy, {valid[0]['sentences'] if valid else '?'} sentences)")
     ax.set_xlabel("training wall time (minutes, validation included)")
     ax.set_ylabel("BLEU")
-    ax.set_title("Tatoeba fr→en, GRU + Bahdanau attention, same 2-core CPU")
+    ax.set_title("Tatoeba fr→en, GRU + Bahdanau attention, 2-core CPUs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
