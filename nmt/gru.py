@@ -1,4 +1,5 @@
-"""A GRU over whole sequences with a hand-written backward pass, for training on CPU.
+"""Recurrent time loops with hand-written backward passes, for training on CPU: a GRU layer, and
+the Bahdanau decoder's loop (attention + GRU).
 
 ``nn.GRU`` on CPU runs its time loop as separate ATen ops, and autograd records every one of them:
 a backward pass walks about twenty graph nodes per time step and does one small weight-gradient
@@ -13,6 +14,10 @@ batch-first input and per-row lengths, and returns what ``nn.GRU`` returns for t
 outputs zero at padded positions and each row's final state at its own last token. Rows are
 sorted by length once, so step ``t`` works on the contiguous leading ``n_t`` rows still running
 (the layout of a packed sequence). Outside CPU training the callers keep ``nn.GRU`` (cuDNN on GPU).
+
+:class:`BahdanauRecurrence` applies the same idea to the Bahdanau decoder, whose attention sits
+inside the recurrence (the context of step t depends on s_{t-1}), so ``nn.GRU`` cannot run it:
+the GRU step helpers below are shared by both loops.
 """
 from __future__ import annotations
 
