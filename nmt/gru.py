@@ -68,6 +68,16 @@ def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor
     dh.mul_(z).add_(torch.mm(grad_gates_h_t, weight_hh))  # dh z + d gates_h W_hh
 
 
+def _gru_weight_grads(grad_gates_h: Tensor, grad_x: Tensor, grad_hn: Tensor,
+                      h_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """dL/dW_hh and dL/db_hh from all steps' buffers of :func:`_gru_step_backward` and the states
+    before each step (T, B, H): one GEMM over T·B rows and one sum. Rows a step did not run are zero."""
+    hidden = h_prev.size(2)
+    grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), h_prev.view(-1, hidden).to(grad_gates_h.dtype))
+    grad_bias_hh = torch.cat([grad_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
+    return grad_weight_hh, grad_bias_hh
+
+
 class GRUScan(torch.autograd.Function):
     """One GRU layer in one direction over time-major input gates.
 
@@ -147,8 +157,7 @@ class GRUScan(torch.autograd.Function):
                 _gru_step_backward(dh, h_prev[t, :n_rows], rz[t, :n_rows], new[t, :n_rows],
                                    gates_h[t, :n_rows], weight_hh, grad_gates_x[t, :n_rows],
                                    grad_hn[t, :n_rows], grad_gates_h[t, :n_rows])
-            grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), h_prev.view(-1, hidden).to(gemm_dtype))
-            grad_bias_hh = torch.cat([grad_gates_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
+            grad_weight_hh, grad_bias_hh = _gru_weight_grads(grad_gates_h, grad_gates_x, grad_hn, h_prev)
         return (grad_gates_x.to(gemm_dtype) if ctx.needs_input_grad[0] else None,
                 grad_h.to(ctx.h0_dtype) if ctx.needs_input_grad[1] else None,
                 grad_weight_hh.to(weight_hh.dtype) if ctx.needs_input_grad[2] else None,
@@ -317,10 +326,9 @@ class BahdanauRecurrence(torch.autograd.Function):
                 grad_proj.add_(d_pre)
                 dq2 = grad_q2[t]
                 torch.sum(d_pre, dim=1, dtype=dtype, out=dq2)
-                grad_h.add_(torch.mm(dq2.to(gemm_dtype), w_q2.to(gemm_dtype)))  # q2 = 2 W_q s
+                grad_h.add_(torch.mm(dq2.to(gemm_dtype), w_q2))  # q2 = 2 W_q s
+            grad_weight_hh, grad_bias_hh = _gru_weight_grads(grad_gates_h, grad_x, grad_hn, h_prev)
             flat_h = h_prev.view(-1, hidden).to(gemm_dtype)
-            grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), flat_h)
-            grad_bias_hh = torch.cat([grad_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
             grad_w_context = torch.mm(grad_x.view(-1, 3 * hidden).t().to(gemm_dtype),
                                       contexts.view(-1, contexts.size(2)).to(gemm_dtype))
             grad_w_query = 2 * torch.mm(grad_q2.view(-1, grad_q2.size(2)).t().to(gemm_dtype), flat_h)

@@ -351,7 +351,7 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     opts = options or SearchOptions(beam=1)
     if src_mask is None:
         src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
-    batch, src_len = src.shape
+    batch = src.size(0)
     device = src.device
     enc = model.encode(src, src_lengths, src_mask)
     # no context folding: with one hypothesis per sentence it costs about what it saves
