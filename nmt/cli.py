@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import Callable
 
-from .errors import NmtError
+from nmt.errors import NmtError
 
 EPILOG_MAIN = """\
 examples:
@@ -51,10 +51,9 @@ def _sub(subparsers, name: str, help_: str, examples: str, func: Callable) -> ar
 # ---------------------------------------------------------------------------------------- handlers
 
 def _cmd_train(args) -> int:
-    from .config import load_recipe
-    from .training import train
+    from nmt.training.loop import load_training_recipe, train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_training_recipe(args.recipe, args.overrides)
     summary = train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
     if summary["stopped"].startswith("signal "):
         # the checkpoint is written and --resume continues, but the training did not finish:
@@ -66,32 +65,32 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_translate(args) -> int:
-    from .translate import translate_cli
+    from nmt.inference.translator import translate_cli
 
     return translate_cli(args)
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_cli
+    from nmt.tools.evaluate import evaluate_cli
 
     return evaluate_cli(args)
 
 
 def _cmd_plot(args) -> int:
-    from .plots import plot_cli
+    from nmt.tools.plots import plot_cli
 
     return plot_cli(args)
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench_cli
+    from nmt.tools.bench import bench_cli
 
     return bench_cli(args)
 
 
 def _cmd_shortlist(args) -> int:
-    from .errors import NmtError
-    from .shortlist import build_for_run
+    from nmt.errors import NmtError
+    from nmt.inference.shortlist import build_for_run
 
     for flag, value in (("--keep", args.keep), ("--iterations", args.iterations), ("--max-pairs", args.max_pairs)):
         if value < 1:
@@ -102,15 +101,15 @@ def _cmd_shortlist(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import sweep_cli
+    from nmt.tools.sweep import sweep_cli
 
     return sweep_cli(args)
 
 
 def _cmd_config(args) -> int:
-    from .config import load_recipe
+    from nmt.training.loop import load_training_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_training_recipe(args.recipe, args.overrides)
     if args.action == "show":
         sys.stdout.write(recipe.to_yaml())
     else:
@@ -119,7 +118,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .info import info_text
+    from nmt.tools.info import info_text
 
     print(info_text())
     return 0
@@ -131,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt", formatter_class=_formatter, epilog=EPILOG_MAIN,
         description="Attention-based GRU sequence-to-sequence machine translation.")
-    from . import __version__
+    from nmt import __version__
     parser.add_argument("--version", action="version", version=f"nmt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from nmt.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
 # Schema
@@ -135,7 +135,7 @@ class ModelConfig:
     shared_embeddings: bool = False  #: share source and target embeddings (needs a joint vocabulary)
     dropout: float = 0.2  #: on embeddings
     #: Non-linearity of every layer that has one (bridge, readout / attentional state, self-attention
-    #: feed-forward), by registry name (``nmt.activations.available_activations()``).
+    #: feed-forward), by registry name (``nmt.model.activations.available_activations()``).
     activation: str = "tanh"
     activation_options: dict[str, Any] = field(default_factory=dict)  #: e.g. ``{pieces: 2}``
     init: Literal["xavier_uniform", "uniform", "pytorch"] = "xavier_uniform"
@@ -189,7 +189,7 @@ class DecodeConfig:
     min_len: int = 0
     no_repeat_ngram: int = 0
     batch_tokens: int = 8000  #: source tokens × beam size per translation batch
-    shortlist: int = 0  #: lexical shortlist (nmt.shortlist): translations per source subword; 0 = off
+    shortlist: int = 0  #: lexical shortlist (nmt.inference.shortlist): translations per source subword; 0 = off
     shortlist_frequent: int = 100  #: most frequent target subwords always in a shortlist
     max_input_len: int = 250  #: longer inputs are truncated with a warning
 
@@ -469,22 +469,6 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     for metric in r.eval.metrics:
         need(metric in ("bleu", "chrf", "ter"),
              f"eval.metrics: unknown metric {metric!r}; choose from bleu, chrf, ter")
-    _check_activations(r, problems)
-
-
-def _check_activations(r: Recipe, problems: list[str]) -> None:
-    """Activation names must exist in the registry (imported lazily: torch is heavy)."""
-    try:
-        from .activations import available_activations
-    except ImportError:  # registry not importable: nothing to check against
-        return
-    names = available_activations()
-    for path, name in [("model.activation", r.model.activation),
-                       ("model.attention.activation", r.model.attention.activation)]:
-        if isinstance(name, str) and name not in names:
-            hint = difflib.get_close_matches(name, list(names), n=1)
-            extra = f"did you mean {hint[0]!r}? " if hint else ""
-            problems.append(f"{path}: unknown activation {name!r}; {extra}available: {', '.join(names)}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

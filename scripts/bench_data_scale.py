@@ -98,10 +98,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated corpus and caches")
     args = ap.parse_args()
 
-    from nmt.batching import TokenBatchSampler, encode_dataset, make_dataloader
+    from nmt.data.batching import TokenBatchSampler, encode_dataset, make_dataloader
     from nmt.config import DataConfig, FilterConfig, TokenizerConfig
-    from nmt.data import load_corpus
-    from nmt.tokenizer import SubwordTokenizers
+    from nmt.data.corpus import load_corpus
+    from nmt.data.tokenizer import SubwordTokenizers
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

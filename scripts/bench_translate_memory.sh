@@ -9,8 +9,8 @@ LINES="${2:-1000000}"
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 python3 - "$RUN_DIR" "$LINES" "$WORK/input.txt" <<'PY'
 import sys, itertools
-from nmt.checkpoint import load_run
-from nmt.data import load_corpus
+from nmt.inference.checkpoint import load_run
+from nmt.data.corpus import load_corpus
 import yaml
 from nmt.config import recipe_from_dict
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""nmt.activations: every activation against its formula and the torch built-in, gradients, the
+"""nmt.model.activations: every activation against its formula and the torch built-in, gradients, the
 attention-based activations (AReLU, APReLU), the layer helpers and the registry's errors."""
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck
 
-from nmt.activations import (AReLU, APReLU, ActivatedLinear, Activation, Maxout, activation_parameters,
-                             available_activations, get_activation, make_dropout, Dropout)
 from nmt.errors import ConfigError
+from nmt.model.activations import (
+    ActivatedLinear,
+    Activation,
+    APReLU,
+    AReLU,
+    Dropout,
+    Maxout,
+    activation_parameters,
+    available_activations,
+    get_activation,
+    make_dropout,
+)
 
 LAMBDA, ALPHA = 1.0507009873554804934, 1.6732632423543772848  # Klambauer et al. 2017
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.attention import (
+from nmt.errors import NmtError
+from nmt.model.attention import (
     AttentionError,
-    masked_softmax,
     LocalPAttention,
     MultiHeadAttention,
     SelfAttentionLayer,
     build_attention,
+    masked_softmax,
 )
-from nmt.errors import NmtError
 
 Q_DIM, K_DIM = 8, 6  # deliberately different: only luong-dot (and local-p with dot) need them equal
 LENGTHS = (1, 7, 13)  # very different lengths, one sentence of a single token

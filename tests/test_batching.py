@@ -1,4 +1,4 @@
-"""nmt.batching: encoding + length filters, the token batch sampler, collation, inference batches."""
+"""nmt.data.batching: encoding + length filters, the token batch sampler, collation, inference batches."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.batching import (Batch, TokenBatchSampler, collate, collate_src, encode_dataset,
-                          inference_batches, lengths_of, make_dataloader)
 from nmt.config import DataConfig, TokenizerConfig
-from nmt.data import load_corpus
+from nmt.data.batching import (
+    Batch,
+    TokenBatchSampler,
+    collate,
+    collate_src,
+    encode_dataset,
+    inference_batches,
+    lengths_of,
+    make_dataloader,
+)
+from nmt.data.corpus import load_corpus
+from nmt.data.tokenizer import train
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import CheckpointError
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, train
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny"
 
@@ -70,7 +79,7 @@ def test_encode_filters_by_subword_length_and_ratio(tiny, caplog):
     n_tgt = [len(x) for x in tok.encode_tgt(pairs["tgt"])]
     max_len = max(n_src[0], n_tgt[0], n_src[3], n_tgt[3], n_tgt[1]) + 1
     assert n_src[2] > max_len  # the long one is too long; the others are not
-    with caplog.at_level(logging.INFO, logger="nmt.data"):
+    with caplog.at_level(logging.INFO, logger="nmt.data.corpus"):
         enc = encode_dataset(ds, tok, max_len=max_len, max_ratio=3.0, min_len=1, desc="toy",
                              keep_text=True)
     assert enc["tgt"][:] == ["I am tired.", "No."]  # long, bad ratio and empty dropped

@@ -1,8 +1,8 @@
 """nmt bench helpers: the FLOP count behind 'fraction of peak', and the GEMM peak itself."""
 import pytest
 
-from nmt.bench import gemm_peak_gflops, train_flops_per_token
 from nmt.config import load_recipe
+from nmt.tools.bench import gemm_peak_gflops, train_flops_per_token
 
 SMALL = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=24",
          "tokenizer.src_vocab_size=80", "tokenizer.tgt_vocab_size=90"]

@@ -75,8 +75,20 @@ def test_out_of_range_and_combinations():
 
 
 def test_unknown_activation_is_rejected():
-    text = "\n".join(problems_of({"data": {"path": "x"}, "model": {"activation": "gelo"}}))
-    assert "model.activation: unknown activation 'gelo'" in text and "'gelu'" in text
+    from nmt.model.seq2seq import check_model_config
+
+    recipe = recipe_from_dict({"data": {"path": "x"}, "model": {"activation": "gelo"}})
+    with pytest.raises(ConfigError) as err:
+        check_model_config(recipe.model)
+    assert "model.activation: unknown activation 'gelo'" in str(err.value) and "'gelu'" in str(err.value)
+
+
+def test_unknown_activation_option_is_rejected_before_training():
+    from nmt.model.seq2seq import check_model_config
+
+    recipe = recipe_from_dict({"data": {"path": "x"}, "model": {"activation_options": {"bogus": 1}}})
+    with pytest.raises(ConfigError, match="unknown option.*bogus"):
+        check_model_config(recipe.model)
 
 
 def test_self_attention_heads_must_divide_width():

@@ -1,4 +1,4 @@
-"""nmt.data: loading through datasets, validation errors, deterministic splits, offline use."""
+"""nmt.data.corpus: loading through datasets, validation errors, deterministic splits, offline use."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import pandas  # noqa: F401
 import pytest
 
 from nmt.config import DataConfig, FilterConfig
-from nmt.data import SPLITS, load_corpus, split_bucket, split_of_bucket
+from nmt.data.corpus import SPLITS, load_corpus, split_bucket, split_of_bucket
 from nmt.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_crlf_bom_blank_lines_and_nfkc(tmp_path):
 def test_train_drops_empty_sides_and_logs(tmp_path, caplog):
     lines = ["A.\tUn.", "\tvide", "B.\t   ", "C.\tTrois."]
     root = _corpus_dir(tmp_path, lines)
-    with caplog.at_level(logging.INFO, logger="nmt.data"):
+    with caplog.at_level(logging.INFO, logger="nmt.data.corpus"):
         corpus = load_corpus(_cfg(tmp_path, path=str(root)))
     assert _rows(corpus["train"]) == [("Un.", "A."), ("Trois.", "C.")]
     assert any("dropped 2 of 4" in r.getMessage() for r in caplog.records)
@@ -183,24 +183,24 @@ def test_stray_carriage_return(tmp_path):
 
 def test_validation_blocks_keep_line_numbers(tmp_path, monkeypatch):
     """The streaming check reads in blocks; line numbers and offsets must not depend on them."""
-    import nmt.data
+    import nmt.data.corpus
 
-    monkeypatch.setattr(nmt.data, "_SCAN_CHUNK", 7)
+    monkeypatch.setattr(nmt.data.corpus, "_SCAN_CHUNK", 7)
     good = "\ufeffOne.\tUn.\r\n" + "".join(f"Line {i}.\tLigne {i}.\r\n" for i in range(2, 9))
     path = tmp_path / "x.tsv"
     path.write_bytes(good.encode() + b"\n" + "Eleven\tOnze\textra\n".encode())
     with pytest.raises(DataError, match=r"x\.tsv:10: found 3 tab-separated column\(s\), but line 1 has 2"):
-        nmt.data.check_tsv(path, [0, 1])
+        nmt.data.corpus.check_tsv(path, [0, 1])
     prefix = good.encode() + b"ok\tbien\n"
     path.write_bytes(prefix + b"caf\xe9\tx\n")
     with pytest.raises(DataError, match=rf"x\.tsv:10: not valid UTF-8 \(byte 0xe9 at byte offset "
                                         rf"{len(prefix) + 3} of the file, column 4"):
-        nmt.data.check_tsv(path, [0, 1])
+        nmt.data.corpus.check_tsv(path, [0, 1])
     path.write_bytes(good.encode() + b"a\rb\tc")
     with pytest.raises(DataError, match=r"x\.tsv:9: a carriage return"):
-        nmt.data.check_tsv(path, [0, 1])
+        nmt.data.corpus.check_tsv(path, [0, 1])
     path.write_bytes(good.encode() + b"last\tno newline")
-    assert nmt.data.check_tsv(path, [0, 1]) == 2 and nmt.data.count_lines(path) == 9
+    assert nmt.data.corpus.check_tsv(path, [0, 1]) == 2 and nmt.data.corpus.count_lines(path) == 9
 
 
 def test_bad_column_index(tmp_path):

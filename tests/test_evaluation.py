@@ -1,4 +1,4 @@
-"""nmt.evaluation: sacrebleu scoring, file reading rules, error messages and ``nmt evaluate``."""
+"""nmt.tools.evaluate: sacrebleu scoring, file reading rules, error messages and ``nmt evaluate``."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,14 @@ import pytest
 import sacrebleu
 
 from nmt.errors import DataError, NmtError
-from nmt.evaluation import (evaluate_cli, evaluate_files, format_scores, parse_metrics, read_lines,
-                            score_corpus)
+from nmt.tools.evaluate import (
+    evaluate_cli,
+    evaluate_files,
+    format_scores,
+    parse_metrics,
+    read_lines,
+    score_corpus,
+)
 
 HYPS = ["The cat sat on a mat.", "Hello world!", "It is raining today, isn't it?",
         "We will see tomorrow."]
@@ -196,7 +202,7 @@ def test_cli_main_exit_code(tmp_path, capsys):
 # ------------------------------------------------------------------------- run-directory mode
 
 class FakeTranslator:
-    """Stands in for nmt.translate.Translator: 'translates' by looking up the reference."""
+    """Stands in for nmt.inference.translator.Translator: 'translates' by looking up the reference."""
 
     calls: list = []
 
@@ -254,12 +260,12 @@ def _check_run_outputs(run: Path, capsys, beam: int) -> None:
 
 
 def test_run_mode_with_fake_modules(tmp_path, monkeypatch, capsys):
-    """The run-directory mode against stand-ins for nmt.translate / nmt.data (always runs)."""
+    """The run-directory mode against stand-ins for nmt.inference.translator / nmt.data.corpus (always runs)."""
     load_corpus, table = _fake_corpus()
     FakeTranslator.calls = []
-    monkeypatch.setitem(sys.modules, "nmt.translate", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "nmt.inference.translator", types.SimpleNamespace(
         Translator=types.SimpleNamespace(load=FakeTranslator.make_load(_recipe(), table))))
-    monkeypatch.setitem(sys.modules, "nmt.data", types.SimpleNamespace(load_corpus=load_corpus))
+    monkeypatch.setitem(sys.modules, "nmt.data.corpus", types.SimpleNamespace(load_corpus=load_corpus))
     run = tmp_path / "run"
     run.mkdir()
     assert evaluate_cli(cli_args(run_dir=str(run), json=True)) == 0  # beam from the recipe
@@ -271,17 +277,17 @@ def test_run_mode_with_fake_modules(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(NmtError, match="run directory .* not found"):
         evaluate_cli(cli_args(run_dir=str(tmp_path / "nope")))
-    monkeypatch.setattr(sys.modules["nmt.data"], "SPLITS", ("train", "valid", "test"), raising=False)
+    monkeypatch.setattr(sys.modules["nmt.data.corpus"], "SPLITS", ("train", "valid", "test"), raising=False)
     with pytest.raises(NmtError, match="--split 'dev': unknown split; the run's corpus has train, valid"):
         evaluate_cli(cli_args(run_dir=str(run), split="dev"))
 
 
 def test_run_mode_against_real_api(tmp_path, monkeypatch, capsys):
-    """The same, but patching the real nmt.translate / nmt.data (checks the names we rely on)."""
+    """The same, but patching the real nmt.inference.translator / nmt.data.corpus (checks the names we rely on)."""
     import inspect
 
-    translate_mod = pytest.importorskip("nmt.translate")
-    data_mod = pytest.importorskip("nmt.data")
+    translate_mod = pytest.importorskip("nmt.inference.translator")
+    data_mod = pytest.importorskip("nmt.data.corpus")
     assert "checkpoint" in inspect.signature(translate_mod.Translator.load).parameters
     assert "beam" in inspect.signature(translate_mod.Translator.translate).parameters
     assert "splits" in inspect.signature(data_mod.load_corpus).parameters

@@ -1,15 +1,15 @@
-"""The hand-written time loops (nmt.gru) against torch.nn.GRU and the decoder's step loop:
+"""The hand-written time loops (nmt.kernels.gru) against torch.nn.GRU and the decoder's step loop:
 values, gradients, lengths, masks, precision."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.config import DecoderConfig, EncoderConfig, AttentionConfig
-import nmt.decoder
-from nmt.decoder import BahdanauDecoder, DecoderState, LuongDecoder, Memory
-from nmt.encoder import Encoder
-from nmt.gru import BahdanauRecurrence, GRUScan, run_gru, use_gru_scan
+import nmt.model.decoder
+from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig
+from nmt.kernels.gru import BahdanauRecurrence, GRUScan, run_gru, use_gru_scan
+from nmt.model.decoder import BahdanauDecoder, DecoderState, LuongDecoder, Memory
+from nmt.model.encoder import Encoder
 
 
 def _packed_reference(rnn, x, lengths, h0):
@@ -143,7 +143,7 @@ def _bahdanau_decoder(layers=1, activation=None, seed=7):
 
 def _decoder_grads(dec, fused, monkeypatch):
     """Readout, attention and all gradients of one teacher-forced pass, fused or step by step."""
-    monkeypatch.setattr(nmt.decoder, "use_gru_scan",
+    monkeypatch.setattr(nmt.model.decoder, "use_gru_scan",
                         (lambda x: torch.is_grad_enabled()) if fused else (lambda x: False))
     gen = torch.Generator().manual_seed(11)
     keys = torch.randn(3, 4, 6, dtype=torch.double, generator=gen).requires_grad_()
@@ -198,7 +198,7 @@ def test_bahdanau_recurrence_passes_gradcheck():
 
 def test_bahdanau_recurrence_under_bf16_autocast_stays_close(monkeypatch):
     dec = _bahdanau_decoder().float()
-    monkeypatch.setattr(nmt.decoder, "use_gru_scan", lambda x: torch.is_grad_enabled())
+    monkeypatch.setattr(nmt.model.decoder, "use_gru_scan", lambda x: torch.is_grad_enabled())
     keys, emb = torch.randn(3, 4, 6), torch.randn(3, 5, 4)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     h0 = torch.randn(3, 1, 5)

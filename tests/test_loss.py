@@ -1,11 +1,10 @@
-"""The fused output layer + cross-entropy (nmt.loss) against PyTorch's own two-step computation."""
+"""The fused output layer + cross-entropy (nmt.kernels.loss) against PyTorch's own two-step computation."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-import nmt.loss
-
-from nmt.loss import linear_cross_entropy
+import nmt.kernels.loss
+from nmt.kernels.loss import linear_cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +31,7 @@ def _grads(*tensors):
 @pytest.mark.parametrize("chunk_bytes", [None, 10 * 29 * 8])  # one chunk; 37 rows as 10+10+10+7
 def test_loss_and_gradients_equal_cross_entropy_of_linear(label_smoothing, bias, chunk_bytes, monkeypatch):
     if chunk_bytes:
-        monkeypatch.setattr(nmt.loss, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(nmt.kernels.loss, "CHUNK_BYTES", chunk_bytes)
     hidden, weight, b, targets = _inputs(bias=bias)
     loss, nll = linear_cross_entropy(hidden, weight, b, targets, label_smoothing)
     (2.5 * loss).backward()  # a non-unit incoming gradient must scale every gradient
@@ -95,7 +94,7 @@ def test_bf16_autocast_matches_float32_within_bf16_precision():
 def test_model_loss_ignores_padding():
     """Seq2Seq.loss through the fused op: padded positions contribute nothing."""
     from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
-    from nmt.model import build_model
+    from nmt.model.seq2seq import build_model
     torch.manual_seed(0)
     cfg = ModelConfig(embedding_dim=8, dropout=0.0, encoder=EncoderConfig(hidden_size=8, dropout=0.0),
                       decoder=DecoderConfig(hidden_size=8, dropout=0.0))

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
-from nmt.model import build_model
+from nmt.model.seq2seq import build_model
 
 BOS, EOS, PAD = 2, 3, 0
 KINDS = [("bahdanau", True), ("luong-general", True), ("luong-general", False), ("luong-concat", True),

@@ -1,4 +1,4 @@
-"""nmt.plots: attention heatmaps, curves from metrics.jsonl, activation plots and ``nmt plot``."""
+"""nmt.tools.plots: attention heatmaps, curves from metrics.jsonl, activation plots and ``nmt plot``."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from nmt.errors import DataError, NmtError
-from nmt.plots import (DPI, parse_line_range, plot_attention, plot_cli, plot_curves, plot_grad_norms,
-                       read_metrics, save_figure)
+from nmt.tools.plots import (
+    DPI,
+    parse_line_range,
+    plot_attention,
+    plot_cli,
+    plot_curves,
+    plot_grad_norms,
+    read_metrics,
+    save_figure,
+)
 
 SRC = ["▁Je", "▁suis", "▁fatigu", "é", ".", "</s>"]
 TGT = ["▁I", "▁am", "▁tired", ".", "</s>"]
@@ -195,8 +203,8 @@ def test_unterminated_last_line_is_skipped(tmp_path):
 # ---------------------------------------------------------------------------------- activations
 
 def test_activation_curves_and_derivatives(tmp_path):
-    pytest.importorskip("nmt.activations")
-    from nmt.plots import plot_activations
+    pytest.importorskip("nmt.model.activations")
+    from nmt.tools.plots import plot_activations
 
     fig = plot_activations(["relu", "tanh", "maxout", "aprelu"], tmp_path / "act.png")
     assert png_size(tmp_path / "act.png")[0] > 0
@@ -217,8 +225,8 @@ def test_activation_curves_and_derivatives(tmp_path):
 
 
 def test_learned_activation_parameters():
-    pytest.importorskip("nmt.activations")
-    from nmt.plots import plot_activations
+    pytest.importorskip("nmt.model.activations")
+    from nmt.tools.plots import plot_activations
 
     learned = {"encoder.act": {"alpha": 0.3, "beta": 0.0},
                "decoder.act": [0.1, 0.2, 0.2, 0.4, 0.9]}
@@ -245,7 +253,7 @@ def test_parse_line_range():
 
 
 class FakeTranslator:
-    """The slice of nmt.translate.Translator that ``nmt plot`` uses."""
+    """The slice of nmt.inference.translator.Translator that ``nmt plot`` uses."""
 
     attention_kind = "local-p"
     loaded: list = []
@@ -293,7 +301,7 @@ def fake_translate(monkeypatch):
         FakeTranslator.loaded = []
         module = types.SimpleNamespace(Translator=types.SimpleNamespace(
             load=FakeTranslator.factory(self_attention)))
-        monkeypatch.setitem(sys.modules, "nmt.translate", module)
+        monkeypatch.setitem(sys.modules, "nmt.inference.translator", module)
     return install
 
 
@@ -356,7 +364,7 @@ def test_cli_curves_and_activations(tmp_path, fake_translate, capsys):
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "c.grad-norms.png")]
     assert png_size(out)[0] > 0 and png_size(tmp_path / "c.grad-norms.png")[0] > 0
 
-    pytest.importorskip("nmt.activations")
+    pytest.importorskip("nmt.model.activations")
     fake_translate()
     act = tmp_path / "act.png"
     assert plot_cli(plot_args("activations", names=["relu", "arelu"], run="runs/x", output=str(act))) == 0
@@ -377,7 +385,7 @@ def test_cli_main_reports_corrupt_metrics(tmp_path, capsys):
 def test_real_translator_has_the_methods_plots_use():
     import inspect
 
-    translate_mod = pytest.importorskip("nmt.translate")
+    translate_mod = pytest.importorskip("nmt.inference.translator")
     T = translate_mod.Translator
     assert "checkpoint" in inspect.signature(T.load).parameters
     assert "return_attention" in inspect.signature(T.translate).parameters

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nmt.checkpoint import load_run
 from nmt.errors import CheckpointError, NmtError
+from nmt.inference.checkpoint import load_run
 
 FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
         "train.plot_sentences=0", "train.valid_max_sentences=4", "tokenizer.src_vocab_size=80",
@@ -32,7 +32,7 @@ ENV = {**os.environ, "NMT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     from nmt.config import load_recipe
-    from nmt.training import train
+    from nmt.training.loop import train
 
     repo = Path(__file__).resolve().parent.parent
     run = tmp_path_factory.mktemp("rel") / "run"
@@ -119,7 +119,8 @@ def test_garbage_weights_file_is_a_clear_error(trained_run, tmp_path):
 def test_pickle_payload_is_never_executed(trained_run, tmp_path):
     """A trainer state that carries a pickled callable is refused by weights_only loading."""
     import pickle
-    from nmt.checkpoint import load_state
+
+    from nmt.inference.checkpoint import load_state
 
     class Evil:
         def __reduce__(self):
@@ -144,6 +145,7 @@ def test_run_dir_missing_its_tokenizer(trained_run, tmp_path):
 
 def test_checkpoint_from_an_incompatible_recipe(trained_run, tmp_path):
     import shutil
+
     import yaml
     run = tmp_path / "copy"
     shutil.copytree(trained_run, run)
@@ -163,8 +165,9 @@ def test_not_a_run_directory(tmp_path):
 
 def test_full_disk_is_reported_before_training(repo, tmp_path, monkeypatch):
     import shutil
+
     from nmt.config import load_recipe
-    from nmt.training import train
+    from nmt.training.loop import train
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))

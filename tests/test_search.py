@@ -8,11 +8,16 @@ import math
 import pytest
 import torch
 
-from nmt.config import AttentionConfig, DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
+import nmt.inference.search as search_mod
+from nmt.config import (
+    AttentionConfig,
+    DecodeConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+)
 from nmt.errors import NmtError
-from nmt.model import build_model
-import nmt.search as search_mod
-from nmt.search import (
+from nmt.inference.search import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
@@ -25,6 +30,7 @@ from nmt.search import (
     search,
     translate_ids,
 )
+from nmt.model.seq2seq import build_model
 
 KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
 
@@ -92,7 +98,7 @@ def test_beam_one_equals_greedy(kind, extra):
 
 
 def test_search_dispatches_beam_one_to_greedy(monkeypatch):
-    import nmt.search as search_mod
+    import nmt.inference.search as search_mod
 
     model = tiny_model()
     calls = []
@@ -447,7 +453,7 @@ def test_training_mode_is_refused():
 
 
 def test_log_normaliser_matches_logsumexp_and_reuses_its_scratch():
-    from nmt.search import LogNormaliser
+    from nmt.inference.search import LogNormaliser
 
     norm = LogNormaliser()
     big = torch.randn(7, 50) * 20

@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
-from nmt.search import EOS_ID, SearchOptions, pad_sources, search, translate_ids
-from nmt.shortlist import LEXICON_FILE, Lexicon, ibm_model1, id_list_chunks, top_translations
+from nmt.inference.search import SearchOptions, pad_sources, search, translate_ids
+from nmt.inference.shortlist import (
+    LEXICON_FILE,
+    Lexicon,
+    ibm_model1,
+    id_list_chunks,
+    top_translations,
+)
 from tests.test_search import tiny_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,8 +192,8 @@ def test_shortlist_needs_a_matching_lexicon():
 def test_training_writes_the_lexicon_and_translate_uses_it(repo, tmp_path, capsys):
     from nmt.cli import main
     from nmt.config import load_recipe
-    from nmt.training import train
-    from nmt.translate import Translator
+    from nmt.inference.translator import Translator
+    from nmt.training.loop import train
     from tests.test_training import FAST
 
     run = tmp_path / "run"

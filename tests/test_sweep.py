@@ -1,13 +1,12 @@
 """nmt sweep: a 2 x 2 grid of the tiny recipe, its report, resumption, refusal to mix sweeps."""
 import csv
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from nmt.errors import NmtError
-from nmt.sweep import aggregate, parse_grid, run_sweep
+from nmt.tools.sweep import aggregate, parse_grid, run_sweep
 
 FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
         "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=4",
@@ -93,7 +92,7 @@ def test_parallel_jobs_match_serial_runs(repo, tmp_path):
 
 
 def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch):
-    import nmt.sweep as sweep
+    import nmt.tools.sweep as sweep
 
     started = []
 

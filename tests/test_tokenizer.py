@@ -1,4 +1,4 @@
-"""nmt.tokenizer: sentencepiece training from a dataset, round trips, files, errors."""
+"""nmt.data.tokenizer: sentencepiece training from a dataset, round trips, files, errors."""
 from __future__ import annotations
 
 import pickle
@@ -8,9 +8,16 @@ import datasets
 import pytest
 
 from nmt.config import TokenizerConfig
+from nmt.data.tokenizer import (
+    SRC_MODEL,
+    TGT_MODEL,
+    SubwordTokenizers,
+    load,
+    load_or_train,
+    train,
+)
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt.errors import CheckpointError, ConfigError
-from nmt.tokenizer import (BOS_ID, EOS_ID, PAD_ID, SRC_MODEL, TGT_MODEL, UNK_ID, SubwordTokenizers,
-                           load, load_or_train, train)
 
 SUBJECTS = [("I", "je"), ("you", "tu"), ("we", "nous"), ("they", "ils"), ("she", "elle")]
 VERBS = [("see", "vois"), ("like", "aime"), ("want", "veux"), ("eat", "mange"), ("paint", "peins")]

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 
 from nmt.config import load_recipe
 from nmt.errors import NmtError
-from nmt.training import lr_factor, train
+from nmt.training.loop import lr_factor, train
 
 FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
         "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=8",
@@ -98,7 +97,7 @@ def test_lr_schedules(repo):
 
 
 def test_nan_loss_stops_with_clear_message(repo, tmp_path, monkeypatch):
-    from nmt import model as model_module
+    from nmt.model import seq2seq as model_module
 
     original = model_module.Seq2Seq.forward
 

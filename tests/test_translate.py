@@ -19,13 +19,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import nmt.translate as tr
+import nmt.inference.translator as tr
 from nmt.cli import main
-from nmt.config import (AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, Recipe,
-                        TokenizerConfig)
+from nmt.config import (
+    AttentionConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    Recipe,
+    TokenizerConfig,
+)
+from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
-from nmt.search import EOS_ID, pad_sources, score_targets
-from nmt.translate import Translator, clean_source, decode_split_timed
+from nmt.inference.search import pad_sources, score_targets
+from nmt.inference.translator import Translator, clean_source, decode_split_timed
 
 FR = "le la chat chien maison rouge bleu petit grand mange dort voit un une et".split()
 EN = "the cat dog house red blue small big eats sleeps sees a and".split()
@@ -40,9 +47,9 @@ def corpus(n: int, seed: int, words=FR, max_words: int = 6) -> list[str]:
 def build_run(run: Path, kind: str = "bahdanau", seed: int = 0) -> Path:
     import datasets
 
-    from nmt.checkpoint import save_weights
-    from nmt.model import build_model
-    from nmt.tokenizer import SubwordTokenizers
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.inference.checkpoint import save_weights
+    from nmt.model.seq2seq import build_model
 
     run.mkdir(parents=True, exist_ok=True)
     ds = datasets.Dataset.from_dict({"src": corpus(200, 0), "tgt": corpus(200, 1, EN)})
@@ -449,7 +456,7 @@ def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
 def test_one_process_on_a_cpu_only_machine_skips_accelerate(monkeypatch):
     import torch
 
-    from nmt.translate import distributed_state
+    from nmt.inference.devices import distributed_state
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     if torch.accelerator.current_accelerator() is not None:
@@ -457,4 +464,4 @@ def test_one_process_on_a_cpu_only_machine_skips_accelerate(monkeypatch):
     state = distributed_state()
     assert (state.num_processes, state.process_index, state.is_main_process) == (1, 0, True)
     assert state.device == torch.device("cpu")
-    assert type(state).__module__ == "nmt.translate"
+    assert type(state).__module__ == "nmt.inference.devices"

@@ -25,11 +25,24 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (CHECKPOINT_DIR, atomic_write_json, atomic_write_text, load_state, load_weights,
-                         save_state, save_weights)
-from .config import Recipe, recipe_from_dict, resolved_run_dir
-from .errors import CheckpointError, NmtError
-from .model import PARTS, Seq2Seq, build_model, perplexity
+from nmt.atomic import atomic_write_json, atomic_write_text
+from nmt.config import Recipe, load_recipe, recipe_from_dict, resolved_run_dir
+from nmt.errors import CheckpointError, NmtError
+from nmt.inference.checkpoint import (
+    CHECKPOINT_DIR,
+    load_state,
+    load_weights,
+    save_state,
+    save_weights,
+)
+from nmt.inference.devices import force_cpu
+from nmt.model.seq2seq import (
+    PARTS,
+    Seq2Seq,
+    build_model,
+    check_model_config,
+    perplexity,
+)
 
 log = logging.getLogger("nmt.train")
 
@@ -101,16 +114,6 @@ def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
     if free < need_bytes:
         raise NmtError(f"not enough free disk space in {run_dir}: {free / 2**20:.0f} MiB free, checkpoints "
                        f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
-
-
-def force_cpu() -> bool:
-    """The ``cpu=`` flag for accelerate: True for a multi-process launch on a machine without CUDA.
-
-    accelerate picks multi-process CPU (MULTI_CPU, gloo) only when asked for the CPU, so a torchrun
-    launch without CUDA asks for it; otherwise accelerate chooses the device (CUDA, MPS or CPU).
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    return launched and not torch.cuda.is_available()
 
 
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -186,16 +189,24 @@ def lr_factor(step: int, recipe: Recipe, elapsed_seconds: float | None = None) -
 
 # ---------------------------------------------------------------------------------------- train
 
+def load_training_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """A recipe file read, overridden and validated, its model section included (can it be built?)."""
+    recipe = load_recipe(path, overrides)
+    check_model_config(recipe.model, str(path))
+    return recipe
+
+
 def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool = False,
           recipe_path: str | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by ``recipe``; returns a summary dict."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .batching import TokenBatchSampler, encode_dataset, lengths_of
-    from .data import load_corpus
-    from .tokenizer import SubwordTokenizers
+    from nmt.data.batching import TokenBatchSampler, encode_dataset, lengths_of
+    from nmt.data.corpus import load_corpus
+    from nmt.data.tokenizer import SubwordTokenizers
 
+    check_model_config(recipe.model, recipe_path)
     t = recipe.train
     run_dir = resolved_run_dir(recipe, run_dir)
     if t.num_threads:
@@ -397,7 +408,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator):
     """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
     training data before training (IBM Model 1 does not depend on the model), kept on resume."""
-    from .shortlist import LEXICON_FILE, Lexicon, build_for_run
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
 
     path = run_dir / LEXICON_FILE
     if accelerator.is_main_process and not path.is_file():
@@ -412,7 +423,7 @@ def _batches(dataset, sampler):
     No DataLoader: its iterators draw seeds from the global RNG, which would make a resumed run
     diverge from an uninterrupted one; and the sampler's position is then exactly the batches trained.
     """
-    from .batching import collate
+    from nmt.data.batching import collate
 
     columns = dataset.select_columns(["src_ids", "tgt_ids"])
     while True:
@@ -575,9 +586,9 @@ class _Validator:
         self.references = list(raw_valid["tgt"][:limit])
 
     def run(self, step: int) -> dict[str, Any]:
-        from .batching import collate, inference_batches
-        from .evaluation import score_corpus
-        from .search import SearchOptions, translate_ids
+        from nmt.data.batching import collate, inference_batches
+        from nmt.inference.search import SearchOptions, translate_ids
+        from nmt.metrics import score_corpus
 
         acc = self.accelerator
         model = self.model
@@ -628,8 +639,8 @@ class _Validator:
         if not count:
             return
         try:
-            from .plots import plot_attention
-            from .search import SearchOptions, translate_ids
+            from nmt.figures import plot_attention
+            from nmt.inference.search import SearchOptions, translate_ids
         except ImportError:
             return
         options = SearchOptions.from_config(self.recipe.decode, beam=1, n_best=1, return_attention=True)

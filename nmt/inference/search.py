@@ -1,4 +1,4 @@
-"""Greedy and beam search over a :class:`~nmt.model.Seq2Seq`, batched over sentences × beams.
+"""Greedy and beam search over a :class:`~nmt.model.seq2seq.Seq2Seq`, batched over sentences × beams.
 
 Everything here works on token ids (no tokenizers). The only Python loop is over time steps:
 sentences and beams are rows of tensors, the attention memory is projected once per batch
@@ -14,7 +14,7 @@ Definitions (shared by greedy and beam search)
   masked choices (min length, no-repeat n-grams) are not renormalised, so the numbers agree.
   With a lexical shortlist (``SearchOptions.shortlist``) the log-probabilities are normalised over
   the batch's shortlist instead: they equal those of the full model with every logit outside it
-  at -inf (see :mod:`nmt.shortlist`).
+  at -inf (see :mod:`nmt.inference.shortlist`).
 - Its **score** is the raw score with the GNMT penalties (Wu et al. 2016, eq. 14)::
 
       score = raw / lp(|Y|) + cp,   lp(n) = ((5 + n) / 6) ** alpha,
@@ -69,15 +69,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import NmtError
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from nmt.data.vocab import BOS_ID, EOS_ID, N_SPECIAL, PAD_ID
+from nmt.errors import NmtError
 
 #: coverage below this is clamped before the log of the coverage penalty
 COVERAGE_FLOOR = 1e-6
 
 __all__ = [
-    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
     "SearchOptions", "Hypothesis",
     "search", "greedy_search", "beam_search", "score_targets", "pad_sources", "translate_ids",
     "length_penalty", "coverage_penalty",
@@ -263,7 +261,7 @@ class OutputShortlist:
 
     @classmethod
     def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: "SearchOptions") -> "OutputShortlist":
-        from .shortlist import N_SPECIAL, shortlist_output
+        from nmt.inference.shortlist import shortlist_output
 
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
         vocab = model.output.out_features
@@ -282,13 +280,13 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
     """Greedy search when ``options.beam == 1``, else beam search. One list per sentence.
 
     With ``options.shortlist > 0`` the output layer is restricted to the batch's lexical shortlist
-    (:mod:`nmt.shortlist`; ``lexicon`` is the run's :class:`~nmt.shortlist.Lexicon`).
+    (:mod:`nmt.inference.shortlist`; ``lexicon`` is the run's :class:`~nmt.inference.shortlist.Lexicon`).
     """
     options = options or SearchOptions()
     shortlist = None
     if options.shortlist:
         if lexicon is None:
-            raise NmtError("a shortlist search needs the run's lexicon (nmt.shortlist.Lexicon); "
+            raise NmtError("a shortlist search needs the run's lexicon (nmt.inference.shortlist.Lexicon); "
                            "build it with `nmt shortlist RUN_DIR`")
         if src_mask is None:
             src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
@@ -314,7 +312,7 @@ def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOption
     (``tokens == []``, score 0, ``finished=False``; attention of shape (0, 1) when requested).
     No truncation happens here (``Translator`` truncates to ``decode.max_input_len``).
     """
-    from .batching import inference_batches
+    from nmt.data.batching import inference_batches
 
     options = options or SearchOptions()
     if device is None:

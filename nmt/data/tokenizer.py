@@ -12,7 +12,7 @@ names with identical bytes, so loading never needs to know whether the vocabular
 
 Special ids are fixed for every model: ``PAD_ID=0``, ``UNK_ID=1``, ``BOS_ID=2``, ``EOS_ID=3``.
 sentencepiece's own normaliser is off (``normalization_rule_name=identity``): text is already
-normalised by :mod:`nmt.data` as ``data.filter.normalize`` says, and decoding then reproduces the
+normalised by :mod:`nmt.data.corpus` as ``data.filter.normalize`` says, and decoding then reproduces the
 cleaned text exactly (up to runs of spaces, which sentencepiece collapses).
 """
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from .checkpoint import atomic_write_bytes
-from .config import TokenizerConfig
-from .errors import CheckpointError, ConfigError
+from nmt.atomic import atomic_write_bytes
+from nmt.config import TokenizerConfig
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.errors import CheckpointError, ConfigError
 
-logger = logging.getLogger("nmt.tokenizer")
+logger = logging.getLogger("nmt.data.tokenizer")
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SRC_MODEL, TGT_MODEL = "spm.src.model", "spm.tgt.model"
 _ITER_BATCH = 10_000
 
@@ -186,7 +186,7 @@ class SubwordTokenizers:
         return self.tgt.get_piece_size()
 
     def encode_src(self, texts: list[str]) -> list[list[int]]:
-        """Subword ids, without BOS/EOS (:func:`nmt.batching.encode_dataset` appends EOS)."""
+        """Subword ids, without BOS/EOS (:func:`nmt.data.batching.encode_dataset` appends EOS)."""
         return self.src.encode(list(texts), out_type=int)
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:

@@ -37,13 +37,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import NmtError
+from nmt.data.vocab import (  # the special ids are always in a shortlist, at columns 0..3
+    N_SPECIAL,
+    PAD_ID,
+)
+from nmt.errors import NmtError
 
-logger = logging.getLogger("nmt.shortlist")
+logger = logging.getLogger("nmt.inference.shortlist")
 
 LEXICON_FILE = "lexicon.safetensors"
-NULL_ID = 0  #: PAD's id stands for IBM Model 1's NULL source word
-N_SPECIAL = 4  #: PAD, UNK, BOS, EOS = ids 0..3: always in a shortlist, at columns 0..3
+NULL_ID = PAD_ID  #: PAD's id stands for IBM Model 1's NULL source word
 
 #: one chunk of pairs as flat arrays: (src_values, src_offsets, tgt_values, tgt_offsets)
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -121,7 +124,7 @@ def top_translations(links: np.ndarray, prob: np.ndarray, src_vocab: int, tgt_vo
 
 
 def dataset_chunks(ds, max_pairs: int | None = None, chunk_pairs: int = 50_000) -> Iterator[Chunk]:
-    """Chunks of an encoded corpus (``src_ids``/``tgt_ids`` columns, see ``nmt.batching``).
+    """Chunks of an encoded corpus (``src_ids``/``tgt_ids`` columns, see ``nmt.data.batching``).
 
     With ``max_pairs`` an evenly spaced sample of that many pairs is used (deterministic).
     """
@@ -195,7 +198,7 @@ class Lexicon:
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
-        from .checkpoint import atomic_path
+        from nmt.atomic import atomic_path
 
         tensors = {"top_ids": self.top_ids.int().contiguous(), "top_probs": self.top_probs.contiguous(),
                    "by_frequency": self.by_frequency.int().contiguous()}
@@ -248,10 +251,10 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
     """
     run_dir = Path(run_dir)
     if train_ds is None:
-        from .batching import encode_dataset
-        from .checkpoint import load_run_recipe
-        from .data import load_corpus
-        from .tokenizer import SubwordTokenizers
+        from nmt.data.batching import encode_dataset
+        from nmt.data.corpus import load_corpus
+        from nmt.data.tokenizer import SubwordTokenizers
+        from nmt.inference.checkpoint import load_run_recipe
 
         recipe = recipe or load_run_recipe(run_dir)
         tokenizers = tokenizers or SubwordTokenizers.load(run_dir)

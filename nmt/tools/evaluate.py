@@ -17,7 +17,6 @@ Two ways to use ``nmt evaluate``:
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import gzip
 import json
 import os
@@ -26,111 +25,12 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .checkpoint import atomic_write_text
-from .errors import CheckpointError, DataError, NmtError
-
-METRICS: tuple[str, ...] = ("bleu", "chrf", "ter")
+from nmt.atomic import atomic_write_text
+from nmt.errors import CheckpointError, DataError, NmtError
+from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
 
 __all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
            "format_scores", "evaluate_run", "evaluate_cli"]
-
-
-# --------------------------------------------------------------------------------------- metrics
-
-def parse_metrics(metrics: str | Iterable[str] | None) -> list[str]:
-    """``"bleu,chrf"`` or ``["BLEU", "chrf"]`` -> ``["bleu", "chrf"]``; ``None`` -> all metrics.
-
-    Unknown names raise :class:`NmtError` (with a suggestion); duplicates are dropped.
-    """
-    if metrics is None:
-        return list(METRICS)
-    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
-    names: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise NmtError(f"metric names must be strings, got {item!r}; choose from {', '.join(METRICS)}")
-        name = item.strip().lower()
-        if not name:
-            continue
-        if name not in METRICS:
-            hint = difflib.get_close_matches(name, METRICS, n=1, cutoff=0.5)
-            extra = f"did you mean {hint[0]!r}? " if hint else ""
-            raise NmtError(f"unknown metric {item.strip()!r}; {extra}choose from {', '.join(METRICS)} "
-                           "(e.g. --metrics bleu,chrf)")
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise NmtError(f"no metric given; choose from {', '.join(METRICS)} (e.g. --metrics bleu,chrf)")
-    return names
-
-
-def _metric(name: str, bleu_tokenize: str):
-    from sacrebleu.metrics import BLEU, CHRF, TER
-
-    if name == "bleu":
-        if bleu_tokenize not in BLEU.TOKENIZERS:
-            raise NmtError(f"unknown BLEU tokenizer {bleu_tokenize!r}; sacrebleu knows "
-                           f"{', '.join(BLEU.TOKENIZERS)} (the usual one is '13a')")
-        return BLEU(tokenize=bleu_tokenize)
-    if name == "chrf":
-        return CHRF()
-    return TER()
-
-
-def score_corpus(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                 metrics: Iterable[str] | str | None = METRICS,
-                 bleu_tokenize: str = "13a") -> dict[str, dict[str, Any]]:
-    """Corpus scores of detokenized ``hypotheses`` against one or more reference sets.
-
-    ``references`` holds one list per reference set, each as long as ``hypotheses``
-    (``[refs]`` for a single reference). Returns, per metric name (``bleu``, ``chrf``, ``ter``)::
-
-        {"name": "BLEU", "score": 42.48, "signature": "nrefs:1|case:mixed|...",
-         "line": "BLEU = 42.48 88.9/57.1/40.0/25.0 (BP = ...)"}
-
-    ``signature`` is sacrebleu's ``metric.get_signature()`` and ``line`` is ``str(score)``.
-    """
-    names = parse_metrics(metrics)
-    hyps = list(hypotheses)
-    if isinstance(hypotheses, str) or any(not isinstance(h, str) for h in hyps):
-        raise NmtError("hypotheses must be a list of strings (one detokenized segment each)")
-    if isinstance(references, str) or not references:
-        raise NmtError("references must be a non-empty list of reference sets, e.g. [refs]")
-    ref_sets = [list(r) for r in references]
-    if any(isinstance(r, str) for r in references):
-        raise NmtError("references must be a list of reference *sets* (lists of strings); "
-                       "for a single reference write score_corpus(hyps, [refs])")
-    for i, refs in enumerate(ref_sets, 1):
-        if any(not isinstance(r, str) for r in refs):
-            raise NmtError(f"reference set {i} must contain only strings")
-        if len(refs) != len(hyps):
-            raise DataError(f"reference set {i} has {len(refs)} segments but there are "
-                            f"{len(hyps)} hypotheses; every set needs one segment per hypothesis")
-    if not hyps:
-        raise DataError("nothing to score: there are no hypotheses")
-
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        metric = _metric(name, bleu_tokenize)
-        score = metric.corpus_score(hyps, ref_sets)
-        results[name] = {
-            "name": score.name,
-            "score": float(score.score),
-            "signature": str(metric.get_signature()),
-            "line": str(score),
-        }
-    return results
-
-
-def format_scores(scores: dict[str, dict[str, Any]]) -> str:
-    """One line per metric, as sacrebleu prints it: ``BLEU|nrefs:1|... = 42.48 88.9/...``."""
-    lines = []
-    for result in scores.values():
-        line = result["line"]
-        head = f"{result['name']} = "
-        rest = line[len(head):] if line.startswith(head) else line
-        lines.append(f"{result['name']}|{result['signature']} = {rest}")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -223,9 +123,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         raise NmtError(f"--beam: got {beam!r}, must be a positive integer (1 = greedy)")
     import importlib
 
-    from nmt.translate import Translator
+    from nmt.inference.translator import Translator
 
-    data_module = importlib.import_module("nmt.data")
+    data_module = importlib.import_module("nmt.data.corpus")
 
     known_splits = getattr(data_module, "SPLITS", None)
     if known_splits and split not in known_splits:
@@ -249,7 +149,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     if len(hypotheses) != len(sources):
         raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
-                       "sources (a bug in nmt.translate)")
+                       "sources (a bug in nmt.inference.translator)")
     # One segment per line on disk: a newline inside a hypothesis would shift every later line.
     hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
     scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
@@ -259,8 +159,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
-    from . import __version__
     import sacrebleu
+
+    from nmt import __version__
 
     record = {
         "run_dir": str(run),

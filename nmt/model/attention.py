@@ -54,8 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import ActivatedLinear, Dropout, Tanh, available_activations, get_activation, make_dropout
-from .errors import NmtError
+from nmt.errors import NmtError
+from nmt.model.activations import (
+    ActivatedLinear,
+    Dropout,
+    Tanh,
+    available_activations,
+    get_activation,
+    make_dropout,
+)
 
 __all__ = [
     "ATTENTION_KINDS",

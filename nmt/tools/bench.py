@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import NmtError
+from nmt.errors import NmtError
 
 
 def peak_rss_mib() -> float:
@@ -69,13 +69,12 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
     Elementwise work (activations, softmax, the optimizer) is not counted: this is the work a
     GEMM peak can be compared with.
     """
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .batching import TokenBatchSampler, collate, encode_dataset, lengths_of
-    from .data import load_corpus
-    from .model import build_model
-    from .tokenizer import SubwordTokenizers
+    from nmt.data.batching import TokenBatchSampler, collate, encode_dataset, lengths_of
+    from nmt.data.corpus import load_corpus
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.model.seq2seq import build_model
 
     t = recipe.train
     train_split = load_corpus(recipe.data, splits=("train",))["train"]
@@ -106,13 +105,12 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
 
 def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
                 flops: bool = False) -> dict[str, Any]:
-    from .config import load_recipe
-    from .training import train
+    from nmt.training.loop import load_training_recipe, train
 
     if steps <= 0 or warmup < 0:
         raise NmtError("--steps must be > 0 and --warmup >= 0")
     total = steps + warmup
-    recipe = load_recipe(recipe_path, list(overrides) + [
+    recipe = load_training_recipe(recipe_path, list(overrides) + [
         f"train.max_steps={total}", "train.log_every=1", f"train.valid_every={10 * total + 1}",
         "train.valid_max_sentences=16", "train.plot_sentences=0", "train.budget_minutes=null",
         "train.max_epochs=null", "train.patience=null"])
@@ -144,9 +142,9 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
 def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | None,
                     batch_sentences: int | None, checkpoint: str, quantize: bool,
                     precision: str = "float32", shortlist: int | None = None) -> dict[str, Any]:
-    from .data import load_corpus
-    from .evaluation import score_corpus
-    from .translate import Translator, decode_split_timed
+    from nmt.data.corpus import load_corpus
+    from nmt.inference.translator import Translator, decode_split_timed
+    from nmt.metrics import score_corpus
 
     load_start = time.perf_counter()
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision)

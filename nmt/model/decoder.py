@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ActivatedLinear, Dropout, make_dropout
-from .attention import AdditiveAttention, build_attention, masked_softmax
-from .config import AttentionConfig, DecoderConfig
-from .gru import BahdanauRecurrence, run_gru, use_gru_scan
+from nmt.config import AttentionConfig, DecoderConfig
+from nmt.kernels.gru import BahdanauRecurrence, run_gru, use_gru_scan
+from nmt.model.activations import ActivatedLinear, Dropout, make_dropout
+from nmt.model.attention import AdditiveAttention, build_attention, masked_softmax
 
 
 @dataclass
@@ -243,7 +243,7 @@ class BahdanauDecoder(_GRUDecoderBase):
 
     def _fused_recurrence(self, embedded: torch.Tensor, memory: Memory) -> bool:
         """CPU training of the usual configuration (one layer, tanh additive attention) runs the
-        time loop as :class:`nmt.gru.BahdanauRecurrence`; anything else keeps the step loop."""
+        time loop as :class:`nmt.kernels.gru.BahdanauRecurrence`; anything else keeps the step loop."""
         att = self.attention
         return (use_gru_scan(embedded) and self.cfg.layers == 1 and memory.proj_keys is not None
                 and isinstance(att, AdditiveAttention)

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .activations import Dropout
-from .attention import SelfAttentionLayer
-from .config import EncoderConfig
-from .gru import run_gru, use_gru_scan
+from nmt.config import EncoderConfig
+from nmt.kernels.gru import run_gru, use_gru_scan
+from nmt.model.activations import Dropout
+from nmt.model.attention import SelfAttentionLayer
 
 
 @dataclass

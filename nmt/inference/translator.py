@@ -53,16 +53,24 @@ import sys
 import time
 import unicodedata
 import warnings
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from .errors import NmtError
-from .search import EOS_ID, Hypothesis, SearchOptions, pad_sources, score_targets, search
+from nmt.data.vocab import EOS_ID
+from nmt.errors import NmtError
+from nmt.inference.devices import distributed_state
+from nmt.inference.search import (
+    Hypothesis,
+    SearchOptions,
+    pad_sources,
+    score_targets,
+    search,
+)
 
 #: lines read, translated and written at a time by ``nmt translate``
 CHUNK_LINES = 10_000
@@ -169,32 +177,6 @@ class _Warnings:
 
 # ---------------------------------------------------------------------------------- translator
 
-@dataclass
-class _OneCpuProcess:
-    """What ``distributed_state`` needs of ``PartialState``, for one process on a CPU-only machine."""
-
-    num_processes: int = 1
-    process_index: int = 0
-    is_main_process: bool = True
-    device: torch.device = torch.device("cpu")
-
-
-def distributed_state():
-    """accelerate's ``PartialState``, with the device choice of :func:`nmt.training.force_cpu`.
-
-    One process on a machine with no accelerator needs none of it: that case skips accelerate,
-    whose ``PartialState()`` alone took 0.4 s of the 2.3 s start-up of ``nmt translate``.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    if not launched and torch.accelerator.current_accelerator() is None:
-        return _OneCpuProcess()
-    from accelerate import PartialState
-
-    from .training import force_cpu
-
-    return PartialState(cpu=force_cpu())
-
-
 def _resolve_device(device: Any, quantize: bool) -> torch.device:
     if device is not None:
         device = torch.device(device)
@@ -222,7 +204,7 @@ def _linear_weights_to_bf16(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
             module.to(torch.bfloat16)
-    # the decoder's GRU weights too: search runs them through F.linear (nmt.decoder.gru_cell), and
+    # the decoder's GRU weights too: search runs them through F.linear (nmt.model.decoder.gru_cell), and
     # nn.GRU under CPU autocast accepts bf16 weights for teacher forcing (it computes in float32)
     model.decoder.rnn.to(torch.bfloat16)
     return model
@@ -260,7 +242,7 @@ class Translator:
         self.quantized = quantize
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.lexicon = lexicon  #: nmt.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
+        self.lexicon = lexicon  #: nmt.inference.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
         self.attention_kind = recipe.model.attention.kind
         self.warn = _Warnings()
 
@@ -272,7 +254,7 @@ class Translator:
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
         """
-        from .checkpoint import load_run
+        from nmt.inference.checkpoint import load_run
 
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
@@ -334,7 +316,7 @@ class Translator:
             order = sorted(range(len(todo)), key=lambda k: -len(todo[k].ids))
             groups = [order[k: k + batch_sentences] for k in range(0, len(order), batch_sentences)]
         else:
-            from .batching import inference_batches
+            from nmt.data.batching import inference_batches
 
             budget = max(1, (batch_tokens or self.recipe.decode.batch_tokens) // max(1, beam))
             groups = inference_batches([len(it.ids) for it in todo], budget, max_sentences)
@@ -345,7 +327,7 @@ class Translator:
         if not options.shortlist:
             return None
         if self.lexicon is None:
-            from .shortlist import LEXICON_FILE, Lexicon
+            from nmt.inference.shortlist import LEXICON_FILE, Lexicon
 
             if self.run_dir is None:
                 raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
@@ -389,7 +371,7 @@ class Translator:
         ``return_scores`` or ``return_attention`` a list of :class:`TranslationResult`.
         ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
         ignores the length and coverage penalties). ``overrides`` are
-        :class:`~nmt.search.SearchOptions` fields (``length_penalty``, ``coverage_penalty``,
+        :class:`~nmt.inference.search.SearchOptions` fields (``length_penalty``, ``coverage_penalty``,
         ``max_len_a``, ``max_len_b``, ``min_len``, ``no_repeat_ngram``); ``lines`` are the
         line numbers used in warnings (default 1, 2, ...).
         """
@@ -484,7 +466,7 @@ class Translator:
     def learned_activation_parameters(self) -> dict[str, dict[str, Any]]:
         """Learned activation parameters (AReLU alpha/beta, PReLU slopes, ...) by module path."""
         try:
-            from .activations import activation_parameters
+            from nmt.model.activations import activation_parameters
         except ImportError:  # pragma: no cover - the registry always provides it
             return {}
         return activation_parameters(self.model)

@@ -40,8 +40,8 @@ reproduces the split of the shared Tatoeba files (grouped by English = the targe
 
 Cleaning: valid/test are only normalised; training pairs with an empty side are dropped (the
 subword length filters of ``data.filter`` need the tokenizer and live in
-:func:`nmt.batching.encode_dataset`). ``max_train_pairs`` keeps the first N remaining training pairs.
-What is dropped is logged on the ``nmt.data`` logger.
+:func:`nmt.data.batching.encode_dataset`). ``max_train_pairs`` keeps the first N remaining training pairs.
+What is dropped is logged on the ``nmt.data.corpus`` logger.
 
 Local files are checked by a fast streaming pass before ``datasets`` reads them, so that a bad line
 is reported as ``file:line: problem. fix`` (:class:`~nmt.errors.DataError`) rather than as a parser
@@ -61,10 +61,10 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import DataConfig
-from .errors import ConfigError, DataError
+from nmt.config import DataConfig
+from nmt.errors import ConfigError, DataError
 
-logger = logging.getLogger("nmt.data")
+logger = logging.getLogger("nmt.data.corpus")
 
 SPLITS = ("train", "valid", "test")
 _TSV_FIX_HINT = "For the fr-en recipe, point NMT_TATOEBA_DIR at the directory holding train.tsv, " \

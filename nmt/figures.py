@@ -1,39 +1,27 @@
-"""Plots: attention heatmaps, training curves, gradient norms and activation functions; ``nmt plot``.
+"""Figures: attention heatmaps, training curves, gradient norms, bar charts (matplotlib only).
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot, no global state,
 no display needed) and saved by extension: ``.png`` (the default when there is none), ``.svg``,
 ``.pdf`` or any other format matplotlib writes. Files are written to a temporary name in the target
 directory and renamed into place, so a reader never sees half an image. Every function returns the
 figure, which stays inspectable after saving; ``path=None`` only builds it.
-
-Library functions:
-
-- :func:`plot_attention` -- a (target x source) heatmap, optional local-p centres, or one panel per
-  head of a multi-head self-attention;
-- :func:`plot_curves` -- train loss, valid loss and valid BLEU over steps, runs overlaid;
-- :func:`plot_grad_norms` -- per-part gradient norms over steps (log scale), runs overlaid;
-- :func:`plot_activations` -- activation functions and their derivatives, plus learned
-  AReLU / PReLU / Swish parameters of a trained run;
-- :func:`read_metrics` -- the records of ``RUN_DIR/metrics.jsonl``.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .errors import DataError, NmtError
+from nmt.errors import DataError, NmtError
 
-__all__ = ["DPI", "plot_attention", "plot_curves", "plot_grad_norms", "plot_activations",
-           "read_metrics", "parse_line_range", "save_figure", "plot_cli"]
+__all__ = ["DPI", "plot_attention", "plot_curves", "plot_grad_norms", "plot_bars", "read_metrics", "save_figure"]
+
 
 DPI = 100  #: dots per inch of raster output (PNG): pixel size = figure inches x DPI
 GRAD_PARTS = ("embeddings", "encoder", "attention", "decoder", "output")
@@ -70,7 +58,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -147,7 +135,7 @@ def plot_attention(weights: Any, src_tokens: Sequence[str], tgt_tokens: Sequence
     panel_h = T * cell + _label_inches(src_tokens, font) + (0.35 if n > 1 else 0.1)
     width = max(4.0, ncols * panel_w + 1.2)  # + colour bar
     height = max(3.0, nrows * panel_h + (0.5 if title else 0.1))
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     vmax = float(np.nanmax(panels)) if np.isfinite(panels).any() else 1.0
     vmax = vmax if vmax > 0 else 1.0
@@ -250,7 +238,7 @@ def _series(records: Iterable[dict], kind: str, key: str) -> tuple[np.ndarray, n
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
 
-def _colour(i: int) -> str:
+def colour(i: int) -> str:
     return f"C{i % 10}"
 
 
@@ -261,7 +249,7 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike |
         raise NmtError("no run directory given")
     runs = [read_metrics(r) for r in run_dirs]
     labels = _run_labels(run_dirs)
-    fig = _new_figure(15.0, 4.6)
+    fig = new_figure(15.0, 4.6)
     panels = [("train", "loss", "training loss"), ("valid", "loss", "validation loss"),
               ("valid", "bleu", "validation BLEU")]
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
@@ -270,7 +258,7 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike |
         for i, (records, label) in enumerate(zip(runs, labels)):
             steps, values = _series(records, kind, key)
             if len(steps):
-                ax.plot(steps, values, color=_colour(i), label=label,
+                ax.plot(steps, values, color=colour(i), label=label,
                         marker="o" if kind == "valid" else None, markersize=3,
                         linewidth=1.0 if kind == "train" else 1.4)
                 drawn = True
@@ -293,10 +281,10 @@ def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[floa
     """Bars with error bars (e.g. mean ± std test BLEU over seeds), one per label, value on top."""
     if not (len(labels) == len(means) == len(stds)) or not labels:
         raise NmtError("plot_bars needs equally many labels, means and stds (at least one)")
-    fig = _new_figure(max(5.0, 0.9 * len(labels) + 2.0), 4.6)
+    fig = new_figure(max(5.0, 0.9 * len(labels) + 2.0), 4.6)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(labels))
-    ax.bar(x, means, yerr=stds, capsize=4, color=[_colour(i) for i in range(len(labels))], alpha=0.85)
+    ax.bar(x, means, yerr=stds, capsize=4, color=[colour(i) for i in range(len(labels))], alpha=0.85)
     for xi, mean in zip(x, means):
         if mean == mean:  # not NaN
             ax.text(xi, mean, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
@@ -334,7 +322,7 @@ def plot_grad_norms(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLi
                         "(train records have no 'grad_norm')")
     ncols = min(len(parts), 3)
     nrows = math.ceil(len(parts) / ncols)
-    fig = _new_figure(4.4 * ncols, 3.2 * nrows)
+    fig = new_figure(4.4 * ncols, 3.2 * nrows)
     for j, part in enumerate(parts):
         ax = fig.add_subplot(nrows, ncols, j + 1)
         for i, (records, label) in enumerate(zip(runs, labels)):
@@ -346,7 +334,7 @@ def plot_grad_norms(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLi
                 steps, values = zip(*pairs)
                 values = np.asarray(values, dtype=float)
                 values[values <= 0] = np.nan  # log scale
-                ax.plot(steps, values, color=_colour(i), label=label, linewidth=1.0)
+                ax.plot(steps, values, color=colour(i), label=label, linewidth=1.0)
         ax.set_yscale("log")
         ax.set_title(f"gradient norm: {part}")
         ax.set_xlabel("step")
@@ -355,290 +343,3 @@ def plot_grad_norms(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLi
     if path is not None:
         save_figure(fig, path)
     return fig
-
-
-# ---------------------------------------------------------------------------------- activations
-
-_X_RANGE = (-4.0, 4.0)
-_X_POINTS = 801
-
-
-def _curve(module, x):
-    """(values, derivatives) of ``module`` on the column ``x`` (N, 1), derivative by autograd."""
-    import torch
-
-    x = x.detach().clone().requires_grad_(True)
-    y = module(x)
-    (grad,) = torch.autograd.grad(y.sum(), x)
-    return y.detach().reshape(-1).numpy(), grad.reshape(-1).numpy()
-
-
-def _maxout_curve(module, x):
-    """Maxout is not a function of one scalar: plot max_j(w_j x + b_j) for fixed random pieces."""
-    import torch
-
-    k = int(getattr(module, "pieces", 2))
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(k, generator=gen, dtype=torch.float64)
-    b = 0.5 * torch.randn(k, generator=gen, dtype=torch.float64)
-    xs = x.detach().clone().requires_grad_(True)
-    y = module(xs * w + b)  # (N, k) -> (N, 1)
-    (grad,) = torch.autograd.grad(y.sum(), xs)
-    return y.detach().reshape(-1).numpy(), grad.reshape(-1).numpy(), k
-
-
-def _learned_entries(learned: Mapping[str, Any]) -> tuple[list, list, list]:
-    """Split a run's learned parameters into curves to draw, slope samples to histogram, and notes."""
-    from .activations import get_activation
-
-    curves, hists, notes = [], [], []
-    for layer, value in learned.items():
-        layer = str(layer) or "(model)"
-        if isinstance(value, Mapping):
-            kind = value.get("kind")
-            if kind is None and "alpha" in value and "beta" in value:
-                kind = "arelu"
-            try:
-                if kind == "arelu":
-                    a, b = float(value["alpha"]), float(value["beta"])
-                    curves.append((f"{layer}: arelu α={a:.3g} β={b:.3g}",
-                                   get_activation("arelu", alpha=a, beta=b)))
-                elif kind == "swish":
-                    b = float(value["beta"])
-                    curves.append((f"{layer}: swish β={b:.3g}", get_activation("swish", beta=b)))
-                elif kind == "prelu" or (kind is None and "slope" in value):
-                    slopes = np.atleast_1d(np.asarray(value["slope"], dtype=float))
-                    if slopes.size == 1:
-                        curves.append((f"{layer}: prelu a={slopes[0]:.3g}",
-                                       get_activation("prelu", init=float(slopes[0]))))
-                    else:
-                        hists.append((f"{layer}: prelu per-channel slopes", slopes))
-                elif kind == "aprelu" or (kind is None and "slopes" in value):
-                    hists.append((f"{layer}: aprelu per-sample slopes",
-                                  np.asarray(value["slopes"], dtype=float).reshape(-1)))
-                else:
-                    notes.append(f"{layer}: unrecognised parameters {sorted(value)}")
-            except (KeyError, TypeError, ValueError, NmtError) as exc:
-                notes.append(f"{layer}: unusable parameters ({exc})")
-        elif isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "detach"):
-            try:
-                samples = (value.detach().to("cpu").float().numpy() if hasattr(value, "detach")
-                           else np.asarray(value, dtype=float))
-                hists.append((f"{layer}: aprelu per-sample slopes", samples.reshape(-1)))
-            except (TypeError, ValueError) as exc:
-                notes.append(f"{layer}: unusable slopes ({exc})")
-        else:
-            notes.append(f"{layer}: unrecognised value {value!r}")
-    return curves, hists, notes
-
-
-def plot_activations(names: Sequence[str], path: str | os.PathLike | None,
-                     learned: Mapping[str, Any] | None = None) -> Figure:
-    """Each activation and its derivative (autograd) on x in [-4, 4]: a values and a derivatives panel.
-
-    Activations with per-channel parameters are drawn at their initialisation with ``channels=1``;
-    maxout, which maps k inputs to one output, is drawn as max_j(w_j x + b_j) with fixed random
-    pieces (the label says so). ``learned`` -- a trained run's learned parameters
-    (``Translator.learned_activation_parameters()``): ``{"layer": {"alpha": a, "beta": b}}``
-    (AReLU; also ``{"kind": "prelu", "slope": [...]}`` and ``{"kind": "swish", "beta": b}``) adds a
-    panel of the learned curves; a list of per-sample slopes (APReLU) a histogram panel.
-    """
-    import torch
-
-    from .activations import available_activations
-
-    if isinstance(names, str):
-        names = [names]
-    names = list(names)
-    if not names and not learned:
-        raise NmtError("no activation names given; available: " + ", ".join(available_activations()))
-    registry = available_activations()
-    for name in names:
-        if name not in registry:
-            import difflib
-
-            hint = difflib.get_close_matches(str(name), list(registry), n=1)
-            extra = f"did you mean {hint[0]!r}? " if hint else ""
-            raise NmtError(f"unknown activation {name!r}; {extra}available: {', '.join(registry)}")
-
-    x = torch.linspace(*_X_RANGE, _X_POINTS, dtype=torch.float64).reshape(-1, 1)
-    xs = x.reshape(-1).numpy()
-    drawn = []
-    for name in dict.fromkeys(names):
-        module = registry[name].example().double().eval()
-        if name == "maxout" or module.__class__.__name__ == "Maxout":
-            values, grads, k = _maxout_curve(module, x)
-            label = f"maxout (k={k}, fixed random pieces)"
-        else:
-            values, grads = _curve(module, x)
-            label = name
-        drawn.append((label, values, grads))
-
-    curves, hists, notes = _learned_entries(learned) if learned else ([], [], [])
-    n_panels = (2 if drawn else 0) + (1 if curves else 0) + (1 if hists else 0)
-    if n_panels == 0:
-        raise NmtError("nothing to plot: " + ("; ".join(notes) if notes else "no learned parameters"))
-    fig = _new_figure(5.2 * n_panels, 4.4 + 0.25 * len(notes))
-    col = 0
-
-    def panel(title: str, ylabel: str):
-        nonlocal col
-        col += 1
-        ax = fig.add_subplot(1, n_panels, col)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.axhline(0, color="0.6", linewidth=0.6)
-        ax.axvline(0, color="0.6", linewidth=0.6)
-        ax.grid(True, alpha=0.3)
-        return ax
-
-    if drawn:
-        ax_v = panel("activation f(x)", "f(x)")
-        ax_d = panel("derivative f'(x) (autograd)", "f'(x)")
-        for i, (label, values, grads) in enumerate(drawn):
-            ax_v.plot(xs, values, color=_colour(i), label=label, linewidth=1.4)
-            ax_d.plot(xs, grads, color=_colour(i), label=label, linewidth=1.4)
-        for ax in (ax_v, ax_d):
-            ax.set_xlabel("x")
-            ax.set_xlim(*_X_RANGE)
-            ax.legend(fontsize=8)
-    if curves:
-        ax = panel("learned activations", "f(x)")
-        for i, (label, module) in enumerate(curves):
-            values, _ = _curve(module.double().eval(), x)
-            ax.plot(xs, values, color=_colour(i), label=label, linewidth=1.4)
-        ax.set_xlabel("x")
-        ax.set_xlim(*_X_RANGE)
-        ax.legend(fontsize=7)
-    if hists:
-        ax = panel("learned negative slopes", "count")
-        for i, (label, samples) in enumerate(hists):
-            ax.hist(samples[np.isfinite(samples)], bins=30, alpha=0.6, color=_colour(i), label=label)
-        ax.set_xlabel("slope")
-        ax.legend(fontsize=7)
-    if notes:
-        fig.supxlabel("skipped: " + "; ".join(notes), fontsize=8, color="0.35")
-    if path is not None:
-        save_figure(fig, path)
-    return fig
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def parse_line_range(text: str, total: int | None = None, source: str = "the input") -> range:
-    """``"1-10"`` -> lines 1..10 (1-based, inclusive); ``"7"`` -> line 7. Returned as a 1-based range.
-
-    With ``total`` (the file's line count) a range beyond the file is an error.
-    """
-    spec = str(text).strip()
-    m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", spec)
-    if not m:
-        raise NmtError(f"--lines {text!r}: expected a 1-based inclusive range such as 1-10, or one "
-                       "line number such as 7")
-    start = int(m.group(1))
-    end = int(m.group(2)) if m.group(2) is not None else start
-    if start < 1:
-        raise NmtError(f"--lines {text!r}: line numbers start at 1")
-    if end < start:
-        raise NmtError(f"--lines {text!r}: the range is backwards (write {end}-{start})")
-    if total is not None and end > total:
-        raise NmtError(f"--lines {text!r}: {source} has only {total} line{'s' if total != 1 else ''}")
-    return range(start, end + 1)
-
-
-def _attention_cli(args) -> int:
-    from .evaluation import read_lines
-
-    source, input_path = getattr(args, "source", None), getattr(args, "input", None)
-    output, out_dir = getattr(args, "output", None), getattr(args, "out_dir", None)
-    lines_spec = getattr(args, "lines", None)
-    beam = getattr(args, "beam", 1)
-    beam = 1 if beam is None else beam
-    if source is not None and input_path:
-        raise NmtError("give either --source TEXT or --input FILE, not both")
-    if source is None and not input_path:
-        raise NmtError("what should be translated? give --source \"a sentence\" (with -o FILE) or "
-                       "--input FILE --lines 1-10 --out-dir DIR")
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise NmtError(f"--beam: got {beam!r}, must be a positive integer (1 = greedy)")
-    if source is not None:
-        if out_dir or lines_spec:
-            raise NmtError("--out-dir and --lines go with --input FILE; for --source use -o FILE")
-        if not source.strip():
-            raise NmtError("--source is empty; give a sentence to translate")
-        jobs = [(Path(output or "attention.png"), source)]
-    else:
-        if output:
-            raise NmtError("-o names the image for --source; with --input every line gets its own "
-                           "image in --out-dir DIR")
-        if not out_dir:
-            raise NmtError("--input needs --out-dir DIR (one image per line is written there)")
-        lines = read_lines(input_path, "input file")
-        if not lines:
-            raise DataError(f"input file {str(input_path)!r} is empty")
-        numbers = (parse_line_range(lines_spec, len(lines), f"input file {str(input_path)!r}")
-                   if lines_spec else range(1, len(lines) + 1))
-        width = len(str(numbers[-1]))
-        jobs = []
-        for n in numbers:
-            if not lines[n - 1].strip():
-                print(f"line {n} of {input_path} is empty: skipped", file=sys.stderr)
-                continue
-            jobs.append((Path(out_dir) / f"line{n:0{width}d}.png", lines[n - 1]))
-        if not jobs:
-            raise DataError(f"--lines {lines_spec}: only empty lines selected in {str(input_path)!r}")
-
-    from nmt.translate import Translator
-
-    translator = Translator.load(args.run_dir, checkpoint=getattr(args, "checkpoint", "best"))
-    kind = getattr(translator, "attention_kind", "") or ""
-    results = translator.translate([src for _, src in jobs], beam=beam, return_attention=True)
-    for (out, src), result in zip(jobs, results):
-        hyp = result.hypotheses[0]
-        if getattr(hyp, "attention", None) is None:
-            raise NmtError(f"the model returned no attention weights for {src!r}")
-        plot_attention(hyp.attention, hyp.src_tokens, hyp.tokens, out,
-                       title=f"{kind} attention".strip(), positions=getattr(hyp, "positions", None))
-        print(out)
-        self_attention = getattr(translator, "encoder_self_attention", None)
-        layers = self_attention(src) if callable(self_attention) else None
-        if layers is not None:
-            for i, heads in enumerate(layers, 1):
-                sa_out = out.with_name(f"{out.stem}.self-attention-layer{i}{out.suffix}")
-                plot_attention(None, hyp.src_tokens, hyp.src_tokens, sa_out,
-                               title=f"encoder self-attention, layer {i}", head_weights=heads)
-                print(sa_out)
-    return 0
-
-
-def plot_cli(args) -> int:
-    """``nmt plot attention|curves|activations``; returns the exit code."""
-    what = getattr(args, "what", None)
-    if what == "attention":
-        return _attention_cli(args)
-    if what == "curves":
-        output = Path(args.output or "curves.png")
-        plot_curves(args.run_dirs, output)
-        print(output)
-        try:
-            grad_out = output.with_name(f"{output.stem}.grad-norms{output.suffix}")
-            plot_grad_norms(args.run_dirs, grad_out)
-            print(grad_out)
-        except DataError as exc:
-            if "no gradient norms" not in str(exc):
-                raise
-        return 0
-    if what == "activations":
-        learned = None
-        if getattr(args, "run", None):
-            from nmt.translate import Translator
-
-            learned = Translator.load(args.run).learned_activation_parameters()
-            if not learned:
-                print(f"{args.run} has no learned activation parameters (its activations are fixed)",
-                      file=sys.stderr)
-        output = Path(args.output or "activations.png")
-        plot_activations(args.names, output, learned)
-        print(output)
-        return 0
-    raise NmtError(f"unknown plot {what!r}; choose attention, curves or activations")

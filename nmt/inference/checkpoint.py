@@ -3,7 +3,7 @@
 Layout of a run directory (everything translation needs)::
 
     recipe.yaml                 the resolved recipe the run was trained with
-    spm.src.model spm.tgt.model sentencepiece models (see nmt.tokenizer)
+    spm.src.model spm.tgt.model sentencepiece models (see nmt.data.tokenizer)
     checkpoints/best.safetensors, best.json   weights + metadata of the best validation
     checkpoints/last.safetensors, last.json   weights of the last checkpoint
     checkpoints/last.state.pt   optimizer, scheduler, RNG and data-position state (resume only)
@@ -17,63 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:  # torch is imported where it is used: the atomic-write helpers stay cheap to import
+if TYPE_CHECKING:
     import torch
 
-from .errors import CheckpointError
+from nmt.atomic import atomic_path
+from nmt.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_weights(model: "torch.nn.Module", path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
@@ -170,7 +123,7 @@ def load_run_recipe(run_dir: str | os.PathLike):
     """The resolved recipe a run directory was trained with (``recipe.yaml``)."""
     import yaml
 
-    from .config import recipe_from_dict
+    from nmt.config import recipe_from_dict
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -184,8 +137,8 @@ def load_run_recipe(run_dir: str | os.PathLike):
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
              map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None):
     """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
-    from .model import build_model
-    from .tokenizer import SubwordTokenizers
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.model.seq2seq import build_model
 
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir)

@@ -21,10 +21,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import CheckpointError
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from nmt.errors import CheckpointError
 
-logger = logging.getLogger("nmt.data")
+logger = logging.getLogger("nmt.data.corpus")
 
 _MAP_BATCH = 10_000
 
@@ -79,13 +79,13 @@ def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Opt
     Filtering (training data): lengths here are subwords *without* EOS. A pair is dropped if a side
     has fewer than ``min_len`` subwords (``min_len=0``, the default, keeps everything, including
     empty sides), more than ``max_len``, or if longer/shorter > ``max_ratio``. Counts of dropped pairs
-    per reason are logged on ``nmt.data``. Without any filter argument nothing is dropped
+    per reason are logged on ``nmt.data.corpus``. Without any filter argument nothing is dropped
     (valid/test). The result is cached by ``datasets`` under a fingerprint of the input dataset, the
     tokenizers and the filter settings, so a resumed run reuses it.
     """
     import datasets
 
-    from .data import keep_rows, quiet_datasets
+    from nmt.data.corpus import keep_rows, quiet_datasets
 
     with_drop = max_len is not None or max_ratio is not None or min_len > 0
     features = {"src_ids": datasets.List(datasets.Value("int32")),

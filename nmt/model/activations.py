@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from nmt.errors import ConfigError
 
 __all__ = [
     "Activation", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU",

@@ -1,25 +1,25 @@
 """The translator: embeddings → encoder → bridge → decoder (with attention) → output projection.
 
 ``Seq2Seq`` reads no files and knows nothing about tokenization: token ids in, log-probabilities
-out. Search (``nmt.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
+out. Search (``nmt.inference.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
 :meth:`Seq2Seq.step`.
 """
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ActivatedLinear, Dropout, available_activations
-from .config import ModelConfig
-from .decoder import DecoderState, Memory, StepOutput, build_decoder
-from .encoder import Encoder, EncoderOutput
-from .errors import ConfigError
-from .loss import linear_cross_entropy
-
-PAD_ID = 0
+from nmt.config import ModelConfig
+from nmt.data.vocab import N_SPECIAL, PAD_ID
+from nmt.errors import ConfigError
+from nmt.kernels.loss import linear_cross_entropy
+from nmt.model.activations import ActivatedLinear, Dropout, available_activations
+from nmt.model.decoder import DecoderState, Memory, build_decoder
+from nmt.model.encoder import Encoder, EncoderOutput
 
 #: parameter-name prefixes of the parts whose gradient norms training reports
 PARTS = ("embeddings", "encoder", "attention", "decoder", "output")
@@ -140,7 +140,7 @@ class Seq2Seq(nn.Module):
         """One decoding step for search: ``logits (batch, V)`` (bfloat16 under bf16 autocast) and a StepOutput.
 
         Search ranks and masks the logits themselves and normalises only the few values it keeps
-        (``nmt.search.LogNormaliser``): on a CPU, every extra pass over a (beams, vocabulary)
+        (``nmt.inference.search.LogNormaliser``): on a CPU, every extra pass over a (beams, vocabulary)
         matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
         replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
         """
@@ -175,7 +175,7 @@ class Seq2Seq(nn.Module):
 
         Returns ``(loss_sum, nll_sum)``: the (label-smoothed) training objective and the plain
         negative log-likelihood, both summed over tokens (divide by the token count). The output
-        layer and the loss are one operation (``nmt.loss``): the (tokens, vocabulary) logits are
+        layer and the loss are one operation (``nmt.kernels.loss``): the (tokens, vocabulary) logits are
         never kept for autograd, and under bf16 autocast they stay bf16 (per-token values are
         summed in float32).
         """
@@ -189,6 +189,28 @@ class Seq2Seq(nn.Module):
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
+
+
+def check_model_config(cfg: ModelConfig, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` for a model section that cannot be built: unknown activation names
+    (with a suggestion) or options, sizes the layers reject. Nothing is allocated: the layers are
+    built on the meta device.
+    """
+    problems = []
+    names = list(available_activations())
+    for key, name in (("model.activation", cfg.activation), ("model.attention.activation", cfg.attention.activation)):
+        if name is not None and name not in names:
+            hint = difflib.get_close_matches(str(name), names, n=1)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            problems.append(f"{key}: unknown activation {name!r}; {extra}available: {', '.join(names)}")
+    if not problems:
+        try:
+            with torch.device("meta"):
+                Seq2Seq(cfg, N_SPECIAL + 1, N_SPECIAL + 1)
+        except ConfigError as exc:
+            problems += [f"model: {problem}" for problem in exc.problems]
+    if problems:
+        raise ConfigError(problems, source)
 
 
 def perplexity(nll_per_token: float) -> float:

@@ -41,9 +41,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import load_recipe, parse_override
-from .errors import NmtError
+from nmt.atomic import atomic_write_json, atomic_write_text
+from nmt.config import parse_override
+from nmt.errors import NmtError
+from nmt.training.loop import load_training_recipe
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -99,7 +100,7 @@ def plan(recipe_path: str, overrides: list[str], grid: list[tuple[str, list[str]
             run_overrides = list(overrides) + [f"{k}={v}" for k, v in point.items()] + budget + \
                 [f"train.seed={seed}"]
             try:
-                load_recipe(recipe_path, run_overrides)
+                load_training_recipe(recipe_path, run_overrides)
             except NmtError as exc:
                 raise NmtError(f"grid point {point} (seed {seed}) is not a valid recipe:\n{exc}") from None
             runs.append({"point": point, "seed": seed, "overrides": run_overrides,
@@ -108,7 +109,7 @@ def plan(recipe_path: str, overrides: list[str], grid: list[tuple[str, list[str]
 
 
 def _manifest(recipe_path: str, overrides, grid, seeds, budget_minutes, steps) -> dict[str, Any]:
-    base = load_recipe(recipe_path, overrides)
+    base = load_training_recipe(recipe_path, overrides)
     return {"recipe": base.to_dict(), "recipe_path": str(recipe_path), "overrides": list(overrides),
             "grid": [[k, v] for k, v in grid], "seeds": seeds, "budget_minutes": budget_minutes,
             "steps": steps}
@@ -149,7 +150,7 @@ def _train_run(recipe_path: str, run: dict[str, Any], run_dir: Path, log_path: P
 
 
 def _summarise_run(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    from .evaluation import evaluate_run
+    from nmt.tools.evaluate import evaluate_run
 
     summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
     valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -244,7 +245,8 @@ def _write_report(out_dir: Path, manifest: dict[str, Any], keys: list[str],
 
 def _make_plots(out_dir: Path, keys: list[str], rows: list[dict[str, Any]], summary: list[dict[str, Any]],
                 grid: list[tuple[str, list[str]]]) -> list[str]:
-    from .plots import plot_activations, plot_attention, plot_bars, plot_curves, plot_grad_norms
+    from nmt.figures import plot_attention, plot_bars, plot_curves, plot_grad_norms
+    from nmt.tools.plots import plot_activations
 
     plots_dir = out_dir / "plots"
     made: list[str] = []
@@ -266,8 +268,8 @@ def _make_plots(out_dir: Path, keys: list[str], rows: list[dict[str, Any]], summ
         made.append("plots/activations.png")
     kinds = dict(grid).get("model.attention.kind")
     if kinds:
-        from .data import load_corpus
-        from .translate import Translator
+        from nmt.data.corpus import load_corpus
+        from nmt.inference.translator import Translator
 
         for kind in kinds:
             row = next(r for r in rows if r.get("model.attention.kind") == kind)
@@ -291,7 +293,7 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
         raise NmtError(f"--jobs {jobs}: must be at least 1")
     overrides = list(overrides or [])
     grid = parse_grid(grid_items)
-    base = load_recipe(recipe_path, overrides)
+    base = load_training_recipe(recipe_path, overrides)
     for key, _ in grid:
         parse_override(f"{key}=x")  # the key's form; its values are validated in plan()
     seeds = seeds or [base.train.seed]
