@@ -21,6 +21,7 @@ examples:
   nmt evaluate runs/fr-en --split test
   nmt evaluate --hyp out.en --ref ref.en --metrics bleu,chrf
   nmt plot attention runs/fr-en --source "Je suis fatigué." -o att.png
+  nmt serve runs/fr-en                              translation page with live attention
   nmt config show recipes/fr-en.yaml --set model.attention.kind=luong-general
   nmt info
 """
@@ -104,6 +105,12 @@ def _cmd_sweep(args) -> int:
     from nmt.tools.sweep import sweep_cli
 
     return sweep_cli(args)
+
+
+def _cmd_serve(args) -> int:
+    from nmt.tools.serve import serve_cli
+
+    return serve_cli(args)
 
 
 def _cmd_config(args) -> int:
@@ -271,6 +278,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="sweep directory (default: runs/sweep-<recipe name>)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, each with cores/jobs threads (default 1); pair with --steps")
+
+    p = _sub(sub, "serve", "a translation web page showing attention, and a JSON API", """
+        nmt serve runs/fr-en                                page at http://127.0.0.1:8000/, API at /docs
+        nmt serve runs/fr-en runs/fr-en-local-p --port 8080   two runs side by side
+        curl -s localhost:8000/api/translate -H 'content-type: application/json' \\
+             -d '{"text": "Je suis fatigué.", "n_best": 3, "beam": 5}'
+        """, _cmd_serve)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by nmt train")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32")
+    p.add_argument("--max-texts", type=int, default=32, help="sentences per request (default 32)")
+    p.add_argument("--max-chars", type=int, default=1000, help="characters per sentence (default 1000)")
+    p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (default 16)")
+    p.add_argument("--queue-limit", type=int, default=64,
+                   help="requests waiting for the model before answering 503 (default 64)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long a request waits for others to batch with (default 5)")
+    p.add_argument("--max-batch-texts", type=int, default=64, help="sentences per model call (default 64)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads of the model (default: torch's choice; 1 suits small models "
+                        "and busy machines)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log level (info logs every request)")
 
     p = _sub(sub, "config", "show or validate a recipe", """
         nmt config show recipes/fr-en.yaml --set train.lr=5e-4
