@@ -131,6 +131,9 @@ def test_scores_equal_the_translator(client, translator):
             assert h["score"] == ref.score and h["log_prob"] == ref.raw_score
             assert h["token_log_probs"] == ref.token_log_probs
             assert torch.allclose(torch.tensor(h["attention"]), ref.attention, atol=1e-5)
+    # nothing left after cleaning (a control character): an empty translation, as from the translator
+    (empty,) = post(client, {"text": "\u0007", "return_attention": True}).json()["translations"]
+    assert empty["text"] == "" and empty["hypotheses"][0]["attention"] is None
     plain = post(client, {"text": SENTENCES[0], "return_scores": False}).json()["translations"][0]
     assert plain["text"] == translator.translate([SENTENCES[0]])[0]
     assert "score" not in plain["hypotheses"][0] and "src_tokens" not in plain
@@ -173,6 +176,8 @@ def test_bad_requests_get_a_clear_4xx(client, body, status, message):
 
 
 def test_other_refusals_are_json(client):
+    r = client.post("/api/translate", content=b'{"text": "a"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]
     r = client.post("/api/translate", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "at most" in r.json()["error"]
     assert client.get("/api/translate").status_code == 405

@@ -485,6 +485,10 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":
+            return error_response(ApiError(415, f"the body is sent as {kind or 'no content type'}; "
+                                                "send JSON with the header Content-Type: application/json"))
         return error_response(_validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
