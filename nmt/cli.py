@@ -66,7 +66,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_translate(args) -> int:
-    from nmt.inference.translator import translate_cli
+    from nmt.tools.translate import translate_cli
 
     return translate_cli(args)
 

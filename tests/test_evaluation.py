@@ -36,10 +36,12 @@ def write(path: Path, lines: list[str], trailing_newline: bool = True) -> Path:
 
 
 def cli_args(**kw) -> argparse.Namespace:
-    base = dict(run_dir=None, hyp=None, ref=[], metrics=None, split="test", beam=None, greedy=False,
-                checkpoint="best", json=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    """The namespace `nmt evaluate` parses (every option at its default), with ``kw`` set."""
+    from nmt.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate"])
+    vars(args).update(kw)
+    return args
 
 
 # -------------------------------------------------------------------------------------- scoring

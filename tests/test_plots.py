@@ -306,12 +306,13 @@ def fake_translate(monkeypatch):
 
 
 def plot_args(what: str, **kw) -> argparse.Namespace:
-    defaults = {"attention": dict(run_dir="runs/x", source=None, input=None, lines=None, output=None,
-                                  out_dir=None, beam=1, checkpoint="best"),
-                "curves": dict(run_dirs=[], output="curves.png"),
-                "activations": dict(names=[], run=None, output="activations.png")}[what]
-    defaults.update(kw)
-    return argparse.Namespace(what=what, **defaults)
+    """The namespace `nmt plot WHAT` parses (every option at its default), with ``kw`` set."""
+    from nmt.cli import build_parser
+
+    positional = {"attention": "runs/x", "curves": "runs/x", "activations": "relu"}[what]
+    args = build_parser().parse_args(["plot", what, positional])
+    vars(args).update(kw)
+    return args
 
 
 def test_cli_attention_source(tmp_path, fake_translate, capsys):

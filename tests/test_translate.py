@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nmt.inference.translator as tr
+import nmt.tools.translate as cli_mod
 from nmt.cli import main
 from nmt.config import (
     AttentionConfig,
@@ -32,7 +33,8 @@ from nmt.config import (
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
 from nmt.inference.search import pad_sources, score_targets
-from nmt.inference.translator import Translator, clean_source, decode_split_timed
+from nmt.inference.translator import Translator, clean_source
+from nmt.tools.bench import decode_split_timed
 
 FR = "le la chat chien maison rouge bleu petit grand mange dort voit un une et".split()
 EN = "the cat dog house red blue small big eats sleeps sees a and".split()
@@ -149,7 +151,7 @@ def test_reported_scores_equal_forced_decoding_and_score(translator):
     forced decoding of the tokenized reference text."""
     results = translator.translate(SOURCES, beam=3, n_best=3, return_scores=True)
     tok = translator.tokenizers
-    items = translator._prepare(SOURCES)
+    items = translator.encode(SOURCES)
     srcs, targets, expected = [], [], []
     for item, res in zip(items, results):
         for h in res.hypotheses:
@@ -317,7 +319,7 @@ def test_cli_stdin_stdout_and_last_line_without_newline(run_dir, monkeypatch, ca
 def test_cli_chunks_give_the_same_output(run_dir, tmp_path, monkeypatch):
     src = write_bytes(tmp_path / "in.txt", "\n".join(SOURCES + LINES).encode() + b"\n")
     assert cli(run_dir, "-i", src, "-o", tmp_path / "a.txt") == 0
-    monkeypatch.setattr(tr, "CHUNK_LINES", 4)
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 4)
     assert cli(run_dir, "-i", src, "-o", tmp_path / "b.txt", "--n-best", "1") == 0
     assert cli(run_dir, "-i", src, "-o", tmp_path / "c.txt") == 0
     assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "c.txt").read_bytes()
@@ -361,11 +363,11 @@ def test_cli_score_reference(run_dir, tmp_path, translator, capsys):
     assert str(src) in err and str(short) in err and "3 lines" in err and "1" in err
     assert not (tmp_path / "x.txt").exists()
     # stdin input (no counting beforehand): detected while streaming
-    assert tr._read_chunk(iter(["a"]), iter(["x", "y"]), 0, "stdin", "ref.txt") == {"src": ["a"], "ref": ["x"]}
+    assert cli_mod._read_chunk(iter(["a"]), iter(["x", "y"]), 0, "stdin", "ref.txt") == {"src": ["a"], "ref": ["x"]}
     with pytest.raises(NmtError, match="stdin has 1 lines but ref.txt has more"):
-        tr._read_chunk(iter([]), iter(["y"]), 1, "stdin", "ref.txt")
+        cli_mod._read_chunk(iter([]), iter(["y"]), 1, "stdin", "ref.txt")
     with pytest.raises(NmtError, match="only 1 lines"):
-        tr._read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
+        cli_mod._read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
 
 
 def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
@@ -373,9 +375,9 @@ def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "out.txt"
-    monkeypatch.setattr(tr, "CHUNK_LINES", 3)
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 3)
     calls = []
-    original = Translator._search
+    original = Translator.search_batches
 
     def failing(self, batches, options):
         calls.append(1)
@@ -383,13 +385,13 @@ def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return original(self, batches, options)
 
-    monkeypatch.setattr(Translator, "_search", failing)
+    monkeypatch.setattr(Translator, "search_batches", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli(run_dir, "-i", src, "-o", out)
     assert list(out_dir.iterdir()) == []
 
     calls.clear()
-    monkeypatch.setattr(Translator, "_search", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(Translator, "search_batches", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cli(run_dir, "-i", src, "-o", out) == 130
     assert list(out_dir.iterdir()) == []
 

@@ -1,4 +1,8 @@
-"""Translate text with a trained run: the :class:`Translator` API and the ``nmt translate`` command.
+"""The inference driver: :class:`Translator` turns sentences (or source ids) into translations.
+
+Every user of a trained model goes through it: ``nmt translate`` (:mod:`nmt.tools.translate`),
+``nmt evaluate``, ``nmt bench translate``, the attention plots, sweeps, and validation during
+training, so all of them clean, truncate, batch and search a sentence the same way.
 
 Python API::
 
@@ -8,11 +12,12 @@ Python API::
     t.translate(srcs, beam=5, n_best=3)                 # -> [TranslationResult, ...]
     t.translate(srcs, return_attention=True)            # attention (tgt_len × src_len) per hypothesis
     t.score(srcs, refs)                                 # log P(ref | src) per pair (sum, EOS included)
+    Translator(recipe, tokenizers, model)               # an in-memory model (validation does this)
 
-Input handling (API and command line alike):
+Input handling:
 
-- Sentences are batched by length (``decode.batch_tokens`` padded source tokens per batch) and
-  the results are put back in input order.
+- Sentences are batched by length (``decode.batch_tokens`` padded source tokens × beam per
+  batch) and the results are put back in input order.
 - Text is cleaned the way the training data was: control characters (NUL, escape, ...; tabs and
   other whitespace become spaces), lone surrogates and non-characters are dropped, the recipe's
   ``data.filter.normalize`` Unicode normalisation is applied, and the result is stripped.
@@ -20,43 +25,24 @@ Input handling (API and command line alike):
 - A line of more than ``decode.max_input_len`` subwords is truncated to its first
   ``max_input_len`` subwords (EOS is then appended), with a warning on stderr naming the line;
   it is never dropped.
+- ``shard=(rank, world)`` splits the work between processes: the length-sorted batches are dealt
+  round-robin, so every sentence is searched in exactly the batch a single process would use and
+  the output does not depend on the number of processes. Each process gets results for its share
+  (``None`` elsewhere); the caller gathers them.
 
-``nmt translate`` reads ``-i FILE`` or stdin and writes ``-o FILE`` or stdout, exactly one line per
-input line (``--n-best K``: exactly K lines per input line) in input order:
-
-- Input is read as bytes and split on ``\\n`` only (a final line without newline counts; a
-  trailing ``\\r`` is removed). Bytes that are not UTF-8 are replaced by U+FFFD with a warning on
-  stderr naming the line (the line is still translated).
-- Large inputs are streamed: :data:`CHUNK_LINES` lines are read, translated and written before
-  the next chunk is read, so memory does not grow with the input.
-- ``-o FILE`` is written to a temporary file in the same directory and renamed to FILE only when
-  everything was translated, so an interrupted run never leaves a complete-looking FILE (it
-  leaves no FILE at all, or the previous one untouched).
-- ``--n-best K`` writes K lines per input line: ``INDEX<TAB>SCORE<TAB>TEXT`` where INDEX is the
-  0-based input line number, SCORE the penalised search score (best first); without ``--beam``
-  the beam is at least K. When fewer than K
-  distinct hypotheses exist (an empty input has exactly one: the empty text with score 0), the
-  remaining lines have SCORE ``-inf`` and an empty TEXT.
-- ``--score-reference REF`` prints, instead of translations, one log-probability per line: the
-  sum of the token log-probabilities (EOS included) of REF's line given the input line. The two
-  files must have the same number of lines.
-- Distributed: under ``torchrun --nproc_per_node N -m nmt translate ...`` (or ``accelerate
-  launch``) the main process reads each chunk and shares it, every process translates an
-  interleaved share of its sentences, the results are gathered and the main process writes them
-  in input order; the output is the same as a single process's.
+The steps behind :meth:`Translator.translate` are public too, for callers that time or share the
+work themselves: :meth:`~Translator.decode_options`, :meth:`~Translator.encode`,
+:meth:`~Translator.batches`, :meth:`~Translator.search_batches`, :meth:`~Translator.detokenize`.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
-import time
 import unicodedata
-import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -64,6 +50,7 @@ from torch import Tensor
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
+from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.search import (
     Hypothesis,
     SearchOptions,
@@ -72,13 +59,11 @@ from nmt.inference.search import (
     search,
 )
 
-#: lines read, translated and written at a time by ``nmt translate``
-CHUNK_LINES = 10_000
 #: warnings of one kind printed before the rest are only counted
 MAX_WARNINGS = 20
 
-__all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "clean_source",
-           "translate_cli", "decode_split_timed", "CHUNK_LINES"]
+__all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", "WarningCounter",
+           "clean_source"]
 
 
 # ------------------------------------------------------------------------------------- results
@@ -106,7 +91,7 @@ class TranslationResult:
 
 
 @dataclass
-class _Item:
+class Source:
     """One input sentence after cleaning and encoding."""
 
     index: int  #: position in the caller's list
@@ -152,7 +137,7 @@ def _is_noncharacter(ch: str) -> bool:
     return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
-class _Warnings:
+class WarningCounter:
     """Warnings on stderr, at most MAX_WARNINGS per kind (then a count at :meth:`summary`)."""
 
     def __init__(self, prefix: str = "nmt translate"):
@@ -177,74 +162,36 @@ class _Warnings:
 
 # ---------------------------------------------------------------------------------- translator
 
-def _resolve_device(device: Any, quantize: bool) -> torch.device:
-    if device is not None:
-        device = torch.device(device)
-    else:
-        device = distributed_state().device
-    if quantize and device.type != "cpu":
-        raise NmtError(f"--quantize (int8 dynamic quantization) runs on the CPU only, not on {device}")
-    return device
-
-
-def _linear_weights_to_bf16(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose Linear layers hold bfloat16 weights, for search under bf16 autocast.
-
-    Autocast caches the bf16 copies of weights only while autograd records (leaf tensors that
-    require grad); under ``torch.inference_mode`` it casts every Linear weight again at every call.
-    In search that is the output layer (vocabulary × hidden) once per step: 19% of the CPU time of
-    beam search (torch profiler, 8k vocabulary). Autocast would cast these weights to bfloat16 for
-    the GEMM anyway, so the search computes the same numbers.
-    """
-    import copy
-
-    from torch import nn
-
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
-            module.to(torch.bfloat16)
-    # the decoder's GRU weights too: search runs them through F.linear (nmt.model.decoder.gru_cell), and
-    # nn.GRU under CPU autocast accepts bf16 weights for teacher forcing (it computes in float32)
-    model.decoder.rnn.to(torch.bfloat16)
-    return model
+def _shard_of(batches: list[list[Source]], shard: tuple[int, int] | None) -> list[list[Source]]:
+    if shard is None:
+        return batches
+    rank, world = shard
+    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
+        raise NmtError(f"shard {shard!r}: expected (rank, world) with 0 <= rank < world")
+    return batches[rank::world]
 
 
 class Translator:
-    """A trained model with its tokenizers, ready to translate (eval mode, inference only)."""
+    """A trained model with its tokenizers, ready to translate (eval mode, inference only).
+
+    ``tokenizers`` may be None for a translator that only searches ids (:meth:`search_ids`).
+    """
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
                  metadata: dict | None = None, quantize: bool = False, precision: str = "float32",
                  run_dir: str | os.PathLike | None = None, lexicon=None):
-        if precision not in ("float32", "bf16"):
-            raise NmtError(f"precision {precision!r}: choose float32 or bf16")
-        if precision == "bf16" and quantize:
-            raise NmtError("--precision bf16 and --quantize do not combine; choose one")
+        self.device = torch.device(device) if device is not None else distributed_state().device
+        check_precision(precision, quantize, self.device)
         self.precision = precision
+        self.quantized = quantize
         self.recipe = recipe
         self.tokenizers = tokenizers
-        self.device = _resolve_device(device, quantize)
-        model = model.eval()
-        if quantize:
-            from torch import nn
-            from torch.ao.quantization import quantize_dynamic
-
-            # Linear layers become int8; the GRU weights (used by the decoder's own cell) stay float.
-            # torch.ao.quantization is deprecated in favour of torchao, but still works and needs
-            # nothing else installed.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-                model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-        if precision == "bf16":
-            model = _linear_weights_to_bf16(model)
-        self.model = model.to(self.device).eval()
-        self.quantized = quantize
+        self.model = for_inference(model, precision, quantize).to(self.device).eval()
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.lexicon = lexicon  #: nmt.inference.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
         self.attention_kind = recipe.model.attention.kind
-        self.warn = _Warnings()
+        self.warn = WarningCounter()
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: Any = None,
@@ -260,50 +207,82 @@ class Translator:
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
                    precision=precision, run_dir=run_dir)
 
-    # ---------------------------------------------------------------------------- preparation
-    def _normalize_form(self) -> str:
-        return getattr(getattr(getattr(self.recipe, "data", None), "filter", None), "normalize", "NFC")
+    # ------------------------------------------------------------------------------ settings
+    def decode_options(self, beam: int | None = None, n_best: int = 1, return_attention: bool = False,
+                       **overrides: Any) -> SearchOptions:
+        """The search settings of one call: the recipe's ``decode`` section, then these values
+        (``None`` keeps the recipe's). Without an explicit ``beam`` the recipe's beam is widened to
+        ``n_best`` if needed. A shortlist's lexicon is loaded here, so a missing one fails early."""
+        if beam is None and isinstance(n_best, int):
+            beam = max(self.recipe.decode.beam, n_best)
+        options = SearchOptions.from_config(self.recipe.decode, beam=beam, n_best=n_best,
+                                            return_attention=return_attention, **overrides)
+        self._lexicon_for(options)
+        return options
 
-    def _prepare(self, sources: Sequence[str], lines: Sequence[int] | None = None,
-                 keep_empty_as_eos: bool = False, warn: bool = True) -> list[_Item]:
+    def _lexicon_for(self, options: SearchOptions):
+        """The run's lexicon when ``options`` ask for a shortlist (loaded once), else None."""
+        if not options.shortlist:
+            return None
+        if self.lexicon is None:
+            from nmt.inference.shortlist import LEXICON_FILE, Lexicon
+
+            if self.run_dir is None:
+                raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
+                               "the translator from its run directory")
+            self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
+        return self.lexicon
+
+    # ---------------------------------------------------------------------------- the steps
+    def encode(self, sources: Sequence[str], lines: Sequence[int] | None = None, *,
+               keep_empty_as_eos: bool = False, warn: bool = True) -> list[Source]:
         """Clean, encode, truncate to ``decode.max_input_len`` and append EOS.
 
-        ``warn``: report truncated lines now (else the caller reports them, see
-        :meth:`_warn_truncated`).
+        ``lines``: the line numbers named in warnings (default 1, 2, ...). ``keep_empty_as_eos``:
+        an empty input becomes the bare EOS (for scoring) instead of ``ids=None``. ``warn``: report
+        truncated lines now (else the caller reports them with :meth:`warn_truncated`).
         """
         if isinstance(sources, str):
             raise TypeError("translate/score take a list of sentences, not a single string")
-        form = self._normalize_form()
+        form = self.recipe.data.filter.normalize
         texts = [clean_source(s, form) for s in sources]
         lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
         todo = [i for i, t in enumerate(texts) if t]
         encoded = self.tokenizers.encode_src([texts[i] for i in todo]) if todo else []
         ids_of: dict[int, list[int]] = dict(zip(todo, encoded))
+        return self._sources(texts, [ids_of.get(i, []) for i in range(len(texts))], lines,
+                             keep_empty_as_eos, warn)
+
+    def _sources(self, texts: Sequence[str], ids: Sequence[Sequence[int]], lines: Sequence[int],
+                 keep_empty_as_eos: bool, warn: bool) -> list[Source]:
         limit = self.recipe.decode.max_input_len
         items = []
-        for i, text in enumerate(texts):
-            ids = list(ids_of.get(i, []))
-            n_pieces = len(ids)
-            ids = ids[:limit]
-            if ids or keep_empty_as_eos:
-                items.append(_Item(i, lines[i], text, ids + [EOS_ID], n_pieces))
+        for i, (text, row) in enumerate(zip(texts, ids)):
+            row = [int(x) for x in row]
+            n_pieces = len(row)
+            row = row[:limit]
+            if row or keep_empty_as_eos:
+                items.append(Source(i, lines[i], text, row + [EOS_ID], n_pieces))
             else:
-                items.append(_Item(i, lines[i], text, None, n_pieces))
+                items.append(Source(i, lines[i], text, None, n_pieces))
         if warn:
-            self._warn_truncated(items)
+            self.warn_truncated(items)
         return items
 
-    def _warn_truncated(self, items: Sequence[_Item]) -> None:
+    def warn_truncated(self, items: Sequence[Source]) -> None:
+        """One warning per input longer than ``decode.max_input_len`` subwords, by line number."""
         limit = self.recipe.decode.max_input_len
         for it in sorted(items, key=lambda it: it.line):
             if it.n_pieces > limit:
                 self.warn("truncated input", f"line {it.line}: {it.n_pieces} subwords, truncated to "
                           f"the first {limit} (decode.max_input_len)")
 
-    def _batches(self, items: list[_Item], batch_tokens: int | None = None,
-                 max_sentences: int | None = None, batch_sentences: int | None = None,
-                 beam: int = 1) -> list[list[_Item]]:
-        """Length-sorted batches of at most ``batch_tokens`` source tokens × ``beam`` rows.
+    def batches(self, items: Sequence[Source], *, beam: int = 1, batch_tokens: int | None = None,
+                max_sentences: int | None = None, batch_sentences: int | None = None
+                ) -> list[list[Source]]:
+        """Length-sorted batches of the non-empty ``items``: at most ``batch_tokens`` (default
+        ``decode.batch_tokens``) padded source tokens × ``beam`` rows each, or, with
+        ``batch_sentences``, fixed batches of that many sentences, longest first.
 
         The budget counts the rows the search carries (sentences × beam): beam search over
         sentences × beam × vocabulary scores is fastest when that matrix stays in the CPU caches
@@ -322,111 +301,34 @@ class Translator:
             groups = inference_batches([len(it.ids) for it in todo], budget, max_sentences)
         return [[todo[k] for k in group] for group in groups]
 
-    def _lexicon_for(self, options: SearchOptions):
-        """The run's lexicon when ``options`` ask for a shortlist (loaded once), else None."""
-        if not options.shortlist:
-            return None
-        if self.lexicon is None:
-            from nmt.inference.shortlist import LEXICON_FILE, Lexicon
+    def _autocast(self):
+        """bf16 autocast for ``precision="bf16"``; otherwise whatever the caller runs under (an
+        enclosing ``accelerator.autocast()`` during validation stays in force)."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
-            if self.run_dir is None:
-                raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
-                               "the translator from its run directory")
-            self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
-        return self.lexicon
-
-    def _search(self, batches: list[list[_Item]], options: SearchOptions) -> dict[int, list[Hypothesis]]:
+    def search_batches(self, batches: Sequence[Sequence[Source]], options: SearchOptions
+                       ) -> dict[int, list[Hypothesis]]:
+        """Search every batch; hypotheses (best first) by :attr:`Source.index`."""
         out: dict[int, list[Hypothesis]] = {}
         lexicon = self._lexicon_for(options)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon=lexicon)):
                     out[it.index] = hyps
         return out
 
-    def _options(self, beam: int | None, n_best: int, return_attention: bool,
-                 overrides: dict[str, Any]) -> SearchOptions:
-        """Search options: the recipe's ``decode`` section, then these values. Without an explicit
-        ``beam`` the recipe's beam is widened to ``n_best`` if needed."""
-        if beam is None and isinstance(n_best, int):
-            beam = max(self.recipe.decode.beam, n_best)
-        return SearchOptions.from_config(self.recipe.decode, beam=beam, n_best=n_best,
-                                         return_attention=return_attention, **overrides)
-
-    def _detok(self, hyps: Sequence[Hypothesis]) -> list[str]:
+    def detokenize(self, hyps: Sequence[Hypothesis]) -> list[str]:
+        """Detokenized text of each hypothesis."""
         if not hyps:
             return []
         return self.tokenizers.decode_tgt([h.tokens for h in hyps])
 
-    # -------------------------------------------------------------------------------- public
-    def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
-                  return_scores: bool = False, return_attention: bool = False, *,
-                  batch_tokens: int | None = None, max_sentences: int | None = None,
-                  lines: Sequence[int] | None = None, **overrides: Any):
-        """Translate sentences, returned in input order.
-
-        Returns ``list[str]`` (the best translation of each) by default; with ``n_best > 1``,
-        ``return_scores`` or ``return_attention`` a list of :class:`TranslationResult`.
-        ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
-        ignores the length and coverage penalties). ``overrides`` are
-        :class:`~nmt.inference.search.SearchOptions` fields (``length_penalty``, ``coverage_penalty``,
-        ``max_len_a``, ``max_len_b``, ``min_len``, ``no_repeat_ngram``); ``lines`` are the
-        line numbers used in warnings (default 1, 2, ...).
-        """
-        options = self._options(beam, n_best, return_attention, overrides)
-        items = self._prepare(sources, lines)
-        found = self._search(self._batches(items, batch_tokens, max_sentences, beam=options.beam), options)
-        rich = n_best > 1 or return_scores or return_attention
-        if not rich:
-            best = [found[it.index][0] if found.get(it.index) else None for it in items]
-            texts = self._detok([h for h in best if h is not None])
-            it_texts = iter(texts)
-            return [next(it_texts) if h is not None else "" for h in best]
-        all_hyps = [h for it in items for h in found.get(it.index, [])]
-        it_texts = iter(self._detok(all_hyps))
-        results = []
-        for it in items:
-            hyps = found.get(it.index)
-            if it.ids is None or not hyps:
-                results.append(TranslationResult(sources[it.index], [TranslatedHypothesis(
-                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])]))
-                continue
-            src_tokens = self._src_tokens(it)
-            out = []
-            for h in hyps:
-                out.append(TranslatedHypothesis(
-                    text=next(it_texts), score=h.score,
-                    tokens=self.tokenizers.tgt_pieces_from_ids(h.tokens), src_tokens=src_tokens,
-                    attention=h.attention, positions=h.positions, token_log_probs=h.log_probs,
-                    raw_score=h.raw_score))
-            results.append(TranslationResult(sources[it.index], out))
-        return results
-
-    def _src_tokens(self, item: _Item) -> list[str]:
-        pieces = self.tokenizers.src_pieces(item.text) if item.text else []
-        return pieces[: len(item.ids) - 1] + ["</s>"]
-
-    def score(self, sources: Sequence[str], targets: Sequence[str], *,
-              batch_tokens: int | None = None, return_token_log_probs: bool = False):
-        """``log P(target | source)`` per pair: the sum of the target's token log-probabilities,
-        EOS included (forced decoding; no penalties). Sources are cleaned/truncated as for
-        :meth:`translate`; an empty source is scored as the bare EOS. With
-        ``return_token_log_probs`` also the list of per-token log-probabilities per pair.
-        """
-        if isinstance(targets, str):
-            raise TypeError("score takes a list of target sentences, not a single string")
-        if len(sources) != len(targets):
-            raise NmtError(f"score: {len(sources)} sources but {len(targets)} targets")
-        items = self._prepare(sources, keep_empty_as_eos=True)
-        found = self._score(self._batches(items, batch_tokens), self._target_ids(targets))
-        scores = [found[it.index][0] for it in items]
-        per_token = [found[it.index][1] for it in items]
-        return (scores, per_token) if return_token_log_probs else scores
-
-    def _target_ids(self, targets: Sequence[str]) -> list[list[int]]:
-        form = self._normalize_form()
+    def encode_targets(self, targets: Sequence[str]) -> list[list[int]]:
+        """Target ids (no EOS) of target sentences, cleaned like sources (not truncated)."""
+        form = self.recipe.data.filter.normalize
         texts = [clean_source(t, form) for t in targets]
         nonempty = [i for i, t in enumerate(texts) if t]
         ids: list[list[int]] = [[] for _ in texts]
@@ -435,9 +337,10 @@ class Translator:
                 ids[i] = list(row)
         return ids
 
-    def _score(self, batches: list[list[_Item]], tgt_ids: Sequence[Sequence[int]]
-               ) -> dict[int, tuple[float, list[float]]]:
-        """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``."""
+    def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
+                      ) -> dict[int, tuple[float, list[float]]]:
+        """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``:
+        ``(sum, per-token log-probabilities)`` by :attr:`Source.index`."""
         out: dict[int, tuple[float, list[float]]] = {}
         with torch.inference_mode():
             for group in batches:
@@ -448,12 +351,111 @@ class Translator:
                     out[it.index] = (total, per_token)
         return out
 
+    def _share(self, items: list[Source], shard: tuple[int, int] | None, **batching: Any
+               ) -> tuple[list[list[Source]], list[Source]]:
+        """This process's batches and items (empty inputs go to rank 0, which needs no model for
+        them); truncation warnings come from the process that translates the line."""
+        batches = _shard_of(self.batches(items, **batching), shard)
+        mine = [it for group in batches for it in group]
+        self.warn_truncated(mine)
+        if shard is None or shard[0] == 0:
+            mine += [it for it in items if it.ids is None]
+        return batches, mine
+
+    # -------------------------------------------------------------------------------- public
+    def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
+                  return_scores: bool = False, return_attention: bool = False, *,
+                  batch_tokens: int | None = None, max_sentences: int | None = None,
+                  lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
+                  **overrides: Any):
+        """Translate sentences, returned in input order.
+
+        Returns ``list[str]`` (the best translation of each) by default; with ``n_best > 1``,
+        ``return_scores`` or ``return_attention`` a list of :class:`TranslationResult`.
+        ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
+        ignores the length and coverage penalties). ``overrides`` are other ``decode`` settings
+        (``length_penalty``, ``coverage_penalty``, ``max_len_a``, ``max_len_b``, ``min_len``,
+        ``no_repeat_ngram``, ``shortlist``, ...); ``lines`` are the line numbers used in warnings
+        (default 1, 2, ...). With ``shard=(rank, world)`` only this process's share is translated
+        and the other entries are ``None`` (see the module docstring).
+        """
+        options = self.decode_options(beam, n_best, return_attention, **overrides)
+        items = self.encode(sources, lines, warn=False)
+        batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=batch_tokens,
+                                    max_sentences=max_sentences)
+        found = self.search_batches(batches, options)
+        out: list[Any] = [None] * len(items)
+        rich = n_best > 1 or return_scores or return_attention
+        if not rich:
+            best = [found[it.index][0] for it in mine if found.get(it.index)]
+            texts = iter(self.detokenize(best))
+            for it in mine:
+                out[it.index] = next(texts) if found.get(it.index) else ""
+            return out
+        it_texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
+        for it in mine:
+            hyps = found.get(it.index)
+            if it.ids is None or not hyps:
+                out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
+                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])])
+                continue
+            src_tokens = self._src_tokens(it)
+            out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
+                text=next(it_texts), score=h.score,
+                tokens=self.tokenizers.tgt_pieces_from_ids(h.tokens), src_tokens=src_tokens,
+                attention=h.attention, positions=h.positions, token_log_probs=h.log_probs,
+                raw_score=h.raw_score) for h in hyps])
+        return out
+
+    def _src_tokens(self, item: Source) -> list[str]:
+        pieces = self.tokenizers.src_pieces(item.text) if item.text else []
+        return pieces[: len(item.ids) - 1] + ["</s>"]
+
+    def search_ids(self, sources: Sequence[Sequence[int]], beam: int | None = None, n_best: int = 1,
+                   return_attention: bool = False, *, batch_tokens: int | None = None,
+                   **overrides: Any) -> list[list[Hypothesis]]:
+        """Search source ids (*without* EOS, as ``SubwordTokenizers.encode_src`` returns them),
+        batched and truncated as :meth:`translate` does; hypotheses in input order.
+
+        An empty source is not searched: it gets one empty hypothesis (``tokens == []``, score 0,
+        ``finished=False``; attention of shape (0, 1) when requested).
+        """
+        options = self.decode_options(beam, n_best, return_attention, **overrides)
+        items = self._sources([""] * len(sources), sources, range(1, len(sources) + 1), False, True)
+        found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=batch_tokens),
+                                    options)
+        empty = Hypothesis(tokens=[], score=0.0, log_probs=[], raw_score=0.0, finished=False,
+                           attention=torch.zeros(0, 1) if return_attention else None)
+        return [found.get(it.index) or [empty] for it in items]
+
+    def score(self, sources: Sequence[str], targets: Sequence[str], *,
+              batch_tokens: int | None = None, return_token_log_probs: bool = False,
+              lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None):
+        """``log P(target | source)`` per pair: the sum of the target's token log-probabilities,
+        EOS included (forced decoding; no penalties). Sources are cleaned/truncated as for
+        :meth:`translate`; an empty source is scored as the bare EOS. With
+        ``return_token_log_probs`` also the list of per-token log-probabilities per pair.
+        ``shard`` as for :meth:`translate`.
+        """
+        if isinstance(targets, str):
+            raise TypeError("score takes a list of target sentences, not a single string")
+        if len(sources) != len(targets):
+            raise NmtError(f"score: {len(sources)} sources but {len(targets)} targets")
+        items = self.encode(sources, lines, keep_empty_as_eos=True, warn=False)
+        batches, mine = self._share(items, shard, batch_tokens=batch_tokens)
+        found = self.score_batches(batches, self.encode_targets(targets))
+        scores: list[Any] = [None] * len(items)
+        per_token: list[Any] = [None] * len(items)
+        for it in mine:
+            scores[it.index], per_token[it.index] = found[it.index]
+        return (scores, per_token) if return_token_log_probs else scores
+
     def encoder_self_attention(self, src: str) -> Tensor | None:
         """Encoder self-attention maps ``(layers, heads, S, S)`` of one sentence (S includes EOS),
         or None when the encoder has no self-attention layers (or the sentence is empty)."""
-        if not getattr(self.recipe.model.encoder, "self_attention_layers", 0):
+        if not self.recipe.model.encoder.self_attention_layers:
             return None
-        (item,) = self._prepare([src])
+        (item,) = self.encode([src])
         if item.ids is None:
             return None
         with torch.inference_mode():
@@ -465,324 +467,6 @@ class Translator:
 
     def learned_activation_parameters(self) -> dict[str, dict[str, Any]]:
         """Learned activation parameters (AReLU alpha/beta, PReLU slopes, ...) by module path."""
-        try:
-            from nmt.model.activations import activation_parameters
-        except ImportError:  # pragma: no cover - the registry always provides it
-            return {}
+        from nmt.model.activations import activation_parameters
+
         return activation_parameters(self.model)
-
-
-# ----------------------------------------------------------------------------- bench helper
-
-def decode_split_timed(translator: Translator, sources: Sequence[str], beam: int,
-                       batch_tokens: int | None = None, batch_sentences: int | None = None,
-                       shortlist: int | None = None) -> tuple[list[str], float, int]:
-    """Translate ``sources`` timing only the search and detokenization (not loading/encoding).
-
-    ``batch_sentences`` makes fixed batches of that many sentences (longest first) instead of
-    token batches. Returns ``(translations, seconds, n_target_tokens)``, the last counting the
-    generated target subwords including EOS.
-    """
-    options = translator._options(beam, 1, False, {"shortlist": shortlist})
-    translator._lexicon_for(options)  # loaded before the clock starts, as the model is
-    items = translator._prepare(sources)
-    batches = translator._batches(items, batch_tokens, None, batch_sentences, beam=options.beam)
-    start = time.perf_counter()
-    found = translator._search(batches, options)
-    best = [found[it.index][0] if found.get(it.index) else None for it in items]
-    texts = iter(translator._detok([h for h in best if h is not None]))
-    out = [next(texts) if h is not None else "" for h in best]
-    seconds = time.perf_counter() - start
-    n_tokens = sum(len(h.tokens) for h in best if h is not None)
-    return out, seconds, n_tokens
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-def _iter_lines(stream: BinaryIO, name: str, warn: _Warnings) -> Iterator[str]:
-    """Decoded lines of a binary stream, split on b"\\n" only; bad UTF-8 replaced with a warning."""
-    for number, raw in enumerate(stream, start=1):
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            warn("invalid UTF-8", f"{name} line {number}: not valid UTF-8 ({exc.reason} at byte "
-                 f"{exc.start}); undecodable bytes replaced by U+FFFD")
-            yield raw.decode("utf-8", errors="replace")
-
-
-def _count_lines(path: str) -> int:
-    count, last = 0, b"\n"
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            count += block.count(b"\n")
-            last = block[-1:]
-    return count + (last != b"\n")
-
-
-def _open_input(path: str | None, what: str) -> BinaryIO:
-    if path is None or path == "-":
-        return sys.stdin.buffer
-    if not Path(path).is_file():
-        raise NmtError(f"{what} {path} not found")
-    return open(path, "rb")
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-def _format_score(score: float) -> str:
-    return f"{score:.4f}" if math.isfinite(score) else ("-inf" if score < 0 else "inf")
-
-
-class _Output:
-    """stdout, or a file written to a temporary name and renamed at :meth:`commit`."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.tmp: Path | None = None
-        if path is None or path == "-":
-            self.handle = sys.stdout.buffer
-        else:
-            import tempfile
-
-            target = Path(path)
-            if target.is_dir():
-                raise NmtError(f"output {path} is a directory; give a file name")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                           dir=target.parent)
-            except OSError as exc:
-                raise NmtError(f"cannot write the output file {path}: {exc.strerror or exc}") from None
-            self.tmp = Path(tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual mode
-            self.handle = os.fdopen(fd, "wb")
-
-    def write_lines(self, lines: list[str]) -> None:
-        if lines:
-            self.handle.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
-        self.handle.flush()
-
-    def commit(self) -> None:
-        if self.tmp is None:
-            return
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-
-    def abort(self) -> None:
-        if self.tmp is not None:
-            self.handle.close()
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
-
-
-def _cli_options(args) -> tuple[int | None, int, dict[str, Any]]:
-    beam = getattr(args, "beam", None)
-    if getattr(args, "greedy", False):
-        if beam not in (None, 1):
-            raise NmtError(f"--greedy and --beam {beam} contradict each other; give one of them")
-        beam = 1
-    n_best = getattr(args, "n_best", None) or 1
-    if n_best < 1:
-        raise NmtError(f"--n-best must be >= 1, got {n_best}")
-    if beam is not None and beam < 1:
-        raise NmtError(f"--beam must be >= 1, got {beam}")
-    overrides = {name: getattr(args, name, None) for name in
-                 ("length_penalty", "coverage_penalty", "max_len_a", "max_len_b", "min_len",
-                  "no_repeat_ngram", "shortlist")}
-    return beam, n_best, {k: v for k, v in overrides.items() if v is not None}
-
-
-def translate_cli(args) -> int:
-    """``nmt translate RUN_DIR [-i IN] [-o OUT] ...`` (see the module docstring for the formats)."""
-    state = distributed_state()
-    world, rank, main = state.num_processes, state.process_index, state.is_main_process
-    beam, n_best, overrides = _cli_options(args)
-    reference = getattr(args, "score_reference", None)
-    if reference and getattr(args, "n_best", None):
-        raise NmtError("--score-reference and --n-best exclude each other")
-    batch_tokens = getattr(args, "batch_tokens", None)
-    if batch_tokens is not None and batch_tokens < 1:
-        raise NmtError(f"--batch-tokens must be >= 1, got {batch_tokens}")
-    translator = Translator.load(args.run_dir, getattr(args, "checkpoint", "best") or "best",
-                                 quantize=getattr(args, "quantize", False),
-                                 precision=getattr(args, "precision", None) or "float32")
-    if not main:
-        translator.warn.prefix = f"nmt translate [rank {rank}]"
-    options = translator._options(beam, n_best, False, overrides)  # validate before reading input
-    translator._lexicon_for(options)
-    nbest_format = getattr(args, "n_best", None) is not None
-    input_name = args.input or "stdin"
-    output = src_stream = ref_stream = None
-    try:
-        problem = None
-        if main:  # the main process alone reads the input: check and open it, then tell the others
-            try:
-                src_stream, ref_stream = _open_inputs(args.input, reference)
-                output = _Output(args.output)
-            except NmtError as exc:
-                problem = str(exc)
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = [problem]
-            broadcast_object_list(box, from_process=0)
-            problem = box[0]
-        if problem is not None:
-            raise NmtError(problem)
-        if main:
-            src_lines = _iter_lines(src_stream, input_name, translator.warn)
-            ref_lines = _iter_lines(ref_stream, reference, translator.warn) if reference else None
-        first = 0  # 0-based index of the chunk's first line
-        while True:
-            payload: Any = None
-            if main:
-                try:
-                    payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
-                except NmtError as exc:
-                    payload = ("error", str(exc))
-            if world > 1:
-                from accelerate.utils import broadcast_object_list
-
-                box = [payload]
-                broadcast_object_list(box, from_process=0)
-                payload = box[0]
-            if isinstance(payload, tuple):
-                raise NmtError(payload[1])
-            if payload is None:
-                break
-            srcs, refs = payload["src"], payload.get("ref")
-            if refs is not None:
-                done = _score_share(translator, srcs, refs, first, rank, world, batch_tokens)
-            else:
-                done = _translate_share(translator, srcs, first, rank, world, options, batch_tokens,
-                                        nbest_format)
-            if world > 1:
-                from accelerate.utils import gather_object
-
-                done = gather_object(done)
-            if main:
-                done.sort(key=lambda pair: pair[0])
-                output.write_lines([text for _, texts in done for text in texts])
-            first += len(srcs)
-        if main:
-            translator.warn.summary()
-            output.commit()
-        if world > 1:
-            state.wait_for_everyone()  # leave together: a rank exiting early breaks the others' gloo
-    except BaseException:
-        if output is not None:
-            output.abort()
-        raise
-    finally:
-        for stream in (src_stream, ref_stream):
-            if stream is not None and stream is not sys.stdin.buffer:
-                stream.close()
-        if world > 1:
-            _close_process_group()
-    return 0
-
-
-def _close_process_group() -> None:
-    """Tear the process group down before the interpreter exits (else gloo may abort at exit)."""
-    try:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    except Exception:  # pragma: no cover - best effort at shutdown
-        pass
-
-
-def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, BinaryIO | None]:
-    """Open the input (and reference) streams; line counts of two files are compared up front."""
-    if reference and path not in (None, "-"):
-        for name, what in ((path, "input file"), (reference, "reference file")):
-            if not Path(name).is_file():
-                raise NmtError(f"{what} {name} not found")
-        n_src, n_ref = _count_lines(path), _count_lines(reference)
-        if n_src != n_ref:
-            raise NmtError(f"--score-reference: {path} has {n_src} lines but {reference} has "
-                           f"{n_ref}; the files must be line-aligned")
-    src = _open_input(path, "input file")
-    try:
-        ref = _open_input(reference, "reference file") if reference else None
-    except NmtError:
-        if src is not sys.stdin.buffer:
-            src.close()
-        raise
-    return src, ref
-
-
-def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first: int,
-                input_name: str, reference: str | None) -> dict[str, list[str]] | None:
-    """The next CHUNK_LINES input lines (and as many reference lines), or None at the end."""
-    srcs = list(islice(src_lines, CHUNK_LINES))
-    refs = None
-    if ref_lines is not None:
-        refs = list(islice(ref_lines, len(srcs)))
-        if len(refs) < len(srcs):
-            raise NmtError(f"--score-reference: {reference} has only {first + len(refs)} lines but "
-                           f"{input_name} has more ({first + len(srcs)} or more); the two must be "
-                           "line-aligned")
-        if not srcs and next(ref_lines, None) is not None:
-            raise NmtError(f"--score-reference: {input_name} has {first} lines but {reference} has "
-                           "more; the two must be line-aligned")
-    if not srcs:
-        return None
-    return {"src": srcs, "ref": refs} if refs is not None else {"src": srcs}
-
-
-def _share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-           batch_tokens: int | None, keep_empty_as_eos: bool = False, beam: int = 1):
-    """This process's share of a chunk: whole batches, round-robin over the length-sorted batches.
-
-    Every process prepares the whole chunk and cuts the same batches as a single process would, so
-    each sentence is computed in exactly the same batch (same shapes, same arithmetic) whatever the
-    number of processes: the output does not depend on it. Truncation warnings come from the
-    process that translates the line.
-    """
-    lines = [first + i + 1 for i in range(len(srcs))]
-    items = translator._prepare(srcs, lines, keep_empty_as_eos=keep_empty_as_eos, warn=False)
-    batches = translator._batches(items, batch_tokens, beam=beam)[rank::world]
-    mine = [it for group in batches for it in group]
-    translator._warn_truncated(mine)
-    if rank == 0:  # empty inputs need no model: the main process answers them
-        mine += [it for it in items if it.ids is None]
-    return batches, mine
-
-
-def _score_share(translator: Translator, srcs: list[str], refs: list[str], first: int, rank: int,
-                 world: int, batch_tokens: int | None) -> list[tuple[int, list[str]]]:
-    batches, mine = _share(translator, srcs, first, rank, world, batch_tokens, keep_empty_as_eos=True)
-    found = translator._score(batches, translator._target_ids(refs))
-    return [(it.index, [f"{found[it.index][0]:.6f}"]) for it in mine]
-
-
-def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-                     options: SearchOptions, batch_tokens: int | None, nbest_format: bool
-                     ) -> list[tuple[int, list[str]]]:
-    """This process's output lines: ``(chunk index, lines)`` pairs."""
-    batches, mine = _share(translator, srcs, first, rank, world, batch_tokens, beam=options.beam)
-    found = translator._search(batches, options)
-    hyps = [h for it in mine for h in found.get(it.index, [])]
-    texts = iter(translator._detok(hyps))
-    out = []
-    for it in mine:
-        pairs = [(h.score, _one_line(next(texts))) for h in found.get(it.index, [])]
-        if not nbest_format:
-            out.append((it.index, [pairs[0][1] if pairs else ""]))
-            continue
-        if it.ids is None:
-            pairs = [(0.0, "")]
-        pairs += [(-math.inf, "")] * (options.n_best - len(pairs))
-        out.append((it.index, [f"{first + it.index}\t{_format_score(sc)}\t{t}" for sc, t in pairs]))
-    return out

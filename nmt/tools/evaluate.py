@@ -208,15 +208,9 @@ def _command_line(run_dir, split, beam, checkpoint, metrics, precision="float32"
 
 def evaluate_cli(args) -> int:
     """``nmt evaluate``: see the module docstring for the two modes. Returns the exit code."""
-    run_dir = getattr(args, "run_dir", None)
-    hyp = getattr(args, "hyp", None)
-    refs = list(getattr(args, "ref", None) or [])
-    beam = getattr(args, "beam", None)
-    greedy = bool(getattr(args, "greedy", False))
-    split = getattr(args, "split", "test") or "test"
-    checkpoint = getattr(args, "checkpoint", "best") or "best"
-    as_json = bool(getattr(args, "json", False))
-    metrics_arg = getattr(args, "metrics", None)
+    run_dir, hyp, refs = args.run_dir, args.hyp, list(args.ref)
+    beam, greedy, split, checkpoint = args.beam, args.greedy, args.split, args.checkpoint
+    as_json, metrics_arg = args.json, args.metrics
 
     if run_dir and (hyp or refs):
         raise NmtError("give either a run directory or --hyp/--ref files, not both.\n" + _MODES)
@@ -226,7 +220,7 @@ def evaluate_cli(args) -> int:
         if not refs:
             raise NmtError("--hyp needs at least one --ref (reference file).\n" + _MODES)
         unused = [flag for flag, used in (("--beam", beam is not None), ("--greedy", greedy),
-                                          ("--shortlist", getattr(args, "shortlist", None) is not None),
+                                          ("--shortlist", args.shortlist is not None),
                                           ("--split", split != "test"),
                                           ("--checkpoint", checkpoint != "best")) if used]
         if unused:
@@ -246,8 +240,7 @@ def evaluate_cli(args) -> int:
         if greedy:
             beam = 1
         names = parse_metrics(metrics_arg) if metrics_arg is not None else None
-        precision = getattr(args, "precision", None) or "float32"
-        shortlist = getattr(args, "shortlist", None)
+        precision, shortlist = args.precision, args.shortlist
         if shortlist is not None and shortlist < 0:
             raise NmtError(f"--shortlist must be >= 0 (0 = full vocabulary), got {shortlist}")
         record = evaluate_run(run_dir, split=split, beam=beam, checkpoint=checkpoint, metrics=names,

@@ -235,11 +235,8 @@ def parse_line_range(text: str, total: int | None = None, source: str = "the inp
 def _attention_cli(args) -> int:
     from nmt.tools.evaluate import read_lines
 
-    source, input_path = getattr(args, "source", None), getattr(args, "input", None)
-    output, out_dir = getattr(args, "output", None), getattr(args, "out_dir", None)
-    lines_spec = getattr(args, "lines", None)
-    beam = getattr(args, "beam", 1)
-    beam = 1 if beam is None else beam
+    source, input_path, output, out_dir = args.source, args.input, args.output, args.out_dir
+    lines_spec, beam = args.lines, args.beam
     if source is not None and input_path:
         raise NmtError("give either --source TEXT or --input FILE, not both")
     if source is None and not input_path:
@@ -276,18 +273,17 @@ def _attention_cli(args) -> int:
 
     from nmt.inference.translator import Translator
 
-    translator = Translator.load(args.run_dir, checkpoint=getattr(args, "checkpoint", "best"))
-    kind = getattr(translator, "attention_kind", "") or ""
+    translator = Translator.load(args.run_dir, checkpoint=args.checkpoint)
+    kind = translator.attention_kind
     results = translator.translate([src for _, src in jobs], beam=beam, return_attention=True)
     for (out, src), result in zip(jobs, results):
         hyp = result.hypotheses[0]
-        if getattr(hyp, "attention", None) is None:
+        if hyp.attention is None:
             raise NmtError(f"the model returned no attention weights for {src!r}")
         plot_attention(hyp.attention, hyp.src_tokens, hyp.tokens, out,
-                       title=f"{kind} attention".strip(), positions=getattr(hyp, "positions", None))
+                       title=f"{kind} attention".strip(), positions=hyp.positions)
         print(out)
-        self_attention = getattr(translator, "encoder_self_attention", None)
-        layers = self_attention(src) if callable(self_attention) else None
+        layers = translator.encoder_self_attention(src)
         if layers is not None:
             for i, heads in enumerate(layers, 1):
                 sa_out = out.with_name(f"{out.stem}.self-attention-layer{i}{out.suffix}")
@@ -299,7 +295,7 @@ def _attention_cli(args) -> int:
 
 def plot_cli(args) -> int:
     """``nmt plot attention|curves|activations``; returns the exit code."""
-    what = getattr(args, "what", None)
+    what = args.what
     if what == "attention":
         return _attention_cli(args)
     if what == "curves":
@@ -316,7 +312,7 @@ def plot_cli(args) -> int:
         return 0
     if what == "activations":
         learned = None
-        if getattr(args, "run", None):
+        if args.run:
             from nmt.inference.translator import Translator
 
             learned = Translator.load(args.run).learned_activation_parameters()

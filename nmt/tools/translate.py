@@ -1,0 +1,314 @@
+"""``nmt translate``: the command-line job around :class:`~nmt.inference.translator.Translator`.
+
+``nmt translate`` reads ``-i FILE`` or stdin and writes ``-o FILE`` or stdout, exactly one line per
+input line (``--n-best K``: exactly K lines per input line) in input order:
+
+- Input is read as bytes and split on ``\\n`` only (a final line without newline counts; a
+  trailing ``\\r`` is removed). Bytes that are not UTF-8 are replaced by U+FFFD with a warning on
+  stderr naming the line (the line is still translated).
+- Large inputs are streamed: :data:`CHUNK_LINES` lines are read, translated and written before
+  the next chunk is read, so memory does not grow with the input.
+- ``-o FILE`` is written to a temporary file in the same directory and renamed to FILE only when
+  everything was translated, so an interrupted run never leaves a complete-looking FILE (it
+  leaves no FILE at all, or the previous one untouched).
+- ``--n-best K`` writes K lines per input line: ``INDEX<TAB>SCORE<TAB>TEXT`` where INDEX is the
+  0-based input line number, SCORE the penalised search score (best first); without ``--beam``
+  the beam is at least K. When fewer than K
+  distinct hypotheses exist (an empty input has exactly one: the empty text with score 0), the
+  remaining lines have SCORE ``-inf`` and an empty TEXT.
+- ``--score-reference REF`` prints, instead of translations, one log-probability per line: the
+  sum of the token log-probabilities (EOS included) of REF's line given the input line. The two
+  files must have the same number of lines.
+- Distributed: under ``torchrun --nproc_per_node N -m nmt translate ...`` (or ``accelerate
+  launch``) the main process reads each chunk and shares it, every process translates an
+  interleaved share of its sentences, the results are gathered and the main process writes them
+  in input order; the output is the same as a single process's.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import torch
+
+from nmt.errors import NmtError
+from nmt.inference.devices import distributed_state
+from nmt.inference.translator import Translator, WarningCounter
+
+#: lines read, translated and written at a time by ``nmt translate``
+CHUNK_LINES = 10_000
+
+__all__ = ["translate_cli", "CHUNK_LINES"]
+
+
+def _iter_lines(stream: BinaryIO, name: str, warn: WarningCounter) -> Iterator[str]:
+    """Decoded lines of a binary stream, split on b"\\n" only; bad UTF-8 replaced with a warning."""
+    for number, raw in enumerate(stream, start=1):
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            warn("invalid UTF-8", f"{name} line {number}: not valid UTF-8 ({exc.reason} at byte "
+                 f"{exc.start}); undecodable bytes replaced by U+FFFD")
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _count_lines(path: str) -> int:
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def _open_input(path: str | None, what: str) -> BinaryIO:
+    if path is None or path == "-":
+        return sys.stdin.buffer
+    if not Path(path).is_file():
+        raise NmtError(f"{what} {path} not found")
+    return open(path, "rb")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _format_score(score: float) -> str:
+    return f"{score:.4f}" if math.isfinite(score) else ("-inf" if score < 0 else "inf")
+
+
+class _Output:
+    """stdout, or a file written to a temporary name and renamed at :meth:`commit`."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.tmp: Path | None = None
+        if path is None or path == "-":
+            self.handle = sys.stdout.buffer
+        else:
+            import tempfile
+
+            target = Path(path)
+            if target.is_dir():
+                raise NmtError(f"output {path} is a directory; give a file name")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
+                                           dir=target.parent)
+            except OSError as exc:
+                raise NmtError(f"cannot write the output file {path}: {exc.strerror or exc}") from None
+            self.tmp = Path(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual mode
+            self.handle = os.fdopen(fd, "wb")
+
+    def write_lines(self, lines: list[str]) -> None:
+        if lines:
+            self.handle.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
+        self.handle.flush()
+
+    def commit(self) -> None:
+        if self.tmp is None:
+            return
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self.handle.close()
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+
+def _decode_flags(args) -> dict[str, Any]:
+    beam = args.beam
+    if args.greedy:
+        if beam not in (None, 1):
+            raise NmtError(f"--greedy and --beam {beam} contradict each other; give one of them")
+        beam = 1
+    n_best = args.n_best or 1
+    if n_best < 1:
+        raise NmtError(f"--n-best must be >= 1, got {n_best}")
+    if beam is not None and beam < 1:
+        raise NmtError(f"--beam must be >= 1, got {beam}")
+    overrides = {name: getattr(args, name) for name in
+                 ("length_penalty", "coverage_penalty", "max_len_a", "max_len_b", "min_len",
+                  "no_repeat_ngram", "shortlist")}
+    return {"beam": beam, "n_best": n_best, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def translate_cli(args) -> int:
+    """``nmt translate RUN_DIR [-i IN] [-o OUT] ...`` (see the module docstring for the formats)."""
+    state = distributed_state()
+    world, rank, main = state.num_processes, state.process_index, state.is_main_process
+    decode = _decode_flags(args)
+    reference = args.score_reference
+    if reference and args.n_best:
+        raise NmtError("--score-reference and --n-best exclude each other")
+    batch_tokens = args.batch_tokens
+    if batch_tokens is not None and batch_tokens < 1:
+        raise NmtError(f"--batch-tokens must be >= 1, got {batch_tokens}")
+    translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
+                                 precision=args.precision)
+    if not main:
+        translator.warn.prefix = f"nmt translate [rank {rank}]"
+    options = translator.decode_options(**decode)  # validate before reading input
+    decode.update(beam=options.beam, n_best=options.n_best)
+    nbest_format = args.n_best is not None
+    input_name = args.input or "stdin"
+    output = src_stream = ref_stream = None
+    try:
+        problem = None
+        if main:  # the main process alone reads the input: check and open it, then tell the others
+            try:
+                src_stream, ref_stream = _open_inputs(args.input, reference)
+                output = _Output(args.output)
+            except NmtError as exc:
+                problem = str(exc)
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [problem]
+            broadcast_object_list(box, from_process=0)
+            problem = box[0]
+        if problem is not None:
+            raise NmtError(problem)
+        if main:
+            src_lines = _iter_lines(src_stream, input_name, translator.warn)
+            ref_lines = _iter_lines(ref_stream, reference, translator.warn) if reference else None
+        first = 0  # 0-based index of the chunk's first line
+        while True:
+            payload: Any = None
+            if main:
+                try:
+                    payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
+                except NmtError as exc:
+                    payload = ("error", str(exc))
+            if world > 1:
+                from accelerate.utils import broadcast_object_list
+
+                box = [payload]
+                broadcast_object_list(box, from_process=0)
+                payload = box[0]
+            if isinstance(payload, tuple):
+                raise NmtError(payload[1])
+            if payload is None:
+                break
+            srcs, refs = payload["src"], payload.get("ref")
+            if refs is not None:
+                done = _score_share(translator, srcs, refs, first, rank, world, batch_tokens)
+            else:
+                done = _translate_share(translator, srcs, first, rank, world, decode, batch_tokens,
+                                        nbest_format)
+            if world > 1:
+                from accelerate.utils import gather_object
+
+                done = gather_object(done)
+            if main:
+                done.sort(key=lambda pair: pair[0])
+                output.write_lines([text for _, texts in done for text in texts])
+            first += len(srcs)
+        if main:
+            translator.warn.summary()
+            output.commit()
+        if world > 1:
+            state.wait_for_everyone()  # leave together: a rank exiting early breaks the others' gloo
+    except BaseException:
+        if output is not None:
+            output.abort()
+        raise
+    finally:
+        for stream in (src_stream, ref_stream):
+            if stream is not None and stream is not sys.stdin.buffer:
+                stream.close()
+        if world > 1:
+            _close_process_group()
+    return 0
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits (else gloo may abort at exit)."""
+    try:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    except Exception:  # pragma: no cover - best effort at shutdown
+        pass
+
+
+def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, BinaryIO | None]:
+    """Open the input (and reference) streams; line counts of two files are compared up front."""
+    if reference and path not in (None, "-"):
+        for name, what in ((path, "input file"), (reference, "reference file")):
+            if not Path(name).is_file():
+                raise NmtError(f"{what} {name} not found")
+        n_src, n_ref = _count_lines(path), _count_lines(reference)
+        if n_src != n_ref:
+            raise NmtError(f"--score-reference: {path} has {n_src} lines but {reference} has "
+                           f"{n_ref}; the files must be line-aligned")
+    src = _open_input(path, "input file")
+    try:
+        ref = _open_input(reference, "reference file") if reference else None
+    except NmtError:
+        if src is not sys.stdin.buffer:
+            src.close()
+        raise
+    return src, ref
+
+
+def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first: int,
+                input_name: str, reference: str | None) -> dict[str, list[str]] | None:
+    """The next CHUNK_LINES input lines (and as many reference lines), or None at the end."""
+    srcs = list(islice(src_lines, CHUNK_LINES))
+    refs = None
+    if ref_lines is not None:
+        refs = list(islice(ref_lines, len(srcs)))
+        if len(refs) < len(srcs):
+            raise NmtError(f"--score-reference: {reference} has only {first + len(refs)} lines but "
+                           f"{input_name} has more ({first + len(srcs)} or more); the two must be "
+                           "line-aligned")
+        if not srcs and next(ref_lines, None) is not None:
+            raise NmtError(f"--score-reference: {input_name} has {first} lines but {reference} has "
+                           "more; the two must be line-aligned")
+    if not srcs:
+        return None
+    return {"src": srcs, "ref": refs} if refs is not None else {"src": srcs}
+
+
+def _score_share(translator: Translator, srcs: list[str], refs: list[str], first: int, rank: int,
+                 world: int, batch_tokens: int | None) -> list[tuple[int, list[str]]]:
+    lines = [first + i + 1 for i in range(len(srcs))]
+    found = translator.score(srcs, refs, batch_tokens=batch_tokens, lines=lines, shard=(rank, world))
+    return [(i, [f"{value:.6f}"]) for i, value in enumerate(found) if value is not None]
+
+
+def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
+                     decode: dict[str, Any], batch_tokens: int | None, nbest_format: bool
+                     ) -> list[tuple[int, list[str]]]:
+    """This process's output lines: ``(chunk index, lines)`` pairs."""
+    lines = [first + i + 1 for i in range(len(srcs))]
+    shard = (rank, world)
+    if not nbest_format:
+        found = translator.translate(srcs, batch_tokens=batch_tokens, lines=lines, shard=shard, **decode)
+        return [(i, [_one_line(text)]) for i, text in enumerate(found) if text is not None]
+    results = translator.translate(srcs, return_scores=True, batch_tokens=batch_tokens, lines=lines,
+                                   shard=shard, **decode)
+    out = []
+    for i, result in enumerate(results):
+        if result is None:
+            continue
+        pairs = [(h.score, _one_line(h.text)) for h in result.hypotheses]
+        pairs += [(-math.inf, "")] * (decode["n_best"] - len(pairs))
+        out.append((i, [f"{first + i}\t{_format_score(sc)}\t{t}" for sc, t in pairs]))
+    return out
