@@ -11,6 +11,7 @@ import sys
 import textwrap
 from typing import Callable
 
+from nmt.config import add_decode_arguments
 from nmt.errors import NmtError
 
 EPILOG_MAIN = """\
@@ -29,12 +30,6 @@ examples:
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
-
-
-def _add_shortlist(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shortlist", type=int, metavar="K",
-                   help="lexical shortlist: K translations per source subword + the frequent ones "
-                        "(faster; 0 = full vocabulary; default: the recipe's decode.shortlist)")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -164,23 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory written by nmt train")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
-    p.add_argument("--beam", type=int, help="beam size (default: the recipe's decode.beam)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding (beam 1)")
-    p.add_argument("--n-best", type=int, help="write K hypotheses per input line")
-    p.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
-    p.add_argument("--coverage-penalty", type=float, help="GNMT beta (0 = none)")
-    p.add_argument("--max-len-a", type=float, help="max output length = a * source length + b")
-    p.add_argument("--max-len-b", type=int)
-    p.add_argument("--min-len", type=int)
-    p.add_argument("--no-repeat-ngram", type=int, help="forbid repeating n-grams of this size")
-    p.add_argument("--batch-tokens", type=int, help="source tokens per batch")
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
-    _add_shortlist(p)
+    add_decode_arguments(p)  # --n-best K: K lines per input line, INDEX<TAB>SCORE<TAB>TEXT
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en
@@ -192,12 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", action="append", default=[], help="reference file (repeatable)")
     p.add_argument("--metrics", default=None, help="comma list of bleu,chrf,ter (default: all)")
     p.add_argument("--split", default="test", help="split of the run's corpus (default: test)")
-    p.add_argument("--beam", type=int, help="beam size when translating a split")
-    p.add_argument("--greedy", action="store_true")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast when translating a split")
-    _add_shortlist(p)
+    add_decode_arguments(p, exclude=("n_best",))
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = _sub(sub, "plot", "plot attention weights, training curves or activation functions", """
@@ -216,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--lines", help="line range of --input, e.g. 1-10 (1-based, inclusive)")
     pa.add_argument("-o", "--output", help="image file for --source (png, svg or pdf)")
     pa.add_argument("--out-dir", help="directory for --input plots")
-    pa.add_argument("--beam", type=int, default=1)
     pa.add_argument("--checkpoint", default="best")
+    add_decode_arguments(pa, exclude=("n_best",), defaults={"beam": 1})
     pc = psub.add_parser("curves", help="loss and valid BLEU over steps, runs overlaid", formatter_class=_formatter)
     pc.add_argument("run_dirs", nargs="+")
     pc.add_argument("-o", "--output", default="curves.png")
@@ -242,15 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true")
     btr = bsub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=_formatter)
     btr.add_argument("run_dir")
-    btr.add_argument("--beam", type=int, default=5)
-    btr.add_argument("--greedy", action="store_true")
     btr.add_argument("--split", default="test")
-    btr.add_argument("--batch-tokens", type=int)
     btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
     btr.add_argument("--checkpoint", default="best")
     btr.add_argument("--quantize", action="store_true")
     btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
-    _add_shortlist(btr)
+    add_decode_arguments(btr, exclude=("n_best",))
     btr.add_argument("--json", action="store_true")
 
     p = _sub(sub, "shortlist", "build a run's lexicon for shortlist decoding (IBM Model 1 on its training data)", """

@@ -13,15 +13,17 @@ directory of the recipe file.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import yaml
 
@@ -178,20 +180,87 @@ class TrainConfig:
     max_nan_skips: int = 5  #: consecutive non-finite losses before the run stops
 
 
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            metavar: str | None = None) -> Any:
+    """A recipe field that carries its help text and allowed range (``min``/``max``, inclusive).
+
+    Validation (:func:`field_problems`) and the generated command-line options
+    (:func:`add_decode_arguments`) read them, so a setting is described once.
+    """
+    meta = {"help": help, "min": min, "max": max, "metavar": metavar}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
 @dataclass
 class DecodeConfig:
-    beam: int = 5
-    n_best: int = 1
-    length_penalty: float = 0.0  #: GNMT alpha: score / ((5 + |Y|) / 6) ** alpha; 0 disables
-    coverage_penalty: float = 0.0  #: GNMT beta; 0 disables
-    max_len_a: float = 1.5  #: max output length = a * source length + b
-    max_len_b: int = 10
-    min_len: int = 0
-    no_repeat_ngram: int = 0
-    batch_tokens: int = 8000  #: source tokens × beam size per translation batch
-    shortlist: int = 0  #: lexical shortlist (nmt.inference.shortlist): translations per source subword; 0 = off
-    shortlist_frequent: int = 100  #: most frequent target subwords always in a shortlist
-    max_input_len: int = 250  #: longer inputs are truncated with a warning
+    """Search settings (:mod:`nmt.inference.search`), the defaults of ``nmt translate``, ``nmt
+    evaluate``, ``nmt bench translate`` and validation; each field is also a command-line option of
+    those commands (``n_best`` -> ``--n-best``)."""
+
+    beam: int = setting(5, "beam size; 1 = greedy search", min=1, metavar="K")
+    n_best: int = setting(1, "hypotheses per sentence (at most the beam size)", min=1, metavar="K")
+    length_penalty: float = setting(
+        0.0, "GNMT length penalty alpha: score / ((5 + |Y|) / 6) ** alpha; 0 = none", min=0, metavar="ALPHA")
+    coverage_penalty: float = setting(0.0, "GNMT coverage penalty beta; 0 = none", min=0, metavar="BETA")
+    max_len_a: float = setting(1.5, "max output length = a * source length + b", min=0, metavar="A")
+    max_len_b: int = setting(10, "max output length = a * source length + b", min=0, metavar="B")
+    min_len: int = setting(0, "tokens generated before EOS is allowed", min=0, metavar="N")
+    no_repeat_ngram: int = setting(0, "forbid repeating n-grams of this size; 0 = off", min=0, metavar="N")
+    batch_tokens: int = setting(8000, "source tokens x beam size per translation batch", min=1, metavar="N")
+    shortlist: int = setting(
+        0, "lexical shortlist (nmt shortlist): K translations per source subword + the frequent ones; "
+           "0 = full vocabulary", min=0, metavar="K")
+    shortlist_frequent: int = setting(100, "most frequent target subwords always in a shortlist", min=0,
+                                      metavar="N")
+    max_input_len: int = setting(250, "longer inputs are truncated (with a warning) to this many subwords",
+                                 min=1, metavar="N")
+
+    def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
+        """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""
+        label = label or (lambda name: name)
+        found = field_problems(self, label)
+        n_best, beam = self.n_best, self.beam
+        numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (n_best, beam))
+        if not found and numbers and n_best > beam:
+            found.append(f"{label('n_best')}: got {n_best}, must be <= {label('beam')} ({beam})")
+        return found
+
+    def updated(self, changes: Mapping[str, Any] | None = None,
+                label: Callable[[str], str] | None = None, **more: Any) -> "DecodeConfig":
+        """A validated copy with ``changes`` (``None`` values keep the current setting).
+
+        Without a new ``beam``, a larger ``n_best`` widens the beam to it. Problems raise
+        :class:`ConfigError`, each naming the setting as ``label(field)`` (a command-line flag, a
+        keyword argument).
+        """
+        label = label or (lambda name: name)
+        changes = {**(changes or {}), **more}
+        hints = typing.get_type_hints(DecodeConfig)
+        problems: list[str] = []
+        values = {}
+        for name, value in changes.items():
+            if name not in hints:
+                hint = difflib.get_close_matches(str(name), list(hints), n=1)
+                problems.append(f"{label(name)}: unknown decode setting; "
+                                + (f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(hints)}"))
+            elif value is not None:
+                values[name] = _coerce(value, hints[name], label(name), problems)
+        if problems:
+            raise ConfigError(problems, what="decode settings")
+        if values.get("beam") is None and isinstance(values.get("n_best"), int):
+            values["beam"] = max(self.beam, values["n_best"])
+        new = dataclasses.replace(self, **values)
+        problems = new.problems(label)
+        if problems:
+            raise ConfigError(problems, what="decode settings")
+        return new
+
+    def check(self) -> "DecodeConfig":
+        """Raise :class:`ConfigError` if a value is out of range; return ``self``."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, what="decode settings")
+        return self
 
 
 @dataclass
@@ -350,6 +419,35 @@ def _build(cls: type, values: dict[str, Any], prefix: str, problems: list[str]) 
     return cls(**kwargs)
 
 
+def field_problems(section: Any, label: Callable[[str], str]) -> list[str]:
+    """Values of ``section``'s fields outside the range their :func:`setting` declares."""
+    found = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # a wrong type is reported by the type check
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{label(f.name)}: got {value!r}, must be a finite number")
+        elif low is not None and value < low:
+            found.append(f"{label(f.name)}: got {value!r}, must be >= {low}")
+        elif high is not None and value > high:
+            found.append(f"{label(f.name)}: got {value!r}, must be <= {high}")
+    return found
+
+
+def _check_sections(node: Any, prefix: str, problems: list[str]) -> None:
+    """Declared ranges (field metadata) of every section, each value named by its key path."""
+    for f in dataclasses.fields(node):
+        child = getattr(node, f.name)
+        if dataclasses.is_dataclass(child):
+            _check_sections(child, f"{prefix}{f.name}.", problems)
+    if isinstance(node, DecodeConfig):
+        problems.extend(node.problems(lambda name: f"{prefix}{name}"))
+    else:
+        problems.extend(field_problems(node, lambda name: f"{prefix}{name}"))
+
+
 def _check_ranges(r: Recipe, problems: list[str]) -> None:
     """Value ranges and combinations that the types alone cannot express."""
 
@@ -387,10 +485,6 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         ("train.log_every", r.train.log_every),
         ("train.keep_last", r.train.keep_last),
         ("train.max_nan_skips", r.train.max_nan_skips),
-        ("decode.beam", r.decode.beam),
-        ("decode.n_best", r.decode.n_best),
-        ("decode.batch_tokens", r.decode.batch_tokens),
-        ("decode.max_input_len", r.decode.max_input_len),
         ("data.filter.max_len", r.data.filter.max_len),
         ("data.filter.max_ratio", r.data.filter.max_ratio),
     ]:
@@ -401,14 +495,6 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         ("train.clip_norm", r.train.clip_norm),
         ("train.min_lr", r.train.min_lr),
         ("model.encoder.self_attention_layers", r.model.encoder.self_attention_layers),
-        ("decode.length_penalty", r.decode.length_penalty),
-        ("decode.coverage_penalty", r.decode.coverage_penalty),
-        ("decode.max_len_a", r.decode.max_len_a),
-        ("decode.max_len_b", r.decode.max_len_b),
-        ("decode.min_len", r.decode.min_len),
-        ("decode.no_repeat_ngram", r.decode.no_repeat_ngram),
-        ("decode.shortlist", r.decode.shortlist),
-        ("decode.shortlist_frequent", r.decode.shortlist_frequent),
         ("data.filter.min_len", r.data.filter.min_len),
     ]:
         positive(path, value, allow_zero=True)
@@ -431,9 +517,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     if isinstance(r.train.betas, list):
         need(len(r.train.betas) == 2 and all(isinstance(b, float) and 0 <= b < 1 for b in r.train.betas),
              f"train.betas: got {r.train.betas!r}, expected two numbers in [0, 1)")
-    if isinstance(r.decode.n_best, int) and isinstance(r.decode.beam, int):
-        need(r.decode.n_best <= r.decode.beam,
-             f"decode.n_best: got {r.decode.n_best}, must be <= decode.beam ({r.decode.beam})")
+    _check_sections(r, "", problems)
     att = r.model.attention
     if att.kind == "local-p":
         need(att.window is not None,
@@ -562,3 +646,50 @@ def resolved_run_dir(recipe: Recipe, override: str | None = None) -> Path:
     if recipe.output.run_dir:
         return Path(recipe.output.run_dir)
     return Path("runs") / (recipe.output.name or "run")
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode settings on the command line
+# --------------------------------------------------------------------------------------------------
+
+
+def decode_flag(name: str) -> str:
+    """The command-line option of a ``decode`` field: ``n_best`` -> ``--n-best``."""
+    return "--" + name.replace("_", "-")
+
+
+def decode_flag_label(name: str) -> str:
+    """How errors name a decode setting given on the command line: ``--n-best/decode.n_best``."""
+    return f"{decode_flag(name)}/decode.{name}"
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = (),
+                         defaults: Mapping[str, Any] | None = None) -> None:
+    """One option per :class:`DecodeConfig` field (name, type, help from the schema) and
+    ``--greedy``. An option left out keeps the run's recipe value (or ``defaults[name]``)."""
+    defaults = dict(defaults or {})
+    hints = typing.get_type_hints(DecodeConfig)
+    group = parser.add_argument_group("decoding (default: the run's recipe, section decode)")
+    for f in dataclasses.fields(DecodeConfig):
+        if f.name in exclude:
+            continue
+        default = defaults.get(f.name)
+        where = f"default {default}" if default is not None else f"default: the recipe's decode.{f.name}"
+        group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
+                           metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} ({where})")
+    group.add_argument("--greedy", action="store_true", help="greedy search (the same as --beam 1)")
+
+
+def decode_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The decode settings given on the command line (options left out are not included), checked
+    on their own: an out-of-range value fails here, naming its option, before a run is loaded."""
+    given = vars(args)
+    values = {f.name: given[f.name] for f in dataclasses.fields(DecodeConfig)
+              if given.get(f.name) is not None}
+    if args.greedy:
+        if values.get("beam", 1) != 1:
+            raise ConfigError(f"--greedy means beam 1, but --beam {values['beam']} was also given; "
+                              "give one of them", what="decode settings")
+        values["beam"] = 1
+    DecodeConfig().updated(values, label=decode_flag_label)
+    return values

@@ -16,10 +16,10 @@ class NmtError(Exception):
 class ConfigError(NmtError):
     """The recipe (or a ``--set`` override) is invalid."""
 
-    def __init__(self, problems: list[str] | str, source: str | None = None):
+    def __init__(self, problems: list[str] | str, source: str | None = None, what: str = "recipe"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        head = f"invalid recipe {source}" if source else "invalid recipe"
+        head = f"invalid {what} {source}" if source else f"invalid {what}"
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{head}:\n{lines}")
 

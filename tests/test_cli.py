@@ -96,3 +96,58 @@ def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):
     assert keep_freed_memory_for_reuse() is True
     # M_MMAP_THRESHOLD (-3) at glibc's 32 MiB maximum, M_TRIM_THRESHOLD (-1) at 512 MiB
     assert calls == [(-3, 32 * 2**20), (-1, 512 * 2**20)]
+
+
+DECODING_COMMANDS = [(["translate", "RUN"], ()), (["evaluate", "RUN"], ("n_best",)),
+                     (["bench", "translate", "RUN"], ("n_best",)), (["plot", "attention", "RUN"], ("n_best",))]
+
+
+@pytest.mark.parametrize("argv,excluded", DECODING_COMMANDS)
+def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
+    """Every decode field is an option (name, type and help from DecodeConfig) of every decoding
+    command; options left out stay None, so the run's recipe decides."""
+    import dataclasses
+
+    from nmt.config import DecodeConfig, decode_arguments
+
+    parser = build_parser()
+    fields = [f for f in dataclasses.fields(DecodeConfig) if f.name not in excluded]
+    given = {"beam": 2, "length_penalty": 0.5, "max_len_a": 1.25, "shortlist": 7, "max_input_len": 9}
+    args = parser.parse_args(argv + [x for name, value in given.items()
+                                     for x in (f"--{name.replace('_', '-')}", str(value))])
+    for f in fields:
+        value = vars(args)[f.name]
+        assert value == given.get(f.name, 1 if (f.name == "beam" and argv[0] == "plot") else None), f.name
+    assert decode_arguments(args) == given
+    assert decode_arguments(parser.parse_args(argv + ["--greedy"]))["beam"] == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv[:-1] + ["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        assert f"{flag} {f.metadata['metavar']} {' '.join(f.metadata['help'].split())}" in shown, flag
+    assert "--n-best" not in shown if excluded else "--n-best" in shown
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--beam", "0"], "--beam/decode.beam: got 0, must be >= 1"),
+    (["--length-penalty", "-1"], "--length-penalty/decode.length_penalty: got -1.0, must be >= 0"),
+    (["--max-len-a", "inf"], "--max-len-a/decode.max_len_a: got inf, must be a finite number"),
+    (["--batch-tokens", "0"], "--batch-tokens/decode.batch_tokens: got 0, must be >= 1"),
+    (["--beam", "2", "--n-best", "3"], "--n-best/decode.n_best: got 3, must be <= --beam/decode.beam (2)"),
+    (["--greedy", "--beam", "3"], "--greedy means beam 1"),
+])
+def test_out_of_range_decode_options_exit_2_naming_the_option(tmp_path, capsys, flags, named):
+    # checked before the run directory is read: the run does not even need to exist
+    assert main(["translate", str(tmp_path / "no-run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_recipe_decode_ranges_come_from_the_schema(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {path: /tmp}\ndecode: {max_input_len: 0, no_repeat_ngram: -2, beam: 2, n_best: 3}\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "decode.max_input_len: got 0, must be >= 1" in err
+    assert "decode.no_repeat_ngram: got -2, must be >= 0" in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import subprocess
@@ -215,11 +216,12 @@ class FakeTranslator:
     def make_load(cls, recipe, table):
         def load(run_dir, checkpoint="best", precision="float32"):
             cls.calls.append(("load", str(run_dir), checkpoint))
-            return cls(recipe, table)
+            return cls(copy.deepcopy(recipe), table)
         return load
 
-    def translate(self, sources, beam=5, shortlist=0):
-        self.calls.append(("translate", len(sources), beam))
+    def translate(self, sources, **options):
+        # the command applies its decode options onto the loaded run's recipe
+        self.calls.append(("translate", len(sources), options.get("beam", self.recipe.decode.beam)))
         return [self.table[s] for s in sources]
 
 

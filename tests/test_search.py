@@ -15,21 +15,22 @@ from nmt.config import (
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
+    Recipe,
 )
 from nmt.errors import NmtError
 from nmt.inference.search import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
-    SearchOptions,
     beam_search,
     greedy_search,
     length_penalty,
+    max_lengths,
     pad_sources,
     score_targets,
     search,
-    translate_ids,
 )
+from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model
 
 KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
@@ -69,9 +70,9 @@ def sources(n: int, src_vocab: int = 10, seed: int = 1, max_len: int = 7) -> lis
     return out
 
 
-def run(fn, model, srcs, **opts):
+def run(fn, model, srcs, return_attention=False, **opts):
     src, lengths, mask = pad_sources(srcs)
-    return fn(model, src, lengths, mask, SearchOptions(**opts))
+    return fn(model, src, lengths, mask, DecodeConfig(**opts), return_attention=return_attention)
 
 
 def forced(model, srcs, targets, add_eos=False):
@@ -105,8 +106,8 @@ def test_search_dispatches_beam_one_to_greedy(monkeypatch):
     monkeypatch.setattr(search_mod, "greedy_search", lambda *a, **k: calls.append("greedy") or [])
     monkeypatch.setattr(search_mod, "beam_search", lambda *a, **k: calls.append("beam") or [])
     src, lengths, mask = pad_sources(sources(2))
-    search_mod.search(model, src, lengths, mask, SearchOptions(beam=1))
-    search_mod.search(model, src, lengths, mask, SearchOptions(beam=3))
+    search_mod.search(model, src, lengths, mask, DecodeConfig(beam=1))
+    search_mod.search(model, src, lengths, mask, DecodeConfig(beam=3))
     assert calls == ["greedy", "beam"]
 
 
@@ -240,11 +241,10 @@ def test_batch_equals_one_by_one(kind, beam):
             torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
 
 
-def test_translate_ids_appends_eos_and_keeps_order():
+def test_search_ids_appends_eos_and_keeps_order():
     model = tiny_model(eos_bias=1.0)
     raw = [s[:-1] for s in sources(9, seed=2)] + [[]]
-    opts = SearchOptions(beam=3, n_best=2)
-    got = translate_ids(model, raw, opts, batch_tokens=12)
+    got = Translator(Recipe(), None, model, device="cpu").search_ids(raw, beam=3, n_best=2, batch_tokens=12)
     assert len(got) == len(raw)
     assert got[-1][0].tokens == [] and got[-1][0].score == 0.0
     for ids, hyps in zip(raw[:-1], got[:-1]):
@@ -434,16 +434,18 @@ def test_attention_and_positions_returned():
 # -------------------------------------------------------------------------------------- options
 
 def test_options_from_config_and_validation():
-    opts = SearchOptions.from_config(DecodeConfig(beam=7, length_penalty=0.6), n_best=3, min_len=None)
+    opts = DecodeConfig(beam=7, length_penalty=0.6).updated(n_best=3, min_len=None)
     assert (opts.beam, opts.n_best, opts.length_penalty, opts.min_len) == (7, 3, 0.6, 0)
     with pytest.raises(NmtError, match="n_best"):
-        SearchOptions(beam=2, n_best=3)
+        DecodeConfig().updated(beam=2, n_best=3)
     with pytest.raises(NmtError, match="beam"):
-        SearchOptions(beam=0)
-    with pytest.raises(NmtError, match="unknown search option"):
-        SearchOptions.from_config(DecodeConfig(), beem=3)
-    assert SearchOptions(max_len_a=1.5, max_len_b=10).max_lengths(torch.tensor([1, 4])).tolist() == [11, 16]
-    assert SearchOptions(max_len_a=0, max_len_b=0, min_len=2).max_lengths(torch.tensor([5])).tolist() == [3]
+        DecodeConfig().updated(beam=0)
+    with pytest.raises(NmtError, match="beam"):  # search checks what it is given
+        run(search, tiny_model(), sources(1), beam=0)
+    with pytest.raises(NmtError, match="unknown decode setting"):
+        DecodeConfig().updated(beem=3)
+    assert max_lengths(DecodeConfig(max_len_a=1.5, max_len_b=10), torch.tensor([1, 4])).tolist() == [11, 16]
+    assert max_lengths(DecodeConfig(max_len_a=0, max_len_b=0, min_len=2), torch.tensor([5])).tolist() == [3]
 
 
 def test_training_mode_is_refused():

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from nmt.config import DecodeConfig, Recipe
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
-from nmt.inference.search import SearchOptions, pad_sources, search, translate_ids
+from nmt.inference.search import pad_sources, search
 from nmt.inference.shortlist import (
     LEXICON_FILE,
     Lexicon,
@@ -21,6 +22,7 @@ from nmt.inference.shortlist import (
     id_list_chunks,
     top_translations,
 )
+from nmt.inference.translator import Translator
 from tests.test_search import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,13 +154,13 @@ SOURCES = [[5, 6, 7], [8], [4, 9, 5, 6], [7, 7]]
 def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam, n_best, no_repeat):
     model = tiny_model(kind, tgt_vocab=40, src_vocab=10, eos_bias=0.5)
     lexicon = make_lexicon(10, 40, keep=3, seed=2)
-    options = SearchOptions(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6,
+    options = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6,
                             shortlist=2, shortlist_frequent=3)
     src, lengths, mask = pad_sources([s + [EOS_ID] for s in SOURCES])
     columns = lexicon.columns(src, mask, 2, 3)
     assert 8 < columns.numel() < 40  # a real restriction
     got = search(model, src, lengths, mask, options, lexicon)
-    full = SearchOptions(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6)
+    full = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6)
     want = search(masked_model(model, columns), src, lengths, mask, full)
     allowed = set(columns.tolist())
     for g_hyps, w_hyps in zip(got, want):
@@ -172,9 +174,9 @@ def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam
 def test_shortlist_of_the_whole_vocabulary_changes_nothing():
     model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10)
     lexicon = make_lexicon(10, 20, keep=16)  # every non-special id of every source
-    full = translate_ids(model, SOURCES, SearchOptions(beam=3, max_len_b=5))
-    short = translate_ids(model, SOURCES, SearchOptions(beam=3, max_len_b=5, shortlist=16, shortlist_frequent=0),
-                          lexicon=lexicon)
+    translator = Translator(Recipe(), None, model, device="cpu", lexicon=lexicon)
+    full = translator.search_ids(SOURCES, beam=3, max_len_b=5)
+    short = translator.search_ids(SOURCES, beam=3, max_len_b=5, shortlist=16, shortlist_frequent=0)
     for f, s in zip(full, short):
         assert f[0].tokens == s[0].tokens
         assert f[0].score == pytest.approx(s[0].score, abs=1e-5)
@@ -184,9 +186,9 @@ def test_shortlist_needs_a_matching_lexicon():
     model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10)
     src, lengths, mask = pad_sources([[5, EOS_ID]])
     with pytest.raises(NmtError, match="nmt shortlist"):
-        search(model, src, lengths, mask, SearchOptions(beam=2, shortlist=2))
+        search(model, src, lengths, mask, DecodeConfig(beam=2, shortlist=2))
     with pytest.raises(NmtError, match="target vocabulary of 30"):
-        search(model, src, lengths, mask, SearchOptions(beam=2, shortlist=2), make_lexicon(10, 30))
+        search(model, src, lengths, mask, DecodeConfig(beam=2, shortlist=2), make_lexicon(10, 30))
 
 
 def test_training_writes_the_lexicon_and_translate_uses_it(repo, tmp_path, capsys):

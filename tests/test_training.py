@@ -140,3 +140,34 @@ def test_two_processes_hold_identical_weights_and_match_single_process(repo, tmp
     l2, l1 = losses(two), losses(one)
     assert len(l2) == len(l1) == 8
     assert abs(sum(l2) / 8 - sum(l1) / 8) < 0.1 * (sum(l1) / 8)
+
+
+def test_validation_decodes_as_nmt_translate(repo, tmp_path, monkeypatch, capsysbinary):
+    """Validation's hypotheses (beam 3, several batches, inputs longer than decode.max_input_len)
+    are the lines `nmt translate` writes for the valid sources with the same checkpoint."""
+    import nmt.metrics
+    from nmt.cli import main
+    from nmt.data.corpus import load_corpus
+
+    decoded = []
+    score_corpus = nmt.metrics.score_corpus
+
+    def spy(hypotheses, references, *args, **kwargs):
+        decoded.append(list(hypotheses))
+        return score_corpus(hypotheses, references, *args, **kwargs)
+
+    monkeypatch.setattr(nmt.metrics, "score_corpus", spy)
+    recipe = tiny(repo, "train.max_steps=2", "train.valid_every=2", "train.valid_beam=3",
+                  "train.valid_max_sentences=null", "decode.max_input_len=4", "decode.batch_tokens=60",
+                  "decode.min_len=3")
+    run = tmp_path / "run"
+    train(recipe, run_dir=run)
+    (hypotheses,) = decoded
+    sources = list(load_corpus(recipe.data, splits=("valid",))["valid"]["src"])
+    assert len(hypotheses) == len(sources) > 10
+    src = tmp_path / "valid.src"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    capsysbinary.readouterr()
+    assert main(["translate", str(run), "-i", str(src), "--beam", "3", "--checkpoint", "last"]) == 0
+    assert capsysbinary.readouterr().out.decode().splitlines() == hypotheses
+    assert len(set(hypotheses)) > 3  # the model does not say the same thing to everything

@@ -196,9 +196,9 @@ def test_empty_lines_are_not_translated(translator, monkeypatch):
     seen = []
     original = tr.search
 
-    def spy(model, src, lengths, mask, options, lexicon=None):
+    def spy(model, src, lengths, mask, options, lexicon=None, return_attention=False):
         seen.extend(lengths.tolist())
-        return original(model, src, lengths, mask, options, lexicon)
+        return original(model, src, lengths, mask, options, lexicon, return_attention)
 
     monkeypatch.setattr(tr, "search", spy)
     out = translator.translate(["", "le chat", "   ", "\x00\x01", "\t"])
@@ -379,11 +379,11 @@ def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
     calls = []
     original = Translator.search_batches
 
-    def failing(self, batches, options):
+    def failing(self, batches, options, return_attention=False):
         calls.append(1)
         if len(calls) == 3:  # two chunks written to the temporary file, then it breaks
             raise RuntimeError("simulated crash")
-        return original(self, batches, options)
+        return original(self, batches, options, return_attention)
 
     monkeypatch.setattr(Translator, "search_batches", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -467,3 +467,14 @@ def test_one_process_on_a_cpu_only_machine_skips_accelerate(monkeypatch):
     assert (state.num_processes, state.process_index, state.is_main_process) == (1, 0, True)
     assert state.device == torch.device("cpu")
     assert type(state).__module__ == "nmt.inference.devices"
+
+
+def test_cli_decode_options_apply_onto_the_recipe(run_dir, tmp_path, capsysbinary):
+    lines = ["une maison rouge et un chien bleu", "le chat"]
+    src = write_bytes(tmp_path / "in.txt", ("\n".join(lines) + "\n").encode())
+    assert cli(run_dir, "-i", src, "--max-input-len", "2", "--min-len", "2", "--beam", "2") == 0
+    captured = capsysbinary.readouterr()
+    assert b"truncated to the first 2 (decode.max_input_len)" in captured.err
+    expected = Translator.load(run_dir, device="cpu")
+    expected.recipe.decode.max_input_len = 2
+    assert captured.out.decode().splitlines() == expected.translate(lines, beam=2, min_len=2)

@@ -12,7 +12,7 @@ Definitions (shared by greedy and beam search)
 - Its **raw score** is the sum of the log-probabilities of its tokens, EOS included. It equals
   :func:`score_targets` of the same tokens (teacher forcing); PAD and BOS are never generated and
   masked choices (min length, no-repeat n-grams) are not renormalised, so the numbers agree.
-  With a lexical shortlist (``SearchOptions.shortlist``) the log-probabilities are normalised over
+  With a lexical shortlist (``DecodeConfig.shortlist``) the log-probabilities are normalised over
   the batch's shortlist instead: they equal those of the full model with every logit outside it
   at -inf (see :mod:`nmt.inference.shortlist`).
 - Its **score** is the raw score with the GNMT penalties (Wu et al. 2016, eq. 14)::
@@ -60,15 +60,15 @@ distinct prefixes, nothing is ever pruned and the result equals exhaustive enume
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, N_SPECIAL, PAD_ID
 from nmt.errors import NmtError
 
@@ -76,69 +76,18 @@ from nmt.errors import NmtError
 COVERAGE_FLOOR = 1e-6
 
 __all__ = [
-    "SearchOptions", "Hypothesis",
-    "search", "greedy_search", "beam_search", "score_targets", "pad_sources", "translate_ids",
+    "Hypothesis", "max_lengths",
+    "search", "greedy_search", "beam_search", "score_targets", "pad_sources",
     "length_penalty", "coverage_penalty",
 ]
 
 
 # --------------------------------------------------------------------------------------- options
 
-@dataclass
-class SearchOptions:
-    """Search settings; :meth:`from_config` fills them from a recipe's ``decode`` section."""
-
-    beam: int = 5  #: 1 = greedy search
-    n_best: int = 1  #: hypotheses returned per sentence (<= beam)
-    length_penalty: float = 0.0  #: GNMT alpha (0 disables)
-    coverage_penalty: float = 0.0  #: GNMT beta (0 disables)
-    max_len_a: float = 1.5  #: max output length = a · source length + b
-    max_len_b: int = 10
-    min_len: int = 0  #: tokens before EOS
-    no_repeat_ngram: int = 0  #: 0 disables
-    return_attention: bool = False  #: keep attention weights (and local-p positions) per token
-    shortlist: int = 0  #: lexical shortlist: translations kept per source subword (0 = full vocabulary)
-    shortlist_frequent: int = 100  #: most frequent target subwords always in the shortlist
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.beam, int) or isinstance(self.beam, bool) or self.beam < 1:
-            problems.append(f"beam must be an integer >= 1, got {self.beam!r}")
-        if not isinstance(self.n_best, int) or isinstance(self.n_best, bool) or self.n_best < 1:
-            problems.append(f"n_best must be an integer >= 1, got {self.n_best!r}")
-        elif isinstance(self.beam, int) and self.n_best > self.beam:
-            problems.append(f"n_best ({self.n_best}) must not exceed the beam size ({self.beam}); "
-                            f"use a beam of at least {self.n_best}")
-        for name in ("length_penalty", "coverage_penalty", "max_len_a"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
-                    or not math.isfinite(value):
-                problems.append(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("max_len_b", "min_len", "no_repeat_ngram", "shortlist", "shortlist_frequent"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{name} must be an integer >= 0, got {value!r}")
-        if problems:
-            raise NmtError("invalid search options: " + "; ".join(problems))
-
-    @classmethod
-    def from_config(cls, decode: Any = None, **overrides: Any) -> "SearchOptions":
-        """Options from a ``DecodeConfig`` (or defaults), then ``overrides`` (``None`` = keep)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise NmtError(f"unknown search option(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(sorted(names))}")
-        values = {}
-        if decode is not None:
-            values = {name: getattr(decode, name) for name in names if hasattr(decode, name)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def max_lengths(self, src_lengths: Tensor) -> Tensor:
-        """Per-sentence max output length (generated tokens incl. EOS) as a long tensor."""
-        limit = torch.floor(self.max_len_a * src_lengths.double() + self.max_len_b).long()
-        return limit.clamp(min=max(1, self.min_len + 1))
+def max_lengths(options: DecodeConfig, src_lengths: Tensor) -> Tensor:
+    """Per-sentence max output length (generated tokens incl. EOS) as a long tensor."""
+    limit = torch.floor(options.max_len_a * src_lengths.double() + options.max_len_b).long()
+    return limit.clamp(min=max(1, options.min_len + 1))
 
 
 @dataclass
@@ -190,7 +139,7 @@ def _check_model(model) -> None:
                          "dropout would make the search random")
 
 
-def _forbid_(out: Tensor, history: Tensor | None, step: int, opts: SearchOptions) -> Tensor:
+def _forbid_(out: Tensor, history: Tensor | None, step: int, opts: DecodeConfig) -> Tensor:
     """Set forbidden tokens of ``out (N, V)`` (logits or log-probs) to -inf, in place.
 
     ``history (N, step)`` holds the tokens generated so far. Forbidden: PAD and BOS always, EOS
@@ -260,7 +209,7 @@ class OutputShortlist:
     column_of: Tensor  #: (V,) target id -> column
 
     @classmethod
-    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: "SearchOptions") -> "OutputShortlist":
+    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: DecodeConfig) -> "OutputShortlist":
         from nmt.inference.shortlist import shortlist_output
 
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
@@ -276,13 +225,17 @@ class OutputShortlist:
 
 
 def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-           options: SearchOptions | None = None, lexicon=None) -> list[list[Hypothesis]]:
+           options: DecodeConfig | None = None, lexicon=None,
+           return_attention: bool = False) -> list[list[Hypothesis]]:
     """Greedy search when ``options.beam == 1``, else beam search. One list per sentence.
+
+    ``options`` are the recipe's ``decode`` settings (checked here); ``return_attention`` keeps
+    each hypothesis's attention weights (and local-p positions).
 
     With ``options.shortlist > 0`` the output layer is restricted to the batch's lexical shortlist
     (:mod:`nmt.inference.shortlist`; ``lexicon`` is the run's :class:`~nmt.inference.shortlist.Lexicon`).
     """
-    options = options or SearchOptions()
+    options = (options or DecodeConfig()).check()
     shortlist = None
     if options.shortlist:
         if lexicon is None:
@@ -291,47 +244,15 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
         if src_mask is None:
             src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
         shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options)
-    if options.beam == 1:
-        return greedy_search(model, src, src_lengths, src_mask, options, shortlist=shortlist)
-    return beam_search(model, src, src_lengths, src_mask, options, shortlist=shortlist)
+    search_fn = greedy_search if options.beam == 1 else beam_search
+    return search_fn(model, src, src_lengths, src_mask, options, shortlist=shortlist,
+                     return_attention=return_attention)
 
 
 def _step_logits(model, prev: Tensor, state, memory, shortlist: OutputShortlist | None):
     if shortlist is None:
         return model.step_logits(prev, state, memory)
     return model.step_logits(prev, state, memory, output=(shortlist.weight, shortlist.bias))
-
-
-def translate_ids(model, sources: Sequence[Sequence[int]], options: SearchOptions | None = None,
-                  device: torch.device | str | None = None, batch_tokens: int | None = 8000,
-                  max_sentences: int | None = None, lexicon=None) -> list[list[Hypothesis]]:
-    """Search for many id sequences: batched by length, results in input order.
-
-    ``sources`` are source ids *without* EOS (as ``SubwordTokenizers.encode_src`` returns them);
-    EOS is appended here. An empty source is not searched: it gets one empty hypothesis
-    (``tokens == []``, score 0, ``finished=False``; attention of shape (0, 1) when requested).
-    No truncation happens here (``Translator`` truncates to ``decode.max_input_len``).
-    """
-    from nmt.data.batching import inference_batches
-
-    options = options or SearchOptions()
-    if device is None:
-        device = next(model.parameters()).device
-    with_eos = [list(ids) + [EOS_ID] if len(ids) else None for ids in sources]
-    todo = [i for i, ids in enumerate(with_eos) if ids is not None]
-    results: list[list[Hypothesis] | None] = [None] * len(with_eos)
-    if todo:
-        groups = inference_batches([len(with_eos[i]) for i in todo], batch_tokens or 8000, max_sentences)
-        for group in groups:
-            rows = [todo[k] for k in group]
-            src, lengths, mask = pad_sources([with_eos[i] for i in rows], device)
-            for i, hyps in zip(rows, search(model, src, lengths, mask, options, lexicon)):
-                results[i] = hyps
-    for i, hyps in enumerate(results):
-        if hyps is None:
-            results[i] = [Hypothesis(tokens=[], score=0.0, log_probs=[], raw_score=0.0, finished=False,
-                                     attention=torch.zeros(0, 1) if options.return_attention else None)]
-    return results  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------- greedy
@@ -342,11 +263,11 @@ _DROP_FINISHED_FRACTION = 0.25
 
 @torch.inference_mode()
 def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-                  options: SearchOptions | None = None,
-                  shortlist: OutputShortlist | None = None) -> list[list[Hypothesis]]:
+                  options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
+                  return_attention: bool = False) -> list[list[Hypothesis]]:
     """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored)."""
     _check_model(model)
-    opts = options or SearchOptions(beam=1)
+    opts = options or DecodeConfig(beam=1)
     if src_mask is None:
         src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
     batch = src.size(0)
@@ -355,9 +276,9 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     # no context folding: with one hypothesis per sentence it costs about what it saves
     # (S x 512 x 1024 once vs 512 x 1024 per step); the embedding tables still pay
     state, memory = model.start(enc, search=True, fold_context=False)
-    max_lens = opts.max_lengths(src_lengths.to(device))
+    max_lens = max_lengths(opts, src_lengths.to(device))
     horizon = int(max_lens.max())
-    keep_att = opts.return_attention
+    keep_att = return_attention
     need_att = keep_att or bool(opts.coverage_penalty)
     with_positions = keep_att and _has_positions(model)
     # Each step's choices are recorded for the rows it ran (``active`` holds their sentence ids) and
@@ -470,26 +391,26 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
-                options: SearchOptions | None = None,
-                shortlist: OutputShortlist | None = None) -> list[list[Hypothesis]]:
+                options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
+                return_attention: bool = False) -> list[list[Hypothesis]]:
     """Batched beam search (see the module docstring for the exact rules).
 
     Returns, per sentence, up to ``n_best`` distinct hypotheses sorted by penalised score, best
     first (fewer only if fewer than ``n_best`` sequences are possible at all).
     """
     _check_model(model)
-    opts = options or SearchOptions()
+    opts = options or DecodeConfig()
     if src_mask is None:
         src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
     K, P = opts.beam, opts.n_best
     alpha, beta = opts.length_penalty, opts.coverage_penalty
-    keep_att = opts.return_attention
+    keep_att = return_attention
     device = src.device
     batch, src_len = src.shape
 
     enc = model.encode(src, src_lengths, src_mask)
     state, memory = model.start(enc, search=True)
-    max_lens = opts.max_lengths(src_lengths.to(device))
+    max_lens = max_lengths(opts, src_lengths.to(device))
     horizon = int(max_lens.max())
     rows0 = torch.arange(batch, device=device).repeat_interleave(K)
     state = state.select(rows0)

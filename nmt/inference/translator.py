@@ -47,17 +47,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from nmt.config import DecodeConfig
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.precision import check_precision, for_inference
-from nmt.inference.search import (
-    Hypothesis,
-    SearchOptions,
-    pad_sources,
-    score_targets,
-    search,
-)
+from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
 
 #: warnings of one kind printed before the rest are only counted
 MAX_WARNINGS = 20
@@ -208,19 +203,15 @@ class Translator:
                    precision=precision, run_dir=run_dir)
 
     # ------------------------------------------------------------------------------ settings
-    def decode_options(self, beam: int | None = None, n_best: int = 1, return_attention: bool = False,
-                       **overrides: Any) -> SearchOptions:
-        """The search settings of one call: the recipe's ``decode`` section, then these values
-        (``None`` keeps the recipe's). Without an explicit ``beam`` the recipe's beam is widened to
-        ``n_best`` if needed. A shortlist's lexicon is loaded here, so a missing one fails early."""
-        if beam is None and isinstance(n_best, int):
-            beam = max(self.recipe.decode.beam, n_best)
-        options = SearchOptions.from_config(self.recipe.decode, beam=beam, n_best=n_best,
-                                            return_attention=return_attention, **overrides)
+    def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
+        """The search settings of one call: the recipe's ``decode`` section with these values
+        (``None`` keeps the recipe's; a larger ``n_best`` without ``beam`` widens the beam),
+        checked. A shortlist's lexicon is loaded here, so a missing one fails early."""
+        options = self.recipe.decode.updated(overrides, beam=beam, n_best=n_best)
         self._lexicon_for(options)
         return options
 
-    def _lexicon_for(self, options: SearchOptions):
+    def _lexicon_for(self, options: DecodeConfig):
         """The run's lexicon when ``options`` ask for a shortlist (loaded once), else None."""
         if not options.shortlist:
             return None
@@ -308,15 +299,16 @@ class Translator:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def search_batches(self, batches: Sequence[Sequence[Source]], options: SearchOptions
-                       ) -> dict[int, list[Hypothesis]]:
+    def search_batches(self, batches: Sequence[Sequence[Source]], options: DecodeConfig,
+                       return_attention: bool = False) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by :attr:`Source.index`."""
         out: dict[int, list[Hypothesis]] = {}
         lexicon = self._lexicon_for(options)
         with torch.inference_mode(), self._autocast():
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
-                for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon=lexicon)):
+                for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon,
+                                                    return_attention)):
                     out[it.index] = hyps
         return out
 
@@ -379,11 +371,11 @@ class Translator:
         (default 1, 2, ...). With ``shard=(rank, world)`` only this process's share is translated
         and the other entries are ``None`` (see the module docstring).
         """
-        options = self.decode_options(beam, n_best, return_attention, **overrides)
+        options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines, warn=False)
-        batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=batch_tokens,
+        batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
                                     max_sentences=max_sentences)
-        found = self.search_batches(batches, options)
+        found = self.search_batches(batches, options, return_attention)
         out: list[Any] = [None] * len(items)
         rich = n_best > 1 or return_scores or return_attention
         if not rich:
@@ -420,10 +412,11 @@ class Translator:
         An empty source is not searched: it gets one empty hypothesis (``tokens == []``, score 0,
         ``finished=False``; attention of shape (0, 1) when requested).
         """
-        options = self.decode_options(beam, n_best, return_attention, **overrides)
+        options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self._sources([""] * len(sources), sources, range(1, len(sources) + 1), False, True)
-        found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=batch_tokens),
-                                    options)
+        found = self.search_batches(
+            self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens), options,
+            return_attention)
         empty = Hypothesis(tokens=[], score=0.0, log_probs=[], raw_score=0.0, finished=False,
                            attention=torch.zeros(0, 1) if return_attention else None)
         return [found.get(it.index) or [empty] for it in items]

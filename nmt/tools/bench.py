@@ -13,14 +13,16 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
 
 
@@ -139,18 +141,20 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
     }
 
 
-def decode_split_timed(translator, sources: Sequence[str], beam: int, batch_tokens: int | None = None,
-                       batch_sentences: int | None = None, shortlist: int | None = None
-                       ) -> tuple[list[str], float, int]:
+def decode_split_timed(translator, sources: Sequence[str], beam: int | None = None,
+                       batch_tokens: int | None = None, batch_sentences: int | None = None,
+                       shortlist: int | None = None) -> tuple[list[str], float, int]:
     """Translate ``sources`` timing only the search and detokenization (not loading/encoding).
 
+    ``beam``, ``batch_tokens``, ``shortlist``: ``None`` keeps the translator's recipe value.
     ``batch_sentences`` makes fixed batches of that many sentences (longest first) instead of
     token batches. Returns ``(translations, seconds, n_target_tokens)``, the last counting the
     generated target subwords including EOS.
     """
-    options = translator.decode_options(beam, shortlist=shortlist)  # loads a lexicon before the clock
+    # the options load a shortlist's lexicon, before the clock starts as the model is
+    options = translator.decode_options(beam, batch_tokens=batch_tokens, shortlist=shortlist)
     items = translator.encode(sources)
-    batches = translator.batches(items, beam=options.beam, batch_tokens=batch_tokens,
+    batches = translator.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
                                  batch_sentences=batch_sentences)
     start = time.perf_counter()
     found = translator.search_batches(batches, options)
@@ -162,9 +166,12 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int, batch_toke
     return out, seconds, n_tokens
 
 
-def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | None,
-                    batch_sentences: int | None, checkpoint: str, quantize: bool,
-                    precision: str = "float32", shortlist: int | None = None) -> dict[str, Any]:
+def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | None = None,
+                    checkpoint: str = "best", quantize: bool = False, precision: str = "float32",
+                    decode: Mapping[str, Any] | None = None,
+                    label: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
+    onto the run's recipe ``decode`` section (problems named ``label(key)``)."""
     from nmt.data.corpus import load_corpus
     from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
@@ -172,18 +179,18 @@ def bench_translate(run_dir: str, beam: int, split: str, batch_tokens: int | Non
     load_start = time.perf_counter()
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision)
     load_seconds = time.perf_counter() - load_start
+    settings = translator.recipe.decode = translator.recipe.decode.updated(decode, label=label)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
-    decode_split_timed(translator, sources[:32], beam, batch_tokens, batch_sentences, shortlist)  # warm-up
-    hyps, seconds, n_tokens = decode_split_timed(translator, sources, beam, batch_tokens, batch_sentences,
-                                                 shortlist)
-    shortlist = translator.recipe.decode.shortlist if shortlist is None else shortlist
+    decode_split_timed(translator, sources[:32], batch_sentences=batch_sentences)  # warm-up
+    hyps, seconds, n_tokens = decode_split_timed(translator, sources, batch_sentences=batch_sentences)
     scores = score_corpus(hyps, [references], metrics=("bleu", "chrf"),
                           bleu_tokenize=translator.recipe.eval.bleu_tokenize)
     return {
         "what": "translate", "run_dir": str(run_dir), "checkpoint": checkpoint, "split": split,
-        "beam": beam, "batch_tokens": batch_tokens, "batch_sentences": batch_sentences,
-        "quantize": quantize, "precision": precision, "shortlist": shortlist, "sentences": len(sources), "seconds": round(seconds, 3),
+        "beam": settings.beam, "batch_tokens": settings.batch_tokens, "batch_sentences": batch_sentences,
+        "quantize": quantize, "precision": precision, "shortlist": settings.shortlist,
+        "decode": dataclasses.asdict(settings), "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
         "target_tokens_per_s": round(n_tokens / seconds, 1), "target_tokens_incl_eos": n_tokens,
         "bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
@@ -204,12 +211,12 @@ def bench_cli(args) -> int:
                      f"{result['achieved_gflops']} GFLOP/s, {100 * result['fraction_of_peak']:.0f}% of the "
                      f"measured {result['gemm_peak']['dtype']} GEMM peak {result['gemm_peak']['gflops']} GFLOP/s")
     else:
-        beam = 1 if args.greedy else args.beam
-        result = bench_translate(args.run_dir, beam, args.split, args.batch_tokens, args.batch_sentences,
-                                 args.checkpoint, args.quantize, args.precision, args.shortlist)
+        result = bench_translate(args.run_dir, args.split, args.batch_sentences, args.checkpoint,
+                                 args.quantize, args.precision, decode=decode_arguments(args),
+                                 label=decode_flag_label)
         mode = args.precision + (", int8" if args.quantize else "") + (
             f", shortlist {result['shortlist']}" if result["shortlist"] else "")
-        line = (f"translate {args.run_dir} [{args.split}, beam {beam}, {mode}]: {result['sentences_per_s']:,} "
+        line = (f"translate {args.run_dir} [{args.split}, beam {result['beam']}, {mode}]: {result['sentences_per_s']:,} "
                 f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")

@@ -16,6 +16,7 @@ Two ways to use ``nmt evaluate``:
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import gzip
 import json
@@ -23,9 +24,10 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from nmt.atomic import atomic_write_text
+from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
 
@@ -104,14 +106,14 @@ def _checkpoint_tag(checkpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "checkpoint"
 
 
-def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | None = None,
-                 checkpoint: str = "best", metrics: Iterable[str] | str | None = None,
-                 command: str | None = None, precision: str = "float32",
-                 shortlist: int | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
+                 metrics: Iterable[str] | str | None = None, command: str | None = None,
+                 precision: str = "float32", decode: Mapping[str, Any] | None = None,
+                 label: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Translate ``split`` of the run's corpus, score it, and write the results into the run.
 
-    ``beam=None`` uses the recipe's ``decode.beam``; ``metrics=None`` the recipe's ``eval.metrics``;
-    ``shortlist=None`` the recipe's ``decode.shortlist`` (0 = full vocabulary).
+    ``decode``: settings applied onto the run's recipe ``decode`` section (``{"beam": 1}``; problems
+    are named ``label(key)``); ``metrics=None`` uses the recipe's ``eval.metrics``.
     Writes ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` (one hypothesis per line) and
     ``... .json`` (scores, signatures, settings, timestamp), both atomically, and returns the JSON
     record (with ``"json_path"``).
@@ -119,8 +121,6 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
-    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
-        raise NmtError(f"--beam: got {beam!r}, must be a positive integer (1 = greedy)")
     import importlib
 
     from nmt.inference.translator import Translator
@@ -132,8 +132,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(known_splits)}")
     translator = Translator.load(run, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
+    recipe.decode = recipe.decode.updated(decode, label=label)
+    beam, shortlist = recipe.decode.beam, recipe.decode.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
-    beam = int(beam if beam is not None else recipe.decode.beam)
     corpus = data_module.load_corpus(recipe.data, splits=(split,))
     if split not in corpus:
         raise DataError(f"the run's corpus has no split {split!r} (available: "
@@ -144,8 +145,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
     if not sources:
         raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
     started = _dt.datetime.now(_dt.timezone.utc)
-    shortlist = int(shortlist if shortlist is not None else recipe.decode.shortlist)
-    hypotheses = list(translator.translate(sources, beam=beam, shortlist=shortlist))
+    hypotheses = list(translator.translate(sources))
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     if len(hypotheses) != len(sources):
         raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
@@ -170,6 +170,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", beam: int | No
         "beam": beam,
         "precision": precision,
         "shortlist": shortlist,
+        "decode": dataclasses.asdict(recipe.decode),
         "metrics": names,
         "bleu_tokenize": recipe.eval.bleu_tokenize,
         "sentences": len(sources),
@@ -196,12 +197,13 @@ _MODES = ("nmt evaluate needs one of two argument sets:\n"
           "      translate a split of the run's corpus, then score it")
 
 
-def _command_line(run_dir, split, beam, checkpoint, metrics, precision="float32", shortlist=None) -> str:
+def _command_line(run_dir, split, checkpoint, metrics, precision="float32",
+                  decode: Mapping[str, Any] | None = None) -> str:
     """The equivalent command line (for the record written into the run)."""
     parts = ["nmt", "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
-    parts += ["--beam", str(beam)] if beam is not None else []
+    for name, value in (decode or {}).items():
+        parts += [decode_flag(name), str(value)]
     parts += ["--precision", precision] if precision != "float32" else []
-    parts += ["--shortlist", str(shortlist)] if shortlist is not None else []
     parts += ["--metrics", ",".join(metrics)] if metrics else []
     return shlex.join(parts)
 
@@ -209,8 +211,7 @@ def _command_line(run_dir, split, beam, checkpoint, metrics, precision="float32"
 def evaluate_cli(args) -> int:
     """``nmt evaluate``: see the module docstring for the two modes. Returns the exit code."""
     run_dir, hyp, refs = args.run_dir, args.hyp, list(args.ref)
-    beam, greedy, split, checkpoint = args.beam, args.greedy, args.split, args.checkpoint
-    as_json, metrics_arg = args.json, args.metrics
+    split, checkpoint, as_json, metrics_arg = args.split, args.checkpoint, args.json, args.metrics
 
     if run_dir and (hyp or refs):
         raise NmtError("give either a run directory or --hyp/--ref files, not both.\n" + _MODES)
@@ -219,10 +220,11 @@ def evaluate_cli(args) -> int:
             raise NmtError("--ref needs --hyp (the hypothesis file to score).\n" + _MODES)
         if not refs:
             raise NmtError("--hyp needs at least one --ref (reference file).\n" + _MODES)
-        unused = [flag for flag, used in (("--beam", beam is not None), ("--greedy", greedy),
-                                          ("--shortlist", args.shortlist is not None),
-                                          ("--split", split != "test"),
-                                          ("--checkpoint", checkpoint != "best")) if used]
+        decode_given = [decode_flag(f.name) for f in dataclasses.fields(DecodeConfig)
+                        if vars(args).get(f.name) is not None]
+        unused = decode_given + [flag for flag, used in (("--greedy", args.greedy),
+                                                         ("--split", split != "test"),
+                                                         ("--checkpoint", checkpoint != "best")) if used]
         if unused:
             raise NmtError(f"{', '.join(unused)} only apply when evaluating a run directory; "
                            "with --hyp/--ref the translations already exist.\n" + _MODES)
@@ -235,18 +237,11 @@ def evaluate_cli(args) -> int:
             print(format_scores(scores))
         return 0
     if run_dir:
-        if greedy and beam is not None and beam != 1:
-            raise NmtError(f"--greedy means beam 1, but --beam {beam} was also given; choose one")
-        if greedy:
-            beam = 1
+        decode = decode_arguments(args)
         names = parse_metrics(metrics_arg) if metrics_arg is not None else None
-        precision, shortlist = args.precision, args.shortlist
-        if shortlist is not None and shortlist < 0:
-            raise NmtError(f"--shortlist must be >= 0 (0 = full vocabulary), got {shortlist}")
-        record = evaluate_run(run_dir, split=split, beam=beam, checkpoint=checkpoint, metrics=names,
-                              command=_command_line(run_dir, split, beam, checkpoint, names, precision,
-                                                    shortlist),
-                              precision=precision, shortlist=shortlist)
+        record = evaluate_run(run_dir, split=split, checkpoint=checkpoint, metrics=names,
+                              command=_command_line(run_dir, split, checkpoint, names, args.precision, decode),
+                              precision=args.precision, decode=decode, label=decode_flag_label)
         if as_json:
             print(json.dumps(record, indent=2, ensure_ascii=False))
         else:

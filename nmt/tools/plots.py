@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from nmt.config import decode_arguments
 from nmt.errors import DataError, NmtError
 from nmt.figures import (
     DPI,
@@ -236,14 +237,13 @@ def _attention_cli(args) -> int:
     from nmt.tools.evaluate import read_lines
 
     source, input_path, output, out_dir = args.source, args.input, args.output, args.out_dir
-    lines_spec, beam = args.lines, args.beam
+    lines_spec = args.lines
     if source is not None and input_path:
         raise NmtError("give either --source TEXT or --input FILE, not both")
     if source is None and not input_path:
         raise NmtError("what should be translated? give --source \"a sentence\" (with -o FILE) or "
                        "--input FILE --lines 1-10 --out-dir DIR")
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise NmtError(f"--beam: got {beam!r}, must be a positive integer (1 = greedy)")
+    decode = decode_arguments(args)
     if source is not None:
         if out_dir or lines_spec:
             raise NmtError("--out-dir and --lines go with --input FILE; for --source use -o FILE")
@@ -275,7 +275,7 @@ def _attention_cli(args) -> int:
 
     translator = Translator.load(args.run_dir, checkpoint=args.checkpoint)
     kind = translator.attention_kind
-    results = translator.translate([src for _, src in jobs], beam=beam, return_attention=True)
+    results = translator.translate([src for _, src in jobs], return_attention=True, **decode)
     for (out, src), result in zip(jobs, results):
         hyp = result.hypotheses[0]
         if hyp.attention is None:

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
+from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.translator import Translator, WarningCounter
@@ -132,41 +133,22 @@ class _Output:
             self.tmp = None
 
 
-def _decode_flags(args) -> dict[str, Any]:
-    beam = args.beam
-    if args.greedy:
-        if beam not in (None, 1):
-            raise NmtError(f"--greedy and --beam {beam} contradict each other; give one of them")
-        beam = 1
-    n_best = args.n_best or 1
-    if n_best < 1:
-        raise NmtError(f"--n-best must be >= 1, got {n_best}")
-    if beam is not None and beam < 1:
-        raise NmtError(f"--beam must be >= 1, got {beam}")
-    overrides = {name: getattr(args, name) for name in
-                 ("length_penalty", "coverage_penalty", "max_len_a", "max_len_b", "min_len",
-                  "no_repeat_ngram", "shortlist")}
-    return {"beam": beam, "n_best": n_best, **{k: v for k, v in overrides.items() if v is not None}}
-
-
 def translate_cli(args) -> int:
     """``nmt translate RUN_DIR [-i IN] [-o OUT] ...`` (see the module docstring for the formats)."""
     state = distributed_state()
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
-    decode = _decode_flags(args)
+    decode = decode_arguments(args)  # checked before the run is loaded
     reference = args.score_reference
     if reference and args.n_best:
         raise NmtError("--score-reference and --n-best exclude each other")
-    batch_tokens = args.batch_tokens
-    if batch_tokens is not None and batch_tokens < 1:
-        raise NmtError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
                                  precision=args.precision)
+    translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
-    options = translator.decode_options(**decode)  # validate before reading input
-    decode.update(beam=options.beam, n_best=options.n_best)
     nbest_format = args.n_best is not None
+    n_best = translator.recipe.decode.n_best if nbest_format else 1
+    translator.decode_options(n_best=n_best)  # a shortlist's lexicon is loaded before reading input
     input_name = args.input or "stdin"
     output = src_stream = ref_stream = None
     try:
@@ -208,10 +190,9 @@ def translate_cli(args) -> int:
                 break
             srcs, refs = payload["src"], payload.get("ref")
             if refs is not None:
-                done = _score_share(translator, srcs, refs, first, rank, world, batch_tokens)
+                done = _score_share(translator, srcs, refs, first, rank, world)
             else:
-                done = _translate_share(translator, srcs, first, rank, world, decode, batch_tokens,
-                                        nbest_format)
+                done = _translate_share(translator, srcs, first, rank, world, n_best, nbest_format)
             if world > 1:
                 from accelerate.utils import gather_object
 
@@ -287,28 +268,26 @@ def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first
 
 
 def _score_share(translator: Translator, srcs: list[str], refs: list[str], first: int, rank: int,
-                 world: int, batch_tokens: int | None) -> list[tuple[int, list[str]]]:
+                 world: int) -> list[tuple[int, list[str]]]:
     lines = [first + i + 1 for i in range(len(srcs))]
-    found = translator.score(srcs, refs, batch_tokens=batch_tokens, lines=lines, shard=(rank, world))
+    found = translator.score(srcs, refs, lines=lines, shard=(rank, world))
     return [(i, [f"{value:.6f}"]) for i, value in enumerate(found) if value is not None]
 
 
 def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-                     decode: dict[str, Any], batch_tokens: int | None, nbest_format: bool
-                     ) -> list[tuple[int, list[str]]]:
+                     n_best: int, nbest_format: bool) -> list[tuple[int, list[str]]]:
     """This process's output lines: ``(chunk index, lines)`` pairs."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
     if not nbest_format:
-        found = translator.translate(srcs, batch_tokens=batch_tokens, lines=lines, shard=shard, **decode)
+        found = translator.translate(srcs, lines=lines, shard=shard)
         return [(i, [_one_line(text)]) for i, text in enumerate(found) if text is not None]
-    results = translator.translate(srcs, return_scores=True, batch_tokens=batch_tokens, lines=lines,
-                                   shard=shard, **decode)
+    results = translator.translate(srcs, n_best=n_best, return_scores=True, lines=lines, shard=shard)
     out = []
     for i, result in enumerate(results):
         if result is None:
             continue
         pairs = [(h.score, _one_line(h.text)) for h in result.hypotheses]
-        pairs += [(-math.inf, "")] * (decode["n_best"] - len(pairs))
+        pairs += [(-math.inf, "")] * (n_best - len(pairs))
         out.append((i, [f"{first + i}\t{_format_score(sc)}\t{t}" for sc, t in pairs]))
     return out

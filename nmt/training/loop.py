@@ -587,7 +587,6 @@ class _Validator:
 
     def run(self, step: int) -> dict[str, Any]:
         from nmt.data.batching import collate, inference_batches
-        from nmt.inference.search import SearchOptions, translate_ids
         from nmt.metrics import score_corpus
 
         acc = self.accelerator
@@ -608,16 +607,13 @@ class _Validator:
                 tokens += batch.n_tgt_tokens
         totals = acc.reduce(torch.tensor([nll, float(tokens)], dtype=torch.float64, device=acc.device), "sum")
         loss = float(totals[0] / totals[1])
-        # BLEU: each process decodes a strided share, the main process scores the gathered output
+        # BLEU: decoded as `nmt translate` decodes (the same batches, dealt round-robin to the
+        # processes); the main process scores the gathered output
         beam = self.recipe.train.valid_beam
-        options = SearchOptions.from_config(self.recipe.decode, beam=beam, n_best=1)
-        src_ids = self.tokenizers.encode_src(self.sources)
-        mine = list(range(rank, len(src_ids), world))
+        translator = self._translator()
         with acc.autocast():
-            hyps = translate_ids(model, [src_ids[i] for i in mine], options, device=acc.device,
-                                 batch_tokens=self.recipe.decode.batch_tokens, lexicon=self.lexicon)
-        texts = self.tokenizers.decode_tgt([h[0].tokens for h in hyps])
-        pairs = list(zip(mine, texts))
+            texts = translator.translate(self.sources, beam=beam, shard=(rank, world))
+        pairs = [(i, text) for i, text in enumerate(texts) if text is not None]
         if world > 1:
             from accelerate.utils import gather_object
             pairs = gather_object(pairs)
@@ -638,20 +634,26 @@ class _Validator:
         count = self.recipe.train.plot_sentences
         if not count:
             return
-        try:
-            from nmt.figures import plot_attention
-            from nmt.inference.search import SearchOptions, translate_ids
-        except ImportError:
-            return
-        options = SearchOptions.from_config(self.recipe.decode, beam=1, n_best=1, return_attention=True)
-        src_ids = self.tokenizers.encode_src(self.sources[:count])
-        hyps = translate_ids(self.model, src_ids, options, device=self.accelerator.device, lexicon=self.lexicon)
+        from nmt.figures import plot_attention
+
+        translator = self._translator()
+        results = translator.translate(self.sources[:count], beam=1, return_attention=True)
         out_dir = self.run_dir / "plots" / f"step{step:07d}"
         kind = self.recipe.model.attention.kind
-        for i, (ids, nbest) in enumerate(zip(src_ids, hyps)):
-            hyp = nbest[0]
-            src_tokens = self.tokenizers.src_pieces(self.sources[i]) + ["</s>"]
-            tgt_tokens = self.tokenizers.tgt_pieces_from_ids(hyp.tokens)
-            plot_attention(hyp.attention.float().cpu().numpy(), src_tokens, tgt_tokens,
+        for i, result in enumerate(results):
+            hyp = result.hypotheses[0]
+            if hyp.attention is None:  # an empty source: nothing was decoded
+                continue
+            plot_attention(hyp.attention.float().cpu().numpy(), hyp.src_tokens, hyp.tokens,
                            out_dir / f"valid{i}.png", title=f"{kind} attention, step {step}",
                            positions=None if hyp.positions is None else hyp.positions.float().cpu().numpy())
+
+    def _translator(self):
+        """The model being trained as a :class:`~nmt.inference.translator.Translator` (eval mode;
+        :meth:`run` puts it back into training mode)."""
+        from nmt.inference.translator import Translator
+
+        translator = Translator(self.recipe, self.tokenizers, self.model, device=self.accelerator.device,
+                                lexicon=self.lexicon)
+        translator.warn.prefix = "validation"
+        return translator
