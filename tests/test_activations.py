@@ -253,10 +253,66 @@ def test_aprelu_sample_does_not_depend_on_batch():
 
 def test_aprelu_shape_errors():
     act = APReLU(channels=4)
-    with pytest.raises(ValueError, match="mask must have shape"):
+    with pytest.raises(ValueError, match="mask must broadcast to"):
         act(torch.randn(2, 5, 4), mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must broadcast to"):
+        act(torch.randn(2, 5, 4), mask=torch.ones(3, 2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
         act(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"\(batch, T, C\)"):
+        act.forward_causal(torch.randn(5, 4))
+
+
+def test_aprelu_pooled_statistic_is_the_masked_mean():
+    """s = [mean relu(x); mean min(x, 0)] over the real positions only, hand-computed; a mask that
+    broadcasts (one source mask for every query of an attention scorer) pools the same way."""
+    torch.manual_seed(7)
+    act = APReLU(channels=3).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    s = act.pooled(x, mask)
+    assert s.shape == (2, 1, 6)
+    for b, n in enumerate([2, 4]):
+        real = x[b, :n]
+        want = [sum(max(float(real[t, c]), 0.0) for t in range(n)) / n for c in range(3)]
+        want += [sum(min(float(real[t, c]), 0.0) for t in range(n)) / n for c in range(3)]
+        assert s[b, 0].tolist() == pytest.approx(want, abs=1e-12)
+    # (batch, queries, positions, C) with a (batch, 1, positions) mask: each query pools on its own
+    x4 = torch.randn(2, 3, 4, 3, dtype=torch.float64)
+    s4 = act.pooled(x4, mask.unsqueeze(1))
+    for q in range(3):
+        torch.testing.assert_close(s4[:, q], act.pooled(x4[:, q], mask))
+    torch.testing.assert_close(act(x4, mask.unsqueeze(1))[:, 1], act(x4[:, 1], mask))
+
+
+def test_aprelu_causal_pools_over_the_steps_so_far_and_steps_agree():
+    """forward_causal at step t = the masked form on steps 1..t; forward_step one step at a time
+    (carrying the running pool) = forward_causal; later steps never change earlier ones."""
+    torch.manual_seed(8)
+    act = APReLU(channels=4).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64) * 2
+    y = act.forward_causal(x)
+    for t in range(5):
+        torch.testing.assert_close(y[:, t], act(x[:, : t + 1], torch.ones(2, t + 1, dtype=torch.bool))[:, t])
+    pool = None
+    for t in range(5):
+        y_t, pool = act.forward_step(x[:, t], pool)
+        torch.testing.assert_close(y_t, y[:, t])
+    assert pool.shape == (2, 9) and pool[:, -1].tolist() == [5.0, 5.0]
+    x2 = x.clone()
+    x2[:, 3:] = 100.0
+    assert torch.equal(act.forward_causal(x2)[:, :3], y[:, :3])
+    assert not torch.allclose(act.forward_causal(x2)[:, 3:], y[:, 3:])
+
+
+def test_position_wise_activations_have_identical_decoder_forms():
+    x = torch.randn(2, 3, 4)
+    for name in ["tanh", "prelu", "maxout"]:
+        act = get_activation(name, **({"channels": 4} if name == "prelu" else {}))
+        torch.testing.assert_close(act.forward_causal(x), act(x))
+        y, pool = act.forward_step(x[:, 0])
+        torch.testing.assert_close(y, act(x[:, 0]))
+        assert pool is None
 
 
 # ---- maxout and the layer helpers
@@ -383,3 +439,29 @@ def test_unknown_name_and_bad_options():
         get_activation("gelu", approximate="fast")
     with pytest.raises(ConfigError, match="beta"):
         get_activation("softplus", beta=0)
+
+
+def test_aprelu_runs_with_int8_and_bf16_linear_layers():
+    """Inference turns Linear layers into int8 (``--quantize``) or bfloat16 (``--precision bf16``)
+    ones; APReLU's subnetwork then still runs, its sums in the LayerNorm's float32."""
+    import copy
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    torch.manual_seed(9)
+    layer = ActivatedLinear(4, 6, "aprelu").eval()
+    x = torch.randn(2, 3, 4)
+    want = layer.forward_causal(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)[0]
+    torch.testing.assert_close(quantized.forward_causal(x), want, atol=0.05, rtol=0.05)
+    bf16 = copy.deepcopy(layer)
+    for module in bf16.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, pool = bf16.forward_step(x[:, 0])
+    assert pool.dtype == torch.float32
+    torch.testing.assert_close(y.float(), want[:, 0], atol=0.05, rtol=0.05)

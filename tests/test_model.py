@@ -9,6 +9,8 @@ from nmt.model.seq2seq import build_model
 BOS, EOS, PAD = 2, 3, 0
 KINDS = [("bahdanau", True), ("luong-general", True), ("luong-general", False), ("luong-concat", True),
          ("local-p", True), ("luong-dot", False)]
+#: APReLU in the readout / attentional vector (pooled over the steps so far) and in the scorer
+APRELU = [("bahdanau", True, "aprelu"), ("luong-concat", True, "aprelu"), ("luong-general", False, "aprelu")]
 
 
 def tiny_model(kind="bahdanau", input_feeding=True, activation="tanh", layers=1, self_att=0, seed=0,
@@ -22,7 +24,7 @@ def tiny_model(kind="bahdanau", input_feeding=True, activation="tanh", layers=1,
                                             self_attention_ff_size=16),
                       decoder=DecoderConfig(hidden_size=dec_hidden, layers=layers, dropout=0.0,
                                             input_feeding=input_feeding),
-                      attention=AttentionConfig(kind=kind, window=2, score="general"), **extra)
+                      **{"attention": AttentionConfig(kind=kind, window=2, score="general"), **extra})
     return build_model(cfg, src_vocab, tgt_vocab).eval()
 
 
@@ -44,9 +46,10 @@ def batch(lengths, vocab=17, tgt_lengths=None, vocab_t=19, seed=1):
     return (src, torch.tensor(lengths), src != PAD, tgt_in, tgt_out, tgt_out != PAD)
 
 
-@pytest.mark.parametrize("kind,feed", KINDS)
-def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed):
-    model = tiny_model(kind, feed)
+@pytest.mark.parametrize("kind,feed,activation", [k + ("tanh",) for k in KINDS] + APRELU)
+def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation):
+    model = tiny_model(kind, feed, activation=activation,
+                       attention=AttentionConfig(kind=kind, window=2, activation=activation))
     src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
     with torch.no_grad():
         loss_sum, nll_sum = model(src, lens, smask, tgt_in, tgt_out, tmask)
@@ -55,6 +58,7 @@ def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed):
         for t in range(tgt_in.size(1)):
             log_probs, out = model.step(tgt_in[:, t], state, memory)
             state = out.state
+            assert (state.pool is not None) == (activation == "aprelu")  # the readout's running pool
             nll = -log_probs.gather(1, tgt_out[:, t:t + 1]).squeeze(1)
             total += float((nll * tmask[:, t]).sum())
     assert float(nll_sum) == pytest.approx(total, rel=1e-5)
@@ -75,11 +79,13 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed):
     assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
 
 
-@pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False)])
+@pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False),
+                                             ("aprelu", True)])
 def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold):
     """The folded search step (context weights applied to the keys, embedding tables, one memory row
     per sentence for its K beams) computes what the plain step computes on per-beam memory."""
-    model = tiny_model("bahdanau", activation=activation)
+    model = tiny_model("bahdanau", activation=activation,
+                       attention=AttentionConfig(kind="bahdanau", activation=activation))
     src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
     K = 3
     rows = torch.arange(3).repeat_interleave(K)
@@ -209,3 +215,82 @@ def test_model_overfits_twenty_pairs():
     decoded = torch.stack(outputs, 1)
     for i, (_, t) in enumerate(pairs):
         assert decoded[i, :len(t)].tolist() == t
+
+
+# ---- APReLU pools over the sequence it is applied to
+
+
+def _aprelu_by_hand(act, h, n):
+    """APReLU written out for one sequence ``h (L, C)``: slopes from the mean over its first ``n``
+    positions, applied to every position."""
+    real = h[:n]
+    s = torch.cat([real.clamp(min=0).mean(0), real.clamp(max=0).mean(0)])
+    z = F.linear(s, act.fc1.weight, act.fc1.bias)
+    z = F.layer_norm(z, z.shape, act.norm.weight, act.norm.bias, act.norm.eps)
+    alpha = torch.sigmoid(F.linear(z.clamp(min=0), act.fc2.weight, act.fc2.bias))
+    return h.clamp(min=0) + alpha * h.clamp(max=0)
+
+
+@pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-concat", False)])
+def test_every_aprelu_in_a_model_pools_over_its_sequence(kind, feed):
+    """Encoder self-attention feed-forward: the mean over the real source positions. Attention
+    scorer: per query, the mean over the real source positions. Readout / attentional vector: at
+    step t, the mean over steps 1..t. Each checked against APReLU written out by hand."""
+    model = tiny_model(kind, feed, activation="aprelu", self_att=1,
+                       attention=AttentionConfig(kind=kind, activation="aprelu")).double()
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 4])
+    seen = {}
+
+    def keep(name):  # every call's (input, output)
+        def hook(module, args, output):
+            seen.setdefault(name, []).append((args[0], output))
+        return hook
+
+    ffn = model.encoder.self_attention[0].ff_in
+    readout = model.decoder.readout if kind == "bahdanau" else model.decoder.combine
+    scorer = model.decoder.attention.act
+    ffn.linear.register_forward_hook(keep("ffn_pre"))
+    ffn.register_forward_hook(keep("ffn"))
+    readout.linear.register_forward_hook(keep("readout_pre"))
+    scorer.register_forward_hook(keep("scorer"))
+    with torch.no_grad():
+        out, _ = model.teacher_force(src, lens, smask, tgt_in)
+        [(_, pre)], [(_, got)] = seen["ffn_pre"], seen["ffn"]
+        for b, n in enumerate(lens.tolist()):
+            torch.testing.assert_close(got[b, :n], _aprelu_by_hand(ffn.activation, pre[b], n)[:n])
+        for x, got in seen["scorer"]:  # (batch, queries, src_len, H), once or once per step
+            for b, n in enumerate(lens.tolist()):
+                for q in range(x.size(1)):
+                    torch.testing.assert_close(got[b, q, :n], _aprelu_by_hand(scorer, x[b, q], n)[:n])
+        # (batch, T, D) at once, or (batch, D) per step (Luong input feeding's step loop)
+        pre = torch.stack([p for _, p in seen["readout_pre"]], 1) if feed and kind != "bahdanau" \
+            else seen["readout_pre"][0][1]
+        assert pre.shape[:2] == out.shape[:2]
+        for b in range(pre.size(0)):
+            for t in range(pre.size(1)):
+                want = _aprelu_by_hand(readout.activation, pre[b, : t + 1], t + 1)[t]
+                torch.testing.assert_close(out[b, t], want)
+
+
+@pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-general", False)])
+def test_aprelu_model_padding_never_changes_a_result(kind, feed):
+    """Sentences padded more (source and target) and batched with other sentences give identical
+    encoder states, readouts and attention at their real positions."""
+    model = tiny_model(kind, feed, activation="aprelu", self_att=1,
+                       attention=AttentionConfig(kind=kind, activation="aprelu", window=2))
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 6, 4], tgt_lengths=[4, 7, 2])
+    pad = 3
+    more = [torch.cat([t, t.new_zeros(t.size(0), pad)], 1) for t in (src, smask, tgt_in)]
+    with torch.no_grad():
+        enc = model.encode(src, lens, smask)
+        enc_more = model.encode(more[0], lens, more[1])
+        readout, weights = model.teacher_force(src, lens, smask, tgt_in)
+        readout_more, weights_more = model.teacher_force(more[0], lens, more[1], more[2])
+        for i in range(3):
+            n, m = int(lens[i]), int(tmask[i].sum())
+            alone, alone_w = model.teacher_force(src[i:i + 1, :n], lens[i:i + 1], smask[i:i + 1, :n],
+                                                 tgt_in[i:i + 1, :m])
+            for r, w in ((readout_more, weights_more), (readout, weights)):
+                torch.testing.assert_close(r[i, :m], alone[0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(w[i, :m, :n], alone_w[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(enc_more.states[i, :n], enc.states[i, :n], rtol=1e-5, atol=1e-6)

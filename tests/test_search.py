@@ -41,15 +41,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_model(kind: str = "bahdanau", tgt_vocab: int = 12, src_vocab: int = 10, seed: int = 0,
                eos_bias: float = 1.0, weight_scale: float = 3.0, out_scale: float = 1.0,
-               input_feeding: bool = True):
+               input_feeding: bool = True, activation: str = "tanh"):
     """A random model; larger weights (``weight_scale``) give more varied, context-dependent
-    outputs, ``eos_bias`` moves the output lengths (high: short, negative: up to the max length)."""
+    outputs, ``eos_bias`` moves the output lengths (high: short, negative: up to the max length).
+    ``activation`` is the model's and the attention scorer's."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        embedding_dim=8, dropout=0.0,
+        embedding_dim=8, dropout=0.0, activation=activation,
         encoder=EncoderConfig(hidden_size=6, dropout=0.0),
         decoder=DecoderConfig(hidden_size=12, dropout=0.0, input_feeding=input_feeding),
-        attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None))
+        attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None, activation=activation))
     model = build_model(cfg, src_vocab, tgt_vocab).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -203,6 +204,26 @@ def test_beam_scores_equal_forced_decoding(kind):
         assert h.score == pytest.approx(total, abs=1e-4)  # no penalties
         assert h.log_probs == pytest.approx(toks, abs=1e-4)
         assert sum(h.log_probs) == pytest.approx(h.raw_score, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-general", False)])
+def test_aprelu_search_equals_teacher_forcing_of_its_output(kind, feed):
+    """APReLU pools the readout over the steps so far: greedy and beam search (one step at a time,
+    the running pool in the decoder state, reordered with the beams) score every output token as
+    teacher forcing over the whole output does, and a sentence decodes the same alone."""
+    model = tiny_model(kind, input_feeding=feed, activation="aprelu", eos_bias=0.5, out_scale=2.0)
+    srcs = sources(5, seed=4)
+    for fn, beam in ((greedy_search, 1), (beam_search, 3)):
+        results = run(fn, model, srcs, beam=beam, n_best=beam, max_len_b=4)
+        flat_src = [s for s, hyps in zip(srcs, results) for _ in hyps]
+        flat_hyp = [h for hyps in results for h in hyps]
+        assert max(len(h.tokens) for h in flat_hyp) >= 3
+        totals, per_token = forced(model, flat_src, [h.tokens for h in flat_hyp])
+        for h, total, toks in zip(flat_hyp, totals, per_token):
+            assert h.log_probs == pytest.approx(toks, rel=1e-4, abs=1e-4)
+            assert h.raw_score == pytest.approx(total, rel=1e-4, abs=1e-4)
+        (alone,) = run(fn, model, srcs[1:2], beam=beam, n_best=beam, max_len_b=4)
+        assert [h.tokens for h in alone] == [h.tokens for h in results[1]]
 
 
 def test_luong_without_input_feeding_scores_match():

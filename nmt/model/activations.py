@@ -4,8 +4,12 @@ Every activation is an :class:`Activation` (an ``nn.Module``) with ``forward(x, 
 
 * it works on any shape ``(..., C)`` (features last) in float32, float64 and bfloat16, and returns
   the input's dtype (learned parameters are cast to it);
-* ``mask`` is ignored by every activation except :class:`APReLU` (which pools over time);
+* ``mask`` is ignored by every activation except :class:`APReLU` (which pools over the sequence);
 * the output has the input's shape, except :class:`Maxout`: ``(..., k*C) -> (..., C)``.
+
+In an autoregressive decoder, ``forward_causal(x)`` (teacher forcing, ``x (batch, T, C)``) and
+``forward_step(x, pool)`` (one step, carrying a running ``pool`` in the decoder state) compute the
+same numbers; for every activation except APReLU they are ``forward(x)``.
 
 The math is written out with elementary tensor ops (``torch.exp``, ``torch.erf``, ``torch.tanh``,
 ``torch.sigmoid``, ``torch.where`` ...); the ``torch.nn.functional`` built-ins serve as test oracles.
@@ -45,10 +49,22 @@ __all__ = [
 
 
 class Activation(nn.Module):
-    """Base class: ``forward(x, mask=None)``; ``mask`` is ignored unless a subclass says otherwise."""
+    """Base class: ``forward(x, mask=None)``; ``mask`` is ignored unless a subclass says otherwise.
+
+    Every activation but :class:`APReLU` is position-wise, so the decoder forms below are ``forward``.
+    """
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def forward_causal(self, x: Tensor) -> Tensor:
+        """Teacher forcing in an autoregressive decoder: ``x (batch, T, C)``, step t sees steps <= t."""
+        return self(x)
+
+    def forward_step(self, x: Tensor, pool: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """One decoder step ``x (batch, C)`` given ``pool``, what the earlier steps left (None before
+        the first step): returns ``(y, pool)`` for the next step. T calls equal ``forward_causal``."""
+        return self(x), pool
 
 
 def _relu(x: Tensor) -> Tensor:
@@ -287,27 +303,34 @@ class APReLU(Activation):
     """Adaptively parametric ReLU (Zhao et al. 2020, "Deep residual networks with adaptively
     parametric rectifier linear units for fault diagnosis", IEEE Trans. Ind. Electron.).
 
-    A PReLU whose negative slopes are computed per sample by a squeeze-and-excitation subnetwork::
+    A PReLU whose negative slopes are computed per sample by a squeeze-and-excitation subnetwork.
+    The paper applies it to a feature map ``(positions, C)`` and pools over the positions; here a
+    sample is a sequence ``x_1 .. x_L`` of C-vectors::
 
-        s     = [pool(relu(x)), pool(min(x, 0))]                       (2C)
-        alpha = sigmoid(FC_2(relu(LayerNorm(FC_1(s)))))                (C), in (0, 1)
-        f(x)  = relu(x) + alpha * min(x, 0)
+        s     = [mean_l relu(x_l); mean_l min(x_l, 0)]                 (2C)  squeeze: pooled parts
+        alpha = sigmoid(FC_2(relu(LayerNorm(FC_1(s)))))                (C),  in (0, 1)
+        f(x_l) = relu(x_l) + alpha * min(x_l, 0)                       every position, same alpha
 
-    Shapes and pooling:
+    Which positions a sequence has (the mean is over these only):
 
-    * ``mask=None``: x is ``(..., C)`` and every vector ``x[..., :]`` is its own sample (pool = the
-      vector itself), so positions never influence each other. Use this in an autoregressive
-      decoder: pooling over time would let a step see later steps.
-    * ``mask`` given: x is ``(batch, time, C)``, mask ``(batch, time)`` bool, True on real positions.
-      pool = the mean over the real time steps; padded positions never influence anything.
+    * ``forward(x, mask)``: x is ``(..., L, C)``, mask broadcastable to ``x.shape[:-1]``, bool, True
+      on real positions: the masked mean over L (an encoder over its source; padding never
+      influences anything). ``mask=None``: every vector ``x[..., :]`` is a sequence of one (a layer
+      applied once per sentence, such as the decoder's initial-state bridge).
+    * ``forward_causal(x)``: x is ``(batch, T, C)``, the steps of an autoregressive decoder; step t
+      pools over steps 1..t (a cumulative mean), so it never sees a later step. Steps after a
+      sequence's end (right padding) cannot influence its real steps.
+    * ``forward_step(x, pool)``: x is ``(batch, C)``, one decoder step; ``pool`` ``(batch, 2C + 1)``
+      carries the running sums ``[Σ relu(x); Σ min(x, 0); steps]`` of the earlier steps (None before
+      the first). Steps 1..T one at a time equal ``forward_causal`` over T steps.
 
-    The output has the input's shape. The SE subnetwork runs in its parameters' dtype.
+    The output has the input's shape. The pooled sums run in the dtype of the subnetwork's LayerNorm.
 
-    Normalisation: the paper uses batch normalisation in the subnetwork (its code also normalises
-    before the sigmoid). Here it is LayerNorm over the C features after FC_1, and none before the
-    sigmoid: with batch statistics a sentence's output would depend on the other sentences in the
-    batch (and on train/eval mode), and step-by-step decoding would not equal full-sequence
-    decoding. LayerNorm only uses the sample's own features.
+    Normalisation: the paper's subnetwork normalises with batch normalisation (its code also before
+    the sigmoid). Here it is LayerNorm over the C features after FC_1, and none before the sigmoid:
+    with batch statistics a sentence's output would depend on the other sentences in the batch
+    (and on train/eval mode); LayerNorm only uses the sample's own features. (A normalisation in
+    inference mode after FC_2 is a per-channel affine map, which FC_2 already is.)
     """
 
     def __init__(self, channels: int):
@@ -317,27 +340,67 @@ class APReLU(Activation):
         self.norm = nn.LayerNorm(c)
         self.fc2 = nn.Linear(c, c)
 
-    def slopes(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """The per-sample negative slopes alpha: ``(..., C)`` without mask, ``(batch, 1, C)`` with."""
-        dtype = self.fc1.weight.dtype
-        pos, neg = _relu(x).to(dtype), _negative_part(x).to(dtype)
-        if mask is not None:
-            if mask.shape != x.shape[:-1] or x.dim() < 2:
-                raise ValueError(f"APReLU mask must have shape {tuple(x.shape[:-1])} (batch, time) for "
-                                 f"x of shape {tuple(x.shape)} (batch, time, C); got {tuple(mask.shape)}")
-            m = mask.to(torch.bool).unsqueeze(-1)
-            count = m.sum(dim=-2, keepdim=True).clamp(min=1).to(dtype)
-            pos = torch.where(m, pos, 0.0).sum(dim=-2, keepdim=True) / count
-            neg = torch.where(m, neg, 0.0).sum(dim=-2, keepdim=True) / count
-        s = torch.cat([pos, neg], dim=-1)
-        alpha = torch.sigmoid(self.fc2(_relu(self.norm(self.fc1(s)))))
-        return alpha.to(x.dtype)
+    def _parts(self, x: Tensor) -> Tensor:
+        """``[relu(x); min(x, 0)]`` in the subnetwork's dtype, ``(..., 2C)``.
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        That is the LayerNorm's: inference may turn the Linear layers into bfloat16 or int8 ones
+        (``nmt translate --precision bf16 / --quantize``), and the sums over steps stay exact.
+        """
+        dtype = self.norm.weight.dtype
+        return torch.cat([_relu(x).to(dtype), _negative_part(x).to(dtype)], dim=-1)
+
+    def excite(self, pooled: Tensor) -> Tensor:
+        """The slopes from the pooled statistic: ``(..., 2C) -> (..., C)``, in (0, 1)."""
+        return torch.sigmoid(self.fc2(_relu(self.norm(self.fc1(pooled)))))
+
+    def pooled(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """The squeeze statistic s: ``(..., 2C)`` without mask, ``(..., 1, 2C)`` with (over L)."""
+        parts = self._parts(x)
+        if mask is None:
+            return parts
+        try:
+            shape = torch.broadcast_shapes(mask.shape, x.shape[:-1])
+        except RuntimeError:
+            shape = None
+        if x.dim() < 2 or shape != x.shape[:-1]:
+            raise ValueError(f"APReLU mask must broadcast to {tuple(x.shape[:-1])} (..., L) for x of shape "
+                             f"{tuple(x.shape)} (..., L, C); got {tuple(mask.shape)}")
+        m = mask.to(torch.bool).unsqueeze(-1)
+        count = m.sum(dim=-2, keepdim=True).clamp(min=1).to(parts.dtype)
+        return torch.where(m, parts, 0.0).sum(dim=-2, keepdim=True) / count
+
+    def slopes(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """The per-sample negative slopes alpha: ``(..., C)`` without mask, ``(..., 1, C)`` with."""
+        return self.excite(self.pooled(x, mask)).to(x.dtype)
+
+    def _check(self, x: Tensor) -> None:
         if x.dim() == 0 or x.shape[-1] != self.channels:
             raise ValueError(f"APReLU(channels={self.channels}) needs input (..., {self.channels}), "
                              f"got shape {tuple(x.shape)}")
-        return _relu(x) + self.slopes(x, mask) * _negative_part(x)
+
+    def _rectify(self, x: Tensor, alpha: Tensor) -> Tensor:
+        return _relu(x) + alpha.to(x.dtype) * _negative_part(x)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        self._check(x)
+        return self._rectify(x, self.slopes(x, mask))
+
+    def forward_causal(self, x: Tensor) -> Tensor:
+        self._check(x)
+        if x.dim() != 3:
+            raise ValueError(f"APReLU.forward_causal needs x of shape (batch, T, C), got {tuple(x.shape)}")
+        sums = self._parts(x).cumsum(dim=1)                                   # (batch, T, 2C)
+        steps = torch.arange(1, x.size(1) + 1, device=x.device, dtype=sums.dtype)
+        return self._rectify(x, self.excite(sums / steps[:, None]))
+
+    def forward_step(self, x: Tensor, pool: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        parts = self._parts(x)                                                # (batch, 2C)
+        if pool is None:
+            pool = parts.new_zeros(*parts.shape[:-1], parts.size(-1) + 1)
+        pool = pool + torch.cat([parts, parts.new_ones(*parts.shape[:-1], 1)], dim=-1)
+        sums, steps = pool.split([parts.size(-1), 1], dim=-1)
+        return self._rectify(x, self.excite(sums / steps)), pool
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -493,7 +556,8 @@ class ActivatedLinear(nn.Module):
     The Linear is ``out_features * width_factor`` wide (maxout: k pieces per output), per-channel
     activations get ``channels=out_features`` (unless given in the options), and for SELU the weight
     is LeCun-normal (std 1/sqrt(in_features)) with a zero bias. ``forward(x, mask)`` passes ``mask``
-    to the activation (only APReLU uses it).
+    to the activation (only APReLU uses it); ``forward_causal`` and ``forward_step`` are the
+    activation's decoder forms (see :class:`Activation`).
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str, bias: bool = True,
@@ -514,6 +578,12 @@ class ActivatedLinear(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return self.activation(self.linear(x), mask=mask)
+
+    def forward_causal(self, x: Tensor) -> Tensor:
+        return self.activation.forward_causal(self.linear(x))
+
+    def forward_step(self, x: Tensor, pool: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        return self.activation.forward_step(self.linear(x), pool)
 
 
 class Dropout(nn.Dropout):

@@ -40,8 +40,8 @@ Scorer activations: ``act`` (additive / concat scores) is any registry activatio
 Width-changing activations are supported by asking the registry for the width factor: with a
 k-piece maxout, ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to the ``H``
 that ``v`` scores (so the precomputed key projection is k times larger). Per-channel activations get
-``channels=H``. The activation is applied per (query, key) vector without a mask, so e.g. APReLU
-cannot pool across positions (which would break step-wise == batched decoding).
+``channels=H``. ``score`` passes the source mask to the activation: APReLU pools, for each query,
+over the real source positions (each query on its own, so step-wise decoding still equals batched).
 """
 from __future__ import annotations
 
@@ -164,8 +164,11 @@ class Attention(nn.Module):
         """
         return None
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Any) -> Tensor:
-        """Raw scores ``(batch, tgt_len, src_len)`` before masking; see the subclass equation."""
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
+        """Raw scores ``(batch, tgt_len, src_len)`` before masking; see the subclass equation.
+
+        ``mask (batch, src_len)`` only reaches a scorer activation that pools over the source (APReLU).
+        """
         raise NotImplementedError
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
@@ -177,7 +180,7 @@ class Attention(nn.Module):
         _check_inputs(query, keys, values, mask)
         if proj_keys is None:
             proj_keys = self.precompute(keys)
-        scores = self.score(query, keys, proj_keys)                     # (B, T, S)
+        scores = self.score(query, keys, proj_keys, mask)               # (B, T, S)
         weights = masked_softmax(scores, mask.unsqueeze(1))             # (B, T, S), mask -> (B, 1, S)
         context = torch.bmm(weights.to(values.dtype), values)           # (B, T, S) @ (B, S, k) -> (B, T, k)
         return context, weights
@@ -212,7 +215,7 @@ class AdditiveAttention(Attention):
         proj = self.key_proj(keys)                                     # (B, S, f·H)
         return proj * 2 if self.tanh_by_sigmoid else proj
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         # Broadcast (B, T, 1, f·H) + (B, 1, S, f·H): every query position meets every key independently.
         if self.tanh_by_sigmoid:  # proj_keys holds 2 (W_k k + b)
             hidden = torch.sigmoid((self.query_proj(query) * 2).unsqueeze(2) + proj_keys.unsqueeze(1))
@@ -224,7 +227,8 @@ class AdditiveAttention(Attention):
                 return F.linear(hidden, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
             # int8 dynamic quantization (nmt translate --quantize): float32 output, a method for weight
             return self.v(hidden).squeeze(-1) * 2 - weight().dequantize().sum()
-        hidden = self.act(self.query_proj(query).unsqueeze(2) + proj_keys.unsqueeze(1))
+        hidden = self.act(self.query_proj(query).unsqueeze(2) + proj_keys.unsqueeze(1),
+                          mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
         return self.v(hidden).squeeze(-1)                              # (B, T, S, H) -> (B, T, S)
 
 
@@ -250,7 +254,7 @@ class LuongDotAttention(Attention):
                 f"{query_dim} vs encoder output size {key_dim}; use luong-general (qᵀ W k) instead, "
                 "or make the decoder hidden size equal the encoder output size")
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Any) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2))
 
 
@@ -267,7 +271,7 @@ class LuongGeneralAttention(Attention):
     def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
         return self.key_proj(keys)
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return torch.bmm(query, proj_keys.transpose(1, 2))
 
 
@@ -331,8 +335,8 @@ class LocalPAttention(Attention):
     def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Any:
         return self.scorer.precompute(keys)
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Any) -> Tensor:
-        return self.scorer.score(query, keys, proj_keys)
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
+        return self.scorer.score(query, keys, proj_keys, mask)
 
     def predict_positions(self, query: Tensor, mask: Tensor) -> Tensor:
         """``p_t = (S - 1) · σ(v_pᵀ tanh(W_p h_t))``: query (B, T, q), mask (B, S) -> (B, T), 0-based.
@@ -351,7 +355,7 @@ class LocalPAttention(Attention):
         _check_inputs(query, keys, values, mask)
         if proj_keys is None:
             proj_keys = self.precompute(keys)
-        scores = self.scorer.score(query, keys, proj_keys)                             # (B, T, S)
+        scores = self.scorer.score(query, keys, proj_keys, mask)                       # (B, T, S)
         positions = self.predict_positions(query, mask)                                # (B, T)
         self.last_positions = positions.detach()
         src = torch.arange(keys.shape[1], device=keys.device, dtype=positions.dtype)   # (S,)
@@ -420,7 +424,8 @@ class MultiHeadAttention(Attention):
         values = keys if values is None else values
         return torch.cat([self.k_proj(keys), self.v_proj(values)], dim=-1)   # (B, S, 2·d_model)
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Optional[Tensor]) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Optional[Tensor],
+              mask: Optional[Tensor] = None) -> Tensor:
         """Per-head scaled scores ``Q Kᵀ / √d_k`` (B, h, T, S)."""
         k = self.k_proj(keys) if proj_keys is None else proj_keys[..., : self.d_model]
         k_heads = self._split(k)                                       # (B, h, S, d_k)
@@ -462,8 +467,9 @@ class SelfAttentionLayer(nn.Module):
     Pre-norm (Xiong et al. 2020) rather than the original post-norm: the residual path stays an
     identity, which trains stably without learning-rate warm-up next to a GRU. ``act`` is any
     registry activation (``ActivatedLinear`` handles maxout's wider projection and per-channel
-    parameters; it gets no mask, so APReLU works per position: padding cannot leak through its
-    pooling); the dropout after it comes from ``make_dropout`` so e.g. SELU gets alpha dropout.
+    parameters; it gets the mask, so APReLU pools over the real source positions and padding
+    cannot leak through its pooling); the dropout after it comes from ``make_dropout`` so e.g. SELU
+    gets alpha dropout.
 
     Padding: keys at padded positions are masked out of the attention and LN/FFN work per position,
     so padded positions never influence real ones; outputs at padded positions are set to 0.
@@ -485,7 +491,7 @@ class SelfAttentionLayer(nn.Module):
         h = self.attn_norm(x)
         attended, head_weights = self.attn(h, h, h, mask, need_head_weights=True, causal=causal)
         x = x + self.residual_dropout(attended)
-        h = self.ff_out(self.ff_dropout(self.ff_in(self.ff_norm(x))))
+        h = self.ff_out(self.ff_dropout(self.ff_in(self.ff_norm(x), mask)))
         x = x + self.residual_dropout(h)
         return x.masked_fill(~mask.unsqueeze(-1), 0.0), head_weights
 

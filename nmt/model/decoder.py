@@ -18,6 +18,10 @@ Bahdanau, Cho & Bengio 2015 (attention before the RNN):
     c_t = attend(s_{t-1}, H);  s_t = GRU([y_{t-1}; c_t], s_{t-1});  o_t = act(W_o [s_t; c_t; y_{t-1}])
 Luong, Pham & Manning 2015 (attention after the RNN, §3, input feeding §3.3):
     s_t = GRU([y_{t-1}; h̃_{t-1}], s_{t-1});  c_t = attend(s_t, H);  h̃_t = act(W_c [c_t; s_t])
+
+``act`` is position-wise except APReLU, which pools over the steps 1..t so far: teacher forcing
+applies it with ``forward_causal`` and a step with ``forward_step`` (its running sums live in
+``DecoderState.pool``).
 """
 from __future__ import annotations
 
@@ -64,10 +68,15 @@ class Memory:
 class DecoderState:
     hidden: torch.Tensor  #: (batch, layers, hidden) batch first, so beams reorder with index_select
     feed: torch.Tensor | None = None  #: (batch, readout) previous attentional vector (input feeding)
+    #: the readout activation's running pool over the steps so far (APReLU: (batch, 2 readout + 1)),
+    #: None for position-wise activations; see ``Activation.forward_step``
+    pool: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> "DecoderState":
-        return DecoderState(self.hidden.index_select(0, index),
-                            None if self.feed is None else self.feed.index_select(0, index))
+        def rows(x):
+            return None if x is None else x.index_select(0, index)
+
+        return DecoderState(rows(self.hidden), rows(self.feed), rows(self.pool))
 
 
 @dataclass
@@ -238,7 +247,7 @@ class BahdanauDecoder(_GRUDecoderBase):
             weights.append(w[:, 0])
         top = torch.stack(tops, dim=1)  # (batch, T, H)
         ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
-        readout = self.readout(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
+        readout = self.readout.forward_causal(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
         return self.readout_dropout(readout), torch.stack(weights, dim=1)
 
     def _fused_recurrence(self, embedded: torch.Tensor, memory: Memory) -> bool:
@@ -258,7 +267,7 @@ class BahdanauDecoder(_GRUDecoderBase):
             memory.keys.to(dtype), memory.mask, att.query_proj.weight.to(dtype), att.v.weight.to(dtype),
             self.extra_input_weight(), self.rnn.weight_hh_l0.to(dtype), self.rnn.bias_hh_l0)
         top, ctx = states.transpose(0, 1), contexts.transpose(0, 1)
-        readout = self.readout(torch.cat([top, ctx.to(top.dtype), embedded.to(top.dtype)], dim=-1))
+        readout = self.readout.forward_causal(torch.cat([top, ctx.to(top.dtype), embedded.to(top.dtype)], dim=-1))
         return self.readout_dropout(readout), weights.transpose(0, 1)
 
     # -- search: everything linear in the context is applied to the keys once per source ----------
@@ -311,7 +320,7 @@ class BahdanauDecoder(_GRUDecoderBase):
         sentences, src_len = memory.mask.shape
         rows = state.hidden.size(0)
         query = state.hidden[:, -1].reshape(sentences, rows // sentences, -1)  # (sentences, K, H)
-        scores = self.attention.score(query, memory.keys, memory.proj_keys)  # (sentences, K, S)
+        scores = self.attention.score(query, memory.keys, memory.proj_keys, memory.mask)  # (sentences, K, S)
         weights = masked_softmax(scores, memory.mask.unsqueeze(1))
         if memory.context_proj is not None:
             proj = torch.bmm(weights.to(memory.context_proj.dtype), memory.context_proj).reshape(rows, -1)
@@ -326,15 +335,16 @@ class BahdanauDecoder(_GRUDecoderBase):
                               lambda: self._readout_columns()[0].to(self._search_dtype(self.readout.linear.weight))
                               .contiguous())
         pre = F.linear(hidden[:, -1], read_h, self.readout.linear.bias) + read_c + read_y
-        readout = self.readout.activation(pre)
-        return StepOutput(readout, DecoderState(hidden=hidden), weights, None)
+        readout, pool = self.readout.activation.forward_step(pre, state.pool)
+        return StepOutput(readout, DecoderState(hidden=hidden, pool=pool), weights, None)
 
     def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
         """``embedded (batch, emb)`` of y_{t-1} -> :class:`StepOutput`."""
         context, w, pos = self._attend(state.hidden[:, -1:], memory)
         hidden = self.rnn_step(self.embedding_gates(embedded), context[:, 0], state.hidden)
-        readout = self.readout(torch.cat([hidden[:, -1], context[:, 0], embedded], dim=-1))
-        return StepOutput(self.readout_dropout(readout), DecoderState(hidden=hidden), w[:, 0],
+        readout, pool = self.readout.forward_step(torch.cat([hidden[:, -1], context[:, 0], embedded], dim=-1),
+                                                  state.pool)
+        return StepOutput(self.readout_dropout(readout), DecoderState(hidden=hidden, pool=pool), w[:, 0],
                           None if pos is None else pos[:, 0])
 
 
@@ -365,16 +375,17 @@ class LuongDecoder(_GRUDecoderBase):
             else:
                 top, _ = self.rnn(embedded, h0)  # (batch, T, H)
             context, weights, _ = self._attend(top, memory)
-            attentional = self.combine(torch.cat([context, top], dim=-1))
+            attentional = self.combine.forward_causal(torch.cat([context, top], dim=-1))
             return self.readout_dropout(attentional), weights
         emb_gates = self.embedding_gates(embedded).unbind(1)
-        hidden, feed = state.hidden, state.feed
+        hidden, feed, pool = state.hidden, state.feed, state.pool
         extra_weight = self.extra_input_weight()
         outputs, weights = [], []
         for gates_t in emb_gates:
             hidden = self.rnn_step(gates_t, feed, hidden, extra_weight)
             context, w, _ = self._attend(hidden[:, -1:], memory)
-            feed = self.readout_dropout(self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
+            feed, pool = self.combine.forward_step(torch.cat([context[:, 0], hidden[:, -1]], dim=-1), pool)
+            feed = self.readout_dropout(feed)
             outputs.append(feed)
             weights.append(w[:, 0])
         return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
@@ -382,9 +393,10 @@ class LuongDecoder(_GRUDecoderBase):
     def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
         hidden = self.rnn_step(self.embedding_gates(embedded), state.feed, state.hidden)
         context, w, pos = self._attend(hidden[:, -1:], memory)
-        attentional = self.readout_dropout(
-            self.combine(torch.cat([context[:, 0], hidden[:, -1]], dim=-1)))
-        new_state = DecoderState(hidden=hidden, feed=attentional if self.input_feeding else None)
+        attentional, pool = self.combine.forward_step(torch.cat([context[:, 0], hidden[:, -1]], dim=-1),
+                                                      state.pool)
+        attentional = self.readout_dropout(attentional)
+        new_state = DecoderState(hidden=hidden, feed=attentional if self.input_feeding else None, pool=pool)
         return StepOutput(attentional, new_state, w[:, 0], None if pos is None else pos[:, 0])
 
 
