@@ -478,3 +478,20 @@ def test_cli_decode_options_apply_onto_the_recipe(run_dir, tmp_path, capsysbinar
     expected = Translator.load(run_dir, device="cpu")
     expected.recipe.decode.max_input_len = 2
     assert captured.out.decode().splitlines() == expected.translate(lines, beam=2, min_len=2)
+
+
+def test_bf16_weights_equal_autocast_over_float32_weights(run_dir, translator):
+    """precision="bf16" holds Linear/GRU weights in bf16 (nmt.inference.precision); autocast would
+    cast float32 weights to bf16 for the same GEMMs, so the search finds the same hypotheses. A
+    float32 translator runs under an enclosing autocast (as validation of a bf16 training does)."""
+    fast = Translator.load(run_dir, device="cpu", precision="bf16")
+    assert {p.dtype for p in fast.model.output.parameters()} == {torch.bfloat16}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = translator.translate(SOURCES, beam=3, n_best=2, return_scores=True)
+    held = fast.translate(SOURCES, beam=3, n_best=2, return_scores=True)
+    plain = translator.translate(SOURCES, beam=3, n_best=2, return_scores=True)
+    for a, b in zip(cast, held):
+        assert [h.tokens for h in a.hypotheses] == [h.tokens for h in b.hypotheses]
+        assert [h.score for h in a.hypotheses] == pytest.approx([h.score for h in b.hypotheses], abs=1e-3)
+    # the enclosing autocast did take effect (bf16 scores are not the float32 ones)
+    assert any(a.hypotheses[0].score != b.hypotheses[0].score for a, b in zip(cast, plain))
