@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
-    add_decode_arguments(p)  # --n-best K: K lines per input line, INDEX<TAB>SCORE<TAB>TEXT
+    add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT; "
+                                             "default: one line per input line, the best"})
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en

@@ -664,17 +664,21 @@ def decode_flag_label(name: str) -> str:
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = (),
-                         defaults: Mapping[str, Any] | None = None) -> None:
+                         defaults: Mapping[str, Any] | None = None,
+                         notes: Mapping[str, str] | None = None) -> None:
     """One option per :class:`DecodeConfig` field (name, type, help from the schema) and
-    ``--greedy``. An option left out keeps the run's recipe value (or ``defaults[name]``)."""
-    defaults = dict(defaults or {})
+    ``--greedy``. An option left out keeps the run's recipe value (or ``defaults[name]``);
+    ``notes[name]`` replaces the help's default statement where a command gives the option a
+    meaning of its own."""
+    defaults, notes = dict(defaults or {}), dict(notes or {})
     hints = typing.get_type_hints(DecodeConfig)
     group = parser.add_argument_group("decoding (default: the run's recipe, section decode)")
     for f in dataclasses.fields(DecodeConfig):
         if f.name in exclude:
             continue
         default = defaults.get(f.name)
-        where = f"default {default}" if default is not None else f"default: the recipe's decode.{f.name}"
+        where = notes.get(f.name) or (f"default {default}" if default is not None
+                                      else f"default: the recipe's decode.{f.name}")
         group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
                            metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} ({where})")
     group.add_argument("--greedy", action="store_true", help="greedy search (the same as --beam 1)")

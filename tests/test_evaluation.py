@@ -304,3 +304,31 @@ def test_run_mode_against_real_api(tmp_path, monkeypatch, capsys):
     assert evaluate_cli(cli_args(run_dir=str(run), beam=2, json=True)) == 0
     assert FakeTranslator.calls[-1] == ("translate", len(HYPS), 2)
     _check_run_outputs(run, capsys, beam=2)
+
+
+def test_run_mode_applies_decode_options_onto_the_recipe(tmp_path, monkeypatch, capsys):
+    """Every decode option of `nmt evaluate` lands in the run's recipe decode section, is recorded,
+    and an out-of-range one is refused naming the option."""
+    import nmt.data.corpus as data_mod
+    import nmt.inference.translator as translate_mod
+
+    load_corpus, table = _fake_corpus()
+    FakeTranslator.calls = []
+    loaded = []
+
+    def load(run_dir, checkpoint="best", precision="float32"):
+        loaded.append(FakeTranslator(_recipe(), table))
+        return loaded[-1]
+
+    monkeypatch.setattr(translate_mod.Translator, "load", load)
+    monkeypatch.setattr(data_mod, "load_corpus", load_corpus)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert evaluate_cli(cli_args(run_dir=str(run), length_penalty=0.5, max_input_len=7, json=True)) == 0
+    decode = loaded[-1].recipe.decode
+    assert (decode.beam, decode.length_penalty, decode.max_input_len) == (3, 0.5, 7)
+    record = json.loads(capsys.readouterr().out)
+    assert record["decode"]["length_penalty"] == 0.5 and record["decode"]["max_input_len"] == 7
+    assert "--length-penalty 0.5 --max-input-len 7" in record["command"]
+    with pytest.raises(NmtError, match="--min-len/decode.min_len: got -1, must be >= 0"):
+        evaluate_cli(cli_args(run_dir=str(run), min_len=-1))

@@ -16,6 +16,9 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   the beam is at least K. When fewer than K
   distinct hypotheses exist (an empty input has exactly one: the empty text with score 0), the
   remaining lines have SCORE ``-inf`` and an empty TEXT.
+- The decode options (``--beam``, ``--length-penalty``, ``--shortlist``, ``--max-input-len``...:
+  one per field of the recipe's ``decode`` section) are applied onto the run's recipe; a setting
+  not given keeps the recipe's value.
 - ``--score-reference REF`` prints, instead of translations, one log-probability per line: the
   sum of the token log-probabilities (EOS included) of REF's line given the input line. The two
   files must have the same number of lines.
