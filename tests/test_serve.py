@@ -437,8 +437,10 @@ def test_load_then_burst_beyond_the_queue(server):
     seconds = asyncio.run(load())
     assert statuses == {200: clients * per_client}, statuses
     q = statistics.quantiles(latencies, n=100)
+    stats = httpx.get(base + "/health").json()
     print(f"\nnmt serve load: {clients} clients x {per_client} requests: {len(latencies) / seconds:.0f} "
-          f"requests/s, p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+          f"requests/s, p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, "
+          f"{stats['texts'] / stats['model_calls']:.1f} sentences per model call")
 
     async def burst(n):
         async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=n), timeout=60) as c:

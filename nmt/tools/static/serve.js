@@ -74,7 +74,7 @@
     const probs = opts.rowProbs || null;
     const T = rows.length, S = cols.length;
     const cell = Math.max(18, Math.min(30, Math.floor(620 / Math.max(S, 1))));
-    const rowLabelW = Math.min(130, 14 + 7 * Math.max(1, ...rows.map((r) => shortPiece(r).length)));
+    const rowLabelW = Math.min(140, 16 + 8 * Math.max(1, ...rows.map((r) => shortPiece(r).length)));
     const probW = probs ? 46 : 0;
     const left = rowLabelW + probW;
     const top = Math.min(110, 16 + 5.2 * Math.max(1, ...cols.map((c) => shortPiece(c).length)));
@@ -112,7 +112,7 @@
       }
     }
     for (let j = 0; j < S; j++) {
-      const x = left + (j + 0.5) * cell, y = top - 6;
+      const x = left + (j + 0.5) * cell, y = top - 9;
       const t = svgEl("text", { class: "label col", x, y, transform: `rotate(-55 ${x} ${y})`, "data-j": j },
         shortPiece(cols[j]));
       colLabels.push(t);
@@ -255,7 +255,7 @@
         controls.append(b);
       });
     });
-    section.append(controls, readout, wrap);
+    section.append(controls, wrap, readout);  // the readout below: its changes never move the map
     panel.append(section);
     draw();
   }
@@ -290,7 +290,7 @@
       ? el("span", {}, el("span", { class: "swatch", style: "background:var(--hl);border-radius:50%" }),
         `predicted centre p_t, dashed: window |s − p_t| ≤ ${answer.data.window}`)
       : null;
-    panel.append(el("h3", {}, "Attention (target × source pieces)"), legend(localNote), readout, wrap);
+    panel.append(el("h3", {}, "Attention (target × source pieces)"), legend(localNote), wrap, readout);
     function show(k) {
       buttons.forEach((b, n) => b.setAttribute("aria-pressed", String(n === k)));
       const h = hyps[k];
