@@ -229,7 +229,7 @@
     return p;
   }
 
-  function renderSelfAttention(panel, tr) {
+  function renderSelfAttention(parent, tr) {
     const maps = tr.self_attention;
     if (!maps || !maps.length) return;
     const section = el("section", { class: "selfatt" });
@@ -256,7 +256,7 @@
       });
     });
     section.append(controls, wrap, readout);  // the readout below: its changes never move the map
-    panel.append(section);
+    parent.append(section);
     draw();
   }
 
@@ -270,7 +270,9 @@
       return panel;
     }
     const tr = answer.data.translations[0];
-    panel.append(el("p", { class: "best", lang: model ? model.tgt_lang : null }, tr.text || "(empty)"));
+    const texts = el("div", { class: "texts" }), maps = el("div", { class: "maps" });
+    panel.append(el("div", { class: "cols" }, texts, maps));
+    texts.append(el("p", { class: "best", lang: model ? model.tgt_lang : null }, tr.text || "(empty)"));
     const hyps = tr.hypotheses;
     const list = el("ol", { class: "nbest", "aria-label": "n-best translations" });
     const readout = el("p", { class: "readout", "aria-live": "polite" });
@@ -285,12 +287,12 @@
       list.append(el("li", {}, b));
       return b;
     });
-    panel.append(list);
+    texts.append(list);
     const localNote = answer.data.attention === "local-p" && answer.data.window
       ? el("span", {}, el("span", { class: "swatch", style: "background:var(--hl);border-radius:50%" }),
         `predicted centre p_t, dashed: window |s − p_t| ≤ ${answer.data.window}`)
       : null;
-    panel.append(el("h3", {}, "Attention (target × source pieces)"), legend(localNote), wrap, readout);
+    maps.append(el("h3", {}, "Attention (target × source pieces)"), legend(localNote), wrap, readout);
     function show(k) {
       buttons.forEach((b, n) => b.setAttribute("aria-pressed", String(n === k)));
       const h = hyps[k];
@@ -306,7 +308,7 @@
         label: `Attention of hypothesis ${k + 1} (${answer.name})` });
     }
     show(0);
-    renderSelfAttention(panel, tr);
+    renderSelfAttention(maps, tr);
     return panel;
   }
 
