@@ -277,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (default 16)")
     p.add_argument("--queue-limit", type=int, default=64,
                    help="requests waiting for the model before answering 503 (default 64)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="how long a request waits for others to batch with (default 5)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="how long a request waits for others to batch with (default 2)")
     p.add_argument("--max-batch-texts", type=int, default=64, help="sentences per model call (default 64)")
     p.add_argument("--threads", type=int,
                    help="torch threads of the model (default: torch's choice; 1 suits small models "

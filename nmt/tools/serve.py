@@ -55,7 +55,7 @@ class ServeLimits:
     max_beam: int = 16  #: largest beam (and n-best) a request may ask for
     max_length_penalty: float = 10.0
     queue_limit: int = 64  #: requests waiting for the model before 503
-    batch_window_ms: float = 5.0  #: how long the first waiting request waits for others
+    batch_window_ms: float = 2.0  #: how long the first waiting request waits for others
     max_batch_texts: int = 64  #: sentences per model call (a single larger request runs alone)
     max_body_bytes: int = 1 << 20
     retry_after_s: int = 1
