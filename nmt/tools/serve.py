@@ -239,7 +239,10 @@ class Batcher:
                 self._wakeup.clear()
             if not batch:
                 continue
-            outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            try:
+                outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            except Exception as exc:  # the worker itself failed: its requests fail, the loop goes on
+                outcomes = [exc] * len(batch)
             self.stats["batches"] += 1
             for job, outcome in zip(batch, outcomes):
                 if job.future.done():
@@ -519,8 +522,9 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     async def translate(req: TranslateRequest):
         model, texts, options = _check(req, by_name, default, limits)
         job = _Job(model, texts, options, req.return_attention, req.return_scores)
+        pending = batcher.submit(job)
         batcher.stats["requests"] += 1
-        results = await batcher.submit(job)
+        results = await pending
         out: dict[str, Any] = {"model": model.name, "translations": results}
         if req.return_attention:
             out["attention"] = model.summary["attention"]
