@@ -157,7 +157,8 @@ def test_large_beam_equals_exhaustive_enumeration(kind, max_len):
     candidates = enumerate_outputs(max_len, vocab)
     scores = exhaustive_scores(model, src, candidates)
     ranked = sorted(zip(scores, map(tuple, candidates)), reverse=True)
-    beam = vocab ** (max_len - 1)
+    n = vocab - 3  # generable tokens besides EOS (PAD and BOS never are)
+    beam = n ** (max_len - 1) * (n + 1)  # every continuation of every step (search.py's docstring)
     (hyps,) = run(beam_search, model, [src], beam=beam, n_best=5, max_len_a=0.0, max_len_b=max_len)
     assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:5]]
     assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:5]], rel=1e-5, abs=1e-4)
@@ -167,6 +168,30 @@ def test_large_beam_equals_exhaustive_enumeration(kind, max_len):
     for k in range(1, 6):
         (small,) = run(beam_search, model, [src], beam=k, max_len_a=0.0, max_len_b=max_len)
         assert small[0].score <= ranked[0][0] + 1e-5
+
+
+def test_exhaustive_needs_a_beam_for_every_continuation_not_every_prefix():
+    """Three tokens of probability 0.26 and EOS 0.2 at every step, max length L = 2: the best output
+    is EOS alone (0.2). A beam of N^(L-1) = 3 (the prefixes that can be alive) never looks at it; a
+    beam of N^(L-1) (N + 1) = 12 (every continuation) equals exhaustive enumeration."""
+    vocab, max_len = 6, 2  # generable: UNK, 4, 5 and EOS
+    model = tiny_model(tgt_vocab=vocab)
+    probs = {PAD_ID: 0.01, BOS_ID: 0.01, 1: 0.26, 4: 0.26, 5: 0.26, EOS_ID: 0.2}
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.copy_(torch.tensor([math.log(probs[i]) for i in range(vocab)]))
+    src = [4, 5, EOS_ID]
+    candidates = enumerate_outputs(max_len, vocab)
+    scores = exhaustive_scores(model, src, candidates)
+    ranked = sorted(zip(scores, map(tuple, candidates)), reverse=True)
+    assert ranked[0][1] == (EOS_ID,) and ranked[0][0] == pytest.approx(math.log(0.2), abs=1e-5)
+    n = 3
+    (alive,) = run(beam_search, model, [src], beam=n ** (max_len - 1), max_len_a=0.0, max_len_b=max_len)
+    assert len(alive[0].tokens) == 2 and alive[0].raw_score == pytest.approx(2 * math.log(0.26), abs=1e-5)
+    (every,) = run(beam_search, model, [src], beam=n ** (max_len - 1) * (n + 1), n_best=4,
+                   max_len_a=0.0, max_len_b=max_len)
+    assert [h.score for h in every] == pytest.approx([s for s, _ in ranked[:4]], abs=1e-5)
+    assert every[0].tokens == [EOS_ID]
 
 
 @pytest.mark.parametrize("alpha,beta,n_best,max_len,seed,eos_bias", [
@@ -182,7 +207,8 @@ def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_le
     candidates = enumerate_outputs(max_len, vocab)
     scores = exhaustive_scores(model, src, candidates, alpha, beta)
     ranked = sorted(zip(scores, map(tuple, candidates)), reverse=True)
-    (hyps,) = run(beam_search, model, [src], beam=vocab ** (max_len - 1), n_best=n_best, max_len_a=0.0,
+    n = vocab - 3
+    (hyps,) = run(beam_search, model, [src], beam=n ** (max_len - 1) * (n + 1), n_best=n_best, max_len_a=0.0,
                   max_len_b=max_len, length_penalty=alpha, coverage_penalty=beta)
     assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:n_best]]
     assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:n_best]], rel=1e-5, abs=1e-4)

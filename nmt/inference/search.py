@@ -55,8 +55,16 @@ At each step, each active sentence has K beams; their K·V continuations are sco
    search never stops a sentence that could still improve its pool.
 
 With K = 1 this is exactly greedy search (the arg-max continuation either ends in EOS, which is
-then the best possible, or is the single beam that goes on). With K at least the number of
-distinct prefixes, nothing is ever pruned and the result equals exhaustive enumeration.
+then the best possible, or is the single beam that goes on).
+
+Exhaustive search: let N be the number of tokens search can generate besides EOS and L the
+sentence's max length. At step t (t = 1..L) up to N^(t-1) beams are alive and have N^(t-1) · (N + 1)
+continuations, and rule 1 above looks at only the top K of them. With K >= N^(L-1) · (N + 1) every
+continuation of every step is looked at and every non-EOS one goes on: nothing is pruned, and the
+result equals exhaustive enumeration. K = N^(L-1), the number of prefixes that can be alive, is not
+enough, because the continuations ending in EOS compete with the others for the top K: with N = 3
+tokens of probability 0.26 and EOS 0.2 at every step, L = 2 and K = 3, the best output (EOS alone,
+0.2) is never looked at, and search returns a two-token output (0.26² ≈ 0.068).
 """
 from __future__ import annotations
 
