@@ -327,12 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     except NmtError as exc:
         print(f"nmt {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("nmt."):  # a verb whose module is not written yet
-            print(f"nmt {args.command}: not built yet ({exc.name} is missing in this version)",
-                  file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print(f"nmt {args.command}: interrupted", file=sys.stderr)
         return 130

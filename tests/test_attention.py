@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from nmt.errors import NmtError
 from nmt.model.attention import (
+    ATTENTION_KINDS,
     AttentionError,
     LocalPAttention,
     MultiHeadAttention,
@@ -30,7 +31,6 @@ KINDS = [
     ("local-p-dot", dict(kind="local-p", score="dot", window=2)),
     ("local-p-general", dict(kind="local-p", score="general", window=3)),
     ("local-p-concat", dict(kind="local-p", score="concat", window=2, hidden_size=10)),
-    ("multihead", dict(kind="multihead", heads=2, hidden_size=8)),
 ]
 IDS = [k for k, _ in KINDS]
 
@@ -80,8 +80,7 @@ def test_weights_normalised_and_exactly_zero_on_padding(cfg):
         torch.testing.assert_close(weights[0, :, 0], torch.ones(TGT_LEN, dtype=torch.float64))
     else:
         torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-12)
-    if cfg["kind"] != "multihead":  # (multi-head mixes projected values: see its reference tests)
-        torch.testing.assert_close(context, weights @ values)
+    torch.testing.assert_close(context, weights @ values)
 
 
 @pytest.mark.parametrize("cfg", [c for _, c in KINDS], ids=IDS)
@@ -252,7 +251,7 @@ def test_dot_score_matches_einsum():
     torch.testing.assert_close(context, torch.einsum("bts,bsk->btk", weights, values))
 
 
-def mha_reference(attn: MultiHeadAttention, query, keys, values, mask, causal=False):
+def mha_reference(attn: MultiHeadAttention, query, keys, values, mask):
     """softmax(Q Kᵀ / √d_k) V per head, concatenated, then W_o; straight from the weights."""
     q = F.linear(query, attn.q_proj.weight, attn.q_proj.bias)
     k = F.linear(keys, attn.k_proj.weight, attn.k_proj.bias)
@@ -263,8 +262,6 @@ def mha_reference(attn: MultiHeadAttention, query, keys, values, mask, causal=Fa
         sl = slice(h * d_k, (h + 1) * d_k)
         scores = q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(d_k)
         allowed = mask.unsqueeze(1).expand_as(scores)
-        if causal:
-            allowed = allowed & torch.ones_like(allowed[0]).tril()
         a = torch.where(allowed, scores, torch.tensor(float("-inf"), dtype=scores.dtype)).softmax(-1)
         maps.append(a)
         outs.append(a @ v[..., sl])
@@ -292,32 +289,6 @@ def test_multihead_per_head_weights_and_average():
     torch.testing.assert_close(head_weights, exp_maps)
     torch.testing.assert_close(mean_weights, exp_maps.mean(1))
     torch.testing.assert_close(context, exp_context)
-
-
-def test_multihead_causal_mask():
-    torch.manual_seed(0)
-    attn = MultiHeadAttention(8, heads=2).double().eval()
-    x = torch.randn(3, 13, 8, dtype=torch.float64)
-    mask = torch.arange(13)[None, :] < torch.tensor(LENGTHS)[:, None]
-    out, w = attn(x, x, x, mask, need_head_weights=True, causal=True)
-    future = torch.ones(13, 13, dtype=torch.bool).triu(1)  # [t, t'] with t' > t
-    assert (w[..., future] == 0).all()
-    assert (w[..., ~future] > 0).any()
-    # every row (even a padded query's) can see token 0, so every row sums to 1
-    torch.testing.assert_close(w.sum(-1), torch.ones(3, 2, 13, dtype=torch.float64))
-    exp_out, exp_w = mha_reference(attn, x, x, x, mask, causal=True)
-    torch.testing.assert_close(w, exp_w)
-    torch.testing.assert_close(out, exp_out)
-    # changing the future changes nothing in the past
-    x2 = x.clone()
-    x2[:, 6:] += 5
-    out2, _ = attn(x2, x2, x2, mask, causal=True)
-    torch.testing.assert_close(out2[:, :6], out[:, :6], rtol=0, atol=1e-12)
-    assert not torch.allclose(out2[2, 6:], out[2, 6:])
-    # one query against a growing key cache (queries aligned with the last keys) == the full row
-    for t in range(13):
-        step, _ = attn(x[:, t:t + 1], x[:, :t + 1], x[:, :t + 1], mask[:, :t + 1], causal=True)
-        torch.testing.assert_close(step[:, 0], out[:, t], rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,17 +358,16 @@ def test_local_p_positions_are_trainable():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_self_attention_layer_padding_does_not_leak(causal):
+def test_self_attention_layer_padding_does_not_leak():
     torch.manual_seed(0)
     layer = SelfAttentionLayer(8, heads=2, ff_size=16, dropout=0.1, activation="relu").double().eval()
     mask = torch.arange(13)[None, :] < torch.tensor(LENGTHS)[:, None]
     x = torch.randn(3, 13, 8, dtype=torch.float64)
-    y, head_weights = layer(x, mask, causal=causal)
+    y, head_weights = layer(x, mask)
     assert y.shape == x.shape and head_weights.shape == (3, 2, 13, 13)
     assert torch.isfinite(y).all() and (y[~mask] == 0).all()
     x2 = torch.where(mask.unsqueeze(-1), x, 1e3 * torch.randn_like(x))
-    y2, head_weights2 = layer(x2, mask, causal=causal)
+    y2, head_weights2 = layer(x2, mask)
     torch.testing.assert_close(y2[mask], y[mask], rtol=0, atol=1e-12)
     real = mask[:, None, :, None] & mask[:, None, None, :]
     torch.testing.assert_close(head_weights2 * real, head_weights * real, rtol=0, atol=1e-12)
@@ -405,7 +375,7 @@ def test_self_attention_layer_padding_does_not_leak(causal):
     # a real position's output really depends on the other real positions (attention is live)
     x3 = x.clone()
     x3[2, 5] += torch.randn(8, dtype=torch.float64)  # not a constant shift: LayerNorm removes those
-    y3, _ = layer(x3, mask, causal=causal)
+    y3, _ = layer(x3, mask)
     assert not torch.allclose(y3[2, 6], y[2, 6])
 
 
@@ -441,4 +411,17 @@ def test_dot_needs_matching_sizes():
 
 def test_multihead_heads_must_divide():
     with pytest.raises(AttentionError, match="divide"):
-        build_attention("multihead", 8, 6, heads=4)  # d_model defaults to key_dim = 6
+        MultiHeadAttention(6, heads=4)
+
+
+def test_builder_kinds_are_the_recipe_kinds():
+    """build_attention accepts exactly the kinds model.attention.kind does (multi-head attention
+    serves the encoder's self-attention blocks, not the decoder)."""
+    import typing
+
+    from nmt.config import AttentionConfig
+
+    recipe_kinds = typing.get_args(typing.get_type_hints(AttentionConfig)["kind"])
+    assert ATTENTION_KINDS == recipe_kinds
+    with pytest.raises(AttentionError, match="unknown attention kind 'multihead'"):
+        build_attention("multihead", 8, 8)

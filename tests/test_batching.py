@@ -15,11 +15,9 @@ from nmt.data.batching import (
     Batch,
     TokenBatchSampler,
     collate,
-    collate_src,
     encode_dataset,
     inference_batches,
     lengths_of,
-    make_dataloader,
 )
 from nmt.data.corpus import load_corpus
 from nmt.data.tokenizer import train
@@ -252,17 +250,20 @@ def test_collate_shapes_bos_eos_masks():
     by_columns = collate(columns)  # what dataset[indices] returns
     assert all(torch.equal(getattr(by_columns, k), getattr(batch, k))
                for k in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask"))
-    src_only = collate_src([[7, EOS_ID], [EOS_ID]])
+    src_only = collate([{"src_ids": [7, EOS_ID]}, {"src_ids": [EOS_ID]}])
     assert src_only.tgt_in is None and src_only.src.tolist() == [[7, EOS_ID], [EOS_ID, PAD_ID]]
 
 
-def test_dataloader_end_to_end(tiny):
+def test_sampler_and_collate_end_to_end(tiny):
+    """What training does: the sampler's index batches of the encoded dataset, collated."""
     corpus, tok = tiny
     enc = encode_dataset(corpus["train"], tok, max_len=50, max_ratio=3.0, min_len=1)
     sampler = TokenBatchSampler.from_dataset(enc, batch_tokens=120, max_sentences=16, seed=0)
-    loader = make_dataloader(enc, sampler)
-    seen, tokens = 0, 0
-    for batch in loader:
+    columns = enc.select_columns(["src_ids", "tgt_ids"])
+    seen, tokens, n_batches = 0, 0, 0
+    for indices in sampler.batches(0):
+        batch = collate(columns[indices])
+        n_batches += 1
         assert batch.tgt_in.shape == batch.tgt_out.shape == batch.tgt_mask.shape
         assert batch.tgt_out.numel() <= 120 or len(batch) == 1
         assert (batch.tgt_in[:, 0] == BOS_ID).all()
@@ -270,7 +271,7 @@ def test_dataloader_end_to_end(tiny):
         seen += len(batch)
         tokens += batch.n_tgt_tokens
     assert seen == len(enc) and tokens == sum(enc["tgt_len"][:])
-    assert len(loader) == len(sampler)
+    assert n_batches == len(sampler)
     # lengths may be given as datasets columns (read through Arrow, not element by element)
     by_column = TokenBatchSampler(enc["src_len"], enc["tgt_len"], batch_tokens=120, max_sentences=16)
     assert by_column.batches(0) == sampler.batches(0)

@@ -28,6 +28,12 @@ def tiny_model(kind="bahdanau", input_feeding=True, activation="tanh", layers=1,
     return build_model(cfg, src_vocab, tgt_vocab).eval()
 
 
+def step(model, prev, state, memory):
+    """One decoding step as search takes it, normalised: log-probs (batch, V) and the StepOutput."""
+    logits, out = model.step_logits(prev, state, memory)
+    return F.log_softmax(logits.float(), dim=-1), out
+
+
 def batch(lengths, vocab=17, tgt_lengths=None, vocab_t=19, seed=1):
     g = torch.Generator().manual_seed(seed)
     B, S = len(lengths), max(lengths)
@@ -56,7 +62,7 @@ def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation):
         state, memory = model.start(model.encode(src, lens, smask))
         total = 0.0
         for t in range(tgt_in.size(1)):
-            log_probs, out = model.step(tgt_in[:, t], state, memory)
+            log_probs, out = step(model, tgt_in[:, t], state, memory)
             state = out.state
             assert (state.pool is not None) == (activation == "aprelu")  # the readout's running pool
             nll = -log_probs.gather(1, tgt_out[:, t:t + 1]).squeeze(1)
@@ -73,7 +79,7 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed):
         _, weights = model.teacher_force(src, lens, smask, tgt_in)
         state, memory = model.start(model.encode(src, lens, smask))
         for t in range(tgt_in.size(1)):
-            _, out = model.step(tgt_in[:, t], state, memory)
+            _, out = step(model, tgt_in[:, t], state, memory)
             state = out.state
             torch.testing.assert_close(out.attention, weights[:, t], rtol=1e-5, atol=1e-6)
     assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
@@ -209,7 +215,7 @@ def test_model_overfits_twenty_pairs():
         prev = torch.full((20,), BOS)
         outputs = []
         for _ in range(T):
-            log_probs, out = model.step(prev, state, memory)
+            log_probs, out = step(model, prev, state, memory)
             prev, state = log_probs.argmax(-1), out.state
             outputs.append(prev)
     decoded = torch.stack(outputs, 1)

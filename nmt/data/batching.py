@@ -7,8 +7,8 @@
 2. :class:`TokenBatchSampler` groups example indices into length-bucketed batches with a token budget,
    shuffled deterministically per (seed, epoch), split evenly across distributed ranks, with an exact
    mid-epoch resume (``state_dict``).
-3. :func:`collate` pads a list of examples into a :class:`Batch`; :func:`make_dataloader` wires the
-   three into a ``torch.utils.data.DataLoader``.
+3. :func:`collate` pads a list of examples into a :class:`Batch` (training feeds it the sampler's
+   batches of the encoded dataset).
 4. :func:`inference_batches` groups sentences to translate by length.
 """
 from __future__ import annotations
@@ -413,10 +413,6 @@ class Batch:
             moved[f.name] = value
         return Batch(**moved)
 
-    def pin_memory(self) -> "Batch":
-        return Batch(**{f.name: (v.pin_memory() if isinstance(v := getattr(self, f.name), torch.Tensor)
-                                 else v) for f in fields(self)})
-
 
 def _pad(seqs: Sequence[Sequence[int]], prefix: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = [len(s) for s in seqs]
@@ -431,12 +427,6 @@ def _pad(seqs: Sequence[Sequence[int]], prefix: Optional[int] = None) -> tuple[t
     return torch.from_numpy(out), torch.tensor(lengths, dtype=torch.int64)
 
 
-def collate_src(src_seqs: Sequence[Sequence[int]]) -> Batch:
-    """A source-only batch (translation) from id sequences that already end in EOS."""
-    src, src_lengths = _pad(src_seqs)
-    return Batch(src=src, src_lengths=src_lengths, src_mask=_mask(src_lengths, src.size(1)))
-
-
 def collate(examples: Sequence[dict[str, Any]] | Mapping[str, Sequence]) -> Batch:
     """Pad examples with ``src_ids``/``tgt_ids`` (each ending in EOS) into a :class:`Batch`.
 
@@ -449,7 +439,8 @@ def collate(examples: Sequence[dict[str, Any]] | Mapping[str, Sequence]) -> Batc
         src_seqs = [ex["src_ids"] for ex in examples]
         has_tgt = bool(examples) and examples[0].get("tgt_ids") is not None
         tgt_seqs = [ex["tgt_ids"] for ex in examples] if has_tgt else None
-    batch = collate_src(src_seqs)
+    src, src_lengths = _pad(src_seqs)
+    batch = Batch(src=src, src_lengths=src_lengths, src_mask=_mask(src_lengths, src.size(1)))
     if tgt_seqs is not None:
         tgt_out, tgt_lengths = _pad(tgt_seqs)
         tgt_in, _ = _pad(tgt_seqs, prefix=BOS_ID)
@@ -461,12 +452,3 @@ def collate(examples: Sequence[dict[str, Any]] | Mapping[str, Sequence]) -> Batc
 
 def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def make_dataloader(ds, sampler: TokenBatchSampler, num_workers: int = 0,
-                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over an encoded dataset with ``sampler`` as ``batch_sampler`` and :func:`collate`."""
-    columns = [c for c in ("src_ids", "tgt_ids") if c in ds.column_names]
-    return torch.utils.data.DataLoader(
-        ds.select_columns(columns), batch_sampler=sampler, collate_fn=collate,
-        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)

@@ -13,7 +13,6 @@ keys       (batch, src_len, k_dim)                encoder outputs
 values     (batch, src_len, k_dim)                usually the same tensor as ``keys``
 mask       (batch, src_len) bool                  True on real source tokens, False on padding
 proj_keys  (batch, src_len, *) tensor or None     ``precompute(keys)``: key projection, once per source
-                                                  (multihead: ``[K; V]``, see MultiHeadAttention)
 context    (batch, tgt_len, k_dim)                Σ_s weights[.., s] · values[.., s, :]
 weights    (batch, tgt_len, src_len)              alignment; sums to 1 over real tokens, exactly 0
                                                   on padding (local-p: sums to <= 1, see there)
@@ -30,7 +29,8 @@ Kinds (``build_attention(kind, ...)``):
 - ``luong-concat``  Luong et al. 2015 §3.1: ``score = vᵀ act(W [q; k]) = vᵀ act(W_q q + W_k k + b)``
 - ``local-p``       Luong et al. 2015 §3.2: one of the three Luong scores inside a Gaussian window
                     around a predicted source position
-- ``multihead``     Vaswani et al. 2017: scaled dot-product multi-head attention
+
+:class:`MultiHeadAttention` (Vaswani et al. 2017) serves the encoder's self-attention blocks.
 
 Numerics: scores may be computed in bf16 under CPU autocast, but the masked softmax (and local-p's
 position / Gaussian arithmetic) always runs in at least float32; returned ``weights`` are float32
@@ -81,7 +81,7 @@ __all__ = [
     "masked_softmax",
 ]
 
-ATTENTION_KINDS = ("bahdanau", "luong-dot", "luong-general", "luong-concat", "local-p", "multihead")
+ATTENTION_KINDS = ("bahdanau", "luong-dot", "luong-general", "luong-concat", "local-p")
 LOCAL_SCORES = ("dot", "general", "concat")
 
 
@@ -394,9 +394,7 @@ class MultiHeadAttention(Attention):
     precedence over the ``keys``/``values`` arguments of ``forward``.
 
     ``forward`` returns the weights averaged over heads (B, T, S), or per head (B, h, T, S) when
-    ``need_head_weights=True``. ``causal=True`` forbids attending to later positions: query i sees
-    keys j <= i + (S - T), i.e. queries are aligned with the *last* T keys, which is plain causal
-    self-attention when T == S and also covers one decoding step against a growing key cache.
+    ``need_head_weights=True``.
     Dropout (training only) is applied to the attention probabilities before mixing the values; the
     returned weights are the un-dropped ones.
     """
@@ -433,22 +431,14 @@ class MultiHeadAttention(Attention):
         return torch.matmul(q_heads, k_heads.transpose(-1, -2)) / math.sqrt(self.head_dim)
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
-                proj_keys: Any = None, *, need_head_weights: bool = False,
-                causal: bool = False) -> tuple[Tensor, Tensor]:
+                proj_keys: Any = None, *, need_head_weights: bool = False) -> tuple[Tensor, Tensor]:
         _check_inputs(query, keys, values, mask)
         if proj_keys is None:
             proj_keys = self.precompute(keys, values)
         v_heads = self._split(proj_keys[..., self.d_model:])          # (B, h, S, d_k)
         batch, tgt_len, _ = query.shape
-        src_len = keys.shape[1]
         scores = self.score(query, keys, proj_keys)                    # (B, h, T, S)
         allowed = mask[:, None, None, :]                               # (B, 1, 1, S)
-        if causal:
-            if tgt_len > src_len:
-                raise ValueError(f"causal attention needs tgt_len <= src_len, got {tgt_len} > {src_len}")
-            q_pos = torch.arange(tgt_len, device=query.device).unsqueeze(1) + (src_len - tgt_len)
-            k_pos = torch.arange(src_len, device=query.device).unsqueeze(0)
-            allowed = allowed & (k_pos <= q_pos)                       # (B, 1, T, S)
         weights = masked_softmax(scores, allowed)                      # (B, h, T, S)
         mixed = torch.matmul(self.dropout(weights).to(v_heads.dtype), v_heads)       # (B, h, T, d_k)
         mixed = mixed.transpose(1, 2).reshape(batch, tgt_len, self.d_model)          # (B, T, h·d_k)
@@ -473,7 +463,7 @@ class SelfAttentionLayer(nn.Module):
 
     Padding: keys at padded positions are masked out of the attention and LN/FFN work per position,
     so padded positions never influence real ones; outputs at padded positions are set to 0.
-    ``forward(x, mask, causal=False) -> (y (B, T, d_model), head_weights (B, heads, T, T))``.
+    ``forward(x, mask) -> (y (B, T, d_model), head_weights (B, heads, T, T))``.
     """
 
     def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float = 0.0,
@@ -487,9 +477,9 @@ class SelfAttentionLayer(nn.Module):
         self.ff_out = nn.Linear(ff_size, d_model)
         self.residual_dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, causal: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         h = self.attn_norm(x)
-        attended, head_weights = self.attn(h, h, h, mask, need_head_weights=True, causal=causal)
+        attended, head_weights = self.attn(h, h, h, mask, need_head_weights=True)
         x = x + self.residual_dropout(attended)
         h = self.ff_out(self.ff_dropout(self.ff_in(self.ff_norm(x), mask)))
         x = x + self.residual_dropout(h)
@@ -508,16 +498,15 @@ def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
 
 def build_attention(kind: str, query_dim: int, key_dim: int, hidden_size: Optional[int] = None,
                     activation: Optional[str] = None, score: str = "general",
-                    window: Optional[int] = None, heads: int = 1, dropout: float = 0.0,
+                    window: Optional[int] = None,
                     activation_options: Optional[Mapping[str, Any]] = None) -> Attention:
     """The attention module for ``model.attention``; ``query_dim`` = decoder state size,
     ``key_dim`` = encoder output size.
 
     ``hidden_size`` is the additive/concat scorer (and local-p position predictor) size, default
-    ``query_dim``; for ``multihead`` it is ``d_model``, default ``key_dim``. ``activation`` (default
-    tanh, any registry name; ``activation_options`` e.g. ``{"pieces": 3}`` for maxout) applies to the
-    additive/concat scorers only. ``score`` and ``window`` are local-p's.
-    ``heads`` and ``dropout`` are multi-head's. Raises :class:`AttentionError` for unknown kinds,
+    ``query_dim``. ``activation`` (default tanh, any registry name; ``activation_options`` e.g.
+    ``{"pieces": 3}`` for maxout) applies to the additive/concat scorers only. ``score`` and
+    ``window`` are local-p's. Raises :class:`AttentionError` for unknown kinds,
     local-p without a window, and ``dot`` with mismatched sizes.
     """
     if kind == "bahdanau":
@@ -534,8 +523,5 @@ def build_attention(kind: str, query_dim: int, key_dim: int, hidden_size: Option
                                  "model.attention.window (e.g. 10)")
         return LocalPAttention(query_dim, key_dim, window, score, hidden_size, activation,
                                activation_options)
-    if kind == "multihead":
-        return MultiHeadAttention(hidden_size or key_dim, heads, dropout,
-                                  query_dim=query_dim, key_dim=key_dim)
     raise AttentionError(f"unknown attention kind {kind!r}{_did_you_mean(kind, ATTENTION_KINDS)}; "
                          f"choose from {', '.join(ATTENTION_KINDS)}")

@@ -1,8 +1,8 @@
 """The translator: embeddings → encoder → bridge → decoder (with attention) → output projection.
 
-``Seq2Seq`` reads no files and knows nothing about tokenization: token ids in, log-probabilities
-out. Search (``nmt.inference.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
-:meth:`Seq2Seq.step`.
+``Seq2Seq`` reads no files and knows nothing about tokenization: token ids in, logits and
+losses out. Search (``nmt.inference.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
+:meth:`Seq2Seq.step_logits`.
 """
 from __future__ import annotations
 
@@ -129,11 +129,6 @@ class Seq2Seq(nn.Module):
         if search and not self.training and not torch.is_grad_enabled():
             memory = self.decoder.prepare_search(memory, fold_context)
         return self.decoder.init_state(hidden), memory
-
-    def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory):
-        """One decoding step: ``prev_tokens (batch,)`` -> log-probs (batch, V) and a StepOutput."""
-        logits, out = self.step_logits(prev_tokens, state, memory)
-        return F.log_softmax(logits.float(), dim=-1), out
 
     def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
                     output: tuple[torch.Tensor, torch.Tensor] | None = None):
