@@ -25,3 +25,75 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: ``--set`` overrides that make recipes/tiny.yaml train in seconds
+FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
+        "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=4",
+        "tokenizer.src_vocab_size=80", "tokenizer.tgt_vocab_size=80"]
+
+
+@pytest.fixture(scope="session")
+def fast() -> list[str]:
+    """The overrides of :data:`FAST` (a fresh list: callers may extend it)."""
+    return list(FAST)
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe():
+    """``tiny_recipe(*overrides)``: recipes/tiny.yaml with :data:`FAST` and ``overrides`` applied."""
+    from nmt.config import load_recipe
+
+    def make(*overrides: str):
+        return load_recipe(REPO / "recipes/tiny.yaml", FAST + list(overrides))
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_recipe) -> Path:
+    """A real run directory: recipes/tiny.yaml trained for 4 steps (tokenizers, recipe, checkpoints,
+    metrics). Shared by the session: copy it before changing anything."""
+    from nmt.training.loop import train
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(tiny_recipe("train.max_steps=4", "train.valid_every=4"), run_dir=run)
+    return run
+
+
+def make_tiny_model(kind: str = "bahdanau", input_feeding: bool = True, *, activation: str = "tanh",
+                    attention_activation: str | None = None, layers: int = 1, self_att: int = 0,
+                    seed: int = 0, src_vocab: int = 17, tgt_vocab: int = 19, weight_scale: float = 1.0,
+                    eos_bias: float = 0.0, out_scale: float = 1.0, **model_fields):
+    """A random model in eval mode: embeddings 8, encoder 6 per direction, decoder 12 (= 2 × 6, so
+    luong-dot works), local-p window 2; ``model_fields`` go to ``ModelConfig``. Larger weights
+    (``weight_scale``) give more varied, context-dependent outputs; ``eos_bias`` is added to EOS's
+    output bias (high: short outputs, negative: up to the max length)."""
+    import torch
+
+    from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+    from nmt.data.vocab import EOS_ID
+    from nmt.model.seq2seq import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        embedding_dim=8, dropout=0.0, activation=activation,
+        encoder=EncoderConfig(hidden_size=6, layers=layers, dropout=0.0, self_attention_layers=self_att,
+                              self_attention_heads=2, self_attention_ff_size=16),
+        decoder=DecoderConfig(hidden_size=12, layers=layers, dropout=0.0, input_feeding=input_feeding),
+        attention=AttentionConfig(kind=kind, window=2, score="general", activation=attention_activation),
+        **model_fields)
+    model = build_model(cfg, src_vocab, tgt_vocab).eval()
+    if weight_scale != 1.0 or out_scale != 1.0 or eos_bias:
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() > 1:
+                    param.mul_(weight_scale)
+            model.output.weight.mul_(out_scale)
+            model.output.bias[EOS_ID] += eos_bias
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The factory :func:`make_tiny_model`."""
+    return make_tiny_model

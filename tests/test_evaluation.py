@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -204,126 +202,56 @@ def test_cli_main_exit_code(tmp_path, capsys):
 
 # ------------------------------------------------------------------------- run-directory mode
 
-class FakeTranslator:
-    """Stands in for nmt.inference.translator.Translator: 'translates' by looking up the reference."""
+def test_run_mode_on_a_trained_run(tiny_run, tmp_path, capsys):
+    """``nmt evaluate RUN``: the run's translator on its corpus's test split, scored and written
+    into the run; decode options from the recipe (beam 3) or the command line (--greedy)."""
+    import shutil
 
-    calls: list = []
+    from nmt.data.corpus import load_corpus
+    from nmt.inference.translator import Translator
 
-    def __init__(self, recipe, table):
-        self.recipe, self.table = recipe, table
-
-    @classmethod
-    def make_load(cls, recipe, table):
-        def load(run_dir, checkpoint="best", precision="float32"):
-            cls.calls.append(("load", str(run_dir), checkpoint))
-            return cls(copy.deepcopy(recipe), table)
-        return load
-
-    def translate(self, sources, **options):
-        # the command applies its decode options onto the loaded run's recipe
-        self.calls.append(("translate", len(sources), options.get("beam", self.recipe.decode.beam)))
-        return [self.table[s] for s in sources]
-
-
-def _fake_corpus(split_name="test"):
-    class Split(dict):
-        pass
-
-    data = Split(src=[f"src {i}" for i in range(len(HYPS))], tgt=list(REFS))
-
-    def load_corpus(data_config, splits=("train", "valid", "test")):
-        assert tuple(splits) == (split_name,)
-        return {split_name: data}
-
-    table = dict(zip(data["src"], HYPS))
-    return load_corpus, table
-
-
-def _recipe():
-    from nmt.config import Recipe
-
-    recipe = Recipe()
-    recipe.eval.metrics = ["bleu", "ter"]
-    recipe.decode.beam = 3
-    return recipe
-
-
-def _check_run_outputs(run: Path, capsys, beam: int) -> None:
-    json_path = run / "eval" / f"test.best.beam{beam}.json"
-    hyp_path = run / "eval" / f"test.best.beam{beam}.hyp"
-    assert hyp_path.read_text(encoding="utf-8").splitlines() == HYPS
-    record = json.loads(json_path.read_text(encoding="utf-8"))
-    assert record["split"] == "test" and record["beam"] == beam and record["checkpoint"] == "best"
-    assert record["metrics"] == ["bleu", "ter"] and record["sentences"] == len(HYPS)
-    assert record["timestamp"] and record["command"].startswith("nmt evaluate ")
-    assert record["scores"]["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
-    assert record["scores"]["bleu"]["signature"].startswith("nrefs:1|")
-    assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]  # no temp files left
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["scores"] == record["scores"]
-
-
-def test_run_mode_with_fake_modules(tmp_path, monkeypatch, capsys):
-    """The run-directory mode against stand-ins for nmt.inference.translator / nmt.data.corpus (always runs)."""
-    load_corpus, table = _fake_corpus()
-    FakeTranslator.calls = []
-    monkeypatch.setitem(sys.modules, "nmt.inference.translator", types.SimpleNamespace(
-        Translator=types.SimpleNamespace(load=FakeTranslator.make_load(_recipe(), table))))
-    monkeypatch.setitem(sys.modules, "nmt.data.corpus", types.SimpleNamespace(load_corpus=load_corpus))
     run = tmp_path / "run"
-    run.mkdir()
-    assert evaluate_cli(cli_args(run_dir=str(run), json=True)) == 0  # beam from the recipe
-    assert FakeTranslator.calls == [("load", str(run), "best"), ("translate", len(HYPS), 3)]
-    _check_run_outputs(run, capsys, beam=3)
-    assert evaluate_cli(cli_args(run_dir=str(run), greedy=True, json=True)) == 0
-    assert FakeTranslator.calls[-1] == ("translate", len(HYPS), 1)
-    _check_run_outputs(run, capsys, beam=1)
+    shutil.copytree(tiny_run, run)
+    translator = Translator.load(run)
+    test = load_corpus(translator.recipe.data, splits=("test",))["test"]
+    sources, refs = [str(s) for s in test["src"]], [str(t) for t in test["tgt"]]
+    for options, beam in (({}, 3), ({"greedy": True}, 1)):
+        assert evaluate_cli(cli_args(run_dir=str(run), json=True, metrics="bleu,ter", **options)) == 0
+        hyps = (run / "eval" / f"test.best.beam{beam}.hyp").read_text(encoding="utf-8").splitlines()
+        assert hyps == translator.translate(sources, beam=beam)
+        record = json.loads((run / "eval" / f"test.best.beam{beam}.json").read_text(encoding="utf-8"))
+        assert record["split"] == "test" and record["beam"] == beam and record["checkpoint"] == "best"
+        assert record["metrics"] == ["bleu", "ter"] and record["sentences"] == len(sources) > 10
+        assert record["timestamp"] and record["command"].startswith("nmt evaluate ")
+        assert record["scores"]["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+        assert record["scores"]["ter"]["score"] == pytest.approx(sacrebleu.corpus_ter(hyps, [refs]).score)
+        assert record["scores"]["bleu"]["signature"].startswith("nrefs:1|")
+        assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]  # no temp files left
+        assert json.loads(capsys.readouterr().out)["scores"] == record["scores"]
 
     with pytest.raises(NmtError, match="run directory .* not found"):
         evaluate_cli(cli_args(run_dir=str(tmp_path / "nope")))
-    monkeypatch.setattr(sys.modules["nmt.data.corpus"], "SPLITS", ("train", "valid", "test"), raising=False)
     with pytest.raises(NmtError, match="--split 'dev': unknown split; the run's corpus has train, valid"):
         evaluate_cli(cli_args(run_dir=str(run), split="dev"))
 
 
-def test_run_mode_against_real_api(tmp_path, monkeypatch, capsys):
-    """The same, but patching the real nmt.inference.translator / nmt.data.corpus (checks the names we rely on)."""
-    import inspect
-
-    translate_mod = pytest.importorskip("nmt.inference.translator")
-    data_mod = pytest.importorskip("nmt.data.corpus")
-    assert "checkpoint" in inspect.signature(translate_mod.Translator.load).parameters
-    assert "beam" in inspect.signature(translate_mod.Translator.translate).parameters
-    assert "splits" in inspect.signature(data_mod.load_corpus).parameters
-    load_corpus, table = _fake_corpus()
-    FakeTranslator.calls = []
-    monkeypatch.setattr(translate_mod.Translator, "load", FakeTranslator.make_load(_recipe(), table))
-    monkeypatch.setattr(data_mod, "load_corpus", load_corpus)
-    run = tmp_path / "run"
-    run.mkdir()
-    assert evaluate_cli(cli_args(run_dir=str(run), beam=2, json=True)) == 0
-    assert FakeTranslator.calls[-1] == ("translate", len(HYPS), 2)
-    _check_run_outputs(run, capsys, beam=2)
-
-
-def test_run_mode_applies_decode_options_onto_the_recipe(tmp_path, monkeypatch, capsys):
+def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, monkeypatch, capsys):
     """Every decode option of `nmt evaluate` lands in the run's recipe decode section, is recorded,
     and an out-of-range one is refused naming the option."""
-    import nmt.data.corpus as data_mod
-    import nmt.inference.translator as translate_mod
+    import shutil
 
-    load_corpus, table = _fake_corpus()
-    FakeTranslator.calls = []
+    from nmt.inference.translator import Translator
+
     loaded = []
+    load = Translator.load
 
-    def load(run_dir, checkpoint="best", precision="float32"):
-        loaded.append(FakeTranslator(_recipe(), table))
+    def spy(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(translate_mod.Translator, "load", load)
-    monkeypatch.setattr(data_mod, "load_corpus", load_corpus)
+    monkeypatch.setattr(Translator, "load", spy)
     run = tmp_path / "run"
-    run.mkdir()
+    shutil.copytree(tiny_run, run)
     assert evaluate_cli(cli_args(run_dir=str(run), length_penalty=0.5, max_input_len=7, json=True)) == 0
     decode = loaded[-1].recipe.decode
     assert (decode.beam, decode.length_penalty, decode.max_input_len) == (3, 0.5, 7)

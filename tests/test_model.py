@@ -13,21 +13,6 @@ KINDS = [("bahdanau", True), ("luong-general", True), ("luong-general", False), 
 APRELU = [("bahdanau", True, "aprelu"), ("luong-concat", True, "aprelu"), ("luong-general", False, "aprelu")]
 
 
-def tiny_model(kind="bahdanau", input_feeding=True, activation="tanh", layers=1, self_att=0, seed=0,
-               src_vocab=17, tgt_vocab=19, **extra):
-    torch.manual_seed(seed)
-    enc_hidden = 6
-    dec_hidden = 12  # = 2 * enc_hidden so luong-dot works
-    cfg = ModelConfig(embedding_dim=8, dropout=0.0, activation=activation,
-                      encoder=EncoderConfig(hidden_size=enc_hidden, layers=layers, dropout=0.0,
-                                            self_attention_layers=self_att, self_attention_heads=2,
-                                            self_attention_ff_size=16),
-                      decoder=DecoderConfig(hidden_size=dec_hidden, layers=layers, dropout=0.0,
-                                            input_feeding=input_feeding),
-                      **{"attention": AttentionConfig(kind=kind, window=2, score="general"), **extra})
-    return build_model(cfg, src_vocab, tgt_vocab).eval()
-
-
 def step(model, prev, state, memory):
     """One decoding step as search takes it, normalised: log-probs (batch, V) and the StepOutput."""
     logits, out = model.step_logits(prev, state, memory)
@@ -53,9 +38,8 @@ def batch(lengths, vocab=17, tgt_lengths=None, vocab_t=19, seed=1):
 
 
 @pytest.mark.parametrize("kind,feed,activation", [k + ("tanh",) for k in KINDS] + APRELU)
-def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation):
-    model = tiny_model(kind, feed, activation=activation,
-                       attention=AttentionConfig(kind=kind, window=2, activation=activation))
+def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation, tiny_model):
+    model = tiny_model(kind, feed, activation=activation, attention_activation=activation)
     src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
     with torch.no_grad():
         loss_sum, nll_sum = model(src, lens, smask, tgt_in, tgt_out, tmask)
@@ -72,7 +56,7 @@ def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation):
 
 
 @pytest.mark.parametrize("kind,feed", KINDS)
-def test_step_attention_equals_teacher_forced_attention(kind, feed):
+def test_step_attention_equals_teacher_forced_attention(kind, feed, tiny_model):
     model = tiny_model(kind, feed)
     src, lens, smask, tgt_in, tgt_out, tmask = batch([4, 6])
     with torch.no_grad():
@@ -87,11 +71,10 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed):
 
 @pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False),
                                              ("aprelu", True)])
-def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold):
+def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold, tiny_model):
     """The folded search step (context weights applied to the keys, embedding tables, one memory row
     per sentence for its K beams) computes what the plain step computes on per-beam memory."""
-    model = tiny_model("bahdanau", activation=activation,
-                       attention=AttentionConfig(kind="bahdanau", activation=activation))
+    model = tiny_model("bahdanau", activation=activation, attention_activation=activation)
     src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
     K = 3
     rows = torch.arange(3).repeat_interleave(K)
@@ -123,7 +106,7 @@ def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold)
     assert not torch.allclose(fresh[0], tables[0])
 
 
-def test_packed_encoder_ignores_padding():
+def test_packed_encoder_ignores_padding(tiny_model):
     """A sentence encodes the same alone and in a batch padded to a longer length."""
     model = tiny_model(layers=2, self_att=1)
     src, lens, smask, *_ = batch([3, 9, 5])
@@ -136,7 +119,7 @@ def test_packed_encoder_ignores_padding():
         assert torch.all(together.states[~smask] == 0)
 
 
-def test_packed_matches_unpacked_gru_on_real_positions():
+def test_packed_matches_unpacked_gru_on_real_positions(tiny_model):
     model = tiny_model()
     src, lens, smask, *_ = batch([4, 4])  # equal lengths: no padding, plain GRU must agree
     with torch.no_grad():
@@ -145,7 +128,7 @@ def test_packed_matches_unpacked_gru_on_real_positions():
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_label_smoothing_formula():
+def test_label_smoothing_formula(tiny_model):
     model = tiny_model()
     src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 4])
     with torch.no_grad():
@@ -158,7 +141,7 @@ def test_label_smoothing_formula():
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "swish", "selu", "prelu", "aprelu", "arelu", "maxout", "mish"])
-def test_every_registry_activation_builds_and_trains_a_step(activation):
+def test_every_registry_activation_builds_and_trains_a_step(activation, tiny_model):
     model = tiny_model("luong-general", True, activation=activation).train()
     src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 5])
     loss, _ = model(src, lens, smask, tgt_in, tgt_out, tmask)
@@ -167,7 +150,7 @@ def test_every_registry_activation_builds_and_trains_a_step(activation):
     assert all(p.grad is not None for n, p in model.named_parameters() if "readout" in n or "combine" in n)
 
 
-def test_selu_layers_keep_lecun_init_and_alpha_dropout():
+def test_selu_layers_keep_lecun_init_and_alpha_dropout(tiny_model):
     model = tiny_model("luong-general", activation="selu")
     assert isinstance(model.decoder.readout_dropout, torch.nn.AlphaDropout)
 
@@ -180,7 +163,7 @@ def test_dot_attention_dimension_mismatch_is_a_config_error():
         build_model(cfg, 10, 10)
 
 
-def test_tied_embeddings_share_storage():
+def test_tied_embeddings_share_storage(tiny_model):
     model = tiny_model(tied_embeddings=True)
     assert model.output.weight.data_ptr() == model.tgt_embed.weight.data_ptr()
 
@@ -238,12 +221,11 @@ def _aprelu_by_hand(act, h, n):
 
 
 @pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-concat", False)])
-def test_every_aprelu_in_a_model_pools_over_its_sequence(kind, feed):
+def test_every_aprelu_in_a_model_pools_over_its_sequence(kind, feed, tiny_model):
     """Encoder self-attention feed-forward: the mean over the real source positions. Attention
     scorer: per query, the mean over the real source positions. Readout / attentional vector: at
     step t, the mean over steps 1..t. Each checked against APReLU written out by hand."""
-    model = tiny_model(kind, feed, activation="aprelu", self_att=1,
-                       attention=AttentionConfig(kind=kind, activation="aprelu")).double()
+    model = tiny_model(kind, feed, activation="aprelu", self_att=1, attention_activation="aprelu").double()
     src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 4])
     seen = {}
 
@@ -279,11 +261,10 @@ def test_every_aprelu_in_a_model_pools_over_its_sequence(kind, feed):
 
 
 @pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-general", False)])
-def test_aprelu_model_padding_never_changes_a_result(kind, feed):
+def test_aprelu_model_padding_never_changes_a_result(kind, feed, tiny_model):
     """Sentences padded more (source and target) and batched with other sentences give identical
     encoder states, readouts and attention at their real positions."""
-    model = tiny_model(kind, feed, activation="aprelu", self_att=1,
-                       attention=AttentionConfig(kind=kind, activation="aprelu", window=2))
+    model = tiny_model(kind, feed, activation="aprelu", self_att=1, attention_activation="aprelu")
     src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 6, 4], tgt_lengths=[4, 7, 2])
     pad = 3
     more = [torch.cat([t, t.new_zeros(t.size(0), pad)], 1) for t in (src, smask, tgt_in)]

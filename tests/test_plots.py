@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -252,57 +250,16 @@ def test_parse_line_range():
             parse_line_range(bad, total=4)
 
 
-class FakeTranslator:
-    """The slice of nmt.inference.translator.Translator that ``nmt plot`` uses."""
+@pytest.fixture(scope="module")
+def selfatt_run(tiny_recipe, tmp_path_factory):
+    """A real run with two self-attention layers in the encoder and learned AReLU activations."""
+    from nmt.training.loop import train
 
-    attention_kind = "local-p"
-    loaded: list = []
-
-    def __init__(self, self_attention: bool):
-        self.self_attention = self_attention
-
-    @classmethod
-    def factory(cls, self_attention: bool = False):
-        def load(run_dir, checkpoint="best"):
-            cls.loaded.append((str(run_dir), checkpoint))
-            return cls(self_attention)
-        return load
-
-    @staticmethod
-    def pieces(src: str) -> list[str]:
-        return ["▁" + w for w in src.split()] + ["</s>"]
-
-    def translate(self, sources, beam=5, return_attention=False):
-        assert return_attention
-        results = []
-        for src in sources:
-            src_tokens = self.pieces(src)
-            tokens = ["▁out"] * len(src.split()) + ["</s>"]
-            hyp = types.SimpleNamespace(text=" ".join(["out"] * len(src.split())), tokens=tokens,
-                                        src_tokens=src_tokens,
-                                        attention=attention(len(tokens), len(src_tokens)),
-                                        positions=np.linspace(0, len(src_tokens) - 1, len(tokens)))
-            results.append(types.SimpleNamespace(hypotheses=[hyp]))
-        return results
-
-    def encoder_self_attention(self, src):
-        if not self.self_attention:
-            return None
-        n = len(self.pieces(src))
-        return np.stack([np.stack([attention(n, n, seed=h) for h in range(2)]) for _layer in range(2)])
-
-    def learned_activation_parameters(self):
-        return {"encoder.rnn_act": {"kind": "arelu", "alpha": 0.2, "beta": 1.0}}
-
-
-@pytest.fixture
-def fake_translate(monkeypatch):
-    def install(self_attention=False):
-        FakeTranslator.loaded = []
-        module = types.SimpleNamespace(Translator=types.SimpleNamespace(
-            load=FakeTranslator.factory(self_attention)))
-        monkeypatch.setitem(sys.modules, "nmt.inference.translator", module)
-    return install
+    run = tmp_path_factory.mktemp("plots") / "run"
+    train(tiny_recipe("train.max_steps=2", "train.valid_every=2", "model.encoder.self_attention_layers=2",
+                      "model.encoder.self_attention_heads=2", "model.encoder.self_attention_ff_size=32",
+                      "model.activation=arelu"), run_dir=run)
+    return run
 
 
 def plot_args(what: str, **kw) -> argparse.Namespace:
@@ -315,12 +272,10 @@ def plot_args(what: str, **kw) -> argparse.Namespace:
     return args
 
 
-def test_cli_attention_source(tmp_path, fake_translate, capsys):
-    fake_translate(self_attention=True)
+def test_cli_attention_source(tmp_path, selfatt_run, capsys):
     out = tmp_path / "att.png"
-    assert plot_cli(plot_args("attention", source="Je suis fatigué .", output=str(out),
-                              checkpoint="last")) == 0
-    assert FakeTranslator.loaded == [("runs/x", "last")]
+    assert plot_cli(plot_args("attention", run_dir=str(selfatt_run), source="Je suis fatigué .",
+                              output=str(out), checkpoint="last")) == 0
     written = capsys.readouterr().out.split()
     assert written == [str(out), str(tmp_path / "att.self-attention-layer1.png"),
                        str(tmp_path / "att.self-attention-layer2.png")]
@@ -328,48 +283,46 @@ def test_cli_attention_source(tmp_path, fake_translate, capsys):
         assert png_size(Path(path))[0] > 0
 
 
-def test_cli_attention_input_lines(tmp_path, fake_translate, capsys):
-    fake_translate()
+def test_cli_attention_input_lines(tmp_path, tiny_run, capsys):
     inp = tmp_path / "in.fr"
     inp.write_text("un\ndeux mots\n\ntrois mots ici\ncinq\n", encoding="utf-8")
     out_dir = tmp_path / "plots"
-    assert plot_cli(plot_args("attention", input=str(inp), lines="2-4", out_dir=str(out_dir))) == 0
+    assert plot_cli(plot_args("attention", run_dir=str(tiny_run), input=str(inp), lines="2-4",
+                              out_dir=str(out_dir))) == 0
     captured = capsys.readouterr()
     assert sorted(p.name for p in out_dir.iterdir()) == ["line2.png", "line4.png"]
     assert "line 3" in captured.err and "empty" in captured.err
     with pytest.raises(NmtError, match="has only 5 lines"):
-        plot_cli(plot_args("attention", input=str(inp), lines="4-9", out_dir=str(out_dir)))
+        plot_cli(plot_args("attention", run_dir=str(tiny_run), input=str(inp), lines="4-9",
+                           out_dir=str(out_dir)))
 
 
-def test_cli_attention_argument_errors(tmp_path, fake_translate):
-    fake_translate()
+def test_cli_attention_argument_errors(tmp_path):
+    """Arguments are checked before a model is loaded (the run directory does not exist)."""
     cases = [
         (dict(), "give --source"),
         (dict(source="a", input="f"), "not both"),
         (dict(source="a", out_dir="d"), "go with --input"),
         (dict(input=str(tmp_path / "in.fr"), output="x.png"), "-o names the image for --source"),
         (dict(input=str(tmp_path / "in.fr")), "--input needs --out-dir"),
-        (dict(input=str(tmp_path / "missing"), out_dir="d"), "not found"),
+        (dict(input=str(tmp_path / "missing"), out_dir="d"), "missing' not found"),
         (dict(source="a", beam=0), "--beam"),
     ]
     for kw, message in cases:
         with pytest.raises(NmtError, match=message):
-            plot_cli(plot_args("attention", **kw))
-    assert FakeTranslator.loaded == []  # arguments are checked before a model is loaded
+            plot_cli(plot_args("attention", run_dir=str(tmp_path / "no-run"), **kw))
 
 
-def test_cli_curves_and_activations(tmp_path, fake_translate, capsys):
+def test_cli_curves_and_activations(tmp_path, selfatt_run, capsys):
     write_metrics(tmp_path / "run")
     out = tmp_path / "c.png"
     assert plot_cli(plot_args("curves", run_dirs=[str(tmp_path / "run")], output=str(out))) == 0
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "c.grad-norms.png")]
     assert png_size(out)[0] > 0 and png_size(tmp_path / "c.grad-norms.png")[0] > 0
 
-    pytest.importorskip("nmt.model.activations")
-    fake_translate()
     act = tmp_path / "act.png"
-    assert plot_cli(plot_args("activations", names=["relu", "arelu"], run="runs/x", output=str(act))) == 0
-    assert png_size(act)[0] > 0 and FakeTranslator.loaded == [("runs/x", "best")]
+    assert plot_cli(plot_args("activations", names=["relu", "arelu"], run=str(selfatt_run), output=str(act))) == 0
+    assert png_size(act)[0] > 0
 
 
 def test_cli_main_reports_corrupt_metrics(tmp_path, capsys):
@@ -381,17 +334,6 @@ def test_cli_main_reports_corrupt_metrics(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "metrics.jsonl, line 7: corrupt record" in err and "Traceback" not in err
     assert not (tmp_path / "c.png").exists()
-
-
-def test_real_translator_has_the_methods_plots_use():
-    import inspect
-
-    translate_mod = pytest.importorskip("nmt.inference.translator")
-    T = translate_mod.Translator
-    assert "checkpoint" in inspect.signature(T.load).parameters
-    assert "return_attention" in inspect.signature(T.translate).parameters
-    assert callable(getattr(T, "encoder_self_attention", None))
-    assert callable(getattr(T, "learned_activation_parameters", None))
 
 
 def test_save_figure_rejects_directories(tmp_path):

@@ -15,29 +15,15 @@ from safetensors.torch import load_file
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import load_run
 
-FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
-        "train.plot_sentences=0", "train.valid_max_sentences=4", "tokenizer.src_vocab_size=80",
-        "tokenizer.tgt_vocab_size=80", "train.log_every=5"]
 
-
-def train_cmd(repo, run, *overrides, resume=False):
-    sets = sum((["--set", o] for o in FAST + list(overrides)), [])
+def train_cmd(repo, fast, run, *overrides, resume=False):
+    """``nmt train recipes/tiny.yaml`` with the ``fast`` overrides and ``overrides``."""
+    sets = sum((["--set", o] for o in fast + list(overrides)), [])
     return [sys.executable, "-m", "nmt", "train", str(repo / "recipes/tiny.yaml"), "--run-dir", str(run),
             *sets, *(["--resume"] if resume else [])]
 
 
 ENV = {**os.environ, "NMT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from nmt.config import load_recipe
-    from nmt.training.loop import train
-
-    repo = Path(__file__).resolve().parent.parent
-    run = tmp_path_factory.mktemp("rel") / "run"
-    train(load_recipe(repo / "recipes/tiny.yaml", FAST + ["train.max_steps=4", "train.valid_every=4"]), run_dir=run)
-    return run
 
 
 def wait_for(path: Path, timeout: float = 120.0) -> None:
@@ -50,9 +36,9 @@ def wait_for(path: Path, timeout: float = 120.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_writes_a_final_checkpoint_and_resume_continues(repo, tmp_path, sig):
+def test_signal_writes_a_final_checkpoint_and_resume_continues(repo, fast, tmp_path, sig):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(repo, run, "train.max_steps=100000", "train.valid_every=20"), env=ENV,
+    proc = subprocess.Popen(train_cmd(repo, fast, run, "train.max_steps=100000", "train.valid_every=20"), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(run / "checkpoints" / "last.safetensors")  # first validation done: training is under way
     time.sleep(1.0)
@@ -63,7 +49,7 @@ def test_signal_writes_a_final_checkpoint_and_resume_continues(repo, tmp_path, s
     assert summary["stopped"] == f"signal {sig.name}"
     last = json.loads((run / "checkpoints/last.json").read_text())
     assert last["step"] == summary["steps"], "the final checkpoint holds the last step"
-    resumed = subprocess.run(train_cmd(repo, run, f"train.max_steps={summary['steps'] + 3}",
+    resumed = subprocess.run(train_cmd(repo, fast, run, f"train.max_steps={summary['steps'] + 3}",
                                        "train.valid_every=20", resume=True),
                              env=ENV, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -71,13 +57,13 @@ def test_signal_writes_a_final_checkpoint_and_resume_continues(repo, tmp_path, s
 
 
 @pytest.mark.slow
-def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, tmp_path):
+def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, fast, tmp_path):
     """kill -9 in the middle of training; --resume finishes with the weights of an uninterrupted run."""
     full, killed = tmp_path / "full", tmp_path / "killed"
     args = ["train.max_steps=40", "train.valid_every=4", "model.dropout=0.2"]
-    done = subprocess.run(train_cmd(repo, full, *args), env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_cmd(repo, fast, full, *args), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen(train_cmd(repo, killed, *args), env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(repo, fast, killed, *args), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for(killed / "checkpoints" / "last.json")
     time.sleep(0.5)
@@ -88,7 +74,7 @@ def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, tmp
     # what is there must load: complete pair of weights + state
     meta = json.loads((killed / "checkpoints/last.json").read_text())
     assert meta["step"] < 40
-    resumed = subprocess.run(train_cmd(repo, killed, *args, resume=True), env=ENV, capture_output=True,
+    resumed = subprocess.run(train_cmd(repo, fast, killed, *args, resume=True), env=ENV, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = load_file(full / "checkpoints/last.safetensors")
@@ -97,26 +83,26 @@ def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, tmp
         assert torch.equal(a[key], b[key]), key
 
 
-def test_truncated_weights_file_is_a_clear_error(trained_run, tmp_path):
+def test_truncated_weights_file_is_a_clear_error(tiny_run, tmp_path):
     import shutil
     run = tmp_path / "copy"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     weights = run / "checkpoints/best.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_run(run, "best")
 
 
-def test_garbage_weights_file_is_a_clear_error(trained_run, tmp_path):
+def test_garbage_weights_file_is_a_clear_error(tiny_run, tmp_path):
     import shutil
     run = tmp_path / "copy"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     (run / "checkpoints/best.safetensors").write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CheckpointError):
         load_run(run, "best")
 
 
-def test_pickle_payload_is_never_executed(trained_run, tmp_path):
+def test_pickle_payload_is_never_executed(tiny_run, tmp_path):
     """A trainer state that carries a pickled callable is refused by weights_only loading."""
     import pickle
 
@@ -134,21 +120,21 @@ def test_pickle_payload_is_never_executed(trained_run, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_run_dir_missing_its_tokenizer(trained_run, tmp_path):
+def test_run_dir_missing_its_tokenizer(tiny_run, tmp_path):
     import shutil
     run = tmp_path / "copy"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     (run / "spm.src.model").unlink()
     with pytest.raises(CheckpointError, match="spm.src.model"):
         load_run(run, "best")
 
 
-def test_checkpoint_from_an_incompatible_recipe(trained_run, tmp_path):
+def test_checkpoint_from_an_incompatible_recipe(tiny_run, tmp_path):
     import shutil
 
     import yaml
     run = tmp_path / "copy"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     recipe["model"]["decoder"]["hidden_size"] = 24
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -163,16 +149,15 @@ def test_not_a_run_directory(tmp_path):
         load_run(tmp_path / "nope", "best")
 
 
-def test_full_disk_is_reported_before_training(repo, tmp_path, monkeypatch):
+def test_full_disk_is_reported_before_training(tiny_recipe, tmp_path, monkeypatch):
     import shutil
 
-    from nmt.config import load_recipe
     from nmt.training.loop import train
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(NmtError, match="not enough free disk space"):
-        train(load_recipe(repo / "recipes/tiny.yaml", FAST), run_dir=tmp_path / "run")
+        train(tiny_recipe(), run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "spm.src.model").exists(), "failed before any work"
 
 

@@ -2,6 +2,7 @@
 agreement with forced decoding, batching invariance, and every search option at its edges."""
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -9,14 +10,7 @@ import pytest
 import torch
 
 import nmt.inference.search as search_mod
-from nmt.config import (
-    AttentionConfig,
-    DecodeConfig,
-    DecoderConfig,
-    EncoderConfig,
-    ModelConfig,
-    Recipe,
-)
+from nmt.config import DecodeConfig, Recipe
 from nmt.errors import NmtError
 from nmt.inference.search import (
     BOS_ID,
@@ -31,7 +25,6 @@ from nmt.inference.search import (
     search,
 )
 from nmt.inference.translator import Translator
-from nmt.model.seq2seq import build_model
 
 KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
 
@@ -39,26 +32,11 @@ KINDS = ["bahdanau", "luong-general", "luong-dot", "local-p"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(kind: str = "bahdanau", tgt_vocab: int = 12, src_vocab: int = 10, seed: int = 0,
-               eos_bias: float = 1.0, weight_scale: float = 3.0, out_scale: float = 1.0,
-               input_feeding: bool = True, activation: str = "tanh"):
-    """A random model; larger weights (``weight_scale``) give more varied, context-dependent
-    outputs, ``eos_bias`` moves the output lengths (high: short, negative: up to the max length).
-    ``activation`` is the model's and the attention scorer's."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        embedding_dim=8, dropout=0.0, activation=activation,
-        encoder=EncoderConfig(hidden_size=6, dropout=0.0),
-        decoder=DecoderConfig(hidden_size=12, dropout=0.0, input_feeding=input_feeding),
-        attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None, activation=activation))
-    model = build_model(cfg, src_vocab, tgt_vocab).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(weight_scale)
-        model.output.weight.mul_(out_scale)
-        model.output.bias[EOS_ID] += eos_bias
-    return model
+@pytest.fixture
+def tiny_model(tiny_model):
+    """Search's random models: a 12-word target vocabulary, weights scaled by 3 (varied,
+    context-dependent outputs) and EOS's output bias raised by 1 unless given."""
+    return functools.partial(tiny_model, src_vocab=10, tgt_vocab=12, weight_scale=3.0, eos_bias=1.0)
 
 
 def sources(n: int, src_vocab: int = 10, seed: int = 1, max_len: int = 7) -> list[list[int]]:
@@ -85,7 +63,7 @@ def forced(model, srcs, targets, add_eos=False):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("extra", [{}, {"min_len": 2, "no_repeat_ngram": 2}], ids=["plain", "constrained"])
-def test_beam_one_equals_greedy(kind, extra):
+def test_beam_one_equals_greedy(kind, extra, tiny_model):
     model = tiny_model(kind, eos_bias=1.0, out_scale=2.0)
     srcs = sources(6)
     greedy = run(greedy_search, model, srcs, beam=1, **extra)
@@ -99,7 +77,7 @@ def test_beam_one_equals_greedy(kind, extra):
         assert b[0].log_probs == pytest.approx(g[0].log_probs, abs=1e-4)
 
 
-def test_search_dispatches_beam_one_to_greedy(monkeypatch):
+def test_search_dispatches_beam_one_to_greedy(monkeypatch, tiny_model):
     import nmt.inference.search as search_mod
 
     model = tiny_model()
@@ -150,7 +128,7 @@ def exhaustive_scores(model, src: list[int], candidates, alpha=0.0, beta=0.0):
 
 
 @pytest.mark.parametrize("kind,max_len", [("bahdanau", 3), ("luong-general", 4), ("local-p", 3)])
-def test_large_beam_equals_exhaustive_enumeration(kind, max_len):
+def test_large_beam_equals_exhaustive_enumeration(kind, max_len, tiny_model):
     vocab = 6  # specials + 2 real tokens: generable UNK, EOS, 4, 5
     model = tiny_model(kind, tgt_vocab=vocab, eos_bias=0.5, out_scale=3.0, seed=3)
     src = [4, 7, 5, EOS_ID]
@@ -170,7 +148,7 @@ def test_large_beam_equals_exhaustive_enumeration(kind, max_len):
         assert small[0].score <= ranked[0][0] + 1e-5
 
 
-def test_exhaustive_needs_a_beam_for_every_continuation_not_every_prefix():
+def test_exhaustive_needs_a_beam_for_every_continuation_not_every_prefix(tiny_model):
     """Three tokens of probability 0.26 and EOS 0.2 at every step, max length L = 2: the best output
     is EOS alone (0.2). A beam of N^(L-1) = 3 (the prefixes that can be alive) never looks at it; a
     beam of N^(L-1) (N + 1) = 12 (every continuation) equals exhaustive enumeration."""
@@ -200,7 +178,7 @@ def test_exhaustive_needs_a_beam_for_every_continuation_not_every_prefix():
     # stopping on the raw score (instead of the bound raw / lp(max_len)) would miss it
     (2.0, 0.0, 1, 4, 5, 2.0),
 ])
-def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_len, seed, eos_bias):
+def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_len, seed, eos_bias, tiny_model):
     vocab = 6
     model = tiny_model("bahdanau", tgt_vocab=vocab, eos_bias=eos_bias, out_scale=3.0, seed=seed)
     src = [6, 4, 8, 9, EOS_ID]
@@ -217,7 +195,7 @@ def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_le
 # ------------------------------------------------------------------- scores = forced decoding
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-concat", "local-p"])
-def test_beam_scores_equal_forced_decoding(kind):
+def test_beam_scores_equal_forced_decoding(kind, tiny_model):
     model = tiny_model(kind, eos_bias=1.5, out_scale=2.0)
     srcs = sources(5, seed=4)
     results = run(beam_search, model, srcs, beam=4, n_best=4, max_len_b=4)
@@ -233,11 +211,12 @@ def test_beam_scores_equal_forced_decoding(kind):
 
 
 @pytest.mark.parametrize("kind,feed", [("bahdanau", True), ("luong-concat", True), ("luong-general", False)])
-def test_aprelu_search_equals_teacher_forcing_of_its_output(kind, feed):
+def test_aprelu_search_equals_teacher_forcing_of_its_output(kind, feed, tiny_model):
     """APReLU pools the readout over the steps so far: greedy and beam search (one step at a time,
     the running pool in the decoder state, reordered with the beams) score every output token as
     teacher forcing over the whole output does, and a sentence decodes the same alone."""
-    model = tiny_model(kind, input_feeding=feed, activation="aprelu", eos_bias=0.5, out_scale=2.0)
+    model = tiny_model(kind, input_feeding=feed, activation="aprelu", attention_activation="aprelu",
+                       eos_bias=0.5, out_scale=2.0)
     srcs = sources(5, seed=4)
     for fn, beam in ((greedy_search, 1), (beam_search, 3)):
         results = run(fn, model, srcs, beam=beam, n_best=beam, max_len_b=4)
@@ -252,7 +231,7 @@ def test_aprelu_search_equals_teacher_forcing_of_its_output(kind, feed):
         assert [h.tokens for h in alone] == [h.tokens for h in results[1]]
 
 
-def test_luong_without_input_feeding_scores_match():
+def test_luong_without_input_feeding_scores_match(tiny_model):
     # teacher forcing runs nn.GRU over the whole target there; search runs the step-wise cell
     model = tiny_model("luong-dot", input_feeding=False, eos_bias=1.0)
     srcs = sources(4, seed=9)
@@ -262,7 +241,7 @@ def test_luong_without_input_feeding_scores_match():
     assert [h.raw_score for _, h in flat] == pytest.approx(totals, abs=1e-4)
 
 
-def test_score_targets_appends_eos():
+def test_score_targets_appends_eos(tiny_model):
     model = tiny_model()
     srcs = sources(2)
     with_eos, _ = forced(model, srcs, [[4, 5, EOS_ID], [6]], add_eos=False)
@@ -276,7 +255,7 @@ def test_score_targets_appends_eos():
 # ------------------------------------------------------------------------------------- batching
 
 @pytest.mark.parametrize("kind,beam", [("bahdanau", 1), ("bahdanau", 4), ("local-p", 3), ("luong-general", 5)])
-def test_batch_equals_one_by_one(kind, beam):
+def test_batch_equals_one_by_one(kind, beam, tiny_model):
     model = tiny_model(kind, eos_bias=1.0, out_scale=1.5)
     srcs = sources(7, seed=11)
     together = run(search, model, srcs, beam=beam, n_best=min(beam, 2), return_attention=True)
@@ -288,7 +267,7 @@ def test_batch_equals_one_by_one(kind, beam):
             torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
 
 
-def test_search_ids_appends_eos_and_keeps_order():
+def test_search_ids_appends_eos_and_keeps_order(tiny_model):
     model = tiny_model(eos_bias=1.0)
     raw = [s[:-1] for s in sources(9, seed=2)] + [[]]
     got = Translator(Recipe(), None, model, device="cpu").search_ids(raw, beam=3, n_best=2, batch_tokens=12)
@@ -299,7 +278,7 @@ def test_search_ids_appends_eos_and_keeps_order():
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
 
 
-def test_finished_sentences_leave_the_batch():
+def test_finished_sentences_leave_the_batch(tiny_model):
     """Rows of finished sentences are dropped: later steps run on fewer rows."""
     model = tiny_model(eos_bias=-8.0)  # EOS (almost) never: lengths are set by the max length
     sizes = []
@@ -320,7 +299,7 @@ def test_finished_sentences_leave_the_batch():
 
 # ----------------------------------------------------------------------------- n-best, options
 
-def test_nbest_sorted_distinct_and_eos_only_at_the_end():
+def test_nbest_sorted_distinct_and_eos_only_at_the_end(tiny_model):
     model = tiny_model("luong-general", eos_bias=0.5, out_scale=2.0)
     results = run(beam_search, model, sources(6, seed=5), beam=6, n_best=6)
     for hyps in results:
@@ -334,7 +313,7 @@ def test_nbest_sorted_distinct_and_eos_only_at_the_end():
             assert PAD_ID not in h.tokens and BOS_ID not in h.tokens
 
 
-def test_length_penalty_reranks_as_documented():
+def test_length_penalty_reranks_as_documented(tiny_model):
     """Without a penalty the bare EOS wins; with alpha a longer output wins, ranked by raw / lp."""
     found = False
     for seed in range(20):
@@ -363,7 +342,7 @@ def test_length_penalty_function():
     assert length_penalty(torch.tensor([1, 7]), 2.0).tolist() == pytest.approx([1.0, 4.0])
 
 
-def test_coverage_penalty_reported_as_documented():
+def test_coverage_penalty_reported_as_documented(tiny_model):
     model = tiny_model(eos_bias=1.0)
     results = run(beam_search, model, sources(4, seed=8), beam=3, n_best=3, coverage_penalty=0.7,
                   return_attention=True)
@@ -374,7 +353,7 @@ def test_coverage_penalty_reported_as_documented():
 
 
 @pytest.mark.parametrize("kind", ["bahdanau", "local-p"])
-def test_greedy_result_does_not_depend_on_when_ended_rows_are_dropped(kind, monkeypatch):
+def test_greedy_result_does_not_depend_on_when_ended_rows_are_dropped(kind, monkeypatch, tiny_model):
     """Ended rows keep running until a fraction of the batch has ended; dropping them at once or
     never gives the same hypotheses, scores, attention and coverage penalty."""
     model = tiny_model(kind, eos_bias=0.5, out_scale=2.0)
@@ -396,7 +375,7 @@ def test_greedy_result_does_not_depend_on_when_ended_rows_are_dropped(kind, monk
                 torch.testing.assert_close(b[0].positions, a[0].positions)
 
 
-def test_greedy_row_with_every_token_forbidden_ends_without_one():
+def test_greedy_row_with_every_token_forbidden_ends_without_one(tiny_model):
     """9 generatable target tokens (UNK and 4..11), each allowed once, EOS forbidden before 10
     tokens: after 9 steps nothing is allowed and the hypothesis ends there, unfinished."""
     model = tiny_model(eos_bias=-3.0)
@@ -408,7 +387,7 @@ def test_greedy_row_with_every_token_forbidden_ends_without_one():
 
 
 @pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 4)])
-def test_min_len_respected(fn, beam):
+def test_min_len_respected(fn, beam, tiny_model):
     model = tiny_model(eos_bias=6.0)  # EOS first is (nearly) certain
     srcs = sources(4, seed=3)
     free = run(fn, model, srcs, beam=beam, n_best=beam)
@@ -422,7 +401,7 @@ def test_min_len_respected(fn, beam):
 
 
 @pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 3)])
-def test_no_repeat_ngram_respected(fn, beam):
+def test_no_repeat_ngram_respected(fn, beam, tiny_model):
     model = tiny_model(eos_bias=-4.0, out_scale=3.0, seed=2)
     srcs = sources(4, seed=6)
 
@@ -439,7 +418,7 @@ def test_no_repeat_ngram_respected(fn, beam):
 
 
 @pytest.mark.parametrize("fn,beam", [(greedy_search, 1), (beam_search, 3)])
-def test_max_len_respected(fn, beam):
+def test_max_len_respected(fn, beam, tiny_model):
     model = tiny_model(eos_bias=-10.0)  # never EOS: every output is closed at its max length
     srcs = sources(5, seed=7)
     results = run(fn, model, srcs, beam=beam, n_best=beam, max_len_a=0.5, max_len_b=2)
@@ -451,14 +430,14 @@ def test_max_len_respected(fn, beam):
         assert hyps[0].raw_score == pytest.approx(closed, abs=1e-4)
 
 
-def test_max_len_with_eos_possible():
+def test_max_len_with_eos_possible(tiny_model):
     model = tiny_model(eos_bias=0.0, out_scale=2.0)
     srcs = sources(8, seed=10)
     for hyps, src in zip(run(beam_search, model, srcs, beam=4, n_best=4, max_len_a=0.0, max_len_b=3), srcs):
         assert all(len(h.tokens) <= 3 for h in hyps)
 
 
-def test_attention_and_positions_returned():
+def test_attention_and_positions_returned(tiny_model):
     srcs = sources(3, seed=12)
     for kind in ("bahdanau", "local-p"):
         model = tiny_model(kind, eos_bias=1.0)
@@ -480,7 +459,7 @@ def test_attention_and_positions_returned():
 
 # -------------------------------------------------------------------------------------- options
 
-def test_options_from_config_and_validation():
+def test_options_from_config_and_validation(tiny_model):
     opts = DecodeConfig(beam=7, length_penalty=0.6).updated(n_best=3, min_len=None)
     assert (opts.beam, opts.n_best, opts.length_penalty, opts.min_len) == (7, 3, 0.6, 0)
     with pytest.raises(NmtError, match="n_best"):
@@ -495,7 +474,7 @@ def test_options_from_config_and_validation():
     assert max_lengths(DecodeConfig(max_len_a=0, max_len_b=0, min_len=2), torch.tensor([5])).tolist() == [3]
 
 
-def test_training_mode_is_refused():
+def test_training_mode_is_refused(tiny_model):
     model = tiny_model().train()
     with pytest.raises(ValueError, match="eval"):
         run(beam_search, model, sources(1), beam=2)

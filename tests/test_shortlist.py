@@ -23,7 +23,6 @@ from nmt.inference.shortlist import (
     top_translations,
 )
 from nmt.inference.translator import Translator
-from tests.test_search import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,8 +150,8 @@ SOURCES = [[5, 6, 7], [8], [4, 9, 5, 6], [7, 7]]
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-general"])
 @pytest.mark.parametrize("beam,n_best,no_repeat", [(1, 1, 0), (1, 1, 2), (3, 2, 0), (4, 1, 2)])
-def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam, n_best, no_repeat):
-    model = tiny_model(kind, tgt_vocab=40, src_vocab=10, eos_bias=0.5)
+def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam, n_best, no_repeat, tiny_model):
+    model = tiny_model(kind, tgt_vocab=40, src_vocab=10, weight_scale=3.0, eos_bias=0.5)
     lexicon = make_lexicon(10, 40, keep=3, seed=2)
     options = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6,
                             shortlist=2, shortlist_frequent=3)
@@ -171,8 +170,8 @@ def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam
             assert g.log_probs == pytest.approx(w.log_probs, abs=1e-5)
 
 
-def test_shortlist_of_the_whole_vocabulary_changes_nothing():
-    model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10)
+def test_shortlist_of_the_whole_vocabulary_changes_nothing(tiny_model):
+    model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10, weight_scale=3.0, eos_bias=1.0)
     lexicon = make_lexicon(10, 20, keep=16)  # every non-special id of every source
     translator = Translator(Recipe(), None, model, device="cpu", lexicon=lexicon)
     full = translator.search_ids(SOURCES, beam=3, max_len_b=5)
@@ -182,8 +181,8 @@ def test_shortlist_of_the_whole_vocabulary_changes_nothing():
         assert f[0].score == pytest.approx(s[0].score, abs=1e-5)
 
 
-def test_shortlist_needs_a_matching_lexicon():
-    model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10)
+def test_shortlist_needs_a_matching_lexicon(tiny_model):
+    model = tiny_model("bahdanau", tgt_vocab=20, src_vocab=10, weight_scale=3.0, eos_bias=1.0)
     src, lengths, mask = pad_sources([[5, EOS_ID]])
     with pytest.raises(NmtError, match="nmt shortlist"):
         search(model, src, lengths, mask, DecodeConfig(beam=2, shortlist=2))
@@ -191,16 +190,13 @@ def test_shortlist_needs_a_matching_lexicon():
         search(model, src, lengths, mask, DecodeConfig(beam=2, shortlist=2), make_lexicon(10, 30))
 
 
-def test_training_writes_the_lexicon_and_translate_uses_it(repo, tmp_path, capsys):
+def test_training_writes_the_lexicon_and_translate_uses_it(tiny_recipe, tmp_path, capsys):
     from nmt.cli import main
-    from nmt.config import load_recipe
     from nmt.inference.translator import Translator
     from nmt.training.loop import train
-    from tests.test_training import FAST
 
     run = tmp_path / "run"
-    recipe = load_recipe(repo / "recipes/tiny.yaml", FAST + ["train.max_steps=4", "train.valid_every=4",
-                                                             "decode.shortlist=3", "train.plot_sentences=1"])
+    recipe = tiny_recipe("train.max_steps=4", "train.valid_every=4", "decode.shortlist=3", "train.plot_sentences=1")
     train(recipe, run_dir=run)
     # validation's attention plots decode with the recipe's shortlist too
     assert list((run / "plots").glob("step*/valid0.png"))

@@ -8,17 +8,19 @@ import pytest
 from nmt.errors import NmtError
 from nmt.tools.sweep import aggregate, parse_grid, run_sweep
 
-FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
-        "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=4",
-        "tokenizer.src_vocab_size=80", "tokenizer.tgt_vocab_size=80", "train.valid_every=4",
-        "decode.beam=2"]
 GRID = ["model.activation=relu,arelu", "model.attention.kind=bahdanau,luong-general"]
 
 
+@pytest.fixture
+def sweep_overrides(fast):
+    """The fast tiny recipe, validated every 4 steps with beam 2."""
+    return fast + ["train.valid_every=4", "decode.beam=2"]
+
+
 @pytest.mark.slow
-def test_two_by_two_grid_reports_and_resumes(repo, tmp_path):
+def test_two_by_two_grid_reports_and_resumes(repo, tmp_path, sweep_overrides):
     out = tmp_path / "sweep"
-    result = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=out)
+    result = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, sweep_overrides, seeds=[1], steps=4, out_dir=out)
     assert len(result["runs"]) == 4
     with open(out / "results.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -34,20 +36,20 @@ def test_two_by_two_grid_reports_and_resumes(repo, tmp_path):
         assert (out / "plots" / plot).is_file(), plot
     checkpoints = sorted(out.rglob("last.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
-    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=out)
+    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, sweep_overrides, seeds=[1], steps=4, out_dir=out)
     assert [r["test_bleu"] for r in again["runs"]] == [r["test_bleu"] for r in result["runs"]]
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps, "finished runs were not retrained"
     with pytest.raises(NmtError, match="different"):
-        run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=6, out_dir=out)
+        run_sweep(str(repo / "recipes/tiny.yaml"), GRID, sweep_overrides, seeds=[1], steps=6, out_dir=out)
     moved = tmp_path / "moved"
     out.rename(moved)  # a finished sweep directory still reports after a move
-    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, FAST, seeds=[1], steps=4, out_dir=moved)
+    again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, sweep_overrides, seeds=[1], steps=4, out_dir=moved)
     assert all(Path(r["run_dir"]).parent == moved / "runs" for r in again["runs"])
 
 
-def test_invalid_grid_point_fails_before_training(repo, tmp_path):
+def test_invalid_grid_point_fails_before_training(repo, tmp_path, sweep_overrides):
     with pytest.raises(NmtError, match="not a valid recipe"):
-        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu,notanactivation"], FAST,
+        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu,notanactivation"], sweep_overrides,
                   steps=2, out_dir=tmp_path / "s")
     assert not (tmp_path / "s" / "runs").exists()
 
@@ -73,10 +75,10 @@ def test_aggregate_mean_and_std():
 
 
 @pytest.mark.slow
-def test_parallel_jobs_match_serial_runs(repo, tmp_path):
+def test_parallel_jobs_match_serial_runs(repo, tmp_path, sweep_overrides):
     grid = ["model.activation=relu,arelu"]
-    serial = run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, seeds=[1], steps=4, out_dir=tmp_path / "a")
-    parallel = run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, seeds=[1], steps=4,
+    serial = run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, seeds=[1], steps=4, out_dir=tmp_path / "a")
+    parallel = run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, seeds=[1], steps=4,
                          out_dir=tmp_path / "b", jobs=2)
     assert [r["name"] for r in parallel["runs"]] == [r["name"] for r in serial["runs"]], "plan order kept"
     assert "trained 2 at a time" in (tmp_path / "b" / "report.md").read_text(encoding="utf-8")
@@ -88,10 +90,10 @@ def test_parallel_jobs_match_serial_runs(repo, tmp_path):
         assert p["steps"] == s["steps"] == 4
         assert p["best_valid_loss"] == pytest.approx(s["best_valid_loss"], rel=1e-4)
     with pytest.raises(NmtError, match="--jobs"):
-        run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, steps=4, out_dir=tmp_path / "c", jobs=0)
+        run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, steps=4, out_dir=tmp_path / "c", jobs=0)
 
 
-def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch):
+def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch, sweep_overrides):
     import nmt.tools.sweep as sweep
 
     started = []
@@ -104,5 +106,5 @@ def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_train_run", fake_train)
     grid = ["model.activation=relu,gelu,swish,selu,prelu,arelu"]
     with pytest.raises(NmtError, match="failed"):
-        run_sweep(str(repo / "recipes/tiny.yaml"), grid, FAST, steps=2, out_dir=tmp_path / "s", jobs=2)
+        run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, steps=2, out_dir=tmp_path / "s", jobs=2)
     assert len(started) < 6, "runs queued after the failure were cancelled"

@@ -8,22 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nmt.config import load_recipe
 from nmt.errors import NmtError
 from nmt.training.loop import lr_factor, train
 
-FAST = ["model.embedding_dim=16", "model.encoder.hidden_size=16", "model.decoder.hidden_size=16",
-        "train.log_every=2", "train.plot_sentences=0", "train.valid_max_sentences=8",
-        "tokenizer.src_vocab_size=80", "tokenizer.tgt_vocab_size=80"]
-
-
-def tiny(repo, *overrides):
-    return load_recipe(repo / "recipes/tiny.yaml", FAST + list(overrides))
-
-
-def test_train_writes_a_complete_run_directory(repo, tmp_path):
+def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
     run = tmp_path / "run"
-    summary = train(tiny(repo, "train.max_steps=6", "train.valid_every=3", "train.plot_sentences=1"), run_dir=run)
+    summary = train(tiny_recipe("train.max_steps=6", "train.valid_every=3", "train.plot_sentences=1"), run_dir=run)
     assert summary["steps"] == 6
     for name in ["recipe.yaml", "spm.src.model", "spm.tgt.model", "metrics.jsonl", "train_summary.json",
                  "checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/last.state.pt"]:
@@ -38,11 +28,11 @@ def test_train_writes_a_complete_run_directory(repo, tmp_path):
     assert not list(run.rglob("*.tmp")), "no temporary files left behind"
 
 
-def test_resume_equals_uninterrupted(repo, tmp_path):
+def test_resume_equals_uninterrupted(tmp_path, tiny_recipe):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(tiny(repo, "train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"), run_dir=full)
-    train(tiny(repo, "train.max_steps=6", "train.valid_every=6", "model.dropout=0.3"), run_dir=part)
-    summary = train(tiny(repo, "train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"),
+    train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"), run_dir=full)
+    train(tiny_recipe("train.max_steps=6", "train.valid_every=6", "model.dropout=0.3"), run_dir=part)
+    summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"),
                     run_dir=part, resume=True)
     assert summary["steps"] == 12
     a = load_file(full / "checkpoints/last.safetensors")
@@ -52,51 +42,51 @@ def test_resume_equals_uninterrupted(repo, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_refuses_a_changed_model(repo, tmp_path):
+def test_resume_refuses_a_changed_model(tmp_path, tiny_recipe):
     run = tmp_path / "run"
-    train(tiny(repo, "train.max_steps=2", "train.valid_every=2"), run_dir=run)
+    train(tiny_recipe("train.max_steps=2", "train.valid_every=2"), run_dir=run)
     with pytest.raises(NmtError, match="model.embedding_dim"):
-        train(tiny(repo, "train.max_steps=4", "model.embedding_dim=24"), run_dir=run, resume=True)
+        train(tiny_recipe("train.max_steps=4", "model.embedding_dim=24"), run_dir=run, resume=True)
 
 
-def test_existing_run_is_not_overwritten(repo, tmp_path):
+def test_existing_run_is_not_overwritten(tmp_path, tiny_recipe):
     run = tmp_path / "run"
-    train(tiny(repo, "train.max_steps=2", "train.valid_every=2"), run_dir=run)
+    train(tiny_recipe("train.max_steps=2", "train.valid_every=2"), run_dir=run)
     before = (run / "checkpoints/last.safetensors").read_bytes()
     with pytest.raises(NmtError, match="--resume"):
-        train(tiny(repo, "train.max_steps=2"), run_dir=run)
+        train(tiny_recipe("train.max_steps=2"), run_dir=run)
     assert (run / "checkpoints/last.safetensors").read_bytes() == before
 
 
-def test_resume_without_checkpoint_is_an_error(repo, tmp_path):
+def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_recipe):
     with pytest.raises(NmtError, match="no checkpoint to resume"):
-        train(tiny(repo, "train.max_steps=2"), run_dir=tmp_path / "empty", resume=True)
+        train(tiny_recipe("train.max_steps=2"), run_dir=tmp_path / "empty", resume=True)
 
 
-def test_missing_corpus_directory_is_a_clear_error(repo, tmp_path):
-    recipe = tiny(repo, f"data.path={tmp_path / 'nowhere'}")
+def test_missing_corpus_directory_is_a_clear_error(tmp_path, tiny_recipe):
+    recipe = tiny_recipe(f"data.path={tmp_path / 'nowhere'}")
     with pytest.raises(NmtError, match="nowhere"):
         train(recipe, run_dir=tmp_path / "run")
 
 
-def test_unwritable_run_dir_fails_before_training(repo, tmp_path):
+def test_unwritable_run_dir_fails_before_training(tmp_path, tiny_recipe):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(NmtError, match="not writable"):
-        train(tiny(repo), run_dir=blocker / "run")
+        train(tiny_recipe(), run_dir=blocker / "run")
 
 
-def test_lr_schedules(repo):
-    r = tiny(repo, "train.warmup_steps=10", "train.schedule=inverse_sqrt")
+def test_lr_schedules(tiny_recipe):
+    r = tiny_recipe("train.warmup_steps=10", "train.schedule=inverse_sqrt")
     assert lr_factor(5, r) == pytest.approx(0.5)
     assert lr_factor(10, r) == pytest.approx(1.0)
     assert lr_factor(40, r) == pytest.approx(0.5)
-    c = tiny(repo, "train.warmup_steps=0", "train.schedule=cosine", "train.max_steps=100", "train.min_lr=0")
+    c = tiny_recipe("train.warmup_steps=0", "train.schedule=cosine", "train.max_steps=100", "train.min_lr=0")
     assert lr_factor(50, c) == pytest.approx(0.5)
     assert lr_factor(100, c) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_nan_loss_stops_with_clear_message(repo, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch, tiny_recipe):
     from nmt.model import seq2seq as model_module
 
     original = model_module.Seq2Seq.forward
@@ -108,15 +98,15 @@ def test_nan_loss_stops_with_clear_message(repo, tmp_path, monkeypatch):
     monkeypatch.setattr(model_module.Seq2Seq, "forward", poisoned)
     run = tmp_path / "run"
     with pytest.raises(NmtError, match="non-finite"):
-        train(tiny(repo, "train.max_steps=10", "train.max_nan_skips=3"), run_dir=run)
+        train(tiny_recipe("train.max_steps=10", "train.max_nan_skips=3"), run_dir=run)
     assert not (run / "checkpoints/last.safetensors").exists(), "no corrupt checkpoint written"
 
 
 @pytest.mark.slow
-def test_two_processes_hold_identical_weights_and_match_single_process(repo, tmp_path):
+def test_two_processes_hold_identical_weights_and_match_single_process(repo, fast, tmp_path):
     """torchrun, 2 CPU processes (gloo): replicas agree, and the loss tracks a 1-process run with the
     same global batch (2 × batch_tokens) within tolerance."""
-    common = FAST + ["train.max_steps=8", "train.valid_every=8", "train.log_every=1", "model.dropout=0",
+    common = fast + ["train.max_steps=8", "train.valid_every=8", "train.log_every=1", "model.dropout=0",
                      "model.encoder.dropout=0", "model.decoder.dropout=0"]
     sets = sum((["--set", o] for o in common), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NMT_NO_PROGRESS": "1"}
@@ -142,7 +132,7 @@ def test_two_processes_hold_identical_weights_and_match_single_process(repo, tmp
     assert abs(sum(l2) / 8 - sum(l1) / 8) < 0.1 * (sum(l1) / 8)
 
 
-def test_validation_decodes_as_nmt_translate(repo, tmp_path, monkeypatch, capsysbinary):
+def test_validation_decodes_as_nmt_translate(tmp_path, monkeypatch, capsysbinary, tiny_recipe):
     """Validation's hypotheses (beam 3, several batches, inputs longer than decode.max_input_len)
     are the lines `nmt translate` writes for the valid sources with the same checkpoint."""
     import nmt.metrics
@@ -157,7 +147,7 @@ def test_validation_decodes_as_nmt_translate(repo, tmp_path, monkeypatch, capsys
         return score_corpus(hypotheses, references, *args, **kwargs)
 
     monkeypatch.setattr(nmt.metrics, "score_corpus", spy)
-    recipe = tiny(repo, "train.max_steps=2", "train.valid_every=2", "train.valid_beam=3",
+    recipe = tiny_recipe("train.max_steps=2", "train.valid_every=2", "train.valid_beam=3",
                   "train.valid_max_sentences=null", "decode.max_input_len=4", "decode.batch_tokens=60",
                   "decode.min_len=3")
     run = tmp_path / "run"

@@ -121,21 +121,17 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
-    import importlib
-
+    from nmt.data.corpus import SPLITS, load_corpus
     from nmt.inference.translator import Translator
 
-    data_module = importlib.import_module("nmt.data.corpus")
-
-    known_splits = getattr(data_module, "SPLITS", None)
-    if known_splits and split not in known_splits:
-        raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(known_splits)}")
+    if split not in SPLITS:
+        raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
     translator = Translator.load(run, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
     recipe.decode = recipe.decode.updated(decode, label=label)
     beam, shortlist = recipe.decode.beam, recipe.decode.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
-    corpus = data_module.load_corpus(recipe.data, splits=(split,))
+    corpus = load_corpus(recipe.data, splits=(split,))
     if split not in corpus:
         raise DataError(f"the run's corpus has no split {split!r} (available: "
                         f"{', '.join(map(str, corpus)) or 'none'})")
