@@ -302,8 +302,8 @@ def keep_freed_memory_for_reuse() -> bool:
     """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse (``mallopt``).
 
     By default glibc returns large freed blocks to the kernel, so the same activation and gradient
-    buffers are mapped and page-faulted in again at every training step (5-10% of a bf16 step on
-    the benchmark CPU; PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for the same reason).
+    buffers are mapped and page-faulted in again at every training step; PyTorch's CPU
+    tuning guide suggests jemalloc or tcmalloc for the same reason.
     The peak footprint does not grow: memory is only kept, not added. Skipped when the user set any
     ``MALLOC_*`` variable or the C library is not glibc. Returns whether it was applied.
     """

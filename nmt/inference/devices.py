@@ -31,7 +31,7 @@ def distributed_state():
     """accelerate's ``PartialState``, with the device choice of :func:`force_cpu`.
 
     One process on a machine with no accelerator needs none of it: that case skips accelerate,
-    whose ``PartialState()`` alone took 0.4 s of the 2.3 s start-up of ``nmt translate``.
+    whose ``PartialState()`` is a noticeable part of the start-up of ``nmt translate``.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
     if not launched and torch.accelerator.current_accelerator() is None:

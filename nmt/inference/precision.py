@@ -23,8 +23,8 @@ def linear_weights_to_bf16(model: nn.Module) -> nn.Module:
 
     Autocast caches the bf16 copies of weights only while autograd records (leaf tensors that
     require grad); under ``torch.inference_mode`` it casts every Linear weight again at every call.
-    In search that is the output layer (vocabulary × hidden) once per step: 19% of the CPU time of
-    beam search (torch profiler, 8k vocabulary). Autocast would cast these weights to bfloat16 for
+    In search that is the output layer (vocabulary × hidden) once per step, a large
+    share of beam search's CPU time (docs/performance.md). Autocast would cast these weights to bfloat16 for
     the GEMM anyway, so the search computes the same numbers.
     """
     model = copy.deepcopy(model)

@@ -177,8 +177,8 @@ class LogNormaliser:
 
     ``log_probs = logits - log_norm[:, None]`` without writing that matrix: search needs the
     log-probabilities of the few tokens it keeps only. One float32 scratch matrix is reused for
-    every step of a search (a fresh (N, V) allocation per step made ``torch.logsumexp`` 2.2x
-    slower on CPU); bfloat16 logits are widened on the way into it.
+    every step of a search (a fresh (N, V) allocation per step makes ``torch.logsumexp``
+    much slower on CPU); bfloat16 logits are widened on the way into it.
     """
 
     def __init__(self) -> None:
@@ -369,7 +369,7 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     penalised = raw / length_penalty(lengths.clamp(min=1), opts.length_penalty)
     if opts.coverage_penalty:
         penalised = penalised + coverage_penalty(att.sum(1), src_mask, opts.coverage_penalty)
-    # whole tensors to Python lists once: per-sentence tensor indexing cost ~6% of greedy decoding
+    # whole tensors to Python lists once: per-sentence tensor indexing is slow
     all_tokens, all_log_probs = tokens.tolist(), tok_lps.tolist()
     scores, raw_scores = penalised.tolist(), raw.tolist()
     results = []

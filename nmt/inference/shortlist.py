@@ -13,7 +13,7 @@ all three to the union, over the batch, of
 as Marian's ``--shortlist`` and CTranslate2's vocabulary map do. Search then normalises the
 log-probabilities over the shortlist (a token outside it has probability 0), which is what makes the
 hypotheses' scores equal to those of the full model with every other output logit set to -inf (the
-tests check exactly that). Whether it costs BLEU is measured, not assumed (README, speed section).
+tests check exactly that). Whether it costs BLEU is measured, not assumed (docs/results.md).
 
 IBM Model 1 with a NULL source word (PAD's id stands for it; it never occurs in a real source):
     p(t | s) ∝ Σ_pairs Σ_{j: t_j = t} Σ_{i: s_i = s} p(t_j | s_i) / Σ_{i'} p(t_j | s_{i'})

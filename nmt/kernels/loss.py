@@ -4,7 +4,7 @@ For a target vocabulary of 8k and ~4k target tokens per batch, the (tokens, voca
 the largest tensor of a training step, and autograd passes over it about seven times: the output
 GEMM, log-softmax, the loss's zero-filled gradient, the scatter of the targets, log-softmax's
 backward, a dtype copy, and the bias gradient. On a CPU each pass costs about as much as a small
-GEMM (15-18 ms each at 4096 x 8000, 2 threads).
+GEMM.
 
 Here the gradient of the loss with respect to the logits,
 
@@ -51,7 +51,7 @@ def _losses(log_probs: torch.Tensor, targets: torch.Tensor,
 
 #: bytes of one chunk of (rows, vocabulary) logits. Below glibc's largest mmap threshold (32 MiB),
 #: so the buffers are reused from the heap at every step instead of being mapped afresh and
-#: page-faulted in (measured: 10-12% faster than one (tokens, vocabulary) matrix at 4000 x 8000).
+#: page-faulted in (docs/performance.md).
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -106,7 +106,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_weight:
                     grad_weight += grad_logits.t() @ h[start:end]
                 if need_bias:
-                    # sum(dtype=float32) would first copy the chunk to float32 (8x slower)
+                    # sum(dtype=float32) would first copy the chunk to float32
                     grad_bias += grad_logits.sum(0)
                 start = end
         scale = grad_loss.to(acc)

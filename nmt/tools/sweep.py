@@ -20,7 +20,8 @@ its last checkpoint (``--resume``).
 
 ``jobs`` > 1 trains that many runs at once, each with ``cpu_count // jobs`` torch threads (unless the
 recipe sets ``train.num_threads``): the small models of a sweep use one core better than two, so two
-one-thread runs on a 2-core CPU finish a grid about 1.6x sooner than one two-thread run at a time.
+one-thread runs on a 2-core CPU finish a grid sooner than one two-thread run at a time
+(docs/results.md).
 The thread count changes no result (same data order, same seeds), only the wall time; use a step
 budget (``--steps``) rather than a time budget when running jobs side by side, so that every run
 sees the same number of updates whatever the machine's load.
