@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import Callable
 
-from nmt.config import add_decode_arguments
+from nmt.config import KERNELS, add_decode_arguments
 from nmt.errors import NmtError
 
 EPILOG_MAIN = """\
@@ -30,6 +30,12 @@ examples:
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_kernels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernels", choices=KERNELS,
+                   help="auto: CPU fast paths where they apply; reference: the plain equations only, "
+                        "as a GPU runs them (default: the recipe's model.kernels)")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -165,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
+    _add_kernels(p)
     add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT; "
                                              "default: one line per input line, the best"})
 
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt = bsub.add_parser("train", help="training throughput (target tokens/s)", formatter_class=_formatter)
     bt.add_argument("recipe")
     _add_set(bt)
+    _add_kernels(bt)
     bt.add_argument("--steps", type=int, default=200)
     bt.add_argument("--warmup", type=int, default=20)
     bt.add_argument("--flops", action="store_true",
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--checkpoint", default="best")
     btr.add_argument("--quantize", action="store_true")
     btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
+    _add_kernels(btr)
     add_decode_arguments(btr, exclude=("n_best",))
     btr.add_argument("--json", action="store_true")
 

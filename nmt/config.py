@@ -141,9 +141,18 @@ class ModelConfig:
     activation: str = "tanh"
     activation_options: dict[str, Any] = field(default_factory=dict)  #: e.g. ``{pieces: 2}``
     init: Literal["xavier_uniform", "uniform", "pytorch"] = "xavier_uniform"
+    #: Implementation of the operations that have a CPU fast path (``nmt/kernels``): ``auto`` takes
+    #: it where it applies (CPU training, search); ``reference`` runs only the plain equations of
+    #: ``nmt/model`` (nn.GRU, the attention and loss formulas, nn.Dropout), as a GPU does. Both give
+    #: the same numbers up to rounding; weights trained with one load with the other.
+    kernels: Literal["auto", "reference"] = "auto"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+#: the values of ``model.kernels``
+KERNELS: tuple[str, ...] = typing.get_args(typing.get_type_hints(ModelConfig)["kernels"])
 
 
 @dataclass

@@ -97,3 +97,10 @@ def make_tiny_model(kind: str = "bahdanau", input_feeding: bool = True, *, activ
 def tiny_model():
     """The factory :func:`make_tiny_model`."""
     return make_tiny_model
+
+
+@pytest.fixture(params=["auto", "reference"])
+def kernels(request) -> str:
+    """Both values of ``model.kernels``: the CPU fast paths where they apply, and the plain
+    equations only (what a GPU runs). Tests that take this fixture run under both."""
+    return request.param

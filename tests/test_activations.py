@@ -362,9 +362,10 @@ def test_selu_layer_is_lecun_normal_with_alpha_dropout():
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_drops_at_rate_p_and_scales_survivors(p, dtype):
+def test_dropout_drops_at_rate_p_and_scales_survivors(p, dtype, kernels):
+    """nn.Dropout (reference) and its CPU twin nmt.kernels.dropout (auto)."""
     torch.manual_seed(0)
-    drop = Dropout(p).train()
+    drop = Dropout(p, kernels).train()
     x = torch.full((400, 500), 3.0, dtype=dtype, requires_grad=True)
     y = drop(x)
     dropped = (y == 0).double().mean().item()
@@ -380,9 +381,9 @@ def test_dropout_drops_at_rate_p_and_scales_survivors(p, dtype):
     assert torch.all((lanes - p).abs() < 5 * math.sqrt(p * (1 - p) / (x.numel() / 4)))
 
 
-def test_dropout_is_identity_in_eval_and_reproducible_by_seed():
+def test_dropout_is_identity_in_eval_and_reproducible_by_seed(kernels):
     x = torch.randn(7, 33)
-    drop = Dropout(0.3)
+    drop = Dropout(0.3, kernels)
     assert torch.equal(drop.eval()(x), x)
     drop.train()
     torch.manual_seed(5)
@@ -390,8 +391,8 @@ def test_dropout_is_identity_in_eval_and_reproducible_by_seed():
     torch.manual_seed(5)
     assert torch.equal(drop(x), first)
     assert not torch.equal(drop(x), first)  # the generator moved on
-    assert torch.equal(Dropout(0.0).train()(x), x)
-    assert torch.count_nonzero(Dropout(1.0).train()(x)) == 0
+    assert torch.equal(Dropout(0.0, kernels).train()(x), x)
+    assert torch.count_nonzero(Dropout(1.0, kernels).train()(x)) == 0
 
 
 def test_activation_parameters():

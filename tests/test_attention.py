@@ -39,9 +39,9 @@ def key_dim(cfg: dict) -> int:
     return Q_DIM if cfg.get("score") == "dot" or cfg["kind"] == "luong-dot" else K_DIM
 
 
-def make(cfg: dict, seed: int = 0):
+def make(cfg: dict, seed: int = 0, kernels: str = "auto"):
     torch.manual_seed(seed)
-    return build_attention(query_dim=Q_DIM, key_dim=key_dim(cfg), **cfg).double().eval()
+    return build_attention(query_dim=Q_DIM, key_dim=key_dim(cfg), kernels=kernels, **cfg).double().eval()
 
 
 def batch(kdim: int, lengths=LENGTHS, tgt_len=TGT_LEN, seed: int = 1):
@@ -64,8 +64,8 @@ def is_local(cfg: dict) -> bool:
 
 
 @pytest.mark.parametrize("cfg", [c for _, c in KINDS], ids=IDS)
-def test_weights_normalised_and_exactly_zero_on_padding(cfg):
-    attn = make(cfg)
+def test_weights_normalised_and_exactly_zero_on_padding(cfg, kernels):
+    attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
     context, weights = attn(query, keys, values, mask)
     assert context.shape == (3, TGT_LEN, key_dim(cfg))
@@ -84,8 +84,8 @@ def test_weights_normalised_and_exactly_zero_on_padding(cfg):
 
 
 @pytest.mark.parametrize("cfg", [c for _, c in KINDS], ids=IDS)
-def test_padded_keys_and_values_change_nothing(cfg):
-    attn = make(cfg)
+def test_padded_keys_and_values_change_nothing(cfg, kernels):
+    attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
     context, weights = attn(query, keys, values, mask)
     pad = ~mask.unsqueeze(-1)
@@ -98,8 +98,8 @@ def test_padded_keys_and_values_change_nothing(cfg):
 
 
 @pytest.mark.parametrize("cfg", [c for _, c in KINDS], ids=IDS)
-def test_step_by_step_equals_all_at_once(cfg):
-    attn = make(cfg)
+def test_step_by_step_equals_all_at_once(cfg, kernels):
+    attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
     proj = attn.precompute(keys, values)
     context, weights = attn(query, keys, values, mask, proj_keys=proj)
@@ -114,8 +114,8 @@ def test_step_by_step_equals_all_at_once(cfg):
 
 
 @pytest.mark.parametrize("cfg", [c for _, c in KINDS], ids=IDS)
-def test_precompute_path_equals_plain_path(cfg):
-    attn = make(cfg)
+def test_precompute_path_equals_plain_path(cfg, kernels):
+    attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
     plain = attn(query, keys, values, mask)
     # values differ from keys here, so multi-head (which also projects the values) must be told
@@ -172,8 +172,8 @@ def test_masked_softmax_fully_masked_row_is_zero_not_nan():
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-concat"])
 @pytest.mark.parametrize("activation,fn", [("tanh", torch.tanh), ("relu", F.relu)])
-def test_additive_score_matches_einsum(kind, activation, fn):
-    attn = make(dict(kind=kind, hidden_size=10, activation=activation))
+def test_additive_score_matches_einsum(kind, activation, fn, kernels):
+    attn = make(dict(kind=kind, hidden_size=10, activation=activation), kernels=kernels)
     query, keys, values, mask = batch(K_DIM)
     w_q, w_k, b_k = attn.query_proj.weight, attn.key_proj.weight, attn.key_proj.bias
     v = attn.v.weight[0]
@@ -188,11 +188,28 @@ def test_additive_score_matches_einsum(kind, activation, fn):
     torch.testing.assert_close(context, torch.einsum("bts,bsk->btk", weights, values))
 
 
+@pytest.mark.parametrize("kind", ["bahdanau", "luong-concat"])
+def test_tanh_by_sigmoid_equals_the_tanh_equation_in_float64(kind):
+    """The fast twin (kernels.additive_tanh_score, auto) against the plain score (reference) of the
+    same weights, values and gradients."""
+    fast, plain = make(dict(kind=kind, hidden_size=10), kernels="auto"), make(dict(kind=kind, hidden_size=10),
+                                                                             kernels="reference")
+    query, keys, _, _ = batch(K_DIM)
+    query.requires_grad_()
+    results = []
+    for attn in (fast, plain):
+        scores = attn.score(query, keys, attn.precompute(keys))
+        results.append((scores, torch.autograd.grad(scores.square().sum(), [query, *attn.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
+    for g, e in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
 def test_tanh_score_keeps_its_precision_under_bf16_autocast():
     """tanh runs as 2σ(2a) - 1 (faster on CPU); with a large Σv the constant must be subtracted
     before the bf16 result is rounded, or scores lose their low bits (measured: 0.14 instead of 0.02 here)."""
     torch.manual_seed(0)
-    attn = make(dict(kind="bahdanau", hidden_size=256, activation="tanh")).float()
+    attn = make(dict(kind="bahdanau", hidden_size=256, activation="tanh"), kernels="auto").float()
     with torch.no_grad():
         attn.v.weight.fill_(0.25)  # Σv = 64, while each score stays within a few units
         attn.query_proj.weight.mul_(0.05)

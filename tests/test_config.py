@@ -161,3 +161,11 @@ def test_yaml_no_is_read_as_the_word_for_choices(tmp_path):
     assert load_recipe(path, ["train.precision=no"]).train.precision == "no"
     with pytest.raises(ConfigError, match="train.precision"):
         load_recipe(path, ["train.precision=yes"])
+
+
+def test_model_kernels_choices():
+    data = {"path": "x"}
+    assert recipe_from_dict({"data": data}).model.kernels == "auto"
+    assert recipe_from_dict({"data": data, "model": {"kernels": "reference"}}).model.kernels == "reference"
+    problems = problems_of({"data": data, "model": {"kernels": "refrence"}})
+    assert "model.kernels: got 'refrence'" in problems[0] and "did you mean 'reference'" in problems[0]

@@ -1,15 +1,22 @@
-"""The hand-written time loops (nmt.kernels.gru) against torch.nn.GRU and the decoder's step loop:
-values, gradients, lengths, masks, precision."""
+"""The hand-written time loops (nmt.kernels.gru, nmt.kernels.bahdanau) against torch.nn.GRU, the
+plain GRU cell and the decoder's step loop: values, gradients, lengths, masks, precision."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-import nmt.model.decoder
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig
-from nmt.kernels.gru import BahdanauRecurrence, GRUScan, run_gru, use_gru_scan
-from nmt.model.decoder import BahdanauDecoder, DecoderState, LuongDecoder, Memory
+from nmt.kernels import BahdanauRecurrence, GRUScan, bahdanau_recurrence_applies, gru_scan_applies, run_gru
+from nmt.model.decoder import BahdanauDecoder, DecoderState, LuongDecoder, Memory, gru_cell
 from nmt.model.encoder import Encoder
+
+
+def test_plain_gru_cell_equals_nn_gru_cell():
+    torch.manual_seed(9)
+    cell = nn.GRUCell(5, 4).double()
+    x, h = torch.randn(3, 5, dtype=torch.double), torch.randn(3, 4, dtype=torch.double)
+    gates_x = nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
+    torch.testing.assert_close(gru_cell(gates_x, h, cell.weight_hh, cell.bias_hh), cell(x, h), rtol=0, atol=1e-12)
 
 
 def _packed_reference(rnn, x, lengths, h0):
@@ -84,28 +91,39 @@ def test_bf16_autocast_stays_close_to_float32():
 
 def test_used_only_for_cpu_training():
     x = torch.zeros(1, 1, 1)
-    assert use_gru_scan(x)
+    assert gru_scan_applies(x) and bahdanau_recurrence_applies(x, 1, "tanh")
+    assert not bahdanau_recurrence_applies(x, 2, "tanh") and not bahdanau_recurrence_applies(x, 1, "relu")
     with torch.no_grad():
-        assert not use_gru_scan(x)
+        assert not gru_scan_applies(x) and not bahdanau_recurrence_applies(x, 1, "tanh")
+    meta = torch.zeros(1, 1, 1, device="meta")
+    assert not gru_scan_applies(meta) and not bahdanau_recurrence_applies(meta, 1, "tanh")
 
 
-def test_encoder_training_path_equals_packed_inference_path():
-    """Train mode (GRUScan) and no-grad (packed nn.GRU) give the same annotations without dropout."""
+def test_encoder_scan_equals_packed_nn_gru():
+    """The encoder under auto (GRUScan in training) and under reference (packed nn.GRU) give the
+    same annotations and gradients without dropout."""
     torch.manual_seed(4)
-    enc = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.0)).double()
+    fast = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.0), kernels="auto").double()
+    plain = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.0), kernels="reference").double()
+    plain.load_state_dict(fast.state_dict())
     emb = torch.randn(3, 5, 6, dtype=torch.double)
     lengths = torch.tensor([5, 2, 4])
     mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
-    trained = enc(emb, lengths, mask)
-    with torch.no_grad():
-        inferred = enc(emb, lengths, mask)
-    torch.testing.assert_close(trained.states, inferred.states, rtol=0, atol=1e-12)
-    torch.testing.assert_close(trained.final, inferred.final, rtol=0, atol=1e-12)
+    grads = []
+    for enc in (fast, plain):
+        out = enc(emb, lengths, mask)
+        grads.append(torch.autograd.grad(out.states.sum() + out.final.square().sum(), list(enc.parameters())))
+        with torch.no_grad():
+            inferred = enc(emb, lengths, mask)  # no autograd: nn.GRU under both settings
+        torch.testing.assert_close(out.states, inferred.states, rtol=0, atol=1e-12)
+        torch.testing.assert_close(out.final, inferred.final, rtol=0, atol=1e-12)
+    for g, e in zip(*grads):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
 
 
-def test_encoder_dropout_between_layers_only_in_training():
+def test_encoder_dropout_between_layers_only_in_training(kernels):
     torch.manual_seed(5)
-    enc = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.5))
+    enc = Encoder(6, EncoderConfig(layers=2, hidden_size=5, dropout=0.5), kernels=kernels)
     emb = torch.randn(3, 5, 6)
     lengths = torch.tensor([5, 2, 4])
     mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
@@ -119,32 +137,34 @@ def test_encoder_dropout_between_layers_only_in_training():
 def test_luong_decoder_without_feeding_trains_through_the_scan():
     torch.manual_seed(6)
     cfg = DecoderConfig(layers=1, hidden_size=5, dropout=0.0, input_feeding=False)
-    dec = LuongDecoder(4, 6, 5, cfg, AttentionConfig(kind="luong-general"), "tanh", {}).double()
+    fast = LuongDecoder(4, 6, 5, cfg, AttentionConfig(kind="luong-general"), "tanh", {}, "auto").double()
+    plain = LuongDecoder(4, 6, 5, cfg, AttentionConfig(kind="luong-general"), "tanh", {}, "reference").double()
+    plain.load_state_dict(fast.state_dict())
     keys = torch.randn(2, 3, 6, dtype=torch.double)
-    memory = dec.precompute(Memory(keys=keys, mask=torch.ones(2, 3, dtype=torch.bool)))
+    mask = torch.ones(2, 3, dtype=torch.bool)
     emb = torch.randn(2, 4, 4, dtype=torch.double)
     state = DecoderState(hidden=torch.randn(2, 1, 5, dtype=torch.double))
-    out, _ = dec(emb, state, memory)
-    with torch.no_grad():
-        ref, _ = dec(emb, state, memory)
+    out, _ = fast(emb, state, fast.precompute(Memory(keys=keys, mask=mask)))
+    ref, _ = plain(emb, state, plain.precompute(Memory(keys=keys, mask=mask)))
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     out.sum().backward()
-    assert dec.rnn.weight_hh_l0.grad.abs().sum() > 0
+    ref.sum().backward()
+    for g, e in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(g.grad, e.grad, rtol=0, atol=1e-12)
+    assert fast.rnn.weight_hh_l0.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------- the Bahdanau decoder's time loop
 
-def _bahdanau_decoder(layers=1, activation=None, seed=7):
+def _bahdanau_decoder(layers=1, activation=None, seed=7, kernels="auto"):
     torch.manual_seed(seed)
     cfg = DecoderConfig(layers=layers, hidden_size=5, dropout=0.0)
     return BahdanauDecoder(4, 6, 7, cfg, AttentionConfig(kind="bahdanau", activation=activation),
-                           "tanh", {}).double()
+                           "tanh", {}, kernels).double()
 
 
-def _decoder_grads(dec, fused, monkeypatch):
-    """Readout, attention and all gradients of one teacher-forced pass, fused or step by step."""
-    monkeypatch.setattr(nmt.model.decoder, "use_gru_scan",
-                        (lambda x: torch.is_grad_enabled()) if fused else (lambda x: False))
+def _decoder_grads(dec):
+    """Readout, attention and all gradients of one teacher-forced pass."""
     gen = torch.Generator().manual_seed(11)
     keys = torch.randn(3, 4, 6, dtype=torch.double, generator=gen).requires_grad_()
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
@@ -156,15 +176,11 @@ def _decoder_grads(dec, fused, monkeypatch):
     return readout, weights, grads
 
 
-def test_bahdanau_recurrence_equals_the_step_loop(monkeypatch):
-    dec = _bahdanau_decoder()
-    calls = []
-    original = BahdanauRecurrence.apply
-    monkeypatch.setattr(BahdanauRecurrence, "apply", lambda *a: calls.append(1) or original(*a))
-    ref_out, ref_w, ref_grads = _decoder_grads(dec, False, monkeypatch)
-    assert not calls
-    out, w, grads = _decoder_grads(dec, True, monkeypatch)
-    assert calls  # the fused loop did run
+def test_bahdanau_recurrence_equals_the_step_loop():
+    """The fused loop (auto, CPU training) against the plain step loop (reference), same weights."""
+    fast, plain = _bahdanau_decoder(kernels="auto"), _bahdanau_decoder(kernels="reference")
+    ref_out, ref_w, ref_grads = _decoder_grads(plain)
+    out, w, grads = _decoder_grads(fast)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
     torch.testing.assert_close(w, ref_w, rtol=0, atol=1e-12)
     assert w[1, :, 2:].abs().max() == 0 and w[2, :, 1:].abs().max() == 0  # padding gets no attention
@@ -173,10 +189,14 @@ def test_bahdanau_recurrence_equals_the_step_loop(monkeypatch):
 
 
 @pytest.mark.parametrize("layers,activation", [(2, None), (1, "relu")])
-def test_bahdanau_configurations_the_fused_loop_does_not_cover_keep_the_step_loop(layers, activation, monkeypatch):
-    dec = _bahdanau_decoder(layers=layers, activation=activation)
-    monkeypatch.setattr(BahdanauRecurrence, "apply", lambda *a: pytest.fail("fused loop used"))
-    _decoder_grads(dec, True, monkeypatch)
+def test_bahdanau_configurations_the_fused_loop_does_not_cover_keep_the_step_loop(layers, activation):
+    """Only where ``bahdanau_recurrence_applies``; elsewhere auto runs the step loop (and agrees)."""
+    fast = _bahdanau_decoder(layers=layers, activation=activation, kernels="auto")
+    plain = _bahdanau_decoder(layers=layers, activation=activation, kernels="reference")
+    emb = torch.zeros(1, 1, 1)
+    assert not bahdanau_recurrence_applies(emb, layers, fast.attention.activation_name)
+    for g, e in zip(_decoder_grads(fast)[2], _decoder_grads(plain)[2]):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
 
 
 def test_bahdanau_recurrence_passes_gradcheck():
@@ -196,9 +216,8 @@ def test_bahdanau_recurrence_passes_gradcheck():
     assert torch.autograd.gradcheck(states_and_contexts, args)
 
 
-def test_bahdanau_recurrence_under_bf16_autocast_stays_close(monkeypatch):
+def test_bahdanau_recurrence_under_bf16_autocast_stays_close():
     dec = _bahdanau_decoder().float()
-    monkeypatch.setattr(nmt.model.decoder, "use_gru_scan", lambda x: torch.is_grad_enabled())
     keys, emb = torch.randn(3, 4, 6), torch.randn(3, 5, 4)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     h0 = torch.randn(3, 1, 5)

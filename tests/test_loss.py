@@ -1,10 +1,11 @@
-"""The fused output layer + cross-entropy (nmt.kernels.loss) against PyTorch's own two-step computation."""
+"""The loss: the plain equation (nmt.model.seq2seq.cross_entropy) and its fast twin, the fused
+output layer + cross-entropy (nmt.kernels.loss), against PyTorch's own two-step computation."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-import nmt.kernels.loss
-from nmt.kernels.loss import linear_cross_entropy
+from nmt.kernels.loss import CHUNK_BYTES, linear_cross_entropy
+from nmt.model.seq2seq import cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,12 +29,10 @@ def _grads(*tensors):
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("chunk_bytes", [None, 10 * 29 * 8])  # one chunk; 37 rows as 10+10+10+7
-def test_loss_and_gradients_equal_cross_entropy_of_linear(label_smoothing, bias, chunk_bytes, monkeypatch):
-    if chunk_bytes:
-        monkeypatch.setattr(nmt.kernels.loss, "CHUNK_BYTES", chunk_bytes)
+@pytest.mark.parametrize("chunk_bytes", [CHUNK_BYTES, 10 * 29 * 8])  # one chunk; 37 rows as 10+10+10+7
+def test_loss_and_gradients_equal_cross_entropy_of_linear(label_smoothing, bias, chunk_bytes):
     hidden, weight, b, targets = _inputs(bias=bias)
-    loss, nll = linear_cross_entropy(hidden, weight, b, targets, label_smoothing)
+    loss, nll = linear_cross_entropy(hidden, weight, b, targets, label_smoothing, chunk_bytes=chunk_bytes)
     (2.5 * loss).backward()  # a non-unit incoming gradient must scale every gradient
     ours = _grads(hidden, weight, b)
 
@@ -47,6 +46,38 @@ def test_loss_and_gradients_equal_cross_entropy_of_linear(label_smoothing, bias,
         if r is not None:
             torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
     assert not nll.requires_grad
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_plain_loss_is_pytorch_cross_entropy(label_smoothing):
+    hidden, weight, b, targets = _inputs()
+    logits = F.linear(hidden, weight, b)
+    loss, nll = cross_entropy(logits, targets, label_smoothing)
+    loss.backward()
+    ours = _grads(hidden, weight, b)
+    ref = F.cross_entropy(F.linear(hidden, weight, b), targets, label_smoothing=label_smoothing, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nll, F.cross_entropy(logits, targets, reduction="sum").detach(), rtol=1e-12, atol=1e-12)
+    for a, r in zip(ours, _grads(hidden, weight, b)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert not nll.requires_grad
+    bf16 = cross_entropy(logits.detach().bfloat16(), targets, label_smoothing)[0]
+    assert bf16.dtype == torch.float32  # summed in float32 at least
+
+
+def test_fused_equals_plain_in_float64():
+    """The two twins the model chooses between (kernels auto / reference), values and gradients."""
+    hidden, weight, b, targets = _inputs()
+    fused = linear_cross_entropy(hidden, weight, b, targets, 0.2, chunk_bytes=10 * 29 * 8)
+    fused[0].backward()
+    got = _grads(hidden, weight, b)
+    plain = cross_entropy(F.linear(hidden, weight, b), targets, 0.2)
+    plain[0].backward()
+    for a, r in zip(fused, plain):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    for a, r in zip(got, _grads(hidden, weight, b)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
 
 
 def test_gradcheck():
@@ -91,12 +122,13 @@ def test_bf16_autocast_matches_float32_within_bf16_precision():
         assert (a - r).abs().max() <= 3e-2 * r.abs().max()
 
 
-def test_model_loss_ignores_padding():
-    """Seq2Seq.loss through the fused op: padded positions contribute nothing."""
+def test_model_loss_ignores_padding(kernels):
+    """Seq2Seq.loss (fused op or plain equation): padded positions contribute nothing."""
     from nmt.config import DecoderConfig, EncoderConfig, ModelConfig
     from nmt.model.seq2seq import build_model
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=8, dropout=0.0, encoder=EncoderConfig(hidden_size=8, dropout=0.0),
+    cfg = ModelConfig(embedding_dim=8, dropout=0.0, kernels=kernels,
+                      encoder=EncoderConfig(hidden_size=8, dropout=0.0),
                       decoder=DecoderConfig(hidden_size=8, dropout=0.0))
     model = build_model(cfg, 20, 20)
     readout = torch.randn(2, 4, model.output.in_features)

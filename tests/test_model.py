@@ -38,8 +38,8 @@ def batch(lengths, vocab=17, tgt_lengths=None, vocab_t=19, seed=1):
 
 
 @pytest.mark.parametrize("kind,feed,activation", [k + ("tanh",) for k in KINDS] + APRELU)
-def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation, tiny_model):
-    model = tiny_model(kind, feed, activation=activation, attention_activation=activation)
+def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation, tiny_model, kernels):
+    model = tiny_model(kind, feed, activation=activation, attention_activation=activation, kernels=kernels)
     src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
     with torch.no_grad():
         loss_sum, nll_sum = model(src, lens, smask, tgt_in, tgt_out, tmask)
@@ -56,8 +56,8 @@ def test_teacher_forced_loss_equals_sum_of_step_losses(kind, feed, activation, t
 
 
 @pytest.mark.parametrize("kind,feed", KINDS)
-def test_step_attention_equals_teacher_forced_attention(kind, feed, tiny_model):
-    model = tiny_model(kind, feed)
+def test_step_attention_equals_teacher_forced_attention(kind, feed, tiny_model, kernels):
+    model = tiny_model(kind, feed, kernels=kernels)
     src, lens, smask, tgt_in, tgt_out, tmask = batch([4, 6])
     with torch.no_grad():
         _, weights = model.teacher_force(src, lens, smask, tgt_in)
@@ -72,43 +72,70 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed, tiny_model):
 @pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False),
                                              ("aprelu", True)])
 def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold, tiny_model):
-    """The folded search step (context weights applied to the keys, embedding tables, one memory row
-    per sentence for its K beams) computes what the plain step computes on per-beam memory."""
+    """The fast search step (kernels.search: context weights applied to the keys, embedding tables,
+    one memory row per sentence for its K beams) computes what the plain step computes on per-beam
+    memory."""
     model = tiny_model("bahdanau", activation=activation, attention_activation=activation)
     src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
     K = 3
     rows = torch.arange(3).repeat_interleave(K)
     with torch.inference_mode():
+        tables = model.search_tables()
         enc = model.encode(src, lens, smask)
         plain_state, plain_memory = model.start(enc)
-        search_state, search_memory = model.start(enc, search=True, fold_context=fold)
-        assert not plain_memory.for_search and search_memory.for_search
-        assert (search_memory.context_proj is not None) == fold
+        search_state, search_memory = model.start(enc, tables, fold_context=fold)
+        assert (search_memory.folded is not None) == fold and plain_memory.folded is None
         plain_state, plain_memory = plain_state.select(rows), plain_memory.select(rows)
         search_state = search_state.select(rows)
         g = torch.Generator().manual_seed(3)
         for t in range(4):
             prev = torch.randint(4, 19, (3 * K,), generator=g)
             want_logits, want = model.step_logits(prev, plain_state, plain_memory)
-            got_logits, got = model.step_logits(prev, search_state, search_memory)
+            got_logits, got = model.step_logits(prev, search_state, search_memory, tables=tables)
             torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got.attention, want.attention, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(got.state.hidden, want.state.hidden, rtol=1e-5, atol=1e-6)
             # beams diverge: reorder the rows of the state, as beam search does
             order = (torch.arange(3).repeat_interleave(K) * K + torch.randint(0, K, (3 * K,), generator=g))
             plain_state, search_state = want.state.select(order), got.state.select(order)
-    # the per-vocabulary tables are rebuilt once the weights change
-    tables = model.decoder.embedding_tables(model.tgt_embed.weight)
-    with torch.no_grad():
-        model.tgt_embed.weight.add_(1.0)
+
+
+def test_search_tables_only_under_auto_in_eval_without_autograd(tiny_model):
+    """``reference`` searches with the plain step; tables are never built where autograd records."""
+    model = tiny_model("bahdanau")
     with torch.inference_mode():
-        fresh = model.decoder.embedding_tables(model.tgt_embed.weight)
-    assert not torch.allclose(fresh[0], tables[0])
+        assert model.search_tables() is not None
+        assert tiny_model("bahdanau", kernels="reference").search_tables() is None
+        assert tiny_model("luong-general").search_tables() is None  # no fast step for Luong
+    assert model.search_tables() is None  # autograd on
+    with torch.inference_mode():
+        assert model.train().search_tables() is None
 
 
-def test_packed_encoder_ignores_padding(tiny_model):
+@pytest.mark.parametrize("kind,feed,layers", [("bahdanau", True, 1), ("bahdanau", True, 2),
+                                              ("luong-general", False, 1), ("luong-concat", True, 1)])
+def test_auto_equals_reference_in_float64_with_gradients(kind, feed, layers, tiny_model):
+    """The whole training objective: every fast twin that applies (GRU scan, Bahdanau recurrence,
+    tanh by sigmoid, fused loss) against the plain equations, values and gradients to 1e-10."""
+    fast = tiny_model(kind, feed, layers=layers).double().train()
+    plain = tiny_model(kind, feed, layers=layers, kernels="reference").double().train()
+    plain.load_state_dict(fast.state_dict())
+    src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
+    results = []
+    for model in (fast, plain):
+        loss, nll = model(src, lens, smask, tgt_in, tgt_out, tmask, label_smoothing=0.1)
+        loss.backward()
+        results.append((loss.detach(), nll, {n: p.grad for n, p in model.named_parameters()}))
+    (loss_f, nll_f, grads_f), (loss_p, nll_p, grads_p) = results
+    torch.testing.assert_close(loss_f, loss_p, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(nll_f, nll_p, rtol=1e-12, atol=1e-10)
+    for name, grad in grads_p.items():
+        torch.testing.assert_close(grads_f[name], grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_packed_encoder_ignores_padding(tiny_model, kernels):
     """A sentence encodes the same alone and in a batch padded to a longer length."""
-    model = tiny_model(layers=2, self_att=1)
+    model = tiny_model(layers=2, self_att=1, kernels=kernels)
     src, lens, smask, *_ = batch([3, 9, 5])
     with torch.no_grad():
         together = model.encode(src, lens, smask)
@@ -128,8 +155,8 @@ def test_packed_matches_unpacked_gru_on_real_positions(tiny_model):
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_label_smoothing_formula(tiny_model):
-    model = tiny_model()
+def test_label_smoothing_formula(tiny_model, kernels):
+    model = tiny_model(kernels=kernels)
     src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 4])
     with torch.no_grad():
         readout, _ = model.teacher_force(src, lens, smask, tgt_in)
@@ -141,8 +168,8 @@ def test_label_smoothing_formula(tiny_model):
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "swish", "selu", "prelu", "aprelu", "arelu", "maxout", "mish"])
-def test_every_registry_activation_builds_and_trains_a_step(activation, tiny_model):
-    model = tiny_model("luong-general", True, activation=activation).train()
+def test_every_registry_activation_builds_and_trains_a_step(activation, tiny_model, kernels):
+    model = tiny_model("luong-general", True, activation=activation, kernels=kernels).train()
     src, lens, smask, tgt_in, tgt_out, tmask = batch([3, 5])
     loss, _ = model(src, lens, smask, tgt_in, tgt_out, tmask)
     loss.backward()
@@ -168,7 +195,7 @@ def test_tied_embeddings_share_storage(tiny_model):
     assert model.output.weight.data_ptr() == model.tgt_embed.weight.data_ptr()
 
 
-def test_model_overfits_twenty_pairs():
+def test_model_overfits_twenty_pairs(kernels):
     """20 pairs, learned to exact reproduction under greedy decoding."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(3)
@@ -177,7 +204,8 @@ def test_model_overfits_twenty_pairs():
         n = int(torch.randint(2, 6, (1,), generator=g))
         s = torch.randint(4, 15, (n,), generator=g).tolist()
         pairs.append((s + [EOS], [x + 2 for x in reversed(s)] + [EOS]))  # reverse and shift
-    cfg = ModelConfig(embedding_dim=32, dropout=0.0, encoder=EncoderConfig(hidden_size=32, dropout=0.0),
+    cfg = ModelConfig(embedding_dim=32, dropout=0.0, kernels=kernels,
+                      encoder=EncoderConfig(hidden_size=32, dropout=0.0),
                       decoder=DecoderConfig(hidden_size=64, dropout=0.0),
                       attention=AttentionConfig(kind="bahdanau"))
     model = build_model(cfg, 17, 19)

@@ -57,10 +57,10 @@ def test_signal_writes_a_final_checkpoint_and_resume_continues(repo, fast, tmp_p
 
 
 @pytest.mark.slow
-def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, fast, tmp_path):
+def test_kill_9_leaves_the_last_complete_checkpoint_and_resume_matches(repo, fast, tmp_path, kernels):
     """kill -9 in the middle of training; --resume finishes with the weights of an uninterrupted run."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = ["train.max_steps=40", "train.valid_every=4", "model.dropout=0.2"]
+    args = ["train.max_steps=40", "train.valid_every=4", "model.dropout=0.2", f"model.kernels={kernels}"]
     done = subprocess.run(train_cmd(repo, fast, full, *args), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     proc = subprocess.Popen(train_cmd(repo, fast, killed, *args), env=ENV, stdout=subprocess.DEVNULL,

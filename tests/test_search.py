@@ -63,8 +63,8 @@ def forced(model, srcs, targets, add_eos=False):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("extra", [{}, {"min_len": 2, "no_repeat_ngram": 2}], ids=["plain", "constrained"])
-def test_beam_one_equals_greedy(kind, extra, tiny_model):
-    model = tiny_model(kind, eos_bias=1.0, out_scale=2.0)
+def test_beam_one_equals_greedy(kind, extra, tiny_model, kernels):
+    model = tiny_model(kind, eos_bias=1.0, out_scale=2.0, kernels=kernels)
     srcs = sources(6)
     greedy = run(greedy_search, model, srcs, beam=1, **extra)
     beam = run(beam_search, model, srcs, beam=1, **extra)
@@ -128,9 +128,9 @@ def exhaustive_scores(model, src: list[int], candidates, alpha=0.0, beta=0.0):
 
 
 @pytest.mark.parametrize("kind,max_len", [("bahdanau", 3), ("luong-general", 4), ("local-p", 3)])
-def test_large_beam_equals_exhaustive_enumeration(kind, max_len, tiny_model):
+def test_large_beam_equals_exhaustive_enumeration(kind, max_len, tiny_model, kernels):
     vocab = 6  # specials + 2 real tokens: generable UNK, EOS, 4, 5
-    model = tiny_model(kind, tgt_vocab=vocab, eos_bias=0.5, out_scale=3.0, seed=3)
+    model = tiny_model(kind, tgt_vocab=vocab, eos_bias=0.5, out_scale=3.0, seed=3, kernels=kernels)
     src = [4, 7, 5, EOS_ID]
     candidates = enumerate_outputs(max_len, vocab)
     scores = exhaustive_scores(model, src, candidates)
@@ -178,9 +178,10 @@ def test_exhaustive_needs_a_beam_for_every_continuation_not_every_prefix(tiny_mo
     # stopping on the raw score (instead of the bound raw / lp(max_len)) would miss it
     (2.0, 0.0, 1, 4, 5, 2.0),
 ])
-def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_len, seed, eos_bias, tiny_model):
+def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_len, seed, eos_bias, tiny_model, kernels):
     vocab = 6
-    model = tiny_model("bahdanau", tgt_vocab=vocab, eos_bias=eos_bias, out_scale=3.0, seed=seed)
+    model = tiny_model("bahdanau", tgt_vocab=vocab, eos_bias=eos_bias, out_scale=3.0, seed=seed,
+                       kernels=kernels)
     src = [6, 4, 8, 9, EOS_ID]
     candidates = enumerate_outputs(max_len, vocab)
     scores = exhaustive_scores(model, src, candidates, alpha, beta)
@@ -195,8 +196,8 @@ def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_le
 # ------------------------------------------------------------------- scores = forced decoding
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-concat", "local-p"])
-def test_beam_scores_equal_forced_decoding(kind, tiny_model):
-    model = tiny_model(kind, eos_bias=1.5, out_scale=2.0)
+def test_beam_scores_equal_forced_decoding(kind, tiny_model, kernels):
+    model = tiny_model(kind, eos_bias=1.5, out_scale=2.0, kernels=kernels)
     srcs = sources(5, seed=4)
     results = run(beam_search, model, srcs, beam=4, n_best=4, max_len_b=4)
     flat_src = [s for s, hyps in zip(srcs, results) for _ in hyps]
@@ -252,11 +253,29 @@ def test_score_targets_appends_eos(tiny_model):
     assert with_eos[1] > added[1]  # one token fewer (log-probs are negative)
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_fast_search_step_finds_what_the_plain_step_finds(beam, tiny_model):
+    """Search with the fast step (kernels.search: embedding tables, context folding with beams,
+    memory shared by a sentence's beams) against the plain step of the same weights."""
+    fast, plain = tiny_model(eos_bias=1.0, out_scale=1.5), tiny_model(eos_bias=1.0, out_scale=1.5,
+                                                                       kernels="reference")
+    with torch.inference_mode():
+        assert fast.search_tables() is not None and plain.search_tables() is None
+    srcs = sources(7, seed=11)
+    got = run(search, fast, srcs, beam=beam, n_best=min(beam, 2), return_attention=True)
+    want = run(search, plain, srcs, beam=beam, n_best=min(beam, 2), return_attention=True)
+    for g_hyps, w_hyps in zip(got, want):
+        assert [h.tokens for h in g_hyps] == [h.tokens for h in w_hyps]
+        assert [h.score for h in g_hyps] == pytest.approx([h.score for h in w_hyps], abs=1e-5)
+        for a, b in zip(g_hyps, w_hyps):
+            torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------- batching
 
 @pytest.mark.parametrize("kind,beam", [("bahdanau", 1), ("bahdanau", 4), ("local-p", 3), ("luong-general", 5)])
-def test_batch_equals_one_by_one(kind, beam, tiny_model):
-    model = tiny_model(kind, eos_bias=1.0, out_scale=1.5)
+def test_batch_equals_one_by_one(kind, beam, tiny_model, kernels):
+    model = tiny_model(kind, eos_bias=1.0, out_scale=1.5, kernels=kernels)
     srcs = sources(7, seed=11)
     together = run(search, model, srcs, beam=beam, n_best=min(beam, 2), return_attention=True)
     for src, hyps in zip(srcs, together):
@@ -267,8 +286,8 @@ def test_batch_equals_one_by_one(kind, beam, tiny_model):
             torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
 
 
-def test_search_ids_appends_eos_and_keeps_order(tiny_model):
-    model = tiny_model(eos_bias=1.0)
+def test_search_ids_appends_eos_and_keeps_order(tiny_model, kernels):
+    model = tiny_model(eos_bias=1.0, kernels=kernels)
     raw = [s[:-1] for s in sources(9, seed=2)] + [[]]
     got = Translator(Recipe(), None, model, device="cpu").search_ids(raw, beam=3, n_best=2, batch_tokens=12)
     assert len(got) == len(raw)
@@ -284,9 +303,9 @@ def test_finished_sentences_leave_the_batch(tiny_model):
     sizes = []
     original = model.step_logits
 
-    def spy(prev, state, memory):
+    def spy(prev, state, memory, **kwargs):
         sizes.append(prev.size(0))
-        return original(prev, state, memory)
+        return original(prev, state, memory, **kwargs)
 
     model.step_logits = spy
     srcs = [[4, EOS_ID], [4, 5, 6, 7, 8, 9, 4, EOS_ID]]  # max lengths 1.0 * S + 1: 3 and 9

@@ -28,11 +28,11 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
     assert not list(run.rglob("*.tmp")), "no temporary files left behind"
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_recipe):
+def test_resume_equals_uninterrupted(tmp_path, tiny_recipe, kernels):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"), run_dir=full)
-    train(tiny_recipe("train.max_steps=6", "train.valid_every=6", "model.dropout=0.3"), run_dir=part)
-    summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3"),
+    train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"), run_dir=full)
+    train(tiny_recipe("train.max_steps=6", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"), run_dir=part)
+    summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"),
                     run_dir=part, resume=True)
     assert summary["steps"] == 12
     a = load_file(full / "checkpoints/last.safetensors")
@@ -40,6 +40,34 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_recipe):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_validation_late_in_a_run_equals_validating_the_weights_afresh(tmp_path, tiny_recipe, kernels):
+    """The last validation of a run (not its first) scores the weights it checkpoints: a new
+    translator on those weights gives the same valid loss, hypotheses and BLEU. (Fused Adam
+    updates parameters in place without bumping their version counters, so nothing derived from
+    the weights may be kept across updates.)"""
+    from nmt.data.corpus import load_corpus
+    from nmt.inference.translator import Translator
+    from nmt.metrics import score_corpus
+
+    run = tmp_path / "run"
+    recipe = tiny_recipe("train.max_steps=30", "train.valid_every=10", "train.valid_max_sentences=16",
+                         f"model.kernels={kernels}")
+    train(recipe, run_dir=run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["kind"] == "valid"][-1]
+    assert last["step"] == 30
+    fresh = Translator.load(run, "last", device="cpu")
+    valid = load_corpus(recipe.data, splits=("valid",))["valid"]
+    sources, references = list(valid["src"]), list(valid["tgt"])
+    scores = fresh.score(sources, references)
+    tokens = sum(len(ids) + 1 for ids in fresh.tokenizers.encode_tgt(references))
+    assert last["loss"] == pytest.approx(-sum(scores) / tokens, abs=1e-5)
+    hyps = fresh.translate(sources[:16], beam=recipe.train.valid_beam)
+    assert [s["hyp"] for s in last["samples"]] == hyps[:3]
+    bleu = score_corpus(hyps, [references[:16]], metrics=("bleu",), bleu_tokenize=recipe.eval.bleu_tokenize)
+    assert last["bleu"] == pytest.approx(bleu["bleu"]["score"], abs=1e-9)
 
 
 def test_resume_refuses_a_changed_model(tmp_path, tiny_recipe):
@@ -103,15 +131,15 @@ def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch, tiny_recipe):
 
 
 @pytest.mark.slow
-def test_two_processes_hold_identical_weights_and_match_single_process(repo, fast, tmp_path):
+def test_two_processes_hold_identical_weights_and_match_single_process(repo, fast, tmp_path, kernels):
     """torchrun, 2 CPU processes (gloo): replicas agree, and the loss tracks a 1-process run with the
     same global batch (2 × batch_tokens) within tolerance."""
     common = fast + ["train.max_steps=8", "train.valid_every=8", "train.log_every=1", "model.dropout=0",
-                     "model.encoder.dropout=0", "model.decoder.dropout=0"]
+                     "model.encoder.dropout=0", "model.decoder.dropout=0", f"model.kernels={kernels}"]
     sets = sum((["--set", o] for o in common), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NMT_NO_PROGRESS": "1"}
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29531 + (kernels == "reference")),
            "-m", "nmt", "train", str(repo / "recipes/tiny.yaml"), "--run-dir", str(two),
            "--set", "train.batch_tokens=300", *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -196,9 +196,9 @@ def test_empty_lines_are_not_translated(translator, monkeypatch):
     seen = []
     original = tr.search
 
-    def spy(model, src, lengths, mask, options, lexicon=None, return_attention=False):
+    def spy(model, src, lengths, mask, options, lexicon=None, return_attention=False, tables=None):
         seen.extend(lengths.tolist())
-        return original(model, src, lengths, mask, options, lexicon, return_attention)
+        return original(model, src, lengths, mask, options, lexicon, return_attention, tables)
 
     monkeypatch.setattr(tr, "search", spy)
     out = translator.translate(["", "le chat", "   ", "\x00\x01", "\t"])
@@ -416,6 +416,42 @@ def test_cli_checkpoint_path_and_greedy(run_dir, tmp_path, capsysbinary, transla
     assert out == translator.translate(["le chat", "la maison"], beam=1)
 
 
+def test_kernels_reference_translates_as_auto(run_dir, tmp_path, capsysbinary, translator):
+    """--kernels reference (the plain step, per-beam memory) finds what auto (kernels.search) finds."""
+    plain = Translator.load(run_dir, device="cpu", kernels="reference")
+    assert plain.recipe.model.kernels == "reference" and translator.recipe.model.kernels == "auto"
+    for beam in (1, 3):
+        fast_out = translator.translate(SOURCES, beam=beam, return_scores=True)
+        plain_out = plain.translate(SOURCES, beam=beam, return_scores=True)
+        assert [r.text for r in fast_out] == [r.text for r in plain_out]
+        assert [r.hypotheses[0].score for r in fast_out] == pytest.approx(
+            [r.hypotheses[0].score for r in plain_out], abs=1e-4)
+    src = write_bytes(tmp_path / "in.txt", b"le chat\nla maison rouge\n")
+    assert cli(run_dir, "-i", src, "--kernels", "reference") == 0
+    assert capsysbinary.readouterr().out.decode().splitlines() == translator.translate(["le chat", "la maison rouge"])
+    with pytest.raises(NmtError, match="kernels"):
+        Translator.load(run_dir, kernels="fast")
+
+
+def test_translator_keeps_its_own_copy_of_the_model(run_dir, translator):
+    """Changing the caller's model afterwards (training it) reaches neither the weights nor what
+    search derived from them."""
+    model = translator.model
+    copy = Translator(translator.recipe, translator.tokenizers, model, device="cpu")
+    before = copy.translate(SOURCES)
+    assert copy.model is not model and not any(p.requires_grad for p in copy.model.parameters())
+    with torch.no_grad():
+        saved = [p.clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.mul_(-1.0)
+    try:
+        assert copy.translate(SOURCES) == before
+    finally:
+        with torch.no_grad():
+            for p, old in zip(model.parameters(), saved):
+                p.copy_(old)
+
+
 # ------------------------------------------------------------------------------ subprocesses
 
 def _env() -> dict:
@@ -437,12 +473,12 @@ def test_subprocess_stdin_stdout(run_dir, translator):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
-def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
+def test_torchrun_two_processes_equal_one(run_dir, tmp_path, kernels):
     # long lines (truncated, with a warning from the process that translates them), small batches
     lines = corpus(25, 3, max_words=9) + ["", "le chat"]
     lines[1] = " ".join(["maison rouge"] * 10)
     src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
-    common = ["-i", src, "--n-best", "2", "--batch-tokens", "40"]
+    common = ["-i", src, "--n-best", "2", "--batch-tokens", "40", "--kernels", kernels]
     assert cli(run_dir, *common, "-o", tmp_path / "one.txt") == 0
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nmt", "translate",

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 from nmt.atomic import atomic_path
-from nmt.errors import CheckpointError
+from nmt.config import KERNELS
+from nmt.errors import CheckpointError, NmtError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -135,13 +136,21 @@ def load_run_recipe(run_dir: str | os.PathLike):
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
-             map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None):
-    """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU)."""
+             map_fn: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None,
+             kernels: str | None = None):
+    """Load ``(recipe, tokenizers, model, metadata)`` from a run directory (model in eval mode, CPU).
+
+    ``kernels`` replaces the recipe's ``model.kernels`` (``auto`` or ``reference``).
+    """
     from nmt.data.tokenizer import SubwordTokenizers
     from nmt.model.seq2seq import build_model
 
+    if kernels is not None and kernels not in KERNELS:
+        raise NmtError(f"kernels {kernels!r}: choose {' or '.join(KERNELS)}")
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir)
+    if kernels is not None:
+        recipe.model.kernels = kernels
     tokenizers = SubwordTokenizers.load(run_dir)
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
     weights = checkpoint_path(run_dir, checkpoint)

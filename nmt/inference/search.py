@@ -234,7 +234,7 @@ class OutputShortlist:
 
 def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
            options: DecodeConfig | None = None, lexicon=None,
-           return_attention: bool = False) -> list[list[Hypothesis]]:
+           return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
     """Greedy search when ``options.beam == 1``, else beam search. One list per sentence.
 
     ``options`` are the recipe's ``decode`` settings (checked here); ``return_attention`` keeps
@@ -242,6 +242,8 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
 
     With ``options.shortlist > 0`` the output layer is restricted to the batch's lexical shortlist
     (:mod:`nmt.inference.shortlist`; ``lexicon`` is the run's :class:`~nmt.inference.shortlist.Lexicon`).
+    ``tables``: the model's :meth:`~nmt.model.seq2seq.Seq2Seq.search_tables`, built by a caller that
+    searches many batches with unchanged weights; by default they are built for this search.
     """
     options = (options or DecodeConfig()).check()
     shortlist = None
@@ -254,13 +256,12 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
         shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options)
     search_fn = greedy_search if options.beam == 1 else beam_search
     return search_fn(model, src, src_lengths, src_mask, options, shortlist=shortlist,
-                     return_attention=return_attention)
+                     return_attention=return_attention, tables=tables)
 
 
-def _step_logits(model, prev: Tensor, state, memory, shortlist: OutputShortlist | None):
-    if shortlist is None:
-        return model.step_logits(prev, state, memory)
-    return model.step_logits(prev, state, memory, output=(shortlist.weight, shortlist.bias))
+def _step_logits(model, prev: Tensor, state, memory, shortlist: OutputShortlist | None, tables):
+    output = None if shortlist is None else (shortlist.weight, shortlist.bias)
+    return model.step_logits(prev, state, memory, output=output, tables=tables)
 
 
 # ---------------------------------------------------------------------------------------- greedy
@@ -272,18 +273,21 @@ _DROP_FINISHED_FRACTION = 0.25
 @torch.inference_mode()
 def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
                   options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
-                  return_attention: bool = False) -> list[list[Hypothesis]]:
-    """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored)."""
+                  return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
+    """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored).
+    ``tables``: see :func:`search`."""
     _check_model(model)
     opts = options or DecodeConfig(beam=1)
     if src_mask is None:
         src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
     batch = src.size(0)
     device = src.device
+    if tables is None:
+        tables = model.search_tables()  # None: the plain step
     enc = model.encode(src, src_lengths, src_mask)
     # no context folding: with one hypothesis per sentence it costs about what it saves
     # (S x 512 x 1024 once vs 512 x 1024 per step); the embedding tables still pay
-    state, memory = model.start(enc, search=True, fold_context=False)
+    state, memory = model.start(enc, tables, fold_context=False)
     max_lens = max_lengths(opts, src_lengths.to(device))
     horizon = int(max_lens.max())
     keep_att = return_attention
@@ -304,7 +308,7 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     log_normaliser = LogNormaliser()
     for step in range(horizon):
-        logits, out = _step_logits(model, prev, state, memory, shortlist)
+        logits, out = _step_logits(model, prev, state, memory, shortlist, tables)
         log_norm = log_normaliser(logits)  # before _forbid_: forbidden tokens are not renormalised
         seen = None
         if history is not None:
@@ -400,11 +404,12 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
 @torch.inference_mode()
 def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
                 options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
-                return_attention: bool = False) -> list[list[Hypothesis]]:
+                return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
     """Batched beam search (see the module docstring for the exact rules).
 
     Returns, per sentence, up to ``n_best`` distinct hypotheses sorted by penalised score, best
-    first (fewer only if fewer than ``n_best`` sequences are possible at all).
+    first (fewer only if fewer than ``n_best`` sequences are possible at all). ``tables``: see
+    :func:`search`.
     """
     _check_model(model)
     opts = options or DecodeConfig()
@@ -416,15 +421,17 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     device = src.device
     batch, src_len = src.shape
 
+    if tables is None:
+        tables = model.search_tables()  # None: the plain step
     enc = model.encode(src, src_lengths, src_mask)
-    state, memory = model.start(enc, search=True)
+    state, memory = model.start(enc, tables, fold_context=True)
     max_lens = max_lengths(opts, src_lengths.to(device))
     horizon = int(max_lens.max())
     rows0 = torch.arange(batch, device=device).repeat_interleave(K)
     state = state.select(rows0)
-    # a search-prepared memory (model.start(search=True)) is shared by a sentence's K beams;
-    # otherwise every beam row gets its own copy
-    shared_memory = memory.for_search
+    # the fast search step (with tables) shares a sentence's memory row between its K beams;
+    # the plain step gives every beam row its own copy
+    shared_memory = tables is not None
     if not shared_memory:
         memory = memory.select(rows0)
 
@@ -453,7 +460,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     log_normaliser = LogNormaliser()
     for step in range(horizon):
         n_act = active.numel()
-        logits, out = _step_logits(model, prev, state, memory, shortlist)  # (n_act*K, V or L)
+        logits, out = _step_logits(model, prev, state, memory, shortlist, tables)  # (n_act*K, V or L)
         vocab = model.output.out_features  # continuations are numbered k * vocab + target id
         log_norm = log_normaliser(logits)  # (n_act*K,), before _forbid_: no renormalisation
         if shortlist is not None and opts.no_repeat_ngram:

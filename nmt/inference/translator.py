@@ -36,6 +36,7 @@ work themselves: :meth:`~Translator.decode_options`, :meth:`~Translator.encode`,
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import unicodedata
@@ -170,37 +171,47 @@ class Translator:
     """A trained model with its tokenizers, ready to translate (eval mode, inference only).
 
     ``tokenizers`` may be None for a translator that only searches ids (:meth:`search_ids`).
+
+    The translator works on its own copy of the model (``copy_model=False`` hands the model over
+    instead: nothing else may change its weights), with the weights frozen: what search derives
+    from them once (:meth:`~nmt.model.seq2seq.Seq2Seq.search_tables`) stays valid for its lifetime,
+    and training the caller's model afterwards never reaches it.
     """
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
                  metadata: dict | None = None, quantize: bool = False, precision: str = "float32",
-                 run_dir: str | os.PathLike | None = None, lexicon=None):
+                 run_dir: str | os.PathLike | None = None, lexicon=None, *, copy_model: bool = True):
         self.device = torch.device(device) if device is not None else distributed_state().device
         check_precision(precision, quantize, self.device)
         self.precision = precision
         self.quantized = quantize
         self.recipe = recipe
         self.tokenizers = tokenizers
-        self.model = for_inference(model, precision, quantize).to(self.device).eval()
+        if copy_model:
+            model = copy.deepcopy(model)
+        self.model = for_inference(model, precision, quantize).requires_grad_(False).to(self.device).eval()
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.lexicon = lexicon  #: nmt.inference.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
         self.attention_kind = recipe.model.attention.kind
         self.warn = WarningCounter()
+        self._tables: dict[Any, Any] = {}  # search tables by the autocast dtype they were built under
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: Any = None,
-             quantize: bool = False, precision: str = "float32") -> "Translator":
+             quantize: bool = False, precision: str = "float32", kernels: str | None = None) -> "Translator":
         """Load a run directory (``checkpoint``: ``best``, ``last`` or a weights file).
 
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
+        ``kernels`` (``auto`` | ``reference``) replaces the recipe's ``model.kernels``: ``reference``
+        searches with the plain equations only.
         """
         from nmt.inference.checkpoint import load_run
 
-        recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint)
+        recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
-                   precision=precision, run_dir=run_dir)
+                   precision=precision, run_dir=run_dir, copy_model=False)
 
     # ------------------------------------------------------------------------------ settings
     def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
@@ -299,16 +310,28 @@ class Translator:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def search_tables(self):
+        """The model's search tables (:meth:`~nmt.model.seq2seq.Seq2Seq.search_tables`), built on first
+        use and kept: the translator's weights never change. They take the dtype of the autocast in
+        force (an enclosing one too), so they are kept per autocast dtype."""
+        with torch.inference_mode(), self._autocast():
+            device_type = self.device.type
+            key = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+            if key not in self._tables:
+                self._tables[key] = self.model.search_tables()
+        return self._tables[key]
+
     def search_batches(self, batches: Sequence[Sequence[Source]], options: DecodeConfig,
                        return_attention: bool = False) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by :attr:`Source.index`."""
         out: dict[int, list[Hypothesis]] = {}
         lexicon = self._lexicon_for(options)
+        tables = self.search_tables()
         with torch.inference_mode(), self._autocast():
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon,
-                                                    return_attention)):
+                                                    return_attention, tables=tables)):
                     out[it.index] = hyps
         return out
 

@@ -1,0 +1,44 @@
+"""CPU fast paths, each the twin of a plain equation in ``nmt.model`` and tested equal to it.
+
+The model picks between the two at one call site per operation, e.g. in the encoder::
+
+    if self.fast and kernels.gru_scan_applies(x):
+        states, h_n = kernels.run_gru(self.rnn, x, lengths, dropout=self.dropout)
+    else:
+        ...  # nn.GRU over the packed sequence
+
+``self.fast`` is the recipe's ``model.kernels`` (``auto``: True, ``reference``: False); each
+``*_applies`` function says from explicit inputs (device, grad mode, configuration) where its
+kernel pays. Nothing here imports ``nmt.model``.
+
+- ``gru.run_gru`` (``GRUScan``): ``nn.GRU`` of the encoder and of the Luong decoder without input
+  feeding; CPU training.
+- ``bahdanau.BahdanauRecurrence``: the Bahdanau decoder's teacher-forcing step loop; CPU training,
+  one layer, tanh scorer.
+- ``attention.additive_tanh_score``: ``AdditiveAttention.score`` with tanh; CPU.
+- ``loss.linear_cross_entropy``: the output layer + ``seq2seq.cross_entropy``; CPU.
+- ``dropout.dropout``: ``activations.Dropout`` (``F.dropout``); CPU training.
+- ``search.search_step`` (with ``build_search_tables``, ``fold_context``): ``BahdanauDecoder.step``
+  in search (no autograd, eval mode); chosen by ``Seq2Seq.search_tables``.
+"""
+from nmt.kernels.attention import additive_tanh_score, tanh_by_sigmoid_applies
+from nmt.kernels.bahdanau import BahdanauRecurrence, bahdanau_recurrence_applies
+from nmt.kernels.dropout import dropout, dropout_applies, dropout_mask
+from nmt.kernels.gru import GRUScan, gru_scan_applies, run_gru
+from nmt.kernels.loss import linear_cross_entropy, linear_cross_entropy_applies
+from nmt.kernels.search import (
+    SearchTables,
+    build_search_tables,
+    fold_context,
+    search_step,
+    search_tables_apply,
+)
+
+__all__ = [
+    "additive_tanh_score", "tanh_by_sigmoid_applies",
+    "BahdanauRecurrence", "bahdanau_recurrence_applies",
+    "dropout", "dropout_applies", "dropout_mask",
+    "GRUScan", "gru_scan_applies", "run_gru",
+    "linear_cross_entropy", "linear_cross_entropy_applies",
+    "SearchTables", "build_search_tables", "fold_context", "search_step", "search_tables_apply",
+]

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from nmt import kernels
 from nmt.errors import ConfigError
 
 __all__ = [
@@ -590,33 +591,24 @@ class Dropout(nn.Dropout):
     """Inverted dropout (Srivastava et al. 2014): zero each element with probability ``p`` in
     training and scale the rest by ``1 / (1 - p)``; the identity in eval mode.
 
-    Same semantics as ``nn.Dropout``; on CPU the mask is drawn faster. ``bernoulli_`` draws one
-    32-bit random number per element (about 9 ms for the 4096 x 256 activations of a training
-    batch, 7% of a bf16 step); here every 64-bit draw of the generator gives four 16-bit uniforms,
-    compared with ``p`` quantised to 1/65536. Other devices use ``F.dropout``'s fused kernel.
-    The torch generator is the source, so seeding and checkpointed RNG states reproduce masks.
+    ``nn.Dropout`` (``F.dropout``); with ``kernels="auto"`` CPU training draws the mask with
+    :func:`nmt.kernels.dropout` (four 16-bit uniforms per 64-bit draw: cheaper, same distribution
+    up to p quantised to 1/65536).
     """
 
+    def __init__(self, p: float = 0.5, kernels: str = "auto"):
+        super().__init__(p)
+        self.fast = kernels == "auto"
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu":
-            return super().forward(x)
-        return x * self.mask_like(x, self.p)
-
-    @staticmethod
-    def mask_like(x: Tensor, p: float) -> Tensor:
-        """``(1 - m) / (1 - p)`` with ``m ~ Bernoulli(p)`` elementwise, shaped and typed like ``x``."""
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-        words.random_(torch.iinfo(torch.int64).min, None)  # all 64 bits random
-        uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-        threshold = round(p * 65536) - 32768
-        keep = uniform16 >= threshold  # P(keep) = 1 - round(65536 p) / 65536
-        return keep.to(x.dtype) * (1.0 / (1.0 - p))
+        if self.fast and kernels.dropout_applies(x, self.training, self.p):
+            return kernels.dropout(x, self.p)
+        return super().forward(x)
 
 
-def make_dropout(activation: str, p: float) -> nn.Module:
+def make_dropout(activation: str, p: float, kernels: str = "auto") -> nn.Module:
     """``nn.AlphaDropout(p)`` for self-normalising activations (SELU), else :class:`Dropout`."""
-    return nn.AlphaDropout(p) if _spec(activation).self_normalizing else Dropout(p)
+    return nn.AlphaDropout(p) if _spec(activation).self_normalizing else Dropout(p, kernels)
 
 
 def activation_parameters(module: nn.Module) -> dict[str, dict[str, Any]]:

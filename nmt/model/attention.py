@@ -36,6 +36,10 @@ Numerics: scores may be computed in bf16 under CPU autocast, but the masked soft
 position / Gaussian arithmetic) always runs in at least float32; returned ``weights`` are float32
 (float64 if the module runs in float64), ``context`` has the dtype the matmul produced.
 
+Fast path: with ``kernels="auto"`` the tanh additive score runs as
+:func:`nmt.kernels.additive_tanh_score` (tanh through the sigmoid, on the CPU); ``reference`` runs
+the equation as written.
+
 Scorer activations: ``act`` (additive / concat scores) is any registry activation, tanh by default.
 Width-changing activations are supported by asking the registry for the width factor: with a
 k-piece maxout, ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to the ``H``
@@ -54,11 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt import kernels
 from nmt.errors import NmtError
 from nmt.model.activations import (
     ActivatedLinear,
     Dropout,
-    Tanh,
     available_activations,
     get_activation,
     make_dropout,
@@ -190,7 +194,8 @@ class AdditiveAttention(Attention):
     """Additive / MLP score: ``score(q, k) = vᵀ act(W_q q + W_k k + b)``.
 
     Shapes: ``W_q q`` (B, T, 1, f·H) + ``W_k k + b`` (B, 1, S, f·H) -> act -> (B, T, S, H) -> ``vᵀ``
-    -> (B, T, S), where f is the activation's width factor (maxout: pieces, else 1). ``W_k k + b`` is the precomputed part. This is Bahdanau et al. 2015 (eq. in App. A.1.2,
+    -> (B, T, S), where f is the activation's width factor (maxout: pieces, else 1). ``W_k k + b``
+    is the precomputed part. This is Bahdanau et al. 2015 (eq. in App. A.1.2,
     ``vₐᵀ tanh(Wₐ s_{i-1} + Uₐ h_j)``) and equally Luong et al. 2015's ``concat`` score
     ``vₐᵀ tanh(Wₐ[h_t; h̄_s])``, because ``W [q; k] = W_q q + W_k k``. A bias ``b`` is added on the key
     side: it is free there (precomputed) and lets the non-linearity work off-centre.
@@ -198,35 +203,24 @@ class AdditiveAttention(Attention):
 
     def __init__(self, query_dim: int, key_dim: int, hidden_size: Optional[int] = None,
                  activation: Optional[str] = None,
-                 activation_options: Optional[Mapping[str, Any]] = None):
+                 activation_options: Optional[Mapping[str, Any]] = None, kernels: str = "auto"):
         super().__init__()
         hidden = hidden_size or query_dim
-        self.act, factor = _scorer_activation(activation, hidden, activation_options)
+        self.activation_name = activation or "tanh"
+        self.act, factor = _scorer_activation(self.activation_name, hidden, activation_options)
         # maxout: k pieces per scorer unit, so both projections are k times wider (factor = k)
         self.query_proj = nn.Linear(query_dim, hidden * factor, bias=False)     # W_q
         self.key_proj = nn.Linear(key_dim, hidden * factor, bias=True)          # W_k, b
         self.v = nn.Linear(hidden, 1, bias=False)                               # v
-        # tanh(a) = 2σ(2a) - 1, and torch's CPU sigmoid is 3-5x faster than its tanh (measured on
-        # (800, 12, 256) tensors, float32 and bf16); the (B, T, S, H) activation is the largest
-        # elementwise work of a decoder step. The factor 2 is folded into both projections.
-        self.tanh_by_sigmoid = type(self.act) is Tanh
+        self.fast = kernels == "auto"
 
     def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
-        proj = self.key_proj(keys)                                     # (B, S, f·H)
-        return proj * 2 if self.tanh_by_sigmoid else proj
+        return self.key_proj(keys)                                     # W_k k + b: (B, S, f·H)
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, query):
+            return kernels.additive_tanh_score(self.query_proj(query), proj_keys, self.v)
         # Broadcast (B, T, 1, f·H) + (B, 1, S, f·H): every query position meets every key independently.
-        if self.tanh_by_sigmoid:  # proj_keys holds 2 (W_k k + b)
-            hidden = torch.sigmoid((self.query_proj(query) * 2).unsqueeze(2) + proj_keys.unsqueeze(1))
-            # vᵀ tanh(a) = 2 (vᵀ σ(2a) - Σv / 2). The constant goes in as the GEMM's bias, so that it
-            # is subtracted before the (bf16) result is rounded: vᵀ σ alone can be much larger than
-            # the score and would lose its low bits.
-            weight = self.v.weight
-            if isinstance(weight, Tensor):
-                return F.linear(hidden, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
-            # int8 dynamic quantization (nmt translate --quantize): float32 output, a method for weight
-            return self.v(hidden).squeeze(-1) * 2 - weight().dequantize().sum()
         hidden = self.act(self.query_proj(query).unsqueeze(2) + proj_keys.unsqueeze(1),
                           mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
         return self.v(hidden).squeeze(-1)                              # (B, T, S, H) -> (B, T, S)
@@ -309,7 +303,7 @@ class LocalPAttention(Attention):
 
     def __init__(self, query_dim: int, key_dim: int, window: int, score: str = "general",
                  hidden_size: Optional[int] = None, activation: Optional[str] = None,
-                 activation_options: Optional[Mapping[str, Any]] = None):
+                 activation_options: Optional[Mapping[str, Any]] = None, kernels: str = "auto"):
         super().__init__()
         if window is None or int(window) != window or window < 1:
             raise AttentionError(f"local-p attention needs a window half-width D >= 1 (an integer), "
@@ -326,7 +320,7 @@ class LocalPAttention(Attention):
             self.scorer = LuongGeneralAttention(query_dim, key_dim)
         else:
             self.scorer = LuongConcatAttention(query_dim, key_dim, hidden_size, activation,
-                                               activation_options)
+                                               activation_options, kernels)
         hidden = hidden_size or query_dim
         self.position_proj = nn.Linear(query_dim, hidden, bias=False)  # W_p
         self.position_v = nn.Linear(hidden, 1, bias=False)             # v_p
@@ -400,7 +394,7 @@ class MultiHeadAttention(Attention):
     """
 
     def __init__(self, d_model: int, heads: int = 1, dropout: float = 0.0, *,
-                 query_dim: Optional[int] = None, key_dim: Optional[int] = None):
+                 query_dim: Optional[int] = None, key_dim: Optional[int] = None, kernels: str = "auto"):
         super().__init__()
         if heads < 1 or d_model % heads:
             raise AttentionError(f"multi-head attention: heads ({heads}) must be >= 1 and divide "
@@ -412,7 +406,7 @@ class MultiHeadAttention(Attention):
         self.k_proj = nn.Linear(key_dim, d_model)
         self.v_proj = nn.Linear(key_dim, d_model)
         self.out_proj = nn.Linear(d_model, key_dim)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, kernels)
 
     def _split(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape                                     # (B, L, h·d_k) -> (B, h, L, d_k)
@@ -467,15 +461,15 @@ class SelfAttentionLayer(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float = 0.0,
-                 activation: str = "relu", **activation_options: Any):
+                 activation: str = "relu", kernels: str = "auto", **activation_options: Any):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, heads, dropout)
+        self.attn = MultiHeadAttention(d_model, heads, dropout, kernels=kernels)
         self.ff_norm = nn.LayerNorm(d_model)
         self.ff_in = ActivatedLinear(d_model, ff_size, activation, **activation_options)
-        self.ff_dropout = make_dropout(activation, dropout)
+        self.ff_dropout = make_dropout(activation, dropout, kernels)
         self.ff_out = nn.Linear(ff_size, d_model)
-        self.residual_dropout = Dropout(dropout)
+        self.residual_dropout = Dropout(dropout, kernels)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         h = self.attn_norm(x)
@@ -499,29 +493,31 @@ def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
 def build_attention(kind: str, query_dim: int, key_dim: int, hidden_size: Optional[int] = None,
                     activation: Optional[str] = None, score: str = "general",
                     window: Optional[int] = None,
-                    activation_options: Optional[Mapping[str, Any]] = None) -> Attention:
+                    activation_options: Optional[Mapping[str, Any]] = None,
+                    kernels: str = "auto") -> Attention:
     """The attention module for ``model.attention``; ``query_dim`` = decoder state size,
     ``key_dim`` = encoder output size.
 
     ``hidden_size`` is the additive/concat scorer (and local-p position predictor) size, default
     ``query_dim``. ``activation`` (default tanh, any registry name; ``activation_options`` e.g.
     ``{"pieces": 3}`` for maxout) applies to the additive/concat scorers only. ``score`` and
-    ``window`` are local-p's. Raises :class:`AttentionError` for unknown kinds,
+    ``window`` are local-p's. ``kernels`` is the recipe's ``model.kernels``. Raises
+    :class:`AttentionError` for unknown kinds,
     local-p without a window, and ``dot`` with mismatched sizes.
     """
     if kind == "bahdanau":
-        return BahdanauAttention(query_dim, key_dim, hidden_size, activation, activation_options)
+        return BahdanauAttention(query_dim, key_dim, hidden_size, activation, activation_options, kernels)
     if kind == "luong-dot":
         return LuongDotAttention(query_dim, key_dim)
     if kind == "luong-general":
         return LuongGeneralAttention(query_dim, key_dim)
     if kind == "luong-concat":
-        return LuongConcatAttention(query_dim, key_dim, hidden_size, activation, activation_options)
+        return LuongConcatAttention(query_dim, key_dim, hidden_size, activation, activation_options, kernels)
     if kind == "local-p":
         if window is None:
             raise AttentionError("local-p attention needs a window half-width D; set "
                                  "model.attention.window (e.g. 10)")
         return LocalPAttention(query_dim, key_dim, window, score, hidden_size, activation,
-                               activation_options)
+                               activation_options, kernels)
     raise AttentionError(f"unknown attention kind {kind!r}{_did_you_mean(kind, ATTENTION_KINDS)}; "
                          f"choose from {', '.join(ATTENTION_KINDS)}")

@@ -2,8 +2,8 @@
 
 The GRU reads the source in both directions (Bahdanau et al. 2015 §3.2); packing makes padding
 invisible to it, so a sentence's encoding does not depend on how much padding its batch has.
-In CPU training the same GRU runs as :func:`nmt.gru.run_gru` (a hand-written backward pass).
-Optional multi-head self-attention blocks (Vaswani et al. 2017) then refine the annotations.
+With ``kernels="auto"``, CPU training runs the same GRU as :func:`nmt.kernels.run_gru` (a
+hand-written backward pass); ``reference`` always runs ``nn.GRU``. Optional multi-head self-attention blocks (Vaswani et al. 2017) then refine the annotations.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt import kernels
 from nmt.config import EncoderConfig
-from nmt.kernels.gru import run_gru, use_gru_scan
 from nmt.model.activations import Dropout
 from nmt.model.attention import SelfAttentionLayer
 
@@ -31,8 +31,9 @@ class Encoder(nn.Module):
     """Embedded source ``(batch, src_len, emb)`` -> :class:`EncoderOutput`."""
 
     def __init__(self, embedding_dim: int, cfg: EncoderConfig, activation: str = "relu",
-                 activation_options: dict | None = None):
+                 activation_options: dict | None = None, kernels: str = "auto"):
         super().__init__()
+        self.fast = kernels == "auto"
         self.cfg = cfg
         self.num_directions = 2 if cfg.bidirectional else 1
         self.rnn = nn.GRU(embedding_dim, cfg.hidden_size, num_layers=cfg.layers, batch_first=True,
@@ -40,10 +41,10 @@ class Encoder(nn.Module):
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.output_dim = cfg.hidden_size * self.num_directions
         self.final_dim = self.output_dim
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout, kernels)
         self.self_attention = nn.ModuleList(
             SelfAttentionLayer(self.output_dim, cfg.self_attention_heads, cfg.self_attention_ff_size,
-                               cfg.dropout, activation, **(activation_options or {}))
+                               cfg.dropout, activation, kernels, **(activation_options or {}))
             for _ in range(cfg.self_attention_layers)
         )
         self.final_norm = nn.LayerNorm(self.output_dim) if cfg.self_attention_layers else None
@@ -52,8 +53,8 @@ class Encoder(nn.Module):
                 need_attention: bool = False) -> EncoderOutput:
         """``embedded (batch, src_len, emb)``, ``lengths (batch,)``, ``mask (batch, src_len)``."""
         src_len = embedded.size(1)
-        if use_gru_scan(embedded):
-            states, h_n = run_gru(self.rnn, embedded, lengths, dropout=self.dropout)
+        if self.fast and kernels.gru_scan_applies(embedded):
+            states, h_n = kernels.run_gru(self.rnn, embedded, lengths, dropout=self.dropout)
         else:
             packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
             packed_out, h_n = self.rnn(packed)

@@ -1,24 +1,29 @@
 """The translator: embeddings → encoder → bridge → decoder (with attention) → output projection.
 
 ``Seq2Seq`` reads no files and knows nothing about tokenization: token ids in, logits and
-losses out. Search (``nmt.inference.search``) uses only :meth:`Seq2Seq.encode`, :meth:`Seq2Seq.start` and
-:meth:`Seq2Seq.step_logits`.
+losses out. Search (``nmt.inference.search``) uses only :meth:`Seq2Seq.encode`,
+:meth:`Seq2Seq.search_tables`, :meth:`Seq2Seq.start` and :meth:`Seq2Seq.step_logits`.
+
+``cfg.kernels`` (the recipe's ``model.kernels``) picks, for every operation that has one, between
+the plain equation (``reference``) and its CPU fast twin in :mod:`nmt.kernels` (``auto``); each
+layer holds the choice as ``self.fast`` and makes it at one call site.
 """
 from __future__ import annotations
 
 import difflib
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.config import ModelConfig
+from nmt import kernels
+from nmt.config import KERNELS, ModelConfig
 from nmt.data.vocab import N_SPECIAL, PAD_ID
 from nmt.errors import ConfigError
-from nmt.kernels.loss import linear_cross_entropy
 from nmt.model.activations import ActivatedLinear, Dropout, available_activations
-from nmt.model.decoder import DecoderState, Memory, build_decoder
+from nmt.model.decoder import BahdanauDecoder, DecoderState, Memory, build_decoder
 from nmt.model.encoder import Encoder, EncoderOutput
 
 #: parameter-name prefixes of the parts whose gradient norms training reports
@@ -28,7 +33,10 @@ PARTS = ("embeddings", "encoder", "attention", "decoder", "output")
 class Seq2Seq(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
+        if cfg.kernels not in KERNELS:
+            raise ConfigError(f"model.kernels: got {cfg.kernels!r}, expected one of {', '.join(KERNELS)}")
         self.cfg = cfg
+        self.fast = cfg.kernels == "auto"
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
         act, opts = cfg.activation, dict(cfg.activation_options)
@@ -41,8 +49,8 @@ class Seq2Seq(nn.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab_size, emb, padding_idx=PAD_ID)
-        self.embed_dropout = Dropout(cfg.dropout)
-        self.encoder = Encoder(emb, cfg.encoder, act, opts)
+        self.embed_dropout = Dropout(cfg.dropout, cfg.kernels)
+        self.encoder = Encoder(emb, cfg.encoder, act, opts, cfg.kernels)
         dec = cfg.decoder
         key_dim = self.encoder.output_dim
         att = cfg.attention
@@ -56,7 +64,7 @@ class Seq2Seq(nn.Module):
         # bridge: s_0 = act(W_b h_enc) (Bahdanau et al. 2015 appendix A.2.2 uses tanh); one per layer
         self.bridge = (ActivatedLinear(self.encoder.final_dim, dec.hidden_size * dec.layers, act, **opts)
                        if dec.bridge else None)
-        self.decoder = build_decoder(emb, key_dim, readout_dim, dec, att, act, opts)
+        self.decoder = build_decoder(emb, key_dim, readout_dim, dec, att, act, opts, cfg.kernels)
         self.output = nn.Linear(readout_dim, tgt_vocab_size)
         if cfg.tied_embeddings:
             self.output.weight = self.tgt_embed.weight
@@ -107,12 +115,27 @@ class Seq2Seq(nn.Module):
         embedded = self.embed_dropout(self.src_embed(src))
         return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
 
-    def start(self, enc: EncoderOutput, search: bool = False,
-              fold_context: bool = True) -> tuple[DecoderState, Memory]:
+    def search_tables(self) -> kernels.SearchTables | None:
+        """What the fast search step derives from the weights (:mod:`nmt.kernels.search`), or None:
+        search then runs the plain :meth:`step`. This is where search picks its path: ``auto``, the
+        Bahdanau decoder, eval mode without autograd, plain weight tensors.
+
+        Call it under the autocast search runs in (the tables take its dtype), and keep the tables
+        no longer than the weights stay unchanged: they are a function of them.
+        """
+        dec = self.decoder
+        if not (self.fast and isinstance(dec, BahdanauDecoder)
+                and kernels.search_tables_apply(dec.readout.linear.weight, self.training)):
+            return None
+        return kernels.build_search_tables(self.tgt_embed.weight, dec.rnn.weight_ih_l0, dec.rnn.bias_ih_l0,
+                                           dec.readout.linear.weight, dec.readout.linear.bias, dec.hidden_size)
+
+    def start(self, enc: EncoderOutput, tables: kernels.SearchTables | None = None,
+              fold_context: bool = False) -> tuple[DecoderState, Memory]:
         """Initial decoder state (bridge) and the attention memory with keys projected once.
 
-        ``search=True`` (step-by-step decoding without gradients) adds the decoder's per-source
-        search precomputation (``prepare_search``) to the memory.
+        With search ``tables`` and ``fold_context`` the memory also holds the keys through every
+        weight that reads the context (:func:`nmt.kernels.fold_context`; pays with several beams).
         """
         batch = enc.final.size(0)
         dec = self.cfg.decoder
@@ -126,21 +149,23 @@ class Seq2Seq(nn.Module):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask))
-        if search and not self.training and not torch.is_grad_enabled():
-            memory = self.decoder.prepare_search(memory, fold_context)
+        if tables is not None and fold_context:
+            memory = replace(memory, folded=kernels.fold_context(memory.keys, tables))
         return self.decoder.init_state(hidden), memory
 
     def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
-                    output: tuple[torch.Tensor, torch.Tensor] | None = None):
+                    output: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    tables: kernels.SearchTables | None = None):
         """One decoding step for search: ``logits (batch, V)`` (bfloat16 under bf16 autocast) and a StepOutput.
 
         Search ranks and masks the logits themselves and normalises only the few values it keeps
         (``nmt.inference.search.LogNormaliser``): on a CPU, every extra pass over a (beams, vocabulary)
         matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
         replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
+        With ``tables`` (:meth:`search_tables`) the decoder's fast search step runs; its memory then
+        holds one row per sentence, shared by the sentence's ``batch / sentences`` beams.
         """
-        if memory.for_search:
-            tables = self.decoder.embedding_tables(self.tgt_embed.weight)
+        if tables is not None:
             out = self.decoder.search_step(tables, prev_tokens, state, memory)
         else:
             out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
@@ -169,17 +194,39 @@ class Seq2Seq(nn.Module):
         """Summed token cross-entropy over real target positions (one output GEMM, no padding).
 
         Returns ``(loss_sum, nll_sum)``: the (label-smoothed) training objective and the plain
-        negative log-likelihood, both summed over tokens (divide by the token count). The output
-        layer and the loss are one operation (``nmt.kernels.loss``): the (tokens, vocabulary) logits are
-        never kept for autograd, and under bf16 autocast they stay bf16 (per-token values are
-        summed in float32).
+        negative log-likelihood, both summed over tokens (divide by the token count); see
+        :func:`cross_entropy`. The fast twin (:func:`nmt.kernels.linear_cross_entropy`) runs the
+        output layer and the loss as one operation that never keeps the (tokens, vocabulary) logits
+        for autograd; under bf16 autocast they stay bf16 (per-token values summed in float32).
         """
         flat = readout[tgt_mask]  # (n_tokens, D): padding never reaches the output layer
-        return linear_cross_entropy(flat, self.output.weight, self.output.bias, tgt_out[tgt_mask],
-                                    label_smoothing)
+        targets = tgt_out[tgt_mask]
+        if self.fast and kernels.linear_cross_entropy_applies(flat):
+            return kernels.linear_cross_entropy(flat, self.output.weight, self.output.bias, targets,
+                                                label_smoothing)
+        return cross_entropy(self.output(flat), targets, label_smoothing)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                  label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token cross-entropy with label smoothing (Szegedy et al. 2016), summed over tokens::
+
+        log p = log_softmax(z)
+        L     = Σ_tokens [ (1 − ε) (−log p_y) + ε · mean_v(−log p_v) ]
+        NLL   = Σ_tokens −log p_y
+
+    ``logits z (N, V)``, ``targets y (N,)`` -> ``(L, NLL)`` scalars in float32 (float64 for float64
+    logits); the NLL carries no gradient. ``L`` is
+    ``F.cross_entropy(z, y, label_smoothing=ε, reduction="sum")``.
+    """
+    log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (N, V)
+    nll = -log_probs.gather(1, targets.unsqueeze(1)).sum()
+    loss = nll if label_smoothing == 0 else (
+        (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1).sum())
+    return loss, nll.detach()
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:

@@ -106,12 +106,14 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
 
 
 def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
-                flops: bool = False) -> dict[str, Any]:
+                flops: bool = False, kernels: str | None = None) -> dict[str, Any]:
     from nmt.training.loop import load_training_recipe, train
 
     if steps <= 0 or warmup < 0:
         raise NmtError("--steps must be > 0 and --warmup >= 0")
     total = steps + warmup
+    if kernels is not None:
+        overrides = list(overrides) + [f"model.kernels={kernels}"]
     recipe = load_training_recipe(recipe_path, list(overrides) + [
         f"train.max_steps={total}", "train.log_every=1", f"train.valid_every={10 * total + 1}",
         "train.valid_max_sentences=16", "train.plot_sentences=0", "train.budget_minutes=null",
@@ -133,6 +135,7 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
                  "gemm_peak": peak, "fraction_of_peak": round(achieved / peak["gflops"], 3)}
     return {
         "what": "train", "recipe": recipe_path, "overrides": overrides, "precision": recipe.train.precision,
+        "kernels": recipe.model.kernels,
         "steps_timed": len(timed), "warmup_steps": warmup, "target_tokens": tokens,
         "seconds": round(seconds, 3), "target_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "steps_per_s": round(len(timed) / seconds, 3) if seconds else None,
@@ -169,15 +172,17 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int | None = No
 def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | None = None,
                     checkpoint: str = "best", quantize: bool = False, precision: str = "float32",
                     decode: Mapping[str, Any] | None = None,
-                    label: Callable[[str], str] | None = None) -> dict[str, Any]:
+                    label: Callable[[str], str] | None = None, kernels: str | None = None) -> dict[str, Any]:
     """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
-    onto the run's recipe ``decode`` section (problems named ``label(key)``)."""
+    onto the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
+    the run's ``model.kernels``."""
     from nmt.data.corpus import load_corpus
     from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
 
     load_start = time.perf_counter()
-    translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision)
+    translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
+                                 kernels=kernels)
     load_seconds = time.perf_counter() - load_start
     settings = translator.recipe.decode = translator.recipe.decode.updated(decode, label=label)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
@@ -189,7 +194,8 @@ def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | No
     return {
         "what": "translate", "run_dir": str(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": settings.beam, "batch_tokens": settings.batch_tokens, "batch_sentences": batch_sentences,
-        "quantize": quantize, "precision": precision, "shortlist": settings.shortlist,
+        "quantize": quantize, "precision": precision, "kernels": translator.recipe.model.kernels,
+        "shortlist": settings.shortlist,
         "decode": dataclasses.asdict(settings), "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
         "target_tokens_per_s": round(n_tokens / seconds, 1), "target_tokens_incl_eos": n_tokens,
@@ -201,10 +207,12 @@ def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | No
 
 def bench_cli(args) -> int:
     if args.what == "train":
-        result = bench_train(args.recipe, args.overrides, args.steps, args.warmup, flops=args.flops)
+        result = bench_train(args.recipe, args.overrides, args.steps, args.warmup, flops=args.flops,
+                             kernels=args.kernels)
         line = (f"train {args.recipe}: {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['steps_per_s']} steps/s over {result['steps_timed']} steps after "
-                f"{result['warmup_steps']} warm-up; precision {result['precision']}), "
+                f"{result['warmup_steps']} warm-up; precision {result['precision']}, "
+                f"kernels {result['kernels']}), "
                 f"peak RSS {result['peak_rss_mib']:.0f} MiB")
         if "fraction_of_peak" in result:
             line += (f"; {result['gemm_flops_per_target_token'] / 1e6:.1f} MFLOP (GEMM) per target token = "
@@ -213,8 +221,8 @@ def bench_cli(args) -> int:
     else:
         result = bench_translate(args.run_dir, args.split, args.batch_sentences, args.checkpoint,
                                  args.quantize, args.precision, decode=decode_arguments(args),
-                                 label=decode_flag_label)
-        mode = args.precision + (", int8" if args.quantize else "") + (
+                                 label=decode_flag_label, kernels=args.kernels)
+        mode = args.precision + f", kernels {result['kernels']}" + (", int8" if args.quantize else "") + (
             f", shortlist {result['shortlist']}" if result["shortlist"] else "")
         line = (f"translate {args.run_dir} [{args.split}, beam {result['beam']}, {mode}]: {result['sentences_per_s']:,} "
                 f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "

@@ -145,7 +145,7 @@ def translate_cli(args) -> int:
     if reference and args.n_best:
         raise NmtError("--score-reference and --n-best exclude each other")
     translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
-                                 precision=args.precision)
+                                 precision=args.precision, kernels=args.kernels)
     translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"

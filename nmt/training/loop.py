@@ -123,6 +123,8 @@ def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
     if not saved_file.is_file():
         return
     saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file))
+    # model.kernels picks implementations, not weights: a run may resume under the other setting
+    saved.model.kernels = recipe.model.kernels
     for section in _FROZEN_ON_RESUME:
         old, new = getattr(saved, section), getattr(recipe, section)
         if old != new:

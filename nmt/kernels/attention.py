@@ -1,0 +1,35 @@
+"""The additive attention score with tanh computed through the sigmoid: the fast twin of
+``nmt.model.attention.AdditiveAttention.score`` for its default activation.
+
+    vᵀ tanh(a) = 2 vᵀ σ(2a) − Σv,   since tanh(a) = 2σ(2a) − 1
+
+torch's CPU sigmoid is 3-5x faster than its tanh (measured on (800, 12, 256) tensors, float32 and
+bf16), and the (B, T, S, H) activation is the largest elementwise work of a decoder step. The factor
+2 inside is applied to the small query projection and, through ``torch.add(..., alpha=2)``, to the
+keys within the same pass; the constant Σv goes in as the bias of the v GEMM, so that it is
+subtracted before a bf16 result is rounded (vᵀσ alone can be much larger than the score and would
+lose its low bits). Tested against the plain score in float64 and under bf16: tests/test_attention.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def tanh_by_sigmoid_applies(activation: str, x: Tensor) -> bool:
+    """The tanh scorer (the rewrite holds for it only) on the CPU (``x`` the query); elsewhere
+    tanh costs what the sigmoid does."""
+    return activation == "tanh" and x.device.type == "cpu"
+
+
+def additive_tanh_score(query_proj: Tensor, proj_keys: Tensor, v: nn.Module) -> Tensor:
+    """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``proj_keys = P = W_k k + b``
+    (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` (or its int8 dynamic quantization)
+    -> scores (B, T, S)."""
+    u = torch.add((query_proj * 2).unsqueeze(2), proj_keys.unsqueeze(1), alpha=2).sigmoid_()  # σ(2a)
+    weight = v.weight
+    if isinstance(weight, Tensor):
+        return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
+    # int8 dynamic quantization (nmt translate --quantize): float32 output, a method for weight
+    return v(u).squeeze(-1) * 2 - weight().dequantize().sum()
