@@ -30,9 +30,10 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_recipe, kernels):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"), run_dir=full)
-    train(tiny_recipe("train.max_steps=6", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"), run_dir=part)
-    summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", f"model.kernels={kernels}"),
+    k = f"model.kernels={kernels}"
+    train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", k), run_dir=full)
+    train(tiny_recipe("train.max_steps=6", "train.valid_every=6", "model.dropout=0.3", k), run_dir=part)
+    summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", k),
                     run_dir=part, resume=True)
     assert summary["steps"] == 12
     a = load_file(full / "checkpoints/last.safetensors")
@@ -139,7 +140,8 @@ def test_two_processes_hold_identical_weights_and_match_single_process(repo, fas
     sets = sum((["--set", o] for o in common), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NMT_NO_PROGRESS": "1"}
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29531 + (kernels == "reference")),
+    port = str(29531 + (kernels == "reference"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "nmt", "train", str(repo / "recipes/tiny.yaml"), "--run-dir", str(two),
            "--set", "train.batch_tokens=300", *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

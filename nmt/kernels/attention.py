@@ -3,8 +3,8 @@
 
     vᵀ tanh(a) = 2 vᵀ σ(2a) − Σv,   since tanh(a) = 2σ(2a) − 1
 
-torch's CPU sigmoid is 3-5x faster than its tanh (measured on (800, 12, 256) tensors, float32 and
-bf16), and the (B, T, S, H) activation is the largest elementwise work of a decoder step. The factor
+torch's CPU sigmoid is several times faster than its tanh, and the (B, T, S, H) activation is the
+largest elementwise work of a decoder step (measurements: docs/performance.md). The factor
 2 inside is applied to the small query projection and, through ``torch.add(..., alpha=2)``, to the
 keys within the same pass; the constant Σv goes in as the bias of the v GEMM, so that it is
 subtracted before a bf16 result is rounded (vᵀσ alone can be much larger than the score and would

@@ -1,7 +1,7 @@
 """Inverted dropout on the CPU with a cheaper mask: the fast twin of ``nn.Dropout`` in training.
 
-``bernoulli_`` draws one 32-bit random number per element (about 9 ms for the 4096 x 256
-activations of a training batch, 7% of a bf16 step). Here every 64-bit draw of the generator gives
+``bernoulli_`` draws one 32-bit random number per element, a noticeable part of a training step
+on a CPU (docs/performance.md). Here every 64-bit draw of the generator gives
 four 16-bit uniforms, compared with ``p`` quantised to 1/65536. The torch generator is the source,
 so seeding and checkpointed RNG states reproduce the masks. The plain layer is
 ``nmt.model.activations.Dropout`` (``F.dropout``). Tested in tests/test_activations.py (keep rate,
