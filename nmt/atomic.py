@@ -1,13 +1,21 @@
 """Atomic file writes: a crash (even ``kill -9``) leaves the previous complete file or the new one.
 
 Each write goes to a temporary name in the same directory, is flushed, fsynced and renamed over the
-target, and the directory is fsynced so that the rename itself survives a power cut.
+target, and the directory is fsynced so that the rename itself survives a power cut. New files get
+the permissions of any file the user creates (0666 less the umask, so usually 0644) and a replaced
+file keeps its own, so a shared run directory stays readable by the team.
+
+:func:`append_line` appends one complete record to a log such as ``metrics.jsonl``: one ``write()``
+of the whole line, cut back to the previous end if it did not fit, so a full disk never leaves a
+half-written line.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,18 +26,48 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(path)
+    mode = stat.S_IMODE(os.stat(tmp_path).st_mode)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+            if stat.S_IMODE(os.fstat(handle.fileno()).st_mode) != mode:  # a writer that recreated it
+                os.fchmod(handle.fileno(), mode)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.filename is None or exc.filename == str(tmp_path):  # name the file the user knows
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_temporary(path: Path) -> Path:
+    """An empty new file beside ``path``, created with the mode a plain ``open()`` would give
+    (``tempfile.mkstemp`` always uses 0600), or the mode of the file it will replace."""
+    try:
+        existing = os.stat(path)
+        mode = stat.S_IMODE(existing.st_mode) if stat.S_ISREG(existing.st_mode) else None
+    except OSError:
+        mode = None
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        except FileExistsError:
+            continue
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -57,3 +95,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` (a newline is added) as one ``write()``; on failure the file is cut back.
+
+    A full disk (``ENOSPC``) can make a write store only part of its bytes; the part is removed
+    again, so the file only ever holds complete lines. Raises the ``OSError``.
+    """
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    finally:
+        os.close(fd)

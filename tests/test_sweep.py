@@ -34,7 +34,8 @@ def test_two_by_two_grid_reports_and_resumes(repo, tmp_path, sweep_overrides):
     for plot in ["bleu.png", "valid-loss.png", "activations.png", "attention-bahdanau.png",
                  "attention-luong-general.png"]:
         assert (out / "plots" / plot).is_file(), plot
-    checkpoints = sorted(out.rglob("last.safetensors"))
+    checkpoints = sorted(out.rglob("checkpoints/*.safetensors"))
+    assert len(checkpoints) == 8  # best and last of each run
     stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
     again = run_sweep(str(repo / "recipes/tiny.yaml"), GRID, sweep_overrides, seeds=[1], steps=4, out_dir=out)
     assert [r["test_bleu"] for r in again["runs"]] == [r["test_bleu"] for r in result["runs"]]
@@ -98,7 +99,7 @@ def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch, sweep_
 
     started = []
 
-    def fake_train(recipe_path, run, run_dir, log_path, threads=None):
+    def fake_train(recipe_path, run, run_dir, log_path, threads=None, children=None):
         started.append(run["name"])
         time.sleep(0.2)
         raise NmtError(f"training {run['name']} failed")

@@ -9,15 +9,21 @@ import torch
 from safetensors.torch import load_file
 
 from nmt.errors import NmtError
+from nmt.inference.checkpoint import checkpoint_path
 from nmt.training.loop import lr_factor, train
 
 def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
     run = tmp_path / "run"
     summary = train(tiny_recipe("train.max_steps=6", "train.valid_every=3", "train.plot_sentences=1"), run_dir=run)
     assert summary["steps"] == 6
-    for name in ["recipe.yaml", "spm.src.model", "spm.tgt.model", "metrics.jsonl", "train_summary.json",
-                 "checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/last.state.pt"]:
+    for name in ["recipe.yaml", "spm.src.model", "spm.tgt.model", "spm.json", "metrics.jsonl",
+                 "train_summary.json", "checkpoints/best.safetensors", "checkpoints/last.json",
+                 "checkpoints/step00000006.safetensors", "checkpoints/step00000006.state.pt"]:
         assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.json", "best.safetensors", "last.json", "step00000006.safetensors", "step00000006.state.pt"], \
+        "the previous pair is deleted once the new one is complete"
+    assert not (run / "train.lock").exists(), "the run directory's lock is released"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
     valid_records = [r for r in records if r["kind"] == "valid"]
@@ -36,8 +42,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_recipe, kernels):
     summary = train(tiny_recipe("train.max_steps=12", "train.valid_every=6", "model.dropout=0.3", k),
                     run_dir=part, resume=True)
     assert summary["steps"] == 12
-    a = load_file(full / "checkpoints/last.safetensors")
-    b = load_file(part / "checkpoints/last.safetensors")
+    a = load_file(checkpoint_path(full, "last"))
+    b = load_file(checkpoint_path(part, "last"))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -81,10 +87,10 @@ def test_resume_refuses_a_changed_model(tmp_path, tiny_recipe):
 def test_existing_run_is_not_overwritten(tmp_path, tiny_recipe):
     run = tmp_path / "run"
     train(tiny_recipe("train.max_steps=2", "train.valid_every=2"), run_dir=run)
-    before = (run / "checkpoints/last.safetensors").read_bytes()
+    before = checkpoint_path(run, "last").read_bytes()
     with pytest.raises(NmtError, match="--resume"):
         train(tiny_recipe("train.max_steps=2"), run_dir=run)
-    assert (run / "checkpoints/last.safetensors").read_bytes() == before
+    assert checkpoint_path(run, "last").read_bytes() == before
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_recipe):
@@ -128,7 +134,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch, tiny_recipe):
     run = tmp_path / "run"
     with pytest.raises(NmtError, match="non-finite"):
         train(tiny_recipe("train.max_steps=10", "train.max_nan_skips=3"), run_dir=run)
-    assert not (run / "checkpoints/last.safetensors").exists(), "no corrupt checkpoint written"
+    assert not list((run / "checkpoints").glob("*.safetensors")), "no corrupt checkpoint written"
 
 
 @pytest.mark.slow

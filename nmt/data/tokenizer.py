@@ -10,6 +10,11 @@ model is trained on both sides (vocabulary size ``tokenizer.src_vocab_size``) an
 names with identical bytes, so loading never needs to know whether the vocabulary is joint
 (:attr:`SubwordTokenizers.joint` tells).
 
+``spm.json`` beside them records what they were trained from: the tokenizer settings and a sha256
+of the training split's text, and the sha256 of each model file. A run directory's models are reused
+only when that record matches (a resumed run); models left by an interrupted first attempt with
+other settings or data are trained again, and ``--resume`` refuses models that do not match.
+
 Special ids are fixed for every model: ``PAD_ID=0``, ``UNK_ID=1``, ``BOS_ID=2``, ``EOS_ID=3``.
 sentencepiece's own normaliser is off (``normalization_rule_name=identity``): text is already
 normalised by :mod:`nmt.data.corpus` as ``data.filter.normalize`` says, and decoding then reproduces the
@@ -17,8 +22,10 @@ cleaned text exactly (up to runs of spaces, which sentencepiece collapses).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -27,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from nmt.atomic import atomic_write_bytes
+from nmt.atomic import atomic_write_bytes, atomic_write_json
 from nmt.config import TokenizerConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt.errors import CheckpointError, ConfigError
@@ -35,6 +42,7 @@ from nmt.errors import CheckpointError, ConfigError
 logger = logging.getLogger("nmt.data.tokenizer")
 
 SRC_MODEL, TGT_MODEL = "spm.src.model", "spm.tgt.model"
+RECORD = "spm.json"  #: what the models were trained from (see :func:`training_identity`)
 _ITER_BATCH = 10_000
 
 
@@ -45,6 +53,40 @@ def sentence_stream(ds, columns: Sequence[str]) -> Iterator[str]:
             for text in batch[column]:
                 if text:
                     yield text
+
+
+def training_identity(cfg: TokenizerConfig, train_ds) -> dict:
+    """What decides the models: the tokenizer settings (threads aside) and the training text."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "num_threads"}
+    digest = hashlib.sha256()
+    for column in ("src", "tgt"):
+        digest.update(f"\0{column}\0".encode())
+        for batch in train_ds.select_columns([column]).iter(batch_size=_ITER_BATCH):
+            for text in batch[column]:
+                digest.update(text.encode("utf-8"))
+                digest.update(b"\n")
+    return {"tokenizer": settings, "train_data": {"pairs": len(train_ds), "sha256": digest.hexdigest()}}
+
+
+def model_hashes(out_dir: str | os.PathLike) -> dict[str, str]:
+    """sha256 of each model file in ``out_dir`` (recorded in checkpoints: swapped models show)."""
+    out = Path(out_dir)
+    return {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in (SRC_MODEL, TGT_MODEL)}
+
+
+def _mismatch(record: dict, identity: dict, hashes: dict[str, str]) -> str | None:
+    """Why recorded models do not fit ``identity`` (None: they do)."""
+    old_cfg, new_cfg = record.get("tokenizer") or {}, identity["tokenizer"]
+    changed = [f"tokenizer.{k} {old_cfg.get(k)!r} (now {v!r})" for k, v in new_cfg.items() if old_cfg.get(k) != v]
+    if changed:
+        return "other settings: " + ", ".join(changed)
+    old_data, new_data = record.get("train_data") or {}, identity["train_data"]
+    if old_data.get("sha256") != new_data["sha256"]:
+        return (f"other training data ({old_data.get('pairs', '?')} pairs, now {new_data['pairs']}, "
+                "and different text)")
+    if record.get("models") != hashes:
+        return "different files: the model files changed after they were trained"
+    return None
 
 
 def _train_model(sentences: Iterable[str], vocab_size: int, key: str, cfg: TokenizerConfig,
@@ -115,10 +157,13 @@ class SubwordTokenizers:
 
     @classmethod
     def train(cls, cfg: TokenizerConfig, train_ds, out_dir: str | os.PathLike,
-              verbose: bool = False) -> "SubwordTokenizers":
-        """Train on the ``src``/``tgt`` columns of the training dataset; write the models to out_dir."""
+              verbose: bool = False, identity: dict | None = None) -> "SubwordTokenizers":
+        """Train on the ``src``/``tgt`` columns of the training dataset; write the models to out_dir
+        and ``spm.json``, the record of what they were trained from."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        identity = identity or training_identity(cfg, train_ds)
+        (out / RECORD).unlink(missing_ok=True)  # models first, then their record
         if cfg.joint:
             if cfg.tgt_vocab_size != cfg.src_vocab_size:
                 logger.warning("tokenizer.joint: one vocabulary of tokenizer.src_vocab_size=%d pieces; "
@@ -134,6 +179,7 @@ class SubwordTokenizers:
                                      "tokenizer.tgt_vocab_size", cfg, verbose)
         atomic_write_bytes(out / SRC_MODEL, src_proto)
         atomic_write_bytes(out / TGT_MODEL, tgt_proto)
+        atomic_write_json(out / RECORD, {**identity, "models": model_hashes(out)})
         tok = cls(src_proto, tgt_proto, out)
         logger.info("trained sentencepiece %s: src %d pieces, tgt %d pieces%s -> %s", cfg.model_type,
                     tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
@@ -155,15 +201,33 @@ class SubwordTokenizers:
 
     @classmethod
     def load_or_train(cls, cfg: TokenizerConfig, train_ds, out_dir: str | os.PathLike,
-                      verbose: bool = False) -> "SubwordTokenizers":
-        """Reuse the models in ``out_dir`` (resume) or train them."""
-        if cls.exists(out_dir):
-            tok = cls.load(out_dir)
-            if tok.joint != bool(cfg.joint):
-                logger.warning("%s: reusing existing %s tokenizer although tokenizer.joint=%s",
-                               out_dir, "joint" if tok.joint else "separate", cfg.joint)
-            return tok
-        return cls.train(cfg, train_ds, out_dir, verbose)
+                      verbose: bool = False, resume: bool = False) -> "SubwordTokenizers":
+        """Reuse the models in ``out_dir`` if ``spm.json`` says they were trained from these settings
+        and this data; otherwise train them, or with ``resume`` refuse (CheckpointError)."""
+        out = Path(out_dir)
+        identity = training_identity(cfg, train_ds)
+        if cls.exists(out):
+            try:
+                record = json.loads((out / RECORD).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = None
+            if not isinstance(record, dict):
+                if resume:  # a run written before models were recorded: nothing to compare
+                    logger.warning("%s: the tokenizer models have no %s record; reusing them unchecked",
+                                   out, RECORD)
+                    return cls.load(out)
+                why = f"no {RECORD} record of what they were trained from (left by an interrupted run?)"
+            else:
+                why = _mismatch(record, identity, model_hashes(out))
+                if why is None:
+                    return cls.load(out)
+            if resume:
+                raise CheckpointError(
+                    f"--resume: the tokenizer models in {out} were trained with {why}; the checkpoint "
+                    "needs the models it was trained with. Restore the recipe's tokenizer settings and "
+                    "the training data, or start a new run directory without --resume")
+            logger.warning("%s: the tokenizer models there have %s; training new ones", out, why)
+        return cls.train(cfg, train_ds, out, verbose, identity=identity)
 
     def __getstate__(self):
         return {"src_proto": self._src_proto, "tgt_proto": self._tgt_proto}
@@ -172,6 +236,24 @@ class SubwordTokenizers:
         self.__init__(state["src_proto"], state["tgt_proto"])
 
     # ---------------------------------------------------------------------------------- queries
+
+    @property
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 of the two model files (checkpoints record them: swapped models are refused)."""
+        return {SRC_MODEL: hashlib.sha256(self._src_proto).hexdigest(),
+                TGT_MODEL: hashlib.sha256(self._tgt_proto).hexdigest()}
+
+    def check_checkpoint(self, metadata: dict, checkpoint: str | os.PathLike, where: str | os.PathLike) -> None:
+        """CheckpointError if ``checkpoint`` (its ``metadata``) was trained with other models."""
+        recorded = metadata.get("tokenizers")
+        if not isinstance(recorded, dict):
+            return  # written before checkpoints recorded their tokenizers
+        for name, digest in self.file_hashes.items():
+            if recorded.get(name) != digest:
+                raise CheckpointError(
+                    f"{Path(where) / name} is not the tokenizer model checkpoint {checkpoint} was trained "
+                    f"with (sha256 {digest[:12]}..., the checkpoint records {str(recorded.get(name))[:12]}...); "
+                    "its ids would mean other subwords. Restore the run directory's original spm models")
 
     @property
     def joint(self) -> bool:
@@ -227,5 +309,6 @@ def load(out_dir) -> SubwordTokenizers:
     return SubwordTokenizers.load(out_dir)
 
 
-def load_or_train(cfg: TokenizerConfig, train_ds, out_dir, verbose: bool = False) -> SubwordTokenizers:
-    return SubwordTokenizers.load_or_train(cfg, train_ds, out_dir, verbose)
+def load_or_train(cfg: TokenizerConfig, train_ds, out_dir, verbose: bool = False,
+                  resume: bool = False) -> SubwordTokenizers:
+    return SubwordTokenizers.load_or_train(cfg, train_ds, out_dir, verbose, resume)

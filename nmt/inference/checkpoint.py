@@ -2,32 +2,46 @@
 
 Layout of a run directory (everything translation needs)::
 
-    recipe.yaml                 the resolved recipe the run was trained with
-    spm.src.model spm.tgt.model sentencepiece models (see nmt.data.tokenizer)
+    recipe.yaml                 the resolved recipe the run was trained with (first line marks it)
+    spm.src.model spm.tgt.model sentencepiece models (see nmt.data.tokenizer), spm.json their origin
     checkpoints/best.safetensors, best.json   weights + metadata of the best validation
-    checkpoints/last.safetensors, last.json   weights of the last checkpoint
-    checkpoints/last.state.pt   optimizer, scheduler, RNG and data-position state (resume only)
+    checkpoints/stepNNNNNNNN.safetensors      weights of the last checkpoint
+    checkpoints/stepNNNNNNNN.state.pt         optimizer, scheduler, RNG and data-position state
+    checkpoints/last.json       names the last complete pair of the two files above (+ metadata)
     metrics.jsonl               one JSON record per log/validation event
     plots/                      attention plots written at validation
+    train.lock                  while ``nmt train`` writes the directory: its pid and host
 
 Every file is written to a temporary name in the same directory, flushed, fsynced and renamed, so a
-crash (even ``kill -9``) leaves either the previous complete file or the new complete file.
+crash (even ``kill -9``) leaves either the previous complete file or the new complete file. The last
+checkpoint is two files that must belong together, so a new pair is written under new names and
+``last.json`` is pointed at it only once both are complete; the previous pair is deleted after that.
+A crash at any moment thus leaves ``last.json`` naming a complete pair.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
 
-from nmt.atomic import atomic_path
+from nmt.atomic import atomic_path, atomic_write_json
 from nmt.config import KERNELS
 from nmt.errors import CheckpointError, NmtError
 
+
 CHECKPOINT_DIR = "checkpoints"
+LAST_POINTER = "last.json"
+#: the single-file pair of runs written before checkpoints were step-numbered (still read)
+LEGACY_WEIGHTS, LEGACY_STATE = "last.safetensors", "last.state.pt"
+#: first line of the recipe.yaml ``nmt train`` writes: a recipe.yaml without it is the user's own
+RECIPE_HEADER = "# written by `nmt train`: the resolved recipe of this run directory\n"
+_PAIR = re.compile(r"^step(\d{8})\.(safetensors|state\.pt)$")
 
 
 def save_weights(model: "torch.nn.Module", path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
@@ -36,7 +50,13 @@ def save_weights(model: "torch.nn.Module", path: str | os.PathLike, metadata: di
 
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=meta)
+        try:
+            save_model(model, str(tmp), metadata=meta)
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            code = re.search(r"os error (\d+)", str(exc))
+            if code:
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+            raise
 
 
 def load_weights(model: "torch.nn.Module", path: str | os.PathLike) -> dict[str, Any]:
@@ -48,6 +68,8 @@ def load_weights(model: "torch.nn.Module", path: str | os.PathLike) -> dict[str,
     from safetensors.torch import load_model
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a weights file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
@@ -84,37 +106,134 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Trainer state (optimizer, scheduler, RNG, data position): tensors and plain containers only."""
     import torch
 
+    import io
+
+    buffer = io.BytesIO()  # serialised first: torch.save reports a full disk as a RuntimeError
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"trainer state {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"trainer state {path} not found; cannot resume (start without --resume)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            raise CheckpointError(
+                f"trainer state {path} was refused as unsafe: it holds pickled objects that are not "
+                f"plain tensors and containers{f' ({found.group(1)})' if found else ''}, which could "
+                "run code when loaded; `nmt train` never writes such a file. Do not use this run "
+                "directory's state from an untrusted source; delete it to restart") from None
+        raise CheckpointError(f"trainer state {path} is corrupt or truncated ({type(exc).__name__}); "
+                              "delete the run directory's checkpoints to restart") from None
     except Exception as exc:
         raise CheckpointError(f"trainer state {path} is corrupt or truncated ({type(exc).__name__}); "
-                              "delete the run directory's checkpoints/last.* to restart") from None
+                              "delete the run directory's checkpoints to restart") from None
+
+
+# ------------------------------------------------------------------------- the last checkpoint
+
+def pair_names(step: int) -> tuple[str, str]:
+    """File names of the weights and trainer state of the checkpoint at ``step``."""
+    return f"step{step:08d}.safetensors", f"step{step:08d}.state.pt"
+
+
+def save_last(checkpoint_dir: str | os.PathLike, model: "torch.nn.Module", state: dict[str, Any],
+              metadata: dict[str, Any]) -> None:
+    """Write the last checkpoint (weights + trainer state) so that a crash at any moment leaves a
+    complete pair named by ``last.json``: new files first, then the pointer, then old pairs go."""
+    ckpt = Path(checkpoint_dir)
+    weights, state_name = pair_names(int(metadata["step"]))
+    save_state(state, ckpt / state_name)
+    save_weights(model, ckpt / weights, metadata)
+    atomic_write_json(ckpt / LAST_POINTER, {**metadata, "weights": weights, "state": state_name})
+    for path in ckpt.iterdir():  # earlier pairs, and temporary files of a write a crash cut short
+        stale = (_PAIR.match(path.name) and path.name not in (weights, state_name)) or \
+            path.name in (LEGACY_WEIGHTS, LEGACY_STATE) or \
+            (path.name.startswith(".") and path.name.endswith(".tmp"))
+        if stale:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def _read_pointer(ckpt: Path) -> dict[str, Any] | None:
+    try:
+        pointer = json.loads((ckpt / LAST_POINTER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return pointer if isinstance(pointer, dict) else None
+
+
+def last_candidates(run_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """The (weights, trainer state) pairs to resume from, best first: the pair ``last.json`` names,
+    then any other step-numbered pair (newest first), then the single pair of older runs."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    out: list[tuple[Path, Path]] = []
+    pointer = _read_pointer(ckpt)
+    if pointer and isinstance(pointer.get("weights"), str) and isinstance(pointer.get("state"), str):
+        out.append((ckpt / Path(pointer["weights"]).name, ckpt / Path(pointer["state"]).name))
+    steps = set()
+    if ckpt.is_dir():
+        for path in ckpt.iterdir():
+            match = _PAIR.match(path.name)
+            if match:
+                steps.add(int(match.group(1)))
+    for step in sorted(steps, reverse=True):
+        weights, state = pair_names(step)
+        pair = (ckpt / weights, ckpt / state)
+        if pair not in out and pair[0].is_file() and pair[1].is_file():
+            out.append(pair)
+    legacy = (ckpt / LEGACY_WEIGHTS, ckpt / LEGACY_STATE)
+    if legacy[0].is_file() and legacy not in out:
+        out.append(legacy)
+    return out
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether a run directory holds a last checkpoint (complete or not): training was started."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    if (ckpt / LAST_POINTER).exists() or (ckpt / LEGACY_WEIGHTS).exists():
+        return True
+    return ckpt.is_dir() and any(_PAIR.match(p.name) for p in ckpt.iterdir())
+
+
+def _last_weights(run_dir: Path) -> Path | None:
+    ckpt = run_dir / CHECKPOINT_DIR
+    pointer = _read_pointer(ckpt)
+    if pointer and isinstance(pointer.get("weights"), str) and (ckpt / Path(pointer["weights"]).name).is_file():
+        return ckpt / Path(pointer["weights"]).name
+    newest = sorted((p for p in ckpt.glob("step*.safetensors") if _PAIR.match(p.name)), reverse=True) \
+        if ckpt.is_dir() else []
+    if newest:
+        return newest[0]
+    return ckpt / LEGACY_WEIGHTS if (ckpt / LEGACY_WEIGHTS).is_file() else None
 
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
     """``best`` | ``last`` | an explicit file path -> the weights file."""
     run_dir = Path(run_dir)
     if which in ("best", "last"):
-        path = run_dir / CHECKPOINT_DIR / f"{which}.safetensors"
-        if not path.is_file() and which == "best":
-            last = run_dir / CHECKPOINT_DIR / "last.safetensors"
-            if last.is_file():
-                return last
-        if not path.is_file():
-            raise CheckpointError(f"run directory {run_dir} has no {which} checkpoint ({path}); "
-                                  "is it a run directory written by `nmt train`?")
+        best = run_dir / CHECKPOINT_DIR / "best.safetensors"
+        path = best if which == "best" and best.is_file() else _last_weights(run_dir)
+        if path is None:
+            raise CheckpointError(f"run directory {run_dir} has no {which} checkpoint (in "
+                                  f"{run_dir / CHECKPOINT_DIR}); is it a run directory written by `nmt train`?")
         return path
     path = Path(which)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {which} is a directory, not a weights file; give best, last "
+                              "or a .safetensors file (a run's are in RUN/checkpoints/)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {which} not found (use best, last or a path)")
     return path
@@ -127,6 +246,9 @@ def load_run_recipe(run_dir: str | os.PathLike):
     from nmt.config import recipe_from_dict
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} is a file, not a directory; give the directory "
+                              "`nmt train` wrote (e.g. runs/NAME)")
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found (train one with `nmt train RECIPE`)")
     recipe_file = run_dir / "recipe.yaml"
@@ -153,8 +275,16 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
         recipe.model.kernels = kernels
     tokenizers = SubwordTokenizers.load(run_dir)
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
-    weights = checkpoint_path(run_dir, checkpoint)
-    metadata = load_weights(model, weights)
+    for attempt in range(3):
+        weights = checkpoint_path(run_dir, checkpoint)
+        try:
+            metadata = load_weights(model, weights)
+            break
+        except CheckpointError:
+            # a training that writes the run replaces the last pair: look up the new one
+            if attempt == 2 or weights.exists() or checkpoint not in ("best", "last"):
+                raise
+    tokenizers.check_checkpoint(metadata, weights, run_dir)
     model.eval()
     if map_fn is not None:
         model = map_fn(model)

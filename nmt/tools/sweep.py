@@ -16,7 +16,10 @@ the test split. The sweep directory then holds:
     plots/attention-<kind>.png  one heatmap of the same test sentence per attention kind
 
 An interrupted sweep resumes: finished runs are not retrained, an interrupted run continues from
-its last checkpoint (``--resume``).
+its last checkpoint (``--resume``). SIGINT or SIGTERM to the sweep is passed on to the ``nmt train``
+processes it runs (each in its own process group, so a terminal's Ctrl-C reaches them once, through
+the sweep); they write a checkpoint and stop, no further run starts, and the sweep exits with
+128 + the signal's number once they have ended: no training outlives the sweep.
 
 ``jobs`` > 1 trains that many runs at once, each with ``cpu_count // jobs`` torch threads (unless the
 recipe sets ``train.num_threads``): the small models of a sweep use one core better than two, so two
@@ -34,6 +37,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +49,72 @@ from typing import Any
 from nmt.atomic import atomic_write_json, atomic_write_text
 from nmt.config import parse_override
 from nmt.errors import NmtError
+from nmt.inference.checkpoint import has_checkpoint
 from nmt.training.loop import load_training_recipe
+
+
+class SweepInterrupted(NmtError):
+    """The sweep was stopped by a signal; its runs stopped at a checkpoint (re-running resumes)."""
+
+    def __init__(self, signum: int):
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}: the running trainings wrote a "
+                         "checkpoint and stopped; re-running the same nmt sweep command resumes")
+
+
+class _Children:
+    """The sweep's ``nmt train`` processes; a SIGINT/SIGTERM to the sweep is passed on to them."""
+
+    def __init__(self):
+        self.lock = threading.RLock()  # the handler runs in the main thread, which may hold it
+        self.procs: set[subprocess.Popen] = set()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Children":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with whoever owns them
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        with self.lock:
+            self.signum = signum
+            running = [p for p in self.procs if p.poll() is None]
+            for proc in running:
+                try:
+                    proc.send_signal(signum)  # a second signal makes them stop at once, as nmt train does
+                except OSError:
+                    pass
+        if not running:
+            raise SweepInterrupted(signum)
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.signum is not None:
+                raise SweepInterrupted(self.signum)
+            # own process group: a terminal's Ctrl-C reaches the training once, through _handle
+            proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self.procs.add(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen) -> int:
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.procs.discard(proc)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
+
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -131,8 +200,9 @@ def _check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _train_run(recipe_path: str, run: dict[str, Any], run_dir: Path, log_path: Path,
-               threads: int | None = None) -> None:
-    resume = (run_dir / "checkpoints" / "last.safetensors").is_file()
+               threads: int | None = None, children: _Children | None = None) -> None:
+    children = children or _Children()
+    resume = has_checkpoint(run_dir)
     cmd = [sys.executable, "-m", "nmt", "train", str(recipe_path), "--run-dir", str(run_dir)]
     for override in run["overrides"]:
         cmd += ["--set", override]
@@ -144,19 +214,22 @@ def _train_run(recipe_path: str, run: dict[str, Any], run_dir: Path, log_path: P
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise NmtError(f"training {run['name']} failed (exit {proc.returncode}); see {log_path}. "
+        proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        returncode = children.wait(proc)
+    children.check()
+    if returncode != 0:
+        raise NmtError(f"training {run['name']} failed (exit {returncode}); see {log_path}. "
                        "Re-running the same nmt sweep command resumes it")
 
 
 def _summarise_run(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from nmt.tools.evaluate import evaluate_run
 
+    from nmt.figures import read_metrics
+
     summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
-    valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip()]
-    valid = [r for r in valid if r.get("kind") == "valid"]
+    # a corrupt record is a DataError naming the file and line; an incomplete last line is skipped
+    valid = [r for r in read_metrics(run_dir) if r.get("kind") == "valid"]
     test = evaluate_run(run_dir, split="test", metrics=["bleu", "chrf"], command="nmt sweep")
     return {
         "name": run["name"], **{k: v for k, v in run["point"].items()}, "seed": run["seed"],
@@ -328,7 +401,7 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
         if not _finished(run_dir):  # fresh, or interrupted: _train_run resumes from its checkpoint
             log = out / "sweep.log" if jobs == 1 else out / "logs" / f"{run['name']}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            _train_run(recipe_path, run, run_dir, log, threads)
+            _train_run(recipe_path, run, run_dir, log, threads, children)
             if not _finished(run_dir):  # stopped by a signal: never report a half-trained run
                 raise NmtError(f"training {run['name']} was interrupted; re-running the same nmt sweep "
                                "command resumes it")
@@ -338,19 +411,20 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
             f"({time.perf_counter() - start:.0f}s)")
         return row
 
-    if jobs == 1:
-        rows = [one(i, run) for i, run in enumerate(runs, 1)]
-    else:
-        pool = ThreadPoolExecutor(max_workers=jobs)  # each job waits on its own subprocess
-        futures = [pool.submit(one, i, run) for i, run in enumerate(runs, 1)]
-        try:
-            for future in as_completed(futures):
-                future.result()  # the first failure stops the sweep: no run is started after it
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # running jobs end; re-running resumes
-            raise
-        pool.shutdown()
-        rows = [f.result() for f in futures]  # plan order
+    with _Children() as children:
+        if jobs == 1:
+            rows = [one(i, run) for i, run in enumerate(runs, 1)]
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs)  # each job waits on its own subprocess
+            futures = [pool.submit(one, i, run) for i, run in enumerate(runs, 1)]
+            try:
+                for future in as_completed(futures):
+                    future.result()  # the first failure stops the sweep: no run is started after it
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # running jobs end; re-running resumes
+                raise
+            pool.shutdown()
+            rows = [f.result() for f in futures]  # plan order
     summary = aggregate(rows, keys)
     _write_tables(out, rows, summary)
     plots = _make_plots(out, keys, rows, summary, grid)

@@ -7,9 +7,14 @@ from :class:`accelerate.Accelerator` only, so the same code runs on one CPU, on 
 Exact resume: a checkpoint holds the weights, optimizer, scheduler, RNG states and the data position
 (epoch and batch index of the sampler), so ``--resume`` continues the batch stream where it stopped
 and ends with the same weights as an uninterrupted run on CPU (tests check it).
+
+A run directory has one writer: ``train`` holds its lock (:mod:`nmt.training.lock`) throughout. A
+failed write (a full disk, a quota) stops training with an :class:`NmtError` naming the file; the
+last complete checkpoint stays intact and metrics.jsonl holds only complete records.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -25,14 +30,18 @@ from typing import Any
 
 import torch
 
-from nmt.atomic import atomic_write_json, atomic_write_text
+from nmt.atomic import append_line, atomic_write_json, atomic_write_text
 from nmt.config import Recipe, load_recipe, recipe_from_dict, resolved_run_dir
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import (
     CHECKPOINT_DIR,
+    LAST_POINTER,
+    RECIPE_HEADER,
+    has_checkpoint,
+    last_candidates,
     load_state,
     load_weights,
-    save_state,
+    save_last,
     save_weights,
 )
 from nmt.inference.devices import force_cpu
@@ -62,6 +71,7 @@ class TrainerState:
     nan_skips: int = 0  #: consecutive non-finite losses
     total_nan_skips: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  #: validation results
+    tokenizers: dict[str, str] = field(default_factory=dict)  #: sha256 of the spm models trained with
 
 
 class _StopSignal:
@@ -93,15 +103,10 @@ class _StopSignal:
 
 # ------------------------------------------------------------------------------------ preflight
 
-def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
-    """Fail before any training if the run directory is unusable (not after an hour)."""
-    last = run_dir / CHECKPOINT_DIR / "last.safetensors"
-    if resume and not last.is_file():
-        raise CheckpointError(f"--resume: {run_dir} has no checkpoint to resume from ({last} is missing); "
-                              "run without --resume to start training")
-    if not resume and last.is_file():
-        raise NmtError(f"run directory {run_dir} already holds a trained run; continue it with --resume, "
-                       "or choose a new one with --run-dir (nothing was overwritten)")
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or fail clearly if it cannot be one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NmtError(f"run directory {run_dir} is a file, not a directory; choose another with --run-dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -110,10 +115,53 @@ def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
     except OSError as exc:
         raise NmtError(f"run directory {run_dir} is not writable ({exc.strerror}); "
                        "choose another with --run-dir") from None
+
+
+def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
+    """Fail before any training if the run directory is unusable (not after an hour)."""
+    make_run_dir(run_dir)
+    started = has_checkpoint(run_dir)
+    if resume and not last_candidates(run_dir):
+        raise CheckpointError(f"--resume: {run_dir} has no checkpoint to resume from (no complete pair in "
+                              f"{run_dir / CHECKPOINT_DIR}); run without --resume to start training")
+    if not resume and started:
+        raise NmtError(f"run directory {run_dir} already holds a trained run; continue it with --resume, "
+                       "or choose a new one with --run-dir (nothing was overwritten)")
+    recipe_file = run_dir / "recipe.yaml"
+    if recipe_file.exists() and not started and not _written_by_train(recipe_file):
+        raise NmtError(f"{recipe_file} is not a recipe `nmt train` wrote (its first line is not "
+                       f"{RECIPE_HEADER.strip()!r}): training would replace it with the resolved recipe, "
+                       "losing its comments and ${VAR} references. Choose another --run-dir, e.g. runs/NAME "
+                       "(or delete it if an older version of nmt wrote it)")
     free = shutil.disk_usage(run_dir).free
     if free < need_bytes:
         raise NmtError(f"not enough free disk space in {run_dir}: {free / 2**20:.0f} MiB free, checkpoints "
                        f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
+
+
+def _written_by_train(recipe_file: Path) -> bool:
+    try:
+        with open(recipe_file, "rb") as handle:
+            return handle.read(len(RECIPE_HEADER.encode())) == RECIPE_HEADER.encode()
+    except OSError:
+        return False
+
+
+def _io_error(exc: OSError, run_dir: Path) -> NmtError:
+    """A failed read or write (full disk, quota, permissions) as a message without a traceback."""
+    where = exc.filename or run_dir
+    what = exc.strerror or str(exc) or type(exc).__name__
+    try:
+        step = json.loads((run_dir / CHECKPOINT_DIR / LAST_POINTER).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if step is not None:
+        kept = (f"The last complete checkpoint (step {step}) in {run_dir / CHECKPOINT_DIR} is intact: "
+                f"continue with --resume{' once space is freed' if full else ''}")
+    else:
+        kept = "No checkpoint was written yet" + ("; free some space or choose another --run-dir" if full else "")
+    return NmtError(f"training stopped: {what}: {where}. {kept}")
 
 
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -202,11 +250,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
           recipe_path: str | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by ``recipe``; returns a summary dict."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
-    from nmt.data.batching import TokenBatchSampler, encode_dataset, lengths_of
-    from nmt.data.corpus import load_corpus
-    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.training.lock import RunLock
 
     check_model_config(recipe.model, recipe_path)
     t = recipe.train
@@ -217,10 +262,33 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
                               cpu=force_cpu())
     main = accelerator.is_main_process
+    lock = None
     if main:
-        preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
-        if resume:
-            _check_resume_recipe(run_dir, recipe)
+        make_run_dir(run_dir)
+        lock = RunLock(run_dir)
+        lock.acquire()  # before looking at its files: a second writer is named, not misdiagnosed
+    try:
+        if main:
+            preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
+            if resume:
+                _check_resume_recipe(run_dir, recipe)
+        return _train(recipe, run_dir, resume, accelerator, trackers)
+    except OSError as exc:
+        raise _io_error(exc, run_dir) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
+    from nmt.data.batching import TokenBatchSampler, encode_dataset, lengths_of
+    from nmt.data.corpus import load_corpus
+    from nmt.data.tokenizer import SubwordTokenizers
+
+    t = recipe.train
+    main = accelerator.is_main_process
     accelerator.wait_for_everyone()
     _setup_logging(run_dir if main else None)
     set_seed(t.seed)
@@ -228,16 +296,17 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     # -- data and tokenizers: the main process prepares, the others read what it wrote ----------
     with accelerator.main_process_first():
         corpus = load_corpus(recipe.data, splits=("train", "valid"))
-        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir)
+        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir, resume=resume)
         f = recipe.data.filter
         train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
                                   min_len=f.min_len)
         valid_ds = encode_dataset(corpus["valid"], tokenizers)
     if main:
-        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
-    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator) if recipe.decode.shortlist else None
+    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume) \
+        if recipe.decode.shortlist else None
 
     src_lens, tgt_lens = lengths_of(train_ds)
     sampler = TokenBatchSampler(
@@ -254,7 +323,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr)
     state = TrainerState()
     if resume:
-        state = _restore(run_dir, model, optimizer, plateau, sampler)
+        state = _restore(run_dir, model, optimizer, plateau, sampler, tokenizers)
+        if main:  # records past the checkpoint are trained again: keep them once
+            _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    state.tokenizers = tokenizers.file_hashes
     model, optimizer = accelerator.prepare(model, optimizer)
     core: Seq2Seq = accelerator.unwrap_model(model)
     if main:
@@ -407,12 +479,14 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 
 # ------------------------------------------------------------------------------ loop helpers
 
-def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator):
+def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False):
     """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
     training data before training (IBM Model 1 does not depend on the model), kept on resume."""
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
 
     path = run_dir / LEXICON_FILE
+    if accelerator.is_main_process and not resume:  # one left by a failed attempt may fit other tokenizers
+        path.unlink(missing_ok=True)
     if accelerator.is_main_process and not path.is_file():
         build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds)
     accelerator.wait_for_everyone()
@@ -457,9 +531,33 @@ def _part_grad_norms(model: Seq2Seq) -> dict[str, float]:
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+    append_line(path, json.dumps(record))  # one write of a whole line: never a partial record
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Cut ``metrics.jsonl`` before its first record past ``step`` or its first incomplete line.
+
+    After a crash the file can hold records of steps the resumed run trains again (they would be
+    written twice) and, from an older version or another writer, a line cut short.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    keep = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            complete = line.endswith(b"\n") and isinstance(record, dict)
+        except ValueError:
+            complete = False
+        if not complete or (isinstance(record.get("step"), int) and record["step"] > step):
+            break
+        keep += len(line)
+    if keep < len(data):
+        log.warning("%s: dropping %d bytes after step %d (records of steps trained again, or an "
+                    "incomplete last line)", path, len(data) - keep, step)
+        os.truncate(path, keep)
 
 
 def _progress(recipe: Recipe, state: TrainerState, main: bool):
@@ -531,7 +629,7 @@ def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, acceler
         return
     ckpt = run_dir / CHECKPOINT_DIR
     meta = {"step": state.step, "tokens": state.tokens, "best_metric": state.best_metric,
-            "best_step": state.best_step}
+            "best_step": state.best_step, "tokenizers": state.tokenizers}
     trainer = {k: v for k, v in state.__dict__.items()}
     payload = {
         "trainer": json.dumps(trainer),
@@ -541,24 +639,47 @@ def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, acceler
         "torch_rng": torch.get_rng_state(),
         "python_rng": json.dumps(random.getstate()),
     }
-    # state first, weights last: "last.safetensors" existing means the pair is complete
-    save_state(payload, ckpt / "last.state.pt")
-    save_weights(core, ckpt / "last.safetensors", meta)
-    atomic_write_json(ckpt / "last.json", meta)
+    save_last(ckpt, core, payload, meta)  # a new pair, then last.json names it
     if best:
         save_weights(core, ckpt / "best.safetensors", meta)
         atomic_write_json(ckpt / "best.json", meta)
 
 
-def _restore(run_dir: Path, model, optimizer, plateau, sampler) -> TrainerState:
-    ckpt = run_dir / CHECKPOINT_DIR
-    meta = load_weights(model, ckpt / "last.safetensors")
-    payload = load_state(ckpt / "last.state.pt")
-    trainer = json.loads(payload["trainer"])
+def _load_pair(model, weights: Path, state_file: Path, tokenizers) -> tuple[dict[str, Any], dict[str, Any]]:
+    meta = load_weights(model, weights)
+    tokenizers.check_checkpoint(meta, weights, weights.parent.parent)
+    payload = load_state(state_file)
+    try:
+        trainer = json.loads(payload["trainer"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"trainer state {state_file} holds no trainer record; was it written by "
+                              "nmt train?") from None
     if trainer.get("step") != meta.get("step"):
-        raise CheckpointError(f"{ckpt}: last.safetensors (step {meta.get('step')}) and last.state.pt "
-                              f"(step {trainer.get('step')}) do not belong together; the run was "
-                              "interrupted while writing. Delete both to restart from scratch")
+        raise CheckpointError(f"{weights.name} (step {meta.get('step')}) and {state_file.name} (step "
+                              f"{trainer.get('step')}) in {weights.parent} do not belong together")
+    return payload, trainer
+
+
+def _restore(run_dir: Path, model, optimizer, plateau, sampler, tokenizers) -> TrainerState:
+    """Load the pair ``last.json`` names or, if it cannot be read, the newest older complete pair."""
+    ckpt = run_dir / CHECKPOINT_DIR
+    candidates = last_candidates(run_dir)
+    first_error: CheckpointError | None = None
+    for weights, state_file in candidates:
+        try:
+            payload, trainer = _load_pair(model, weights, state_file, tokenizers)
+        except CheckpointError as exc:
+            log.warning("cannot resume from %s: %s", weights.name, exc)
+            first_error = first_error or exc
+            continue
+        if first_error is not None:
+            log.warning("resuming from the older complete checkpoint %s instead", weights.name)
+        break
+    else:
+        if first_error is not None:
+            raise CheckpointError(f"--resume: no checkpoint in {ckpt} can be loaded; the first: "
+                                  f"{first_error}") from None
+        raise CheckpointError(f"--resume: {ckpt} holds no checkpoint; run without --resume to start training")
     optimizer.load_state_dict(payload["optimizer"])
     if plateau is not None and payload.get("plateau"):
         plateau.load_state_dict(payload["plateau"])
