@@ -117,7 +117,8 @@ def _cmd_serve(args) -> int:
 def _cmd_config(args) -> int:
     from nmt.training.loop import load_training_recipe
 
-    recipe = load_training_recipe(args.recipe, args.overrides)
+    # show prints any recipe (a base fragment too); validate also asks that training stops
+    recipe = load_training_recipe(args.recipe, args.overrides, require_stop=args.action == "validate")
     if args.action == "show":
         sys.stdout.write(recipe.to_yaml())
     else:
@@ -295,9 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 
-    p = _sub(sub, "config", "show or validate a recipe", """
+    p = _sub(sub, "config", "show a recipe resolved (base: applied, defaults filled in) or validate it", """
+        nmt config show recipes/fr-en-luong.yaml             fr-en.yaml with the Luong keys over it
         nmt config show recipes/fr-en.yaml --set train.lr=5e-4
-        nmt config validate recipes/fr-en.yaml
+        nmt config validate recipes/fr-en.yaml               also checks that training stops by itself
         """, _cmd_config)
     p.add_argument("action", choices=["show", "validate"])
     p.add_argument("recipe")

@@ -8,8 +8,13 @@ Validation collects *all* problems and reports each with its full key path:
 - out-of-range values and impossible combinations, with what is allowed.
 
 String values may reference environment variables as ``${NAME}`` or ``${NAME:-default}``; this is
-how ``recipes/fr-en.yaml`` finds the local corpus. Relative data paths are resolved against the
-directory of the recipe file.
+how ``recipes/fr-en.yaml`` lets ``NMT_TATOEBA_DIR`` replace its corpus. Relative data paths are
+resolved against the directory of the recipe file that sets them.
+
+A recipe may start from another: ``base: fr-en.yaml`` (relative to the recipe's directory; the base
+may have a base in turn) and then give only the keys that differ, merged section by section over the
+base's (:func:`read_recipe`). A training run must stop by itself: :func:`check_stops` rejects a
+``train`` section without ``max_steps``, ``max_epochs``, ``budget_minutes`` or ``patience``.
 """
 from __future__ import annotations
 
@@ -627,10 +632,13 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None,
     return recipe
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read, expand, override and validate a recipe file."""
-    path = Path(path)
+def _read_yaml(path: Path, named_by: str | None = None) -> dict[str, Any]:
+    """One recipe file: environment variables expanded, parsed; ``named_by`` is the recipe whose
+    ``base:`` points here (for the message when the file is missing)."""
     if not path.is_file():
+        if named_by is not None:
+            raise ConfigError(f"base: {str(path)!r} not found (relative paths in base: are relative to "
+                              "the directory of the recipe that names them)", named_by)
         raise ConfigError(f"recipe file {str(path)!r} not found (give the path to a .yaml recipe, "
                           "e.g. recipes/fr-en.yaml)")
     try:
@@ -642,11 +650,79 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
-    raw = apply_overrides(raw or {}, overrides or [])
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, got {type(raw).__name__}", str(path))
+    return raw
+
+
+def merge_recipes(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` laid over ``base``: mappings merge key by key, any other value (a list, a scalar,
+    ``null``) replaces the base's."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_recipes(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a mapping with its ``base:`` chain applied (not yet validated).
+
+    ``base: other.yaml`` (relative to the recipe's directory) starts from that recipe, itself
+    possibly based on another; the recipe's own keys are merged over it (:func:`merge_recipes`).
+    A relative ``data.path`` is made absolute against the directory of the file that sets it.
+    """
+    path = Path(path)
+    named_by = str(_chain[-1]) if _chain else None
+    raw = _read_yaml(path, named_by)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data_path = Path(data["path"]).expanduser()
+        if not data_path.is_absolute():
+            raw["data"] = {**data, "path": str((path.resolve().parent / data_path).resolve())}
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"base: got {base!r}, expected the path of another recipe file "
+                          "(e.g. base: fr-en.yaml)", str(path))
+    base_path = (path.parent / Path(base).expanduser())
+    chain = _chain + (path,)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        names = " -> ".join(str(p) for p in chain + (base_path,))
+        raise ConfigError(f"base: the recipes name each other in a cycle: {names}; "
+                          "remove one of these base: keys", str(path))
+    return merge_recipes(read_recipe(base_path, chain), raw)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read (with its ``base:`` chain), expand, override and validate a recipe file."""
+    path = Path(path)
+    raw = apply_overrides(read_recipe(path), overrides or [])
     recipe = recipe_from_dict(raw, source=str(path), base_dir=path.resolve().parent)
     if recipe.output.name is None:
         recipe.output.name = path.stem
     return recipe
+
+
+#: ``train`` keys that end a training run by themselves
+STOP_KEYS = ("max_steps", "max_epochs", "budget_minutes", "patience")
+
+
+def check_stops(recipe: Recipe, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless the recipe's training ends by itself (one of
+    :data:`STOP_KEYS` is set): a run without one would train until it is interrupted."""
+    if any(getattr(recipe.train, key) is not None for key in STOP_KEYS):
+        return
+    raise ConfigError(
+        "train: no stop criterion, so training would never end; set at least one of "
+        + ", ".join(f"train.{key}" for key in STOP_KEYS)
+        + " (e.g. train.max_steps: 20000 or train.budget_minutes: 30, or --set train.max_steps=20000)",
+        source)
 
 
 def resolved_run_dir(recipe: Recipe, override: str | None = None) -> Path:

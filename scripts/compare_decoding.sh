@@ -14,10 +14,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && pwd)"
 ROUNDS="${2:-3}"
 OUT_JSON="${3:-compare-decoding.json}"
-PEERS="$(cd "${PEERS:-$HERE/../shared/peers/joeynmt}" && pwd)"
-DATA_DIR="$(cd "${DATA_DIR:-$HERE/../shared/data/tatoeba-fra-eng}" && pwd)"
+PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, model-60min)}" && pwd)"
 JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
+if [ -z "${DATA_DIR:-}" ]; then  # JoeyNMT reads plain files: decompress the shipped splits
+  DATA_DIR="$WORK/tatoeba-fra-eng"; mkdir -p "$DATA_DIR"
+  for split in train valid test; do xz -dc "$HERE/data/tatoeba-fra-eng/$split.tsv.xz" > "$DATA_DIR/$split.tsv"; done
+fi
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 NMT="$(command -v nmt)"
 [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
 SHORTLIST="${SHORTLIST:-10}"

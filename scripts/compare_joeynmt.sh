@@ -4,10 +4,12 @@
 #   scripts/compare_joeynmt.sh RUN_DIR [OUT_JSON]
 #
 # RUN_DIR  a trained nmt run of recipes/fr-en.yaml (the sizes of JoeyNMT's config-sent64.yaml),
-#          decoded against JoeyNMT's 60-minute model (../shared/peers/joeynmt/model-60min).
+#          decoded against JoeyNMT's 60-minute model ($PEERS/model-60min).
 # Env:     JOEY_VENV  JoeyNMT virtualenv (default $HOME/venvs/joeynmt; made by its setup.sh if missing)
-#          PEERS      the peer scripts (default ../shared/peers/joeynmt beside the clone)
-#          DATA_DIR   Tatoeba splits (default ../shared/data/tatoeba-fra-eng)
+#          PEERS      required: a JoeyNMT peer directory (its setup.sh, prep_data.py, model-60min);
+#                     not part of this repository
+#          DATA_DIR   plain train/valid/test.tsv Tatoeba splits (optional; default: the copy in
+#                     data/tatoeba-fra-eng, decompressed into the work directory)
 #          TRAIN_SEC  seconds of JoeyNMT training to time (default 150)
 #          STEPS      timed nmt training steps per precision (default 200)
 #          SHORTLIST  translations per source subword of the shortlist rows (default 10; the lexicon
@@ -19,12 +21,16 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_joeynmt.sh RUN_DIR [OUT_JSON]}" && pwd)"
 OUT_JSON="${2:-compare-joeynmt.json}"
-PEERS="$(cd "${PEERS:-$HERE/../shared/peers/joeynmt}" && pwd)"
-DATA_DIR="$(cd "${DATA_DIR:-$HERE/../shared/data/tatoeba-fra-eng}" && pwd)"
+PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, model-60min)}" && pwd)"
 JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 TRAIN_SEC="${TRAIN_SEC:-150}"
 STEPS="${STEPS:-200}"
 WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
+if [ -z "${DATA_DIR:-}" ]; then  # JoeyNMT reads plain files: decompress the shipped splits
+  DATA_DIR="$WORK/tatoeba-fra-eng"; mkdir -p "$DATA_DIR"
+  for split in train valid test; do xz -dc "$HERE/data/tatoeba-fra-eng/$split.tsv.xz" > "$DATA_DIR/$split.tsv"; done
+fi
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 NMT="$(command -v nmt)"
 
 [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1

@@ -3,7 +3,7 @@
 
     python scripts/plot_vs_joeynmt.py RUN_DIR OUT.png
 
-JoeyNMT's figures are those its RESULTS.md lists (../shared/peers/joeynmt/RESULTS.md, 60-minute
+JoeyNMT's figures are those its RESULTS.md lists (in the JoeyNMT peer directory, 60-minute
 run of config-sent64.yaml on this machine: greedy dev BLEU every 1,000 updates, 9,037 updates in
 60 minutes, so about 0.398 s per update including its validations). nmt's come from RUN_DIR's
 metrics.jsonl (greedy BLEU on the recipe's validation sentences, at the loop time it was taken).

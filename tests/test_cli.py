@@ -49,6 +49,35 @@ def test_config_show_applies_overrides(repo, capsys):
     assert shown["model"]["attention"]["kind"] == "bahdanau"
 
 
+def test_config_show_prints_the_recipe_with_its_base_applied(repo, capsys):
+    import yaml
+
+    assert main(["config", "show", str(repo / "recipes/fr-en-luong.yaml")]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert "base" not in shown
+    assert shown["model"]["attention"]["kind"] == "luong-general"  # the variant's key
+    assert shown["train"]["budget_minutes"] == 30 and shown["train"]["precision"] == "bf16"  # fr-en's
+    assert shown["output"]["name"] == "fr-en-luong"
+
+
+def test_no_stop_criterion_is_exit_2_for_validate_and_train(tmp_path, capsys):
+    recipe = tmp_path / "endless.yaml"
+    recipe.write_text("data: {path: /tmp}\ntrain: {lr: 0.001}\n")
+    for argv in (["config", "validate", str(recipe)], ["train", str(recipe), "--run-dir", str(tmp_path / "run")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no stop criterion" in err and "Traceback" not in err
+        for key in ("train.max_steps", "train.max_epochs", "train.budget_minutes", "train.patience"):
+            assert key in err
+    assert not (tmp_path / "run").exists()
+    # a --set that adds the criterion makes it valid; so does clearing one and setting another
+    assert main(["config", "validate", str(recipe), "--set", "train.max_steps=10"]) == 0
+    assert main(["config", "validate", str(recipe), "--set", "train.max_steps=null",
+                 "--set", "train.budget_minutes=1"]) == 0
+    assert main(["config", "validate", str(recipe), "--set", "train.max_steps=null"]) == 2
+    capsys.readouterr()
+
+
 def test_bad_verb_and_missing_args_exit_2():
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["frobnicate"])

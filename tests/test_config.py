@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import Recipe, load_recipe, parse_override, recipe_from_dict
+from nmt.config import STOP_KEYS, Recipe, check_stops, load_recipe, parse_override, recipe_from_dict
 from nmt.errors import ConfigError
 
 
@@ -19,11 +19,109 @@ def problems_of(raw) -> list[str]:
     return info.value.problems
 
 
-def test_shipped_recipes_validate(repo):
-    for path in sorted((repo / "recipes").glob("*.yaml")):
+def test_shipped_recipes_validate_and_stop(repo, monkeypatch):
+    monkeypatch.delenv("NMT_TATOEBA_DIR", raising=False)
+    paths = sorted((repo / "recipes").glob("*.yaml"))
+    assert len(paths) >= 7
+    for path in paths:
         recipe = load_recipe(path)
         assert isinstance(recipe, Recipe)
         assert recipe.output.name == path.stem
+        assert any(getattr(recipe.train, key) is not None for key in STOP_KEYS), path.name
+        check_stops(recipe, str(path))
+        # every corpus a shipped recipe reads by default lies inside the repository
+        assert Path(recipe.data.path).resolve().is_relative_to(repo.resolve()), (path.name, recipe.data.path)
+        assert Path(recipe.data.path).is_dir(), (path.name, recipe.data.path)
+
+
+def test_fr_en_variants_are_fr_en_plus_their_keys(repo):
+    base = load_recipe(repo / "recipes/fr-en.yaml").to_dict()
+    expected = {
+        "fr-en-luong": {("model", "attention", "kind"): "luong-general"},
+        "fr-en-local-p": {("model", "attention", "kind"): "local-p", ("model", "attention", "window"): 5},
+        "fr-en-selfatt": {("model", "activation"): "gelu",
+                          ("model", "encoder", "self_attention_layers"): 2},
+    }
+    for name, keys in expected.items():
+        variant = load_recipe(repo / f"recipes/{name}.yaml").to_dict()
+        for section in ("data", "tokenizer", "decode", "eval"):
+            assert variant[section] == base[section], (name, section)
+        for key in ("budget_minutes", "precision", "batch_tokens", "lr", "schedule"):
+            assert variant["train"][key] == base["train"][key], (name, key)
+        for path, value in keys.items():
+            node = variant
+            for part in path:
+                node = node[part]
+            assert node == value, (name, path)
+
+
+def test_base_chain_and_override_precedence(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "grand.yaml").write_text(
+        "data: {path: corpus, src_lang: de}\n"
+        "model: {embedding_dim: 64, encoder: {hidden_size: 32, layers: 2}}\n"
+        "train: {lr: 0.5, max_steps: 10, betas: [0.8, 0.9]}\n", encoding="utf-8")
+    (tmp_path / "sub" / "parent.yaml").write_text(
+        "base: ../grand.yaml\nmodel: {encoder: {hidden_size: 48}}\ntrain: {lr: 0.25}\n", encoding="utf-8")
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: parent.yaml\nmodel: {encoder: {layers: 3}}\n"
+        "train: {betas: [0.7, 0.95], max_steps: null, budget_minutes: 2}\n", encoding="utf-8")
+    recipe = load_recipe(tmp_path / "sub" / "child.yaml")
+    assert recipe.output.name == "child"
+    assert recipe.model.embedding_dim == 64          # from the grandparent
+    assert recipe.model.encoder.hidden_size == 48    # the parent overrides the grandparent
+    assert recipe.model.encoder.layers == 3          # the child overrides both
+    assert recipe.train.lr == 0.25
+    assert recipe.train.betas == [0.7, 0.95]         # lists are replaced, not merged
+    assert recipe.train.max_steps is None and recipe.train.budget_minutes == 2  # null clears a base key
+    assert recipe.data.src_lang == "de"
+    # a relative data.path is relative to the file that sets it (the grandparent), not to the child
+    assert recipe.data.path == str((tmp_path / "corpus").resolve())
+    # --set wins over every file of the chain
+    recipe = load_recipe(tmp_path / "sub" / "child.yaml", ["model.encoder.layers=5", "train.lr=0.125"])
+    assert recipe.model.encoder.layers == 5 and recipe.train.lr == 0.125
+
+
+def test_base_cycle_prints_the_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ndata: {path: /x}\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n", encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(tmp_path / "a.yaml")
+    text = str(info.value)
+    assert "cycle" in text
+    assert f"{tmp_path / 'a.yaml'} -> {tmp_path / 'b.yaml'} -> {tmp_path / 'c.yaml'} -> {tmp_path / 'a.yaml'}" in text
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(tmp_path / "self.yaml")
+
+
+def test_missing_or_bad_base_names_the_file(tmp_path):
+    path = write(tmp_path, "base: nowhere.yaml\ndata: {path: /x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert str(tmp_path / "nowhere.yaml") in text and "not found" in text and str(path) in text
+    path = write(tmp_path, "base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base: got"):
+        load_recipe(path)
+    (tmp_path / "broken.yaml").write_text("data: [unclosed\n", encoding="utf-8")
+    path = write(tmp_path, "base: broken.yaml\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert "broken.yaml" in str(info.value) and "line" in str(info.value)
+
+
+def test_a_recipe_without_a_stop_criterion_is_rejected(tmp_path):
+    recipe = recipe_from_dict({"data": {"path": "/x"}})
+    with pytest.raises(ConfigError) as info:
+        check_stops(recipe, "r.yaml")
+    text = str(info.value)
+    assert "r.yaml" in text
+    for key in STOP_KEYS:
+        assert f"train.{key}" in text
+    for key, value in (("max_steps", 5), ("max_epochs", 1), ("budget_minutes", 0.5), ("patience", 3)):
+        check_stops(recipe_from_dict({"data": {"path": "/x"}, "train": {key: value}}))
 
 
 def test_defaults_and_nesting():

@@ -1,8 +1,12 @@
 """nmt.data.corpus: loading through datasets, validation errors, deterministic splits, offline use."""
 from __future__ import annotations
 
+import bz2
+import gzip
+import hashlib
 import json
 import logging
+import lzma
 import socket
 import unicodedata
 import zipfile
@@ -18,8 +22,14 @@ from nmt.data.corpus import SPLITS, load_corpus, split_bucket, split_of_bucket
 from nmt.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/tatoeba-fra-eng")
+TATOEBA = REPO / "data" / "tatoeba-fra-eng"
 SALT = "tatoeba-fra-eng-split|"
+#: the fixed splits of the shipped corpus: pairs and sha256 of the decompressed file
+TATOEBA_SPLITS = {
+    "train": (163_022, "eb7f167e5950f4dc9d80db95ce8fdfaed07e8a674bf414bc90e147bfcdf9909e"),
+    "valid": (2_020, "c196a3a0811aa7c4d67333b63244e7b62f8b65e5b454e104b0cc0de8855d09d7"),
+    "test": (2_088, "609e67b4fb9bc9abffae4f5d29349b3265ca1dfc081b2c3d88635428a2bf890f"),
+}
 
 # Lines a naive reader would mangle: quotes (csv quoting), NA-like strings (pandas NaN), '#', spaces,
 # a decomposed é (NFC), commas and semicolons, a non-breaking space, an empty side.
@@ -315,12 +325,11 @@ def test_deterministic_split_of_text_prefix(tmp_path):
     assert all(len(d) > 20 for d in corpus.values())
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared Tatoeba copy not present")
-def test_split_rule_reproduces_shared_tatoeba_split(tmp_path):
-    """The rule on the union of (a sample of) the shared files gives back each file's split."""
+def test_split_rule_reproduces_the_shipped_tatoeba_split(tmp_path):
+    """The rule on the union of (a sample of) the shipped files gives back each file's split."""
     sample: list[tuple[str, str]] = []
     for split in SPLITS:
-        with open(SHARED / f"{split}.tsv", encoding="utf-8") as f:
+        with lzma.open(TATOEBA / f"{split}.tsv.xz", "rt", encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if i >= 700:
                     break
@@ -332,6 +341,81 @@ def test_split_rule_reproduces_shared_tatoeba_split(tmp_path):
     for split in SPLITS:
         expected = [_parse(line) for s, line in sample if s == split]
         assert _rows(corpus[split]) == expected
+
+
+# ------------------------------------------------------------------------- the shipped corpus
+
+
+def test_shipped_tatoeba_splits_are_the_fixed_ones():
+    """Exactly the published splits: pair counts and checksums of the decompressed files."""
+    for split, (pairs, digest) in TATOEBA_SPLITS.items():
+        with lzma.open(TATOEBA / f"{split}.tsv.xz", "rb") as f:
+            data = f.read()
+        assert hashlib.sha256(data).hexdigest() == digest, split
+        assert data.endswith(b"\n") and data.count(b"\n") == pairs, split
+        assert b"\n\n" not in data and b"\r" not in data
+        assert data.count(b"\t") == pairs, split  # two columns on every line
+    readme = (TATOEBA / "README.md").read_text(encoding="utf-8")
+    for needle in ("CC-BY 2.0", "manythings.org/anki", "2019-04-07", "bucket < 12", "163,022"):
+        assert needle in readme
+
+
+def test_fr_en_recipe_reads_the_shipped_corpus(repo, monkeypatch):
+    from nmt.config import load_recipe
+
+    monkeypatch.delenv("NMT_TATOEBA_DIR", raising=False)
+    cfg = load_recipe(repo / "recipes/fr-en.yaml").data
+    assert Path(cfg.path) == TATOEBA.resolve()
+    corpus = load_corpus(cfg, splits=("valid", "test"))
+    assert {s: len(d) for s, d in corpus.items()} == {"valid": 2_020, "test": 2_088}
+    with lzma.open(TATOEBA / "test.tsv.xz", "rt", encoding="utf-8") as f:
+        first = f.readline().rstrip("\n")
+    assert _rows(corpus["test"])[0] == _parse(first)
+    # NMT_TATOEBA_DIR and --set data.path replace it
+    monkeypatch.setenv("NMT_TATOEBA_DIR", "/some/where")
+    assert load_recipe(repo / "recipes/fr-en.yaml").data.path == "/some/where"
+    monkeypatch.delenv("NMT_TATOEBA_DIR")
+    assert load_recipe(repo / "recipes/fr-en.yaml", ["data.path=/else"]).data.path == "/else"
+
+
+@pytest.mark.parametrize("suffix,opener", [(".gz", gzip.open), (".xz", lzma.open), (".bz2", bz2.open)])
+def test_compressed_split_files(tmp_path, suffix, opener):
+    lines = TRICKY + ["Plain.\tSimple."]
+    root = tmp_path / "c"
+    root.mkdir()
+    for split, rows in (("train", lines), ("valid", lines[:2]), ("test", lines[2:4])):
+        with opener(root / f"{split}.tsv{suffix}", "wb") as f:
+            f.write("".join(line + "\n" for line in rows).encode("utf-8"))
+    splits = {s: f"{s}.tsv{suffix}" for s in SPLITS}
+    corpus = load_corpus(_cfg(tmp_path, path=str(root), splits=splits))
+    assert _rows(corpus["valid"]) == [_parse(line) for line in lines[:2]]
+    assert _rows(corpus["test"]) == [_parse(line) for line in lines[2:4]]
+    assert len(corpus["train"]) == len(lines)
+    # the default names (train.tsv, ...) find the compressed files
+    assert _rows(load_corpus(_cfg(tmp_path, path=str(root)))["test"]) == _rows(corpus["test"])
+
+
+def test_compressed_names_find_plain_files_and_bad_archives_are_data_errors(tmp_path):
+    root = _corpus_dir(tmp_path, ["A.\tUn."])
+    splits = {s: f"{s}.tsv.xz" for s in SPLITS}
+    assert _rows(load_corpus(_cfg(tmp_path, path=str(root), splits=splits))["train"]) == [("Un.", "A.")]
+    # a file cut short (an interrupted download) is reported with its name, not as a traceback
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for split in SPLITS:
+        whole = lzma.compress(("Hello.\tBonjour.\n" * 2000).encode("utf-8"))
+        (broken / f"{split}.tsv.xz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError) as err:
+        load_corpus(_cfg(tmp_path, path=str(broken), splits=splits))
+    assert "train.tsv.xz" in str(err.value)
+    # a malformed line inside a compressed file is found with its line number
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in SPLITS:
+        with gzip.open(bad / f"{split}.tsv.gz", "wb") as f:
+            f.write(b"A.\tUn.\nB.\tDeux.\tTrois.\n")
+    with pytest.raises(DataError, match=r"train\.tsv\.gz:2: found 3 tab-separated column"):
+        load_corpus(_cfg(tmp_path, path=str(bad), splits={s: f"{s}.tsv.gz" for s in SPLITS}))
 
 
 # ------------------------------------------------------------------------------------ url + offline

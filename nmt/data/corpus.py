@@ -14,6 +14,10 @@ Formats (``data.format``):
     (then split deterministically, see below). ``data.columns`` are 0-based column indices. Files
     are read by the ``csv`` builder with a tab delimiter, ``quoting=QUOTE_NONE`` (quotes are text),
     no header, no NA detection (``NA``/``null``/``nan`` stay strings) and all-string features.
+    Files may be compressed (``.gz``, ``.xz``, ``.bz2``; e.g. ``data.splits.train: train.tsv.xz``),
+    as the Tatoeba corpus shipped in ``data/tatoeba-fra-eng`` is. A split file named in
+    ``data.splits`` that does not exist is looked for decompressed (``train.tsv``) or compressed
+    (``train.tsv.gz``, ...) as well, so that one recipe reads either form of a corpus.
 ``text``
     ``{path}/{split}.{src_lang}`` and ``{path}/{split}.{tgt_lang}``, one sentence per line (the
     ``text`` builder). If ``data.path`` is a prefix such that ``{path}.{src_lang}`` exists, that one
@@ -67,8 +71,8 @@ from nmt.errors import ConfigError, DataError
 logger = logging.getLogger("nmt.data.corpus")
 
 SPLITS = ("train", "valid", "test")
-_TSV_FIX_HINT = "For the fr-en recipe, point NMT_TATOEBA_DIR at the directory holding train.tsv, " \
-                "valid.tsv and test.tsv."
+_TSV_FIX_HINT = ("The fr-en recipes read the copy shipped in the repository (data/tatoeba-fra-eng); "
+                 "NMT_TATOEBA_DIR replaces it by a directory holding the files named in data.splits.")
 _MAP_BATCH = 10_000  #: rows per batched ``.map`` call
 
 ColumnSpec = tuple[str, Optional[str]]  #: (column name, key inside a ``translation`` dict or None)
@@ -190,22 +194,50 @@ def _cr_error(path: Path, line: int) -> DataError:
         f"there. Remove stray carriage returns, e.g. tr -d '\\r' < {path} > fixed")
 
 
+#: file name endings read through a decompressor (the ``csv``/``json``/``text`` builders of
+#: ``datasets`` infer the same compressions from the name)
+_COMPRESSED = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
+
+
+def open_maybe_compressed(path: Path):
+    """Open a local file for binary reading, decompressing ``.gz``, ``.xz`` and ``.bz2`` files."""
+    module = _COMPRESSED.get(Path(path).suffix.lower())
+    if module is None:
+        return open(path, "rb")
+    import importlib
+
+    return importlib.import_module(module).open(path, "rb")
+
+
+def _read_lines_block(f, path: Path) -> bytes:
+    """About :data:`_SCAN_CHUNK` bytes ending at a line break (or at the end of the file)."""
+    import lzma
+
+    try:
+        chunk = f.read(_SCAN_CHUNK)
+        if chunk and not chunk.endswith(b"\n"):
+            chunk += f.readline()  # finish the last line (\n never occurs inside a UTF-8 sequence)
+    except (OSError, EOFError, lzma.LZMAError) as exc:  # a truncated or corrupt compressed file
+        raise DataError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); if it is compressed, "
+                        "check that the download or copy is complete (e.g. xz -t / gzip -t)") from None
+    return chunk
+
+
 def _scan_blocks(path: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Stream a file in blocks of whole lines; check UTF-8 and stray carriage returns.
 
+    Compressed files (:data:`_COMPRESSED`) are checked on their decompressed bytes.
     Yields ``(lines before the block, line starts, line ends, bytes as uint8 array)`` per block;
     a line runs from start to end (exclusive), without its ``\\n`` / ``\\r\\n`` and without a
     leading byte-order mark. Vectorised with numpy: no per-line Python work, memory bounded by
     the block size.
     """
     lines_before = offset = 0
-    with open(path, "rb") as f:
+    with open_maybe_compressed(path) as f:
         while True:
-            chunk = f.read(_SCAN_CHUNK)
+            chunk = _read_lines_block(f, path)
             if not chunk:
                 return
-            if not chunk.endswith(b"\n"):
-                chunk += f.readline()  # finish the last line (\n never occurs inside a UTF-8 sequence)
             try:
                 chunk.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -446,13 +478,30 @@ def _missing_path(path: Path, what: str) -> DataError:
                      f"location, e.g. --set data.path=/path/to/corpus. {_TSV_FIX_HINT}")
 
 
+def _existing_variant(path: Path) -> Path:
+    """``path``, or if it does not exist the same file compressed or decompressed (``train.tsv`` <->
+    ``train.tsv.xz``/``.gz``/``.bz2``), so that a directory of plain or of compressed splits works
+    with the same ``data.splits``."""
+    if path.is_file():
+        return path
+    if path.suffix.lower() in _COMPRESSED:
+        candidates = [path.with_suffix("")]
+    else:
+        candidates = [path.with_name(path.name + suffix) for suffix in _COMPRESSED]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is not None:
+        logger.info("%s not found; reading %s", path, found.name)
+        return found
+    return path
+
+
 def _split_files(cfg: DataConfig, root: Path, splits: Sequence[str]) -> dict[str, Path]:
     files = {}
     for split in splits:
         if split not in cfg.splits:
             raise DataError(f"{root}: data.splits has no file for split {split!r}; "
                             f"known: {', '.join(cfg.splits) or 'none'}")
-        path = root / cfg.splits[split]
+        path = _existing_variant(root / cfg.splits[split])
         if not path.is_file():
             raise DataError(f"{path}: split file for {split!r} not found (data.path={root}, "
                             f"data.splits.{split}={cfg.splits[split]!r}). {_TSV_FIX_HINT}")

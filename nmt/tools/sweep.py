@@ -179,7 +179,7 @@ def plan(recipe_path: str, overrides: list[str], grid: list[tuple[str, list[str]
 
 
 def _manifest(recipe_path: str, overrides, grid, seeds, budget_minutes, steps) -> dict[str, Any]:
-    base = load_training_recipe(recipe_path, overrides)
+    base = load_training_recipe(recipe_path, overrides, require_stop=False)  # the runs add the budget
     return {"recipe": base.to_dict(), "recipe_path": str(recipe_path), "overrides": list(overrides),
             "grid": [[k, v] for k, v in grid], "seeds": seeds, "budget_minutes": budget_minutes,
             "steps": steps}
@@ -367,7 +367,7 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
         raise NmtError(f"--jobs {jobs}: must be at least 1")
     overrides = list(overrides or [])
     grid = parse_grid(grid_items)
-    base = load_training_recipe(recipe_path, overrides)
+    base = load_training_recipe(recipe_path, overrides, require_stop=False)  # plan() checks each run
     for key, _ in grid:
         parse_override(f"{key}=x")  # the key's form; its values are validated in plan()
     seeds = seeds or [base.train.seed]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from nmt.atomic import append_line, atomic_write_json, atomic_write_text
-from nmt.config import Recipe, load_recipe, recipe_from_dict, resolved_run_dir
+from nmt.config import Recipe, check_stops, load_recipe, recipe_from_dict, resolved_run_dir
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import (
     CHECKPOINT_DIR,
@@ -239,10 +239,14 @@ def lr_factor(step: int, recipe: Recipe, elapsed_seconds: float | None = None) -
 
 # ---------------------------------------------------------------------------------------- train
 
-def load_training_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """A recipe file read, overridden and validated, its model section included (can it be built?)."""
+def load_training_recipe(path: str | os.PathLike, overrides: list[str] | None = None,
+                         require_stop: bool = True) -> Recipe:
+    """A recipe file read, overridden and validated, its model section included (can it be built?),
+    and, unless ``require_stop`` is false, its training bounded (:func:`nmt.config.check_stops`)."""
     recipe = load_recipe(path, overrides)
     check_model_config(recipe.model, str(path))
+    if require_stop:
+        check_stops(recipe, str(path))
     return recipe
 
 
@@ -254,6 +258,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     from nmt.training.lock import RunLock
 
     check_model_config(recipe.model, recipe_path)
+    check_stops(recipe, recipe_path)
     t = recipe.train
     run_dir = resolved_run_dir(recipe, run_dir)
     if t.num_threads:
