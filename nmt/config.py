@@ -184,6 +184,11 @@ class TrainConfig:
     valid_every: int = 1000  #: steps between validations
     valid_beam: int = 1  #: 1 = greedy decoding for validation BLEU
     valid_max_sentences: Optional[int] = None  #: validate BLEU on the first N valid pairs only
+    #: What makes a validation the new "best" checkpoint (and resets ``patience``): a higher valid
+    #: BLEU, or with ``loss`` a lower valid loss. An equal BLEU counts as better when the valid loss
+    #: is lower: early in training every validation scores BLEU 0 while the loss still falls, and
+    #: the best checkpoint is then the one that has learned most, not the first (which outputs
+    #: next to nothing).
     early_stopping_metric: Literal["bleu", "loss"] = "bleu"
     patience: Optional[int] = None  #: validations without improvement before stopping
     precision: Literal["no", "bf16", "fp16"] = "no"

@@ -10,7 +10,16 @@ from safetensors.torch import load_file
 
 from nmt.errors import NmtError
 from nmt.inference.checkpoint import checkpoint_path
-from nmt.training.loop import lr_factor, train
+from nmt.training.loop import (
+    TrainerState,
+    _Progress,
+    eta_seconds,
+    is_improvement,
+    lr_factor,
+    progress_text,
+    run_fraction,
+    train,
+)
 
 def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
     run = tmp_path / "run"
@@ -135,6 +144,91 @@ def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch, tiny_recipe):
     with pytest.raises(NmtError, match="non-finite"):
         train(tiny_recipe("train.max_steps=10", "train.max_nan_skips=3"), run_dir=run)
     assert not list((run / "checkpoints").glob("*.safetensors")), "no corrupt checkpoint written"
+
+
+def test_best_is_the_higher_metric_and_equal_bleu_goes_to_the_lower_loss():
+    assert is_improvement("bleu", 0.0, 9.0, None, None)            # the first validation
+    assert is_improvement("bleu", 0.0, 3.0, 0.0, 4.0)              # BLEU tie (e.g. 0): lower loss wins
+    assert not is_improvement("bleu", 0.0, 5.0, 0.0, 4.0)
+    assert not is_improvement("bleu", 0.0, 4.0, 0.0, 4.0)          # a full tie is no improvement
+    assert is_improvement("bleu", 1.5, 9.0, 1.0, 4.0)              # a higher BLEU wins whatever the loss
+    assert not is_improvement("bleu", 0.5, 1.0, 1.0, 4.0)
+    assert is_improvement("loss", 3.0, 3.0, 4.0, 4.0)
+    assert not is_improvement("loss", 4.0, 4.0, 4.0, 4.0)
+
+
+def test_while_bleu_stays_zero_best_follows_the_valid_loss(repo, tmp_path, caplog):
+    """Early validations all score BLEU 0: the best checkpoint is the one with the lowest loss (the
+    most trained), not the first one. The plain progress lines name the step, ETA and last BLEU."""
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="nmt.train"):
+        summary = train(tiny(repo, "train.max_steps=8", "train.valid_every=4", "train.warmup_steps=0",
+                             "train.lr=0.01", "train.log_every=2"), run_dir=run)
+    valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [4, 8]
+    assert [r["bleu"] for r in valid] == [0.0, 0.0], "the premise: BLEU ties at 0"
+    assert valid[1]["loss"] < valid[0]["loss"]
+    assert summary["best_step"] == 8 and valid[1]["best"]
+    assert json.loads((run / "checkpoints/best.json").read_text())["step"] == 8
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(" |")[0] for line in lines] == ["step 2/8", "step 4/8", "step 6/8", "step 8/8"]
+    assert all("ETA " in line and " tok/s" in line and "loss " in line for line in lines)
+    assert lines[0].endswith("valid BLEU -")
+    assert lines[2].endswith("valid BLEU 0.00 @4")
+
+
+def test_progress_eta_and_fraction(repo):
+    steps = tiny(repo, "train.max_steps=100", "train.budget_minutes=null")
+    assert run_fraction(steps, 25, 50.0, 0.1) == pytest.approx(0.25)
+    assert eta_seconds(steps, 25, 50.0, 0.1) == pytest.approx(150.0)   # 75 steps at 2 s each
+    budget = tiny(repo, "train.max_steps=null", "train.budget_minutes=10")
+    assert run_fraction(budget, 25, 150.0, 0.1) == pytest.approx(0.25)
+    assert eta_seconds(budget, 25, 150.0, 0.1) == pytest.approx(450.0)
+    both = tiny(repo, "train.max_steps=100", "train.budget_minutes=10")  # the first to end counts
+    assert eta_seconds(both, 90, 300.0, 0.1) == pytest.approx(100 / 3)
+    assert run_fraction(both, 10, 300.0, 0.1) == pytest.approx(0.5)
+    epochs = tiny(repo, "train.max_steps=null", "train.max_epochs=4")
+    assert eta_seconds(epochs, 10, 60.0, 1.0) == pytest.approx(180.0)
+    patience = tiny(repo, "train.max_steps=null", "train.patience=3")
+    assert run_fraction(patience, 10, 60.0, 1.0) is None and eta_seconds(patience, 10, 60.0, 1.0) is None
+    state = TrainerState(step=500, wall_seconds=125.0,
+                         history=[{"step": 400, "bleu": 12.345, "loss": 2.0}])
+    text = progress_text(tiny(repo, "train.max_steps=null", "train.budget_minutes=10"), state, 2.0, 3.21, 4567.0)
+    assert text == "step 500 | 2:05 of 10:00 | ETA 7:55 | loss 3.210 | 4,567 tok/s | valid BLEU 12.35 @400"
+
+
+def test_progress_on_a_terminal_is_one_refreshed_line(repo):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    recipe = tiny(repo, "train.max_steps=10")
+    out = Terminal()
+    progress = _Progress(recipe, TrainerState(), stream=out, interactive=True)
+    state = TrainerState(step=5, wall_seconds=5.0, history=[{"step": 4, "bleu": 1.5, "loss": 3.0}])
+    progress.step(state, 0.5, 3.0, 1000.0, log_now=True)
+    progress.close()
+    text = out.getvalue()
+    assert "\r" in text and " 50%|" in text
+    assert "step 5/10 | 0:05 | ETA 0:05 | loss 3.000 | 1,000 tok/s | valid BLEU 1.50 @4" in text
+
+
+@pytest.mark.slow
+def test_tiny_recipe_demo_translates_into_words(repo, tmp_path):
+    """The recipe's own demo, from a working directory of its own: train with the recipe as shipped,
+    then translate with the default (best) checkpoint."""
+    env = {**os.environ, "NMT_NO_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "nmt", "train", str(repo / "recipes/tiny.yaml")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "nmt", "translate", "runs/tiny"], cwd=tmp_path, env=env,
+                          input="Je suis fatigué.\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), proc.stdout
+    assert any(word in lines[0].split() for word in ("I", "am")), lines[0]
 
 
 @pytest.mark.slow

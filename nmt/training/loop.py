@@ -66,6 +66,7 @@ class TrainerState:
     train_seconds: float = 0.0  #: time in training steps (validation excluded)
     wall_seconds: float = 0.0  #: loop time including validation (the budget counts this)
     best_metric: float | None = None
+    best_loss: float | None = None  #: valid loss of the best checkpoint (breaks ties of the metric)
     best_step: int = 0
     bad_validations: int = 0
     nan_skips: int = 0  #: consecutive non-finite losses
@@ -418,10 +419,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
             window_loss += step_loss
             window_nll += step_nll
             state.wall_seconds = time.perf_counter() - loop_start
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{step_loss / step_tokens:.3f}",
-                                     tok_s=f"{global_tokens / elapsed:,.0f}", refresh=False)
+            if progress is not None:  # loss and speed averaged since the last log line
+                progress.step(state, _epoch_progress(sampler),
+                              window_loss * accelerator.num_processes / window_tokens,
+                              window_tokens / window_time, log_now)
             if log_now and main:
                 local_tokens = window_tokens / accelerator.num_processes
                 record = {
@@ -565,14 +566,115 @@ def _truncate_metrics(path: Path, step: int) -> None:
         os.truncate(path, keep)
 
 
-def _progress(recipe: Recipe, state: TrainerState, main: bool):
-    if not main:
-        return None
-    from tqdm.auto import tqdm
+def _clock(seconds: float) -> str:
+    """``1:02:03`` / ``2:03``."""
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
-    total = recipe.train.max_steps
-    return tqdm(total=total, initial=state.step, unit="step", dynamic_ncols=True, mininterval=2.0,
-                desc="train", disable=os.environ.get("NMT_NO_PROGRESS") == "1")
+
+def run_fraction(recipe: Recipe, step: int, elapsed: float, epochs: float) -> float | None:
+    """How far the run is towards its first stop criterion (0..1); None if only ``patience`` bounds it."""
+    t = recipe.train
+    parts = []
+    if t.max_steps:
+        parts.append(step / t.max_steps)
+    if t.budget_minutes:
+        parts.append(elapsed / (t.budget_minutes * 60))
+    if t.max_epochs:
+        parts.append(epochs / t.max_epochs)
+    return min(1.0, max(parts)) if parts else None
+
+
+def eta_seconds(recipe: Recipe, step: int, elapsed: float, epochs: float) -> float | None:
+    """Seconds until the first stop criterion ends the run, at the pace so far (validations
+    included); None when only ``patience`` (or nothing yet measured) bounds it."""
+    t = recipe.train
+    left = []
+    if t.budget_minutes:
+        left.append(t.budget_minutes * 60 - elapsed)
+    if t.max_steps and step > 0:
+        left.append((t.max_steps - step) * elapsed / step)
+    if t.max_epochs and epochs > 0:
+        left.append((t.max_epochs - epochs) * elapsed / epochs)
+    return max(0.0, min(left)) if left else None
+
+
+def progress_text(recipe: Recipe, state: TrainerState, epochs: float, loss: float | None = None,
+                  tokens_per_s: float | None = None) -> str:
+    """One line on where a run is: step (of max_steps), time (of the budget), ETA, the current
+    training loss and speed, and the last validation BLEU."""
+    t = recipe.train
+    elapsed = state.wall_seconds
+    parts = [f"step {state.step:,}" + (f"/{t.max_steps:,}" if t.max_steps else "")]
+    if t.max_epochs:
+        parts.append(f"epoch {epochs:.2f}/{t.max_epochs}")
+    parts.append(_clock(elapsed) + (f" of {_clock(t.budget_minutes * 60)}" if t.budget_minutes else ""))
+    eta = eta_seconds(recipe, state.step, elapsed, epochs)
+    parts.append(f"ETA {_clock(eta)}" if eta is not None else "ETA ? (until patience stops it)")
+    if loss is not None:
+        parts.append(f"loss {loss:.3f}")
+    if tokens_per_s is not None:
+        parts.append(f"{tokens_per_s:,.0f} tok/s")
+    if state.history:
+        last = state.history[-1]
+        parts.append(f"valid BLEU {last['bleu']:.2f} @{last['step']:,}")
+    else:
+        parts.append("valid BLEU -")
+    return " | ".join(parts)
+
+
+def progress_disabled() -> bool:
+    """``NMT_NO_PROGRESS`` set to anything but empty or 0."""
+    return os.environ.get("NMT_NO_PROGRESS", "") not in ("", "0")
+
+
+class _Progress:
+    """Where a run is, for whoever watches it.
+
+    On a terminal: one tqdm line, refreshed, with a bar towards the first stop criterion and
+    :func:`progress_text`. Without one (a log file, CI, a pipe) or with ``NMT_NO_PROGRESS`` set:
+    :func:`progress_text` as a plain log line every ``train.log_every`` steps.
+    """
+
+    def __init__(self, recipe: Recipe, state: TrainerState, stream=None, interactive: bool | None = None):
+        import sys
+
+        self.recipe = recipe
+        stream = sys.stderr if stream is None else stream
+        if interactive is None:
+            interactive = not progress_disabled() and bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = None
+        if interactive:
+            from tqdm.auto import tqdm
+
+            known = run_fraction(recipe, state.step, state.wall_seconds, 0.0) is not None
+            fmt = "train {percentage:3.0f}%|{bar:12}| {desc}" if known else "train {desc}"
+            self.bar = tqdm(total=100 if known else None, initial=0, file=stream, dynamic_ncols=True,
+                            bar_format=fmt)
+        self._shown = 0.0
+
+    def step(self, state: TrainerState, epochs: float, loss: float, tokens_per_s: float, log_now: bool) -> None:
+        if self.bar is None:
+            if log_now:
+                log.info("%s", progress_text(self.recipe, state, epochs, loss, tokens_per_s))
+            return
+        now = time.monotonic()
+        if now - self._shown < 1.0:  # redraw at most once a second
+            return
+        self._shown = now
+        fraction = run_fraction(self.recipe, state.step, state.wall_seconds, epochs)
+        if fraction is not None:
+            self.bar.n = round(100 * fraction, 1)
+        self.bar.set_description_str(progress_text(self.recipe, state, epochs, loss, tokens_per_s))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(recipe: Recipe, state: TrainerState, main: bool) -> _Progress | None:
+    return _Progress(recipe, state) if main else None
 
 
 def _setup_logging(run_dir: Path | None) -> None:
@@ -592,6 +694,22 @@ def _setup_logging(run_dir: Path | None) -> None:
 
 # ------------------------------------------------------------------------- validate/checkpoint
 
+def is_improvement(metric_name: str, metric: float, loss: float, best_metric: float | None,
+                   best_loss: float | None) -> bool:
+    """Is a validation better than the best so far (see ``TrainConfig.early_stopping_metric``)?
+
+    ``bleu``: a higher BLEU, or the same BLEU with a lower loss; ``loss``: a lower loss. The first
+    validation is always the best so far.
+    """
+    if best_metric is None:
+        return True
+    if metric_name == "loss":
+        return metric < best_metric
+    if metric != best_metric:
+        return metric > best_metric
+    return best_loss is None or loss < best_loss
+
+
 def _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau, sampler, run_dir,
                              accelerator, metrics_file) -> bool:
     """Validate, write checkpoints, update early stopping. Returns True to stop training."""
@@ -602,10 +720,11 @@ def _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau,
     result["seconds"] = round(time.perf_counter() - start, 2)
     state.history.append(result)
     metric = result["bleu"] if t.early_stopping_metric == "bleu" else result["loss"]
-    better = (state.best_metric is None or
-              (metric > state.best_metric if t.early_stopping_metric == "bleu" else metric < state.best_metric))
+    better = is_improvement(t.early_stopping_metric, metric, result["loss"], state.best_metric,
+                            state.best_loss)
     if better:
-        state.best_metric, state.best_step, state.bad_validations = metric, state.step, 0
+        state.best_metric, state.best_loss, state.best_step = metric, result["loss"], state.step
+        state.bad_validations = 0
     else:
         state.bad_validations += 1
     if plateau is not None:
