@@ -40,7 +40,7 @@ Deterministic split of an unsplit corpus: ``bucket = int(sha256(split_salt + tgt
 1000`` (on the cleaned target sentence); ``test`` = ``bucket < split_permille["test"]``, ``valid``
 = the next ``split_permille["valid"]`` buckets, ``train`` = the rest. Pairs are thus grouped by
 target sentence: one sentence never lands in two splits. With the fr-en recipe's salt this
-reproduces the split of the shared Tatoeba files (grouped by English = the target side).
+reproduces the splits of the Tatoeba copy in data/tatoeba-fra-eng (grouped by English = the target side).
 
 Cleaning: valid/test are only normalised; training pairs with an empty side are dropped (the
 subword length filters of ``data.filter`` need the tokenizer and live in
