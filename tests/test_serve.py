@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
     recipe.model.encoder.self_attention_ff_size = 32
     (local / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     torch.manual_seed(0)
-    model = build_model(recipe.model, 120, 120)
+    model = build_model(recipe.model, recipe.tokenizer.src_vocab_size, recipe.tokenizer.tgt_vocab_size)
     save_weights(model, local / "checkpoints" / "best.safetensors")
     return tiny, local
 
@@ -190,7 +190,7 @@ def test_models_health_page_and_schema(client, runs):
     models = client.get("/api/models").json()["models"]
     assert [m["name"] for m in models] == ["tiny", "tiny-localp"]
     t, lp = models
-    assert (t["attention"], t["activation"], t["embedding_dim"]) == ("bahdanau", "tanh", 32)
+    assert (t["attention"], t["activation"], t["embedding_dim"]) == ("bahdanau", "tanh", 64)  # recipes/tiny.yaml
     assert t["parameters"] == sum(p.numel() for p in Translator.load(tiny, device="cpu").model.parameters())
     assert (lp["attention"], lp["window"], lp["encoder"]["self_attention_heads"]) == ("local-p", 2, 2)
     assert t["test_bleu"] is None
