@@ -21,6 +21,7 @@ from nmt.training.loop import (
     train,
 )
 
+
 def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
     run = tmp_path / "run"
     summary = train(tiny_recipe("train.max_steps=6", "train.valid_every=3", "train.plot_sentences=1"), run_dir=run)
@@ -157,12 +158,12 @@ def test_best_is_the_higher_metric_and_equal_bleu_goes_to_the_lower_loss():
     assert not is_improvement("loss", 4.0, 4.0, 4.0, 4.0)
 
 
-def test_while_bleu_stays_zero_best_follows_the_valid_loss(repo, tmp_path, caplog):
+def test_while_bleu_stays_zero_best_follows_the_valid_loss(tmp_path, caplog, tiny_recipe):
     """Early validations all score BLEU 0: the best checkpoint is the one with the lowest loss (the
     most trained), not the first one. The plain progress lines name the step, ETA and last BLEU."""
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="nmt.train"):
-        summary = train(tiny(repo, "train.max_steps=8", "train.valid_every=4", "train.warmup_steps=0",
+        summary = train(tiny_recipe("train.max_steps=8", "train.valid_every=4", "train.warmup_steps=0",
                              "train.lr=0.01", "train.log_every=2"), run_dir=run)
     valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "valid"]
     assert [r["step"] for r in valid] == [4, 8]
@@ -177,34 +178,34 @@ def test_while_bleu_stays_zero_best_follows_the_valid_loss(repo, tmp_path, caplo
     assert lines[2].endswith("valid BLEU 0.00 @4")
 
 
-def test_progress_eta_and_fraction(repo):
-    steps = tiny(repo, "train.max_steps=100", "train.budget_minutes=null")
+def test_progress_eta_and_fraction(tiny_recipe):
+    steps = tiny_recipe("train.max_steps=100", "train.budget_minutes=null")
     assert run_fraction(steps, 25, 50.0, 0.1) == pytest.approx(0.25)
     assert eta_seconds(steps, 25, 50.0, 0.1) == pytest.approx(150.0)   # 75 steps at 2 s each
-    budget = tiny(repo, "train.max_steps=null", "train.budget_minutes=10")
+    budget = tiny_recipe("train.max_steps=null", "train.budget_minutes=10")
     assert run_fraction(budget, 25, 150.0, 0.1) == pytest.approx(0.25)
     assert eta_seconds(budget, 25, 150.0, 0.1) == pytest.approx(450.0)
-    both = tiny(repo, "train.max_steps=100", "train.budget_minutes=10")  # the first to end counts
+    both = tiny_recipe("train.max_steps=100", "train.budget_minutes=10")  # the first to end counts
     assert eta_seconds(both, 90, 300.0, 0.1) == pytest.approx(100 / 3)
     assert run_fraction(both, 10, 300.0, 0.1) == pytest.approx(0.5)
-    epochs = tiny(repo, "train.max_steps=null", "train.max_epochs=4")
+    epochs = tiny_recipe("train.max_steps=null", "train.max_epochs=4")
     assert eta_seconds(epochs, 10, 60.0, 1.0) == pytest.approx(180.0)
-    patience = tiny(repo, "train.max_steps=null", "train.patience=3")
+    patience = tiny_recipe("train.max_steps=null", "train.patience=3")
     assert run_fraction(patience, 10, 60.0, 1.0) is None and eta_seconds(patience, 10, 60.0, 1.0) is None
     state = TrainerState(step=500, wall_seconds=125.0,
                          history=[{"step": 400, "bleu": 12.345, "loss": 2.0}])
-    text = progress_text(tiny(repo, "train.max_steps=null", "train.budget_minutes=10"), state, 2.0, 3.21, 4567.0)
+    text = progress_text(tiny_recipe("train.max_steps=null", "train.budget_minutes=10"), state, 2.0, 3.21, 4567.0)
     assert text == "step 500 | 2:05 of 10:00 | ETA 7:55 | loss 3.210 | 4,567 tok/s | valid BLEU 12.35 @400"
 
 
-def test_progress_on_a_terminal_is_one_refreshed_line(repo):
+def test_progress_on_a_terminal_is_one_refreshed_line(tiny_recipe):
     import io
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    recipe = tiny(repo, "train.max_steps=10")
+    recipe = tiny_recipe("train.max_steps=10")
     out = Terminal()
     progress = _Progress(recipe, TrainerState(), stream=out, interactive=True)
     state = TrainerState(step=5, wall_seconds=5.0, history=[{"step": 4, "bleu": 1.5, "loss": 3.0}])
