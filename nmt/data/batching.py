@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from nmt.data.grouping import length_groups
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import CheckpointError
 
@@ -348,28 +349,9 @@ class TokenBatchSampler:
 
 def inference_batches(lengths: Sequence[int], batch_tokens: int,
                       max_sentences: Optional[int] = None) -> list[list[int]]:
-    """Group indices of sentences to translate, longest first, at most ``batch_tokens`` padded tokens.
-
-    A batch costs sentences × its longest length; a sentence longer than the budget is alone. The
-    caller restores the input order from the returned indices.
-    """
-    lengths = as_int_array(lengths)
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in order.tolist():
-        length = max(int(lengths[i]), 1)
-        new_longest = max(longest, length)
-        full = max_sentences is not None and len(current) >= max_sentences
-        if current and (full or (len(current) + 1) * new_longest > batch_tokens):
-            batches.append(current)
-            current, new_longest = [], length
-        current.append(i)
-        longest = new_longest
-    if current:
-        batches.append(current)
-    return batches
+    """Group indices of sentences to translate, longest first, at most ``batch_tokens`` padded tokens
+    (:func:`nmt.data.grouping.length_groups`; ``lengths`` may also be a tensor or a dataset column)."""
+    return length_groups(as_int_array(lengths).tolist(), batch_tokens, max_sentences)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""``nmt export``: a trained run as ONNX graphs that translate without PyTorch.
+
+An export directory holds everything :class:`~nmt.inference.onnx_translator.OnnxTranslator` needs::
+
+    encoder.onnx        src ids (B, S), lengths (B,) -> the decoder's initial state and the
+                        attention memory (encoder states, mask, key projection), as model.start
+                        gives them
+    decoder_step.onnx   previous ids (N,), state, memory -> log-probabilities (N, V) over the
+                        target vocabulary, the next state, attention weights (N, S) [and local-p's
+                        predicted positions (N,)]
+    spm.src.model spm.tgt.model   the run's sentencepiece models
+    export.json         the graphs' input and output names, the recipe's decode settings, the
+                        vocabulary sizes and the model's metadata
+
+The graphs are traced from the model's plain per-step entry points (``Seq2Seq.encode``,
+``Seq2Seq.start``, ``Seq2Seq.step``) in float32 without autograd, so they compute the same
+equations as the PyTorch model whatever the attention kind (Bahdanau, Luong dot / general /
+concat, local-p, encoder self-attention layers), with dynamic batch and source-length axes. The
+state and memory are passed through the graphs field by field (named ``state.<field>`` and
+``memory.<field>``), so the exporter does not depend on which tensors a decoder keeps.
+
+Search (greedy and beam, the same rules as :mod:`nmt.inference.search`) runs in numpy outside the
+graphs. A lexical shortlist is not exported: the ONNX translator scores the full vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmt.data.tokenizer import SRC_MODEL, TGT_MODEL
+from nmt.errors import NmtError
+from nmt.inference.onnx_translator import (
+    DECODE_KEYS,
+    DECODER_FILE,
+    ENCODER_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    META_FILE,
+)
+
+#: ONNX opset of the exported graphs (17: LayerNormalization is one operator)
+OPSET = 17
+
+__all__ = ["export_run", "export_cli", "OPSET"]
+
+
+def _fields(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensor fields of a state or memory dataclass that are set (None fields are not exported)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), torch.Tensor)}
+
+
+class _EncoderGraph(nn.Module):
+    """``src (B, S)``, ``src_lengths (B,)`` -> the initial decoder state's and the memory's tensors."""
+
+    def __init__(self, model: nn.Module, state_names: list[str], memory_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.state_names, self.memory_names = state_names, memory_names
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor):
+        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+        state, memory = self.model.start(self.model.encode(src, src_lengths, mask))
+        state_t, memory_t = _fields(state), _fields(memory)
+        return tuple(state_t[n] for n in self.state_names) + tuple(memory_t[n] for n in self.memory_names)
+
+
+class _StepGraph(nn.Module):
+    """``prev_tokens (N,)``, state and memory tensors -> log-probs (N, V), next state, attention."""
+
+    def __init__(self, model: nn.Module, state: Any, memory: Any, with_positions: bool):
+        super().__init__()
+        self.model = model
+        # templates: the step rebuilds the state and memory objects around the graph's inputs
+        self.state, self.memory = state, memory
+        self.state_names, self.memory_names = list(_fields(state)), list(_fields(memory))
+        self.with_positions = with_positions
+
+    def forward(self, prev_tokens: torch.Tensor, *tensors: torch.Tensor):
+        n = len(self.state_names)
+        state = dataclasses.replace(self.state, **dict(zip(self.state_names, tensors[:n])))
+        memory = dataclasses.replace(self.memory, **dict(zip(self.memory_names, tensors[n:])))
+        log_probs, out = self.model.step(prev_tokens, state, memory)
+        new_state = _fields(out.state)
+        outputs = (log_probs.float(),) + tuple(new_state[name] for name in self.state_names) \
+            + (out.attention.float(),)
+        if self.with_positions:
+            outputs += (out.positions.float(),)
+        return outputs
+
+
+def _onnx_bytes(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                dynamic_axes: dict[str, dict[int, str]]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter: it traces nn.GRU over packed sequences into ONNX GRU
+        # operators with per-row lengths (the torch.export-based one does not handle them)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    return buffer.getvalue()
+
+
+def _example_batch(src_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three sources of different lengths (padding included): the traced shapes are all generic."""
+    from nmt.data.vocab import EOS_ID, N_SPECIAL, PAD_ID
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5, 7, 3])
+    src = torch.randint(N_SPECIAL, max(src_vocab_size, N_SPECIAL + 1), (3, 7), generator=gen)
+    src[torch.arange(7).unsqueeze(0) >= lengths.unsqueeze(1)] = PAD_ID
+    src[torch.arange(3), lengths - 1] = EOS_ID
+    return src, lengths
+
+
+def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    """Write ``encoder.onnx`` and ``decoder_step.onnx`` of ``model`` (eval mode, float32, CPU);
+    returns the graphs' part of ``export.json``."""
+    model = model.float().eval()
+    with_positions = model.cfg.attention.kind == "local-p"
+    src, lengths = _example_batch(model.src_vocab_size)
+    with torch.no_grad():
+        mask = torch.arange(src.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+        state, memory = model.start(model.encode(src, lengths, mask))
+    state_t, memory_t = _fields(state), _fields(memory)
+    for name, tensor in {**state_t, **memory_t}.items():
+        if tensor.size(0) != src.size(0):  # the search reorders every one of them by rows
+            raise NmtError(f"nmt export: the decoder's {name} is not per sentence (shape "
+                           f"{tuple(tensor.shape)}); this model cannot be exported")
+    state_names, memory_names = list(state_t), list(memory_t)
+    state_in = [f"state.{n}" for n in state_names]
+    memory_in = [f"memory.{n}" for n in memory_names]
+    batch, rows = {0: "batch"}, {0: "rows"}
+
+    def src_axes(first):  # memory tensors are (rows, src_len, ...) or (rows,)
+        return {f"memory.{n}": ({**first, 1: "src_len"} if t.dim() > 1 else dict(first))
+                for n, t in memory_t.items()}
+
+    encoder = _EncoderGraph(model, state_names, memory_names)
+    enc_axes = {"src": {0: "batch", 1: "src_len"}, "src_lengths": batch,
+                **{n: dict(batch) for n in state_in}, **src_axes(batch)}
+    with torch.no_grad():
+        encoder_onnx = _onnx_bytes(encoder, (src, lengths), ["src", "src_lengths"], state_in + memory_in,
+                                   enc_axes)
+
+    step = _StepGraph(model, state, memory, with_positions)
+    prev = torch.full((src.size(0),), 2, dtype=torch.long)  # BOS
+    outputs = ["log_probs"] + [f"next.{n}" for n in state_names] + ["attention"] \
+        + (["positions"] if with_positions else [])
+    step_axes = {"prev_tokens": rows, "log_probs": rows, "attention": {0: "rows", 1: "src_len"},
+                 **{n: dict(rows) for n in state_in}, **{f"next.{n}": dict(rows) for n in state_names},
+                 **src_axes(rows)}
+    if with_positions:
+        step_axes["positions"] = dict(rows)
+    with torch.no_grad():
+        step_onnx = _onnx_bytes(step, (prev, *state_t.values(), *memory_t.values()),
+                                ["prev_tokens"] + state_in + memory_in, outputs, step_axes)
+    (out_dir / ENCODER_FILE).write_bytes(encoder_onnx)
+    (out_dir / DECODER_FILE).write_bytes(step_onnx)
+    return {"state": state_names, "memory": memory_names, "positions": with_positions, "opset": OPSET}
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
+    """Export a run directory (``checkpoint``: best, last or a weights file) to ``out_dir``."""
+    from nmt import __version__
+    from nmt.inference.checkpoint import checkpoint_path, load_run
+
+    run_dir, out = Path(run_dir), Path(out_dir)
+    weights = checkpoint_path(run_dir, checkpoint)  # a run without weights fails here, naming the file
+    recipe, tokenizers, model, metadata = load_run(run_dir, str(weights))
+    if out.exists() and not out.is_dir():
+        raise NmtError(f"nmt export: {out} exists and is not a directory; give a directory name")
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = export_model(model, out)
+    for name in (SRC_MODEL, TGT_MODEL):
+        shutil.copyfile(run_dir / name, out / name)
+    decode = {key: getattr(recipe.decode, key) for key in DECODE_KEYS}
+    meta = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+        "encoder": ENCODER_FILE, "decoder_step": DECODER_FILE,
+        "src_tokenizer": SRC_MODEL, "tgt_tokenizer": TGT_MODEL,
+        **graphs,
+        "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
+        "normalize": recipe.data.filter.normalize,
+        "decode": decode,
+        "model": dataclasses.asdict(recipe.model),
+        "checkpoint": {"file": str(weights), "metadata": metadata},
+        "exported_by": {"nmt": __version__, "torch": torch.__version__},
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def export_cli(args) -> int:
+    """``nmt export RUN_DIR -o EXPORT_DIR [--checkpoint best|last|PATH]``."""
+    import sys
+
+    if not args.output:
+        raise NmtError("nmt export: give the export directory with -o EXPORT_DIR")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        raise NmtError("nmt export needs the onnx package: pip install 'nmt[onnx]'") from None
+    out = export_run(args.run_dir, args.output, args.checkpoint or "best")
+    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    shortlist = meta["decode"].get("shortlist", 0) if isinstance(meta["decode"], dict) else 0
+    note = " (the recipe's decode.shortlist is not exported: the ONNX translator scores the full " \
+           "vocabulary)" if shortlist else ""
+    print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}, {SRC_MODEL}, {TGT_MODEL}, "
+          f"{META_FILE}){note}", file=sys.stderr)
+    return 0

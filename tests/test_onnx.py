@@ -1,0 +1,272 @@
+"""ONNX export (``nmt export``) and the onnxruntime translator (``nmt translate --engine onnx``).
+
+Random models of every attention kind are exported; the onnxruntime graphs must give the PyTorch
+model's step outputs, and the numpy search the PyTorch search's hypotheses (tokens equal, scores
+to float rounding) for greedy and beam search with penalties, n-best, min length and n-gram
+blocking. Importing the translator must not import torch. Broken export directories exit 2.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from nmt.config import (  # noqa: E402
+    AttentionConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    Recipe,
+    TokenizerConfig,
+)
+from nmt.data.vocab import EOS_ID  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FR = "le la chat chien maison rouge bleu petit grand mange dort voit un une et sur sous".split()
+EN = "the cat dog house red blue small big eats sleeps sees a and on under".split()
+
+#: model variants: every attention kind, input feeding on and off, stacked layers, self-attention
+VARIANTS = {
+    "bahdanau": dict(attention=AttentionConfig(kind="bahdanau"),
+                     encoder=EncoderConfig(hidden_size=8, dropout=0.0, self_attention_layers=1,
+                                           self_attention_heads=2, self_attention_ff_size=16)),
+    "luong-general": dict(attention=AttentionConfig(kind="luong-general"),
+                          encoder=EncoderConfig(hidden_size=8, layers=2, dropout=0.0),
+                          decoder=DecoderConfig(hidden_size=16, layers=2, dropout=0.0)),
+    "luong-dot": dict(attention=AttentionConfig(kind="luong-dot"),
+                      decoder=DecoderConfig(hidden_size=16, dropout=0.0, input_feeding=False)),
+    "luong-concat": dict(attention=AttentionConfig(kind="luong-concat"), tied_embeddings=True),
+    "local-p": dict(attention=AttentionConfig(kind="local-p", window=2, score="general")),
+    "local-p-concat": dict(attention=AttentionConfig(kind="local-p", window=3, score="concat"),
+                           encoder=EncoderConfig(hidden_size=8, bidirectional=False, dropout=0.0),
+                           decoder=DecoderConfig(hidden_size=8, dropout=0.0, bridge=False)),
+}
+
+
+def corpus(n: int, seed: int, words=FR, max_words: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+
+
+def build_run(run: Path, variant: str, seed: int = 0) -> Path:
+    """A run directory with sentencepiece models and a random model (weights saved as best)."""
+    import datasets
+
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.inference.checkpoint import save_weights
+    from nmt.model.seq2seq import build_model
+
+    run.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_dict({"src": corpus(200, 0), "tgt": corpus(200, 1, EN)})
+    tok_cfg = TokenizerConfig(src_vocab_size=34, tgt_vocab_size=26, num_threads=1)
+    tokenizers = SubwordTokenizers.train(tok_cfg, ds, run)
+    recipe = Recipe()
+    recipe.data.path = "corpus"
+    recipe.tokenizer = tok_cfg
+    parts = {"encoder": EncoderConfig(hidden_size=8, dropout=0.0),
+             "decoder": DecoderConfig(hidden_size=16, dropout=0.0), **VARIANTS[variant]}
+    recipe.model = ModelConfig(embedding_dim=12, dropout=0.0, activation="tanh", **parts)
+    recipe.decode.beam = 3
+    recipe.decode.max_len_a = 1.0
+    recipe.decode.max_len_b = 4
+    recipe.decode.max_input_len = 12
+    (run / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    with torch.no_grad():  # larger weights: varied outputs; EOS bias: some end before the max length
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(2.0)
+        model.output.bias[EOS_ID] += 0.5
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+    return run
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """variant -> (run directory, export directory), built on first use."""
+    from nmt.tools.export import export_run
+
+    root = tmp_path_factory.mktemp("onnx")
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def get(variant: str) -> tuple[Path, Path]:
+        if variant not in made:
+            run = build_run(root / f"run-{variant}", variant)
+            made[variant] = (run, export_run(run, root / f"export-{variant}"))
+        return made[variant]
+
+    return get
+
+
+def _sources(tokenizers, n: int = 30, seed: int = 7) -> list[list[int]]:
+    """Source ids with EOS, of varied lengths (so batches are padded)."""
+    return [ids[:12] + [EOS_ID] for ids in tokenizers.encode_src(corpus(n, seed))]
+
+
+def _onnx_settings(opts):
+    from nmt.inference.onnx_translator import DecodeSettings
+
+    return DecodeSettings(**{name: getattr(opts, name) for name in DecodeSettings.__dataclass_fields__})
+
+
+SEARCHES = [
+    dict(beam=1),
+    dict(beam=3),
+    dict(beam=3, n_best=3, length_penalty=0.6),
+    dict(beam=4, n_best=2, coverage_penalty=0.3, no_repeat_ngram=2, min_len=1),
+    dict(beam=1, coverage_penalty=0.2, no_repeat_ngram=1, length_penalty=1.0),
+]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_onnx_search_equals_torch_search(exports, variant):
+    """Same hypotheses (tokens, order, finished) and the same scores as nmt's own float32 search."""
+    from nmt.inference.checkpoint import load_run
+    from nmt.inference.onnx_translator import OnnxModel, read_export
+    from nmt.inference.onnx_translator import pad_sources as onnx_pad
+    from nmt.inference.onnx_translator import search as onnx_search
+    from nmt.inference.search import SearchOptions, pad_sources, search
+
+    run, export = exports(variant)
+    recipe, tokenizers, model, _ = load_run(run)
+    onnx_model = OnnxModel(export, read_export(export), threads=1)
+    sources = _sources(tokenizers)
+    src, lengths, mask = pad_sources(sources)
+    closed = 0
+    for settings in SEARCHES:
+        opts = SearchOptions.from_config(recipe.decode, **settings)
+        expected = search(model, src, lengths, mask, opts)
+        got = onnx_search(onnx_model, *onnx_pad(sources), _onnx_settings(opts))
+        for want, have in zip(expected, got):
+            assert [h.tokens for h in have] == [h.tokens for h in want], settings
+            assert [h.finished for h in have] == [h.finished for h in want]
+            for w, h in zip(want, have):
+                assert h.score == pytest.approx(w.score, rel=1e-5, abs=2e-5), settings
+                assert h.raw_score == pytest.approx(w.raw_score, rel=1e-5, abs=2e-5)
+                np.testing.assert_allclose(h.log_probs, w.log_probs, rtol=1e-5, atol=2e-5)
+                closed += not w.finished
+    assert closed > 0  # hypotheses closed at the max length are compared too
+    assert len({tuple(hyps[0].tokens) for hyps in expected}) > 5  # the model says different things
+
+
+def test_graphs_equal_the_model_step_by_step(exports):
+    """The encoder graph gives model.start's state and memory at every real position whatever the
+    padding; the step graph model.step's log-probabilities, state, attention and local-p positions."""
+    from nmt.inference.checkpoint import load_run
+    from nmt.inference.onnx_translator import OnnxModel, read_export
+    from nmt.inference.search import pad_sources
+
+    run, export = exports("local-p")
+    _, tokenizers, model, _ = load_run(run)
+    onnx_model = OnnxModel(export, read_export(export), threads=1)
+    sources = _sources(tokenizers, 12, seed=3)
+    src, lengths, mask = pad_sources(sources)
+    with torch.no_grad():
+        state, memory = model.start(model.encode(src, lengths, mask))
+        o_state, o_memory = onnx_model.encode(src.numpy(), lengths.numpy())
+        np.testing.assert_allclose(o_state["hidden"], state.hidden.numpy(), atol=1e-5)
+        real = mask.numpy()
+        np.testing.assert_allclose(o_memory["keys"][real], memory.keys.numpy()[real], atol=1e-5)
+        np.testing.assert_array_equal(o_memory["mask"], real)
+        # one sentence alone: no padding at all
+        _, alone = onnx_model.encode(src[:1, : lengths[0]].numpy(), lengths[:1].numpy())
+        np.testing.assert_allclose(alone["keys"][0], o_memory["keys"][0, : lengths[0]], atol=1e-5)
+        prev = torch.full((len(sources),), 2)
+        for _ in range(4):
+            log_probs, out = model.step(prev, state, memory)
+            o_lp, o_next, o_att, o_pos = onnx_model.step(
+                prev.numpy(), {k: getattr(state, k).numpy() for k in o_state},
+                {k: getattr(memory, k).numpy() for k in o_memory})
+            np.testing.assert_allclose(o_lp, log_probs.numpy(), atol=2e-5)
+            np.testing.assert_allclose(o_next["hidden"], out.state.hidden.numpy(), atol=1e-5)
+            np.testing.assert_allclose(o_att, out.attention.numpy(), atol=1e-5)
+            np.testing.assert_allclose(o_pos, out.positions.numpy(), atol=1e-4)
+            prev, state = log_probs.argmax(1), out.state
+
+
+def test_translator_equals_torch_translator_on_text(exports):
+    """Text in, text out: cleaning, truncation, empty lines, order, n-best scores as nmt's Translator."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports("bahdanau")
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(20, 11) + ["", "  \t ", "le chat\x00 noir", " ".join(FR * 2)]  # empty, junk, too long
+    assert onnx_t.translate(texts) == torch_t.translate(texts)
+    assert onnx_t.translate(texts, beam=1) == torch_t.translate(texts, beam=1)
+    want = torch_t.translate(texts, n_best=2, length_penalty=0.8)
+    have = onnx_t.translate(texts, n_best=2, length_penalty=0.8)
+    for w, h in zip(want, have):
+        assert [x.text for x in h.hypotheses] == [x.text for x in w.hypotheses]
+        assert [x.tokens for x in h.hypotheses] == [x.tokens for x in w.hypotheses]
+        assert [x.src_tokens for x in h.hypotheses] == [x.src_tokens for x in w.hypotheses]
+        assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=2e-5)
+    assert have[20].text == "" and have[21].text == ""
+
+
+def test_translator_rejects_options_it_cannot_honour(exports):
+    from nmt.errors import NmtError
+    from nmt.inference.onnx_translator import OnnxTranslator
+
+    translator = OnnxTranslator.load(exports("bahdanau")[1], threads=1)
+    with pytest.raises(NmtError, match="shortlist"):
+        translator.translate(["le chat"], shortlist=10)
+    with pytest.raises(NmtError, match="n_best"):
+        translator.translate(["le chat"], beam=2, n_best=3)
+    with pytest.raises(NmtError, match="unknown search option"):
+        translator.translate(["le chat"], beem=2)
+
+
+#: run in a subprocess: any import of torch fails
+NO_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"importing {name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def _run_without_torch(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH + code, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_blocker_blocks_torch():
+    """The blocker itself works (else the test below could not fail)."""
+    out = _run_without_torch("import nmt.inference.translator")
+    assert out.returncode != 0 and "importing torch is blocked" in out.stderr
+
+
+def test_onnx_translator_runs_without_torch(exports):
+    from nmt.inference.translator import Translator
+
+    run, export = exports("luong-general")
+    texts = corpus(8, 5)
+    out = _run_without_torch(
+        "import json\n"
+        "from nmt.inference.onnx_translator import OnnxTranslator\n"
+        "t = OnnxTranslator.load(sys.argv[1], threads=1)\n"
+        "print(json.dumps(t.translate(json.loads(sys.argv[2]))))\n"
+        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n",
+        str(export), json.dumps(texts))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout) == Translator.load(run, device="cpu").translate(texts)
