@@ -20,6 +20,7 @@ examples:
   nmt train recipes/fr-en.yaml --set train.lr=5e-4  ... with an override
   nmt translate runs/fr-en -i input.fr -o out.en --beam 5
   nmt evaluate runs/fr-en --split test
+  nmt export runs/fr-en -o export/fr-en             ONNX graphs for translation without PyTorch
   nmt evaluate --hyp out.en --ref ref.en --metrics bleu,chrf
   nmt plot attention runs/fr-en --source "Je suis fatigué." -o att.png
   nmt serve runs/fr-en                              translation page with live attention
@@ -70,6 +71,12 @@ def _cmd_translate(args) -> int:
     from nmt.tools.translate import translate_cli
 
     return translate_cli(args)
+
+
+def _cmd_export(args) -> int:
+    from nmt.tools.export import export_cli
+
+    return export_cli(args)
 
 
 def _cmd_evaluate(args) -> int:
@@ -175,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kernels(p)
     add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT; "
                                              "default: one line per input line, the best"})
+
+    p = _sub(sub, "export", "export a trained run as ONNX graphs for translation without PyTorch", """
+        nmt export runs/fr-en -o export/fr-en
+        nmt translate --engine onnx export/fr-en -i test.fr -o test.en     onnxruntime + numpy only
+        """, _cmd_export)
+    p.add_argument("run_dir", help="run directory written by nmt train")
+    p.add_argument("-o", "--output", required=True, metavar="EXPORT_DIR", help="directory to write")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en

@@ -270,3 +270,51 @@ def test_onnx_translator_runs_without_torch(exports):
         str(export), json.dumps(texts))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout) == Translator.load(run, device="cpu").translate(texts)
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+def _broken_copy(export: Path, tmp_path: Path, name: str) -> Path:
+    broken = tmp_path / name
+    shutil.copytree(export, broken)
+    return broken
+
+
+def _foreign_onnx() -> bytes:
+    """A valid ONNX model that is not an nmt graph (y = x)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+BROKEN = {
+    "truncated encoder": (lambda d: (d / "encoder.onnx").write_bytes((d / "encoder.onnx").read_bytes()[:3000]),
+                          ["encoder.onnx", "truncated or corrupt", "nmt export"]),
+    "foreign decoder": (lambda d: (d / "decoder_step.onnx").write_bytes(_foreign_onnx()),
+                        ["decoder_step.onnx", "not the graph export.json describes", "nmt export"]),
+    "no target tokenizer": (lambda d: (d / "spm.tgt.model").unlink(),
+                            ["spm.tgt.model", "tokenizer model", "nmt export"]),
+    "garbage source tokenizer": (lambda d: (d / "spm.src.model").write_bytes(b"not a model"),
+                                 ["spm.src.model", "not a valid sentencepiece model", "nmt export"]),
+    "no export.json": (lambda d: (d / "export.json").unlink(), ["export.json", "not an export directory"]),
+    "other json": (lambda d: (d / "export.json").write_text('{"format": "x"}'),
+                   ["export.json", "not an nmt export description"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_export_directory_is_named(exports, tmp_path, case):
+    from nmt.errors import CheckpointError
+    from nmt.inference.onnx_translator import OnnxTranslator
+
+    damage, words = BROKEN[case]
+    broken = _broken_copy(exports("bahdanau")[1], tmp_path, "broken")
+    damage(broken)
+    with pytest.raises(CheckpointError) as info:
+        OnnxTranslator.load(broken, threads=1)
+    for word in words:
+        assert word in str(info.value)
