@@ -169,10 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text
         nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
         torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
+        nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
         """, _cmd_translate)
-    p.add_argument("run_dir", help="run directory written by nmt train")
+    p.add_argument("run_dir", help="run directory written by nmt train (--engine onnx: an export "
+                                   "directory written by nmt export)")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the run's PyTorch model (default); onnx: an nmt export on onnxruntime, "
+                        "without PyTorch")
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")

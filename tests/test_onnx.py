@@ -116,12 +116,6 @@ def _sources(tokenizers, n: int = 30, seed: int = 7) -> list[list[int]]:
     return [ids[:12] + [EOS_ID] for ids in tokenizers.encode_src(corpus(n, seed))]
 
 
-def _onnx_settings(opts):
-    from nmt.inference.onnx_translator import DecodeSettings
-
-    return DecodeSettings(**{name: getattr(opts, name) for name in DecodeSettings.__dataclass_fields__})
-
-
 SEARCHES = [
     dict(beam=1),
     dict(beam=3),
@@ -138,7 +132,7 @@ def test_onnx_search_equals_torch_search(exports, variant):
     from nmt.inference.onnx_translator import OnnxModel, read_export
     from nmt.inference.onnx_translator import pad_sources as onnx_pad
     from nmt.inference.onnx_translator import search as onnx_search
-    from nmt.inference.search import SearchOptions, pad_sources, search
+    from nmt.inference.search import pad_sources, search
 
     run, export = exports(variant)
     recipe, tokenizers, model, _ = load_run(run)
@@ -147,9 +141,9 @@ def test_onnx_search_equals_torch_search(exports, variant):
     src, lengths, mask = pad_sources(sources)
     closed = 0
     for settings in SEARCHES:
-        opts = SearchOptions.from_config(recipe.decode, **settings)
+        opts = recipe.decode.updated(settings)
         expected = search(model, src, lengths, mask, opts)
-        got = onnx_search(onnx_model, *onnx_pad(sources), _onnx_settings(opts))
+        got = onnx_search(onnx_model, *onnx_pad(sources), opts)
         for want, have in zip(expected, got):
             assert [h.tokens for h in have] == [h.tokens for h in want], settings
             assert [h.finished for h in have] == [h.finished for h in want]
@@ -227,8 +221,10 @@ def test_translator_rejects_options_it_cannot_honour(exports):
         translator.translate(["le chat"], shortlist=10)
     with pytest.raises(NmtError, match="n_best"):
         translator.translate(["le chat"], beam=2, n_best=3)
-    with pytest.raises(NmtError, match="unknown search option"):
+    with pytest.raises(NmtError, match="unknown decode setting"):
         translator.translate(["le chat"], beem=2)
+    with pytest.raises(NmtError, match="attention"):
+        translator.translate(["le chat"], return_attention=True)
 
 
 #: run in a subprocess: any import of torch fails
@@ -282,7 +278,6 @@ def _broken_copy(export: Path, tmp_path: Path, name: str) -> Path:
 
 def _foreign_onnx() -> bytes:
     """A valid ONNX model that is not an nmt graph (y = x)."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
@@ -307,14 +302,65 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_broken_export_directory_is_named(exports, tmp_path, case):
-    from nmt.errors import CheckpointError
-    from nmt.inference.onnx_translator import OnnxTranslator
+def test_broken_export_directory_exits_2_naming_the_file(exports, tmp_path, capsys, case):
+    from nmt.cli import main
 
     damage, words = BROKEN[case]
     broken = _broken_copy(exports("bahdanau")[1], tmp_path, "broken")
     damage(broken)
-    with pytest.raises(CheckpointError) as info:
-        OnnxTranslator.load(broken, threads=1)
+    source = tmp_path / "in.fr"
+    source.write_text("le chat\n", encoding="utf-8")
+    assert main(["translate", "--engine", "onnx", str(broken), "-i", str(source)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
     for word in words:
-        assert word in str(info.value)
+        assert word in err
+
+
+def test_export_of_a_run_without_weights_exits_2(exports, tmp_path, capsys):
+    from nmt.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(exports("bahdanau")[0], run)
+    shutil.rmtree(run / "checkpoints")
+    assert main(["export", str(run), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "best.safetensors" in err and "--checkpoint" in err and "nmt train" in err
+    assert not (tmp_path / "out" / "export.json").exists()
+
+
+def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
+    from nmt.cli import main
+
+    run, export = exports("bahdanau")
+    for extra, word in ((["--quantize"], "--quantize"), (["--precision", "bf16"], "--precision bf16"),
+                        (["--score-reference", "x"], "--score-reference"), (["--shortlist", "5"], "--shortlist")):
+        assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
+        assert word in capsys.readouterr().err
+    assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
+    assert "export.json" in capsys.readouterr().err
+
+
+def test_cli_without_torch_writes_what_the_torch_engine_writes(exports, tmp_path):
+    """`nmt export` then `nmt translate --engine onnx` in a process where torch cannot be imported:
+    one line per input line, in order (empty and junk lines included), equal to the torch engine's."""
+    from nmt.cli import main
+
+    run, _ = exports("local-p")
+    export = tmp_path / "export"
+    assert main(["export", str(run), "-o", str(export)]) == 0
+    source = tmp_path / "in.fr"
+    lines = corpus(25, 13) + ["", "le chat\x1b[0m", " ".join(FR * 2)]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for extra in ([], ["--greedy"], ["--n-best", "2", "--length-penalty", "0.5"]):
+        want, have = tmp_path / "torch.en", tmp_path / "onnx.en"
+        assert main(["translate", str(run), "-i", str(source), "-o", str(want), *extra]) == 0
+        out = _run_without_torch(
+            "from nmt.cli import main\n"
+            "code = main(sys.argv[1:])\n"
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n"
+            "sys.exit(code)\n",
+            "translate", "--engine", "onnx", str(export), "-i", str(source), "-o", str(have), *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert have.read_text(encoding="utf-8") == want.read_text(encoding="utf-8")
+        assert len(have.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra[:1] == ["--n-best"] else 1)

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from nmt.config import DecodeConfig, Recipe, recipe_from_dict
 from nmt.data.grouping import length_groups
 from nmt.data.tokenizer import SubwordTokenizers
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -48,58 +49,21 @@ EXPORT_VERSION = 1
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 META_FILE = "export.json"
-#: the recipe's decode settings an export keeps
-DECODE_KEYS = ("beam", "n_best", "length_penalty", "coverage_penalty", "max_len_a", "max_len_b",
-               "min_len", "no_repeat_ngram", "batch_tokens", "max_input_len", "shortlist")
 #: coverage below this is clamped before the log of the coverage penalty (as in nmt.inference.search)
 COVERAGE_FLOOR = 1e-6
 
-__all__ = ["OnnxTranslator", "OnnxModel", "DecodeSettings", "Hypothesis", "search", "greedy_search",
-           "beam_search", "pad_sources"]
+__all__ = ["OnnxTranslator", "OnnxModel", "Hypothesis", "search", "greedy_search", "beam_search",
+           "pad_sources", "max_lengths", "read_export"]
 
 _REEXPORT = "re-export the run with `nmt export RUN_DIR -o EXPORT_DIR`"
 
 
-# --------------------------------------------------------------------------------------- options
+# --------------------------------------------------------------------------------------- search
 
-@dataclass
-class DecodeSettings:
-    """Search settings (the fields of :class:`nmt.inference.search.SearchOptions` this engine runs)."""
-
-    beam: int = 5
-    n_best: int = 1
-    length_penalty: float = 0.0
-    coverage_penalty: float = 0.0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    min_len: int = 0
-    no_repeat_ngram: int = 0
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("beam", "n_best"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if not problems and self.n_best > self.beam:
-            problems.append(f"n_best ({self.n_best}) must not exceed the beam size ({self.beam}); "
-                            f"use a beam of at least {self.n_best}")
-        for name in ("length_penalty", "coverage_penalty", "max_len_a"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
-                    or not math.isfinite(value):
-                problems.append(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("max_len_b", "min_len", "no_repeat_ngram"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{name} must be an integer >= 0, got {value!r}")
-        if problems:
-            raise NmtError("invalid search options: " + "; ".join(problems))
-
-    def max_lengths(self, src_lengths: np.ndarray) -> np.ndarray:
-        """``max(floor(a · S + b), min_len + 1, 1)`` generated tokens (EOS included) per sentence."""
-        limit = np.floor(self.max_len_a * src_lengths.astype(np.float64) + self.max_len_b).astype(np.int64)
-        return np.maximum(limit, max(1, self.min_len + 1))
+def max_lengths(options: DecodeConfig, src_lengths: np.ndarray) -> np.ndarray:
+    """``max(floor(a · S + b), min_len + 1, 1)`` generated tokens (EOS included) per sentence."""
+    limit = np.floor(options.max_len_a * src_lengths.astype(np.float64) + options.max_len_b).astype(np.int64)
+    return np.maximum(limit, max(1, options.min_len + 1))
 
 
 @dataclass
@@ -142,7 +106,7 @@ def _topk(values: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
-def _forbid_(log_probs: np.ndarray, history: np.ndarray | None, step: int, opts: DecodeSettings) -> None:
+def _forbid_(log_probs: np.ndarray, history: np.ndarray | None, step: int, opts: DecodeConfig) -> None:
     """PAD and BOS always, EOS before ``min_len`` tokens, repeated n-grams: -inf, in place."""
     log_probs[:, PAD_ID] = -np.inf
     log_probs[:, BOS_ID] = -np.inf
@@ -236,9 +200,10 @@ def _rows(tensors: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nda
 
 # ---------------------------------------------------------------------------------------- search
 
-def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeSettings
+def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig
            ) -> list[list[Hypothesis]]:
     """Greedy search when ``opts.beam == 1``, else beam search. One list per sentence."""
+    opts.check()
     if opts.beam == 1:
         return greedy_search(model, src, lengths, opts)
     return beam_search(model, src, lengths, opts)
@@ -248,13 +213,13 @@ def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeS
 _DROP_FINISHED_FRACTION = 0.25
 
 
-def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeSettings
+def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig
                   ) -> list[list[Hypothesis]]:
     """Arg-max decoding; one hypothesis per sentence (``opts.beam`` is ignored)."""
     batch, src_len = src.shape
     src_mask = np.arange(src_len)[None, :] < lengths[:, None]
     state, memory = model.encode(src, lengths)
-    max_lens = opts.max_lengths(lengths)
+    max_lens = max_lengths(opts, lengths)
     horizon = int(max_lens.max())
     beta = opts.coverage_penalty
     tokens = np.full((batch, horizon), PAD_ID, dtype=np.int64)  # also the n-gram history
@@ -316,7 +281,7 @@ def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: 
     return results
 
 
-def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeSettings
+def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig
                 ) -> list[list[Hypothesis]]:
     """Batched beam search: up to ``n_best`` hypotheses per sentence, best first."""
     batch, src_len = src.shape
@@ -324,7 +289,7 @@ def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: De
     alpha, beta = opts.length_penalty, opts.coverage_penalty
     src_mask = np.arange(src_len)[None, :] < lengths[:, None]
     state, memory = model.encode(src, lengths)
-    max_lens = opts.max_lengths(lengths)
+    max_lens = max_lengths(opts, lengths)
     horizon = int(max_lens.max())
     rows0 = np.repeat(np.arange(batch), K)
     # a beam's parent is always a beam of the same sentence, so the memory rows (K copies per
@@ -463,7 +428,7 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: export format version {meta.get('version')!r}, this nmt reads "
                               f"version {EXPORT_VERSION}; {_REEXPORT}")
     missing = [key for key in ("encoder", "decoder_step", "src_tokenizer", "tgt_tokenizer", "state",
-                               "memory", "decode", "normalize") if key not in meta]
+                               "memory", "recipe") if key not in meta]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; {_REEXPORT}")
     for key in ("src_tokenizer", "tgt_tokenizer", "encoder", "decoder_step"):
@@ -496,8 +461,9 @@ class OnnxTranslator:
                 raise CheckpointError(
                     f"{self.export_dir / self.meta[side + '_tokenizer']} has {size} pieces but the "
                     f"exported model was trained with {expected}; {_REEXPORT}")
+        #: the run's recipe: its ``decode`` section gives the default settings (as a run's would)
+        self.recipe: Recipe = recipe_from_dict(self.meta["recipe"], source=str(self.export_dir / META_FILE))
         self.model = OnnxModel(self.export_dir, self.meta, threads)
-        self.decode = dict(self.meta["decode"])
         self.warn = WarningCounter()
 
     @classmethod
@@ -505,38 +471,27 @@ class OnnxTranslator:
         return cls(export_dir, threads)
 
     # ------------------------------------------------------------------------------ settings
-    def decode_options(self, beam: int | None = None, n_best: int = 1, return_attention: bool = False,
-                       batch_tokens: int | None = None, **overrides: Any) -> DecodeSettings:
-        """The export's decode settings, then these values (``None`` keeps the export's). Without an
-        explicit ``beam`` the export's beam is widened to ``n_best`` if needed."""
-        if return_attention:
-            raise NmtError("the ONNX engine does not return attention weights; use the torch engine")
-        if overrides.get("shortlist"):
-            raise NmtError("the ONNX engine scores the full target vocabulary: a lexical shortlist "
-                           "is not supported (drop --shortlist, or set it to 0)")
-        overrides.pop("shortlist", None)
-        overrides.pop("shortlist_frequent", None)
-        known = {f for f in DecodeSettings.__dataclass_fields__}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise NmtError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if beam is None and isinstance(n_best, int):
-            beam = max(int(self.decode.get("beam", 5)), n_best)
-        values = {k: self.decode[k] for k in known if k in self.decode}
-        values.update({k: v for k, v in dict(overrides, beam=beam, n_best=n_best).items() if v is not None})
-        return DecodeSettings(**values)
+    def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
+        """The search settings of one call: the export's ``decode`` section with these values
+        (``None`` keeps the export's; a larger ``n_best`` without ``beam`` widens the beam), checked."""
+        options = self.recipe.decode.updated(overrides, beam=beam, n_best=n_best)
+        if options.shortlist:
+            raise NmtError(f"the ONNX engine scores the full target vocabulary: a lexical shortlist "
+                           f"(--shortlist {options.shortlist}) is not supported; give --shortlist 0 or "
+                           "translate the run directory with --engine torch")
+        return options
 
     # ---------------------------------------------------------------------------- the steps
     def encode(self, sources: Sequence[str], lines: Sequence[int] | None = None, *, warn: bool = True):
         """Clean, encode, truncate to ``decode.max_input_len`` and append EOS (as the torch engine)."""
         if isinstance(sources, str):
             raise TypeError("translate takes a list of sentences, not a single string")
-        form = self.meta.get("normalize", "NFC")
+        form = self.recipe.data.filter.normalize
         texts = [clean_source(s, form) for s in sources]
         lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
         todo = [i for i, t in enumerate(texts) if t]
         encoded = dict(zip(todo, self.tokenizers.encode_src([texts[i] for i in todo]) if todo else []))
-        limit = int(self.decode.get("max_input_len", 250))
+        limit = self.recipe.decode.max_input_len
         items = make_sources(texts, [encoded.get(i, []) for i in range(len(texts))], lines, limit)
         if warn:
             warn_truncated(self.warn, items, limit)
@@ -547,11 +502,11 @@ class OnnxTranslator:
         """Length-sorted batches of the non-empty ``items``: at most ``batch_tokens`` (default the
         export's ``decode.batch_tokens``) padded source tokens × ``beam`` rows each."""
         todo = [it for it in items if it.ids is not None]
-        budget = max(1, (batch_tokens or int(self.decode.get("batch_tokens", 8000))) // max(1, beam))
+        budget = max(1, (batch_tokens or self.recipe.decode.batch_tokens) // max(1, beam))
         return [[todo[k] for k in group]
                 for group in length_groups([len(it.ids) for it in todo], budget, max_sentences)]
 
-    def search_batches(self, batches, options: DecodeSettings) -> dict[int, list[Hypothesis]]:
+    def search_batches(self, batches, options: DecodeConfig) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by ``Source.index``."""
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
@@ -565,7 +520,7 @@ class OnnxTranslator:
 
     # -------------------------------------------------------------------------------- public
     def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
-                  return_scores: bool = False, *, batch_tokens: int | None = None,
+                  return_scores: bool = False, return_attention: bool = False, *, batch_tokens: int | None = None,
                   max_sentences: int | None = None, lines: Sequence[int] | None = None,
                   shard: tuple[int, int] | None = None, **overrides: Any):
         """Translate sentences, returned in input order: ``list[str]``, or with ``n_best > 1`` or
@@ -573,10 +528,11 @@ class OnnxTranslator:
         line (after cleaning) translates to an empty line."""
         if shard not in (None, (0, 1)):
             raise NmtError("the ONNX engine translates in one process (no shard)")
-        options = self.decode_options(beam, n_best, **overrides)
-        items = self.encode(sources, lines, warn=False)
-        warn_truncated(self.warn, items, int(self.decode.get("max_input_len", 250)))
-        found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=batch_tokens,
+        if return_attention:
+            raise NmtError("the ONNX engine does not return attention weights; use the torch engine")
+        options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
+        items = self.encode(sources, lines)
+        found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
                                                  max_sentences=max_sentences), options)
         if not (n_best > 1 or return_scores):
             best = [found[it.index][0] for it in items if found.get(it.index)]

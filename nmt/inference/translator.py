@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import unicodedata
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,111 +46,22 @@ import torch
 from torch import Tensor
 
 from nmt.config import DecodeConfig
-from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
-
-#: warnings of one kind printed before the rest are only counted
-MAX_WARNINGS = 20
+from nmt.inference.sources import (
+    Source,
+    TranslatedHypothesis,
+    TranslationResult,
+    WarningCounter,
+    clean_source,
+    make_sources,
+    warn_truncated,
+)
 
 __all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", "WarningCounter",
            "clean_source"]
-
-
-# ------------------------------------------------------------------------------------- results
-
-@dataclass
-class TranslatedHypothesis:
-    text: str  #: detokenized translation
-    score: float  #: penalised search score (== log-probability without penalties)
-    tokens: list[str]  #: target pieces, ending with "</s>" unless closed at the max length
-    src_tokens: list[str]  #: source pieces the model saw (after truncation), ending with "</s>"
-    attention: Tensor | None = None  #: (len(tokens), len(src_tokens)) when requested
-    positions: Tensor | None = None  #: (len(tokens),) local-p predicted source positions
-    token_log_probs: list[float] = field(default_factory=list)
-    raw_score: float = 0.0  #: log-probability (sum of token_log_probs)
-
-
-@dataclass
-class TranslationResult:
-    source: str  #: the input as given
-    hypotheses: list[TranslatedHypothesis]  #: best first
-
-    @property
-    def text(self) -> str:
-        return self.hypotheses[0].text if self.hypotheses else ""
-
-
-@dataclass
-class Source:
-    """One input sentence after cleaning and encoding."""
-
-    index: int  #: position in the caller's list
-    line: int  #: 1-based line number for messages
-    text: str  #: cleaned text
-    ids: list[int] | None  #: source ids ending in EOS; None for an empty input
-    n_pieces: int = 0  #: subwords before truncation
-
-
-# ------------------------------------------------------------------------------------ cleaning
-
-_SPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85"}
-
-
-def clean_source(text: str, normalize: str = "NFC") -> str:
-    """Make arbitrary text safe for the tokenizer, like the training data was cleaned.
-
-    Whitespace controls become spaces, other control characters (category Cc), lone surrogates
-    (Cs) and non-characters are dropped; then Unicode normalisation ``normalize`` (``NFC``,
-    ``NFKC`` or ``none``) and ``strip``.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"expected a str sentence, got {type(text).__name__}")
-    if not text.isprintable():  # fast path: most lines have nothing to clean
-        chars = []
-        for ch in text:
-            if ch in _SPACE_CONTROLS:
-                chars.append(" ")
-                continue
-            cat = unicodedata.category(ch)
-            if cat in ("Cc", "Cs") or (cat == "Cn" and _is_noncharacter(ch)):
-                continue
-            chars.append(ch)
-        text = "".join(chars)
-    text = text.strip()
-    if normalize != "none" and text and not unicodedata.is_normalized(normalize, text):
-        text = unicodedata.normalize(normalize, text).strip()
-    return text
-
-
-def _is_noncharacter(ch: str) -> bool:
-    code = ord(ch)
-    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
-
-
-class WarningCounter:
-    """Warnings on stderr, at most MAX_WARNINGS per kind (then a count at :meth:`summary`)."""
-
-    def __init__(self, prefix: str = "nmt translate"):
-        self.prefix = prefix
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, kind: str, message: str) -> None:
-        n = self.counts.get(kind, 0) + 1
-        self.counts[kind] = n
-        if n <= MAX_WARNINGS:
-            print(f"{self.prefix}: warning: {message}", file=sys.stderr, flush=True)
-        if n == MAX_WARNINGS:
-            print(f"{self.prefix}: warning: further {kind} warnings are only counted",
-                  file=sys.stderr, flush=True)
-
-    def summary(self) -> None:
-        for kind, n in self.counts.items():
-            if n > MAX_WARNINGS:
-                print(f"{self.prefix}: warning: {n} lines in total had {kind}", file=sys.stderr,
-                      flush=True)
 
 
 # ---------------------------------------------------------------------------------- translator
@@ -257,27 +165,14 @@ class Translator:
 
     def _sources(self, texts: Sequence[str], ids: Sequence[Sequence[int]], lines: Sequence[int],
                  keep_empty_as_eos: bool, warn: bool) -> list[Source]:
-        limit = self.recipe.decode.max_input_len
-        items = []
-        for i, (text, row) in enumerate(zip(texts, ids)):
-            row = [int(x) for x in row]
-            n_pieces = len(row)
-            row = row[:limit]
-            if row or keep_empty_as_eos:
-                items.append(Source(i, lines[i], text, row + [EOS_ID], n_pieces))
-            else:
-                items.append(Source(i, lines[i], text, None, n_pieces))
+        items = make_sources(texts, ids, lines, self.recipe.decode.max_input_len, keep_empty_as_eos)
         if warn:
             self.warn_truncated(items)
         return items
 
     def warn_truncated(self, items: Sequence[Source]) -> None:
         """One warning per input longer than ``decode.max_input_len`` subwords, by line number."""
-        limit = self.recipe.decode.max_input_len
-        for it in sorted(items, key=lambda it: it.line):
-            if it.n_pieces > limit:
-                self.warn("truncated input", f"line {it.line}: {it.n_pieces} subwords, truncated to "
-                          f"the first {limit} (decode.max_input_len)")
+        warn_truncated(self.warn, items, self.recipe.decode.max_input_len)
 
     def batches(self, items: Sequence[Source], *, beam: int = 1, batch_tokens: int | None = None,
                 max_sentences: int | None = None, batch_sentences: int | None = None

@@ -9,8 +9,9 @@ An export directory holds everything :class:`~nmt.inference.onnx_translator.Onnx
                         target vocabulary, the next state, attention weights (N, S) [and local-p's
                         predicted positions (N,)]
     spm.src.model spm.tgt.model   the run's sentencepiece models
-    export.json         the graphs' input and output names, the recipe's decode settings, the
-                        vocabulary sizes and the model's metadata
+    export.json         the graphs' input and output names, the run's recipe (model and decode
+                        settings: the translator's defaults), the vocabulary sizes and the
+                        checkpoint's metadata
 
 The graphs are traced from the model's plain per-step entry points (``Seq2Seq.encode``,
 ``Seq2Seq.start``, ``Seq2Seq.step``) in float32 without autograd, so they compute the same
@@ -42,7 +43,6 @@ from nmt.data.tokenizer import SRC_MODEL, TGT_MODEL
 from nmt.atomic import atomic_write_bytes, atomic_write_text
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.onnx_translator import (
-    DECODE_KEYS,
     DECODER_FILE,
     ENCODER_FILE,
     EXPORT_FORMAT,
@@ -163,7 +163,7 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
     state_t, memory_t = _fields(state), _fields(memory)
     for name, tensor in {**state_t, **memory_t}.items():
         if tensor.size(0) != src.size(0):  # the search reorders every one of them by rows
-            raise NmtError(f"nmt export: the decoder's {name} is not per sentence (shape "
+            raise NmtError(f"the decoder's {name} is not per sentence (shape "
                            f"{tuple(tensor.shape)}); this model cannot be exported")
     state_names, memory_names = list(state_t), list(memory_t)
     state_in = [f"state.{n}" for n in state_names]
@@ -212,21 +212,22 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
                               "(`nmt train RECIPE`) or name a weights file with --checkpoint PATH") from None
     recipe, tokenizers, model, metadata = load_run(run_dir, str(weights))
     if out.exists() and not out.is_dir():
-        raise NmtError(f"nmt export: {out} exists and is not a directory; give a directory name")
+        raise NmtError(f"{out} exists and is not a directory; give a directory name")
     out.mkdir(parents=True, exist_ok=True)
     graphs = export_model(model, out)
     for name in (SRC_MODEL, TGT_MODEL):
         atomic_write_bytes(out / name, (run_dir / name).read_bytes())
-    decode = {key: getattr(recipe.decode, key) for key in DECODE_KEYS}
+    # the lexicon of a shortlist is not exported: the ONNX translator scores the full vocabulary
+    shortlist = recipe.decode.shortlist
+    recipe.decode.shortlist = 0
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "encoder": ENCODER_FILE, "decoder_step": DECODER_FILE,
         "src_tokenizer": SRC_MODEL, "tgt_tokenizer": TGT_MODEL,
         **graphs,
         "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
-        "normalize": recipe.data.filter.normalize,
-        "decode": decode,
-        "model": dataclasses.asdict(recipe.model),
+        "recipe": recipe.to_dict(),
+        "recipe_shortlist": shortlist,
         "checkpoint": {"file": str(weights), "metadata": metadata},
         "exported_by": {"nmt": __version__, "torch": torch.__version__},
     }
@@ -244,8 +245,7 @@ def export_cli(args) -> int:
     except ImportError:
         raise NmtError("nmt export needs the onnx package: pip install 'nmt[onnx]'") from None
     out = export_run(args.run_dir, args.output, args.checkpoint or "best")
-    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
-    shortlist = meta["decode"].get("shortlist", 0) if isinstance(meta["decode"], dict) else 0
+    shortlist = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("recipe_shortlist")
     note = " (the recipe's decode.shortlist is not exported: the ONNX translator scores the full " \
            "vocabulary)" if shortlist else ""
     print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}, {SRC_MODEL}, {TGT_MODEL}, "

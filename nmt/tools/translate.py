@@ -26,6 +26,10 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   launch``) the main process reads each chunk and shares it, every process translates an
   interleaved share of its sentences, the results are gathered and the main process writes them
   in input order; the output is the same as a single process's.
+- ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
+  (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
+  torch, with the same formats; options that need the PyTorch model (``--score-reference``,
+  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``) are refused.
 """
 from __future__ import annotations
 
@@ -34,14 +38,14 @@ import os
 import sys
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
-from nmt.inference.devices import distributed_state
-from nmt.inference.translator import Translator, WarningCounter
+from nmt.inference.sources import WarningCounter
+
+if TYPE_CHECKING:
+    from nmt.inference.translator import Translator
 
 #: lines read, translated and written at a time by ``nmt translate``
 CHUNK_LINES = 10_000
@@ -138,14 +142,25 @@ class _Output:
 
 def translate_cli(args) -> int:
     """``nmt translate RUN_DIR [-i IN] [-o OUT] ...`` (see the module docstring for the formats)."""
-    state = distributed_state()
-    world, rank, main = state.num_processes, state.process_index, state.is_main_process
+    onnx = getattr(args, "engine", "torch") == "onnx"
+    if onnx:  # one process, and torch is never imported
+        state, world, rank, main = None, 1, 0, True
+    else:
+        from nmt.inference.devices import distributed_state
+
+        state = distributed_state()
+        world, rank, main = state.num_processes, state.process_index, state.is_main_process
     decode = decode_arguments(args)  # checked before the run is loaded
     reference = args.score_reference
     if reference and args.n_best:
         raise NmtError("--score-reference and --n-best exclude each other")
-    translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
-                                 precision=args.precision, kernels=args.kernels)
+    if onnx:
+        translator = _onnx_translator(args)
+    else:
+        from nmt.inference.translator import Translator
+
+        translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
+                                     precision=args.precision, kernels=args.kernels)
     translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
@@ -222,8 +237,24 @@ def translate_cli(args) -> int:
     return 0
 
 
+def _onnx_translator(args):
+    """The onnxruntime translator of an export directory; options only the PyTorch model has are refused."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+
+    torch_only = [flag for flag, used in (
+        ("--score-reference", bool(args.score_reference)), ("--quantize", args.quantize),
+        ("--precision bf16", args.precision == "bf16"), ("--checkpoint", args.checkpoint != "best"))
+        if used]
+    if torch_only:
+        raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
+                       "float32 model); translate the run directory with --engine torch instead")
+    return OnnxTranslator.load(args.run_dir)
+
+
 def _close_process_group() -> None:
     """Tear the process group down before the interpreter exits (else gloo may abort at exit)."""
+    import torch
+
     try:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
