@@ -158,7 +158,7 @@ def test_onnx_search_equals_torch_search(exports, variant):
 
 def test_graphs_equal_the_model_step_by_step(exports):
     """The encoder graph gives model.start's state and memory at every real position whatever the
-    padding; the step graph model.step's log-probabilities, state, attention and local-p positions."""
+    padding; the step graph the log-probabilities of model.step_logits, state, attention and local-p positions."""
     from nmt.inference.checkpoint import load_run
     from nmt.inference.onnx_translator import OnnxModel, read_export
     from nmt.inference.search import pad_sources
@@ -180,7 +180,8 @@ def test_graphs_equal_the_model_step_by_step(exports):
         np.testing.assert_allclose(alone["keys"][0], o_memory["keys"][0, : lengths[0]], atol=1e-5)
         prev = torch.full((len(sources),), 2)
         for _ in range(4):
-            log_probs, out = model.step(prev, state, memory)
+            logits, out = model.step_logits(prev, state, memory)
+            log_probs = torch.log_softmax(logits, dim=-1)
             o_lp, o_next, o_att, o_pos = onnx_model.step(
                 prev.numpy(), {k: getattr(state, k).numpy() for k in o_state},
                 {k: getattr(memory, k).numpy() for k in o_memory})

@@ -14,7 +14,7 @@ An export directory holds everything :class:`~nmt.inference.onnx_translator.Onnx
                         checkpoint's metadata
 
 The graphs are traced from the model's plain per-step entry points (``Seq2Seq.encode``,
-``Seq2Seq.start``, ``Seq2Seq.step``) in float32 without autograd, so they compute the same
+``Seq2Seq.start``, ``Seq2Seq.step_logits``) in float32 without autograd, so they compute the same
 equations as the PyTorch model whatever the attention kind (Bahdanau, Luong dot / general /
 concat, local-p, encoder self-attention layers), with dynamic batch and source-length axes. The
 state and memory are passed through the graphs field by field (named ``state.<field>`` and
@@ -92,9 +92,9 @@ class _StepGraph(nn.Module):
         n = len(self.state_names)
         state = dataclasses.replace(self.state, **dict(zip(self.state_names, tensors[:n])))
         memory = dataclasses.replace(self.memory, **dict(zip(self.memory_names, tensors[n:])))
-        log_probs, out = self.model.step(prev_tokens, state, memory)
+        logits, out = self.model.step_logits(prev_tokens, state, memory)  # plain memory: the plain step
         new_state = _fields(out.state)
-        outputs = (log_probs.float(),) + tuple(new_state[name] for name in self.state_names) \
+        outputs = (torch.log_softmax(logits.float(), dim=-1),) + tuple(new_state[name] for name in self.state_names) \
             + (out.attention.float(),)
         if self.with_positions:
             outputs += (out.positions.float(),)
