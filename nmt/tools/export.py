@@ -210,7 +210,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} An export needs trained weights: train the run first "
                               "(`nmt train RECIPE`) or name a weights file with --checkpoint PATH") from None
-    recipe, tokenizers, model, metadata = load_run(run_dir, str(weights))
+    # the plain equations, not the CPU fast paths: the graphs must be what the model means
+    recipe, tokenizers, model, metadata = load_run(run_dir, str(weights), kernels="reference")
     if out.exists() and not out.is_dir():
         raise NmtError(f"{out} exists and is not a directory; give a directory name")
     out.mkdir(parents=True, exist_ok=True)
