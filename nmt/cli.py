@@ -20,6 +20,7 @@ examples:
   nmt train recipes/fr-en.yaml --set train.lr=5e-4  ... with an override
   nmt translate runs/fr-en -i input.fr -o out.en --beam 5
   nmt evaluate runs/fr-en --split test
+  nmt average runs/fr-en --last 5                   average checkpoints, then --checkpoint avg
   nmt export runs/fr-en -o export/fr-en             ONNX graphs for translation without PyTorch
   nmt evaluate --hyp out.en --ref ref.en --metrics bleu,chrf
   nmt plot attention runs/fr-en --source "Je suis fatigué." -o att.png
@@ -77,6 +78,12 @@ def _cmd_export(args) -> int:
     from nmt.tools.export import export_cli
 
     return export_cli(args)
+
+
+def _cmd_average(args) -> int:
+    from nmt.tools.average import average_cli
+
+    return average_cli(args)
 
 
 def _cmd_evaluate(args) -> int:
@@ -178,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's PyTorch model (default); onnx: an nmt export on onnxruntime, "
                         "without PyTorch")
-    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
@@ -194,7 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
         """, _cmd_export)
     p.add_argument("run_dir", help="run directory written by nmt train")
     p.add_argument("-o", "--output", required=True, metavar="EXPORT_DIR", help="directory to write")
-    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
+
+    p = _sub(sub, "average", "average the weights of a run's last or best checkpoints into checkpoints/avg", """
+        nmt average runs/fr-en --last 5        the 5 newest kept checkpoints (train.keep_last: 5 or more)
+        nmt average runs/fr-en --best 3        the 3 with the best validation
+        nmt translate runs/fr-en --checkpoint avg -i test.fr
+        """, _cmd_average)
+    p.add_argument("run_dir", help="run directory written by nmt train")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="average the N newest kept checkpoints")
+    which.add_argument("--best", type=int, metavar="N",
+                       help="average the N kept checkpoints with the best validation (the run's "
+                            "train.early_stopping_metric)")
 
     p = _sub(sub, "evaluate", "score translations with sacrebleu (BLEU, chrF, TER)", """
         nmt evaluate --hyp out.en --ref test.en
@@ -206,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", action="append", default=[], help="reference file (repeatable)")
     p.add_argument("--metrics", default=None, help="comma list of bleu,chrf,ter (default: all)")
     p.add_argument("--split", default="test", help="split of the run's corpus (default: test)")
-    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast when translating a split")
     add_decode_arguments(p, exclude=("n_best",))
@@ -300,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32")
     p.add_argument("--max-texts", type=int, default=32, help="sentences per request (default 32)")
     p.add_argument("--max-chars", type=int, default=1000, help="characters per sentence (default 1000)")

@@ -39,6 +39,17 @@ from nmt.errors import ConfigError
 # --------------------------------------------------------------------------------------------------
 
 
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            metavar: str | None = None) -> Any:
+    """A recipe field that carries its help text and allowed range (``min``/``max``, inclusive).
+
+    Validation (:func:`field_problems`) and the generated command-line options
+    (:func:`add_decode_arguments`) read them, so a setting is described once.
+    """
+    meta = {"help": help, "min": min, "max": max, "metavar": metavar}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
 @dataclass
 class FilterConfig:
     """Cleaning applied to training pairs (valid/test are only normalised, never dropped)."""
@@ -194,20 +205,11 @@ class TrainConfig:
     precision: Literal["no", "bf16", "fp16"] = "no"
     num_threads: Optional[int] = None  #: torch intra-op threads (default: torch's choice)
     log_every: int = 100
-    keep_last: int = 1  #: rolling "last" checkpoints kept besides "best"
+    keep_last: int = setting(
+        1, "weights of the last N checkpoints kept in checkpoints/ as stepNNNNNNNN.safetensors, for "
+           "`nmt average` (1: only the last, which resume needs)", min=1, metavar="N")
     plot_sentences: int = 3  #: attention plots of fixed valid sentences at each validation
     max_nan_skips: int = 5  #: consecutive non-finite losses before the run stops
-
-
-def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            metavar: str | None = None) -> Any:
-    """A recipe field that carries its help text and allowed range (``min``/``max``, inclusive).
-
-    Validation (:func:`field_problems`) and the generated command-line options
-    (:func:`add_decode_arguments`) read them, so a setting is described once.
-    """
-    meta = {"help": help, "min": min, "max": max, "metavar": metavar}
-    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
 
 
 @dataclass
@@ -502,7 +504,6 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         ("train.valid_every", r.train.valid_every),
         ("train.valid_beam", r.train.valid_beam),
         ("train.log_every", r.train.log_every),
-        ("train.keep_last", r.train.keep_last),
         ("train.max_nan_skips", r.train.max_nan_skips),
         ("data.filter.max_len", r.data.filter.max_len),
         ("data.filter.max_ratio", r.data.filter.max_ratio),

@@ -6,7 +6,7 @@ import pytest
 
 from nmt.cli import build_parser, main
 
-VERBS = ["train", "translate", "evaluate", "plot", "bench", "sweep", "config", "info"]
+VERBS = ["train", "translate", "evaluate", "average", "plot", "bench", "sweep", "config", "info"]
 
 
 def test_top_level_help_lists_verbs(capsys):

@@ -5,9 +5,11 @@ Layout of a run directory (everything translation needs)::
     recipe.yaml                 the resolved recipe the run was trained with (first line marks it)
     spm.src.model spm.tgt.model sentencepiece models (see nmt.data.tokenizer), spm.json their origin
     checkpoints/best.safetensors, best.json   weights + metadata of the best validation
-    checkpoints/stepNNNNNNNN.safetensors      weights of the last checkpoint
+    checkpoints/stepNNNNNNNN.safetensors      weights of the last checkpoint (and of the ones
+                                              before it that ``train.keep_last`` keeps)
     checkpoints/stepNNNNNNNN.state.pt         optimizer, scheduler, RNG and data-position state
     checkpoints/last.json       names the last complete pair of the two files above (+ metadata)
+    checkpoints/avg.safetensors weights averaged by ``nmt average`` (metadata: which steps)
     metrics.jsonl               one JSON record per log/validation event
     plots/                      attention plots written at validation
     train.lock                  while ``nmt train`` writes the directory: its pid and host
@@ -16,7 +18,9 @@ Every file is written to a temporary name in the same directory, flushed, fsynce
 crash (even ``kill -9``) leaves either the previous complete file or the new complete file. The last
 checkpoint is two files that must belong together, so a new pair is written under new names and
 ``last.json`` is pointed at it only once both are complete; the previous pair is deleted after that.
-A crash at any moment thus leaves ``last.json`` naming a complete pair.
+A crash at any moment thus leaves ``last.json`` naming a complete pair. With ``train.keep_last`` N > 1
+the weights of the N - 1 checkpoints before the last stay (their trainer state goes): they never form
+a pair, so resuming only ever sees the last pair and the older complete ones a crash left.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 #: the single-file pair of runs written before checkpoints were step-numbered (still read)
 LEGACY_WEIGHTS, LEGACY_STATE = "last.safetensors", "last.state.pt"
+#: the weights ``nmt average`` writes (``--checkpoint avg``)
+AVERAGE_WEIGHTS = "avg.safetensors"
 #: first line of the recipe.yaml ``nmt train`` writes: a recipe.yaml without it is the user's own
 RECIPE_HEADER = "# written by `nmt train`: the resolved recipe of this run directory\n"
 _PAIR = re.compile(r"^step(\d{8})\.(safetensors|state\.pt)$")
@@ -93,6 +99,10 @@ def load_weights(model: "torch.nn.Module", path: str | os.PathLike) -> dict[str,
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, unexpected "
             f"{sorted(unexpected)[:5]}; was it written by a run with a different recipe?")
+    return _decoded(metadata)
+
+
+def _decoded(metadata: dict[str, str]) -> dict[str, Any]:
     out = {}
     for key, value in metadata.items():
         try:
@@ -100,6 +110,46 @@ def load_weights(model: "torch.nn.Module", path: str | os.PathLike) -> dict[str,
         except (TypeError, ValueError):
             out[key] = value
     return out
+
+
+def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a weights file (its header only: the tensors are not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _decoded(handle.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+                              "delete it or retrain") from None
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
+    """All tensors of a weights file by name, and its metadata (no model needed)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            metadata = handle.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+                              "delete it or retrain") from None
+    return tensors, _decoded(metadata)
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"],
+                  metadata: dict[str, Any] | None = None) -> None:
+    """Tensors by name as a safetensors file, written atomically (the layout :func:`save_weights`
+    writes when the names are a model's)."""
+    from safetensors.torch import save_file
+
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -148,16 +198,22 @@ def pair_names(step: int) -> tuple[str, str]:
 
 
 def save_last(checkpoint_dir: str | os.PathLike, model: "torch.nn.Module", state: dict[str, Any],
-              metadata: dict[str, Any]) -> None:
+              metadata: dict[str, Any], keep_last: int = 1) -> None:
     """Write the last checkpoint (weights + trainer state) so that a crash at any moment leaves a
-    complete pair named by ``last.json``: new files first, then the pointer, then old pairs go."""
+    complete pair named by ``last.json``: new files first, then the pointer, then old pairs go,
+    except the weights of the ``keep_last - 1`` newest checkpoints before this one."""
     ckpt = Path(checkpoint_dir)
-    weights, state_name = pair_names(int(metadata["step"]))
+    step = int(metadata["step"])
+    weights, state_name = pair_names(step)
     save_state(state, ckpt / state_name)
     save_weights(model, ckpt / weights, metadata)
     atomic_write_json(ckpt / LAST_POINTER, {**metadata, "weights": weights, "state": state_name})
+    # weights of later steps are left by an attempt that a resume from an older pair replaces
+    earlier = [path.name for older, path in kept_weights(ckpt.parent) if older < step]
+    keep = {weights, state_name, *earlier[max(0, len(earlier) - (keep_last - 1)):]} if keep_last > 1 \
+        else {weights, state_name}
     for path in ckpt.iterdir():  # earlier pairs, and temporary files of a write a crash cut short
-        stale = (_PAIR.match(path.name) and path.name not in (weights, state_name)) or \
+        stale = (_PAIR.match(path.name) and path.name not in keep) or \
             path.name in (LEGACY_WEIGHTS, LEGACY_STATE) or \
             (path.name.startswith(".") and path.name.endswith(".tmp"))
         if stale:
@@ -165,6 +221,20 @@ def save_last(checkpoint_dir: str | os.PathLike, model: "torch.nn.Module", state
                 path.unlink()
             except OSError:
                 pass
+
+
+def kept_weights(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, file)`` of every step-numbered weights file of a run, oldest first: the last
+    checkpoint's and those ``train.keep_last`` keeps before it."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    if not ckpt.is_dir():
+        return []
+    found = []
+    for path in ckpt.iterdir():
+        match = _PAIR.match(path.name)
+        if match and match.group(2) == "safetensors":
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def _read_pointer(ckpt: Path) -> dict[str, Any] | None:
@@ -221,8 +291,14 @@ def _last_weights(run_dir: Path) -> Path | None:
 
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
-    """``best`` | ``last`` | an explicit file path -> the weights file."""
+    """``best`` | ``last`` | ``avg`` | an explicit file path -> the weights file."""
     run_dir = Path(run_dir)
+    if which == "avg":
+        path = run_dir / CHECKPOINT_DIR / AVERAGE_WEIGHTS
+        if not path.is_file():
+            raise CheckpointError(f"run directory {run_dir} has no averaged checkpoint ({path}); write "
+                                  f"one with `nmt average {run_dir} --last N` (or --best N)")
+        return path
     if which in ("best", "last"):
         best = run_dir / CHECKPOINT_DIR / "best.safetensors"
         path = best if which == "best" and best.is_file() else _last_weights(run_dir)
@@ -232,10 +308,10 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
         return path
     path = Path(which)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {which} is a directory, not a weights file; give best, last "
-                              "or a .safetensors file (a run's are in RUN/checkpoints/)")
+        raise CheckpointError(f"checkpoint {which} is a directory, not a weights file; give best, last, "
+                              "avg or a .safetensors file (a run's are in RUN/checkpoints/)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {which} not found (use best, last or a path)")
+        raise CheckpointError(f"checkpoint file {which} not found (use best, last, avg or a path)")
     return path
 
 

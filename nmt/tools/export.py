@@ -199,7 +199,7 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
 
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """Export a run directory (``checkpoint``: best, last or a weights file) to ``out_dir``."""
+    """Export a run directory (``checkpoint``: best, last, avg or a weights file) to ``out_dir``."""
     from nmt import __version__
     from nmt.inference.checkpoint import checkpoint_path, load_run, load_run_recipe
 

@@ -456,7 +456,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
         # the final state is validated (unless interrupted) and always checkpointed as "last"
         if state.step > 0 and (not state.history or state.history[-1]["step"] != state.step):
             if interrupted:
-                _checkpoint(state, core, optimizer, plateau, sampler, run_dir, accelerator, best=False)
+                _checkpoint(state, core, optimizer, plateau, sampler, run_dir, accelerator, best=False,
+                            keep_last=t.keep_last)
             else:
                 _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau, sampler,
                                          run_dir, accelerator, metrics_file)
@@ -742,18 +743,26 @@ def _validate_and_checkpoint(validator, state, recipe, core, optimizer, plateau,
         if recipe.output.tensorboard:
             accelerator.log({f"valid/{k}": result[k] for k in ("loss", "ppl", "bleu", "chrf")}, step=state.step)
     _checkpoint(state, core, optimizer, None if plateau is None else plateau, sampler, run_dir,
-                accelerator, best=better)
+                accelerator, best=better, keep_last=t.keep_last,
+                valid={k: result[k] for k in ("loss", "ppl", "bleu", "chrf")})
     return t.patience is not None and state.bad_validations >= t.patience
 
 
-def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, accelerator, best: bool) -> None:
-    """Write ``last`` (weights + trainer state) and, if ``best``, the best weights. Main process only."""
+def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, accelerator, best: bool,
+                keep_last: int = 1, valid: dict[str, float] | None = None) -> None:
+    """Write ``last`` (weights + trainer state) and, if ``best``, the best weights. Main process only.
+
+    ``valid``: the validation of these weights (recorded in their metadata: ``nmt average --best``
+    ranks kept checkpoints by it).
+    """
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     ckpt = run_dir / CHECKPOINT_DIR
     meta = {"step": state.step, "tokens": state.tokens, "best_metric": state.best_metric,
             "best_step": state.best_step, "tokenizers": state.tokenizers}
+    if valid is not None:
+        meta["valid"] = valid
     trainer = {k: v for k, v in state.__dict__.items()}
     payload = {
         "trainer": json.dumps(trainer),
@@ -763,7 +772,7 @@ def _checkpoint(state, core, optimizer, plateau, sampler, run_dir: Path, acceler
         "torch_rng": torch.get_rng_state(),
         "python_rng": json.dumps(random.getstate()),
     }
-    save_last(ckpt, core, payload, meta)  # a new pair, then last.json names it
+    save_last(ckpt, core, payload, meta, keep_last)  # a new pair, then last.json names it
     if best:
         save_weights(core, ckpt / "best.safetensors", meta)
         atomic_write_json(ckpt / "best.json", meta)
