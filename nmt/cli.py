@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="output directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
 
-    p = _sub(sub, "translate", "translate text with a trained run (greedy or batched beam search)", """
+    p = _sub(sub, "translate", "translate text with a trained run (greedy, batched beam search or sampling)", """
         nmt translate runs/fr-en -i test.fr -o test.en
         echo "Je suis fatigué." | nmt translate runs/fr-en
         nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text

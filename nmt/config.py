@@ -40,13 +40,14 @@ from nmt.errors import ConfigError
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            metavar: str | None = None) -> Any:
-    """A recipe field that carries its help text and allowed range (``min``/``max``, inclusive).
+            above: float | None = None, metavar: str | None = None) -> Any:
+    """A recipe field that carries its help text and allowed range (``min``/``max``, inclusive;
+    ``above``: the value must be greater).
 
     Validation (:func:`field_problems`) and the generated command-line options
     (:func:`add_decode_arguments`) read them, so a setting is described once.
     """
-    meta = {"help": help, "min": min, "max": max, "metavar": metavar}
+    meta = {"help": help, "min": min, "max": max, "above": above, "metavar": metavar}
     return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
 
 
@@ -235,6 +236,17 @@ class DecodeConfig:
                                       metavar="N")
     max_input_len: int = setting(250, "longer inputs are truncated (with a warning) to this many subwords",
                                  min=1, metavar="N")
+    sample: bool = setting(
+        False, "draw each token from the model's distribution instead of searching; n_best is then "
+               "the number of independent samples per sentence; excludes beam > 1")
+    temperature: float = setting(1.0, "sampling: logits divided by T (< 1 sharper, > 1 flatter)", above=0,
+                                 metavar="T")
+    top_k: int = setting(0, "sampling: draw from the K most probable tokens only; 0 = all", min=0,
+                         metavar="K")
+    top_p: float = setting(1.0, "sampling: draw from the smallest set of most probable tokens whose "
+                                "probability reaches P (nucleus); 1 = all", above=0, max=1, metavar="P")
+    seed: int = setting(0, "sampling: random seed; line N of the input is sampled from its own stream "
+                           "of (seed, N)", min=0, metavar="S")
 
     def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
         """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""
@@ -242,7 +254,10 @@ class DecodeConfig:
         found = field_problems(self, label)
         n_best, beam = self.n_best, self.beam
         numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (n_best, beam))
-        if not found and numbers and n_best > beam:
+        if not found and numbers and self.sample is True and beam > 1:
+            found.append(f"{label('sample')}: sampling draws one token at a time and excludes beam "
+                         f"search ({label('beam')} {beam}); give one of them")
+        elif not found and numbers and not self.sample and n_best > beam:
             found.append(f"{label('n_best')}: got {n_best}, must be <= {label('beam')} ({beam})")
         return found
 
@@ -250,7 +265,8 @@ class DecodeConfig:
                 label: Callable[[str], str] | None = None, **more: Any) -> "DecodeConfig":
         """A validated copy with ``changes`` (``None`` values keep the current setting).
 
-        Without a new ``beam``, a larger ``n_best`` widens the beam to it. Problems raise
+        Without a new ``beam``, a larger ``n_best`` widens the beam to it, and sampling sets it to 1
+        (``n_best`` is then the number of samples). Problems raise
         :class:`ConfigError`, each naming the setting as ``label(field)`` (a command-line flag, a
         keyword argument).
         """
@@ -268,7 +284,9 @@ class DecodeConfig:
                 values[name] = _coerce(value, hints[name], label(name), problems)
         if problems:
             raise ConfigError(problems, what="decode settings")
-        if values.get("beam") is None and isinstance(values.get("n_best"), int):
+        if values.get("beam") is None and values.get("sample", self.sample) is True:
+            values["beam"] = 1
+        elif values.get("beam") is None and isinstance(values.get("n_best"), int):
             values["beam"] = max(self.beam, values["n_best"])
         new = dataclasses.replace(self, **values)
         problems = new.problems(label)
@@ -447,9 +465,11 @@ def field_problems(section: Any, label: Callable[[str], str]) -> list[str]:
         value = getattr(section, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # a wrong type is reported by the type check
-        low, high = f.metadata.get("min"), f.metadata.get("max")
+        low, high, above = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("above")
         if isinstance(value, float) and not math.isfinite(value):
             found.append(f"{label(f.name)}: got {value!r}, must be a finite number")
+        elif above is not None and value <= above:
+            found.append(f"{label(f.name)}: got {value!r}, must be > {above}")
         elif low is not None and value < low:
             found.append(f"{label(f.name)}: got {value!r}, must be >= {low}")
         elif high is not None and value > high:
@@ -770,8 +790,13 @@ def add_decode_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
         default = defaults.get(f.name)
         where = notes.get(f.name) or (f"default {default}" if default is not None
                                       else f"default: the recipe's decode.{f.name}")
-        group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
-                           metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} ({where})")
+        text = f"{f.metadata['help']} ({where})"
+        if hints[f.name] is bool:  # --sample / --no-sample; left out: the recipe's value
+            group.add_argument(decode_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=text)
+        else:
+            group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
+                               metavar=f.metadata.get("metavar"), help=text)
     group.add_argument("--greedy", action="store_true", help="greedy search (the same as --beam 1)")
 
 

@@ -154,7 +154,9 @@ def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for f in fields:
         flag = "--" + f.name.replace("_", "-")
-        assert f"{flag} {f.metadata['metavar']} {' '.join(f.metadata['help'].split())}" in shown, flag
+        # a yes/no setting is a pair of flags (--sample, --no-sample), the others take a value
+        spelled = f"{flag}, --no-{flag[2:]}" if f.type in (bool, "bool") else f"{flag} {f.metadata['metavar']}"
+        assert f"{spelled} {' '.join(f.metadata['help'].split())}" in shown, flag
     assert "--n-best" not in shown if excluded else "--n-best" in shown
 
 
@@ -165,6 +167,12 @@ def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
     (["--batch-tokens", "0"], "--batch-tokens/decode.batch_tokens: got 0, must be >= 1"),
     (["--beam", "2", "--n-best", "3"], "--n-best/decode.n_best: got 3, must be <= --beam/decode.beam (2)"),
     (["--greedy", "--beam", "3"], "--greedy means beam 1"),
+    (["--sample", "--beam", "3"], "--sample/decode.sample: sampling draws one token at a time and excludes "
+                                  "beam search (--beam/decode.beam 3)"),
+    (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be > 0"),
+    (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be <= 1"),
+    (["--sample", "--temperature", "0"], "--temperature/decode.temperature: got 0.0, must be > 0"),
+    (["--sample", "--temperature", "-0.5"], "--temperature/decode.temperature: got -0.5, must be > 0"),
 ])
 def test_out_of_range_decode_options_exit_2_naming_the_option(tmp_path, capsys, flags, named):
     # checked before the run directory is read: the run does not even need to exist

@@ -196,9 +196,9 @@ def test_empty_lines_are_not_translated(translator, monkeypatch):
     seen = []
     original = tr.search
 
-    def spy(model, src, lengths, mask, options, lexicon=None, return_attention=False, tables=None):
+    def spy(model, src, lengths, mask, options, lexicon=None, return_attention=False, **more):
         seen.extend(lengths.tolist())
-        return original(model, src, lengths, mask, options, lexicon, return_attention, tables)
+        return original(model, src, lengths, mask, options, lexicon, return_attention, **more)
 
     monkeypatch.setattr(tr, "search", spy)
     out = translator.translate(["", "le chat", "   ", "\x00\x01", "\t"])
@@ -531,3 +531,49 @@ def test_bf16_weights_equal_autocast_over_float32_weights(run_dir, translator):
         assert [h.score for h in a.hypotheses] == pytest.approx([h.score for h in b.hypotheses], abs=1e-3)
     # the enclosing autocast did take effect (bf16 scores are not the float32 ones)
     assert any(a.hypotheses[0].score != b.hypotheses[0].score for a, b in zip(cast, plain))
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+def test_cli_sampling_is_reproducible_by_line(run_dir, tmp_path, monkeypatch, translator):
+    """--sample --n-best K: K samples per line in the n-best format; the same seed gives the same
+    file whatever the chunking and batching; another seed another file; the Python API agrees."""
+    lines = SOURCES + LINES
+    src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
+    args = ["-i", src, "--sample", "--n-best", "3", "--temperature", "1.5", "--top-k", "10", "--top-p", "0.95"]
+    assert cli(run_dir, *args, "--seed", "7", "-o", tmp_path / "a.txt") == 0
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 4)
+    assert cli(run_dir, *args, "--seed", "7", "--batch-tokens", "10", "-o", tmp_path / "b.txt") == 0
+    assert cli(run_dir, *args, "--seed", "8", "-o", tmp_path / "c.txt") == 0
+    a, b, c = ([line.split("\t") for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
+               for name in ("a.txt", "b.txt", "c.txt"))
+    # the same samples; scores equal up to the rounding of other batch shapes
+    assert [(r[0], r[2]) for r in a] == [(r[0], r[2]) for r in b]
+    assert [float(r[1]) for r in a] == pytest.approx([float(r[1]) for r in b], abs=1e-3)
+    assert [r[2] for r in a] != [r[2] for r in c]
+    rows = a
+    assert len(rows) == 3 * len(lines)
+    assert [int(r[0]) for r in rows] == [i for i in range(len(lines)) for _ in range(3)]
+    results = translator.translate(lines, n_best=3, sample=True, temperature=1.5, top_k=10, top_p=0.95,
+                                   seed=7)
+    texts = [h.text for res in results for h in res.hypotheses]
+    empty = lines.index("")
+    assert [r[2] for r in rows[:3 * empty]] == texts[:3 * empty]
+    assert rows[3 * empty][1:] == ["0.0000", ""] and rows[3 * empty + 1][1] == "-inf"
+    # not all samples of a line are the same
+    assert any(len({r[2] for r in rows[3 * i: 3 * i + 3]}) > 1 for i in range(len(SOURCES)))
+
+
+def test_cli_sampling_option_errors_write_nothing(run_dir, tmp_path, capsys):
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    out = tmp_path / "out.txt"
+    for bad, named in ((["--sample", "--beam", "4"], "--sample"), (["--sample", "--top-p", "0"], "--top-p"),
+                       (["--sample", "--top-p", "1.5"], "--top-p"),
+                       (["--sample", "--temperature", "0"], "--temperature"),
+                       (["--sample", "--temperature", "-2"], "--temperature")):
+        assert cli(run_dir, "-i", src, "-o", out, *bad) == 2
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err
+        assert not out.exists()
+    # sampling without --beam samples even though the recipe searches with beam 3
+    assert cli(run_dir, "-i", src, "-o", out, "--sample") == 0

@@ -479,6 +479,9 @@ class OnnxTranslator:
             raise NmtError(f"the ONNX engine scores the full target vocabulary: a lexical shortlist "
                            f"(--shortlist {options.shortlist}) is not supported; give --shortlist 0 or "
                            "translate the run directory with --engine torch")
+        if options.sample:
+            raise NmtError("the ONNX engine searches only (greedy or beam): sampling (--sample) is not "
+                           "supported; translate the run directory with --engine torch")
         return options
 
     # ---------------------------------------------------------------------------- the steps

@@ -35,6 +35,8 @@ Definitions (shared by greedy and beam search)
 
 Greedy search takes the arg-max at every step; the penalties do not influence it (they are only
 reported in ``score``).
+Sampling (:func:`sample_search`) runs greedy search's loop, drawing each token at random instead
+of taking the arg-max; its hypotheses follow the definitions above.
 
 Beam search (beam K, n-best P <= K)
 -----------------------------------
@@ -68,6 +70,7 @@ tokens of probability 0.26 and EOS 0.2 at every step, L = 2 and K = 3, the best 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -85,7 +88,7 @@ COVERAGE_FLOOR = 1e-6
 
 __all__ = [
     "Hypothesis", "max_lengths",
-    "search", "greedy_search", "beam_search", "score_targets", "pad_sources",
+    "search", "greedy_search", "beam_search", "sample_search", "score_targets", "pad_sources",
     "length_penalty", "coverage_penalty",
 ]
 
@@ -234,8 +237,10 @@ class OutputShortlist:
 
 def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
            options: DecodeConfig | None = None, lexicon=None,
-           return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
-    """Greedy search when ``options.beam == 1``, else beam search. One list per sentence.
+           return_attention: bool = False, tables=None, keys: Sequence[int] | None = None
+           ) -> list[list[Hypothesis]]:
+    """Sampling when ``options.sample``, greedy search when ``options.beam == 1``, else beam
+    search. One list per sentence; ``keys``: see :func:`sample_search`.
 
     ``options`` are the recipe's ``decode`` settings (checked here); ``return_attention`` keeps
     each hypothesis's attention weights (and local-p positions).
@@ -254,9 +259,27 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
         if src_mask is None:
             src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
         shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options)
+    if options.sample:
+        return sample_search(model, src, src_lengths, src_mask, options, shortlist=shortlist,
+                             return_attention=return_attention, tables=tables, keys=keys)
     search_fn = greedy_search if options.beam == 1 else beam_search
     return search_fn(model, src, src_lengths, src_mask, options, shortlist=shortlist,
                      return_attention=return_attention, tables=tables)
+
+
+def _begin(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None, opts: DecodeConfig,
+           tables, fold_context: bool):
+    """What every search starts with: the source mask (built when None), the search tables (built
+    when None; None again for the plain step), the encoded source as the first decoder state and
+    the attention memory, and each sentence's max length. Returns
+    ``(src_mask, tables, state, memory, max_lens)``."""
+    if src_mask is None:
+        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
+    if tables is None:
+        tables = model.search_tables()  # None: the plain step
+    enc = model.encode(src, src_lengths, src_mask)
+    state, memory = model.start(enc, tables, fold_context=fold_context)
+    return src_mask, tables, state, memory, max_lengths(opts, src_lengths.to(src.device))
 
 
 def _step_logits(model, prev: Tensor, state, memory, shortlist: OutputShortlist | None, tables):
@@ -276,19 +299,98 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
                   return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
     """Arg-max decoding; returns one hypothesis per sentence (``options.beam`` is ignored).
     ``tables``: see :func:`search`."""
+    hyps = _one_token_per_step(model, src, src_lengths, src_mask, options or DecodeConfig(beam=1),
+                               shortlist, return_attention, tables)
+    return [[h] for h in hyps]
+
+
+@torch.inference_mode()
+def sample_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
+                  options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
+                  return_attention: bool = False, tables=None, keys: Sequence[int] | None = None
+                  ) -> list[list[Hypothesis]]:
+    """Ancestral sampling: ``options.n_best`` independent samples per sentence, sorted by score
+    (best first; two samples may be equal). ``options.beam`` is ignored.
+
+    At each step the token is drawn from the model's distribution over the tokens greedy search
+    may choose (forbidden ones as in greedy search), changed by ``options.temperature``
+    (``p^(1/T)``, renormalised), restricted to the ``top_k`` most probable tokens (renormalised),
+    then to the nucleus of ``top_p`` of that distribution (the smallest set of most probable tokens
+    whose probability is at least ``top_p``), renormalised. The reported log-probabilities are the
+    model's (temperature 1, no restriction), so scores mean what they mean for the other searches.
+
+    Randomness: sample j of the sentence with key k (``keys``, default 0, 1, ...; the translator
+    passes input line numbers) uses its own random stream, seeded from ``(options.seed, k, j)``:
+    the result depends neither on the batch nor on the other sentences in it.
+    """
+    opts = options or DecodeConfig(beam=1, sample=True)
+    copies = opts.n_best
+    keys = list(range(src.size(0))) if keys is None else [int(k) for k in keys]
+    if len(keys) != src.size(0):
+        raise ValueError(f"{len(keys)} keys for {src.size(0)} sentences")
+    streams = [(opts.seed, key, j) for key in keys for j in range(copies)]
+    hyps = _one_token_per_step(model, src, src_lengths, src_mask, opts, shortlist, return_attention, tables,
+                               choose=lambda max_lens: _Sampler(opts, streams, max_lens), copies=copies)
+    return [sorted(hyps[b * copies: (b + 1) * copies], key=lambda h: -h.score) for b in range(len(keys))]
+
+
+def _stream_seed(key: tuple[int, ...]) -> int:
+    """A 63-bit generator seed of a tuple of ints, the same on every machine and Python version."""
+    digest = hashlib.blake2b(repr(tuple(int(k) for k in key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _Sampler:
+    """Draws one token per row and step (see :func:`sample_search`) by inverting the cumulative
+    distribution at a uniform number of the row's own stream."""
+
+    def __init__(self, opts: DecodeConfig, streams: Sequence[tuple[int, ...]], max_lens: Tensor):
+        self.temperature, self.top_k, self.top_p = opts.temperature, opts.top_k, opts.top_p
+        # a row's numbers depend on its stream and its own max length only
+        uniforms = torch.zeros(len(streams), int(max_lens.max()), dtype=torch.float64)
+        for row, (stream, n) in enumerate(zip(streams, max_lens.tolist())):
+            generator = torch.Generator().manual_seed(_stream_seed(stream))
+            uniforms[row, :n] = torch.rand(n, generator=generator, dtype=torch.float64)
+        self.uniforms = uniforms.to(max_lens.device)
+
+    def __call__(self, logits: Tensor, rows: Tensor, step: int) -> Tensor:
+        """``logits (N, C)`` with forbidden tokens at -inf, of batch rows ``rows (N,)``
+        -> ``(N,)`` the chosen columns."""
+        x = logits.double()
+        if self.temperature != 1.0:
+            x = x / self.temperature  # softmax(x / T) = p^(1/T) renormalised
+        if 0 < self.top_k < x.size(1):
+            kept = x.topk(self.top_k, dim=1).indices
+            x = torch.full_like(x, -math.inf).scatter_(1, kept, x.gather(1, kept))
+        if self.top_p < 1.0:
+            probs, order = torch.softmax(x, dim=1).sort(dim=1, descending=True)
+            before = probs.cumsum(dim=1) - probs  # probability of the more probable tokens
+            drop = torch.zeros_like(x, dtype=torch.bool).scatter_(1, order, before >= self.top_p)
+            x = x.masked_fill(drop, -math.inf)
+        cdf = torch.softmax(x, dim=1).nan_to_num_(0.0).cumsum(dim=1)  # a row of -inf only: all 0
+        u = self.uniforms[rows, step].unsqueeze(1) * cdf[:, -1:]
+        # the first token whose cumulative probability exceeds u (tokens of probability 0 never are)
+        return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=x.size(1) - 1)
+
+
+def _one_token_per_step(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None,
+                        opts: DecodeConfig, shortlist: OutputShortlist | None, return_attention: bool,
+                        tables, choose=None, copies: int = 1) -> list[Hypothesis]:
+    """Greedy search (``choose=None``: the arg-max) or sampling (``choose(max_lens)`` builds the
+    chooser of the rows' tokens); ``copies`` rows per sentence. One hypothesis per row."""
     _check_model(model)
-    opts = options or DecodeConfig(beam=1)
-    if src_mask is None:
-        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
-    batch = src.size(0)
     device = src.device
-    if tables is None:
-        tables = model.search_tables()  # None: the plain step
-    enc = model.encode(src, src_lengths, src_mask)
     # no context folding: with one hypothesis per sentence it costs about what it saves
     # (S x 512 x 1024 once vs 512 x 1024 per step); the embedding tables still pay
-    state, memory = model.start(enc, tables, fold_context=False)
-    max_lens = max_lengths(opts, src_lengths.to(device))
+    src_mask, tables, state, memory, max_lens = _begin(model, src, src_lengths, src_mask, opts, tables,
+                                                       fold_context=False)
+    if copies > 1:  # each sentence's rows side by side: sentence b has rows b * copies + j
+        rows = torch.arange(src.size(0), device=device).repeat_interleave(copies)
+        state, memory = state.select(rows), memory.select(rows)
+        src_lengths, src_mask, max_lens = src_lengths[rows], src_mask[rows], max_lens[rows]
+    if choose is not None:
+        choose = choose(max_lens)
+    batch = max_lens.numel()
     horizon = int(max_lens.max())
     keep_att = return_attention
     need_att = keep_att or bool(opts.coverage_penalty)
@@ -315,7 +417,12 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
             seen = history.index_select(0, active)[:, :step]
             if shortlist is not None:
                 seen = shortlist.column_of[seen]
-        best, tok = _forbid_(logits, seen, step, opts).max(dim=-1)
+        allowed = _forbid_(logits, seen, step, opts)
+        if choose is None:
+            best, tok = allowed.max(dim=-1)
+        else:
+            tok = choose(allowed, active, step)
+            best = allowed.gather(1, tok.unsqueeze(1)).squeeze(1)
         if shortlist is not None:
             tok = shortlist.columns[tok]
         best = best.float()
@@ -379,11 +486,11 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     results = []
     for b, (n, src_n) in enumerate(zip(lengths.tolist(), src_lengths.tolist())):
         toks = all_tokens[b][:n]
-        results.append([Hypothesis(
+        results.append(Hypothesis(
             tokens=toks, score=scores[b], log_probs=all_log_probs[b][:n],
             attention=att[b, :n, :src_n].clone() if keep_att else None,
             positions=pos[b, :n].clone() if with_positions else None,
-            raw_score=raw_scores[b], finished=bool(n > 0 and toks[-1] == EOS_ID))])
+            raw_score=raw_scores[b], finished=bool(n > 0 and toks[-1] == EOS_ID)))
     return results
 
 
@@ -413,19 +520,14 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     """
     _check_model(model)
     opts = options or DecodeConfig()
-    if src_mask is None:
-        src_mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)
     K, P = opts.beam, opts.n_best
     alpha, beta = opts.length_penalty, opts.coverage_penalty
     keep_att = return_attention
     device = src.device
     batch, src_len = src.shape
 
-    if tables is None:
-        tables = model.search_tables()  # None: the plain step
-    enc = model.encode(src, src_lengths, src_mask)
-    state, memory = model.start(enc, tables, fold_context=True)
-    max_lens = max_lengths(opts, src_lengths.to(device))
+    src_mask, tables, state, memory, max_lens = _begin(model, src, src_lengths, src_mask, opts, tables,
+                                                       fold_context=True)
     horizon = int(max_lens.max())
     rows0 = torch.arange(batch, device=device).repeat_interleave(K)
     state = state.select(rows0)

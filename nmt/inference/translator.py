@@ -11,6 +11,7 @@ Python API::
     t.translate(["Je suis fatigué.", "Merci !"])        # -> ["I am tired.", "Thank you!"]
     t.translate(srcs, beam=5, n_best=3)                 # -> [TranslationResult, ...]
     t.translate(srcs, return_attention=True)            # attention (tgt_len × src_len) per hypothesis
+    t.translate(srcs, sample=True, temperature=0.8, seed=1)   # a random translation (reproducible)
     t.score(srcs, refs)                                 # log P(ref | src) per pair (sum, EOS included)
     Translator(recipe, tokenizers, model)               # an in-memory model (validation does this)
 
@@ -225,8 +226,10 @@ class Translator:
         with torch.inference_mode(), self._autocast():
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
-                for it, hyps in zip(group, search(self.model, src, lengths, mask, options, lexicon,
-                                                    return_attention, tables=tables)):
+                # sampling draws line N's tokens from a stream of its own (seed, N)
+                found = search(self.model, src, lengths, mask, options, lexicon, return_attention,
+                               tables=tables, keys=[it.line for it in group])
+                for it, hyps in zip(group, found):
                     out[it.index] = hyps
         return out
 
@@ -285,9 +288,12 @@ class Translator:
         ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
         ignores the length and coverage penalties). ``overrides`` are other ``decode`` settings
         (``length_penalty``, ``coverage_penalty``, ``max_len_a``, ``max_len_b``, ``min_len``,
-        ``no_repeat_ngram``, ``shortlist``, ...); ``lines`` are the line numbers used in warnings
-        (default 1, 2, ...). With ``shard=(rank, world)`` only this process's share is translated
-        and the other entries are ``None`` (see the module docstring).
+        ``no_repeat_ngram``, ``shortlist``, ``sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``seed``, ...); with ``sample=True``, ``n_best`` is the number of independent samples per
+        sentence (best first) and line N is sampled from its own random stream of ``(seed, N)``.
+        ``lines`` are the line numbers used in warnings and sampling (default 1, 2, ...). With
+        ``shard=(rank, world)`` only this process's share is translated and the other entries are
+        ``None`` (see the module docstring).
         """
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines, warn=False)

@@ -868,7 +868,8 @@ class _Validator:
         beam = self.recipe.train.valid_beam
         translator = self._translator()
         with acc.autocast():
-            texts = translator.translate(self.sources, beam=beam, shard=(rank, world))
+            # validation searches even when the recipe decodes by sampling: BLEU of a fixed output
+            texts = translator.translate(self.sources, beam=beam, shard=(rank, world), sample=False)
         pairs = [(i, text) for i, text in enumerate(texts) if text is not None]
         if world > 1:
             from accelerate.utils import gather_object
@@ -893,7 +894,7 @@ class _Validator:
         from nmt.figures import plot_attention
 
         translator = self._translator()
-        results = translator.translate(self.sources[:count], beam=1, return_attention=True)
+        results = translator.translate(self.sources[:count], beam=1, return_attention=True, sample=False)
         out_dir = self.run_dir / "plots" / f"step{step:07d}"
         kind = self.recipe.model.attention.kind
         for i, result in enumerate(results):
