@@ -58,6 +58,10 @@ def _cmd_train(args) -> int:
     from nmt.training.loop import load_training_recipe, train
 
     recipe = load_training_recipe(args.recipe, args.overrides)
+    if args.init_from is not None:
+        recipe.train.init_from = args.init_from
+    if args.init_checkpoint is not None:
+        recipe.train.init_checkpoint = args.init_checkpoint
     summary = train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
     if summary["stopped"].startswith("signal "):
         # the checkpoint is written and --resume continues, but the training did not finish:
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         nmt train recipes/fr-en.yaml
         nmt train recipes/fr-en.yaml --run-dir runs/exp1 --set train.precision=bf16
         nmt train recipes/fr-en.yaml --resume                 continue the last checkpoint
+        nmt train recipes/my-domain.yaml --init-from runs/fr-en   continue a trained run's weights on new data
         torchrun --nproc_per_node 2 -m nmt train recipes/tiny.yaml   2 CPU processes
         accelerate launch --num_processes 4 -m nmt train recipes/fr-en.yaml   (GPUs)
         """, _cmd_train)
@@ -169,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--run-dir", help="output directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="start from the weights and tokenizer models of this trained run, with the "
+                        "recipe's data, schedule and a fresh optimizer (continued training, fine-tuning; "
+                        "recipe key train.init_from)")
+    p.add_argument("--init-checkpoint", choices=["best", "last", "avg"],
+                   help="which weights of --init-from (default: the recipe's train.init_checkpoint, best)")
 
     p = _sub(sub, "translate", "translate text with a trained run (greedy, batched beam search or sampling)", """
         nmt translate runs/fr-en -i test.fr -o test.en

@@ -210,6 +210,12 @@ class TrainConfig:
         1, "weights of the last N checkpoints kept in checkpoints/ as stepNNNNNNNN.safetensors, for "
            "`nmt average` (1: only the last, which resume needs)", min=1, metavar="N")
     plot_sentences: int = 3  #: attention plots of fixed valid sentences at each validation
+    #: Continued training (``nmt train --init-from RUN_DIR``): the trained run whose weights and
+    #: tokenizer models this run starts from, with this recipe's data, schedule and a fresh
+    #: optimizer. Its model and tokenizer sections must equal the run's (dropout, init and kernels
+    #: may differ). Written as an absolute path into the new run's recipe.yaml.
+    init_from: Optional[str] = None
+    init_checkpoint: Literal["best", "last", "avg"] = "best"  #: which weights of ``init_from``
     max_nan_skips: int = 5  #: consecutive non-finite losses before the run stops
 
 

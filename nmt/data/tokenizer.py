@@ -185,6 +185,27 @@ class SubwordTokenizers:
                     tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
         return tok
 
+    @classmethod
+    def adopt(cls, source_dir: str | os.PathLike, out_dir: str | os.PathLike, origin: dict) -> "SubwordTokenizers":
+        """Copy the models of the trained run ``source_dir`` into ``out_dir`` (continued training).
+
+        ``spm.json`` keeps the source's record of what they were trained from (so a run started
+        afresh in ``out_dir`` on other data trains its own) and adds ``init_from``: ``origin``.
+        """
+        source, out = Path(source_dir), Path(out_dir)
+        models = cls.load(source)
+        try:
+            record = json.loads((source / RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RECORD).unlink(missing_ok=True)  # models first, then their record
+        atomic_write_bytes(out / SRC_MODEL, models._src_proto)
+        atomic_write_bytes(out / TGT_MODEL, models._tgt_proto)
+        atomic_write_json(out / RECORD, {**(record if isinstance(record, dict) else {}),
+                                         "models": model_hashes(out), "init_from": origin})
+        return cls.load(out)
+
     @staticmethod
     def exists(out_dir: str | os.PathLike) -> bool:
         out = Path(out_dir)

@@ -195,6 +195,31 @@ class Lexicon:
                 "links": str(links.size), "seconds": f"{seconds:.1f}"}
         return cls(top_ids, top_probs, by_frequency, meta)
 
+    def merged(self, other: "Lexicon") -> "Lexicon":
+        """This lexicon's translations of each source id, then ``other``'s that it lacks (up to the
+        larger ``keep``); the frequency order alternates between the two, each id at its first
+        place. For a continued training: its own data's lexicon with the earlier run's."""
+        if other.top_ids.shape[0] != self.top_ids.shape[0] or other.tgt_vocab_size != self.tgt_vocab_size:
+            raise NmtError(f"cannot merge lexicons of different vocabularies ({tuple(self.top_ids.shape)} "
+                           f"and {tuple(other.top_ids.shape)} source entries)")
+        keep = max(self.keep, other.keep)
+        ids = torch.full((self.top_ids.shape[0], keep), -1, dtype=torch.long)
+        probs = torch.zeros(ids.shape)
+        for row, (mine, theirs) in enumerate(zip(torch.cat([self.top_ids, other.top_ids], 1).tolist(),
+                                                 torch.cat([self.top_probs, other.top_probs], 1).tolist())):
+            seen: dict[int, float] = {}
+            for target, prob in zip(mine, theirs):
+                if target >= 0 and target not in seen:
+                    seen[target] = prob
+            chosen = list(seen.items())[:keep]
+            if chosen:
+                ids[row, :len(chosen)] = torch.tensor([t for t, _ in chosen])
+                probs[row, :len(chosen)] = torch.tensor([p for _, p in chosen])
+        order = torch.stack([self.by_frequency, other.by_frequency], 1).reshape(-1).tolist()
+        by_frequency = torch.tensor(list(dict.fromkeys(order)))
+        meta = {**self.metadata, "merged_with": other.metadata.get("pairs", "?") + " pairs"}
+        return Lexicon(ids, probs, by_frequency, meta)
+
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 

@@ -183,6 +183,113 @@ def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
                            "Restore the recipe or start a new run directory")
 
 
+#: model keys a continued training may change: they do not shape or give meaning to the weights
+_FREE_ON_INIT = ("model.kernels", "model.init", "model.dropout", "model.encoder.dropout",
+                 "model.decoder.dropout")
+
+
+@dataclass
+class InitSource:
+    """The trained run a continued training starts from (``train.init_from``)."""
+
+    run_dir: Path
+    checkpoint: str  #: best | last | avg
+    weights: Path  #: the weights file that ``checkpoint`` named when the run was checked
+    record: dict[str, Any]  #: what the new run records about it (spm.json, train_summary.json)
+
+
+def init_source(recipe: Recipe, run_dir: Path) -> InitSource:
+    """Check that ``recipe`` can continue the run ``train.init_from`` names: the run exists, has the
+    checkpoint ``train.init_checkpoint``, and the same model and tokenizer sections (so the same
+    weight shapes and vocabularies). Reads the run, never writes it; raises :class:`NmtError`."""
+    import hashlib
+
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.inference.checkpoint import checkpoint_path, load_run_recipe, read_weights_metadata
+
+    t = recipe.train
+    flag = f"--init-from {t.init_from}"
+    source = Path(t.init_from)
+    if source.resolve() == Path(run_dir).resolve():
+        raise NmtError(f"{flag}: that is this run's own directory; continued training writes a new run "
+                       "directory (choose another with --run-dir)")
+    try:
+        old = load_run_recipe(source)
+        weights = checkpoint_path(source, t.init_checkpoint)
+        models = SubwordTokenizers.load(source)
+        metadata = read_weights_metadata(weights)
+        models.check_checkpoint(metadata, weights, source)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{flag}: {exc}") from None
+    where = f"{source / 'recipe.yaml'}"
+    differ = [d for d in _differences(_asdict(old.model), _asdict(recipe.model), "model")
+              if d[0] not in _FREE_ON_INIT]
+    differ += [d for d in _differences(_asdict(old.tokenizer), _asdict(recipe.tokenizer), "tokenizer")
+               if d[0] != "tokenizer.num_threads"]
+    if differ:
+        listed = "; ".join(f"{key}: {a!r} in {where}, {b!r} in this recipe" for key, a, b in differ)
+        raise NmtError(f"{flag}: the recipe's model or tokenizer differs from the run's ({listed}). "
+                       "Continued training keeps the run's weights and vocabularies, so these must be "
+                       "equal (dropout, init and kernels may differ): start the recipe with `base:` "
+                       "the run's recipe, or copy these keys")
+    sizes = [("tokenizer.src_vocab_size", models.src_vocab_size, recipe.tokenizer.src_vocab_size)]
+    if not models.joint:
+        sizes.append(("tokenizer.tgt_vocab_size", models.tgt_vocab_size, recipe.tokenizer.tgt_vocab_size))
+    wrong = [f"{key}: {have} pieces in {source}'s models, {want} in this recipe" for key, have, want in sizes
+             if have != want]
+    if wrong:
+        raise CheckpointError(f"{flag}: the run's tokenizer models do not have the recipe's vocabulary "
+                              f"sizes ({'; '.join(wrong)}); was its recipe.yaml edited after training?")
+    record = {"run_dir": str(source.resolve()), "checkpoint": t.init_checkpoint, "weights": weights.name,
+              "step": metadata.get("step"),
+              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return InitSource(source.resolve(), t.init_checkpoint, weights, record)
+
+
+def _resume_init_from(run_dir: Path, recipe: Recipe) -> None:
+    """On ``--resume`` the run continues from its own checkpoint: ``train.init_from`` is what it was
+    started from (kept in recipe.yaml when the recipe given now does not say), never re-applied."""
+    import yaml
+
+    saved_file = run_dir / "recipe.yaml"
+    if not saved_file.is_file():
+        return
+    saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file)).train
+    given = recipe.train.init_from
+    if given is None:
+        recipe.train.init_from, recipe.train.init_checkpoint = saved.init_from, saved.init_checkpoint
+        return
+    if saved.init_from is None or Path(given).resolve() != Path(saved.init_from).resolve():
+        started = f"from {saved.init_from}" if saved.init_from else "without --init-from"
+        raise NmtError(f"--resume: the run in {run_dir} was started {started}, not from {given}; "
+                       "--resume continues its own last checkpoint (leave out --init-from), or start "
+                       "a new run directory to continue another run")
+    recipe.train.init_from, recipe.train.init_checkpoint = saved.init_from, saved.init_checkpoint
+
+
+def _init_record(run_dir: Path) -> dict[str, Any] | None:
+    """What a run directory's tokenizer record says it was initialised from (None: trained afresh)."""
+    from nmt.data.tokenizer import RECORD
+
+    try:
+        record = json.loads((run_dir / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = record.get("init_from") if isinstance(record, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _differences(a: dict, b: dict, prefix: str) -> list[tuple[str, Any, Any]]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}.{key}")
+        elif va != vb:
+            out.append((f"{prefix}.{key}", va, vb))
+    return out
+
+
 def _asdict(obj):
     import dataclasses
     return dataclasses.asdict(obj)
@@ -262,6 +369,11 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     check_stops(recipe, recipe_path)
     t = recipe.train
     run_dir = resolved_run_dir(recipe, run_dir)
+    init = None
+    if t.init_from is not None and not resume:
+        # checked before the run directory is created: a refused source leaves nothing behind
+        init = init_source(recipe, run_dir)
+        t.init_from = str(init.run_dir)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
@@ -278,15 +390,18 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
             if resume:
                 _check_resume_recipe(run_dir, recipe)
-        return _train(recipe, run_dir, resume, accelerator, trackers)
+                _resume_init_from(run_dir, recipe)
+        return _train(recipe, run_dir, resume, accelerator, trackers, init)
     except OSError as exc:
         raise _io_error(exc, run_dir) from None
     finally:
+        _close_run_log()
         if lock is not None:
             lock.release()
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -> dict[str, Any]:
+def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers,
+           init: InitSource | None = None) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from nmt.data.batching import TokenBatchSampler, encode_dataset, lengths_of
@@ -302,7 +417,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
     # -- data and tokenizers: the main process prepares, the others read what it wrote ----------
     with accelerator.main_process_first():
         corpus = load_corpus(recipe.data, splits=("train", "valid"))
-        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir, resume=resume)
+        if init is not None:  # continued training: the trained run's models, copied
+            tokenizers = SubwordTokenizers.adopt(init.run_dir, run_dir, init.record) if main \
+                else SubwordTokenizers.load(run_dir)
+        elif resume and _init_record(run_dir) is not None:  # the checkpoint checks their sha256
+            tokenizers = SubwordTokenizers.load(run_dir)
+        else:
+            tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir,
+                                                         resume=resume)
         f = recipe.data.filter
         train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
                                   min_len=f.min_len)
@@ -311,8 +433,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
-    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume) \
-        if recipe.decode.shortlist else None
+    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume,
+                       None if init is None else init.run_dir) if recipe.decode.shortlist else None
 
     src_lens, tgt_lens = lengths_of(train_ds)
     sampler = TokenBatchSampler(
@@ -321,6 +443,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
         num_replicas=accelerator.num_processes, rank=accelerator.process_index)
 
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    if init is not None:
+        load_weights(model, init.weights)
+        if main:
+            log.info("initialised from %s (%s checkpoint, step %s): %s", init.run_dir, init.checkpoint,
+                     init.record["step"], init.weights.name)
     optimizer = build_optimizer(model, recipe)
     plateau = None
     if t.schedule == "plateau":
@@ -467,7 +594,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
         "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
         "best_step": state.best_step, "best_metric": state.best_metric,
         "metric": t.early_stopping_metric, "nan_skips": state.total_nan_skips,
-        "parameters": core.num_parameters(),
+        "parameters": core.num_parameters(), "init_from": _init_record(run_dir),
     }
     # replicas must hold identical weights; record each process's checksum to show it
     checksums = [_weights_checksum(core)]
@@ -486,9 +613,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers) -
 
 # ------------------------------------------------------------------------------ loop helpers
 
-def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False):
+def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False,
+             init_from: Path | None = None):
     """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
-    training data before training (IBM Model 1 does not depend on the model), kept on resume."""
+    training data before training (IBM Model 1 does not depend on the model), kept on resume.
+
+    A continued training's lexicon is built from its own data and then given the translations of
+    the lexicon of the run it starts from, if that has one (:meth:`Lexicon.merged`): the model
+    still translates what it learnt there, and a small in-domain set alone would leave most of the
+    vocabulary without candidates."""
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
 
     path = run_dir / LEXICON_FILE
@@ -496,6 +629,8 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
         path.unlink(missing_ok=True)
     if accelerator.is_main_process and not path.is_file():
         build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds)
+        if init_from is not None and (init_from / LEXICON_FILE).is_file():
+            Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
     accelerator.wait_for_everyone()
     return Lexicon.load(path)
 
@@ -678,19 +813,32 @@ def _progress(recipe: Recipe, state: TrainerState, main: bool) -> _Progress | No
     return _Progress(recipe, state) if main else None
 
 
+class _RunLog(logging.FileHandler):
+    """``RUN/train.log``: the log of the run being trained."""
+
+
 def _setup_logging(run_dir: Path | None) -> None:
+    """Log to the console (once per process) and to this run's train.log: a second training in the
+    same process (the Python API, a notebook) logs into its own run directory, not the first's."""
     root = logging.getLogger("nmt")
-    if root.handlers:
-        return
-    root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    _close_run_log()
+    if not root.handlers:
+        root.setLevel(logging.INFO)
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        root.addHandler(console)
     if run_dir is not None:
-        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler = _RunLog(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+def _close_run_log() -> None:
+    root = logging.getLogger("nmt")
+    for handler in [h for h in root.handlers if isinstance(h, _RunLog)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 # ------------------------------------------------------------------------- validate/checkpoint
