@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         echo "Je suis fatigué." | nmt translate runs/fr-en
         nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text
         nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
+        nmt translate runs/fr-en -i test.fr --alignments           TEXT<TAB>0-0 1-2 2-1 (word alignments)
         torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
         nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
         """, _cmd_translate)
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
+    p.add_argument("--alignments", action="store_true",
+                   help="append a tab and the word alignments from the attention (Pharaoh format: "
+                        "SRC-TGT 0-based word indices, e.g. 0-0 1-2 2-1) to each output line")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                    help="search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")

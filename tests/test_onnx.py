@@ -228,6 +228,8 @@ def test_translator_rejects_options_it_cannot_honour(exports):
         translator.translate(["le chat"], return_attention=True)
     with pytest.raises(NmtError, match="sampling"):
         translator.translate(["le chat"], sample=True)
+    with pytest.raises(NmtError, match="alignments"):
+        translator.translate(["le chat"], return_alignment=True)
 
 
 #: run in a subprocess: any import of torch fails
@@ -338,7 +340,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
     run, export = exports("bahdanau")
     for extra, word in ((["--quantize"], "--quantize"), (["--precision", "bf16"], "--precision bf16"),
                         (["--score-reference", "x"], "--score-reference"), (["--shortlist", "5"], "--shortlist"),
-                        (["--sample"], "--sample")):
+                        (["--sample"], "--sample"), (["--alignments"], "--alignments")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export

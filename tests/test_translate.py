@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from nmt.config import (
 )
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
+from nmt.inference.alignment import word_alignment
 from nmt.inference.search import pad_sources, score_targets
 from nmt.inference.translator import Translator, clean_source
 from nmt.tools.bench import decode_split_timed
@@ -577,3 +579,59 @@ def test_cli_sampling_option_errors_write_nothing(run_dir, tmp_path, capsys):
         assert not out.exists()
     # sampling without --beam samples even though the recipe searches with beam 3
     assert cli(run_dir, "-i", src, "-o", out, "--sample") == 0
+
+
+# ---------------------------------------------------------------------------------- alignments
+
+PHARAOH = re.compile(r"^(\d+-\d+( \d+-\d+)*)?$")
+
+
+def check_alignment(pairs, src_text: str, tgt_text: str) -> None:
+    assert pairs == sorted(set(pairs))
+    for i, j in pairs:
+        assert 0 <= i < len(src_text.split()) and 0 <= j < len(tgt_text.split()), (pairs, src_text, tgt_text)
+
+
+@pytest.mark.parametrize("opts", [{"beam": 1}, {"beam": 3, "n_best": 3}, {"sample": True, "n_best": 2}],
+                         ids=["greedy", "beam", "sample"])
+def test_alignments_from_the_hypothesis_attention(translator, opts):
+    results = translator.translate(SOURCES + [""], return_alignment=True, **opts)
+    with_att = translator.translate(SOURCES + [""], return_attention=True, **opts)
+    aligned = 0
+    for src, res, res_att in zip(SOURCES + [""], results, with_att):
+        assert len(res.hypotheses) == opts.get("n_best", 1) or src == ""
+        for h, h_att in zip(res.hypotheses, res_att.hypotheses):
+            assert h.attention is None and h_att.alignment is None  # each only when asked for
+            check_alignment(h.alignment, clean_source(src), h.text)
+            if src:
+                assert h.alignment == word_alignment(h_att.attention, h_att.src_tokens, h_att.tokens)
+            aligned += len(h.alignment)
+    assert aligned > len(SOURCES)
+    assert results[-1].hypotheses[0].alignment == []
+
+
+def test_cli_alignments_one_line_per_input_line(run_dir, tmp_path, translator):
+    src = write_bytes(tmp_path / "in.txt", "\n".join(LINES + SOURCES).encode() + b"\n")
+    out = tmp_path / "out.txt"
+    assert cli(run_dir, "-i", src, "-o", out, "--alignments") == 0
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert len(rows) == len(LINES + SOURCES) and all(len(r) == 2 for r in rows)
+    assert [r[0] for r in rows] == translator.translate(LINES + SOURCES)
+    assert rows[1] == ["", ""]  # the empty input line
+    for line, (text, pairs) in zip(LINES + SOURCES, rows):
+        assert PHARAOH.match(pairs), pairs
+        check_alignment([tuple(map(int, p.split("-"))) for p in pairs.split()], clean_source(line), text)
+    assert sum(bool(r[1]) for r in rows) >= len(SOURCES)
+
+    assert cli(run_dir, "-i", src, "-o", out, "--alignments", "--beam", "3", "--n-best", "3") == 0
+    nbest = [line.split("\t") for line in out.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert len(nbest) == 3 * len(LINES + SOURCES) and all(len(r) == 4 for r in nbest)
+    assert [int(r[0]) for r in nbest] == [i for i in range(len(LINES + SOURCES)) for _ in range(3)]
+    assert nbest[3][1:] == ["0.0000", "", ""] and nbest[4][1:] == ["-inf", "", ""]
+    assert all(PHARAOH.match(r[3]) for r in nbest)
+
+
+def test_cli_alignments_with_score_reference_is_refused(run_dir, tmp_path, capsys):
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    assert cli(run_dir, "-i", src, "--alignments", "--score-reference", src, "-o", tmp_path / "o") == 2
+    assert "--alignments" in capsys.readouterr().err and not (tmp_path / "o").exists()

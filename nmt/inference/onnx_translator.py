@@ -523,7 +523,8 @@ class OnnxTranslator:
 
     # -------------------------------------------------------------------------------- public
     def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
-                  return_scores: bool = False, return_attention: bool = False, *, batch_tokens: int | None = None,
+                  return_scores: bool = False, return_attention: bool = False, *,
+                  return_alignment: bool = False, batch_tokens: int | None = None,
                   max_sentences: int | None = None, lines: Sequence[int] | None = None,
                   shard: tuple[int, int] | None = None, **overrides: Any):
         """Translate sentences, returned in input order: ``list[str]``, or with ``n_best > 1`` or
@@ -531,8 +532,9 @@ class OnnxTranslator:
         line (after cleaning) translates to an empty line."""
         if shard not in (None, (0, 1)):
             raise NmtError("the ONNX engine translates in one process (no shard)")
-        if return_attention:
-            raise NmtError("the ONNX engine does not return attention weights; use the torch engine")
+        if return_attention or return_alignment:
+            raise NmtError("the ONNX engine does not return attention weights, nor the word alignments "
+                           "made from them; use the torch engine")
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines)
         found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,

@@ -35,6 +35,8 @@ class TranslatedHypothesis:
     positions: "Tensor | None" = None  #: (len(tokens),) local-p predicted source positions
     token_log_probs: list[float] = field(default_factory=list)
     raw_score: float = 0.0  #: log-probability (sum of token_log_probs)
+    #: (source word, target word) pairs from the attention (nmt.inference.alignment), when requested
+    alignment: list[tuple[int, int]] | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ Python API::
     t.translate(srcs, beam=5, n_best=3)                 # -> [TranslationResult, ...]
     t.translate(srcs, return_attention=True)            # attention (tgt_len × src_len) per hypothesis
     t.translate(srcs, sample=True, temperature=0.8, seed=1)   # a random translation (reproducible)
+    t.translate(srcs, return_alignment=True)            # word alignments (source, target) from attention
     t.score(srcs, refs)                                 # log P(ref | src) per pair (sum, EOS included)
     Translator(recipe, tokenizers, model)               # an in-memory model (validation does this)
 
@@ -48,6 +49,7 @@ from torch import Tensor
 
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
+from nmt.inference.alignment import word_alignment
 from nmt.inference.devices import distributed_state
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
@@ -278,13 +280,17 @@ class Translator:
     # -------------------------------------------------------------------------------- public
     def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
                   return_scores: bool = False, return_attention: bool = False, *,
+                  return_alignment: bool = False,
                   batch_tokens: int | None = None, max_sentences: int | None = None,
                   lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
                   **overrides: Any):
         """Translate sentences, returned in input order.
 
         Returns ``list[str]`` (the best translation of each) by default; with ``n_best > 1``,
-        ``return_scores`` or ``return_attention`` a list of :class:`TranslationResult`.
+        ``return_scores``, ``return_attention`` or ``return_alignment`` a list of
+        :class:`TranslationResult`. ``return_alignment`` gives each hypothesis its word alignment
+        (:func:`~nmt.inference.alignment.word_alignment`: sorted ``(source word, target word)``
+        pairs, 0-based over the whitespace words of the cleaned input and of the translation).
         ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
         ignores the length and coverage penalties). ``overrides`` are other ``decode`` settings
         (``length_penalty``, ``coverage_penalty``, ``max_len_a``, ``max_len_b``, ``min_len``,
@@ -299,9 +305,9 @@ class Translator:
         items = self.encode(sources, lines, warn=False)
         batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
                                     max_sentences=max_sentences)
-        found = self.search_batches(batches, options, return_attention)
+        found = self.search_batches(batches, options, return_attention or return_alignment)
         out: list[Any] = [None] * len(items)
-        rich = n_best > 1 or return_scores or return_attention
+        rich = n_best > 1 or return_scores or return_attention or return_alignment
         if not rich:
             best = [found[it.index][0] for it in mine if found.get(it.index)]
             texts = iter(self.detokenize(best))
@@ -313,14 +319,20 @@ class Translator:
             hyps = found.get(it.index)
             if it.ids is None or not hyps:
                 out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
-                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])])
+                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[],
+                    alignment=[] if return_alignment else None)])
                 continue
             src_tokens = self._src_tokens(it)
-            out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
-                text=next(it_texts), score=h.score,
-                tokens=self.tokenizers.tgt_pieces_from_ids(h.tokens), src_tokens=src_tokens,
-                attention=h.attention, positions=h.positions, token_log_probs=h.log_probs,
-                raw_score=h.raw_score) for h in hyps])
+            results = []
+            for h in hyps:
+                pieces = self.tokenizers.tgt_pieces_from_ids(h.tokens)
+                results.append(TranslatedHypothesis(
+                    text=next(it_texts), score=h.score, tokens=pieces, src_tokens=src_tokens,
+                    attention=h.attention if return_attention else None,
+                    positions=h.positions if return_attention else None, token_log_probs=h.log_probs,
+                    raw_score=h.raw_score,
+                    alignment=word_alignment(h.attention, src_tokens, pieces) if return_alignment else None))
+            out[it.index] = TranslationResult(sources[it.index], results)
         return out
 
     def _src_tokens(self, item: Source) -> list[str]:

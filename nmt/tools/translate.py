@@ -19,6 +19,10 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 - The decode options (``--beam``, ``--length-penalty``, ``--shortlist``, ``--max-input-len``...:
   one per field of the recipe's ``decode`` section) are applied onto the run's recipe; a setting
   not given keeps the recipe's value.
+- ``--alignments`` appends a tab and the hypothesis's word alignment in the Pharaoh format
+  (``0-0 1-2 2-1``: source word - target word, 0-based, from the attention;
+  :mod:`nmt.inference.alignment`) to every line: ``TEXT<TAB>ALIGNMENT``, or with ``--n-best``
+  ``INDEX<TAB>SCORE<TAB>TEXT<TAB>ALIGNMENT``. An empty input line gives a line with a tab only.
 - ``--score-reference REF`` prints, instead of translations, one log-probability per line: the
   sum of the token log-probabilities (EOS included) of REF's line given the input line. The two
   files must have the same number of lines.
@@ -29,7 +33,8 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
-  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``) are refused.
+  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``) are
+  refused.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
+from nmt.inference.alignment import format_alignment
 from nmt.inference.sources import WarningCounter
 
 if TYPE_CHECKING:
@@ -154,6 +160,8 @@ def translate_cli(args) -> int:
     reference = args.score_reference
     if reference and args.n_best:
         raise NmtError("--score-reference and --n-best exclude each other")
+    if reference and args.alignments:
+        raise NmtError("--score-reference and --alignments exclude each other")
     if onnx:
         translator = _onnx_translator(args)
     else:
@@ -210,7 +218,8 @@ def translate_cli(args) -> int:
             if refs is not None:
                 done = _score_share(translator, srcs, refs, first, rank, world)
             else:
-                done = _translate_share(translator, srcs, first, rank, world, n_best, nbest_format)
+                done = _translate_share(translator, srcs, first, rank, world, n_best, nbest_format,
+                                        args.alignments)
             if world > 1:
                 from accelerate.utils import gather_object
 
@@ -243,7 +252,8 @@ def _onnx_translator(args):
 
     torch_only = [flag for flag, used in (
         ("--score-reference", bool(args.score_reference)), ("--quantize", args.quantize),
-        ("--precision bf16", args.precision == "bf16"), ("--checkpoint", args.checkpoint != "best"))
+        ("--precision bf16", args.precision == "bf16"), ("--checkpoint", args.checkpoint != "best"),
+        ("--alignments (the export has no attention output)", args.alignments))
         if used]
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
@@ -309,19 +319,28 @@ def _score_share(translator: Translator, srcs: list[str], refs: list[str], first
 
 
 def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-                     n_best: int, nbest_format: bool) -> list[tuple[int, list[str]]]:
+                     n_best: int, nbest_format: bool, alignments: bool = False
+                     ) -> list[tuple[int, list[str]]]:
     """This process's output lines: ``(chunk index, lines)`` pairs."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
-    if not nbest_format:
+    if not (nbest_format or alignments):
         found = translator.translate(srcs, lines=lines, shard=shard)
         return [(i, [_one_line(text)]) for i, text in enumerate(found) if text is not None]
-    results = translator.translate(srcs, n_best=n_best, return_scores=True, lines=lines, shard=shard)
+    results = translator.translate(srcs, n_best=n_best, return_scores=True, return_alignment=alignments,
+                                   lines=lines, shard=shard)
     out = []
     for i, result in enumerate(results):
         if result is None:
             continue
-        pairs = [(h.score, _one_line(h.text)) for h in result.hypotheses]
-        pairs += [(-math.inf, "")] * (n_best - len(pairs))
-        out.append((i, [f"{first + i}\t{_format_score(sc)}\t{t}" for sc, t in pairs]))
+        rows = []
+        for h in result.hypotheses:
+            row = f"{first + i}\t{_format_score(h.score)}\t" if nbest_format else ""
+            row += _one_line(h.text)
+            rows.append(row + (f"\t{format_alignment(h.alignment)}" if alignments else ""))
+            if not nbest_format:
+                break
+        if nbest_format:
+            rows += [f"{first + i}\t-inf\t" + ("\t" if alignments else "")] * (n_best - len(rows))
+        out.append((i, rows))
     return out
