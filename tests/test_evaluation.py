@@ -260,3 +260,7 @@ def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, mon
     assert "--length-penalty 0.5 --max-input-len 7" in record["command"]
     with pytest.raises(NmtError, match="--min-len/decode.min_len: got -1, must be >= 0"):
         evaluate_cli(cli_args(run_dir=str(run), min_len=-1))
+    # a yes/no option is recorded as a flag that the command line takes back
+    assert evaluate_cli(cli_args(run_dir=str(run), sample=True, seed=3, json=True)) == 0
+    command = json.loads(capsys.readouterr().out)["command"]
+    assert "--sample --seed 3" in command and "True" not in command

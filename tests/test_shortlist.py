@@ -149,17 +149,22 @@ SOURCES = [[5, 6, 7], [8], [4, 9, 5, 6], [7, 7]]
 
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-general"])
-@pytest.mark.parametrize("beam,n_best,no_repeat", [(1, 1, 0), (1, 1, 2), (3, 2, 0), (4, 1, 2)])
-def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam, n_best, no_repeat, tiny_model):
+@pytest.mark.parametrize("beam,n_best,no_repeat,sample", [
+    (1, 1, 0, False), (1, 1, 2, False), (3, 2, 0, False), (4, 1, 2, False), (1, 4, 2, True)])
+def test_shortlist_search_equals_full_search_with_other_logits_masked(kind, beam, n_best, no_repeat, sample,
+                                                                     tiny_model):
+    """Sampling too: the same random numbers pick the same tokens, as the tokens outside the
+    shortlist have probability 0 in the masked model."""
     model = tiny_model(kind, tgt_vocab=40, src_vocab=10, weight_scale=3.0, eos_bias=0.5)
     lexicon = make_lexicon(10, 40, keep=3, seed=2)
     options = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6,
-                            shortlist=2, shortlist_frequent=3)
+                           shortlist=2, shortlist_frequent=3, sample=sample, top_k=5 * sample)
     src, lengths, mask = pad_sources([s + [EOS_ID] for s in SOURCES])
     columns = lexicon.columns(src, mask, 2, 3)
     assert 8 < columns.numel() < 40  # a real restriction
     got = search(model, src, lengths, mask, options, lexicon)
-    full = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6)
+    full = DecodeConfig(beam=beam, n_best=n_best, no_repeat_ngram=no_repeat, max_len_b=6, sample=sample,
+                        top_k=5 * sample)
     want = search(masked_model(model, columns), src, lengths, mask, full)
     allowed = set(columns.tolist())
     for g_hyps, w_hyps in zip(got, want):

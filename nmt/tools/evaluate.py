@@ -198,7 +198,10 @@ def _command_line(run_dir, split, checkpoint, metrics, precision="float32",
     """The equivalent command line (for the record written into the run)."""
     parts = ["nmt", "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
     for name, value in (decode or {}).items():
-        parts += [decode_flag(name), str(value)]
+        if isinstance(value, bool):  # a yes/no option takes no value: --sample / --no-sample
+            parts.append(decode_flag(name) if value else "--no-" + decode_flag(name)[2:])
+        else:
+            parts += [decode_flag(name), str(value)]
     parts += ["--precision", precision] if precision != "float32" else []
     parts += ["--metrics", ",".join(metrics)] if metrics else []
     return shlex.join(parts)
