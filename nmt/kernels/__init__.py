@@ -21,7 +21,7 @@ kernel pays. Nothing here imports ``nmt.model``.
 - ``search.search_step`` (with ``build_search_tables``, ``fold_context``): ``BahdanauDecoder.step``
   in search (no autograd, eval mode); chosen by ``Seq2Seq.search_tables``.
 """
-from nmt.kernels.attention import additive_tanh_score, tanh_by_sigmoid_applies
+from nmt.kernels.attention import additive_tanh_keys, additive_tanh_score, tanh_by_sigmoid_applies
 from nmt.kernels.bahdanau import BahdanauRecurrence, bahdanau_recurrence_applies
 from nmt.kernels.dropout import dropout, dropout_applies, dropout_mask
 from nmt.kernels.gru import GRUScan, gru_scan_applies, run_gru
@@ -35,7 +35,7 @@ from nmt.kernels.search import (
 )
 
 __all__ = [
-    "additive_tanh_score", "tanh_by_sigmoid_applies",
+    "additive_tanh_keys", "additive_tanh_score", "tanh_by_sigmoid_applies",
     "BahdanauRecurrence", "bahdanau_recurrence_applies",
     "dropout", "dropout_applies", "dropout_mask",
     "GRUScan", "gru_scan_applies", "run_gru",

@@ -5,8 +5,9 @@
 
 torch's CPU sigmoid is several times faster than its tanh, and the (B, T, S, H) activation is the
 largest elementwise work of a decoder step (measurements: docs/performance.md). The factor
-2 inside is applied to the small query projection and, through ``torch.add(..., alpha=2)``, to the
-keys within the same pass; the constant Σv goes in as the bias of the v GEMM, so that it is
+2 inside is applied to the small query projection at each step and to the key side once per source
+(:func:`additive_tanh_keys`, which the attention's ``precompute`` returns on this path), so that the
+per-step pass over (B, T, S, H) is one plain add; the constant Σv goes in as the bias of the v GEMM, so that it is
 subtracted before a bf16 result is rounded (vᵀσ alone can be much larger than the score and would
 lose its low bits). Tested against the plain score in float64 and under bf16: tests/test_attention.py.
 """
@@ -23,11 +24,17 @@ def tanh_by_sigmoid_applies(activation: str, x: Tensor) -> bool:
     return activation == "tanh" and x.device.type == "cpu"
 
 
-def additive_tanh_score(query_proj: Tensor, proj_keys: Tensor, v: nn.Module) -> Tensor:
-    """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``proj_keys = P = W_k k + b``
-    (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` (or its int8 dynamic quantization)
-    -> scores (B, T, S)."""
-    u = torch.add((query_proj * 2).unsqueeze(2), proj_keys.unsqueeze(1), alpha=2).sigmoid_()  # σ(2a)
+def additive_tanh_keys(proj_keys: Tensor) -> Tensor:
+    """The key side of the rewrite, once per source: ``2P`` for ``proj_keys = P = W_k k + b`` (B, S, H).
+    Exact in any float format (a power of two)."""
+    return proj_keys * 2
+
+
+def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module) -> Tensor:
+    """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``keys2 = 2P`` from
+    :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` (or its int8
+    dynamic quantization) -> scores (B, T, S)."""
+    u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
     weight = v.weight
     if isinstance(weight, Tensor):
         return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2

@@ -30,7 +30,8 @@ class BahdanauRecurrence(torch.autograd.Function):
     hand-written backward pass. Teacher forcing on CPU; every row runs all T steps.
 
     Per step, with query s = s_{t-1} (Bahdanau et al. 2015, App. A.1.2, tanh written as 2σ(2a) − 1):
-    u = σ(2 W_q s + 2 P) with P = W_k k + b precomputed, e = 2 uᵀv − Σv (= vᵀ tanh(W_q s + W_k k + b)),
+    u = σ(2 W_q s + 2P) with 2P = 2 (W_k k + b) precomputed (``proj_keys``, as the attention's fast
+    ``precompute`` returns it), e = 2 uᵀv − Σv (= vᵀ tanh(W_q s + W_k k + b)),
     a = masked softmax(e), c = Σ_j a_j k_j, x = E_t + W_ic c, s_t = GRU(x, s_{t-1}).
 
     forward(emb_gates (T, B, 3H), h0 (B, H), proj_keys (B, S, A), keys (B, S, K), mask (B, S) bool,
@@ -72,7 +73,7 @@ class BahdanauRecurrence(torch.autograd.Function):
             for t in range(steps):
                 h_prev[t] = h
                 q2 = torch.mm(h.to(gemm_dtype), w_q2)  # (B, A)
-                u = torch.add(q2.unsqueeze(1), proj_keys, alpha=2, out=sig[t]).sigmoid_()  # σ(2 W_q s + 2 P)
+                u = torch.add(q2.unsqueeze(1), proj_keys, out=sig[t]).sigmoid_()  # σ(2 W_q s + 2P)
                 scores = torch.matmul(u, v_col).squeeze(2).to(dtype).mul_(2).sub_(v_sum)  # (B, S)
                 a = torch.softmax(scores.masked_fill_(blocked, float("-inf")), dim=1)
                 a = weights[t].copy_(a.masked_fill_(blocked, 0.0))
@@ -104,7 +105,7 @@ class BahdanauRecurrence(torch.autograd.Function):
             grad_c = h_prev.new_empty(steps, batch, keys.size(2))
             grad_scores = h_prev.new_empty(steps, batch, proj_keys.size(1))
             grad_q2 = h_prev.new_empty(steps, batch, proj_keys.size(2))
-            grad_proj = torch.zeros_like(proj_keys, dtype=dtype)  # d L / d (2 P), doubled at the end
+            grad_proj = torch.zeros_like(proj_keys, dtype=dtype)  # d L / d (2P)
             for t in range(steps - 1, -1, -1):
                 if grad_states is not None:
                     grad_h.add_(grad_states[t])
@@ -138,7 +139,7 @@ class BahdanauRecurrence(torch.autograd.Function):
             grad_v = 2 * torch.mm(de_flat.to(sig.dtype), sig.view(-1, sig.size(3))).to(dtype) - de_flat.sum()
             # keys through the contexts: d k_j = Σ_t a_tj dc_t, one batched GEMM over steps
             grad_keys = torch.bmm(weights.permute(1, 2, 0).to(gemm_dtype), grad_c.transpose(0, 1).to(gemm_dtype))
-        return (grad_x.to(emb_dtype), grad_h.to(h0_dtype), grad_proj.mul_(2).to(proj_keys.dtype),
+        return (grad_x.to(emb_dtype), grad_h.to(h0_dtype), grad_proj.to(proj_keys.dtype),
                 grad_keys.to(keys.dtype), None, grad_w_query.to(w_query.dtype), grad_v.to(v.dtype),
                 grad_w_context.to(w_context.dtype), grad_weight_hh.to(weight_hh.dtype),
                 grad_bias_hh.to(bias_dtype))

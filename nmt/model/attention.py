@@ -215,7 +215,10 @@ class AdditiveAttention(Attention):
         self.fast = kernels == "auto"
 
     def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
-        return self.key_proj(keys)                                     # W_k k + b: (B, S, f·H)
+        proj = self.key_proj(keys)                                     # W_k k + b: (B, S, f·H)
+        if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, keys):
+            return kernels.additive_tanh_keys(proj)  # the fast score's form of it: 2 (W_k k + b)
+        return proj
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, query):
