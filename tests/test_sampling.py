@@ -13,6 +13,7 @@ from nmt.inference.search import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    nucleus,
     pad_sources,
     sample_search,
     score_targets,
@@ -108,6 +109,24 @@ def test_second_token_frequencies_given_the_first(model):
     for w in range(VOCAB):
         sigma = math.sqrt(m * q[w] * (1 - q[w]))
         assert abs(counts[w] - m * q[w]) <= 4 * sigma + 1, (w, counts[w].item(), m * float(q[w]))
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_nucleus_from_candidates_equals_the_whole_sort(top_p):
+    """Rows whose nucleus lies within the candidates and rows sorted whole give the set that
+    sorting every row gives (random rows from peaked to flat, with impossible tokens)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 300, generator=gen) * torch.linspace(0.1, 12.0, 64).unsqueeze(1)
+    logits[::5, :7] = -math.inf
+    probs = torch.softmax(logits, dim=1)
+    values, order = probs.sort(dim=1, descending=True)
+    want = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, values.cumsum(1) - values < top_p)
+    got = nucleus(probs, top_p, candidates=8)
+    assert torch.equal(got, want)
+    within = probs.topk(8, dim=1).values.sum(1) >= top_p
+    assert 0 < int(within.sum()) < 64 or top_p == 0.999  # both ways taken
+    assert torch.equal(nucleus(probs, top_p), want)  # the default number of candidates
+    assert bool((got.sum(1) >= 1).all())
 
 
 def test_temperature_changes_the_frequencies_measurably(model):
