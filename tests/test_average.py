@@ -194,3 +194,12 @@ def test_checkpoint_avg_in_translate_evaluate_serve_and_the_api(run_copy, capsys
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == "avg"
     assert load_models([run_copy], checkpoint="avg")[0].translator.metadata["averaged"]["steps"] == [4, 6, 8]
+
+
+def test_weights_left_past_the_resumed_step_are_pruned(run_copy, tiny_recipe):
+    """A crash after a checkpoint's weights but before last.json names them, or a resume from an
+    older pair, leaves weights of steps the run trains again: they are not kept as checkpoints."""
+    shutil.copy(run_copy / "checkpoints/step00000008.safetensors", run_copy / "checkpoints/step00000020.safetensors")
+    train(tiny_recipe("train.max_steps=10", "train.valid_every=2", "train.keep_last=3"), run_dir=run_copy,
+          resume=True)
+    assert [step for step, _ in kept_weights(run_copy)] == [6, 8, 10]

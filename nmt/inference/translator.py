@@ -111,7 +111,8 @@ class Translator:
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: Any = None,
              quantize: bool = False, precision: str = "float32", kernels: str | None = None) -> "Translator":
-        """Load a run directory (``checkpoint``: ``best``, ``last`` or a weights file).
+        """Load a run directory (``checkpoint``: ``best``, ``last``, ``avg`` (written by
+        ``nmt average``) or a weights file).
 
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
