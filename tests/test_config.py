@@ -267,3 +267,119 @@ def test_model_kernels_choices():
     assert recipe_from_dict({"data": data, "model": {"kernels": "reference"}}).model.kernels == "reference"
     problems = problems_of({"data": data, "model": {"kernels": "refrence"}})
     assert "model.kernels: got 'refrence'" in problems[0] and "did you mean 'reference'" in problems[0]
+
+
+# ------------------------------------------------------------------- hostile recipe files
+
+def test_env_values_are_expanded_after_parsing(tmp_path, monkeypatch):
+    """A value may hold '#' and ': '; a comment is never expanded; the unset variable is named
+    with its key and recipe; an empty value is a value, and ${X:-d} reads numbers as YAML would."""
+    monkeypatch.setenv("NMT_TEST_DIR", "/data/run #2: final")
+    monkeypatch.delenv("NMT_TEST_UNSET", raising=False)
+    monkeypatch.delenv("NMT_TEST_LR", raising=False)
+    path = write(tmp_path, "# ${NMT_TEST_UNSET} is only mentioned here\n"
+                           "data: {path: '${NMT_TEST_DIR}'}\ntrain: {lr: '${NMT_TEST_LR:-2e-3}'}\n")
+    recipe = load_recipe(path)
+    assert recipe.data.path == "/data/run #2: final"
+    assert recipe.train.lr == 2e-3
+    assert "NMT_TEST" not in recipe.to_yaml(), "the resolved recipe holds plain values"
+    monkeypatch.setenv("NMT_TEST_LR", "abc")
+    with pytest.raises(ConfigError, match="train.lr: got 'abc'"):
+        load_recipe(path)
+    unset = write(tmp_path, "data: {path: /x}\noutput: {name: '${NMT_TEST_UNSET}'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(unset)
+    text = str(info.value)
+    assert str(unset) in text and "output.name" in text and "NMT_TEST_UNSET is not set" in text
+    monkeypatch.setenv("NMT_TEST_UNSET", "")
+    assert load_recipe(unset).output.name == "", "set but empty is not 'not set'"
+
+
+def test_yaml_aliases_are_refused_before_anything_is_built(tmp_path):
+    import time
+
+    small = write(tmp_path, "data: {path: /x}\ntrain: {betas: &b [0.9, 0.99]}\ndecode: {n_best: *b}\n")
+    with pytest.raises(ConfigError, match="line 3.*alias"):
+        load_recipe(small)
+    lines = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for i in range(1, 10):  # 9 ** 10 strings if expanded
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1 if i > 1 else ''}"] * 9) + "]")
+    path = write(tmp_path, "\n".join(lines).replace("*a0", "*a") + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert time.perf_counter() - start < 0.5
+    assert "line 2" in str(info.value) and "alias" in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_key_given_twice_is_refused_naming_file_line_and_key(tmp_path):
+    path = write(tmp_path, "data: {path: /x}\ntrain:\n  lr: 0.1\n  seed: 3\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert str(path) in text and "line 5" in text and "'lr' given twice" in text and "line 3" in text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("data: {path: /x, columns: {1: 0, src: 1, tgt: 0}}\n", "data.columns: key 1 is an integer"),
+    ("data: {path: /x}\ntrain: " + "[" * 600 + "]" * 600 + "\n", "nested deeper than"),
+    ("data: {path: /x}\ntrain: !!python/object/apply:os.system ['true']\n", "python/object"),
+])
+def test_hostile_recipes_are_config_errors(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(write(tmp_path, text))
+
+
+def test_overrides_go_through_the_same_loader(tmp_path):
+    path = write(tmp_path, "data: {path: /x}\n")
+    with pytest.raises(ConfigError, match="nested deeper"):
+        load_recipe(path, ["train.betas=" + "[" * 600 + "]" * 600])
+
+
+def test_a_recipe_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_recipe(tmp_path)
+
+
+def test_a_model_too_large_for_memory_is_refused_naming_its_sizes(tmp_path, monkeypatch):
+    """Parameters are counted on the meta device (nothing allocated); training needs 16 bytes each."""
+    from nmt.model import seq2seq
+    from nmt.model.seq2seq import check_model_config
+
+    recipe = recipe_from_dict({"data": {"path": "x"}, "model": {"encoder": {"hidden_size": 10**9}}})
+    with pytest.raises(ConfigError) as info:
+        check_model_config(recipe.model, "r.yaml", vocab_sizes=(300, 300))
+    assert "model.encoder.hidden_size (1,000,000,000)" in str(info.value)
+    small = recipe_from_dict({"data": {"path": "x"}, "model": {"embedding_dim": 8, "encoder": {"hidden_size": 8},
+                                                               "decoder": {"hidden_size": 8}}})
+    n = check_model_config(small.model, vocab_sizes=(100, 100))
+    assert n > 0
+    monkeypatch.setattr(seq2seq, "available_memory", lambda: 16 * n - 1)
+    monkeypatch.setattr(seq2seq.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        check_model_config(small.model, vocab_sizes=(100, 100))
+    assert f"{n:,} parameters" in str(info.value) and "tokenizer.src_vocab_size (100)" in str(info.value)
+    check_model_config(small.model, vocab_sizes=(100, 100), training=False)  # one float32 copy fits
+
+
+def test_nmt_config_validate_refuses_a_huge_model_with_exit_2(repo, tmp_path, capsys):
+    from nmt.cli import main
+
+    path = write(tmp_path, f"base: {repo / 'recipes/tiny.yaml'}\nmodel: {{decoder: {{hidden_size: 1000000000}}}}\n")
+    assert main(["config", "validate", str(path)]) == 2
+    assert "model.decoder.hidden_size (1,000,000,000)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"data: {path: [unclosed\n", "YAML syntax error"),
+    ("data: {path: caf\xe9}\n".encode("latin-1"), "not UTF-8"),
+    (b"data: !!python/name:os.system x\n", "python/name"),
+])
+def test_a_broken_recipe_yaml_in_a_run_directory_is_a_clear_error(tmp_path, content, expected):
+    from nmt.errors import NmtError
+    from nmt.inference.checkpoint import load_run_recipe
+
+    (tmp_path / "recipe.yaml").write_bytes(content)
+    with pytest.raises(NmtError, match=expected) as info:
+        load_run_recipe(tmp_path)
+    assert str(tmp_path / "recipe.yaml") in str(info.value)

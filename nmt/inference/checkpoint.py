@@ -317,9 +317,7 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
 
 def load_run_recipe(run_dir: str | os.PathLike):
     """The resolved recipe a run directory was trained with (``recipe.yaml``)."""
-    import yaml
-
-    from nmt.config import recipe_from_dict
+    from nmt.config import read_yaml_file, recipe_from_dict
 
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -330,7 +328,7 @@ def load_run_recipe(run_dir: str | os.PathLike):
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise CheckpointError(f"run directory {run_dir} has no recipe.yaml; was it written by `nmt train`?")
-    return recipe_from_dict(yaml.safe_load(recipe_file.read_text(encoding="utf-8")), source=str(recipe_file))
+    return recipe_from_dict(read_yaml_file(recipe_file), source=str(recipe_file))
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",

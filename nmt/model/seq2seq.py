@@ -233,10 +233,26 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
 
 
-def check_model_config(cfg: ModelConfig, source: str | None = None) -> None:
+#: bytes per parameter while training in float32: weights, gradients and Adam's two moments
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use (free and reclaimable RAM, as ``free`` reports)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_model_config(cfg: ModelConfig, source: str | None = None,
+                       vocab_sizes: tuple[int, int] = (N_SPECIAL + 1, N_SPECIAL + 1),
+                       training: bool = True) -> int | None:
     """Raise :class:`ConfigError` for a model section that cannot be built: unknown activation names
-    (with a suggestion) or options, sizes the layers reject. Nothing is allocated: the layers are
-    built on the meta device.
+    (with a suggestion) or options, sizes the layers reject, or sizes whose parameters (with
+    ``vocab_sizes``) cannot fit in the memory available: training needs
+    :data:`TRAINING_BYTES_PER_PARAMETER` bytes per parameter before any activation, loading one
+    float32 copy. Nothing is allocated: the layers are built on the meta device. Returns the number
+    of parameters.
     """
     problems = []
     names = list(available_activations())
@@ -245,14 +261,48 @@ def check_model_config(cfg: ModelConfig, source: str | None = None) -> None:
             hint = difflib.get_close_matches(str(name), names, n=1)
             extra = f"did you mean {hint[0]!r}? " if hint else ""
             problems.append(f"{key}: unknown activation {name!r}; {extra}available: {', '.join(names)}")
+    n_params = None
     if not problems:
         try:
             with torch.device("meta"):
-                Seq2Seq(cfg, N_SPECIAL + 1, N_SPECIAL + 1)
+                model = Seq2Seq(cfg, *vocab_sizes)
+            n_params = sum(p.numel() for p in model.parameters())
         except ConfigError as exc:
             problems += [f"model: {problem}" for problem in exc.problems]
+        except (RuntimeError, OverflowError, ValueError, MemoryError):
+            # a tensor too large to even describe (its byte count overflows)
+            problems.append(_too_large(cfg, vocab_sizes, None, training))
+    if n_params is not None:
+        per_param = TRAINING_BYTES_PER_PARAMETER if training and not torch.cuda.is_available() else 4
+        if n_params * per_param > available_memory():
+            problems.append(_too_large(cfg, vocab_sizes, n_params, training))
     if problems:
         raise ConfigError(problems, source)
+    return n_params
+
+
+def _too_large(cfg: ModelConfig, vocab_sizes: tuple[int, int], n_params: int | None, training: bool) -> str:
+    """The message for a model that cannot fit in memory, naming the keys that set its size."""
+    sizes = [("model.embedding_dim", cfg.embedding_dim),
+             ("model.encoder.hidden_size", cfg.encoder.hidden_size),
+             ("model.encoder.layers", cfg.encoder.layers),
+             ("model.decoder.hidden_size", cfg.decoder.hidden_size),
+             ("model.decoder.layers", cfg.decoder.layers)]
+    if cfg.encoder.self_attention_layers:
+        sizes += [("model.encoder.self_attention_layers", cfg.encoder.self_attention_layers),
+                  ("model.encoder.self_attention_ff_size", cfg.encoder.self_attention_ff_size)]
+    if cfg.attention.hidden_size is not None:
+        sizes.append(("model.attention.hidden_size", cfg.attention.hidden_size))
+    sizes += [("tokenizer.src_vocab_size", vocab_sizes[0]), ("tokenizer.tgt_vocab_size", vocab_sizes[1])]
+    keys = ", ".join(f"{key} ({value:,})" for key, value in sizes)
+    available = available_memory() / 2**30
+    if n_params is None:
+        return (f"model: the sizes are too large to build any tensor; reduce {keys}")
+    what = ("to train (float32 weights, gradients and Adam's two moments)" if training
+            else "to hold its float32 weights")
+    per_param = TRAINING_BYTES_PER_PARAMETER if training and not torch.cuda.is_available() else 4
+    return (f"model: {n_params:,} parameters need {n_params * per_param / 2**30:,.1f} GiB {what}, more "
+            f"than the {available:,.1f} GiB of memory available; reduce {keys}")
 
 
 def perplexity(nll_per_token: float) -> float:

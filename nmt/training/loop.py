@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from nmt.atomic import append_line, atomic_write_json, atomic_write_text
-from nmt.config import Recipe, check_stops, load_recipe, recipe_from_dict, resolved_run_dir
+from nmt.config import Recipe, check_stops, load_recipe, read_yaml_file, recipe_from_dict, resolved_run_dir
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import (
     CHECKPOINT_DIR,
@@ -166,12 +166,10 @@ def _io_error(exc: OSError, run_dir: Path) -> NmtError:
 
 
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
-    import yaml
-
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
         return
-    saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file))
+    saved = recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
     # model.kernels picks implementations, not weights: a run may resume under the other setting
     saved.model.kernels = recipe.model.kernels
     for section in _FROZEN_ON_RESUME:
@@ -347,12 +345,18 @@ def lr_factor(step: int, recipe: Recipe, elapsed_seconds: float | None = None) -
 
 # ---------------------------------------------------------------------------------------- train
 
+def recipe_vocab_sizes(recipe: Recipe) -> tuple[int, int]:
+    """The vocabulary sizes the recipe asks sentencepiece for (the model's, at most)."""
+    tok = recipe.tokenizer
+    return (tok.src_vocab_size, tok.src_vocab_size) if tok.joint else (tok.src_vocab_size, tok.tgt_vocab_size)
+
+
 def load_training_recipe(path: str | os.PathLike, overrides: list[str] | None = None,
                          require_stop: bool = True) -> Recipe:
     """A recipe file read, overridden and validated, its model section included (can it be built?),
     and, unless ``require_stop`` is false, its training bounded (:func:`nmt.config.check_stops`)."""
     recipe = load_recipe(path, overrides)
-    check_model_config(recipe.model, str(path))
+    check_model_config(recipe.model, str(path), vocab_sizes=recipe_vocab_sizes(recipe))
     if require_stop:
         check_stops(recipe, str(path))
     return recipe
@@ -365,7 +369,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
 
     from nmt.training.lock import RunLock
 
-    check_model_config(recipe.model, recipe_path)
+    check_model_config(recipe.model, recipe_path, vocab_sizes=recipe_vocab_sizes(recipe))
     check_stops(recipe, recipe_path)
     t = recipe.train
     run_dir = resolved_run_dir(recipe, run_dir)
