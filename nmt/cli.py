@@ -138,6 +138,8 @@ def _cmd_config(args) -> int:
     # show prints any recipe (a base fragment too); validate also asks that training stops
     recipe = load_training_recipe(args.recipe, args.overrides, require_stop=args.action == "validate")
     if args.action == "show":
+        if sys.stdout is None:
+            raise NmtError("standard output is closed; nothing can be shown")
         sys.stdout.write(recipe.to_yaml())
     else:
         print(f"{args.recipe}: OK")
@@ -397,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `nmt translate ... | head`
         return 0
+    except OSError as exc:  # the environment failed (a full disk, a read-only file system)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"nmt {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -264,3 +265,43 @@ def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, mon
     assert evaluate_cli(cli_args(run_dir=str(run), sample=True, seed=3, json=True)) == 0
     command = json.loads(capsys.readouterr().out)["command"]
     assert "--sample --seed 3" in command and "True" not in command
+
+
+def test_a_truncated_gz_hypothesis_file_is_a_data_error(tmp_path):
+    import gzip
+
+    data = gzip.compress("\n".join(HYPS).encode() + b"\n")
+    (tmp_path / "hyp.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all\n")
+    refs = write(tmp_path / "ref.txt", REFS)
+    for name in ("hyp.gz", "bad.gz"):
+        with pytest.raises(DataError, match=f"{name}' is not a complete gzip file"):
+            evaluate_files(tmp_path / name, refs)
+
+
+def test_scores_are_printed_before_a_failed_save(tiny_run, tmp_path, capsys, monkeypatch):
+    """A run directory that cannot take the results (RUN/eval a file, a read-only file system)
+    still shows the scores; then exit 2 says why nothing was saved."""
+    import errno
+
+    from nmt.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "eval").write_text("in the way\n")
+    assert main(["evaluate", str(run), "--greedy", "--metrics", "bleu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("BLEU|nrefs:1")
+    assert "could not be saved" in captured.err and "eval is a file, not a directory" in captured.err
+    (run / "eval").unlink()
+
+    import nmt.tools.evaluate as evaluate_module
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(evaluate_module, "atomic_write_text", read_only)
+    assert main(["evaluate", str(run), "--greedy", "--metrics", "bleu", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["scores"]["bleu"]["score"] >= 0
+    assert "Read-only file system" in captured.err and str(run / "eval") in captured.err

@@ -109,3 +109,19 @@ def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch, sweep_
     with pytest.raises(NmtError, match="failed"):
         run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, steps=2, out_dir=tmp_path / "s", jobs=2)
     assert len(started) < 6, "runs queued after the failure were cancelled"
+
+
+def test_a_corrupt_sweep_json_or_an_out_dir_that_is_a_file_is_named(repo, tmp_path, sweep_overrides):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"recipe": ')
+    with pytest.raises(NmtError, match="sweep.json cannot be read"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu"], sweep_overrides, steps=2, out_dir=out)
+    (out / "sweep.json").write_text("[1, 2]")
+    with pytest.raises(NmtError, match="not the sweep's settings"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu"], sweep_overrides, steps=2, out_dir=out)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(NmtError, match="is a file, not a directory"):
+        run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu"], sweep_overrides, steps=2,
+                  out_dir=a_file)

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -635,3 +636,153 @@ def test_cli_alignments_with_score_reference_is_refused(run_dir, tmp_path, capsy
     src = write_bytes(tmp_path / "in.txt", b"le chat\n")
     assert cli(run_dir, "-i", src, "--alignments", "--score-reference", src, "-o", tmp_path / "o") == 2
     assert "--alignments" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- hostile outputs and inputs
+
+def test_cli_output_to_a_device_a_fifo_and_a_symlink(run_dir, tmp_path, translator):
+    """-o never replaces what is not a regular file: a device node and a FIFO are written into, a
+    symlink's target is replaced (atomically) and the link kept."""
+    import stat
+    import threading
+
+    src = write_bytes(tmp_path / "in.txt", b"le chat\nun chien rouge\n")
+    expected = "".join(t + "\n" for t in translator.translate(["le chat", "un chien rouge"]))
+    target = tmp_path / "target.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target.name)
+    assert cli(run_dir, "-i", src, "-o", link) == 0
+    assert link.is_symlink() and target.read_text() == expected
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert cli(run_dir, "-i", src, "-o", fifo) == 0
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and got == [expected.encode()]
+
+    if os.geteuid() == 0:  # a null device of our own (never the real /dev/null)
+        null = tmp_path / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        assert cli(run_dir, "-i", src, "-o", null) == 0
+        assert stat.S_ISCHR(null.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_cli_input_and_reference_may_be_pipes(run_dir, tmp_path, translator, capsysbinary):
+    """-i and --score-reference take what a shell's <(command) gives: a pipe (a missing file and a
+    directory are still refused by name)."""
+    lines = ["le chat", "un chien rouge"]
+
+    def pipe(data: bytes) -> str:
+        read, write = os.pipe()
+        threading = __import__("threading")
+        threading.Thread(target=lambda: (os.write(write, data), os.close(write))).start()
+        return f"/dev/fd/{read}"
+
+    assert cli(run_dir, "-i", pipe(b"le chat\nun chien rouge\n")) == 0
+    assert capsysbinary.readouterr().out.decode().splitlines() == translator.translate(lines)
+    refs = ["the cat", "a red dog"]
+    assert cli(run_dir, "-i", pipe(b"le chat\nun chien rouge\n"),
+               "--score-reference", pipe(b"the cat\na red dog\n")) == 0
+    scores = [float(x) for x in capsysbinary.readouterr().out.decode().split()]
+    assert scores == pytest.approx(translator.score(lines, refs), abs=1e-5)
+    assert cli(run_dir, "-i", pipe(b"le chat\nun chien rouge\n"), "--score-reference", pipe(b"the cat\n")) == 2
+    assert "line-aligned" in capsysbinary.readouterr().err.decode()
+    assert cli(run_dir, "-i", tmp_path) == 2
+    assert "is a directory" in capsysbinary.readouterr().err.decode()
+
+
+def test_an_over_long_line_is_cut_with_a_warning(tmp_path, capsys):
+    """Memory per line is bounded: a line longer than the limit is read up to it (at a character
+    boundary) and the rest skipped, with a warning naming the line."""
+    from nmt.inference.sources import WarningCounter
+
+    data = b"short\n" + "é".encode() * 50_001 + b"x\nnext\r\nlast"
+    lines = list(cli_mod._iter_lines(io.BufferedReader(io.BytesIO(data), 4096), "in.txt",
+                                     WarningCounter(), limit=1001))
+    assert lines == ["short", "é" * 500, "next", "last"]
+    err = capsys.readouterr().err
+    assert "in.txt line 2: 100,003 bytes; only the first 1,000 are read" in err
+    exact = list(cli_mod._iter_lines(io.BytesIO(b"abc\nabcd\n"), "x", WarningCounter(), limit=4))
+    assert exact == ["abc", "abcd"] and "line" not in capsys.readouterr().err
+    assert cli_mod.line_limit(250) == 1 << 16 and cli_mod.line_limit(10_000) == 640_000
+
+
+@pytest.mark.slow
+def test_a_20_mb_line_takes_bounded_memory(run_dir, tmp_path):
+    src = write_bytes(tmp_path / "in.txt", b"le chat " * 2_500_000)
+    script = ("import resource, runpy, sys; sys.argv = ['nmt', 'translate', sys.argv[1], '-i', sys.argv[2]]\n"
+              "try:\n    runpy.run_module('nmt', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code, file=sys.stderr)")
+    baseline = subprocess.run([sys.executable, "-c", script, str(run_dir), str(write_bytes(tmp_path / "s", b"le chat\n"))],
+                              capture_output=True, env=_env(), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script, str(run_dir), str(src)], capture_output=True,
+                          env=_env(), timeout=120)
+    err = proc.stderr.decode()
+    assert "in.txt line 1: 20,000,000 bytes" in err, err[-2000:]
+    peak, code = err.split("\n")[-2].split()
+    base = int(baseline.stderr.decode().split("\n")[-2].split()[0])
+    assert code == "0" and int(peak) - base < 100_000, (peak, base)  # KiB: well under 100 MB more
+
+
+def test_cli_write_errors_are_exit_2_naming_the_output(run_dir, tmp_path):
+    """/dev/full as stdout or as -o: ENOSPC on write is a message and exit 2, not a traceback;
+    a closed stdin or stdout is named."""
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    cmd = [sys.executable, "-m", "nmt", "translate", str(run_dir)]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(cmd + ["-i", str(src)], stdout=full, stderr=subprocess.PIPE, env=_env(), timeout=120)
+    assert proc.returncode == 2 and b"standard output: No space left on device" in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"Exception ignored" not in proc.stderr
+    proc = subprocess.run(cmd + ["-i", str(src), "-o", "/dev/full"], capture_output=True, env=_env(), timeout=120)
+    assert proc.returncode == 2 and b"/dev/full: No space left on device" in proc.stderr, proc.stderr
+    proc = subprocess.run(cmd + ["-i", str(src)], capture_output=True, env=_env(), timeout=120,
+                          preexec_fn=lambda: os.close(1), close_fds=True)
+    assert proc.returncode == 2 and b"standard output is closed" in proc.stderr, proc.stderr
+    proc = subprocess.run(cmd, capture_output=True, env=_env(), timeout=120, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 2 and b"standard input is closed" in proc.stderr, proc.stderr
+
+
+def test_cli_a_full_file_system_removes_the_partial_output(run_dir, tmp_path):
+    """-o on a file system that is full: exit 2 naming the file, no temporary file left, an
+    existing output untouched. A real tmpfs of our own (root only)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        src = write_bytes(tmp_path / "in.txt", ("\n".join(SOURCES * 50) + "\n").encode())
+        (mount / "out.txt").write_text("previous\n")
+        with open(mount / "filler", "wb", buffering=0) as handle:  # every byte that is left
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass
+        assert main(["translate", str(run_dir), "-i", str(src), "-o", str(mount / "out.txt")]) == 2
+        assert sorted(p.name for p in mount.iterdir()) == ["filler", "out.txt"]
+        assert (mount / "out.txt").read_text() == "previous\n"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_sigterm_during_translate_removes_the_partial_output(run_dir, tmp_path):
+    src = write_bytes(tmp_path / "in.txt", ("\n".join(SOURCES * 3000) + "\n").encode())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "nmt", "translate", str(run_dir), "-i", str(src),
+                             "-o", str(out_dir / "out.txt")], stderr=subprocess.PIPE, env=_env())
+    deadline = time.time() + 120
+    while not list(out_dir.iterdir()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "translation ended before it could be stopped"
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 15, err.decode()[-2000:]
+    assert list(out_dir.iterdir()) == [] and b"Traceback" not in err

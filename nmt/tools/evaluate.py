@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -51,10 +52,14 @@ def read_lines(path: str | os.PathLike, role: str = "file") -> list[str]:
         raise DataError(f"{role} {str(p)!r} is a directory; give a text file with one segment per line")
     try:
         data = p.read_bytes()
-        if p.suffix == ".gz":
-            data = gzip.decompress(data)
     except OSError as exc:
         raise DataError(f"cannot read {role} {str(p)!r}: {exc.strerror or exc}") from None
+    if p.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+            raise DataError(f"{role} {str(p)!r} is not a complete gzip file ({exc}); decompress it "
+                            "again, or give the plain text file") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -109,9 +114,13 @@ def _checkpoint_tag(checkpoint: str) -> str:
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
                  metrics: Iterable[str] | str | None = None, command: str | None = None,
                  precision: str = "float32", decode: Mapping[str, Any] | None = None,
-                 label: Callable[[str], str] | None = None) -> dict[str, Any]:
+                 label: Callable[[str], str] | None = None,
+                 report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Translate ``split`` of the run's corpus, score it, and write the results into the run.
 
+    ``report(record)`` is called with the scores before anything is written, so that a run
+    directory that cannot be written to (read-only, ``eval`` a file, a full disk) still shows the
+    scores; the write then fails with :class:`CheckpointError` naming the file.
     ``decode``: settings applied onto the run's recipe ``decode`` section (``{"beam": 1}``; problems
     are named ``label(key)``); ``metrics=None`` uses the recipe's ``eval.metrics``.
     Writes ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` (one hypothesis per line) and
@@ -178,8 +187,20 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         "nmt_version": __version__,
         "sacrebleu_version": sacrebleu.__version__,
     }
-    atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
-    atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    if report is not None:
+        report({**record, "json_path": str(json_path)})
+    try:
+        atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
+        atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        where = exc.filename or eval_dir
+        if eval_dir.exists() and not eval_dir.is_dir():
+            reason = f"{eval_dir} is a file, not a directory"
+        else:
+            reason = f"{where}: {exc.strerror or exc}"
+        raise CheckpointError(f"the evaluation could not be saved in the run directory ({reason}); "
+                              "the scores are complete. Move the file away or make the run directory "
+                              "writable to keep them") from None
     record["json_path"] = str(json_path)
     return record
 
@@ -238,13 +259,18 @@ def evaluate_cli(args) -> int:
     if run_dir:
         decode = decode_arguments(args)
         names = parse_metrics(metrics_arg) if metrics_arg is not None else None
+
+        def report(record: dict[str, Any]) -> None:
+            if as_json:
+                print(json.dumps(record, indent=2, ensure_ascii=False), flush=True)
+            else:
+                print(format_scores(record["scores"]), flush=True)
+
         record = evaluate_run(run_dir, split=split, checkpoint=checkpoint, metrics=names,
                               command=_command_line(run_dir, split, checkpoint, names, args.precision, decode),
-                              precision=args.precision, decode=decode, label=decode_flag_label)
-        if as_json:
-            print(json.dumps(record, indent=2, ensure_ascii=False))
-        else:
-            print(format_scores(record["scores"]))
+                              precision=args.precision, decode=decode, label=decode_flag_label,
+                              report=report)
+        if not as_json:
             print(f"wrote {record['hypotheses']} and {record['json_path']}")
         return 0
     raise NmtError("nothing to evaluate.\n" + _MODES)

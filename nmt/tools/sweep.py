@@ -187,8 +187,17 @@ def _manifest(recipe_path: str, overrides, grid, seeds, budget_minutes, steps) -
 
 def _check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     path = out_dir / "sweep.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NmtError(f"--out-dir {out_dir} is a file, not a directory; give a directory for the sweep")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise NmtError(f"{path} cannot be read ({exc}); it records what the sweep in {out_dir} "
+                           "trains. Restore it, or use another --out-dir") from None
+        if not isinstance(old, dict):
+            raise NmtError(f"{path} holds {type(old).__name__}, not the sweep's settings; restore it, "
+                           "or use another --out-dir")
         for key in ("recipe", "grid", "seeds", "budget_minutes", "steps", "overrides"):
             if old.get(key) != manifest.get(key):
                 raise NmtError(f"{out_dir} holds a sweep with a different {key}; results of different "

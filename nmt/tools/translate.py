@@ -8,9 +8,16 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   stderr naming the line (the line is still translated).
 - Large inputs are streamed: :data:`CHUNK_LINES` lines are read, translated and written before
   the next chunk is read, so memory does not grow with the input.
+- Each input line is read up to :func:`line_limit` bytes (64 per subword of
+  ``decode.max_input_len``, at least 64 KiB); the rest of a longer line is skipped with a warning
+  naming the line, so memory stays bounded whatever the input. ``-i`` and ``--score-reference``
+  accept pipes (``-i /dev/stdin``, ``<(command)``).
 - ``-o FILE`` is written to a temporary file in the same directory and renamed to FILE only when
-  everything was translated, so an interrupted run never leaves a complete-looking FILE (it
-  leaves no FILE at all, or the previous one untouched).
+  everything was translated, so an interrupted run (Ctrl-C, SIGTERM, an error) never leaves a
+  complete-looking FILE (it leaves no FILE at all, or the previous one untouched). A symlink's
+  target is replaced that way and the link kept; an existing file that is not a regular file (a
+  device such as /dev/null, a FIFO) is opened and written directly. A write error (a full disk,
+  /dev/full) is exit 2 naming the output.
 - ``--n-best K`` writes K lines per input line: ``INDEX<TAB>SCORE<TAB>TEXT`` where INDEX is the
   0-based input line number, SCORE the penalised search score (best first); without ``--beam``
   the beam is at least K. When fewer than K
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from itertools import islice
 from pathlib import Path
@@ -59,9 +67,43 @@ CHUNK_LINES = 10_000
 __all__ = ["translate_cli", "CHUNK_LINES"]
 
 
-def _iter_lines(stream: BinaryIO, name: str, warn: WarningCounter) -> Iterator[str]:
-    """Decoded lines of a binary stream, split on b"\\n" only; bad UTF-8 replaced with a warning."""
-    for number, raw in enumerate(stream, start=1):
+#: bytes read of one input line per subword of ``decode.max_input_len`` (a sentencepiece piece
+#: has at most 16 characters of at most 4 bytes); a longer line is cut, with a warning
+BYTES_PER_SUBWORD = 64
+#: the least a line may hold, whatever ``decode.max_input_len`` (runs of spaces or control
+#: characters produce no subwords)
+MIN_LINE_BYTES = 1 << 16
+
+
+def line_limit(max_input_len: int) -> int:
+    """Bytes read of one input line: enough for ``max_input_len`` subwords, so that memory stays
+    bounded whatever the input (a file without newlines is one line)."""
+    return max(BYTES_PER_SUBWORD * max_input_len, MIN_LINE_BYTES)
+
+
+def _iter_lines(stream: BinaryIO, name: str, warn: WarningCounter,
+                limit: int = MIN_LINE_BYTES) -> Iterator[str]:
+    """Decoded lines of a binary stream, split on b"\\n" only; bad UTF-8 replaced with a warning.
+    At most ``limit`` bytes of a line are kept (the rest is read and dropped, with a warning)."""
+    number = 0
+    while True:
+        raw = stream.readline(limit)
+        if not raw:
+            return
+        number += 1
+        if len(raw) == limit and not raw.endswith(b"\n"):
+            dropped = 0
+            while True:  # skip the rest of the line, a block at a time
+                rest = stream.readline(limit)
+                dropped += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    dropped -= rest.endswith(b"\n")
+                    break
+            if dropped:
+                raw = _cut_at_character(raw)
+                warn("an over-long line", f"{name} line {number}: {limit + dropped:,} bytes; only the "
+                     f"first {len(raw):,} are read (longer input is truncated to decode.max_input_len "
+                     "subwords anyway)")
         if raw.endswith(b"\n"):
             raw = raw[:-1]
         if raw.endswith(b"\r"):
@@ -74,6 +116,18 @@ def _iter_lines(stream: BinaryIO, name: str, warn: WarningCounter) -> Iterator[s
             yield raw.decode("utf-8", errors="replace")
 
 
+def _cut_at_character(raw: bytes) -> bytes:
+    """``raw`` without a UTF-8 character cut in two at its end."""
+    for back in range(1, min(4, len(raw)) + 1):
+        byte = raw[-back]
+        if byte < 0x80:
+            return raw
+        if byte >= 0xC0:  # the lead byte of the last character: is the character complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return raw if back >= need else raw[:-back]
+    return raw
+
+
 def _count_lines(path: str) -> int:
     count, last = 0, b"\n"
     with open(path, "rb") as handle:
@@ -83,12 +137,25 @@ def _count_lines(path: str) -> int:
     return count + (last != b"\n")
 
 
+def _stdin() -> BinaryIO:
+    if sys.stdin is None:
+        raise NmtError("standard input is closed; give the input file with -i FILE")
+    return sys.stdin.buffer
+
+
 def _open_input(path: str | None, what: str) -> BinaryIO:
+    """The input stream: stdin, or any file that can be read (a regular file, a pipe such as
+    /dev/stdin or a shell's <(command), a device)."""
     if path is None or path == "-":
-        return sys.stdin.buffer
-    if not Path(path).is_file():
+        return _stdin()
+    if os.path.isdir(path):
+        raise NmtError(f"{what} {path} is a directory; give a text file")
+    if not os.path.exists(path):
         raise NmtError(f"{what} {path} not found")
-    return open(path, "rb")
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise NmtError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def _one_line(text: str) -> str:
@@ -100,50 +167,98 @@ def _format_score(score: float) -> str:
 
 
 class _Output:
-    """stdout, or a file written to a temporary name and renamed at :meth:`commit`."""
+    """Where the output goes: stdout; a regular file (new or existing, also behind a symlink),
+    written to a temporary file beside it and renamed over it at :meth:`commit`; or any other
+    existing file (a device such as /dev/null, a FIFO), opened and written directly, since
+    renaming over it would replace the device or pipe with a regular file."""
 
     def __init__(self, path: str | None):
         self.path = path
-        self.tmp: Path | None = None
-        if path is None or path == "-":
+        self.name = "standard output" if path in (None, "-") else str(path)
+        self._atomic = None
+        self.stdout = path in (None, "-")
+        if self.stdout:
+            if sys.stdout is None:
+                raise NmtError("standard output is closed; give an output file with -o FILE")
             self.handle = sys.stdout.buffer
-        else:
-            import tempfile
+            return
+        target = Path(os.path.realpath(path))  # a symlink's target is written, the link stays
+        if target.is_dir():
+            raise NmtError(f"output {path} is a directory; give a file name")
+        try:
+            if target.exists() and not target.is_file():
+                self.handle = open(target, "wb")
+                return
+            from contextlib import ExitStack
 
-            target = Path(path)
-            if target.is_dir():
-                raise NmtError(f"output {path} is a directory; give a file name")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                           dir=target.parent)
-            except OSError as exc:
-                raise NmtError(f"cannot write the output file {path}: {exc.strerror or exc}") from None
-            self.tmp = Path(tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual mode
-            self.handle = os.fdopen(fd, "wb")
+            from nmt.atomic import atomic_path
+
+            self._atomic = ExitStack()
+            tmp = self._atomic.enter_context(atomic_path(target))
+            self.handle = open(tmp, "wb")
+        except OSError as exc:
+            if self._atomic is not None:
+                self._atomic.close()
+            raise NmtError(f"cannot write the output file {path}: {exc.strerror or exc}") from None
+
+    def _failed(self, exc: OSError) -> NmtError:
+        if self.stdout:
+            # what could not be written stays buffered: send it nowhere, or Python's final flush of
+            # stdout fails again at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        else:
+            self.abort()
+        return NmtError(f"cannot write the output to {self.name}: {exc.strerror or exc}")
 
     def write_lines(self, lines: list[str]) -> None:
-        if lines:
-            self.handle.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
-        self.handle.flush()
+        try:
+            if lines:
+                self.handle.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
+            self.handle.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def commit(self) -> None:
-        if self.tmp is None:
+        if self.stdout:
             return
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        self.tmp = None
+        try:
+            self.handle.close()
+            if self._atomic is not None:
+                self._atomic.close()  # fsync, rename over the target
+                self._atomic = None
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def abort(self) -> None:
-        if self.tmp is not None:
-            self.handle.close()
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
+        if not self.stdout:
+            try:
+                self.handle.close()
+            except OSError:
+                pass
+        if self._atomic is not None:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+            self._atomic = None
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like Ctrl-C (the partial output is removed), exit 128 + 15."""
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise :class:`_Terminated` in the main thread; returns the previous handler
+    (None when not in the main thread, where signals cannot be handled)."""
+
+    def handler(signum, frame):
+        raise _Terminated(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def translate_cli(args) -> int:
@@ -177,6 +292,7 @@ def translate_cli(args) -> int:
     translator.decode_options(n_best=n_best)  # a shortlist's lexicon is loaded before reading input
     input_name = args.input or "stdin"
     output = src_stream = ref_stream = None
+    previous_handler = _raise_on_sigterm()
     try:
         problem = None
         if main:  # the main process alone reads the input: check and open it, then tell the others
@@ -194,8 +310,9 @@ def translate_cli(args) -> int:
         if problem is not None:
             raise NmtError(problem)
         if main:
-            src_lines = _iter_lines(src_stream, input_name, translator.warn)
-            ref_lines = _iter_lines(ref_stream, reference, translator.warn) if reference else None
+            limit = line_limit(translator.recipe.decode.max_input_len)
+            src_lines = _iter_lines(src_stream, input_name, translator.warn, limit)
+            ref_lines = _iter_lines(ref_stream, reference, translator.warn, limit) if reference else None
         first = 0  # 0-based index of the chunk's first line
         while True:
             payload: Any = None
@@ -233,13 +350,18 @@ def translate_cli(args) -> int:
             output.commit()
         if world > 1:
             state.wait_for_everyone()  # leave together: a rank exiting early breaks the others' gloo
-    except BaseException:
+    except BaseException as exc:
         if output is not None:
             output.abort()
+        if isinstance(exc, _Terminated):
+            print(f"nmt translate: terminated{' (no output file written)' if args.output else ''}",
+                  file=sys.stderr)
         raise
     finally:
-        for stream in (src_stream, ref_stream):
-            if stream is not None and stream is not sys.stdin.buffer:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        for stream, name in ((src_stream, args.input), (ref_stream, reference)):
+            if stream is not None and name not in (None, "-"):
                 stream.close()
         if world > 1:
             _close_process_group()
@@ -273,11 +395,9 @@ def _close_process_group() -> None:
 
 
 def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, BinaryIO | None]:
-    """Open the input (and reference) streams; line counts of two files are compared up front."""
-    if reference and path not in (None, "-"):
-        for name, what in ((path, "input file"), (reference, "reference file")):
-            if not Path(name).is_file():
-                raise NmtError(f"{what} {name} not found")
+    """Open the input (and reference) streams; line counts of two regular files are compared up
+    front (pipes are compared while they are read)."""
+    if reference and path not in (None, "-") and os.path.isfile(path) and os.path.isfile(reference):
         n_src, n_ref = _count_lines(path), _count_lines(reference)
         if n_src != n_ref:
             raise NmtError(f"--score-reference: {path} has {n_src} lines but {reference} has "
@@ -286,7 +406,7 @@ def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, Bin
     try:
         ref = _open_input(reference, "reference file") if reference else None
     except NmtError:
-        if src is not sys.stdin.buffer:
+        if path not in (None, "-"):
             src.close()
         raise
     return src, ref
