@@ -383,3 +383,16 @@ def test_a_broken_recipe_yaml_in_a_run_directory_is_a_clear_error(tmp_path, cont
     with pytest.raises(NmtError, match=expected) as info:
         load_run_recipe(tmp_path)
     assert str(tmp_path / "recipe.yaml") in str(info.value)
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("train: {lr: .inf}", "train.lr: got inf, must be a finite number"),
+    ("train: {lr: .nan}", "train.lr: got nan, must be a finite number"),
+    ("model: {activation_options: {bogus: 1}}", "unknown option(s) bogus"),
+])
+def test_nmt_config_validate_refuses_what_training_would(repo, tmp_path, capsys, section, expected):
+    from nmt.cli import main
+
+    path = write(tmp_path, f"base: {repo / 'recipes/tiny.yaml'}\n{section}\n")
+    assert main(["config", "validate", str(path)]) == 2
+    assert expected in capsys.readouterr().err

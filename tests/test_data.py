@@ -105,6 +105,23 @@ def test_tsv_equals_line_by_line_parse(tmp_path):
     assert len("Café") == 4 and all(isinstance(x, str) for pair in _rows(corpus["train"]) for x in pair)
 
 
+def test_training_text_is_cleaned_as_translation_input_is(tmp_path):
+    """NUL, escape sequences, vertical tabs, non-characters and lone combining marks: a corpus
+    sentence reaches the tokenizer exactly as the same sentence given to nmt translate does."""
+    from nmt.data.text import clean_text
+    from nmt.inference.sources import clean_source
+
+    assert clean_source is clean_text
+    dirty = ["a\x00b\x1b[0mc\x0bd\tYes.", "\x7fe\u0301\ufdd0 x\x1c\x85 \tOui\x00.", "\x01\x02\tOnly controls"]
+    root = _corpus_dir(tmp_path, dirty, valid=dirty)
+    corpus = load_corpus(_cfg(tmp_path, path=str(root)), splits=("train", "valid"))
+    expected = [(clean_text(line.split("\t")[1]), clean_text(line.split("\t")[0])) for line in dirty]
+    assert expected[0] == ("Yes.", "ab[0mc d") and expected[1] == ("Oui.", "\u00e9 x")
+    assert _rows(corpus["valid"]) == expected
+    assert _rows(corpus["train"]) == expected[:2]  # a side with nothing left is dropped
+    assert not any(ch in "".join(corpus["train"]["tgt"]) for ch in "\x00\x1b\x0b\x7f")
+
+
 def test_crlf_bom_blank_lines_and_nfkc(tmp_path):
     root = tmp_path / "c"
     root.mkdir()

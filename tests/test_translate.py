@@ -373,6 +373,25 @@ def test_cli_score_reference(run_dir, tmp_path, translator, capsys):
         cli_mod._read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
 
 
+def test_reference_scores_agree_across_threads_and_shards_to_the_documented_precision(translator):
+    """The number of threads (and of processes, each scoring a share) changes the order of float32
+    additions, not the score beyond about 1e-6 relative (nmt.tools.translate's docstring)."""
+    srcs = corpus(40, 11, max_words=9)
+    refs = corpus(40, 12, EN, max_words=9)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = translator.score(srcs, refs)
+        torch.set_num_threads(2)
+        two = translator.score(srcs, refs)
+        shares = [translator.score(srcs, refs, shard=(rank, 2)) for rank in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    sharded = [a if a is not None else b for a, b in zip(*shares)]
+    assert two == pytest.approx(one, rel=1e-6, abs=1e-6)
+    assert sharded == pytest.approx(one, rel=1e-6, abs=1e-6)
+
+
 def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
     src = write_bytes(tmp_path / "in.txt", "\n".join(SOURCES).encode() + b"\n")
     out_dir = tmp_path / "out"

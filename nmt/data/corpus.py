@@ -1,8 +1,9 @@
 """Parallel corpora: every source goes through HuggingFace ``datasets``.
 
 :func:`load_corpus` turns a :class:`~nmt.config.DataConfig` into one ``datasets.Dataset`` per split,
-each with two string columns, ``src`` and ``tgt``, Unicode-normalised (``data.filter.normalize``)
-and stripped. The datasets are memory-mapped Arrow tables in the ``datasets`` cache
+each with two string columns, ``src`` and ``tgt``, cleaned as translation cleans its input
+(:func:`nmt.data.text.clean_text`: control characters, Unicode normalisation
+``data.filter.normalize``, surrounding whitespace). The datasets are memory-mapped Arrow tables in the ``datasets`` cache
 (``data.cache_dir`` or ``HF_DATASETS_CACHE``), and every transformation is a batched ``.map`` /
 ``.filter`` that writes Arrow again, so a corpus larger than RAM works: nothing here builds a Python
 list of the whole corpus.
@@ -66,6 +67,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from nmt.config import DataConfig
+from nmt.data.text import clean_text
 from nmt.errors import ConfigError, DataError
 
 logger = logging.getLogger("nmt.data.corpus")
@@ -364,11 +366,9 @@ def _specs(cfg: DataConfig, kind: str) -> dict[str, ColumnSpec]:
 
 
 def _clean_table(table, specs: dict[str, ColumnSpec], form: str, salt: Optional[str]):
-    """Vectorised cleaning of one Arrow batch: pick the columns, strip, normalise, hash buckets.
-
-    ``utf8_trim_whitespace`` strips the same characters as ``str.strip``; ``utf8_normalize`` is
-    ``unicodedata.normalize`` (both checked by the tests on the tricky cases).
-    """
+    """Cleaning of one Arrow batch: pick the columns, clean every sentence with
+    :func:`~nmt.data.text.clean_text` (the cleaning translation applies to its input: control
+    characters, Unicode normalisation, surrounding whitespace), hash buckets."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -379,10 +379,8 @@ def _clean_table(table, specs: dict[str, ColumnSpec], form: str, salt: Optional[
             col = pc.struct_field(col, sub)
         if not pa.types.is_string(col.type):
             col = pc.cast(col, pa.string())
-        col = pc.utf8_trim_whitespace(pc.fill_null(col, ""))
-        if form != "none":
-            col = pc.utf8_trim_whitespace(pc.utf8_normalize(col, form=form))
-        out[role] = col
+        texts = pc.fill_null(col, "").to_pylist()
+        out[role] = pa.array([clean_text(text, form) for text in texts], type=pa.string())
     if salt is not None:
         buckets = [split_bucket(t, salt) for t in out["tgt"].to_pylist()]
         out["_bucket"] = pa.array(buckets, type=pa.int16())

@@ -7,10 +7,10 @@ same way with these helpers, and return the same result types. Nothing here impo
 from __future__ import annotations
 
 import sys
-import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from nmt.data.text import clean_text
 from nmt.data.vocab import EOS_ID
 
 if TYPE_CHECKING:
@@ -62,38 +62,8 @@ class Source:
 
 # ------------------------------------------------------------------------------------ cleaning
 
-_SPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85"}
-
-
-def clean_source(text: str, normalize: str = "NFC") -> str:
-    """Make arbitrary text safe for the tokenizer, like the training data was cleaned.
-
-    Whitespace controls become spaces, other control characters (category Cc), lone surrogates
-    (Cs) and non-characters are dropped; then Unicode normalisation ``normalize`` (``NFC``,
-    ``NFKC`` or ``none``) and ``strip``.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"expected a str sentence, got {type(text).__name__}")
-    if not text.isprintable():  # fast path: most lines have nothing to clean
-        chars = []
-        for ch in text:
-            if ch in _SPACE_CONTROLS:
-                chars.append(" ")
-                continue
-            cat = unicodedata.category(ch)
-            if cat in ("Cc", "Cs") or (cat == "Cn" and _is_noncharacter(ch)):
-                continue
-            chars.append(ch)
-        text = "".join(chars)
-    text = text.strip()
-    if normalize != "none" and text and not unicodedata.is_normalized(normalize, text):
-        text = unicodedata.normalize(normalize, text).strip()
-    return text
-
-
-def _is_noncharacter(ch: str) -> bool:
-    code = ord(ch)
-    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+#: the one cleaning of text, shared with the training corpus (:mod:`nmt.data.text`)
+clean_source = clean_text
 
 
 class WarningCounter:

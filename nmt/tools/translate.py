@@ -32,11 +32,16 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   ``INDEX<TAB>SCORE<TAB>TEXT<TAB>ALIGNMENT``. An empty input line gives a line with a tab only.
 - ``--score-reference REF`` prints, instead of translations, one log-probability per line: the
   sum of the token log-probabilities (EOS included) of REF's line given the input line. The two
-  files must have the same number of lines.
+  files must have the same number of lines. The model computes in float32 and the value is
+  printed with 6 decimals, more than float32 holds for sums above 10: the last digits depend on
+  the order of the additions inside matrix products, which the number of threads (and so of
+  processes, each with fewer threads), the batch and the device change. Values from different
+  set-ups agree to about 1e-6 relative; compare them with a tolerance, not for equality.
 - Distributed: under ``torchrun --nproc_per_node N -m nmt translate ...`` (or ``accelerate
   launch``) the main process reads each chunk and shares it, every process translates an
   interleaved share of its sentences, the results are gathered and the main process writes them
-  in input order; the output is the same as a single process's.
+  in input order; the translations are the same as a single process's (scores up to the
+  rounding above).
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
