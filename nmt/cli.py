@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `nmt translate ... | head`
         return 0
     except OSError as exc:  # the environment failed (a full disk, a read-only file system)
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{exc.filename}: " if exc.filename else "cannot write the output: "  # a stream
         print(f"nmt {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 

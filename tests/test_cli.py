@@ -188,3 +188,14 @@ def test_recipe_decode_ranges_come_from_the_schema(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "decode.max_input_len: got 0, must be >= 1" in err
     assert "decode.no_repeat_ngram: got -2, must be >= 0" in err
+
+
+@pytest.mark.parametrize("argv", [["info"], ["config", "show", "RECIPE"]])
+def test_a_full_stdout_is_exit_2_with_a_message(repo, tmp_path, argv):
+    argv = [str(repo / "recipes/tiny.yaml") if a == "RECIPE" else a for a in argv]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "nmt", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Exception ignored" not in proc.stderr
