@@ -247,12 +247,10 @@ def init_source(recipe: Recipe, run_dir: Path) -> InitSource:
 def _resume_init_from(run_dir: Path, recipe: Recipe) -> None:
     """On ``--resume`` the run continues from its own checkpoint: ``train.init_from`` is what it was
     started from (kept in recipe.yaml when the recipe given now does not say), never re-applied."""
-    import yaml
-
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
         return
-    saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file)).train
+    saved = recipe_from_dict(read_yaml_file(saved_file), str(saved_file)).train
     given = recipe.train.init_from
     if given is None:
         recipe.train.init_from, recipe.train.init_checkpoint = saved.init_from, saved.init_checkpoint
