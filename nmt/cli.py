@@ -189,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text
         nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
         nmt translate runs/fr-en -i test.fr --alignments           TEXT<TAB>0-0 1-2 2-1 (word alignments)
+        nmt translate runs/fr-en runs/fr-en-seed2 -i test.fr     an ensemble: mean of the runs' log-probs
         torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
         nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
         """, _cmd_translate)
-    p.add_argument("run_dir", help="run directory written by nmt train (--engine onnx: an export "
-                                   "directory written by nmt export)")
+    p.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                   help="run directory written by nmt train; several: decode with their ensemble (they must "
+                        "share their tokenizers); --engine onnx: one export directory written by nmt export")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
@@ -236,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         nmt evaluate --hyp out.en --ref test.en
         nmt evaluate --hyp out.en --ref ref1.en --ref ref2.en --metrics bleu,chrf,ter --json
         nmt evaluate runs/fr-en --split test --beam 5          translate the split, then score it
+        nmt evaluate runs/fr-en runs/fr-en-seed2 --split test   ... with the ensemble of two runs
         """, _cmd_evaluate)
-    p.add_argument("run_dir", nargs="?", help="run directory (translate a split, then score it)")
+    p.add_argument("run_dir", nargs="*", metavar="RUN_DIR",
+                   help="run directory (translate a split, then score it); several: their ensemble")
     p.add_argument("--hyp", help="hypothesis file (detokenized)")
     p.add_argument("--ref", action="append", default=[], help="reference file (repeatable)")
     p.add_argument("--metrics", default=None, help="comma list of bleu,chrf,ter (default: all)")
@@ -290,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also count GEMM FLOPs per token and report them against the measured GEMM peak")
     bt.add_argument("--json", action="store_true")
     btr = bsub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=_formatter)
-    btr.add_argument("run_dir")
+    btr.add_argument("run_dir", nargs="+", metavar="RUN_DIR", help="run directory; several: their ensemble")
     btr.add_argument("--split", default="test")
     btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
     btr.add_argument("--checkpoint", default="best")

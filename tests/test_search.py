@@ -106,9 +106,13 @@ def enumerate_outputs(max_len: int, vocab: int) -> list[list[int]]:
 
 
 def exhaustive_scores(model, src: list[int], candidates, alpha=0.0, beta=0.0):
-    """Penalised scores of every candidate, independently of search (teacher forcing)."""
+    """Penalised scores of every candidate, independently of search (teacher forcing).
+
+    ``model`` may be a list of models: an ensemble's scores, from the mean of their raw scores
+    and the mean of their attention."""
+    models = model if isinstance(model, list) else [model]
     srcs = [src] * len(candidates)
-    raw, _ = forced(model, srcs, candidates)
+    raw = [sum(r) / len(models) for r in zip(*(forced(m, srcs, candidates)[0] for m in models))]
     if not alpha and not beta:
         return raw
     # coverage from the teacher-forced attention of each candidate
@@ -118,7 +122,7 @@ def exhaustive_scores(model, src: list[int], candidates, alpha=0.0, beta=0.0):
     for row, c in enumerate(candidates):
         tgt_in[row, : len(c)] = torch.tensor([BOS_ID] + c[:-1])
     with torch.inference_mode():
-        _, attention = model.teacher_force(s, lengths, mask, tgt_in)
+        attention = sum(m.teacher_force(s, lengths, mask, tgt_in)[1] for m in models) / len(models)
     out = []
     for row, c in enumerate(candidates):
         cov = attention[row, : len(c), : len(src)].sum(0)
@@ -191,6 +195,31 @@ def test_large_beam_equals_exhaustive_with_penalties(alpha, beta, n_best, max_le
                   max_len_b=max_len, length_penalty=alpha, coverage_penalty=beta)
     assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:n_best]]
     assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:n_best]], rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("kinds,alpha,beta", [
+    (("bahdanau", "bahdanau"), 0.0, 0.0), (("bahdanau", "luong-general"), 1.0, 0.0),
+    (("local-p", "bahdanau", "luong-dot"), 1.0, 0.3)])
+def test_large_beam_over_an_ensemble_equals_exhaustive_enumeration(kinds, alpha, beta, tiny_model, kernels):
+    """The ensemble's score of an output is the mean of its members' log-probabilities (and its
+    coverage the mean of their attention): the beam that sees every continuation finds its best."""
+    from nmt.inference.ensemble import Ensemble
+
+    vocab, max_len = 6, 3
+    models = [tiny_model(kind, tgt_vocab=vocab, eos_bias=0.5, out_scale=3.0, seed=3 + i, kernels=kernels)
+              for i, kind in enumerate(kinds)]
+    src = [4, 7, 5, 9, EOS_ID]
+    candidates = enumerate_outputs(max_len, vocab)
+    ranked = sorted(zip(exhaustive_scores(models, src, candidates, alpha, beta), map(tuple, candidates)),
+                    reverse=True)
+    members_best = [max(zip(exhaustive_scores(m, src, candidates, alpha, beta), map(tuple, candidates)))[1]
+                    for m in models]
+    assert len(set(members_best)) > 1  # the members disagree: their mean decides
+    n = vocab - 3
+    (hyps,) = run(beam_search, Ensemble(models), [src], beam=n ** (max_len - 1) * (n + 1), n_best=5,
+                  max_len_a=0.0, max_len_b=max_len, length_penalty=alpha, coverage_penalty=beta)
+    assert [tuple(h.tokens) for h in hyps] == [c for _, c in ranked[:5]]
+    assert [h.score for h in hyps] == pytest.approx([s for s, _ in ranked[:5]], rel=1e-5, abs=1e-4)
 
 
 # ------------------------------------------------------------------- scores = forced decoding

@@ -1,5 +1,8 @@
 """Greedy and beam search over a :class:`~nmt.model.seq2seq.Seq2Seq`, batched over sentences × beams.
 
+``model`` is a :class:`~nmt.model.seq2seq.Seq2Seq` or an :class:`~nmt.inference.ensemble.Ensemble`
+(the same step interface; its step returns the mean of its members' log-probabilities).
+
 Everything here works on token ids (no tokenizers). The only Python loop is over time steps:
 sentences and beams are rows of tensors, the attention memory is projected once per batch
 (``model.start``), and a sentence that is done leaves the active batch (its rows of the decoder
@@ -198,6 +201,14 @@ class LogNormaliser:
         return shifted.exp_().sum(dim=1).log_().add_(top.squeeze(1))
 
 
+def _normaliser(model):
+    """The log-normaliser of ``model``'s step logits; none for a step that returns log-probabilities
+    already (an ensemble's mean of log-probabilities, :mod:`nmt.inference.ensemble`)."""
+    if getattr(model, "step_returns_log_probs", False):
+        return lambda log_probs: log_probs.new_zeros(log_probs.size(0), dtype=torch.float32)
+    return LogNormaliser()
+
+
 def _positions_or_zero(out, rows: int, device) -> Tensor:
     if out.positions is None:
         return torch.zeros(rows, device=device)
@@ -224,12 +235,14 @@ class OutputShortlist:
         from nmt.inference.shortlist import shortlist_output
 
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
-        vocab = model.output.out_features
+        vocab = model.tgt_vocab_size
         if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
             raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "
                            f"has {vocab}; rebuild it with `nmt shortlist RUN_DIR`")
         assert columns[:N_SPECIAL].tolist() == list(range(N_SPECIAL))
-        weight, bias = shortlist_output(model, columns)
+        # an ensemble gives each member's rows (nmt.inference.ensemble)
+        member_rows = getattr(model, "shortlist_output", None)
+        weight, bias = member_rows(columns) if member_rows else shortlist_output(model, columns)
         column_of = torch.zeros(vocab, dtype=torch.long, device=src.device)
         column_of[columns] = torch.arange(columns.numel(), device=src.device)
         return cls(columns, weight, bias, column_of)
@@ -432,7 +445,7 @@ def _one_token_per_step(model, src: Tensor, src_lengths: Tensor, src_mask: Tenso
     row_len = torch.zeros(batch, dtype=torch.long, device=device)
     act_max = max_lens
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
-    log_normaliser = LogNormaliser()
+    log_normaliser = _normaliser(model)
     for step in range(horizon):
         logits, out = _step_logits(model, prev, state, memory, shortlist, tables)
         log_norm = log_normaliser(logits)  # before _forbid_: forbidden tokens are not renormalised
@@ -583,11 +596,11 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None
     pool_att = torch.zeros(batch, P, horizon, src_len, device=device) if keep_att else None
     pool_pos = torch.zeros(batch, P, horizon, device=device) if keep_att else None
 
-    log_normaliser = LogNormaliser()
+    log_normaliser = _normaliser(model)
     for step in range(horizon):
         n_act = active.numel()
         logits, out = _step_logits(model, prev, state, memory, shortlist, tables)  # (n_act*K, V or L)
-        vocab = model.output.out_features  # continuations are numbered k * vocab + target id
+        vocab = model.tgt_vocab_size  # continuations are numbered k * vocab + target id
         log_norm = log_normaliser(logits)  # (n_act*K,), before _forbid_: no renormalisation
         if shortlist is not None and opts.no_repeat_ngram:
             _forbid_(logits, shortlist.column_of[seqs], step, opts)
@@ -748,8 +761,12 @@ def score_targets(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
         else:
             tgt_in[row, 0] = BOS_ID  # nothing to score; the row still needs a valid input
     tgt_in, tgt_out = tgt_in.to(device), tgt_out.to(device)
-    readout, _ = model.teacher_force(src, src_lengths, src_mask, tgt_in)
-    log_probs = F.log_softmax(model.output(readout).float(), dim=-1)
+    ensemble_log_probs = getattr(model, "teacher_forced_log_probs", None)  # nmt.inference.ensemble
+    if ensemble_log_probs is not None:
+        log_probs = ensemble_log_probs(src, src_lengths, src_mask, tgt_in)
+    else:
+        readout, _ = model.teacher_force(src, src_lengths, src_mask, tgt_in)
+        log_probs = F.log_softmax(model.output(readout).float(), dim=-1)
     token_lp = log_probs.gather(2, tgt_out.unsqueeze(2)).squeeze(2).cpu()
     per_token = [token_lp[row, : len(ids)].tolist() for row, ids in enumerate(tgts)]
     return [float(sum(t)) if t else 0.0 for t in per_token], per_token

@@ -14,6 +14,7 @@ Python API::
     t.translate(srcs, sample=True, temperature=0.8, seed=1)   # a random translation (reproducible)
     t.translate(srcs, return_alignment=True)            # word alignments (source, target) from attention
     t.score(srcs, refs)                                 # log P(ref | src) per pair (sum, EOS included)
+    Translator.load(["runs/a", "runs/b"])               # an ensemble: mean of the runs' log-probabilities
     Translator(recipe, tokenizers, model)               # an in-memory model (validation does this)
 
 Input handling:
@@ -51,6 +52,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import NmtError
 from nmt.inference.alignment import word_alignment
 from nmt.inference.devices import distributed_state
+from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
 from nmt.inference.sources import (
@@ -100,19 +102,31 @@ class Translator:
         self.tokenizers = tokenizers
         if copy_model:
             model = copy.deepcopy(model)
-        self.model = for_inference(model, precision, quantize).requires_grad_(False).to(self.device).eval()
+        if isinstance(model, Ensemble):  # each member as inference runs a single model
+            model = Ensemble([for_inference(m, precision, quantize) for m in model.members])
+        else:
+            model = for_inference(model, precision, quantize)
+        self.model = model.requires_grad_(False).to(self.device).eval()
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
+        #: the run directories of an ensemble's members (:meth:`load` with several runs)
+        self.run_dirs = [] if run_dir is None else [self.run_dir]
         self.lexicon = lexicon  #: nmt.inference.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for
         self.attention_kind = recipe.model.attention.kind
         self.warn = WarningCounter()
         self._tables: dict[Any, Any] = {}  # search tables by the autocast dtype they were built under
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: Any = None,
-             quantize: bool = False, precision: str = "float32", kernels: str | None = None) -> "Translator":
+    def load(cls, run_dir: str | os.PathLike | Sequence[str | os.PathLike], checkpoint: str = "best",
+             device: Any = None, quantize: bool = False, precision: str = "float32",
+             kernels: str | None = None) -> "Translator":
         """Load a run directory (``checkpoint``: ``best``, ``last``, ``avg`` (written by
         ``nmt average``) or a weights file).
+
+        A list of several run directories loads an ensemble (:mod:`nmt.inference.ensemble`): search
+        and scores use the mean of the runs' log-probabilities; the runs must share the source and
+        target tokenizers, and ``checkpoint`` (``best`` or ``last``) applies to each. Text handling
+        and the decode settings come from the first run's recipe.
 
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
@@ -121,9 +135,44 @@ class Translator:
         """
         from nmt.inference.checkpoint import load_run
 
+        if not isinstance(run_dir, (str, os.PathLike)):
+            runs = list(run_dir)
+            if len(runs) > 1:
+                return cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+            if not runs:
+                raise NmtError("Translator.load: no run directory given")
+            run_dir = runs[0]
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
                    precision=precision, run_dir=run_dir, copy_model=False)
+
+    @classmethod
+    def _load_ensemble(cls, runs, checkpoint, device, quantize, precision, kernels) -> "Translator":
+        from nmt.data.tokenizer import SubwordTokenizers
+        from nmt.inference.checkpoint import load_run, load_run_recipe
+
+        if str(checkpoint).endswith(".safetensors") or os.sep in str(checkpoint):
+            raise NmtError(f"checkpoint {checkpoint}: one weights file cannot serve {len(runs)} runs; "
+                           "an ensemble loads each run's best or last checkpoint")
+        # every run's tokenizers are compared before any weights are read
+        check_compatible([(run, load_run_recipe(run), SubwordTokenizers.load(run)) for run in runs])
+        loaded = [load_run(run, checkpoint, kernels=kernels) for run in runs]
+        recipe, tokenizers = loaded[0][0], loaded[0][1]
+        translator = cls(recipe, tokenizers, Ensemble([model for _, _, model, _ in loaded]), device=device,
+                         metadata={"members": [meta for *_, meta in loaded]}, quantize=quantize,
+                         precision=precision, run_dir=runs[0], copy_model=False)
+        translator.run_dirs = [Path(run) for run in runs]
+        if recipe.decode.shortlist:
+            lexicon, why = shared_lexicon(translator.run_dirs)
+            if lexicon is None:  # the first run's recipe asked for it, not the user: decode without
+                translator.warn("ensemble shortlist", f"decoding without the shortlist of {runs[0]}'s "
+                                f"recipe: {why}; an ensemble's shortlist needs one lexicon in every run")
+                recipe.decode.shortlist = 0
+        return translator
+
+    @property
+    def is_ensemble(self) -> bool:
+        return isinstance(self.model, Ensemble)
 
     # ------------------------------------------------------------------------------ settings
     def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
@@ -144,7 +193,14 @@ class Translator:
             if self.run_dir is None:
                 raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
                                "the translator from its run directory")
-            self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
+            path = self.run_dir / LEXICON_FILE
+            if len(self.run_dirs) > 1:
+                path, why = shared_lexicon(self.run_dirs)
+                if path is None:
+                    raise NmtError(f"--shortlist with an ensemble needs the same lexicon in every run: {why}; "
+                                   f"copy one run's {LEXICON_FILE} into the others (the runs share their "
+                                   "tokenizers) or decode without --shortlist")
+            self.lexicon = Lexicon.load(path)
         return self.lexicon
 
     # ---------------------------------------------------------------------------- the steps

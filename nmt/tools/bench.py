@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import resource
 import tempfile
@@ -169,13 +170,13 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int | None = No
     return out, seconds, n_tokens
 
 
-def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | None = None,
+def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sentences: int | None = None,
                     checkpoint: str = "best", quantize: bool = False, precision: str = "float32",
                     decode: Mapping[str, Any] | None = None,
                     label: Callable[[str], str] | None = None, kernels: str | None = None) -> dict[str, Any]:
     """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
     onto the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
-    the run's ``model.kernels``."""
+    the run's ``model.kernels``. Several run directories measure their ensemble."""
     from nmt.data.corpus import load_corpus
     from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
@@ -192,7 +193,7 @@ def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | No
     scores = score_corpus(hyps, [references], metrics=("bleu", "chrf"),
                           bleu_tokenize=translator.recipe.eval.bleu_tokenize)
     return {
-        "what": "translate", "run_dir": str(run_dir), "checkpoint": checkpoint, "split": split,
+        "what": "translate", "run_dir": _runs_label(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": settings.beam, "batch_tokens": settings.batch_tokens, "batch_sentences": batch_sentences,
         "quantize": quantize, "precision": precision, "kernels": translator.recipe.model.kernels,
         "shortlist": settings.shortlist,
@@ -203,6 +204,11 @@ def bench_translate(run_dir: str, split: str = "test", batch_sentences: int | No
         "bleu_signature": scores["bleu"]["signature"], "load_seconds": round(load_seconds, 2),
         "peak_rss_mib": round(peak_rss_mib(), 1), "machine": _machine(),
     }
+
+
+def _runs_label(run_dir) -> str:
+    """A run directory, or an ensemble's run directories joined by ``+``."""
+    return str(run_dir) if isinstance(run_dir, (str, os.PathLike)) else "+".join(map(str, run_dir))
 
 
 def bench_cli(args) -> int:
@@ -224,7 +230,7 @@ def bench_cli(args) -> int:
                                  label=decode_flag_label, kernels=args.kernels)
         mode = args.precision + f", kernels {result['kernels']}" + (", int8" if args.quantize else "") + (
             f", shortlist {result['shortlist']}" if result["shortlist"] else "")
-        line = (f"translate {args.run_dir} [{args.split}, beam {result['beam']}, {mode}]: {result['sentences_per_s']:,} "
+        line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: {result['sentences_per_s']:,} "
                 f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")

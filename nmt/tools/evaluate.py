@@ -12,7 +12,9 @@ Two ways to use ``nmt evaluate``:
   scores an existing hypothesis file;
 - ``nmt evaluate RUN_DIR --split test [--beam 5 | --greedy] [--checkpoint best] [--json]``
   translates a split of the run's own corpus, scores it, and keeps the hypotheses and the scores in
-  ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` / ``.json``.
+  ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` / ``.json``. Several run directories evaluate
+  their ensemble (:mod:`nmt.inference.ensemble`); the files go to the first run's ``eval/`` with
+  ``ensemble{M}`` in their names and the record lists every run.
 """
 from __future__ import annotations
 
@@ -111,7 +113,7 @@ def _checkpoint_tag(checkpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "checkpoint"
 
 
-def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
+def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str = "test", checkpoint: str = "best",
                  metrics: Iterable[str] | str | None = None, command: str | None = None,
                  precision: str = "float32", decode: Mapping[str, Any] | None = None,
                  label: Callable[[str], str] | None = None,
@@ -127,15 +129,17 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     ``... .json`` (scores, signatures, settings, timestamp), both atomically, and returns the JSON
     record (with ``"json_path"``).
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
+    runs = [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(r) for r in run_dir]
+    for run in runs:
+        if not run.is_dir():
+            raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
+    run = runs[0]
     from nmt.data.corpus import SPLITS, load_corpus
     from nmt.inference.translator import Translator
 
     if split not in SPLITS:
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
-    translator = Translator.load(run, checkpoint=checkpoint, precision=precision)
+    translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
     recipe.decode = recipe.decode.updated(decode, label=label)
     beam, shortlist = recipe.decode.beam, recipe.decode.shortlist
@@ -159,7 +163,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
     scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
 
-    stem = (f"{split}.{_checkpoint_tag(checkpoint)}.beam{beam}" + (".bf16" if precision == "bf16" else "")
+    stem = (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{len(runs)}" if len(runs) > 1 else "")
+            + f".beam{beam}" + (".bf16" if precision == "bf16" else "")
             + (f".shortlist{shortlist}" if shortlist else ""))
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
@@ -170,6 +175,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
 
     record = {
         "run_dir": str(run),
+        **({"ensemble": [str(r) for r in runs]} if len(runs) > 1 else {}),
         "split": split,
         "checkpoint": str(checkpoint),
         "beam": beam,
@@ -217,7 +223,8 @@ _MODES = ("nmt evaluate needs one of two argument sets:\n"
 def _command_line(run_dir, split, checkpoint, metrics, precision="float32",
                   decode: Mapping[str, Any] | None = None) -> str:
     """The equivalent command line (for the record written into the run)."""
-    parts = ["nmt", "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
+    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    parts = ["nmt", "evaluate", *map(str, runs), "--split", split, "--checkpoint", checkpoint]
     for name, value in (decode or {}).items():
         if isinstance(value, bool):  # a yes/no option takes no value: --sample / --no-sample
             parts.append(decode_flag(name) if value else "--no-" + decode_flag(name)[2:])
@@ -231,6 +238,8 @@ def _command_line(run_dir, split, checkpoint, metrics, precision="float32",
 def evaluate_cli(args) -> int:
     """``nmt evaluate``: see the module docstring for the two modes. Returns the exit code."""
     run_dir, hyp, refs = args.run_dir, args.hyp, list(args.ref)
+    if isinstance(run_dir, (str, os.PathLike)):  # a namespace built by a caller may hold one path
+        run_dir = [run_dir]
     split, checkpoint, as_json, metrics_arg = args.split, args.checkpoint, args.json, args.metrics
 
     if run_dir and (hyp or refs):

@@ -42,6 +42,9 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   interleaved share of its sentences, the results are gathered and the main process writes them
   in input order; the translations are the same as a single process's (scores up to the
   rounding above).
+- Several run directories (``nmt translate RUN_A RUN_B ...``) decode with their ensemble
+  (:mod:`nmt.inference.ensemble`): the mean of the runs' log-probabilities, in search and in
+  ``--score-reference``; runs that do not share their tokenizers exit with status 2, naming them.
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
@@ -287,7 +290,7 @@ def translate_cli(args) -> int:
     else:
         from nmt.inference.translator import Translator
 
-        translator = Translator.load(args.run_dir, args.checkpoint, quantize=args.quantize,
+        translator = Translator.load(_run_dirs(args), args.checkpoint, quantize=args.quantize,
                                      precision=args.precision, kernels=args.kernels)
     translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
     if not main:
@@ -373,6 +376,11 @@ def translate_cli(args) -> int:
     return 0
 
 
+def _run_dirs(args) -> list[str]:
+    """The run directories given (the parser gives a list; a caller's namespace may hold one path)."""
+    return [args.run_dir] if isinstance(args.run_dir, (str, os.PathLike)) else list(args.run_dir)
+
+
 def _onnx_translator(args):
     """The onnxruntime translator of an export directory; options only the PyTorch model has are refused."""
     from nmt.inference.onnx_translator import OnnxTranslator
@@ -385,7 +393,11 @@ def _onnx_translator(args):
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
                        "float32 model); translate the run directory with --engine torch instead")
-    return OnnxTranslator.load(args.run_dir)
+    exports = _run_dirs(args)
+    if len(exports) > 1:
+        raise NmtError(f"--engine onnx translates with one export directory, got {len(exports)}; ensembles "
+                       "run on the run directories with --engine torch")
+    return OnnxTranslator.load(exports[0])
 
 
 def _close_process_group() -> None:
