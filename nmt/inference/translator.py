@@ -170,10 +170,6 @@ class Translator:
                 recipe.decode.shortlist = 0
         return translator
 
-    @property
-    def is_ensemble(self) -> bool:
-        return isinstance(self.model, Ensemble)
-
     # ------------------------------------------------------------------------------ settings
     def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
         """The search settings of one call: the recipe's ``decode`` section with these values
