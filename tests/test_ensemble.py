@@ -269,7 +269,7 @@ def test_runs_that_cannot_be_ensembled_exit_2_naming_them(runs, tmp_path, capsys
         assert what in capsys.readouterr().err
     assert main(["translate", str(a), str(b), "--checkpoint", str(a / "checkpoints" / "best.safetensors"),
                  "-i", str(tmp_path / "in.txt")]) == 2
-    assert "best or last" in capsys.readouterr().err
+    assert "best, last or avg" in capsys.readouterr().err
 
 
 def test_shortlist_needs_one_lexicon_in_every_run(runs, tmp_path, capsys):

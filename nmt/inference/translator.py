@@ -125,8 +125,8 @@ class Translator:
 
         A list of several run directories loads an ensemble (:mod:`nmt.inference.ensemble`): search
         and scores use the mean of the runs' log-probabilities; the runs must share the source and
-        target tokenizers, and ``checkpoint`` (``best`` or ``last``) applies to each. Text handling
-        and the decode settings come from the first run's recipe.
+        target tokenizers, and ``checkpoint`` (``best``, ``last`` or ``avg``) applies to each. Text
+        handling and the decode settings come from the first run's recipe.
 
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
@@ -153,7 +153,7 @@ class Translator:
 
         if str(checkpoint).endswith(".safetensors") or os.sep in str(checkpoint):
             raise NmtError(f"checkpoint {checkpoint}: one weights file cannot serve {len(runs)} runs; "
-                           "an ensemble loads each run's best or last checkpoint")
+                           "an ensemble loads each run's best, last or avg checkpoint")
         # every run's tokenizers are compared before any weights are read
         check_compatible([(run, load_run_recipe(run), SubwordTokenizers.load(run)) for run in runs])
         loaded = [load_run(run, checkpoint, kernels=kernels) for run in runs]

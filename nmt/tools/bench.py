@@ -230,8 +230,8 @@ def bench_cli(args) -> int:
                                  label=decode_flag_label, kernels=args.kernels)
         mode = args.precision + f", kernels {result['kernels']}" + (", int8" if args.quantize else "") + (
             f", shortlist {result['shortlist']}" if result["shortlist"] else "")
-        line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: {result['sentences_per_s']:,} "
-                f"sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
+        line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: "
+                f"{result['sentences_per_s']:,} sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")
     print(json.dumps(result, indent=2) if args.json else line)

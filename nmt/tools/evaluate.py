@@ -113,7 +113,8 @@ def _checkpoint_tag(checkpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "checkpoint"
 
 
-def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str = "test", checkpoint: str = "best",
+def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str = "test",
+                 checkpoint: str = "best",
                  metrics: Iterable[str] | str | None = None, command: str | None = None,
                  precision: str = "float32", decode: Mapping[str, Any] | None = None,
                  label: Callable[[str], str] | None = None,
