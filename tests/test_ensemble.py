@@ -66,6 +66,16 @@ def test_model_ensembled_with_itself_is_that_model(fn, opts, tiny_model, kernels
     assert_same(run(fn, Ensemble([model, model]), **opts), run(fn, model, **opts))
 
 
+def test_sampling_a_model_ensembled_with_itself_is_sampling_that_model(tiny_model):
+    from nmt.inference.search import sample_search
+
+    model = tiny_model("bahdanau")
+    opts = {"sample": True, "beam": 1, "n_best": 3, "seed": 4, "temperature": 1.3}
+    want = run(sample_search, model, **opts)
+    assert len({tuple(h.tokens) for h in want[2]}) > 1
+    assert_same(run(sample_search, Ensemble([model, model]), **opts), want)
+
+
 # ------------------------------------------------------------------------------ the mean of two
 
 def test_step_log_probs_are_the_mean_of_the_members(tiny_model, kernels):
