@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
         nmt translate runs/fr-en -i test.fr --alignments           TEXT<TAB>0-0 1-2 2-1 (word alignments)
         nmt translate runs/fr-en runs/fr-en-seed2 -i test.fr     an ensemble: mean of the runs' log-probs
+        nmt translate runs/fr-en -i big.fr -o big.en --workers 2    2 one-thread processes
         torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
         nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
         """, _cmd_translate)
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: the run's PyTorch model (default); onnx: an nmt export on onnxruntime, "
                         "without PyTorch")
     p.add_argument("--checkpoint", default="best", help="best | last | avg | a checkpoint file (default: best)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="translate with N processes of one CPU thread each, over chunks of the input: "
+                        "for large files (default 1: this process, with torch's threads); the output "
+                        "is the same")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
     p.add_argument("--alignments", action="store_true",

@@ -370,3 +370,22 @@ def test_cli_without_torch_writes_what_the_torch_engine_writes(exports, tmp_path
         assert out.returncode == 0, out.stderr[-3000:]
         assert have.read_text(encoding="utf-8") == want.read_text(encoding="utf-8")
         assert len(have.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra[:1] == ["--n-best"] else 1)
+
+
+@pytest.mark.slow
+def test_cli_workers_write_what_one_process_writes(exports, tmp_path):
+    """--engine onnx --workers 2: each worker translates its share of every chunk (shard), the
+    output is one process's, n-best included."""
+    from nmt.cli import main
+
+    _, export = exports("bahdanau")
+    source = tmp_path / "in.fr"
+    lines = corpus(25, 17) + ["", "le chat", " ".join(FR * 2), ""]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for extra in ([], ["--n-best", "2"]):
+        one, two = tmp_path / "one.en", tmp_path / "two.en"
+        common = ["translate", "--engine", "onnx", str(export), "-i", str(source), "--batch-tokens", "60", *extra]
+        assert main([*common, "-o", str(one)]) == 0
+        assert main([*common, "-o", str(two), "--workers", "2"]) == 0
+        assert two.read_bytes() == one.read_bytes()
+        assert len(one.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra else 1)

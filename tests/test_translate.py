@@ -805,3 +805,124 @@ def test_sigterm_during_translate_removes_the_partial_output(run_dir, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + 15, err.decode()[-2000:]
     assert list(out_dir.iterdir()) == [] and b"Traceback" not in err
+# ------------------------------------------------------------------------- --workers N processes
+
+def _worker_input(tmp_path: Path) -> tuple[Path, list[str]]:
+    # empty lines, long lines (truncated, with warnings from whichever worker translates them)
+    lines = corpus(40, 3, max_words=9) + ["", "le chat", ""]
+    lines[1] = " ".join(["maison rouge"] * 10)
+    lines[6] = ""
+    return write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n"), lines
+
+
+@pytest.mark.slow
+def test_workers_write_what_one_process_writes(run_dir, tmp_path, monkeypatch, capsys):
+    """Chunks of 7 lines: many chunks in flight, written in order; n-best and 1-best; the same
+    bytes and the same warnings as one process."""
+    src, lines = _worker_input(tmp_path)
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 7)
+    for extra in (["--n-best", "2", "--batch-tokens", "40", "--alignments"], ["--greedy"]):
+        assert cli(run_dir, "-i", src, "-o", tmp_path / "one.txt", *extra) == 0
+        one_err = capsys.readouterr().err
+        assert cli(run_dir, "-i", src, "-o", tmp_path / "two.txt", "--workers", "2", *extra) == 0
+        two_err = capsys.readouterr().err
+        one = (tmp_path / "one.txt").read_bytes()
+        assert one.count(b"\n") == len(lines) * (2 if extra[0] == "--n-best" else 1)
+        assert (tmp_path / "two.txt").read_bytes() == one
+        assert two_err == one_err and "line 2: " in two_err and "truncated" in two_err
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+#: imported by every Python started with its directory on PYTHONPATH: the workers' search fails
+#: on a batch holding the line "boom" (an exception) or "die" (the process ends at once), and
+#: takes two minutes over "slow"
+FAILING_WORKER = """
+import os
+import time
+import nmt.inference.translator as tr
+
+original = tr.Translator.search_batches
+
+def search_batches(self, batches, options, return_attention=False):
+    texts = {it.text for group in batches for it in group}
+    if "boom" in texts:
+        raise RuntimeError("simulated failure in a worker")
+    if "die" in texts:
+        os._exit(9)
+    if "slow" in texts:
+        time.sleep(120)
+    return original(self, batches, options, return_attention)
+
+tr.Translator.search_batches = search_batches
+"""
+
+
+def _failing_workers(tmp_path: Path, monkeypatch) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_run_without_output(run_dir, tmp_path, monkeypatch, capsys):
+    _failing_workers(tmp_path, monkeypatch)
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 5)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # which task a dead worker ran is unknown: every line in flight is named (the third chunk's
+    # lines, and the fourth's if it was sent already)
+    for bad, code, words in (("boom", 1, [r"failed while translating lines 11-15: RuntimeError: "
+                                          r"simulated failure in a worker"]),
+                             ("die", 1, [r"ended abruptly while translating lines \d+-(15|20) \(killed"])):
+        lines = corpus(20, 4)
+        lines[12] = bad  # the third chunk: two chunks are written to the temporary file before it
+        src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
+        assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2") == code
+        err = capsys.readouterr().err
+        assert all(re.search(word, err) for word in words), err
+        assert list(out_dir.iterdir()) == []  # no output, not even a partial file
+    # a worker that cannot load the run: the loader's message and status
+    assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2", "--checkpoint", "last") == 2
+    assert "last" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers(run_dir, tmp_path, monkeypatch):
+    """Ctrl-C while a worker is deep in a task: the workers are stopped at once, no output is left."""
+    import multiprocessing
+    import time
+
+    _failing_workers(tmp_path, monkeypatch)
+    lines = corpus(20, 4)
+    lines[7] = "slow"  # the second chunk: a worker is in it when the first chunk is written
+    src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
+    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 5)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def interrupted(self, lines):
+        time.sleep(1)
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(cli_mod._Output, "write_lines", interrupted)
+    start = time.perf_counter()
+    assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2") == 130
+    assert time.perf_counter() - start < 60
+    assert list(out_dir.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_workers_option_errors(run_dir, tmp_path, capsys, monkeypatch):
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    assert cli(run_dir, "-i", src, "--workers", "0") == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli(run_dir, "-i", src, "--workers", "2") == 2
+    assert "torchrun" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from nmt.inference.sources import (
     WarningCounter,
     clean_source,
     make_sources,
+    shard_of,
     warn_truncated,
 )
 
@@ -529,30 +530,37 @@ class OnnxTranslator:
                   shard: tuple[int, int] | None = None, **overrides: Any):
         """Translate sentences, returned in input order: ``list[str]``, or with ``n_best > 1`` or
         ``return_scores`` a list of :class:`~nmt.inference.sources.TranslationResult`. An empty
-        line (after cleaning) translates to an empty line."""
-        if shard not in (None, (0, 1)):
-            raise NmtError("the ONNX engine translates in one process (no shard)")
+        line (after cleaning) translates to an empty line. ``shard=(rank, world)`` translates only
+        this process's share, as :meth:`nmt.inference.translator.Translator.translate` does (the
+        other entries are ``None``)."""
         if return_attention or return_alignment:
             raise NmtError("the ONNX engine does not return attention weights, nor the word alignments "
                            "made from them; use the torch engine")
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
-        items = self.encode(sources, lines)
-        found = self.search_batches(self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
-                                                 max_sentences=max_sentences), options)
+        items = self.encode(sources, lines, warn=False)
+        batches = shard_of(self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
+                                        max_sentences=max_sentences), shard)
+        mine = [it for group in batches for it in group]
+        warn_truncated(self.warn, mine, self.recipe.decode.max_input_len)
+        if shard is None or shard[0] == 0:  # empty inputs need no model: the first process has them
+            mine += [it for it in items if it.ids is None]
+        found = self.search_batches(batches, options)
+        out: list[Any] = [None] * len(items)
         if not (n_best > 1 or return_scores):
-            best = [found[it.index][0] for it in items if found.get(it.index)]
+            best = [found[it.index][0] for it in mine if found.get(it.index)]
             texts = iter(self.detokenize(best))
-            return [next(texts) if found.get(it.index) else "" for it in items]
-        texts = iter(self.detokenize([h for it in items for h in found.get(it.index, [])]))
-        out = []
-        for it in items:
+            for it in mine:
+                out[it.index] = next(texts) if found.get(it.index) else ""
+            return out
+        texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
+        for it in mine:
             hyps = found.get(it.index)
             if it.ids is None or not hyps:
-                out.append(TranslationResult(sources[it.index], [TranslatedHypothesis(
-                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])]))
+                out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
+                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])])
                 continue
             pieces = self.tokenizers.src_pieces(it.text)[: len(it.ids) - 1] + ["</s>"]
-            out.append(TranslationResult(sources[it.index], [TranslatedHypothesis(
+            out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
                 text=next(texts), score=h.score, tokens=self.tokenizers.tgt_pieces_from_ids(h.tokens),
-                src_tokens=pieces, token_log_probs=h.log_probs, raw_score=h.raw_score) for h in hyps]))
+                src_tokens=pieces, token_log_probs=h.log_probs, raw_score=h.raw_score) for h in hyps])
         return out

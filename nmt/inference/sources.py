@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from nmt.data.text import clean_text
 from nmt.data.vocab import EOS_ID
+from nmt.errors import NmtError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 MAX_WARNINGS = 20
 
 __all__ = ["TranslatedHypothesis", "TranslationResult", "Source", "WarningCounter", "clean_source",
-           "make_sources", "warn_truncated", "MAX_WARNINGS"]
+           "make_sources", "warn_truncated", "shard_of", "MAX_WARNINGS"]
 
 
 # ------------------------------------------------------------------------------------- results
@@ -114,3 +115,14 @@ def warn_truncated(warn: Any, items: Sequence[Source], max_input_len: int) -> No
         if it.n_pieces > max_input_len:
             warn("truncated input", f"line {it.line}: {it.n_pieces} subwords, truncated to "
                  f"the first {max_input_len} (decode.max_input_len)")
+
+
+def shard_of(batches: list[list[Source]], shard: tuple[int, int] | None) -> list[list[Source]]:
+    """The batches of process ``rank`` of ``world`` (``shard=(rank, world)``): the length-sorted
+    batches dealt round-robin, so each sentence is searched in the batch one process would use."""
+    if shard is None:
+        return batches
+    rank, world = shard
+    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
+        raise NmtError(f"shard {shard!r}: expected (rank, world) with 0 <= rank < world")
+    return batches[rank::world]

@@ -62,6 +62,7 @@ from nmt.inference.sources import (
     WarningCounter,
     clean_source,
     make_sources,
+    shard_of,
     warn_truncated,
 )
 
@@ -70,15 +71,6 @@ __all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", 
 
 
 # ---------------------------------------------------------------------------------- translator
-
-def _shard_of(batches: list[list[Source]], shard: tuple[int, int] | None) -> list[list[Source]]:
-    if shard is None:
-        return batches
-    rank, world = shard
-    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
-        raise NmtError(f"shard {shard!r}: expected (rank, world) with 0 <= rank < world")
-    return batches[rank::world]
-
 
 class Translator:
     """A trained model with its tokenizers, ready to translate (eval mode, inference only).
@@ -323,7 +315,7 @@ class Translator:
                ) -> tuple[list[list[Source]], list[Source]]:
         """This process's batches and items (empty inputs go to rank 0, which needs no model for
         them); truncation warnings come from the process that translates the line."""
-        batches = _shard_of(self.batches(items, **batching), shard)
+        batches = shard_of(self.batches(items, **batching), shard)
         mine = [it for group in batches for it in group]
         self.warn_truncated(mine)
         if shard is None or shard[0] == 0:

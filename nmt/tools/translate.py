@@ -45,6 +45,13 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 - Several run directories (``nmt translate RUN_A RUN_B ...``) decode with their ensemble
   (:mod:`nmt.inference.ensemble`): the mean of the runs' log-probabilities, in search and in
   ``--score-reference``; runs that do not share their tokenizers exit with status 2, naming them.
+- ``--workers N`` translates with N worker processes of one thread each, for large files where
+  throughput matters more than latency. The main process reads the input chunk by chunk; every
+  worker gets the chunk and translates its share of the chunk's length-sorted batches (the
+  ``shard`` of a distributed run), so the output is the one of a single process, byte for byte.
+  Up to :data:`CHUNKS_AHEAD` chunks are in flight while the oldest is written, which keeps
+  every worker busy and memory bounded. A worker that fails stops the run: the error is printed,
+  the exit status is not 0 and ``-o FILE`` is not written. Ctrl-C stops the workers too.
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
@@ -71,6 +78,8 @@ if TYPE_CHECKING:
 
 #: lines read, translated and written at a time by ``nmt translate``
 CHUNK_LINES = 10_000
+#: chunks being translated at once with ``--workers``, the oldest being awaited
+CHUNKS_AHEAD = 3
 
 __all__ = ["translate_cli", "CHUNK_LINES"]
 
@@ -272,6 +281,11 @@ def _raise_on_sigterm():
 def translate_cli(args) -> int:
     """``nmt translate RUN_DIR [-i IN] [-o OUT] ...`` (see the module docstring for the formats)."""
     onnx = getattr(args, "engine", "torch") == "onnx"
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise NmtError(f"--workers must be >= 1, got {workers}")
+    if workers > 1:
+        return _translate_with_workers(args, workers)
     if onnx:  # one process, and torch is never imported
         state, world, rank, main = None, 1, 0, True
     else:
@@ -381,10 +395,15 @@ def _run_dirs(args) -> list[str]:
     return [args.run_dir] if isinstance(args.run_dir, (str, os.PathLike)) else list(args.run_dir)
 
 
-def _onnx_translator(args):
+def _onnx_translator(args, threads: int | None = None):
     """The onnxruntime translator of an export directory; options only the PyTorch model has are refused."""
+    _refuse_torch_only_options(args)
     from nmt.inference.onnx_translator import OnnxTranslator
 
+    return OnnxTranslator.load(_run_dirs(args)[0], threads=threads)
+
+
+def _refuse_torch_only_options(args) -> None:
     torch_only = [flag for flag, used in (
         ("--score-reference", bool(args.score_reference)), ("--quantize", args.quantize),
         ("--precision bf16", args.precision == "bf16"), ("--checkpoint", args.checkpoint != "best"),
@@ -397,7 +416,6 @@ def _onnx_translator(args):
     if len(exports) > 1:
         raise NmtError(f"--engine onnx translates with one export directory, got {len(exports)}; ensembles "
                        "run on the run directories with --engine torch")
-    return OnnxTranslator.load(exports[0])
 
 
 def _close_process_group() -> None:
@@ -481,3 +499,216 @@ def _translate_share(translator: Translator, srcs: list[str], first: int, rank: 
             rows += [f"{first + i}\t-inf\t" + ("\t" if alignments else "")] * (n_best - len(rows))
         out.append((i, rows))
     return out
+
+
+# ------------------------------------------------------------------------------------- workers
+
+class _WorkerFailed(NmtError):
+    """A worker process failed on something other than bad input (a bug, or it was killed)."""
+
+    exit_code = 1
+
+
+class _Collected:
+    """Warnings kept (not printed) by a worker, or while reading a chunk: the main process prints
+    them through its own :class:`WarningCounter` when it writes the chunk, in input order."""
+
+    prefix = "nmt translate"
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def __call__(self, kind: str, message: str) -> None:
+        self.records.append((kind, message))
+
+    def summary(self) -> None:
+        pass
+
+
+#: a worker process's translator, loaded by its first task
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init() -> None:
+    """Ctrl-C signals the whole process group: the main process alone handles it and stops the workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_translator(spec: dict[str, Any]):
+    translator = _WORKER.get("translator")
+    if translator is None:
+        if spec["engine"] == "onnx":
+            from nmt.inference.onnx_translator import OnnxTranslator
+
+            translator = OnnxTranslator.load(spec["run_dirs"][0], threads=1)
+        else:
+            import torch
+
+            torch.set_num_threads(1)
+            from nmt.inference.translator import Translator
+
+            translator = Translator.load(spec["run_dirs"], spec["checkpoint"], device="cpu",
+                                         quantize=spec["quantize"], precision=spec["precision"],
+                                         kernels=spec["kernels"])
+        translator.recipe.decode = translator.recipe.decode.updated(spec["decode"], label=decode_flag_label)
+        translator.decode_options(n_best=spec["n_best"])
+        _WORKER["translator"] = translator
+    return translator
+
+
+def _worker_line_limit(spec: dict[str, Any]) -> int:
+    """In a worker: load the run; the bytes of an input line to read (:func:`line_limit`)."""
+    return line_limit(_worker_translator(spec).recipe.decode.max_input_len)
+
+
+def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank: int, world: int
+          ) -> tuple[list[tuple[int, list[str]]], list[tuple[str, str]]]:
+    """In a worker: share ``rank`` of ``world`` of one chunk, as ``(chunk index, lines)`` pairs,
+    and the warnings it gave."""
+    translator = _worker_translator(spec)
+    translator.warn = _Collected()
+    srcs, refs = payload["src"], payload.get("ref")
+    if refs is not None:
+        done = _score_share(translator, srcs, refs, first, rank, world)
+    else:
+        done = _translate_share(translator, srcs, first, rank, world, spec["n_best"], spec["nbest_format"],
+                                spec["alignments"])
+    return done, translator.warn.records
+
+
+def _translate_with_workers(args, workers: int) -> int:
+    """``nmt translate --workers N``: the main process reads, the workers translate, the main
+    process writes in input order (see the module docstring)."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise NmtError("--workers starts its own processes: run it as one command, without torchrun "
+                       "or accelerate launch")
+    onnx = args.engine == "onnx"
+    decode = decode_arguments(args)
+    reference = args.score_reference
+    if reference and args.n_best:
+        raise NmtError("--score-reference and --n-best exclude each other")
+    if reference and args.alignments:
+        raise NmtError("--score-reference and --alignments exclude each other")
+    if onnx:
+        _refuse_torch_only_options(args)
+    nbest_format = args.n_best is not None
+    spec = {"engine": args.engine, "run_dirs": [str(d) for d in _run_dirs(args)], "checkpoint": args.checkpoint,
+            "quantize": args.quantize, "precision": args.precision, "kernels": args.kernels,
+            "decode": decode, "n_best": args.n_best if nbest_format else 1, "nbest_format": nbest_format,
+            "alignments": args.alignments}
+    warn = WarningCounter()
+    input_name = args.input or "stdin"
+    src_stream, ref_stream = _open_inputs(args.input, reference)
+    output = pool = None
+    finished = False
+    previous_handler = _raise_on_sigterm()
+    try:
+        output = _Output(args.output)
+        # spawn: a worker starts from a fresh interpreter (no copy of this process's threads or locks)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+        # one worker loads the run first: its recipe's max_input_len bounds the line length read,
+        # and a run that cannot be loaded fails before any input is read
+        limit = _result(pool.submit(_worker_line_limit, spec), "loading the run", 0)
+        reading = _Collected()
+        src_lines = _iter_lines(src_stream, input_name, reading, limit)
+        ref_lines = _iter_lines(ref_stream, reference, reading, limit) if reference else None
+        in_flight: deque = deque()
+        first = 0
+        while True:
+            payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
+            if payload is None:
+                break
+            futures = [pool.submit(_work, spec, payload, first, rank, workers) for rank in range(workers)]
+            in_flight.append((first, len(payload["src"]), reading.records, futures))
+            reading.records = []
+            first += len(payload["src"])
+            if len(in_flight) >= CHUNKS_AHEAD:
+                _write_chunk(in_flight.popleft(), output, warn, first)
+        while in_flight:
+            _write_chunk(in_flight.popleft(), output, warn, first)
+        warn.summary()
+        output.commit()
+        finished = True
+    except BaseException as exc:
+        if output is not None:
+            output.abort()
+        if isinstance(exc, _Terminated):
+            print(f"nmt translate: terminated{' (no output file written)' if args.output else ''}",
+                  file=sys.stderr)
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if pool is not None:
+            _stop_workers(pool, finished)
+        for stream in (src_stream, ref_stream):
+            if stream is not None and stream is not sys.stdin.buffer:
+                stream.close()
+    return 0
+
+
+def _result(future, doing: str, first: int, submitted: int = 0) -> Any:
+    """A worker's result; its failure as an error message: an :class:`NmtError` as it is (bad
+    input), anything else with exit status 1."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return future.result()
+    except NmtError:
+        raise
+    except BrokenProcessPool:
+        # which task the dead worker was running is unknown: name every line in flight
+        where = f"translating lines {first + 1}-{submitted}" if submitted else doing
+        raise _WorkerFailed(f"a worker process ended abruptly while {where} (killed, or out of "
+                            "memory?); nothing was written as complete") from None
+    except Exception as exc:  # a bug: show where it happened, as one process would
+        if exc.__cause__ is not None:
+            print(str(exc.__cause__).strip().strip('"').strip(), file=sys.stderr)
+        raise _WorkerFailed(f"a worker process failed while {doing}: {type(exc).__name__}: {exc}") from None
+
+
+def _write_chunk(chunk: tuple, output: _Output, warn: WarningCounter, submitted: int) -> None:
+    """Wait for every share of the oldest chunk in flight, then print its warnings and write it.
+    ``submitted``: the lines sent to the workers so far."""
+
+    first, n_lines, notes, futures = chunk
+    done: list[tuple[int, list[str]]] = []
+    shares_notes: list[tuple[str, str]] = []
+    for future in futures:
+        share, records = _result(future, f"translating lines {first + 1}-{first + n_lines}",
+                                 first, submitted)
+        done += share
+        shares_notes += records
+    # one process warns about a chunk's lines in line order; the workers' warnings are merged so
+    shares_notes.sort(key=lambda note: _line_of(note[1]))
+    for kind, message in list(notes) + shares_notes:
+        warn(kind, message)
+    done.sort(key=lambda pair: pair[0])
+    output.write_lines([text for _, texts in done for text in texts])
+
+
+def _stop_workers(pool, finished: bool) -> None:
+    """Let the workers exit after a complete run; otherwise stop them now, mid-task."""
+    if finished:
+        pool.shutdown(wait=True)
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _line_of(message: str) -> int:
+    """The line number a warning starts with (``line 12: ...``), else 0."""
+    head = message.split(":", 1)[0]
+    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
