@@ -40,6 +40,15 @@ def _add_kernels(p: argparse.ArgumentParser) -> None:
                         "as a GPU runs them (default: the recipe's model.kernels)")
 
 
+def _add_busy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beside-busy", type=int, default=0, metavar="K",
+                   help="measure beside K busy processes (one CPU-bound thread each), started before "
+                        "and stopped after the measurement (default 0)")
+    p.add_argument("--busy-kind", choices=["spin", "matmul"], default="spin",
+                   help="spin: pure-Python arithmetic (needs a core, nothing else); matmul: 256x256 "
+                        "matrix products on one torch thread (also competes for caches and memory)")
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
@@ -55,6 +64,11 @@ def _sub(subparsers, name: str, help_: str, examples: str, func: Callable) -> ar
 # ---------------------------------------------------------------------------------------- handlers
 
 def _cmd_train(args) -> int:
+    from nmt.config import load_recipe
+    from nmt.training.threads import prepare
+
+    # before torch is loaded: train.num_threads auto may choose OpenMP's wait policy
+    prepare(load_recipe(args.recipe, args.overrides).train.num_threads)
     from nmt.training.loop import load_training_recipe, train
 
     recipe = load_training_recipe(args.recipe, args.overrides)
@@ -286,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "bench", "measure training and translation speed", """
         nmt bench train recipes/bench-joeynmt.yaml --steps 200 --flops
         nmt bench translate runs/fr-en --beam 5 --split test --json
+        nmt bench train recipes/bench-joeynmt.yaml --beside-busy 1        beside a CPU-bound process
         """, _cmd_bench)
     bsub = p.add_subparsers(dest="what", metavar="WHAT")
     bsub.required = True
@@ -297,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=20)
     bt.add_argument("--flops", action="store_true",
                     help="also count GEMM FLOPs per token and report them against the measured GEMM peak")
+    _add_busy(bt)
     bt.add_argument("--json", action="store_true")
     btr = bsub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=_formatter)
     btr.add_argument("run_dir", nargs="+", metavar="RUN_DIR", help="run directory; several: their ensemble")
@@ -307,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--precision", choices=["float32", "bf16"], default="float32")
     _add_kernels(btr)
     add_decode_arguments(btr, exclude=("n_best",))
+    _add_busy(btr)
     btr.add_argument("--json", action="store_true")
 
     p = _sub(sub, "shortlist", "build a run's lexicon for shortlist decoding (IBM Model 1 on its training data)", """

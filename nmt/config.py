@@ -210,7 +210,9 @@ class TrainConfig:
     early_stopping_metric: Literal["bleu", "loss"] = "bleu"
     patience: Optional[int] = None  #: validations without improvement before stopping
     precision: Literal["no", "bf16", "fp16"] = "no"
-    num_threads: Optional[int] = None  #: torch intra-op threads (default: torch's choice)
+    #: torch intra-op threads (default: torch's choice); ``auto``: one per CPU that other processes
+    #: leave free at start-up, waiting passively when they use some (nmt.training.threads)
+    num_threads: Optional[Union[int, Literal["auto"]]] = None
     log_every: int = 100
     keep_last: int = setting(
         1, "weights of the last N checkpoints kept in checkpoints/ as stepNNNNNNNN.safetensors, for "
@@ -692,7 +694,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     for opt in ("max_steps", "max_epochs", "budget_minutes", "patience", "num_threads",
                 "valid_max_sentences"):
         value = getattr(r.train, opt)
-        if value is not None:
+        if value is not None and value != "auto":
             positive(f"train.{opt}", value)
     if isinstance(r.tokenizer.src_vocab_size, int):
         need(r.tokenizer.src_vocab_size >= 8 and r.tokenizer.tgt_vocab_size >= 8,

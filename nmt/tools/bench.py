@@ -10,9 +10,16 @@
 - ``bench translate RUN_DIR``: decodes a split of the run's corpus, timing search and
   detokenization only (as the JoeyNMT reference does), and reports sentences/s, target tokens/s
   and the BLEU/chrF of what was decoded, so no speed is quoted without its quality.
+- ``--beside-busy K`` (both): K busy processes run on the machine during the measurement, each
+  one CPU-bound thread (:data:`BUSY_CODE`), started before and stopped after it in all cases;
+  the JSON records them and the CPU share each got. Speed under load is measured against a
+  known load instead of whatever else the machine is doing.
+- Under ``torchrun --nproc_per_node N -m nmt bench train`` the processes train one run together
+  (data parallel); the main process reports, and only local rank 0 starts busy processes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,10 +28,121 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
+
+
+#: the busy processes of ``--beside-busy``: one thread, a tight CPU-bound loop, and nothing else.
+#: ``spin`` is pure-Python integer arithmetic: it needs a core and nothing else, like a compiler or
+#: a scripted job. ``matmul`` multiplies 256 x 256 float32 matrices with one torch thread: it
+#: also competes for the caches, memory bandwidth and vector units, like another model training.
+#: Each loop prints ``ready`` once running, its CPU seconds when stopped (SIGTERM), ignores Ctrl-C
+#: (the benchmark stops it) and exits by itself when the benchmark's process is gone.
+BUSY_CODE = {
+    "spin": """
+x = 1
+def work():
+    global x
+    for _ in range(200_000):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+""",
+    "matmul": """
+import torch
+torch.set_num_threads(1)
+a, b = torch.randn(256, 256), torch.randn(256, 256)
+out = torch.empty(256, 256)
+def work():
+    for _ in range(50):
+        torch.mm(a, b, out=out)
+""",
+}
+
+_BUSY_LOOP = """
+import os, signal, sys, time
+parent = int(sys.argv[1])
+def stop(signum, frame):
+    print(f"{time.process_time():.3f}", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+while os.getppid() == parent:
+    work()
+"""
+
+
+class BusyProcesses:
+    """``count`` busy processes (:data:`BUSY_CODE` ``kind``) while the ``with`` block runs."""
+
+    def __init__(self, count: int, kind: str = "spin"):
+        if count < 0:
+            raise NmtError(f"--beside-busy must be >= 0, got {count}")
+        if kind not in BUSY_CODE:
+            raise NmtError(f"--busy-kind {kind!r}: expected one of {', '.join(BUSY_CODE)}")
+        self.count, self.kind = count, kind
+        self.procs: list = []
+        self.started = self.wall = 0.0
+        self.cpu_seconds: list[float | None] = []
+
+    def __enter__(self) -> "BusyProcesses":
+        import os
+        import subprocess
+        import sys
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            for _ in range(self.count):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-c", BUSY_CODE[self.kind] + _BUSY_LOOP, str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True))
+            for proc in self.procs:  # each is in its loop before the measurement starts
+                if proc.stdout.readline().strip() != "ready":
+                    raise NmtError(f"a --beside-busy process ({self.kind}) did not start "
+                                   f"(exit status {proc.wait()})")
+        except BaseException:
+            self.stop()
+            raise
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        import subprocess
+
+        wall = time.perf_counter() - self.started
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        self.cpu_seconds = []
+        for proc in self.procs:
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            try:
+                self.cpu_seconds.append(float(out.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                self.cpu_seconds.append(None)
+        self.wall = wall
+        self.procs = []
+
+    def report(self) -> dict[str, Any]:
+        """What ran beside the measurement: kind, count and each process's CPU share."""
+        if not self.count:
+            return {}
+        return {"busy_kind": self.kind, "busy_cpu_share": [
+            None if c is None or not self.wall else round(c / self.wall, 3) for c in self.cpu_seconds]}
+
+
+def _launched() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def peak_rss_mib() -> float:
@@ -36,7 +154,9 @@ def _machine() -> dict[str, Any]:
 
     import torch
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
+            "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "processes": int(os.environ.get("WORLD_SIZE", "1") or 1)}
 
 
 def gemm_peak_gflops(dtype_name: str = "float32", seconds: float = 2.0) -> dict[str, Any]:
@@ -107,24 +227,43 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
 
 
 def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
-                flops: bool = False, kernels: str | None = None) -> dict[str, Any]:
-    from nmt.training.loop import load_training_recipe, train
+                flops: bool = False, kernels: str | None = None, beside_busy: int = 0,
+                busy_kind: str = "spin") -> dict[str, Any] | None:
+    """Training throughput of a recipe (see the module docstring); None in the processes of a
+    torchrun launch other than the main one."""
+    import os
+
+    from nmt.config import load_recipe
+    from nmt.training.threads import prepare
 
     if steps <= 0 or warmup < 0:
         raise NmtError("--steps must be > 0 and --warmup >= 0")
     total = steps + warmup
     if kernels is not None:
         overrides = list(overrides) + [f"model.kernels={kernels}"]
-    recipe = load_training_recipe(recipe_path, list(overrides) + [
+    run_overrides = list(overrides) + [
         f"train.max_steps={total}", "train.log_every=1", f"train.valid_every={10 * total + 1}",
         "train.valid_max_sentences=16", "train.plot_sentences=0", "train.budget_minutes=null",
-        "train.max_epochs=null", "train.patience=null"])
-    with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
-        start = time.perf_counter()
-        summary = train(recipe, run_dir=Path(tmp) / "run")
-        wall = time.perf_counter() - start
-        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        per_token = train_flops_per_token(recipe, Path(tmp) / "run") if flops else None
+        "train.max_epochs=null", "train.patience=null"]
+    num_threads = load_recipe(recipe_path, run_overrides).train.num_threads  # a bad recipe fails here
+    main = int(os.environ.get("RANK", "0") or 0) == 0
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    with BusyProcesses(beside_busy if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 else 0,
+                       busy_kind) as busy:
+        # after the busy processes started, before torch is loaded: num_threads auto sees them
+        # and may still choose OpenMP's wait policy
+        threads = prepare(num_threads)
+        from nmt.training.loop import load_training_recipe, train
+
+        recipe = load_training_recipe(recipe_path, run_overrides)
+        with _scratch_dir() as tmp:
+            start = time.perf_counter()
+            summary = train(recipe, run_dir=tmp / "run")
+            wall = time.perf_counter() - start
+            if not main:
+                return None
+            records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+            per_token = train_flops_per_token(recipe, tmp / "run") if flops else None
     timed = [r for r in records if r.get("kind") == "train" and r["step"] > warmup]
     tokens = sum(r["tokens"] for r in timed)
     seconds = sum(r["seconds"] for r in timed)
@@ -141,8 +280,31 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
         "seconds": round(seconds, 3), "target_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "steps_per_s": round(len(timed) / seconds, 3) if seconds else None,
         "peak_rss_mib": round(peak_rss_mib(), 1), "command_wall_seconds": round(wall, 1),
+        "beside_busy": beside_busy, **busy.report(), "load_average_before": load_before,
+        "num_threads": threads.as_dict(),
         "machine": _machine(), "train_summary": summary, **extra,
     }
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """A temporary directory; under torchrun one shared by the processes of the launch (named by
+    its run id), removed by the main process."""
+    import os
+    import shutil
+
+    if not _launched():
+        with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
+            yield Path(tmp)
+        return
+    run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}-{os.environ.get('MASTER_PORT', '')}"
+    path = Path(tempfile.gettempdir()) / f"nmt-bench-{run_id}"
+    path.mkdir(exist_ok=True)
+    try:
+        yield path
+    finally:
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def decode_split_timed(translator, sources: Sequence[str], beam: int | None = None,
@@ -173,10 +335,12 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int | None = No
 def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sentences: int | None = None,
                     checkpoint: str = "best", quantize: bool = False, precision: str = "float32",
                     decode: Mapping[str, Any] | None = None,
-                    label: Callable[[str], str] | None = None, kernels: str | None = None) -> dict[str, Any]:
+                    label: Callable[[str], str] | None = None, kernels: str | None = None,
+                    beside_busy: int = 0, busy_kind: str = "spin") -> dict[str, Any]:
     """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
     onto the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
-    the run's ``model.kernels``. Several run directories measure their ensemble."""
+    the run's ``model.kernels``; several run directories measure their ensemble; ``beside_busy``
+    busy processes run during the decoding."""
     from nmt.data.corpus import load_corpus
     from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
@@ -188,8 +352,12 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     settings = translator.recipe.decode = translator.recipe.decode.updated(decode, label=label)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
-    decode_split_timed(translator, sources[:32], batch_sentences=batch_sentences)  # warm-up
-    hyps, seconds, n_tokens = decode_split_timed(translator, sources, batch_sentences=batch_sentences)
+    import os
+
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    with BusyProcesses(beside_busy, busy_kind) as busy:
+        decode_split_timed(translator, sources[:32], batch_sentences=batch_sentences)  # warm-up
+        hyps, seconds, n_tokens = decode_split_timed(translator, sources, batch_sentences=batch_sentences)
     scores = score_corpus(hyps, [references], metrics=("bleu", "chrf"),
                           bleu_tokenize=translator.recipe.eval.bleu_tokenize)
     return {
@@ -202,7 +370,8 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
         "target_tokens_per_s": round(n_tokens / seconds, 1), "target_tokens_incl_eos": n_tokens,
         "bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
         "bleu_signature": scores["bleu"]["signature"], "load_seconds": round(load_seconds, 2),
-        "peak_rss_mib": round(peak_rss_mib(), 1), "machine": _machine(),
+        "peak_rss_mib": round(peak_rss_mib(), 1), "beside_busy": beside_busy, **busy.report(),
+        "load_average_before": load_before, "machine": _machine(),
     }
 
 
@@ -214,12 +383,14 @@ def _runs_label(run_dir) -> str:
 def bench_cli(args) -> int:
     if args.what == "train":
         result = bench_train(args.recipe, args.overrides, args.steps, args.warmup, flops=args.flops,
-                             kernels=args.kernels)
+                             kernels=args.kernels, beside_busy=args.beside_busy, busy_kind=args.busy_kind)
+        if result is None:  # a torchrun process other than the main one
+            return 0
         line = (f"train {args.recipe}: {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['steps_per_s']} steps/s over {result['steps_timed']} steps after "
                 f"{result['warmup_steps']} warm-up; precision {result['precision']}, "
-                f"kernels {result['kernels']}), "
-                f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+                f"kernels {result['kernels']}, {result['machine']['threads']} thread(s)"
+                f"{_busy_words(result)}), peak RSS {result['peak_rss_mib']:.0f} MiB")
         if "fraction_of_peak" in result:
             line += (f"; {result['gemm_flops_per_target_token'] / 1e6:.1f} MFLOP (GEMM) per target token = "
                      f"{result['achieved_gflops']} GFLOP/s, {100 * result['fraction_of_peak']:.0f}% of the "
@@ -227,12 +398,20 @@ def bench_cli(args) -> int:
     else:
         result = bench_translate(args.run_dir, args.split, args.batch_sentences, args.checkpoint,
                                  args.quantize, args.precision, decode=decode_arguments(args),
-                                 label=decode_flag_label, kernels=args.kernels)
+                                 label=decode_flag_label, kernels=args.kernels,
+                                 beside_busy=args.beside_busy, busy_kind=args.busy_kind)
         mode = args.precision + f", kernels {result['kernels']}" + (", int8" if args.quantize else "") + (
-            f", shortlist {result['shortlist']}" if result["shortlist"] else "")
+            f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result)
         line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: "
                 f"{result['sentences_per_s']:,} sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
                 f"chrF {result['chrf']}; peak RSS {result['peak_rss_mib']:.0f} MiB")
     print(json.dumps(result, indent=2) if args.json else line)
     return 0
+
+
+def _busy_words(result: Mapping[str, Any]) -> str:
+    if not result.get("beside_busy"):
+        return ""
+    shares = ", ".join("?" if x is None else f"{100 * x:.0f}%" for x in result["busy_cpu_share"])
+    return f"; beside {result['beside_busy']} busy process(es), {result['busy_kind']}, CPU share {shares}"

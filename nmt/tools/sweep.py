@@ -391,7 +391,9 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
     if jobs > 1:
         import torch  # evaluation of finished runs shares this process: keep it to its share of cores
 
-        torch.set_num_threads(threads or base.train.num_threads)
+        fixed = base.train.num_threads if isinstance(base.train.num_threads, int) else None
+        if threads or fixed:  # with num_threads auto each run chooses its own
+            torch.set_num_threads(threads or fixed)
     print_lock = threading.Lock()
 
     def say(message: str) -> None:

@@ -52,6 +52,7 @@ from nmt.model.seq2seq import (
     check_model_config,
     perplexity,
 )
+from nmt.training.threads import prepare as prepare_threads
 
 log = logging.getLogger("nmt.train")
 
@@ -376,8 +377,9 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         # checked before the run directory is created: a refused source leaves nothing behind
         init = init_source(recipe, run_dir)
         t.init_from = str(init.run_dir)
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    threads = prepare_threads(t.num_threads).threads  # nmt train decided before loading torch
+    if threads:
+        torch.set_num_threads(threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
                               cpu=force_cpu())
@@ -414,6 +416,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, accelerator, trackers,
     main = accelerator.is_main_process
     accelerator.wait_for_everyone()
     _setup_logging(run_dir if main else None)
+    if prepare_threads(t.num_threads).note:
+        log.info(prepare_threads(t.num_threads).note)
     set_seed(t.seed)
 
     # -- data and tokenizers: the main process prepares, the others read what it wrote ----------
