@@ -807,6 +807,18 @@ def test_sigterm_during_translate_removes_the_partial_output(run_dir, tmp_path):
     assert list(out_dir.iterdir()) == [] and b"Traceback" not in err
 # ------------------------------------------------------------------------- --workers N processes
 
+def _workers_gone(seconds: float = 20) -> bool:
+    """No worker process is left: stopped workers are reaped within ``seconds`` (one that kept
+    running a task, as a worker sleeping two minutes would, is not)."""
+    import multiprocessing
+    import time
+
+    deadline = time.monotonic() + seconds
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return multiprocessing.active_children() == []
+
+
 def _worker_input(tmp_path: Path) -> tuple[Path, list[str]]:
     # empty lines, long lines (truncated, with warnings from whichever worker translates them)
     lines = corpus(40, 3, max_words=9) + ["", "le chat", ""]
@@ -830,9 +842,7 @@ def test_workers_write_what_one_process_writes(run_dir, tmp_path, monkeypatch, c
         assert one.count(b"\n") == len(lines) * (2 if extra[0] == "--n-best" else 1)
         assert (tmp_path / "two.txt").read_bytes() == one
         assert two_err == one_err and "line 2: " in two_err and "truncated" in two_err
-    import multiprocessing
-
-    assert multiprocessing.active_children() == []
+    assert _workers_gone()
 
 
 #: imported by every Python started with its directory on PYTHONPATH: the workers' search fails
@@ -888,15 +898,12 @@ def test_a_failing_worker_stops_the_run_without_output(run_dir, tmp_path, monkey
     assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2", "--checkpoint", "last") == 2
     assert "last" in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
-    import multiprocessing
-
-    assert multiprocessing.active_children() == []
+    assert _workers_gone()
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers(run_dir, tmp_path, monkeypatch):
     """Ctrl-C while a worker is deep in a task: the workers are stopped at once, no output is left."""
-    import multiprocessing
     import time
 
     _failing_workers(tmp_path, monkeypatch)
@@ -916,7 +923,7 @@ def test_ctrl_c_stops_the_workers(run_dir, tmp_path, monkeypatch):
     assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2") == 130
     assert time.perf_counter() - start < 60
     assert list(out_dir.iterdir()) == []
-    assert multiprocessing.active_children() == []
+    assert _workers_gone()
 
 
 def test_workers_option_errors(run_dir, tmp_path, capsys, monkeypatch):
