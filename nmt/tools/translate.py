@@ -373,18 +373,12 @@ def translate_cli(args) -> int:
         if world > 1:
             state.wait_for_everyone()  # leave together: a rank exiting early breaks the others' gloo
     except BaseException as exc:
-        if output is not None:
-            output.abort()
-        if isinstance(exc, _Terminated):
-            print(f"nmt translate: terminated{' (no output file written)' if args.output else ''}",
-                  file=sys.stderr)
+        _abandon(output, exc, args.output)
         raise
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-        for stream, name in ((src_stream, args.input), (ref_stream, reference)):
-            if stream is not None and name not in (None, "-"):
-                stream.close()
+        _close_inputs(src_stream, ref_stream)
         if world > 1:
             _close_process_group()
     return 0
@@ -427,6 +421,22 @@ def _close_process_group() -> None:
             torch.distributed.destroy_process_group()
     except Exception:  # pragma: no cover - best effort at shutdown
         pass
+
+
+def _abandon(output: "_Output | None", exc: BaseException, path: str | None) -> None:
+    """A failed or stopped translation leaves no output file; a SIGTERM says so."""
+    if output is not None:
+        output.abort()
+    if isinstance(exc, _Terminated):
+        print(f"nmt translate: terminated{' (no output file written)' if path else ''}", file=sys.stderr)
+
+
+def _close_inputs(*streams: BinaryIO | None) -> None:
+    """Close the opened input files (standard input stays open; it may be closed already)."""
+    stdin = getattr(sys.stdin, "buffer", None)
+    for stream in streams:
+        if stream is not None and stream is not stdin:
+            stream.close()
 
 
 def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, BinaryIO | None]:
@@ -637,20 +647,14 @@ def _translate_with_workers(args, workers: int) -> int:
         output.commit()
         finished = True
     except BaseException as exc:
-        if output is not None:
-            output.abort()
-        if isinstance(exc, _Terminated):
-            print(f"nmt translate: terminated{' (no output file written)' if args.output else ''}",
-                  file=sys.stderr)
+        _abandon(output, exc, args.output)
         raise
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if pool is not None:
             _stop_workers(pool, finished)
-        for stream in (src_stream, ref_stream):
-            if stream is not None and stream is not sys.stdin.buffer:
-                stream.close()
+        _close_inputs(src_stream, ref_stream)
     return 0
 
 
