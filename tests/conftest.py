@@ -93,6 +93,52 @@ def make_tiny_model(kind: str = "bahdanau", input_feeding: bool = True, *, activ
     return model
 
 
+def make_random_run(run: Path, model_cfg, src_lines: list[str], tgt_lines: list[str], *,
+                    src_vocab: int, tgt_vocab: int, eos_bias: float, seed: int = 0,
+                    max_input_len: int = 12) -> Path:
+    """A run directory without training: sentencepiece models trained on ``src_lines`` /
+    ``tgt_lines``, the recipe (``model_cfg``, beam 3, at most 1.0 x source + 4 target pieces) and a
+    random model saved as the best checkpoint. Weights are doubled so that outputs vary with the
+    input; ``eos_bias`` is added to EOS's output bias so that some outputs end early."""
+    import datasets
+    import torch
+
+    from nmt.config import Recipe, TokenizerConfig
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.data.vocab import EOS_ID
+    from nmt.inference.checkpoint import save_weights
+    from nmt.model.seq2seq import build_model
+
+    run.mkdir(parents=True, exist_ok=True)
+    tok_cfg = TokenizerConfig(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, num_threads=1)
+    tokenizers = SubwordTokenizers.train(
+        tok_cfg, datasets.Dataset.from_dict({"src": src_lines, "tgt": tgt_lines}), run)
+    recipe = Recipe()
+    recipe.data.path = "corpus"
+    recipe.tokenizer = tok_cfg
+    recipe.model = model_cfg
+    recipe.decode.beam = 3
+    recipe.decode.max_len_a = 1.0
+    recipe.decode.max_len_b = 4
+    recipe.decode.max_input_len = max_input_len
+    (run / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(2.0)
+        model.output.bias[EOS_ID] += eos_bias
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+    return run
+
+
+@pytest.fixture(scope="session")
+def random_run():
+    """The factory :func:`make_random_run`."""
+    return make_random_run
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The factory :func:`make_tiny_model`."""

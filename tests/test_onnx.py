@@ -27,8 +27,6 @@ from nmt.config import (  # noqa: E402
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
-    Recipe,
-    TokenizerConfig,
 )
 from nmt.data.vocab import EOS_ID  # noqa: E402
 
@@ -60,42 +58,17 @@ def corpus(n: int, seed: int, words=FR, max_words: int = 7) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
 
 
-def build_run(run: Path, variant: str, seed: int = 0) -> Path:
-    """A run directory with sentencepiece models and a random model (weights saved as best)."""
-    import datasets
-
-    from nmt.data.tokenizer import SubwordTokenizers
-    from nmt.inference.checkpoint import save_weights
-    from nmt.model.seq2seq import build_model
-
-    run.mkdir(parents=True, exist_ok=True)
-    ds = datasets.Dataset.from_dict({"src": corpus(200, 0), "tgt": corpus(200, 1, EN)})
-    tok_cfg = TokenizerConfig(src_vocab_size=34, tgt_vocab_size=26, num_threads=1)
-    tokenizers = SubwordTokenizers.train(tok_cfg, ds, run)
-    recipe = Recipe()
-    recipe.data.path = "corpus"
-    recipe.tokenizer = tok_cfg
+def build_run(run: Path, variant: str, make_random_run, seed: int = 0) -> Path:
+    """A run directory with sentencepiece models and a random model of ``variant``."""
     parts = {"encoder": EncoderConfig(hidden_size=8, dropout=0.0),
              "decoder": DecoderConfig(hidden_size=16, dropout=0.0), **VARIANTS[variant]}
-    recipe.model = ModelConfig(embedding_dim=12, dropout=0.0, activation="tanh", **parts)
-    recipe.decode.beam = 3
-    recipe.decode.max_len_a = 1.0
-    recipe.decode.max_len_b = 4
-    recipe.decode.max_input_len = 12
-    (run / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    torch.manual_seed(seed)
-    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
-    with torch.no_grad():  # larger weights: varied outputs; EOS bias: some end before the max length
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(2.0)
-        model.output.bias[EOS_ID] += 0.5
-    save_weights(model, run / "checkpoints" / "best.safetensors")
-    return run
+    model_cfg = ModelConfig(embedding_dim=12, dropout=0.0, activation="tanh", **parts)
+    return make_random_run(run, model_cfg, corpus(200, 0), corpus(200, 1, EN), src_vocab=34,
+                           tgt_vocab=26, eos_bias=0.5, seed=seed)
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
+def exports(tmp_path_factory, random_run):
     """variant -> (run directory, export directory), built on first use."""
     from nmt.tools.export import export_run
 
@@ -104,7 +77,7 @@ def exports(tmp_path_factory):
 
     def get(variant: str) -> tuple[Path, Path]:
         if variant not in made:
-            run = build_run(root / f"run-{variant}", variant)
+            run = build_run(root / f"run-{variant}", variant, random_run)
             made[variant] = (run, export_run(run, root / f"export-{variant}"))
         return made[variant]
 

@@ -241,8 +241,8 @@ def test_two_processes_hold_identical_weights_and_match_single_process(repo, fas
     sets = sum((["--set", o] for o in common), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NMT_NO_PROGRESS": "1"}
     two = tmp_path / "two"
-    port = str(29531 + (kernels == "reference"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    # --standalone: a free port of the machine's choosing (suites may run side by side)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "nmt", "train", str(repo / "recipes/tiny.yaml"), "--run-dir", str(two),
            "--set", "train.batch_tokens=300", *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -29,8 +29,6 @@ from nmt.config import (
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
-    Recipe,
-    TokenizerConfig,
 )
 from nmt.data.vocab import EOS_ID
 from nmt.errors import NmtError
@@ -49,50 +47,26 @@ def corpus(n: int, seed: int, words=FR, max_words: int = 6) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
 
 
-def build_run(run: Path, kind: str = "bahdanau", seed: int = 0) -> Path:
-    import datasets
-
-    from nmt.data.tokenizer import SubwordTokenizers
-    from nmt.inference.checkpoint import save_weights
-    from nmt.model.seq2seq import build_model
-
-    run.mkdir(parents=True, exist_ok=True)
-    ds = datasets.Dataset.from_dict({"src": corpus(200, 0), "tgt": corpus(200, 1, EN)})
-    tok_cfg = TokenizerConfig(src_vocab_size=30, tgt_vocab_size=22, num_threads=1)
-    tokenizers = SubwordTokenizers.train(tok_cfg, ds, run)
-    recipe = Recipe()
-    recipe.data.path = "corpus"
-    recipe.tokenizer = tok_cfg
-    recipe.model = ModelConfig(
+def build_run(run: Path, make_random_run, kind: str = "bahdanau", seed: int = 0) -> Path:
+    """A run directory with sentencepiece models and a random model with self-attention and AReLU."""
+    model_cfg = ModelConfig(
         embedding_dim=12, dropout=0.0, activation="arelu",
         encoder=EncoderConfig(hidden_size=8, dropout=0.0, self_attention_layers=1,
                               self_attention_heads=2, self_attention_ff_size=16),
         decoder=DecoderConfig(hidden_size=16, dropout=0.0),
         attention=AttentionConfig(kind=kind, window=2 if kind == "local-p" else None))
-    recipe.decode.beam = 3
-    recipe.decode.max_len_a = 1.0
-    recipe.decode.max_len_b = 4
-    recipe.decode.max_input_len = MAX_INPUT_LEN
-    (run / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    torch.manual_seed(seed)
-    model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
-    with torch.no_grad():  # larger weights: varied outputs; EOS bias: some end before the max length
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(2.0)
-        model.output.bias[EOS_ID] += 4.0
-    save_weights(model, run / "checkpoints" / "best.safetensors")
-    return run
+    return make_random_run(run, model_cfg, corpus(200, 0), corpus(200, 1, EN), src_vocab=30,
+                           tgt_vocab=22, eos_bias=4.0, seed=seed, max_input_len=MAX_INPUT_LEN)
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("translate") / "run")
+def run_dir(tmp_path_factory, random_run) -> Path:
+    return build_run(tmp_path_factory.mktemp("translate") / "run", random_run)
 
 
 @pytest.fixture(scope="session")
-def local_run(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("translate-localp") / "run", kind="local-p", seed=1)
+def local_run(tmp_path_factory, random_run) -> Path:
+    return build_run(tmp_path_factory.mktemp("translate-localp") / "run", random_run, kind="local-p", seed=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
