@@ -201,8 +201,9 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
 
     t = recipe.train
     train_split = load_corpus(recipe.data, splits=("train",))["train"]
-    train_split = train_split.select(range(min(20000, len(train_split))))
+    # the run's own tokenizers (trained on the whole split), not new ones from the sample
     tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, train_split, run_dir)
+    train_split = train_split.select(range(min(20000, len(train_split))))
     f = recipe.data.filter
     ds = encode_dataset(train_split, tokenizers, max_len=f.max_len, max_ratio=f.max_ratio, min_len=f.min_len)
     src_lens, tgt_lens = lengths_of(ds)
