@@ -210,9 +210,10 @@ class TrainConfig:
     early_stopping_metric: Literal["bleu", "loss"] = "bleu"
     patience: Optional[int] = None  #: validations without improvement before stopping
     precision: Literal["no", "bf16", "fp16"] = "no"
-    #: torch intra-op threads (default: torch's choice); ``auto``: one per CPU that other processes
-    #: leave free at start-up, waiting passively when they use some (nmt.training.threads)
-    num_threads: Optional[Union[int, Literal["auto"]]] = None
+    #: torch intra-op threads. ``auto`` (default): on an idle machine torch's own choice; beside
+    #: other work seen at start-up, one per CPU it leaves free, waiting passively
+    #: (nmt.training.threads); an integer fixes the count, ``null`` always takes torch's choice
+    num_threads: Optional[Union[int, Literal["auto"]]] = "auto"
     log_every: int = 100
     keep_last: int = setting(
         1, "weights of the last N checkpoints kept in checkpoints/ as stepNNNNNNNN.safetensors, for "

@@ -7,16 +7,18 @@
 # RECIPE defaults to recipes/bench-joeynmt.yaml with train.precision=bf16. Every round runs each
 # setting below quiet and then beside BUSY (default 1) busy processes of kind BUSY_KIND (default
 # spin; see `nmt bench train --help`), `nmt bench train --steps STEPS (default 200)`:
-#   default      torch's threads, OpenMP's default wait policy
+#   torch        torch's threads (train.num_threads=null), OpenMP's default wait policy
 #   threads1     train.num_threads=1
-#   passive      OMP_WAIT_POLICY=PASSIVE in the environment
-#   auto         train.num_threads=auto (counts busy CPUs at start-up; see docs/performance.md)
+#   passive      torch's threads with OMP_WAIT_POLICY=PASSIVE in the environment
+#   auto         train.num_threads=auto, the default (counts busy CPUs at start-up; see
+#                docs/performance.md)
 #   2x1          torchrun --standalone --nproc_per_node 2, one thread each, train.batch_tokens
 #                halved so that the global batch is the recipe's (skipped when torchrun is missing)
-# SETTINGS="default auto" runs some of them only (default must be one).
+# SETTINGS="torch auto" runs some of them only (torch must be one: the others are given as shares
+# of its quiet speed).
 # Run it on an otherwise idle machine: other load adds to the busy processes. The JSON of every
 # run goes to OUT_DIR (default: a new temporary directory); the summary gives target tokens/s
-# (best and median) and, beside the busy processes, the share of the quiet default's best.
+# (best and median) and, beside the busy processes, the share of the quiet torch setting's best.
 set -euo pipefail
 POS=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do POS+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
@@ -30,7 +32,7 @@ SETS=(); for (( i = 0; i < ${#EXTRA[@]}; i++ )); do  # the --set options, for nm
   [ "${EXTRA[$i]}" = --set ] && SETS+=(--set "${EXTRA[$(( i + 1 ))]}"); done
 BATCH=$(nmt config show "$RECIPE" "${SETS[@]}" | python3 -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['train']['batch_tokens'])")
 TORCHRUN="$(command -v torchrun || true)"
-ALL="default threads1 passive auto"; [ -n "$TORCHRUN" ] && ALL="$ALL 2x1"
+ALL="torch threads1 passive auto"; [ -n "$TORCHRUN" ] && ALL="$ALL 2x1"
 SETTINGS="${SETTINGS:-$ALL}"
 
 run() {  # run SETTING LOAD ROUND
@@ -38,9 +40,9 @@ run() {  # run SETTING LOAD ROUND
   [ "$load" = busy ] && bench+=(--beside-busy "$BUSY" --busy-kind "$BUSY_KIND")
   local out="$OUT/$setting-$load.r$round.json"
   case $setting in
-    default)  nmt "${bench[@]}" ;;
+    torch)    nmt "${bench[@]}" --set train.num_threads=null ;;
     threads1) nmt "${bench[@]}" --set train.num_threads=1 ;;
-    passive)  OMP_WAIT_POLICY=PASSIVE nmt "${bench[@]}" ;;
+    passive)  OMP_WAIT_POLICY=PASSIVE nmt "${bench[@]}" --set train.num_threads=null ;;
     auto)     nmt "${bench[@]}" --set train.num_threads=auto ;;
     2x1)      "$TORCHRUN" --standalone --nproc_per_node 2 -m nmt "${bench[@]}" \
                   --set train.num_threads=1 --set train.batch_tokens=$(( BATCH / 2 )) ;;
@@ -68,8 +70,8 @@ for setting in settings:
         if load == "busy" and runs:
             print(f"{setting}: busy processes got {[r.get('busy_cpu_share') for r in runs]} of a CPU; "
                   f"threads {[r['machine']['threads'] for r in runs]}", file=sys.stderr)
-reference = max(speeds["default", "quiet"])
-print(f"{'setting':10} {'quiet best':>11} {'median':>9} {'busy best':>10} {'median':>9}  busy best / quiet default best")
+reference = max(speeds["torch", "quiet"])
+print(f"{'setting':10} {'quiet best':>11} {'median':>9} {'busy best':>10} {'median':>9}  busy best / quiet torch best")
 for setting in settings:
     quiet, busy = speeds[setting, "quiet"], speeds[setting, "busy"]
     print(f"{setting:10} {max(quiet):>11,.0f} {statistics.median(quiet):>9,.0f} {max(busy):>10,.0f} "

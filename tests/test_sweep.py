@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nmt.errors import NmtError
 from nmt.tools.sweep import aggregate, parse_grid, run_sweep
@@ -109,6 +110,36 @@ def test_a_failed_run_stops_a_parallel_sweep(repo, tmp_path, monkeypatch, sweep_
     with pytest.raises(NmtError, match="failed"):
         run_sweep(str(repo / "recipes/tiny.yaml"), grid, sweep_overrides, steps=2, out_dir=tmp_path / "s", jobs=2)
     assert len(started) < 6, "runs queued after the failure were cancelled"
+
+
+@pytest.mark.parametrize("recipe_threads, expected", [
+    ("auto", "share"),    # the default: jobs would count each other as load
+    ("null", "share"),    # torch's default in every job would oversubscribe the cores
+    ("1", None),          # a number in the recipe is kept (the run reads it from its recipe)
+])
+def test_parallel_jobs_get_their_share_of_the_cores(repo, tmp_path, monkeypatch, sweep_overrides,
+                                                     recipe_threads, expected):
+    import os
+
+    import nmt.tools.sweep as sweep
+
+    given = []
+
+    def fake_train(recipe_path, run, run_dir, log_path, threads=None, children=None):
+        given.append(threads)
+        raise NmtError("stop here")
+
+    monkeypatch.setattr(sweep, "_train_run", fake_train)
+    overrides = sweep_overrides + [f"train.num_threads={recipe_threads}"]  # tiny.yaml fixes 1
+    threads = torch.get_num_threads()  # a parallel sweep sets this process's threads to a job's share
+    try:
+        with pytest.raises(NmtError, match="stop here"):
+            run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu,gelu"], overrides, steps=2,
+                      out_dir=tmp_path / "s", jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    share = max(1, (os.cpu_count() or 2) // 2)
+    assert given and all(t == (share if expected == "share" else None) for t in given)
 
 
 def test_a_corrupt_sweep_json_or_an_out_dir_that_is_a_file_is_named(repo, tmp_path, sweep_overrides):

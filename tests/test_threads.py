@@ -100,6 +100,10 @@ def test_auto_after_torch_is_loaded_chooses_threads_only(monkeypatch):
 
 
 def test_num_threads_setting_is_checked(tiny_recipe):
+    from nmt.config import load_recipe
+
+    assert load_recipe(REPO / "recipes/fr-en.yaml").train.num_threads == "auto", "the default"
+    assert tiny_recipe("train.num_threads=null").train.num_threads is None  # torch's own choice
     assert tiny_recipe("train.num_threads=auto").train.num_threads == "auto"
     assert tiny_recipe("train.num_threads=2").train.num_threads == 2
     with pytest.raises(ConfigError, match="train.num_threads"):

@@ -22,9 +22,9 @@ the sweep); they write a checkpoint and stop, no further run starts, and the swe
 128 + the signal's number once they have ended: no training outlives the sweep.
 
 ``jobs`` > 1 trains that many runs at once, each with ``cpu_count // jobs`` torch threads (unless the
-recipe sets ``train.num_threads``): the small models of a sweep use one core better than two, so two
-one-thread runs on a 2-core CPU finish a grid sooner than one two-thread run at a time
-(docs/results.md).
+recipe sets ``train.num_threads`` to a number; ``auto`` would see the other jobs as load): the small
+models of a sweep use one core better than two, so two one-thread runs on a 2-core CPU finish a grid
+sooner than one two-thread run at a time (docs/results.md).
 The thread count changes no result (same data order, same seeds), only the wall time; use a step
 budget (``--steps``) rather than a time budget when running jobs side by side, so that every run
 sees the same number of updates whatever the machine's load.
@@ -386,7 +386,7 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
     _check_manifest(out, manifest)
     keys = [k for k, _ in grid]
     threads = None
-    if jobs > 1 and base.train.num_threads is None:
+    if jobs > 1 and not isinstance(base.train.num_threads, int):  # jobs would see each other as load
         threads = max(1, (os.cpu_count() or jobs) // jobs)
     if jobs > 1:
         import torch  # evaluation of finished runs shares this process: keep it to its share of cores
