@@ -14,10 +14,14 @@
 #                         valid BLEU among Marian's validations)
 #      THREADS            Marian's --cpu-threads (default 2: one worker per core; nmt runs torch's
 #                         default threads, 2 on a 2-core machine)
-#      MARIAN_BATCH       Marian's batching (default "--mini-batch 64 --maxi-batch 100 --maxi-batch-sort src")
+#      MARIAN_BATCH       Marian's batching (default "--mini-batch 16 --maxi-batch 100 --maxi-batch-sort src":
+#                         the fastest of 8-256 sentences and 1,000 words on a 2-core CPU, docs/results.md)
 #      SHORTLIST          translations per source subword in both toolkits' shortlists (default 10)
 #      FREQUENT           most frequent target subwords always in them (default 100, nmt's default)
 #      LINES              decode only the first LINES test pairs (a smoke test; default all 2,088)
+#      PEERS              the JoeyNMT peer directory (setup.sh, model-60min): when set, each round
+#                         also decodes with JoeyNMT 2.3.0's 60-minute model (batches of 64), so the three
+#                         toolkits see the same machine; JOEY_VENV as for scripts/compare_joeynmt.sh
 #
 # Marian's modes: float32 over the full vocabulary; float32 with its lexical shortlist
 # (--shortlist lex.s2t FREQUENT SHORTLIST 0); the same with int8 matrix products, FBGEMM's on-the-fly
@@ -39,7 +43,7 @@ ROUNDS="${3:-3}"
 OUT_JSON="${4:-compare-marian.json}"
 MARIAN_VENV="${MARIAN_VENV:-$HOME/venvs/marian}"
 THREADS="${THREADS:-2}"
-MARIAN_BATCH="${MARIAN_BATCH:---mini-batch 64 --maxi-batch 100 --maxi-batch-sort src}"
+MARIAN_BATCH="${MARIAN_BATCH:---mini-batch 16 --maxi-batch 100 --maxi-batch-sort src}"
 SHORTLIST="${SHORTLIST:-10}"
 FREQUENT="${FREQUENT:-100}"
 case "${MARIAN_CHECKPOINT:-final}" in
@@ -54,6 +58,10 @@ NMT="$(command -v nmt)" || { echo "compare_marian.sh: no nmt command; activate n
 NMT_PYTHON="$(dirname "$NMT")/python"
 WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
 [ -x "$MARIAN_VENV/bin/pymarian" ] || MARIAN_VENV="$MARIAN_VENV" "$HERE/scripts/marian_setup.sh" > "$WORK/setup.log" 2>&1
+if [ -n "${PEERS:-}" ]; then
+  PEERS="$(cd "$PEERS" && pwd)"; JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
+  [ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/joey-setup.log" 2>&1
+fi
 
 # The test split both toolkits decode (the first LINES pairs if given); the training pairs for the lexicon.
 mkdir -p "$WORK/data"
@@ -93,6 +101,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for beam in 5 1; do
     COMMON="$VOCABS --cpu-threads $THREADS $MARIAN_BATCH --beam-size $beam --normalize 0"
     [ "$beam" = 1 ] && COMMON="$COMMON --skip-cost"
+    if [ -n "${PEERS:-}" ]; then
+      ( DATA_DIR="$WORK/data" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" "$beam" 64 \
+          > "$WORK/joey-beam$beam.r$round.txt" 2> "$WORK/joey-beam$beam.r$round.log" ) \
+        || echo "JoeyNMT failed (beam $beam); see $WORK/joey-beam$beam.r$round.log" >&2
+    fi
     for mode in "float32|-m $MODEL" "float32-shortlist|-m $MODEL $SL" \
                 "int8-shortlist|-m $MODEL --gemm-type $PACKED8 $SL"; do
       name="${mode%%|*}"
@@ -116,7 +129,18 @@ work, out, model, run_dir = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.arg
 MARIAN = ("float32", "float32-shortlist", "int8-shortlist")
 NMT = ("float32", "bf16-shortlist")
 table = {}
+
+def joey(path):  # decode.sh prints decode.py's JSON line, then sacrebleu's BLEU and chrF scores
+    lines = [l.strip().rstrip(",") for l in path.read_text().split("\n")]
+    info = json.loads(next(l for l in lines if l.startswith("{")))
+    scores = [float(l) for l in lines if l and not l.startswith("{") and l not in ("[", "]")]
+    return info["sent_per_s"], scores[0], scores[1]
+
 for beam in (5, 1):
+    joey_runs = [joey(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt")) if p.stat().st_size]
+    if joey_runs:
+        table[f"joeynmt beam {beam}"] = {"sent_per_s": [r[0] for r in joey_runs], "bleu": joey_runs[0][1],
+                                          "chrf": joey_runs[0][2], "sentences": None, "cpu_per_wall": None}
     for tool, modes in (("marian", MARIAN), ("nmt", NMT)):
         for name in modes:
             runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"{tool}-beam{beam}-{name}.r*.json"))]
@@ -132,7 +156,8 @@ for beam in (5, 1):
     marian = [table[f"marian beam {beam} {n}"]["sent_per_s"] for n in MARIAN if f"marian beam {beam} {n}" in table]
     fastest_best = max((max(r) for r in marian), default=float("nan"))
     fastest_median = max((statistics.median(r) for r in marian), default=float("nan"))
-    for key in [f"marian beam {beam} {n}" for n in MARIAN] + [f"nmt beam {beam} {n}" for n in NMT]:
+    keys = [f"marian beam {beam} {n}" for n in MARIAN] + [f"nmt beam {beam} {n}" for n in NMT]
+    for key in ([f"joeynmt beam {beam}"] if f"joeynmt beam {beam}" in table else []) + keys:
         if key not in table:
             print(f"{key:36} failed (logs in {work})")
             continue

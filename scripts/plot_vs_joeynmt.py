@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Valid BLEU over training wall time: an nmt run beside JoeyNMT 2.3.0's 60-minute run.
 
-    python scripts/plot_vs_joeynmt.py RUN_DIR OUT.png
+    python scripts/plot_vs_joeynmt.py RUN_DIR [RUN_DIR ...] OUT.png
+
+Several runs (e.g. a 10-minute and a 30-minute one) give one curve each.
 
 JoeyNMT's figures are those its RESULTS.md lists (in the JoeyNMT peer directory, 60-minute
 run of config-sent64.yaml on this machine: greedy dev BLEU every 1,000 updates, 9,037 updates in
@@ -22,14 +24,16 @@ JOEY_BLEU = [3.1, 19.9, 30.4, 35.7, 38.3, 40.3, 42.4, 44.7, 43.9]
 JOEY_SECONDS_PER_STEP = 3600 / 9037
 
 
-def main(run_dir: str, out: str) -> None:
-    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines() if line.strip()]
-    valid = [r for r in records if r.get("kind") == "valid"]
+def main(run_dirs: list[str], out: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot([s * JOEY_SECONDS_PER_STEP / 60 for s in JOEY_STEPS], JOEY_BLEU, "o-", color="0.5",
             label="JoeyNMT 2.3.0, its RESULTS.md (dev, greedy, all 2,020 sentences)")
-    ax.plot([r["time"] / 60 for r in valid], [r["bleu"] for r in valid], "o-", color="tab:blue",
-            label=f"nmt {Path(run_dir).name} (valid, greedy, {valid[0]['sentences'] if valid else '?'} sentences)")
+    for run_dir in run_dirs:
+        lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+        valid = [r for r in map(json.loads, filter(str.strip, lines)) if r.get("kind") == "valid"]
+        sentences = valid[0].get("sentences", "?") if valid else "?"
+        ax.plot([r["time"] / 60 for r in valid], [r["bleu"] for r in valid], "o-",
+                label=f"nmt {Path(run_dir).name} (valid, greedy, {sentences} sentences)")
     ax.set_xlabel("training wall time (minutes, validation included)")
     ax.set_ylabel("BLEU")
     ax.set_title("Tatoeba fr→en, GRU + Bahdanau attention, 2-core CPUs")
@@ -41,4 +45,6 @@ def main(run_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if len(sys.argv) < 3:
+        sys.exit("usage: plot_vs_joeynmt.py RUN_DIR [RUN_DIR ...] OUT.png")
+    main(sys.argv[1:-1], sys.argv[-1])
