@@ -67,11 +67,11 @@ def _cmd_train(args) -> int:
     from nmt.config import load_recipe
     from nmt.training.threads import prepare
 
+    recipe = load_recipe(args.recipe, args.overrides)
     # before torch is loaded: train.num_threads auto may choose OpenMP's wait policy
-    prepare(load_recipe(args.recipe, args.overrides).train.num_threads)
-    from nmt.training.loop import load_training_recipe, train
+    prepare(recipe.train.num_threads)
+    from nmt.training.loop import train  # train() checks the model section and the stop criteria
 
-    recipe = load_training_recipe(args.recipe, args.overrides)
     if args.init_from is not None:
         recipe.train.init_from = args.init_from
     if args.init_checkpoint is not None:

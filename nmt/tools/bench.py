@@ -246,20 +246,19 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
         f"train.max_steps={total}", "train.log_every=1", f"train.valid_every={10 * total + 1}",
         "train.valid_max_sentences=16", "train.plot_sentences=0", "train.budget_minutes=null",
         "train.max_epochs=null", "train.patience=null"]
-    num_threads = load_recipe(recipe_path, run_overrides).train.num_threads  # a bad recipe fails here
+    recipe = load_recipe(recipe_path, run_overrides)  # a bad recipe fails here
     main = int(os.environ.get("RANK", "0") or 0) == 0
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with BusyProcesses(beside_busy if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 else 0,
                        busy_kind) as busy:
         # after the busy processes started, before torch is loaded: num_threads auto sees them
         # and may still choose OpenMP's wait policy
-        threads = prepare(num_threads)
-        from nmt.training.loop import load_training_recipe, train
+        threads = prepare(recipe.train.num_threads)
+        from nmt.training.loop import train  # train() checks the model section and the stop criteria
 
-        recipe = load_training_recipe(recipe_path, run_overrides)
         with _scratch_dir() as tmp:
             start = time.perf_counter()
-            summary = train(recipe, run_dir=tmp / "run")
+            summary = train(recipe, run_dir=tmp / "run", recipe_path=recipe_path)
             wall = time.perf_counter() - start
             if not main:
                 return None

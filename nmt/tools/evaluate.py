@@ -221,11 +221,10 @@ _MODES = ("nmt evaluate needs one of two argument sets:\n"
           "      translate a split of the run's corpus, then score it")
 
 
-def _command_line(run_dir, split, checkpoint, metrics, precision="float32",
+def _command_line(run_dirs: Sequence[str | os.PathLike], split, checkpoint, metrics, precision="float32",
                   decode: Mapping[str, Any] | None = None) -> str:
     """The equivalent command line (for the record written into the run)."""
-    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
-    parts = ["nmt", "evaluate", *map(str, runs), "--split", split, "--checkpoint", checkpoint]
+    parts = ["nmt", "evaluate", *map(str, run_dirs), "--split", split, "--checkpoint", checkpoint]
     for name, value in (decode or {}).items():
         if isinstance(value, bool):  # a yes/no option takes no value: --sample / --no-sample
             parts.append(decode_flag(name) if value else "--no-" + decode_flag(name)[2:])

@@ -293,12 +293,7 @@ def translate_cli(args) -> int:
 
         state = distributed_state()
         world, rank, main = state.num_processes, state.process_index, state.is_main_process
-    decode = decode_arguments(args)  # checked before the run is loaded
-    reference = args.score_reference
-    if reference and args.n_best:
-        raise NmtError("--score-reference and --n-best exclude each other")
-    if reference and args.alignments:
-        raise NmtError("--score-reference and --alignments exclude each other")
+    decode, reference = _decode_and_reference(args)
     if onnx:
         translator = _onnx_translator(args)
     else:
@@ -382,6 +377,17 @@ def translate_cli(args) -> int:
         if world > 1:
             _close_process_group()
     return 0
+
+
+def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
+    """The decode flags and ``--score-reference``, checked before any run is loaded."""
+    decode = decode_arguments(args)
+    reference = args.score_reference
+    if reference and args.n_best:
+        raise NmtError("--score-reference and --n-best exclude each other")
+    if reference and args.alignments:
+        raise NmtError("--score-reference and --alignments exclude each other")
+    return decode, reference
 
 
 def _run_dirs(args) -> list[str]:
@@ -541,8 +547,6 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init() -> None:
     """Ctrl-C signals the whole process group: the main process alone handles it and stops the workers."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -599,12 +603,7 @@ def _translate_with_workers(args, workers: int) -> int:
         raise NmtError("--workers starts its own processes: run it as one command, without torchrun "
                        "or accelerate launch")
     onnx = args.engine == "onnx"
-    decode = decode_arguments(args)
-    reference = args.score_reference
-    if reference and args.n_best:
-        raise NmtError("--score-reference and --n-best exclude each other")
-    if reference and args.alignments:
-        raise NmtError("--score-reference and --alignments exclude each other")
+    decode, reference = _decode_and_reference(args)
     if onnx:
         _refuse_torch_only_options(args)
     nbest_format = args.n_best is not None

@@ -31,7 +31,15 @@ from typing import Any
 import torch
 
 from nmt.atomic import append_line, atomic_write_json, atomic_write_text
-from nmt.config import Recipe, check_stops, load_recipe, read_yaml_file, recipe_from_dict, resolved_run_dir
+from nmt.config import (
+    Recipe,
+    TrainConfig,
+    check_stops,
+    load_recipe,
+    read_yaml_file,
+    recipe_from_dict,
+    resolved_run_dir,
+)
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import (
     CHECKPOINT_DIR,
@@ -166,11 +174,16 @@ def _io_error(exc: OSError, run_dir: Path) -> NmtError:
     return NmtError(f"training stopped: {what}: {where}. {kept}")
 
 
-def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
+def _saved_recipe(run_dir: Path) -> Recipe | None:
+    """The recipe a run directory was trained with (its recipe.yaml), if it has one."""
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
-        return
-    saved = recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
+        return None
+    return recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
+
+
+def _check_resume_recipe(saved: Recipe, recipe: Recipe) -> None:
+    """``--resume`` with a recipe whose frozen sections equal the run's ``saved`` recipe."""
     # model.kernels picks implementations, not weights: a run may resume under the other setting
     saved.model.kernels = recipe.model.kernels
     for section in _FROZEN_ON_RESUME:
@@ -245,13 +258,10 @@ def init_source(recipe: Recipe, run_dir: Path) -> InitSource:
     return InitSource(source.resolve(), t.init_checkpoint, weights, record)
 
 
-def _resume_init_from(run_dir: Path, recipe: Recipe) -> None:
+def _resume_init_from(run_dir: Path, saved: TrainConfig, recipe: Recipe) -> None:
     """On ``--resume`` the run continues from its own checkpoint: ``train.init_from`` is what it was
-    started from (kept in recipe.yaml when the recipe given now does not say), never re-applied."""
-    saved_file = run_dir / "recipe.yaml"
-    if not saved_file.is_file():
-        return
-    saved = recipe_from_dict(read_yaml_file(saved_file), str(saved_file)).train
+    started from (``saved``, the train section of its recipe.yaml, when the recipe given now does
+    not say), never re-applied."""
     given = recipe.train.init_from
     if given is None:
         recipe.train.init_from, recipe.train.init_checkpoint = saved.init_from, saved.init_checkpoint
@@ -392,9 +402,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     try:
         if main:
             preflight_run_dir(run_dir, resume, need_bytes=256 * 2**20)
-            if resume:
-                _check_resume_recipe(run_dir, recipe)
-                _resume_init_from(run_dir, recipe)
+            saved = _saved_recipe(run_dir) if resume else None
+            if saved is not None:
+                _check_resume_recipe(saved, recipe)
+                _resume_init_from(run_dir, saved.train, recipe)
         return _train(recipe, run_dir, resume, accelerator, trackers, init)
     except OSError as exc:
         raise _io_error(exc, run_dir) from None
