@@ -299,10 +299,20 @@ def test_shortlist_needs_one_lexicon_in_every_run(runs, tmp_path, capsys):
     assert out.read_text(encoding="utf-8").splitlines() == ensemble.translate(LINES, shortlist=5)
     assert ensemble.lexicon is not None
 
-    lexicon = Lexicon.load(b / LEXICON_FILE)  # b's lexicon rebuilt: same tables, another file
+    lexicon = Lexicon.load(b / LEXICON_FILE)  # b's lexicon rebuilt: same tables, another build time
     lexicon.metadata["seconds"] = "12345.0"
     lexicon.save(b / LEXICON_FILE)
+    assert (a / LEXICON_FILE).read_bytes() != (b / LEXICON_FILE).read_bytes()
+    shared = Translator.load([a, b], device="cpu")
+    shared.decode_options(shortlist=5)
+    assert shared.lexicon is not None  # still one lexicon
     capsys.readouterr()
+    assert main(["translate", str(a), str(b), "-i", str(tmp_path / "in.txt"), "-o", str(out),
+                 "--shortlist", "5"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == ensemble.translate(LINES, shortlist=5)
+
+    lexicon.top_probs[0] = lexicon.top_probs[0].flip(0)  # other tables: refused
+    lexicon.save(b / LEXICON_FILE)
     assert main(["translate", str(a), str(b), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "x.txt"),
                  "--shortlist", "5"]) == 2  # asked for explicitly: refused
     err = capsys.readouterr().err

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,9 @@ from torch import Tensor, nn
 from nmt.errors import NmtError
 from nmt.model.decoder import DecoderState, Memory
 from nmt.model.encoder import EncoderOutput
+
+if TYPE_CHECKING:
+    from nmt.inference.shortlist import Lexicon
 
 __all__ = ["Ensemble", "check_compatible"]
 
@@ -200,20 +203,23 @@ def check_compatible(runs: Sequence[tuple[str | os.PathLike, object, object]]) -
                            "read the same source ids")
 
 
-def shared_lexicon(run_dirs: Sequence[str | os.PathLike]) -> tuple[Path | None, str]:
-    """The lexicon file every run holds byte for byte (its path in the first run), or
-    ``(None, why not)``: a shortlist needs one lexicon for the ensemble's one target vocabulary."""
-    import hashlib
+def shared_lexicon(run_dirs: Sequence[str | os.PathLike]) -> tuple[Lexicon | None, str]:
+    """The lexicon every run holds, or ``(None, why not)``: a shortlist
+    needs one lexicon for the ensemble's one target vocabulary.
 
-    from nmt.inference.shortlist import LEXICON_FILE
+    The tables are compared, not the files: runs trained on the same data build the same tables, but
+    each file records its own build time."""
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon
 
-    digests = {}
+    first = None
     for run_dir in run_dirs:
         path = Path(run_dir) / LEXICON_FILE
         if not path.is_file():
             return None, f"{run_dir} has no {LEXICON_FILE} (`nmt shortlist {run_dir}` builds one)"
-        digests[str(run_dir)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if len(set(digests.values())) > 1:
-        return None, (f"the runs' {LEXICON_FILE} files differ ("
-                      + ", ".join(f"{run} sha256 {d[:12]}..." for run, d in digests.items()) + ")")
-    return Path(run_dirs[0]) / LEXICON_FILE, ""
+        lexicon = Lexicon.load(path)
+        if first is None:
+            first = (run_dir, lexicon)
+        elif not lexicon.same_tables(first[1]):
+            return None, (f"the {LEXICON_FILE} tables of {first[0]} and {run_dir} differ (built from "
+                          "other data or settings)")
+    return first[1], ""

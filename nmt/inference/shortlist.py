@@ -195,6 +195,12 @@ class Lexicon:
                 "links": str(links.size), "seconds": f"{seconds:.1f}"}
         return cls(top_ids, top_probs, by_frequency, meta)
 
+    def same_tables(self, other: "Lexicon") -> bool:
+        """The same translations, probabilities and frequency order (the metadata may differ)."""
+        return all(a.shape == b.shape and torch.equal(a, b) for a, b in (
+            (self.top_ids, other.top_ids), (self.top_probs, other.top_probs),
+            (self.by_frequency, other.by_frequency)))
+
     def merged(self, other: "Lexicon") -> "Lexicon":
         """This lexicon's translations of each source id, then ``other``'s that it lacks (up to the
         larger ``keep``); the frequency order alternates between the two, each id at its first

@@ -181,14 +181,14 @@ class Translator:
             if self.run_dir is None:
                 raise NmtError("a shortlist needs a lexicon: pass Translator(..., lexicon=...) or load "
                                "the translator from its run directory")
-            path = self.run_dir / LEXICON_FILE
             if len(self.run_dirs) > 1:
-                path, why = shared_lexicon(self.run_dirs)
-                if path is None:
+                self.lexicon, why = shared_lexicon(self.run_dirs)
+                if self.lexicon is None:
                     raise NmtError(f"--shortlist with an ensemble needs the same lexicon in every run: {why}; "
                                    f"copy one run's {LEXICON_FILE} into the others (the runs share their "
                                    "tokenizers) or decode without --shortlist")
-            self.lexicon = Lexicon.load(path)
+            else:
+                self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
         return self.lexicon
 
     # ---------------------------------------------------------------------------- the steps
