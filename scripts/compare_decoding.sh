@@ -43,22 +43,17 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$OUT_JSON" <<'PY'
+python3 - "$WORK" "$OUT_JSON" "$HERE/scripts" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 work, out = Path(sys.argv[1]), sys.argv[2]
-
-def joey(path):
-    lines = path.read_text().split("\n")
-    info = json.loads(next(l for l in lines if l.startswith("{")))
-    numbers = [l.strip().rstrip(",") for l in lines
-               if l.strip() and not l.startswith("{") and l.strip() not in ("[", "]")]
-    return info["sent_per_s"], float(numbers[0])
+sys.path.insert(0, sys.argv[3])
+import joeynmt_result
 
 table = {}
 for beam in (5, 1):
-    joey_runs = [joey(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]
-    table[f"joeynmt beam {beam}"] = {"sent_per_s": [s for s, _ in joey_runs], "bleu": joey_runs[0][1]}
+    joey_runs = [joeynmt_result.read(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]
+    table[f"joeynmt beam {beam}"] = {"sent_per_s": [r[0] for r in joey_runs], "bleu": joey_runs[0][1]}
     for name in ("float32", "bf16", "int8", "bf16-shortlist"):
         runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"nmt-beam{beam}-{name}.r*.json"))]
         table[f"nmt beam {beam} {name}"] = {"sent_per_s": [r["sentences_per_s"] for r in runs],

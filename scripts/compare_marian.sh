@@ -122,22 +122,18 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$OUT_JSON" "$MODEL" "$RUN_DIR" <<'PY'
+python3 - "$WORK" "$OUT_JSON" "$MODEL" "$RUN_DIR" "$HERE/scripts" <<'PY'
 import json, statistics, sys, time
 from pathlib import Path
 work, out, model, run_dir = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+sys.path.insert(0, sys.argv[5])
+import joeynmt_result
 MARIAN = ("float32", "float32-shortlist", "int8-shortlist")
 NMT = ("float32", "bf16-shortlist")
 table = {}
 
-def joey(path):  # decode.sh prints decode.py's JSON line, then sacrebleu's BLEU and chrF scores
-    lines = [l.strip().rstrip(",") for l in path.read_text().split("\n")]
-    info = json.loads(next(l for l in lines if l.startswith("{")))
-    scores = [float(l) for l in lines if l and not l.startswith("{") and l not in ("[", "]")]
-    return info["sent_per_s"], scores[0], scores[1]
-
 for beam in (5, 1):
-    joey_runs = [joey(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt")) if p.stat().st_size]
+    joey_runs = [joeynmt_result.read(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt")) if p.stat().st_size]
     if joey_runs:
         table[f"joeynmt beam {beam}"] = {"sent_per_s": [r[0] for r in joey_runs], "bleu": joey_runs[0][1],
                                           "chrf": joey_runs[0][2], "sentences": None, "cpu_per_wall": None}
