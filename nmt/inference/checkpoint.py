@@ -29,7 +29,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -313,6 +313,11 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {which} not found (use best, last, avg or a path)")
     return path
+
+
+def as_run_dirs(run_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """One run directory or several (an ensemble) as a list: a path alone is one run."""
+    return [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
 
 
 def load_run_recipe(run_dir: str | os.PathLike):

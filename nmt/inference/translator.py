@@ -125,15 +125,14 @@ class Translator:
         ``kernels`` (``auto`` | ``reference``) replaces the recipe's ``model.kernels``: ``reference``
         searches with the plain equations only.
         """
-        from nmt.inference.checkpoint import load_run
+        from nmt.inference.checkpoint import as_run_dirs, load_run
 
-        if not isinstance(run_dir, (str, os.PathLike)):
-            runs = list(run_dir)
-            if len(runs) > 1:
-                return cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
-            if not runs:
-                raise NmtError("Translator.load: no run directory given")
-            run_dir = runs[0]
+        runs = as_run_dirs(run_dir)
+        if len(runs) > 1:
+            return cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+        if not runs:
+            raise NmtError("Translator.load: no run directory given")
+        run_dir = runs[0]
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
                    precision=precision, run_dir=run_dir, copy_model=False)

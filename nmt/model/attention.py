@@ -55,7 +55,6 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt import kernels

@@ -87,7 +87,6 @@ class BusyProcesses:
         self.cpu_seconds: list[float | None] = []
 
     def __enter__(self) -> "BusyProcesses":
-        import os
         import subprocess
         import sys
 
@@ -140,7 +139,6 @@ class BusyProcesses:
 
 
 def _launched() -> bool:
-    import os
 
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
@@ -150,7 +148,6 @@ def peak_rss_mib() -> float:
 
 
 def _machine() -> dict[str, Any]:
-    import os
 
     import torch
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -232,7 +229,6 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
                 busy_kind: str = "spin") -> dict[str, Any] | None:
     """Training throughput of a recipe (see the module docstring); None in the processes of a
     torchrun launch other than the main one."""
-    import os
 
     from nmt.config import load_recipe
     from nmt.training.threads import prepare
@@ -290,7 +286,6 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
 def _scratch_dir() -> Iterator[Path]:
     """A temporary directory; under torchrun one shared by the processes of the launch (named by
     its run id), removed by the main process."""
-    import os
     import shutil
 
     if not _launched():
@@ -352,7 +347,6 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     settings = translator.recipe.decode = translator.recipe.decode.updated(decode, label=label)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
-    import os
 
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with BusyProcesses(beside_busy, busy_kind) as busy:
@@ -377,7 +371,9 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
 
 def _runs_label(run_dir) -> str:
     """A run directory, or an ensemble's run directories joined by ``+``."""
-    return str(run_dir) if isinstance(run_dir, (str, os.PathLike)) else "+".join(map(str, run_dir))
+    from nmt.inference.checkpoint import as_run_dirs
+
+    return "+".join(map(str, as_run_dirs(run_dir)))
 
 
 def bench_cli(args) -> int:

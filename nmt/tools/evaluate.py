@@ -237,9 +237,9 @@ def _command_line(run_dirs: Sequence[str | os.PathLike], split, checkpoint, metr
 
 def evaluate_cli(args) -> int:
     """``nmt evaluate``: see the module docstring for the two modes. Returns the exit code."""
-    run_dir, hyp, refs = args.run_dir, args.hyp, list(args.ref)
-    if isinstance(run_dir, (str, os.PathLike)):  # a namespace built by a caller may hold one path
-        run_dir = [run_dir]
+    from nmt.inference.checkpoint import as_run_dirs
+
+    run_dir, hyp, refs = as_run_dirs(args.run_dir), args.hyp, list(args.ref)
     split, checkpoint, as_json, metrics_arg = args.split, args.checkpoint, args.json, args.metrics
 
     if run_dir and (hyp or refs):

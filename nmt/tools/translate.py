@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 from nmt.config import decode_arguments, decode_flag_label
 from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
+from nmt.inference.checkpoint import as_run_dirs
 from nmt.inference.sources import WarningCounter
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ def translate_cli(args) -> int:
     else:
         from nmt.inference.translator import Translator
 
-        translator = Translator.load(_run_dirs(args), args.checkpoint, quantize=args.quantize,
+        translator = Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
                                      precision=args.precision, kernels=args.kernels)
     translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
     if not main:
@@ -390,17 +391,12 @@ def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
     return decode, reference
 
 
-def _run_dirs(args) -> list[str]:
-    """The run directories given (the parser gives a list; a caller's namespace may hold one path)."""
-    return [args.run_dir] if isinstance(args.run_dir, (str, os.PathLike)) else list(args.run_dir)
-
-
 def _onnx_translator(args, threads: int | None = None):
     """The onnxruntime translator of an export directory; options only the PyTorch model has are refused."""
     _refuse_torch_only_options(args)
     from nmt.inference.onnx_translator import OnnxTranslator
 
-    return OnnxTranslator.load(_run_dirs(args)[0], threads=threads)
+    return OnnxTranslator.load(as_run_dirs(args.run_dir)[0], threads=threads)
 
 
 def _refuse_torch_only_options(args) -> None:
@@ -412,7 +408,7 @@ def _refuse_torch_only_options(args) -> None:
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
                        "float32 model); translate the run directory with --engine torch instead")
-    exports = _run_dirs(args)
+    exports = as_run_dirs(args.run_dir)
     if len(exports) > 1:
         raise NmtError(f"--engine onnx translates with one export directory, got {len(exports)}; ensembles "
                        "run on the run directories with --engine torch")
@@ -607,7 +603,7 @@ def _translate_with_workers(args, workers: int) -> int:
     if onnx:
         _refuse_torch_only_options(args)
     nbest_format = args.n_best is not None
-    spec = {"engine": args.engine, "run_dirs": [str(d) for d in _run_dirs(args)], "checkpoint": args.checkpoint,
+    spec = {"engine": args.engine, "run_dirs": [str(d) for d in as_run_dirs(args.run_dir)], "checkpoint": args.checkpoint,
             "quantize": args.quantize, "precision": args.precision, "kernels": args.kernels,
             "decode": decode, "n_best": args.n_best if nbest_format else 1, "nbest_format": nbest_format,
             "alignments": args.alignments}
