@@ -154,8 +154,8 @@ class Translator:
                          precision=precision, run_dir=runs[0], copy_model=False)
         translator.run_dirs = [Path(run) for run in runs]
         if recipe.decode.shortlist:
-            lexicon, why = shared_lexicon(translator.run_dirs)
-            if lexicon is None:  # the first run's recipe asked for it, not the user: decode without
+            translator.lexicon, why = shared_lexicon(translator.run_dirs)
+            if translator.lexicon is None:  # the first run's recipe asked for it, not the user: decode without
                 translator.warn("ensemble shortlist", f"decoding without the shortlist of {runs[0]}'s "
                                 f"recipe: {why}; an ensemble's shortlist needs one lexicon in every run")
                 recipe.decode.shortlist = 0

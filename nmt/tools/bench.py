@@ -139,7 +139,6 @@ class BusyProcesses:
 
 
 def _launched() -> bool:
-
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
@@ -148,7 +147,6 @@ def peak_rss_mib() -> float:
 
 
 def _machine() -> dict[str, Any]:
-
     import torch
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
