@@ -285,3 +285,12 @@ def test_report_as_json_and_text(tmp_path):
     for part in ("split", "train", "vocabulary", "languages", "findings"):
         assert part in text
     assert text.rstrip().endswith("ok")
+
+
+def test_an_empty_training_split_is_an_error(tmp_path):
+    root = _corpus(tmp_path, [("", "Rien."), ("Nothing.", "")], _tiny("valid"), _tiny("test"))
+    report = check_corpus(_recipe(tmp_path, root))
+    assert not report.ok
+    assert report.split("train").dropped == {"empty side": 2}
+    assert any(level == "error" and m.startswith("train: no pairs after filtering")
+               for level, m in report.findings)

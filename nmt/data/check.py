@@ -419,7 +419,10 @@ def _findings(recipe: Recipe, report: CorpusReport) -> list[tuple[str, str]]:
 def _split_findings(recipe: Recipe, report: CorpusReport) -> list[tuple[str, str]]:
     out = []
     for s in report.splits:
-        if s.split != "train" and s.pairs < MIN_EVAL_PAIRS:
+        if s.pairs == 0:
+            out.append(("error", f"{s.split}: no pairs{' after filtering' if s.split == 'train' else ''}"
+                        f" ({s.source}); training refuses an empty split"))
+        elif s.split != "train" and s.pairs < MIN_EVAL_PAIRS:
             fix = ("raise data.split_permille (e.g. --set data.split_permille.valid=50 --set "
                    "data.split_permille.test=50 for 5% each)" if report.deterministic_split
                    else f"add pairs to {s.source}")
