@@ -654,6 +654,29 @@ def load_corpus(cfg: DataConfig, splits: Sequence[str] = SPLITS, verbose: bool =
     Each dataset has string columns ``src`` and ``tgt``. Raises :class:`DataError` for missing files,
     malformed lines (with file and line number) and splits that are empty after filtering.
     """
+    parts, described = load_cleaned_splits(cfg, splits, verbose)
+    out = {}
+    with quiet_datasets(verbose):
+        for split in splits:
+            ds = parts[split]
+            if split == "train":
+                ds, _ = filter_train(ds, cfg, described[split])
+            if len(ds) == 0:
+                raise DataError(f"{described[split]}: the {split} split is empty"
+                                f"{' after filtering' if split == 'train' else ''}; check the file "
+                                "(and data.columns, data.split_permille, data.max_train_pairs)")
+            out[split] = ds
+    return out
+
+
+def load_cleaned_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS,
+                        verbose: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """The splits cleaned and (if needed) split, before the training filter of :func:`load_corpus`.
+
+    Returns ``({split: Dataset}, {split: description})``; a description names the file (and says
+    ``deterministic split`` for an unsplit corpus). ``nmt data check`` reads this to count what the
+    training filter drops.
+    """
     if cfg.format not in _SOURCES:
         raise ConfigError(f"data.format: got {cfg.format!r}, expected one of {', '.join(_SOURCES)}")
     if cfg.format in ("tsv", "text", "jsonl") and not cfg.path:
@@ -677,27 +700,21 @@ def load_corpus(cfg: DataConfig, splits: Sequence[str] = SPLITS, verbose: bool =
             parts = {s: _clean(ds, specs, cfg, with_bucket=False, desc=desc)
                      for s, (ds, specs, desc) in sources.items()}
             described = {s: desc for s, (_, _, desc) in sources.items()}
-        out = {}
-        for split in splits:
-            ds = parts[split]
-            if split == "train":
-                ds = _filter_train(ds, cfg, described[split])
-            if len(ds) == 0:
-                raise DataError(f"{described[split]}: the {split} split is empty"
-                                f"{' after filtering' if split == 'train' else ''}; check the file "
-                                "(and data.columns, data.split_permille, data.max_train_pairs)")
-            out[split] = ds
-    return out
+    return parts, described
 
 
-def _filter_train(ds, cfg: DataConfig, desc: str):
+def filter_train(ds, cfg: DataConfig, desc: str) -> tuple[Any, dict[str, int]]:
+    """The training filter of :func:`load_corpus`: drop pairs with an empty side, then keep the
+    first ``data.max_train_pairs``. Returns the dataset and ``{rule: pairs dropped}``."""
     before = len(ds)
     ds = keep_rows(ds, "nonempty", "dropping empty pairs")
-    dropped = before - len(ds)
-    if dropped:
-        logger.info("%s: dropped %d of %d training pairs with an empty side", desc, dropped, before)
+    dropped = {"empty side": before - len(ds)}
+    if dropped["empty side"]:
+        logger.info("%s: dropped %d of %d training pairs with an empty side", desc,
+                    dropped["empty side"], before)
     if cfg.max_train_pairs is not None and len(ds) > cfg.max_train_pairs:
         logger.info("%s: keeping the first %d of %d training pairs (data.max_train_pairs)", desc,
                     cfg.max_train_pairs, len(ds))
+        dropped["data.max_train_pairs"] = len(ds) - cfg.max_train_pairs
         ds = ds.select(range(cfg.max_train_pairs))
-    return ds
+    return ds, dropped
