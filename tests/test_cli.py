@@ -169,8 +169,8 @@ def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
     (["--greedy", "--beam", "3"], "--greedy means beam 1"),
     (["--sample", "--beam", "3"], "--sample/decode.sample: sampling draws one token at a time and excludes "
                                   "beam search (--beam/decode.beam 3)"),
-    (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be > 0"),
-    (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be <= 1"),
+    (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be in (0, 1]"),
+    (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be in (0, 1]"),
     (["--sample", "--temperature", "0"], "--temperature/decode.temperature: got 0.0, must be > 0"),
     (["--sample", "--temperature", "-0.5"], "--temperature/decode.temperature: got -0.5, must be > 0"),
 ])
