@@ -27,6 +27,7 @@ thread, so concurrent requests neither oversubscribe the CPU threads nor queue w
 request gets a 4xx JSON answer ``{"error": message, "details": [...]}``, never a 500.
 """
 import asyncio
+import functools
 import ipaddress
 import json
 import math
@@ -331,31 +332,69 @@ def _result_json(result, self_attention, job: _Job) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- requests
 
+#: the ``decode`` settings a request may give, with their request defaults (None: the run's recipe);
+#: type, range and description come from :class:`~nmt.config.DecodeConfig`
+REQUEST_DECODE: dict[str, Any] = {"beam": None, "n_best": 1, "length_penalty": None, "shortlist": None}
+
+_BOUNDS = {"min": "ge", "above": "gt", "max": "le", "below": "lt"}
+
+
+def _decode_fields() -> dict[str, tuple[Any, Any]]:
+    """The request fields of :data:`REQUEST_DECODE`, built from the decode schema's fields."""
+    import dataclasses
+    import typing
+
+    from pydantic import Field
+
+    from nmt.config import DecodeConfig
+
+    hints = typing.get_type_hints(DecodeConfig)
+    fields = {}
+    for f in dataclasses.fields(DecodeConfig):
+        if f.name not in REQUEST_DECODE:
+            continue
+        default = REQUEST_DECODE[f.name]
+        bounds = {_BOUNDS[key]: f.metadata[key] for key in _BOUNDS if key in f.metadata}
+        text = f.metadata["help"] + (" (default: the run's recipe)" if default is None else "")
+        annotation = hints[f.name] if default is not None else typing.Optional[hints[f.name]]
+        fields[f.name] = (annotation, Field(default, description=text, **bounds))
+    return fields
+
+
+@functools.lru_cache(maxsize=None)
 def _request_model():
-    from pydantic import BaseModel, ConfigDict, Field
+    """The pydantic model of ``POST /api/translate`` (one class, built on first use)."""
+    from pydantic import ConfigDict, Field, create_model
 
-    class TranslateRequest(BaseModel):
-        """A translation request: ``text`` or ``texts``, and search options."""
-
-        model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False,
-                                  protected_namespaces=())
-
-        text: str | None = Field(None, description="one sentence (give this or texts)")
-        texts: list[str] | None = Field(None, description="several sentences (or text)")
-        model: str | None = Field(None, description="a served run's name (default: the first)")
-        beam: int | None = Field(None, ge=1, description="beam size (default: the recipe's)")
-        n_best: int = Field(1, ge=1, description="hypotheses returned per text (<= beam)")
-        length_penalty: float | None = Field(None, ge=0, description="GNMT alpha (0 = none)")
-        shortlist: int | None = Field(None, ge=0, description="shortlist size (0 = full vocabulary)")
-        return_scores: bool = Field(True, description="scores and per-token log-probabilities")
-        return_attention: bool = Field(False, description="attention matrices and pieces")
-
-    return TranslateRequest
+    return create_model(
+        "TranslateRequest",
+        __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=()),
+        __doc__="A translation request: ``text`` or ``texts``, and search options.",
+        text=(str | None, Field(None, description="one sentence (give this or texts)")),
+        texts=(list[str] | None, Field(None, description="several sentences (or text)")),
+        model=(str | None, Field(None, description="a served run's name (default: the first)")),
+        **_decode_fields(),
+        return_scores=(bool, Field(True, description="scores and per-token log-probabilities")),
+        return_attention=(bool, Field(False, description="attention matrices and pieces")),
+    )
 
 
-_FIELD_HELP = ("text (string), texts (list of strings), model (string), beam (integer), n_best "
-               "(integer), length_penalty (number), shortlist (integer), return_scores (boolean), "
-               "return_attention (boolean)")
+_TYPE_WORDS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _field_help(request_model) -> str:
+    """``text (string), texts (list of strings), ...``: the request's fields, for error messages."""
+    import typing
+
+    def word(tp: Any) -> str:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is list:
+            return f"list of {word(args[0])}s"
+        if args:  # Optional[X]
+            return word(args[0])
+        return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+    return ", ".join(f"{name} ({word(info.annotation)})" for name, info in request_model.model_fields.items())
 
 
 def _validation_error(errors: Sequence[dict]) -> ApiError:
@@ -371,7 +410,7 @@ def _validation_error(errors: Sequence[dict]) -> ApiError:
                                  f" (at character {loc[-1] if loc else '?'}); send a JSON object, e.g. "
                                  '{"text": "Je suis fatigué."}')
         if kind == "extra_forbidden":
-            message = f"unknown field {where!r}; known fields: {_FIELD_HELP}"
+            message = f"unknown field {where!r}; known fields: {_field_help(_request_model())}"
         elif not where and kind in ("model_attributes_type", "dict_type", "missing", "model_type"):
             message = 'the request body must be a JSON object, e.g. {"text": "Je suis fatigué."}'
         else:
