@@ -512,6 +512,25 @@ def test_cli_decode_options_apply_onto_the_recipe(run_dir, tmp_path, capsysbinar
     assert captured.out.decode().splitlines() == expected.translate(lines, beam=2, min_len=2)
 
 
+def test_cli_decode_options_leave_the_loaded_recipe_unchanged(run_dir, tmp_path, capsysbinary, monkeypatch):
+    """The flags are passed to each call; the recipe the run loaded keeps its own decode section."""
+    loaded = []
+    load = Translator.load
+
+    def spy(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Translator, "load", spy)
+    src = write_bytes(tmp_path / "in.txt", b"le chat\nune maison rouge\n")
+    assert cli(run_dir, "-i", src, "--beam", "2", "--length-penalty", "0.5", "--min-len", "2",
+               "--shortlist-frequent", "7") == 0
+    assert loaded[-1].recipe.decode == load(run_dir, device="cpu").recipe.decode
+    expected = load(run_dir, device="cpu").translate(["le chat", "une maison rouge"], beam=2,
+                                                      length_penalty=0.5, min_len=2)
+    assert capsysbinary.readouterr().out.decode().splitlines() == expected
+
+
 def test_bf16_weights_equal_autocast_over_float32_weights(run_dir, translator):
     """precision="bf16" holds Linear/GRU weights in bf16 (nmt.inference.precision); autocast would
     cast float32 weights to bf16 for the same GEMMs, so the search finds the same hypotheses. A

@@ -33,6 +33,7 @@ from nmt.atomic import atomic_write_text
 from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
+from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
 
 __all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
            "format_scores", "evaluate_run", "evaluate_cli"]
@@ -142,8 +143,9 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
     translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
-    recipe.decode = recipe.decode.updated(decode, label=label)
-    beam, shortlist = recipe.decode.beam, recipe.decode.shortlist
+    options = settings_for(translator, decode, label)
+    truncate_inputs_at(translator, options)
+    beam, shortlist = options.beam, options.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
     corpus = load_corpus(recipe.data, splits=(split,))
     if split not in corpus:
@@ -155,7 +157,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     if not sources:
         raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
     started = _dt.datetime.now(_dt.timezone.utc)
-    hypotheses = list(translator.translate(sources))
+    hypotheses = list(translator.translate(sources, **call_options(options, n_best=1)))
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     if len(hypotheses) != len(sources):
         raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
@@ -182,7 +184,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         "beam": beam,
         "precision": precision,
         "shortlist": shortlist,
-        "decode": dataclasses.asdict(recipe.decode),
+        "decode": dataclasses.asdict(options),
         "metrics": names,
         "bleu_tokenize": recipe.eval.bleu_tokenize,
         "sentences": len(sources),

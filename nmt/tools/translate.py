@@ -68,13 +68,15 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
-from nmt.config import decode_arguments, decode_flag_label
+from nmt.config import decode_arguments
 from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
 from nmt.inference.sources import WarningCounter
+from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
 
 if TYPE_CHECKING:
+    from nmt.config import DecodeConfig
     from nmt.inference.translator import Translator
 
 #: lines read, translated and written at a time by ``nmt translate``
@@ -302,12 +304,14 @@ def translate_cli(args) -> int:
 
         translator = Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
                                      precision=args.precision, kernels=args.kernels)
-    translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
+    options = settings_for(translator, decode)
+    truncate_inputs_at(translator, options)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
-    n_best = translator.recipe.decode.n_best if nbest_format else 1
-    translator.decode_options(n_best=n_best)  # a shortlist's lexicon is loaded before reading input
+    n_best = options.n_best if nbest_format else 1
+    # a shortlist's lexicon is loaded before reading input
+    translator.decode_options(**call_options(options, n_best=n_best))
     input_name = args.input or "stdin"
     output = src_stream = ref_stream = None
     previous_handler = _raise_on_sigterm()
@@ -328,7 +332,7 @@ def translate_cli(args) -> int:
         if problem is not None:
             raise NmtError(problem)
         if main:
-            limit = line_limit(translator.recipe.decode.max_input_len)
+            limit = line_limit(options.max_input_len)
             src_lines = _iter_lines(src_stream, input_name, translator.warn, limit)
             ref_lines = _iter_lines(ref_stream, reference, translator.warn, limit) if reference else None
         first = 0  # 0-based index of the chunk's first line
@@ -351,10 +355,10 @@ def translate_cli(args) -> int:
                 break
             srcs, refs = payload["src"], payload.get("ref")
             if refs is not None:
-                done = _score_share(translator, srcs, refs, first, rank, world)
+                done = _score_share(translator, options, srcs, refs, first, rank, world)
             else:
-                done = _translate_share(translator, srcs, first, rank, world, n_best, nbest_format,
-                                        args.alignments)
+                done = _translate_share(translator, options, srcs, first, rank, world, n_best,
+                                        nbest_format, args.alignments)
             if world > 1:
                 from accelerate.utils import gather_object
 
@@ -478,24 +482,24 @@ def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first
     return {"src": srcs, "ref": refs} if refs is not None else {"src": srcs}
 
 
-def _score_share(translator: Translator, srcs: list[str], refs: list[str], first: int, rank: int,
-                 world: int) -> list[tuple[int, list[str]]]:
+def _score_share(translator: Translator, options: DecodeConfig, srcs: list[str], refs: list[str],
+                 first: int, rank: int, world: int) -> list[tuple[int, list[str]]]:
     lines = [first + i + 1 for i in range(len(srcs))]
-    found = translator.score(srcs, refs, lines=lines, shard=(rank, world))
+    found = translator.score(srcs, refs, lines=lines, shard=(rank, world), batch_tokens=options.batch_tokens)
     return [(i, [f"{value:.6f}"]) for i, value in enumerate(found) if value is not None]
 
 
-def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-                     n_best: int, nbest_format: bool, alignments: bool = False
+def _translate_share(translator: Translator, options: DecodeConfig, srcs: list[str], first: int, rank: int,
+                     world: int, n_best: int, nbest_format: bool, alignments: bool = False
                      ) -> list[tuple[int, list[str]]]:
-    """This process's output lines: ``(chunk index, lines)`` pairs."""
+    """This process's output lines: ``(chunk index, lines)`` pairs, searched with ``options``."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
     if not (nbest_format or alignments):
-        found = translator.translate(srcs, lines=lines, shard=shard)
+        found = translator.translate(srcs, lines=lines, shard=shard, **call_options(options, n_best=1))
         return [(i, [_one_line(text)]) for i, text in enumerate(found) if text is not None]
-    results = translator.translate(srcs, n_best=n_best, return_scores=True, return_alignment=alignments,
-                                   lines=lines, shard=shard)
+    results = translator.translate(srcs, return_scores=True, return_alignment=alignments, lines=lines,
+                                   shard=shard, **call_options(options, n_best=n_best))
     out = []
     for i, result in enumerate(results):
         if result is None:
@@ -562,15 +566,17 @@ def _worker_translator(spec: dict[str, Any]):
             translator = Translator.load(spec["run_dirs"], spec["checkpoint"], device="cpu",
                                          quantize=spec["quantize"], precision=spec["precision"],
                                          kernels=spec["kernels"])
-        translator.recipe.decode = translator.recipe.decode.updated(spec["decode"], label=decode_flag_label)
-        translator.decode_options(n_best=spec["n_best"])
-        _WORKER["translator"] = translator
+        options = settings_for(translator, spec["decode"])
+        truncate_inputs_at(translator, options)
+        translator.decode_options(**call_options(options, n_best=spec["n_best"]))
+        _WORKER["translator"], _WORKER["options"] = translator, options
     return translator
 
 
 def _worker_line_limit(spec: dict[str, Any]) -> int:
     """In a worker: load the run; the bytes of an input line to read (:func:`line_limit`)."""
-    return line_limit(_worker_translator(spec).recipe.decode.max_input_len)
+    _worker_translator(spec)
+    return line_limit(_WORKER["options"].max_input_len)
 
 
 def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank: int, world: int
@@ -578,13 +584,14 @@ def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank:
     """In a worker: share ``rank`` of ``world`` of one chunk, as ``(chunk index, lines)`` pairs,
     and the warnings it gave."""
     translator = _worker_translator(spec)
+    options = _WORKER["options"]
     translator.warn = _Collected()
     srcs, refs = payload["src"], payload.get("ref")
     if refs is not None:
-        done = _score_share(translator, srcs, refs, first, rank, world)
+        done = _score_share(translator, options, srcs, refs, first, rank, world)
     else:
-        done = _translate_share(translator, srcs, first, rank, world, spec["n_best"], spec["nbest_format"],
-                                spec["alignments"])
+        done = _translate_share(translator, options, srcs, first, rank, world, spec["n_best"],
+                                spec["nbest_format"], spec["alignments"])
     return done, translator.warn.records
 
 
