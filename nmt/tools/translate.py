@@ -64,6 +64,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
@@ -297,76 +298,28 @@ def translate_cli(args) -> int:
         state = distributed_state()
         world, rank, main = state.num_processes, state.process_index, state.is_main_process
     decode, reference = _decode_and_reference(args)
-    if onnx:
-        translator = _onnx_translator(args)
-    else:
-        from nmt.inference.translator import Translator
-
-        translator = Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
-                                     precision=args.precision, kernels=args.kernels)
+    translator = _onnx_translator(args) if onnx else _torch_translator(args)
     options = settings_for(translator, decode)
     truncate_inputs_at(translator, options)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
-    n_best = options.n_best if nbest_format else 1
+    share = _Share(options, options.n_best if nbest_format else 1, nbest_format, args.alignments, rank, world)
     # a shortlist's lexicon is loaded before reading input
-    translator.decode_options(**call_options(options, n_best=n_best))
-    input_name = args.input or "stdin"
+    translator.decode_options(**call_options(options, n_best=share.n_best))
     output = src_stream = ref_stream = None
     previous_handler = _raise_on_sigterm()
     try:
-        problem = None
-        if main:  # the main process alone reads the input: check and open it, then tell the others
-            try:
-                src_stream, ref_stream = _open_inputs(args.input, reference)
-                output = _Output(args.output)
-            except NmtError as exc:
-                problem = str(exc)
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = [problem]
-            broadcast_object_list(box, from_process=0)
-            problem = box[0]
+        src_stream, ref_stream, output, problem = _open_on_main(args.input, reference, args.output, main)
+        problem = _from_main(problem, world)
         if problem is not None:
             raise NmtError(problem)
+        lines = None
         if main:
             limit = line_limit(options.max_input_len)
-            src_lines = _iter_lines(src_stream, input_name, translator.warn, limit)
-            ref_lines = _iter_lines(ref_stream, reference, translator.warn, limit) if reference else None
-        first = 0  # 0-based index of the chunk's first line
-        while True:
-            payload: Any = None
-            if main:
-                try:
-                    payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
-                except NmtError as exc:
-                    payload = ("error", str(exc))
-            if world > 1:
-                from accelerate.utils import broadcast_object_list
-
-                box = [payload]
-                broadcast_object_list(box, from_process=0)
-                payload = box[0]
-            if isinstance(payload, tuple):
-                raise NmtError(payload[1])
-            if payload is None:
-                break
-            srcs, refs = payload["src"], payload.get("ref")
-            if refs is not None:
-                done = _score_share(translator, options, srcs, refs, first, rank, world)
-            else:
-                done = _translate_share(translator, options, srcs, first, rank, world, n_best,
-                                        nbest_format, args.alignments)
-            if world > 1:
-                from accelerate.utils import gather_object
-
-                done = gather_object(done)
-            if main:
-                done.sort(key=lambda pair: pair[0])
-                output.write_lines([text for _, texts in done for text in texts])
-            first += len(srcs)
+            lines = (_iter_lines(src_stream, args.input or "stdin", translator.warn, limit),
+                     _iter_lines(ref_stream, reference, translator.warn, limit) if reference else None)
+        _translate_chunks(translator, share, lines, output, args.input or "stdin", reference)
         if main:
             translator.warn.summary()
             output.commit()
@@ -382,6 +335,89 @@ def translate_cli(args) -> int:
         if world > 1:
             _close_process_group()
     return 0
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one process translates of each chunk, and how: its ``rank`` of ``world`` shares,
+    searched with ``options``; ``n_best`` hypotheses per line when ``nbest_format``."""
+
+    options: DecodeConfig
+    n_best: int
+    nbest_format: bool
+    alignments: bool
+    rank: int = 0
+    world: int = 1
+
+
+def _torch_translator(args):
+    from nmt.inference.translator import Translator
+
+    return Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
+                           precision=args.precision, kernels=args.kernels)
+
+
+def _open_on_main(input_path: str | None, reference: str | None, output_path: str | None, main: bool):
+    """The main process alone reads the input: ``(source, reference, output, problem)``, the
+    streams it opened and, when one could not be opened, the message (for every process)."""
+    src_stream = ref_stream = output = problem = None
+    if main:
+        try:
+            src_stream, ref_stream = _open_inputs(input_path, reference)
+            output = _Output(output_path)
+        except NmtError as exc:
+            problem = str(exc)
+    return src_stream, ref_stream, output, problem
+
+
+def _from_main(value: Any, world: int) -> Any:
+    """The main process's ``value``, in every process."""
+    if world == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _translate_chunks(translator, share: _Share, lines: tuple | None, output: "_Output | None",
+                      input_name: str, reference: str | None) -> None:
+    """Chunk by chunk: the main process reads ``lines`` (source and reference iterators), every
+    process translates its share, the main process writes the chunk in input order."""
+    main = lines is not None
+    first = 0  # 0-based index of the chunk's first line
+    while True:
+        payload: Any = None
+        if main:
+            try:
+                payload = _read_chunk(lines[0], lines[1], first, input_name, reference)
+            except NmtError as exc:
+                payload = ("error", str(exc))
+        payload = _from_main(payload, share.world)
+        if isinstance(payload, tuple):
+            raise NmtError(payload[1])
+        if payload is None:
+            break
+        done = _share_of_chunk(translator, share, payload, first)
+        if share.world > 1:
+            from accelerate.utils import gather_object
+
+            done = gather_object(done)
+        if main:
+            done.sort(key=lambda pair: pair[0])
+            output.write_lines([text for _, texts in done for text in texts])
+        first += len(payload["src"])
+
+
+def _share_of_chunk(translator, share: _Share, payload: dict[str, list[str]], first: int
+                    ) -> list[tuple[int, list[str]]]:
+    """This process's output lines of one chunk: ``(chunk index, lines)`` pairs."""
+    srcs, refs = payload["src"], payload.get("ref")
+    if refs is not None:
+        return _score_share(translator, share.options, srcs, refs, first, share.rank, share.world)
+    return _translate_share(translator, share.options, srcs, first, share.rank, share.world, share.n_best,
+                            share.nbest_format, share.alignments)
 
 
 def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
@@ -584,14 +620,9 @@ def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank:
     """In a worker: share ``rank`` of ``world`` of one chunk, as ``(chunk index, lines)`` pairs,
     and the warnings it gave."""
     translator = _worker_translator(spec)
-    options = _WORKER["options"]
     translator.warn = _Collected()
-    srcs, refs = payload["src"], payload.get("ref")
-    if refs is not None:
-        done = _score_share(translator, options, srcs, refs, first, rank, world)
-    else:
-        done = _translate_share(translator, options, srcs, first, rank, world, spec["n_best"],
-                                spec["nbest_format"], spec["alignments"])
+    share = _Share(_WORKER["options"], spec["n_best"], spec["nbest_format"], spec["alignments"], rank, world)
+    done = _share_of_chunk(translator, share, payload, first)
     return done, translator.warn.records
 
 
