@@ -466,10 +466,10 @@ def test_request_decode_fields_come_from_the_decode_schema():
     import dataclasses
 
     from nmt.config import DecodeConfig
-    from nmt.tools.serve import REQUEST_DECODE, _request_model
+    from nmt.tools.serve_requests import REQUEST_DECODE, request_model
 
     schema = {f.name: f for f in dataclasses.fields(DecodeConfig)}
-    fields = _request_model().model_fields
+    fields = request_model().model_fields
     assert set(REQUEST_DECODE) == {"beam", "n_best", "length_penalty", "shortlist"}
     for name in REQUEST_DECODE:
         assert fields[name].description.startswith(schema[name].metadata["help"]), name
