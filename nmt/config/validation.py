@@ -102,6 +102,11 @@ def coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
                 problems.append(f"{path}: key {k!r} is {_type_name(type(k))}, keys here are strings "
                                 f"(quote it: '{k}')")
         return {k: coerce(v, item_tp, f"{path}.{k}", problems) for k, v in value.items()}
+    return _coerce_scalar(value, tp, path, problems)
+
+
+def _coerce_scalar(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """:func:`coerce` for ``bool``, ``int``, ``float`` and ``str``."""
     if tp is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: got {value!r}, expected true or false")
