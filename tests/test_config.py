@@ -187,6 +187,16 @@ def test_activation_choices_are_the_registry_names():
     assert ACTIVATIONS == tuple(available_activations())
 
 
+def test_bleu_tokenizer_choices_are_sacrebleus():
+    from sacrebleu.metrics import BLEU
+
+    from nmt.config import BLEU_TOKENIZERS
+
+    assert BLEU_TOKENIZERS == tuple(BLEU.TOKENIZERS)
+    problems = problems_of({"data": {"path": "x"}, "eval": {"bleu_tokenize": "13b"}})
+    assert problems[0].startswith("eval.bleu_tokenize: unknown BLEU tokenizer '13b'; did you mean '13a'?")
+
+
 def test_every_range_is_declared_on_its_field():
     problems = problems_of({"data": {"path": "x"}, "tokenizer": {"src_vocab_size": 4, "character_coverage": 1.5},
                             "model": {"encoder": {"self_attention_layers": -1}, "attention": {"window": 0}},

@@ -11,6 +11,7 @@ from nmt.config.loading import apply_overrides, load_recipe, merge_recipes, pars
 from nmt.config.options import add_decode_arguments, decode_arguments, decode_flag, decode_flag_label
 from nmt.config.schema import (
     ACTIVATIONS,
+    BLEU_TOKENIZERS,
     KERNELS,
     METRICS,
     AttentionConfig,
@@ -49,7 +50,7 @@ from nmt.config.yamlfile import (
 from nmt.errors import ConfigError
 
 __all__ = [
-    "ACTIVATIONS", "KERNELS", "MAX_YAML_DEPTH", "METRICS", "STOP_KEYS",
+    "ACTIVATIONS", "BLEU_TOKENIZERS", "KERNELS", "MAX_YAML_DEPTH", "METRICS", "STOP_KEYS",
     "AttentionConfig", "ConfigError", "DataConfig", "DecodeConfig", "DecoderConfig", "EncoderConfig",
     "EnvValue", "EvalConfig", "FilterConfig", "ModelConfig", "OutputConfig", "Recipe", "RecipeLoader",
     "RecipeYAMLError", "TokenizerConfig", "TrainConfig",

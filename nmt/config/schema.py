@@ -15,14 +15,17 @@ from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import yaml
 
+from nmt.metrics import METRICS
+
 #: the names of the activation registry (``nmt.model.activations.available_activations()``);
 #: kept here because the recipe is read below the model layer (a test keeps the two equal)
 ACTIVATIONS: tuple[str, ...] = (
     "identity", "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "gelu_tanh",
     "swish", "silu", "mish", "softplus", "maxout", "arelu", "aprelu")
 
-#: the metrics ``nmt evaluate`` computes
-METRICS: tuple[str, ...] = ("bleu", "chrf", "ter")
+#: sacrebleu's BLEU tokenizers (``sacrebleu.metrics.BLEU.TOKENIZERS``; a test keeps them equal)
+BLEU_TOKENIZERS: tuple[str, ...] = (
+    "none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200", "spBLEU-1K")
 
 _NO_DEFAULT = object()
 
@@ -294,7 +297,8 @@ class DecodeConfig:
 class EvalConfig:
     metrics: list[str] = setting(help="metrics of nmt evaluate", default_factory=lambda: list(METRICS),
                                  choices=METRICS, noun="metric")
-    bleu_tokenize: str = "13a"
+    bleu_tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer", choices=BLEU_TOKENIZERS,
+                                 noun="BLEU tokenizer")
 
 
 @dataclass
