@@ -336,8 +336,8 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
                     decode: Mapping[str, Any] | None = None,
                     label: Callable[[str], str] | None = None, kernels: str | None = None,
                     beside_busy: int = 0, busy_kind: str = "spin") -> dict[str, Any]:
-    """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
-    onto the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
+    """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are laid
+    over the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
     the run's ``model.kernels``; several run directories measure their ensemble; ``beside_busy``
     busy processes run during the decoding."""
     from nmt.data.corpus import load_corpus
