@@ -46,6 +46,8 @@ def setting(default: Any = _NO_DEFAULT, help: str = "", *, default_factory: Call
     meta = {k: v for k, v in meta.items() if v is not None}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
+    if default is _NO_DEFAULT:
+        raise TypeError("setting() needs a default or a default_factory")
     return field(default=default, metadata=meta)
 
 
