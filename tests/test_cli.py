@@ -169,8 +169,8 @@ def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
     (["--greedy", "--beam", "3"], "--greedy means beam 1"),
     (["--sample", "--beam", "3"], "--sample/decode.sample: sampling draws one token at a time and excludes "
                                   "beam search (--beam/decode.beam 3)"),
-    (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be > 0"),
-    (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be <= 1"),
+    (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be in (0, 1]"),
+    (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be in (0, 1]"),
     (["--sample", "--temperature", "0"], "--temperature/decode.temperature: got 0.0, must be > 0"),
     (["--sample", "--temperature", "-0.5"], "--temperature/decode.temperature: got -0.5, must be > 0"),
 ])
@@ -199,3 +199,20 @@ def test_a_full_stdout_is_exit_2_with_a_message(repo, tmp_path, argv):
     assert proc.returncode == 2, proc.stderr
     assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
     assert "Exception ignored" not in proc.stderr
+
+
+def test_subcommands_are_the_command_modules_and_shared_options_are_declared_once(repo):
+    """Each subcommand is one nmt.commands module (arguments beside the handler); options that
+    several commands take are declared in one place."""
+    import argparse
+
+    from nmt.commands import COMMANDS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [command.NAME for command in COMMANDS]
+    for command in COMMANDS:
+        assert sub.choices[command.NAME].get_default("func") is command.run
+    text = "".join(path.read_text(encoding="utf-8") for path in (repo / "nmt").rglob("*.py"))
+    for flag in ("--checkpoint", "--precision", "--kernels", "--set", "--beside-busy"):
+        assert text.count(f'add_argument("{flag}"') == 1, flag

@@ -172,13 +172,44 @@ def test_out_of_range_and_combinations():
     assert "model.attention.window: local-p attention needs a window" in text
 
 
-def test_unknown_activation_is_rejected():
-    from nmt.model.seq2seq import check_model_config
+def test_unknown_activation_is_rejected_when_the_recipe_is_read():
+    problems = problems_of({"data": {"path": "x"}, "model": {"activation": "gelo"}})
+    assert problems[0].startswith("model.activation: unknown activation 'gelo'; did you mean 'gelu'?")
+    assert "available: identity" in problems[0]
+    problems = problems_of({"data": {"path": "x"}, "model": {"attention": {"activation": "rleu"}}})
+    assert problems[0].startswith("model.attention.activation: unknown activation 'rleu'; did you mean 'relu'?")
 
-    recipe = recipe_from_dict({"data": {"path": "x"}, "model": {"activation": "gelo"}})
-    with pytest.raises(ConfigError) as err:
-        check_model_config(recipe.model)
-    assert "model.activation: unknown activation 'gelo'" in str(err.value) and "'gelu'" in str(err.value)
+
+def test_activation_choices_are_the_registry_names():
+    from nmt.config import ACTIVATIONS
+    from nmt.model.activations import available_activations
+
+    assert ACTIVATIONS == tuple(available_activations())
+
+
+def test_bleu_tokenizer_choices_are_sacrebleus():
+    from sacrebleu.metrics import BLEU
+
+    from nmt.config import BLEU_TOKENIZERS
+
+    assert BLEU_TOKENIZERS == tuple(BLEU.TOKENIZERS)
+    problems = problems_of({"data": {"path": "x"}, "eval": {"bleu_tokenize": "13b"}})
+    assert problems[0].startswith("eval.bleu_tokenize: unknown BLEU tokenizer '13b'; did you mean '13a'?")
+
+
+def test_every_range_is_declared_on_its_field():
+    problems = problems_of({"data": {"path": "x"}, "tokenizer": {"src_vocab_size": 4, "character_coverage": 1.5},
+                            "model": {"encoder": {"self_attention_layers": -1}, "attention": {"window": 0}},
+                            "train": {"betas": [0.9, 1.0], "num_threads": 0}, "eval": {"metrics": ["blue"]}})
+    assert problems == [
+        "tokenizer.src_vocab_size: got 4, must be >= 8 (4 special pieces + characters)",
+        "tokenizer.character_coverage: got 1.5, must be in [0, 1]",
+        "model.encoder.self_attention_layers: got -1, must be >= 0",
+        "model.attention.window: got 0, must be > 0",
+        "train.betas: got [0.9, 1.0], expected 2 numbers in [0, 1)",
+        "train.num_threads: got 0, must be > 0",
+        "eval.metrics: unknown metric 'blue'; did you mean 'bleu'? available: bleu, chrf, ter",
+    ]
 
 
 def test_unknown_activation_option_is_rejected_before_training():

@@ -254,10 +254,10 @@ def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, mon
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     assert evaluate_cli(cli_args(run_dir=str(run), length_penalty=0.5, max_input_len=7, json=True)) == 0
-    decode = loaded[-1].recipe.decode
-    assert (decode.beam, decode.length_penalty, decode.max_input_len) == (3, 0.5, 7)
+    assert loaded[-1].recipe.decode.length_penalty == 0.0, "the flags are passed, the loaded recipe is kept"
     record = json.loads(capsys.readouterr().out)
-    assert record["decode"]["length_penalty"] == 0.5 and record["decode"]["max_input_len"] == 7
+    decode = record["decode"]
+    assert (decode["beam"], decode["length_penalty"], decode["max_input_len"]) == (3, 0.5, 7)
     assert "--length-penalty 0.5 --max-input-len 7" in record["command"]
     with pytest.raises(NmtError, match="--min-len/decode.min_len: got -1, must be >= 0"):
         evaluate_cli(cli_args(run_dir=str(run), min_len=-1))

@@ -459,3 +459,18 @@ def test_load_then_burst_beyond_the_queue(server):
     assert proc.poll() is None
     assert httpx.get(base + "/health").json()["status"] == "ok"
     assert httpx.post(base + "/api/translate", json={"text": SENTENCES[0]}).status_code == 200
+
+
+def test_request_decode_fields_come_from_the_decode_schema():
+    """The request's search options are the recipe's decode fields: same help, same lower bounds."""
+    import dataclasses
+
+    from nmt.config import DecodeConfig
+    from nmt.tools.serve_requests import REQUEST_DECODE, request_model
+
+    schema = {f.name: f for f in dataclasses.fields(DecodeConfig)}
+    fields = request_model().model_fields
+    assert set(REQUEST_DECODE) == {"beam", "n_best", "length_penalty", "shortlist"}
+    for name in REQUEST_DECODE:
+        assert fields[name].description.startswith(schema[name].metadata["help"]), name
+        assert [m.ge for m in fields[name].metadata] == [schema[name].metadata["min"]], name

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nmt.inference.translator as tr
-import nmt.tools.translate as cli_mod
+import nmt.tools.line_io as line_io
 from nmt.cli import main
 from nmt.config import (
     AttentionConfig,
@@ -296,7 +296,7 @@ def test_cli_stdin_stdout_and_last_line_without_newline(run_dir, monkeypatch, ca
 def test_cli_chunks_give_the_same_output(run_dir, tmp_path, monkeypatch):
     src = write_bytes(tmp_path / "in.txt", "\n".join(SOURCES + LINES).encode() + b"\n")
     assert cli(run_dir, "-i", src, "-o", tmp_path / "a.txt") == 0
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 4)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 4)
     assert cli(run_dir, "-i", src, "-o", tmp_path / "b.txt", "--n-best", "1") == 0
     assert cli(run_dir, "-i", src, "-o", tmp_path / "c.txt") == 0
     assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "c.txt").read_bytes()
@@ -340,11 +340,11 @@ def test_cli_score_reference(run_dir, tmp_path, translator, capsys):
     assert str(src) in err and str(short) in err and "3 lines" in err and "1" in err
     assert not (tmp_path / "x.txt").exists()
     # stdin input (no counting beforehand): detected while streaming
-    assert cli_mod._read_chunk(iter(["a"]), iter(["x", "y"]), 0, "stdin", "ref.txt") == {"src": ["a"], "ref": ["x"]}
+    assert line_io.read_chunk(iter(["a"]), iter(["x", "y"]), 0, "stdin", "ref.txt") == {"src": ["a"], "ref": ["x"]}
     with pytest.raises(NmtError, match="stdin has 1 lines but ref.txt has more"):
-        cli_mod._read_chunk(iter([]), iter(["y"]), 1, "stdin", "ref.txt")
+        line_io.read_chunk(iter([]), iter(["y"]), 1, "stdin", "ref.txt")
     with pytest.raises(NmtError, match="only 1 lines"):
-        cli_mod._read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
+        line_io.read_chunk(iter(["a", "b"]), iter(["x"]), 0, "stdin", "ref.txt")
 
 
 def test_reference_scores_agree_across_threads_and_shards_to_the_documented_precision(translator):
@@ -371,7 +371,7 @@ def test_cli_interrupted_output_leaves_no_file(run_dir, tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "out.txt"
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 3)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 3)
     calls = []
     original = Translator.search_batches
 
@@ -512,6 +512,25 @@ def test_cli_decode_options_apply_onto_the_recipe(run_dir, tmp_path, capsysbinar
     assert captured.out.decode().splitlines() == expected.translate(lines, beam=2, min_len=2)
 
 
+def test_cli_decode_options_leave_the_loaded_recipe_unchanged(run_dir, tmp_path, capsysbinary, monkeypatch):
+    """The flags are passed to each call; the recipe the run loaded keeps its own decode section."""
+    loaded = []
+    load = Translator.load
+
+    def spy(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Translator, "load", spy)
+    src = write_bytes(tmp_path / "in.txt", b"le chat\nune maison rouge\n")
+    assert cli(run_dir, "-i", src, "--beam", "2", "--length-penalty", "0.5", "--min-len", "2",
+               "--shortlist-frequent", "7") == 0
+    assert loaded[-1].recipe.decode == load(run_dir, device="cpu").recipe.decode
+    expected = load(run_dir, device="cpu").translate(["le chat", "une maison rouge"], beam=2,
+                                                      length_penalty=0.5, min_len=2)
+    assert capsysbinary.readouterr().out.decode().splitlines() == expected
+
+
 def test_bf16_weights_equal_autocast_over_float32_weights(run_dir, translator):
     """precision="bf16" holds Linear/GRU weights in bf16 (nmt.inference.precision); autocast would
     cast float32 weights to bf16 for the same GEMMs, so the search finds the same hypotheses. A
@@ -538,7 +557,7 @@ def test_cli_sampling_is_reproducible_by_line(run_dir, tmp_path, monkeypatch, tr
     src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
     args = ["-i", src, "--sample", "--n-best", "3", "--temperature", "1.5", "--top-k", "10", "--top-p", "0.95"]
     assert cli(run_dir, *args, "--seed", "7", "-o", tmp_path / "a.txt") == 0
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 4)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 4)
     assert cli(run_dir, *args, "--seed", "7", "--batch-tokens", "10", "-o", tmp_path / "b.txt") == 0
     assert cli(run_dir, *args, "--seed", "8", "-o", tmp_path / "c.txt") == 0
     a, b, c = ([line.split("\t") for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
@@ -695,14 +714,14 @@ def test_an_over_long_line_is_cut_with_a_warning(tmp_path, capsys):
     from nmt.inference.sources import WarningCounter
 
     data = b"short\n" + "é".encode() * 50_001 + b"x\nnext\r\nlast"
-    lines = list(cli_mod._iter_lines(io.BufferedReader(io.BytesIO(data), 4096), "in.txt",
+    lines = list(line_io.iter_lines(io.BufferedReader(io.BytesIO(data), 4096), "in.txt",
                                      WarningCounter(), limit=1001))
     assert lines == ["short", "é" * 500, "next", "last"]
     err = capsys.readouterr().err
     assert "in.txt line 2: 100,003 bytes; only the first 1,000 are read" in err
-    exact = list(cli_mod._iter_lines(io.BytesIO(b"abc\nabcd\n"), "x", WarningCounter(), limit=4))
+    exact = list(line_io.iter_lines(io.BytesIO(b"abc\nabcd\n"), "x", WarningCounter(), limit=4))
     assert exact == ["abc", "abcd"] and "line" not in capsys.readouterr().err
-    assert cli_mod.line_limit(250) == 1 << 16 and cli_mod.line_limit(10_000) == 640_000
+    assert line_io.line_limit(250) == 1 << 16 and line_io.line_limit(10_000) == 640_000
 
 
 @pytest.mark.slow
@@ -806,7 +825,7 @@ def test_workers_write_what_one_process_writes(run_dir, tmp_path, monkeypatch, c
     """Chunks of 7 lines: many chunks in flight, written in order; n-best and 1-best; the same
     bytes and the same warnings as one process."""
     src, lines = _worker_input(tmp_path)
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 7)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 7)
     for extra in (["--n-best", "2", "--batch-tokens", "40", "--alignments"], ["--greedy"]):
         assert cli(run_dir, "-i", src, "-o", tmp_path / "one.txt", *extra) == 0
         one_err = capsys.readouterr().err
@@ -853,7 +872,7 @@ def _failing_workers(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.slow
 def test_a_failing_worker_stops_the_run_without_output(run_dir, tmp_path, monkeypatch, capsys):
     _failing_workers(tmp_path, monkeypatch)
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 5)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 5)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # which task a dead worker ran is unknown: every line in flight is named (the third chunk's
@@ -884,7 +903,7 @@ def test_ctrl_c_stops_the_workers(run_dir, tmp_path, monkeypatch):
     lines = corpus(20, 4)
     lines[7] = "slow"  # the second chunk: a worker is in it when the first chunk is written
     src = write_bytes(tmp_path / "in.txt", "\n".join(lines).encode() + b"\n")
-    monkeypatch.setattr(cli_mod, "CHUNK_LINES", 5)
+    monkeypatch.setattr(line_io, "CHUNK_LINES", 5)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
@@ -892,7 +911,7 @@ def test_ctrl_c_stops_the_workers(run_dir, tmp_path, monkeypatch):
         time.sleep(1)
         raise KeyboardInterrupt()
 
-    monkeypatch.setattr(cli_mod._Output, "write_lines", interrupted)
+    monkeypatch.setattr(line_io.Output, "write_lines", interrupted)
     start = time.perf_counter()
     assert cli(run_dir, "-i", src, "-o", out_dir / "out.txt", "--workers", "2") == 130
     assert time.perf_counter() - start < 60

@@ -10,7 +10,6 @@ layer holds the choice as ``self.fast`` and makes it at one call site.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import replace
 
@@ -247,31 +246,24 @@ def available_memory() -> int:
 def check_model_config(cfg: ModelConfig, source: str | None = None,
                        vocab_sizes: tuple[int, int] = (N_SPECIAL + 1, N_SPECIAL + 1),
                        training: bool = True) -> int | None:
-    """Raise :class:`ConfigError` for a model section that cannot be built: unknown activation names
-    (with a suggestion) or options, sizes the layers reject, or sizes whose parameters (with
+    """Raise :class:`ConfigError` for a model section that cannot be built: unknown activation
+    options (names are checked when the recipe is read), sizes the layers reject, or sizes whose parameters (with
     ``vocab_sizes``) cannot fit in the memory available: training needs
     :data:`TRAINING_BYTES_PER_PARAMETER` bytes per parameter before any activation, loading one
     float32 copy. Nothing is allocated: the layers are built on the meta device. Returns the number
     of parameters.
     """
     problems = []
-    names = list(available_activations())
-    for key, name in (("model.activation", cfg.activation), ("model.attention.activation", cfg.attention.activation)):
-        if name is not None and name not in names:
-            hint = difflib.get_close_matches(str(name), names, n=1)
-            extra = f"did you mean {hint[0]!r}? " if hint else ""
-            problems.append(f"{key}: unknown activation {name!r}; {extra}available: {', '.join(names)}")
     n_params = None
-    if not problems:
-        try:
-            with torch.device("meta"):
-                model = Seq2Seq(cfg, *vocab_sizes)
-            n_params = sum(p.numel() for p in model.parameters())
-        except ConfigError as exc:
-            problems += [f"model: {problem}" for problem in exc.problems]
-        except (RuntimeError, OverflowError, ValueError, MemoryError):
-            # a tensor too large to even describe (its byte count overflows)
-            problems.append(_too_large(cfg, vocab_sizes, None, training))
+    try:
+        with torch.device("meta"):
+            model = Seq2Seq(cfg, *vocab_sizes)
+        n_params = sum(p.numel() for p in model.parameters())
+    except ConfigError as exc:
+        problems += [f"model: {problem}" for problem in exc.problems]
+    except (RuntimeError, OverflowError, ValueError, MemoryError):
+        # a tensor too large to even describe (its byte count overflows)
+        problems.append(_too_large(cfg, vocab_sizes, None, training))
     if n_params is not None:
         per_param = TRAINING_BYTES_PER_PARAMETER if training and not torch.cuda.is_available() else 4
         if n_params * per_param > available_memory():

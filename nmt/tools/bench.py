@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from nmt.config import decode_arguments, decode_flag_label
+from nmt.config import DecodeConfig, decode_arguments, decode_flag_label
 from nmt.errors import NmtError
+from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
 
 
 #: the busy processes of ``--beside-busy``: one thread, a tight CPU-bound loop, and nothing else.
@@ -302,16 +303,21 @@ def _scratch_dir() -> Iterator[Path]:
 
 def decode_split_timed(translator, sources: Sequence[str], beam: int | None = None,
                        batch_tokens: int | None = None, batch_sentences: int | None = None,
-                       shortlist: int | None = None) -> tuple[list[str], float, int]:
+                       shortlist: int | None = None, settings: DecodeConfig | None = None
+                       ) -> tuple[list[str], float, int]:
     """Translate ``sources`` timing only the search and detokenization (not loading/encoding).
 
-    ``beam``, ``batch_tokens``, ``shortlist``: ``None`` keeps the translator's recipe value.
+    ``settings``: the search settings (default: the translator's recipe ``decode`` section);
+    ``beam``, ``batch_tokens``, ``shortlist``: ``None`` keeps the value of ``settings``.
     ``batch_sentences`` makes fixed batches of that many sentences (longest first) instead of
     token batches. Returns ``(translations, seconds, n_target_tokens)``, the last counting the
     generated target subwords including EOS.
     """
+    given = call_options(settings, n_best=1) if settings is not None else {}
+    given.update({k: v for k, v in (("beam", beam), ("batch_tokens", batch_tokens), ("shortlist", shortlist))
+                  if v is not None})
     # the options load a shortlist's lexicon, before the clock starts as the model is
-    options = translator.decode_options(beam, batch_tokens=batch_tokens, shortlist=shortlist)
+    options = translator.decode_options(**given)
     items = translator.encode(sources)
     batches = translator.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
                                  batch_sentences=batch_sentences)
@@ -330,8 +336,8 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
                     decode: Mapping[str, Any] | None = None,
                     label: Callable[[str], str] | None = None, kernels: str | None = None,
                     beside_busy: int = 0, busy_kind: str = "spin") -> dict[str, Any]:
-    """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are applied
-    onto the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
+    """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are laid
+    over the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
     the run's ``model.kernels``; several run directories measure their ensemble; ``beside_busy``
     busy processes run during the decoding."""
     from nmt.data.corpus import load_corpus
@@ -342,14 +348,17 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
                                  kernels=kernels)
     load_seconds = time.perf_counter() - load_start
-    settings = translator.recipe.decode = translator.recipe.decode.updated(decode, label=label)
+    settings = settings_for(translator, decode, label)
+    truncate_inputs_at(translator, settings)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
 
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with BusyProcesses(beside_busy, busy_kind) as busy:
-        decode_split_timed(translator, sources[:32], batch_sentences=batch_sentences)  # warm-up
-        hyps, seconds, n_tokens = decode_split_timed(translator, sources, batch_sentences=batch_sentences)
+        # warm-up
+        decode_split_timed(translator, sources[:32], batch_sentences=batch_sentences, settings=settings)
+        hyps, seconds, n_tokens = decode_split_timed(translator, sources, batch_sentences=batch_sentences,
+                                                     settings=settings)
     scores = score_corpus(hyps, [references], metrics=("bleu", "chrf"),
                           bleu_tokenize=translator.recipe.eval.bleu_tokenize)
     return {

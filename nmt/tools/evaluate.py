@@ -33,6 +33,7 @@ from nmt.atomic import atomic_write_text
 from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
+from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
 
 __all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
            "format_scores", "evaluate_run", "evaluate_cli"]
@@ -124,7 +125,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     ``report(record)`` is called with the scores before anything is written, so that a run
     directory that cannot be written to (read-only, ``eval`` a file, a full disk) still shows the
     scores; the write then fails with :class:`CheckpointError` naming the file.
-    ``decode``: settings applied onto the run's recipe ``decode`` section (``{"beam": 1}``; problems
+    ``decode``: settings laid over the run's recipe ``decode`` section (``{"beam": 1}``; problems
     are named ``label(key)``); ``metrics=None`` uses the recipe's ``eval.metrics``.
     Writes ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` (one hypothesis per line) and
     ``... .json`` (scores, signatures, settings, timestamp), both atomically, and returns the JSON
@@ -135,33 +136,21 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         if not run.is_dir():
             raise CheckpointError(f"run directory {str(run)!r} not found (train one with nmt train RECIPE)")
     run = runs[0]
-    from nmt.data.corpus import SPLITS, load_corpus
+    from nmt.data.corpus import SPLITS
     from nmt.inference.translator import Translator
 
     if split not in SPLITS:
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
     translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
-    recipe.decode = recipe.decode.updated(decode, label=label)
-    beam, shortlist = recipe.decode.beam, recipe.decode.shortlist
+    options = settings_for(translator, decode, label)
+    truncate_inputs_at(translator, options)
+    beam, shortlist = options.beam, options.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
-    corpus = load_corpus(recipe.data, splits=(split,))
-    if split not in corpus:
-        raise DataError(f"the run's corpus has no split {split!r} (available: "
-                        f"{', '.join(map(str, corpus)) or 'none'})")
-    dataset = corpus[split]
-    sources = [str(s) for s in dataset["src"]]
-    references = [str(t) for t in dataset["tgt"]]
-    if not sources:
-        raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
+    sources, references = _split_pairs(recipe, split)
     started = _dt.datetime.now(_dt.timezone.utc)
-    hypotheses = list(translator.translate(sources))
+    hypotheses = _translate_lines(translator, sources, options)
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
-    if len(hypotheses) != len(sources):
-        raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
-                       "sources (a bug in nmt.inference.translator)")
-    # One segment per line on disk: a newline inside a hypothesis would shift every later line.
-    hypotheses = [" ".join(str(h).splitlines()) for h in hypotheses]
     scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
 
     stem = (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{len(runs)}" if len(runs) > 1 else "")
@@ -182,7 +171,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         "beam": beam,
         "precision": precision,
         "shortlist": shortlist,
-        "decode": dataclasses.asdict(recipe.decode),
+        "decode": dataclasses.asdict(options),
         "metrics": names,
         "bleu_tokenize": recipe.eval.bleu_tokenize,
         "sentences": len(sources),
@@ -196,6 +185,41 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     }
     if report is not None:
         report({**record, "json_path": str(json_path)})
+    _save_evaluation(eval_dir, hyp_path, json_path, hypotheses, record)
+    record["json_path"] = str(json_path)
+    return record
+
+
+def _split_pairs(recipe, split: str) -> tuple[list[str], list[str]]:
+    """The sources and references of ``split`` of the run's corpus (not empty)."""
+    from nmt.data.corpus import load_corpus
+
+    corpus = load_corpus(recipe.data, splits=(split,))
+    if split not in corpus:
+        raise DataError(f"the run's corpus has no split {split!r} (available: "
+                        f"{', '.join(map(str, corpus)) or 'none'})")
+    dataset = corpus[split]
+    sources = [str(s) for s in dataset["src"]]
+    references = [str(t) for t in dataset["tgt"]]
+    if not sources:
+        raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
+    return sources, references
+
+
+def _translate_lines(translator, sources: list[str], options: DecodeConfig) -> list[str]:
+    """The best translation of each source, one line each."""
+    hypotheses = list(translator.translate(sources, **call_options(options, n_best=1)))
+    if len(hypotheses) != len(sources):
+        raise NmtError(f"the translator returned {len(hypotheses)} hypotheses for {len(sources)} "
+                       "sources (a bug in nmt.inference.translator)")
+    # One segment per line on disk: a newline inside a hypothesis would shift every later line.
+    return [" ".join(str(h).splitlines()) for h in hypotheses]
+
+
+def _save_evaluation(eval_dir: Path, hyp_path: Path, json_path: Path, hypotheses: list[str],
+                     record: dict[str, Any]) -> None:
+    """Write the hypotheses and the record atomically; a failure names the file and says the
+    scores (already shown) are complete."""
     try:
         atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
         atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
@@ -208,8 +232,6 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         raise CheckpointError(f"the evaluation could not be saved in the run directory ({reason}); "
                               "the scores are complete. Move the file away or make the run directory "
                               "writable to keep them") from None
-    record["json_path"] = str(json_path)
-    return record
 
 
 # -------------------------------------------------------------------------------------------- CLI

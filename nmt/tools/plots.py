@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -137,58 +137,19 @@ def plot_activations(names: Sequence[str], path: str | os.PathLike | None,
     if isinstance(names, str):
         names = [names]
     names = list(names)
-    if not names and not learned:
-        raise NmtError("no activation names given; available: " + ", ".join(available_activations()))
     registry = available_activations()
-    for name in names:
-        if name not in registry:
-            import difflib
-
-            hint = difflib.get_close_matches(str(name), list(registry), n=1)
-            extra = f"did you mean {hint[0]!r}? " if hint else ""
-            raise NmtError(f"unknown activation {name!r}; {extra}available: {', '.join(registry)}")
-
+    _check_activation_names(names, learned, registry)
     x = torch.linspace(*_X_RANGE, _X_POINTS, dtype=torch.float64).reshape(-1, 1)
     xs = x.reshape(-1).numpy()
-    drawn = []
-    for name in dict.fromkeys(names):
-        module = registry[name].example().double().eval()
-        if name == "maxout" or module.__class__.__name__ == "Maxout":
-            values, grads, k = _maxout_curve(module, x)
-            label = f"maxout (k={k}, fixed random pieces)"
-        else:
-            values, grads = _curve(module, x)
-            label = name
-        drawn.append((label, values, grads))
-
+    drawn = _example_curves(names, registry, x)
     curves, hists, notes = _learned_entries(learned) if learned else ([], [], [])
     n_panels = (2 if drawn else 0) + (1 if curves else 0) + (1 if hists else 0)
     if n_panels == 0:
         raise NmtError("nothing to plot: " + ("; ".join(notes) if notes else "no learned parameters"))
     fig = new_figure(5.2 * n_panels, 4.4 + 0.25 * len(notes))
-    col = 0
-
-    def panel(title: str, ylabel: str):
-        nonlocal col
-        col += 1
-        ax = fig.add_subplot(1, n_panels, col)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.axhline(0, color="0.6", linewidth=0.6)
-        ax.axvline(0, color="0.6", linewidth=0.6)
-        ax.grid(True, alpha=0.3)
-        return ax
-
+    panel = _panels(fig, n_panels)
     if drawn:
-        ax_v = panel("activation f(x)", "f(x)")
-        ax_d = panel("derivative f'(x) (autograd)", "f'(x)")
-        for i, (label, values, grads) in enumerate(drawn):
-            ax_v.plot(xs, values, color=colour(i), label=label, linewidth=1.4)
-            ax_d.plot(xs, grads, color=colour(i), label=label, linewidth=1.4)
-        for ax in (ax_v, ax_d):
-            ax.set_xlabel("x")
-            ax.set_xlim(*_X_RANGE)
-            ax.legend(fontsize=8)
+        _draw_examples(panel, xs, drawn)
     if curves:
         ax = panel("learned activations", "f(x)")
         for i, (label, module) in enumerate(curves):
@@ -208,6 +169,65 @@ def plot_activations(names: Sequence[str], path: str | os.PathLike | None,
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def _check_activation_names(names: list[str], learned, registry: Mapping[str, Any]) -> None:
+    """Refuse an empty request and unknown names (with a suggestion)."""
+    if not names and not learned:
+        raise NmtError("no activation names given; available: " + ", ".join(registry))
+    for name in names:
+        if name not in registry:
+            import difflib
+
+            hint = difflib.get_close_matches(str(name), list(registry), n=1)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            raise NmtError(f"unknown activation {name!r}; {extra}available: {', '.join(registry)}")
+
+
+def _example_curves(names: list[str], registry: Mapping[str, Any], x) -> list[tuple[str, Any, Any]]:
+    """``(label, values, derivatives)`` of each named activation at its defaults, over ``x (N, 1)``."""
+    drawn = []
+    for name in dict.fromkeys(names):
+        module = registry[name].example().double().eval()
+        if name == "maxout" or module.__class__.__name__ == "Maxout":
+            values, grads, k = _maxout_curve(module, x)
+            label = f"maxout (k={k}, fixed random pieces)"
+        else:
+            values, grads = _curve(module, x)
+            label = name
+        drawn.append((label, values, grads))
+    return drawn
+
+
+def _panels(fig, n_panels: int) -> Callable[[str, str], Any]:
+    """``panel(title, ylabel)``: the next of ``n_panels`` side by side, with axes through 0."""
+    col = 0
+
+    def panel(title: str, ylabel: str):
+        nonlocal col
+        col += 1
+        ax = fig.add_subplot(1, n_panels, col)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.axhline(0, color="0.6", linewidth=0.6)
+        ax.axvline(0, color="0.6", linewidth=0.6)
+        ax.grid(True, alpha=0.3)
+        return ax
+
+    return panel
+
+
+def _draw_examples(panel, xs, drawn: list[tuple[str, Any, Any]]) -> None:
+    """The values and the derivatives panels."""
+    ax_v = panel("activation f(x)", "f(x)")
+    ax_d = panel("derivative f'(x) (autograd)", "f'(x)")
+    for i, (label, values, grads) in enumerate(drawn):
+        ax_v.plot(xs, values, color=colour(i), label=label, linewidth=1.4)
+        ax_d.plot(xs, grads, color=colour(i), label=label, linewidth=1.4)
+    for ax in (ax_v, ax_d):
+        ax.set_xlabel("x")
+        ax.set_xlim(*_X_RANGE)
+        ax.legend(fontsize=8)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -29,7 +29,6 @@ request gets a 4xx JSON answer ``{"error": message, "details": [...]}``, never a
 import asyncio
 import ipaddress
 import json
-import math
 import socket
 import sys
 from collections import deque
@@ -40,43 +39,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nmt.errors import NmtError
+from nmt.tools.serve_requests import ApiError, ServeLimits, check_request, request_model, validation_error
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 __all__ = ["ServeLimits", "create_app", "run_summary", "serve_cli", "STATIC_DIR"]
-
-
-@dataclass
-class ServeLimits:
-    """What one request may ask for and how much the server takes on at once."""
-
-    max_texts: int = 32  #: sentences per request
-    max_chars: int = 1000  #: characters per sentence
-    max_beam: int = 16  #: largest beam (and n-best) a request may ask for
-    max_length_penalty: float = 10.0
-    queue_limit: int = 64  #: requests waiting for the model before 503
-    batch_window_ms: float = 2.0  #: how long the first waiting request waits for others
-    max_batch_texts: int = 64  #: sentences per model call (a single larger request runs alone)
-    max_body_bytes: int = 1 << 20
-    retry_after_s: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_beam", "queue_limit", "max_batch_texts",
-                     "max_body_bytes", "retry_after_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise NmtError(f"serve limit {name} must be an integer >= 1, got {value!r}")
-        if not (self.batch_window_ms >= 0 and math.isfinite(self.batch_window_ms)):
-            raise NmtError(f"serve limit batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
-
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP ``status`` and a message saying what to change."""
-
-    def __init__(self, status: int, message: str, details: list | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.details, self.headers = status, message, details, headers
 
 
 # --------------------------------------------------------------------------------------- models
@@ -329,114 +296,6 @@ def _result_json(result, self_attention, job: _Job) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------- requests
-
-def _request_model():
-    from pydantic import BaseModel, ConfigDict, Field
-
-    class TranslateRequest(BaseModel):
-        """A translation request: ``text`` or ``texts``, and search options."""
-
-        model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False,
-                                  protected_namespaces=())
-
-        text: str | None = Field(None, description="one sentence (give this or texts)")
-        texts: list[str] | None = Field(None, description="several sentences (or text)")
-        model: str | None = Field(None, description="a served run's name (default: the first)")
-        beam: int | None = Field(None, ge=1, description="beam size (default: the recipe's)")
-        n_best: int = Field(1, ge=1, description="hypotheses returned per text (<= beam)")
-        length_penalty: float | None = Field(None, ge=0, description="GNMT alpha (0 = none)")
-        shortlist: int | None = Field(None, ge=0, description="shortlist size (0 = full vocabulary)")
-        return_scores: bool = Field(True, description="scores and per-token log-probabilities")
-        return_attention: bool = Field(False, description="attention matrices and pieces")
-
-    return TranslateRequest
-
-
-_FIELD_HELP = ("text (string), texts (list of strings), model (string), beam (integer), n_best "
-               "(integer), length_penalty (number), shortlist (integer), return_scores (boolean), "
-               "return_attention (boolean)")
-
-
-def _validation_error(errors: Sequence[dict]) -> ApiError:
-    """FastAPI's validation errors as one clear message (and a list of details)."""
-    details = []
-    for err in errors:
-        kind = err.get("type", "")
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        where = ".".join(loc)
-        if kind == "json_invalid":
-            ctx = err.get("ctx") or {}
-            return ApiError(400, f"malformed JSON in the request body: {ctx.get('error', 'invalid JSON')}"
-                                 f" (at character {loc[-1] if loc else '?'}); send a JSON object, e.g. "
-                                 '{"text": "Je suis fatigué."}')
-        if kind == "extra_forbidden":
-            message = f"unknown field {where!r}; known fields: {_FIELD_HELP}"
-        elif not where and kind in ("model_attributes_type", "dict_type", "missing", "model_type"):
-            message = 'the request body must be a JSON object, e.g. {"text": "Je suis fatigué."}'
-        else:
-            got = err.get("input")
-            shown = json.dumps(got, ensure_ascii=False)[:60] if _jsonable(got) else type(got).__name__
-            message = f"{where or 'body'}: {err.get('msg', 'invalid value')} (got {shown})"
-        details.append({"field": where or None, "message": message})
-    if not details:
-        details = [{"field": None, "message": "invalid request"}]
-    return ApiError(422, "; ".join(d["message"] for d in details), details)
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _check(req, models: dict[str, ServedModel], default: str, limits: ServeLimits):
-    """Request checks that depend on the served runs and the configured limits."""
-    name = req.model if req.model is not None else default
-    served = models.get(name)
-    if served is None:
-        raise ApiError(404, f"unknown model {req.model!r}; served models: {', '.join(models)}")
-    if (req.text is None) == (req.texts is None):
-        raise ApiError(422, 'give exactly one of "text" (a string) or "texts" (a list of strings)')
-    texts = [req.text] if req.text is not None else list(req.texts)
-    field_name = "text" if req.text is not None else "texts"
-    if not texts:
-        raise ApiError(422, "texts is empty; give at least one sentence")
-    if len(texts) > limits.max_texts:
-        raise ApiError(422, f"too many texts: {len(texts)} (at most {limits.max_texts} per request; "
-                            "split the list)")
-    for i, text in enumerate(texts):
-        where = field_name if req.text is not None else f"texts[{i}]"
-        if not text.strip():
-            raise ApiError(422, f"{where} is empty; give a sentence to translate")
-        if len(text) > limits.max_chars:
-            raise ApiError(422, f"{where} has {len(text)} characters; at most {limits.max_chars} "
-                                "per text (split it into sentences)")
-    beam = req.beam
-    if beam is not None and beam > limits.max_beam:
-        raise ApiError(422, f"beam {beam} is out of range: 1 to {limits.max_beam}")
-    if req.n_best > limits.max_beam:
-        raise ApiError(422, f"n_best {req.n_best} is out of range: 1 to {limits.max_beam}")
-    if beam is not None and req.n_best > beam:
-        raise ApiError(422, f"n_best ({req.n_best}) must not exceed beam ({beam})")
-    if req.length_penalty is not None and req.length_penalty > limits.max_length_penalty:
-        raise ApiError(422, f"length_penalty {req.length_penalty} is out of range: 0 to "
-                            f"{limits.max_length_penalty}")
-    if req.shortlist and not served.has_lexicon:
-        raise ApiError(422, f"model {served.name!r} has no lexicon for a shortlist; build it with "
-                            f"`nmt shortlist {served.summary['run_dir']}` or send shortlist 0")
-    options: dict[str, Any] = {"beam": beam, "n_best": req.n_best}
-    if req.length_penalty is not None:
-        options["length_penalty"] = float(req.length_penalty)
-    if req.shortlist is not None:
-        options["shortlist"] = req.shortlist
-    elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
-        options["shortlist"] = 0  # the recipe asks for a shortlist but the run has no lexicon
-    return served, texts, options
-
-
 # ------------------------------------------------------------------------------------------ app
 
 def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None = None, *,
@@ -446,18 +305,12 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
 
     ``threads``: torch intra-op threads of the model thread (default: torch's choice).
     """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or ServeLimits()
     served = list(models) if models is not None else load_models(run_dirs, checkpoint, precision)
-    by_name = {m.name: m for m in served}
-    default = served[0].name
     batcher = Batcher(limits, threads)
-    TranslateRequest = _request_model()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -475,24 +328,39 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     app.state.batcher = batcher
     app.state.models = served
     app.state.limits = limits
+    _add_error_handlers(app, limits)
+    _add_api(app, served, batcher, limits)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
 
-    def error_response(err: ApiError) -> JSONResponse:
-        body: dict[str, Any] = {"error": err.message}
-        if err.details:
-            body["details"] = err.details
-        return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+def _error_response(err: ApiError):
+    from fastapi.responses import JSONResponse
+
+    body: dict[str, Any] = {"error": err.message}
+    if err.details:
+        body["details"] = err.details
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def _add_error_handlers(app, limits: ServeLimits) -> None:
+    """Every refusal as a 4xx JSON answer ``{"error": ..., "details": [...]}``, and the body size limit."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc)
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if request.method == "POST" and kind != "application/json":
-            return error_response(ApiError(415, f"the body is sent as {kind or 'no content type'}; "
-                                                "send JSON with the header Content-Type: application/json"))
-        return error_response(_validation_error(exc.errors()))
+            return _error_response(ApiError(415, f"the body is sent as {kind or 'no content type'}; "
+                                                 "send JSON with the header Content-Type: application/json"))
+        return _error_response(validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -515,12 +383,21 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
                                               f"{limits.max_body_bytes:,}"}, 413)
         return await call_next(request)
 
+
+def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLimits) -> None:
+    """The endpoints: ``POST /api/translate``, ``GET /api/models``, ``GET /health`` and the page."""
+    from fastapi.responses import FileResponse, JSONResponse
+
+    by_name = {m.name: m for m in served}
+    default = served[0].name
+    TranslateRequest = request_model()
+
     @app.post("/api/translate", summary="Translate text; n-best, scores and attention on request",
               responses={400: {"description": "malformed JSON"}, 404: {"description": "unknown model"},
                          422: {"description": "invalid request"},
                          503: {"description": "queue full; retry after Retry-After seconds"}})
     async def translate(req: TranslateRequest):
-        model, texts, options = _check(req, by_name, default, limits)
+        model, texts, options = check_request(req, by_name, default, limits)
         job = _Job(model, texts, options, req.return_attention, req.return_scores)
         pending = batcher.submit(job)
         batcher.stats["requests"] += 1
@@ -545,9 +422,6 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 # ------------------------------------------------------------------------------------------ CLI

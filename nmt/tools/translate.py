@@ -24,8 +24,8 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   distinct hypotheses exist (an empty input has exactly one: the empty text with score 0), the
   remaining lines have SCORE ``-inf`` and an empty TEXT.
 - The decode options (``--beam``, ``--length-penalty``, ``--shortlist``, ``--max-input-len``...:
-  one per field of the recipe's ``decode`` section) are applied onto the run's recipe; a setting
-  not given keeps the recipe's value.
+  one per field of the recipe's ``decode`` section) are laid over the run's recipe ``decode``
+  section and passed to every search; a setting not given keeps the recipe's value.
 - ``--alignments`` appends a tab and the hypothesis's word alignment in the Pharaoh format
   (``0-0 1-2 2-1``: source word - target word, 0-based, from the attention;
   :mod:`nmt.inference.alignment`) to every line: ``TEXT<TAB>ALIGNMENT``, or with ``--n-best``
@@ -60,223 +60,40 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
-from itertools import islice
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from nmt.config import decode_arguments, decode_flag_label
+from nmt.config import decode_arguments
 from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
 from nmt.inference.sources import WarningCounter
+from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
+from nmt.tools.line_io import (
+    CHUNK_LINES,
+    Output,
+    abandon,
+    close_inputs,
+    format_score,
+    iter_lines,
+    line_limit,
+    one_line,
+    open_inputs,
+    raise_on_sigterm,
+    read_chunk,
+)
 
 if TYPE_CHECKING:
+    from nmt.config import DecodeConfig
     from nmt.inference.translator import Translator
 
-#: lines read, translated and written at a time by ``nmt translate``
-CHUNK_LINES = 10_000
 #: chunks being translated at once with ``--workers``, the oldest being awaited
 CHUNKS_AHEAD = 3
 
 __all__ = ["translate_cli", "CHUNK_LINES"]
-
-
-#: bytes read of one input line per subword of ``decode.max_input_len`` (a sentencepiece piece
-#: has at most 16 characters of at most 4 bytes); a longer line is cut, with a warning
-BYTES_PER_SUBWORD = 64
-#: the least a line may hold, whatever ``decode.max_input_len`` (runs of spaces or control
-#: characters produce no subwords)
-MIN_LINE_BYTES = 1 << 16
-
-
-def line_limit(max_input_len: int) -> int:
-    """Bytes read of one input line: enough for ``max_input_len`` subwords, so that memory stays
-    bounded whatever the input (a file without newlines is one line)."""
-    return max(BYTES_PER_SUBWORD * max_input_len, MIN_LINE_BYTES)
-
-
-def _iter_lines(stream: BinaryIO, name: str, warn: WarningCounter,
-                limit: int = MIN_LINE_BYTES) -> Iterator[str]:
-    """Decoded lines of a binary stream, split on b"\\n" only; bad UTF-8 replaced with a warning.
-    At most ``limit`` bytes of a line are kept (the rest is read and dropped, with a warning)."""
-    number = 0
-    while True:
-        raw = stream.readline(limit)
-        if not raw:
-            return
-        number += 1
-        if len(raw) == limit and not raw.endswith(b"\n"):
-            dropped = 0
-            while True:  # skip the rest of the line, a block at a time
-                rest = stream.readline(limit)
-                dropped += len(rest)
-                if not rest or rest.endswith(b"\n"):
-                    dropped -= rest.endswith(b"\n")
-                    break
-            if dropped:
-                raw = _cut_at_character(raw)
-                warn("an over-long line", f"{name} line {number}: {limit + dropped:,} bytes; only the "
-                     f"first {len(raw):,} are read (longer input is truncated to decode.max_input_len "
-                     "subwords anyway)")
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            warn("invalid UTF-8", f"{name} line {number}: not valid UTF-8 ({exc.reason} at byte "
-                 f"{exc.start}); undecodable bytes replaced by U+FFFD")
-            yield raw.decode("utf-8", errors="replace")
-
-
-def _cut_at_character(raw: bytes) -> bytes:
-    """``raw`` without a UTF-8 character cut in two at its end."""
-    for back in range(1, min(4, len(raw)) + 1):
-        byte = raw[-back]
-        if byte < 0x80:
-            return raw
-        if byte >= 0xC0:  # the lead byte of the last character: is the character complete?
-            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return raw if back >= need else raw[:-back]
-    return raw
-
-
-def _count_lines(path: str) -> int:
-    count, last = 0, b"\n"
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            count += block.count(b"\n")
-            last = block[-1:]
-    return count + (last != b"\n")
-
-
-def _stdin() -> BinaryIO:
-    if sys.stdin is None:
-        raise NmtError("standard input is closed; give the input file with -i FILE")
-    return sys.stdin.buffer
-
-
-def _open_input(path: str | None, what: str) -> BinaryIO:
-    """The input stream: stdin, or any file that can be read (a regular file, a pipe such as
-    /dev/stdin or a shell's <(command), a device)."""
-    if path is None or path == "-":
-        return _stdin()
-    if os.path.isdir(path):
-        raise NmtError(f"{what} {path} is a directory; give a text file")
-    if not os.path.exists(path):
-        raise NmtError(f"{what} {path} not found")
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise NmtError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-def _format_score(score: float) -> str:
-    return f"{score:.4f}" if math.isfinite(score) else ("-inf" if score < 0 else "inf")
-
-
-class _Output:
-    """Where the output goes: stdout; a regular file (new or existing, also behind a symlink),
-    written to a temporary file beside it and renamed over it at :meth:`commit`; or any other
-    existing file (a device such as /dev/null, a FIFO), opened and written directly, since
-    renaming over it would replace the device or pipe with a regular file."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.name = "standard output" if path in (None, "-") else str(path)
-        self._atomic = None
-        self.stdout = path in (None, "-")
-        if self.stdout:
-            if sys.stdout is None:
-                raise NmtError("standard output is closed; give an output file with -o FILE")
-            self.handle = sys.stdout.buffer
-            return
-        target = Path(os.path.realpath(path))  # a symlink's target is written, the link stays
-        if target.is_dir():
-            raise NmtError(f"output {path} is a directory; give a file name")
-        try:
-            if target.exists() and not target.is_file():
-                self.handle = open(target, "wb")
-                return
-            from contextlib import ExitStack
-
-            from nmt.atomic import atomic_path
-
-            self._atomic = ExitStack()
-            tmp = self._atomic.enter_context(atomic_path(target))
-            self.handle = open(tmp, "wb")
-        except OSError as exc:
-            if self._atomic is not None:
-                self._atomic.close()
-            raise NmtError(f"cannot write the output file {path}: {exc.strerror or exc}") from None
-
-    def _failed(self, exc: OSError) -> NmtError:
-        if self.stdout:
-            # what could not be written stays buffered: send it nowhere, or Python's final flush of
-            # stdout fails again at exit
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        else:
-            self.abort()
-        return NmtError(f"cannot write the output to {self.name}: {exc.strerror or exc}")
-
-    def write_lines(self, lines: list[str]) -> None:
-        try:
-            if lines:
-                self.handle.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
-            self.handle.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise self._failed(exc) from None
-
-    def commit(self) -> None:
-        if self.stdout:
-            return
-        try:
-            self.handle.close()
-            if self._atomic is not None:
-                self._atomic.close()  # fsync, rename over the target
-                self._atomic = None
-        except OSError as exc:
-            raise self._failed(exc) from None
-
-    def abort(self) -> None:
-        if not self.stdout:
-            try:
-                self.handle.close()
-            except OSError:
-                pass
-        if self._atomic is not None:
-            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
-            self._atomic = None
-
-
-class _Terminated(SystemExit):
-    """SIGTERM arrived: unwinds like Ctrl-C (the partial output is removed), exit 128 + 15."""
-
-
-def _raise_on_sigterm():
-    """Make SIGTERM raise :class:`_Terminated` in the main thread; returns the previous handler
-    (None when not in the main thread, where signals cannot be handled)."""
-
-    def handler(signum, frame):
-        raise _Terminated(128 + signum)
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return None
 
 
 def translate_cli(args) -> int:
@@ -295,89 +112,126 @@ def translate_cli(args) -> int:
         state = distributed_state()
         world, rank, main = state.num_processes, state.process_index, state.is_main_process
     decode, reference = _decode_and_reference(args)
-    if onnx:
-        translator = _onnx_translator(args)
-    else:
-        from nmt.inference.translator import Translator
-
-        translator = Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
-                                     precision=args.precision, kernels=args.kernels)
-    translator.recipe.decode = translator.recipe.decode.updated(decode, label=decode_flag_label)
+    translator = _onnx_translator(args) if onnx else _torch_translator(args)
+    options = settings_for(translator, decode)
+    truncate_inputs_at(translator, options)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
-    n_best = translator.recipe.decode.n_best if nbest_format else 1
-    translator.decode_options(n_best=n_best)  # a shortlist's lexicon is loaded before reading input
-    input_name = args.input or "stdin"
+    share = _Share(options, options.n_best if nbest_format else 1, nbest_format, args.alignments, rank, world)
+    # a shortlist's lexicon is loaded before reading input
+    translator.decode_options(**call_options(options, n_best=share.n_best))
     output = src_stream = ref_stream = None
-    previous_handler = _raise_on_sigterm()
+    previous_handler = raise_on_sigterm()
     try:
-        problem = None
-        if main:  # the main process alone reads the input: check and open it, then tell the others
-            try:
-                src_stream, ref_stream = _open_inputs(args.input, reference)
-                output = _Output(args.output)
-            except NmtError as exc:
-                problem = str(exc)
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = [problem]
-            broadcast_object_list(box, from_process=0)
-            problem = box[0]
+        src_stream, ref_stream, output, problem = _open_on_main(args.input, reference, args.output, main)
+        problem = _from_main(problem, world)
         if problem is not None:
             raise NmtError(problem)
+        lines = None
         if main:
-            limit = line_limit(translator.recipe.decode.max_input_len)
-            src_lines = _iter_lines(src_stream, input_name, translator.warn, limit)
-            ref_lines = _iter_lines(ref_stream, reference, translator.warn, limit) if reference else None
-        first = 0  # 0-based index of the chunk's first line
-        while True:
-            payload: Any = None
-            if main:
-                try:
-                    payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
-                except NmtError as exc:
-                    payload = ("error", str(exc))
-            if world > 1:
-                from accelerate.utils import broadcast_object_list
-
-                box = [payload]
-                broadcast_object_list(box, from_process=0)
-                payload = box[0]
-            if isinstance(payload, tuple):
-                raise NmtError(payload[1])
-            if payload is None:
-                break
-            srcs, refs = payload["src"], payload.get("ref")
-            if refs is not None:
-                done = _score_share(translator, srcs, refs, first, rank, world)
-            else:
-                done = _translate_share(translator, srcs, first, rank, world, n_best, nbest_format,
-                                        args.alignments)
-            if world > 1:
-                from accelerate.utils import gather_object
-
-                done = gather_object(done)
-            if main:
-                done.sort(key=lambda pair: pair[0])
-                output.write_lines([text for _, texts in done for text in texts])
-            first += len(srcs)
+            limit = line_limit(options.max_input_len)
+            lines = (iter_lines(src_stream, args.input or "stdin", translator.warn, limit),
+                     iter_lines(ref_stream, reference, translator.warn, limit) if reference else None)
+        _translate_chunks(translator, share, lines, output, args.input or "stdin", reference)
         if main:
             translator.warn.summary()
             output.commit()
         if world > 1:
             state.wait_for_everyone()  # leave together: a rank exiting early breaks the others' gloo
     except BaseException as exc:
-        _abandon(output, exc, args.output)
+        abandon(output, exc, args.output)
         raise
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-        _close_inputs(src_stream, ref_stream)
+        close_inputs(src_stream, ref_stream)
         if world > 1:
             _close_process_group()
     return 0
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one process translates of each chunk, and how: its ``rank`` of ``world`` shares,
+    searched with ``options``; ``n_best`` hypotheses per line when ``nbest_format``."""
+
+    options: DecodeConfig
+    n_best: int
+    nbest_format: bool
+    alignments: bool
+    rank: int = 0
+    world: int = 1
+
+
+def _torch_translator(args):
+    from nmt.inference.translator import Translator
+
+    return Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
+                           precision=args.precision, kernels=args.kernels)
+
+
+def _open_on_main(input_path: str | None, reference: str | None, output_path: str | None, main: bool):
+    """The main process alone reads the input: ``(source, reference, output, problem)``, the
+    streams it opened and, when one could not be opened, the message (for every process)."""
+    src_stream = ref_stream = output = problem = None
+    if main:
+        try:
+            src_stream, ref_stream = open_inputs(input_path, reference)
+            output = Output(output_path)
+        except NmtError as exc:
+            problem = str(exc)
+    return src_stream, ref_stream, output, problem
+
+
+def _from_main(value: Any, world: int) -> Any:
+    """The main process's ``value``, in every process."""
+    if world == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _translate_chunks(translator, share: _Share, lines: tuple | None, output: "Output | None",
+                      input_name: str, reference: str | None) -> None:
+    """Chunk by chunk: the main process reads ``lines`` (source and reference iterators), every
+    process translates its share, the main process writes the chunk in input order."""
+    main = lines is not None
+    first = 0  # 0-based index of the chunk's first line
+    while True:
+        payload: Any = None
+        if main:
+            try:
+                payload = read_chunk(lines[0], lines[1], first, input_name, reference)
+            except NmtError as exc:
+                payload = ("error", str(exc))
+        payload = _from_main(payload, share.world)
+        if isinstance(payload, tuple):
+            raise NmtError(payload[1])
+        if payload is None:
+            break
+        done = _share_of_chunk(translator, share, payload, first)
+        if share.world > 1:
+            from accelerate.utils import gather_object
+
+            done = gather_object(done)
+        if main:
+            done.sort(key=lambda pair: pair[0])
+            output.write_lines([text for _, texts in done for text in texts])
+        first += len(payload["src"])
+
+
+def _share_of_chunk(translator, share: _Share, payload: dict[str, list[str]], first: int
+                    ) -> list[tuple[int, list[str]]]:
+    """This process's output lines of one chunk: ``(chunk index, lines)`` pairs."""
+    srcs, refs = payload["src"], payload.get("ref")
+    if refs is not None:
+        return _score_share(translator, share.options, srcs, refs, first, share.rank, share.world)
+    return _translate_share(translator, share.options, srcs, first, share.rank, share.world, share.n_best,
+                            share.nbest_format, share.alignments)
 
 
 def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
@@ -425,85 +279,32 @@ def _close_process_group() -> None:
         pass
 
 
-def _abandon(output: "_Output | None", exc: BaseException, path: str | None) -> None:
-    """A failed or stopped translation leaves no output file; a SIGTERM says so."""
-    if output is not None:
-        output.abort()
-    if isinstance(exc, _Terminated):
-        print(f"nmt translate: terminated{' (no output file written)' if path else ''}", file=sys.stderr)
-
-
-def _close_inputs(*streams: BinaryIO | None) -> None:
-    """Close the opened input files (standard input stays open; it may be closed already)."""
-    stdin = getattr(sys.stdin, "buffer", None)
-    for stream in streams:
-        if stream is not None and stream is not stdin:
-            stream.close()
-
-
-def _open_inputs(path: str | None, reference: str | None) -> tuple[BinaryIO, BinaryIO | None]:
-    """Open the input (and reference) streams; line counts of two regular files are compared up
-    front (pipes are compared while they are read)."""
-    if reference and path not in (None, "-") and os.path.isfile(path) and os.path.isfile(reference):
-        n_src, n_ref = _count_lines(path), _count_lines(reference)
-        if n_src != n_ref:
-            raise NmtError(f"--score-reference: {path} has {n_src} lines but {reference} has "
-                           f"{n_ref}; the files must be line-aligned")
-    src = _open_input(path, "input file")
-    try:
-        ref = _open_input(reference, "reference file") if reference else None
-    except NmtError:
-        if path not in (None, "-"):
-            src.close()
-        raise
-    return src, ref
-
-
-def _read_chunk(src_lines: Iterator[str], ref_lines: Iterator[str] | None, first: int,
-                input_name: str, reference: str | None) -> dict[str, list[str]] | None:
-    """The next CHUNK_LINES input lines (and as many reference lines), or None at the end."""
-    srcs = list(islice(src_lines, CHUNK_LINES))
-    refs = None
-    if ref_lines is not None:
-        refs = list(islice(ref_lines, len(srcs)))
-        if len(refs) < len(srcs):
-            raise NmtError(f"--score-reference: {reference} has only {first + len(refs)} lines but "
-                           f"{input_name} has more ({first + len(srcs)} or more); the two must be "
-                           "line-aligned")
-        if not srcs and next(ref_lines, None) is not None:
-            raise NmtError(f"--score-reference: {input_name} has {first} lines but {reference} has "
-                           "more; the two must be line-aligned")
-    if not srcs:
-        return None
-    return {"src": srcs, "ref": refs} if refs is not None else {"src": srcs}
-
-
-def _score_share(translator: Translator, srcs: list[str], refs: list[str], first: int, rank: int,
-                 world: int) -> list[tuple[int, list[str]]]:
+def _score_share(translator: Translator, options: DecodeConfig, srcs: list[str], refs: list[str],
+                 first: int, rank: int, world: int) -> list[tuple[int, list[str]]]:
     lines = [first + i + 1 for i in range(len(srcs))]
-    found = translator.score(srcs, refs, lines=lines, shard=(rank, world))
+    found = translator.score(srcs, refs, lines=lines, shard=(rank, world), batch_tokens=options.batch_tokens)
     return [(i, [f"{value:.6f}"]) for i, value in enumerate(found) if value is not None]
 
 
-def _translate_share(translator: Translator, srcs: list[str], first: int, rank: int, world: int,
-                     n_best: int, nbest_format: bool, alignments: bool = False
+def _translate_share(translator: Translator, options: DecodeConfig, srcs: list[str], first: int, rank: int,
+                     world: int, n_best: int, nbest_format: bool, alignments: bool = False
                      ) -> list[tuple[int, list[str]]]:
-    """This process's output lines: ``(chunk index, lines)`` pairs."""
+    """This process's output lines: ``(chunk index, lines)`` pairs, searched with ``options``."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
     if not (nbest_format or alignments):
-        found = translator.translate(srcs, lines=lines, shard=shard)
-        return [(i, [_one_line(text)]) for i, text in enumerate(found) if text is not None]
-    results = translator.translate(srcs, n_best=n_best, return_scores=True, return_alignment=alignments,
-                                   lines=lines, shard=shard)
+        found = translator.translate(srcs, lines=lines, shard=shard, **call_options(options, n_best=1))
+        return [(i, [one_line(text)]) for i, text in enumerate(found) if text is not None]
+    results = translator.translate(srcs, return_scores=True, return_alignment=alignments, lines=lines,
+                                   shard=shard, **call_options(options, n_best=n_best))
     out = []
     for i, result in enumerate(results):
         if result is None:
             continue
         rows = []
         for h in result.hypotheses:
-            row = f"{first + i}\t{_format_score(h.score)}\t" if nbest_format else ""
-            row += _one_line(h.text)
+            row = f"{first + i}\t{format_score(h.score)}\t" if nbest_format else ""
+            row += one_line(h.text)
             rows.append(row + (f"\t{format_alignment(h.alignment)}" if alignments else ""))
             if not nbest_format:
                 break
@@ -562,15 +363,17 @@ def _worker_translator(spec: dict[str, Any]):
             translator = Translator.load(spec["run_dirs"], spec["checkpoint"], device="cpu",
                                          quantize=spec["quantize"], precision=spec["precision"],
                                          kernels=spec["kernels"])
-        translator.recipe.decode = translator.recipe.decode.updated(spec["decode"], label=decode_flag_label)
-        translator.decode_options(n_best=spec["n_best"])
-        _WORKER["translator"] = translator
+        options = settings_for(translator, spec["decode"])
+        truncate_inputs_at(translator, options)
+        translator.decode_options(**call_options(options, n_best=spec["n_best"]))
+        _WORKER["translator"], _WORKER["options"] = translator, options
     return translator
 
 
 def _worker_line_limit(spec: dict[str, Any]) -> int:
     """In a worker: load the run; the bytes of an input line to read (:func:`line_limit`)."""
-    return line_limit(_worker_translator(spec).recipe.decode.max_input_len)
+    _worker_translator(spec)
+    return line_limit(_WORKER["options"].max_input_len)
 
 
 def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank: int, world: int
@@ -579,12 +382,8 @@ def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank:
     and the warnings it gave."""
     translator = _worker_translator(spec)
     translator.warn = _Collected()
-    srcs, refs = payload["src"], payload.get("ref")
-    if refs is not None:
-        done = _score_share(translator, srcs, refs, first, rank, world)
-    else:
-        done = _translate_share(translator, srcs, first, rank, world, spec["n_best"], spec["nbest_format"],
-                                spec["alignments"])
+    share = _Share(_WORKER["options"], spec["n_best"], spec["nbest_format"], spec["alignments"], rank, world)
+    done = _share_of_chunk(translator, share, payload, first)
     return done, translator.warn.records
 
 
@@ -609,12 +408,12 @@ def _translate_with_workers(args, workers: int) -> int:
             "alignments": args.alignments}
     warn = WarningCounter()
     input_name = args.input or "stdin"
-    src_stream, ref_stream = _open_inputs(args.input, reference)
+    src_stream, ref_stream = open_inputs(args.input, reference)
     output = pool = None
     finished = False
-    previous_handler = _raise_on_sigterm()
+    previous_handler = raise_on_sigterm()
     try:
-        output = _Output(args.output)
+        output = Output(args.output)
         # spawn: a worker starts from a fresh interpreter (no copy of this process's threads or locks)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init)
@@ -622,12 +421,12 @@ def _translate_with_workers(args, workers: int) -> int:
         # and a run that cannot be loaded fails before any input is read
         limit = _result(pool.submit(_worker_line_limit, spec), "loading the run", 0)
         reading = _Collected()
-        src_lines = _iter_lines(src_stream, input_name, reading, limit)
-        ref_lines = _iter_lines(ref_stream, reference, reading, limit) if reference else None
+        src_lines = iter_lines(src_stream, input_name, reading, limit)
+        ref_lines = iter_lines(ref_stream, reference, reading, limit) if reference else None
         in_flight: deque = deque()
         first = 0
         while True:
-            payload = _read_chunk(src_lines, ref_lines, first, input_name, reference)
+            payload = read_chunk(src_lines, ref_lines, first, input_name, reference)
             if payload is None:
                 break
             futures = [pool.submit(_work, spec, payload, first, rank, workers) for rank in range(workers)]
@@ -642,14 +441,14 @@ def _translate_with_workers(args, workers: int) -> int:
         output.commit()
         finished = True
     except BaseException as exc:
-        _abandon(output, exc, args.output)
+        abandon(output, exc, args.output)
         raise
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if pool is not None:
             _stop_workers(pool, finished)
-        _close_inputs(src_stream, ref_stream)
+        close_inputs(src_stream, ref_stream)
     return 0
 
 
@@ -673,7 +472,7 @@ def _result(future, doing: str, first: int, submitted: int = 0) -> Any:
         raise _WorkerFailed(f"a worker process failed while {doing}: {type(exc).__name__}: {exc}") from None
 
 
-def _write_chunk(chunk: tuple, output: _Output, warn: WarningCounter, submitted: int) -> None:
+def _write_chunk(chunk: tuple, output: Output, warn: WarningCounter, submitted: int) -> None:
     """Wait for every share of the oldest chunk in flight, then print its warnings and write it.
     ``submitted``: the lines sent to the workers so far."""
 

@@ -1,0 +1,32 @@
+"""``nmt sweep``."""
+from __future__ import annotations
+
+import argparse
+
+from nmt.commands.common import add_set
+
+NAME = "sweep"
+HELP = "train a grid of recipe variants and report"
+EXAMPLES = """
+    nmt sweep recipes/sweep-activations.yaml \\
+        --grid model.activation=relu,gelu,arelu --grid model.attention.kind=bahdanau,local-p \\
+        --steps 500 --seeds 1,2 --jobs 2
+    """
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe")
+    add_set(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...")
+    p.add_argument("--budget-minutes", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seeds", default=None, help="comma list of seeds")
+    p.add_argument("--out-dir", help="sweep directory (default: runs/sweep-<recipe name>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each with cores/jobs threads (default 1); pair with --steps")
+
+
+def run(args) -> int:
+    from nmt.tools.sweep import sweep_cli
+
+    return sweep_cli(args)

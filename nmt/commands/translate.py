@@ -1,0 +1,53 @@
+"""``nmt translate``."""
+from __future__ import annotations
+
+import argparse
+
+from nmt.commands.common import add_checkpoint, add_kernels, add_precision
+from nmt.config import add_decode_arguments
+
+NAME = "translate"
+HELP = "translate text with a trained run (greedy, batched beam search or sampling)"
+EXAMPLES = """
+    nmt translate runs/fr-en -i test.fr -o test.en
+    echo "Je suis fatigué." | nmt translate runs/fr-en
+    nmt translate runs/fr-en -i test.fr --n-best 3 --beam 5     K lines per input: i<TAB>score<TAB>text
+    nmt translate runs/fr-en -i test.fr --score-reference test.en   log-probability of references
+    nmt translate runs/fr-en -i test.fr --alignments           TEXT<TAB>0-0 1-2 2-1 (word alignments)
+    nmt translate runs/fr-en runs/fr-en-seed2 -i test.fr     an ensemble: mean of the runs' log-probs
+    nmt translate runs/fr-en -i big.fr -o big.en --workers 2    2 one-thread processes
+    torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
+    nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
+    """
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                   help="run directory written by nmt train; several: decode with their ensemble (they must "
+                        "share their tokenizers); --engine onnx: one export directory written by nmt export")
+    p.add_argument("-i", "--input", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the run's PyTorch model (default); onnx: an nmt export on onnxruntime, "
+                        "without PyTorch")
+    add_checkpoint(p)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="translate with N processes of one CPU thread each, over chunks of the input: "
+                        "for large files (default 1: this process, with torch's threads); the output "
+                        "is the same")
+    p.add_argument("--score-reference", metavar="FILE",
+                   help="instead of translating, print the log-probability of each reference line")
+    p.add_argument("--alignments", action="store_true",
+                   help="append a tab and the word alignments from the attention (Pharaoh format: "
+                        "SRC-TGT 0-based word indices, e.g. 0-0 1-2 2-1) to each output line")
+    p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
+    add_precision(p, "search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
+    add_kernels(p)
+    add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT; "
+                                             "default: one line per input line, the best"})
+
+
+def run(args) -> int:
+    from nmt.tools.translate import translate_cli
+
+    return translate_cli(args)

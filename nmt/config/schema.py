@@ -1,0 +1,336 @@
+"""The recipe schema: nested dataclasses, one per section, and :func:`setting`, the field helper
+that carries a field's help, allowed range and choices.
+
+Every default lives here; ``nmt config show RECIPE`` prints the resolved recipe. Validation
+(:mod:`nmt.config.validation`), the generated command-line options (:mod:`nmt.config.options`)
+and the server's request model read the metadata, so each setting is described once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Optional, Union
+
+import yaml
+
+from nmt.metrics import METRICS
+
+#: the names of the activation registry (``nmt.model.activations.available_activations()``);
+#: kept here because the recipe is read below the model layer (a test keeps the two equal)
+ACTIVATIONS: tuple[str, ...] = (
+    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "gelu_tanh",
+    "swish", "silu", "mish", "softplus", "maxout", "arelu", "aprelu")
+
+#: sacrebleu's BLEU tokenizers (``sacrebleu.metrics.BLEU.TOKENIZERS``; a test keeps them equal)
+BLEU_TOKENIZERS: tuple[str, ...] = (
+    "none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200", "spBLEU-1K")
+
+_NO_DEFAULT = object()
+
+
+def setting(default: Any = _NO_DEFAULT, help: str = "", *, default_factory: Callable[[], Any] | None = None,
+            min: float | None = None, max: float | None = None, above: float | None = None,
+            below: float | None = None, choices: tuple[str, ...] | None = None, noun: str | None = None,
+            length: int | None = None, note: str | None = None, metavar: str | None = None) -> Any:
+    """A recipe field that carries its help text and what it allows.
+
+    ``min``/``max``: inclusive bounds; ``above``/``below``: exclusive bounds; for a list field they
+    bound each item, and ``length`` fixes the item count. ``choices``: the allowed strings (of the
+    value, or of each item of a list), named ``noun`` in messages ("unknown activation 'x'").
+    ``note`` explains a bound in its message. ``metavar`` names the value in ``--help``.
+    """
+    meta = {"help": help, "min": min, "max": max, "above": above, "below": below, "choices": choices,
+            "noun": noun, "length": length, "note": note, "metavar": metavar}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    if default is _NO_DEFAULT:
+        raise TypeError("setting() needs a default or a default_factory")
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class FilterConfig:
+    """Cleaning applied to training pairs (valid/test are only normalised, never dropped)."""
+
+    max_len: int = setting(100, "drop pairs whose source or target has more subwords than this", above=0)
+    max_ratio: float = setting(3.0, "drop pairs whose subword length ratio (longer/shorter) exceeds this",
+                               above=0)
+    min_len: int = setting(1, "drop pairs with fewer subwords than this on either side", min=0)
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"  #: Unicode normalisation of both sides
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel corpus comes from. Everything is read through HuggingFace ``datasets``.
+
+    ``format``:
+      - ``tsv``: a directory (``path``) holding one tab-separated file per split (``splits``), or one
+        file with no splits (then ``valid``/``test`` are carved off deterministically); ``columns``
+        are 0-based column indices.
+      - ``text``: a pair of parallel plain-text files per split: ``{path}/{split}.{src_lang}`` and
+        ``{path}/{split}.{tgt_lang}``.
+      - ``jsonl``: one JSON object per line; ``columns`` are field names.
+      - ``hub``: a dataset on the HuggingFace Hub (``hub_id``, ``hub_config``); ``columns`` name the
+        fields, or use ``translation`` for the usual ``{"translation": {"fr": ..., "en": ...}}``.
+      - ``url``: a remote TSV file (``url``; ``zip://member::https://...`` reaches inside archives),
+        downloaded and cached by ``datasets``; split deterministically.
+    """
+
+    format: Literal["tsv", "text", "jsonl", "hub", "url"] = "tsv"
+    path: Optional[str] = None  #: local directory or file (``${ENV:-default}`` allowed)
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train.tsv", "valid": "valid.tsv", "test": "test.tsv"}
+    )
+    src_lang: str = "fr"
+    tgt_lang: str = "en"
+    columns: dict[str, Union[int, str]] = field(default_factory=lambda: {"src": 1, "tgt": 0})
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    url: Optional[str] = None
+    #: When the corpus has no fixed splits: fraction (in 1/1000 hash buckets) that goes to valid/test.
+    #: Pairs are grouped by target sentence so that one sentence never lands in two splits.
+    split_permille: dict[str, int] = field(default_factory=lambda: {"test": 12, "valid": 12})
+    split_salt: str = "tatoeba-fra-eng-split|"
+    max_train_pairs: Optional[int] = None  #: keep only the first N training pairs (debugging)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    cache_dir: Optional[str] = None  #: where ``datasets`` caches downloads and Arrow files
+
+
+_VOCAB_NOTE = "4 special pieces + characters"
+
+
+@dataclass
+class TokenizerConfig:
+    """sentencepiece subwords, trained on the training split only and stored in the run directory."""
+
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    joint: bool = False  #: one shared vocabulary for both languages
+    src_vocab_size: int = setting(8000, "source vocabulary size", min=8, note=_VOCAB_NOTE)
+    tgt_vocab_size: int = setting(8000, "target vocabulary size", min=8, note=_VOCAB_NOTE)
+    character_coverage: float = setting(1.0, "share of characters sentencepiece covers", min=0, max=1)
+    input_sentence_size: int = 2_000_000  #: sentences sampled to train sentencepiece (large corpora)
+    num_threads: int = 2
+
+
+@dataclass
+class EncoderConfig:
+    layers: int = setting(1, "GRU layers", above=0)
+    bidirectional: bool = True
+    hidden_size: int = setting(256, "GRU size per direction", above=0)
+    dropout: float = setting(0.2, "between GRU layers and on the encoder output", min=0, below=1)
+    self_attention_layers: int = setting(0, "multi-head self-attention blocks on top of the GRU", min=0)
+    self_attention_heads: int = setting(4, "heads of each self-attention block", above=0)
+    self_attention_ff_size: int = setting(1024, "feed-forward size of each self-attention block", above=0)
+
+
+@dataclass
+class DecoderConfig:
+    layers: int = setting(1, "GRU layers", above=0)
+    hidden_size: int = setting(256, "GRU size", above=0)
+    dropout: float = setting(0.2, "on the attentional/readout vector before the output layer", min=0, below=1)
+    input_feeding: bool = True  #: Luong: feed the previous attentional vector into the GRU input
+    bridge: bool = True  #: initial state = act(W · encoder final state); else zeros
+
+
+@dataclass
+class AttentionConfig:
+    """``kind``: bahdanau | luong-dot | luong-general | luong-concat | local-p.
+
+    Bahdanau attention is computed *before* the decoder GRU (the context feeds the GRU); all Luong
+    kinds *after* it (attentional hidden state). ``local-p`` uses ``score`` inside a Gaussian window
+    of half-width ``window`` (Luong et al. 2015, §3.2).
+    """
+
+    kind: Literal["bahdanau", "luong-dot", "luong-general", "luong-concat", "local-p"] = "bahdanau"
+    hidden_size: Optional[int] = setting(None, "additive/concat scorer size; default: decoder hidden size",
+                                         above=0)
+    activation: Optional[str] = setting(None, "scorer non-linearity; default: tanh", choices=ACTIVATIONS,
+                                        noun="activation")
+    score: Literal["dot", "general", "concat"] = "general"  #: local-p's alignment score
+    window: Optional[int] = setting(None, "local-p half window D (required for local-p)", above=0)
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = setting(256, "embedding size", above=0)
+    tied_embeddings: bool = False  #: tie decoder input embeddings to the output projection
+    shared_embeddings: bool = False  #: share source and target embeddings (needs a joint vocabulary)
+    dropout: float = setting(0.2, "on embeddings", min=0, below=1)
+    #: Non-linearity of every layer that has one (bridge, readout / attentional state, self-attention
+    #: feed-forward), by registry name (``nmt.model.activations.available_activations()``).
+    activation: str = setting("tanh", "non-linearity of every layer that has one", choices=ACTIVATIONS,
+                              noun="activation")
+    activation_options: dict[str, Any] = field(default_factory=dict)  #: e.g. ``{pieces: 2}``
+    init: Literal["xavier_uniform", "uniform", "pytorch"] = "xavier_uniform"
+    #: Implementation of the operations that have a CPU fast path (``nmt/kernels``): ``auto`` takes
+    #: it where it applies (CPU training, search); ``reference`` runs only the plain equations of
+    #: ``nmt/model`` (nn.GRU, the attention and loss formulas, nn.Dropout), as a GPU does. Both give
+    #: the same numbers up to rounding; weights trained with one load with the other.
+    kernels: Literal["auto", "reference"] = "auto"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+#: the values of ``model.kernels``
+KERNELS: tuple[str, ...] = typing.get_args(typing.get_type_hints(ModelConfig)["kernels"])
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    batch_tokens: int = setting(4096, "target tokens (incl. EOS, no padding) per batch", above=0)
+    max_sentences: int = setting(512, "cap on sentences per batch", above=0)
+    bucket_width: int = setting(1, "length bucket granularity in tokens (1 = exact length buckets)", above=0)
+    accumulate: int = setting(1, "gradient accumulation steps", above=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = setting(1e-3, "learning rate", above=0)
+    betas: list[float] = setting(help="Adam's beta1 and beta2", default_factory=lambda: [0.9, 0.999],
+                                 min=0, below=1, length=2)
+    weight_decay: float = setting(0.0, "weight decay", min=0)
+    schedule: Literal["constant", "inverse_sqrt", "cosine", "plateau"] = "constant"
+    warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", min=0)
+    min_lr: float = setting(1e-5, "lowest learning rate of the schedule", min=0)
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    clip_norm: float = setting(1.0, "gradient norm clipping; 0 disables clipping", min=0)
+    label_smoothing: float = setting(0.0, "label smoothing of the loss", min=0, below=1)
+    max_steps: Optional[int] = setting(None, "stop after this many updates", above=0)
+    max_epochs: Optional[int] = setting(None, "stop after this many epochs", above=0)
+    budget_minutes: Optional[float] = setting(None, "stop training after this much training wall time",
+                                              above=0)
+    valid_every: int = setting(1000, "steps between validations", above=0)
+    valid_beam: int = setting(1, "1 = greedy decoding for validation BLEU", above=0)
+    valid_max_sentences: Optional[int] = setting(None, "validate BLEU on the first N valid pairs only", above=0)
+    #: What makes a validation the new "best" checkpoint (and resets ``patience``): a higher valid
+    #: BLEU, or with ``loss`` a lower valid loss. An equal BLEU counts as better when the valid loss
+    #: is lower: early in training every validation scores BLEU 0 while the loss still falls, and
+    #: the best checkpoint is then the one that has learned most, not the first (which outputs
+    #: next to nothing).
+    early_stopping_metric: Literal["bleu", "loss"] = "bleu"
+    patience: Optional[int] = setting(None, "validations without improvement before stopping", above=0)
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    #: torch intra-op threads. ``auto`` (default): on an idle machine torch's own choice; beside
+    #: other work seen at start-up, one per CPU it leaves free, waiting passively
+    #: (nmt.training.threads); an integer fixes the count, ``null`` always takes torch's choice
+    num_threads: Optional[Union[int, Literal["auto"]]] = setting("auto", "torch intra-op threads", above=0)
+    log_every: int = setting(100, "steps between training log lines", above=0)
+    keep_last: int = setting(
+        1, "weights of the last N checkpoints kept in checkpoints/ as stepNNNNNNNN.safetensors, for "
+           "`nmt average` (1: only the last, which resume needs)", min=1, metavar="N")
+    plot_sentences: int = 3  #: attention plots of fixed valid sentences at each validation
+    #: Continued training (``nmt train --init-from RUN_DIR``): the trained run whose weights and
+    #: tokenizer models this run starts from, with this recipe's data, schedule and a fresh
+    #: optimizer. Its model and tokenizer sections must equal the run's (dropout, init and kernels
+    #: may differ). Written as an absolute path into the new run's recipe.yaml.
+    init_from: Optional[str] = None
+    init_checkpoint: Literal["best", "last", "avg"] = "best"  #: which weights of ``init_from``
+    max_nan_skips: int = setting(5, "consecutive non-finite losses before the run stops", above=0)
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings (:mod:`nmt.inference.search`), the defaults of ``nmt translate``, ``nmt
+    evaluate``, ``nmt bench translate`` and validation; each field is also a command-line option of
+    those commands (``n_best`` -> ``--n-best``)."""
+
+    beam: int = setting(5, "beam size; 1 = greedy search", min=1, metavar="K")
+    n_best: int = setting(1, "hypotheses per sentence (at most the beam size)", min=1, metavar="K")
+    length_penalty: float = setting(
+        0.0, "GNMT length penalty alpha: score / ((5 + |Y|) / 6) ** alpha; 0 = none", min=0, metavar="ALPHA")
+    coverage_penalty: float = setting(0.0, "GNMT coverage penalty beta; 0 = none", min=0, metavar="BETA")
+    max_len_a: float = setting(1.5, "max output length = a * source length + b", min=0, metavar="A")
+    max_len_b: int = setting(10, "max output length = a * source length + b", min=0, metavar="B")
+    min_len: int = setting(0, "tokens generated before EOS is allowed", min=0, metavar="N")
+    no_repeat_ngram: int = setting(0, "forbid repeating n-grams of this size; 0 = off", min=0, metavar="N")
+    batch_tokens: int = setting(8000, "source tokens x beam size per translation batch", min=1, metavar="N")
+    shortlist: int = setting(
+        0, "lexical shortlist (nmt shortlist): K translations per source subword + the frequent ones; "
+           "0 = full vocabulary", min=0, metavar="K")
+    shortlist_frequent: int = setting(100, "most frequent target subwords always in a shortlist", min=0,
+                                      metavar="N")
+    max_input_len: int = setting(250, "longer inputs are truncated (with a warning) to this many subwords",
+                                 min=1, metavar="N")
+    sample: bool = setting(
+        False, "draw each token from the model's distribution instead of searching; n_best is then "
+               "the number of independent samples per sentence; excludes beam > 1")
+    temperature: float = setting(1.0, "sampling: logits divided by T (< 1 sharper, > 1 flatter)", above=0,
+                                 metavar="T")
+    top_k: int = setting(0, "sampling: draw from the K most probable tokens only; 0 = all", min=0,
+                         metavar="K")
+    top_p: float = setting(1.0, "sampling: draw from the smallest set of most probable tokens whose "
+                                "probability reaches P (nucleus); 1 = all", above=0, max=1, metavar="P")
+    seed: int = setting(0, "sampling: random seed; line N of the input is sampled from its own stream "
+                           "of (seed, N)", min=0, metavar="S")
+
+    def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
+        """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""
+        from nmt.config.validation import decode_problems
+
+        return decode_problems(self, label or (lambda name: name))
+
+    def updated(self, changes: Mapping[str, Any] | None = None,
+                label: Callable[[str], str] | None = None, **more: Any) -> "DecodeConfig":
+        """A validated copy with ``changes`` (``None`` values keep the current setting).
+
+        Without a new ``beam``, a larger ``n_best`` widens the beam to it, and sampling sets it to 1
+        (``n_best`` is then the number of samples). Problems raise
+        :class:`~nmt.errors.ConfigError`, each naming the setting as ``label(field)`` (a
+        command-line flag, a keyword argument).
+        """
+        from nmt.config.validation import updated_decode
+
+        return updated_decode(self, {**(changes or {}), **more}, label or (lambda name: name))
+
+    def check(self) -> "DecodeConfig":
+        """Raise :class:`~nmt.errors.ConfigError` if a value is out of range; return ``self``."""
+        from nmt.errors import ConfigError
+
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, what="decode settings")
+        return self
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = setting(help="metrics of nmt evaluate", default_factory=lambda: list(METRICS),
+                                 choices=METRICS, noun="metric")
+    bleu_tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer", choices=BLEU_TOKENIZERS,
+                                 noun="BLEU tokenizer")
+
+
+@dataclass
+class OutputConfig:
+    name: Optional[str] = None  #: run name; default: the recipe file name
+    run_dir: Optional[str] = None  #: default: ``runs/<name>``
+    tensorboard: bool = False
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def resolved_run_dir(recipe: Recipe, override: str | None = None) -> Path:
+    """Where a run of ``recipe`` writes: ``override``, else ``output.run_dir``, else ``runs/<name>``."""
+    if override:
+        return Path(override)
+    if recipe.output.run_dir:
+        return Path(recipe.output.run_dir)
+    return Path("runs") / (recipe.output.name or "run")

@@ -1,0 +1,193 @@
+"""What ``nmt serve`` accepts: its limits (:class:`ServeLimits`), the ``POST /api/translate``
+request model, whose search options come from the decode schema (:data:`REQUEST_DECODE`), and
+the checks that turn a bad request into a 4xx answer (:class:`ApiError`) naming what to change.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from nmt.errors import NmtError
+
+if TYPE_CHECKING:
+    from nmt.tools.serve import ServedModel
+
+
+@dataclass
+class ServeLimits:
+    """What one request may ask for and how much the server takes on at once."""
+
+    max_texts: int = 32  #: sentences per request
+    max_chars: int = 1000  #: characters per sentence
+    max_beam: int = 16  #: largest beam (and n-best) a request may ask for
+    max_length_penalty: float = 10.0
+    queue_limit: int = 64  #: requests waiting for the model before 503
+    batch_window_ms: float = 2.0  #: how long the first waiting request waits for others
+    max_batch_texts: int = 64  #: sentences per model call (a single larger request runs alone)
+    max_body_bytes: int = 1 << 20
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_texts", "max_chars", "max_beam", "queue_limit", "max_batch_texts",
+                     "max_body_bytes", "retry_after_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise NmtError(f"serve limit {name} must be an integer >= 1, got {value!r}")
+        if not (self.batch_window_ms >= 0 and math.isfinite(self.batch_window_ms)):
+            raise NmtError(f"serve limit batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP ``status`` and a message saying what to change."""
+
+    def __init__(self, status: int, message: str, details: list | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.details, self.headers = status, message, details, headers
+
+
+#: the ``decode`` settings a request may give, with their request defaults (None: the run's recipe);
+#: type, range and description come from :class:`~nmt.config.DecodeConfig`
+REQUEST_DECODE: dict[str, Any] = {"beam": None, "n_best": 1, "length_penalty": None, "shortlist": None}
+
+_BOUNDS = {"min": "ge", "above": "gt", "max": "le", "below": "lt"}
+
+
+def _decode_fields() -> dict[str, tuple[Any, Any]]:
+    """The request fields of :data:`REQUEST_DECODE`, built from the decode schema's fields."""
+    import dataclasses
+    import typing
+
+    from pydantic import Field
+
+    from nmt.config import DecodeConfig
+
+    hints = typing.get_type_hints(DecodeConfig)
+    fields = {}
+    for f in dataclasses.fields(DecodeConfig):
+        if f.name not in REQUEST_DECODE:
+            continue
+        default = REQUEST_DECODE[f.name]
+        bounds = {_BOUNDS[key]: f.metadata[key] for key in _BOUNDS if key in f.metadata}
+        text = f.metadata["help"] + (" (default: the run's recipe)" if default is None else "")
+        annotation = hints[f.name] if default is not None else typing.Optional[hints[f.name]]
+        fields[f.name] = (annotation, Field(default, description=text, **bounds))
+    return fields
+
+
+@functools.lru_cache(maxsize=None)
+def request_model():
+    """The pydantic model of ``POST /api/translate`` (one class, built on first use)."""
+    from pydantic import ConfigDict, Field, create_model
+
+    return create_model(
+        "TranslateRequest",
+        __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=()),
+        __doc__="A translation request: ``text`` or ``texts``, and search options.",
+        text=(str | None, Field(None, description="one sentence (give this or texts)")),
+        texts=(list[str] | None, Field(None, description="several sentences (or text)")),
+        model=(str | None, Field(None, description="a served run's name (default: the first)")),
+        **_decode_fields(),
+        return_scores=(bool, Field(True, description="scores and per-token log-probabilities")),
+        return_attention=(bool, Field(False, description="attention matrices and pieces")),
+    )
+
+
+_TYPE_WORDS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _field_help(request_model) -> str:
+    """``text (string), texts (list of strings), ...``: the request's fields, for error messages."""
+    import typing
+
+    def word(tp: Any) -> str:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is list:
+            return f"list of {word(args[0])}s"
+        if args:  # Optional[X]
+            return word(args[0])
+        return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+    return ", ".join(f"{name} ({word(info.annotation)})" for name, info in request_model.model_fields.items())
+
+
+def validation_error(errors: Sequence[dict]) -> ApiError:
+    """FastAPI's validation errors as one clear message (and a list of details)."""
+    details = []
+    for err in errors:
+        kind = err.get("type", "")
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = ".".join(loc)
+        if kind == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return ApiError(400, f"malformed JSON in the request body: {ctx.get('error', 'invalid JSON')}"
+                                 f" (at character {loc[-1] if loc else '?'}); send a JSON object, e.g. "
+                                 '{"text": "Je suis fatigué."}')
+        if kind == "extra_forbidden":
+            message = f"unknown field {where!r}; known fields: {_field_help(request_model())}"
+        elif not where and kind in ("model_attributes_type", "dict_type", "missing", "model_type"):
+            message = 'the request body must be a JSON object, e.g. {"text": "Je suis fatigué."}'
+        else:
+            got = err.get("input")
+            shown = json.dumps(got, ensure_ascii=False)[:60] if _jsonable(got) else type(got).__name__
+            message = f"{where or 'body'}: {err.get('msg', 'invalid value')} (got {shown})"
+        details.append({"field": where or None, "message": message})
+    if not details:
+        details = [{"field": None, "message": "invalid request"}]
+    return ApiError(422, "; ".join(d["message"] for d in details), details)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_request(req, models: dict[str, ServedModel], default: str, limits: ServeLimits):
+    """Request checks that depend on the served runs and the configured limits."""
+    name = req.model if req.model is not None else default
+    served = models.get(name)
+    if served is None:
+        raise ApiError(404, f"unknown model {req.model!r}; served models: {', '.join(models)}")
+    if (req.text is None) == (req.texts is None):
+        raise ApiError(422, 'give exactly one of "text" (a string) or "texts" (a list of strings)')
+    texts = [req.text] if req.text is not None else list(req.texts)
+    field_name = "text" if req.text is not None else "texts"
+    if not texts:
+        raise ApiError(422, "texts is empty; give at least one sentence")
+    if len(texts) > limits.max_texts:
+        raise ApiError(422, f"too many texts: {len(texts)} (at most {limits.max_texts} per request; "
+                            "split the list)")
+    for i, text in enumerate(texts):
+        where = field_name if req.text is not None else f"texts[{i}]"
+        if not text.strip():
+            raise ApiError(422, f"{where} is empty; give a sentence to translate")
+        if len(text) > limits.max_chars:
+            raise ApiError(422, f"{where} has {len(text)} characters; at most {limits.max_chars} "
+                                "per text (split it into sentences)")
+    beam = req.beam
+    if beam is not None and beam > limits.max_beam:
+        raise ApiError(422, f"beam {beam} is out of range: 1 to {limits.max_beam}")
+    if req.n_best > limits.max_beam:
+        raise ApiError(422, f"n_best {req.n_best} is out of range: 1 to {limits.max_beam}")
+    if beam is not None and req.n_best > beam:
+        raise ApiError(422, f"n_best ({req.n_best}) must not exceed beam ({beam})")
+    if req.length_penalty is not None and req.length_penalty > limits.max_length_penalty:
+        raise ApiError(422, f"length_penalty {req.length_penalty} is out of range: 0 to "
+                            f"{limits.max_length_penalty}")
+    if req.shortlist and not served.has_lexicon:
+        raise ApiError(422, f"model {served.name!r} has no lexicon for a shortlist; build it with "
+                            f"`nmt shortlist {served.summary['run_dir']}` or send shortlist 0")
+    options: dict[str, Any] = {"beam": beam, "n_best": req.n_best}
+    if req.length_penalty is not None:
+        options["length_penalty"] = float(req.length_penalty)
+    if req.shortlist is not None:
+        options["shortlist"] = req.shortlist
+    elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
+        options["shortlist"] = 0  # the recipe asks for a shortlist but the run has no lexicon
+    return served, texts, options
