@@ -294,3 +294,24 @@ def test_an_empty_training_split_is_an_error(tmp_path):
     assert report.split("train").dropped == {"empty side": 2}
     assert any(level == "error" and m.startswith("train: no pairs after filtering")
                for level, m in report.findings)
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "nmt", "data", "check", *args], capture_output=True,
+                          text=True, cwd=REPO)
+
+
+def test_data_check_command_exits_2_on_swapped_columns_and_0_after_the_fix(tmp_path):
+    root = _corpus(tmp_path, _tiny("train"), _tiny("valid"), _tiny("test"), french_first=True)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"base: {REPO / 'recipes' / 'tiny.yaml'}\ndata:\n  path: {root}\n"
+                      f"  splits: {{train: train.tsv, valid: valid.tsv, test: test.tsv}}\n"
+                      f"  cache_dir: {tmp_path / 'hf-cache'}\n", encoding="utf-8")
+    swapped = _cli(str(recipe))
+    assert swapped.returncode == 2, swapped.stderr
+    assert "data.columns" in swapped.stdout and "Traceback" not in swapped.stderr
+    fixed = _cli(str(recipe), "--set", "data.columns.src=0", "--set", "data.columns.tgt=1", "--json")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert json.loads(fixed.stdout)["ok"] is True

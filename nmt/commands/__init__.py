@@ -8,6 +8,7 @@ from nmt.commands import (
     average,
     bench,
     config,
+    data,
     evaluate,
     export,
     info,
@@ -20,4 +21,4 @@ from nmt.commands import (
 )
 
 #: in the order ``nmt --help`` lists them
-COMMANDS = (train, translate, export, average, evaluate, plot, bench, shortlist, sweep, serve, config, info)
+COMMANDS = (train, translate, export, average, evaluate, plot, bench, shortlist, sweep, serve, config, data, info)
