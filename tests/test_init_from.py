@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from nmt.cli import main
 from nmt.inference.checkpoint import checkpoint_path
-from nmt.training.loop import train
+from nmt.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

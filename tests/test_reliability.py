@@ -158,7 +158,7 @@ def test_not_a_run_directory(tmp_path):
 def test_full_disk_is_reported_before_training(tiny_recipe, tmp_path, monkeypatch):
     import shutil
 
-    from nmt.training.loop import train
+    from nmt.training.trainer import train
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))

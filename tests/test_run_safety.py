@@ -61,7 +61,7 @@ def metrics_lines(run):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from nmt.training.loop import train
+    from nmt.training.trainer import train
 
     run = tmp_path_factory.mktemp("safety") / "run"
     train(tiny("train.max_steps=4", "train.valid_every=4"), run_dir=run)
@@ -77,8 +77,8 @@ class _Crash(BaseException):
 @pytest.mark.slow
 def test_a_crash_between_the_two_checkpoint_files_resumes_from_the_previous_pair(tmp_path, monkeypatch):
     import nmt.inference.checkpoint as checkpoint_module
-    import nmt.training.loop as loop_module
-    from nmt.training.loop import train
+    import nmt.training.checkpoints as training_checkpoints
+    from nmt.training.trainer import train
 
     args = ["train.max_steps=8", "train.valid_every=4", "model.dropout=0.3"]
     full, run = tmp_path / "full", tmp_path / "run"
@@ -94,7 +94,7 @@ def test_a_crash_between_the_two_checkpoint_files_resumes_from_the_previous_pair
             raise _Crash()
         return original(model, path, metadata)
 
-    for module in (checkpoint_module, loop_module):
+    for module in (checkpoint_module, training_checkpoints):
         if hasattr(module, "save_weights"):
             monkeypatch.setattr(module, "save_weights", dies_at_last_weights)
     with pytest.raises(_Crash):
@@ -132,7 +132,7 @@ def test_checkpoint_last_reads_the_pair_last_json_names(trained_run, tmp_path):
 
 def test_a_run_written_with_the_single_pair_layout_resumes(trained_run, tmp_path):
     """Runs trained before checkpoints were step-numbered: last.safetensors + last.state.pt."""
-    from nmt.training.loop import train
+    from nmt.training.trainer import train
 
     run = tmp_path / "copy"
     shutil.copytree(trained_run, run)
@@ -290,7 +290,7 @@ def test_a_checkpoint_refuses_swapped_tokenizer_models(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match="spm.src.model is not the tokenizer model"):
         load_run(run, "best")
     with pytest.raises(CheckpointError, match="different files"):
-        from nmt.training.loop import train
+        from nmt.training.trainer import train
         train(tiny("train.max_steps=6", "train.valid_every=4"), run_dir=run, resume=True)
 
 
@@ -354,15 +354,15 @@ def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror(tmp_path, monkeypa
 
 
 def test_truncate_metrics_keeps_complete_records_up_to_the_checkpoint(tmp_path):
-    from nmt.training.loop import _truncate_metrics
+    from nmt.training.checkpoints import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 2}\n{"kind": "valid", "step": 4}\n'
                     '{"kind": "train", "step": 6}\n{"kind": "tra')
-    _truncate_metrics(path, 6)
+    truncate_metrics(path, 6)
     assert path.read_text() == '{"kind": "train", "step": 2}\n{"kind": "valid", "step": 4}\n' \
                                '{"kind": "train", "step": 6}\n'
-    _truncate_metrics(path, 4)
+    truncate_metrics(path, 4)
     assert path.read_text() == '{"kind": "train", "step": 2}\n{"kind": "valid", "step": 4}\n'
 
 
@@ -471,6 +471,6 @@ def test_what_a_path_is_when_it_is_not_the_expected_kind(trained_run, tmp_path):
         load_run(a_file, "best")
     with pytest.raises(CheckpointError, match="is a directory, not a weights file"):
         load_run(trained_run, str(trained_run / "checkpoints"))
-    from nmt.training.loop import train
+    from nmt.training.trainer import train
     with pytest.raises(NmtError, match="is a file, not a directory"):
         train(tiny(), run_dir=a_file)

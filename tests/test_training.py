@@ -10,16 +10,11 @@ from safetensors.torch import load_file
 
 from nmt.errors import NmtError
 from nmt.inference.checkpoint import checkpoint_path
-from nmt.training.loop import (
-    TrainerState,
-    _Progress,
-    eta_seconds,
-    is_improvement,
-    lr_factor,
-    progress_text,
-    run_fraction,
-    train,
-)
+from nmt.training.progress import Progress, eta_seconds, progress_text, run_fraction
+from nmt.training.schedule import lr_factor
+from nmt.training.state import TrainerState
+from nmt.training.trainer import train
+from nmt.training.validator import is_improvement
 
 
 def test_train_writes_a_complete_run_directory(tmp_path, tiny_recipe):
@@ -207,7 +202,7 @@ def test_progress_on_a_terminal_is_one_refreshed_line(tiny_recipe):
 
     recipe = tiny_recipe("train.max_steps=10")
     out = Terminal()
-    progress = _Progress(recipe, TrainerState(), stream=out, interactive=True)
+    progress = Progress(recipe, TrainerState(), stream=out, interactive=True)
     state = TrainerState(step=5, wall_seconds=5.0, history=[{"step": 4, "bleu": 1.5, "loss": 3.0}])
     progress.step(state, 0.5, 3.0, 1000.0, log_now=True)
     progress.close()
@@ -292,3 +287,16 @@ def test_validation_decodes_as_nmt_translate(tmp_path, monkeypatch, capsysbinary
     assert main(["translate", str(run), "-i", str(src), "--beam", "3", "--checkpoint", "last"]) == 0
     assert capsysbinary.readouterr().out.decode().splitlines() == hypotheses
     assert len(set(hypotheses)) > 3  # the model does not say the same thing to everything
+
+
+def test_loop_module_keeps_offering_its_names():
+    """``nmt.training.loop`` still offers what the CLI, tools and user code import from it."""
+    import nmt.training.loop as loop
+    from nmt.training import progress, rundir, schedule, trainer, validator
+
+    assert loop.train is trainer.train
+    assert loop.load_training_recipe is trainer.load_training_recipe
+    assert loop.lr_factor is schedule.lr_factor and loop.build_optimizer is schedule.build_optimizer
+    assert loop.progress_text is progress.progress_text and loop.init_source is rundir.init_source
+    assert loop.is_improvement is validator.is_improvement
+    assert all(hasattr(loop, name) for name in loop.__all__)

@@ -1,0 +1,112 @@
+"""What a run trains on: the corpus, its tokenizers (trained, loaded, or adopted from the run a
+continued training starts from), the encoded splits, the shortlist lexicon, and the stream of
+token batches with its resumable position."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from nmt.atomic import atomic_write_text
+from nmt.config import Recipe
+from nmt.errors import NmtError
+from nmt.inference.checkpoint import RECIPE_HEADER
+from nmt.training.rundir import InitSource, init_record
+
+
+@dataclass
+class RunInputs:
+    """The data side of a run, ready to train on."""
+
+    corpus: dict[str, Any]  #: raw splits (``train``, ``valid``)
+    tokenizers: Any  #: :class:`~nmt.data.tokenizer.SubwordTokenizers`
+    train_ds: Any  #: the encoded, filtered training split
+    valid_ds: Any  #: the encoded valid split
+    lexicon: Any  #: the shortlist lexicon (None without ``decode.shortlist``)
+    sampler: Any  #: :class:`~nmt.data.batching.TokenBatchSampler` of this process's share
+
+
+def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
+                   init: InitSource | None = None) -> RunInputs:
+    """Load and encode the data (the main process first: it trains or copies the tokenizers, the
+    others read what it wrote), write the resolved ``recipe.yaml``, build the lexicon and sampler."""
+    from nmt.data.batching import TokenBatchSampler, lengths_of
+
+    t = recipe.train
+    with accelerator.main_process_first():
+        corpus, tokenizers, train_ds, valid_ds = _encoded_corpus(recipe, run_dir, resume, accelerator, init)
+    if accelerator.is_main_process:
+        atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
+    if len(train_ds) == 0:
+        raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
+    lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume,
+                       None if init is None else init.run_dir) if recipe.decode.shortlist else None
+    src_lens, tgt_lens = lengths_of(train_ds)
+    sampler = TokenBatchSampler(
+        src_lens, tgt_lens, batch_tokens=t.batch_tokens,
+        max_sentences=t.max_sentences, bucket_width=t.bucket_width, seed=t.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    return RunInputs(corpus, tokenizers, train_ds, valid_ds, lexicon, sampler)
+
+
+def _encoded_corpus(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: InitSource | None):
+    """``(corpus, tokenizers, train_ds, valid_ds)``."""
+    from nmt.data.batching import encode_dataset
+    from nmt.data.corpus import load_corpus
+    from nmt.data.tokenizer import SubwordTokenizers
+
+    corpus = load_corpus(recipe.data, splits=("train", "valid"))
+    if init is not None:  # continued training: the trained run's models, copied
+        tokenizers = SubwordTokenizers.adopt(init.run_dir, run_dir, init.record) if accelerator.is_main_process \
+            else SubwordTokenizers.load(run_dir)
+    elif resume and init_record(run_dir) is not None:  # the checkpoint checks their sha256
+        tokenizers = SubwordTokenizers.load(run_dir)
+    else:
+        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir, resume=resume)
+    f = recipe.data.filter
+    train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
+                              min_len=f.min_len)
+    valid_ds = encode_dataset(corpus["valid"], tokenizers)
+    return corpus, tokenizers, train_ds, valid_ds
+
+
+def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False,
+             init_from: Path | None = None):
+    """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
+    training data before training (IBM Model 1 does not depend on the model), kept on resume.
+
+    A continued training's lexicon is built from its own data and then given the translations of
+    the lexicon of the run it starts from, if that has one (:meth:`Lexicon.merged`): the model
+    still translates what it learnt there, and a small in-domain set alone would leave most of the
+    vocabulary without candidates."""
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
+
+    path = run_dir / LEXICON_FILE
+    if accelerator.is_main_process and not resume:  # one left by a failed attempt may fit other tokenizers
+        path.unlink(missing_ok=True)
+    if accelerator.is_main_process and not path.is_file():
+        build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds)
+        if init_from is not None and (init_from / LEXICON_FILE).is_file():
+            Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
+    accelerator.wait_for_everyone()
+    return Lexicon.load(path)
+
+
+def batch_stream(dataset, sampler) -> Iterator:
+    """Endless stream of collated batches; the sampler advances epochs and remembers its position.
+
+    No DataLoader: its iterators draw seeds from the global RNG, which would make a resumed run
+    diverge from an uninterrupted one; and the sampler's position is then exactly the batches trained.
+    """
+    from nmt.data.batching import collate
+
+    columns = dataset.select_columns(["src_ids", "tgt_ids"])
+    while True:
+        for indices in sampler:
+            rows = columns[indices]
+            yield collate([{"src_ids": s, "tgt_ids": t} for s, t in zip(rows["src_ids"], rows["tgt_ids"])])
+
+
+def epoch_progress(sampler) -> float:
+    """Epochs trained, with the fraction of the current one."""
+    return sampler.epoch + sampler.position / max(1, len(sampler))
