@@ -97,6 +97,9 @@ class DataConfig:
     max_train_pairs: Optional[int] = None  #: keep only the first N training pairs (debugging)
     filter: FilterConfig = field(default_factory=FilterConfig)
     cache_dir: Optional[str] = None  #: where ``datasets`` caches downloads and Arrow files
+    #: Before training, check on a sample of training pairs that the source side is in ``src_lang`` and
+    #: the target side in ``tgt_lang`` (refuse swapped columns or files); false turns the check off.
+    check_languages: bool = True
 
 
 _VOCAB_NOTE = "4 special pieces + characters"
