@@ -315,3 +315,19 @@ def test_data_check_command_exits_2_on_swapped_columns_and_0_after_the_fix(tmp_p
     fixed = _cli(str(recipe), "--set", "data.columns.src=0", "--set", "data.columns.tgt=1", "--json")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert json.loads(fixed.stdout)["ok"] is True
+
+
+def test_training_on_swapped_columns_stops_at_start_up(tmp_path):
+    """nmt train refuses before tokenizers or weights are trained, with exit 2 and the fix."""
+    import subprocess
+    import sys
+    root = _corpus(tmp_path, _tiny("train"), _tiny("valid"), _tiny("test"), french_first=True)
+    run = subprocess.run([sys.executable, "-m", "nmt", "train", str(REPO / "recipes" / "tiny.yaml"),
+                          "--run-dir", str(tmp_path / "run"), "--set", f"data.path={root}",
+                          "--set", "data.splits={train: train.tsv, valid: valid.tsv, test: test.tsv}",
+                          "--set", f"data.cache_dir={tmp_path / 'hf-cache'}"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "data.columns.src=0" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not list((tmp_path / "run").glob("*.model"))

@@ -3,6 +3,7 @@ continued training starts from), the encoded splits, the shortlist lexicon, and 
 token batches with its resumable position."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +13,8 @@ from nmt.config import Recipe
 from nmt.errors import NmtError
 from nmt.inference.checkpoint import RECIPE_HEADER
 from nmt.training.rundir import InitSource, init_record
+
+log = logging.getLogger("nmt.train")
 
 
 @dataclass
@@ -56,6 +59,7 @@ def _encoded_corpus(recipe: Recipe, run_dir: Path, resume: bool, accelerator, in
     from nmt.data.tokenizer import SubwordTokenizers
 
     corpus = load_corpus(recipe.data, splits=("train", "valid"))
+    _check_sides(recipe, corpus["train"])
     if init is not None:  # continued training: the trained run's models, copied
         tokenizers = SubwordTokenizers.adopt(init.run_dir, run_dir, init.record) if accelerator.is_main_process \
             else SubwordTokenizers.load(run_dir)
@@ -68,6 +72,20 @@ def _encoded_corpus(recipe: Recipe, run_dir: Path, resume: bool, accelerator, in
                               min_len=f.min_len)
     valid_ds = encode_dataset(corpus["valid"], tokenizers)
     return corpus, tokenizers, train_ds, valid_ds
+
+
+def _check_sides(recipe: Recipe, train) -> None:
+    """Refuse a corpus whose sides look swapped (``data.check_languages``) before anything is
+    trained, and show two training pairs labelled with their languages, so that a wrong column or
+    file is seen in the first lines of the log rather than after the run."""
+    from nmt.data.language import check_languages, sample_pairs
+
+    sample = sample_pairs(train)
+    if recipe.data.check_languages:
+        check_languages(recipe, sample)
+    for src, tgt in sample[:2]:
+        log.info("sample pair: %s (source) %r -> %s (target) %r",
+                 recipe.data.src_lang, src[:120], recipe.data.tgt_lang, tgt[:120])
 
 
 def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False,
