@@ -44,7 +44,12 @@ def run(args) -> int:
     given = {key: value for key, value in given.items() if value is not None}
     if given:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **given))
-    summary = train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
+    from nmt.inference.devices import close_process_group
+
+    try:
+        summary = train(recipe, run_dir=args.run_dir, resume=args.resume, recipe_path=args.recipe)
+    finally:
+        close_process_group()
     if summary["stopped"].startswith("signal "):
         # the checkpoint is written and --resume continues, but the training did not finish:
         # say so to the shell (128 + signal number, as for a process killed by it)

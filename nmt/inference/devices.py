@@ -39,3 +39,13 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=force_cpu())
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits (else gloo may abort at exit, after
+    the job's work is done, and the launcher reports the process as failed)."""
+    try:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    except Exception:  # pragma: no cover - best effort at shutdown
+        pass

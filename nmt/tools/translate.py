@@ -70,6 +70,7 @@ from nmt.config import decode_arguments
 from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
+from nmt.inference.devices import close_process_group
 from nmt.inference.sources import WarningCounter
 from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
 from nmt.tools.line_io import (
@@ -147,7 +148,7 @@ def translate_cli(args) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
         close_inputs(src_stream, ref_stream)
         if world > 1:
-            _close_process_group()
+            close_process_group()
     return 0
 
 
@@ -266,17 +267,6 @@ def _refuse_torch_only_options(args) -> None:
     if len(exports) > 1:
         raise NmtError(f"--engine onnx translates with one export directory, got {len(exports)}; ensembles "
                        "run on the run directories with --engine torch")
-
-
-def _close_process_group() -> None:
-    """Tear the process group down before the interpreter exits (else gloo may abort at exit)."""
-    import torch
-
-    try:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    except Exception:  # pragma: no cover - best effort at shutdown
-        pass
 
 
 def _score_share(translator: Translator, options: DecodeConfig, srcs: list[str], refs: list[str],
