@@ -178,14 +178,14 @@ def test_cli_files_text_and_json(tmp_path, capsys):
 
 
 def test_cli_argument_errors(tmp_path):
-    with pytest.raises(NmtError, match="two argument sets") as err:
+    with pytest.raises(NmtError, match="one of these argument sets") as err:
         evaluate_cli(cli_args())
     assert "--hyp OUT --ref REF" in str(err.value) and "nmt evaluate RUN_DIR" in str(err.value)
     with pytest.raises(NmtError, match="--hyp needs at least one --ref"):
         evaluate_cli(cli_args(hyp="h.txt"))
     with pytest.raises(NmtError, match="--ref needs --hyp"):
         evaluate_cli(cli_args(ref=["r.txt"]))
-    with pytest.raises(NmtError, match="not both"):
+    with pytest.raises(NmtError, match="or --hyp/--ref files"):
         evaluate_cli(cli_args(run_dir="runs/x", hyp="h.txt", ref=["r.txt"]))
     with pytest.raises(NmtError, match="--beam only apply when evaluating a run directory"):
         evaluate_cli(cli_args(hyp="h.txt", ref=["r.txt"], beam=5))
@@ -305,3 +305,38 @@ def test_scores_are_printed_before_a_failed_save(tiny_run, tmp_path, capsys, mon
     captured = capsys.readouterr()
     assert json.loads(captured.out)["scores"]["bleu"]["score"] >= 0
     assert "Read-only file system" in captured.err and str(run / "eval") in captured.err
+
+
+def test_run_mode_on_a_test_set_of_your_own(tiny_run, tmp_path, capsys):
+    """``nmt evaluate RUN --src SRC --ref REF --ref REF2``: the file translated by the run and scored
+    against both references with sacrebleu, stored under eval/file-SRC.*; mismatched files refused."""
+    import shutil
+
+    from nmt.inference.translator import Translator
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    sources = ["Je suis fatigué.", "Il fait froid.", "Merci beaucoup."]
+    refs = [["I am tired.", "It is cold.", "Thank you very much."], ["I'm tired.", "It's cold.", "Thanks a lot."]]
+    (tmp_path / "my test.fr").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    for i, ref in enumerate(refs):
+        (tmp_path / f"ref{i}.en").write_text("".join(r + "\n" for r in ref), encoding="utf-8")
+    ref_files = [str(tmp_path / "ref0.en"), str(tmp_path / "ref1.en")]
+    assert evaluate_cli(cli_args(run_dir=[str(run)], src=str(tmp_path / "my test.fr"), ref=ref_files,
+                                 json=True, greedy=True)) == 0
+    hyps = (run / "eval" / "file-my_test.fr.best.beam1.hyp").read_text(encoding="utf-8").splitlines()
+    assert hyps == Translator.load(run).translate(sources, beam=1)
+    record = json.loads((run / "eval" / "file-my_test.fr.best.beam1.json").read_text(encoding="utf-8"))
+    assert record["src"] == str(tmp_path / "my test.fr") and record["refs"] == ref_files
+    assert record["scores"]["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, refs).score)
+    assert record["scores"]["bleu"]["signature"].startswith("nrefs:2|")
+    assert "--src" in record["command"] and record["sentences"] == 3
+    capsys.readouterr()
+
+    (tmp_path / "short.en").write_text("I am tired.\n", encoding="utf-8")
+    with pytest.raises(NmtError, match="source file .* has 3 lines, reference file .*short.en' has 1"):
+        evaluate_cli(cli_args(run_dir=[str(run)], src=str(tmp_path / "my test.fr"), ref=[str(tmp_path / "short.en")]))
+    with pytest.raises(NmtError, match="needs at least one --ref"):
+        evaluate_cli(cli_args(run_dir=[str(run)], src=str(tmp_path / "my test.fr")))
+    with pytest.raises(NmtError, match="--src translates with a run"):
+        evaluate_cli(cli_args(src=str(tmp_path / "my test.fr"), ref=ref_files))

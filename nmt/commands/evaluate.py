@@ -13,6 +13,7 @@ EXAMPLES = """
     nmt evaluate --hyp out.en --ref ref1.en --ref ref2.en --metrics bleu,chrf,ter --json
     nmt evaluate runs/fr-en --split test --beam 5          translate the split, then score it
     nmt evaluate runs/fr-en runs/fr-en-seed2 --split test   ... with the ensemble of two runs
+    nmt evaluate runs/fr-en --src flores.fr --ref flores.en   a test set of your own
     """
 
 
@@ -23,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", action="append", default=[], help="reference file (repeatable)")
     p.add_argument("--metrics", default=None, help="comma list of bleu,chrf,ter (default: all)")
     p.add_argument("--split", default="test", help="split of the run's corpus (default: test)")
+    p.add_argument("--src", metavar="FILE",
+                   help="with RUN_DIR: translate this source file instead of a split and score it "
+                        "against --ref (a test set of your own)")
     add_checkpoint(p)
     add_precision(p, "search under bf16 autocast when translating a split")
     add_decode_arguments(p, exclude=("n_best",))

@@ -15,6 +15,9 @@ Two ways to use ``nmt evaluate``:
   ``RUN_DIR/eval/{split}.{checkpoint}.beam{N}.hyp`` / ``.json``. Several run directories evaluate
   their ensemble (:mod:`nmt.inference.ensemble`); the files go to the first run's ``eval/`` with
   ``ensemble{M}`` in their names and the record lists every run.
+- ``nmt evaluate RUN_DIR --src SRC --ref REF [--ref REF2 ...]`` does the same for a test set of
+  your own (one source sentence per line, references line by line), stored as
+  ``eval/file-SRC.{checkpoint}.beam{N}.hyp`` / ``.json``.
 """
 from __future__ import annotations
 
@@ -119,8 +122,10 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
                  metrics: Iterable[str] | str | None = None, command: str | None = None,
                  precision: str = "float32", decode: Mapping[str, Any] | None = None,
                  label: Callable[[str], str] | None = None,
-                 report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Translate ``split`` of the run's corpus, score it, and write the results into the run.
+                 report: Callable[[dict[str, Any]], None] | None = None,
+                 external: ExternalSet | None = None) -> dict[str, Any]:
+    """Translate ``split`` of the run's corpus (or the ``external`` test set), score it, and write
+    the results into the run.
 
     ``report(record)`` is called with the scores before anything is written, so that a run
     directory that cannot be written to (read-only, ``eval`` a file, a full disk) still shows the
@@ -139,7 +144,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     from nmt.data.corpus import SPLITS
     from nmt.inference.translator import Translator
 
-    if split not in SPLITS:
+    if external is None and split not in SPLITS:
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
     translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
@@ -147,15 +152,16 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     truncate_inputs_at(translator, options)
     beam, shortlist = options.beam, options.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
-    sources, references = _split_pairs(recipe, split)
+    if external is None:
+        sources, reference_sets = _split_pairs(recipe, split)
+    else:
+        sources, reference_sets, split = external.sources, external.references, external.name
     started = _dt.datetime.now(_dt.timezone.utc)
     hypotheses = _translate_lines(translator, sources, options)
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
-    scores = score_corpus(hypotheses, [references], names, recipe.eval.bleu_tokenize)
+    scores = score_corpus(hypotheses, reference_sets, names, recipe.eval.bleu_tokenize)
 
-    stem = (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{len(runs)}" if len(runs) > 1 else "")
-            + f".beam{beam}" + (".bf16" if precision == "bf16" else "")
-            + (f".shortlist{shortlist}" if shortlist else ""))
+    stem = _stem(split, checkpoint, len(runs), beam, precision, shortlist)
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
@@ -167,6 +173,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         "run_dir": str(run),
         **({"ensemble": [str(r) for r in runs]} if len(runs) > 1 else {}),
         "split": split,
+        **({"src": external.src, "refs": external.refs} if external is not None else {}),
         "checkpoint": str(checkpoint),
         "beam": beam,
         "precision": precision,
@@ -190,8 +197,15 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     return record
 
 
-def _split_pairs(recipe, split: str) -> tuple[list[str], list[str]]:
-    """The sources and references of ``split`` of the run's corpus (not empty)."""
+def _stem(split: str, checkpoint: str, runs: int, beam: int, precision: str, shortlist: int) -> str:
+    """The name, without suffix, of an evaluation's files in ``RUN_DIR/eval/``."""
+    return (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{runs}" if runs > 1 else "")
+            + f".beam{beam}" + (".bf16" if precision == "bf16" else "")
+            + (f".shortlist{shortlist}" if shortlist else ""))
+
+
+def _split_pairs(recipe, split: str) -> tuple[list[str], list[list[str]]]:
+    """The sources and (one set of) references of ``split`` of the run's corpus (not empty)."""
     from nmt.data.corpus import load_corpus
 
     corpus = load_corpus(recipe.data, splits=(split,))
@@ -203,7 +217,38 @@ def _split_pairs(recipe, split: str) -> tuple[list[str], list[str]]:
     references = [str(t) for t in dataset["tgt"]]
     if not sources:
         raise DataError(f"split {split!r} of the run's corpus is empty; nothing to evaluate")
-    return sources, references
+    return sources, [references]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalSet:
+    """A test set from files (``--src FILE --ref FILE [--ref FILE ...]``), not the run's corpus."""
+
+    src: str
+    refs: list[str]
+    sources: list[str]
+    references: list[list[str]]
+
+    @property
+    def name(self) -> str:
+        """The file-name-safe label its results are stored under in ``RUN_DIR/eval/``."""
+        return "file-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.src).name) or "src")
+
+    @classmethod
+    def read(cls, src: str, refs: Sequence[str]) -> "ExternalSet":
+        """Read the files as the sacrebleu CLI does; every file must have the source's line count."""
+        if not refs:
+            raise NmtError(f"--src {src} needs at least one --ref (the reference translations, one "
+                           "line per source line)")
+        sources = read_lines(src, "source file")
+        if not sources:
+            raise DataError(f"source file {src!r} is empty; nothing to evaluate")
+        references = [read_lines(ref, "reference file") for ref in refs]
+        for ref, lines in zip(refs, references):
+            if len(lines) != len(sources):
+                raise DataError(f"line counts differ: source file {src!r} has {len(sources)} lines, "
+                                f"reference file {ref!r} has {len(lines)} lines")
+        return cls(str(src), [str(r) for r in refs], sources, references)
 
 
 def _translate_lines(translator, sources: list[str], options: DecodeConfig) -> list[str]:
@@ -236,17 +281,21 @@ def _save_evaluation(eval_dir: Path, hyp_path: Path, json_path: Path, hypotheses
 
 # -------------------------------------------------------------------------------------------- CLI
 
-_MODES = ("nmt evaluate needs one of two argument sets:\n"
+_MODES = ("nmt evaluate needs one of these argument sets:\n"
           "  nmt evaluate --hyp OUT --ref REF [--ref REF2 ...] [--metrics bleu,chrf,ter] [--json]\n"
           "      score an existing (detokenized) hypothesis file against reference files\n"
           "  nmt evaluate RUN_DIR [--split test] [--beam 5 | --greedy] [--checkpoint best] [--json]\n"
-          "      translate a split of the run's corpus, then score it")
+          "      translate a split of the run's corpus, then score it\n"
+          "  nmt evaluate RUN_DIR --src SRC --ref REF [--ref REF2 ...] [--beam 5] [--json]\n"
+          "      translate a test set of your own, then score it")
 
 
 def _command_line(run_dirs: Sequence[str | os.PathLike], split, checkpoint, metrics, precision="float32",
-                  decode: Mapping[str, Any] | None = None) -> str:
+                  decode: Mapping[str, Any] | None = None, external: ExternalSet | None = None) -> str:
     """The equivalent command line (for the record written into the run)."""
-    parts = ["nmt", "evaluate", *map(str, run_dirs), "--split", split, "--checkpoint", checkpoint]
+    data = ["--split", split] if external is None else \
+        ["--src", external.src, *[arg for ref in external.refs for arg in ("--ref", ref)]]
+    parts = ["nmt", "evaluate", *map(str, run_dirs), *data, "--checkpoint", checkpoint]
     for name, value in (decode or {}).items():
         if isinstance(value, bool):  # a yes/no option takes no value: --sample / --no-sample
             parts.append(decode_flag(name) if value else "--no-" + decode_flag(name)[2:])
@@ -264,8 +313,13 @@ def evaluate_cli(args) -> int:
     run_dir, hyp, refs = as_run_dirs(args.run_dir), args.hyp, list(args.ref)
     split, checkpoint, as_json, metrics_arg = args.split, args.checkpoint, args.json, args.metrics
 
+    if getattr(args, "src", None):
+        if not run_dir or hyp:
+            raise NmtError("--src translates with a run: give RUN_DIR and --ref, not --hyp.\n" + _MODES)
+        return _evaluate_run_cli(args, run_dir, ExternalSet.read(args.src, refs))
     if run_dir and (hyp or refs):
-        raise NmtError("give either a run directory or --hyp/--ref files, not both.\n" + _MODES)
+        raise NmtError("give either a run directory (with --src and --ref for a test set of your own) "
+                       "or --hyp/--ref files.\n" + _MODES)
     if hyp or refs:
         if not hyp:
             raise NmtError("--ref needs --hyp (the hypothesis file to score).\n" + _MODES)
@@ -288,20 +342,25 @@ def evaluate_cli(args) -> int:
             print(format_scores(scores))
         return 0
     if run_dir:
-        decode = decode_arguments(args)
-        names = parse_metrics(metrics_arg) if metrics_arg is not None else None
-
-        def report(record: dict[str, Any]) -> None:
-            if as_json:
-                print(json.dumps(record, indent=2, ensure_ascii=False), flush=True)
-            else:
-                print(format_scores(record["scores"]), flush=True)
-
-        record = evaluate_run(run_dir, split=split, checkpoint=checkpoint, metrics=names,
-                              command=_command_line(run_dir, split, checkpoint, names, args.precision, decode),
-                              precision=args.precision, decode=decode, label=decode_flag_label,
-                              report=report)
-        if not as_json:
-            print(f"wrote {record['hypotheses']} and {record['json_path']}")
-        return 0
+        return _evaluate_run_cli(args, run_dir, None)
     raise NmtError("nothing to evaluate.\n" + _MODES)
+
+
+def _evaluate_run_cli(args, run_dir: list[Path], external: ExternalSet | None) -> int:
+    """``nmt evaluate RUN_DIR ...``: translate the split (or the ``--src`` file), score, report."""
+    decode = decode_arguments(args)
+    names = parse_metrics(args.metrics) if args.metrics is not None else None
+
+    def report(record: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(record, indent=2, ensure_ascii=False), flush=True)
+        else:
+            print(format_scores(record["scores"]), flush=True)
+
+    command = _command_line(run_dir, args.split, args.checkpoint, names, args.precision, decode, external)
+    record = evaluate_run(run_dir, split=args.split, checkpoint=args.checkpoint, metrics=names,
+                          command=command, precision=args.precision, decode=decode,
+                          label=decode_flag_label, report=report, external=external)
+    if not args.json:
+        print(f"wrote {record['hypotheses']} and {record['json_path']}")
+    return 0
