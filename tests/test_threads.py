@@ -183,3 +183,42 @@ def test_bench_train_beside_a_busy_process_with_auto_threads(tmp_path, fast):
     assert choice["wait_policy"] == "PASSIVE" and result["machine"]["omp_wait_policy"] == "PASSIVE"
     assert result["machine"]["threads"] == choice["threads"]
     assert "train.num_threads auto:" in out.stderr
+
+
+def test_auto_threads_follow_load_that_starts_and_ends(tmp_path):
+    """During training the thread count follows the machine: the machine's busy time over a window,
+    less this process's own CPU time, is other work (no sampling pause)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    stat, tick = tmp_path / "stat", os.sysconf("SC_CLK_TCK")
+    clock, own, busy_jiffies = [0.0], [0.0], [0.0]
+
+    def write():  # all busy jiffies on the first CPU; 'user' field only
+        rows = [f"cpu{c} {int(busy_jiffies[0]) if i == 0 else 0} 0 0 1000000 0 0 0 0 0 0"
+                for i, c in enumerate(cpus)]
+        stat.write_text("\n".join(["cpu  0 0 0 0 0 0 0 0 0 0", *rows]) + "\n")
+
+    def window(seconds: float, own_cpu: float, others: float):
+        clock[0] += seconds
+        own[0] += own_cpu * seconds
+        busy_jiffies[0] += (own_cpu + others) * seconds * tick
+        write()
+
+    write()
+    follower = threads.ThreadFollower(2, cpus=2, default_threads=2, stat=stat, clock=lambda: clock[0],
+                                      own_cpu_seconds=lambda: own[0])
+    window(20, own_cpu=1.9, others=0.0)      # quiet: keep 2
+    assert follower.observe() is None
+    window(20, own_cpu=1.1, others=0.9)      # another process took a CPU: 1 thread
+    assert follower.observe() == 1 and follower.current == 1
+    assert follower.busy == pytest.approx(0.9)
+    window(20, own_cpu=1.0, others=1.0)      # still busy: no change
+    assert follower.observe() is None
+    window(20, own_cpu=1.0, others=0.05)     # it ended: both threads again
+    assert follower.observe() == 2
+    window(0.1, own_cpu=1.0, others=2.0)     # too short a window to judge
+    assert follower.observe() is None
+
+
+def test_auto_threads_follower_without_proc_stat_changes_nothing(tmp_path):
+    follower = threads.ThreadFollower(2, cpus=2, default_threads=2, stat=tmp_path / "missing")
+    assert follower.others_busy() is None and follower.observe() is None

@@ -15,7 +15,11 @@ OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads it, so the policy can on
 before ``import torch``: ``nmt train`` and ``nmt bench train`` call :func:`prepare` first thing.
 Through the Python API (torch already imported) ``auto`` chooses the thread count only.
 
-The choice is made once: load that starts later is not seen. Nothing here imports torch.
+During training, :class:`ThreadFollower` looks again at every ``train.log_every`` step: from the
+machine's busy time over the window less this process's own CPU time (no sampling pause, so a quiet
+machine loses nothing), it sees load that started or ended since, and changes the thread count
+when the choice changes; each change is logged. The wait policy stays what start-up chose.
+Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from pathlib import Path
 #: how long :func:`busy_cpus` watches the machine
 SAMPLE_SECONDS = 0.5
 
-__all__ = ["ThreadChoice", "busy_cpus", "choose", "prepare", "usable_cpus"]
+__all__ = ["ThreadChoice", "ThreadFollower", "busy_cpus", "choose", "prepare", "usable_cpus"]
 
 
 @dataclass
@@ -162,3 +166,51 @@ def prepare(setting: str | int | None, *, seconds: float = SAMPLE_SECONDS) -> Th
                    f"{'torch default threads' if threads is None else f'{threads} thread(s)'}, {policy}")
     _CHOICE[key] = choice
     return choice
+
+
+class ThreadFollower:
+    """Re-decides ``auto`` threads as the machine's load changes (see the module docstring).
+
+    ``observe()`` is called at the end of each window (a ``train.log_every`` step); it returns the
+    new thread count when it differs from ``current``, else None. ``set_threads`` applies it."""
+
+    def __init__(self, current: int, cpus: int | None = None, default_threads: int | None = None,
+                 stat: Path = Path("/proc/stat"), clock=time.monotonic, own_cpu_seconds=None):
+        self.current = current
+        self.cpus = cpus or usable_cpus()
+        self.default_threads = default_threads or _default_threads(self.cpus)
+        self.stat, self.clock = stat, clock
+        self.own_cpu_seconds = own_cpu_seconds or (lambda: sum(os.times()[:2]))
+        try:
+            self.affinity: set[int] | None = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.affinity = None
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(machine busy CPU-seconds, own CPU-seconds, wall seconds), or None without /proc/stat."""
+        try:
+            busy, _ = _cpu_times(self.stat, self.affinity)
+        except (OSError, ValueError, IndexError):
+            return None
+        return busy / self.tick, self.own_cpu_seconds(), self.clock()
+
+    def others_busy(self) -> float | None:
+        """CPUs that other processes kept busy since the last call (None when unknown)."""
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[2] - last[2] <= 0.5:
+            return None
+        busy = (now[0] - last[0]) - (now[1] - last[1])
+        return min(float(self.cpus), max(0.0, busy / (now[2] - last[2])))
+
+    def observe(self) -> int | None:
+        busy = self.others_busy()
+        if busy is None:
+            return None
+        threads = choose("auto", busy, self.cpus, self.default_threads)
+        if threads == self.current:
+            return None
+        self.busy, self.current = busy, threads
+        return threads

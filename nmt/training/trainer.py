@@ -41,6 +41,7 @@ from nmt.training.progress import Progress, Window, append_jsonl, close_run_log,
 from nmt.training.rundir import InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir
 from nmt.training.schedule import build_optimizer, build_plateau, plateau_step, set_lr
 from nmt.training.state import StopSignal, TrainerState
+from nmt.training.threads import ThreadFollower
 from nmt.training.threads import prepare as prepare_threads
 from nmt.training.validator import Validator, record_validation
 
@@ -97,7 +98,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         setup_logging(run_dir if accelerator.is_main_process else None)
         if threads.note:
             log.info(threads.note)
-        return Trainer.build(recipe, run_dir, resume, accelerator, trackers, init).run()
+        trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)
+        if t.num_threads == "auto" and threads.threads:
+            trainer.follower = ThreadFollower(threads.threads, threads.cpus)
+        return trainer.run()
     except OSError as exc:
         raise io_error(exc, run_dir) from None
     finally:
@@ -124,6 +128,8 @@ class StepResult:
 class Trainer:
     """The training loop over a prepared model, optimizer and data: :meth:`run` repeats
     :meth:`step`, :meth:`log` and :meth:`maybe_validate` until a stop criterion holds."""
+
+    follower: ThreadFollower | None = None  #: ``train.num_threads: auto`` re-decided as load changes
 
     def __init__(self, recipe: Recipe, run_dir: Path, accelerator, inputs: RunInputs, model, optimizer,
                  plateau, state: TrainerState, trackers: str | None):
@@ -299,6 +305,8 @@ class Trainer:
     def log(self, result: StepResult) -> None:
         """The progress line; on ``train.log_every`` steps a metrics.jsonl record of the window."""
         window, world = self.window, self.accelerator.num_processes
+        if result.log_now and self.follower is not None:
+            self._follow_load()
         if self.progress is not None:  # loss and speed averaged since the last log line
             self.progress.step(self.state, epoch_progress(self.sampler), window.loss * world / window.tokens,
                                window.tokens / window.seconds, result.log_now)
@@ -310,6 +318,15 @@ class Trainer:
             self.accelerator.log({"train/loss": record["loss"], "train/tokens_per_s": record["tokens_per_s"],
                                   "train/lr": record["lr"]}, step=self.state.step)
         self.window = Window()
+
+    def _follow_load(self) -> None:
+        """``train.num_threads: auto``: the thread count follows load that started or ended."""
+        threads = self.follower.observe()
+        if threads is not None:
+            torch.set_num_threads(threads)
+            log.info("train.num_threads auto: %.1f of %d CPUs busy with other work over the last %d "
+                     "steps; now %d thread(s)", self.follower.busy, self.follower.cpus,
+                     self.recipe.train.log_every, threads)
 
     def _train_record(self, result: StepResult) -> dict[str, Any]:
         window = self.window
