@@ -47,15 +47,8 @@ from nmt.inference.onnx_engine import (
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import max_lengths as _max_lengths
-from nmt.inference.sources import (
-    TranslatedHypothesis,
-    TranslationResult,
-    WarningCounter,
-    clean_source,
-    make_sources,
-    shard_of,
-    warn_truncated,
-)
+from nmt.inference.sources import WarningCounter
+from nmt.inference.translator_base import TranslatorBase
 
 __all__ = ["OnnxTranslator", "OnnxModel", "Hypothesis", "search", "greedy_search", "beam_search",
            "pad_sources", "max_lengths", "read_export", "COVERAGE_FLOOR", "EXPORT_FORMAT", "EXPORT_VERSION",
@@ -102,12 +95,14 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class OnnxTranslator:
+class OnnxTranslator(TranslatorBase):
     """An exported model with its tokenizers: the API of :class:`~nmt.inference.translator.Translator`
     (``translate``, ``decode_options``, ``encode``, ``batches``, ``search_batches``, ``detokenize``)
     on onnxruntime. ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
 
-    def __init__(self, export_dir: str | os.PathLike, threads: int | None = None):
+    def __init__(self, export_dir: str | os.PathLike, threads: int | None = None,
+                 decode: DecodeConfig | None = None):
+        self.decode = decode  # None: the export's recipe's decode section
         self.export_dir = Path(export_dir)
         self.meta = read_export(self.export_dir)
         src = (self.export_dir / self.meta["src_tokenizer"]).read_bytes()
@@ -130,14 +125,16 @@ class OnnxTranslator:
         self.warn = WarningCounter()
 
     @classmethod
-    def load(cls, export_dir: str | os.PathLike, threads: int | None = None) -> "OnnxTranslator":
-        return cls(export_dir, threads)
+    def load(cls, export_dir: str | os.PathLike, threads: int | None = None,
+             decode: DecodeConfig | None = None) -> "OnnxTranslator":
+        return cls(export_dir, threads, decode)
 
     # ------------------------------------------------------------------------------ settings
     def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
-        """The search settings of one call: the export's ``decode`` section with these values
-        (``None`` keeps the export's; a larger ``n_best`` without ``beam`` widens the beam), checked."""
-        options = self.recipe.decode.updated(overrides, beam=beam, n_best=n_best)
+        """The search settings of one call: :attr:`decode` (default: the export's ``decode`` section)
+        with these values (``None`` keeps the default; a larger ``n_best`` without ``beam`` widens
+        the beam), checked."""
+        options = self.decode.updated(overrides, beam=beam, n_best=n_best)
         if options.shortlist:
             raise NmtError(f"the ONNX engine scores the full target vocabulary: a lexical shortlist "
                            f"(--shortlist {options.shortlist}) is not supported; give --shortlist 0 or "
@@ -148,81 +145,32 @@ class OnnxTranslator:
         return options
 
     # ---------------------------------------------------------------------------- the steps
-    def encode(self, sources: Sequence[str], lines: Sequence[int] | None = None, *, warn: bool = True):
-        """Clean, encode, truncate to ``decode.max_input_len`` and append EOS (as the torch engine)."""
-        if isinstance(sources, str):
-            raise TypeError("translate takes a list of sentences, not a single string")
-        form = self.recipe.data.filter.normalize
-        texts = [clean_source(s, form) for s in sources]
-        lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
-        todo = [i for i, t in enumerate(texts) if t]
-        encoded = dict(zip(todo, self.tokenizers.encode_src([texts[i] for i in todo]) if todo else []))
-        limit = self.recipe.decode.max_input_len
-        items = make_sources(texts, [encoded.get(i, []) for i in range(len(texts))], lines, limit)
-        if warn:
-            warn_truncated(self.warn, items, limit)
-        return items
-
     def batches(self, items, *, beam: int = 1, batch_tokens: int | None = None,
                 max_sentences: int | None = None):
         """Length-sorted batches of the non-empty ``items``: at most ``batch_tokens`` (default the
         export's ``decode.batch_tokens``) padded source tokens × ``beam`` rows each."""
         todo = [it for it in items if it.ids is not None]
-        budget = max(1, (batch_tokens or self.recipe.decode.batch_tokens) // max(1, beam))
+        budget = max(1, (batch_tokens or self.decode.batch_tokens) // max(1, beam))
         return [[todo[k] for k in group]
                 for group in length_groups([len(it.ids) for it in todo], budget, max_sentences)]
 
-    def search_batches(self, batches, options: DecodeConfig) -> dict[int, list[Hypothesis]]:
+    def search_batches(self, batches, options: DecodeConfig, return_attention: bool = False
+                       ) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by ``Source.index``."""
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
             src, lengths = pad_sources([it.ids for it in group])
-            for it, hyps in zip(group, search(self.model, src, lengths, options)):
+            for it, hyps in zip(group, search(self.model, src, lengths, options, return_attention)):
                 out[it.index] = hyps
         return out
-
-    def detokenize(self, hyps: Sequence[Hypothesis]) -> list[str]:
-        return self.tokenizers.decode_tgt([h.tokens for h in hyps]) if hyps else []
 
     # -------------------------------------------------------------------------------- public
     def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
                   return_scores: bool = False, return_attention: bool = False, *,
-                  return_alignment: bool = False, batch_tokens: int | None = None,
-                  max_sentences: int | None = None, lines: Sequence[int] | None = None,
-                  shard: tuple[int, int] | None = None, **overrides: Any):
-        """Translate sentences, returned in input order: ``list[str]``, or with ``n_best > 1`` or
-        ``return_scores`` a list of :class:`~nmt.inference.sources.TranslationResult`. An empty
-        line (after cleaning) translates to an empty line. ``shard=(rank, world)`` translates only
-        this process's share, as :meth:`nmt.inference.translator.Translator.translate` does (the
-        other entries are ``None``)."""
+                  return_alignment: bool = False, **options: Any):
+        """Translate sentences, returned in input order, as
+        :meth:`nmt.inference.translator.Translator.translate` does (the same arguments)."""
         if return_attention or return_alignment:
             raise NmtError("the ONNX engine does not return attention weights, nor the word alignments "
                            "made from them; use the torch engine")
-        options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
-        items = self.encode(sources, lines, warn=False)
-        batches = shard_of(self.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
-                                        max_sentences=max_sentences), shard)
-        mine = [it for group in batches for it in group]
-        warn_truncated(self.warn, mine, self.recipe.decode.max_input_len)
-        if shard is None or shard[0] == 0:  # empty inputs need no model: the first process has them
-            mine += [it for it in items if it.ids is None]
-        found = self.search_batches(batches, options)
-        out: list[Any] = [None] * len(items)
-        if not (n_best > 1 or return_scores):
-            best = [found[it.index][0] for it in mine if found.get(it.index)]
-            texts = iter(self.detokenize(best))
-            for it in mine:
-                out[it.index] = next(texts) if found.get(it.index) else ""
-            return out
-        texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
-        for it in mine:
-            hyps = found.get(it.index)
-            if it.ids is None or not hyps:
-                out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
-                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[])])
-                continue
-            pieces = self.tokenizers.src_pieces(it.text)[: len(it.ids) - 1] + ["</s>"]
-            out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
-                text=next(texts), score=h.score, tokens=self.tokenizers.tgt_pieces_from_ids(h.tokens),
-                src_tokens=pieces, token_log_probs=h.log_probs, raw_score=h.raw_score) for h in hyps])
-        return out
+        return super().translate(sources, beam, n_best, return_scores, **options)
