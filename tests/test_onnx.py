@@ -197,12 +197,56 @@ def test_translator_rejects_options_it_cannot_honour(exports):
         translator.translate(["le chat"], beam=2, n_best=3)
     with pytest.raises(NmtError, match="unknown decode setting"):
         translator.translate(["le chat"], beem=2)
-    with pytest.raises(NmtError, match="attention"):
-        translator.translate(["le chat"], return_attention=True)
     with pytest.raises(NmtError, match="sampling"):
         translator.translate(["le chat"], sample=True)
-    with pytest.raises(NmtError, match="alignments"):
-        translator.translate(["le chat"], return_alignment=True)
+
+@pytest.mark.parametrize("variant", ["bahdanau", "local-p"])
+def test_attention_and_alignments_equal_torch_translator(exports, variant):
+    """Attention weights, local-p positions and word alignments of every hypothesis, greedy and beam,
+    as the torch engine gives them."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports(variant)
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(12, 5) + [""]
+    for settings in (dict(beam=1), dict(beam=3, n_best=2, coverage_penalty=0.2)):
+        want = torch_t.translate(texts, return_attention=True, return_alignment=True, **settings)
+        have = onnx_t.translate(texts, return_attention=True, return_alignment=True, **settings)
+        for w, h in zip(want, have):
+            assert [x.tokens for x in h.hypotheses] == [x.tokens for x in w.hypotheses]
+            assert [x.alignment for x in h.hypotheses] == [x.alignment for x in w.hypotheses]
+            for wx, hx in zip(w.hypotheses, h.hypotheses):
+                if wx.attention is None:
+                    assert hx.attention is None
+                    continue
+                np.testing.assert_allclose(hx.attention, wx.attention.numpy(), atol=1e-5)
+                if variant == "local-p":
+                    np.testing.assert_allclose(hx.positions, wx.positions.numpy(), atol=1e-4)
+                else:
+                    assert hx.positions is None and wx.positions is None
+    assert any(x.alignment for r in have for x in r.hypotheses)
+
+
+def test_score_equals_torch_translator_score(exports):
+    """Reference scores (forced decoding through the step graph) equal the torch engine's
+    teacher-forced ones, per token too; empty sources and targets included."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports("luong-general")
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    sources = corpus(15, 21) + ["", "le chat"]
+    targets = corpus(15, 22, EN) + ["the cat", ""]
+    want, want_tokens = torch_t.score(sources, targets, return_token_log_probs=True)
+    have, have_tokens = onnx_t.score(sources, targets, return_token_log_probs=True)
+    assert have == pytest.approx(want, rel=1e-5, abs=5e-5)
+    for w, h in zip(want_tokens, have_tokens):
+        assert len(h) == len(w)
+        np.testing.assert_allclose(h, w, rtol=1e-5, atol=2e-5)
+    assert len({round(x, 3) for x in have}) > 10  # the scores differ between sentences
 
 
 #: run in a subprocess: any import of torch fails

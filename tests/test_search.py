@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import nmt.inference.greedy as greedy_mod
-import nmt.inference.search as search_mod
 from nmt.config import DecodeConfig, Recipe
 from nmt.errors import NmtError
 from nmt.inference.search import (

@@ -15,8 +15,9 @@ Search is the one the torch engine runs (:mod:`nmt.inference.greedy`, :mod:`nmt.
 with the rules of :mod:`nmt.inference.rules`), on the export's graphs
 (:mod:`nmt.inference.onnx_engine`) and numpy arrays. The graphs give float32 log-probabilities of
 every target token, so results match PyTorch float32 decoding up to float rounding (the parity
-tests check tokens and scores). Not supported here: a lexical shortlist
-(the full vocabulary is scored), attention in the results, reference scoring.
+tests check tokens and scores). Attention weights and word alignments come from the step graph's
+attention output; reference scores (``score``) feed the reference's tokens to the step graph.
+Not supported here: a lexical shortlist (the full vocabulary is scored) and sampling.
 """
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ from nmt.config import DecodeConfig, Recipe, recipe_from_dict
 from nmt.data.grouping import length_groups
 from nmt.data.tokenizer import SubwordTokenizers
 from nmt.errors import CheckpointError, NmtError
+from nmt.inference.forced import forced_scores
 from nmt.inference.onnx_engine import (
     DECODER_FILE,
     ENCODER_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     META_FILE,
+    OnnxEngine,
     OnnxModel,
     _REEXPORT,
     beam_search,
@@ -97,8 +100,8 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
 
 class OnnxTranslator(TranslatorBase):
     """An exported model with its tokenizers: the API of :class:`~nmt.inference.translator.Translator`
-    (``translate``, ``decode_options``, ``encode``, ``batches``, ``search_batches``, ``detokenize``)
-    on onnxruntime. ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
+    (``translate``, ``score``, ``decode_options``, ``encode``, ``batches``, ``search_batches``,
+    ``score_batches``, ``detokenize``) on onnxruntime. ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
 
     def __init__(self, export_dir: str | os.PathLike, threads: int | None = None,
                  decode: DecodeConfig | None = None):
@@ -164,13 +167,16 @@ class OnnxTranslator(TranslatorBase):
                 out[it.index] = hyps
         return out
 
-    # -------------------------------------------------------------------------------- public
-    def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
-                  return_scores: bool = False, return_attention: bool = False, *,
-                  return_alignment: bool = False, **options: Any):
-        """Translate sentences, returned in input order, as
-        :meth:`nmt.inference.translator.Translator.translate` does (the same arguments)."""
-        if return_attention or return_alignment:
-            raise NmtError("the ONNX engine does not return attention weights, nor the word alignments "
-                           "made from them; use the torch engine")
-        return super().translate(sources, beam, n_best, return_scores, **options)
+    def score_batches(self, batches, tgt_ids: Sequence[Sequence[int]]) -> dict[int, tuple[float, list[float]]]:
+        """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``,
+        step by step through the decoder-step graph: ``(sum, per-token log-probabilities)`` by
+        ``Source.index``."""
+        out: dict[int, tuple[float, list[float]]] = {}
+        engine = OnnxEngine(self.model)
+        for group in batches:
+            src, lengths = pad_sources([it.ids for it in group])
+            mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
+            sums, toks = forced_scores(engine, src, lengths, mask, [tgt_ids[it.index] for it in group])
+            for it, total, per_token in zip(group, sums, toks):
+                out[it.index] = (total, per_token)
+        return out

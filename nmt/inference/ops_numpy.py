@@ -44,6 +44,14 @@ class NumpyOps:
         """``[0] * counts[0] + [1] * counts[1] + ...`` for ``steps`` steps."""
         return np.repeat(np.arange(steps), counts)
 
+    @staticmethod
+    def as_array(values, dtype) -> np.ndarray:
+        return np.asarray(values, dtype=dtype)
+
+    @staticmethod
+    def stack(parts: Sequence[np.ndarray], dim: int) -> np.ndarray:
+        return np.stack(parts, dim)
+
     # ----------------------------------------------------------------------------- reading
     @staticmethod
     def size(x: np.ndarray) -> int:

@@ -36,6 +36,13 @@ class TorchOps:
         return torch.repeat_interleave(torch.arange(steps, device=self.device),
                                        torch.tensor(counts, device=self.device))
 
+    def as_array(self, values, dtype) -> Tensor:
+        return torch.as_tensor(values, dtype=dtype, device=self.device)
+
+    @staticmethod
+    def stack(parts: Sequence[Tensor], dim: int) -> Tensor:
+        return torch.stack(list(parts), dim)
+
     # ----------------------------------------------------------------------------- reading
     @staticmethod
     def size(x: Tensor) -> int:

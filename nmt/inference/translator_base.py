@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from nmt.config import DecodeConfig
+from nmt.errors import NmtError
 from nmt.inference.alignment import word_alignment
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sources import (
@@ -59,6 +60,12 @@ class TranslatorBase:
                        return_attention: bool = False) -> dict[int, list[Hypothesis]]:
         raise NotImplementedError
 
+    def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
+                      ) -> dict[int, tuple[float, list[float]]]:
+        """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``:
+        ``(sum, per-token log-probabilities)`` by :attr:`Source.index`."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------------------- the steps
     def encode(self, sources: Sequence[str], lines: Sequence[int] | None = None, *,
                keep_empty_as_eos: bool = False, warn: bool = True) -> list[Source]:
@@ -95,6 +102,17 @@ class TranslatorBase:
         if not hyps:
             return []
         return self.tokenizers.decode_tgt([h.tokens for h in hyps])
+
+    def encode_targets(self, targets: Sequence[str]) -> list[list[int]]:
+        """Target ids (no EOS) of target sentences, cleaned like sources (not truncated)."""
+        form = self.recipe.data.filter.normalize
+        texts = [clean_source(t, form) for t in targets]
+        nonempty = [i for i, t in enumerate(texts) if t]
+        ids: list[list[int]] = [[] for _ in texts]
+        if nonempty:
+            for i, row in zip(nonempty, self.tokenizers.encode_tgt([texts[i] for i in nonempty])):
+                ids[i] = list(row)
+        return ids
 
     def _share(self, items: list[Source], shard: tuple[int, int] | None, **batching: Any
                ) -> tuple[list[list[Source]], list[Source]]:
@@ -171,3 +189,25 @@ class TranslatorBase:
     def _src_tokens(self, item: Source) -> list[str]:
         pieces = self.tokenizers.src_pieces(item.text) if item.text else []
         return pieces[: len(item.ids) - 1] + ["</s>"]
+
+    def score(self, sources: Sequence[str], targets: Sequence[str], *,
+              batch_tokens: int | None = None, return_token_log_probs: bool = False,
+              lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None):
+        """``log P(target | source)`` per pair: the sum of the target's token log-probabilities,
+        EOS included (forced decoding; no penalties). Sources are cleaned/truncated as for
+        :meth:`translate`; an empty source is scored as the bare EOS. With
+        ``return_token_log_probs`` also the list of per-token log-probabilities per pair.
+        ``shard`` as for :meth:`translate`.
+        """
+        if isinstance(targets, str):
+            raise TypeError("score takes a list of target sentences, not a single string")
+        if len(sources) != len(targets):
+            raise NmtError(f"score: {len(sources)} sources but {len(targets)} targets")
+        items = self.encode(sources, lines, keep_empty_as_eos=True, warn=False)
+        batches, mine = self._share(items, shard, batch_tokens=batch_tokens)
+        found = self.score_batches(batches, self.encode_targets(targets))
+        scores: list[Any] = [None] * len(items)
+        per_token: list[Any] = [None] * len(items)
+        for it in mine:
+            scores[it.index], per_token[it.index] = found[it.index]
+        return (scores, per_token) if return_token_log_probs else scores
