@@ -406,3 +406,31 @@ def test_cli_workers_write_what_one_process_writes(exports, tmp_path):
         assert main([*common, "-o", str(two), "--workers", "2"]) == 0
         assert two.read_bytes() == one.read_bytes()
         assert len(one.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra else 1)
+
+
+def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):
+    """An export carries the run's lexicon; a shortlist search over it gives the torch engine's
+    hypotheses and scores (log-probabilities normalised over the batch's shortlist)."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, id_list_chunks
+    from nmt.inference.translator import Translator
+    from nmt.tools.export import export_run
+
+    run = build_run(tmp_path / "run", "luong-general", random_run)
+    rng = random.Random(3)
+    src = [[rng.randrange(4, 34) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    tgt = [[rng.randrange(4, 26) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    Lexicon.build(id_list_chunks(src, tgt), 34, 26, iterations=2, keep=4).save(run / LEXICON_FILE)
+    export = export_run(run, tmp_path / "export")
+    assert (export / LEXICON_FILE).is_file()
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(20, 13)
+    for settings in (dict(beam=1), dict(beam=3, n_best=2, no_repeat_ngram=2)):
+        want = torch_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        have = onnx_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        full = onnx_t.translate(texts, return_scores=True, **settings)
+        assert [[x.tokens for x in r.hypotheses] for r in have] == [[x.tokens for x in r.hypotheses] for r in want]
+        for w, h in zip(want, have):
+            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
+        assert [r.hypotheses[0].score for r in full] != pytest.approx([r.hypotheses[0].score for r in have])

@@ -17,6 +17,7 @@ from nmt.data.vocab import PAD_ID
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.beam import BeamSearch
 from nmt.inference.greedy import one_token_per_step
+from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import Hypothesis
 
@@ -107,21 +108,32 @@ def _rows(tensors: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nda
 
 
 class OnnxEngine:
-    """An :class:`OnnxModel` as a search engine (see :mod:`nmt.inference.engine` for the methods)."""
+    """An :class:`OnnxModel` as a search engine (see :mod:`nmt.inference.engine` for the methods).
+
+    ``columns``: a lexical shortlist (sorted target ids, 0..3 first; :mod:`nmt.inference.onnx_shortlist`):
+    the step's scores are then the log-probabilities of these columns, normalised over them.
+    """
 
     ops = numpy_ops
     shares_memory = False
 
-    def __init__(self, model: OnnxModel):
+    def __init__(self, model: OnnxModel, columns: np.ndarray | None = None):
         self.model = model
         self.with_positions = model.with_positions
+        self.columns = columns
+        if columns is not None:
+            self.column_of = np.zeros(int(columns.max()) + 1, dtype=np.int64)
+            self.column_of[columns] = np.arange(columns.size)
 
     def begin(self, src: np.ndarray, src_lengths: np.ndarray, src_mask: np.ndarray, fold_context: bool):
         return self.model.encode(src, src_lengths)
 
     def step(self, prev_tokens: np.ndarray, state, memory):
         log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory)
-        return log_probs, None, (new_state, attention, positions)
+        if self.columns is None:
+            return log_probs, None, (new_state, attention, positions)
+        kept = log_probs[:, self.columns]  # (N, L), normalised again over the shortlist by search
+        return kept, log_normaliser(kept), (new_state, attention, positions)
 
     @staticmethod
     def next_state(out):
@@ -145,13 +157,11 @@ class OnnxEngine:
     def select_memory(memory, index: np.ndarray):
         return _rows(memory, index)
 
-    @staticmethod
-    def to_target(columns: np.ndarray) -> np.ndarray:
-        return columns
+    def to_target(self, columns: np.ndarray) -> np.ndarray:
+        return columns if self.columns is None else self.columns[columns]
 
-    @staticmethod
-    def to_columns(ids: np.ndarray) -> np.ndarray:
-        return ids
+    def to_columns(self, ids: np.ndarray) -> np.ndarray:
+        return ids if self.columns is None else self.column_of[ids]
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -172,22 +182,30 @@ def _source_mask(src: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-           return_attention: bool = False) -> list[list[Hypothesis]]:
-    """Greedy search when ``opts.beam == 1``, else beam search. One list per sentence."""
+           return_attention: bool = False, lexicon: LexiconTable | None = None) -> list[list[Hypothesis]]:
+    """Greedy search when ``opts.beam == 1``, else beam search. One list per sentence. With
+    ``opts.shortlist``, ``lexicon`` gives the batch's shortlist."""
     opts.check()
+    columns = None
+    if opts.shortlist:
+        if lexicon is None:
+            raise NmtError("a shortlist search needs the export's lexicon (export a run that has one)")
+        columns = lexicon.columns(src, _source_mask(src, lengths), opts.shortlist, opts.shortlist_frequent)
     if opts.beam == 1:
-        return greedy_search(model, src, lengths, opts, return_attention)
-    return beam_search(model, src, lengths, opts, return_attention)
+        return greedy_search(model, src, lengths, opts, return_attention, columns)
+    return beam_search(model, src, lengths, opts, return_attention, columns)
 
 
 def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-                  return_attention: bool = False) -> list[list[Hypothesis]]:
+                  return_attention: bool = False, columns: np.ndarray | None = None) -> list[list[Hypothesis]]:
     """Arg-max decoding; one hypothesis per sentence (``opts.beam`` is ignored)."""
-    hyps = one_token_per_step(OnnxEngine(model), src, lengths, _source_mask(src, lengths), opts, return_attention)
+    hyps = one_token_per_step(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+                              return_attention)
     return [[h] for h in hyps]
 
 
 def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-                return_attention: bool = False) -> list[list[Hypothesis]]:
+                return_attention: bool = False, columns: np.ndarray | None = None) -> list[list[Hypothesis]]:
     """Batched beam search: up to ``n_best`` hypotheses per sentence, best first."""
-    return BeamSearch(OnnxEngine(model), src, lengths, _source_mask(src, lengths), opts, return_attention).run()
+    return BeamSearch(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+                      return_attention).run()

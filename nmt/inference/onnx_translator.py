@@ -17,7 +17,8 @@ with the rules of :mod:`nmt.inference.rules`), on the export's graphs
 every target token, so results match PyTorch float32 decoding up to float rounding (the parity
 tests check tokens and scores). Attention weights and word alignments come from the step graph's
 attention output; reference scores (``score``) feed the reference's tokens to the step graph.
-Not supported here: a lexical shortlist (the full vocabulary is scored) and sampling.
+A lexical shortlist needs the run's lexicon in the export (``nmt export`` copies it); sampling is
+not supported here.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from nmt.inference.onnx_engine import (
     pad_sources,
     search,
 )
+from nmt.inference.onnx_shortlist import LexiconTable
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import max_lengths as _max_lengths
@@ -125,6 +127,8 @@ class OnnxTranslator(TranslatorBase):
         #: the run's recipe: its ``decode`` section gives the default settings (as a run's would)
         self.recipe: Recipe = recipe_from_dict(self.meta["recipe"], source=str(self.export_dir / META_FILE))
         self.model = OnnxModel(self.export_dir, self.meta, threads)
+        #: the run's lexicon when the export holds one (a shortlist decodes over it)
+        self.lexicon = LexiconTable.load(self.export_dir / self.meta["lexicon"]) if self.meta.get("lexicon") else None
         self.warn = WarningCounter()
 
     @classmethod
@@ -138,10 +142,10 @@ class OnnxTranslator(TranslatorBase):
         with these values (``None`` keeps the default; a larger ``n_best`` without ``beam`` widens
         the beam), checked."""
         options = self.decode.updated(overrides, beam=beam, n_best=n_best)
-        if options.shortlist:
-            raise NmtError(f"the ONNX engine scores the full target vocabulary: a lexical shortlist "
-                           f"(--shortlist {options.shortlist}) is not supported; give --shortlist 0 or "
-                           "translate the run directory with --engine torch")
+        if options.shortlist and self.lexicon is None:
+            raise NmtError(f"a lexical shortlist (--shortlist {options.shortlist}) needs a lexicon in the "
+                           f"export: {self.export_dir} has none (build the run's with `nmt shortlist RUN_DIR` "
+                           "and export it again); give --shortlist 0 or translate the run directory")
         if options.sample:
             raise NmtError("the ONNX engine searches only (greedy or beam): sampling (--sample) is not "
                            "supported; translate the run directory with --engine torch")
@@ -163,7 +167,7 @@ class OnnxTranslator(TranslatorBase):
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
             src, lengths = pad_sources([it.ids for it in group])
-            for it, hyps in zip(group, search(self.model, src, lengths, options, return_attention)):
+            for it, hyps in zip(group, search(self.model, src, lengths, options, return_attention, self.lexicon)):
                 out[it.index] = hyps
         return out
 
