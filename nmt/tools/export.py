@@ -20,8 +20,9 @@ concat, local-p, encoder self-attention layers), with dynamic batch and source-l
 state and memory are passed through the graphs field by field (named ``state.<field>`` and
 ``memory.<field>``), so the exporter does not depend on which tensors a decoder keeps.
 
-Search (greedy and beam, the same rules as :mod:`nmt.inference.search`) runs in numpy outside the
-graphs. A lexical shortlist is not exported: the ONNX translator scores the full vocabulary.
+Search (greedy and beam, the same code as :mod:`nmt.inference.search`) runs in numpy outside the
+graphs. The ONNX translator scores the full vocabulary by default; a run's ``lexicon.safetensors``
+(``nmt shortlist``) is copied beside the graphs, for a shortlist asked for explicitly.
 """
 from __future__ import annotations
 
