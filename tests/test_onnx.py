@@ -284,6 +284,10 @@ def test_onnx_translator_runs_without_torch(exports):
         "from nmt.inference.onnx_translator import OnnxTranslator\n"
         "t = OnnxTranslator.load(sys.argv[1], threads=1)\n"
         "print(json.dumps(t.translate(json.loads(sys.argv[2]))))\n"
+        "t.translate(['le chat'], beam=2, return_alignment=True)\n"
+        "t.score(['le chat'], ['the cat'])\n"
+        "import nmt.inference.greedy, nmt.inference.beam, nmt.inference.rules, nmt.inference.pool\n"
+        "import nmt.inference.forced, nmt.inference.engine, nmt.inference.ops_numpy\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n",
         str(export), json.dumps(texts))
     assert out.returncode == 0, out.stderr[-3000:]

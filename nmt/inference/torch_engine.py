@@ -46,11 +46,6 @@ class LogNormaliser:
         return shifted.exp_().sum(dim=1).log_().add_(top.squeeze(1))
 
 
-def _zero_normaliser(log_probs: Tensor) -> Tensor:
-    """The log-normaliser of rows that are log-probabilities already: zeros."""
-    return log_probs.new_zeros(log_probs.size(0), dtype=torch.float32)
-
-
 class SingleModel:
     """A :class:`~nmt.model.seq2seq.Seq2Seq` with what search asks of a model beyond its step
     interface; an :class:`~nmt.inference.ensemble.Ensemble` offers the same itself."""
