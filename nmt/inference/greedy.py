@@ -126,25 +126,25 @@ class _OneTokenSearch:
             self.state, self.prev = self.engine.next_state(out), tok
         return True
 
-    def by_sentence(self, values, fill):
-        """Per-step records of the rows that ran -> ``(batch, steps, ...)``, ``fill`` elsewhere."""
-        flat = self.ops.cat(values, 0)
-        laid = self.ops.full((self.batch, len(self.recorded)) + tuple(flat.shape[1:]), fill, flat.dtype)
-        laid[self.sentence, self.position] = flat
-        return laid
-
     def hypotheses(self) -> list[Hypothesis]:
+        """The recorded steps laid out by sentence, scored: one hypothesis per row."""
         ops, opts = self.ops, self.opts
         steps_run = len(self.recorded)
         columns = list(zip(*self.recorded))
-        self.sentence = ops.cat(columns[0], 0)
-        self.position = ops.repeat_steps(steps_run, [ops.size(r) for r in columns[0]])
-        tokens = self.by_sentence(columns[1], PAD_ID)
+        sentence = ops.cat(columns[0], 0)
+        position = ops.repeat_steps(steps_run, [ops.size(r) for r in columns[0]])
+
+        def by_sentence(values, fill):  # per-step records -> (batch, steps, ...), fill elsewhere
+            flat = ops.cat(values, 0)
+            laid = ops.full((self.batch, steps_run) + tuple(flat.shape[1:]), fill, flat.dtype)
+            laid[sentence, position] = flat
+            return laid
+
+        tokens = by_sentence(columns[1], PAD_ID)
         valid = ops.arange(steps_run)[None, :] < self.lengths[:, None]
-        tok_lps = ops.masked_fill(self.by_sentence(columns[2], 0.0), ~valid, 0.0)
-        att = ops.masked_fill(self.by_sentence(columns[3], 0.0), ~valid[:, :, None], 0.0) \
-            if self.need_att else None
-        pos = self.by_sentence(columns[4], 0.0) if self.with_positions else None
+        tok_lps = ops.masked_fill(by_sentence(columns[2], 0.0), ~valid, 0.0)
+        att = ops.masked_fill(by_sentence(columns[3], 0.0), ~valid[:, :, None], 0.0) if self.need_att else None
+        pos = by_sentence(columns[4], 0.0) if self.with_positions else None
         raw = ops.sum_steps(tok_lps, self.horizon)
         penalised = raw / length_penalty(ops, ops.clamp_min(self.lengths, 1), opts.length_penalty)
         if opts.coverage_penalty:
