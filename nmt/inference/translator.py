@@ -108,7 +108,7 @@ class Translator(TranslatorBase):
     @classmethod
     def load(cls, run_dir: str | os.PathLike | Sequence[str | os.PathLike], checkpoint: str = "best",
              device: Any = None, quantize: bool = False, precision: str = "float32",
-             kernels: str | None = None) -> "Translator":
+             kernels: str | None = None, decode: DecodeConfig | None = None) -> "Translator":
         """Load a run directory (``checkpoint``: ``best``, ``last``, ``avg`` (written by
         ``nmt average``) or a weights file).
 
@@ -120,19 +120,22 @@ class Translator(TranslatorBase):
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
         ``kernels`` (``auto`` | ``reference``) replaces the recipe's ``model.kernels``: ``reference``
-        searches with the plain equations only.
+        searches with the plain equations only. ``decode``: the default search settings instead of
+        the recipe's ``decode`` section (:attr:`decode`).
         """
         from nmt.inference.checkpoint import as_run_dirs, load_run
 
         runs = as_run_dirs(run_dir)
         if len(runs) > 1:
-            return cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+            translator = cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+            translator.decode = decode
+            return translator
         if not runs:
             raise NmtError("Translator.load: no run directory given")
         run_dir = runs[0]
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
-                   precision=precision, run_dir=run_dir, copy_model=False)
+                   precision=precision, run_dir=run_dir, copy_model=False, decode=decode)
 
     @classmethod
     def _load_ensemble(cls, runs, checkpoint, device, quantize, precision, kernels) -> "Translator":
