@@ -197,8 +197,8 @@ def test_translator_rejects_options_it_cannot_honour(exports):
         translator.translate(["le chat"], beam=2, n_best=3)
     with pytest.raises(NmtError, match="unknown decode setting"):
         translator.translate(["le chat"], beem=2)
-    with pytest.raises(NmtError, match="sampling"):
-        translator.translate(["le chat"], sample=True)
+    with pytest.raises(NmtError, match="sample"):
+        translator.translate(["le chat"], sample=True, beam=2)
 
 @pytest.mark.parametrize("variant", ["bahdanau", "local-p"])
 def test_attention_and_alignments_equal_torch_translator(exports, variant):
@@ -361,7 +361,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
     run, export = exports("bahdanau")
     for extra, word in ((["--quantize"], "--quantize"), (["--precision", "bf16"], "--precision bf16"),
                         (["--score-reference", "x"], "--score-reference"), (["--shortlist", "5"], "--shortlist"),
-                        (["--sample"], "--sample"), (["--alignments"], "--alignments")):
+                        (["--alignments"], "--alignments")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
@@ -438,3 +438,32 @@ def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):
         for w, h in zip(want, have):
             assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
         assert [r.hypotheses[0].score for r in full] != pytest.approx([r.hypotheses[0].score for r in have])
+
+
+def test_sampling_runs_the_shared_sampler(exports, tmp_path):
+    """Sampling on the ONNX engine: reproducible per line whatever the batch, different with
+    another seed; top_k=1 is greedy search (the torch engine's tokens)."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports("bahdanau")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(16, 17)
+    drawn = onnx_t.translate(texts, sample=True, seed=4, n_best=2, return_scores=True)
+    assert [[h.text for h in r.hypotheses] for r in drawn] == [
+        [h.text for h in onnx_t.translate([t], sample=True, seed=4, n_best=2, lines=[i + 1],
+                                          return_scores=True)[0].hypotheses] for i, t in enumerate(texts)]
+    for r in drawn:
+        assert [h.score for h in r.hypotheses] == sorted((h.score for h in r.hypotheses), reverse=True)
+    assert onnx_t.translate(texts, sample=True, seed=5) != onnx_t.translate(texts, sample=True, seed=4)
+    assert onnx_t.translate(texts, sample=True, seed=4) != onnx_t.translate(texts, beam=1)
+    greedy = Translator.load(run, device="cpu").translate(texts, beam=1)
+    assert onnx_t.translate(texts, sample=True, top_k=1) == greedy
+    assert onnx_t.translate(texts, sample=True, top_p=1e-6) == greedy
+    from nmt.cli import main
+
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["translate", "--engine", "onnx", str(export), "-i", str(tmp_path / "in.txt"),
+                 "-o", str(tmp_path / "out.txt"), "--sample", "--seed", "4"]) == 0
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines() == \
+        onnx_t.translate(texts, sample=True, seed=4)

@@ -20,6 +20,7 @@ from nmt.inference.greedy import one_token_per_step
 from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import Hypothesis
+from nmt.inference.sampling import sample
 
 __all__ = ["OnnxModel", "OnnxEngine", "search", "greedy_search", "beam_search", "pad_sources",
            "EXPORT_FORMAT", "EXPORT_VERSION", "ENCODER_FILE", "DECODER_FILE", "META_FILE"]
@@ -182,8 +183,10 @@ def _source_mask(src: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-           return_attention: bool = False, lexicon: LexiconTable | None = None) -> list[list[Hypothesis]]:
-    """Greedy search when ``opts.beam == 1``, else beam search. One list per sentence. With
+           return_attention: bool = False, lexicon: LexiconTable | None = None,
+           keys: Sequence[int] | None = None) -> list[list[Hypothesis]]:
+    """Sampling when ``opts.sample`` (``keys``: see :func:`nmt.inference.sampling.sample`), greedy
+    search when ``opts.beam == 1``, else beam search. One list per sentence. With
     ``opts.shortlist``, ``lexicon`` gives the batch's shortlist."""
     opts.check()
     columns = None
@@ -191,6 +194,9 @@ def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeC
         if lexicon is None:
             raise NmtError("a shortlist search needs the export's lexicon (export a run that has one)")
         columns = lexicon.columns(src, _source_mask(src, lengths), opts.shortlist, opts.shortlist_frequent)
+    if opts.sample:
+        return sample(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+                      return_attention, keys)
     if opts.beam == 1:
         return greedy_search(model, src, lengths, opts, return_attention, columns)
     return beam_search(model, src, lengths, opts, return_attention, columns)

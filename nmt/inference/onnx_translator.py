@@ -17,8 +17,8 @@ with the rules of :mod:`nmt.inference.rules`), on the export's graphs
 every target token, so results match PyTorch float32 decoding up to float rounding (the parity
 tests check tokens and scores). Attention weights and word alignments come from the step graph's
 attention output; reference scores (``score``) feed the reference's tokens to the step graph.
-A lexical shortlist needs the run's lexicon in the export (``nmt export`` copies it); sampling is
-not supported here.
+A lexical shortlist needs the run's lexicon in the export (``nmt export`` copies it). Sampling
+draws from numpy's generator: reproducible with a seed, but other samples than the torch engine's.
 """
 from __future__ import annotations
 
@@ -146,9 +146,6 @@ class OnnxTranslator(TranslatorBase):
             raise NmtError(f"a lexical shortlist (--shortlist {options.shortlist}) needs a lexicon in the "
                            f"export: {self.export_dir} has none (build the run's with `nmt shortlist RUN_DIR` "
                            "and export it again); give --shortlist 0 or translate the run directory")
-        if options.sample:
-            raise NmtError("the ONNX engine searches only (greedy or beam): sampling (--sample) is not "
-                           "supported; translate the run directory with --engine torch")
         return options
 
     # ---------------------------------------------------------------------------- the steps
@@ -167,7 +164,10 @@ class OnnxTranslator(TranslatorBase):
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
             src, lengths = pad_sources([it.ids for it in group])
-            for it, hyps in zip(group, search(self.model, src, lengths, options, return_attention, self.lexicon)):
+            # sampling draws line N's tokens from a stream of its own (seed, N)
+            found = search(self.model, src, lengths, options, return_attention, self.lexicon,
+                           keys=[it.line for it in group])
+            for it, hyps in zip(group, found):
                 out[it.index] = hyps
         return out
 

@@ -188,6 +188,56 @@ class NumpyOps:
             x = np.pad(x, ((0, 0), (0, horizon - x.shape[1])))
         return x.sum(1, dtype=np.float32)
 
+    # ----------------------------------------------------------------------------- sampling
+    float64 = np.float64
+
+    @staticmethod
+    def stream_uniforms(seeds: list[int], lengths: list[int], width: int) -> np.ndarray:
+        """``(rows, width)`` float64: row r holds ``lengths[r]`` uniform numbers of numpy's
+        generator seeded with ``seeds[r]``, then zeros."""
+        out = np.zeros((len(seeds), width), dtype=np.float64)
+        for row, (seed, n) in enumerate(zip(seeds, lengths)):
+            out[row, :n] = np.random.Generator(np.random.PCG64(seed)).random(n)
+        return out
+
+    @staticmethod
+    def softmax(x: np.ndarray) -> np.ndarray:
+        """Row-wise softmax of float32 ``x`` (a row of -inf only gives NaN)."""
+        with np.errstate(invalid="ignore"):
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+
+    @staticmethod
+    def keep_columns(x: np.ndarray, index: np.ndarray, fill: float) -> np.ndarray:
+        """``x`` at ``index`` (per row), ``fill`` elsewhere."""
+        out = np.full_like(x, fill)
+        np.put_along_axis(out, index, np.take_along_axis(x, index, 1), axis=1)
+        return out
+
+    @staticmethod
+    def cumsum(x: np.ndarray) -> np.ndarray:
+        return x.cumsum(1)
+
+    @staticmethod
+    def cumulative(probs: np.ndarray) -> np.ndarray:
+        """Row-wise float64 running sum of probabilities, NaN read as 0."""
+        return np.nan_to_num(probs, nan=0.0).astype(np.float64).cumsum(1)
+
+    @staticmethod
+    def first_above(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Per row, the first column whose ``cdf`` exceeds ``u (N, 1)`` (the last column at most)."""
+        return np.minimum((cdf <= u).sum(1), cdf.shape[1] - 1)
+
+    @staticmethod
+    def scatter_values_(x: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        np.put_along_axis(x, index, values, axis=1)
+        return x
+
+    @staticmethod
+    def sort_descending(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(-x, axis=1, kind="stable")
+        return np.take_along_axis(x, order, 1), order
+
     # ----------------------------------------------------------------------------- in place
     @staticmethod
     def fill_column_(x: np.ndarray, column: int, value: float) -> None:

@@ -158,6 +158,46 @@ class TorchOps:
     def sum_steps(x: Tensor, horizon: int) -> Tensor:
         return x.sum(1)
 
+    # ----------------------------------------------------------------------------- sampling
+    float64 = torch.float64
+
+    def stream_uniforms(self, seeds: list[int], lengths: list[int], width: int) -> Tensor:
+        """``(rows, width)`` float64: row r holds ``lengths[r]`` uniform numbers of a
+        ``torch.Generator`` seeded with ``seeds[r]``, then zeros."""
+        uniforms = torch.zeros(len(seeds), width, dtype=torch.float64)
+        for row, (seed, n) in enumerate(zip(seeds, lengths)):
+            generator = torch.Generator().manual_seed(seed)
+            uniforms[row, :n] = torch.rand(n, generator=generator, dtype=torch.float64)
+        return uniforms.to(self.device)
+
+    @staticmethod
+    def softmax(x: Tensor) -> Tensor:
+        return torch.softmax(x, dim=1)
+
+    @staticmethod
+    def keep_columns(x: Tensor, index: Tensor, fill: float) -> Tensor:
+        return torch.full_like(x, fill).scatter_(1, index, x.gather(1, index))
+
+    @staticmethod
+    def cumsum(x: Tensor) -> Tensor:
+        return x.cumsum(dim=1)
+
+    @staticmethod
+    def cumulative(probs: Tensor) -> Tensor:
+        return probs.nan_to_num_(0.0).double().cumsum(dim=1)
+
+    @staticmethod
+    def first_above(cdf: Tensor, u: Tensor) -> Tensor:
+        return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
+
+    @staticmethod
+    def scatter_values_(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
+        return x.scatter_(1, index, values)
+
+    @staticmethod
+    def sort_descending(x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.sort(dim=1, descending=True)
+
     # ----------------------------------------------------------------------------- in place
     @staticmethod
     def fill_column_(x: Tensor, column: int, value: float) -> None:

@@ -29,7 +29,8 @@ from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import coverage_penalty as _coverage_penalty
 from nmt.inference.rules import length_penalty as _length_penalty
 from nmt.inference.rules import max_lengths as _max_lengths
-from nmt.inference.sampling import Sampler, nucleus
+from nmt.inference.sampling import NUCLEUS_CANDIDATES, sample
+from nmt.inference.sampling import nucleus as _nucleus
 from nmt.inference.torch_engine import LogNormaliser, OutputShortlist, TorchEngine, check_eval, search_model
 
 __all__ = [
@@ -162,17 +163,15 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     the result depends neither on the batch nor on the other sentences in it.
     """
     opts = options or DecodeConfig(beam=1, sample=True)
-    copies = opts.n_best
-    keys = list(range(src.size(0))) if keys is None else [int(k) for k in keys]
-    if len(keys) != src.size(0):
-        raise ValueError(f"{len(keys)} keys for {src.size(0)} sentences")
-    streams = [(opts.seed, key, j) for key in keys for j in range(copies)]
     engine = _engine(model, src, shortlist, tables)
-    hyps = one_token_per_step(engine, src, src_lengths.to(src.device), _source_mask(src, src_lengths, src_mask),
-                              opts, return_attention, choose=lambda max_lens: Sampler(opts, streams, max_lens),
-                              copies=copies)
-    return [sorted(hyps[b * copies: (b + 1) * copies], key=lambda h: -h.score) for b in range(len(keys))]
+    return sample(engine, src, src_lengths.to(src.device), _source_mask(src, src_lengths, src_mask), opts,
+                  return_attention, keys)
 
+
+def nucleus(probs: Tensor, top_p: float, candidates: int = NUCLEUS_CANDIDATES) -> Tensor:
+    """``(N, V)`` probabilities -> ``(N, V)`` bool: the nucleus of each row (see
+    :func:`nmt.inference.sampling.nucleus`)."""
+    return _nucleus(TorchOps(probs.device), probs, top_p, candidates)
 
 
 # ------------------------------------------------------------------------------ forced decoding
