@@ -103,8 +103,9 @@ def test_attributes(translator, run_dir):
         translator.translate("le chat")
 
 
-def test_decode_settings_are_given_explicitly_and_the_recipe_stays_as_loaded(run_dir, translator):
+def test_decode_settings_are_given_explicitly_and_the_recipe_stays_as_loaded(run_dir):
     """``decode=`` replaces the recipe's decode section as the defaults; the recipe is not changed."""
+    translator = Translator.load(run_dir, device="cpu")  # its own: the warnings it prints are counted
     settings = translator.recipe.decode.updated(beam=1, max_len_b=3)
     assert isinstance(settings, DecodeConfig)
     greedy = Translator.load(run_dir, device="cpu", decode=settings)
