@@ -14,6 +14,7 @@ import torch
 
 from nmt.cli import main
 from nmt.config import DecodeConfig
+from nmt.errors import NmtError
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import beam_search, greedy_search, pad_sources, score_targets, search
@@ -327,3 +328,9 @@ def test_shortlist_needs_one_lexicon_in_every_run(runs, tmp_path, capsys):
     assert main(["translate", str(a), str(b), "-i", str(tmp_path / "in.txt"), "-o", str(out)]) == 0
     assert "decoding without the shortlist" in capsys.readouterr().err
     assert out.read_text(encoding="utf-8").splitlines() == ensemble.translate(LINES, shortlist=0)
+    # the translator keeps its recipe as loaded: the missing shortlist is a decode setting of its own
+    loaded = Translator.load([a, b], device="cpu")
+    assert loaded.recipe.decode.shortlist == 5 and loaded.decode.shortlist == 0
+    assert loaded.translate(LINES) == ensemble.translate(LINES, shortlist=0)
+    with pytest.raises(NmtError, match="lexicon"):
+        loaded.translate(LINES, shortlist=5)  # asked for explicitly: refused

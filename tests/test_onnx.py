@@ -197,12 +197,56 @@ def test_translator_rejects_options_it_cannot_honour(exports):
         translator.translate(["le chat"], beam=2, n_best=3)
     with pytest.raises(NmtError, match="unknown decode setting"):
         translator.translate(["le chat"], beem=2)
-    with pytest.raises(NmtError, match="attention"):
-        translator.translate(["le chat"], return_attention=True)
-    with pytest.raises(NmtError, match="sampling"):
-        translator.translate(["le chat"], sample=True)
-    with pytest.raises(NmtError, match="alignments"):
-        translator.translate(["le chat"], return_alignment=True)
+    with pytest.raises(NmtError, match="sample"):
+        translator.translate(["le chat"], sample=True, beam=2)
+
+@pytest.mark.parametrize("variant", ["bahdanau", "local-p"])
+def test_attention_and_alignments_equal_torch_translator(exports, variant):
+    """Attention weights, local-p positions and word alignments of every hypothesis, greedy and beam,
+    as the torch engine gives them."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports(variant)
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(12, 5) + [""]
+    for settings in (dict(beam=1), dict(beam=3, n_best=2, coverage_penalty=0.2)):
+        want = torch_t.translate(texts, return_attention=True, return_alignment=True, **settings)
+        have = onnx_t.translate(texts, return_attention=True, return_alignment=True, **settings)
+        for w, h in zip(want, have):
+            assert [x.tokens for x in h.hypotheses] == [x.tokens for x in w.hypotheses]
+            assert [x.alignment for x in h.hypotheses] == [x.alignment for x in w.hypotheses]
+            for wx, hx in zip(w.hypotheses, h.hypotheses):
+                if wx.attention is None:
+                    assert hx.attention is None
+                    continue
+                np.testing.assert_allclose(hx.attention, wx.attention.numpy(), atol=1e-5)
+                if variant == "local-p":
+                    np.testing.assert_allclose(hx.positions, wx.positions.numpy(), atol=1e-4)
+                else:
+                    assert hx.positions is None and wx.positions is None
+    assert any(x.alignment for r in have for x in r.hypotheses)
+
+
+def test_score_equals_torch_translator_score(exports):
+    """Reference scores (forced decoding through the step graph) equal the torch engine's
+    teacher-forced ones, per token too; empty sources and targets included."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports("luong-general")
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    sources = corpus(15, 21) + ["", "le chat"]
+    targets = corpus(15, 22, EN) + ["the cat", ""]
+    want, want_tokens = torch_t.score(sources, targets, return_token_log_probs=True)
+    have, have_tokens = onnx_t.score(sources, targets, return_token_log_probs=True)
+    assert have == pytest.approx(want, rel=1e-5, abs=5e-5)
+    for w, h in zip(want_tokens, have_tokens):
+        assert len(h) == len(w)
+        np.testing.assert_allclose(h, w, rtol=1e-5, atol=2e-5)
+    assert len({round(x, 3) for x in have}) > 10  # the scores differ between sentences
 
 
 #: run in a subprocess: any import of torch fails
@@ -240,6 +284,10 @@ def test_onnx_translator_runs_without_torch(exports):
         "from nmt.inference.onnx_translator import OnnxTranslator\n"
         "t = OnnxTranslator.load(sys.argv[1], threads=1)\n"
         "print(json.dumps(t.translate(json.loads(sys.argv[2]))))\n"
+        "t.translate(['le chat'], beam=2, return_alignment=True)\n"
+        "t.score(['le chat'], ['the cat'])\n"
+        "import nmt.inference.greedy, nmt.inference.beam, nmt.inference.rules, nmt.inference.pool\n"
+        "import nmt.inference.forced, nmt.inference.engine, nmt.inference.ops_numpy\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n",
         str(export), json.dumps(texts))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -313,7 +361,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
     run, export = exports("bahdanau")
     for extra, word in ((["--quantize"], "--quantize"), (["--precision", "bf16"], "--precision bf16"),
                         (["--score-reference", "x"], "--score-reference"), (["--shortlist", "5"], "--shortlist"),
-                        (["--sample"], "--sample"), (["--alignments"], "--alignments")):
+                        (["--alignments"], "--alignments")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
@@ -362,3 +410,60 @@ def test_cli_workers_write_what_one_process_writes(exports, tmp_path):
         assert main([*common, "-o", str(two), "--workers", "2"]) == 0
         assert two.read_bytes() == one.read_bytes()
         assert len(one.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra else 1)
+
+
+def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):
+    """An export carries the run's lexicon; a shortlist search over it gives the torch engine's
+    hypotheses and scores (log-probabilities normalised over the batch's shortlist)."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, id_list_chunks
+    from nmt.inference.translator import Translator
+    from nmt.tools.export import export_run
+
+    run = build_run(tmp_path / "run", "luong-general", random_run)
+    rng = random.Random(3)
+    src = [[rng.randrange(4, 34) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    tgt = [[rng.randrange(4, 26) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    Lexicon.build(id_list_chunks(src, tgt), 34, 26, iterations=2, keep=4).save(run / LEXICON_FILE)
+    export = export_run(run, tmp_path / "export")
+    assert (export / LEXICON_FILE).is_file()
+    torch_t = Translator.load(run, device="cpu")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(20, 13)
+    for settings in (dict(beam=1), dict(beam=3, n_best=2, no_repeat_ngram=2)):
+        want = torch_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        have = onnx_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        full = onnx_t.translate(texts, return_scores=True, **settings)
+        assert [[x.tokens for x in r.hypotheses] for r in have] == [[x.tokens for x in r.hypotheses] for r in want]
+        for w, h in zip(want, have):
+            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
+        assert [r.hypotheses[0].score for r in full] != pytest.approx([r.hypotheses[0].score for r in have])
+
+
+def test_sampling_runs_the_shared_sampler(exports, tmp_path):
+    """Sampling on the ONNX engine: reproducible per line whatever the batch, different with
+    another seed; top_k=1 is greedy search (the torch engine's tokens)."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+
+    run, export = exports("bahdanau")
+    onnx_t = OnnxTranslator.load(export, threads=1)
+    texts = corpus(16, 17)
+    drawn = onnx_t.translate(texts, sample=True, seed=4, n_best=2, return_scores=True)
+    assert [[h.text for h in r.hypotheses] for r in drawn] == [
+        [h.text for h in onnx_t.translate([t], sample=True, seed=4, n_best=2, lines=[i + 1],
+                                          return_scores=True)[0].hypotheses] for i, t in enumerate(texts)]
+    for r in drawn:
+        assert [h.score for h in r.hypotheses] == sorted((h.score for h in r.hypotheses), reverse=True)
+    assert onnx_t.translate(texts, sample=True, seed=5) != onnx_t.translate(texts, sample=True, seed=4)
+    assert onnx_t.translate(texts, sample=True, seed=4) != onnx_t.translate(texts, beam=1)
+    greedy = Translator.load(run, device="cpu").translate(texts, beam=1)
+    assert onnx_t.translate(texts, sample=True, top_k=1) == greedy
+    assert onnx_t.translate(texts, sample=True, top_p=1e-6) == greedy
+    from nmt.cli import main
+
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["translate", "--engine", "onnx", str(export), "-i", str(tmp_path / "in.txt"),
+                 "-o", str(tmp_path / "out.txt"), "--sample", "--seed", "4"]) == 0
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines() == \
+        onnx_t.translate(texts, sample=True, seed=4)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import nmt.inference.search as search_mod
+import nmt.inference.greedy as greedy_mod
 from nmt.config import DecodeConfig, Recipe
 from nmt.errors import NmtError
 from nmt.inference.search import (
@@ -409,7 +409,7 @@ def test_greedy_result_does_not_depend_on_when_ended_rows_are_dropped(kind, monk
     opts = dict(beam=1, return_attention=True, coverage_penalty=0.4, length_penalty=1.0)
     results = {}
     for fraction in (0.0, 0.25, 2.0):  # 0: drop every ended row at once; 2: never drop
-        monkeypatch.setattr(search_mod, "_DROP_FINISHED_FRACTION", fraction)
+        monkeypatch.setattr(greedy_mod, "DROP_FINISHED_FRACTION", fraction)
         results[fraction] = run(greedy_search, model, srcs, **opts)
     lengths = {len(h[0].tokens) for h in results[0.0]}
     assert len(lengths) > 2  # rows end at different steps

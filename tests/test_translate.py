@@ -26,6 +26,7 @@ import nmt.tools.line_io as line_io
 from nmt.cli import main
 from nmt.config import (
     AttentionConfig,
+    DecodeConfig,
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
@@ -100,6 +101,21 @@ def test_attributes(translator, run_dir):
     assert translator.tokenizers.tgt_vocab_size == 22
     with pytest.raises(TypeError):
         translator.translate("le chat")
+
+
+def test_decode_settings_are_given_explicitly_and_the_recipe_stays_as_loaded(run_dir):
+    """``decode=`` replaces the recipe's decode section as the defaults; the recipe is not changed."""
+    translator = Translator.load(run_dir, device="cpu")  # its own: the warnings it prints are counted
+    settings = translator.recipe.decode.updated(beam=1, max_len_b=3)
+    assert isinstance(settings, DecodeConfig)
+    greedy = Translator.load(run_dir, device="cpu", decode=settings)
+    assert greedy.recipe.decode == translator.recipe.decode and greedy.recipe.decode.beam == 3
+    assert greedy.decode.beam == 1 and greedy.decode_options().max_len_b == 3
+    assert greedy.translate(SOURCES) == translator.translate(SOURCES, beam=1, max_len_b=3)
+    assert greedy.translate(SOURCES, beam=3, max_len_b=translator.recipe.decode.max_len_b) \
+        == translator.translate(SOURCES)
+    greedy.decode = None  # back to the recipe's
+    assert greedy.translate(SOURCES) == translator.translate(SOURCES)
 
 
 def test_nbest_results(translator):

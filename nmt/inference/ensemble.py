@@ -13,7 +13,7 @@ combine models; fairseq's log of the mean probability is the other common choice
 raw score is then the mean of the members' raw scores, which is what forced decoding of the same
 tokens gives (:func:`nmt.inference.search.score_targets` and ``Translator.score`` take the mean of
 the members' log-probabilities too). ``step_logits`` returns these log-probabilities already
-normalised (``step_returns_log_probs``): search must not take its log-normaliser of them.
+normalised (its ``log_normaliser`` gives zeros).
 
 - Each member keeps its own ``model.kernels`` path: a member with search tables runs its fast step,
   the others the plain equations. When some members have tables and others not, search shares a
@@ -89,8 +89,8 @@ class EnsembleStep:
 class Ensemble(nn.Module):
     """Models with one target vocabulary, searched as one (see the module docstring)."""
 
-    #: ``step_logits`` returns normalised log-probabilities (search skips its log-normaliser)
-    step_returns_log_probs = True
+    #: local-p's predicted positions are a single model's
+    reports_positions = False
 
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
@@ -109,6 +109,11 @@ class Ensemble(nn.Module):
         return len(self.members)
 
     # --------------------------------------------------------------------- the search interface
+    @staticmethod
+    def log_normaliser():
+        """``step_logits`` returns normalised log-probabilities: their log-normaliser is zero."""
+        return lambda log_probs: log_probs.new_zeros(log_probs.size(0), dtype=torch.float32)
+
     def search_tables(self) -> list | None:
         """Each member's search tables (None for a member on the plain step); None if no member has any."""
         tables = [m.search_tables() for m in self.members]

@@ -40,6 +40,7 @@ work themselves: :meth:`~Translator.decode_options`, :meth:`~Translator.encode`,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,21 +51,12 @@ from torch import Tensor
 
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
-from nmt.inference.alignment import word_alignment
 from nmt.inference.devices import distributed_state
 from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
-from nmt.inference.sources import (
-    Source,
-    TranslatedHypothesis,
-    TranslationResult,
-    WarningCounter,
-    clean_source,
-    make_sources,
-    shard_of,
-    warn_truncated,
-)
+from nmt.inference.sources import Source, TranslatedHypothesis, TranslationResult, WarningCounter, clean_source
+from nmt.inference.translator_base import TranslatorBase
 
 __all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", "WarningCounter",
            "clean_source"]
@@ -72,10 +64,12 @@ __all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", 
 
 # ---------------------------------------------------------------------------------- translator
 
-class Translator:
+class Translator(TranslatorBase):
     """A trained model with its tokenizers, ready to translate (eval mode, inference only).
 
     ``tokenizers`` may be None for a translator that only searches ids (:meth:`search_ids`).
+    ``decode``: the default search settings (:attr:`decode`; default: the recipe's ``decode``
+    section). The translator never changes the recipe.
 
     The translator works on its own copy of the model (``copy_model=False`` hands the model over
     instead: nothing else may change its weights), with the weights frozen: what search derives
@@ -85,12 +79,15 @@ class Translator:
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
                  metadata: dict | None = None, quantize: bool = False, precision: str = "float32",
-                 run_dir: str | os.PathLike | None = None, lexicon=None, *, copy_model: bool = True):
+                 run_dir: str | os.PathLike | None = None, lexicon=None, *, copy_model: bool = True,
+                 decode: DecodeConfig | None = None):
         self.device = torch.device(device) if device is not None else distributed_state().device
         check_precision(precision, quantize, self.device)
         self.precision = precision
         self.quantized = quantize
         self.recipe = recipe
+        self.decode = decode
+        self._recipe_shortlist_off = False  # an ensemble without a shared lexicon
         self.tokenizers = tokenizers
         if copy_model:
             model = copy.deepcopy(model)
@@ -111,7 +108,7 @@ class Translator:
     @classmethod
     def load(cls, run_dir: str | os.PathLike | Sequence[str | os.PathLike], checkpoint: str = "best",
              device: Any = None, quantize: bool = False, precision: str = "float32",
-             kernels: str | None = None) -> "Translator":
+             kernels: str | None = None, decode: DecodeConfig | None = None) -> "Translator":
         """Load a run directory (``checkpoint``: ``best``, ``last``, ``avg`` (written by
         ``nmt average``) or a weights file).
 
@@ -123,19 +120,22 @@ class Translator:
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
         ``kernels`` (``auto`` | ``reference``) replaces the recipe's ``model.kernels``: ``reference``
-        searches with the plain equations only.
+        searches with the plain equations only. ``decode``: the default search settings instead of
+        the recipe's ``decode`` section (:attr:`decode`).
         """
         from nmt.inference.checkpoint import as_run_dirs, load_run
 
         runs = as_run_dirs(run_dir)
         if len(runs) > 1:
-            return cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+            translator = cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
+            translator.decode = decode
+            return translator
         if not runs:
             raise NmtError("Translator.load: no run directory given")
         run_dir = runs[0]
         recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
         return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
-                   precision=precision, run_dir=run_dir, copy_model=False)
+                   precision=precision, run_dir=run_dir, copy_model=False, decode=decode)
 
     @classmethod
     def _load_ensemble(cls, runs, checkpoint, device, quantize, precision, kernels) -> "Translator":
@@ -149,24 +149,30 @@ class Translator:
         check_compatible([(run, load_run_recipe(run), SubwordTokenizers.load(run)) for run in runs])
         loaded = [load_run(run, checkpoint, kernels=kernels) for run in runs]
         recipe, tokenizers = loaded[0][0], loaded[0][1]
+        run_dirs = [Path(run) for run in runs]
+        lexicon, why = shared_lexicon(run_dirs) if recipe.decode.shortlist else (None, "")
         translator = cls(recipe, tokenizers, Ensemble([model for _, _, model, _ in loaded]), device=device,
                          metadata={"members": [meta for *_, meta in loaded]}, quantize=quantize,
-                         precision=precision, run_dir=runs[0], copy_model=False)
-        translator.run_dirs = [Path(run) for run in runs]
-        if recipe.decode.shortlist:
-            translator.lexicon, why = shared_lexicon(translator.run_dirs)
-            if translator.lexicon is None:  # the first run's recipe asked for it, not the user: decode without
-                translator.warn("ensemble shortlist", f"decoding without the shortlist of {runs[0]}'s "
-                                f"recipe: {why}; an ensemble's shortlist needs one lexicon in every run")
-                recipe.decode.shortlist = 0
+                         precision=precision, run_dir=runs[0], lexicon=lexicon, copy_model=False)
+        translator.run_dirs = run_dirs
+        if recipe.decode.shortlist and lexicon is None:
+            # the first run's recipe asked for it, not the user: decode without
+            translator._recipe_shortlist_off = True
+            translator.warn("ensemble shortlist", f"decoding without the shortlist of {runs[0]}'s "
+                            f"recipe: {why}; an ensemble's shortlist needs one lexicon in every run")
         return translator
 
     # ------------------------------------------------------------------------------ settings
+    def _default_decode(self) -> DecodeConfig:
+        """The recipe's ``decode`` section, without its shortlist for an ensemble whose runs share no lexicon."""
+        if self._recipe_shortlist_off:
+            return dataclasses.replace(self.recipe.decode, shortlist=0)
+        return self.recipe.decode
+
     def decode_options(self, beam: int | None = None, n_best: int = 1, **overrides: Any) -> DecodeConfig:
-        """The search settings of one call: the recipe's ``decode`` section with these values
-        (``None`` keeps the recipe's; a larger ``n_best`` without ``beam`` widens the beam),
-        checked. A shortlist's lexicon is loaded here, so a missing one fails early."""
-        options = self.recipe.decode.updated(overrides, beam=beam, n_best=n_best)
+        """The search settings of one call: :attr:`decode` with these values (``None`` keeps the
+        default; a larger ``n_best`` without ``beam`` widens the beam), checked. A shortlist's lexicon is loaded here, so a missing one fails early."""
+        options = self.decode.updated(overrides, beam=beam, n_best=n_best)
         self._lexicon_for(options)
         return options
 
@@ -191,36 +197,6 @@ class Translator:
         return self.lexicon
 
     # ---------------------------------------------------------------------------- the steps
-    def encode(self, sources: Sequence[str], lines: Sequence[int] | None = None, *,
-               keep_empty_as_eos: bool = False, warn: bool = True) -> list[Source]:
-        """Clean, encode, truncate to ``decode.max_input_len`` and append EOS.
-
-        ``lines``: the line numbers named in warnings (default 1, 2, ...). ``keep_empty_as_eos``:
-        an empty input becomes the bare EOS (for scoring) instead of ``ids=None``. ``warn``: report
-        truncated lines now (else the caller reports them with :meth:`warn_truncated`).
-        """
-        if isinstance(sources, str):
-            raise TypeError("translate/score take a list of sentences, not a single string")
-        form = self.recipe.data.filter.normalize
-        texts = [clean_source(s, form) for s in sources]
-        lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
-        todo = [i for i, t in enumerate(texts) if t]
-        encoded = self.tokenizers.encode_src([texts[i] for i in todo]) if todo else []
-        ids_of: dict[int, list[int]] = dict(zip(todo, encoded))
-        return self._sources(texts, [ids_of.get(i, []) for i in range(len(texts))], lines,
-                             keep_empty_as_eos, warn)
-
-    def _sources(self, texts: Sequence[str], ids: Sequence[Sequence[int]], lines: Sequence[int],
-                 keep_empty_as_eos: bool, warn: bool) -> list[Source]:
-        items = make_sources(texts, ids, lines, self.recipe.decode.max_input_len, keep_empty_as_eos)
-        if warn:
-            self.warn_truncated(items)
-        return items
-
-    def warn_truncated(self, items: Sequence[Source]) -> None:
-        """One warning per input longer than ``decode.max_input_len`` subwords, by line number."""
-        warn_truncated(self.warn, items, self.recipe.decode.max_input_len)
-
     def batches(self, items: Sequence[Source], *, beam: int = 1, batch_tokens: int | None = None,
                 max_sentences: int | None = None, batch_sentences: int | None = None
                 ) -> list[list[Source]]:
@@ -241,7 +217,7 @@ class Translator:
         else:
             from nmt.data.batching import inference_batches
 
-            budget = max(1, (batch_tokens or self.recipe.decode.batch_tokens) // max(1, beam))
+            budget = max(1, (batch_tokens or self.decode.batch_tokens) // max(1, beam))
             groups = inference_batches([len(it.ids) for it in todo], budget, max_sentences)
         return [[todo[k] for k in group] for group in groups]
 
@@ -279,23 +255,6 @@ class Translator:
                     out[it.index] = hyps
         return out
 
-    def detokenize(self, hyps: Sequence[Hypothesis]) -> list[str]:
-        """Detokenized text of each hypothesis."""
-        if not hyps:
-            return []
-        return self.tokenizers.decode_tgt([h.tokens for h in hyps])
-
-    def encode_targets(self, targets: Sequence[str]) -> list[list[int]]:
-        """Target ids (no EOS) of target sentences, cleaned like sources (not truncated)."""
-        form = self.recipe.data.filter.normalize
-        texts = [clean_source(t, form) for t in targets]
-        nonempty = [i for i, t in enumerate(texts) if t]
-        ids: list[list[int]] = [[] for _ in texts]
-        if nonempty:
-            for i, row in zip(nonempty, self.tokenizers.encode_tgt([texts[i] for i in nonempty])):
-                ids[i] = list(row)
-        return ids
-
     def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
                       ) -> dict[int, tuple[float, list[float]]]:
         """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``:
@@ -310,79 +269,7 @@ class Translator:
                     out[it.index] = (total, per_token)
         return out
 
-    def _share(self, items: list[Source], shard: tuple[int, int] | None, **batching: Any
-               ) -> tuple[list[list[Source]], list[Source]]:
-        """This process's batches and items (empty inputs go to rank 0, which needs no model for
-        them); truncation warnings come from the process that translates the line."""
-        batches = shard_of(self.batches(items, **batching), shard)
-        mine = [it for group in batches for it in group]
-        self.warn_truncated(mine)
-        if shard is None or shard[0] == 0:
-            mine += [it for it in items if it.ids is None]
-        return batches, mine
-
     # -------------------------------------------------------------------------------- public
-    def translate(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
-                  return_scores: bool = False, return_attention: bool = False, *,
-                  return_alignment: bool = False,
-                  batch_tokens: int | None = None, max_sentences: int | None = None,
-                  lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
-                  **overrides: Any):
-        """Translate sentences, returned in input order.
-
-        Returns ``list[str]`` (the best translation of each) by default; with ``n_best > 1``,
-        ``return_scores``, ``return_attention`` or ``return_alignment`` a list of
-        :class:`TranslationResult`. ``return_alignment`` gives each hypothesis its word alignment
-        (:func:`~nmt.inference.alignment.word_alignment`: sorted ``(source word, target word)``
-        pairs, 0-based over the whitespace words of the cleaned input and of the translation).
-        ``beam`` defaults to the recipe's ``decode.beam`` (at least ``n_best``; 1 = greedy, which
-        ignores the length and coverage penalties). ``overrides`` are other ``decode`` settings
-        (``length_penalty``, ``coverage_penalty``, ``max_len_a``, ``max_len_b``, ``min_len``,
-        ``no_repeat_ngram``, ``shortlist``, ``sample``, ``temperature``, ``top_k``, ``top_p``,
-        ``seed``, ...); with ``sample=True``, ``n_best`` is the number of independent samples per
-        sentence (best first) and line N is sampled from its own random stream of ``(seed, N)``.
-        ``lines`` are the line numbers used in warnings and sampling (default 1, 2, ...). With
-        ``shard=(rank, world)`` only this process's share is translated and the other entries are
-        ``None`` (see the module docstring).
-        """
-        options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
-        items = self.encode(sources, lines, warn=False)
-        batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
-                                    max_sentences=max_sentences)
-        found = self.search_batches(batches, options, return_attention or return_alignment)
-        out: list[Any] = [None] * len(items)
-        rich = n_best > 1 or return_scores or return_attention or return_alignment
-        if not rich:
-            best = [found[it.index][0] for it in mine if found.get(it.index)]
-            texts = iter(self.detokenize(best))
-            for it in mine:
-                out[it.index] = next(texts) if found.get(it.index) else ""
-            return out
-        it_texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
-        for it in mine:
-            hyps = found.get(it.index)
-            if it.ids is None or not hyps:
-                out[it.index] = TranslationResult(sources[it.index], [TranslatedHypothesis(
-                    text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[],
-                    alignment=[] if return_alignment else None)])
-                continue
-            src_tokens = self._src_tokens(it)
-            results = []
-            for h in hyps:
-                pieces = self.tokenizers.tgt_pieces_from_ids(h.tokens)
-                results.append(TranslatedHypothesis(
-                    text=next(it_texts), score=h.score, tokens=pieces, src_tokens=src_tokens,
-                    attention=h.attention if return_attention else None,
-                    positions=h.positions if return_attention else None, token_log_probs=h.log_probs,
-                    raw_score=h.raw_score,
-                    alignment=word_alignment(h.attention, src_tokens, pieces) if return_alignment else None))
-            out[it.index] = TranslationResult(sources[it.index], results)
-        return out
-
-    def _src_tokens(self, item: Source) -> list[str]:
-        pieces = self.tokenizers.src_pieces(item.text) if item.text else []
-        return pieces[: len(item.ids) - 1] + ["</s>"]
-
     def search_ids(self, sources: Sequence[Sequence[int]], beam: int | None = None, n_best: int = 1,
                    return_attention: bool = False, *, batch_tokens: int | None = None,
                    **overrides: Any) -> list[list[Hypothesis]]:
@@ -400,28 +287,6 @@ class Translator:
         empty = Hypothesis(tokens=[], score=0.0, log_probs=[], raw_score=0.0, finished=False,
                            attention=torch.zeros(0, 1) if return_attention else None)
         return [found.get(it.index) or [empty] for it in items]
-
-    def score(self, sources: Sequence[str], targets: Sequence[str], *,
-              batch_tokens: int | None = None, return_token_log_probs: bool = False,
-              lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None):
-        """``log P(target | source)`` per pair: the sum of the target's token log-probabilities,
-        EOS included (forced decoding; no penalties). Sources are cleaned/truncated as for
-        :meth:`translate`; an empty source is scored as the bare EOS. With
-        ``return_token_log_probs`` also the list of per-token log-probabilities per pair.
-        ``shard`` as for :meth:`translate`.
-        """
-        if isinstance(targets, str):
-            raise TypeError("score takes a list of target sentences, not a single string")
-        if len(sources) != len(targets):
-            raise NmtError(f"score: {len(sources)} sources but {len(targets)} targets")
-        items = self.encode(sources, lines, keep_empty_as_eos=True, warn=False)
-        batches, mine = self._share(items, shard, batch_tokens=batch_tokens)
-        found = self.score_batches(batches, self.encode_targets(targets))
-        scores: list[Any] = [None] * len(items)
-        per_token: list[Any] = [None] * len(items)
-        for it in mine:
-            scores[it.index], per_token[it.index] = found[it.index]
-        return (scores, per_token) if return_token_log_probs else scores
 
     def encoder_self_attention(self, src: str) -> Tensor | None:
         """Encoder self-attention maps ``(layers, heads, S, S)`` of one sentence (S includes EOS),

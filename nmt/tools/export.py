@@ -20,8 +20,9 @@ concat, local-p, encoder self-attention layers), with dynamic batch and source-l
 state and memory are passed through the graphs field by field (named ``state.<field>`` and
 ``memory.<field>``), so the exporter does not depend on which tensors a decoder keeps.
 
-Search (greedy and beam, the same rules as :mod:`nmt.inference.search`) runs in numpy outside the
-graphs. A lexical shortlist is not exported: the ONNX translator scores the full vocabulary.
+Search (greedy and beam, the same code as :mod:`nmt.inference.search`) runs in numpy outside the
+graphs. The ONNX translator scores the full vocabulary by default; a run's ``lexicon.safetensors``
+(``nmt shortlist``) is copied beside the graphs, for a shortlist asked for explicitly.
 """
 from __future__ import annotations
 
@@ -198,6 +199,17 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
     return {"state": state_names, "memory": memory_names, "positions": with_positions, "opset": OPSET}
 
 
+def _export_lexicon(run_dir: Path, out: Path) -> dict[str, str]:
+    """Copy the run's lexicon (``nmt shortlist``), if it has one, beside the graphs: the ONNX
+    translator decodes over a shortlist with it when asked to (``shortlist=K``)."""
+    from nmt.inference.shortlist import LEXICON_FILE
+
+    if not (run_dir / LEXICON_FILE).is_file():
+        return {}
+    atomic_write_bytes(out / LEXICON_FILE, (run_dir / LEXICON_FILE).read_bytes())
+    return {"lexicon": LEXICON_FILE}
+
+
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
     """Export a run directory (``checkpoint``: best, last, avg or a weights file) to ``out_dir``."""
     from nmt import __version__
@@ -218,7 +230,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
     graphs = export_model(model, out)
     for name in (SRC_MODEL, TGT_MODEL):
         atomic_write_bytes(out / name, (run_dir / name).read_bytes())
-    # the lexicon of a shortlist is not exported: the ONNX translator scores the full vocabulary
+    # the export decodes over the full vocabulary unless a call asks for a shortlist
     shortlist = recipe.decode.shortlist
     recipe.decode.shortlist = 0
     meta = {
@@ -229,6 +241,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
         "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
         "recipe": recipe.to_dict(),
         "recipe_shortlist": shortlist,
+        **_export_lexicon(run_dir, out),
         "checkpoint": {"file": str(weights), "metadata": metadata},
         "exported_by": {"nmt": __version__, "torch": torch.__version__},
     }

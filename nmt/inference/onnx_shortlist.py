@@ -1,0 +1,60 @@
+"""A lexical shortlist for the ONNX engine, without torch: the lexicon an export holds beside its
+graphs (``nmt export`` copies the run's ``lexicon.safetensors``) read with numpy, and the batch's
+shortlist computed as :meth:`nmt.inference.shortlist.Lexicon.columns` computes it.
+
+The step graph gives log-probabilities over the whole target vocabulary; the engine keeps the
+shortlist's columns and normalises them again over the shortlist, so a token outside it has
+probability 0, as with the torch engine (whose output layer computes the shortlist's logits only).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nmt.data.vocab import N_SPECIAL
+from nmt.errors import NmtError
+
+__all__ = ["LexiconTable", "log_normaliser"]
+
+
+class LexiconTable:
+    """``top_ids (src_vocab, keep)`` best translations per source id (-1 = none) and
+    ``by_frequency (tgt_vocab,)`` target ids, most frequent first."""
+
+    def __init__(self, top_ids: np.ndarray, by_frequency: np.ndarray):
+        self.top_ids = top_ids.astype(np.int64)
+        self.by_frequency = by_frequency.astype(np.int64)
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.by_frequency.size
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LexiconTable":
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        try:
+            arrays = load_file(str(path))
+            return cls(arrays["top_ids"], arrays["by_frequency"])
+        except Exception as exc:
+            raise NmtError(f"lexicon {path} is corrupt or incomplete ({type(exc).__name__}: {exc}); "
+                           "copy the run's lexicon.safetensors into the export directory again") from None
+
+    def columns(self, src: np.ndarray, src_mask: np.ndarray, per_source: int, frequent: int) -> np.ndarray:
+        """The shortlist of a batch: sorted target ids ``(L,)``, ids 0..3 first (at columns 0..3)."""
+        if per_source > self.top_ids.shape[1]:
+            raise NmtError(f"shortlist of {per_source} translations per source subword, but the "
+                           f"lexicon keeps {self.top_ids.shape[1]}; rebuild it with `nmt shortlist RUN_DIR "
+                           f"--keep {per_source}`, export again, or use a smaller shortlist")
+        candidates = self.top_ids[src[src_mask]][:, :per_source].reshape(-1)
+        return np.unique(np.concatenate([np.arange(N_SPECIAL), self.by_frequency[:frequent],
+                                         candidates[candidates >= 0]]))
+
+
+def log_normaliser(values: np.ndarray) -> np.ndarray:
+    """Row-wise ``log Σ exp(values)`` of ``(N, L)`` float32 values: ``(N,)`` float32."""
+    top = values.max(axis=1, keepdims=True)
+    return (np.log(np.exp(values - top).sum(axis=1, dtype=np.float32)) + top[:, 0]).astype(np.float32)

@@ -1,0 +1,71 @@
+"""The pool of beam search (:mod:`nmt.inference.beam`): each sentence's P best finished hypotheses,
+sorted best first, as arrays of the engine (no torch here)."""
+from __future__ import annotations
+
+import math
+
+from nmt.data.vocab import PAD_ID
+from nmt.inference.rules import Hypothesis, hypothesis
+
+
+class Pool:
+    """``P`` slots per sentence of ``batch`` (score -inf: an empty slot), each a hypothesis of at
+    most ``horizon`` tokens; with ``keep_att`` also its attention ``(horizon, src_len)`` and
+    local-p positions."""
+
+    def __init__(self, ops, batch: int, P: int, horizon: int, src_len: int, keep_att: bool):
+        self.ops, self.P, self.horizon = ops, P, horizon
+        self.score = ops.full((batch, P), -math.inf)
+        self.raw = ops.zeros((batch, P))
+        self.len = ops.zeros((batch, P), ops.long)
+        self.tok = ops.full((batch, P, horizon), PAD_ID, ops.long)
+        self.lp = ops.zeros((batch, P, horizon))
+        self.att = ops.zeros((batch, P, horizon, src_len)) if keep_att else None
+        self.pos = ops.zeros((batch, P, horizon)) if keep_att else None
+
+    def worst(self, sentences):
+        """``(n,)`` the score of the worst slot of each of ``sentences`` (-inf while one is empty)."""
+        return self.score[sentences][:, self.P - 1]
+
+    def merge(self, ids, step: int, pen, raw, c_tok, c_lp, c_att=None, c_pos=None) -> None:
+        """Merge K candidates of each sentence ``ids (s,)`` (their penalised scores ``pen (s, K)``,
+        raw scores ``raw (s, K)``, tokens ``c_tok (s * K, step + 1)``, token log-probs ``c_lp``,
+        attention ``c_att (s * K, step + 1, src_len)``, positions ``c_pos``) into the pool: the
+        P best of the P + K stay, best first."""
+        ops = self.ops
+        s, K = pen.shape
+        pad = self.horizon - step - 1
+        merged_score = ops.cat([self.score[ids], pen], 1)  # (s, P + K)
+        sel = ops.best_first(merged_score, self.P)
+
+        def merge(pool, cand):
+            pool[ids] = ops.gather(ops.cat([pool[ids], cand], 1), sel)
+
+        merge(self.tok, ops.pad_steps(c_tok, pad, PAD_ID).reshape(s, K, self.horizon))
+        merge(self.lp, ops.pad_steps(c_lp, pad).reshape(s, K, self.horizon))
+        merge(self.raw, raw)
+        merge(self.len, ops.full((s, K), step + 1, ops.long))
+        if self.att is not None:
+            merge(self.att, ops.pad_steps(c_att, pad).reshape(s, K, self.horizon, c_att.shape[2]))
+            merge(self.pos, ops.pad_steps(c_pos, pad).reshape(s, K, self.horizon))
+        self.score[ids] = ops.gather(merged_score, sel)
+
+    def hypotheses(self, src_lengths, with_positions: bool) -> list[list[Hypothesis]]:
+        """The pool as hypotheses per sentence, best first (empty slots left out)."""
+        ops = self.ops
+        scores, raws, lens = ops.to_list(self.score), ops.to_list(self.raw), ops.to_list(self.len)
+        all_tokens, all_log_probs = ops.to_list(self.tok), ops.to_list(self.lp)  # once, not per hypothesis
+        src_lens = ops.to_list(src_lengths)
+        results = []
+        for b in range(len(scores)):
+            hyps = []
+            for p, score in enumerate(scores[b]):
+                if not math.isfinite(score):
+                    continue
+                n = lens[b][p]
+                hyps.append(hypothesis(
+                    all_tokens[b][p][:n], score, all_log_probs[b][p][:n], raws[b][p],
+                    attention=None if self.att is None else ops.copy(self.att[b, p, :n, : src_lens[b]]),
+                    positions=None if self.pos is None or not with_positions else ops.copy(self.pos[b, p, :n])))
+            results.append(hyps)
+        return results

@@ -1,0 +1,168 @@
+"""The PyTorch engine of search (:mod:`nmt.inference.engine`): a :class:`~nmt.model.seq2seq.Seq2Seq`
+or an :class:`~nmt.inference.ensemble.Ensemble`, with its search tables and an optional lexical
+shortlist of the output layer.
+
+Sentences and beams are rows of tensors; the attention memory is projected once per batch
+(``model.start``). The step returns the model's logits as they are and the float32 log-normaliser
+of their rows: search ranks and masks the logits and normalises only the few values it keeps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nmt.config import DecodeConfig
+from nmt.data.vocab import N_SPECIAL
+from nmt.errors import NmtError
+from nmt.inference.ensemble import Ensemble
+from nmt.inference.ops_torch import TorchOps
+
+__all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
+
+
+class LogNormaliser:
+    """Row-wise ``log Σ_v exp(logits[:, v])`` of ``(N, V)`` logits, in float32: ``(N, V) -> (N,)``.
+
+    ``log_probs = logits - log_norm[:, None]`` without writing that matrix: search needs the
+    log-probabilities of the few tokens it keeps only. One float32 scratch matrix is reused for
+    every step of a search (a fresh (N, V) allocation per step makes ``torch.logsumexp``
+    much slower on CPU); bfloat16 logits are widened on the way into it.
+    """
+
+    def __init__(self) -> None:
+        self.scratch: Tensor | None = None
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        rows, vocab = logits.shape
+        if self.scratch is None or self.scratch.size(0) < rows or self.scratch.size(1) != vocab \
+                or self.scratch.device != logits.device:
+            self.scratch = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+        shifted = self.scratch[:rows]
+        top = logits.amax(dim=1, keepdim=True).float()
+        torch.sub(logits, top, out=shifted)
+        return shifted.exp_().sum(dim=1).log_().add_(top.squeeze(1))
+
+
+class SingleModel:
+    """A :class:`~nmt.model.seq2seq.Seq2Seq` with what search asks of a model beyond its step
+    interface; an :class:`~nmt.inference.ensemble.Ensemble` offers the same itself."""
+
+    def __init__(self, model):
+        self.model = model
+        #: local-p attention predicts a source position per step
+        self.reports_positions = model.cfg.attention.kind == "local-p"
+
+    @staticmethod
+    def log_normaliser():
+        return LogNormaliser()
+
+    def shortlist_output(self, columns: Tensor) -> tuple[Tensor, Tensor]:
+        from nmt.inference.shortlist import shortlist_output
+
+        return shortlist_output(self.model, columns)
+
+    def teacher_forced_log_probs(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
+                                 tgt_in: Tensor) -> Tensor:
+        """``(batch, tgt_len, V)`` float32 log-probabilities of every target token."""
+        readout, _ = self.model.teacher_force(src, src_lengths, src_mask, tgt_in)
+        return F.log_softmax(self.model.output(readout).float(), dim=-1)
+
+
+def search_model(model) -> SingleModel | Ensemble:
+    """``model`` with the search interface of :class:`SingleModel`."""
+    if isinstance(model, Ensemble):
+        return model
+    return SingleModel(model)
+
+
+@dataclass
+class OutputShortlist:
+    """The output layer restricted to ``columns``: search scores ``(rows, L)`` logits instead of
+    ``(rows, V)`` and maps a chosen column ``c`` back to the target id ``columns[c]``.
+
+    ``columns`` are sorted target ids that start with 0..3 (PAD, UNK, BOS, EOS), so the special
+    tokens keep their ids as column indices; ``column_of`` maps any target id to its column (ids
+    outside the shortlist to column 0, PAD, which is never generated).
+    """
+
+    columns: Tensor  #: (L,) target ids
+    weight: Tensor  #: (L, D) rows of the output layer (an ensemble: a list, one per member)
+    bias: Tensor  #: (L,)
+    column_of: Tensor  #: (V,) target id -> column
+
+    @classmethod
+    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: DecodeConfig) -> "OutputShortlist":
+        columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
+        vocab = model.tgt_vocab_size
+        if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
+            raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "
+                           f"has {vocab}; rebuild it with `nmt shortlist RUN_DIR`")
+        assert columns[:N_SPECIAL].tolist() == list(range(N_SPECIAL))
+        weight, bias = search_model(model).shortlist_output(columns)
+        column_of = torch.zeros(vocab, dtype=torch.long, device=src.device)
+        column_of[columns] = torch.arange(columns.numel(), device=src.device)
+        return cls(columns, weight, bias, column_of)
+
+
+def check_eval(model) -> None:
+    if model.training:
+        raise ValueError("search needs the model in eval mode (call model.eval() first): "
+                         "dropout would make the search random")
+
+
+class TorchEngine:
+    """``model`` (eval mode) as a search engine: see :mod:`nmt.inference.engine` for the methods.
+
+    ``tables``: the model's :meth:`~nmt.model.seq2seq.Seq2Seq.search_tables` (None: the plain
+    step). The fast step (with tables) shares a sentence's memory row between its beams; the plain
+    step gives every beam row its own copy.
+    """
+
+    def __init__(self, model, tables, shortlist: OutputShortlist | None, device):
+        check_eval(model)
+        self.model, self.tables, self.shortlist = model, tables, shortlist
+        self.ops = TorchOps(device)
+        self.shares_memory = tables is not None
+        adapted = search_model(model)
+        self.with_positions = adapted.reports_positions
+        self.normaliser = adapted.log_normaliser()
+        self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
+
+    def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
+        enc = self.model.encode(src, src_lengths, src_mask)
+        return self.model.start(enc, self.tables, fold_context=fold_context)
+
+    def step(self, prev_tokens: Tensor, state, memory):
+        logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
+        return logits, self.normaliser(logits), out  # the normaliser before masking: no renormalisation
+
+    @staticmethod
+    def next_state(out):
+        return out.state
+
+    @staticmethod
+    def attention(out) -> Tensor:
+        return out.attention.float()
+
+    @staticmethod
+    def positions(out) -> Tensor:
+        if out.positions is None:
+            return torch.zeros(out.attention.size(0), device=out.attention.device)
+        return out.positions.float()
+
+    @staticmethod
+    def select_state(state, index: Tensor):
+        return state.select(index)
+
+    @staticmethod
+    def select_memory(memory, index: Tensor):
+        return memory.select(index)
+
+    def to_target(self, columns: Tensor) -> Tensor:
+        return columns if self.shortlist is None else self.shortlist.columns[columns]
+
+    def to_columns(self, ids: Tensor) -> Tensor:
+        return ids if self.shortlist is None else self.shortlist.column_of[ids]
