@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from nmt.config import DecodeConfig, decode_arguments, decode_flag_label
 from nmt.errors import NmtError
-from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
+from nmt.tools.decoding import call_options, settings_for, use_settings
 
 
 #: the busy processes of ``--beside-busy``: one thread, a tight CPU-bound loop, and nothing else.
@@ -349,7 +349,7 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
                                  kernels=kernels)
     load_seconds = time.perf_counter() - load_start
     settings = settings_for(translator, decode, label)
-    truncate_inputs_at(translator, settings)
+    use_settings(translator, settings)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
 

@@ -11,9 +11,10 @@ from nmt.config import DecodeConfig, decode_flag_label
 
 def settings_for(translator, given: Mapping[str, Any] | None,
                  label: Callable[[str], str] | None = decode_flag_label) -> DecodeConfig:
-    """The translator's recipe ``decode`` section with ``given`` over it, checked; problems name
-    each setting as ``label(field)`` (by default its command-line option; ``None``: the field)."""
-    return translator.recipe.decode.updated(given, label=label)
+    """The translator's default settings (its recipe's ``decode`` section) with ``given`` over
+    them, checked; problems name each setting as ``label(field)`` (by default its command-line
+    option; ``None``: the field)."""
+    return translator.decode.updated(given, label=label)
 
 
 def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
@@ -22,13 +23,8 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
     return {**dataclasses.asdict(options), **changes}
 
 
-def truncate_inputs_at(translator, options: DecodeConfig) -> None:
-    """Make the translator truncate inputs at ``options.max_input_len``.
-
-    The translators' ``encode`` reads the limit from their recipe and takes none of its own, so a
-    limit other than the run's is given through a new recipe object (the loaded one is unchanged).
-    """
-    recipe = translator.recipe
-    if options.max_input_len != recipe.decode.max_input_len:
-        decode = dataclasses.replace(recipe.decode, max_input_len=options.max_input_len)
-        translator.recipe = dataclasses.replace(recipe, decode=decode)
+def use_settings(translator, options: DecodeConfig) -> None:
+    """Make ``options`` the translator's default search settings, so that what reads them outside
+    a search call (the input-length limit when encoding) follows the command line too. The
+    translator's recipe stays as loaded."""
+    translator.decode = options

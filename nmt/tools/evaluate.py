@@ -36,7 +36,7 @@ from nmt.atomic import atomic_write_text
 from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
-from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
+from nmt.tools.decoding import call_options, settings_for, use_settings
 
 __all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
            "format_scores", "evaluate_run", "evaluate_cli"]
@@ -149,7 +149,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
     options = settings_for(translator, decode, label)
-    truncate_inputs_at(translator, options)
+    use_settings(translator, options)
     beam, shortlist = options.beam, options.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
     if external is None:

@@ -70,9 +70,8 @@ from nmt.config import decode_arguments
 from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
-from nmt.inference.devices import close_process_group
 from nmt.inference.sources import WarningCounter
-from nmt.tools.decoding import call_options, settings_for, truncate_inputs_at
+from nmt.tools.decoding import call_options, settings_for, use_settings
 from nmt.tools.line_io import (
     CHUNK_LINES,
     Output,
@@ -115,7 +114,7 @@ def translate_cli(args) -> int:
     decode, reference = _decode_and_reference(args)
     translator = _onnx_translator(args) if onnx else _torch_translator(args)
     options = settings_for(translator, decode)
-    truncate_inputs_at(translator, options)
+    use_settings(translator, options)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
@@ -148,6 +147,8 @@ def translate_cli(args) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
         close_inputs(src_stream, ref_stream)
         if world > 1:
+            from nmt.inference.devices import close_process_group  # torch: not for the ONNX engine
+
             close_process_group()
     return 0
 
@@ -256,9 +257,8 @@ def _onnx_translator(args, threads: int | None = None):
 
 def _refuse_torch_only_options(args) -> None:
     torch_only = [flag for flag, used in (
-        ("--score-reference", bool(args.score_reference)), ("--quantize", args.quantize),
-        ("--precision bf16", args.precision == "bf16"), ("--checkpoint", args.checkpoint != "best"),
-        ("--alignments (the export has no attention output)", args.alignments))
+        ("--quantize", args.quantize), ("--precision bf16", args.precision == "bf16"),
+        ("--checkpoint", args.checkpoint != "best"))
         if used]
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
@@ -354,7 +354,7 @@ def _worker_translator(spec: dict[str, Any]):
                                          quantize=spec["quantize"], precision=spec["precision"],
                                          kernels=spec["kernels"])
         options = settings_for(translator, spec["decode"])
-        truncate_inputs_at(translator, options)
+        use_settings(translator, options)
         translator.decode_options(**call_options(options, n_best=spec["n_best"]))
         _WORKER["translator"], _WORKER["options"] = translator, options
     return translator
