@@ -126,7 +126,6 @@ class _GRUDecoderBase(nn.Module):
         self.rnn_extra_input = rnn_extra_input
         self.rnn = nn.GRU(embedding_dim + rnn_extra_input, cfg.hidden_size, num_layers=cfg.layers,
                           batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.attention_kind = att.kind
         self.attention = build_attention(
             att.kind, query_dim=cfg.hidden_size, key_dim=key_dim,
             hidden_size=att.hidden_size or cfg.hidden_size,
@@ -171,11 +170,9 @@ class _GRUDecoderBase(nn.Module):
                 weight[:, self.embedding_dim:].to(dtype).contiguous())
 
     def _attend(self, query: torch.Tensor, memory: Memory):
-        """``query (batch, T, H)`` -> context (batch, T, key_dim), weights (batch, T, S), positions."""
-        context, weights = self.attention(query, memory.keys, memory.keys, memory.mask,
-                                          proj_keys=memory.proj_keys)
-        positions = getattr(self.attention, "last_positions", None) if self.attention_kind == "local-p" else None
-        return context, weights, positions
+        """``query (batch, T, H)`` -> context (batch, T, key_dim), weights (batch, T, S), positions
+        (batch, T) for local-p, else None."""
+        return self.attention.attend(query, memory.keys, memory.keys, memory.mask, proj_keys=memory.proj_keys)
 
     def precompute(self, memory: Memory) -> Memory:
         return replace(memory, proj_keys=self.attention.precompute(memory.keys))
