@@ -179,3 +179,29 @@ def test_perturbing_one_named_part_changes_every_path_alike(kind, where, name, t
         torch.testing.assert_close(value, want[key if key in want else "step"], rtol=1e-10, atol=1e-10, msg=key)
     for key, grad in want_grads.items():
         torch.testing.assert_close(got_grads[key], grad, rtol=1e-10, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong-concat"])
+def test_exported_step_of_a_reordered_layout_equals_the_model(kind, tiny_model, tmp_path):
+    """The ONNX step graph follows the layouts too (it is traced from the plain step)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from nmt.tools.export import export_model
+
+    model = tiny_model(kind, weight_scale=2.0, kernels="reference").double()  # the exporter's equations
+    twin = _permuted_twin(model, tiny_model, kind, True, "reference")
+    model.float()
+    graphs = export_model(twin, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "decoder_step.onnx"), providers=["CPUExecutionProvider"])
+    src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
+    with torch.no_grad():
+        state, memory = model.start(model.encode(src, lens, smask))
+        for t in range(tgt_in.size(1)):
+            feeds = {"prev_tokens": tgt_in[:, t].numpy(),
+                     **{f"state.{n}": getattr(state, n).numpy() for n in graphs["state"]},
+                     **{f"memory.{n}": getattr(memory, n).numpy() for n in graphs["memory"]}}
+            log_probs = session.run(["log_probs"], feeds)[0]
+            logits, out = model.step_logits(tgt_in[:, t], state, memory)
+            torch.testing.assert_close(torch.from_numpy(log_probs), torch.log_softmax(logits, -1),
+                                       rtol=1e-5, atol=1e-5)
+            state = out.state
