@@ -41,10 +41,9 @@ Fast path: with ``kernels="auto"`` the tanh additive score runs as
 the equation as written.
 
 Scorer activations: ``act`` (additive / concat scores) is any registry activation, tanh by default.
-Width-changing activations are supported by asking the registry for the width factor: with a
-k-piece maxout, ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to the ``H``
-that ``v`` scores (so the precomputed key projection is k times larger). Per-channel activations get
-``channels=H``. ``score`` passes the source mask to the activation: APReLU pools, for each query,
+Width-changing activations are supported by asking the registry for the width factor: with
+maxout (k = 2 pieces), ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to
+the ``H`` that ``v`` scores. Per-channel activations get ``channels=H``. ``score`` passes the source mask to the activation: APReLU pools, for each query,
 over the real source positions (each query on its own, so step-wise decoding still equals batched).
 """
 from __future__ import annotations
@@ -138,14 +137,11 @@ def _scorer_activation(name: Optional[str], channels: int) -> tuple[nn.Module, i
     ``channels=channels``; the others do not take that option.
     """
     name = name or "tanh"
-    options: dict[str, Any] = {}
     spec = available_activations().get(name)
     if spec is None:
         return get_activation(name), 1  # raises the registry's ConfigError with its suggestion
-    if spec.per_channel:
-        options.setdefault("channels", channels)
-    act = get_activation(name, **options)
-    return act, int(spec.width_factor(**options))
+    options = {"channels": channels} if spec.per_channel else {}
+    return get_activation(name, **options), int(spec.width_factor(**options))
 
 
 # --------------------------------------------------------------------------------------------------
