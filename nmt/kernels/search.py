@@ -20,7 +20,8 @@ docs/performance.md).
 :class:`SearchTables` are derived from the weights once per search (``Seq2Seq.search_tables``),
 so they are only valid while the weights do not change: whoever builds them holds them for one
 search, or for a translator that owns a frozen copy of its model. Tested against the plain step:
-tests/test_model.py and tests/test_search.py (same translations under ``auto`` and ``reference``).
+tests/test_model.py and tests/test_search.py (same translations under ``auto`` and ``reference``);
+the weights arrive as the decoder's named parts (tests/test_layout.py).
 """
 from __future__ import annotations
 

@@ -115,8 +115,9 @@ def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
 class _GRUDecoderBase(nn.Module):
     """Shared parts: the stacked GRU (as ``nn.GRU`` parameters), attention, readout, dropout.
 
-    Weight layouts (:class:`nmt.kernels.Layout`), named here once; the plain equations, the fast
-    twins in :mod:`nmt.kernels` and the exporter read the weights' parts by these names:
+    Weight layouts (:class:`nmt.kernels.Layout`), named here once; the plain equations (and so the
+    ONNX graphs traced from them) and the fast twins in :mod:`nmt.kernels` read the weights' parts
+    by these names only (tests/test_layout.py reorders them and gets the same function):
 
     - ``input_layout``: the first GRU layer reads ``x = [E y_{t-1}; extra]``, so the columns of its
       input weight ``W_ih`` are ``embedding`` (E) and the extra input (Bahdanau: ``context`` (K),
