@@ -101,7 +101,7 @@ def test_padded_keys_and_values_change_nothing(cfg, kernels):
 def test_step_by_step_equals_all_at_once(cfg, kernels):
     attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
-    proj = attn.precompute(keys, values)
+    proj = attn.precompute(keys)
     context, weights = attn(query, keys, values, mask, proj_keys=proj)
     positions = attn.last_positions if is_local(cfg) else None
     steps = [attn(query[:, t:t + 1], keys, values, mask, proj_keys=proj) for t in range(TGT_LEN)]
@@ -118,8 +118,8 @@ def test_precompute_path_equals_plain_path(cfg, kernels):
     attn = make(cfg, kernels=kernels)
     query, keys, values, mask = batch(key_dim(cfg))
     plain = attn(query, keys, values, mask)
-    # values differ from keys here, so multi-head (which also projects the values) must be told
-    pre = attn(query, keys, values, mask, proj_keys=attn.precompute(keys, values))
+    # values differ from keys here: the projection is of the keys alone
+    pre = attn(query, keys, values, mask, proj_keys=attn.precompute(keys))
     for a, b in zip(plain, pre):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # the decoder's case: values are the keys, precompute(keys) alone
@@ -139,7 +139,7 @@ def test_bf16_autocast_shapes_and_float32_softmax(cfg):
     query, keys, values, mask = (t.float() if t.is_floating_point() else t
                                  for t in batch(key_dim(cfg), lengths=(1, 7, 300)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        context, weights = attn(query, keys, values, mask, proj_keys=attn.precompute(keys, values))
+        context, weights = attn(query, keys, values, mask, proj_keys=attn.precompute(keys))
     assert context.shape == (3, TGT_LEN, key_dim(cfg)) and torch.isfinite(context).all()
     assert weights.shape == (3, TGT_LEN, 300) and weights.dtype == torch.float32
     assert (weights[~mask.unsqueeze(1).expand_as(weights)] == 0).all()
@@ -227,12 +227,12 @@ def test_tanh_score_keeps_its_precision_under_bf16_autocast():
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong-concat"])
 def test_additive_score_with_maxout_widens_projections(kind):
-    attn = make(dict(kind=kind, hidden_size=4, activation="maxout", activation_options={"pieces": 3}))
-    assert attn.query_proj.weight.shape == (12, Q_DIM) and attn.key_proj.weight.shape == (12, K_DIM)
+    attn = make(dict(kind=kind, hidden_size=4, activation="maxout"))  # maxout's default: 2 pieces
+    assert attn.query_proj.weight.shape == (8, Q_DIM) and attn.key_proj.weight.shape == (8, K_DIM)
     query, keys, values, mask = batch(K_DIM)
     pre = (torch.einsum("hq,btq->bth", attn.query_proj.weight, query)[:, :, None, :]
            + torch.einsum("hk,bsk->bsh", attn.key_proj.weight, keys)[:, None, :, :] + attn.key_proj.bias)
-    hidden = pre.unflatten(-1, (4, 3)).amax(-1)  # max over 3 consecutive pieces per scorer unit
+    hidden = pre.unflatten(-1, (4, 2)).amax(-1)  # max over 2 consecutive pieces per scorer unit
     expected = torch.einsum("h,btsh->bts", attn.v.weight[0], hidden)
     with torch.no_grad():
         _, weights = attn(query, keys, values, mask)
@@ -268,11 +268,11 @@ def test_dot_score_matches_einsum():
     torch.testing.assert_close(context, torch.einsum("bts,bsk->btk", weights, values))
 
 
-def mha_reference(attn: MultiHeadAttention, query, keys, values, mask):
+def mha_reference(attn: MultiHeadAttention, x, mask):
     """softmax(Q Kᵀ / √d_k) V per head, concatenated, then W_o; straight from the weights."""
-    q = F.linear(query, attn.q_proj.weight, attn.q_proj.bias)
-    k = F.linear(keys, attn.k_proj.weight, attn.k_proj.bias)
-    v = F.linear(values, attn.v_proj.weight, attn.v_proj.bias)
+    q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias)
+    k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias)
+    v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias)
     heads, d_k = attn.heads, attn.head_dim
     outs, maps = [], []
     for h in range(heads):
@@ -285,24 +285,30 @@ def mha_reference(attn: MultiHeadAttention, query, keys, values, mask):
     return F.linear(torch.cat(outs, -1), attn.out_proj.weight, attn.out_proj.bias), torch.stack(maps, 1)
 
 
+def self_attention_batch(d_model: int, lengths=LENGTHS, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), d_model, generator=gen, dtype=torch.float64)
+    return x, torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+
+
 def test_multihead_one_head_is_scaled_dot_product():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(8, heads=1, query_dim=Q_DIM, key_dim=K_DIM).double().eval()
-    query, keys, values, mask = batch(K_DIM)
-    context, weights = attn(query, keys, values, mask)
-    exp_context, exp_maps = mha_reference(attn, query, keys, values, mask)
+    attn = MultiHeadAttention(8, heads=1).double().eval()
+    x, mask = self_attention_batch(8)
+    context, weights = attn(x, mask)
+    exp_context, exp_maps = mha_reference(attn, x, mask)
     torch.testing.assert_close(weights, exp_maps[:, 0])
     torch.testing.assert_close(context, exp_context)
 
 
 def test_multihead_per_head_weights_and_average():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(12, heads=3, query_dim=Q_DIM, key_dim=K_DIM).double().eval()
-    query, keys, values, mask = batch(K_DIM)
-    context, head_weights = attn(query, keys, values, mask, need_head_weights=True)
-    _, mean_weights = attn(query, keys, values, mask)
-    assert head_weights.shape == (3, 3, TGT_LEN, max(LENGTHS))
-    exp_context, exp_maps = mha_reference(attn, query, keys, values, mask)
+    attn = MultiHeadAttention(12, heads=3).double().eval()
+    x, mask = self_attention_batch(12)
+    context, head_weights = attn(x, mask, need_head_weights=True)
+    _, mean_weights = attn(x, mask)
+    assert head_weights.shape == (3, 3, max(LENGTHS), max(LENGTHS))
+    exp_context, exp_maps = mha_reference(attn, x, mask)
     torch.testing.assert_close(head_weights, exp_maps)
     torch.testing.assert_close(mean_weights, exp_maps.mean(1))
     torch.testing.assert_close(context, exp_context)

@@ -113,7 +113,8 @@ def test_search_tables_only_under_auto_in_eval_without_autograd(tiny_model):
 
 
 @pytest.mark.parametrize("kind,feed,layers", [("bahdanau", True, 1), ("bahdanau", True, 2),
-                                              ("luong-general", False, 1), ("luong-concat", True, 1)])
+                                              ("luong-general", False, 1), ("luong-concat", True, 1),
+                                              ("luong-dot", False, 2), ("local-p", True, 1)])
 def test_auto_equals_reference_in_float64_with_gradients(kind, feed, layers, tiny_model):
     """The whole training objective: every fast twin that applies (GRU scan, Bahdanau recurrence,
     tanh by sigmoid, fused loss) against the plain equations, values and gradients to 1e-10."""

@@ -18,6 +18,8 @@ kernel pays. Nothing here imports ``nmt.model``.
 - ``attention.additive_tanh_score``: ``AdditiveAttention.score`` with tanh; CPU.
 - ``loss.linear_cross_entropy``: the output layer + ``seq2seq.cross_entropy``; CPU.
 - ``dropout.dropout``: ``activations.Dropout`` (``F.dropout``); CPU training.
+- ``layout.Layout`` (with ``gru_gates``) is no kernel: it names the blocks of a fused weight
+  (GRU gates, the decoder's input and readout columns) once, for the model and the kernels alike.
 - ``search.search_step`` (with ``build_search_tables``, ``fold_context``): ``BahdanauDecoder.step``
   in search (no autograd, eval mode); chosen by ``Seq2Seq.search_tables``.
 """
@@ -25,6 +27,7 @@ from nmt.kernels.attention import additive_tanh_keys, additive_tanh_score, tanh_
 from nmt.kernels.bahdanau import BahdanauRecurrence, bahdanau_recurrence_applies
 from nmt.kernels.dropout import dropout, dropout_applies, dropout_mask
 from nmt.kernels.gru import GRUScan, gru_scan_applies, run_gru
+from nmt.kernels.layout import Layout, gru_gates
 from nmt.kernels.loss import linear_cross_entropy, linear_cross_entropy_applies
 from nmt.kernels.search import (
     SearchTables,
@@ -39,6 +42,7 @@ __all__ = [
     "BahdanauRecurrence", "bahdanau_recurrence_applies",
     "dropout", "dropout_applies", "dropout_mask",
     "GRUScan", "gru_scan_applies", "run_gru",
+    "Layout", "gru_gates",
     "linear_cross_entropy", "linear_cross_entropy_applies",
     "SearchTables", "build_search_tables", "fold_context", "search_step", "search_tables_apply",
 ]

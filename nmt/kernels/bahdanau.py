@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from nmt.kernels.gru import _gru_step, _gru_step_backward, _gru_weight_grads, _state_dtype
+from nmt.kernels.layout import gru_gates
 
 
 def bahdanau_recurrence_applies(x: Tensor, layers: int, score_activation: str) -> bool:
@@ -47,8 +48,9 @@ class BahdanauRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, emb_gates: Tensor, h0: Tensor, proj_keys: Tensor, keys: Tensor, mask: Tensor,
                 w_query: Tensor, v: Tensor, w_context: Tensor, weight_hh: Tensor, bias_hh: Tensor):
-        steps, batch, three_h = emb_gates.shape
-        hidden = three_h // 3
+        steps, batch, _ = emb_gates.shape
+        hidden = weight_hh.size(1)
+        gates = gru_gates(hidden)
         src_len, att_dim = proj_keys.shape[1:]
         gemm_dtype = weight_hh.dtype
         dtype = _state_dtype(gemm_dtype)
@@ -65,10 +67,10 @@ class BahdanauRecurrence(torch.autograd.Function):
             sig = proj_keys.new_empty(steps, batch, src_len, att_dim)  # u, GEMM dtype
             weights = h.new_empty(steps, batch, src_len)
             contexts = keys.new_empty(steps, batch, keys.size(2))
-            gates_x = h.new_empty(steps, batch, three_h, dtype=gemm_dtype)
-            rz = h.new_empty(steps, batch, 2 * hidden)
+            gates_x = h.new_empty(steps, batch, gates.width, dtype=gemm_dtype)
+            rz = h.new_empty(steps, batch, gates.size("r", "z"))
             new = h.new_empty(steps, batch, hidden)
-            gates_h = proj_keys.new_empty(steps, batch, three_h, dtype=gemm_dtype)
+            gates_h = proj_keys.new_empty(steps, batch, gates.width, dtype=gemm_dtype)
             states = h.new_empty(steps, batch, hidden)
             for t in range(steps):
                 h_prev[t] = h
@@ -95,13 +97,14 @@ class BahdanauRecurrence(torch.autograd.Function):
         gemm_dtype = weight_hh.dtype
         dtype = h_prev.dtype
         emb_dtype, h0_dtype, bias_dtype = ctx.dtypes
+        width = gru_gates(hidden).width
         with torch.autocast(h_prev.device.type, enabled=False):
             v_row = (v * 2).to(sig.dtype)  # (1, A): d e / d u = 2 v
             w_q2 = (w_query * 2)  # (A, H)
             grad_h = h_prev.new_zeros(batch, hidden)
-            grad_x = h_prev.new_empty(steps, batch, 3 * hidden)  # = d emb_gates
+            grad_x = h_prev.new_empty(steps, batch, width)  # = d emb_gates
             grad_hn = h_prev.new_empty(steps, batch, hidden)
-            grad_gates_h = h_prev.new_empty(steps, batch, 3 * hidden, dtype=gemm_dtype)
+            grad_gates_h = h_prev.new_empty(steps, batch, width, dtype=gemm_dtype)
             grad_c = h_prev.new_empty(steps, batch, keys.size(2))
             grad_scores = h_prev.new_empty(steps, batch, proj_keys.size(1))
             grad_q2 = h_prev.new_empty(steps, batch, proj_keys.size(2))
@@ -131,7 +134,7 @@ class BahdanauRecurrence(torch.autograd.Function):
                 grad_h.add_(torch.mm(dq2.to(gemm_dtype), w_q2))  # q2 = 2 W_q s
             grad_weight_hh, grad_bias_hh = _gru_weight_grads(grad_gates_h, grad_x, grad_hn, h_prev)
             flat_h = h_prev.view(-1, hidden).to(gemm_dtype)
-            grad_w_context = torch.mm(grad_x.view(-1, 3 * hidden).t().to(gemm_dtype),
+            grad_w_context = torch.mm(grad_x.view(-1, width).t().to(gemm_dtype),
                                       contexts.view(-1, contexts.size(2)).to(gemm_dtype))
             grad_w_query = 2 * torch.mm(grad_q2.view(-1, grad_q2.size(2)).t().to(gemm_dtype), flat_h)
             # d v = Σ d e (2u − 1) over steps, rows and source positions

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.kernels.layout import gru_gates
+
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Hidden states and gate activations stay in float32 when the GEMMs run in 16 bits."""
@@ -36,15 +38,16 @@ def _gru_step(x_t: Tensor, h_t: Tensor, w_t: Tensor, bias: Tensor, gates_h_t: Te
               new_t: Tensor) -> None:
     """One GRU step on ``rows`` rows, in place: ``h_t (rows, H)`` becomes h'.
 
-    ``x_t`` input gates (rows, 3H); ``w_t = W_hhᵀ`` and ``bias`` in the GEMM dtype; the outputs
-    ``gates_h_t = W_h h + b_h`` (rows, 3H), ``rz_t = [r, z]`` (rows, 2H) and ``new_t = n`` (rows, H)
-    are what the backward step needs.
+    ``x_t`` input gates (rows, 3H, :func:`gru_gates` layout); ``w_t = W_hhᵀ`` and ``bias`` in the
+    GEMM dtype; the outputs ``gates_h_t = W_h h + b_h`` (rows, 3H), ``rz_t = [r, z]`` (rows, 2H) and
+    ``new_t = n`` (rows, H) are what the backward step needs.
     """
-    hidden = h_t.size(1)
+    gates = gru_gates(h_t.size(1))
+    rz, n = gates.span("r", "z"), gates.block("n")
     g_h = torch.addmm(bias, h_t.to(w_t.dtype), w_t, out=gates_h_t)
-    torch.add(x_t[:, : 2 * hidden], g_h[:, : 2 * hidden], out=rz_t).sigmoid_()
-    torch.addcmul(x_t[:, 2 * hidden:], rz_t[:, :hidden], g_h[:, 2 * hidden:], out=new_t).tanh_()
-    h_t.sub_(new_t).mul_(rz_t[:, hidden:]).add_(new_t)  # h' = n + z (h - n)
+    torch.add(x_t[:, rz], g_h[:, rz], out=rz_t).sigmoid_()
+    torch.addcmul(x_t[:, n], rz_t[:, gates.block("r")], g_h[:, n], out=new_t).tanh_()
+    h_t.sub_(new_t).mul_(rz_t[:, gates.block("z")]).add_(new_t)  # h' = n + z (h - n)
 
 
 def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor, gates_h_t: Tensor,
@@ -55,15 +58,16 @@ def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor
     into ``grad_hn_t`` (rows, H), and dL/d gates_h = [d r_pre, d z_pre, d h_n] into
     ``grad_gates_h_t`` (rows, 3H, GEMM dtype) for the weight gradient.
     """
-    hidden = dh.size(1)
-    r, z = rz_t[:, :hidden], rz_t[:, hidden:]
-    g_r, g_z, g_n = grad_x_t[:, :hidden], grad_x_t[:, hidden: 2 * hidden], grad_x_t[:, 2 * hidden:]
+    gates = gru_gates(dh.size(1))
+    rz, n = gates.span("r", "z"), gates.block("n")
+    r, z = rz_t[:, gates.block("r")], rz_t[:, gates.block("z")]
+    g_r, g_z, g_n = grad_x_t[:, gates.block("r")], grad_x_t[:, gates.block("z")], grad_x_t[:, n]
     torch.mul(dh, 1 - z, out=g_n).mul_(1 - new_t * new_t)  # dh (1 - z) (1 - n^2)
     torch.sub(h_prev_t, new_t, out=g_z).mul_(dh).mul_(z * (1 - z))  # dh (h - n) z (1 - z)
-    torch.mul(g_n, gates_h_t[:, 2 * hidden:], out=g_r).mul_(r * (1 - r))  # d n_pre h_n r (1 - r)
+    torch.mul(g_n, gates_h_t[:, n], out=g_r).mul_(r * (1 - r))  # d n_pre h_n r (1 - r)
     torch.mul(g_n, r, out=grad_hn_t)
-    grad_gates_h_t[:, : 2 * hidden] = grad_x_t[:, : 2 * hidden]
-    grad_gates_h_t[:, 2 * hidden:] = grad_hn_t
+    grad_gates_h_t[:, rz] = grad_x_t[:, rz]
+    grad_gates_h_t[:, n] = grad_hn_t
     dh.mul_(z).add_(torch.mm(grad_gates_h_t, weight_hh))  # dh z + d gates_h W_hh
 
 
@@ -72,8 +76,9 @@ def _gru_weight_grads(grad_gates_h: Tensor, grad_x: Tensor, grad_hn: Tensor,
     """dL/dW_hh and dL/db_hh from all steps' buffers of :func:`_gru_step_backward` and the states
     before each step (T, B, H): one GEMM over T·B rows and one sum. Rows a step did not run are zero."""
     hidden = h_prev.size(2)
-    grad_weight_hh = torch.mm(grad_gates_h.view(-1, 3 * hidden).t(), h_prev.view(-1, hidden).to(grad_gates_h.dtype))
-    grad_bias_hh = torch.cat([grad_x[..., : 2 * hidden].sum((0, 1)), grad_hn.sum((0, 1))])
+    gates = gru_gates(hidden)
+    grad_weight_hh = torch.mm(grad_gates_h.view(-1, gates.width).t(), h_prev.view(-1, hidden).to(grad_gates_h.dtype))
+    grad_bias_hh = torch.cat([grad_x[..., gates.span("r", "z")].sum((0, 1)), grad_hn.sum((0, 1))])
     return grad_weight_hh, grad_bias_hh
 
 
@@ -94,8 +99,9 @@ class GRUScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor,
                 active: list[int], reverse: bool):
-        steps, batch, three_h = gates_x.shape
-        hidden = three_h // 3
+        steps, batch, _ = gates_x.shape
+        hidden = weight_hh.size(1)
+        gates = gru_gates(hidden)
         gemm_dtype = weight_hh.dtype
         dtype = _state_dtype(gemm_dtype)
         with torch.autocast(gates_x.device.type, enabled=False):
@@ -105,9 +111,9 @@ class GRUScan(torch.autograd.Function):
             # only rows a step runs are written; the rest must read as zero where they are used
             outputs = gates_x.new_empty(steps, batch, hidden, dtype=dtype)
             h_prev = gates_x.new_empty(steps, batch, hidden, dtype=dtype)  # state before each step
-            rz = gates_x.new_empty(steps, batch, 2 * hidden, dtype=dtype)  # r and z
+            rz = gates_x.new_empty(steps, batch, gates.size("r", "z"), dtype=dtype)  # r and z
             new = gates_x.new_empty(steps, batch, hidden, dtype=dtype)  # n
-            gates_h = gates_x.new_empty(steps, batch, 3 * hidden, dtype=gemm_dtype)  # W_h h + b_h
+            gates_h = gates_x.new_empty(steps, batch, gates.width, dtype=gemm_dtype)  # W_h h + b_h
             order = range(steps - 1, -1, -1) if reverse else range(steps)
             for t in order:
                 n_rows = active[t]
@@ -134,13 +140,14 @@ class GRUScan(torch.autograd.Function):
         steps, batch, hidden = h_prev.shape
         gemm_dtype = weight_hh.dtype
         dtype = h_prev.dtype
+        width = gru_gates(hidden).width
         with torch.autocast(h_prev.device.type, enabled=False):
             grad_h = (grad_h_last.to(dtype).clone() if grad_h_last is not None
                       else h_prev.new_zeros(batch, hidden))
             # d gates_x = [d r_pre, d z_pre, d n_pre]; d gates_h = [d r_pre, d z_pre, d h_n] (GEMM dtype)
-            grad_gates_x = h_prev.new_empty(steps, batch, 3 * hidden)
+            grad_gates_x = h_prev.new_empty(steps, batch, width)
             grad_hn = h_prev.new_empty(steps, batch, hidden)
-            grad_gates_h = h_prev.new_empty(steps, batch, 3 * hidden, dtype=gemm_dtype)
+            grad_gates_h = h_prev.new_empty(steps, batch, width, dtype=gemm_dtype)
             order = range(steps) if reverse else range(steps - 1, -1, -1)
             for t in order:
                 n_rows = active[t]
@@ -205,11 +212,9 @@ def run_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor | None = None, h0: Tensor | 
             layer_input = dropout(layer_input)
         outs = []
         for direction in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
-            b_ih, b_hh = getattr(rnn, "bias_ih" + suffix), getattr(rnn, "bias_hh" + suffix)
-            gates_x = F.linear(layer_input, w_ih, b_ih)  # (T, B, 3H), autocast dtype
             index = layer * directions + direction
+            w_ih, w_hh, b_ih, b_hh = rnn.all_weights[index]  # nn.GRU's order: layers, then directions
+            gates_x = F.linear(layer_input, w_ih, b_ih)  # (T, B, 3H), autocast dtype
             start = h0[index] if h0 is not None else x.new_zeros(batch, hidden, dtype=_state_dtype(gates_x.dtype))
             out, last = GRUScan.apply(gates_x.contiguous(), start, w_hh.to(gates_x.dtype), b_hh,
                                       active, bool(direction))

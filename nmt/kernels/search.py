@@ -20,16 +20,20 @@ docs/performance.md).
 :class:`SearchTables` are derived from the weights once per search (``Seq2Seq.search_tables``),
 so they are only valid while the weights do not change: whoever builds them holds them for one
 search, or for a translator that owns a frozen copy of its model. Tested against the plain step:
-tests/test_model.py and tests/test_search.py (same translations under ``auto`` and ``reference``).
+tests/test_model.py and tests/test_search.py (same translations under ``auto`` and ``reference``);
+the weights arrive as the decoder's named parts (tests/test_layout.py).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from nmt.kernels.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,13 @@ class SearchTables:
 
     gates_y: Tensor  #: (V, 3H) W_iy E_v + b_i: first-layer GRU input gates of each target id's embedding
     read_y: Tensor  #: (V, R) W_oy E_v: the readout's embedding term of each target id
-    context_weight: Tensor  #: (3H + R, K) [W_ic; W_oc]: every weight that reads the context
+    #: (3H + R, K) [W_ic; W_oc]: every weight that reads the context, rows in ``context_layout``
+    context_weight: Tensor
     read_h: Tensor  #: (R, H) W_oh, contiguous: the readout's state columns
     read_bias: Tensor | None  #: (R,) b_o
+    #: the rows of ``context_weight`` (the channels of its product with a context): ``gates`` (3H),
+    #: the GRU input gates' context term, then ``readout`` (R), the readout's
+    context_layout: Layout
 
 
 def search_tables_apply(readout_weight: Tensor, training: bool) -> bool:
@@ -55,27 +63,30 @@ def _gemm_dtype(weight: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
 
 
-def build_search_tables(embedding: Tensor, weight_ih: Tensor, bias_ih: Tensor, readout_weight: Tensor,
-                        readout_bias: Tensor | None, hidden_size: int) -> SearchTables:
-    """From the target embedding (V, E), the first GRU layer's input weights ``weight_ih``
-    (3H, E + K) and ``bias_ih`` (the input is [E y; c]), and the readout's weight (R, H + K + E)
-    (its input is [s; c; E y]) and bias."""
-    emb_dim = embedding.size(1)
-    dtype = _gemm_dtype(weight_ih)
+def build_search_tables(embedding: Tensor, gru_input: Mapping[str, Tensor], bias_ih: Tensor,
+                        readout: Mapping[str, Tensor], readout_bias: Tensor | None) -> SearchTables:
+    """From the target embedding (V, E), the decoder's weights by name as its layouts split them
+    (``BahdanauDecoder.gru_input_parts`` and ``readout_parts``) and the biases:
+
+    - ``gru_input``: the first GRU layer's input weight W_i (its input is [E y; c]) as
+      ``embedding`` W_iy (3H, E) and ``context`` W_ic (3H, K), and ``bias_ih`` b_i (3H,);
+    - ``readout``: the readout's weight W_o (its input is [s; c; E y]) as ``state`` W_oh (R, H),
+      ``context`` W_oc (R, K) and ``embedding`` W_oy (R, E), and ``readout_bias`` b_o (R,) or None.
+    """
+    dtype = _gemm_dtype(gru_input["embedding"])
     # contiguous copies in the GEMM dtype: a slice is cast again at every use under autocast, and
     # a GEMM copies a strided operand to a contiguous one first
-    w_iy = weight_ih[:, :emb_dim].to(dtype).contiguous()
-    w_ic = weight_ih[:, emb_dim:].to(dtype).contiguous()
-    key_dim = w_ic.size(1)
-    w_oh = readout_weight[:, :hidden_size]
-    w_oc = readout_weight[:, hidden_size: hidden_size + key_dim]
-    w_oy = readout_weight[:, hidden_size + key_dim:]
+    w_iy = gru_input["embedding"].to(dtype).contiguous()
+    w_ic = gru_input["context"].to(dtype).contiguous()
+    w_oh, w_oc, w_oy = readout["state"], readout["context"], readout["embedding"]
+    layout = Layout(gates=w_ic.size(0), readout=w_oc.size(0))
     return SearchTables(
         gates_y=F.linear(embedding, w_iy, bias_ih),
         read_y=F.linear(embedding, w_oy.to(_gemm_dtype(w_oy))),
-        context_weight=torch.cat([w_ic, w_oc.to(dtype)], 0),
-        read_h=w_oh.to(_gemm_dtype(readout_weight)).contiguous(),
-        read_bias=readout_bias)
+        context_weight=layout.cat({"gates": w_ic, "readout": w_oc.to(dtype)}, dim=0),
+        read_h=w_oh.to(_gemm_dtype(w_oh)).contiguous(),
+        read_bias=readout_bias,
+        context_layout=layout)
 
 
 def fold_context(keys: Tensor, tables: SearchTables) -> Tensor:
@@ -100,7 +111,7 @@ def search_step(tables: SearchTables, weights: Tensor, keys: Tensor, folded: Ten
     else:
         context = torch.bmm(weights.to(keys.dtype), keys).reshape(rows, -1)
         proj = F.linear(context, tables.context_weight)
-    gates_c, read_c = proj.split([tables.gates_y.size(1), tables.read_y.size(1)], dim=1)
+    gates_c, read_c = tables.context_layout.unpack(proj, dim=1)  # (rows, 3H), (rows, R)
     gates_y = tables.gates_y.index_select(0, prev_tokens)
     read_y = tables.read_y.index_select(0, prev_tokens)
     hidden = gru(gates_y + gates_c, hidden)

@@ -41,17 +41,15 @@ Fast path: with ``kernels="auto"`` the tanh additive score runs as
 the equation as written.
 
 Scorer activations: ``act`` (additive / concat scores) is any registry activation, tanh by default.
-Width-changing activations are supported by asking the registry for the width factor: with a
-k-piece maxout, ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to the ``H``
-that ``v`` scores (so the precomputed key projection is k times larger). Per-channel activations get
-``channels=H``. ``score`` passes the source mask to the activation: APReLU pools, for each query,
+Width-changing activations are supported by asking the registry for the width factor: with
+maxout (k = 2 pieces), ``W_q`` and ``W_k`` project to ``k·H`` channels and maxout reduces them to
+the ``H`` that ``v`` scores. Per-channel activations get ``channels=H``. ``score`` passes the source mask to the activation: APReLU pools, for each query,
 over the real source positions (each query on its own, so step-wise decoding still equals batched).
 """
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -59,6 +57,7 @@ from torch import Tensor, nn
 
 from nmt import kernels
 from nmt.errors import NmtError
+from nmt.kernels import Layout
 from nmt.model.activations import (
     ActivatedLinear,
     Dropout,
@@ -129,23 +128,20 @@ def _check_inputs(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> 
         raise ValueError(f"mask must be bool (True on real tokens), got {mask.dtype}")
 
 
-def _scorer_activation(name: Optional[str], channels: int,
-                       options: Optional[Mapping[str, Any]] = None) -> tuple[nn.Module, int]:
-    """The scorer non-linearity from the shared registry (default tanh) and its width factor.
+def _scorer_activation(name: Optional[str], channels: int) -> tuple[nn.Module, int]:
+    """The scorer non-linearity from the shared registry (default tanh, default options) and its
+    width factor.
 
     Returns ``(act, factor)``: the pre-activation must be ``factor * channels`` wide (maxout: its
     pieces; every other activation: 1). Per-channel activations (PReLU, APReLU) get
     ``channels=channels``; the others do not take that option.
     """
     name = name or "tanh"
-    options = dict(options or {})
     spec = available_activations().get(name)
     if spec is None:
         return get_activation(name), 1  # raises the registry's ConfigError with its suggestion
-    if spec.per_channel:
-        options.setdefault("channels", channels)
-    act = get_activation(name, **options)
-    return act, int(spec.width_factor(**options))
+    options = {"channels": channels} if spec.per_channel else {}
+    return get_activation(name, **options), int(spec.width_factor(**options))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,11 +156,8 @@ class Attention(nn.Module):
     :meth:`precompute` (which is then computed once per source, not once per decoder step).
     """
 
-    def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Any:
-        """Key-only part of the score, ``keys (batch, src_len, k_dim)`` -> kind-specific; or None.
-
-        ``values`` is only used by :class:`MultiHeadAttention` (which also projects the values).
-        """
+    def precompute(self, keys: Tensor) -> Any:
+        """Key-only part of the score, ``keys (batch, src_len, k_dim)`` -> kind-specific; or None."""
         return None
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
@@ -188,6 +181,13 @@ class Attention(nn.Module):
         context = torch.bmm(weights.to(values.dtype), values)           # (B, T, S) @ (B, S, k) -> (B, T, k)
         return context, weights
 
+    def attend(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+               proj_keys: Any = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """:meth:`forward` and the source positions the kind predicts, ``(batch, tgt_len)``
+        (detached; local-p's window centres), or None for kinds without them."""
+        context, weights = self(query, keys, values, mask, proj_keys=proj_keys)
+        return context, weights, None
+
 
 class AdditiveAttention(Attention):
     """Additive / MLP score: ``score(q, k) = vᵀ act(W_q q + W_k k + b)``.
@@ -201,19 +201,18 @@ class AdditiveAttention(Attention):
     """
 
     def __init__(self, query_dim: int, key_dim: int, hidden_size: Optional[int] = None,
-                 activation: Optional[str] = None,
-                 activation_options: Optional[Mapping[str, Any]] = None, kernels: str = "auto"):
+                 activation: Optional[str] = None, kernels: str = "auto"):
         super().__init__()
         hidden = hidden_size or query_dim
         self.activation_name = activation or "tanh"
-        self.act, factor = _scorer_activation(self.activation_name, hidden, activation_options)
+        self.act, factor = _scorer_activation(self.activation_name, hidden)
         # maxout: k pieces per scorer unit, so both projections are k times wider (factor = k)
         self.query_proj = nn.Linear(query_dim, hidden * factor, bias=False)     # W_q
         self.key_proj = nn.Linear(key_dim, hidden * factor, bias=True)          # W_k, b
         self.v = nn.Linear(hidden, 1, bias=False)                               # v
         self.fast = kernels == "auto"
 
-    def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
+    def precompute(self, keys: Tensor) -> Tensor:
         proj = self.key_proj(keys)                                     # W_k k + b: (B, S, f·H)
         if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, keys):
             return kernels.additive_tanh_keys(proj)  # the fast score's form of it: 2 (W_k k + b)
@@ -264,7 +263,7 @@ class LuongGeneralAttention(Attention):
         super().__init__()
         self.key_proj = nn.Linear(key_dim, query_dim, bias=False)      # W
 
-    def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
+    def precompute(self, keys: Tensor) -> Tensor:
         return self.key_proj(keys)
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
@@ -304,8 +303,7 @@ class LocalPAttention(Attention):
     """
 
     def __init__(self, query_dim: int, key_dim: int, window: int, score: str = "general",
-                 hidden_size: Optional[int] = None, activation: Optional[str] = None,
-                 activation_options: Optional[Mapping[str, Any]] = None, kernels: str = "auto"):
+                 hidden_size: Optional[int] = None, activation: Optional[str] = None, kernels: str = "auto"):
         super().__init__()
         if window is None or int(window) != window or window < 1:
             raise AttentionError(f"local-p attention needs a window half-width D >= 1 (an integer), "
@@ -321,14 +319,13 @@ class LocalPAttention(Attention):
         elif score == "general":
             self.scorer = LuongGeneralAttention(query_dim, key_dim)
         else:
-            self.scorer = LuongConcatAttention(query_dim, key_dim, hidden_size, activation,
-                                               activation_options, kernels)
+            self.scorer = LuongConcatAttention(query_dim, key_dim, hidden_size, activation, kernels)
         hidden = hidden_size or query_dim
         self.position_proj = nn.Linear(query_dim, hidden, bias=False)  # W_p
         self.position_v = nn.Linear(hidden, 1, bias=False)             # v_p
         self.last_positions: Optional[Tensor] = None
 
-    def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Any:
+    def precompute(self, keys: Tensor) -> Any:
         return self.scorer.precompute(keys)
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
@@ -348,12 +345,18 @@ class LocalPAttention(Attention):
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
                 proj_keys: Any = None) -> tuple[Tensor, Tensor]:
         """Returns ``context (B, T, k)`` and ``weights (B, T, S)`` with ``Σ_s weights <= 1``."""
+        context, weights, _ = self.attend(query, keys, values, mask, proj_keys)
+        return context, weights
+
+    def attend(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+               proj_keys: Any = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """:meth:`forward` and the predicted positions ``p_t`` (B, T), detached."""
         _check_inputs(query, keys, values, mask)
         if proj_keys is None:
             proj_keys = self.precompute(keys)
         scores = self.scorer.score(query, keys, proj_keys, mask)                       # (B, T, S)
         positions = self.predict_positions(query, mask)                                # (B, T)
-        self.last_positions = positions.detach()
+        self.last_positions = detached = positions.detach()
         src = torch.arange(keys.shape[1], device=keys.device, dtype=positions.dtype)   # (S,)
         offset = src - positions.unsqueeze(-1)                                         # (B, T, S): s - p_t
         in_window = (offset.abs() <= self.window) & mask.unsqueeze(1)                  # (B, T, S)
@@ -361,7 +364,7 @@ class LocalPAttention(Attention):
         gauss = torch.exp(-offset.square() / (2.0 * self.sigma ** 2))                  # (B, T, S)
         weights = align * gauss.to(align.dtype)                                        # still 0 outside W_t
         context = torch.bmm(weights.to(values.dtype), values)                          # (B, T, k)
-        return context, weights
+        return context, weights, detached
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,77 +372,54 @@ class LocalPAttention(Attention):
 # --------------------------------------------------------------------------------------------------
 
 
-class MultiHeadAttention(Attention):
-    """Scaled dot-product multi-head attention, Vaswani et al. 2017 §3.2.
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product multi-head self-attention, Vaswani et al. 2017 §3.2 (the encoder's
+    :class:`SelfAttentionLayer`; the decoder's attention is one of :data:`ATTENTION_KINDS`).
 
-    With ``d_k = d_model / heads`` and per-head slices of the projections::
+    With ``d_k = d_model / heads`` and per-head slices of the projections of ``x (B, T, d_model)``::
 
-        Q = W_q q + b_q   (B, h, T, d_k)      K = W_k k + b_k   (B, h, S, d_k)      V = W_v v + b_v
-        A = softmax(Q Kᵀ / √d_k  masked)      (B, h, T, S)
-        context = W_o concat_h(A V) + b_o     (B, T, h·d_k) -> (B, T, out)
+        Q = W_q x + b_q   (B, h, T, d_k)      K = W_k x + b_k   (B, h, T, d_k)      V = W_v x + b_v
+        A = softmax(Q Kᵀ / √d_k  masked)      (B, h, T, T)
+        out = W_o concat_h(A V) + b_o         (B, T, h·d_k) -> (B, T, d_model)
 
-    ``query_dim`` / ``key_dim`` default to ``d_model`` (self-attention); for decoder-to-encoder
-    attention they are the decoder state and encoder output sizes, and the output has ``key_dim``
-    channels so the context has the same width as for every other kind.
-
-    ``precompute(keys, values=None)`` returns ``[K; V]`` concatenated on the last dim, (B, S,
-    2·d_model): projecting the values once per source matters as much as the keys (it is the same
-    cost), and one tensor lets the decoder reorder it for beam search (``index_select``) like every
-    other kind's projection. ``values`` default to the keys (the encoder-output case the decoder
-    uses). **If values differ from keys, pass them to precompute**: a given ``proj_keys`` takes
-    precedence over the ``keys``/``values`` arguments of ``forward``.
-
-    ``forward`` returns the weights averaged over heads (B, T, S), or per head (B, h, T, S) when
-    ``need_head_weights=True``.
-    Dropout (training only) is applied to the attention probabilities before mixing the values; the
-    returned weights are the un-dropped ones.
+    ``forward(x, mask)`` returns ``out`` and the weights averaged over heads (B, T, T), or per head
+    (B, h, T, T) when ``need_head_weights=True``; ``mask (B, T)`` is True on real tokens, and padded
+    keys get weight 0. Dropout (training only) is applied to the attention probabilities before
+    mixing the values; the returned weights are the un-dropped ones.
     """
 
-    def __init__(self, d_model: int, heads: int = 1, dropout: float = 0.0, *,
-                 query_dim: Optional[int] = None, key_dim: Optional[int] = None, kernels: str = "auto"):
+    def __init__(self, d_model: int, heads: int = 1, dropout: float = 0.0, *, kernels: str = "auto"):
         super().__init__()
         if heads < 1 or d_model % heads:
             raise AttentionError(f"multi-head attention: heads ({heads}) must be >= 1 and divide "
                                  f"d_model ({d_model})")
         self.d_model, self.heads, self.head_dim = d_model, heads, d_model // heads
-        query_dim = query_dim or d_model
-        key_dim = key_dim or d_model
-        self.q_proj = nn.Linear(query_dim, d_model)
-        self.k_proj = nn.Linear(key_dim, d_model)
-        self.v_proj = nn.Linear(key_dim, d_model)
-        self.out_proj = nn.Linear(d_model, key_dim)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = Dropout(dropout, kernels)
+        #: the channels of the joint key-value projection ``[K; V]`` (B, T, 2·d_model)
+        self.kv_layout = Layout(keys=d_model, values=d_model)
 
     def _split(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape                                     # (B, L, h·d_k) -> (B, h, L, d_k)
         return x.reshape(batch, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def precompute(self, keys: Tensor, values: Optional[Tensor] = None) -> Tensor:
-        values = keys if values is None else values
-        return torch.cat([self.k_proj(keys), self.v_proj(values)], dim=-1)   # (B, S, 2·d_model)
-
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Optional[Tensor],
-              mask: Optional[Tensor] = None) -> Tensor:
-        """Per-head scaled scores ``Q Kᵀ / √d_k`` (B, h, T, S)."""
-        k = self.k_proj(keys) if proj_keys is None else proj_keys[..., : self.d_model]
-        k_heads = self._split(k)                                       # (B, h, S, d_k)
-        q_heads = self._split(self.q_proj(query))                      # (B, h, T, d_k)
-        return torch.matmul(q_heads, k_heads.transpose(-1, -2)) / math.sqrt(self.head_dim)
-
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
-                proj_keys: Any = None, *, need_head_weights: bool = False) -> tuple[Tensor, Tensor]:
-        _check_inputs(query, keys, values, mask)
-        if proj_keys is None:
-            proj_keys = self.precompute(keys, values)
-        v_heads = self._split(proj_keys[..., self.d_model:])          # (B, h, S, d_k)
-        batch, tgt_len, _ = query.shape
-        scores = self.score(query, keys, proj_keys)                    # (B, h, T, S)
-        allowed = mask[:, None, None, :]                               # (B, 1, 1, S)
-        weights = masked_softmax(scores, allowed)                      # (B, h, T, S)
+    def forward(self, x: Tensor, mask: Tensor, *, need_head_weights: bool = False) -> tuple[Tensor, Tensor]:
+        batch, length, _ = x.shape
+        # K and V as views of one [K; V] buffer: their gradients are then strided views too, whose
+        # sums (the bias gradients) round as they always have, so training stays bit-identical
+        kv = self.kv_layout.cat({"keys": self.k_proj(x), "values": self.v_proj(x)})   # (B, T, 2·d_model)
+        k, v = self.kv_layout.unpack(kv)
+        k_heads, v_heads = self._split(k), self._split(v)              # (B, h, T, d_k)
+        q_heads = self._split(self.q_proj(x))                          # (B, h, T, d_k)
+        scores = torch.matmul(q_heads, k_heads.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, h, T, T)
+        allowed = mask[:, None, None, :]                               # (B, 1, 1, T)
+        weights = masked_softmax(scores, allowed)                      # (B, h, T, T)
         mixed = torch.matmul(self.dropout(weights).to(v_heads.dtype), v_heads)       # (B, h, T, d_k)
-        mixed = mixed.transpose(1, 2).reshape(batch, tgt_len, self.d_model)          # (B, T, h·d_k)
-        context = self.out_proj(mixed)
-        return context, (weights if need_head_weights else weights.mean(1))
+        mixed = mixed.transpose(1, 2).reshape(batch, length, self.d_model)           # (B, T, h·d_k)
+        return self.out_proj(mixed), (weights if need_head_weights else weights.mean(1))
 
 
 class SelfAttentionLayer(nn.Module):
@@ -447,7 +427,7 @@ class SelfAttentionLayer(nn.Module):
 
     ::
 
-        x = x + Dropout(MHA(LN(x), LN(x), LN(x), mask))          (B, T, d_model)
+        x = x + Dropout(MHA(LN(x), mask))                         (B, T, d_model)
         x = x + Dropout(W_2 · drop(act(W_1 · LN(x) + b_1)) + b_2)  W_1: d_model -> ff_size -> d_model
 
     Pre-norm (Xiong et al. 2020) rather than the original post-norm: the residual path stays an
@@ -475,7 +455,7 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         h = self.attn_norm(x)
-        attended, head_weights = self.attn(h, h, h, mask, need_head_weights=True)
+        attended, head_weights = self.attn(h, mask, need_head_weights=True)
         x = x + self.residual_dropout(attended)
         h = self.ff_out(self.ff_dropout(self.ff_in(self.ff_norm(x), mask)))
         x = x + self.residual_dropout(h)
@@ -494,32 +474,29 @@ def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
 
 def build_attention(kind: str, query_dim: int, key_dim: int, hidden_size: Optional[int] = None,
                     activation: Optional[str] = None, score: str = "general",
-                    window: Optional[int] = None,
-                    activation_options: Optional[Mapping[str, Any]] = None,
-                    kernels: str = "auto") -> Attention:
+                    window: Optional[int] = None, kernels: str = "auto") -> Attention:
     """The attention module for ``model.attention``; ``query_dim`` = decoder state size,
     ``key_dim`` = encoder output size.
 
     ``hidden_size`` is the additive/concat scorer (and local-p position predictor) size, default
-    ``query_dim``. ``activation`` (default tanh, any registry name; ``activation_options`` e.g.
-    ``{"pieces": 3}`` for maxout) applies to the additive/concat scorers only. ``score`` and
+    ``query_dim``. ``activation`` (default tanh, any registry name with its default options)
+    applies to the additive/concat scorers only. ``score`` and
     ``window`` are local-p's. ``kernels`` is the recipe's ``model.kernels``. Raises
     :class:`AttentionError` for unknown kinds,
     local-p without a window, and ``dot`` with mismatched sizes.
     """
     if kind == "bahdanau":
-        return BahdanauAttention(query_dim, key_dim, hidden_size, activation, activation_options, kernels)
+        return BahdanauAttention(query_dim, key_dim, hidden_size, activation, kernels)
     if kind == "luong-dot":
         return LuongDotAttention(query_dim, key_dim)
     if kind == "luong-general":
         return LuongGeneralAttention(query_dim, key_dim)
     if kind == "luong-concat":
-        return LuongConcatAttention(query_dim, key_dim, hidden_size, activation, activation_options, kernels)
+        return LuongConcatAttention(query_dim, key_dim, hidden_size, activation, kernels)
     if kind == "local-p":
         if window is None:
             raise AttentionError("local-p attention needs a window half-width D; set "
                                  "model.attention.window (e.g. 10)")
-        return LocalPAttention(query_dim, key_dim, window, score, hidden_size, activation,
-                               activation_options, kernels)
+        return LocalPAttention(query_dim, key_dim, window, score, hidden_size, activation, kernels)
     raise AttentionError(f"unknown attention kind {kind!r}{_did_you_mean(kind, ATTENTION_KINDS)}; "
                          f"choose from {', '.join(ATTENTION_KINDS)}")

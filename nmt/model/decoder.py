@@ -25,6 +25,11 @@ Bahdanau, Cho & Bengio 2015 (attention before the RNN):
 Luong, Pham & Manning 2015 (attention after the RNN, §3, input feeding §3.3):
     s_t = GRU([y_{t-1}; h̃_{t-1}], s_{t-1});  c_t = attend(s_t, H);  h̃_t = act(W_c [c_t; s_t])
 
+Fused weights (the GRU's input columns ``[E y; c]`` or ``[E y; h̃]``, its gate rows ``r, z, n``,
+the readout's columns ``[s; c; E y]``, Luong's ``[c; s]``) are split and assembled only through the
+named layouts each decoder declares (:class:`nmt.kernels.Layout`; ``gru_input_parts``,
+``readout_parts``, ``combine_parts``); the kernels receive the parts by name.
+
 ``act`` is position-wise except APReLU, which pools over the steps 1..t so far: teacher forcing
 applies it with ``forward_causal`` and a step with ``forward_step`` (its running sums live in
 ``DecoderState.pool``).
@@ -39,6 +44,7 @@ from torch import nn
 
 from nmt import kernels
 from nmt.config import AttentionConfig, DecoderConfig
+from nmt.kernels import Layout, gru_gates
 from nmt.model.activations import ActivatedLinear, Dropout, make_dropout
 from nmt.model.attention import build_attention, masked_softmax
 
@@ -93,11 +99,13 @@ def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
 
         r = σ(x_r + h_r),  z = σ(x_z + h_z),  n = tanh(x_n + r ⊙ h_n),  h' = (1 − z) ⊙ n + z ⊙ h
 
-    with ``h_* = W_h* h + b_h*``. ``gates_x (batch, 3H)``, ``h (batch, H)`` -> ``h' (batch, H)``.
+    with ``h_* = W_h* h + b_h*``. ``gates_x (batch, 3H)``, ``h (batch, H)`` -> ``h' (batch, H)``;
+    the 3H channels are the gates of :func:`nmt.kernels.gru_gates`.
     """
+    gates = gru_gates(h.size(-1))
     gates_h = F.linear(h, weight_hh, bias_hh)
-    x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
-    h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+    x_r, x_z, x_n = gates.unpack(gates_x)
+    h_r, h_z, h_n = gates.unpack(gates_h)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
@@ -107,15 +115,22 @@ def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
 class _GRUDecoderBase(nn.Module):
     """Shared parts: the stacked GRU (as ``nn.GRU`` parameters), attention, readout, dropout.
 
-    The first GRU layer reads ``x = [E y_{t-1}; extra]`` (extra: Bahdanau's context, Luong's input
-    feed, or nothing), so its input weight is ``W_ih = [W_iy | W_ix]``.
+    Weight layouts (:class:`nmt.kernels.Layout`), named here once; the plain equations (and so the
+    ONNX graphs traced from them) and the fast twins in :mod:`nmt.kernels` read the weights' parts
+    by these names only (tests/test_layout.py reorders them and gets the same function):
+
+    - ``input_layout``: the first GRU layer reads ``x = [E y_{t-1}; extra]``, so the columns of its
+      input weight ``W_ih`` are ``embedding`` (E) and the extra input (Bahdanau: ``context`` (K),
+      Luong with input feeding: ``feed`` (R), else none); :meth:`gru_input_parts`.
+    - :func:`nmt.kernels.gru_gates`: the rows of every GRU weight and bias and the channels of the
+      gate pre-activations, ``r, z, n`` (H each, ``nn.GRU``'s order), for every GRU of the model.
     """
 
     attention_before_rnn: bool
 
     def __init__(self, embedding_dim: int, key_dim: int, readout_dim: int, cfg: DecoderConfig,
                  att: AttentionConfig, activation: str, activation_options: dict,
-                 rnn_extra_input: int, kernels: str = "auto"):
+                 extra_input: dict[str, int], kernels: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.fast = kernels == "auto"
@@ -123,10 +138,9 @@ class _GRUDecoderBase(nn.Module):
         self.key_dim = key_dim
         self.readout_dim = readout_dim
         self.hidden_size = cfg.hidden_size
-        self.rnn_extra_input = rnn_extra_input
-        self.rnn = nn.GRU(embedding_dim + rnn_extra_input, cfg.hidden_size, num_layers=cfg.layers,
+        self.input_layout = Layout(embedding=embedding_dim, **extra_input)
+        self.rnn = nn.GRU(self.input_layout.width, cfg.hidden_size, num_layers=cfg.layers,
                           batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.attention_kind = att.kind
         self.attention = build_attention(
             att.kind, query_dim=cfg.hidden_size, key_dim=key_dim,
             hidden_size=att.hidden_size or cfg.hidden_size,
@@ -134,72 +148,90 @@ class _GRUDecoderBase(nn.Module):
         self.readout_dropout = make_dropout(activation, cfg.dropout, kernels)
         self.layer_dropout = Dropout(cfg.dropout if cfg.layers > 1 else 0.0, kernels)
 
-    # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
-    def _layer_weights(self, layer: int):
-        rnn = self.rnn
-        return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
-                getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+    # -- weight parts by name ------------------------------------------------------------------------
+    def gru_input_parts(self) -> dict[str, torch.Tensor]:
+        """The first GRU layer's input weight ``W_ih`` (3H, width of ``input_layout``) by input
+        block, as views: ``embedding`` W_iy (3H, E) and the extra input's block (Bahdanau:
+        ``context`` W_ic (3H, K); Luong with input feeding: ``feed`` W_if (3H, R))."""
+        return self.input_layout.split(self.rnn.weight_ih_l0, dim=1)
 
-    def gru(self, gates_x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Advance the stacked GRU one step from the first layer's input gates ``gates_x = W_ih x + b_ih``
-        (batch, 3H). ``hidden (batch, layers, H)`` -> same shape."""
-        _, w_hh, _, b_hh = self._layer_weights(0)
-        h = gru_cell(gates_x, hidden[:, 0], w_hh, b_hh)
-        new = [h]
-        for layer in range(1, self.cfg.layers):
-            w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer)
-            h = gru_cell(F.linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh)
-            new.append(h)
-        return torch.stack(new, dim=1)
-
-    def input_gates(self, embedded: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """First-layer input gates of one step, ``W_ih [E y; extra] + b_ih``: (batch, 3H)."""
-        x = embedded if extra is None else torch.cat([embedded, extra], dim=-1)
-        return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)
-
-    def _input_weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``W_iy`` (3H, emb) and ``W_ix`` (3H, extra), for teacher forcing: the embedding part runs
-        as one GEMM over all target positions before the time loop, the other part once per step.
+    def _gemm_input_parts(self) -> dict[str, torch.Tensor]:
+        """:meth:`gru_input_parts` for teacher forcing: the embedding block runs as one GEMM over all
+        target positions before the time loop, the other block once per step.
 
         Contiguous and in the autocast dtype, taken once per sequence: slices are not leaves, so
         autocast would cast them again at every step, and a GEMM copies a strided operand first.
         """
-        weight = self.rnn.weight_ih_l0
+        parts = self.gru_input_parts()
+        weight = parts["embedding"]
         device_type = weight.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-        return (weight[:, : self.embedding_dim].to(dtype).contiguous(),
-                weight[:, self.embedding_dim:].to(dtype).contiguous())
+        return {name: part.to(dtype).contiguous() for name, part in parts.items()}
+
+    # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
+    def gru(self, gates_x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Advance the stacked GRU one step from the first layer's input gates ``gates_x = W_ih x + b_ih``
+        (batch, 3H). ``hidden (batch, layers, H)`` -> same shape."""
+        weights = self.rnn.all_weights  # per layer: W_ih, W_hh, b_ih, b_hh
+        _, w_hh, _, b_hh = weights[0]
+        h = gru_cell(gates_x, hidden[:, 0], w_hh, b_hh)
+        new = [h]
+        for layer in range(1, self.cfg.layers):
+            w_ih, w_hh, b_ih, b_hh = weights[layer]
+            h = gru_cell(F.linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh)
+            new.append(h)
+        return torch.stack(new, dim=1)
+
+    def input_gates(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """First-layer input gates of one step, ``W_ih x + b_ih``: (batch, 3H), from the blocks of
+        ``x`` by their ``input_layout`` names (``embedding=``, ``context=`` or ``feed=``)."""
+        return F.linear(self.input_layout.cat(inputs), self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)
 
     def _attend(self, query: torch.Tensor, memory: Memory):
-        """``query (batch, T, H)`` -> context (batch, T, key_dim), weights (batch, T, S), positions."""
-        context, weights = self.attention(query, memory.keys, memory.keys, memory.mask,
-                                          proj_keys=memory.proj_keys)
-        positions = getattr(self.attention, "last_positions", None) if self.attention_kind == "local-p" else None
-        return context, weights, positions
+        """``query (batch, T, H)`` -> context (batch, T, key_dim), weights (batch, T, S), positions
+        (batch, T) for local-p, else None."""
+        return self.attention.attend(query, memory.keys, memory.keys, memory.mask, proj_keys=memory.proj_keys)
 
     def precompute(self, memory: Memory) -> Memory:
         return replace(memory, proj_keys=self.attention.precompute(memory.keys))
 
 
 class BahdanauDecoder(_GRUDecoderBase):
-    """Attention before the RNN: the context of step t is computed from s_{t-1} and fed to the GRU."""
+    """Attention before the RNN: the context of step t is computed from s_{t-1} and fed to the GRU.
+
+    ``input_layout`` is ``[embedding; context]``; ``readout_layout`` names the readout's input
+    ``[s_t; c_t; E y_{t-1}]``: the columns ``state`` (H), ``context`` (K), ``embedding`` (E) of W_o.
+    """
 
     attention_before_rnn = True
 
     def __init__(self, embedding_dim, key_dim, readout_dim, cfg, att, activation, activation_options,
                  kernels: str = "auto"):
         super().__init__(embedding_dim, key_dim, readout_dim, cfg, att, activation,
-                         activation_options, rnn_extra_input=key_dim, kernels=kernels)
+                         activation_options, extra_input={"context": key_dim}, kernels=kernels)
         # o_t = act(W_o [s_t; c_t; y_{t-1}]) (Bahdanau et al. 2015, appendix A.2.2, "deep output")
-        self.readout = ActivatedLinear(cfg.hidden_size + key_dim + embedding_dim, readout_dim,
-                                       activation, **activation_options)
+        self.readout_layout = Layout(state=cfg.hidden_size, context=key_dim, embedding=embedding_dim)
+        self.readout = ActivatedLinear(self.readout_layout.width, readout_dim, activation, **activation_options)
+
+    def readout_parts(self) -> dict[str, torch.Tensor]:
+        """The readout weight W_o (R, H + K + E) by input block, as views: ``state`` W_oh (R, H),
+        ``context`` W_oc (R, K), ``embedding`` W_oy (R, E). Plain tensors only (not under int8
+        dynamic quantization, whose readout holds a packed weight)."""
+        return self.readout_layout.split(self.readout.linear.weight, dim=1)
+
+    def search_tables(self, embedding: torch.Tensor) -> kernels.SearchTables:
+        """What the fast search step derives from the weights (:func:`nmt.kernels.build_search_tables`),
+        given the target embedding weight (V, E)."""
+        return kernels.build_search_tables(embedding, self.gru_input_parts(), self.rnn.bias_ih_l0,
+                                           self.readout_parts(), self.readout.linear.bias)
 
     def init_state(self, hidden: torch.Tensor) -> DecoderState:
         return DecoderState(hidden=hidden)
 
     def forward(self, embedded: torch.Tensor, state: DecoderState, memory: Memory):
         """Teacher forcing. ``embedded (batch, T, emb)`` -> readout (batch, T, D), attention (batch, T, S)."""
-        w_iy, w_ic = self._input_weight_parts()
+        parts = self._gemm_input_parts()
+        w_iy, w_ic = parts["embedding"], parts["context"]
         emb_gates = F.linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
         if self.fast and kernels.bahdanau_recurrence_applies(embedded, self.cfg.layers,
                                                              self.attention.activation_name):
@@ -224,16 +256,18 @@ class BahdanauDecoder(_GRUDecoderBase):
             top = torch.stack(tops, dim=1)  # (batch, T, H)
             ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
             weights = torch.stack(weights, dim=1)  # (batch, T, S)
-        readout = self.readout.forward_causal(torch.cat([top, ctx, embedded], dim=-1))  # one GEMM for all steps
+        readout = self.readout.forward_causal(  # one GEMM for all steps
+            self.readout_layout.cat({"state": top, "context": ctx, "embedding": embedded}))
         return self.readout_dropout(readout), weights
 
     def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
         """``embedded (batch, emb)`` of y_{t-1} -> :class:`StepOutput`."""
         context, w, pos = self._attend(state.hidden[:, -1:], memory)  # c_t from the query s_{t-1}
         context = context[:, 0]
-        hidden = self.gru(self.input_gates(embedded, context), state.hidden)
-        readout, pool = self.readout.forward_step(torch.cat([hidden[:, -1], context, embedded], dim=-1),
-                                                  state.pool)
+        hidden = self.gru(self.input_gates(embedding=embedded, context=context), state.hidden)
+        readout, pool = self.readout.forward_step(
+            self.readout_layout.cat({"state": hidden[:, -1], "context": context, "embedding": embedded}),
+            state.pool)
         return StepOutput(self.readout_dropout(readout), DecoderState(hidden=hidden, pool=pool), w[:, 0],
                           None if pos is None else pos[:, 0])
 
@@ -258,18 +292,35 @@ class BahdanauDecoder(_GRUDecoderBase):
 
 
 class LuongDecoder(_GRUDecoderBase):
-    """Attention after the RNN; attentional hidden state h̃_t = act(W_c [c_t; s_t]) (Luong eq. 5)."""
+    """Attention after the RNN; attentional hidden state h̃_t = act(W_c [c_t; s_t]) (Luong eq. 5).
+
+    ``input_layout`` is ``[embedding; feed]`` with input feeding, else ``[embedding]``;
+    ``combine_layout`` names the columns of W_c: ``context`` (K), ``state`` (H).
+    """
 
     attention_before_rnn = False
 
     def __init__(self, embedding_dim, key_dim, readout_dim, cfg, att, activation, activation_options,
                  kernels: str = "auto"):
-        feed = readout_dim if cfg.input_feeding else 0
+        feed = {"feed": readout_dim} if cfg.input_feeding else {}
         super().__init__(embedding_dim, key_dim, readout_dim, cfg, att, activation,
-                         activation_options, rnn_extra_input=feed, kernels=kernels)
+                         activation_options, extra_input=feed, kernels=kernels)
         self.input_feeding = cfg.input_feeding
-        self.combine = ActivatedLinear(key_dim + cfg.hidden_size, readout_dim, activation,
-                                       **activation_options)
+        self.combine_layout = Layout(context=key_dim, state=cfg.hidden_size)
+        self.combine = ActivatedLinear(self.combine_layout.width, readout_dim, activation, **activation_options)
+
+    def combine_parts(self) -> dict[str, torch.Tensor]:
+        """The combination weight W_c (R, K + H) by input block, as views: ``context`` W_cc (R, K),
+        ``state`` W_cs (R, H)."""
+        return self.combine_layout.split(self.combine.linear.weight, dim=1)
+
+    def _attentional_input(self, context: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """``[c_t; s_t]`` in ``combine_layout``: (..., K + H)."""
+        return self.combine_layout.cat({"context": context, "state": top})
+
+    def _step_inputs(self, embedded: torch.Tensor, feed: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The first GRU layer's input blocks of one step by ``input_layout`` name."""
+        return {"embedding": embedded, "feed": feed} if self.input_feeding else {"embedding": embedded}
 
     def init_state(self, hidden: torch.Tensor) -> DecoderState:
         feed = hidden.new_zeros(hidden.size(0), self.readout_dim) if self.input_feeding else None
@@ -285,25 +336,26 @@ class LuongDecoder(_GRUDecoderBase):
             else:
                 top, _ = self.rnn(embedded, h0)  # (batch, T, H)
             context, weights, _ = self._attend(top, memory)
-            attentional = self.combine.forward_causal(torch.cat([context, top], dim=-1))
+            attentional = self.combine.forward_causal(self._attentional_input(context, top))
             return self.readout_dropout(attentional), weights
-        w_iy, w_if = self._input_weight_parts()
+        parts = self._gemm_input_parts()
+        w_iy, w_if = parts["embedding"], parts["feed"]
         emb_gates = F.linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
         hidden, feed, pool = state.hidden, state.feed, state.pool
         outputs, weights = [], []
         for gates_t in emb_gates.unbind(1):
             hidden = self.gru(gates_t + F.linear(feed, w_if), hidden)  # W_i [E y; h̃_{t-1}] + b_i
             context, w, _ = self._attend(hidden[:, -1:], memory)
-            feed, pool = self.combine.forward_step(torch.cat([context[:, 0], hidden[:, -1]], dim=-1), pool)
+            feed, pool = self.combine.forward_step(self._attentional_input(context[:, 0], hidden[:, -1]), pool)
             feed = self.readout_dropout(feed)
             outputs.append(feed)
             weights.append(w[:, 0])
         return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
 
     def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
-        hidden = self.gru(self.input_gates(embedded, state.feed), state.hidden)
+        hidden = self.gru(self.input_gates(**self._step_inputs(embedded, state.feed)), state.hidden)
         context, w, pos = self._attend(hidden[:, -1:], memory)
-        attentional, pool = self.combine.forward_step(torch.cat([context[:, 0], hidden[:, -1]], dim=-1),
+        attentional, pool = self.combine.forward_step(self._attentional_input(context[:, 0], hidden[:, -1]),
                                                       state.pool)
         attentional = self.readout_dropout(attentional)
         new_state = DecoderState(hidden=hidden, feed=attentional if self.input_feeding else None, pool=pool)

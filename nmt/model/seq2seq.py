@@ -21,6 +21,7 @@ from nmt import kernels
 from nmt.config import KERNELS, ModelConfig
 from nmt.data.vocab import N_SPECIAL, PAD_ID
 from nmt.errors import ConfigError
+from nmt.kernels import gru_gates
 from nmt.model.activations import ActivatedLinear, Dropout, available_activations
 from nmt.model.decoder import BahdanauDecoder, DecoderState, Memory, build_decoder
 from nmt.model.encoder import Encoder, EncoderOutput
@@ -76,15 +77,16 @@ class Seq2Seq(nn.Module):
         # SELU layers keep the LeCun-normal initialisation ActivatedLinear gave them
         keep = {id(p) for m in self.modules() if isinstance(m, ActivatedLinear)
                 and available_activations()[m.activation_name].self_normalizing for p in m.linear.parameters()}
+        gru_hidden = {id(p): rnn.hidden_size for rnn in (self.encoder.rnn, self.decoder.rnn) for p in rnn.parameters()}
         for name, param in self.named_parameters():
             if id(param) in keep:
                 continue
             if param.dim() > 1:
                 if scheme == "xavier_uniform":
-                    if name.startswith("encoder.rnn") or name.startswith("decoder.rnn"):
+                    if id(param) in gru_hidden:
                         # per gate, so each gate's matrix gets its own fan-in/fan-out scale
-                        for chunk in param.data.chunk(3, dim=0):
-                            nn.init.xavier_uniform_(chunk)
+                        for gate in gru_gates(gru_hidden[id(param)]).unpack(param.data, dim=0):
+                            nn.init.xavier_uniform_(gate)
                     else:
                         nn.init.xavier_uniform_(param)
                 else:
@@ -126,8 +128,7 @@ class Seq2Seq(nn.Module):
         if not (self.fast and isinstance(dec, BahdanauDecoder)
                 and kernels.search_tables_apply(dec.readout.linear.weight, self.training)):
             return None
-        return kernels.build_search_tables(self.tgt_embed.weight, dec.rnn.weight_ih_l0, dec.rnn.bias_ih_l0,
-                                           dec.readout.linear.weight, dec.readout.linear.bias, dec.hidden_size)
+        return dec.search_tables(self.tgt_embed.weight)
 
     def start(self, enc: EncoderOutput, tables: kernels.SearchTables | None = None,
               fold_context: bool = False) -> tuple[DecoderState, Memory]:
