@@ -150,3 +150,19 @@ def kernels(request) -> str:
     """Both values of ``model.kernels``: the CPU fast paths where they apply, and the plain
     equations only (what a GPU runs). Tests that take this fixture run under both."""
     return request.param
+
+
+@pytest.fixture
+def loaded_translators(monkeypatch) -> list:
+    """Every Translator that Translator.load returns during the test, in order (the tools load
+    their own; a test looks at what they loaded)."""
+    from nmt.inference.translator import Translator
+
+    loaded, load = [], Translator.load
+
+    def spy(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Translator, "load", spy)
+    return loaded

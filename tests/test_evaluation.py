@@ -236,21 +236,12 @@ def test_run_mode_on_a_trained_run(tiny_run, tmp_path, capsys):
         evaluate_cli(cli_args(run_dir=str(run), split="dev"))
 
 
-def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, monkeypatch, capsys):
+def test_run_mode_applies_decode_options_onto_the_recipe(tiny_run, tmp_path, loaded_translators, capsys):
     """Every decode option of `nmt evaluate` lands in the run's recipe decode section, is recorded,
     and an out-of-range one is refused naming the option."""
     import shutil
 
-    from nmt.inference.translator import Translator
-
-    loaded = []
-    load = Translator.load
-
-    def spy(*args, **kwargs):
-        loaded.append(load(*args, **kwargs))
-        return loaded[-1]
-
-    monkeypatch.setattr(Translator, "load", spy)
+    loaded = loaded_translators
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     assert evaluate_cli(cli_args(run_dir=str(run), length_penalty=0.5, max_input_len=7, json=True)) == 0

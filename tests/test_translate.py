@@ -528,16 +528,9 @@ def test_cli_decode_options_apply_onto_the_recipe(run_dir, tmp_path, capsysbinar
     assert captured.out.decode().splitlines() == expected.translate(lines, beam=2, min_len=2)
 
 
-def test_cli_decode_options_leave_the_loaded_recipe_unchanged(run_dir, tmp_path, capsysbinary, monkeypatch):
+def test_cli_decode_options_leave_the_loaded_recipe_unchanged(run_dir, tmp_path, capsysbinary, loaded_translators):
     """The flags are passed to each call; the recipe the run loaded keeps its own decode section."""
-    loaded = []
-    load = Translator.load
-
-    def spy(*args, **kwargs):
-        loaded.append(load(*args, **kwargs))
-        return loaded[-1]
-
-    monkeypatch.setattr(Translator, "load", spy)
+    loaded, load = loaded_translators, Translator.load
     src = write_bytes(tmp_path / "in.txt", b"le chat\nune maison rouge\n")
     assert cli(run_dir, "-i", src, "--beam", "2", "--length-penalty", "0.5", "--min-len", "2",
                "--shortlist-frequent", "7") == 0

@@ -23,6 +23,7 @@ from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NmtError
 from nmt.inference.beam import BeamSearch
+from nmt.inference.forced import targets_with_eos
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.ops_torch import TorchOps
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
@@ -192,12 +193,7 @@ def score_targets(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
         raise ValueError(f"{len(targets)} targets for {src.size(0)} sources")
     src_mask = _source_mask(src, src_lengths, src_mask)
     device = src.device
-    tgts = []
-    for ids in targets:
-        ids = [int(i) for i in ids]
-        if add_eos and (not ids or ids[-1] != EOS_ID):
-            ids.append(EOS_ID)
-        tgts.append(ids)
+    tgts = targets_with_eos(targets, add_eos)
     width = max(1, max(len(t) for t in tgts))
     tgt_in = torch.full((len(tgts), width), PAD_ID, dtype=torch.long)
     tgt_out = torch.full((len(tgts), width), PAD_ID, dtype=torch.long)
