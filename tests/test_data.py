@@ -273,6 +273,19 @@ def test_text_line_counts_differ(tmp_path):
     assert "train.fr has 3 lines" in msg and "train.en has 2" in msg
 
 
+def test_text_directory_without_split_files_names_the_pairs_it_holds(tmp_path):
+    """data.path pointing at a directory of one unsplit pair: the error names the pair and the fix."""
+    root = tmp_path / "txt"
+    _write(root / "all.fr", ["Bonjour.", "Merci."])
+    _write(root / "all.en", ["Hello.", "Thanks."])
+    _write(root / "notes.fr", ["pas de paire"])
+    with pytest.raises(DataError) as err:
+        load_corpus(_cfg(tmp_path, format="text", path=str(root)))
+    msg = str(err.value)
+    assert "train.fr: parallel text file not found" in msg
+    assert "all.fr/all.en" in msg and f"--set data.path={root / 'all'}" in msg and "notes" not in msg
+
+
 def test_jsonl_format_and_bad_field(tmp_path):
     root = tmp_path / "js"
     splits = {s: f"{s}.jsonl" for s in SPLITS}

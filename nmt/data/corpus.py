@@ -531,13 +531,27 @@ def _tsv_sources(cfg: DataConfig, splits: Sequence[str]) -> tuple[dict[str, tupl
     return out, False
 
 
+def _text_hint(src: Path, tgt: Path) -> str:
+    """What the directory does hold: file pairs ``NAME.{src}``/``NAME.{tgt}`` that data.path could name."""
+    folder, src_ext, tgt_ext = src.parent, src.suffix, tgt.suffix
+    if not folder.is_dir():
+        return ""
+    pairs = sorted(p.with_suffix("") for p in folder.glob(f"*{src_ext}") if p.with_suffix(tgt_ext).is_file())
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{p.name}{src_ext}/{p.name}{tgt_ext}" for p in pairs[:5])
+    return (f". {folder} holds {shown}: for one unsplit pair set data.path to its prefix, e.g. "
+            f"--set data.path={pairs[0]} (valid and test are then split off deterministically), or "
+            f"name the files train/valid/test")
+
+
 def _read_text_pair(src: Path, tgt: Path, cache_dir: Optional[str]):
     import datasets
 
     for path in (src, tgt):
         if not path.is_file():
             raise DataError(f"{path}: parallel text file not found (format 'text' reads "
-                            f"{{data.path}}/{{split}}.{{lang}}; recipe key data.path)")
+                            f"{{data.path}}/{{split}}.{{lang}}; recipe key data.path){_text_hint(src, tgt)}")
     n_src, n_tgt = count_lines(src), count_lines(tgt)
     if n_src != n_tgt:
         raise DataError(f"{src} has {n_src} lines but {tgt} has {n_tgt}: parallel files must have one "
