@@ -216,3 +216,15 @@ def test_subcommands_are_the_command_modules_and_shared_options_are_declared_onc
     text = "".join(path.read_text(encoding="utf-8") for path in (repo / "nmt").rglob("*.py"))
     for flag in ("--checkpoint", "--precision", "--kernels", "--set", "--beside-busy"):
         assert text.count(f'add_argument("{flag}"') == 1, flag
+
+
+def test_info_reads_the_cpu_model_and_the_features_fast_paths_use(tmp_path):
+    from nmt.tools.info import cpu_model_and_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16 "
+                       "amx_tile amx_bf16 sse4_2\n\nprocessor\t: 1\nmodel name\t: Example CPU 9000\n"
+                       "flags\t\t: fpu avx2\n")
+    assert cpu_model_and_flags(cpuinfo) == ("Example CPU 9000", ["avx2", "avx512f", "avx512_bf16", "amx_tile",
+                                                                 "amx_bf16"])
+    assert cpu_model_and_flags(tmp_path / "missing") == (None, [])
