@@ -156,3 +156,14 @@ def test_a_corrupt_sweep_json_or_an_out_dir_that_is_a_file_is_named(repo, tmp_pa
     with pytest.raises(NmtError, match="is a file, not a directory"):
         run_sweep(str(repo / "recipes/tiny.yaml"), ["model.activation=relu"], sweep_overrides, steps=2,
                   out_dir=a_file)
+
+
+def test_the_sweep_says_how_long_it_may_take():
+    from nmt.tools.sweep import time_estimate
+
+    runs = [{"budget_minutes": 10.0, "max_steps": None}] * 6
+    text = time_estimate(runs, jobs=2, points=3)
+    assert "6 run(s) (3 grid point(s) x 2 seed(s)), 2 at a time" in text
+    assert "at most about 30 minutes (3 wave(s) of up to 10 minutes" in text
+    steps = time_estimate([{"budget_minutes": None, "max_steps": 500}] * 2, jobs=1, points=2)
+    assert "500 updates each" in steps and "no time bound" in steps

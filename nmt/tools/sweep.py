@@ -170,12 +170,29 @@ def plan(recipe_path: str, overrides: list[str], grid: list[tuple[str, list[str]
             run_overrides = list(overrides) + [f"{k}={v}" for k, v in point.items()] + budget + \
                 [f"train.seed={seed}"]
             try:
-                load_training_recipe(recipe_path, run_overrides)
+                train = load_training_recipe(recipe_path, run_overrides).train
             except NmtError as exc:
                 raise NmtError(f"grid point {point} (seed {seed}) is not a valid recipe:\n{exc}") from None
             runs.append({"point": point, "seed": seed, "overrides": run_overrides,
-                         "name": f"{_slug(point)}-seed{seed}"})
+                         "name": f"{_slug(point)}-seed{seed}", "budget_minutes": train.budget_minutes,
+                         "max_steps": train.max_steps})
     return runs
+
+
+def time_estimate(runs: list[dict[str, Any]], jobs: int, points: int) -> str:
+    """What the sweep is about to do and how long its training may take, said before it starts."""
+    head = (f"sweep: {len(runs)} run(s) ({points} grid point(s) x {len(runs) // max(1, points)} seed(s)), "
+            f"{jobs} at a time")
+    budgets = [r.get("budget_minutes") for r in runs]
+    if all(b is not None for b in budgets):
+        waves = -(-len(runs) // jobs)  # ceil: runs start as earlier ones end
+        longest = max(budgets)
+        return (f"{head}; training takes at most about {waves * longest:.0f} minutes "
+                f"({waves} wave(s) of up to {longest:g} minutes, each run's train.budget_minutes), "
+                "plus a test evaluation per run")
+    steps = sorted({r.get("max_steps") for r in runs if r.get("max_steps")})
+    bound = f"{steps[-1]} updates each" if steps else "their recipe's stop criteria"
+    return f"{head}; runs stop after {bound}, with no time bound (--budget-minutes N bounds each run)"
 
 
 def _manifest(recipe_path: str, overrides, grid, seeds, budget_minutes, steps) -> dict[str, Any]:
@@ -399,6 +416,8 @@ def run_sweep(recipe_path: str, grid_items: list[str], overrides: list[str] | No
     def say(message: str) -> None:
         with print_lock:
             print(message, file=sys.stderr, flush=True)
+
+    say(time_estimate(runs, jobs, len(runs) // len(seeds)))
 
     def one(i: int, run: dict[str, Any]) -> dict[str, Any]:
         run_dir = out / "runs" / run["name"]
