@@ -87,7 +87,8 @@ function requestBody(s, name) {
 }
 
 function searchNote(body) {
-  return `beam ${body.beam ?? "(recipe)"} · n-best ${body.n_best ?? 1}` +
+  const beam = body.beam ?? `${beamOf(body.model, null)} (the run's recipe)`;
+  return `beam ${beam} · n-best ${body.n_best ?? 1}` +
     (body.length_penalty !== undefined ? ` · length penalty ${body.length_penalty}` : "");
 }
 
