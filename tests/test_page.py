@@ -341,6 +341,12 @@ def test_tooltip_beside_the_pointer_and_keys_scroll_the_map(open_page, server, t
     tip_box = narrow.locator("#tip").bounding_box()
     assert narrow.locator("#tip").is_visible() and tip_box["x"] >= 0 and tip_box["x"] + tip_box["width"] <= 390
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 390
+    cell_y = narrow.locator("svg.heatmap.attention rect.cell.active").bounding_box()["y"]
+    narrow.evaluate("window.scrollBy(0, -60)")  # the tooltip stays beside the keyboard's cell
+    narrow.wait_for_timeout(200)
+    moved = narrow.locator("svg.heatmap.attention rect.cell.active").bounding_box()["y"] - cell_y
+    assert moved > 0 and narrow.locator("#tip").is_visible()
+    assert abs(narrow.locator("#tip").bounding_box()["y"] - tip_box["y"] - moved) <= 1
     narrow.screenshot(path=str(tmp_path / "page-narrow.png"))
 
 

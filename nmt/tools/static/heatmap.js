@@ -19,12 +19,19 @@ function tipNode() {
   return tip;
 }
 
+let tipAnchor = null;  // the keyboard's cell: the tooltip follows it when the page or the map scrolls
+
 /** Shows `text` beside the box {left, top, right, bottom} (viewport px), flipped and clamped so
- * that the whole tooltip stays inside the viewport. */
-export function showTip(text, box) {
+ * that the whole tooltip stays inside the viewport; `anchor`: the element it stays beside. */
+export function showTip(text, box, anchor = null) {
   const tip = tipNode();
+  tipAnchor = anchor;
   tip.textContent = text;
   tip.hidden = false;
+  place(tip, box);
+}
+
+function place(tip, box) {
   const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
   const w = tip.offsetWidth, h = tip.offsetHeight;
   let x = box.right + GAP;
@@ -40,7 +47,15 @@ export function showTip(text, box) {
 export function hideTip() {
   const tip = document.getElementById("tip");
   if (tip) tip.hidden = true;
+  tipAnchor = null;
 }
+
+document.addEventListener("scroll", () => {  // capture: the maps' own horizontal scrolling too
+  const tip = document.getElementById("tip");
+  if (!tip || tip.hidden) return;
+  if (tipAnchor && tipAnchor.isConnected) place(tip, tipAnchor.getBoundingClientRect());
+  else hideTip();  // a pointer tooltip would be left beside nothing
+}, { capture: true, passive: true });
 
 // ------------------------------------------------------------------------------ layout
 function layout(opts) {
@@ -208,7 +223,9 @@ export function heatmap(wrap, readout, opts) {
     showCol(j);
     root.dataset.i = i;
     root.dataset.j = j;
-    write(say.cell(i, j), box || active.getBoundingClientRect());
+    readout.textContent = say.cell(i, j);
+    if (box) showTip(readout.textContent, box);
+    else showTip(readout.textContent, active.getBoundingClientRect(), active);
   }
   root.addEventListener("mousemove", (e) => {
     const t = e.target;
@@ -221,7 +238,7 @@ export function heatmap(wrap, readout, opts) {
   root.addEventListener("focus", () => {
     if (!T || !S) return;
     if (!active) focusCell(0, 0);
-    else write(readout.textContent, active.getBoundingClientRect());
+    else showTip(readout.textContent, active.getBoundingClientRect(), active);
   });
   root.addEventListener("keydown", (e) => {
     if (!T || !S) return;
