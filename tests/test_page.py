@@ -204,12 +204,18 @@ def test_busy_state_drops_duplicates_and_stale_answers(open_page, server):
     page.fill("#source", SHORT + " " + OTHER)
     page.press("#source", "Enter")
     held.wait(2)
-    newer = api(server, SHORT + " " + OTHER, model="tiny", n_best=3)["text"]
+    newer = api(server, SHORT + " " + OTHER, model="tiny", n_best=3)
+    older = api(server, OTHER, model="tiny", n_best=3)
+    assert len(newer["src_tokens"]) != len(older["src_tokens"])  # tells the two answers apart
     assert held.answer(1)
-    wait_for_result(page, newer)
+    wait_for_result(page, newer["text"])
+    shown = page.locator(".panel svg.heatmap.attention")
+    assert shown.get_attribute("data-cols") == str(len(newer["src_tokens"]))
     held.answer(0)
     page.wait_for_timeout(400)
-    assert page.locator(".panel .best").inner_text() == newer
+    assert page.locator(".panel .best").inner_text() == newer["text"]
+    assert shown.get_attribute("data-cols") == str(len(newer["src_tokens"]))
+    assert "Il+fait+froid" in page.url and "Je+suis" in page.url
     assert results.get_attribute("aria-busy") == "false" and opacity < float(
         results.evaluate("r => getComputedStyle(r).opacity"))
 
