@@ -173,25 +173,11 @@ function texts(opts) {
 
 const MOVES = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
 
-/** Draws the heatmap of `opts` into `wrap`; the read-out paragraph `readout` follows the pointer. */
-export function heatmap(wrap, readout, opts) {
-  const g = layout(opts);
+/** Pointer and keyboard on the map `root`: highlights a cell's row and column (or a whole row or
+ * column from its label) and writes what `say` tells about it into `readout` and the tooltip. */
+function interact(root, g, parts, readout, say) {
+  const { cells, rowLabels, colLabels, rowBand, colBand } = parts;
   const { T, S } = g;
-  const root = svgEl("svg", {
-    class: `heatmap ${opts.kind}`, width: g.W, height: g.H, viewBox: `0 0 ${g.W} ${g.H}`, tabindex: 0,
-    role: "img", "data-rows": T, "data-cols": S,
-    "aria-label": `${opts.label}: ${T} ${opts.rowName} pieces by ${S} ${opts.colName} pieces; ` +
-      "use the arrow keys to read the weights",
-  });
-  const cells = drawCells(root, g, opts.weights);
-  const rowLabels = drawRowLabels(root, g, opts.rows, opts.rowProbs || null);
-  const colLabels = drawColLabels(root, g, opts.cols);
-  drawLocalP(root, g, opts.positions, opts.window);
-  const rowBand = svgEl("rect", { class: "band", x: g.left, width: S * g.cell, height: g.cell, y: g.top });
-  const colBand = svgEl("rect", { class: "band", y: g.top, width: g.cell, height: T * g.cell, x: g.left });
-  root.append(rowBand, colBand);
-  const say = texts(opts);
-
   let active = null;
   function clear() {
     if (active) active.classList.remove("active");
@@ -254,6 +240,26 @@ export function heatmap(wrap, readout, opts) {
     cells.children[i * S + j].scrollIntoView({ block: "nearest", inline: "nearest" });
     focusCell(i, j);
   });
+}
+
+/** Draws the heatmap of `opts` into `wrap`; the read-out paragraph `readout` follows the pointer. */
+export function heatmap(wrap, readout, opts) {
+  const g = layout(opts);
+  const { T, S } = g;
+  const root = svgEl("svg", {
+    class: `heatmap ${opts.kind}`, width: g.W, height: g.H, viewBox: `0 0 ${g.W} ${g.H}`, tabindex: 0,
+    role: "img", "data-rows": T, "data-cols": S,
+    "aria-label": `${opts.label}: ${T} ${opts.rowName} pieces by ${S} ${opts.colName} pieces; ` +
+      "use the arrow keys to read the weights",
+  });
+  const cells = drawCells(root, g, opts.weights);
+  const rowLabels = drawRowLabels(root, g, opts.rows, opts.rowProbs || null);
+  const colLabels = drawColLabels(root, g, opts.cols);
+  drawLocalP(root, g, opts.positions, opts.window);
+  const rowBand = svgEl("rect", { class: "band", x: g.left, width: S * g.cell, height: g.cell, y: g.top });
+  const colBand = svgEl("rect", { class: "band", y: g.top, width: g.cell, height: T * g.cell, x: g.left });
+  root.append(rowBand, colBand);
+  interact(root, g, { cells, rowLabels, colLabels, rowBand, colBand }, readout, texts(opts));
   wrap.textContent = "";
   wrap.append(root);
   watchOverflow(wrap);
