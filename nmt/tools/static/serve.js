@@ -1,407 +1,267 @@
 // The nmt serve page: translate with one or more served runs and show their attention.
-// Plain browser JavaScript (no build step, no network beyond this server's /api).
+// Plain browser JavaScript modules (no build step, no network beyond this server's /api).
 "use strict";
 
-(() => {
-  const SVGNS = "http://www.w3.org/2000/svg";
-  const $ = (id) => document.getElementById(id);
-  let MODELS = [];
-  let LIMITS = {};
+import { $, el } from "./dom.js";
+import { hideTip } from "./heatmap.js";
+import { describe, renderPanel } from "./panel.js";
 
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-      if (v === null || v === undefined || v === false) continue;
-      node.setAttribute(k, v === true ? "" : String(v));
-    }
-    for (const child of children) {
-      if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
+const DEFAULT_MAX_CHARS = 1000;  // the server's default when /api/models gives no limits
+const LIVE_DELAY_MS = 400;       // translate-as-you-type waits this long after the last key
+const LIVE_KEY = "nmt-serve-live";
+let MODELS = [];
+let LIMITS = {};
+let liveTimer = 0;     // the pending translate-as-you-type request
+
+// ------------------------------------------------------------------------------ messages
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function setStatus(message) { $("status").textContent = message; }
+
+function clearResults() {
+  $("results").textContent = "";
+  hideTip();
+}
+
+/** A refusal before or after asking the server: the old result goes, so nothing stale stays on screen. */
+function fail(message) {
+  clearResults();
+  showError(message);
+  setStatus("");
+}
+
+// ------------------------------------------------------------------------------ settings
+function selectedModels() {
+  return Array.from(document.querySelectorAll("#models input:checked")).map((i) => i.value);
+}
+
+function numberField(id) {
+  const raw = $(id).value.trim();
+  return raw === "" ? null : Number(raw);
+}
+
+function maxChars() { return LIMITS.max_chars || DEFAULT_MAX_CHARS; }
+
+/** The beam a model searches with: the page's Beam field, or the run's recipe. */
+function beamOf(name, beam) {
+  if (beam !== null) return beam;
+  const m = MODELS.find((x) => x.name === name);
+  return m ? m.decode.beam : null;
+}
+
+/** N-best never exceeds the beam: lowered in the field when Beam is set, per model otherwise. */
+function clampNbest() {
+  const beam = numberField("beam"), field = $("nbest"), note = $("nbest-note");
+  field.max = beam !== null && beam >= 1 ? beam : (LIMITS.max_beam || 16);
+  const n = numberField("nbest");
+  note.textContent = "";
+  if (n === null) return;
+  if (beam !== null && beam >= 1 && n > beam) {
+    field.value = String(beam);
+    note.textContent = `N-best lowered to ${beam}: at most the beam.`;
+    return;
   }
-
-  function svgEl(tag, attrs = {}, text) {
-    const node = document.createElementNS(SVGNS, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-    if (text !== undefined) node.textContent = text;
-    return node;
+  if (beam !== null) return;
+  const small = selectedModels().map((name) => [name, beamOf(name, null)]).filter(([, b]) => b !== null && b < n);
+  if (small.length) {
+    note.textContent = small.map(([name, b]) => `${name} searches with beam ${b}: n-best ${b}`).join("; ") + ".";
   }
+}
 
-  function showError(message) {
-    const box = $("error");
-    box.textContent = message || "";
-    box.hidden = !message;
+function readSettings() {
+  return { text: $("source").value.trim(), models: selectedModels(), beam: numberField("beam"),
+    nBest: numberField("nbest"), lp: numberField("lp") };
+}
+
+function requestBody(s, name) {
+  const body = { text: s.text, model: name, return_attention: true, return_scores: true };
+  const beam = beamOf(name, s.beam);
+  if (s.nBest !== null) body.n_best = beam !== null ? Math.min(s.nBest, beam) : s.nBest;
+  if (s.beam !== null) body.beam = s.beam;
+  if (s.lp !== null) body.length_penalty = s.lp;
+  return body;
+}
+
+function searchNote(body) {
+  const beam = body.beam ?? `${beamOf(body.model, null)} (the run's recipe)`;
+  return `beam ${beam} · n-best ${body.n_best ?? 1}` +
+    (body.length_penalty !== undefined ? ` · length penalty ${body.length_penalty}` : "");
+}
+
+// ------------------------------------------------------------------------------ links
+/** Every setting in the address (`/?text=…&model=…&beam=…&n_best=…&length_penalty=…`). */
+function linkOf(s) {
+  const params = new URLSearchParams({ text: s.text });
+  for (const n of s.models) params.append("model", n);
+  if (s.beam !== null) params.set("beam", s.beam);
+  if (s.nBest !== null) params.set("n_best", s.nBest);
+  if (s.lp !== null) params.set("length_penalty", s.lp);
+  return "?" + params.toString();
+}
+
+function readLink(params) {
+  const fields = { beam: "beam", n_best: "nbest", length_penalty: "lp" };
+  for (const [key, id] of Object.entries(fields)) {
+    const v = params.get(key);
+    if (v !== null && v.trim() !== "" && Number.isFinite(Number(v))) $(id).value = v.trim();
   }
+  const text = params.get("text");
+  if (text) $("source").value = text;
+  return text;
+}
 
-  function setStatus(message) { $("status").textContent = message; }
+// ------------------------------------------------------------------------------ requests
+let latest = 0;        // the number of the newest request; older answers are dropped
+let inflight = null;   // {key, controller} of the request being answered
 
-  function compact(n) {
-    if (n >= 1e6) return (n / 1e6).toFixed(1) + "M";
-    if (n >= 1e3) return Math.round(n / 1e3) + "k";
-    return String(n);
+async function ask(s, signal) {
+  return Promise.all(s.models.map(async (name) => {
+    const body = requestBody(s, name);
+    const r = await fetch("/api/translate", { method: "POST", signal,
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    let data;
+    try { data = await r.json(); } catch (_) { data = { error: `HTTP ${r.status}` }; }
+    return { name, ok: r.ok, status: r.status, data, body };
+  }));
+}
+
+function checkInput(s, live) {
+  if (!s.text) return live ? "" : "Type a sentence to translate.";
+  if (s.text.length > maxChars()) {
+    return `The sentence has ${s.text.length.toLocaleString("en")} characters; the server translates at most ` +
+      `${maxChars().toLocaleString("en")} at once: shorten it or split it into sentences.`;
   }
+  if (!s.models.length) return "Choose at least one model.";
+  return null;
+}
 
-  function describe(m) {
-    const enc = m.encoder;
-    const parts = [
-      `${m.src_lang}→${m.tgt_lang}`,
-      `${m.attention} attention` + (m.window ? ` (window D = ${m.window})` : ""),
-      m.activation,
-      `encoder ${enc.layers}×${enc.hidden_size}${enc.bidirectional ? " bidirectional" : ""}` +
-        (enc.self_attention_layers ? ` + ${enc.self_attention_layers} self-attention layers × ${enc.self_attention_heads} heads` : ""),
-      `decoder ${m.decoder.layers}×${m.decoder.hidden_size}`,
-      `${compact(m.parameters)} parameters`,
-    ];
-    if (m.test_bleu) parts.push(`test BLEU ${m.test_bleu.bleu.toFixed(2)} (beam ${m.test_bleu.beam})`);
-    return parts.join(" · ");
+function setBusy(busy) {
+  const results = $("results");
+  results.setAttribute("aria-busy", String(busy));
+  results.classList.toggle("busy", busy);
+}
+
+function show(answers, s, started) {
+  clearResults();
+  const failed = answers.filter((a) => !a.ok);
+  if (failed.length === answers.length) {
+    fail(failed.map((a) => `${a.name}: ${a.data.error || `HTTP ${a.status}`}`).join("\n"));
+    return;
   }
-
-  function shortPiece(piece) {
-    return piece.length > 16 ? piece.slice(0, 15) + "…" : piece;
+  for (const a of answers) {
+    $("results").append(renderPanel(a, MODELS.find((m) => m.name === a.name), searchNote(a.body)));
   }
+  showError(failed.map((a) => `${a.name}: ${a.data.error || `HTTP ${a.status}`}`).join("\n"));
+  setStatus(`Translated with ${answers.length - failed.length} of ${answers.length} model(s) in ` +
+    `${Math.round(performance.now() - started)} ms.`);
+  history.replaceState(null, "", linkOf(s));
+}
 
-  function weightColor(w) {
-    const x = Math.max(0, Math.min(1, w));
-    return `hsl(214, 78%, ${(97 - 64 * x).toFixed(1)}%)`;
+/** Sends the form's request; a newer one cancels it, the same one while it runs is dropped. */
+async function translate({ live = false } = {}) {
+  clearTimeout(liveTimer);
+  const s = readSettings();
+  const problem = checkInput(s, live);
+  if (problem !== null) {
+    if (inflight) inflight.controller.abort();
+    inflight = null;
+    latest += 1;
+    setBusy(false);
+    if (problem) fail(problem); else { clearResults(); showError(""); setStatus(""); }
+    return;
   }
+  const key = JSON.stringify(s);
+  if (inflight && inflight.key === key) return;  // a second Enter for the same request
+  if (inflight) inflight.controller.abort();
+  const mine = ++latest, controller = new AbortController();
+  inflight = { key, controller };
+  setBusy(true);
+  setStatus("Translating…");
+  const started = performance.now();
+  try {
+    const answers = await ask(s, controller.signal);
+    if (mine === latest) { showError(""); show(answers, s, started); }
+  } catch (err) {
+    if (mine === latest && err.name !== "AbortError") fail(`The server did not answer: ${err}`);
+  } finally {
+    if (mine === latest) { inflight = null; setBusy(false); }
+  }
+}
 
-  // ------------------------------------------------------------------------------ heatmap
-  // rows × cols weights as an SVG grid; hovering (or arrow keys after focusing it) highlights a
-  // cell's row and column and writes the weight into `readout`.
-  function heatmap(wrap, readout, opts) {
-    const { rows, cols, weights, kind } = opts;
-    const probs = opts.rowProbs || null;
-    const T = rows.length, S = cols.length;
-    const cell = Math.max(18, Math.min(30, Math.floor(620 / Math.max(S, 1))));
-    const rowLabelW = Math.min(140, 16 + 8 * Math.max(1, ...rows.map((r) => shortPiece(r).length)));
-    const probW = probs ? 46 : 0;
-    const left = rowLabelW + probW;
-    const top = Math.min(110, 16 + 5.2 * Math.max(1, ...cols.map((c) => shortPiece(c).length)));
-    const W = Math.ceil(left + S * cell + 40), H = Math.ceil(top + T * cell + 6);
-    const root = svgEl("svg", {
-      class: `heatmap ${kind}`, width: W, height: H, viewBox: `0 0 ${W} ${H}`, tabindex: 0,
-      role: "img", "data-rows": T, "data-cols": S,
-      "aria-label": `${opts.label}: ${T} ${opts.rowName} pieces by ${S} ${opts.colName} pieces; ` +
-        "use the arrow keys to read the weights",
-    });
-    const cells = svgEl("g", { class: "cells" });
-    for (let i = 0; i < T; i++) {
-      for (let j = 0; j < S; j++) {
-        const w = weights[i][j];
-        cells.append(svgEl("rect", {
-          class: "cell", x: left + j * cell, y: top + i * cell, width: cell, height: cell,
-          fill: weightColor(w), "data-i": i, "data-j": j, "data-w": w,
-        }));
-      }
-    }
-    root.append(cells);
-    const rowLabels = [], colLabels = [];
-    for (let i = 0; i < T; i++) {
-      const y = top + (i + 0.5) * cell;
-      const t = svgEl("text", { class: "label row", x: rowLabelW - 6, y, "text-anchor": "end",
-        "dominant-baseline": "middle", "data-i": i }, shortPiece(rows[i]));
-      rowLabels.push(t);
-      root.append(t);
-      if (probs) {
-        const p = Math.exp(probs[i]);
-        root.append(svgEl("rect", { class: "probbar", x: rowLabelW, y: top + i * cell + 3,
-          width: Math.max(1, (probW - 8) * p), height: cell - 6 }));
-        root.append(svgEl("text", { class: "prob", x: rowLabelW + 2, y, "dominant-baseline": "middle" },
-          p.toFixed(2)));
-      }
-    }
-    for (let j = 0; j < S; j++) {
-      const x = left + (j + 0.5) * cell, y = top - 9;
-      const t = svgEl("text", { class: "label col", x, y, transform: `rotate(-55 ${x} ${y})`, "data-j": j },
-        shortPiece(cols[j]));
-      colLabels.push(t);
-      root.append(t);
-    }
-    // local-p: the predicted centre p_t and the window |s - p_t| <= D of each target step
-    const positions = opts.positions, D = opts.window;
-    if (positions && D) {
-      const overlay = svgEl("g", { class: "localp" });
-      for (let i = 0; i < Math.min(T, positions.length); i++) {
-        const p = positions[i];
-        const lo = Math.max(0, p - D + 0.5), hi = Math.min(S, p + D + 0.5);
-        overlay.append(svgEl("rect", { class: "window", x: left + lo * cell, y: top + i * cell + 2,
-          width: Math.max(0, (hi - lo) * cell), height: cell - 4 }));
-        overlay.append(svgEl("circle", { class: "centre", cx: left + (p + 0.5) * cell,
-          cy: top + (i + 0.5) * cell, r: Math.max(3, cell / 7) }));
-      }
-      root.append(overlay);
-    }
-    const rowBand = svgEl("rect", { class: "band", x: left, width: S * cell, height: cell, y: top });
-    const colBand = svgEl("rect", { class: "band", y: top, width: cell, height: T * cell, x: left });
-    root.append(rowBand, colBand);
+// ------------------------------------------------------------------------------ typing
+function liveOn() { return $("live").checked; }
 
-    let active = null;
-    function clear() {
-      if (active) active.classList.remove("active");
-      active = null;
-      for (const t of rowLabels.concat(colLabels)) t.classList.remove("on");
-      rowBand.classList.remove("on");
-      colBand.classList.remove("on");
-    }
-    function showRow(i) {
-      rowBand.setAttribute("y", top + i * cell);
-      rowBand.classList.add("on");
-      rowLabels[i].classList.add("on");
-    }
-    function showCol(j) {
-      colBand.setAttribute("x", left + j * cell);
-      colBand.classList.add("on");
-      colLabels[j].classList.add("on");
-    }
-    function probText(i) {
-      return probs ? ` (probability ${Math.exp(probs[i]).toFixed(3)})` : "";
-    }
-    function focusCell(i, j) {
-      clear();
-      active = cells.children[i * S + j];
-      active.classList.add("active");
-      showRow(i);
-      showCol(j);
-      let text = `${opts.rowName} “${rows[i]}”${probText(i)} → ${opts.colName} “${cols[j]}”: ` +
-        `weight ${weights[i][j].toFixed(3)}`;
-      if (positions && D && i < positions.length) {
-        text += ` · predicted centre p = ${positions[i].toFixed(2)}, window ${Math.max(0, positions[i] - D).toFixed(1)}` +
-          `–${Math.min(S - 1, positions[i] + D).toFixed(1)}`;
-      }
-      readout.textContent = text;
-      root.dataset.i = i;
-      root.dataset.j = j;
-    }
-    function argmax(values) {
-      let k = 0;
-      values.forEach((v, n) => { if (v > values[k]) k = n; });
-      return k;
-    }
-    function focusRow(i) {
-      clear();
-      showRow(i);
-      const j = argmax(weights[i]);
-      readout.textContent = `${opts.rowName} “${rows[i]}”${probText(i)}: most weight on ` +
-        `${opts.colName} “${cols[j]}” (${weights[i][j].toFixed(3)})`;
-    }
-    function focusCol(j) {
-      clear();
-      showCol(j);
-      const column = weights.map((row) => row[j]);
-      const i = argmax(column);
-      const total = column.reduce((a, b) => a + b, 0);
-      readout.textContent = `${opts.colName} “${cols[j]}”: largest weight ${column[i].toFixed(3)} from ` +
-        `${opts.rowName} “${rows[i]}”; total over ${opts.rowName} pieces ${total.toFixed(3)}`;
-    }
-    root.addEventListener("mouseover", (e) => {
-      const t = e.target;
-      if (t.classList.contains("cell")) focusCell(+t.dataset.i, +t.dataset.j);
-      else if (t.classList.contains("row")) focusRow(+t.dataset.i);
-      else if (t.classList.contains("col")) focusCol(+t.dataset.j);
-    });
-    root.addEventListener("focus", () => { if (!active && T && S) focusCell(0, 0); });
-    root.addEventListener("keydown", (e) => {
-      if (!T || !S) return;
-      let i = active ? +root.dataset.i : 0, j = active ? +root.dataset.j : 0;
-      const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
-      if (moves[e.key]) {
-        i = Math.max(0, Math.min(T - 1, i + moves[e.key][0]));
-        j = Math.max(0, Math.min(S - 1, j + moves[e.key][1]));
-      } else if (e.key === "Home") j = 0;
-      else if (e.key === "End") j = S - 1;
-      else if (e.key === "Escape") { clear(); readout.textContent = ""; return; }
-      else return;
+function scheduleLive() {
+  clearTimeout(liveTimer);
+  if (liveOn()) liveTimer = setTimeout(() => translate({ live: true }), LIVE_DELAY_MS);
+}
+
+function updateCounter() {
+  const n = $("source").value.trim().length, max = maxChars(), box = $("counter");
+  const over = n > max;
+  box.textContent = `${n.toLocaleString("en")} / ${max.toLocaleString("en")} characters` +
+    (over ? `: ${(n - max).toLocaleString("en")} too many` : "");
+  box.classList.toggle("over", over);
+  $("source").setAttribute("aria-invalid", String(over));
+}
+
+// ------------------------------------------------------------------------------ start-up
+async function loadModels() {
+  const r = await fetch("/api/models");
+  const data = await r.json();
+  MODELS = data.models;
+  LIMITS = data.limits || {};
+  const box = $("models");
+  box.textContent = "";
+  box.append(el("legend", {}, MODELS.length > 1 ? "Models (checked ones side by side)" : "Model"));
+  const params = new URLSearchParams(location.search);
+  const wanted = params.getAll("model").flatMap((v) => v.split(",")).filter(Boolean);
+  const unknown = wanted.filter((n) => !MODELS.some((m) => m.name === n));
+  if (unknown.length) showError(`Unknown model(s) in the link: ${unknown.join(", ")}; served: ${MODELS.map((m) => m.name).join(", ")}`);
+  for (const m of MODELS) {
+    const checked = wanted.length && !unknown.length ? wanted.includes(m.name) : true;
+    box.append(el("label", { title: describe(m) },
+      el("input", { type: "checkbox", name: "model", value: m.name, checked }), ` ${m.name} (${m.attention})`));
+  }
+  if (LIMITS.max_beam) { $("beam").max = LIMITS.max_beam; $("nbest").max = LIMITS.max_beam; }
+  if (MODELS.length) $("beam").placeholder = String(MODELS[0].decode.beam);
+  return readLink(params);
+}
+
+function wire() {
+  $("form").addEventListener("submit", (e) => { e.preventDefault(); translate(); });
+  $("source").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
-      focusCell(i, j);
-    });
-    wrap.textContent = "";
-    wrap.append(root);
-    return root;
-  }
-
-  // ------------------------------------------------------------------------------ panels
-  function legend(extra) {
-    const p = el("p", { class: "legend" },
-      el("span", { class: "swatch", style: `background:${weightColor(0.05)}` }), "low ",
-      el("span", { class: "swatch", style: `background:${weightColor(1)}` }), "high weight; bar: target piece probability");
-    if (extra) p.append(" · ", extra);
-    return p;
-  }
-
-  function renderSelfAttention(parent, tr) {
-    const maps = tr.self_attention;
-    if (!maps || !maps.length) return;
-    const section = el("section", { class: "selfatt" });
-    section.append(el("h3", {}, "Encoder self-attention (per layer and head)"));
-    const controls = el("div", { class: "selfatt-controls", role: "group", "aria-label": "Layer and head" });
-    const readout = el("p", { class: "readout", "aria-live": "polite" });
-    const wrap = el("div", { class: "heatmap-wrap" });
-    let layer = 0, head = 0;
-    const buttons = [];
-    function draw() {
-      for (const b of buttons) b.setAttribute("aria-pressed", String(+b.dataset.layer === layer && +b.dataset.head === head));
-      readout.textContent = "";
-      heatmap(wrap, readout, { rows: tr.src_tokens, cols: tr.src_tokens, weights: maps[layer][head],
-        kind: "selfattention", rowName: "query", colName: "key",
-        label: `Self-attention, layer ${layer + 1}, head ${head + 1}` });
-    }
-    maps.forEach((heads, l) => {
-      controls.append(el("span", { class: "help" }, `layer ${l + 1}:`));
-      heads.forEach((_, h) => {
-        const b = el("button", { type: "button", "data-layer": l, "data-head": h, "aria-pressed": "false" }, `head ${h + 1}`);
-        b.addEventListener("click", () => { layer = l; head = h; draw(); });
-        buttons.push(b);
-        controls.append(b);
-      });
-    });
-    section.append(controls, wrap, readout);  // the readout below: its changes never move the map
-    parent.append(section);
-    draw();
-  }
-
-  function renderPanel(answer) {
-    const model = MODELS.find((m) => m.name === answer.name);
-    const panel = el("article", { class: "panel", "data-model": answer.name, "aria-label": `Model ${answer.name}` });
-    panel.append(el("h2", {}, answer.name));
-    if (model) panel.append(el("p", { class: "meta" }, describe(model)));
-    if (!answer.ok) {
-      panel.append(el("p", { class: "error", role: "alert" }, answer.data.error || `HTTP ${answer.status}`));
-      return panel;
-    }
-    const tr = answer.data.translations[0];
-    const texts = el("div", { class: "texts" }), maps = el("div", { class: "maps" });
-    panel.append(el("div", { class: "cols" }, texts, maps));
-    texts.append(el("p", { class: "best", lang: model ? model.tgt_lang : null }, tr.text || "(empty)"));
-    const hyps = tr.hypotheses;
-    const list = el("ol", { class: "nbest", "aria-label": "n-best translations" });
-    const readout = el("p", { class: "readout", "aria-live": "polite" });
-    const wrap = el("div", { class: "heatmap-wrap" });
-    const buttons = hyps.map((h, k) => {
-      const prob = Math.exp(h.log_prob);
-      const b = el("button", { type: "button", "aria-pressed": String(k === 0),
-        title: "show this hypothesis's attention" },
-      el("span", { class: "text" }, `${k + 1}. ${h.text || "(empty)"}`),
-      el("span", { class: "score" }, `score ${h.score.toFixed(3)} · P ${prob < 0.001 ? prob.toExponential(1) : prob.toFixed(3)}`));
-      b.addEventListener("click", () => show(k));
-      list.append(el("li", {}, b));
-      return b;
-    });
-    texts.append(list);
-    const localNote = answer.data.attention === "local-p" && answer.data.window
-      ? el("span", {}, el("span", { class: "swatch", style: "background:var(--hl);border-radius:50%" }),
-        `predicted centre p_t, dashed: window |s − p_t| ≤ ${answer.data.window}`)
-      : null;
-    maps.append(el("h3", {}, "Attention (target × source pieces)"), legend(localNote), wrap, readout);
-    function show(k) {
-      buttons.forEach((b, n) => b.setAttribute("aria-pressed", String(n === k)));
-      const h = hyps[k];
-      readout.textContent = "";
-      if (!h.attention || !h.tokens.length) {
-        wrap.textContent = "";
-        wrap.append(el("p", { class: "help" }, "No attention: the input was empty after cleaning."));
-        return;
-      }
-      heatmap(wrap, readout, { rows: h.tokens, cols: tr.src_tokens, weights: h.attention,
-        rowProbs: h.token_log_probs, positions: h.positions, window: answer.data.window,
-        kind: "attention", rowName: "target", colName: "source",
-        label: `Attention of hypothesis ${k + 1} (${answer.name})` });
-    }
-    show(0);
-    renderSelfAttention(maps, tr);
-    return panel;
-  }
-
-  // ------------------------------------------------------------------------------ actions
-  function selectedModels() {
-    return Array.from(document.querySelectorAll("#models input:checked")).map((i) => i.value);
-  }
-
-  function numberField(id) {
-    const raw = $(id).value.trim();
-    return raw === "" ? null : Number(raw);
-  }
-
-  async function translate() {
-    showError("");
-    const text = $("source").value.trim();
-    if (!text) { showError("Type a sentence to translate."); $("source").focus(); return; }
-    const names = selectedModels();
-    if (!names.length) { showError("Choose at least one model."); return; }
-    const beam = numberField("beam"), nBest = numberField("nbest"), lp = numberField("lp");
-    const button = $("translate");
-    button.disabled = true;
-    setStatus("Translating…");
-    const started = performance.now();
-    try {
-      const answers = await Promise.all(names.map(async (name) => {
-        const body = { text, model: name, return_attention: true, return_scores: true };
-        if (nBest !== null) body.n_best = nBest;
-        if (beam !== null) body.beam = beam;
-        if (lp !== null) body.length_penalty = lp;
-        const r = await fetch("/api/translate", { method: "POST",
-          headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-        let data;
-        try { data = await r.json(); } catch (_) { data = { error: `HTTP ${r.status}` }; }
-        return { name, ok: r.ok, status: r.status, data };
-      }));
-      const results = $("results");
-      results.textContent = "";
-      for (const a of answers) results.append(renderPanel(a));
-      const failed = answers.filter((a) => !a.ok);
-      if (failed.length) showError(failed.map((a) => `${a.name}: ${a.data.error}`).join("\n"));
-      setStatus(`Translated with ${answers.length - failed.length} of ${answers.length} model(s) in ` +
-        `${Math.round(performance.now() - started)} ms.`);
-      const params = new URLSearchParams({ text });
-      for (const n of names) params.append("model", n);
-      history.replaceState(null, "", "?" + params.toString());
-    } catch (err) {
-      showError(`The server did not answer: ${err}`);
-      setStatus("");
-    } finally {
-      button.disabled = false;
-    }
-  }
-
-  async function loadModels() {
-    const r = await fetch("/api/models");
-    const data = await r.json();
-    MODELS = data.models;
-    LIMITS = data.limits || {};
-    const box = $("models");
-    box.textContent = "";
-    box.append(el("legend", {}, MODELS.length > 1 ? "Models (checked ones side by side)" : "Model"));
-    const params = new URLSearchParams(location.search);
-    const wanted = params.getAll("model").flatMap((v) => v.split(",")).filter(Boolean);
-    const unknown = wanted.filter((n) => !MODELS.some((m) => m.name === n));
-    if (unknown.length) showError(`Unknown model(s) in the link: ${unknown.join(", ")}; served: ${MODELS.map((m) => m.name).join(", ")}`);
-    for (const m of MODELS) {
-      const checked = wanted.length && !unknown.length ? wanted.includes(m.name) : true;
-      box.append(el("label", { title: describe(m) },
-        el("input", { type: "checkbox", name: "model", value: m.name, checked }), ` ${m.name} (${m.attention})`));
-    }
-    if (LIMITS.max_beam) { $("beam").max = LIMITS.max_beam; $("nbest").max = LIMITS.max_beam; }
-    if (MODELS.length) $("beam").placeholder = String(MODELS[0].decode.beam);
-    if (LIMITS.max_chars) $("source").maxLength = LIMITS.max_chars;
-    return params.get("text");
-  }
-
-  document.addEventListener("DOMContentLoaded", async () => {
-    $("form").addEventListener("submit", (e) => { e.preventDefault(); translate(); });
-    $("source").addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-        e.preventDefault();
-        $("form").requestSubmit();
-      }
-    });
-    try {
-      const text = await loadModels();
-      if (text) {
-        $("source").value = text;
-        await translate();
-      }
-    } catch (err) {
-      showError(`Could not load the served models: ${err}`);
+      $("form").requestSubmit();
     }
   });
-})();
+  $("source").addEventListener("input", () => { updateCounter(); scheduleLive(); });
+  for (const id of ["beam", "nbest"]) $(id).addEventListener("input", clampNbest);
+  $("form").addEventListener("change", (e) => {
+    if (e.target.id === "live") {
+      localStorage.setItem(LIVE_KEY, liveOn() ? "on" : "off");
+      if (!liveOn()) clearTimeout(liveTimer);
+      return;
+    }
+    clampNbest();
+    if (e.target.id !== "source") scheduleLive();
+  });
+  $("live").checked = localStorage.getItem(LIVE_KEY) !== "off";
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  wire();
+  try {
+    const text = await loadModels();
+    updateCounter();
+    clampNbest();
+    if (text) await translate();
+  } catch (err) {
+    showError(`Could not load the served models: ${err}`);
+  }
+});
