@@ -190,3 +190,125 @@ def test_sampling_with_constraints_is_refused(tiny_model):
     src, lengths, mask = pad_sources(sources(2))
     with pytest.raises(NmtError, match="beam search"):
         search(tiny_model(), src, lengths, mask, DecodeConfig(beam=1, sample=True), constraints=[[[5]], []])
+
+
+# --------------------------------------------------------------------------- API, CLI and engines
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, random_run):
+    """A run with sentencepiece models and a lexicon, and its export (None without onnxruntime)."""
+    import random
+
+    from test_translate import build_run
+
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, id_list_chunks
+
+    run = build_run(tmp_path_factory.mktemp("constraints") / "run", random_run)
+    rng = random.Random(3)
+    src = [[rng.randrange(4, 30) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    tgt = [[rng.randrange(4, 22) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    Lexicon.build(id_list_chunks(src, tgt), 30, 22, iterations=2, keep=4).save(run / LEXICON_FILE)
+    return run
+
+
+TEXTS = ["le chat mange", "une maison rouge et un chien bleu", "le chien dort", "", "la maison"]
+TERMS = [["red cat"], [("maison", "house"), "small"], [], ["dog"], [("maison", "blue house")]]
+
+
+def test_translate_puts_every_term_into_the_translation(text_run):
+    from nmt.inference.translator import Translator
+
+    t = Translator.load(text_run, device="cpu")
+    for settings_ in (dict(beam=3, n_best=2), dict(beam=1), dict(beam=4, shortlist=1, shortlist_frequent=0)):
+        results = t.translate(TEXTS, constraints=TERMS, return_scores=True, **settings_)
+        for text, terms, result in zip(TEXTS, TERMS, results):
+            if not text:
+                assert result.hypotheses[0].text == ""
+                continue
+            wanted = t.encode_targets([x[1] if isinstance(x, tuple) else x for x in terms])
+            for k, h in enumerate(result.hypotheses):
+                ids = [t.tokenizers.tgt.piece_to_id(p) for p in h.tokens]
+                met = all(occurrences(ids, w) == 1 for w in wanted)
+                assert h.constraints_met is met and (met or k > 0), (settings_, h.text)  # the best meets them
+            for x in terms:  # the terms' words, as words of the text
+                assert (x[1] if isinstance(x, tuple) else x) in result.hypotheses[0].text
+    plain = t.translate(TEXTS, beam=3)
+    assert t.translate(TEXTS, beam=3, constraints=[[] for _ in TEXTS]) == plain
+    assert t.translate(TEXTS, beam=3, constraints=TERMS) != plain
+    with pytest.raises(NmtError, match="one list of terms per sentence"):
+        t.translate(TEXTS, constraints=TERMS[:2])
+    with pytest.raises(NmtError, match="not a non-empty target term"):
+        t.translate(TEXTS, constraints=[[" "]] + [[]] * 4)
+
+
+def test_onnx_engine_gives_the_constrained_output_of_the_torch_engine(text_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+    from nmt.tools.export import export_run
+
+    export = export_run(text_run, tmp_path / "export")
+    torch_t, onnx_t = Translator.load(text_run, device="cpu"), OnnxTranslator.load(export, threads=1)
+    for settings_ in (dict(beam=3, n_best=3, length_penalty=0.6), dict(beam=4, coverage_penalty=0.3, min_len=1),
+                      dict(beam=3, n_best=2, shortlist=1, shortlist_frequent=0)):
+        want = torch_t.translate(TEXTS, constraints=TERMS, return_scores=True, **settings_)
+        have = onnx_t.translate(TEXTS, constraints=TERMS, return_scores=True, **settings_)
+        for w, h in zip(want, have):
+            assert [x.tokens for x in h.hypotheses] == [x.tokens for x in w.hypotheses], settings_
+            assert [x.constraints_met for x in h.hypotheses] == [x.constraints_met for x in w.hypotheses]
+            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
+
+
+def test_glossary_terms_of_a_line(tmp_path):
+    from nmt.tools.glossary import read_glossary
+
+    path = tmp_path / "terms.tsv"
+    path.write_text("chat\tcat\nchat noir\tblack cat\n\nmaison\thouse\nÉté\tsummer\nmaison\thouse\n",
+                    encoding="utf-8")
+    g = read_glossary(path)
+    assert g.matches("Le chat noir  dort.") == [("chat noir", "black cat")]  # the longest match
+    assert g.matches("chat, maison et chat") == [("chat", "cat"), ("maison", "house")]  # once each
+    assert g.matches("chaton Maison maisons") == []  # whole words, case-sensitive
+    assert g.matches("E\u0301te\u0301 chaud") == [("Été", "summer")]  # the input's normalisation
+    assert g.constraints(["maison", "rien"]) == [[("maison", "house")], []]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"chat\tcat\nchien dog\n", ":2: expected SOURCE TERM<TAB>TARGET TERM, found 0 tabs"),
+    (b"chat\tcat\tfeline\n", ":1: expected SOURCE TERM<TAB>TARGET TERM, found 2 tabs"),
+    (b"chat\t \n", ":1: the target term is empty"),
+    (b"\n\tcat\n", ":2: the source term is empty"),
+    (b"chat\tcat\nchat\tfeline\n", ":2: source term 'chat' has two target terms"),
+    (b"chat\tcat\n\xff\tx\n", ":2: not UTF-8"),
+    (b"\n\n", "no terms"),
+])
+def test_bad_glossary_lines_exit_2_naming_file_and_line(content, message, text_run, tmp_path, capsys):
+    from nmt.cli import main
+
+    path = tmp_path / "terms.tsv"
+    path.write_bytes(content)
+    src = tmp_path / "in.txt"
+    src.write_text("le chat\n", encoding="utf-8")
+    for extra in ([], ["--workers", "2"]):
+        assert main(["translate", str(text_run), "-i", str(src), "--glossary", str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and (str(path) in err)
+
+
+def test_glossary_on_the_command_line(text_run, tmp_path, capsys):
+    from nmt.cli import main
+
+    path = tmp_path / "terms.tsv"
+    path.write_text("chat\tred cat\nchien\tsmall dog\n", encoding="utf-8")
+    src = tmp_path / "in.txt"
+    src.write_text("le chat mange\nla maison\nun chien et un chat\n", encoding="utf-8")
+    assert main(["translate", str(text_run), "-i", str(src), "--glossary", str(path), "--beam", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "red cat" in lines[0] and "red cat" in lines[2] and "small dog" in lines[2]
+    assert main(["translate", str(text_run), "-i", str(src), "--glossary", str(path), "--beam", "3",
+                 "--workers", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    assert main(["translate", str(text_run), "-i", str(src), "--glossary", str(path), "--sample"]) == 2
+    assert "--glossary" in capsys.readouterr().err

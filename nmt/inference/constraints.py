@@ -22,8 +22,9 @@ Beam allocation
 Dynamic beam allocation (Post & Vilar 2018, *Fast Lexically Constrained Decoding with Dynamic Beam
 Allocation for Neural Machine Translation*), in the vectorised form of Hu et al. 2019 (*Improved
 Lexically Constrained Decoding for Translation and Monolingual Rewriting*): a hypothesis's *bank*
-is the number of constraint tokens it has met (a constraint that occurred counts all its tokens,
-one in progress its ``state``). The candidates are ranked within their bank by score, and the beam
+is the number of constraint tokens it has met: all the tokens of the constraints that occurred,
+plus the longest match in progress (``state``) among the others. Only one partial match counts,
+so that following a constraint always climbs a bank, also when several constraints begin alike. The candidates are ranked within their bank by score, and the beam
 takes the best of every bank, highest bank first, then the second best of every bank, and so on
 (:func:`allocate`): each bank gets an equal share, and the share of an empty bank goes to the others.
 """
@@ -139,11 +140,14 @@ class Constraints:
         return new_state, count + ops.as_long(new_state == self.length[sentences])
 
     def progress(self, sentences, state, count):
-        """``(N,)`` constraint tokens met: a constraint that occurred counts all its tokens."""
+        """``(N,)`` the bank: the tokens of the constraints that occurred, plus the longest match in
+        progress of one that has not (the others' partial matches share their tokens with it or
+        are given up by it, so they do not count)."""
         ops = self.ops
-        length, valid = self.length[sentences], self.valid[sentences]
-        met_or_state = ops.where(count >= 1, length, state)
-        return (met_or_state * ops.as_long(valid)).sum(-1)
+        valid = self.valid[sentences]
+        met = ops.where(count >= 1, self.length[sentences], 0) * ops.as_long(valid)
+        going = ops.where((count == 0) & valid, state, 0)
+        return met.sum(-1) + ops.amax(going)
 
 
 def allocate(ops, val, bank, k: int, banks: int):
