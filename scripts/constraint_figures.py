@@ -17,8 +17,9 @@ source line in source-word order:
 
 Term usage: a term counts as used when its target subwords (tokenized as the translator tokenizes
 constraints) occur in the output's subwords; also reported: as a word of the output text.
-Times are wall-clock seconds of ``Translator.translate`` over the lines (one warm-up line first),
-on whatever else the machine runs at the time.
+Times are wall-clock seconds of ``Translator.translate`` over the lines at one thread (one warm-up
+line first), ``--rounds`` runs of each, interleaved, on whatever else the machine runs at the time;
+the slowdown is given as the ratio of the best times and as the median of the rounds' ratios.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("ref")
     p.add_argument("--lines", type=int, default=1000)
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="timed runs of each, interleaved")
     p.add_argument("--json")
     args = p.parse_args()
 
@@ -85,10 +87,14 @@ def main() -> None:
     top = Lexicon.load(f"{args.run_dir}/{LEXICON_FILE}").top_ids.tolist()
     constraints = [terms_of(translator, top, s, r) for s, r in zip(srcs, refs)]
     translator.translate(srcs[:1], beam=args.beam)  # warm-up: tables, lexicon
-    plain, t_plain = timed(translator, srcs, beam=args.beam)
-    constrained, t_cons = timed(translator, srcs, beam=args.beam, constraints=constraints)
-    plain2, t_plain2 = timed(translator, srcs, beam=args.beam)  # the load may change: time both twice
-    constrained2, t_cons2 = timed(translator, srcs, beam=args.beam, constraints=constraints)
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    outputs = {}
+    for _ in range(args.rounds):  # interleaved, so a change of the machine's load hits both
+        for name, cons in (("without", None), ("with", constraints)):
+            outputs.setdefault(name, []).append(timed(translator, srcs, beam=args.beam, constraints=cons))
+            times[name].append(outputs[name][-1][1])
+    plain, constrained = outputs["without"][0][0], outputs["with"][0][0]
+    ratios = sorted(w / p for w, p in zip(times["with"], times["without"]))
 
     n_terms = sum(len(c) for c in constraints)
     used_tok = used_word = used_plain = met = 0
@@ -111,14 +117,14 @@ def main() -> None:
         "term_usage_subwords": used_tok / max(1, n_terms), "term_usage_words": used_word / max(1, n_terms),
         "term_usage_without_constraints": used_plain / max(1, n_terms),
         "lines_all_met": met, "bleu_without": round(bleu_plain, 2), "bleu_with": round(bleu_cons, 2),
-        "seconds_without": [round(t_plain, 2), round(t_plain2, 2)],
-        "seconds_with": [round(t_cons, 2), round(t_cons2, 2)],
-        "slowdown": round(min(t_cons, t_cons2) / min(t_plain, t_plain2), 3),
+        "seconds_without": [round(t, 2) for t in times["without"]],
+        "seconds_with": [round(t, 2) for t in times["with"]],
+        "slowdown_of_best_times": round(min(times["with"]) / min(times["without"]), 3),
+        "slowdown_median_of_rounds": round(ratios[len(ratios) // 2], 3),
         "beam": args.beam, "threads": 1, "cpu": cpu, "python": platform.python_version(),
-        "torch": torch.__version__, "same_without_twice": [r.hypotheses[0].text for r in plain]
-        == [r.hypotheses[0].text for r in plain2],
-        "same_with_twice": [r.hypotheses[0].text for r in constrained]
-        == [r.hypotheses[0].text for r in constrained2],
+        "torch": torch.__version__,
+        "same_output_every_round": all([h.hypotheses[0].text for h in out] == [h.hypotheses[0].text for h in runs[0][0]]
+                                       for runs in outputs.values() for out, _ in runs),
     }
     text = json.dumps(figures, indent=2, ensure_ascii=False)
     print(text)
