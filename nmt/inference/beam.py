@@ -30,6 +30,10 @@ result equals exhaustive enumeration. K = N^(L-1), the number of prefixes that c
 enough, because the continuations ending in EOS compete with the others for the top K: with N = 3
 tokens of probability 0.26 and EOS 0.2 at every step, L = 2 and K = 3, the best output (EOS alone,
 0.2) is never looked at, and search returns a two-token output (0.26² ≈ 0.068).
+
+Lexically constrained beam search (:class:`ConstrainedBeamSearch`, :mod:`nmt.inference.constraints`)
+changes rules 1, 2 and 3 as its docstring says; with a beam that sees every continuation it equals
+exhaustive enumeration of the outputs that contain each constraint exactly once.
 """
 from __future__ import annotations
 

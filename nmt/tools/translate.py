@@ -52,6 +52,9 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   Up to :data:`CHUNKS_AHEAD` chunks are in flight while the oldest is written, which keeps
   every worker busy and memory bounded. A worker that fails stops the run: the error is printed,
   the exit status is not 0 and ``-o FILE`` is not written. Ctrl-C stops the workers too.
+- ``--glossary FILE`` (lines ``SOURCE TERM<TAB>TARGET TERM``, :mod:`nmt.tools.glossary`): the
+  terms whose source term occurs in an input line are that line's constraints, which lexically
+  constrained beam search puts into its translation exactly once (docs/decoding.md).
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
