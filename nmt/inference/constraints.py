@@ -24,9 +24,10 @@ Allocation for Neural Machine Translation*), in the vectorised form of Hu et al.
 Lexically Constrained Decoding for Translation and Monolingual Rewriting*): a hypothesis's *bank*
 is the number of constraint tokens it has met: all the tokens of the constraints that occurred,
 plus the longest match in progress (``state``) among the others. Only one partial match counts,
-so that following a constraint always climbs a bank, also when several constraints begin alike. The candidates are ranked within their bank by score, and the beam
-takes the best of every bank, highest bank first, then the second best of every bank, and so on
-(:func:`allocate`): each bank gets an equal share, and the share of an empty bank goes to the others.
+so that following a constraint always climbs a bank, also when several constraints begin alike.
+The candidates are ranked within their bank by score, and the beam takes the best of every bank,
+highest bank first, then the second best of every bank, and so on (:func:`allocate`): each bank
+gets an equal share, and the share of an empty bank goes to the others.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def check_constraints(constraints: Sequence[Sequence[int]], vocab_size: int | No
     out: list[list[int]] = []
     for c in constraints:
         ids = [int(i) for i in c]
-        bad = [i for i in ids if i in (PAD_ID, BOS_ID, EOS_ID) or i < 0 or (vocab_size is not None and i >= vocab_size)]
+        bad = [i for i in ids
+               if i in (PAD_ID, BOS_ID, EOS_ID) or i < 0 or (vocab_size is not None and i >= vocab_size)]
         if bad:
             raise NmtError(f"constraint {ids}: target ids {bad} cannot be generated")
         if ids and ids not in out:
