@@ -18,6 +18,7 @@ EXAMPLES = """
     nmt translate runs/fr-en -i big.fr -o big.en --workers 2    2 one-thread processes
     torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
     nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
+    nmt translate runs/fr-en -i test.fr --glossary terms.tsv   each line: SOURCE TERM<TAB>TARGET TERM
     """
 
 
@@ -40,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alignments", action="store_true",
                    help="append a tab and the word alignments from the attention (Pharaoh format: "
                         "SRC-TGT 0-based word indices, e.g. 0-0 1-2 2-1) to each output line")
+    p.add_argument("--glossary", metavar="FILE",
+                   help="terminology: lines SOURCE TERM<TAB>TARGET TERM; where a source term occurs in an "
+                        "input line (whole words, case-sensitive), the translation contains the target term "
+                        "exactly once (lexically constrained beam search; docs/decoding.md)")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     add_precision(p, "search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
     add_kernels(p)

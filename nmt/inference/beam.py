@@ -30,6 +30,10 @@ result equals exhaustive enumeration. K = N^(L-1), the number of prefixes that c
 enough, because the continuations ending in EOS compete with the others for the top K: with N = 3
 tokens of probability 0.26 and EOS 0.2 at every step, L = 2 and K = 3, the best output (EOS alone,
 0.2) is never looked at, and search returns a two-token output (0.26² ≈ 0.068).
+
+Lexically constrained beam search (:class:`ConstrainedBeamSearch`, :mod:`nmt.inference.constraints`)
+changes rules 1, 2 and 3 as its docstring says; with a beam that sees every continuation it equals
+exhaustive enumeration of the outputs that contain each constraint exactly once.
 """
 from __future__ import annotations
 
@@ -37,10 +41,11 @@ import math
 
 from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID
+from nmt.inference.constraints import Constraints, allocate
 from nmt.inference.pool import Pool
 from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, length_penalty, max_lengths
 
-__all__ = ["BeamSearch"]
+__all__ = ["BeamSearch", "ConstrainedBeamSearch", "beam_search_on"]
 
 
 class _Candidates:
@@ -95,8 +100,7 @@ class BeamSearch:
             self.pool_finished(step, cands, at_max, out, step_att, new_cov)
             if bool(at_max.all()):
                 break
-            order = self.ops.false_first(cands.tok == EOS_ID, self.K)
-            nexts = _Candidates(*(self.ops.gather(x, order) for x in (cands.val, cands.lp, cands.tok, cands.par)))
+            nexts = self.next_beams(cands)
             done = self.done_sentences(nexts, at_max)
             if bool(done.all()):
                 break
@@ -127,11 +131,24 @@ class BeamSearch:
                             ops.gather(row_tok.reshape(n_act, K * per_row), best_pos), best_pos // per_row)
         return cands, out, step_att, new_cov
 
+    def next_beams(self, cands: _Candidates) -> _Candidates:
+        """Rule 2: the K best continuations that do not end in EOS, ``(n_act, K)`` each."""
+        order = self.ops.false_first(cands.tok == EOS_ID, self.K)
+        return _Candidates(*(self.ops.gather(x, order) for x in (cands.val, cands.lp, cands.tok, cands.par)))
+
     def pool_finished(self, step: int, cands: _Candidates, at_max, out, step_att, new_cov) -> None:
         """Rules 1 and 3: the top K continuations that end in EOS (all of them at the max length)
         enter their sentence's pool if they beat its worst entry."""
+        K = self.K
+        top = _Candidates(cands.val[:, :K], cands.lp[:, :K], cands.tok[:, :K], cands.par[:, :K])
+        self.pool_looked_at(step, top, at_max, out, step_att, new_cov)
+
+    def pool_looked_at(self, step: int, top: _Candidates, at_max, out, step_att, new_cov, met=None) -> None:
+        """The continuations ``top (n_act, K)`` that end in EOS (all of them at the max length)
+        enter their sentence's pool if they can rank in it; ``met (n_act, K)``: whether each meets
+        its constraints (constrained search)."""
         ops, K = self.ops, self.K
-        top_val, top_tok, top_par = cands.val[:, :K], cands.tok[:, :K], cands.par[:, :K]
+        top_val, top_tok, top_par = top.val, top.tok, top.par
         admit = ((top_tok == EOS_ID) | at_max[:, None]) & ops.isfinite(top_val)
         if not bool(admit.any()):
             return
@@ -141,18 +158,22 @@ class BeamSearch:
             cand_rows = ops.arange(ops.size(self.active))[:, None] * K + top_par
             pen = pen + coverage_penalty(ops, new_cov[cand_rows], self.src_mask[self.active][:, None, :], beta)
         pen = ops.masked_fill(pen, ~admit, -math.inf)
-        worst = self.pool.worst(self.active)
-        sub = ops.nonzero((pen > worst[:, None]).any(1))
+        if met is None:
+            worst = self.pool.worst(self.active)
+            sub = ops.nonzero((pen > worst[:, None]).any(1))
+        else:  # a candidate that meets its constraints outranks one that does not, whatever the scores
+            sub = ops.nonzero(admit.any(1))
         if not ops.size(sub):
             return
         flat = (sub[:, None] * K + top_par[sub]).reshape(-1)  # (s * K,) rows of the parents
         c_tok = ops.cat([self.seqs[flat], top_tok[sub].reshape(-1, 1)], 1)
-        c_lp = ops.cat([self.hist_lp[flat], cands.lp[sub, :K].reshape(-1, 1)], 1)
+        c_lp = ops.cat([self.hist_lp[flat], top.lp[sub].reshape(-1, 1)], 1)
         c_att = c_pos = None
         if self.keep_att:
             c_att = ops.cat([self.hist_att[flat], step_att[flat][:, None]], 1)
             c_pos = ops.cat([self.hist_pos[flat], self.engine.positions(out)[flat][:, None]], 1)
-        self.pool.merge(self.active[sub], step, pen[sub], top_val[sub], c_tok, c_lp, c_att, c_pos)
+        self.pool.merge(self.active[sub], step, pen[sub], top_val[sub], c_tok, c_lp, c_att, c_pos,
+                        None if met is None else met[sub])
 
     def done_sentences(self, nexts: _Candidates, at_max):
         """Rule 4: ``(n_act,)`` bool, the sentences whose pool no beam can still improve."""
@@ -181,3 +202,94 @@ class BeamSearch:
         if new_cov is not None:
             self.coverage = new_cov[parents]
         self.prev = tok
+
+
+class ConstrainedBeamSearch(BeamSearch):
+    """Beam search whose outputs contain given target token sequences (:mod:`nmt.inference.constraints`).
+
+    ``constraints[b]``: the target id lists of sentence b (none: an unconstrained sentence of the
+    batch). The rules of :class:`BeamSearch` change as follows:
+
+    - A sentence's max length is at least its constraints' tokens + 1 (EOS).
+    - A hypothesis may end in EOS only when each of its constraints occurs in it; a token that
+      would make a constraint occur a second time is never chosen.
+    - Each step looks at every beam's 2K best continuations and, for every constraint not met yet,
+      its next token. Rule 1 looks at the K continuations chosen by dynamic beam allocation over
+      all of them (EOS ones included), rule 2 takes the next beams by dynamic beam allocation
+      over those that do not end in EOS (:func:`~nmt.inference.constraints.allocate`).
+    - The pool ranks the hypotheses that meet their constraints first (each group by score): a
+      hypothesis closed at the max length without them is returned only when fewer than
+      ``n_best`` that meet them were found, and says so (``Hypothesis.constraints_met``).
+    """
+
+    def __init__(self, engine, src, src_lengths, src_mask, opts: DecodeConfig, return_attention: bool = False,
+                 constraints=None):
+        super().__init__(engine, src, src_lengths, src_mask, opts, return_attention)
+        ops, batch = self.ops, src.shape[0]
+        self.cons = Constraints(ops, constraints or [[]] * batch)
+        self.max_lens = ops.clamp_min(self.max_lens, self.cons.needed + 1)
+        self.act_max, self.horizon = self.max_lens, int(self.max_lens.max())
+        self.pool = Pool(ops, batch, opts.n_best, self.horizon, src.shape[1], self.keep_att, constrained=True)
+        self.cstate, self.count = self.cons.start(ops.repeat_each(ops.arange(batch), self.K))
+
+    def expand(self, step: int):
+        """Run the step: every beam's 2K best continuations and the next tokens of its constraints,
+        ``(n_act, K * W)`` candidates (with their constraint states, banks and whether they meet
+        every constraint), the step's output, attention and coverage."""
+        ops, engine, K, C = self.ops, self.engine, self.K, self.cons.C
+        n_act = ops.size(self.active)
+        sent = ops.repeat_each(self.active, K)  # (rows,) the sentence of each beam
+        scores, log_norm, out = engine.step(self.prev, self.state, self.memory)  # (rows, cols)
+        history = engine.to_columns(self.seqs) if self.opts.no_repeat_ngram else self.seqs
+        forbid_(ops, scores, history, step, self.opts)
+        self.cons.forbid_(engine, scores, sent, self.cstate, self.count)
+        step_att = engine.attention(out)
+        new_cov = self.coverage + step_att if self.opts.coverage_penalty else None
+        row_val, row_col = ops.topk(scores, min(2 * K, scores.shape[1]))
+        row_tok = engine.to_target(row_col)
+        c_tok = self.cons.next_tokens(sent, self.cstate, self.count)  # (rows, C)
+        c_lp = ops.top_log_probs(ops.gather(scores, engine.to_columns(c_tok)), log_norm)
+        ar = ops.arange(C)
+        seen = (c_tok[:, :, None] == row_tok[:, None, :]).any(2) \
+            | ((c_tok[:, :, None] == c_tok[:, None, :]) & (ar[None, :] < ar[:, None])[None]).any(2)
+        lp = ops.cat([ops.top_log_probs(row_val, log_norm), ops.masked_fill(c_lp, seen, -math.inf)], 1)
+        tok = ops.cat([row_tok, c_tok], 1)  # (rows, W)
+        W = tok.shape[1]
+        parent = ops.repeat_each(ops.arange(n_act * K), W)  # the beam row of each candidate
+        state, count = self.cons.advance(sent[parent], self.cstate[parent], self.count[parent], tok.reshape(-1))
+        cands = _Candidates((self.beam_scores[:, None] + lp).reshape(n_act, K * W), lp.reshape(n_act, K * W),
+                            tok.reshape(n_act, K * W), (parent % K).reshape(n_act, K * W))
+        cands.state, cands.count = state.reshape(n_act, K * W, C), count.reshape(n_act, K * W, C)
+        cands.bank = self.cons.progress(sent[parent], state, count).reshape(n_act, K * W)
+        cands.met = (count >= 1).all(-1).reshape(n_act, K * W)
+        return cands, out, step_att, new_cov
+
+    def _chosen(self, cands: _Candidates, val) -> _Candidates:
+        """The K candidates that dynamic beam allocation chooses by ``val``, with their states."""
+        ops = self.ops
+        sel = allocate(ops, val, cands.bank, self.K, self.cons.total)
+        chosen = _Candidates(*(ops.gather(x, sel) for x in (val, cands.lp, cands.tok, cands.par)))
+        chosen.state, chosen.count = ops.gather(cands.state, sel), ops.gather(cands.count, sel)
+        chosen.met = ops.gather(cands.met, sel)
+        return chosen
+
+    def pool_finished(self, step: int, cands: _Candidates, at_max, out, step_att, new_cov) -> None:
+        top = self._chosen(cands, cands.val)
+        self.pool_looked_at(step, top, at_max, out, step_att, new_cov, met=top.met)
+
+    def next_beams(self, cands: _Candidates) -> _Candidates:
+        return self._chosen(cands, self.ops.masked_fill(cands.val, cands.tok == EOS_ID, -math.inf))
+
+    def advance(self, nexts: _Candidates, done, out, step_att, new_cov) -> None:
+        keep = self.ops.nonzero(~done)
+        super().advance(nexts, done, out, step_att, new_cov)
+        C = self.cons.C
+        self.cstate, self.count = nexts.state[keep].reshape(-1, C), nexts.count[keep].reshape(-1, C)
+
+
+def beam_search_on(engine, src, src_lengths, src_mask, opts: DecodeConfig, return_attention: bool = False,
+                   constraints=None) -> list[list[Hypothesis]]:
+    """Beam search of a batch: constrained when some sentence of ``constraints`` has any."""
+    if constraints is not None and any(constraints):
+        return ConstrainedBeamSearch(engine, src, src_lengths, src_mask, opts, return_attention, constraints).run()
+    return BeamSearch(engine, src, src_lengths, src_mask, opts, return_attention).run()

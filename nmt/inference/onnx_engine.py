@@ -15,7 +15,8 @@ import numpy as np
 from nmt.config import DecodeConfig
 from nmt.data.vocab import PAD_ID
 from nmt.errors import CheckpointError, NmtError
-from nmt.inference.beam import BeamSearch
+from nmt.inference.beam import beam_search_on
+from nmt.inference.constraints import constraint_ids
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
 from nmt.inference.ops_numpy import numpy_ops
@@ -184,16 +185,22 @@ def _source_mask(src: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
            return_attention: bool = False, lexicon: LexiconTable | None = None,
-           keys: Sequence[int] | None = None) -> list[list[Hypothesis]]:
+           keys: Sequence[int] | None = None, constraints=None) -> list[list[Hypothesis]]:
     """Sampling when ``opts.sample`` (``keys``: see :func:`nmt.inference.sampling.sample`), greedy
-    search when ``opts.beam == 1``, else beam search. One list per sentence. With
-    ``opts.shortlist``, ``lexicon`` gives the batch's shortlist."""
+    search when ``opts.beam == 1``, else beam search; lexically constrained beam search with
+    ``constraints`` (as :func:`nmt.inference.search.search`). One list per sentence. With
+    ``opts.shortlist``, ``lexicon`` gives the batch's shortlist (and the constraints' tokens)."""
     opts.check()
     columns = None
     if opts.shortlist:
         if lexicon is None:
             raise NmtError("a shortlist search needs the export's lexicon (export a run that has one)")
         columns = lexicon.columns(src, _source_mask(src, lengths), opts.shortlist, opts.shortlist_frequent)
+        columns = np.union1d(columns, np.asarray(constraint_ids(constraints), dtype=columns.dtype))
+    if constraints is not None and any(constraints):
+        if opts.sample:
+            raise NmtError("lexical constraints need beam search; sampling cannot follow them")
+        return beam_search(model, src, lengths, opts, return_attention, columns, constraints)
     if opts.sample:
         return sample(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
                       return_attention, keys)
@@ -211,7 +218,8 @@ def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: 
 
 
 def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-                return_attention: bool = False, columns: np.ndarray | None = None) -> list[list[Hypothesis]]:
+                return_attention: bool = False, columns: np.ndarray | None = None,
+                constraints=None) -> list[list[Hypothesis]]:
     """Batched beam search: up to ``n_best`` hypotheses per sentence, best first."""
-    return BeamSearch(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
-                      return_attention).run()
+    return beam_search_on(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+                          return_attention, constraints)

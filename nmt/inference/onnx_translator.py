@@ -158,15 +158,17 @@ class OnnxTranslator(TranslatorBase):
         return [[todo[k] for k in group]
                 for group in length_groups([len(it.ids) for it in todo], budget, max_sentences)]
 
-    def search_batches(self, batches, options: DecodeConfig, return_attention: bool = False
-                       ) -> dict[int, list[Hypothesis]]:
-        """Search every batch; hypotheses (best first) by ``Source.index``."""
+    def search_batches(self, batches, options: DecodeConfig, return_attention: bool = False,
+                       constraints: dict[int, list[list[int]]] | None = None) -> dict[int, list[Hypothesis]]:
+        """Search every batch; hypotheses (best first) by ``Source.index``; ``constraints``: target
+        id lists by ``Source.index`` (lexically constrained beam search)."""
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
             src, lengths = pad_sources([it.ids for it in group])
             # sampling draws line N's tokens from a stream of its own (seed, N)
             found = search(self.model, src, lengths, options, return_attention, self.lexicon,
-                           keys=[it.line for it in group])
+                           keys=[it.line for it in group],
+                           constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
             for it, hyps in zip(group, found):
                 out[it.index] = hyps
         return out

@@ -141,6 +141,11 @@ class NumpyOps:
         return x[np.arange(tok.size), tok], tok
 
     @staticmethod
+    def amax(x: np.ndarray) -> np.ndarray:
+        """The largest entry along the last axis."""
+        return x.max(-1)
+
+    @staticmethod
     def pick(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """``x[n, columns[n]]`` for every row ``n``."""
         return x[np.arange(columns.size), columns]

@@ -120,6 +120,10 @@ class TorchOps:
         return x.max(dim=-1)
 
     @staticmethod
+    def amax(x: Tensor) -> Tensor:
+        return x.amax(dim=-1)
+
+    @staticmethod
     def pick(x: Tensor, columns: Tensor) -> Tensor:
         return x.gather(1, columns.unsqueeze(1)).squeeze(1)
 

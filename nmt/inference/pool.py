@@ -11,9 +11,11 @@ from nmt.inference.rules import Hypothesis, hypothesis
 class Pool:
     """``P`` slots per sentence of ``batch`` (score -inf: an empty slot), each a hypothesis of at
     most ``horizon`` tokens; with ``keep_att`` also its attention ``(horizon, src_len)`` and
-    local-p positions."""
+    local-p positions. ``constrained``: each slot also records whether its hypothesis meets its
+    sentence's constraints, and those that do rank before those that do not (each part by score)."""
 
-    def __init__(self, ops, batch: int, P: int, horizon: int, src_len: int, keep_att: bool):
+    def __init__(self, ops, batch: int, P: int, horizon: int, src_len: int, keep_att: bool,
+                 constrained: bool = False):
         self.ops, self.P, self.horizon = ops, P, horizon
         self.score = ops.full((batch, P), -math.inf)
         self.raw = ops.zeros((batch, P))
@@ -22,12 +24,18 @@ class Pool:
         self.lp = ops.zeros((batch, P, horizon))
         self.att = ops.zeros((batch, P, horizon, src_len)) if keep_att else None
         self.pos = ops.zeros((batch, P, horizon)) if keep_att else None
+        self.met = ops.full((batch, P), False, ops.boolean) if constrained else None
 
     def worst(self, sentences):
-        """``(n,)`` the score of the worst slot of each of ``sentences`` (-inf while one is empty)."""
-        return self.score[sentences][:, self.P - 1]
+        """``(n,)`` the score of the worst slot of each of ``sentences`` (-inf while one is empty,
+        or, constrained, while the worst does not meet its constraints: any hypothesis that meets
+        them outranks it)."""
+        worst = self.score[sentences][:, self.P - 1]
+        if self.met is None:
+            return worst
+        return self.ops.masked_fill(worst, ~self.met[sentences][:, self.P - 1], -math.inf)
 
-    def merge(self, ids, step: int, pen, raw, c_tok, c_lp, c_att=None, c_pos=None) -> None:
+    def merge(self, ids, step: int, pen, raw, c_tok, c_lp, c_att=None, c_pos=None, met=None) -> None:
         """Merge K candidates of each sentence ``ids (s,)`` (their penalised scores ``pen (s, K)``,
         raw scores ``raw (s, K)``, tokens ``c_tok (s * K, step + 1)``, token log-probs ``c_lp``,
         attention ``c_att (s * K, step + 1, src_len)``, positions ``c_pos``) into the pool: the
@@ -36,10 +44,18 @@ class Pool:
         s, K = pen.shape
         pad = self.horizon - step - 1
         merged_score = ops.cat([self.score[ids], pen], 1)  # (s, P + K)
-        sel = ops.best_first(merged_score, self.P)
+        if self.met is None:
+            sel = ops.best_first(merged_score, self.P)
+        else:  # by score, then those that meet their constraints first (a stable reordering)
+            by_score = ops.best_first(merged_score, merged_score.shape[1])
+            merged_met = ops.cat([self.met[ids], met], 1)
+            sel = ops.gather(by_score, ops.false_first(~ops.gather(merged_met, by_score), self.P))
 
         def merge(pool, cand):
             pool[ids] = ops.gather(ops.cat([pool[ids], cand], 1), sel)
+
+        if self.met is not None:
+            merge(self.met, met)
 
         merge(self.tok, ops.pad_steps(c_tok, pad, PAD_ID).reshape(s, K, self.horizon))
         merge(self.lp, ops.pad_steps(c_lp, pad).reshape(s, K, self.horizon))
@@ -55,6 +71,7 @@ class Pool:
         ops = self.ops
         scores, raws, lens = ops.to_list(self.score), ops.to_list(self.raw), ops.to_list(self.len)
         all_tokens, all_log_probs = ops.to_list(self.tok), ops.to_list(self.lp)  # once, not per hypothesis
+        mets = None if self.met is None else ops.to_list(self.met)
         src_lens = ops.to_list(src_lengths)
         results = []
         for b in range(len(scores)):
@@ -66,6 +83,7 @@ class Pool:
                 hyps.append(hypothesis(
                     all_tokens[b][p][:n], score, all_log_probs[b][p][:n], raws[b][p],
                     attention=None if self.att is None else ops.copy(self.att[b, p, :n, : src_lens[b]]),
-                    positions=None if self.pos is None or not with_positions else ops.copy(self.pos[b, p, :n])))
+                    positions=None if self.pos is None or not with_positions else ops.copy(self.pos[b, p, :n]),
+                    constraints_met=None if mets is None else bool(mets[b][p])))
             results.append(hyps)
         return results

@@ -59,14 +59,16 @@ class Hypothesis:
     positions: Any = None  #: (len(tokens),) local-p predicted centres, when requested
     raw_score: float = 0.0  #: sum of the token log-probs (EOS included)
     finished: bool = True  #: ended with EOS (False: closed at the max length)
+    #: with lexical constraints (:mod:`nmt.inference.constraints`): each occurs exactly once; else None
+    constraints_met: bool | None = None
 
 
 def hypothesis(tokens: list[int], score: float, log_probs: list[float], raw_score: float,
-               attention: Any = None, positions: Any = None) -> Hypothesis:
+               attention: Any = None, positions: Any = None, constraints_met: bool | None = None) -> Hypothesis:
     """A hypothesis of ``tokens``; it is finished when its last token is EOS."""
     return Hypothesis(tokens=tokens, score=score, log_probs=log_probs, attention=attention,
                       positions=positions, raw_score=raw_score,
-                      finished=bool(tokens and tokens[-1] == EOS_ID))
+                      finished=bool(tokens and tokens[-1] == EOS_ID), constraints_met=constraints_met)
 
 
 def max_lengths(ops, options: DecodeConfig, src_lengths):

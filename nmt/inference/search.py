@@ -22,7 +22,8 @@ from torch import Tensor
 from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NmtError
-from nmt.inference.beam import BeamSearch
+from nmt.inference.beam import beam_search_on
+from nmt.inference.constraints import constraint_ids
 from nmt.inference.forced import targets_with_eos
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.ops_torch import TorchOps
@@ -75,10 +76,12 @@ def pad_sources(sources: Sequence[Sequence[int]], device: torch.device | str | N
 
 def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
            options: DecodeConfig | None = None, lexicon=None,
-           return_attention: bool = False, tables=None, keys: Sequence[int] | None = None
-           ) -> list[list[Hypothesis]]:
+           return_attention: bool = False, tables=None, keys: Sequence[int] | None = None,
+           constraints: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[Hypothesis]]:
     """Sampling when ``options.sample``, greedy search when ``options.beam == 1``, else beam
-    search. One list per sentence; ``keys``: see :func:`sample_search`.
+    search. One list per sentence; ``keys``: see :func:`sample_search`. ``constraints[b]``: target
+    id lists that sentence b's outputs must contain (:mod:`nmt.inference.constraints`); any
+    constraint makes the search a constrained beam search of ``options.beam`` beams, also for beam 1.
 
     ``options`` are the recipe's ``decode`` settings (checked here); ``return_attention`` keeps
     each hypothesis's attention weights (and local-p positions).
@@ -95,7 +98,12 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
             raise NmtError("a shortlist search needs the run's lexicon (nmt.inference.shortlist.Lexicon); "
                            "build it with `nmt shortlist RUN_DIR`")
         src_mask = _source_mask(src, src_lengths, src_mask)
-        shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options)
+        shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options, constraint_ids(constraints))
+    if constraints is not None and any(constraints):
+        if options.sample:
+            raise NmtError("lexical constraints need beam search; sampling cannot follow them")
+        return beam_search(model, src, src_lengths, src_mask, options, shortlist=shortlist,
+                           return_attention=return_attention, tables=tables, constraints=constraints)
     if options.sample:
         return sample_search(model, src, src_lengths, src_mask, options, shortlist=shortlist,
                              return_attention=return_attention, tables=tables, keys=keys)
@@ -132,16 +140,17 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
 @torch.inference_mode()
 def beam_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = None,
                 options: DecodeConfig | None = None, shortlist: OutputShortlist | None = None,
-                return_attention: bool = False, tables=None) -> list[list[Hypothesis]]:
-    """Batched beam search (:mod:`nmt.inference.beam` gives the exact rules).
+                return_attention: bool = False, tables=None, constraints=None) -> list[list[Hypothesis]]:
+    """Batched beam search (:mod:`nmt.inference.beam` gives the exact rules); lexically
+    constrained with ``constraints`` (see :func:`search`).
 
     Returns, per sentence, up to ``n_best`` distinct hypotheses sorted by penalised score, best
     first (fewer only if fewer than ``n_best`` sequences are possible at all). ``tables``: see
     :func:`search`.
     """
     engine = _engine(model, src, shortlist, tables)
-    return BeamSearch(engine, src, src_lengths.to(src.device), _source_mask(src, src_lengths, src_mask),
-                      options or DecodeConfig(), return_attention).run()
+    return beam_search_on(engine, src, src_lengths.to(src.device), _source_mask(src, src_lengths, src_mask),
+                          options or DecodeConfig(), return_attention, constraints)
 
 
 @torch.inference_mode()

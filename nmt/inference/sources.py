@@ -38,6 +38,8 @@ class TranslatedHypothesis:
     raw_score: float = 0.0  #: log-probability (sum of token_log_probs)
     #: (source word, target word) pairs from the attention (nmt.inference.alignment), when requested
     alignment: list[tuple[int, int]] | None = None
+    #: with constraints (``translate(..., constraints=...)``): each occurs exactly once; else None
+    constraints_met: bool | None = None
 
 
 @dataclass

@@ -94,8 +94,10 @@ class OutputShortlist:
     column_of: Tensor  #: (V,) target id -> column
 
     @classmethod
-    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: DecodeConfig) -> "OutputShortlist":
+    def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: DecodeConfig,
+           always: list[int] | None = None) -> "OutputShortlist":
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
+        columns = torch.unique(torch.cat([columns, columns.new_tensor(always or [])]))  # constraint tokens
         vocab = model.tgt_vocab_size
         if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
             raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "

@@ -240,8 +240,10 @@ class Translator(TranslatorBase):
         return self._tables[key]
 
     def search_batches(self, batches: Sequence[Sequence[Source]], options: DecodeConfig,
-                       return_attention: bool = False) -> dict[int, list[Hypothesis]]:
-        """Search every batch; hypotheses (best first) by :attr:`Source.index`."""
+                       return_attention: bool = False, constraints: dict[int, list[list[int]]] | None = None
+                       ) -> dict[int, list[Hypothesis]]:
+        """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
+        target id lists by :attr:`Source.index` (lexically constrained beam search)."""
         out: dict[int, list[Hypothesis]] = {}
         lexicon = self._lexicon_for(options)
         tables = self.search_tables()
@@ -250,7 +252,8 @@ class Translator(TranslatorBase):
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 # sampling draws line N's tokens from a stream of its own (seed, N)
                 found = search(self.model, src, lengths, mask, options, lexicon, return_attention,
-                               tables=tables, keys=[it.line for it in group])
+                               tables=tables, keys=[it.line for it in group],
+                               constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
                 for it, hyps in zip(group, found):
                     out[it.index] = hyps
         return out

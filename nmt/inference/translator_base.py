@@ -57,7 +57,8 @@ class TranslatorBase:
         raise NotImplementedError
 
     def search_batches(self, batches: Sequence[Sequence[Source]], options: DecodeConfig,
-                       return_attention: bool = False) -> dict[int, list[Hypothesis]]:
+                       return_attention: bool = False, constraints: dict[int, list[list[int]]] | None = None
+                       ) -> dict[int, list[Hypothesis]]:
         raise NotImplementedError
 
     def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
@@ -131,6 +132,7 @@ class TranslatorBase:
                   return_alignment: bool = False,
                   batch_tokens: int | None = None, max_sentences: int | None = None,
                   lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
+                  constraints: Sequence[Sequence[Any] | None] | None = None,
                   **overrides: Any):
         """Translate sentences, returned in input order.
 
@@ -148,12 +150,23 @@ class TranslatorBase:
         ``lines`` are the line numbers used in warnings and sampling (default 1, 2, ...). With
         ``shard=(rank, world)`` only this process's share is translated and the other entries are
         ``None`` (the caller gathers them).
+
+        ``constraints``: terminology, one list per sentence (or None) of target terms, each a string
+        or a ``(source term, target term)`` pair (the source term is not looked at): every output
+        contains each term's subwords exactly once, contiguously (lexically constrained beam
+        search, :mod:`nmt.inference.constraints`; docs/decoding.md). A term is tokenized as target
+        text is. With ``return_scores`` each hypothesis says whether it met them
+        (``constraints_met``); a best translation that could not meet them is reported as a warning.
         """
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines, warn=False)
+        by_index = self.constraint_ids(constraints, len(items))
         batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
                                     max_sentences=max_sentences)
-        found = self.search_batches(batches, options, return_attention or return_alignment)
+        found = self.search_batches(batches, options, return_attention or return_alignment,
+                                    **({"constraints": by_index} if by_index else {}))
+        if by_index:
+            self._warn_unmet(mine, found)
         out: list[Any] = [None] * len(items)
         if not (n_best > 1 or return_scores or return_attention or return_alignment):
             best = [found[it.index][0] for it in mine if found.get(it.index)]
@@ -166,6 +179,32 @@ class TranslatorBase:
             out[it.index] = self._result(sources[it.index], it, found.get(it.index), texts,
                                          return_attention, return_alignment)
         return out
+
+    def constraint_ids(self, constraints: Sequence[Sequence[Any] | None] | None, n: int
+                       ) -> dict[int, list[list[int]]]:
+        """The target ids of each sentence's terms (see :meth:`translate`), by sentence index."""
+        if constraints is None:
+            return {}
+        if isinstance(constraints, str) or len(constraints) != n:
+            raise NmtError(f"constraints: one list of terms per sentence ({n}), got "
+                           f"{'a string' if isinstance(constraints, str) else len(constraints)}")
+        terms = {}
+        for index, entry in enumerate(constraints):
+            for term in entry or []:
+                target = term[1] if isinstance(term, (tuple, list)) else term
+                if not isinstance(target, str) or not target.strip():
+                    raise NmtError(f"constraints of sentence {index + 1}: {term!r} is not a non-empty target term")
+                terms.setdefault(index, []).append(target)
+        flat = [t for ts in terms.values() for t in ts]
+        ids = iter(self.encode_targets(flat))
+        return {index: [next(ids) for _ in ts] for index, ts in terms.items()}
+
+    def _warn_unmet(self, mine: Sequence[Source], found: dict[int, list[Hypothesis]]) -> None:
+        for it in mine:
+            hyps = found.get(it.index)
+            if hyps and hyps[0].constraints_met is False:
+                self.warn("unmet constraints", f"line {it.line}: the translation does not contain every "
+                          "constraint exactly once (they did not fit in the maximum output length)")
 
     def _result(self, source: str, item: Source, hyps: list[Hypothesis] | None, texts,
                 return_attention: bool, return_alignment: bool) -> TranslationResult:
@@ -182,7 +221,7 @@ class TranslatorBase:
                 text=next(texts), score=h.score, tokens=pieces, src_tokens=src_tokens,
                 attention=h.attention if return_attention else None,
                 positions=h.positions if return_attention else None, token_log_probs=h.log_probs,
-                raw_score=h.raw_score,
+                raw_score=h.raw_score, constraints_met=h.constraints_met,
                 alignment=word_alignment(h.attention, src_tokens, pieces) if return_alignment else None))
         return TranslationResult(source, results)
 

@@ -52,6 +52,9 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   Up to :data:`CHUNKS_AHEAD` chunks are in flight while the oldest is written, which keeps
   every worker busy and memory bounded. A worker that fails stops the run: the error is printed,
   the exit status is not 0 and ``-o FILE`` is not written. Ctrl-C stops the workers too.
+- ``--glossary FILE`` (lines ``SOURCE TERM<TAB>TARGET TERM``, :mod:`nmt.tools.glossary`): the
+  terms whose source term occurs in an input line are that line's constraints, which lexically
+  constrained beam search puts into its translation exactly once (docs/decoding.md).
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
@@ -118,7 +121,8 @@ def translate_cli(args) -> int:
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
-    share = _Share(options, options.n_best if nbest_format else 1, nbest_format, args.alignments, rank, world)
+    share = _Share(options, options.n_best if nbest_format else 1, nbest_format, args.alignments, rank, world,
+                   glossary=_glossary(getattr(args, "glossary", None), translator, options, reference))
     # a shortlist's lexicon is loaded before reading input
     translator.decode_options(**call_options(options, n_best=share.n_best))
     output = src_stream = ref_stream = None
@@ -164,6 +168,7 @@ class _Share:
     alignments: bool
     rank: int = 0
     world: int = 1
+    glossary: Any = None  #: nmt.tools.glossary.Glossary: each line's terms become its constraints
 
 
 def _torch_translator(args):
@@ -233,7 +238,7 @@ def _share_of_chunk(translator, share: _Share, payload: dict[str, list[str]], fi
     if refs is not None:
         return _score_share(translator, share.options, srcs, refs, first, share.rank, share.world)
     return _translate_share(translator, share.options, srcs, first, share.rank, share.world, share.n_best,
-                            share.nbest_format, share.alignments)
+                            share.nbest_format, share.alignments, share.glossary)
 
 
 def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
@@ -245,6 +250,19 @@ def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
     if reference and args.alignments:
         raise NmtError("--score-reference and --alignments exclude each other")
     return decode, reference
+
+
+def _glossary(path: str | None, translator, options: DecodeConfig, reference: str | None):
+    """``--glossary``: the terms, read with the translator's text normalisation (None without it)."""
+    if not path:
+        return None
+    if reference:
+        raise NmtError("--glossary and --score-reference exclude each other")
+    if options.sample:
+        raise NmtError("--glossary needs beam search: it cannot be used with --sample")
+    from nmt.tools.glossary import read_glossary
+
+    return read_glossary(path, translator.recipe.data.filter.normalize)
 
 
 def _onnx_translator(args, threads: int | None = None):
@@ -277,16 +295,19 @@ def _score_share(translator: Translator, options: DecodeConfig, srcs: list[str],
 
 
 def _translate_share(translator: Translator, options: DecodeConfig, srcs: list[str], first: int, rank: int,
-                     world: int, n_best: int, nbest_format: bool, alignments: bool = False
+                     world: int, n_best: int, nbest_format: bool, alignments: bool = False, glossary=None
                      ) -> list[tuple[int, list[str]]]:
-    """This process's output lines: ``(chunk index, lines)`` pairs, searched with ``options``."""
+    """This process's output lines: ``(chunk index, lines)`` pairs, searched with ``options``
+    (and the terms of ``glossary`` as constraints)."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
+    constraints = glossary.constraints(srcs) if glossary is not None else None
     if not (nbest_format or alignments):
-        found = translator.translate(srcs, lines=lines, shard=shard, **call_options(options, n_best=1))
+        found = translator.translate(srcs, lines=lines, shard=shard, constraints=constraints,
+                                     **call_options(options, n_best=1))
         return [(i, [one_line(text)]) for i, text in enumerate(found) if text is not None]
     results = translator.translate(srcs, return_scores=True, return_alignment=alignments, lines=lines,
-                                   shard=shard, **call_options(options, n_best=n_best))
+                                   shard=shard, constraints=constraints, **call_options(options, n_best=n_best))
     out = []
     for i, result in enumerate(results):
         if result is None:
@@ -357,7 +378,20 @@ def _worker_translator(spec: dict[str, Any]):
         use_settings(translator, options)
         translator.decode_options(**call_options(options, n_best=spec["n_best"]))
         _WORKER["translator"], _WORKER["options"] = translator, options
+        _WORKER["glossary"] = _glossary(spec.get("glossary"), translator, options, None)
     return translator
+
+
+def _checked_glossary(args, decode: dict[str, Any], reference: str | None) -> str | None:
+    """``--glossary`` of ``--workers``: checked here, before any worker starts; read by each worker."""
+    path = getattr(args, "glossary", None)
+    if path:
+        from nmt.tools.glossary import read_glossary
+
+        read_glossary(path)
+        if reference or decode.get("sample"):
+            raise NmtError("--glossary needs beam search and excludes --score-reference and --sample")
+    return path
 
 
 def _worker_line_limit(spec: dict[str, Any]) -> int:
@@ -372,7 +406,8 @@ def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank:
     and the warnings it gave."""
     translator = _worker_translator(spec)
     translator.warn = _Collected()
-    share = _Share(_WORKER["options"], spec["n_best"], spec["nbest_format"], spec["alignments"], rank, world)
+    share = _Share(_WORKER["options"], spec["n_best"], spec["nbest_format"], spec["alignments"], rank, world,
+                   glossary=_WORKER.get("glossary"))
     done = _share_of_chunk(translator, share, payload, first)
     return done, translator.warn.records
 
@@ -395,7 +430,7 @@ def _translate_with_workers(args, workers: int) -> int:
     spec = {"engine": args.engine, "run_dirs": [str(d) for d in as_run_dirs(args.run_dir)], "checkpoint": args.checkpoint,
             "quantize": args.quantize, "precision": args.precision, "kernels": args.kernels,
             "decode": decode, "n_best": args.n_best if nbest_format else 1, "nbest_format": nbest_format,
-            "alignments": args.alignments}
+            "alignments": args.alignments, "glossary": _checked_glossary(args, decode, reference)}
     warn = WarningCounter()
     input_name = args.input or "stdin"
     src_stream, ref_stream = open_inputs(args.input, reference)
