@@ -224,6 +224,39 @@ def test_concurrent_requests_share_a_model_call(runs, translator):
     assert stats["requests"] == len(SENTENCES) and stats["model_calls"] < len(SENTENCES)
 
 
+@pytest.fixture(scope="module")
+def shortlist_run(runs, tmp_path_factory):
+    """The tiny run with a lexicon (``nmt shortlist``)."""
+    from nmt.inference.shortlist import build_for_run
+
+    run = tmp_path_factory.mktemp("shortlist") / "tiny"
+    shutil.copytree(runs[0], run)
+    build_for_run(run, keep=8)
+    return run
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_sentence_gets_the_same_answer_alone_and_among_concurrent_requests(shortlist_run, beam):
+    """With a shortlist, each sentence is normalised over its own: the text and the scores do not
+    depend on what other clients send at the same moment."""
+    translator = Translator.load(shortlist_run, device="cpu")
+    settings = dict(beam=beam, n_best=min(beam, 2), shortlist=2)
+    alone = [translator.translate([s], return_scores=True, **settings)[0] for s in SENTENCES]
+    assert translator.translate(SENTENCES, shortlist=2, beam=beam) == [a.text for a in alone]
+    app = create_app([shortlist_run], ServeLimits(batch_window_ms=300, **LIMITS))
+    bodies = [{"texts": [s, SENTENCES[(k + 3) % len(SENTENCES)]], **settings} for k, s in enumerate(SENTENCES)]
+    with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: post(c, body), bodies))
+    assert c.app.state.batcher.stats["model_calls"] < len(bodies)  # they did share model calls
+    for a, body in zip(answers, bodies):
+        assert a.status_code == 200, a.text
+        for tr, text in zip(a.json()["translations"], body["texts"]):
+            want = alone[SENTENCES.index(text)]
+            assert [h["text"] for h in tr["hypotheses"]] == [h.text for h in want.hypotheses]
+            assert [h["score"] for h in tr["hypotheses"]] == pytest.approx(
+                [h.score for h in want.hypotheses], abs=1e-4)
+
+
 def test_full_queue_answers_503_then_recovers(runs):
     (model,) = load_models(runs[:1])
     gate = threading.Event()
@@ -247,6 +280,95 @@ def test_full_queue_answers_503_then_recovers(runs):
         gate.set()
         assert [f.result(30).status_code for f in [first] + queued] == [200, 200, 200]
         assert post(c, {"text": SENTENCES[3]}).status_code == 200
+
+
+# --------------------------------------------------------------------------- bounded requests
+
+def slow_model(runs, seconds: float):
+    """The tiny run with a model call that takes at least ``seconds``; ``calls`` lists the texts of
+    each call."""
+    (model,) = load_models(runs[:1])
+    real, calls = model.translator.translate, []
+
+    def slow(texts, *args, **kwargs):
+        calls.append(list(texts))
+        time.sleep(seconds)
+        return real(texts, *args, **kwargs)
+
+    model.translator.translate = slow
+    return model, calls
+
+
+def test_work_and_answer_size_are_bounded(runs):
+    (model,) = load_models(runs[:1])
+    limits = ServeLimits(max_request_work=400, max_attention_cells=1_000, **LIMITS)
+    with TestClient(create_app(models=[model], limits=limits)) as c:
+        assert post(c, {"text": SENTENCES[0], "beam": 2}).status_code == 200
+        r = post(c, {"texts": SENTENCES[:4], "beam": 6, "n_best": 6})
+        assert r.status_code == 413 and "--max-request-work" in r.json()["error"], r.text
+        assert "smaller beam or n_best" in r.json()["error"]
+        r = post(c, {"texts": SENTENCES[:4], "beam": 3, "n_best": 3, "return_attention": True})
+        assert r.status_code == 413 and "--max-attention-cells" in r.json()["error"], r.text
+        assert post(c, {"texts": SENTENCES[:4], "beam": 3, "n_best": 3}).status_code == 200
+        assert c.get("/api/models").json()["limits"]["max_request_work"] == 400
+
+
+def test_a_small_request_waits_for_at_most_one_model_call(runs):
+    """A request is split into sentences taken in turn with the other requests': a one-word request
+    sent while an 8-sentence request runs (one sentence per model call of >= 0.4 s) is answered
+    after at most the call under way and its own, not after the whole large request."""
+    model, calls = slow_model(runs, 0.4)
+    limits = ServeLimits(max_texts=8, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0)
+    big = SENTENCES + SENTENCES[:2]
+    with TestClient(create_app(models=[model], limits=limits)) as c, ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        large = pool.submit(post, c, {"texts": big})
+        _wait_for(lambda: len(calls) >= 1)
+        sent = time.perf_counter()
+        small = post(c, {"text": "chat"})
+        waited = time.perf_counter() - sent
+        assert small.status_code == 200 and large.result(60).status_code == 200
+        total = time.perf_counter() - start
+    assert ["chat"] in calls[:3], calls  # right after the call under way
+    assert total >= 8 * 0.4 and waited < 2.0, (waited, total)  # bound: 2 calls (0.8 s) + a generous margin
+
+
+def test_a_request_past_its_time_limit_gets_504_and_its_work_is_dropped(runs):
+    model, calls = slow_model(runs, 1.0)
+    limits = ServeLimits(max_texts=4, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0,
+                         request_timeout_s=0.3)
+    with TestClient(create_app(models=[model], limits=limits)) as c:
+        r = post(c, {"texts": SENTENCES[:3]})
+        assert r.status_code == 504 and "--request-timeout-s" in r.json()["error"], r.text
+        time.sleep(1.5)  # the call under way ends; the other two sentences never start
+        stats = c.get("/health").json()
+    assert len(calls) == 1 and stats["timed_out"] == 1 and stats["dropped_texts"] == 2, (calls, stats)
+
+
+def test_a_request_whose_client_went_away_is_dropped(runs):
+    """A real server (uvicorn in a thread): the client gives up after 0.5 s; the sentences of its
+    request that have not started are never computed."""
+    import httpx
+    import uvicorn
+
+    model, calls = slow_model(runs, 1.0)
+    limits = ServeLimits(max_texts=4, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0)
+    app = create_app(models=[model], limits=limits)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: server.started)
+        base = f"http://127.0.0.1:{server.config.port}"
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/api/translate", json={"texts": SENTENCES[:4]}, timeout=0.5)
+        _wait_for(lambda: httpx.get(base + "/health").json()["abandoned"] == 1)
+        time.sleep(1.5)  # the call under way ends; nothing else starts
+        stats = httpx.get(base + "/health").json()
+        assert len(calls) == 1 and stats["dropped_texts"] == 3, (calls, stats)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def _wait_for(condition, timeout=20.0):

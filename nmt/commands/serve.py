@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host names the server answers to, '*' for any (default: the "
+                        "--host name and the loopback names; with --host 0.0.0.0 also this machine's "
+                        "names and any address); guards against DNS rebinding")
     add_checkpoint(p)
     add_precision(p)
     p.add_argument("--max-texts", type=int, default=32, help="sentences per request (default 32)")
@@ -30,6 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long a request waits for others to batch with (default 2)")
     p.add_argument("--max-batch-texts", type=int, default=64, help="sentences per model call (default 64)")
+    p.add_argument("--max-batch-work", type=int, default=20_000,
+                   help="work (source pieces x beam x n-best) per model call: what a small request "
+                        "may wait behind (default 20000)")
+    p.add_argument("--max-request-work", type=int, default=50_000,
+                   help="work (source pieces x beam x n-best, summed over its texts) one request may "
+                        "ask for; more is answered 413 (default 50000)")
+    p.add_argument("--max-attention-cells", type=int, default=1_000_000,
+                   help="attention weights one answer may hold; more is answered 413 (default 1000000)")
+    p.add_argument("--request-timeout-s", type=float, default=60.0,
+                   help="a request not answered within this many seconds gets 504 (default 60)")
     p.add_argument("--threads", type=int,
                    help="torch threads of the model (default: torch's choice; 1 suits small models "
                         "and busy machines)")
