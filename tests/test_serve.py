@@ -165,6 +165,11 @@ BAD = [  # (raw body, status, fragment of the message)
     ('{"text": "a", "length_penalty": 1e9}', 422, "length_penalty 1000000000.0 is out of range"),
     ('{"text": "a", "shortlist": 5}', 422, "has no lexicon for a shortlist"),
     ('{"text": "a", "model": "nope"}', 404, "unknown model 'nope'; served models: tiny, tiny-localp"),
+    ('{"text": "\\ud800"}', 422, "text holds a lone surrogate"),
+    ('{"texts": ["a", "b\\udc00"]}', 422, "texts[1] holds a lone surrogate"),
+    ('{"\\ud800": 1}', 422, "unable to parse raw data as a unicode string"),
+    ("[" * 10_000 + "]" * 10_000, 400, "nested too deeply"),
+    ('{"text": "a", "beam": ' + "9" * 5_000 + "}", 400, "a number in the body is too long"),
 ]
 
 
@@ -173,6 +178,61 @@ def test_bad_requests_get_a_clear_4xx(client, body, status, message):
     r = client.post("/api/translate", content=body.encode(), headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_invalid_utf8_is_named(client):
+    r = client.post("/api/translate", content=b'{"text": "caf\xe9"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid UTF-8 (byte 0xe9" in r.json()["error"], r.text
+
+
+def test_the_body_limit_counts_the_bytes_read(runs):
+    """A chunked body has no Content-Length: it is cut off at the limit, not read whole."""
+    (model,) = load_models(runs[:1])
+    read = []
+
+    def chunks():
+        for _ in range(64):
+            read.append(1)
+            yield b"x" * 65_536
+
+    with TestClient(create_app(models=[model], limits=ServeLimits(max_body_bytes=100_000))) as c:
+        r = c.post("/api/translate", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "at most 100,000" in r.json()["error"], r.text
+        assert post(c, {"text": SENTENCES[0]}).status_code == 200
+
+
+def test_host_header_check(runs):
+    """DNS rebinding: a page elsewhere whose name resolves to this machine gets 400."""
+    from nmt.tools.serve_guard import default_allowed_hosts, is_loopback
+
+    (model,) = load_models(runs[:1])
+    app = create_app(models=[model], allowed_hosts=default_allowed_hosts("127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/health").status_code == 200
+        for host in ("localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/health", headers={"host": host}).status_code == 200, host
+        r = c.get("/health", headers={"host": "attacker.example:8000"})
+        assert r.status_code == 400 and "--allowed-hosts" in r.json()["error"]
+    with TestClient(create_app(models=[model], allowed_hosts=["*"]), base_url="http://anything.example") as c:
+        assert c.get("/health").status_code == 200
+    assert {"myhost", "127.0.0.1"} <= default_allowed_hosts("MyHost")
+    assert "*address*" in default_allowed_hosts("0.0.0.0")
+    for host in ("LOCALHOST", "localhost", "127.1", "127.0.0.1", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "8.8.8.8", "192.168.1.4"):
+        assert not is_loopback(host), host
+
+
+def test_a_nan_bleu_does_not_break_the_models_list(runs, tmp_path):
+    tiny = tmp_path / "tiny"
+    shutil.copytree(runs[0], tiny)
+    (tiny / "eval").mkdir()
+    (tiny / "eval" / "test.best.beam5.json").write_text(
+        '{"beam": NaN, "timestamp": "2026-01-01", "scores": {"bleu": {"score": NaN}}}')
+    with TestClient(create_app([tiny])) as c:
+        r = c.get("/api/models")
+    assert r.status_code == 200, r.text
+    assert r.json()["models"][0]["test_bleu"]["bleu"] is None
 
 
 def test_other_refusals_are_json(client):
@@ -387,8 +447,17 @@ def test_cli_errors_exit_2(tmp_path, runs, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", str(runs[0]), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-    assert main(["serve", str(runs[0]), "--queue-limit", "0"]) == 2
-    assert "queue_limit must be an integer >= 1" in capsys.readouterr().err
+    for option, value, message in (("--queue-limit", "0", "0 is out of range: at least 1"),
+                                   ("--batch-window-ms", "1e300", "1e300 is out of range"),
+                                   ("--batch-window-ms", "nan", "nan is out of range"),
+                                   ("--threads", "100000", "100000 is out of range: at least 1 and at most 1024"),
+                                   ("--request-timeout-s", "0", "0 is out of range: above 0"),
+                                   ("--port", "70000", "70000 is out of range: at least 0 and at most 65535"),
+                                   ("--max-texts", "x", "'x' is not an integer")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", str(runs[0]), option, value])
+        assert exit_.value.code == 2
+        assert f"argument {option}: {message}" in capsys.readouterr().err
 
 
 def test_static_files_are_package_data():

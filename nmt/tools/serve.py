@@ -41,9 +41,13 @@ from nmt.errors import NmtError
 from nmt.tools.serve_batcher import Batcher, Job
 from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
 from nmt.tools.serve_requests import (
+    UNREADABLE_BODY,
     ApiError,
     ServeLimits,
+    body_error,
     check_request,
+    finite_or_null,
+    printable,
     request_model,
     request_work,
     validation_error,
@@ -74,9 +78,10 @@ def _test_bleu(run_dir: Path) -> dict[str, Any] | None:
             score = float(record["scores"]["bleu"]["score"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an unreadable or foreign file: the summary simply has no BLEU from it
-        entry = {"bleu": round(score, 2), "beam": record.get("beam"),
-                 "checkpoint": record.get("checkpoint"), "shortlist": record.get("shortlist"),
-                 "file": f"eval/{path.name}", "timestamp": str(record.get("timestamp", ""))}
+        # NaN or inf (a diverged run's evaluation) cannot go into JSON: null instead
+        entry = finite_or_null({"bleu": round(score, 2), "beam": record.get("beam"),
+                                "checkpoint": record.get("checkpoint"), "shortlist": record.get("shortlist"),
+                                "file": f"eval/{path.name}", "timestamp": str(record.get("timestamp", ""))})
         if best is None or entry["timestamp"] >= best["timestamp"]:
             best = entry
     return best
@@ -195,7 +200,7 @@ def _error_response(err: ApiError):
     body: dict[str, Any] = {"error": err.message}
     if err.details:
         body["details"] = err.details
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(printable(body), status_code=err.status, headers=err.headers)
 
 
 def _add_error_handlers(app, limits: ServeLimits) -> None:
@@ -220,6 +225,8 @@ def _add_error_handlers(app, limits: ServeLimits) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 400 and message == UNREADABLE_BODY:  # FastAPI's words for any parse failure
+            return _error_response(body_error(exc.__cause__))
         if exc.status_code == 404:
             message = f"no such page or endpoint: {request.url.path} (see /docs)"
         elif exc.status_code == 405:

@@ -244,3 +244,47 @@ def request_work(served: ServedModel, texts: list[str], options: dict[str, Any],
                                 "return_attention with fewer or shorter texts or a smaller n_best, "
                                 "or without return_attention")
     return work
+
+
+#: what FastAPI answers for a body it could not parse, whatever the reason
+UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def body_error(cause: BaseException | None) -> ApiError:
+    """A 400 naming why the body could not be read as JSON (``cause``: the parser's exception)."""
+    example = '; send a JSON object, e.g. {"text": "Je suis fatigué."}'
+    if isinstance(cause, RecursionError):
+        return ApiError(400, "the JSON body is nested too deeply for the parser (about 1,000 levels); "
+                             "a request is a flat object" + example)
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start:cause.start + 1].hex() if hasattr(cause.object, "hex") else "?"
+        return ApiError(400, f"the body is not valid UTF-8 (byte 0x{byte} at position {cause.start}); "
+                             "send JSON encoded as UTF-8")
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return ApiError(400, f"a number in the body is too long ({cause}); numbers in a request are "
+                             "small integers or decimals")
+    detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return ApiError(400, f"the body could not be read as JSON{detail}"[:300] + example)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def printable(value: Any) -> Any:
+    """``value`` with lone surrogates in its strings (at any depth) written as ``\\udXXX`` text: an
+    error message may quote the request, and a surrogate cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
