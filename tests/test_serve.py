@@ -262,6 +262,24 @@ def test_models_health_page_and_schema(client, runs):
     assert "/api/translate" in client.get("/openapi.json").json()["paths"]
 
 
+def test_metrics_in_prometheus_text_format(runs):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (model,) = load_models(runs[:1])
+    with TestClient(create_app(models=[model], limits=ServeLimits(**LIMITS))) as c:
+        assert post(c, {"texts": SENTENCES[:3]}).status_code == 200
+        assert post(c, {"text": "a", "beam": 7}).status_code == 422
+        r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(r.text) for s in family.samples}
+    assert samples[("nmt_serve_requests_total", (("status", "200"),))] == 1
+    assert samples[("nmt_serve_requests_total", (("status", "422"),))] == 1
+    assert samples[("nmt_serve_request_seconds_count", ())] == 2
+    assert samples[("nmt_serve_batch_sentences_sum", ())] == 3
+    assert samples[("nmt_serve_queue_requests", ())] == 0
+
+
 def test_test_bleu_comes_from_the_latest_evaluation(runs, tmp_path):
     tiny = tmp_path / "tiny"
     shutil.copytree(runs[0], tiny)

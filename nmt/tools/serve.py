@@ -15,7 +15,8 @@ Endpoints:
   source pieces), local-p's predicted centres and window, and the encoder's self-attention weights
   (layers × heads × source × source) when it has self-attention layers.
 - ``GET /api/models``: each served run's summary (attention, activation, sizes, parameters, test
-  BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``.
+  BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``. ``GET /metrics``:
+  Prometheus text format (:mod:`nmt.tools.serve_metrics`).
 - ``GET /``: the page (static files shipped in ``nmt/tools/static``; no network access).
   ``/?text=...&model=...`` opens it with that sentence translated. ``GET /openapi.json``: the API
   schema; ``GET /docs`` renders it with Swagger UI, which the browser loads from a CDN.
@@ -32,6 +33,7 @@ import asyncio
 import json
 import socket
 import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,7 +241,7 @@ def _add_error_handlers(app, limits: ServeLimits) -> None:
 def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLimits) -> None:
     """The endpoints: ``POST /api/translate``, ``GET /api/models``, ``GET /health`` and the page."""
     from fastapi import Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
 
     by_name = {m.name: m for m in served}
     default = served[0].name
@@ -252,17 +254,26 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
                          503: {"description": "queue full; retry after Retry-After seconds"},
                          504: {"description": "not answered within the request time limit"}})
     async def translate(req: TranslateRequest, request: Request):
-        model, texts, options = check_request(req, by_name, default, limits)
-        work = request_work(model, texts, options, req.return_attention, limits)
-        job = Job(model, texts, options, req.return_attention, req.return_scores, work)
-        batcher.submit(job)
-        batcher.stats["requests"] += 1
-        results = await _answer(job, request, batcher, limits)
-        out: dict[str, Any] = {"model": model.name, "translations": results}
-        if req.return_attention:
-            out["attention"] = model.summary["attention"]
-            out["window"] = model.summary["window"]
-        return JSONResponse(out)  # already plain JSON: no second encoding pass
+        start, status = time.perf_counter(), 500
+        try:
+            model, texts, options = check_request(req, by_name, default, limits)
+            work = request_work(model, texts, options, req.return_attention, limits)
+            job = Job(model, texts, options, req.return_attention, req.return_scores, work)
+            batcher.submit(job)
+            batcher.stats["requests"] += 1
+            results = await _answer(job, request, batcher, limits)
+            out: dict[str, Any] = {"model": model.name, "translations": results}
+            if req.return_attention:
+                out["attention"] = model.summary["attention"]
+                out["window"] = model.summary["window"]
+            status = 200
+            return JSONResponse(out)  # already plain JSON: no second encoding pass
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            if batcher.metrics is not None:
+                batcher.metrics.request(status, time.perf_counter() - start)
 
     @app.get("/api/models", summary="The served runs")
     async def list_models():
@@ -276,6 +287,13 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
     async def health():
         return {"status": "ok", "models": list(by_name), "waiting": len(batcher.pending),
                 "queue_limit": limits.queue_limit, **batcher.stats}
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    async def metrics():
+        if batcher.metrics is None:
+            raise ApiError(503, "metrics need prometheus-client: pip install 'nmt[serve]'")
+        body, kind = batcher.metrics.render()
+        return Response(body, media_type=kind)
 
     @app.get("/", include_in_schema=False)
     async def page():

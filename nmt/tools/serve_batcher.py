@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nmt.errors import NmtError
+from nmt.tools.serve_metrics import metrics_or_none
 from nmt.tools.serve_requests import ApiError, ServeLimits
 
 __all__ = ["Job", "Batcher"]
@@ -59,8 +60,9 @@ class Batcher:
                                            initializer=_set_threads, initargs=(threads,))
         self.stats = {"requests": 0, "texts": 0, "batches": 0, "model_calls": 0, "rejected": 0,
                       "timed_out": 0, "abandoned": 0, "dropped_texts": 0}
-        self.running = False  #: a model call is under way
         self._wakeup: asyncio.Event | None = None
+        #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
+        self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts)
 
     def submit(self, job: Job) -> asyncio.Future:
         if len(self.pending) >= self.limits.queue_limit:
@@ -118,13 +120,12 @@ class Batcher:
                 self._wakeup.clear()
             if not batch:
                 continue
-            self.running = True
+            if self.metrics is not None:
+                self.metrics.batch(len(batch))
             try:
                 outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
             except Exception as exc:  # the worker itself failed: its requests fail, the loop goes on
                 outcomes = [exc] * len(batch)
-            finally:
-                self.running = False
             self.stats["batches"] += 1
             for (job, index), outcome in zip(batch, outcomes):
                 _deliver(job, index, outcome)
