@@ -28,7 +28,6 @@ normalised (its ``log_normaliser`` gives zeros).
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +131,11 @@ class Ensemble(nn.Module):
 
     def step_logits(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory,
                     output: tuple[list[Tensor], list[Tensor]] | None = None,
-                    tables: list | None = None, outside: Tensor | None = None) -> tuple[Tensor, EnsembleStep]:
+                    tables: list | None = None, penalty: Tensor | None = None) -> tuple[Tensor, EnsembleStep]:
         """Mean of the members' log-probabilities ``(rows, V)`` (or ``(rows, L)`` over a shortlist,
         ``output`` then holding each member's rows of its output layer), float32, and the step.
-        ``outside (rows, L)``: columns outside each row's own shortlist, -inf in every member
-        before its normalisation (:mod:`nmt.inference.sentence_shortlist`)."""
+        ``penalty (rows, L)``: -inf in the columns outside each row's own shortlist, added to every
+        member's logits before its normalisation (:mod:`nmt.inference.sentence_shortlist`)."""
         total = attention = None
         states = []
         rows = prev_tokens.size(0)
@@ -151,8 +150,8 @@ class Ensemble(nn.Module):
             rows_out = None if output is None else (output[0][i], output[1][i])
             logits, out = model.step_logits(prev_tokens, state.members[i], mem, output=rows_out,
                                             tables=member_tables)
-            if outside is not None:
-                logits = logits.masked_fill(outside, -math.inf)
+            if penalty is not None:
+                logits = logits + penalty.to(logits.dtype)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             total = log_probs if total is None else total.add_(log_probs)
             att = out.attention.float()

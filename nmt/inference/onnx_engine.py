@@ -21,7 +21,7 @@ from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sampling import sample
-from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside
+from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_penalty
 
 __all__ = ["OnnxModel", "OnnxEngine", "search", "greedy_search", "beam_search", "pad_sources",
            "EXPORT_FORMAT", "EXPORT_VERSION", "ENCODER_FILE", "DECODER_FILE", "META_FILE"]
@@ -132,7 +132,7 @@ class OnnxEngine:
         state, memory = self.model.encode(src, src_lengths)
         if self.columns is not None:  # each memory row carries its sentence's own shortlist
             outside = self.outside if self.outside is not None else np.zeros((src.shape[0], self.columns.size), bool)
-            memory = ShortlistMemory(memory, outside)
+            memory = ShortlistMemory(memory, outside_penalty(self.ops, outside, np.float32))
         return state, memory
 
     def step(self, prev_tokens: np.ndarray, state, memory):
@@ -141,7 +141,7 @@ class OnnxEngine:
             return log_probs, None, (new_state, attention, positions)
         log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory.memory)
         # (N, L): each row normalised again over its own sentence's shortlist by search
-        kept = mask_outside(self.ops, log_probs[:, self.columns], memory.outside_rows(self.ops, prev_tokens.shape[0]))
+        kept = mask_outside(log_probs[:, self.columns], memory.penalty_rows(self.ops, prev_tokens.shape[0]))
         return kept, log_normaliser(kept), (new_state, attention, positions)
 
     @staticmethod

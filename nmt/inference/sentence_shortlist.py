@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from nmt.data.vocab import N_SPECIAL
 
-__all__ = ["outside_own_shortlist", "mask_outside", "ShortlistMemory"]
+__all__ = ["outside_own_shortlist", "outside_penalty", "mask_outside", "ShortlistMemory"]
 
 
 def outside_own_shortlist(ops, top_ids, by_frequency, columns, src, src_mask, per_source: int,
@@ -47,35 +47,44 @@ def outside_own_shortlist(ops, top_ids, by_frequency, columns, src, src_mask, pe
     return ~own
 
 
-def mask_outside(ops, scores, outside):
-    """``scores (N, L)`` with the columns ``outside (N, L)`` of each row's own shortlist at -inf:
-    applied before the log-normaliser, it normalises each row over its own shortlist."""
-    return ops.masked_fill(scores, outside, -math.inf)
+def outside_penalty(ops, outside, dtype):
+    """``(B, L)`` of ``dtype``: 0 in a sentence's own columns, -inf outside (``outside`` bool).
+
+    Adding it to the scores is exact (``x + 0 == x``) and, on a CPU, an order of magnitude cheaper
+    than writing -inf through a boolean mask (``masked_fill``) at every step."""
+    return ops.masked_fill(ops.zeros(tuple(outside.shape), dtype), outside, -math.inf)
+
+
+def mask_outside(scores, penalty):
+    """``scores (N, L)`` with the columns outside each row's own shortlist at -inf (``penalty``:
+    :func:`outside_penalty` of the rows): applied before the log-normaliser, it normalises each
+    row over its own shortlist."""
+    return scores + penalty
 
 
 class ShortlistMemory:
-    """An engine's attention memory with each memory row's ``outside`` columns (see
-    :func:`outside_own_shortlist`); search only passes it back and selects its rows.
+    """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`);
+    search only passes it back and selects its rows.
 
     The memory holds one row per sentence or one per beam; a step's ``rows`` are beams, each
-    sentence's side by side, so :meth:`outside_rows` repeats each memory row's mask.
+    sentence's side by side, so :meth:`penalty_rows` repeats each memory row's penalty.
     """
 
-    def __init__(self, memory: Any, outside: Any):
-        self.memory, self.outside = memory, outside
+    def __init__(self, memory: Any, penalty: Any):
+        self.memory, self.penalty = memory, penalty
         self._rows: tuple[int, Any] | None = None  # the last repeat, reused while rows do not change
 
     def select(self, select_rows: Callable[[Any, Any], Any], index) -> "ShortlistMemory":
-        """Rows ``index`` of the memory (``select_rows``: the engine's) and of the masks."""
-        return ShortlistMemory(select_rows(self.memory, index), self.outside[index])
+        """Rows ``index`` of the memory (``select_rows``: the engine's) and of the penalties."""
+        return ShortlistMemory(select_rows(self.memory, index), self.penalty[index])
 
-    def outside_rows(self, ops, rows: int):
-        """``(rows, L)`` bool: the mask of each step row."""
-        have = self.outside.shape[0]
+    def penalty_rows(self, ops, rows: int):
+        """``(rows, L)``: the penalty of each step row."""
+        have = self.penalty.shape[0]
         if rows == have:
-            return self.outside
+            return self.penalty
         if self._rows is None or self._rows[0] != rows:
             if rows % have:
                 raise ValueError(f"{rows} step rows for {have} memory rows")
-            self._rows = (rows, self.outside[ops.repeat_each(ops.arange(have), rows // have)])
+            self._rows = (rows, self.penalty[ops.repeat_each(ops.arange(have), rows // have)])
         return self._rows[1]

@@ -19,7 +19,7 @@ from nmt.data.vocab import N_SPECIAL
 from nmt.errors import NmtError
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.ops_torch import TorchOps
-from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_own_shortlist
+from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_own_shortlist, outside_penalty
 
 __all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
 
@@ -65,12 +65,12 @@ class SingleModel:
 
         return shortlist_output(self.model, columns)
 
-    def step_logits(self, prev_tokens: Tensor, state, memory, output, tables, outside: Tensor | None):
-        """The model's step; with a shortlist, each row's columns ``outside (rows, L)`` its own
-        sentence's shortlist at -inf (:mod:`nmt.inference.sentence_shortlist`)."""
+    def step_logits(self, prev_tokens: Tensor, state, memory, output, tables, penalty: Tensor | None):
+        """The model's step; with a shortlist, ``penalty (rows, L)`` puts each row's columns outside
+        its own sentence's shortlist at -inf (:mod:`nmt.inference.sentence_shortlist`)."""
         logits, out = self.model.step_logits(prev_tokens, state, memory, output=output, tables=tables)
-        if outside is not None:
-            logits = mask_outside(TorchOps(logits.device), logits, outside)
+        if penalty is not None:
+            logits = mask_outside(logits, penalty.to(logits.dtype))
         return logits, out
 
     def teacher_forced_log_probs(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
@@ -151,16 +151,18 @@ class TorchEngine:
         enc = self.model.encode(src, src_lengths, src_mask)
         state, memory = self.model.start(enc, self.tables, fold_context=fold_context)
         if self.shortlist is not None:  # each memory row carries its sentence's own shortlist
-            memory = ShortlistMemory(memory, self.shortlist.outside)
+            weight = self.shortlist.weight
+            dtype = (weight[0] if isinstance(weight, list) else weight).dtype  # the logits'
+            memory = ShortlistMemory(memory, outside_penalty(self.ops, self.shortlist.outside, dtype))
         return state, memory
 
     def step(self, prev_tokens: Tensor, state, memory):
         if self.shortlist is None:
             logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
         else:
-            outside = memory.outside_rows(self.ops, prev_tokens.size(0))
+            penalty = memory.penalty_rows(self.ops, prev_tokens.size(0))
             logits, out = self.adapted.step_logits(prev_tokens, state, memory.memory, self.output, self.tables,
-                                                   outside)
+                                                   penalty)
         return logits, self.normaliser(logits), out  # the normaliser before search's masking: no renormalisation
 
     @staticmethod
