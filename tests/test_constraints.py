@@ -257,7 +257,7 @@ def test_onnx_engine_gives_the_constrained_output_of_the_torch_engine(text_run, 
         for w, h in zip(want, have):
             assert [x.tokens for x in h.hypotheses] == [x.tokens for x in w.hypotheses], settings_
             assert [x.constraints_met for x in h.hypotheses] == [x.constraints_met for x in w.hypotheses]
-            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
+            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], rel=1e-6, abs=5e-5)
 
 
 def test_glossary_terms_of_a_line(tmp_path):

@@ -165,6 +165,11 @@ BAD = [  # (raw body, status, fragment of the message)
     ('{"text": "a", "length_penalty": 1e9}', 422, "length_penalty 1000000000.0 is out of range"),
     ('{"text": "a", "shortlist": 5}', 422, "has no lexicon for a shortlist"),
     ('{"text": "a", "model": "nope"}', 404, "unknown model 'nope'; served models: tiny, tiny-localp"),
+    ('{"text": "\\ud800"}', 422, "text holds a lone surrogate"),
+    ('{"texts": ["a", "b\\udc00"]}', 422, "texts[1] holds a lone surrogate"),
+    ('{"\\ud800": 1}', 422, "unable to parse raw data as a unicode string"),
+    ("[" * 10_000 + "]" * 10_000, 400, "nested too deeply"),
+    ('{"text": "a", "beam": ' + "9" * 5_000 + "}", 400, "a number in the body is too long"),
 ]
 
 
@@ -173,6 +178,61 @@ def test_bad_requests_get_a_clear_4xx(client, body, status, message):
     r = client.post("/api/translate", content=body.encode(), headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_invalid_utf8_is_named(client):
+    r = client.post("/api/translate", content=b'{"text": "caf\xe9"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid UTF-8 (byte 0xe9" in r.json()["error"], r.text
+
+
+def test_the_body_limit_counts_the_bytes_read(runs):
+    """A chunked body has no Content-Length: it is cut off at the limit, not read whole."""
+    (model,) = load_models(runs[:1])
+    read = []
+
+    def chunks():
+        for _ in range(64):
+            read.append(1)
+            yield b"x" * 65_536
+
+    with TestClient(create_app(models=[model], limits=ServeLimits(max_body_bytes=100_000))) as c:
+        r = c.post("/api/translate", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "at most 100,000" in r.json()["error"], r.text
+        assert post(c, {"text": SENTENCES[0]}).status_code == 200
+
+
+def test_host_header_check(runs):
+    """DNS rebinding: a page elsewhere whose name resolves to this machine gets 400."""
+    from nmt.tools.serve_guard import default_allowed_hosts, is_loopback
+
+    (model,) = load_models(runs[:1])
+    app = create_app(models=[model], allowed_hosts=default_allowed_hosts("127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/health").status_code == 200
+        for host in ("localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/health", headers={"host": host}).status_code == 200, host
+        r = c.get("/health", headers={"host": "attacker.example:8000"})
+        assert r.status_code == 400 and "--allowed-hosts" in r.json()["error"]
+    with TestClient(create_app(models=[model], allowed_hosts=["*"]), base_url="http://anything.example") as c:
+        assert c.get("/health").status_code == 200
+    assert {"myhost", "127.0.0.1"} <= default_allowed_hosts("MyHost")
+    assert "*address*" in default_allowed_hosts("0.0.0.0")
+    for host in ("LOCALHOST", "localhost", "127.1", "127.0.0.1", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "8.8.8.8", "192.168.1.4"):
+        assert not is_loopback(host), host
+
+
+def test_a_nan_bleu_does_not_break_the_models_list(runs, tmp_path):
+    tiny = tmp_path / "tiny"
+    shutil.copytree(runs[0], tiny)
+    (tiny / "eval").mkdir()
+    (tiny / "eval" / "test.best.beam5.json").write_text(
+        '{"beam": NaN, "timestamp": "2026-01-01", "scores": {"bleu": {"score": NaN}}}')
+    with TestClient(create_app([tiny])) as c:
+        r = c.get("/api/models")
+    assert r.status_code == 200, r.text
+    assert r.json()["models"][0]["test_bleu"]["bleu"] is None
 
 
 def test_other_refusals_are_json(client):
@@ -202,6 +262,24 @@ def test_models_health_page_and_schema(client, runs):
     assert "/api/translate" in client.get("/openapi.json").json()["paths"]
 
 
+def test_metrics_in_prometheus_text_format(runs):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (model,) = load_models(runs[:1])
+    with TestClient(create_app(models=[model], limits=ServeLimits(**LIMITS))) as c:
+        assert post(c, {"texts": SENTENCES[:3]}).status_code == 200
+        assert post(c, {"text": "a", "beam": 7}).status_code == 422
+        r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(r.text) for s in family.samples}
+    assert samples[("nmt_serve_requests_total", (("status", "200"),))] == 1
+    assert samples[("nmt_serve_requests_total", (("status", "422"),))] == 1
+    assert samples[("nmt_serve_request_seconds_count", ())] == 2
+    assert samples[("nmt_serve_batch_sentences_sum", ())] == 3
+    assert samples[("nmt_serve_queue_requests", ())] == 0
+
+
 def test_test_bleu_comes_from_the_latest_evaluation(runs, tmp_path):
     tiny = tmp_path / "tiny"
     shutil.copytree(runs[0], tiny)
@@ -222,6 +300,39 @@ def test_concurrent_requests_share_a_model_call(runs, translator):
     assert [a.status_code for a in answers] == [200] * len(SENTENCES)
     assert [a.json()["translations"][0]["text"] for a in answers] == translator.translate(SENTENCES)
     assert stats["requests"] == len(SENTENCES) and stats["model_calls"] < len(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def shortlist_run(runs, tmp_path_factory):
+    """The tiny run with a lexicon (``nmt shortlist``)."""
+    from nmt.inference.shortlist import build_for_run
+
+    run = tmp_path_factory.mktemp("shortlist") / "tiny"
+    shutil.copytree(runs[0], run)
+    build_for_run(run, keep=8)
+    return run
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_sentence_gets_the_same_answer_alone_and_among_concurrent_requests(shortlist_run, beam):
+    """With a shortlist, each sentence is normalised over its own: the text and the scores do not
+    depend on what other clients send at the same moment."""
+    translator = Translator.load(shortlist_run, device="cpu")
+    settings = dict(beam=beam, n_best=min(beam, 2), shortlist=2)
+    alone = [translator.translate([s], return_scores=True, **settings)[0] for s in SENTENCES]
+    assert translator.translate(SENTENCES, shortlist=2, beam=beam) == [a.text for a in alone]
+    app = create_app([shortlist_run], ServeLimits(batch_window_ms=300, **LIMITS))
+    bodies = [{"texts": [s, SENTENCES[(k + 3) % len(SENTENCES)]], **settings} for k, s in enumerate(SENTENCES)]
+    with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: post(c, body), bodies))
+    assert c.app.state.batcher.stats["model_calls"] < len(bodies)  # they did share model calls
+    for a, body in zip(answers, bodies):
+        assert a.status_code == 200, a.text
+        for tr, text in zip(a.json()["translations"], body["texts"]):
+            want = alone[SENTENCES.index(text)]
+            assert [h["text"] for h in tr["hypotheses"]] == [h.text for h in want.hypotheses]
+            assert [h["score"] for h in tr["hypotheses"]] == pytest.approx(
+                [h.score for h in want.hypotheses], abs=1e-4)
 
 
 def test_full_queue_answers_503_then_recovers(runs):
@@ -249,6 +360,97 @@ def test_full_queue_answers_503_then_recovers(runs):
         assert post(c, {"text": SENTENCES[3]}).status_code == 200
 
 
+# --------------------------------------------------------------------------- bounded requests
+
+def slow_model(runs, seconds: float):
+    """The tiny run with a model call that takes at least ``seconds``; ``calls`` lists the texts of
+    each call."""
+    (model,) = load_models(runs[:1])
+    real, calls = model.translator.translate, []
+
+    def slow(texts, *args, **kwargs):
+        calls.append(list(texts))
+        time.sleep(seconds)
+        return real(texts, *args, **kwargs)
+
+    model.translator.translate = slow
+    return model, calls
+
+
+def test_work_and_answer_size_are_bounded(runs):
+    (model,) = load_models(runs[:1])
+    limits = ServeLimits(max_request_work=400, max_attention_cells=1_000, **LIMITS)
+    with TestClient(create_app(models=[model], limits=limits)) as c:
+        assert post(c, {"text": SENTENCES[0], "beam": 2}).status_code == 200
+        r = post(c, {"texts": SENTENCES[:4], "beam": 6, "n_best": 6})
+        assert r.status_code == 413 and "--max-request-work" in r.json()["error"], r.text
+        assert "smaller beam or n_best" in r.json()["error"]
+        r = post(c, {"texts": SENTENCES[:4], "beam": 3, "n_best": 3, "return_attention": True})
+        assert r.status_code == 413 and "--max-attention-cells" in r.json()["error"], r.text
+        assert post(c, {"texts": SENTENCES[:4], "beam": 3, "n_best": 3}).status_code == 200
+        assert c.get("/api/models").json()["limits"]["max_request_work"] == 400
+
+
+def test_a_small_request_waits_for_at_most_one_model_call(runs):
+    """A request is split into sentences taken in turn with the other requests': a one-word request
+    sent while an 8-sentence request runs (one sentence per model call of >= 0.4 s) is answered
+    after at most the call under way and its own, not after the whole large request."""
+    model, calls = slow_model(runs, 0.4)
+    limits = ServeLimits(max_texts=8, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0)
+    big = SENTENCES + SENTENCES[:2]
+    with TestClient(create_app(models=[model], limits=limits)) as c, ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        large = pool.submit(post, c, {"texts": big})
+        _wait_for(lambda: len(calls) >= 1)
+        sent = time.perf_counter()
+        small = post(c, {"text": "chat"})
+        waited = time.perf_counter() - sent
+        assert small.status_code == 200 and large.result(60).status_code == 200
+        total = time.perf_counter() - start
+    assert ["chat"] in calls[:3], calls  # right after the call under way
+    # bound: the call under way and its own (2 x 0.4 s and two tiny translations), with a generous
+    # margin for a busy machine; the large request took 8 calls
+    assert total >= 8 * 0.4 and waited < max(2.0, total / 2), (waited, total)
+
+
+def test_a_request_past_its_time_limit_gets_504_and_its_work_is_dropped(runs):
+    model, calls = slow_model(runs, 1.0)
+    limits = ServeLimits(max_texts=4, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0,
+                         request_timeout_s=0.3)
+    with TestClient(create_app(models=[model], limits=limits)) as c:
+        r = post(c, {"texts": SENTENCES[:3]})
+        assert r.status_code == 504 and "--request-timeout-s" in r.json()["error"], r.text
+        time.sleep(1.5)  # the call under way ends; the other two sentences never start
+        stats = c.get("/health").json()
+    assert len(calls) <= 1 and stats["timed_out"] == 1 and stats["dropped_texts"] == 3 - len(calls), (calls, stats)
+
+
+def test_a_request_whose_client_went_away_is_dropped(runs):
+    """A real server (uvicorn in a thread): the client gives up after 0.5 s; the sentences of its
+    request that have not started are never computed."""
+    import httpx
+    import uvicorn
+
+    model, calls = slow_model(runs, 1.0)
+    limits = ServeLimits(max_texts=4, max_chars=200, max_beam=6, max_batch_texts=1, batch_window_ms=0)
+    app = create_app(models=[model], limits=limits)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: server.started)
+        base = f"http://127.0.0.1:{server.config.port}"
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/api/translate", json={"texts": SENTENCES[:4]}, timeout=0.5)
+        _wait_for(lambda: httpx.get(base + "/health").json()["abandoned"] == 1)
+        time.sleep(1.5)  # the call under way ends; nothing else starts
+        stats = httpx.get(base + "/health").json()
+        assert len(calls) <= 1 and stats["dropped_texts"] == 4 - len(calls), (calls, stats)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 def _wait_for(condition, timeout=20.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -265,8 +467,17 @@ def test_cli_errors_exit_2(tmp_path, runs, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", str(runs[0]), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-    assert main(["serve", str(runs[0]), "--queue-limit", "0"]) == 2
-    assert "queue_limit must be an integer >= 1" in capsys.readouterr().err
+    for option, value, message in (("--queue-limit", "0", "0 is out of range: at least 1"),
+                                   ("--batch-window-ms", "1e300", "1e300 is out of range"),
+                                   ("--batch-window-ms", "nan", "nan is out of range"),
+                                   ("--threads", "100000", "100000 is out of range: at least 1 and at most 1024"),
+                                   ("--request-timeout-s", "0", "0 is out of range: above 0"),
+                                   ("--port", "70000", "70000 is out of range: at least 0 and at most 65535"),
+                                   ("--max-texts", "x", "'x' is not an integer")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", str(runs[0]), option, value])
+        assert exit_.value.code == 2
+        assert f"argument {option}: {message}" in capsys.readouterr().err
 
 
 def test_static_files_are_package_data():

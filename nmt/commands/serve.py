@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from nmt.commands.common import add_checkpoint, add_precision
 
@@ -15,22 +16,60 @@ EXAMPLES = """
     """
 
 
+def bounded(kind: type, low: float, high: float, above: bool = False):
+    """An argparse type: a ``kind`` (int or float) in ``[low, high]`` (``(low, high]`` with
+    ``above``); anything else exits 2 naming the range."""
+    words = f"{'above' if above else 'at least'} {low:g} and at most {high:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(value) or value < low or value > high or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {words}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by nmt train")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=bounded(int, 0, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host names the server answers to, '*' for any (default: the "
+                        "--host name and the loopback names; with --host 0.0.0.0 also this machine's "
+                        "names and any address); guards against DNS rebinding")
     add_checkpoint(p)
     add_precision(p)
-    p.add_argument("--max-texts", type=int, default=32, help="sentences per request (default 32)")
-    p.add_argument("--max-chars", type=int, default=1000, help="characters per sentence (default 1000)")
-    p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (default 16)")
-    p.add_argument("--queue-limit", type=int, default=64,
+    p.add_argument("--max-texts", type=bounded(int, 1, 10_000), default=32,
+                   help="sentences per request (default 32)")
+    p.add_argument("--max-chars", type=bounded(int, 1, 100_000), default=1000,
+                   help="characters per sentence (default 1000)")
+    p.add_argument("--max-beam", type=bounded(int, 1, 256), default=16,
+                   help="largest beam a request may ask for (default 16)")
+    p.add_argument("--queue-limit", type=bounded(int, 1, 100_000), default=64,
                    help="requests waiting for the model before answering 503 (default 64)")
-    p.add_argument("--batch-window-ms", type=float, default=2.0,
-                   help="how long a request waits for others to batch with (default 2)")
-    p.add_argument("--max-batch-texts", type=int, default=64, help="sentences per model call (default 64)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--batch-window-ms", type=bounded(float, 0, 1000), default=2.0,
+                   help="how long waiting requests wait for others to batch with, when several wait "
+                        "(default 2)")
+    p.add_argument("--max-batch-texts", type=bounded(int, 1, 10_000), default=64,
+                   help="sentences per model call (default 64)")
+    p.add_argument("--max-batch-work", type=bounded(int, 1, 10**9), default=20_000,
+                   help="work (source pieces x beam x n-best) per model call: what a small request "
+                        "may wait behind (default 20000)")
+    p.add_argument("--max-request-work", type=bounded(int, 1, 10**9), default=50_000,
+                   help="work (source pieces x beam x n-best, summed over its texts) one request may "
+                        "ask for; more is answered 413 (default 50000)")
+    p.add_argument("--max-attention-cells", type=bounded(int, 1, 10**9), default=1_000_000,
+                   help="attention weights one answer may hold; more is answered 413 (default 1000000)")
+    p.add_argument("--request-timeout-s", type=bounded(float, 0, 3600, above=True), default=60.0,
+                   help="a request not answered within this many seconds gets 504 (default 60)")
+    p.add_argument("--threads", type=bounded(int, 1, 1024),
                    help="torch threads of the model (default: torch's choice; 1 suits small models "
                         "and busy machines)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",

@@ -131,9 +131,11 @@ class Ensemble(nn.Module):
 
     def step_logits(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory,
                     output: tuple[list[Tensor], list[Tensor]] | None = None,
-                    tables: list | None = None) -> tuple[Tensor, EnsembleStep]:
+                    tables: list | None = None, penalty: Tensor | None = None) -> tuple[Tensor, EnsembleStep]:
         """Mean of the members' log-probabilities ``(rows, V)`` (or ``(rows, L)`` over a shortlist,
-        ``output`` then holding each member's rows of its output layer), float32, and the step."""
+        ``output`` then holding each member's rows of its output layer), float32, and the step.
+        ``penalty (rows, L)``: -inf in the columns outside each row's own shortlist, added to every
+        member's logits before its normalisation (:mod:`nmt.inference.sentence_shortlist`)."""
         total = attention = None
         states = []
         rows = prev_tokens.size(0)
@@ -148,6 +150,8 @@ class Ensemble(nn.Module):
             rows_out = None if output is None else (output[0][i], output[1][i])
             logits, out = model.step_logits(prev_tokens, state.members[i], mem, output=rows_out,
                                             tables=member_tables)
+            if penalty is not None:
+                logits = logits + penalty.to(logits.dtype)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             total = log_probs if total is None else total.add_(log_probs)
             att = out.attention.float()

@@ -16,12 +16,12 @@ from nmt.config import DecodeConfig
 from nmt.data.vocab import PAD_ID
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.beam import beam_search_on
-from nmt.inference.constraints import constraint_ids
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sampling import sample
+from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_penalty
 
 __all__ = ["OnnxModel", "OnnxEngine", "search", "greedy_search", "beam_search", "pad_sources",
            "EXPORT_FORMAT", "EXPORT_VERSION", "ENCODER_FILE", "DECODER_FILE", "META_FILE"]
@@ -112,29 +112,36 @@ def _rows(tensors: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nda
 class OnnxEngine:
     """An :class:`OnnxModel` as a search engine (see :mod:`nmt.inference.engine` for the methods).
 
-    ``columns``: a lexical shortlist (sorted target ids, 0..3 first; :mod:`nmt.inference.onnx_shortlist`):
-    the step's scores are then the log-probabilities of these columns, normalised over them.
+    ``columns``: a lexical shortlist (sorted target ids, 0..3 first; :mod:`nmt.inference.onnx_shortlist`)
+    with ``outside (B, L)``, the columns outside each sentence's own shortlist: the step's scores
+    are then the log-probabilities of these columns, each row normalised over its sentence's own.
     """
 
     ops = numpy_ops
     shares_memory = False
 
-    def __init__(self, model: OnnxModel, columns: np.ndarray | None = None):
+    def __init__(self, model: OnnxModel, columns: np.ndarray | None = None, outside: np.ndarray | None = None):
         self.model = model
         self.with_positions = model.with_positions
-        self.columns = columns
+        self.columns, self.outside = columns, outside
         if columns is not None:
             self.column_of = np.zeros(int(columns.max()) + 1, dtype=np.int64)
             self.column_of[columns] = np.arange(columns.size)
 
     def begin(self, src: np.ndarray, src_lengths: np.ndarray, src_mask: np.ndarray, fold_context: bool):
-        return self.model.encode(src, src_lengths)
+        state, memory = self.model.encode(src, src_lengths)
+        if self.columns is not None:  # each memory row carries its sentence's own shortlist
+            outside = self.outside if self.outside is not None else np.zeros((src.shape[0], self.columns.size), bool)
+            memory = ShortlistMemory(memory, outside_penalty(self.ops, outside, np.float32))
+        return state, memory
 
     def step(self, prev_tokens: np.ndarray, state, memory):
-        log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory)
         if self.columns is None:
+            log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory)
             return log_probs, None, (new_state, attention, positions)
-        kept = log_probs[:, self.columns]  # (N, L), normalised again over the shortlist by search
+        log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory.memory)
+        # (N, L): each row normalised again over its own sentence's shortlist by search
+        kept = mask_outside(log_probs[:, self.columns], memory.penalty_rows(self.ops, prev_tokens.shape[0]))
         return kept, log_normaliser(kept), (new_state, attention, positions)
 
     @staticmethod
@@ -157,6 +164,8 @@ class OnnxEngine:
 
     @staticmethod
     def select_memory(memory, index: np.ndarray):
+        if isinstance(memory, ShortlistMemory):
+            return memory.select(_rows, index)
         return _rows(memory, index)
 
     def to_target(self, columns: np.ndarray) -> np.ndarray:
@@ -191,35 +200,37 @@ def search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeC
     ``constraints`` (as :func:`nmt.inference.search.search`). One list per sentence. With
     ``opts.shortlist``, ``lexicon`` gives the batch's shortlist (and the constraints' tokens)."""
     opts.check()
-    columns = None
+    shortlist = (None, None)
     if opts.shortlist:
         if lexicon is None:
             raise NmtError("a shortlist search needs the export's lexicon (export a run that has one)")
-        columns = lexicon.columns(src, _source_mask(src, lengths), opts.shortlist, opts.shortlist_frequent)
-        columns = np.union1d(columns, np.asarray(constraint_ids(constraints), dtype=columns.dtype))
+        shortlist = lexicon.shortlist(src, _source_mask(src, lengths), opts.shortlist, opts.shortlist_frequent,
+                                      constraints)
     if constraints is not None and any(constraints):
         if opts.sample:
             raise NmtError("lexical constraints need beam search; sampling cannot follow them")
-        return beam_search(model, src, lengths, opts, return_attention, columns, constraints)
+        return beam_search(model, src, lengths, opts, return_attention, *shortlist, constraints=constraints)
     if opts.sample:
-        return sample(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+        return sample(OnnxEngine(model, *shortlist), src, lengths, _source_mask(src, lengths), opts,
                       return_attention, keys)
     if opts.beam == 1:
-        return greedy_search(model, src, lengths, opts, return_attention, columns)
-    return beam_search(model, src, lengths, opts, return_attention, columns)
+        return greedy_search(model, src, lengths, opts, return_attention, *shortlist)
+    return beam_search(model, src, lengths, opts, return_attention, *shortlist)
 
 
 def greedy_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
-                  return_attention: bool = False, columns: np.ndarray | None = None) -> list[list[Hypothesis]]:
-    """Arg-max decoding; one hypothesis per sentence (``opts.beam`` is ignored)."""
-    hyps = one_token_per_step(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+                  return_attention: bool = False, columns: np.ndarray | None = None,
+                  outside: np.ndarray | None = None) -> list[list[Hypothesis]]:
+    """Arg-max decoding; one hypothesis per sentence (``opts.beam`` is ignored). ``columns``,
+    ``outside``: a shortlist (:meth:`nmt.inference.onnx_shortlist.LexiconTable.shortlist`)."""
+    hyps = one_token_per_step(OnnxEngine(model, columns, outside), src, lengths, _source_mask(src, lengths), opts,
                               return_attention)
     return [[h] for h in hyps]
 
 
 def beam_search(model: OnnxModel, src: np.ndarray, lengths: np.ndarray, opts: DecodeConfig,
                 return_attention: bool = False, columns: np.ndarray | None = None,
-                constraints=None) -> list[list[Hypothesis]]:
+                outside: np.ndarray | None = None, constraints=None) -> list[list[Hypothesis]]:
     """Batched beam search: up to ``n_best`` hypotheses per sentence, best first."""
-    return beam_search_on(OnnxEngine(model, columns), src, lengths, _source_mask(src, lengths), opts,
+    return beam_search_on(OnnxEngine(model, columns, outside), src, lengths, _source_mask(src, lengths), opts,
                           return_attention, constraints)

@@ -3,8 +3,9 @@ graphs (``nmt export`` copies the run's ``lexicon.safetensors``) read with numpy
 shortlist computed as :meth:`nmt.inference.shortlist.Lexicon.columns` computes it.
 
 The step graph gives log-probabilities over the whole target vocabulary; the engine keeps the
-shortlist's columns and normalises them again over the shortlist, so a token outside it has
-probability 0, as with the torch engine (whose output layer computes the shortlist's logits only).
+batch's shortlist columns, sets those outside each sentence's own shortlist to -inf and normalises
+each row again over what is left, so a token outside a sentence's shortlist has probability 0, as
+with the torch engine (whose output layer computes the shortlist's logits only).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from nmt.data.vocab import N_SPECIAL
 from nmt.errors import NmtError
+from nmt.inference.ops_numpy import numpy_ops
+from nmt.inference.constraints import constraint_ids
+from nmt.inference.sentence_shortlist import allow_constraints, outside_own_shortlist
 
 __all__ = ["LexiconTable", "log_normaliser"]
 
@@ -52,6 +56,18 @@ class LexiconTable:
         candidates = self.top_ids[src[src_mask]][:, :per_source].reshape(-1)
         return np.unique(np.concatenate([np.arange(N_SPECIAL), self.by_frequency[:frequent],
                                          candidates[candidates >= 0]]))
+
+    def shortlist(self, src: np.ndarray, src_mask: np.ndarray, per_source: int, frequent: int,
+                  constraints=None) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's shortlist ``columns (L,)`` (:meth:`columns`) and ``outside (B, L)`` bool, True
+        where a column is not in sentence b's own (:mod:`nmt.inference.sentence_shortlist`); each
+        sentence's ``constraints`` (its terms' target ids) join its own."""
+        columns = self.columns(src, src_mask, per_source, frequent)
+        columns = np.union1d(columns, np.asarray(constraint_ids(constraints), dtype=columns.dtype))
+        outside = outside_own_shortlist(numpy_ops, self.top_ids, self.by_frequency, columns, src, src_mask,
+                                        per_source, frequent)
+        allow_constraints(outside, lambda ids: np.searchsorted(columns, ids), constraints)
+        return columns, outside
 
 
 def log_normaliser(values: np.ndarray) -> np.ndarray:

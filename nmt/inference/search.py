@@ -23,7 +23,6 @@ from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NmtError
 from nmt.inference.beam import beam_search_on
-from nmt.inference.constraints import constraint_ids
 from nmt.inference.forced import targets_with_eos
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.ops_torch import TorchOps
@@ -98,7 +97,7 @@ def search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | None = No
             raise NmtError("a shortlist search needs the run's lexicon (nmt.inference.shortlist.Lexicon); "
                            "build it with `nmt shortlist RUN_DIR`")
         src_mask = _source_mask(src, src_lengths, src_mask)
-        shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options, constraint_ids(constraints))
+        shortlist = OutputShortlist.of(model, lexicon, src, src_mask, options, constraints)
     if constraints is not None and any(constraints):
         if options.sample:
             raise NmtError("lexical constraints need beam search; sampling cannot follow them")

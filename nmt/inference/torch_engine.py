@@ -17,8 +17,16 @@ from torch import Tensor
 from nmt.config import DecodeConfig
 from nmt.data.vocab import N_SPECIAL
 from nmt.errors import NmtError
+from nmt.inference.constraints import constraint_ids
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.ops_torch import TorchOps
+from nmt.inference.sentence_shortlist import (
+    ShortlistMemory,
+    allow_constraints,
+    mask_outside,
+    outside_own_shortlist,
+    outside_penalty,
+)
 
 __all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
 
@@ -64,6 +72,14 @@ class SingleModel:
 
         return shortlist_output(self.model, columns)
 
+    def step_logits(self, prev_tokens: Tensor, state, memory, output, tables, penalty: Tensor | None):
+        """The model's step; with a shortlist, ``penalty (rows, L)`` puts each row's columns outside
+        its own sentence's shortlist at -inf (:mod:`nmt.inference.sentence_shortlist`)."""
+        logits, out = self.model.step_logits(prev_tokens, state, memory, output=output, tables=tables)
+        if penalty is not None:
+            logits = mask_outside(logits, penalty.to(logits.dtype))
+        return logits, out
+
     def teacher_forced_log_probs(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
                                  tgt_in: Tensor) -> Tensor:
         """``(batch, tgt_len, V)`` float32 log-probabilities of every target token."""
@@ -80,8 +96,11 @@ def search_model(model) -> SingleModel | Ensemble:
 
 @dataclass
 class OutputShortlist:
-    """The output layer restricted to ``columns``: search scores ``(rows, L)`` logits instead of
-    ``(rows, V)`` and maps a chosen column ``c`` back to the target id ``columns[c]``.
+    """The output layer restricted to ``columns``, the union of the batch's sentences' own
+    shortlists: search scores ``(rows, L)`` logits instead of ``(rows, V)`` and maps a chosen column
+    ``c`` back to the target id ``columns[c]``. Each sentence's rows set the columns ``outside``
+    its own shortlist to -inf before normalising (:mod:`nmt.inference.sentence_shortlist`), so a
+    sentence's output does not depend on the rest of its batch.
 
     ``columns`` are sorted target ids that start with 0..3 (PAD, UNK, BOS, EOS), so the special
     tokens keep their ids as column indices; ``column_of`` maps any target id to its column (ids
@@ -92,12 +111,14 @@ class OutputShortlist:
     weight: Tensor  #: (L, D) rows of the output layer (an ensemble: a list, one per member)
     bias: Tensor  #: (L,)
     column_of: Tensor  #: (V,) target id -> column
+    outside: Tensor  #: (B, L) bool, True where a column is not in sentence b's own shortlist
 
     @classmethod
     def of(cls, model, lexicon, src: Tensor, src_mask: Tensor, options: DecodeConfig,
-           always: list[int] | None = None) -> "OutputShortlist":
+           constraints=None) -> "OutputShortlist":
+        """``constraints``: per sentence, its terms' target ids, which join its own shortlist."""
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
-        columns = torch.unique(torch.cat([columns, columns.new_tensor(always or [])]))  # constraint tokens
+        columns = torch.unique(torch.cat([columns, columns.new_tensor(constraint_ids(constraints))]))
         vocab = model.tgt_vocab_size
         if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
             raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "
@@ -106,7 +127,11 @@ class OutputShortlist:
         weight, bias = search_model(model).shortlist_output(columns)
         column_of = torch.zeros(vocab, dtype=torch.long, device=src.device)
         column_of[columns] = torch.arange(columns.numel(), device=src.device)
-        return cls(columns, weight, bias, column_of)
+        outside = outside_own_shortlist(TorchOps(src.device), lexicon.top_ids.to(src.device),
+                                        lexicon.by_frequency.to(src.device), columns, src, src_mask,
+                                        options.shortlist, options.shortlist_frequent)
+        allow_constraints(outside, lambda ids: column_of[ids], constraints)
+        return cls(columns, weight, bias, column_of, outside)
 
 
 def check_eval(model) -> None:
@@ -128,18 +153,28 @@ class TorchEngine:
         self.model, self.tables, self.shortlist = model, tables, shortlist
         self.ops = TorchOps(device)
         self.shares_memory = tables is not None
-        adapted = search_model(model)
+        adapted = self.adapted = search_model(model)
         self.with_positions = adapted.reports_positions
         self.normaliser = adapted.log_normaliser()
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
         enc = self.model.encode(src, src_lengths, src_mask)
-        return self.model.start(enc, self.tables, fold_context=fold_context)
+        state, memory = self.model.start(enc, self.tables, fold_context=fold_context)
+        if self.shortlist is not None:  # each memory row carries its sentence's own shortlist
+            weight = self.shortlist.weight
+            dtype = (weight[0] if isinstance(weight, list) else weight).dtype  # the logits'
+            memory = ShortlistMemory(memory, outside_penalty(self.ops, self.shortlist.outside, dtype))
+        return state, memory
 
     def step(self, prev_tokens: Tensor, state, memory):
-        logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
-        return logits, self.normaliser(logits), out  # the normaliser before masking: no renormalisation
+        if self.shortlist is None:
+            logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
+        else:
+            penalty = memory.penalty_rows(self.ops, prev_tokens.size(0))
+            logits, out = self.adapted.step_logits(prev_tokens, state, memory.memory, self.output, self.tables,
+                                                   penalty)
+        return logits, self.normaliser(logits), out  # the normaliser before search's masking: no renormalisation
 
     @staticmethod
     def next_state(out):
@@ -161,6 +196,8 @@ class TorchEngine:
 
     @staticmethod
     def select_memory(memory, index: Tensor):
+        if isinstance(memory, ShortlistMemory):
+            return memory.select(lambda m, i: m.select(i), index)
         return memory.select(index)
 
     def to_target(self, columns: Tensor) -> Tensor:

@@ -15,31 +15,45 @@ Endpoints:
   source pieces), local-p's predicted centres and window, and the encoder's self-attention weights
   (layers × heads × source × source) when it has self-attention layers.
 - ``GET /api/models``: each served run's summary (attention, activation, sizes, parameters, test
-  BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``.
+  BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``. ``GET /metrics``:
+  Prometheus text format (:mod:`nmt.tools.serve_metrics`).
 - ``GET /``: the page (static files shipped in ``nmt/tools/static``; no network access).
   ``/?text=...&model=...`` opens it with that sentence translated. ``GET /openapi.json``: the API
   schema; ``GET /docs`` renders it with Swagger UI, which the browser loads from a CDN.
 
-Requests that arrive within a short window (``batch_window_ms``) are translated together, up to
-``max_batch_texts`` sentences per model call, and one model call runs at a time on a single worker
-thread, so concurrent requests neither oversubscribe the CPU threads nor queue without bound: past
-``queue_limit`` waiting requests the server answers 503 with ``Retry-After``. Every malformed
-request gets a 4xx JSON answer ``{"error": message, "details": [...]}``, never a 500.
+Requests are split into sentences and translated together with other requests' sentences, one
+model call at a time on a single worker thread (:mod:`nmt.tools.serve_batcher`), so concurrent
+requests neither oversubscribe the CPU threads nor queue without bound (past ``queue_limit``
+waiting requests the server answers 503 with ``Retry-After``), and a small request is not stuck
+behind a large one. A request's work and its answer's size are bounded (413), so is its time
+(504), and a request whose client went away is dropped. Every malformed request gets a 4xx JSON
+answer ``{"error": message, "details": [...]}``, never a 500.
 """
 import asyncio
-import ipaddress
 import json
 import socket
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from nmt.errors import NmtError
-from nmt.tools.serve_requests import ApiError, ServeLimits, check_request, request_model, validation_error
+from nmt.tools.serve_batcher import Batcher, Job
+from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
+from nmt.tools.serve_requests import (
+    UNREADABLE_BODY,
+    ApiError,
+    ServeLimits,
+    body_error,
+    check_request,
+    finite_or_null,
+    printable,
+    request_model,
+    request_work,
+    validation_error,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -66,9 +80,10 @@ def _test_bleu(run_dir: Path) -> dict[str, Any] | None:
             score = float(record["scores"]["bleu"]["score"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an unreadable or foreign file: the summary simply has no BLEU from it
-        entry = {"bleu": round(score, 2), "beam": record.get("beam"),
-                 "checkpoint": record.get("checkpoint"), "shortlist": record.get("shortlist"),
-                 "file": f"eval/{path.name}", "timestamp": str(record.get("timestamp", ""))}
+        # NaN or inf (a diverged run's evaluation) cannot go into JSON: null instead
+        entry = finite_or_null({"bleu": round(score, 2), "beam": record.get("beam"),
+                                "checkpoint": record.get("checkpoint"), "shortlist": record.get("shortlist"),
+                                "file": f"eval/{path.name}", "timestamp": str(record.get("timestamp", ""))})
         if best is None or entry["timestamp"] >= best["timestamp"]:
             best = entry
     return best
@@ -139,171 +154,17 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
     return models
 
 
-# -------------------------------------------------------------------------------------- batching
-
-@dataclass
-class _Job:
-    model: ServedModel
-    texts: list[str]
-    options: dict[str, Any]  #: keyword arguments of Translator.translate
-    attention: bool
-    scores: bool
-    future: asyncio.Future = field(repr=False, default=None)
-
-
-class Batcher:
-    """Collects requests for a short window and runs them as bounded batches, one model call at a time.
-
-    Requests wait in a deque; the collector takes the first, waits ``batch_window_ms`` for others
-    (unless enough sentences already wait), and hands at most ``max_batch_texts`` sentences to the
-    single worker thread. Requests with the same model and search options share one
-    ``Translator.translate`` call.
-    """
-
-    def __init__(self, limits: ServeLimits, threads: int | None = None):
-        self.limits = limits
-        self.pending: deque[_Job] = deque()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-serve-model",
-                                           initializer=_set_threads, initargs=(threads,))
-        self.stats = {"requests": 0, "texts": 0, "batches": 0, "model_calls": 0, "rejected": 0}
-        self._wakeup: asyncio.Event | None = None
-
-    def submit(self, job: _Job) -> asyncio.Future:
-        if len(self.pending) >= self.limits.queue_limit:
-            self.stats["rejected"] += 1
-            raise ApiError(503, f"the server is busy: {len(self.pending)} requests are waiting "
-                                f"(queue limit {self.limits.queue_limit}); retry in "
-                                f"{self.limits.retry_after_s} s",
-                           headers={"Retry-After": str(self.limits.retry_after_s)})
-        job.future = asyncio.get_running_loop().create_future()
-        self.pending.append(job)
-        self._wakeup.set()
-        return job.future
-
-    def _take(self) -> list[_Job]:
-        batch, n = [], 0
-        while self.pending:
-            job = self.pending[0]
-            if job.future.done():  # the client went away while waiting
-                self.pending.popleft()
-                continue
-            if batch and n + len(job.texts) > self.limits.max_batch_texts:
-                break
-            batch.append(self.pending.popleft())
-            n += len(job.texts)
-        return batch
-
-    async def run(self) -> None:
-        self._wakeup = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        window = self.limits.batch_window_ms / 1000.0
-        while True:
-            await self._wakeup.wait()
-            if window and sum(len(j.texts) for j in self.pending) < self.limits.max_batch_texts:
-                await asyncio.sleep(window)
-            batch = self._take()
-            if not self.pending:
-                self._wakeup.clear()
-            if not batch:
-                continue
-            try:
-                outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
-            except Exception as exc:  # the worker itself failed: its requests fail, the loop goes on
-                outcomes = [exc] * len(batch)
-            self.stats["batches"] += 1
-            for job, outcome in zip(batch, outcomes):
-                if job.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    job.future.set_exception(outcome)
-                else:
-                    job.future.set_result(outcome)
-
-    def _run_batch(self, batch: list[_Job]) -> list[Any]:
-        """On the worker thread: one translate call per (model, options) group of the batch."""
-        groups: dict[tuple, list[int]] = {}
-        for k, job in enumerate(batch):
-            key = (job.model.name, job.attention, tuple(sorted(job.options.items())))
-            groups.setdefault(key, []).append(k)
-        outcomes: list[Any] = [None] * len(batch)
-        for members in groups.values():
-            first = batch[members[0]]
-            texts = [t for k in members for t in batch[k].texts]
-            try:
-                results = first.model.translator.translate(
-                    texts, return_scores=True, return_attention=first.attention, **first.options)
-                self_att = [None] * len(texts)
-                if first.attention and first.model.self_attention:
-                    self_att = [first.model.translator.encoder_self_attention(t) for t in texts]
-                self.stats["model_calls"] += 1
-                self.stats["texts"] += len(texts)
-                start = 0
-                for k in members:
-                    job = batch[k]
-                    part = slice(start, start + len(job.texts))
-                    outcomes[k] = [_result_json(r, sa, job) for r, sa in
-                                   zip(results[part], self_att[part])]
-                    start += len(job.texts)
-            except NmtError as exc:  # options the translator refuses: the caller's to fix
-                for k in members:
-                    outcomes[k] = ApiError(422, str(exc))
-            except Exception as exc:  # a bug: logged by the caller's 500 handler
-                for k in members:
-                    outcomes[k] = exc
-        return outcomes
-
-
-def _set_threads(threads: int | None) -> None:
-    """The model thread's torch intra-op threads (OpenMP settings are per calling thread)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _floats(values, digits: int | None = None) -> list:
-    if values is None:
-        return None
-    data = values.tolist() if hasattr(values, "tolist") else list(values)
-    if digits is None:
-        return data
-
-    def rnd(x):
-        return [rnd(v) for v in x] if isinstance(x, list) else round(float(x), digits)
-
-    return rnd(data)
-
-
-def _result_json(result, self_attention, job: _Job) -> dict[str, Any]:
-    """One text's answer: JSON-ready (tensors become nested lists)."""
-    hyps = []
-    src_tokens: list[str] = []
-    for h in result.hypotheses:
-        src_tokens = src_tokens or list(h.src_tokens)
-        entry: dict[str, Any] = {"text": h.text, "tokens": list(h.tokens)}
-        if job.scores:
-            entry["score"] = float(h.score)
-            entry["log_prob"] = float(h.raw_score)
-            entry["token_log_probs"] = [float(x) for x in h.token_log_probs]
-        if job.attention:
-            entry["attention"] = _floats(h.attention, 5)
-            entry["positions"] = _floats(h.positions, 4)
-        hyps.append(entry)
-    out: dict[str, Any] = {"source": result.source, "text": result.text, "hypotheses": hyps}
-    if job.attention:
-        out["src_tokens"] = src_tokens
-        out["self_attention"] = _floats(self_attention, 5)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ app
 
 def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None = None, *,
                models: Sequence[ServedModel] | None = None, checkpoint: str = "best",
-               precision: str = "float32", threads: int | None = None):
+               precision: str = "float32", threads: int | None = None,
+               allowed_hosts: Sequence[str] | None = None):
     """The FastAPI application serving ``run_dirs`` (or already loaded ``models``).
 
     ``threads``: torch intra-op threads of the model thread (default: torch's choice).
+    ``allowed_hosts``: the Host names it answers (:mod:`nmt.tools.serve_guard`; None: any; ``nmt
+    serve`` passes the names it listens on).
     """
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
@@ -329,6 +190,7 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     app.state.models = served
     app.state.limits = limits
     _add_error_handlers(app, limits)
+    app.add_middleware(RequestGuard, max_body_bytes=limits.max_body_bytes, allowed_hosts=allowed_hosts)
     _add_api(app, served, batcher, limits)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
@@ -340,11 +202,11 @@ def _error_response(err: ApiError):
     body: dict[str, Any] = {"error": err.message}
     if err.details:
         body["details"] = err.details
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(printable(body), status_code=err.status, headers=err.headers)
 
 
 def _add_error_handlers(app, limits: ServeLimits) -> None:
-    """Every refusal as a 4xx JSON answer ``{"error": ..., "details": [...]}``, and the body size limit."""
+    """Every refusal as a 4xx JSON answer ``{"error": ..., "details": [...]}``."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -365,6 +227,8 @@ def _add_error_handlers(app, limits: ServeLimits) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 400 and message == UNREADABLE_BODY:  # FastAPI's words for any parse failure
+            return _error_response(body_error(exc.__cause__))
         if exc.status_code == 404:
             message = f"no such page or endpoint: {request.url.path} (see /docs)"
         elif exc.status_code == 405:
@@ -372,21 +236,12 @@ def _add_error_handlers(app, limits: ServeLimits) -> None:
         return JSONResponse({"error": message}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return JSONResponse({"error": f"invalid Content-Length header {length!r}"}, 400)
-            if int(length) > limits.max_body_bytes:
-                return JSONResponse({"error": f"request body of {int(length):,} bytes; at most "
-                                              f"{limits.max_body_bytes:,}"}, 413)
-        return await call_next(request)
 
 
 def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLimits) -> None:
     """The endpoints: ``POST /api/translate``, ``GET /api/models``, ``GET /health`` and the page."""
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi import Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
 
     by_name = {m.name: m for m in served}
     default = served[0].name
@@ -394,46 +249,83 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
 
     @app.post("/api/translate", summary="Translate text; n-best, scores and attention on request",
               responses={400: {"description": "malformed JSON"}, 404: {"description": "unknown model"},
+                         413: {"description": "too much work or too large an answer"},
                          422: {"description": "invalid request"},
-                         503: {"description": "queue full; retry after Retry-After seconds"}})
-    async def translate(req: TranslateRequest):
-        model, texts, options = check_request(req, by_name, default, limits)
-        job = _Job(model, texts, options, req.return_attention, req.return_scores)
-        pending = batcher.submit(job)
-        batcher.stats["requests"] += 1
-        results = await pending
-        out: dict[str, Any] = {"model": model.name, "translations": results}
-        if req.return_attention:
-            out["attention"] = model.summary["attention"]
-            out["window"] = model.summary["window"]
-        return JSONResponse(out)  # already plain JSON: no second encoding pass
+                         503: {"description": "queue full; retry after Retry-After seconds"},
+                         504: {"description": "not answered within the request time limit"}})
+    async def translate(req: TranslateRequest, request: Request):
+        start, status = time.perf_counter(), 500
+        try:
+            model, texts, options = check_request(req, by_name, default, limits)
+            work = request_work(model, texts, options, req.return_attention, limits)
+            job = Job(model, texts, options, req.return_attention, req.return_scores, work)
+            batcher.submit(job)
+            batcher.stats["requests"] += 1
+            results = await _answer(job, request, batcher, limits)
+            out: dict[str, Any] = {"model": model.name, "translations": results}
+            if req.return_attention:
+                out["attention"] = model.summary["attention"]
+                out["window"] = model.summary["window"]
+            status = 200
+            return JSONResponse(out)  # already plain JSON: no second encoding pass
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            if batcher.metrics is not None:
+                batcher.metrics.request(status, time.perf_counter() - start)
 
     @app.get("/api/models", summary="The served runs")
     async def list_models():
         return {"models": [m.summary for m in served],
                 "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars,
-                           "max_beam": limits.max_beam}}
+                           "max_beam": limits.max_beam, "max_request_work": limits.max_request_work,
+                           "max_attention_cells": limits.max_attention_cells,
+                           "request_timeout_s": limits.request_timeout_s}}
 
     @app.get("/health", summary="Liveness and queue state")
     async def health():
         return {"status": "ok", "models": list(by_name), "waiting": len(batcher.pending),
                 "queue_limit": limits.queue_limit, **batcher.stats}
 
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    async def metrics():
+        if batcher.metrics is None:
+            raise ApiError(503, "metrics need prometheus-client: pip install 'nmt[serve]'")
+        body, kind = batcher.metrics.render()
+        return Response(body, media_type=kind)
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def _answer(job: Job, request, batcher: Batcher, limits: ServeLimits) -> list:
+    """The request's answers; 504 past the time limit. Checks every ``POLL_S`` whether the client
+    is still there: a request nobody waits for is dropped (its sentences not yet started are not
+    computed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.request_timeout_s
+    while not job.future.done():
+        left = deadline - loop.time()
+        if left <= 0:
+            job.future.cancel()
+            batcher.stats["timed_out"] += 1
+            raise ApiError(504, f"the request was not answered within {limits.request_timeout_s:g} s "
+                                "(--request-timeout-s); send fewer or shorter texts or a smaller beam, "
+                                "or retry when the server is less busy")
+        await asyncio.wait([job.future], timeout=min(POLL_S, left))
+        if not job.future.done() and await request.is_disconnected():
+            job.future.cancel()
+            batcher.stats["abandoned"] += 1
+            raise ApiError(499, "the client closed the connection")
+    return job.future.result()
+
+
+POLL_S = 0.1  #: how often a waiting request checks its client and its time limit
+
+
 # ------------------------------------------------------------------------------------------ CLI
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def _check_port(host: str, port: int) -> None:
     """Fail before loading models when the address cannot be bound."""
@@ -468,19 +360,23 @@ def serve_cli(args) -> int:
         raise NmtError(f"--port must be between 0 and 65535, got {args.port}")
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_beam=args.max_beam,
                          queue_limit=args.queue_limit, batch_window_ms=args.batch_window_ms,
-                         max_batch_texts=args.max_batch_texts)
+                         max_batch_texts=args.max_batch_texts, max_batch_work=args.max_batch_work,
+                         max_request_work=args.max_request_work,
+                         max_attention_cells=args.max_attention_cells,
+                         request_timeout_s=args.request_timeout_s)
     for path in args.run_dirs:  # before binding the port: the commonest mistake first
         if not Path(path).is_dir():
             raise NmtError(f"run directory {path} not found (train one with: nmt train RECIPE)")
     _check_port(args.host, args.port)
     models = load_models(args.run_dirs, args.checkpoint, args.precision)
-    app = create_app(models=models, limits=limits, threads=args.threads)
+    allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
+    app = create_app(models=models, limits=limits, threads=args.threads, allowed_hosts=allowed)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     for m in models:
         s = m.summary
         print(f"nmt serve: {m.name}: {s['attention']} attention, {s['activation']}, "
               f"{s['parameters']:,} parameters ({s['run_dir']})", file=sys.stderr)
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the server "
               "has no authentication", file=sys.stderr)
     print(f"nmt serve: page at http://{shown}:{args.port}/ , API at http://{shown}:{args.port}/docs",

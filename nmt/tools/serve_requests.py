@@ -25,19 +25,35 @@ class ServeLimits:
     max_beam: int = 16  #: largest beam (and n-best) a request may ask for
     max_length_penalty: float = 10.0
     queue_limit: int = 64  #: requests waiting for the model before 503
-    batch_window_ms: float = 2.0  #: how long the first waiting request waits for others
-    max_batch_texts: int = 64  #: sentences per model call (a single larger request runs alone)
+    batch_window_ms: float = 2.0  #: how long waiting requests wait for others (only when several wait)
+    max_batch_texts: int = 64  #: sentences per model call
+    #: work (source pieces × beam × n-best) per model call: what a small request may wait behind
+    max_batch_work: int = 20_000
+    #: work (source pieces × beam × n-best, summed over the texts) of one request
+    max_request_work: int = 50_000
+    #: attention weights one answer may hold (estimated: n-best × source × max target pieces)
+    max_attention_cells: int = 1_000_000
+    request_timeout_s: float = 60.0  #: a request not answered by then gets 504
     max_body_bytes: int = 1 << 20
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_texts", "max_chars", "max_beam", "queue_limit", "max_batch_texts",
-                     "max_body_bytes", "retry_after_s"):
+                     "max_batch_work", "max_request_work", "max_attention_cells", "max_body_bytes",
+                     "retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise NmtError(f"serve limit {name} must be an integer >= 1, got {value!r}")
-        if not (self.batch_window_ms >= 0 and math.isfinite(self.batch_window_ms)):
-            raise NmtError(f"serve limit batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
+        if not (0 <= self.batch_window_ms <= MAX_BATCH_WINDOW_MS):
+            raise NmtError(f"serve limit batch_window_ms must be between 0 and {MAX_BATCH_WINDOW_MS:g}, "
+                           f"got {self.batch_window_ms!r}")
+        if not (0 < self.request_timeout_s <= MAX_REQUEST_TIMEOUT_S):
+            raise NmtError(f"serve limit request_timeout_s must be above 0 and at most "
+                           f"{MAX_REQUEST_TIMEOUT_S:g}, got {self.request_timeout_s!r}")
+
+
+MAX_BATCH_WINDOW_MS = 1000.0  #: a longer window only delays every answer
+MAX_REQUEST_TIMEOUT_S = 3600.0
 
 
 class ApiError(Exception):
@@ -165,6 +181,7 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
                             "split the list)")
     for i, text in enumerate(texts):
         where = field_name if req.text is not None else f"texts[{i}]"
+        _check_unicode(where, text)
         if not text.strip():
             raise ApiError(422, f"{where} is empty; give a sentence to translate")
         if len(text) > limits.max_chars:
@@ -191,3 +208,83 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
     elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
         options["shortlist"] = 0  # the recipe asks for a shortlist but the run has no lexicon
     return served, texts, options
+
+
+def _check_unicode(where: str, text: str) -> None:
+    """JSON may carry lone surrogates (``"\\ud800"``), which are no text and cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, f"{where} holds a lone surrogate ({text[exc.start]!r} at character "
+                            f"{exc.start}), which is not text; send valid Unicode") from None
+
+
+def request_work(served: ServedModel, texts: list[str], options: dict[str, Any], attention: bool,
+                 limits: ServeLimits) -> list[int]:
+    """Each text's work, ``source pieces × beam × n-best``; 413 when the request's total or its
+    answer's attention weights exceed the limits, naming what to lower."""
+    translator = served.translator
+    decode = translator.decode
+    n_best = options.get("n_best") or 1
+    beam = max(options.get("beam") or decode.beam, n_best)
+    pieces = [min(len(ids), decode.max_input_len) + 1 for ids in translator.tokenizers.encode_src(texts)]
+    work = [p * beam * n_best for p in pieces]
+    if sum(work) > limits.max_request_work:
+        raise ApiError(413, f"the request asks for {sum(work):,} units of work (source pieces × beam "
+                            f"{beam} × n_best {n_best}, summed over {len(texts)} texts); at most "
+                            f"{limits.max_request_work:,} (--max-request-work): send fewer or shorter "
+                            "texts, or a smaller beam or n_best")
+    if attention:
+        heads = served.summary["encoder"]["self_attention_layers"] * served.summary["encoder"]["self_attention_heads"]
+        cells = sum(n_best * p * math.ceil(decode.max_len_a * p + decode.max_len_b) + heads * p * p
+                    for p in pieces)
+        if cells > limits.max_attention_cells:
+            raise ApiError(413, f"the answer would hold up to {cells:,} attention weights; at most "
+                                f"{limits.max_attention_cells:,} (--max-attention-cells): ask for "
+                                "return_attention with fewer or shorter texts or a smaller n_best, "
+                                "or without return_attention")
+    return work
+
+
+#: what FastAPI answers for a body it could not parse, whatever the reason
+UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def body_error(cause: BaseException | None) -> ApiError:
+    """A 400 naming why the body could not be read as JSON (``cause``: the parser's exception)."""
+    example = '; send a JSON object, e.g. {"text": "Je suis fatigué."}'
+    if isinstance(cause, RecursionError):
+        return ApiError(400, "the JSON body is nested too deeply for the parser (about 1,000 levels); "
+                             "a request is a flat object" + example)
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start:cause.start + 1].hex() if hasattr(cause.object, "hex") else "?"
+        return ApiError(400, f"the body is not valid UTF-8 (byte 0x{byte} at position {cause.start}); "
+                             "send JSON encoded as UTF-8")
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return ApiError(400, f"a number in the body is too long ({cause}); numbers in a request are "
+                             "small integers or decimals")
+    detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return ApiError(400, f"the body could not be read as JSON{detail}"[:300] + example)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def printable(value: Any) -> Any:
+    """``value`` with lone surrogates in its strings (at any depth) written as ``\\udXXX`` text: an
+    error message may quote the request, and a surrogate cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
