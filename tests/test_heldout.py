@@ -91,3 +91,19 @@ def test_shipped_heldout_sets_share_no_sentence_with_train_or_valid(build):
         assert not seen_en.intersection(clean_text(s) for s in en), stem
     dev_en = {s.lower() for s in _read_side(HELDOUT / "tatoeba-unseen-dev.en")}
     assert dev_en.isdisjoint(s.lower() for s in _read_side(HELDOUT / "tatoeba-unseen-test.en"))
+
+
+def test_length_buckets_split_by_source_words_and_score_each_bucket():
+    spec = importlib.util.spec_from_file_location("length_buckets", REPO / "scripts" / "length_buckets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert [module.bucket_of(" ".join(["w"] * n)) for n in (1, 6, 7, 10, 11, 15, 16, 40)] == \
+        ["1-6", "1-6", "7-10", "7-10", "11-15", "11-15", "16+", "16+"]
+    sources = ["a b c", "a b c d e f g h", "x y"]
+    refs = ["the cat sat on the mat", "a dog ran in the park today", "hello there friend"]
+    hyps = ["the cat sat on the mat", "nothing alike here", "hello there friend"]
+    records = {r["bucket"]: r for r in module.score_buckets(sources, refs, hyps)}
+    assert records["1-6"]["pairs"] == 2 and records["1-6"]["bleu"] == 100.0
+    assert records["7-10"]["pairs"] == 1 and records["7-10"]["bleu"] < 10
+    assert records["11-15"] == {"bucket": "11-15", "pairs": 0}
+    assert records["1-6"]["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
