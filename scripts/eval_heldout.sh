@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Quality of a French→English run beyond the shipped test split, in one command.
+#
+#   scripts/eval_heldout.sh RUN_DIR [nmt evaluate options, e.g. --checkpoint last --greedy]
+#
+# Evaluates RUN_DIR (beam and the other decoding settings from its recipe unless given) on
+#   1. the shipped test split (nmt evaluate --split test),
+#   2. data/heldout/tatoeba-unseen-test (Tatoeba sentences in neither train nor valid),
+#   3. data/heldout/flores200-devtest (FLORES-200, out of domain),
+# then scores set 2 by source length (scripts/length_buckets.py). The hypotheses and the score
+# records go to RUN_DIR/eval/ as for any nmt evaluate; a summary is printed at the end and written
+# to RUN_DIR/eval/heldout-summary.json.
+# Env: NMT (default "python -m nmt"), PYTHON (default python).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${1:?usage: eval_heldout.sh RUN_DIR [nmt evaluate options]}"; shift
+NMT="${NMT:-python -m nmt}"
+PYTHON="${PYTHON:-python}"
+HELDOUT="$HERE/data/heldout"
+WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+
+evaluate() {  # name, then nmt evaluate arguments after RUN_DIR
+  local name="$1"; shift
+  echo "== $name: $NMT evaluate $RUN_DIR $* $EXTRA" >&2
+  # shellcheck disable=SC2086  # NMT may be a command with arguments
+  $NMT evaluate "$RUN_DIR" "$@" "${OPTIONS[@]}" --json > "$WORK/$name.json"
+}
+OPTIONS=("$@"); EXTRA="$*"
+
+evaluate shipped-test --split test
+evaluate tatoeba-unseen-test \
+    --src "$HELDOUT/tatoeba-unseen-test.fr" --ref "$HELDOUT/tatoeba-unseen-test.en"
+evaluate flores200-devtest \
+    --src "$HELDOUT/flores200-devtest.fr" --ref "$HELDOUT/flores200-devtest.en"
+
+HYP="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["hypotheses"])' \
+    "$WORK/tatoeba-unseen-test.json")"
+"$PYTHON" "$HERE/scripts/length_buckets.py" --json --src "$HELDOUT/tatoeba-unseen-test.fr" \
+    --ref "$HELDOUT/tatoeba-unseen-test.en" --hyp "$HYP" > "$WORK/buckets.json"
+
+"$PYTHON" - "$WORK" "$RUN_DIR/eval/heldout-summary.json" <<'PY'
+import json, sys
+from pathlib import Path
+
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+summary = {"sets": {}, "tatoeba_unseen_test_by_source_length": json.loads((work / "buckets.json").read_text())}
+for name in ("shipped-test", "tatoeba-unseen-test", "flores200-devtest"):
+    summary["sets"][name] = json.loads((work / f"{name}.json").read_text())
+out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+print(f"{'set':22s} {'pairs':>6s} {'BLEU':>6s} {'chrF':>6s}")
+for name, rec in summary["sets"].items():
+    s = rec["scores"]
+    print(f"{name:22s} {rec['sentences']:6d} {s['bleu']['score']:6.2f} {s['chrf']['score']:6.2f}")
+print("tatoeba-unseen-test by source words:")
+for b in summary["tatoeba_unseen_test_by_source_length"]:
+    print(f"  {b['bucket']:>5s} {b['pairs']:6d} {b.get('bleu', float('nan')):6.2f} {b.get('chrf', float('nan')):6.2f}")
+print(f"written: {out}")
+PY
