@@ -685,3 +685,15 @@ def test_request_decode_fields_come_from_the_decode_schema():
     for name in REQUEST_DECODE:
         assert fields[name].description.startswith(schema[name].metadata["help"]), name
         assert [m.ge for m in fields[name].metadata] == [schema[name].metadata["min"]], name
+
+
+def test_runs_sharing_a_name_are_told_apart_by_their_parent_folder(tmp_path, monkeypatch):
+    """`nmt serve fr-en other/fr-en` from the runs' folder: 'runs/fr-en' and 'other/fr-en', never '/fr-en'."""
+    from nmt.tools.serve import _model_names
+
+    (tmp_path / "runs" / "fr-en").mkdir(parents=True)
+    (tmp_path / "runs" / "other" / "fr-en").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "runs")
+    assert _model_names([Path("fr-en"), Path("other/fr-en")]) == ["runs/fr-en", "other/fr-en"]
+    assert _model_names([Path("fr-en"), Path("other")]) == ["fr-en", "other"]
+    assert _model_names([Path(".")]) == ["runs"]

@@ -123,8 +123,8 @@ def run_summary(name: str, translator) -> dict[str, Any]:
 
 def _model_names(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's directory name; runs that share a name are told apart by their parent."""
-    names = [p.name or str(p) for p in run_dirs]
-    return [f"{p.parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(run_dirs, names)]
+    names = [p.resolve().name or str(p) for p in run_dirs]
+    return [f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(run_dirs, names)]
 
 
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
