@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import open_nofollow
 from nmt.errors import NmtError
 
 log = logging.getLogger("nmt.train")
@@ -64,7 +65,7 @@ class RunLock:
 
         host = socket.gethostname()
         for _ in range(20):  # the file can be removed by its owner between our open and our lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a planted link is refused
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True

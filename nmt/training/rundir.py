@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import open_nofollow, refuse_link
 from nmt.config import Recipe, TrainConfig, read_yaml_file, recipe_from_dict
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import CHECKPOINT_DIR, LAST_POINTER, RECIPE_HEADER, has_checkpoint, last_candidates
@@ -26,6 +28,9 @@ FROZEN_ON_RESUME = ("model", "tokenizer", "data")
 #: model keys a continued training may change: they do not shape or give meaning to the weights
 FREE_ON_INIT = ("model.kernels", "model.init", "model.dropout", "model.encoder.dropout",
                 "model.decoder.dropout")
+
+#: the directories training writes inside a run directory (never through a link)
+RUN_SUBDIRS = (CHECKPOINT_DIR, "plots", "eval")
 
 #: free space a run directory needs before training starts (checkpoints of the largest recipes)
 NEED_BYTES = 256 * 2**20
@@ -39,8 +44,14 @@ def make_run_dir(run_dir: Path) -> None:
         raise NmtError(f"run directory {run_dir} is a file, not a directory; choose another with --run-dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_SUBDIRS:  # where training writes; the run directory itself may be a link
+            refuse_link(run_dir / name)
         probe = run_dir / ".write-test"
-        probe.write_bytes(b"ok")
+        fd = open_nofollow(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as exc:
         raise NmtError(f"run directory {run_dir} is not writable ({exc.strerror}); "
