@@ -98,7 +98,8 @@ def _create_temporary(path: Path) -> Path:
     except OSError:
         mode = None
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # the writer's pid in the name: a later run can tell a dead writer's leftover
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         except FileExistsError:
@@ -112,6 +113,40 @@ def _create_temporary(path: Path) -> Path:
             os.close(fd)
         return tmp
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files beside ``path`` that a writer on this machine left when it was
+    killed (``kill -9``, a power cut: its pid, in the name, no longer runs); return them."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid, _, tail = name[len(prefix):-len(".tmp")].partition("-")
+        if not (pid.isdigit() and len(tail) == 8) or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(path.parent / name)
+            removed.append(path.parent / name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
