@@ -49,7 +49,7 @@ from nmt.inference.onnx_engine import (
     pad_sources,
     search,
 )
-from nmt.inference.onnx_shortlist import LexiconTable
+from nmt.inference.onnx_shortlist import LexiconTable, check_lexicon_sizes
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import max_lengths as _max_lengths
@@ -132,6 +132,11 @@ class OnnxTranslator(TranslatorBase):
         check_fingerprints(self.meta, self.export_dir)  # graphs and models of this export, not another's
         #: the run's lexicon when the export holds one (a shortlist decodes over it)
         self.lexicon = LexiconTable.load(self.export_dir / self.meta["lexicon"]) if self.meta.get("lexicon") else None
+        if self.lexicon is not None:
+            table = self.lexicon.top_ids
+            check_lexicon_sizes(self.export_dir / self.meta["lexicon"], table.shape, self.lexicon.tgt_vocab_size,
+                                int(table.max()) if table.size else -1, tokenizers.src_vocab_size,
+                                tokenizers.tgt_vocab_size)
         self.warn = WarningCounter()
 
     @classmethod
