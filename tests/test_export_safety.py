@@ -180,3 +180,11 @@ def test_a_graph_linked_from_outside_is_refused(runs, tmp_path, capsys):
     os.symlink(outside, copy / "encoder.onnx")
     code, _, err = _translate(copy, tmp_path, capsys)
     assert code == 2 and "encoder.onnx" in err and "leading out of the export directory" in err
+
+
+def test_an_export_given_to_the_torch_engine_suggests_the_onnx_engine(runs, tmp_path, capsys):
+    source = tmp_path / "in.fr"
+    source.write_text("le chat\n", encoding="utf-8")
+    assert main(["translate", str(runs[34][1]), "-i", str(source)]) == 2
+    err = capsys.readouterr().err
+    assert "export directory" in err and "--engine onnx" in err
