@@ -89,14 +89,43 @@ def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
                        f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
 
 
-def check_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> None:
+def check_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> str | None:
     """The locked run directory can take this training: :func:`preflight_run_dir`, and on
-    ``resume`` the recipe agrees with the run's saved one (``train.init_from`` taken from it)."""
+    ``resume`` the recipe agrees with the run's saved one (``train.init_from`` taken from it).
+    Returns what a resume changes in the other sections (for the log), after keeping the previous
+    recipe.yaml (:func:`keep_changed_recipe`); None if nothing changed."""
     preflight_run_dir(run_dir, resume, need_bytes=NEED_BYTES)
     saved = saved_recipe(run_dir) if resume else None
-    if saved is not None:
-        check_resume_recipe(saved, recipe)
-        resume_init_from(run_dir, saved.train, recipe)
+    if saved is None:
+        return None
+    check_resume_recipe(saved, recipe)
+    resume_init_from(run_dir, saved.train, recipe)
+    return keep_changed_recipe(run_dir, saved, recipe)
+
+
+#: recipe sections a resumed run may change (the log says what changed)
+FREE_ON_RESUME = ("train", "decode", "eval")
+
+
+def keep_changed_recipe(run_dir: Path, saved: Recipe, recipe: Recipe) -> str | None:
+    """When ``recipe`` changes settings of :data:`FREE_ON_RESUME` against the run's ``saved`` one
+    (a learning rate, a schedule, more steps), copy the run's recipe.yaml to the first free
+    ``recipe.prev-N.yaml`` (training then writes the new one) and return what changed."""
+    from nmt.atomic import atomic_write_bytes
+
+    diffs = []
+    for section in FREE_ON_RESUME:
+        diffs += _differences(dataclasses.asdict(getattr(saved, section)),
+                              dataclasses.asdict(getattr(recipe, section)), section)
+    if not diffs:
+        return None
+    n = 1
+    while (run_dir / f"recipe.prev-{n}.yaml").exists() or (run_dir / f"recipe.prev-{n}.yaml").is_symlink():
+        n += 1
+    kept = run_dir / f"recipe.prev-{n}.yaml"
+    atomic_write_bytes(kept, (run_dir / "recipe.yaml").read_bytes())
+    listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in diffs)
+    return f"--resume with changed settings ({listed}); the run's previous recipe is kept as {kept.name}"
 
 
 def _written_by_train(recipe_file: Path) -> bool:
