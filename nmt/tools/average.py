@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import refuse_link
 from nmt.errors import CheckpointError, NmtError
 
 log = logging.getLogger("nmt.average")
@@ -175,6 +176,7 @@ def average_run(run_dir: str | os.PathLike, last: int | None = None, best: int |
                      **({"metric": load_run_recipe(run_dir).train.early_stopping_metric} if by == "best" else {})},
     }
     path = run_dir / CHECKPOINT_DIR / AVERAGE_WEIGHTS
+    refuse_link(path.parent)  # never written through a link planted in the run
     write_tensors(path, tensors, record)
     return path
 

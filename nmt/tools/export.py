@@ -277,6 +277,7 @@ def _staging(out: Path):
     import secrets
     import shutil
 
+    out = Path(os.path.abspath(out))  # "." or "exports/" have a name to stage beside
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_stages(out)
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
