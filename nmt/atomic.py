@@ -8,6 +8,11 @@ file keeps its own, so a shared run directory stays readable by the team.
 :func:`append_line` appends one complete record to a log such as ``metrics.jsonl``: one ``write()``
 of the whole line, cut back to the previous end if it did not fit, so a full disk never leaves a
 half-written line.
+
+Nothing here writes through a symbolic link: a link planted in a run or export directory (a
+``train.lock`` or ``train.log`` pointing at another file, an ``eval`` directory pointing elsewhere)
+could make a command overwrite any file its user may write. :func:`refuse_link`,
+:func:`open_nofollow` and :func:`safe_dir` refuse such a link with an :class:`NmtError` naming it.
 """
 from __future__ import annotations
 
@@ -20,12 +25,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from nmt.errors import NmtError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     tmp_path = _create_temporary(path)
     mode = stat.S_IMODE(os.stat(tmp_path).st_mode)
     try:
@@ -45,6 +53,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+class LinkRefused(NmtError):
+    """A file or directory a command would write is a symbolic link."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(f"{path} is a symbolic link; nmt does not write through links in a run or "
+                         "export directory (it could point at any file). Remove the link (or put the "
+                         "real file or directory there) and run again")
+
+
+def refuse_link(path: str | os.PathLike) -> None:
+    """Raise :class:`LinkRefused` if ``path`` is a symbolic link (dangling or not)."""
+    if os.path.islink(path):
+        raise LinkRefused(path)
+
+
+def safe_dir(path: str | os.PathLike) -> Path:
+    """Create the directory ``path`` (with its parents) that a command writes into, refusing it if it
+    is a symbolic link."""
+    path = Path(path)
+    refuse_link(path)
+    path.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)  # planted between the check and mkdir
+    return path
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that never follows a link at ``path`` (``O_NOFOLLOW``): a link is refused."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise LinkRefused(path) from None
+        raise
+
+
 def _create_temporary(path: Path) -> Path:
     """An empty new file beside ``path``, created with the mode a plain ``open()`` would give
     (``tempfile.mkstemp`` always uses 0600), or the mode of the file it will replace."""
@@ -54,7 +98,8 @@ def _create_temporary(path: Path) -> Path:
     except OSError:
         mode = None
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # the writer's pid in the name: a later run can tell a dead writer's leftover
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         except FileExistsError:
@@ -68,6 +113,40 @@ def _create_temporary(path: Path) -> Path:
             os.close(fd)
         return tmp
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files beside ``path`` that a writer on this machine left when it was
+    killed (``kill -9``, a power cut: its pid, in the name, no longer runs); return them."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid, _, tail = name[len(prefix):-len(".tmp")].partition("-")
+        if not (pid.isdigit() and len(tail) == 8) or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(path.parent / name)
+            removed.append(path.parent / name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -104,7 +183,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     again, so the file only ever holds complete lines. Raises the ``OSError``.
     """
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         end = os.fstat(fd).st_size
         try:

@@ -44,6 +44,8 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise NmtError(f"cannot create the directory for {str(path)!r}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if os.path.islink(tmp):  # a planted link is never written through
+        raise NmtError(f"{tmp} is a symbolic link; nmt does not write through links. Remove it and run again")
     kwargs: dict[str, Any] = {"format": fmt, "dpi": DPI}
     if fmt in ("svg", "pdf"):
         kwargs["metadata"] = {"Date": None}  # reproducible files

@@ -2,6 +2,7 @@
 their element-wise mean to checkpoints/avg.safetensors, --checkpoint avg loads it."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,48 @@ def test_weights_left_past_the_resumed_step_are_pruned(run_copy, tiny_recipe):
     train(tiny_recipe("train.max_steps=10", "train.valid_every=2", "train.keep_last=3"), run_dir=run_copy,
           resume=True)
     assert [step for step, _ in kept_weights(run_copy)] == [6, 8, 10]
+
+
+def _rotating(monkeypatch, every_read: bool):
+    """``read_tensors`` that deletes the file it is asked for first, as a training rotating its kept
+    checkpoints away would (once, or on every read)."""
+    import nmt.inference.checkpoint as checkpoint_module
+
+    real = checkpoint_module.read_tensors
+    deleted = []
+
+    def read(path):
+        if every_read or not deleted:
+            Path(path).unlink()
+            deleted.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(checkpoint_module, "read_tensors", read)
+    return deleted
+
+
+def test_a_checkpoint_rotated_away_while_averaging_is_not_called_corrupt(run_copy, monkeypatch, capsys):
+    from nmt.cli import main
+
+    deleted = _rotating(monkeypatch, every_read=False)
+    assert main(["average", str(run_copy), "--last", "2"]) == 0
+    err = capsys.readouterr().err
+    assert deleted and f"{deleted[0]} vanished while being read" in err and "corrupt" not in err
+    assert (run_copy / "checkpoints" / "avg.safetensors").is_file()
+
+
+def test_averaging_a_run_whose_checkpoints_keep_rotating_names_the_training(run_copy, monkeypatch, capsys):
+    import os
+
+    from nmt.cli import main
+    from nmt.training.lock import RunLock
+
+    _rotating(monkeypatch, every_read=True)
+    lock = RunLock(run_copy)
+    lock.acquire()
+    try:
+        assert main(["average", str(run_copy), "--last", "1"]) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert f"train.lock held by pid {os.getpid()}" in err and "corrupt" not in err and "Traceback" not in err

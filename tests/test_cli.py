@@ -171,8 +171,8 @@ def test_decode_options_are_the_recipe_schema(argv, excluded, capsys):
                                   "beam search (--beam/decode.beam 3)"),
     (["--sample", "--top-p", "0"], "--top-p/decode.top_p: got 0.0, must be in (0, 1]"),
     (["--sample", "--top-p", "1.01"], "--top-p/decode.top_p: got 1.01, must be in (0, 1]"),
-    (["--sample", "--temperature", "0"], "--temperature/decode.temperature: got 0.0, must be > 0"),
-    (["--sample", "--temperature", "-0.5"], "--temperature/decode.temperature: got -0.5, must be > 0"),
+    (["--sample", "--temperature", "0"], "--temperature/decode.temperature: got 0.0, must be in [0.001, 100]"),
+    (["--sample", "--temperature", "-0.5"], "--temperature/decode.temperature: got -0.5, must be in [0.001, 100]"),
 ])
 def test_out_of_range_decode_options_exit_2_naming_the_option(tmp_path, capsys, flags, named):
     # checked before the run directory is read: the run does not even need to exist

@@ -172,3 +172,25 @@ def test_cli_reports_checkpoint_errors_without_traceback(tmp_path):
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_swapped_tokenizer_model_is_named_not_the_checkpoint(tiny_run, tmp_path):
+    """A tokenizer model of another vocabulary copied into a run: the model file is named (spm.json
+    records its sha256), not the checkpoint whose shapes then differ."""
+    import io
+    import shutil
+
+    import sentencepiece as spm
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    model = io.BytesIO()
+    words = "le la chat chien maison rouge bleu petit grand mange dort voit un une et".split()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([" ".join(words[i:] + words[:i]) for i in range(15)] * 20),
+                                   model_writer=model, vocab_size=30, model_type="unigram",
+                                   pad_id=0, unk_id=1, bos_id=2, eos_id=3, num_threads=1,
+                                   minloglevel=2)
+    (run / "spm.src.model").write_bytes(model.getvalue())
+    with pytest.raises(CheckpointError, match="spm.src.model is not the tokenizer model") as info:
+        load_run(run, "last")
+    assert "spm.json" in str(info.value) and "does not fit" not in str(info.value)

@@ -474,3 +474,20 @@ def test_what_a_path_is_when_it_is_not_the_expected_kind(trained_run, tmp_path):
     from nmt.training.trainer import train
     with pytest.raises(NmtError, match="is a file, not a directory"):
         train(tiny(), run_dir=a_file)
+
+
+def test_resume_with_changed_settings_says_so_and_keeps_the_previous_recipe(trained_run, tmp_path):
+    from nmt.training.trainer import train
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "recipe.yaml").read_bytes()
+    train(tiny("train.max_steps=6", "train.valid_every=4", "train.lr=0.02"), run_dir=run, resume=True)
+    assert (run / "recipe.prev-1.yaml").read_bytes() == before
+    assert "lr: 0.02" in (run / "recipe.yaml").read_text()
+    log = (run / "train.log").read_text()
+    assert "--resume with changed settings" in log and "train.lr: 0.01 -> 0.02" in log
+    assert "train.max_steps: 4 -> 6" in log and "recipe.prev-1.yaml" in log
+    # resuming again with the same recipe changes nothing and keeps no copy
+    train(tiny("train.max_steps=6", "train.valid_every=4", "train.lr=0.02"), run_dir=run, resume=True)
+    assert not (run / "recipe.prev-2.yaml").exists()

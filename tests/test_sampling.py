@@ -219,3 +219,51 @@ def test_sampling_sets_the_beam_and_n_best_counts_samples():
     options = DecodeConfig(beam=5).updated({"sample": True, "n_best": 8})
     assert options.beam == 1 and options.n_best == 8
     assert DecodeConfig(beam=5).updated({"n_best": 8}).beam == 8  # searching: n-best widens the beam
+
+
+@pytest.mark.parametrize("temperature", ["1e-45", "1e-300", "1e300", "0.0009", "101"])
+def test_temperatures_that_overflow_float32_are_refused(tiny_run, tmp_path, capsys, temperature):
+    """``logits / T`` overflowed to inf/NaN in float32 and wrote "IIIIIIII" with exit 0."""
+    from nmt.cli import main
+
+    source = tmp_path / "in.fr"
+    source.write_text("Je suis fatigué.\n", encoding="utf-8")
+    assert main(["translate", str(tiny_run), "-i", str(source), "--checkpoint", "last", "--sample",
+                 "--temperature", temperature]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--temperature" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("temperature", [0.001, 100.0])
+def test_the_temperature_range_ends_sample(model, temperature):
+    src, lengths, mask = pad_sources([SRC, SRC[:2] + [EOS_ID]])
+    options = DecodeConfig().updated({"sample": True, "temperature": temperature, "n_best": 3})
+    for hyps in search(model, src, lengths, mask, options):
+        assert all(math.isfinite(h.score) for h in hyps)
+
+
+def test_the_sampler_never_draws_from_nan_probabilities():
+    import numpy as np
+
+    from nmt.errors import NmtError
+    from nmt.inference.ops_numpy import numpy_ops
+    from nmt.inference.sampling import Sampler
+
+    options = DecodeConfig().updated({"sample": True})
+    sampler = Sampler(numpy_ops, options, [(0, 0, 0), (0, 1, 0)], np.array([3, 3]))
+    logits = np.array([[0.0, 1.0, 2.0], [np.nan, np.nan, np.nan]], dtype=np.float32)
+    with pytest.raises(NmtError, match="not finite numbers"):
+        sampler(logits, np.array([0, 1]), 0)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "0.5"], ["--top-k", "5"], ["--top-p", "0.9"],
+                                   ["--seed", "3"]])
+def test_sampling_options_without_sample_are_refused(tiny_run, tmp_path, capsys, flags):
+    from nmt.cli import main
+
+    source = tmp_path / "in.fr"
+    source.write_text("Je suis fatigué.\n", encoding="utf-8")
+    assert main(["translate", str(tiny_run), "-i", str(source), "--checkpoint", "last", *flags]) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "add --sample" in err and "Traceback" not in err
+    assert main(["translate", str(tiny_run), "-i", str(source), "--checkpoint", "last", "--sample", *flags]) == 0

@@ -256,3 +256,24 @@ def test_training_writes_the_lexicon_and_translate_uses_it(tiny_recipe, tmp_path
     assert f"nmt shortlist {run}" in capsys.readouterr().err
     assert not (tmp_path / "out2.txt").exists()
     assert main(["shortlist", str(run), "--keep", "0"]) == 2
+
+
+@pytest.mark.parametrize("src_vocab,tgt_vocab", [(40, 40), (120, 120), (80, 60)])
+def test_a_lexicon_of_another_vocabulary_is_refused(tiny_run, tmp_path, capsys, src_vocab, tgt_vocab):
+    """A lexicon.safetensors built for other vocabularies (copied from another run): exit 2 naming it
+    and how to rebuild it, instead of an IndexError (smaller) or wrong columns (larger)."""
+    import shutil
+
+    from nmt.cli import main
+    from nmt.inference.shortlist import Lexicon
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    generator = torch.Generator().manual_seed(0)
+    Lexicon(torch.randint(0, tgt_vocab, (src_vocab, 8), generator=generator), torch.rand(src_vocab, 8),
+            torch.randperm(tgt_vocab, generator=generator)).save(run / "lexicon.safetensors")
+    source = tmp_path / "in.fr"
+    source.write_text("Je suis fatigué.\n" * 3, encoding="utf-8")
+    assert main(["translate", str(run), "-i", str(source), "--shortlist", "5", "--checkpoint", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "lexicon.safetensors" in err and f"nmt shortlist {run}" in err and "Traceback" not in err

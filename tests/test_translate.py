@@ -935,3 +935,89 @@ def test_workers_option_errors(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli(run_dir, "-i", src, "--workers", "2") == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_workers_are_capped_by_the_cpus_and_the_input(run_dir, tmp_path, capsys, monkeypatch):
+    """``--workers 3`` with 2 CPUs on a 1-line input: the CPUs cap it (a note says so), and one
+    process is started for the one line; the output is the one process's. (``--workers 99999``
+    once started processes until the machine ran out of memory.)"""
+    import nmt.tools.translate as translate_tool
+    import nmt.training.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    started = []
+    stop = translate_tool._stop_workers
+
+    def spy(pool, finished):
+        started.append(len(pool._processes or {}))
+        stop(pool, finished)
+
+    monkeypatch.setattr(translate_tool, "_stop_workers", spy)
+    src = write_bytes(tmp_path / "in.txt", b"le chat\n")
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "one.txt") == 0
+    capsys.readouterr()
+    assert cli(run_dir, "-i", src, "-o", tmp_path / "many.txt", "--workers", "3") == 0
+    err = capsys.readouterr().err
+    assert "--workers 3 capped to 2" in err and "started 1 of 2 workers" in err, err
+    assert started == [1]
+    assert (tmp_path / "many.txt").read_bytes() == (tmp_path / "one.txt").read_bytes()
+    assert _workers_gone()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_with_a_killed_parent_and_its_leftover_is_removed(run_dir, tmp_path):
+    """``kill -9`` of the ``--workers`` parent: its workers end within seconds; the next run
+    removes the hidden temporary output the killed one left, with a note."""
+    import signal
+
+    src = write_bytes(tmp_path / "in.txt", ("\n".join(corpus(4000, 5)) + "\n").encode())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "nmt", "translate", str(run_dir), "-i", str(src),
+                             "-o", str(out_dir / "out.txt"), "--workers", "2"], stderr=subprocess.PIPE,
+                            env=_env())
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and proc.poll() is None:
+        workers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        if len(workers) == 2 and list(out_dir.iterdir()):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None and len(workers) == 2, "the workers did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_running(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(p) for p in workers), "the workers outlived their parent"
+    [left] = list(out_dir.iterdir())
+    assert left.name.startswith(".out.txt.") and left.name.endswith(".tmp")
+    tiny = write_bytes(tmp_path / "one.txt", b"le chat\n")
+    again = subprocess.run([sys.executable, "-m", "nmt", "translate", str(run_dir), "-i", str(tiny), "-o",
+                            str(out_dir / "out.txt")], capture_output=True, text=True, env=_env())
+    assert again.returncode == 0, again.stderr
+    assert f"removed {left}" in again.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["out.txt"]

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="translate with N processes of one CPU thread each, over chunks of the input: "
                         "for large files (default 1: this process, with torch's threads); the output "
-                        "is the same")
+                        "is the same. At most the CPUs this process may use, and no more than the "
+                        "input's lines (a note says when fewer are started)")
     p.add_argument("--score-reference", metavar="FILE",
                    help="instead of translating, print the log-probability of each reference line")
     p.add_argument("--alignments", action="store_true",

@@ -260,8 +260,10 @@ class DecodeConfig:
     sample: bool = setting(
         False, "draw each token from the model's distribution instead of searching; n_best is then "
                "the number of independent samples per sentence; excludes beam > 1")
-    temperature: float = setting(1.0, "sampling: logits divided by T (< 1 sharper, > 1 flatter)", above=0,
-                                 metavar="T")
+    # the range keeps logits / T finite in float32 (|logits| of a trained model stay far below
+    # 3e35 = float32 max x 1e-3): 0.001 is already greedy in effect and 100 close to uniform
+    temperature: float = setting(1.0, "sampling: logits divided by T (< 1 sharper, > 1 flatter)",
+                                 min=0.001, max=100, metavar="T")
     top_k: int = setting(0, "sampling: draw from the K most probable tokens only; 0 = all", min=0,
                          metavar="K")
     top_p: float = setting(1.0, "sampling: draw from the smallest set of most probable tokens whose "

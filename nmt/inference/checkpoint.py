@@ -332,8 +332,30 @@ def load_run_recipe(run_dir: str | os.PathLike):
         raise CheckpointError(f"run directory {run_dir} not found (train one with `nmt train RECIPE`)")
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
+        if (run_dir / "export.json").is_file():
+            raise CheckpointError(f"{run_dir} is an export directory (`nmt export`), not a run directory: "
+                                  f"translate it with `nmt translate --engine onnx {run_dir}`")
         raise CheckpointError(f"run directory {run_dir} has no recipe.yaml; was it written by `nmt train`?")
     return recipe_from_dict(read_yaml_file(recipe_file), source=str(recipe_file))
+
+
+def check_tokenizer_record(tokenizers, run_dir: Path) -> None:
+    """The run's tokenizer models are the ones its ``spm.json`` records (by sha256): a model copied
+    in from another run would otherwise be blamed on the checkpoint (its shapes differ)."""
+    from nmt.data.tokenizer import RECORD
+
+    try:
+        recorded = json.loads((run_dir / RECORD).read_text(encoding="utf-8")).get("models")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (older runs): the checkpoint's own record is compared later
+    if not isinstance(recorded, dict):
+        return
+    for name, digest in tokenizers.file_hashes.items():
+        if isinstance(recorded.get(name), str) and recorded[name] != digest:
+            raise CheckpointError(
+                f"{run_dir / name} is not the tokenizer model this run was trained with (its sha256 "
+                f"{digest[:12]}... differs from {recorded[name][:12]}... that {run_dir / RECORD} records): "
+                "was it copied from another run? Restore the run directory's original spm models")
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
@@ -353,6 +375,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     if kernels is not None:
         recipe.model.kernels = kernels
     tokenizers = SubwordTokenizers.load(run_dir)
+    check_tokenizer_record(tokenizers, run_dir)  # a swapped model is named, not the checkpoint
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
     for attempt in range(3):
         weights = checkpoint_path(run_dir, checkpoint)

@@ -62,12 +62,34 @@ class OnnxModel:
         opts.log_severity_level = 3
         state_in = [f"state.{n}" for n in self.state_names]
         memory_in = [f"memory.{n}" for n in self.memory_names]
+        self.encoder_file, self.decoder_file = meta["encoder"], meta["decoder_step"]
         self.encoder = self._session(ort, meta["encoder"], opts, ["src", "src_lengths"], state_in + memory_in)
         outputs = ["log_probs"] + [f"next.{n}" for n in self.state_names] + ["attention"] \
             + (["positions"] if self.with_positions else [])
         self.decoder = self._session(ort, meta["decoder_step"], opts,
                                      ["prev_tokens"] + state_in + memory_in, outputs)
         self._step_outputs = outputs
+        self._check_vocabulary(meta.get("tgt_vocab_size"))
+
+    def _check_vocabulary(self, tgt_vocab_size: Any) -> None:
+        """The step graph scores the target vocabulary export.json names (a graph of another run
+        scores another one)."""
+        width = self.decoder.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and isinstance(tgt_vocab_size, int) and width != tgt_vocab_size:
+            raise CheckpointError(f"{self.dir / self.decoder_file} scores {width} target pieces but "
+                                  f"{META_FILE} says the model has {tgt_vocab_size}: the graph is from "
+                                  f"another run; {_REEXPORT}")
+
+    def _run(self, session, name: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``session.run``; onnxruntime's failure (a graph that does not fit the others) names the file."""
+        try:
+            return session.run(None, feed)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.dir / name} failed in onnxruntime ({first[:300]}): the export's "
+                                  f"graphs do not belong together; {_REEXPORT}") from None
 
     def _session(self, ort, name: str, opts, inputs: list[str], outputs: list[str]):
         path = self.dir / name
@@ -89,7 +111,7 @@ class OnnxModel:
 
     def encode(self, src: np.ndarray, lengths: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``src (B, S)``, ``lengths (B,)`` -> initial decoder state and attention memory (by field)."""
-        out = self.encoder.run(None, {"src": src, "src_lengths": lengths})
+        out = self._run(self.encoder, self.encoder_file, {"src": src, "src_lengths": lengths})
         n = len(self.state_names)
         return dict(zip(self.state_names, out[:n])), dict(zip(self.memory_names, out[n:]))
 
@@ -98,7 +120,7 @@ class OnnxModel:
         feed = {"prev_tokens": prev}
         feed.update((f"state.{n}", state[n]) for n in self.state_names)
         feed.update((f"memory.{n}", memory[n]) for n in self.memory_names)
-        out = self.decoder.run(None, feed)
+        out = self._run(self.decoder, self.decoder_file, feed)
         n = len(self.state_names)
         new_state = dict(zip(self.state_names, out[1: 1 + n]))
         positions = out[2 + n] if self.with_positions else None

@@ -20,7 +20,7 @@ from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.constraints import constraint_ids
 from nmt.inference.sentence_shortlist import allow_constraints, outside_own_shortlist
 
-__all__ = ["LexiconTable", "log_normaliser"]
+__all__ = ["LexiconTable", "log_normaliser", "check_lexicon_sizes"]
 
 
 class LexiconTable:
@@ -68,6 +68,18 @@ class LexiconTable:
                                         per_source, frequent)
         allow_constraints(outside, lambda ids: np.searchsorted(columns, ids), constraints)
         return columns, outside
+
+
+def check_lexicon_sizes(path: str | os.PathLike, table_shape: tuple[int, ...], tgt_entries: int,
+                        largest_id: int, src_vocab: int, tgt_vocab: int) -> None:
+    """A lexicon's table ``(source entries, keep)``, its ``tgt_entries`` frequency-ordered target
+    ids and its ``largest_id`` fit a model of ``src_vocab`` / ``tgt_vocab`` pieces; raises NmtError."""
+    if table_shape[0] == src_vocab and tgt_entries == tgt_vocab and largest_id < tgt_vocab:
+        return
+    run = Path(path).parent
+    raise NmtError(f"lexicon {path} was built for {table_shape[0]} source and {tgt_entries} target pieces, "
+                   f"but the model has {src_vocab} and {tgt_vocab}: it belongs to another run. Rebuild it "
+                   f"with `nmt shortlist {run}` (or decode without --shortlist)")
 
 
 def log_normaliser(values: np.ndarray) -> np.ndarray:

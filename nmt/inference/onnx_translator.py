@@ -33,6 +33,7 @@ from nmt.config import DecodeConfig, Recipe, recipe_from_dict
 from nmt.data.grouping import length_groups
 from nmt.data.tokenizer import SubwordTokenizers
 from nmt.errors import CheckpointError, NmtError
+from nmt.inference.export_meta import check_fingerprints, check_meta
 from nmt.inference.forced import forced_scores
 from nmt.inference.onnx_engine import (
     DECODER_FILE,
@@ -48,7 +49,7 @@ from nmt.inference.onnx_engine import (
     pad_sources,
     search,
 )
-from nmt.inference.onnx_shortlist import LexiconTable
+from nmt.inference.onnx_shortlist import LexiconTable, check_lexicon_sizes
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import max_lengths as _max_lengths
@@ -92,6 +93,7 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
                                "memory", "recipe") if key not in meta]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; {_REEXPORT}")
+    check_meta(meta, path)  # types, and file names that stay inside the directory
     for key in ("src_tokenizer", "tgt_tokenizer", "encoder", "decoder_step"):
         if not (root / meta[key]).is_file():
             what = "tokenizer model" if key.endswith("tokenizer") else "ONNX graph"
@@ -127,8 +129,14 @@ class OnnxTranslator(TranslatorBase):
         #: the run's recipe: its ``decode`` section gives the default settings (as a run's would)
         self.recipe: Recipe = recipe_from_dict(self.meta["recipe"], source=str(self.export_dir / META_FILE))
         self.model = OnnxModel(self.export_dir, self.meta, threads)
+        check_fingerprints(self.meta, self.export_dir)  # graphs and models of this export, not another's
         #: the run's lexicon when the export holds one (a shortlist decodes over it)
         self.lexicon = LexiconTable.load(self.export_dir / self.meta["lexicon"]) if self.meta.get("lexicon") else None
+        if self.lexicon is not None:
+            table = self.lexicon.top_ids
+            check_lexicon_sizes(self.export_dir / self.meta["lexicon"], table.shape, self.lexicon.tgt_vocab_size,
+                                int(table.max()) if table.size else -1, tokenizers.src_vocab_size,
+                                tokenizers.tgt_vocab_size)
         self.warn = WarningCounter()
 
     @classmethod

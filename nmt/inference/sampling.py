@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 from nmt.config import DecodeConfig
+from nmt.errors import NmtError
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.rules import Hypothesis
 
@@ -58,6 +59,7 @@ class Sampler:
         x = ops.to_float(logits)
         if self.temperature != 1.0:
             x = x / self.temperature  # softmax(x / T) = p^(1/T) renormalised
+        self._check_numbers(x, step)
         if 0 < self.top_k < x.shape[1]:
             x = ops.keep_columns(x, ops.topk(x, self.top_k)[1], -math.inf)
         if self.top_p < 1.0:
@@ -67,6 +69,16 @@ class Sampler:
         u = self.uniforms[rows, step][:, None] * cdf[:, -1:]
         # the first token whose cumulative probability exceeds u (tokens of probability 0 never are)
         return ops.first_above(cdf, u)
+
+
+    def _check_numbers(self, x, step: int) -> None:
+        """Scores that are NaN or +inf (overflowing, or NaN weights) would make NaN probabilities,
+        read as 0, and token 0 drawn at every step: refused instead (-inf is a forbidden token)."""
+        ops = self.ops
+        if ops.size(ops.nonzero((~ops.isfinite(x) & (x != -math.inf)).any(1))):
+            raise NmtError(f"sampling: the scores of step {step} are not finite numbers (divided by the "
+                           f"temperature {self.temperature:g} they overflow, or the weights hold NaN); use "
+                           "another --temperature or check the checkpoint")
 
 
 #: tokens looked at first for a nucleus; rows whose nucleus is larger sort their whole distribution

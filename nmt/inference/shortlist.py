@@ -42,6 +42,7 @@ from nmt.data.vocab import (  # the special ids are always in a shortlist, at co
     PAD_ID,
 )
 from nmt.errors import NmtError
+from nmt.inference.onnx_shortlist import check_lexicon_sizes
 
 logger = logging.getLogger("nmt.inference.shortlist")
 
@@ -252,6 +253,12 @@ class Lexicon:
         except Exception as exc:
             raise NmtError(f"lexicon {path} is corrupt or incomplete ({type(exc).__name__}: {exc}); "
                            f"rebuild it with `nmt shortlist {path.parent}`") from None
+
+    def check_vocabulary(self, path: str | os.PathLike, src_vocab: int, tgt_vocab: int) -> None:
+        """This lexicon (read from ``path``) was built for a model of ``src_vocab`` source and
+        ``tgt_vocab`` target pieces: a lexicon of another run would index outside the model."""
+        check_lexicon_sizes(path, tuple(self.top_ids.shape), self.tgt_vocab_size,
+                            int(self.top_ids.max()) if self.top_ids.numel() else -1, src_vocab, tgt_vocab)
 
     def columns(self, src: Tensor, src_mask: Tensor, per_source: int, frequent: int) -> Tensor:
         """The shortlist of a batch: sorted target ids ``(L,)``, ids 0..3 first (at columns 0..3).

@@ -194,6 +194,9 @@ class Translator(TranslatorBase):
                                    "tokenizers) or decode without --shortlist")
             else:
                 self.lexicon = Lexicon.load(self.run_dir / LEXICON_FILE)
+            if self.tokenizers is not None:  # a lexicon of another run would index outside the model
+                self.lexicon.check_vocabulary(Path(self.run_dir) / LEXICON_FILE, self.tokenizers.src_vocab_size,
+                                              self.tokenizers.tgt_vocab_size)
         return self.lexicon
 
     # ---------------------------------------------------------------------------- the steps

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import refuse_link
 from nmt.errors import CheckpointError, NmtError
 
 log = logging.getLogger("nmt.average")
@@ -164,8 +166,7 @@ def average_run(run_dir: str | os.PathLike, last: int | None = None, best: int |
     from nmt.inference.checkpoint import AVERAGE_WEIGHTS, CHECKPOINT_DIR, load_run_recipe, write_tensors
 
     run_dir = Path(run_dir)
-    chosen = select(run_dir, last=last, best=best)
-    tensors, meta = average_tensors([c.path for c in chosen])
+    chosen, tensors, meta = _average_snapshot(run_dir, last, best)
     by = "last" if last is not None else "best"
     record = {
         "step": chosen[-1].step,
@@ -175,8 +176,38 @@ def average_run(run_dir: str | os.PathLike, last: int | None = None, best: int |
                      **({"metric": load_run_recipe(run_dir).train.early_stopping_metric} if by == "best" else {})},
     }
     path = run_dir / CHECKPOINT_DIR / AVERAGE_WEIGHTS
+    refuse_link(path.parent)  # never written through a link planted in the run
     write_tensors(path, tensors, record)
     return path
+
+
+#: times the checkpoints are listed again when a training rotated one away while it was read
+SNAPSHOT_TRIES = 3
+
+
+def _average_snapshot(run_dir: Path, last: int | None, best: int | None):
+    """Select and average the checkpoints. A run still training deletes its oldest kept weights
+    when it writes new ones: a chosen file that vanished while it was read was rotated away, not
+    corrupted, so the checkpoints are listed again (and the user told)."""
+    from nmt.training.lock import lock_holder
+
+    for attempt in range(SNAPSHOT_TRIES):
+        chosen = select(run_dir, last=last, best=best)
+        try:
+            tensors, meta = average_tensors([c.path for c in chosen])
+            return chosen, tensors, meta
+        except CheckpointError:
+            gone = [c.path.name for c in chosen if not c.path.exists()]
+            if not gone:
+                raise  # the file is there: it is corrupt
+        holder = lock_holder(run_dir)
+        training = (f"the run is being trained (train.lock held by pid {holder.get('pid')})" if holder
+                    else "it was deleted")
+        if attempt + 1 < SNAPSHOT_TRIES:
+            print(f"nmt average: {', '.join(gone)} vanished while being read ({training}); "
+                  "listing the checkpoints again", file=sys.stderr)
+    raise NmtError(f"nmt average: the checkpoints of {run_dir} keep changing while they are read "
+                   f"({training}); average once the training has stopped, or average fewer")
 
 
 def average_cli(args) -> int:

@@ -7,14 +7,25 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from nmt.config import DecodeConfig, decode_flag_label
+from nmt.errors import ConfigError
+
+#: the decode settings that only sampling reads
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 
 
 def settings_for(translator, given: Mapping[str, Any] | None,
                  label: Callable[[str], str] | None = decode_flag_label) -> DecodeConfig:
     """The translator's default settings (its recipe's ``decode`` section) with ``given`` over
     them, checked; problems name each setting as ``label(field)`` (by default its command-line
-    option; ``None``: the field)."""
-    return translator.decode.updated(given, label=label)
+    option; ``None``: the field). A sampling setting given while the result does not sample is
+    refused: it would be silently ignored."""
+    options = translator.decode.updated(given, label=label)
+    unused = [name for name in SAMPLING_ONLY if (given or {}).get(name) is not None]
+    if unused and not options.sample:
+        named = ", ".join((label or str)(name) for name in unused)
+        raise ConfigError(f"{named} only apply to sampling, which is off: add --sample (decode.sample: "
+                          "true) to sample, or leave them out", what="decode settings")
+    return options
 
 
 def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from nmt.atomic import atomic_write_text
+from nmt.atomic import atomic_write_text, safe_dir
 from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
@@ -266,6 +266,7 @@ def _save_evaluation(eval_dir: Path, hyp_path: Path, json_path: Path, hypotheses
     """Write the hypotheses and the record atomically; a failure names the file and says the
     scores (already shown) are complete."""
     try:
+        safe_dir(eval_dir)  # a link planted as RUN/eval is refused, never written through
         atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
         atomic_write_text(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:

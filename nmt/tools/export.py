@@ -34,15 +34,17 @@ import os
 import sys
 import tempfile
 import warnings
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nmt.atomic import atomic_write_bytes, atomic_write_text, refuse_link
 from nmt.data.tokenizer import SRC_MODEL, TGT_MODEL
-from nmt.atomic import atomic_write_bytes, atomic_write_text
 from nmt.errors import CheckpointError, NmtError
+from nmt.inference.export_meta import FILE_KEYS, file_sha256
 from nmt.inference.onnx_translator import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -211,8 +213,8 @@ def _export_lexicon(run_dir: Path, out: Path) -> dict[str, str]:
 
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """Export a run directory (``checkpoint``: best, last, avg or a weights file) to ``out_dir``."""
-    from nmt import __version__
+    """Export a run directory (``checkpoint``: best, last, avg or a weights file) to ``out_dir``,
+    replacing a previous export there whole."""
     from nmt.inference.checkpoint import checkpoint_path, load_run, load_run_recipe
 
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -224,9 +226,16 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
                               "(`nmt train RECIPE`) or name a weights file with --checkpoint PATH") from None
     # the plain equations, not the CPU fast paths: the graphs must be what the model means
     recipe, tokenizers, model, metadata = load_run(run_dir, str(weights), kernels="reference")
-    if out.exists() and not out.is_dir():
-        raise NmtError(f"{out} exists and is not a directory; give a directory name")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_destination(out)
+    with _staging(out) as stage:
+        _write_export(run_dir, stage, weights, recipe, tokenizers, model, metadata)
+    return out
+
+
+def _write_export(run_dir: Path, out: Path, weights: Path, recipe, tokenizers, model, metadata) -> None:
+    """The files of an export, written into the (empty, staging) directory ``out``."""
+    from nmt import __version__
+
     graphs = export_model(model, out)
     for name in (SRC_MODEL, TGT_MODEL):
         atomic_write_bytes(out / name, (run_dir / name).read_bytes())
@@ -245,9 +254,73 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoin
         "checkpoint": {"file": str(weights), "metadata": metadata},
         "exported_by": {"nmt": __version__, "torch": torch.__version__},
     }
-    # written last: a directory with export.json is complete
+    # what the ONNX engine checks on loading: these files, not another export's
+    meta["sha256"] = {meta[key]: file_sha256(out / meta[key]) for key in FILE_KEYS if meta.get(key)}
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, default=str) + "\n")
-    return out
+
+
+def _check_destination(out: Path) -> None:
+    """``out`` can be replaced by an export: missing, empty, or an export (never a link)."""
+    refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise NmtError(f"{out} exists and is not a directory; give a directory name")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise NmtError(f"{out} is a directory that holds other files than an export (no {META_FILE}); "
+                       "an export replaces its directory whole: give a new or empty directory")
+
+
+@contextlib.contextmanager
+def _staging(out: Path):
+    """A new directory beside ``out`` to write the export into, swapped in whole when complete: an
+    interrupted export (Ctrl-C, ``kill -9``) leaves the previous export as it was (or none), never
+    one that mixes new and old files. Leftovers of an export that was killed are removed."""
+    import secrets
+    import shutil
+
+    out = Path(os.path.abspath(out))  # "." or "exports/" have a name to stage beside
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(out)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    stage = out.with_name(f".{out.name}.{tag}.export")
+    old = out.with_name(f".{out.name}.{tag}.old")
+    stage.mkdir()
+    try:
+        yield stage
+        if out.exists():
+            os.rename(out, old)  # a crash from here to the next rename leaves the old one here
+        os.rename(stage, out)
+    finally:
+        for leftover in (stage, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Remove the staging directories of exports into ``out`` whose process no longer runs; a
+    previous export a kill left aside (between the two renames) is put back first."""
+    import shutil
+
+    for path in sorted(out.parent.glob(f".{glob_escape(out.name)}.*-*.*")):
+        pid = path.name[len(out.name) + 2:].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)) or path.suffix not in (".export", ".old"):
+            continue
+        if path.suffix == ".old" and not out.exists():
+            os.rename(path, out)
+            print(f"nmt export: put back {out}, the export an interrupted export had moved aside",
+                  file=sys.stderr)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"nmt export: removed {path}, left by an interrupted export", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def export_cli(args) -> int:

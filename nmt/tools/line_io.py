@@ -144,8 +144,11 @@ class Output:
                 return
             from contextlib import ExitStack
 
-            from nmt.atomic import atomic_path
+            from nmt.atomic import atomic_path, remove_stale_temporaries
 
+            for stale in remove_stale_temporaries(target):
+                print(f"nmt: removed {stale}, the unfinished output of an interrupted run (its "
+                      "process no longer runs)", file=sys.stderr)
             self._atomic = ExitStack()
             tmp = self._atomic.enter_context(atomic_path(target))
             self.handle = open(tmp, "wb")

@@ -50,7 +50,9 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   worker gets the chunk and translates its share of the chunk's length-sorted batches (the
   ``shard`` of a distributed run), so the output is the one of a single process, byte for byte.
   Up to :data:`CHUNKS_AHEAD` chunks are in flight while the oldest is written, which keeps
-  every worker busy and memory bounded. A worker that fails stops the run: the error is printed,
+  every worker busy and memory bounded. N is capped at the CPUs the process may use (a note on
+  stderr says so), and a chunk of fewer lines than N goes to as many workers as it has lines: the
+  pool starts a process only when it gets a task. A worker that fails stops the run: the error is printed,
   the exit status is not 0 and ``-o FILE`` is not written. Ctrl-C stops the workers too.
 - ``--glossary FILE`` (lines ``SOURCE TERM<TAB>TARGET TERM``, :mod:`nmt.tools.glossary`): the
   terms whose source term occurs in an input line are that line's constraints, which lexically
@@ -88,6 +90,7 @@ from nmt.tools.line_io import (
     raise_on_sigterm,
     read_chunk,
 )
+from nmt.tools.orphans import die_with_parent
 
 if TYPE_CHECKING:
     from nmt.config import DecodeConfig
@@ -353,9 +356,12 @@ class _Collected:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init() -> None:
-    """Ctrl-C signals the whole process group: the main process alone handles it and stops the workers."""
+def _worker_init(parent: int) -> None:
+    """Ctrl-C signals the whole process group: the main process alone handles it and stops the
+    workers. A worker ends with its ``parent`` however that ends (``kill -9`` included), instead of
+    holding its model's memory for nothing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
 
 
 def _worker_translator(spec: dict[str, Any]):
@@ -422,6 +428,7 @@ def _translate_with_workers(args, workers: int) -> int:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise NmtError("--workers starts its own processes: run it as one command, without torchrun "
                        "or accelerate launch")
+    workers = _cap_workers(workers)
     onnx = args.engine == "onnx"
     decode, reference = _decode_and_reference(args)
     if onnx:
@@ -441,7 +448,7 @@ def _translate_with_workers(args, workers: int) -> int:
         output = Output(args.output)
         # spawn: a worker starts from a fresh interpreter (no copy of this process's threads or locks)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
         # one worker loads the run first: its recipe's max_input_len bounds the line length read,
         # and a run that cannot be loaded fails before any input is read
         limit = _result(pool.submit(_worker_line_limit, spec), "loading the run", 0)
@@ -449,12 +456,15 @@ def _translate_with_workers(args, workers: int) -> int:
         src_lines = iter_lines(src_stream, input_name, reading, limit)
         ref_lines = iter_lines(ref_stream, reference, reading, limit) if reference else None
         in_flight: deque = deque()
-        first = 0
+        first = used = 0
         while True:
             payload = read_chunk(src_lines, ref_lines, first, input_name, reference)
             if payload is None:
                 break
-            futures = [pool.submit(_work, spec, payload, first, rank, workers) for rank in range(workers)]
+            # no more workers than lines: a pool starts its processes only when they get a task
+            world = min(workers, len(payload["src"]))
+            used = max(used, world)
+            futures = [pool.submit(_work, spec, payload, first, rank, world) for rank in range(world)]
             in_flight.append((first, len(payload["src"]), reading.records, futures))
             reading.records = []
             first += len(payload["src"])
@@ -465,6 +475,9 @@ def _translate_with_workers(args, workers: int) -> int:
         warn.summary()
         output.commit()
         finished = True
+        if used < workers:
+            print(f"nmt translate: started {max(used, 1)} of {workers} workers: the input has "
+                  f"{first} line{'s' if first != 1 else ''}", file=sys.stderr)
     except BaseException as exc:
         abandon(output, exc, args.output)
         raise
@@ -475,6 +488,19 @@ def _translate_with_workers(args, workers: int) -> int:
             _stop_workers(pool, finished)
         close_inputs(src_stream, ref_stream)
     return 0
+
+
+def _cap_workers(workers: int) -> int:
+    """``--workers`` capped at the CPUs this process may use (each worker runs one thread: more
+    only share the CPUs and each holds its own model in memory), with a note when capped."""
+    from nmt.training.threads import usable_cpus
+
+    cpus = usable_cpus()
+    if workers > cpus:
+        print(f"nmt translate: --workers {workers} capped to {cpus}: the CPUs this process may use",
+              file=sys.stderr)
+        return cpus
+    return workers
 
 
 def _result(future, doing: str, first: int, submitted: int = 0) -> Any:

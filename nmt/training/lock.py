@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import open_nofollow
 from nmt.errors import NmtError
 
 log = logging.getLogger("nmt.train")
@@ -45,6 +46,31 @@ def _read_owner(fd: int) -> dict[str, Any]:
     return owner if isinstance(owner, dict) else {}
 
 
+def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The owner record (pid, host, started) of the ``nmt train`` holding ``run_dir``'s lock, or
+    None when no training holds it. Reads only; a link at train.lock is not followed."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return _read_owner(fd) or {"pid": "?"}
+            owner = _read_owner(fd)  # flock unsupported: the recorded pid decides
+            pid = owner.get("pid")
+            return owner if isinstance(pid, int) and owner.get("host") == socket.gethostname() and _alive(pid) \
+                else None
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """``with RunLock(run_dir):`` -- refuse (NmtError) if another process trains into ``run_dir``."""
 
@@ -64,7 +90,7 @@ class RunLock:
 
         host = socket.gethostname()
         for _ in range(20):  # the file can be removed by its owner between our open and our lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a planted link is refused
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True

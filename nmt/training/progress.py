@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nmt.atomic import append_line
+from nmt.atomic import append_line, open_nofollow
 from nmt.config import Recipe
 from nmt.training.state import TrainerState
 
@@ -144,7 +144,11 @@ class Progress:
 # ---------------------------------------------------------------------------- log and records
 
 class _RunLog(logging.FileHandler):
-    """``RUN/train.log``: the log of the run being trained."""
+    """``RUN/train.log``: the log of the run being trained (never appended through a link)."""
+
+    def _open(self):
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=lambda path, flags: open_nofollow(path, flags))
 
 
 def setup_logging(run_dir: Path | None) -> None:

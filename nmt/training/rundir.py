@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nmt.atomic import open_nofollow, refuse_link
 from nmt.config import Recipe, TrainConfig, read_yaml_file, recipe_from_dict
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import CHECKPOINT_DIR, LAST_POINTER, RECIPE_HEADER, has_checkpoint, last_candidates
@@ -26,6 +28,9 @@ FROZEN_ON_RESUME = ("model", "tokenizer", "data")
 #: model keys a continued training may change: they do not shape or give meaning to the weights
 FREE_ON_INIT = ("model.kernels", "model.init", "model.dropout", "model.encoder.dropout",
                 "model.decoder.dropout")
+
+#: the directories training writes inside a run directory (never through a link)
+RUN_SUBDIRS = (CHECKPOINT_DIR, "plots", "eval")
 
 #: free space a run directory needs before training starts (checkpoints of the largest recipes)
 NEED_BYTES = 256 * 2**20
@@ -39,8 +44,14 @@ def make_run_dir(run_dir: Path) -> None:
         raise NmtError(f"run directory {run_dir} is a file, not a directory; choose another with --run-dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_SUBDIRS:  # where training writes; the run directory itself may be a link
+            refuse_link(run_dir / name)
         probe = run_dir / ".write-test"
-        probe.write_bytes(b"ok")
+        fd = open_nofollow(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as exc:
         raise NmtError(f"run directory {run_dir} is not writable ({exc.strerror}); "
@@ -78,14 +89,43 @@ def preflight_run_dir(run_dir: Path, resume: bool, need_bytes: int) -> None:
                        f"need about {need_bytes / 2**20:.0f} MiB; free some space or use --run-dir")
 
 
-def check_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> None:
+def check_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> str | None:
     """The locked run directory can take this training: :func:`preflight_run_dir`, and on
-    ``resume`` the recipe agrees with the run's saved one (``train.init_from`` taken from it)."""
+    ``resume`` the recipe agrees with the run's saved one (``train.init_from`` taken from it).
+    Returns what a resume changes in the other sections (for the log), after keeping the previous
+    recipe.yaml (:func:`keep_changed_recipe`); None if nothing changed."""
     preflight_run_dir(run_dir, resume, need_bytes=NEED_BYTES)
     saved = saved_recipe(run_dir) if resume else None
-    if saved is not None:
-        check_resume_recipe(saved, recipe)
-        resume_init_from(run_dir, saved.train, recipe)
+    if saved is None:
+        return None
+    check_resume_recipe(saved, recipe)
+    resume_init_from(run_dir, saved.train, recipe)
+    return keep_changed_recipe(run_dir, saved, recipe)
+
+
+#: recipe sections a resumed run may change (the log says what changed)
+FREE_ON_RESUME = ("train", "decode", "eval")
+
+
+def keep_changed_recipe(run_dir: Path, saved: Recipe, recipe: Recipe) -> str | None:
+    """When ``recipe`` changes settings of :data:`FREE_ON_RESUME` against the run's ``saved`` one
+    (a learning rate, a schedule, more steps), copy the run's recipe.yaml to the first free
+    ``recipe.prev-N.yaml`` (training then writes the new one) and return what changed."""
+    from nmt.atomic import atomic_write_bytes
+
+    diffs = []
+    for section in FREE_ON_RESUME:
+        diffs += _differences(dataclasses.asdict(getattr(saved, section)),
+                              dataclasses.asdict(getattr(recipe, section)), section)
+    if not diffs:
+        return None
+    n = 1
+    while (run_dir / f"recipe.prev-{n}.yaml").exists() or (run_dir / f"recipe.prev-{n}.yaml").is_symlink():
+        n += 1
+    kept = run_dir / f"recipe.prev-{n}.yaml"
+    atomic_write_bytes(kept, (run_dir / "recipe.yaml").read_bytes())
+    listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in diffs)
+    return f"--resume with changed settings ({listed}); the run's previous recipe is kept as {kept.name}"
 
 
 def _written_by_train(recipe_file: Path) -> bool:

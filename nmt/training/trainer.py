@@ -92,10 +92,11 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
                               cpu=force_cpu())
     lock = lock_run_dir(run_dir) if accelerator.is_main_process else None
     try:
-        if lock is not None:
-            check_run_dir(run_dir, recipe, resume)
+        changed = check_run_dir(run_dir, recipe, resume) if lock is not None else None
         accelerator.wait_for_everyone()
         setup_logging(run_dir if accelerator.is_main_process else None)
+        if changed:
+            log.warning(changed)
         if threads.note:
             log.info(threads.note)
         trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)

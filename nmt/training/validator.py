@@ -117,11 +117,12 @@ class Validator:
         count = self.recipe.train.plot_sentences
         if not count:
             return
+        from nmt.atomic import safe_dir
         from nmt.figures import plot_attention
 
         translator = self._translator()
         results = translator.translate(self.sources[:count], beam=1, return_attention=True, sample=False)
-        out_dir = self.run_dir / "plots" / f"step{step:07d}"
+        out_dir = safe_dir(self.run_dir / "plots" / f"step{step:07d}")
         kind = self.recipe.model.attention.kind
         for i, result in enumerate(results):
             hyp = result.hypotheses[0]
