@@ -129,7 +129,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid, _, tail = name[len(prefix):-len(".tmp")].partition("-")
-        if not (pid.isdigit() and len(tail) == 8) or _alive(int(pid)):
+        if not (pid.isdigit() and len(tail) == 8) or process_alive(int(pid)):
             continue
         try:
             os.unlink(path.parent / name)
@@ -139,7 +139,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

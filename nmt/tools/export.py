@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmt.atomic import atomic_write_bytes, atomic_write_text, refuse_link
+from nmt.atomic import atomic_write_bytes, atomic_write_text, process_alive, refuse_link
 from nmt.data.tokenizer import SRC_MODEL, TGT_MODEL
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.export_meta import FILE_KEYS, file_sha256
@@ -302,7 +302,7 @@ def _remove_stale_stages(out: Path) -> None:
 
     for path in sorted(out.parent.glob(f".{glob_escape(out.name)}.*-*.*")):
         pid = path.name[len(out.name) + 2:].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)) or path.suffix not in (".export", ".old"):
+        if not pid.isdigit() or process_alive(int(pid)) or path.suffix not in (".export", ".old"):
             continue
         if path.suffix == ".old" and not out.exists():
             os.rename(path, out)
@@ -311,16 +311,6 @@ def _remove_stale_stages(out: Path) -> None:
             continue
         shutil.rmtree(path, ignore_errors=True)
         print(f"nmt export: removed {path}, left by an interrupted export", file=sys.stderr)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def export_cli(args) -> int:

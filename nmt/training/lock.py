@@ -18,22 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nmt.atomic import open_nofollow
+from nmt.atomic import open_nofollow, process_alive
 from nmt.errors import NmtError
 
 log = logging.getLogger("nmt.train")
 
 LOCK_FILE = "train.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_owner(fd: int) -> dict[str, Any]:
@@ -64,7 +54,7 @@ def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
                 return _read_owner(fd) or {"pid": "?"}
             owner = _read_owner(fd)  # flock unsupported: the recorded pid decides
             pid = owner.get("pid")
-            return owner if isinstance(pid, int) and owner.get("host") == socket.gethostname() and _alive(pid) \
+            return owner if isinstance(pid, int) and owner.get("host") == socket.gethostname() and process_alive(pid) \
                 else None
         return None
     finally:
@@ -110,7 +100,7 @@ class RunLock:
             owner = _read_owner(fd)
             pid = owner.get("pid")
             if isinstance(pid, int) and pid != os.getpid():
-                if not locked and (owner.get("host") != host or _alive(pid)):
+                if not locked and (owner.get("host") != host or process_alive(pid)):
                     os.close(fd)
                     raise NmtError(self._busy_message(owner) + f" (if no such process runs any more, "
                                                                f"delete {self.path})")
