@@ -1,7 +1,7 @@
 """nmt: attention-based GRU sequence-to-sequence machine translation on PyTorch."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Translator", "load_recipe", "Recipe", "NmtError", "__version__"]
 
 from nmt.errors import NmtError

@@ -228,3 +228,21 @@ def test_info_reads_the_cpu_model_and_the_features_fast_paths_use(tmp_path):
     assert cpu_model_and_flags(cpuinfo) == ("Example CPU 9000", ["avx2", "avx512f", "avx512_bf16", "amx_tile",
                                                                  "amx_bf16"])
     assert cpu_model_and_flags(tmp_path / "missing") == (None, [])
+
+
+def test_version_is_the_changelogs_newest_release_and_the_packages(capsys):
+    """`nmt --version`, pyproject.toml and the newest released section of CHANGELOG.md agree."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from nmt import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$",
+                          (root / "CHANGELOG.md").read_text(encoding="utf-8"), flags=re.M)
+    assert released and released[0] == __version__
+    assert tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"] == __version__
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"nmt {__version__}"
