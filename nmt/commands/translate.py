@@ -49,8 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     add_precision(p, "search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
     add_kernels(p)
-    add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT; "
-                                             "default: one line per input line, the best"})
+    add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT, "
+                                             "INDEX the 0-based input line; default: one line per input "
+                                             "line, the best"})
 
 
 def run(args) -> int:
