@@ -166,3 +166,15 @@ def loaded_translators(monkeypatch) -> list:
 
     monkeypatch.setattr(Translator, "load", spy)
     return loaded
+
+
+def train_served_run(run_dir: Path) -> Path:
+    """recipes/tiny.yaml trained for 60 steps on one thread: the model the server and page tests serve."""
+    from nmt.config import load_recipe
+    from nmt.training.loop import train
+
+    recipe = load_recipe(REPO / "recipes/tiny.yaml",
+                         ["train.max_steps=60", "train.valid_every=60", "train.plot_sentences=0",
+                          "train.valid_max_sentences=4", "train.num_threads=1", "train.log_every=60"])
+    train(recipe, run_dir=run_dir)
+    return run_dir

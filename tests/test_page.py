@@ -30,16 +30,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from nmt.config import load_recipe
+    from conftest import train_served_run
     from nmt.inference.checkpoint import load_run_recipe
-    from nmt.training.loop import train
 
     base = tmp_path_factory.mktemp("page")
     tiny = base / "tiny"
-    recipe = load_recipe(REPO / "recipes/tiny.yaml",
-                         ["train.max_steps=60", "train.valid_every=60", "train.plot_sentences=0",
-                          "train.valid_max_sentences=4", "train.num_threads=1", "train.log_every=60"])
-    train(recipe, run_dir=tiny)
+    train_served_run(tiny)
     small = base / "tiny-beam2"
     shutil.copytree(tiny, small)
     recipe = load_run_recipe(small)
