@@ -1,4 +1,9 @@
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +183,38 @@ def train_served_run(run_dir: Path) -> Path:
                           "train.valid_max_sentences=4", "train.num_threads=1", "train.log_every=60"])
     train(recipe, run_dir=run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def serving(runs, log: Path, *options: str):
+    """``nmt serve RUNS --port FREE OPTIONS`` in a subprocess on 127.0.0.1, output to ``log``;
+    yields ``(base URL, process)`` once /health answers, and stops the server afterwards."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", *map(str, runs), "--port", str(port),
+                                 *options], stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"nmt serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"nmt serve did not start:\n{log.read_text()}"
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

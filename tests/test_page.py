@@ -10,9 +10,6 @@ import math
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -47,38 +44,11 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     """``nmt serve`` of both runs on a free loopback port with ``--max-chars`` MAX_CHARS."""
-    import httpx
+    from conftest import serving
 
     log = tmp_path_factory.mktemp("page-server") / "serve.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nmt", "serve", *map(str, runs), "--port", str(port), "--threads", "1",
-             "--max-chars", str(MAX_CHARS), "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"nmt serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"nmt serve did not start:\n{log.read_text()}"
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serving(runs, log, "--threads", "1", "--max-chars", str(MAX_CHARS), "--log-level", "warning") as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
 
 

@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -495,37 +493,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
-    """``nmt serve`` on a free loopback port; yields (base URL, log path)."""
-    import httpx
+    """``nmt serve`` on a free loopback port; yields (base URL, log path, process)."""
+    from conftest import serving
 
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nmt", "serve", *map(str, runs), "--port", str(port),
-             "--queue-limit", "24", "--threads", "1", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"nmt serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"nmt serve did not start:\n{log.read_text()}"
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serving(runs, log, "--queue-limit", "24", "--threads", "1", "--log-level", "warning") as (base, proc):
         yield base, log, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
