@@ -666,3 +666,23 @@ def test_runs_sharing_a_name_are_told_apart_by_their_parent_folder(tmp_path, mon
     assert _model_names([Path("fr-en"), Path("other/fr-en")]) == ["runs/fr-en", "other/fr-en"]
     assert _model_names([Path("fr-en"), Path("other")]) == ["fr-en", "other"]
     assert _model_names([Path(".")]) == ["runs"]
+
+
+def test_constraints_and_alignments_through_the_api(client, translator):
+    """`constraints` (target terms per text) and `return_alignment` give what Translator.translate
+    gives for the same sentence; a text without terms in the same request searches unconstrained."""
+    texts = SENTENCES[:2]
+    r = post(client, {"texts": texts, "beam": 3, "constraints": [["cold"], []], "return_alignment": True})
+    assert r.status_code == 200, r.text
+    constrained, free = r.json()["translations"]
+    want = translator.translate([texts[0]], beam=3, constraints=[["cold"]], return_alignment=True)[0]
+    assert constrained["text"] == want.text and "cold" in constrained["text"]
+    assert constrained["hypotheses"][0]["constraints_met"] is True
+    assert constrained["hypotheses"][0]["alignment"] == [list(p) for p in want.hypotheses[0].alignment]
+    assert free["text"] == translator.translate([texts[1]], beam=3)[0]
+    assert free["hypotheses"][0].get("constraints_met", True) is True  # no terms: nothing unmet
+    for body, words in (({"texts": texts, "constraints": [["cold"]]}, "2 texts"),
+                        ({"text": texts[0], "constraints": [[""]]}, "constraints[0][0]"),
+                        ({"text": texts[0], "constraints": [["x"] * 9]}, "at most 8")):
+        r = post(client, body)
+        assert r.status_code == 422 and words in r.text, r.text

@@ -13,7 +13,9 @@ Endpoints:
   the n-best hypotheses of each text with their scores, per-token log-probabilities and target
   pieces; with ``return_attention`` also the source pieces, the attention matrix (target pieces ×
   source pieces), local-p's predicted centres and window, and the encoder's self-attention weights
-  (layers × heads × source × source) when it has self-attention layers.
+  (layers × heads × source × source) when it has self-attention layers. ``return_alignment``
+  adds each hypothesis's word alignment; ``constraints`` (one list of target terms per text) asks
+  for terminology-constrained beam search, and each hypothesis then says ``constraints_met``.
 - ``GET /api/models``: each served run's summary (attention, activation, sizes, parameters, test
   BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``. ``GET /metrics``:
   Prometheus text format (:mod:`nmt.tools.serve_metrics`).
@@ -47,6 +49,7 @@ from nmt.tools.serve_requests import (
     ApiError,
     ServeLimits,
     body_error,
+    check_constraints,
     check_request,
     finite_or_null,
     printable,
@@ -258,7 +261,8 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
         try:
             model, texts, options = check_request(req, by_name, default, limits)
             work = request_work(model, texts, options, req.return_attention, limits)
-            job = Job(model, texts, options, req.return_attention, req.return_scores, work)
+            job = Job(model, texts, options, req.return_attention, req.return_scores, work,
+                      constraints=check_constraints(req, texts, limits), alignment=req.return_alignment)
             batcher.submit(job)
             batcher.stats["requests"] += 1
             results = await _answer(job, request, batcher, limits)

@@ -36,6 +36,8 @@ class Job:
     attention: bool
     scores: bool
     work: list[int] = field(default_factory=list)  #: per sentence (see check_request); 1 when not given
+    constraints: list | None = None  #: per sentence, its target terms (None: no constraints)
+    alignment: bool = False  #: word alignments in the answer
     future: asyncio.Future = field(repr=False, default=None)
     taken: int = 0  #: sentences handed to the model thread so far
     results: list = field(repr=False, default_factory=list)
@@ -47,7 +49,7 @@ class Job:
         return self.future is None or self.future.done()
 
     def key(self) -> tuple:
-        return (self.model.name, self.attention, tuple(sorted(self.options.items())))
+        return (self.model.name, self.attention, self.alignment, tuple(sorted(self.options.items())))
 
 
 class Batcher:
@@ -140,9 +142,14 @@ class Batcher:
         for members in groups.values():
             first = batch[members[0]][0]
             texts = [batch[k][0].texts[batch[k][1]] for k in members]
+            # each sentence keeps its own terms; sentences without any search as if unconstrained
+            terms = [None if job.constraints is None else job.constraints[i] or None
+                     for job, i in (batch[k] for k in members)]
+            extra = {"constraints": terms} if any(terms) else {}
             try:
                 results = first.model.translator.translate(
-                    texts, return_scores=True, return_attention=first.attention, **first.options)
+                    texts, return_scores=True, return_attention=first.attention,
+                    return_alignment=first.alignment, **first.options, **extra)
                 self_att = [None] * len(texts)
                 if first.attention and first.model.self_attention:
                     self_att = [first.model.translator.encoder_self_attention(t) for t in texts]
@@ -207,6 +214,10 @@ def result_json(result, self_attention, job: Job) -> dict[str, Any]:
         if job.attention:
             entry["attention"] = _floats(h.attention, 5)
             entry["positions"] = _floats(h.positions, 4)
+        if job.alignment:
+            entry["alignment"] = [list(pair) for pair in h.alignment]
+        if h.constraints_met is not None:
+            entry["constraints_met"] = bool(h.constraints_met)
         hyps.append(entry)
     out: dict[str, Any] = {"source": result.source, "text": result.text, "hypotheses": hyps}
     if job.attention:

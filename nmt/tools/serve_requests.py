@@ -35,6 +35,8 @@ class ServeLimits:
     max_attention_cells: int = 1_000_000
     request_timeout_s: float = 60.0  #: a request not answered by then gets 504
     max_body_bytes: int = 1 << 20
+    max_terms: int = 8  #: constraint terms per text
+    max_term_chars: int = 200
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -109,6 +111,11 @@ def request_model():
         **_decode_fields(),
         return_scores=(bool, Field(True, description="scores and per-token log-probabilities")),
         return_attention=(bool, Field(False, description="attention matrices and pieces")),
+        return_alignment=(bool, Field(False, description="word alignments from the attention: "
+                                                         "(source word, target word) index pairs")),
+        constraints=(list[list[str]] | None,
+                     Field(None, description="per text, target terms its translation must contain "
+                                             "(terminology; beam search)")),
     )
 
 
@@ -288,3 +295,21 @@ def printable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [printable(v) for v in value]
     return value
+
+
+def check_constraints(req, texts: Sequence[str], limits: ServeLimits) -> list[list[str]] | None:
+    """The request's ``constraints`` (one list of target terms per text), checked; None when none."""
+    if req.constraints is None:
+        return None
+    if len(req.constraints) != len(texts):
+        raise ApiError(422, f"constraints has {len(req.constraints)} lists for {len(texts)} texts; give one "
+                            "list of target terms per text ([] for none)")
+    for i, terms in enumerate(req.constraints):
+        if len(terms) > limits.max_terms:
+            raise ApiError(422, f"constraints[{i}] has {len(terms)} terms; at most {limits.max_terms} per text")
+        for j, term in enumerate(terms):
+            _check_unicode(f"constraints[{i}][{j}]", term)
+            if not term.strip() or len(term) > limits.max_term_chars:
+                raise ApiError(422, f"constraints[{i}][{j}] must be a term of 1 to {limits.max_term_chars} "
+                                    "characters")
+    return [list(t) for t in req.constraints] if any(req.constraints) else None
