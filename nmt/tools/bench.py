@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from nmt.config import DecodeConfig, decode_arguments, decode_flag_label
 from nmt.errors import NmtError
-from nmt.tools.decoding import call_options, settings_for, use_settings
+from nmt.tools.decoding import apply_settings, call_options
 
 
 #: the busy processes of ``--beside-busy``: one thread, a tight CPU-bound loop, and nothing else.
@@ -348,8 +348,7 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
                                  kernels=kernels)
     load_seconds = time.perf_counter() - load_start
-    settings = settings_for(translator, decode, label)
-    use_settings(translator, settings)
+    settings = apply_settings(translator, decode, label)
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
 

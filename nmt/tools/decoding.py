@@ -1,5 +1,5 @@
 """The decode settings of one command: the run's ``decode`` section with the command-line flags
-over it (:func:`settings_for`), handed to the translator explicitly on every call
+over it (:func:`apply_settings`), handed to the translator explicitly on every call
 (:func:`call_options`); the recipe the translator loaded is never changed."""
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ from nmt.errors import ConfigError
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 
 
-def settings_for(translator, given: Mapping[str, Any] | None,
-                 label: Callable[[str], str] | None = decode_flag_label) -> DecodeConfig:
+def apply_settings(translator, given: Mapping[str, Any] | None,
+                   label: Callable[[str], str] | None = decode_flag_label) -> DecodeConfig:
     """The translator's default settings (its recipe's ``decode`` section) with ``given`` over
-    them, checked; problems name each setting as ``label(field)`` (by default its command-line
-    option; ``None``: the field). A sampling setting given while the result does not sample is
-    refused: it would be silently ignored."""
+    them, checked, and made the translator's defaults, so that what reads them outside a search
+    call (the input-length limit when encoding) follows the command line too; the translator's
+    recipe stays as loaded. Problems name each setting as ``label(field)`` (by default its
+    command-line option; ``None``: the field). A sampling setting given while the result does not
+    sample is refused: it would be silently ignored."""
     options = translator.decode.updated(given, label=label)
     unused = [name for name in SAMPLING_ONLY if (given or {}).get(name) is not None]
     if unused and not options.sample:
         named = ", ".join((label or str)(name) for name in unused)
         raise ConfigError(f"{named} only apply to sampling, which is off: add --sample (decode.sample: "
                           "true) to sample, or leave them out", what="decode settings")
+    translator.decode = options
     return options
 
 
@@ -33,9 +36,3 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
     every setting given, so the translator's own defaults play no part."""
     return {**dataclasses.asdict(options), **changes}
 
-
-def use_settings(translator, options: DecodeConfig) -> None:
-    """Make ``options`` the translator's default search settings, so that what reads them outside
-    a search call (the input-length limit when encoding) follows the command line too. The
-    translator's recipe stays as loaded."""
-    translator.decode = options

@@ -36,7 +36,7 @@ from nmt.atomic import atomic_write_text, safe_dir
 from nmt.config import DecodeConfig, decode_arguments, decode_flag, decode_flag_label
 from nmt.errors import CheckpointError, DataError, NmtError
 from nmt.metrics import METRICS, format_scores, parse_metrics, score_corpus
-from nmt.tools.decoding import call_options, settings_for, use_settings
+from nmt.tools.decoding import apply_settings, call_options
 
 __all__ = ["METRICS", "score_corpus", "evaluate_files", "read_lines", "parse_metrics",
            "format_scores", "evaluate_run", "evaluate_cli"]
@@ -148,8 +148,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         raise NmtError(f"--split {split!r}: unknown split; the run's corpus has {', '.join(SPLITS)}")
     translator = Translator.load(runs, checkpoint=checkpoint, precision=precision)
     recipe = translator.recipe
-    options = settings_for(translator, decode, label)
-    use_settings(translator, options)
+    options = apply_settings(translator, decode, label)
     beam, shortlist = options.beam, options.shortlist
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
     if external is None:

@@ -76,7 +76,7 @@ from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
 from nmt.inference.sources import WarningCounter
-from nmt.tools.decoding import call_options, settings_for, use_settings
+from nmt.tools.decoding import apply_settings, call_options
 from nmt.tools.line_io import (
     CHUNK_LINES,
     Output,
@@ -119,8 +119,7 @@ def translate_cli(args) -> int:
         world, rank, main = state.num_processes, state.process_index, state.is_main_process
     decode, reference = _decode_and_reference(args)
     translator = _onnx_translator(args) if onnx else _torch_translator(args)
-    options = settings_for(translator, decode)
-    use_settings(translator, options)
+    options = apply_settings(translator, decode)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
@@ -380,8 +379,7 @@ def _worker_translator(spec: dict[str, Any]):
             translator = Translator.load(spec["run_dirs"], spec["checkpoint"], device="cpu",
                                          quantize=spec["quantize"], precision=spec["precision"],
                                          kernels=spec["kernels"])
-        options = settings_for(translator, spec["decode"])
-        use_settings(translator, options)
+        options = apply_settings(translator, spec["decode"])
         translator.decode_options(**call_options(options, n_best=spec["n_best"]))
         _WORKER["translator"], _WORKER["options"] = translator, options
         _WORKER["glossary"] = _glossary(spec.get("glossary"), translator, options, None)
