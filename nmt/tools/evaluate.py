@@ -93,16 +93,22 @@ def evaluate_files(hyp_path: str | os.PathLike, ref_paths: Sequence[str | os.Pat
     hyps = read_lines(hyp_path, "hypothesis file")
     if not hyps:
         raise DataError(f"hypothesis file {str(hyp_path)!r} is empty")
+    refs = read_references(ref_paths, f"hypothesis file {str(hyp_path)!r}", len(hyps))
+    return score_corpus(hyps, refs, names, bleu_tokenize)
+
+
+def read_references(ref_paths: Sequence[str | os.PathLike], against: str, count: int) -> list[list[str]]:
+    """Each reference file's lines; every file must have the ``count`` lines of ``against``."""
     refs = []
     for ref_path in ref_paths:
         lines = read_lines(ref_path, "reference file")
         if not lines:
             raise DataError(f"reference file {str(ref_path)!r} is empty")
-        if len(lines) != len(hyps):
-            raise DataError(f"line counts differ: hypothesis file {str(hyp_path)!r} has {len(hyps)} "
-                            f"lines, reference file {str(ref_path)!r} has {len(lines)} lines")
+        if len(lines) != count:
+            raise DataError(f"line counts differ: {against} has {count} lines, reference file "
+                            f"{str(ref_path)!r} has {len(lines)} lines")
         refs.append(lines)
-    return score_corpus(hyps, refs, names, bleu_tokenize)
+    return refs
 
 
 # ------------------------------------------------------------------------------------ run dirs
@@ -242,11 +248,7 @@ class ExternalSet:
         sources = read_lines(src, "source file")
         if not sources:
             raise DataError(f"source file {src!r} is empty; nothing to evaluate")
-        references = [read_lines(ref, "reference file") for ref in refs]
-        for ref, lines in zip(refs, references):
-            if len(lines) != len(sources):
-                raise DataError(f"line counts differ: source file {src!r} has {len(sources)} lines, "
-                                f"reference file {ref!r} has {len(lines)} lines")
+        references = read_references(refs, f"source file {str(src)!r}", len(sources))
         return cls(str(src), [str(r) for r in refs], sources, references)
 
 
