@@ -186,6 +186,7 @@ class ThreadFollower:
         except (AttributeError, OSError):
             self.affinity = None
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.busy: float | None = None  #: other work's CPUs in the window that changed the choice
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, float, float] | None:
