@@ -91,6 +91,15 @@ def test_the_average_is_the_elementwise_mean(run_copy, capsys):
     assert not list(run_copy.rglob("*.tmp"))
 
 
+def test_a_second_average_says_what_it_replaces(run_copy, capsys):
+    assert main(["average", str(run_copy), "--last", "3"]) == 0
+    assert "replaced" not in capsys.readouterr().out
+    assert main(["average", str(run_copy), "--last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced the earlier avg.safetensors (steps 4, 6, 8)" in out
+    assert "steps 6, 8" in out
+
+
 def test_averaging_one_checkpoint_gives_it_back(run_copy):
     average_run(run_copy, last=1)
     avg = load_file(run_copy / "checkpoints/avg.safetensors")

@@ -241,7 +241,8 @@ class DecodeConfig:
     those commands (``n_best`` -> ``--n-best``)."""
 
     beam: int = setting(5, "beam size; 1 = greedy search", min=1, metavar="K")
-    n_best: int = setting(1, "hypotheses per sentence (at most the beam size)", min=1, metavar="K")
+    n_best: int = setting(1, "hypotheses per sentence (at most the beam size; given without a beam, it "
+                          "widens the beam to K)", min=1, metavar="K")
     length_penalty: float = setting(
         0.0, "GNMT length penalty alpha: score / ((5 + |Y|) / 6) ** alpha; 0 = none", min=0, metavar="ALPHA")
     coverage_penalty: float = setting(0.0, "GNMT coverage penalty beta; 0 = none", min=0, metavar="BETA")

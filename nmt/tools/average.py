@@ -210,11 +210,27 @@ def _average_snapshot(run_dir: Path, last: int | None, best: int | None):
                    f"({training}); average once the training has stopped, or average fewer")
 
 
-def average_cli(args) -> int:
-    path = average_run(args.run_dir, last=args.last, best=args.best)
+def _previous_average(path: Path) -> str | None:
+    """What the average about to be replaced held (``None`` when there is none), for the user."""
     from nmt.inference.checkpoint import read_weights_metadata
 
+    if not path.is_file():
+        return None
+    try:
+        steps = read_weights_metadata(path)["averaged"]["steps"]
+    except (CheckpointError, KeyError, TypeError):  # replaced all the same; said without its steps
+        return "unreadable"
+    return f"steps {', '.join(map(str, steps))}"
+
+
+def average_cli(args) -> int:
+    from nmt.inference.checkpoint import AVERAGE_WEIGHTS, CHECKPOINT_DIR, read_weights_metadata
+
+    previous = _previous_average(Path(args.run_dir) / CHECKPOINT_DIR / AVERAGE_WEIGHTS)
+    path = average_run(args.run_dir, last=args.last, best=args.best)
     steps = read_weights_metadata(path)["averaged"]["steps"]
+    if previous:
+        print(f"replaced the earlier {path.name} ({previous})")
     print(f"wrote {path}: the mean of {len(steps)} checkpoint{'s' if len(steps) != 1 else ''} "
           f"(steps {', '.join(map(str, steps))}); use it with --checkpoint avg")
     return 0
