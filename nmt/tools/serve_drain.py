@@ -4,7 +4,8 @@ On the first SIGTERM the server stops taking work: every new request is answered
 error (``Retry-After``, ``Connection: close``), while the requests already under way are answered
 as usual (each within ``--request-timeout-s``). Once none is left, or after ``timeout_s``, uvicorn
 closes the listening socket and the connections and the process exits with status 0. A second
-SIGTERM, or SIGINT (Ctrl-C), stops at once as uvicorn does.
+SIGTERM, or SIGINT (Ctrl-C), skips the drain and stops as uvicorn does (open connections get at
+most the ``timeout_graceful_shutdown`` ``nmt serve`` gives uvicorn, 5 s).
 
 uvicorn alone would close the listening socket at the first signal (new clients see "connection
 refused" rather than an answer) and re-raise the signal once it has stopped (the process then ends
