@@ -54,8 +54,8 @@ from nmt.tools.serve_access import TokenCheck, read_token_file
 from nmt.tools.serve_batcher import Batcher, Job
 from nmt.tools.serve_docs import add_docs
 from nmt.tools.serve_drain import Drain, DrainMiddleware, draining_server
-from nmt.tools.serve_model import ServedModel, load_models, run_summary
 from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
+from nmt.tools.serve_model import ServedModel, check_dirs, load_models, run_summary
 from nmt.tools.serve_requests import (
     UNREADABLE_BODY,
     ApiError,
@@ -314,10 +314,7 @@ def serve_cli(args) -> int:
     limits = _limits(args)
     token = _token(args)
     engine = getattr(args, "engine", "torch")
-    for path in args.run_dirs:  # before binding the port: the commonest mistake first
-        if not Path(path).is_dir():
-            raise NmtError(f"{'export' if engine == 'onnx' else 'run'} directory {path} not found "
-                           f"(write one with: {'nmt export RUN_DIR -o EXPORT_DIR' if engine == 'onnx' else 'nmt train RECIPE'})")
+    check_dirs(args.run_dirs, engine)  # before binding the port: the commonest mistake first
     _check_port(args.host, args.port)
     models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
                          ensemble=getattr(args, "ensemble", False),

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from nmt.errors import NmtError
 from nmt.tools.serve_requests import finite_or_null
 
-__all__ = ["ENGINES", "ServedModel", "make_translator", "translator_from_args", "load_models", "run_summary"]
+__all__ = ["ENGINES", "ServedModel", "make_translator", "translator_from_args", "check_dirs", "load_models",
+           "run_summary"]
 
 ENGINES = ("torch", "onnx")
 
@@ -144,11 +145,8 @@ def _has_lexicon(translator, paths: Sequence[Path]) -> bool:
     return all((p / LEXICON_FILE).is_file() for p in paths)
 
 
-def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str = "float32", *,
-                engine: str = "torch", ensemble: bool = False, threads: int | None = None
-                ) -> list[ServedModel]:
-    """The served models: one per directory, side by side, or with ``ensemble`` one model, the
-    ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`."""
+def check_dirs(run_dirs: Sequence[str | Path], engine: str = "torch") -> list[Path]:
+    """The directories as paths; a missing one is named with how to write it."""
     paths = [Path(p) for p in run_dirs]
     if not paths:
         raise NmtError("nmt serve needs at least one run directory")
@@ -157,6 +155,15 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
             what = "export directory" if engine == "onnx" else "run directory"
             how = "nmt export RUN_DIR -o EXPORT_DIR" if engine == "onnx" else "nmt train RECIPE"
             raise NmtError(f"{what} {path} not found (write one with: {how})")
+    return paths
+
+
+def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str = "float32", *,
+                engine: str = "torch", ensemble: bool = False, threads: int | None = None
+                ) -> list[ServedModel]:
+    """The served models: one per directory, side by side, or with ``ensemble`` one model, the
+    ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`."""
+    paths = check_dirs(run_dirs, engine)
     if ensemble and engine == "onnx":
         raise NmtError("--ensemble: an export is one model, and --engine onnx serves one export directory "
                        "per model; ensembles run on the run directories with --engine torch")
