@@ -165,3 +165,49 @@ def test_sigterm_answers_requests_under_way_refuses_new_ones_and_exits_0(run, tm
         assert proc.wait(30) == 0
     text = log.read_text()
     assert "Traceback" not in text and TOKEN not in text
+
+
+# ---------------------------------------------------------------------------------- browser
+
+@pytest.mark.slow
+def test_docs_offline_and_the_page_with_a_token_in_a_real_browser(run, tmp_path, token_file):
+    """Every request to another address aborted: /docs still lists the operations; the page asks
+    for the token on its first 401 and then translates."""
+    from conftest import serving
+    from playwright.sync_api import sync_playwright
+    from test_serve import CHROMIUM_ARGS, _chromium
+
+    executable = _chromium()
+    log = tmp_path / "serve.log"
+    with serving([run], log, "--token-file", str(token_file), "--threads", "1", "--log-level", "warning") \
+            as (base, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            elsewhere = []
+
+            def only_the_server(route):
+                if route.request.url.startswith(base):
+                    route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_the_server)
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(base + "/docs")
+            page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/api/translate']", timeout=30_000)
+            assert page.locator(".swagger-ui .btn.authorize").count() == 1
+            asked = []
+            page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(TOKEN)))
+            page.goto(base + "/")
+            page.wait_for_selector("#models input[value='run']")
+            page.fill("#source", "le chat dort")
+            page.click("#translate")
+            page.wait_for_selector(".panel[data-model='run'] svg.heatmap.attention", timeout=30_000)
+            assert len(asked) == 1 and "token" in asked[0]
+            assert not elsewhere and not errors, (elsewhere, errors)
+        finally:
+            browser.close()
+    assert TOKEN not in log.read_text()
