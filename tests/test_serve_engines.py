@@ -213,3 +213,21 @@ def test_sampling_requests_are_checked_and_bounded(runs):
             assert r.status_code == status and words in r.json()["error"], (body, r.text)
         r = post(c, {"text": "le chat", "sample": True, "n_best": 4, "top_k": 3, "top_p": 0.9})
         assert r.status_code == 200 and len(r.json()["translations"][0]["hypotheses"]) == 4
+
+
+def test_the_translator_factory_reads_the_commands_options(runs, export):
+    """What a model process calls to build its translator from ``nmt serve``'s parsed options."""
+    import argparse
+
+    from nmt.commands.serve import add_arguments
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.translator import Translator
+    from nmt.tools.serve_model import translator_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    onnx = translator_from_args([export], parser.parse_args(["--engine", "onnx", "--threads", "1", str(export)]))
+    assert isinstance(onnx, OnnxTranslator)
+    ensemble = translator_from_args(runs, parser.parse_args(["--ensemble", *map(str, runs)]))
+    assert isinstance(ensemble, Translator) and ensemble.run_dirs == list(runs)
+    assert onnx.translate(TEXTS[:2]) == Translator.load(runs[0], device="cpu").translate(TEXTS[:2])
