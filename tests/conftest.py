@@ -186,9 +186,11 @@ def train_served_run(run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(runs, log: Path, *options: str):
+def serving(runs, log: Path, *options: str, code: str | None = None):
     """``nmt serve RUNS --port FREE OPTIONS`` in a subprocess on 127.0.0.1, output to ``log``;
-    yields ``(base URL, process)`` once /health answers, and stops the server afterwards."""
+    yields ``(base URL, process)`` once /health answers, and stops the server afterwards.
+    ``code``: Python run with ``-c`` instead of ``-m nmt`` (it gets ``serve ...`` as its arguments
+    and runs the command line itself)."""
     import httpx
 
     with socket.socket() as s:
@@ -197,7 +199,8 @@ def serving(runs, log: Path, *options: str):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", *map(str, runs), "--port", str(port),
+        start = ["-c", code] if code is not None else ["-m", "nmt"]
+        proc = subprocess.Popen([sys.executable, *start, "serve", *map(str, runs), "--port", str(port),
                                  *options], stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:

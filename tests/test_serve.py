@@ -650,15 +650,20 @@ def test_request_decode_fields_come_from_the_decode_schema():
 
     schema = {f.name: f for f in dataclasses.fields(DecodeConfig)}
     fields = request_model().model_fields
-    assert set(REQUEST_DECODE) == {"beam", "n_best", "length_penalty", "shortlist"}
+    assert set(REQUEST_DECODE) == {"beam", "n_best", "length_penalty", "shortlist", "sample", "temperature",
+                                   "top_k", "top_p", "seed"}
+    bounds = {"min": "ge", "above": "gt", "max": "le"}
     for name in REQUEST_DECODE:
         assert fields[name].description.startswith(schema[name].metadata["help"]), name
-        assert [m.ge for m in fields[name].metadata] == [schema[name].metadata["min"]], name
+        want = {bound: schema[name].metadata[key] for key, bound in bounds.items() if key in schema[name].metadata}
+        have = {bound: getattr(m, bound) for m in fields[name].metadata for bound in bounds.values()
+                if getattr(m, bound, None) is not None}
+        assert have == want, name
 
 
 def test_runs_sharing_a_name_are_told_apart_by_their_parent_folder(tmp_path, monkeypatch):
     """`nmt serve fr-en other/fr-en` from the runs' folder: 'runs/fr-en' and 'other/fr-en', never '/fr-en'."""
-    from nmt.tools.serve import _model_names
+    from nmt.tools.serve_model import _model_names
 
     (tmp_path / "runs" / "fr-en").mkdir(parents=True)
     (tmp_path / "runs" / "other" / "fr-en").mkdir(parents=True)

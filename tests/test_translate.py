@@ -588,6 +588,25 @@ def test_cli_sampling_is_reproducible_by_line(run_dir, tmp_path, monkeypatch, tr
     assert any(len({r[2] for r in rows[3 * i: 3 * i + 3]}) > 1 for i in range(len(SOURCES)))
 
 
+def test_a_sentence_samples_the_same_alone_at_any_line_and_among_others(translator):
+    """A sentence's samples depend on the seed and the sentence only: not on its line number, its
+    batch or the other sentences (each samples from streams of (seed, its source ids))."""
+    opts = dict(n_best=3, sample=True, temperature=1.5, seed=7, return_scores=True)
+
+    def texts(results):
+        return [[h.text for h in r.hypotheses] for r in results]
+
+    lines = SOURCES + LINES
+    together = texts(translator.translate(lines, **opts))
+    alone = [texts(translator.translate([line], **opts))[0] for line in lines]
+    assert together == alone
+    assert texts(translator.translate(lines, lines=[100 + i for i in range(len(lines))], **opts)) == together
+    assert texts(translator.translate(lines[::-1], **opts)) == together[::-1]
+    # equal sentences draw equal samples; another seed draws others
+    assert texts(translator.translate([SOURCES[0], SOURCES[0]], **opts)) == [together[0]] * 2
+    assert texts(translator.translate(lines, **{**opts, "seed": 8})) != together
+
+
 def test_cli_sampling_option_errors_write_nothing(run_dir, tmp_path, capsys):
     src = write_bytes(tmp_path / "in.txt", b"le chat\n")
     out = tmp_path / "out.txt"

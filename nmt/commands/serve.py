@@ -11,6 +11,9 @@ HELP = "a translation web page showing attention, and a JSON API"
 EXAMPLES = """
     nmt serve runs/fr-en                                page at http://127.0.0.1:8000/, API at /docs
     nmt serve runs/fr-en runs/fr-en-local-p --port 8080   two runs side by side
+    nmt serve --ensemble runs/fr-en runs/fr-en-seed2     one model: the two runs' ensemble
+    nmt serve --engine onnx export/fr-en                 an nmt export on onnxruntime (no PyTorch)
+    nmt serve runs/fr-en --host 0.0.0.0 --token-file token.txt   other machines, with a token
     curl -s localhost:8000/api/translate -H 'content-type: application/json' \\
          -d '{"text": "Je suis fatigué.", "n_best": 3, "beam": 5}'
     """
@@ -36,9 +39,22 @@ def bounded(kind: type, low: float, high: float, above: bool = False):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by nmt train")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories written by nmt train (with --engine onnx: export directories "
+                        "written by nmt export); each is one model, side by side")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: run directories on PyTorch (default); onnx: nmt export directories on "
+                        "onnxruntime and numpy, without PyTorch")
+    p.add_argument("--ensemble", action="store_true",
+                   help="serve the RUN_DIRs as one model, their ensemble (the mean of their "
+                        "log-probabilities, as nmt translate RUN_A RUN_B decodes); torch engine")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="a file holding a secret token: the API and /metrics then answer only requests "
+                        "sending 'Authorization: Bearer TOKEN' (401 otherwise; /health, the page and /docs "
+                        "stay open). Read once at start, never logged; required when --host is not loopback")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
+                   help="address to listen on (default 127.0.0.1: this machine only; any other "
+                        "address needs --token-file)")
     p.add_argument("--port", type=bounded(int, 0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--allowed-hosts", metavar="NAMES",
                    help="comma-separated Host names the server answers to, '*' for any (default: the "
@@ -68,10 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-attention-cells", type=bounded(int, 1, 10**9), default=1_000_000,
                    help="attention weights one answer may hold; more is answered 413 (default 1000000)")
     p.add_argument("--request-timeout-s", type=bounded(float, 0, 3600, above=True), default=60.0,
-                   help="a request not answered within this many seconds gets 504 (default 60)")
+                   help="a request not answered within this many seconds gets 504 (default 60); on "
+                        "SIGTERM the server answers the requests under way (for at most this long), "
+                        "answers new ones 503, then exits 0")
     p.add_argument("--threads", type=bounded(int, 1, 1024),
-                   help="torch threads of the model (default: torch's choice; 1 suits small models "
-                        "and busy machines)")
+                   help="intra-op threads of the model, torch's or onnxruntime's (default: the "
+                        "engine's choice; 1 suits small models and busy machines)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 

@@ -269,8 +269,8 @@ class DecodeConfig:
                          metavar="K")
     top_p: float = setting(1.0, "sampling: draw from the smallest set of most probable tokens whose "
                                 "probability reaches P (nucleus); 1 = all", above=0, max=1, metavar="P")
-    seed: int = setting(0, "sampling: random seed; line N of the input is sampled from its own stream "
-                           "of (seed, N)", min=0, metavar="S")
+    seed: int = setting(0, "sampling: random seed; each sentence is sampled from its own stream of "
+                           "(seed, the sentence), the same wherever it stands", min=0, metavar="S")
 
     def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
         """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""

@@ -53,6 +53,7 @@ from nmt.inference.onnx_shortlist import LexiconTable, check_lexicon_sizes
 from nmt.inference.ops_numpy import numpy_ops
 from nmt.inference.rules import COVERAGE_FLOOR, Hypothesis
 from nmt.inference.rules import max_lengths as _max_lengths
+from nmt.inference.sampling import sentence_key
 from nmt.inference.sources import WarningCounter
 from nmt.inference.translator_base import TranslatorBase
 
@@ -173,9 +174,9 @@ class OnnxTranslator(TranslatorBase):
         out: dict[int, list[Hypothesis]] = {}
         for group in batches:
             src, lengths = pad_sources([it.ids for it in group])
-            # sampling draws line N's tokens from a stream of its own (seed, N)
+            # a sentence samples from streams of its own: (seed, its source ids)
             found = search(self.model, src, lengths, options, return_attention, self.lexicon,
-                           keys=[it.line for it in group],
+                           keys=[sentence_key(it.ids) for it in group],
                            constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
             for it, hyps in zip(group, found):
                 out[it.index] = hyps

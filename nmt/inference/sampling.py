@@ -17,13 +17,20 @@ from nmt.errors import NmtError
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.rules import Hypothesis
 
-__all__ = ["Sampler", "sample", "nucleus", "stream_seed", "NUCLEUS_CANDIDATES"]
+__all__ = ["Sampler", "sample", "nucleus", "stream_seed", "sentence_key", "NUCLEUS_CANDIDATES"]
 
 
 def stream_seed(key: tuple[int, ...]) -> int:
     """A 63-bit generator seed of a tuple of ints, the same on every machine and Python version."""
     digest = hashlib.blake2b(repr(tuple(int(k) for k in key)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def sentence_key(ids: Sequence[int]) -> int:
+    """The sampling key of a sentence: a 63-bit number of its source ids (as searched: truncated,
+    EOS included). The translators key every sentence by it, so a sentence's samples depend on the
+    seed and the sentence only, not on its line, its batch or what else is translated with it."""
+    return stream_seed(tuple(ids))
 
 
 def sample(engine, src, src_lengths, src_mask, opts: DecodeConfig, return_attention: bool = False,

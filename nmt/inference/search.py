@@ -167,8 +167,8 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, src_mask: Tensor | No
     whose probability is at least ``top_p``), renormalised. The reported log-probabilities are the
     model's (temperature 1, no restriction), so scores mean what they mean for the other searches.
 
-    Randomness: sample j of the sentence with key k (``keys``, default 0, 1, ...; the translator
-    passes input line numbers) uses its own random stream, seeded from ``(options.seed, k, j)``:
+    Randomness: sample j of the sentence with key k (``keys``, default 0, 1, ...; the translators
+    pass :func:`~nmt.inference.sampling.sentence_key` of each sentence's source ids) uses its own random stream, seeded from ``(options.seed, k, j)``:
     the result depends neither on the batch nor on the other sentences in it.
     """
     opts = options or DecodeConfig(beam=1, sample=True)

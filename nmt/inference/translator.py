@@ -54,6 +54,7 @@ from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
 from nmt.inference.precision import check_precision, for_inference
+from nmt.inference.sampling import sentence_key
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
 from nmt.inference.sources import Source, TranslatedHypothesis, TranslationResult, WarningCounter, clean_source
 from nmt.inference.translator_base import TranslatorBase
@@ -253,9 +254,9 @@ class Translator(TranslatorBase):
         with torch.inference_mode(), self._autocast():
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
-                # sampling draws line N's tokens from a stream of its own (seed, N)
+                # a sentence samples from streams of its own: (seed, its source ids)
                 found = search(self.model, src, lengths, mask, options, lexicon, return_attention,
-                               tables=tables, keys=[it.line for it in group],
+                               tables=tables, keys=[sentence_key(it.ids) for it in group],
                                constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
                 for it, hyps in zip(group, found):
                     out[it.index] = hyps

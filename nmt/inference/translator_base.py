@@ -146,8 +146,9 @@ class TranslatorBase:
         (``length_penalty``, ``coverage_penalty``, ``max_len_a``, ``max_len_b``, ``min_len``,
         ``no_repeat_ngram``, ``shortlist``, ``sample``, ``temperature``, ``top_k``, ``top_p``,
         ``seed``, ...); with ``sample=True``, ``n_best`` is the number of independent samples per
-        sentence (best first) and line N is sampled from its own random stream of ``(seed, N)``.
-        ``lines`` are the line numbers used in warnings and sampling (default 1, 2, ...). With
+        sentence (best first), each sentence sampled from random streams of its own, of ``(seed, its
+        source ids)``: the same sentence gets the same samples wherever it stands and whatever is
+        translated with it. ``lines`` are the line numbers used in warnings (default 1, 2, ...). With
         ``shard=(rank, world)`` only this process's share is translated and the other entries are
         ``None`` (the caller gathers them).
 

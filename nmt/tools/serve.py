@@ -4,12 +4,16 @@
 
     nmt serve runs/fr-en                         http://127.0.0.1:8000/ (the page), /docs (the API)
     nmt serve runs/fr-en runs/fr-en-local-p      two runs: the page shows them side by side
+    nmt serve --ensemble runs/a runs/b           one model: the runs' ensemble
+    nmt serve --engine onnx export/fr-en         an nmt export on onnxruntime, without PyTorch
 
 Endpoints:
 
 - ``POST /api/translate``: ``text`` (one sentence) or ``texts`` (a list), and optionally ``model``
   (a served run's name; default: the first), ``beam``, ``n_best``, ``length_penalty``,
-  ``shortlist``, ``return_scores`` (default true), ``return_attention`` (default false). Answers
+  ``shortlist``, ``sample`` with ``temperature``, ``top_k``, ``top_p`` and ``seed`` (each
+  sentence samples from streams of its own, so its samples do not depend on the other sentences
+  or requests), ``return_scores`` (default true), ``return_attention`` (default false). Answers
   the n-best hypotheses of each text with their scores, per-token log-probabilities and target
   pieces; with ``return_attention`` also the source pieces, the attention matrix (target pieces ×
   source pieces), local-p's predicted centres and window, and the encoder's self-attention weights
@@ -21,7 +25,13 @@ Endpoints:
   Prometheus text format (:mod:`nmt.tools.serve_metrics`).
 - ``GET /``: the page (static files shipped in ``nmt/tools/static``; no network access).
   ``/?text=...&model=...`` opens it with that sentence translated. ``GET /openapi.json``: the API
-  schema; ``GET /docs`` renders it with Swagger UI, which the browser loads from a CDN.
+  schema; ``GET /docs`` renders it with Swagger UI, served from this process
+  (:mod:`nmt.tools.serve_docs`).
+
+The models come from :mod:`nmt.tools.serve_model` (the torch or ONNX engine, ensembles). With
+``--token-file`` the API needs a bearer token (:mod:`nmt.tools.serve_access`); SIGTERM drains the
+server: requests under way are answered, new ones get 503, then it exits 0
+(:mod:`nmt.tools.serve_drain`).
 
 Requests are split into sentences and translated together with other requests' sentences, one
 model call at a time on a single worker thread (:mod:`nmt.tools.serve_batcher`), so concurrent
@@ -32,18 +42,20 @@ behind a large one. A request's work and its answer's size are bounded (413), so
 answer ``{"error": message, "details": [...]}``, never a 500.
 """
 import asyncio
-import json
 import socket
 import sys
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from nmt.errors import NmtError
+from nmt.tools.serve_access import TokenCheck, read_token_file
 from nmt.tools.serve_batcher import Batcher, Job
+from nmt.tools.serve_docs import add_docs
+from nmt.tools.serve_drain import Drain, DrainMiddleware, draining_server
 from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
+from nmt.tools.serve_model import ServedModel, check_dirs, load_models, run_summary
 from nmt.tools.serve_requests import (
     UNREADABLE_BODY,
     ApiError,
@@ -51,7 +63,6 @@ from nmt.tools.serve_requests import (
     body_error,
     check_constraints,
     check_request,
-    finite_or_null,
     printable,
     request_model,
     request_work,
@@ -60,101 +71,7 @@ from nmt.tools.serve_requests import (
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-__all__ = ["ServeLimits", "create_app", "run_summary", "serve_cli", "STATIC_DIR"]
-
-
-# --------------------------------------------------------------------------------------- models
-
-@dataclass
-class ServedModel:
-    name: str
-    translator: Any  #: nmt.inference.translator.Translator
-    summary: dict[str, Any]
-    has_lexicon: bool
-    self_attention: bool
-
-
-def _test_bleu(run_dir: Path) -> dict[str, Any] | None:
-    """The most recent ``nmt evaluate`` result on the test split, or None."""
-    best = None
-    for path in sorted((run_dir / "eval").glob("test.*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            score = float(record["scores"]["bleu"]["score"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # an unreadable or foreign file: the summary simply has no BLEU from it
-        # NaN or inf (a diverged run's evaluation) cannot go into JSON: null instead
-        entry = finite_or_null({"bleu": round(score, 2), "beam": record.get("beam"),
-                                "checkpoint": record.get("checkpoint"), "shortlist": record.get("shortlist"),
-                                "file": f"eval/{path.name}", "timestamp": str(record.get("timestamp", ""))})
-        if best is None or entry["timestamp"] >= best["timestamp"]:
-            best = entry
-    return best
-
-
-def run_summary(name: str, translator) -> dict[str, Any]:
-    """What the page and ``GET /api/models`` say about a served run."""
-    recipe = translator.recipe
-    m = recipe.model
-    att = m.attention
-    local = att.kind == "local-p"
-    run_dir = Path(translator.run_dir) if translator.run_dir is not None else None
-    return {
-        "name": name,
-        "run_dir": str(run_dir) if run_dir else None,
-        "src_lang": recipe.data.src_lang,
-        "tgt_lang": recipe.data.tgt_lang,
-        "attention": att.kind,
-        "attention_score": att.score if local else None,
-        "window": att.window if local else None,
-        "activation": m.activation,
-        "embedding_dim": m.embedding_dim,
-        "encoder": {"layers": m.encoder.layers, "hidden_size": m.encoder.hidden_size,
-                    "bidirectional": m.encoder.bidirectional,
-                    "self_attention_layers": m.encoder.self_attention_layers,
-                    "self_attention_heads": m.encoder.self_attention_heads
-                    if m.encoder.self_attention_layers else 0},
-        "decoder": {"layers": m.decoder.layers, "hidden_size": m.decoder.hidden_size},
-        "vocab": {"src": translator.tokenizers.src_vocab_size,
-                  "tgt": translator.tokenizers.tgt_vocab_size},
-        "parameters": sum(p.numel() for p in translator.model.parameters()),
-        "decode": {"beam": recipe.decode.beam, "length_penalty": recipe.decode.length_penalty,
-                   "shortlist": recipe.decode.shortlist},
-        "test_bleu": _test_bleu(run_dir) if run_dir else None,
-    }
-
-
-def _model_names(run_dirs: Sequence[Path]) -> list[str]:
-    """Each run's directory name; runs that share a name are told apart by their parent."""
-    names = [p.resolve().name or str(p) for p in run_dirs]
-    return [f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(run_dirs, names)]
-
-
-def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
-                precision: str = "float32") -> list[ServedModel]:
-    from nmt.inference.shortlist import LEXICON_FILE
-    from nmt.inference.translator import Translator
-
-    paths = [Path(p) for p in run_dirs]
-    if not paths:
-        raise NmtError("nmt serve needs at least one run directory")
-    names = _model_names(paths)
-    if len(set(names)) != len(names):
-        raise NmtError(f"run directories {', '.join(map(str, paths))} do not have distinct names; "
-                       "serve each run once")
-    models = []
-    for name, path in zip(names, paths):
-        if not path.is_dir():
-            raise NmtError(f"run directory {path} not found (train one with: nmt train RECIPE)")
-        translator = Translator.load(path, checkpoint, device="cpu", precision=precision)
-        warn = getattr(translator, "warn", None)
-        if warn is not None and hasattr(warn, "prefix"):
-            warn.prefix = f"nmt serve [{name}]"
-        models.append(ServedModel(
-            name=name, translator=translator, summary=run_summary(name, translator),
-            has_lexicon=(path / LEXICON_FILE).is_file(),
-            self_attention=bool(translator.recipe.model.encoder.self_attention_layers)))
-    return models
+__all__ = ["ServeLimits", "ServedModel", "create_app", "load_models", "run_summary", "serve_cli", "STATIC_DIR"]
 
 
 # ------------------------------------------------------------------------------------------ app
@@ -162,19 +79,24 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
 def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None = None, *,
                models: Sequence[ServedModel] | None = None, checkpoint: str = "best",
                precision: str = "float32", threads: int | None = None,
-               allowed_hosts: Sequence[str] | None = None):
+               allowed_hosts: Sequence[str] | None = None, engine: str = "torch", ensemble: bool = False,
+               token: str | None = None):
     """The FastAPI application serving ``run_dirs`` (or already loaded ``models``).
 
-    ``threads``: torch intra-op threads of the model thread (default: torch's choice).
-    ``allowed_hosts``: the Host names it answers (:mod:`nmt.tools.serve_guard`; None: any; ``nmt
-    serve`` passes the names it listens on).
+    ``threads``: intra-op threads of the model (default: the engine's choice). ``allowed_hosts``:
+    the Host names it answers (:mod:`nmt.tools.serve_guard`; None: any; ``nmt serve`` passes the
+    names it listens on). ``engine``, ``ensemble``: see :func:`~nmt.tools.serve_model.load_models`.
+    ``token``: the bearer token the API requires (:mod:`nmt.tools.serve_access`; None: none).
+    ``app.state.drain`` is its :class:`~nmt.tools.serve_drain.Drain` (SIGTERM starts it).
     """
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
 
     limits = limits or ServeLimits()
-    served = list(models) if models is not None else load_models(run_dirs, checkpoint, precision)
-    batcher = Batcher(limits, threads)
+    onnx = engine == "onnx"
+    served = list(models) if models is not None else load_models(
+        run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None)
+    batcher = Batcher(limits, None if onnx else threads)  # the ONNX engine's threads are its sessions'
 
     @asynccontextmanager
     async def lifespan(app):
@@ -187,14 +109,20 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
 
     from nmt import __version__
 
-    app = FastAPI(title="nmt serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="nmt serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Translate with attention-based GRU models and look at their attention.")
     app.state.batcher = batcher
     app.state.models = served
     app.state.limits = limits
+    # a request under way may take the whole time limit, and the drain waits for it
+    app.state.drain = Drain(timeout_s=limits.request_timeout_s + 5)
     _add_error_handlers(app, limits)
     app.add_middleware(RequestGuard, max_body_bytes=limits.max_body_bytes, allowed_hosts=allowed_hosts)
+    if token is not None:
+        app.add_middleware(TokenCheck, token=token)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)  # the outermost: counts every request
     _add_api(app, served, batcher, limits)
+    app.state.local_docs = add_docs(app, token=token is not None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -348,6 +276,27 @@ def _check_port(host: str, port: int) -> None:
                            "--port (or stop the program using it)") from None
 
 
+def _limits(args) -> ServeLimits:
+    return ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_beam=args.max_beam,
+                       queue_limit=args.queue_limit, batch_window_ms=args.batch_window_ms,
+                       max_batch_texts=args.max_batch_texts, max_batch_work=args.max_batch_work,
+                       max_request_work=args.max_request_work, max_attention_cells=args.max_attention_cells,
+                       request_timeout_s=args.request_timeout_s)
+
+
+def _token(args) -> str | None:
+    """The ``--token-file``'s token; refused start (exit 2) when the server listens beyond this
+    machine without one."""
+    token_file = getattr(args, "token_file", None)
+    if token_file is None:
+        if not is_loopback(args.host):
+            raise NmtError(f"--host {args.host} makes the server reachable from other machines: give "
+                           "--token-file FILE (a secret the API's clients send as 'Authorization: Bearer "
+                           "TOKEN'), or listen on 127.0.0.1")
+        return None
+    return read_token_file(token_file)
+
+
 def serve_cli(args) -> int:
     """``nmt serve RUN_DIR [RUN_DIR ...] [--host 127.0.0.1] [--port 8000]``."""
     try:
@@ -362,29 +311,39 @@ def serve_cli(args) -> int:
         raise NmtError(f"--threads must be >= 1, got {args.threads}")
     if not 0 <= args.port <= 65535:
         raise NmtError(f"--port must be between 0 and 65535, got {args.port}")
-    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_beam=args.max_beam,
-                         queue_limit=args.queue_limit, batch_window_ms=args.batch_window_ms,
-                         max_batch_texts=args.max_batch_texts, max_batch_work=args.max_batch_work,
-                         max_request_work=args.max_request_work,
-                         max_attention_cells=args.max_attention_cells,
-                         request_timeout_s=args.request_timeout_s)
-    for path in args.run_dirs:  # before binding the port: the commonest mistake first
-        if not Path(path).is_dir():
-            raise NmtError(f"run directory {path} not found (train one with: nmt train RECIPE)")
+    limits = _limits(args)
+    token = _token(args)
+    engine = getattr(args, "engine", "torch")
+    check_dirs(args.run_dirs, engine)  # before binding the port: the commonest mistake first
     _check_port(args.host, args.port)
-    models = load_models(args.run_dirs, args.checkpoint, args.precision)
+    models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
+                         ensemble=getattr(args, "ensemble", False),
+                         threads=args.threads if engine == "onnx" else None)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
-    app = create_app(models=models, limits=limits, threads=args.threads, allowed_hosts=allowed)
+    app = create_app(models=models, limits=limits, threads=None if engine == "onnx" else args.threads,
+                     allowed_hosts=allowed, token=token)
+    _announce(args, models, app, token is not None)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.log_level in ("debug", "info"), timeout_graceful_shutdown=5)
+    server = draining_server(config, app.state.drain)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _announce(args, models: Sequence[ServedModel], app, with_token: bool) -> None:
+    """What is served where, on stderr."""
     shown = f"[{args.host}]" if ":" in args.host else args.host
     for m in models:
         s = m.summary
-        print(f"nmt serve: {m.name}: {s['attention']} attention, {s['activation']}, "
-              f"{s['parameters']:,} parameters ({s['run_dir']})", file=sys.stderr)
+        size = f"{s['parameters']:,} parameters" if s["parameters"] is not None else f"{s['engine']} engine"
+        what = f"ensemble of {len(s['ensemble'])} runs, " if s["ensemble"] else ""
+        print(f"nmt serve: {m.name}: {what}{s['attention']} attention, {s['activation']}, {size} "
+              f"({s['run_dir']})", file=sys.stderr)
     if not is_loopback(args.host):
-        print(f"nmt serve: listening on {args.host}, reachable from other machines; the server "
-              "has no authentication", file=sys.stderr)
-    print(f"nmt serve: page at http://{shown}:{args.port}/ , API at http://{shown}:{args.port}/docs",
+        print(f"nmt serve: listening on {args.host}, reachable from other machines; the API needs the "
+              "token of --token-file", file=sys.stderr)
+    elif with_token:
+        print("nmt serve: the API needs the token of --token-file", file=sys.stderr)
+    docs = "" if app.state.local_docs else " (Swagger UI from a CDN: pip install swagger-ui-py to serve it here)"
+    print(f"nmt serve: page at http://{shown}:{args.port}/ , API at http://{shown}:{args.port}/docs{docs}",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.log_level in ("debug", "info"))
-    return 0

@@ -69,7 +69,13 @@ class ApiError(Exception):
 
 #: the ``decode`` settings a request may give, with their request defaults (None: the run's recipe);
 #: type, range and description come from :class:`~nmt.config.DecodeConfig`
-REQUEST_DECODE: dict[str, Any] = {"beam": None, "n_best": 1, "length_penalty": None, "shortlist": None}
+REQUEST_DECODE: dict[str, Any] = {"beam": None, "n_best": 1, "length_penalty": None, "shortlist": None,
+                                  "sample": None, "temperature": None, "top_k": None, "top_p": None,
+                                  "seed": None}
+
+#: the sampling settings a request may give (see :func:`check_sampling`)
+SAMPLING_FIELDS = ("sample", "temperature", "top_k", "top_p", "seed")
+MAX_SEED = 2**63 - 1
 
 _BOUNDS = {"min": "ge", "above": "gt", "max": "le", "below": "lt"}
 
@@ -208,6 +214,7 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
         raise ApiError(422, f"model {served.name!r} has no lexicon for a shortlist; build it with "
                             f"`nmt shortlist {served.summary['run_dir']}` or send shortlist 0")
     options: dict[str, Any] = {"beam": beam, "n_best": req.n_best}
+    options.update(check_sampling(req, served))
     if req.length_penalty is not None:
         options["length_penalty"] = float(req.length_penalty)
     if req.shortlist is not None:
@@ -215,6 +222,27 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
     elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
         options["shortlist"] = 0  # the recipe asks for a shortlist but the run has no lexicon
     return served, texts, options
+
+
+def check_sampling(req, served: ServedModel) -> dict[str, Any]:
+    """The request's sampling settings (those it gives), checked against its search options.
+
+    Each sentence draws from its own random stream of ``(seed, the sentence's source pieces)``: its
+    samples do not depend on the other sentences of the request or on other requests."""
+    given = {name: getattr(req, name) for name in SAMPLING_FIELDS if getattr(req, name) is not None}
+    sampling = given.get("sample", served.translator.decode.sample)
+    if sampling and req.beam is not None and req.beam > 1:
+        raise ApiError(422, f"sample draws one token at a time: send beam 1 or no beam (got {req.beam}); "
+                            "n_best is the number of samples")
+    if given.get("seed", 0) > MAX_SEED:
+        raise ApiError(422, f"seed {given['seed']} is out of range: 0 to {MAX_SEED}")
+    return given
+
+
+def is_sampling(served: ServedModel, options: dict[str, Any]) -> bool:
+    """Whether a request with these ``options`` samples (its own ``sample``, else the run's)."""
+    sample = options.get("sample")
+    return bool(served.translator.decode.sample if sample is None else sample)
 
 
 def _check_unicode(where: str, text: str) -> None:
@@ -233,7 +261,8 @@ def request_work(served: ServedModel, texts: list[str], options: dict[str, Any],
     translator = served.translator
     decode = translator.decode
     n_best = options.get("n_best") or 1
-    beam = max(options.get("beam") or decode.beam, n_best)
+    # sampling runs one row per sample: pieces × n_best
+    beam = 1 if is_sampling(served, options) else max(options.get("beam") or decode.beam, n_best)
     pieces = [min(len(ids), decode.max_input_len) + 1 for ids in translator.tokenizers.encode_src(texts)]
     work = [p * beam * n_best for p in pieces]
     if sum(work) > limits.max_request_work:

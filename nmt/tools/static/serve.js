@@ -115,13 +115,27 @@ function readLink(params) {
 }
 
 // ------------------------------------------------------------------------------ requests
+// A server started with --token-file answers the API only with its token: asked once on the
+// first 401, kept for this tab only (sessionStorage), sent as "Authorization: Bearer TOKEN".
+async function api(url, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const token = sessionStorage.getItem("nmt-token");
+    const headers = { ...(options.headers || {}), ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+    const r = await fetch(url, { ...options, headers });
+    if (r.status !== 401 || attempt > 0) return r;
+    const given = window.prompt("This server needs its access token (the contents of its --token-file):");
+    if (!given) return r;
+    sessionStorage.setItem("nmt-token", given.trim());
+  }
+}
+
 let latest = 0;        // the number of the newest request; older answers are dropped
 let inflight = null;   // {key, controller} of the request being answered
 
 async function ask(s, signal) {
   return Promise.all(s.models.map(async (name) => {
     const body = requestBody(s, name);
-    const r = await fetch("/api/translate", { method: "POST", signal,
+    const r = await api("/api/translate", { method: "POST", signal,
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     let data;
     try { data = await r.json(); } catch (_) { data = { error: `HTTP ${r.status}` }; }
@@ -211,7 +225,7 @@ function updateCounter() {
 
 // ------------------------------------------------------------------------------ start-up
 async function loadModels() {
-  const r = await fetch("/api/models");
+  const r = await api("/api/models");
   const data = await r.json();
   MODELS = data.models;
   LIMITS = data.limits || {};
