@@ -66,7 +66,7 @@ def test_tags_follow_the_aligned_words():
     #         The black cat sleeps and eats .
     pairs = [(0, 0), (1, 2), (2, 1), (3, 3), (4, 4), (5, 5)]
     out = restore_markup(m, "The black cat sleeps and eats.", pairs)
-    assert out == 'The <b><i>black</i> cat</b> sleeps<br/> and <a href="x?a=1&amp;b=2">eats.</a>'
+    assert out == 'The <b><i>black</i> cat</b> sleeps<br/> and <a href="x?a=1&amp;b=2">eats</a>.'
 
 
 @pytest.mark.parametrize("source,translation,pairs,want", [
@@ -85,6 +85,12 @@ def test_tags_follow_the_aligned_words():
     # a child is clipped to its parent's range
     ("<b>a <br></b> c", "x y", [(0, 1), (1, 0)], "x <b><br>y</b>"),
     ("<b>a <i>b</i></b> c", "x y z", [(0, 1), (1, 2), (2, 0)], "x <b>y <i>z</i></b>"),
+    # a tag that ended before the punctuation of its last word leaves the target's outside
+    ("Ferme <b>la fenêtre</b>.", "Close the window.", [(0, 0), (1, 1), (2, 2)], "Close <b>the window</b>."),
+    ("Ferme <b>la fenêtre.</b>", "Close the window.", [(0, 0), (1, 1), (2, 2)], "Close <b>the window.</b>"),
+    ("<b>Quoi</b>?!", "What?!", [(0, 0)], "<b>What</b>?!"),
+    ("<b>Quoi</b> ?!", "What?!", [(0, 0)], "<b>What?!</b>"),
+    ("<b>?</b>", "?", [(0, 0)], "<b>?</b>"),
     # the translation's own < and & are escaped
     ("<b>a</b>", "x < y & z", [(0, 0)], "<b>x &lt; y &amp; z</b>"),
     # an empty translation keeps the tags

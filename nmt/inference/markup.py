@@ -10,7 +10,9 @@ text is translated with word alignments from the attention (:mod:`nmt.inference.
 
 - A tag around source words encloses the target words aligned to them, from the first to the
   last (the words in between come along: tags enclose one contiguous range). A tag around every
-  source word encloses the whole translation.
+  source word encloses the whole translation. Words are whitespace-separated, so a tag ends
+  after a word's punctuation, except where the source tag ended before punctuation attached to
+  its last word (``<b>fenêtre</b>.``): then the target's trailing punctuation stays outside too.
 - A tag around words that align to nothing, a tag around no words, and a void tag (``<br>``,
   ``<br/>``, ``<img …/>``) stand at a point: just after the target words of the source word it
   is written against (``fin<br>``: no space between them), else just before those of the nearest
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from typing import Any, Sequence
@@ -152,7 +155,8 @@ class _Projection:
     src: list[tuple[int, int]]
     tgt: list[tuple[int, int]]
     targets: dict[int, list[int]]
-    length: int  #: characters of the translation
+    text: str  #: the source's plain text
+    translation: str
 
     def anchor(self, point: int) -> int:
         """The target offset of a tag standing at source offset ``point`` (module docstring)."""
@@ -166,7 +170,7 @@ class _Projection:
         for i in reversed([i for i, (_, e) in enumerate(self.src) if e <= point]):
             if i in self.targets:
                 return self.tgt[max(self.targets[i])][1]
-        return 0 if not self.src or point <= self.src[0][0] else self.length
+        return 0 if not self.src or point <= self.src[0][0] else len(self.translation)
 
     def interval(self, tag: Tag) -> tuple[int, int]:
         """The target range ``[a, b)`` of ``tag`` before nesting is enforced (``a == b``: a point)."""
@@ -175,12 +179,22 @@ class _Projection:
             return at, at
         covered = [i for i, (s, e) in enumerate(self.src) if s < tag.end and e > tag.start]
         if self.tgt and covered and len(covered) == len(self.src):
-            return self.tgt[0][0], self.tgt[-1][1]
-        words = sorted(j for i in covered for j in self.targets.get(i, ()))
+            words = [0, len(self.tgt) - 1]
+        else:
+            words = sorted(j for i in covered for j in self.targets.get(i, ()))
         if not words:
             at = self.anchor(tag.start)
             return at, at
-        return self.tgt[words[0]][0], self.tgt[words[-1]][1]
+        start, end = self.tgt[words[0]][0], self.tgt[words[-1]][1]
+        if _punctuation(self.text[tag.end:self.src[covered[-1]][1]]):  # "<b>fenêtre</b>." ends before the "."
+            while end > start + 1 and _punctuation(self.translation[end - 1]):
+                end -= 1
+        return start, end
+
+
+def _punctuation(text: str) -> bool:
+    """Whether ``text`` is punctuation only (and not empty)."""
+    return bool(text) and all(unicodedata.category(ch).startswith("P") for ch in text)
 
 
 @dataclass
@@ -233,7 +247,7 @@ def restore_markup(markup: Markup, translation: str, alignment: Sequence[tuple[i
     for i, j in alignment:
         if j < len(tgt):
             targets.setdefault(i, []).append(j)
-    proj = _Projection(word_spans(markup.text), tgt, targets, len(translation))
+    proj = _Projection(word_spans(markup.text), tgt, targets, markup.text, translation)
     return _render(translation, _place(markup.tags, 0, len(translation), proj), 0, len(translation))
 
 
