@@ -218,6 +218,14 @@ def test_markup_on_the_command_line(run, translator, tmp_path, capsys):
     assert out[2] == translator.translate(["le chien"], beam=2)[0]
     assert main(["translate", str(run), "-i", str(src), "--markup", "html", "--beam", "2", "--workers", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == out
+    terms = tmp_path / "terms.tsv"  # a glossary is matched on the text without the tags
+    terms.write_text("chat dort\tred cat\n", encoding="utf-8")  # "chat</b> dort" in the line as given
+    assert main(["translate", str(run), "-i", str(src), "--markup", "html", "--glossary", str(terms)]) == 0
+    got = [parse_markup(line).text for line in capsys.readouterr().out.splitlines()]
+    assert "red cat" in got[0] and "red cat" not in got[1] + got[2]
+    for extra in (["--score-reference", str(src)], ["--engine", "onnx"]):
+        assert main(["translate", str(run), "-i", str(src), "--markup", "html", *extra]) == 2
+        assert "--markup" in capsys.readouterr().err
     src.write_text("le chat\nle <b>chat\n", encoding="utf-8")
     for extra in ([], ["--workers", "2"]):
         assert main(["translate", str(run), "-i", str(src), "--markup", "html", *extra]) == 2
