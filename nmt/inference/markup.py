@@ -199,6 +199,8 @@ def _punctuation(text: str) -> bool:
 
 @dataclass
 class _Placed:
+    """A tag with its final target range ``[start, end)`` (character offsets) and its children's."""
+
     tag: Tag
     start: int
     end: int
