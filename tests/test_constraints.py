@@ -232,6 +232,16 @@ def test_translate_puts_every_term_into_the_translation(text_run):
                 assert h.constraints_met is met and (met or k > 0), (settings_, h.text)  # the best meets them
             for x in terms:  # the terms' words, as words of the text
                 assert (x[1] if isinstance(x, tuple) else x) in result.hypotheses[0].text
+            best = result.hypotheses[0]
+            if terms:  # where each term is: its pieces, and the words of the text they make
+                words = best.text.split()
+                assert [s.term for s in best.constraint_spans] == [x[1] if isinstance(x, tuple) else x for x in terms]
+                for span, w in zip(best.constraint_spans, wanted):
+                    ids = [t.tokenizers.tgt.piece_to_id(p) for p in best.tokens[span.tokens[0]: span.tokens[1]]]
+                    # (the term's last piece may be continued by the next: its word is longer)
+                    assert ids == w and span.term in " ".join(words[k] for k in span.words)
+            else:
+                assert best.constraint_spans is None
     plain = t.translate(TEXTS, beam=3)
     assert t.translate(TEXTS, beam=3, constraints=[[] for _ in TEXTS]) == plain
     assert t.translate(TEXTS, beam=3, constraints=TERMS) != plain

@@ -117,6 +117,12 @@ def wait_for_result(page, text):
                            timeout=30_000)
 
 
+def wait_for_words(page, text):
+    """Like :func:`wait_for_result`, but the browser shows runs of spaces as one."""
+    page.wait_for_function("t => document.querySelector('.panel .best')?.innerText.split(/\\s+/).join(' ') === t",
+                           arg=" ".join(text.split()), timeout=30_000)
+
+
 class Held:
     """Holds every ``/api/translate`` request of a page until the test answers it."""
 
@@ -383,3 +389,40 @@ def test_low_confidence_words_are_marked(open_page, server):
     pieces_low = sum(math.exp(lp) < 0.5 for lp in hyp["token_log_probs"])
     assert page.locator(".panel svg.heatmap.attention text.prob.low").count() == pieces_low
     assert "below 0.5" in page.locator(".panel .legend").first.inner_text()
+
+
+def test_glossary_terms_are_sent_and_highlighted(open_page, server):
+    """The glossary box's terms whose source term is in the sentence go as `constraints`; the words
+    they made are highlighted with the term in their title; a bad line is named; the markup
+    toggle sends `markup` and shows the tags as text."""
+    page = open_page()
+    only(page)
+    page.fill("#glossary", "fatigué → sleepy\nfroid → cold\n")
+    page.fill("#source", SHORT)
+    page.press("#source", "Enter")
+    expected = api(server, SHORT, model="tiny", n_best=3, constraints=[["sleepy"]])
+    wait_for_words(page, expected["text"])
+    hyp = expected["hypotheses"][0]
+    words = expected["text"].split()
+    want = [words[w] for span in hyp["constraint_spans"] for w in span["words"]]
+    marks = page.locator(".panel .best mark.term")
+    assert want and marks.all_inner_texts() == want
+    assert "from the glossary term “sleepy”" in marks.first.get_attribute("title")
+    assert "“sleepy”" in page.locator(".panel .terms-note").inner_text()
+    assert "glossary: sleepy" in page.locator(".panel .meta.search").inner_text()  # not "cold": no "froid"
+
+    page.fill("#glossary", "fatigué sleepy")
+    page.press("#source", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Glossary line 1" in page.locator("#error").inner_text()
+    assert page.locator(".panel").count() == 0
+
+    page.fill("#glossary", "")
+    page.check("#markup")
+    tagged = "Je suis <b>fatigué</b>."
+    page.fill("#source", tagged)
+    page.press("#source", "Enter")
+    expected = api(server, tagged, model="tiny", n_best=3, markup="html")
+    assert "<b>" in expected["text"] and "</b>" in expected["text"]
+    wait_for_words(page, expected["text"])  # the tags as text, not rendered
+    assert page.locator(".panel .best b").count() == 0

@@ -683,6 +683,11 @@ def test_constraints_and_alignments_through_the_api(client, translator):
     want = translator.translate([texts[0]], beam=3, constraints=[["cold"]], return_alignment=True)[0]
     assert constrained["text"] == want.text and "cold" in constrained["text"]
     assert constrained["hypotheses"][0]["constraints_met"] is True
+    span, = constrained["hypotheses"][0]["constraint_spans"]  # where the term is: pieces and words
+    start, end = span["tokens"]
+    assert span["term"] == "cold" and "".join(constrained["hypotheses"][0]["tokens"][start:end]).strip("▁") == "cold"
+    assert [constrained["text"].split()[w].strip(".") for w in span["words"]] == ["cold"]
+    assert "constraint_spans" not in free["hypotheses"][0]
     assert constrained["hypotheses"][0]["alignment"] == [list(p) for p in want.hypotheses[0].alignment]
     assert free["text"] == translator.translate([texts[1]], beam=3)[0]
     assert free["hypotheses"][0].get("constraints_met", True) is True  # no terms: nothing unmet

@@ -19,6 +19,7 @@ EXAMPLES = """
     torchrun --nproc_per_node 2 -m nmt translate runs/fr-en -i big.fr -o big.en
     nmt translate --engine onnx export/fr-en -i test.fr -o test.en   an nmt export, without PyTorch
     nmt translate runs/fr-en -i test.fr --glossary terms.tsv   each line: SOURCE TERM<TAB>TARGET TERM
+    echo 'Le <b>chat</b> dort.' | nmt translate runs/fr-en --markup html    tags kept: The <b>cat</b> ...
     """
 
 
@@ -46,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="terminology: lines SOURCE TERM<TAB>TARGET TERM; where a source term occurs in an "
                         "input line (whole words, case-sensitive), the translation contains the target term "
                         "exactly once (lexically constrained beam search; docs/decoding.md)")
+    p.add_argument("--markup", choices=["html"],
+                   help="html: input lines carry inline HTML tags and entities (<b>, <a href=...>, <br/>, "
+                        "&amp;); the text is translated and every tag put back around the target words "
+                        "aligned to the words it enclosed; output is HTML. Tags that do not nest: exit 2 "
+                        "(docs/decoding.md)")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     add_precision(p, "search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
     add_kernels(p)

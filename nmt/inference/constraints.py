@@ -32,18 +32,53 @@ gets an equal share, and the share of an empty bank goes to the others.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NmtError
+from nmt.inference.alignment import word_indices
 
-__all__ = ["Constraints", "allocate", "check_constraints", "constraint_ids", "occurrences"]
+__all__ = ["ConstraintSpan", "Constraints", "allocate", "check_constraints", "constraint_ids",
+           "constraint_spans", "occurrences"]
 
 
 def occurrences(tokens: Sequence[int], constraint: Sequence[int]) -> int:
     """How many times ``constraint`` occurs contiguously in ``tokens`` (overlaps count)."""
     n = len(constraint)
     return sum(1 for i in range(len(tokens) - n + 1) if list(tokens[i: i + n]) == list(constraint))
+
+
+@dataclass(frozen=True)
+class ConstraintSpan:
+    """Where one constraint is in a hypothesis: ``term`` as given, ``tokens`` the ``[start, end)``
+    target pieces of its first occurrence (None when it does not occur), ``words`` the 0-based
+    indices of the whitespace-separated words of the translation those pieces belong to."""
+
+    term: str
+    tokens: tuple[int, int] | None
+    words: tuple[int, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"term": self.term, "tokens": None if self.tokens is None else list(self.tokens),
+                "words": list(self.words)}
+
+
+def constraint_spans(tokens: Sequence[int], pieces: Sequence[str], terms: Sequence[str],
+                     ids: Sequence[Sequence[int]]) -> list[ConstraintSpan]:
+    """Each term's :class:`ConstraintSpan` in a hypothesis of target ``tokens`` (ids) and ``pieces``;
+    ``ids[k]``: the target ids of ``terms[k]``."""
+    words = word_indices(pieces)
+    out = []
+    for term, c in zip(terms, ids):
+        n, at = len(c), None
+        for i in range(len(tokens) - n + 1 if n else 0):
+            if list(tokens[i: i + n]) == list(c):
+                at = (i, i + n)
+                break
+        found = () if at is None else tuple(sorted({w for w in words[at[0]: at[1]] if w is not None}))
+        out.append(ConstraintSpan(term, at, found))
+    return out
 
 
 def check_constraints(constraints: Sequence[Sequence[int]], vocab_size: int | None = None) -> list[list[int]]:

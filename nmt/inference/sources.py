@@ -40,6 +40,8 @@ class TranslatedHypothesis:
     alignment: list[tuple[int, int]] | None = None
     #: with constraints (``translate(..., constraints=...)``): each occurs exactly once; else None
     constraints_met: bool | None = None
+    #: with constraints: where each term is (nmt.inference.constraints.ConstraintSpan), else None
+    constraint_spans: list | None = None
 
 
 @dataclass

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
 from nmt.inference.alignment import word_alignment
+from nmt.inference.constraints import constraint_spans
+from nmt.inference.markup import translate_markup
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sources import (
     Source,
@@ -133,7 +135,7 @@ class TranslatorBase:
                   batch_tokens: int | None = None, max_sentences: int | None = None,
                   lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
                   constraints: Sequence[Sequence[Any] | None] | None = None,
-                  **overrides: Any):
+                  markup: str | None = None, **overrides: Any):
         """Translate sentences, returned in input order.
 
         Returns ``list[str]`` (the best translation of each) by default; with ``n_best > 1``,
@@ -157,11 +159,22 @@ class TranslatorBase:
         contains each term's subwords exactly once, contiguously (lexically constrained beam
         search, :mod:`nmt.inference.constraints`; docs/decoding.md). A term is tokenized as target
         text is. With ``return_scores`` each hypothesis says whether it met them
-        (``constraints_met``); a best translation that could not meet them is reported as a warning.
+        (``constraints_met``) and where each term is (``constraint_spans``); a best translation
+        that could not meet them is reported as a warning.
+
+        ``markup="html"``: the sources are HTML text with inline tags; the tags are carried into
+        the translations by the word alignments (:mod:`nmt.inference.markup`), the other fields
+        of a result are those of the plain text. Markup that does not nest is refused.
         """
+        if markup is not None:
+            return translate_markup(self, sources, markup, beam=beam, n_best=n_best, return_scores=return_scores,
+                                    return_attention=return_attention, return_alignment=return_alignment,
+                                    batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
+                                    shard=shard, constraints=constraints, **overrides)
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines, warn=False)
-        by_index = self.constraint_ids(constraints, len(items))
+        terms = self._constraint_terms(constraints, len(items))
+        by_index = self._term_ids(terms)
         batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
                                     max_sentences=max_sentences)
         found = self.search_batches(batches, options, return_attention or return_alignment,
@@ -178,12 +191,18 @@ class TranslatorBase:
         texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
         for it in mine:
             out[it.index] = self._result(sources[it.index], it, found.get(it.index), texts,
-                                         return_attention, return_alignment)
+                                         return_attention, return_alignment,
+                                         (terms[it.index], by_index[it.index]) if it.index in terms else None)
         return out
 
     def constraint_ids(self, constraints: Sequence[Sequence[Any] | None] | None, n: int
                        ) -> dict[int, list[list[int]]]:
         """The target ids of each sentence's terms (see :meth:`translate`), by sentence index."""
+        return self._term_ids(self._constraint_terms(constraints, n))
+
+    def _constraint_terms(self, constraints: Sequence[Sequence[Any] | None] | None, n: int
+                          ) -> dict[int, list[str]]:
+        """The target terms of each sentence that has some, by sentence index."""
         if constraints is None:
             return {}
         if isinstance(constraints, str) or len(constraints) != n:
@@ -196,6 +215,9 @@ class TranslatorBase:
                 if not isinstance(target, str) or not target.strip():
                     raise NmtError(f"constraints of sentence {index + 1}: {term!r} is not a non-empty target term")
                 terms.setdefault(index, []).append(target)
+        return terms
+
+    def _term_ids(self, terms: dict[int, list[str]]) -> dict[int, list[list[int]]]:
         flat = [t for ts in terms.values() for t in ts]
         ids = iter(self.encode_targets(flat))
         return {index: [next(ids) for _ in ts] for index, ts in terms.items()}
@@ -208,8 +230,10 @@ class TranslatorBase:
                           "constraint exactly once (they did not fit in the maximum output length)")
 
     def _result(self, source: str, item: Source, hyps: list[Hypothesis] | None, texts,
-                return_attention: bool, return_alignment: bool) -> TranslationResult:
-        """The result of one input: its hypotheses with their texts (taken from ``texts`` in order)."""
+                return_attention: bool, return_alignment: bool,
+                terms: tuple[list[str], list[list[int]]] | None = None) -> TranslationResult:
+        """The result of one input: its hypotheses with their texts (taken from ``texts`` in order);
+        ``terms``: its constraints, as strings and as target ids."""
         if item.ids is None or not hyps:
             return TranslationResult(source, [TranslatedHypothesis(
                 text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[],
@@ -223,6 +247,7 @@ class TranslatorBase:
                 attention=h.attention if return_attention else None,
                 positions=h.positions if return_attention else None, token_log_probs=h.log_probs,
                 raw_score=h.raw_score, constraints_met=h.constraints_met,
+                constraint_spans=None if terms is None else constraint_spans(h.tokens, pieces, *terms),
                 alignment=word_alignment(h.attention, src_tokens, pieces) if return_alignment else None))
         return TranslationResult(source, results)
 

@@ -19,7 +19,9 @@ Endpoints:
   source pieces), local-p's predicted centres and window, and the encoder's self-attention weights
   (layers × heads × source × source) when it has self-attention layers. ``return_alignment``
   adds each hypothesis's word alignment; ``constraints`` (one list of target terms per text) asks
-  for terminology-constrained beam search, and each hypothesis then says ``constraints_met``.
+  for terminology-constrained beam search, and each hypothesis then says ``constraints_met`` and
+  where each term is (``constraint_spans``: its target pieces and words). ``markup: "html"``:
+  the texts carry inline HTML tags, put back into the translations (:mod:`nmt.inference.markup`).
 - ``GET /api/models``: each served run's summary (attention, activation, sizes, parameters, test
   BLEU when ``nmt evaluate`` wrote ``RUN_DIR/eval/test.*.json``). ``GET /health``. ``GET /metrics``:
   Prometheus text format (:mod:`nmt.tools.serve_metrics`).

@@ -218,6 +218,8 @@ def result_json(result, self_attention, job: Job) -> dict[str, Any]:
             entry["alignment"] = [list(pair) for pair in h.alignment]
         if h.constraints_met is not None:
             entry["constraints_met"] = bool(h.constraints_met)
+        if getattr(h, "constraint_spans", None) is not None:
+            entry["constraint_spans"] = [span.as_json() for span in h.constraint_spans]
         hyps.append(entry)
     out: dict[str, Any] = {"source": result.source, "text": result.text, "hypotheses": hyps}
     if job.attention:

@@ -105,6 +105,8 @@ def _decode_fields() -> dict[str, tuple[Any, Any]]:
 @functools.lru_cache(maxsize=None)
 def request_model():
     """The pydantic model of ``POST /api/translate`` (one class, built on first use)."""
+    from typing import Literal
+
     from pydantic import ConfigDict, Field, create_model
 
     return create_model(
@@ -121,7 +123,11 @@ def request_model():
                                                          "(source word, target word) index pairs")),
         constraints=(list[list[str]] | None,
                      Field(None, description="per text, target terms its translation must contain "
-                                             "(terminology; beam search)")),
+                                             "(terminology; beam search); each hypothesis then says "
+                                             "where they are (constraint_spans)")),
+        markup=(Literal["html"] | None,
+                Field(None, description='"html": the texts carry inline HTML tags and entities, which are '
+                                        "put back into the translations around the aligned words")),
     )
 
 
@@ -221,6 +227,9 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
         options["shortlist"] = req.shortlist
     elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
         options["shortlist"] = 0  # the recipe asks for a shortlist but the run has no lexicon
+    if getattr(req, "markup", None) is not None:
+        _check_markup(texts, req.markup, field_name if req.text is not None else "texts")
+        options["markup"] = req.markup
     return served, texts, options
 
 
@@ -243,6 +252,18 @@ def is_sampling(served: ServedModel, options: dict[str, Any]) -> bool:
     """Whether a request with these ``options`` samples (its own ``sample``, else the run's)."""
     sample = options.get("sample")
     return bool(served.translator.decode.sample if sample is None else sample)
+
+
+def _check_markup(texts: Sequence[str], kind: str, field_name: str) -> None:
+    """422 naming the text whose markup cannot be carried through (tags that do not nest, ...)."""
+    from nmt.inference.markup import MarkupError, parse_markup
+
+    for i, text in enumerate(texts):
+        try:
+            parse_markup(text)
+        except MarkupError as exc:
+            where = field_name if field_name == "text" else f"texts[{i}]"
+            raise ApiError(422, f"{where}: {kind} markup: {exc}") from None
 
 
 def _check_unicode(where: str, text: str) -> None:

@@ -57,11 +57,15 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 - ``--glossary FILE`` (lines ``SOURCE TERM<TAB>TARGET TERM``, :mod:`nmt.tools.glossary`): the
   terms whose source term occurs in an input line are that line's constraints, which lexically
   constrained beam search puts into its translation exactly once (docs/decoding.md).
+- ``--markup html``: input lines are HTML text with inline tags; the plain text is translated and
+  the tags are put back around the aligned target words (:mod:`nmt.inference.markup`). A line
+  whose tags do not nest stops the run (exit 2, naming the line). A glossary is matched on the
+  plain text.
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
-  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``) are
-  refused.
+  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``,
+  ``--markup``) are refused.
 """
 from __future__ import annotations
 
@@ -124,7 +128,8 @@ def translate_cli(args) -> int:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
     share = _Share(options, options.n_best if nbest_format else 1, nbest_format, args.alignments, rank, world,
-                   glossary=_glossary(getattr(args, "glossary", None), translator, options, reference))
+                   glossary=_glossary(getattr(args, "glossary", None), translator, options, reference),
+                   markup=getattr(args, "markup", None))
     # a shortlist's lexicon is loaded before reading input
     translator.decode_options(**call_options(options, n_best=share.n_best))
     output = src_stream = ref_stream = None
@@ -171,6 +176,7 @@ class _Share:
     rank: int = 0
     world: int = 1
     glossary: Any = None  #: nmt.tools.glossary.Glossary: each line's terms become its constraints
+    markup: str | None = None  #: "html": lines carry inline tags (nmt.inference.markup)
 
 
 def _torch_translator(args):
@@ -240,7 +246,7 @@ def _share_of_chunk(translator, share: _Share, payload: dict[str, list[str]], fi
     if refs is not None:
         return _score_share(translator, share.options, srcs, refs, first, share.rank, share.world)
     return _translate_share(translator, share.options, srcs, first, share.rank, share.world, share.n_best,
-                            share.nbest_format, share.alignments, share.glossary)
+                            share.nbest_format, share.alignments, share.glossary, share.markup)
 
 
 def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
@@ -251,6 +257,8 @@ def _decode_and_reference(args) -> tuple[dict[str, Any], str | None]:
         raise NmtError("--score-reference and --n-best exclude each other")
     if reference and args.alignments:
         raise NmtError("--score-reference and --alignments exclude each other")
+    if reference and getattr(args, "markup", None):
+        raise NmtError("--score-reference and --markup exclude each other")
     return decode, reference
 
 
@@ -278,7 +286,7 @@ def _onnx_translator(args, threads: int | None = None):
 def _refuse_torch_only_options(args) -> None:
     torch_only = [flag for flag, used in (
         ("--quantize", args.quantize), ("--precision bf16", args.precision == "bf16"),
-        ("--checkpoint", args.checkpoint != "best"))
+        ("--checkpoint", args.checkpoint != "best"), ("--markup", getattr(args, "markup", None)))
         if used]
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
@@ -297,19 +305,21 @@ def _score_share(translator: Translator, options: DecodeConfig, srcs: list[str],
 
 
 def _translate_share(translator: Translator, options: DecodeConfig, srcs: list[str], first: int, rank: int,
-                     world: int, n_best: int, nbest_format: bool, alignments: bool = False, glossary=None
-                     ) -> list[tuple[int, list[str]]]:
+                     world: int, n_best: int, nbest_format: bool, alignments: bool = False, glossary=None,
+                     markup: str | None = None) -> list[tuple[int, list[str]]]:
     """This process's output lines: ``(chunk index, lines)`` pairs, searched with ``options``
-    (and the terms of ``glossary`` as constraints)."""
+    (and the terms of ``glossary`` as constraints; ``markup``: the lines' kind of markup)."""
     lines = [first + i + 1 for i in range(len(srcs))]
     shard = (rank, world)
-    constraints = glossary.constraints(srcs) if glossary is not None else None
+    constraints = _line_terms(glossary, srcs, markup, lines)
+    extra = {"markup": markup} if markup else {}
     if not (nbest_format or alignments):
         found = translator.translate(srcs, lines=lines, shard=shard, constraints=constraints,
-                                     **call_options(options, n_best=1))
+                                     **call_options(options, n_best=1), **extra)
         return [(i, [one_line(text)]) for i, text in enumerate(found) if text is not None]
     results = translator.translate(srcs, return_scores=True, return_alignment=alignments, lines=lines,
-                                   shard=shard, constraints=constraints, **call_options(options, n_best=n_best))
+                                   shard=shard, constraints=constraints, **call_options(options, n_best=n_best),
+                                   **extra)
     out = []
     for i, result in enumerate(results):
         if result is None:
@@ -325,6 +335,17 @@ def _translate_share(translator: Translator, options: DecodeConfig, srcs: list[s
             rows += [f"{first + i}\t-inf\t" + ("\t" if alignments else "")] * (n_best - len(rows))
         out.append((i, rows))
     return out
+
+
+def _line_terms(glossary, srcs: list[str], markup: str | None, lines: list[int]) -> list | None:
+    """The glossary's constraints of each line, matched on its text without the markup."""
+    if glossary is None:
+        return None
+    if markup:
+        from nmt.inference.markup import parse_all
+
+        srcs = [m.text for m in parse_all(srcs, markup, lines)]
+    return glossary.constraints(srcs)
 
 
 # ------------------------------------------------------------------------------------- workers
@@ -411,7 +432,7 @@ def _work(spec: dict[str, Any], payload: dict[str, list[str]], first: int, rank:
     translator = _worker_translator(spec)
     translator.warn = _Collected()
     share = _Share(_WORKER["options"], spec["n_best"], spec["nbest_format"], spec["alignments"], rank, world,
-                   glossary=_WORKER.get("glossary"))
+                   glossary=_WORKER.get("glossary"), markup=spec.get("markup"))
     done = _share_of_chunk(translator, share, payload, first)
     return done, translator.warn.records
 
@@ -435,7 +456,8 @@ def _translate_with_workers(args, workers: int) -> int:
     spec = {"engine": args.engine, "run_dirs": [str(d) for d in as_run_dirs(args.run_dir)], "checkpoint": args.checkpoint,
             "quantize": args.quantize, "precision": args.precision, "kernels": args.kernels,
             "decode": decode, "n_best": args.n_best if nbest_format else 1, "nbest_format": nbest_format,
-            "alignments": args.alignments, "glossary": _checked_glossary(args, decode, reference)}
+            "alignments": args.alignments, "glossary": _checked_glossary(args, decode, reference),
+            "markup": getattr(args, "markup", None)}
     warn = WarningCounter()
     input_name = args.input or "stdin"
     src_stream, ref_stream = open_inputs(args.input, reference)

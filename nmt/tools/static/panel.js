@@ -42,20 +42,52 @@ export function wordProbs(hyp) {
   return spelled;
 }
 
-/** The best translation as text, with its low-confidence words in <mark> (underlined, not only coloured). */
-function bestSentence(hyp, lang) {
-  const p = el("p", { class: "best", lang });
-  const words = hyp.text ? wordProbs(hyp) : null;
-  if (!words) { p.textContent = hyp.text || "(empty)"; return { p, low: null }; }
+/** Word index → the glossary term whose pieces made that word (the answer's `constraint_spans`). */
+function termWords(hyp) {
+  const of = new Map();
+  for (const span of hyp.constraint_spans || []) for (const w of span.words) of.set(w, span.term);
+  return of;
+}
+
+/** A word of the best translation, in <mark> when it is of low confidence (underlined, not only
+ * coloured) or comes from a glossary term (highlighted); the title says which. */
+function markedWord(word, prob, term) {
+  const low = prob !== null && prob < LOW_CONFIDENCE;
+  if (!low && term === undefined) return word;
+  const titles = [];
+  if (low) titles.push(`probability ${formatProb(prob)} (below ${LOW_CONFIDENCE})`);
+  if (term !== undefined) titles.push(`from the glossary term “${term}”`);
+  const kind = [low ? "low" : "", term !== undefined ? "term" : ""].filter(Boolean).join(" ");
+  return el("mark", { class: kind, title: titles.join("; ") }, word);
+}
+
+/** The best translation as text, its low-confidence and glossary words marked. With HTML markup
+ * the translation's tags are shown as written (as text, never rendered) and nothing is marked. */
+function bestSentence(hyp, lang, markup) {
+  const p = el("p", { class: markup ? "best markup" : "best", lang });
+  const probs = hyp.text && !markup ? wordProbs(hyp) : null;
+  const terms = markup ? new Map() : termWords(hyp);
+  if (!probs && !terms.size) { p.textContent = hyp.text || "(empty)"; return { p, low: null }; }
   const low = [];
-  words.forEach((w, k) => {
+  hyp.text.split(/\s+/).filter(Boolean).forEach((word, k) => {
     if (k) p.append(" ");
-    if (w.p < LOW_CONFIDENCE) {
-      low.push(w);
-      p.append(el("mark", { class: "low", title: `probability ${formatProb(w.p)} (below ${LOW_CONFIDENCE})` }, w.word));
-    } else p.append(w.word);
+    const prob = probs ? probs[k].p : null;
+    if (prob !== null && prob < LOW_CONFIDENCE) low.push(probs[k]);
+    p.append(markedWord(word, prob, terms.get(k)));
   });
-  return { p, low };
+  return { p, low: probs ? low : null };
+}
+
+/** Which glossary terms the best translation holds (null without a glossary). */
+function termNote(hyp) {
+  if (!hyp.constraint_spans || !hyp.constraint_spans.length) return null;
+  const found = hyp.constraint_spans.filter((s) => s.tokens !== null).map((s) => `“${s.term}”`);
+  const missing = hyp.constraint_spans.filter((s) => s.tokens === null).map((s) => `“${s.term}”`);
+  const note = el("p", { class: "terms-note help" });
+  if (found.length) note.append(el("span", { class: "term-sample", "aria-hidden": "true" }, "highlighted"),
+    `: glossary term${found.length > 1 ? "s" : ""} ${found.join(", ")}`);
+  if (missing.length) note.append(`${found.length ? "; " : ""}not placed (no room in the output): ${missing.join(", ")}`);
+  return note;
 }
 
 function lowNote(low) {
@@ -145,10 +177,9 @@ export function renderPanel(answer, model, settings) {
   const hyps = tr.hypotheses;
   const texts = el("div", { class: "texts" }), maps = el("div", { class: "maps" });
   panel.append(el("div", { class: "cols" }, texts, maps));
-  const best = bestSentence(hyps[0], model ? model.tgt_lang : null);
+  const best = bestSentence(hyps[0], model ? model.tgt_lang : null, answer.body && answer.body.markup);
   texts.append(best.p);
-  const note = lowNote(best.low);
-  if (note) texts.append(note);
+  for (const note of [lowNote(best.low), termNote(hyps[0])]) if (note) texts.append(note);
   const { wrap, hint, readout } = mapBox();
   const { list, buttons } = nbestList(hyps, show);
   texts.append(list);

@@ -4,6 +4,7 @@
 
 import { $, el } from "./dom.js";
 import { hideTip } from "./heatmap.js";
+import { readGlossary, termsIn } from "./glossary.js";
 import { describe, renderPanel } from "./panel.js";
 
 const DEFAULT_MAX_CHARS = 1000;  // the server's default when /api/models gives no limits
@@ -74,7 +75,8 @@ function clampNbest() {
 
 function readSettings() {
   return { text: $("source").value.trim(), models: selectedModels(), beam: numberField("beam"),
-    nBest: numberField("nbest"), lp: numberField("lp") };
+    nBest: numberField("nbest"), lp: numberField("lp"), glossary: $("glossary").value,
+    markup: $("markup").checked };
 }
 
 function requestBody(s, name) {
@@ -83,13 +85,18 @@ function requestBody(s, name) {
   if (s.nBest !== null) body.n_best = beam !== null ? Math.min(s.nBest, beam) : s.nBest;
   if (s.beam !== null) body.beam = s.beam;
   if (s.lp !== null) body.length_penalty = s.lp;
+  const targets = termsIn(s.text, readGlossary(s.glossary).terms);
+  if (targets.length) body.constraints = [targets];
+  if (s.markup) body.markup = "html";
   return body;
 }
 
 function searchNote(body) {
   const beam = body.beam ?? `${beamOf(body.model, null)} (the run's recipe)`;
   return `beam ${beam} · n-best ${body.n_best ?? 1}` +
-    (body.length_penalty !== undefined ? ` · length penalty ${body.length_penalty}` : "");
+    (body.length_penalty !== undefined ? ` · length penalty ${body.length_penalty}` : "") +
+    (body.constraints ? ` · glossary: ${body.constraints[0].join(", ")}` : "") +
+    (body.markup ? " · HTML markup" : "");
 }
 
 // ------------------------------------------------------------------------------ links
@@ -150,6 +157,8 @@ function checkInput(s, live) {
       `${maxChars().toLocaleString("en")} at once: shorten it or split it into sentences.`;
   }
   if (!s.models.length) return "Choose at least one model.";
+  const glossary = readGlossary(s.glossary);
+  if (glossary.problem) return glossary.problem;
   return null;
 }
 
@@ -255,6 +264,7 @@ function wire() {
     }
   });
   $("source").addEventListener("input", () => { updateCounter(); scheduleLive(); });
+  $("glossary").addEventListener("input", scheduleLive);
   for (const id of ["beam", "nbest"]) $(id).addEventListener("input", clampNbest);
   $("form").addEventListener("change", (e) => {
     if (e.target.id === "live") {
@@ -263,7 +273,7 @@ function wire() {
       return;
     }
     clampNbest();
-    if (e.target.id !== "source") scheduleLive();
+    if (e.target.id !== "source" && e.target.id !== "glossary") scheduleLive();  // those two: on input
   });
   $("live").checked = localStorage.getItem(LIVE_KEY) !== "off";
 }
