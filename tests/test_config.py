@@ -339,7 +339,7 @@ def test_yaml_aliases_are_refused_before_anything_is_built(tmp_path):
     start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         load_recipe(path)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5, "the aliases were expanded (9 ** 10 strings would take hours)"
     assert "line 2" in str(info.value) and "alias" in str(info.value) and str(path) in str(info.value)
 
 
