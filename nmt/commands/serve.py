@@ -69,9 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attention weights one answer may hold; more is answered 413 (default 1000000)")
     p.add_argument("--request-timeout-s", type=bounded(float, 0, 3600, above=True), default=60.0,
                    help="a request not answered within this many seconds gets 504 (default 60)")
+    p.add_argument("--workers", type=bounded(int, 0, 64), metavar="N",
+                   help="model worker processes, each loading the runs once, so HTTP and JSON work "
+                        "never share an interpreter with the model (default: 1 up to 4 CPUs, then one "
+                        "per 4 CPUs, at most 8; 0: the model runs on a thread of the server)")
     p.add_argument("--threads", type=bounded(int, 1, 1024),
-                   help="torch threads of the model (default: torch's choice; 1 suits small models "
-                        "and busy machines)")
+                   help="torch threads of each worker (default: the CPUs but one, shared between the "
+                        "workers; with --workers 0, torch's choice; 1 suits small models and busy "
+                        "machines)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 

@@ -23,8 +23,9 @@ Endpoints:
   ``/?text=...&model=...`` opens it with that sentence translated. ``GET /openapi.json``: the API
   schema; ``GET /docs`` renders it with Swagger UI, which the browser loads from a CDN.
 
-Requests are split into sentences and translated together with other requests' sentences, one
-model call at a time on a single worker thread (:mod:`nmt.tools.serve_batcher`), so concurrent
+Requests are split into sentences and translated together with other requests' sentences
+(:mod:`nmt.tools.serve_batcher`), one model call at a time on each model worker process
+(:mod:`nmt.tools.serve_pool`; ``workers=0``: a thread of this process), so concurrent
 requests neither oversubscribe the CPU threads nor queue without bound (past ``queue_limit``
 waiting requests the server answers 503 with ``Retry-After``), and a small request is not stuck
 behind a large one. A request's work and its answer's size are bounded (413), so is its time
@@ -72,6 +73,9 @@ class ServedModel:
     summary: dict[str, Any]
     has_lexicon: bool
     self_attention: bool
+    #: how to build the translator again (:func:`nmt.tools.serve_model.build_translator`): what a
+    #: model worker process loads; None for a translator built otherwise (thread mode only)
+    options: dict[str, Any] | None = None
 
 
 def _test_bleu(run_dir: Path) -> dict[str, Any] | None:
@@ -133,7 +137,7 @@ def _model_names(run_dirs: Sequence[Path]) -> list[str]:
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
                 precision: str = "float32") -> list[ServedModel]:
     from nmt.inference.shortlist import LEXICON_FILE
-    from nmt.inference.translator import Translator
+    from nmt.tools.serve_model import build_translator, model_options
 
     paths = [Path(p) for p in run_dirs]
     if not paths:
@@ -146,14 +150,15 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
     for name, path in zip(names, paths):
         if not path.is_dir():
             raise NmtError(f"run directory {path} not found (train one with: nmt train RECIPE)")
-        translator = Translator.load(path, checkpoint, device="cpu", precision=precision)
+        options = model_options(path, checkpoint, precision)
+        translator = build_translator(options)
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
             warn.prefix = f"nmt serve [{name}]"
         models.append(ServedModel(
             name=name, translator=translator, summary=run_summary(name, translator),
             has_lexicon=(path / LEXICON_FILE).is_file(),
-            self_attention=bool(translator.recipe.model.encoder.self_attention_layers)))
+            self_attention=bool(translator.recipe.model.encoder.self_attention_layers), options=options))
     return models
 
 
@@ -162,10 +167,12 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
 def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None = None, *,
                models: Sequence[ServedModel] | None = None, checkpoint: str = "best",
                precision: str = "float32", threads: int | None = None,
-               allowed_hosts: Sequence[str] | None = None):
+               allowed_hosts: Sequence[str] | None = None, workers: int = 0):
     """The FastAPI application serving ``run_dirs`` (or already loaded ``models``).
 
-    ``threads``: torch intra-op threads of the model thread (default: torch's choice).
+    ``workers``: model worker processes, started with the application and stopped with it (0: the
+    model runs on a thread of this process). ``threads``: torch intra-op threads of each worker
+    or of the model thread (default: torch's choice).
     ``allowed_hosts``: the Host names it answers (:mod:`nmt.tools.serve_guard`; None: any; ``nmt
     serve`` passes the names it listens on).
     """
@@ -174,16 +181,17 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
 
     limits = limits or ServeLimits()
     served = list(models) if models is not None else load_models(run_dirs, checkpoint, precision)
-    batcher = Batcher(limits, threads)
+    batcher = Batcher(limits, _runner(served, workers, threads))
 
     @asynccontextmanager
     async def lifespan(app):
+        await batcher.start()
         task = asyncio.create_task(batcher.run())
         try:
             yield
         finally:
             task.cancel()
-            batcher.executor.shutdown(wait=False, cancel_futures=True)
+            batcher.close()
 
     from nmt import __version__
 
@@ -197,6 +205,19 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     _add_api(app, served, batcher, limits)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _runner(served: list[ServedModel], workers: int, threads: int | None):
+    """Where the model calls run: ``workers`` processes, or a thread of this process (0)."""
+    from nmt.tools.serve_pool import ModelThread, WorkerPool
+
+    if not workers:
+        return ModelThread({m.name: m.translator for m in served}, threads)
+    missing = [m.name for m in served if m.options is None]
+    if missing:
+        raise NmtError(f"model workers load runs from their options; {', '.join(missing)} has none "
+                       "(serve it with workers=0)")
+    return WorkerPool([(m.name, m.options) for m in served], workers, threads)
 
 
 def _error_response(err: ApiError):
@@ -289,6 +310,8 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
 
     @app.get("/health", summary="Liveness and queue state")
     async def health():
+        if batcher.broken:
+            raise ApiError(503, "no model worker is running (see the server's log)")
         return {"status": "ok", "models": list(by_name), "waiting": len(batcher.pending),
                 "queue_limit": limits.queue_limit, **batcher.stats}
 
@@ -348,6 +371,18 @@ def _check_port(host: str, port: int) -> None:
                            "--port (or stop the program using it)") from None
 
 
+def _workers_and_threads(args) -> tuple[int, int | None]:
+    """``--workers`` (default: :func:`~nmt.tools.serve_pool.default_workers`) and each worker's
+    ``--threads`` (default: :func:`~nmt.tools.serve_pool.worker_threads`; torch's choice for the
+    thread of ``--workers 0``)."""
+    from nmt.tools.serve_pool import default_workers, worker_threads
+
+    workers = getattr(args, "workers", None)
+    workers = default_workers() if workers is None else workers
+    threads = args.threads if args.threads is not None or not workers else worker_threads(workers)
+    return workers, threads
+
+
 def serve_cli(args) -> int:
     """``nmt serve RUN_DIR [RUN_DIR ...] [--host 127.0.0.1] [--port 8000]``."""
     try:
@@ -374,12 +409,16 @@ def serve_cli(args) -> int:
     _check_port(args.host, args.port)
     models = load_models(args.run_dirs, args.checkpoint, args.precision)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
-    app = create_app(models=models, limits=limits, threads=args.threads, allowed_hosts=allowed)
+    workers, threads = _workers_and_threads(args)
+    app = create_app(models=models, limits=limits, threads=threads, allowed_hosts=allowed, workers=workers)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     for m in models:
         s = m.summary
         print(f"nmt serve: {m.name}: {s['attention']} attention, {s['activation']}, "
               f"{s['parameters']:,} parameters ({s['run_dir']})", file=sys.stderr)
+    where = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "a thread of the server"
+    print(f"nmt serve: the model runs in {where}" + (f", {threads} torch threads each" if threads else ""),
+          file=sys.stderr)
     if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the server "
               "has no authentication", file=sys.stderr)
