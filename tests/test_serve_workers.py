@@ -1,0 +1,199 @@
+"""``nmt serve --workers N``: the model in worker processes.
+
+The same answers as offline translation; a worker that dies is replaced (its batch answered 503)
+or, when none can be started, every request is answered 503, never left waiting; and no worker
+outlives a server killed with ``kill -9``. At most one server, one worker and multiprocessing's
+resource tracker run at once.
+"""
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from nmt.errors import NmtError
+from nmt.tools.serve_batcher import Batcher, Job
+from nmt.tools.serve_pool import WorkerPool, default_workers, worker_threads
+from nmt.tools.serve_requests import ApiError, ServeLimits
+
+SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
+             "Elle lit un livre.", "Je suis malade."]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import train_served_run
+
+    return train_served_run(tmp_path_factory.mktemp("workers") / "tiny")
+
+
+def test_default_workers_and_threads_follow_the_cpus():
+    assert [default_workers(c) for c in (1, 2, 4, 7, 8, 16, 64)] == [1, 1, 1, 1, 2, 4, 8]
+    assert [worker_threads(1, c) for c in (1, 2, 4)] == [1, 1, 3]
+    assert worker_threads(2, 8) == 3 and worker_threads(4, 4) == 1
+
+
+def test_workers_answer_what_offline_translation_gives(run):
+    """Concurrent requests with different settings, batched together in one worker process: each
+    sentence gets the text, scores and attention of ``Translator.translate`` in this process."""
+    from fastapi.testclient import TestClient
+
+    from nmt.inference.translator import Translator
+    from nmt.tools.serve import create_app
+
+    translator = Translator.load(run, device="cpu")
+    bodies = [{"texts": [s], "beam": 2 + k % 3, "n_best": 1 + k % 2, "return_attention": k % 2 == 0}
+              for k, s in enumerate(SENTENCES)]
+    app = create_app([run], ServeLimits(batch_window_ms=200), workers=1, threads=1)
+    with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: c.post("/api/translate", json=b), bodies))
+        health = c.get("/health").json()
+    assert health["workers"] == 1 and health["model_calls"] >= 1
+    for body, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        (served,) = answer.json()["translations"]
+        (direct,) = translator.translate(body["texts"], beam=body["beam"], n_best=body["n_best"],
+                                         return_scores=True, return_attention=body["return_attention"])
+        assert served["text"] == direct.text
+        for h, ref in zip(served["hypotheses"], direct.hypotheses, strict=True):
+            assert (h["text"], h["tokens"], h["score"]) == (ref.text, ref.tokens, ref.score)
+            assert h["token_log_probs"] == ref.token_log_probs
+            if body["return_attention"]:
+                assert h["attention"] == [[round(x, 5) for x in row] for row in ref.attention.tolist()]
+
+
+# --------------------------------------------------------------- workers that fail (stand-ins)
+
+def dies_on_its_first_batch(conn, models, threads, parent):
+    """A stand-in worker: the first ever dies on its first batch; a replacement answers every
+    text with its upper case, or fails to start when ``models`` says so."""
+    ((_, options),) = models
+    marker = Path(options["marker"])
+    if marker.exists() and options["restart"] == "fails":
+        conn.send(("failed", "cannot load"))
+        return
+    conn.send(("ready", os.getpid()))
+    first = not marker.exists()
+    marker.touch()
+    while (groups := conn.recv()) is not None:
+        if first:
+            os._exit(3)
+        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+
+
+def _job(text: str) -> Job:
+    return Job(SimpleNamespace(name="m"), [text], {}, attention=False, scores=True)
+
+
+async def _serve(pool: WorkerPool, texts: list[str]) -> tuple[list, dict]:
+    """Each text as a request, one after the other: its answer or the error it got."""
+    batcher = Batcher(ServeLimits(batch_window_ms=0), pool)
+    await batcher.start()
+    collector = asyncio.create_task(batcher.run())
+    outcomes = []
+    try:
+        for text in texts:
+            try:
+                outcomes.append(await asyncio.wait_for(batcher.submit(_job(text)), 60))
+            except ApiError as exc:
+                outcomes.append(exc)
+    finally:
+        collector.cancel()
+        batcher.close()
+    return outcomes, dict(batcher.stats)
+
+
+def test_a_worker_dying_mid_batch_gets_503_and_is_replaced(tmp_path):
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "works"})], 1,
+                      target=dies_on_its_first_batch)
+    (first, second), stats = asyncio.run(_serve(pool, ["a", "b"]))
+    assert isinstance(first, ApiError) and first.status == 503, first
+    assert "killed" in first.message or "exited with status 3" in first.message, first.message
+    assert first.headers == {"Retry-After": "1"}
+    assert second == [{"text": "B"}]
+    assert stats["worker_restarts"] == 1 and stats["workers_lost"] == 1 and stats["workers"] == 0  # closed
+    assert not pool.workers
+
+
+def test_no_worker_left_answers_503_at_once(tmp_path):
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "fails"})], 1,
+                      target=dies_on_its_first_batch)
+    start = time.monotonic()
+    outcomes, stats = asyncio.run(_serve(pool, ["a", "b", "c"]))
+    assert [getattr(o, "status", None) for o in outcomes] == [503, 503, 503], outcomes
+    assert "no model worker is running" in outcomes[-1].message
+    assert pool.broken and stats["worker_restarts"] == 0 and time.monotonic() - start < 60
+
+
+def test_a_worker_that_cannot_load_stops_the_start(tmp_path):
+    (tmp_path / "m").touch()  # "restart fails": already the first start fails
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "fails"})], 1,
+                      target=dies_on_its_first_batch)
+    with pytest.raises(NmtError, match="could not load the runs: cannot load"):
+        asyncio.run(pool.start())
+    assert not pool.workers
+
+
+# ---------------------------------------------------------------------- a real server process
+
+def _children(pid: int) -> list:
+    """The processes ``pid`` started that still run (a zombie has ended: it only waits to be reaped)."""
+    return [p for p in __import__("psutil").Process(pid).children(recursive=True) if _running(p)]
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _worker_of(pid: int, deadline_s: float = 30.0):
+    """The model worker process of the server ``pid`` (not multiprocessing's resource tracker)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        workers = [p for p in _children(pid) if "resource_tracker" not in " ".join(p.cmdline())]
+        if len(workers) == 1:
+            return workers[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no single worker among {_children(pid)}")
+
+
+def test_a_killed_worker_is_replaced_and_no_worker_outlives_the_server(run, tmp_path):
+    import httpx
+    from conftest import serving
+
+    log = tmp_path / "serve.log"
+    with serving([run], log, "--workers", "1", "--threads", "1", "--log-level", "warning") as (base, proc):
+        def translate():
+            return httpx.post(base + "/api/translate", json={"text": SENTENCES[0]}, timeout=60)
+
+        expected = translate().json()["translations"][0]["text"]
+        worker = _worker_of(proc.pid)
+        worker.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while (answer := translate()).status_code != 200:  # 503 while the new worker loads
+            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert answer.json()["translations"][0]["text"] == expected
+        health = httpx.get(base + "/health").json()
+        assert (health["workers"], health["worker_restarts"], health["workers_lost"]) == (1, 1, 1), health
+        assert "was killed by signal 9; starting another" in log.read_text()
+
+        survivors = _children(proc.pid)
+        replacement = _worker_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)  # no clean-up in the server: its workers must end themselves
+        proc.wait(10)
+        assert replacement in survivors
+        deadline = time.monotonic() + 15
+        while any(_running(p) for p in survivors):
+            assert time.monotonic() < deadline, f"still running after the server was killed: {survivors}"
+            time.sleep(0.1)
