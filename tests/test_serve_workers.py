@@ -54,7 +54,10 @@ def test_workers_answer_what_offline_translation_gives(run):
     with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
         answers = list(pool.map(lambda b: c.post("/api/translate", json=b), bodies))
         health = c.get("/health").json()
+        metrics = c.get("/metrics").text
     assert health["workers"] == 1 and health["model_calls"] >= 1
+    assert "nmt_serve_workers 1.0" in metrics and "nmt_serve_worker_restarts 0.0" in metrics
+    assert f"nmt_serve_batch_sentences_sum {len(bodies)}.0" in metrics
     for body, answer in zip(bodies, answers):
         assert answer.status_code == 200, answer.text
         (served,) = answer.json()["translations"]

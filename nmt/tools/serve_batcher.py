@@ -70,7 +70,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._calls: set[asyncio.Task] = set()
         #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
-        self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts)
+        self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts, self.stats)
 
     @property
     def broken(self) -> bool:
