@@ -200,3 +200,31 @@ def test_a_killed_worker_is_replaced_and_no_worker_outlives_the_server(run, tmp_
         while any(_running(p) for p in survivors):
             assert time.monotonic() < deadline, f"still running after the server was killed: {survivors}"
             time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_server_whose_workers_cannot_start_again_answers_503(run, tmp_path):
+    """The run's weights disappear after the start: the killed worker's replacements cannot load
+    them, and every request (and /health) is answered 503 at once instead of waiting."""
+    import shutil
+
+    import httpx
+    from conftest import serving
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(run, copy)
+    log = tmp_path / "serve.log"
+    with serving([copy], log, "--workers", "1", "--threads", "1", "--log-level", "warning") as (base, proc):
+        shutil.rmtree(copy / "checkpoints")
+        _worker_of(proc.pid).send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while httpx.get(base + "/health", timeout=10).status_code == 200:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        start = time.monotonic()
+        answer = httpx.post(base + "/api/translate", json={"text": SENTENCES[0]}, timeout=60)
+        assert answer.status_code == 503 and time.monotonic() - start < 5, answer.text
+        assert "no model worker is running" in answer.json()["error"]
+        assert answer.headers["retry-after"] == "1"
+        assert "a replacement model worker failed" in log.read_text()
+        assert proc.poll() is None

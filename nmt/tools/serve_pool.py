@@ -36,6 +36,8 @@ START_TIMEOUT_S = 600.0
 POLL_S = 0.2
 #: starts a replacement worker gets before its slot is given up
 START_ATTEMPTS = 2
+#: seconds between two looks at the idle workers' liveness
+WATCH_S = 0.5
 
 
 class WorkerLost(Exception):
@@ -112,6 +114,9 @@ class _Worker:
 
     def __init__(self, slot: int, process, conn):
         self.slot, self.process, self.conn = slot, process, conn
+        self.ready = False  #: it has loaded the runs
+        self.busy = False  #: a batch is under way (its end tells whether it died)
+        self.replaced = False  #: found dead: another is (being) started in its slot
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -188,6 +193,7 @@ class WorkerPool:
                 raise NmtError(f"nmt serve: a model worker could not load the runs: {outcome}")
             self._idle.put_nowait(w)
         self.stats["workers"] = self.size
+        self._keep(asyncio.get_running_loop().create_task(self._watch()))
 
     def _spawn(self, slot: int) -> _Worker:
         # on the event loop's thread, which lives as long as the server: Linux's parent-death
@@ -212,7 +218,17 @@ class WorkerPool:
         if kind != "ready":
             worker.stop()
             return detail
+        worker.ready = True
         return True
+
+    async def _watch(self) -> None:
+        """Replace a worker that dies while idle as soon as it does, not when a request finds it
+        (``GET /health`` then tells at once when none is left)."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            for worker in list(self.workers.values()):
+                if worker.ready and not worker.busy and not worker.replaced and not worker.alive():
+                    self._replace(worker)
 
     async def acquire(self) -> _Worker | None:
         """An idle live worker; None when no worker is left."""
@@ -221,29 +237,40 @@ class WorkerPool:
             if worker is None:  # broken: keep the mark for the next caller
                 self._idle.put_nowait(None)
                 return None
-            if worker.alive():
+            if worker.alive() and not worker.replaced:
                 return worker
             self._replace(worker)  # died while idle: no batch lost
 
     async def run(self, worker: _Worker, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, worker.call, groups)
+        worker.busy = True
+        try:
+            return await loop.run_in_executor(self._io, worker.call, groups)
+        finally:
+            worker.busy = False
 
     def release(self, worker: _Worker, lost: bool = False) -> None:
         """``worker`` is idle again; ``lost``: it failed its batch (it is replaced)."""
-        if worker.alive() and not lost:
+        if worker.alive() and not lost and not worker.replaced:
             self._idle.put_nowait(worker)
         else:
             self._replace(worker)
 
     def _replace(self, worker: _Worker) -> None:
+        """Start another worker in the slot of ``worker`` (dead, or failed its batch); once."""
+        if worker.replaced:
+            return
+        worker.replaced = True
         self.stats["workers_lost"] += 1
         self.stats["workers"] -= 1
         if worker.alive():
             worker.process.kill()
         print(f"nmt serve: {worker.describe()}; starting another", file=sys.stderr, flush=True)
         worker.stop(0)
-        task = asyncio.get_running_loop().create_task(self._restart(worker.slot))
+        self._keep(asyncio.get_running_loop().create_task(self._restart(worker.slot)))
+
+    def _keep(self, task: asyncio.Task) -> None:
+        """Hold a background task (the loop keeps only weak references); cancelled by close()."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
