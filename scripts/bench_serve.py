@@ -65,11 +65,9 @@ def cpu_model() -> str:
 
 def server_settings(args) -> tuple[int, int]:
     """The workers and threads the server will use (its own defaults when not given)."""
-    from nmt.tools.serve_pool import default_workers, worker_threads
+    from nmt.tools.serve_pool import workers_and_threads
 
-    workers = default_workers() if args.workers is None else args.workers
-    threads = args.threads or (worker_threads(workers) if workers else None)
-    return workers, threads
+    return workers_and_threads(args.workers, args.threads)
 
 
 def offline(args, sentences: list[str], threads: int | None) -> float:

@@ -17,7 +17,7 @@ import pytest
 
 from nmt.errors import NmtError
 from nmt.tools.serve_batcher import Batcher, Job
-from nmt.tools.serve_pool import WorkerPool, default_workers, worker_threads
+from nmt.tools.serve_pool import WorkerPool, default_workers, worker_threads, workers_and_threads
 from nmt.tools.serve_requests import ApiError, ServeLimits
 
 SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
@@ -37,6 +37,9 @@ def test_default_workers_and_threads_follow_the_cpus():
     assert [default_workers(c) for c in (1, 2, 4, 7, 8, 16, 64)] == [1, 1, 1, 1, 2, 4, 8]
     assert [worker_threads(1, c) for c in (1, 2, 4)] == [1, 1, 3]
     assert worker_threads(2, 8) == 3 and worker_threads(4, 4) == 1
+    assert workers_and_threads(0, None) == (0, None)  # the server's thread: torch's choice
+    assert workers_and_threads(2, 3) == (2, 3)
+    assert workers_and_threads(None, None) == (default_workers(), worker_threads(default_workers()))
 
 
 def test_workers_answer_what_offline_translation_gives(run):

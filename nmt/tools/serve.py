@@ -45,6 +45,7 @@ from typing import Any, Sequence
 from nmt.errors import NmtError
 from nmt.tools.serve_batcher import Batcher, Job
 from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
+from nmt.tools.serve_pool import describe_runners, model_runner, workers_and_threads
 from nmt.tools.serve_requests import (
     UNREADABLE_BODY,
     ApiError,
@@ -181,7 +182,7 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
 
     limits = limits or ServeLimits()
     served = list(models) if models is not None else load_models(run_dirs, checkpoint, precision)
-    batcher = Batcher(limits, _runner(served, workers, threads))
+    batcher = Batcher(limits, model_runner(served, workers, threads))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -205,19 +206,6 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     _add_api(app, served, batcher, limits)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _runner(served: list[ServedModel], workers: int, threads: int | None):
-    """Where the model calls run: ``workers`` processes, or a thread of this process (0)."""
-    from nmt.tools.serve_pool import ModelThread, WorkerPool
-
-    if not workers:
-        return ModelThread({m.name: m.translator for m in served}, threads)
-    missing = [m.name for m in served if m.options is None]
-    if missing:
-        raise NmtError(f"model workers load runs from their options; {', '.join(missing)} has none "
-                       "(serve it with workers=0)")
-    return WorkerPool([(m.name, m.options) for m in served], workers, threads)
 
 
 def _error_response(err: ApiError):
@@ -371,18 +359,6 @@ def _check_port(host: str, port: int) -> None:
                            "--port (or stop the program using it)") from None
 
 
-def _workers_and_threads(args) -> tuple[int, int | None]:
-    """``--workers`` (default: :func:`~nmt.tools.serve_pool.default_workers`) and each worker's
-    ``--threads`` (default: :func:`~nmt.tools.serve_pool.worker_threads`; torch's choice for the
-    thread of ``--workers 0``)."""
-    from nmt.tools.serve_pool import default_workers, worker_threads
-
-    workers = getattr(args, "workers", None)
-    workers = default_workers() if workers is None else workers
-    threads = args.threads if args.threads is not None or not workers else worker_threads(workers)
-    return workers, threads
-
-
 def serve_cli(args) -> int:
     """``nmt serve RUN_DIR [RUN_DIR ...] [--host 127.0.0.1] [--port 8000]``."""
     try:
@@ -409,16 +385,14 @@ def serve_cli(args) -> int:
     _check_port(args.host, args.port)
     models = load_models(args.run_dirs, args.checkpoint, args.precision)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
-    workers, threads = _workers_and_threads(args)
+    workers, threads = workers_and_threads(getattr(args, "workers", None), args.threads)
     app = create_app(models=models, limits=limits, threads=threads, allowed_hosts=allowed, workers=workers)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     for m in models:
         s = m.summary
         print(f"nmt serve: {m.name}: {s['attention']} attention, {s['activation']}, "
               f"{s['parameters']:,} parameters ({s['run_dir']})", file=sys.stderr)
-    where = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "a thread of the server"
-    print(f"nmt serve: the model runs in {where}" + (f", {threads} torch threads each" if threads else ""),
-          file=sys.stderr)
+    print(f"nmt serve: {describe_runners(workers, threads)}", file=sys.stderr)
     if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the server "
               "has no authentication", file=sys.stderr)

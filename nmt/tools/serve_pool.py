@@ -28,7 +28,8 @@ from typing import Any, Mapping
 from nmt.errors import NmtError
 from nmt.tools.serve_worker import run_groups, worker_main
 
-__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "default_workers", "worker_threads"]
+__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "default_workers", "worker_threads",
+           "workers_and_threads", "model_runner", "describe_runners"]
 
 #: seconds a worker may take to load the served runs
 START_TIMEOUT_S = 600.0
@@ -63,6 +64,33 @@ def worker_threads(workers: int, cpus: int | None = None) -> int:
     shared between the workers, at least 1."""
     cpus = cpus or cpu_count()
     return max(1, (cpus - 1) // max(1, workers))
+
+
+def workers_and_threads(workers: int | None, threads: int | None) -> tuple[int, int | None]:
+    """``nmt serve``'s ``--workers`` (default: :func:`default_workers`) and each worker's
+    ``--threads`` (default: :func:`worker_threads`; torch's choice for the thread of
+    ``--workers 0``)."""
+    workers = default_workers() if workers is None else workers
+    if threads is None and workers:
+        threads = worker_threads(workers)
+    return workers, threads
+
+
+def describe_runners(workers: int, threads: int | None) -> str:
+    where = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "a thread of the server"
+    return f"the model runs in {where}" + (f", {threads} torch threads each" if threads else "")
+
+
+def model_runner(served, workers: int, threads: int | None):
+    """Where the model calls of ``served`` (:class:`~nmt.tools.serve.ServedModel` list) run:
+    ``workers`` processes, or a thread of this process (0)."""
+    if not workers:
+        return ModelThread({m.name: m.translator for m in served}, threads)
+    missing = [m.name for m in served if m.options is None]
+    if missing:
+        raise NmtError(f"model workers load runs from their options; {', '.join(missing)} has none "
+                       "(serve it with workers=0)")
+    return WorkerPool([(m.name, m.options) for m in served], workers, threads)
 
 
 # ------------------------------------------------------------------------------- thread mode
