@@ -42,7 +42,7 @@ class Job:
     constraints: list | None = None  #: per sentence, its target terms (None: no constraints)
     alignment: bool = False  #: word alignments in the answer
     future: asyncio.Future = field(repr=False, default=None)
-    taken: int = 0  #: sentences handed to the model thread so far
+    taken: int = 0  #: sentences handed to a model runner so far
     results: list = field(repr=False, default_factory=list)
     left: int = 0  #: sentences not answered yet
 
