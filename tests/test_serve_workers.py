@@ -93,8 +93,49 @@ def dies_on_its_first_batch(conn, models, threads, parent):
         conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
 
 
-def _job(text: str) -> Job:
-    return Job(SimpleNamespace(name="m"), [text], {}, attention=False, scores=True)
+def slow_upper(conn, models, threads, parent):
+    """A stand-in worker whose every batch takes ``seconds``: answers each text in upper case."""
+    ((_, options),) = models
+    conn.send(("ready", os.getpid()))
+    while (groups := conn.recv()) is not None:
+        time.sleep(options["seconds"])
+        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+
+
+def _job(*texts: str) -> Job:
+    return Job(SimpleNamespace(name="m"), list(texts), {}, attention=False, scores=True)
+
+
+def test_in_a_worker_a_small_request_waits_for_one_call_and_a_gone_one_is_dropped():
+    """The batcher's guarantees hold with a worker process: a one-sentence request sent while an
+    8-sentence request runs (one sentence per call of 0.3 s) waits for the call under way and its
+    own; a request whose future is cancelled (client gone, time out) sends no more sentences."""
+    async def scenario():
+        pool = WorkerPool([("m", {"seconds": 0.3})], 1, target=slow_upper)
+        batcher = Batcher(ServeLimits(max_texts=8, max_batch_texts=1, batch_window_ms=0), pool)
+        await batcher.start()
+        collector = asyncio.create_task(batcher.run())
+        loop = asyncio.get_running_loop()
+        try:
+            large = batcher.submit(_job(*(f"s{k}" for k in range(8))))
+            await asyncio.sleep(0.1)  # its first call is under way
+            sent = loop.time()
+            small = await asyncio.wait_for(batcher.submit(_job("x")), 30)
+            waited = loop.time() - sent
+            assert small == [{"text": "X"}] and not large.done()
+            assert [r["text"] for r in await asyncio.wait_for(large, 30)] == [f"S{k}" for k in range(8)]
+            gone = batcher.submit(_job("a", "b", "c", "d"))
+            await asyncio.sleep(0.1)
+            gone.cancel()
+            await asyncio.sleep(1.0)  # the call under way ends; nothing else is sent
+            return waited, dict(batcher.stats)
+        finally:
+            collector.cancel()
+            batcher.close()
+
+    waited, stats = asyncio.run(scenario())
+    assert waited < 1.5, waited  # two calls of 0.3 s and the pipe; the large request took 8
+    assert stats["texts"] == 8 + 1 + 1 and stats["dropped_texts"] == 3, stats
 
 
 async def _serve(pool: WorkerPool, texts: list[str]) -> tuple[list, dict]:
