@@ -157,6 +157,8 @@ def report(args, workers: int, threads: int | None, offline_rate: float, rows: d
              "| clients | sentences/s | p50 / p95 / p99 latency (ms) | sentences per model call | served / offline |",
              "|---|---|---|---|---|"]
     for clients, r in rows.items():
+        if clients > args.lines:  # a client per sentence at most
+            clients = f"{clients} ({args.lines} with a sentence)"
         if r is None:
             lines.append(f"| {clients} | not finished within --max-seconds | | | |")
             continue
