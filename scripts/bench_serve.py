@@ -1,72 +1,202 @@
-"""Load a running ``nmt serve`` with concurrent clients, one sentence per request.
+"""Served against offline throughput: ``nmt serve`` under 1, 16 and 64 concurrent clients.
 
-    nmt serve runs/fr-en --threads 1 &
-    python scripts/bench_serve.py http://127.0.0.1:8000 test.fr --clients 16 --lines 320
-    python scripts/bench_serve.py http://127.0.0.1:8000 test.fr --lines 320 --direct runs/fr-en
+    python scripts/bench_serve.py runs/fr-en test.fr --lines 640
+    python scripts/bench_serve.py runs/fr-en test.fr --workers 0 --threads 1 --beam 5
+    python scripts/bench_serve.py runs/fr-en test.fr -- --precision bf16   # options of nmt serve
 
-Prints sentences/s, p50/p99 latency and the sentences per model call the server batched.
-``--direct RUN_DIR`` also times ``Translator.translate`` in this process on the same sentences
-(one call for all, then one call per sentence), torch on one thread, for comparison.
+In one run, on this machine's loopback interface:
+
+1. offline: ``Translator.translate`` on the whole list of sentences, in this process, with the
+   server's settings (precision, torch threads of one worker, beam), after a warm-up call;
+2. ``nmt serve RUN_DIR`` started on a free loopback port (``--workers``, ``--threads``), and for
+   each ``--clients`` level every sentence sent once as its own request (``{"text": ...}``), each
+   client sending its next request when the last is answered: sentences/s, p50/p95/p99 latency,
+   and the sentences per model call the server batched (its ``/health`` counts).
+
+Prints a markdown table with the CPU (``lscpu`` Model name) and served / offline. Stops by itself:
+the server is stopped at the end, on an error and past ``--max-seconds`` (levels not finished by
+then are reported as such).
 """
+from __future__ import annotations
+
 import argparse
 import asyncio
+import datetime
+import os
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's nmt, as the server it starts
 
-async def _load(base: str, sentences: list[str], clients: int) -> tuple[float, list[float]]:
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("source", help="one sentence per line")
+    ap.add_argument("--lines", type=int, default=640, help="sentences (the first lines of SOURCE)")
+    ap.add_argument("--clients", default="1,16,64", help="comma-separated concurrency levels")
+    ap.add_argument("--workers", type=int, help="nmt serve --workers (default: the server's choice)")
+    ap.add_argument("--threads", type=int, help="nmt serve --threads, and the offline torch threads "
+                                                "(default: the server's choice for one worker)")
+    ap.add_argument("--beam", type=int, help="beam of every request and of the offline call "
+                                             "(default: the run's recipe)")
+    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--max-seconds", type=float, default=900.0, help="stop everything after this long")
+    ap.add_argument("serve_options", nargs="*", help="after --: more options of nmt serve")
+    return ap.parse_args()
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+    return names[0] if names else "unknown CPU"
+
+
+def server_settings(args) -> tuple[int, int]:
+    """The workers and threads the server will use (its own defaults when not given)."""
+    from nmt.tools.serve_pool import workers_and_threads
+
+    return workers_and_threads(args.workers, args.threads)
+
+
+def offline(args, sentences: list[str], threads: int | None) -> float:
+    """Sentences/s of one ``Translator.translate`` call on the whole list."""
+    import torch
+
+    from nmt.inference.translator import Translator
+
+    if threads:
+        torch.set_num_threads(threads)
+    translator = Translator.load(args.run_dir, device="cpu", precision=args.precision)
+    translator.translate(sentences[:8], beam=args.beam, return_scores=True)  # warm-up
+    start = time.perf_counter()
+    translator.translate(sentences, beam=args.beam, return_scores=True)
+    return len(sentences) / (time.perf_counter() - start)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, workers: int, threads: int | None, log) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "nmt", "serve", args.run_dir, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), "--precision", args.precision, "--log-level", "warning",
+               "--queue-limit", "1000", *(["--threads", str(threads)] if threads else []), *args.serve_options]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_up(proc: subprocess.Popen, base: str, deadline: float) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"nmt serve exited with status {proc.returncode} (see its log)")
+        if time.monotonic() > deadline:
+            raise SystemExit("nmt serve did not start in time")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+async def load(base: str, sentences: list[str], clients: int, beam: int | None) -> tuple[float, list[float]]:
+    """Every sentence once, ``clients`` at a time; (seconds, latency of each request)."""
     latencies: list[float] = []
+    extra = {"beam": beam} if beam else {}
 
     async def client(c: httpx.AsyncClient, k: int) -> None:
         for text in sentences[k::clients]:
             start = time.perf_counter()
-            r = await c.post("/api/translate", json={"text": text})
+            r = await c.post("/api/translate", json={"text": text, **extra})
             r.raise_for_status()
             latencies.append(time.perf_counter() - start)
 
-    async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=clients),
-                                 timeout=120) as c:
+    async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=clients), timeout=120) as c:
+        await asyncio.gather(*(client(c, k) for k in range(min(clients, 4))))  # warm-up
+        latencies.clear()
         start = time.perf_counter()
         await asyncio.gather(*(client(c, k) for k in range(clients)))
         return time.perf_counter() - start, latencies
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("url")
-    ap.add_argument("source", help="one sentence per line")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--lines", type=int, default=320)
-    ap.add_argument("--direct", metavar="RUN_DIR")
-    args = ap.parse_args()
-    with open(args.source, encoding="utf-8") as f:
-        sentences = [line.rstrip("\n") for _, line in zip(range(args.lines), f)]
-    before = httpx.get(args.url + "/health").json()
-    seconds, latencies = asyncio.run(_load(args.url, sentences, args.clients))
-    after = httpx.get(args.url + "/health").json()
-    q = statistics.quantiles(latencies, n=100)
+def level(base: str, sentences: list[str], clients: int, beam: int | None, left: float) -> dict | None:
+    """One concurrency level's figures; None when it did not finish within ``left`` seconds."""
+    before = httpx.get(base + "/health", timeout=10).json()
+    try:
+        seconds, latencies = asyncio.run(asyncio.wait_for(load(base, sentences, clients, beam), left))
+    except asyncio.TimeoutError:
+        return None
+    after = httpx.get(base + "/health", timeout=10).json()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     calls = after["model_calls"] - before["model_calls"]
-    print(f"nmt serve, {args.clients} clients: {len(latencies) / seconds:.1f} sentences/s, "
-          f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, "
-          f"{(after['texts'] - before['texts']) / max(1, calls):.1f} sentences per model call")
-    if args.direct:
-        import torch
+    return {"rate": len(latencies) / seconds, "p50": q[49], "p95": q[94], "p99": q[98],
+            "per_call": (after["texts"] - before["texts"]) / max(1, calls)}
 
-        from nmt.inference.translator import Translator
 
-        torch.set_num_threads(1)
-        t = Translator.load(args.direct, device="cpu")
-        t.translate(sentences[:8])
-        start = time.perf_counter()
-        t.translate(sentences)
-        print(f"Translator.translate, one call: {len(sentences) / (time.perf_counter() - start):.1f} sentences/s")
-        start = time.perf_counter()
-        for text in sentences:
-            t.translate([text])
-        print(f"Translator.translate, one sentence per call: "
-              f"{len(sentences) / (time.perf_counter() - start):.1f} sentences/s")
+def report(args, workers: int, threads: int | None, offline_rate: float, rows: dict) -> str:
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"{when}, {cpu_model()} ({os.cpu_count()} CPUs), {args.lines} sentences of {args.source}, "
+             f"run {args.run_dir}, beam {args.beam or 'of the recipe'}, {args.precision}, "
+             f"--workers {workers}, --threads {threads or 'default'}", "",
+             "| clients | sentences/s | p50 / p95 / p99 latency (ms) | sentences per model call | served / offline |",
+             "|---|---|---|---|---|"]
+    for clients, r in rows.items():
+        if clients > args.lines:  # a client per sentence at most
+            clients = f"{clients} ({args.lines} with a sentence)"
+        if r is None:
+            lines.append(f"| {clients} | not finished within --max-seconds | | | |")
+            continue
+        lines.append(f"| {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / "
+                     f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} |")
+    lines.append(f"| offline: one `Translator.translate` call | {offline_rate:,.1f} | | | 1 |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _args()
+    deadline = time.monotonic() + args.max_seconds
+    with open(args.source, encoding="utf-8") as f:
+        sentences = [line.rstrip("\n") for _, line in zip(range(args.lines), f) if line.strip()]
+    args.lines = len(sentences)
+    levels = [int(c) for c in args.clients.split(",")]
+    workers, threads = server_settings(args)
+    offline_rate = offline(args, sentences, threads)
+    with tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log") as log:
+        proc, base = start_server(args, workers, threads, log)
+        try:
+            wait_until_up(proc, base, min(deadline, time.monotonic() + 300))
+            rows = {}
+            for clients in levels:
+                left = deadline - time.monotonic()
+                rows[clients] = level(base, sentences, clients, args.beam, left) if left > 0 else None
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print(report(args, workers, threads, offline_rate, rows))
 
 
 if __name__ == "__main__":

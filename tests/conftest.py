@@ -186,18 +186,19 @@ def train_served_run(run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(runs, log: Path, *options: str, code: str | None = None):
+def serving(runs, log: Path, *options: str, code: str | None = None, pythonpath: tuple = ()):
     """``nmt serve RUNS --port FREE OPTIONS`` in a subprocess on 127.0.0.1, output to ``log``;
     yields ``(base URL, process)`` once /health answers, and stops the server afterwards.
     ``code``: Python run with ``-c`` instead of ``-m nmt`` (it gets ``serve ...`` as its arguments
-    and runs the command line itself)."""
+    and runs the command line itself). ``pythonpath``: directories put first on the server's
+    PYTHONPATH (its model worker processes inherit it)."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+        [*map(str, pythonpath), str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     with open(log, "wb") as out:
         start = ["-c", code] if code is not None else ["-m", "nmt"]
         proc = subprocess.Popen([sys.executable, *start, "serve", *map(str, runs), "--port", str(port),

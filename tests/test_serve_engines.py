@@ -75,8 +75,10 @@ def post(client, body):
 
 # ---------------------------------------------------------------------------- the ONNX engine
 
-#: the server process: torch cannot be imported in it, then ``nmt serve`` runs
-NO_TORCH_SERVE = """
+#: torch cannot be imported in a process that starts with this (a ``sitecustomize`` module, so the
+#: server's model worker processes inherit it through PYTHONPATH: a worker importing torch fails to
+#: load and the server does not start)
+NO_TORCH = """
 import sys
 
 class NoTorch:
@@ -86,6 +88,10 @@ class NoTorch:
         return None
 
 sys.meta_path.insert(0, NoTorch())
+"""
+
+#: the server process: torch cannot be imported in it, then ``nmt serve`` runs
+NO_TORCH_SERVE = NO_TORCH + """
 from nmt.cli import main
 code = main(sys.argv[1:])
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
@@ -101,8 +107,11 @@ def test_the_onnx_engine_serves_an_export_without_torch(export, tmp_path):
 
     want = OnnxTranslator.load(export, threads=1)
     log = tmp_path / "serve.log"
-    with serving([export], log, "--engine", "onnx", "--threads", "1", "--max-texts", "4",
-                 "--log-level", "warning", code=NO_TORCH_SERVE) as (base, proc):
+    blocked = tmp_path / "no-torch"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(NO_TORCH)
+    with serving([export], log, "--engine", "onnx", "--threads", "1", "--workers", "1", "--max-texts", "4",
+                 "--log-level", "warning", code=NO_TORCH_SERVE, pythonpath=(blocked,)) as (base, proc):
         one = httpx.post(base + "/api/translate", json={"text": TEXTS[0], "beam": 3, "n_best": 2,
                                                          "return_attention": True, "return_alignment": True})
         assert one.status_code == 200, one.text

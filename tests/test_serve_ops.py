@@ -116,8 +116,10 @@ def test_swagger_ui_is_served_by_the_server(model):
 # ------------------------------------------------------------------------------------ drain
 
 #: the server process: every model call takes 3 s more, then ``nmt serve`` runs
-SLOW_SERVE = """
-import sys, time
+#: a ``sitecustomize`` module slowing every translation by 3 s, in the server and in its model
+#: worker processes (they inherit it through PYTHONPATH)
+SLOW_TRANSLATIONS = """
+import time
 import nmt.tools.serve_model as serve_model
 
 build = serve_model.make_translator
@@ -132,8 +134,6 @@ def slow(*args, **kwargs):
     return translator
 
 serve_model.make_translator = slow
-from nmt.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -142,8 +142,11 @@ def test_sigterm_answers_requests_under_way_refuses_new_ones_and_exits_0(run, tm
 
     log = tmp_path / "serve.log"
     auth = {"Authorization": f"Bearer {TOKEN}"}
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_TRANSLATIONS)
     with serving([run], log, "--token-file", str(token_file), "--threads", "1", "--log-level", "info",
-                 code=SLOW_SERVE) as (base, proc):
+                 pythonpath=(slow,)) as (base, proc):
         assert httpx.post(base + "/api/translate", json={"text": "le chat"}).status_code == 401
         under_way = {}
         thread = threading.Thread(target=lambda: under_way.setdefault("answer", httpx.post(

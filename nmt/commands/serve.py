@@ -87,9 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a request not answered within this many seconds gets 504 (default 60); on "
                         "SIGTERM the server answers the requests under way (for at most this long), "
                         "answers new ones 503, then exits 0")
+    p.add_argument("--workers", type=bounded(int, 0, 64), metavar="N",
+                   help="model worker processes, each loading the runs once, so HTTP and JSON work "
+                        "never share an interpreter with the model (default: 1 up to 4 CPUs, then one "
+                        "per 4 CPUs, at most 8; 0: the model runs on a thread of the server)")
     p.add_argument("--threads", type=bounded(int, 1, 1024),
-                   help="intra-op threads of the model, torch's or onnxruntime's (default: the "
-                        "engine's choice; 1 suits small models and busy machines)")
+                   help="intra-op threads of each worker, torch's or onnxruntime's (default: the CPUs "
+                        "but one, shared between the workers; with --workers 0, the engine's choice; 1 "
+                        "suits small models and busy machines)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 

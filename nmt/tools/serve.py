@@ -35,8 +35,9 @@ The models come from :mod:`nmt.tools.serve_model` (the torch or ONNX engine, ens
 server: requests under way are answered, new ones get 503, then it exits 0
 (:mod:`nmt.tools.serve_drain`).
 
-Requests are split into sentences and translated together with other requests' sentences, one
-model call at a time on a single worker thread (:mod:`nmt.tools.serve_batcher`), so concurrent
+Requests are split into sentences and translated together with other requests' sentences
+(:mod:`nmt.tools.serve_batcher`), one model call at a time on each model worker process
+(:mod:`nmt.tools.serve_pool`; ``workers=0``: a thread of this process), so concurrent
 requests neither oversubscribe the CPU threads nor queue without bound (past ``queue_limit``
 waiting requests the server answers 503 with ``Retry-After``), and a small request is not stuck
 behind a large one. A request's work and its answer's size are bounded (413), so is its time
@@ -58,6 +59,7 @@ from nmt.tools.serve_docs import add_docs
 from nmt.tools.serve_drain import Drain, DrainMiddleware, draining_server
 from nmt.tools.serve_guard import RequestGuard, default_allowed_hosts, is_loopback
 from nmt.tools.serve_model import ServedModel, check_dirs, load_models, run_summary
+from nmt.tools.serve_pool import describe_runners, model_runner, workers_and_threads
 from nmt.tools.serve_requests import (
     UNREADABLE_BODY,
     ApiError,
@@ -82,14 +84,16 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
                models: Sequence[ServedModel] | None = None, checkpoint: str = "best",
                precision: str = "float32", threads: int | None = None,
                allowed_hosts: Sequence[str] | None = None, engine: str = "torch", ensemble: bool = False,
-               token: str | None = None):
+               token: str | None = None, workers: int = 0):
     """The FastAPI application serving ``run_dirs`` (or already loaded ``models``).
 
-    ``threads``: intra-op threads of the model (default: the engine's choice). ``allowed_hosts``:
-    the Host names it answers (:mod:`nmt.tools.serve_guard`; None: any; ``nmt serve`` passes the
-    names it listens on). ``engine``, ``ensemble``: see :func:`~nmt.tools.serve_model.load_models`.
-    ``token``: the bearer token the API requires (:mod:`nmt.tools.serve_access`; None: none).
-    ``app.state.drain`` is its :class:`~nmt.tools.serve_drain.Drain` (SIGTERM starts it).
+    ``workers``: model worker processes, started with the application and stopped with it (0: the
+    model runs on a thread of this process). ``threads``: intra-op threads of each worker or of the
+    model thread (default: the engine's choice). ``allowed_hosts``: the Host names it answers
+    (:mod:`nmt.tools.serve_guard`; None: any; ``nmt serve`` passes the names it listens on).
+    ``engine``, ``ensemble``: see :func:`~nmt.tools.serve_model.load_models`. ``token``: the bearer
+    token the API requires (:mod:`nmt.tools.serve_access`; None: none). ``app.state.drain`` is its
+    :class:`~nmt.tools.serve_drain.Drain` (SIGTERM starts it).
     """
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
@@ -98,16 +102,18 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     onnx = engine == "onnx"
     served = list(models) if models is not None else load_models(
         run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None)
-    batcher = Batcher(limits, None if onnx else threads)  # the ONNX engine's threads are its sessions'
+    # the ONNX engine's threads are its sessions' (in the models' options), not torch's
+    batcher = Batcher(limits, model_runner(served, workers, None if onnx else threads))
 
     @asynccontextmanager
     async def lifespan(app):
+        await batcher.start()
         task = asyncio.create_task(batcher.run())
         try:
             yield
         finally:
             task.cancel()
-            batcher.executor.shutdown(wait=False, cancel_futures=True)
+            batcher.close()
 
     from nmt import __version__
 
@@ -219,6 +225,8 @@ def _add_api(app, served: list[ServedModel], batcher: "Batcher", limits: ServeLi
 
     @app.get("/health", summary="Liveness and queue state")
     async def health():
+        if batcher.broken:
+            raise ApiError(503, "no model worker is running (see the server's log)")
         return {"status": "ok", "models": list(by_name), "waiting": len(batcher.pending),
                 "queue_limit": limits.queue_limit, **batcher.stats}
 
@@ -318,13 +326,14 @@ def serve_cli(args) -> int:
     engine = getattr(args, "engine", "torch")
     check_dirs(args.run_dirs, engine)  # before binding the port: the commonest mistake first
     _check_port(args.host, args.port)
+    workers, threads = workers_and_threads(getattr(args, "workers", None), args.threads)
     models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
                          ensemble=getattr(args, "ensemble", False),
-                         threads=args.threads if engine == "onnx" else None)
+                         threads=threads if engine == "onnx" else None)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
-    app = create_app(models=models, limits=limits, threads=None if engine == "onnx" else args.threads,
-                     allowed_hosts=allowed, token=token)
-    _announce(args, models, app, token is not None)
+    app = create_app(models=models, limits=limits, threads=None if engine == "onnx" else threads,
+                     allowed_hosts=allowed, token=token, workers=workers)
+    _announce(args, models, app, token is not None, describe_runners(workers, threads))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("debug", "info"), timeout_graceful_shutdown=5)
     server = draining_server(config, app.state.drain)
@@ -332,7 +341,7 @@ def serve_cli(args) -> int:
     return 0 if server.started else 1
 
 
-def _announce(args, models: Sequence[ServedModel], app, with_token: bool) -> None:
+def _announce(args, models: Sequence[ServedModel], app, with_token: bool, runners: str) -> None:
     """What is served where, on stderr."""
     shown = f"[{args.host}]" if ":" in args.host else args.host
     for m in models:
@@ -341,6 +350,7 @@ def _announce(args, models: Sequence[ServedModel], app, with_token: bool) -> Non
         what = f"ensemble of {len(s['ensemble'])} runs, " if s["ensemble"] else ""
         print(f"nmt serve: {m.name}: {what}{s['attention']} attention, {s['activation']}, {size} "
               f"({s['run_dir']})", file=sys.stderr)
+    print(f"nmt serve: {runners}", file=sys.stderr)
     if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the API needs the "
               "token of --token-file", file=sys.stderr)

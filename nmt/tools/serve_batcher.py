@@ -1,4 +1,4 @@
-"""How ``nmt serve`` shares its one model thread between requests.
+"""How ``nmt serve`` shares its model runners (a thread, or worker processes) between requests.
 
 A request is split into its sentences. The collector builds each model call from the waiting
 requests in turn, one sentence of each per round (arrival order), up to ``max_batch_texts``
@@ -9,21 +9,24 @@ whole large request. Sentences with the same model and search options share one
 between model calls: its sentences that have not started are never computed.
 
 The collector waits ``batch_window_ms`` for more requests only when others are already waiting
-(a burst is under way); a request on an idle server starts at once.
+(a burst is under way); a request on an idle server starts at once. It takes the next batch only
+once a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
+arrive wait in the queue and make the next batch large. With several worker processes, a small
+request waits for at most the first of the calls under way to end, and its own.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from nmt.errors import NmtError
 from nmt.tools.serve_metrics import metrics_or_none
+from nmt.tools.serve_pool import WorkerLost
 from nmt.tools.serve_requests import ApiError, ServeLimits
+from nmt.tools.serve_worker import result_json  # noqa: F401 - its home before the worker module
 
-__all__ = ["Job", "Batcher"]
+__all__ = ["Job", "Batcher", "plan"]
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Job:
     constraints: list | None = None  #: per sentence, its target terms (None: no constraints)
     alignment: bool = False  #: word alignments in the answer
     future: asyncio.Future = field(repr=False, default=None)
-    taken: int = 0  #: sentences handed to the model thread so far
+    taken: int = 0  #: sentences handed to a model runner so far
     results: list = field(repr=False, default_factory=list)
     left: int = 0  #: sentences not answered yet
 
@@ -53,20 +56,41 @@ class Job:
 
 
 class Batcher:
-    """The queue of waiting requests and the single model thread (see the module's docstring)."""
+    """The queue of waiting requests and the collector that hands batches to the model runners
+    (see the module's docstring). ``runner``: a :class:`~nmt.tools.serve_pool.ModelThread` or a
+    :class:`~nmt.tools.serve_pool.WorkerPool`."""
 
-    def __init__(self, limits: ServeLimits, threads: int | None = None):
+    def __init__(self, limits: ServeLimits, runner):
         self.limits = limits
+        self.runner = runner
         self.pending: deque[Job] = deque()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-serve-model",
-                                           initializer=_set_threads, initargs=(threads,))
         self.stats = {"requests": 0, "texts": 0, "batches": 0, "model_calls": 0, "rejected": 0,
-                      "timed_out": 0, "abandoned": 0, "dropped_texts": 0}
+                      "timed_out": 0, "abandoned": 0, "dropped_texts": 0, **runner.stats}
+        runner.stats = self.stats  # the runner's own counts (workers, restarts) in the same report
         self._wakeup: asyncio.Event | None = None
+        self._calls: set[asyncio.Task] = set()
         #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
-        self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts)
+        self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts, self.stats)
+
+    @property
+    def broken(self) -> bool:
+        """No model runner is left: every request is answered 503."""
+        return bool(getattr(self.runner, "broken", False))
+
+    async def start(self) -> None:
+        """Start the runners (worker processes load the runs); then :meth:`run` collects."""
+        self._wakeup = asyncio.Event()
+        await self.runner.start()
+
+    def close(self) -> None:
+        for task in list(self._calls):
+            task.cancel()
+        self.runner.close()
 
     def submit(self, job: Job) -> asyncio.Future:
+        if self.broken:
+            raise ApiError(503, "no model worker is running (see the server's log)",
+                           headers={"Retry-After": str(self.limits.retry_after_s)})
         if len(self.pending) >= self.limits.queue_limit:
             self.stats["rejected"] += 1
             raise ApiError(503, f"the server is busy: {len(self.pending)} requests are waiting "
@@ -109,11 +133,17 @@ class Batcher:
         return batch
 
     async def run(self) -> None:
-        self._wakeup = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        """Collect: for each idle runner, the next batch (see the module's docstring)."""
         window = self.limits.batch_window_ms / 1000.0
         while True:
+            runner = await self.runner.acquire()
+            if runner is None:  # no runner left: the waiting requests are answered 503
+                self._fail_pending()
+                return
             await self._wakeup.wait()
+            if not runner.alive():  # a worker that died while idle: replaced, no batch lost
+                self.runner.release(runner, True)
+                continue
             self._drop_gone()
             if window and len(self.pending) > 1 and self.waiting_texts() < self.limits.max_batch_texts:
                 await asyncio.sleep(window)  # others are waiting: a burst, gather it
@@ -121,49 +151,69 @@ class Batcher:
             if not self.pending:
                 self._wakeup.clear()
             if not batch:
+                self.runner.release(runner)
                 continue
             if self.metrics is not None:
                 self.metrics.batch(len(batch))
-            try:
-                outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
-            except Exception as exc:  # the worker itself failed: its requests fail, the loop goes on
-                outcomes = [exc] * len(batch)
-            self.stats["batches"] += 1
-            for (job, index), outcome in zip(batch, outcomes):
-                _deliver(job, index, outcome)
+            task = asyncio.get_running_loop().create_task(self._call(runner, batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
-    def _run_batch(self, batch: list[tuple[Job, int]]) -> list[Any]:
-        """On the worker thread: one translate call per (model, options) group of the batch."""
-        groups: dict[tuple, list[int]] = {}
-        for k, (job, _) in enumerate(batch):
-            if not job.gone:  # dropped while it waited for the thread
-                groups.setdefault(job.key(), []).append(k)
-        outcomes: list[Any] = [None] * len(batch)
-        for members in groups.values():
-            first = batch[members[0]][0]
-            texts = [batch[k][0].texts[batch[k][1]] for k in members]
-            # each sentence keeps its own terms; sentences without any search as if unconstrained
-            terms = [None if job.constraints is None else job.constraints[i] or None
-                     for job, i in (batch[k] for k in members)]
-            extra = {"constraints": terms} if any(terms) else {}
-            try:
-                results = first.model.translator.translate(
-                    texts, return_scores=True, return_attention=first.attention,
-                    return_alignment=first.alignment, **first.options, **extra)
-                self_att = [None] * len(texts)
-                if first.attention and first.model.self_attention:
-                    self_att = [first.model.translator.encoder_self_attention(t) for t in texts]
+    async def _call(self, runner, batch: list[tuple[Job, int]]) -> None:
+        """One batch on ``runner``; each sentence's answer (or error) into its request."""
+        groups, members = plan(batch)
+        lost = False
+        try:
+            outcomes = await self.runner.run(runner, groups) if groups else []
+        except WorkerLost as exc:  # its requests may be retried; the pool starts another worker
+            lost = True
+            outcomes = [{"status": 503, "error": f"{exc} while translating this request; retry"}] * len(groups)
+        except Exception as exc:  # the runner itself failed: its requests fail, the server goes on
+            outcomes = [{"status": 500, "error": repr(exc)}] * len(groups)
+        finally:
+            self.runner.release(runner, lost)
+        self.stats["batches"] += 1
+        for group, ks, outcome in zip(groups, members, outcomes):
+            if "results" in outcome:
                 self.stats["model_calls"] += 1
-                self.stats["texts"] += len(texts)
-                for k, r, sa in zip(members, results, self_att):
-                    outcomes[k] = result_json(r, sa, batch[k][0])
-            except NmtError as exc:  # options the translator refuses: the caller's to fix
-                for k in members:
-                    outcomes[k] = ApiError(422, str(exc))
-            except Exception as exc:  # a bug: logged by the caller's 500 handler
-                for k in members:
-                    outcomes[k] = exc
-        return outcomes
+                self.stats["texts"] += len(ks)
+            for j, k in enumerate(ks):
+                job, index = batch[k]
+                _deliver(job, index, outcome["results"][j] if "results" in outcome else self._error(outcome))
+
+    def _error(self, outcome: dict[str, Any]) -> BaseException:
+        status = outcome["status"]
+        if status == 500:
+            return RuntimeError(f"the model call failed:\n{outcome['error']}")
+        headers = {"Retry-After": str(self.limits.retry_after_s)} if status == 503 else None
+        return ApiError(status, outcome["error"], headers=headers)
+
+    def _fail_pending(self) -> None:
+        error = {"status": 503, "error": "no model worker is running (see the server's log)"}
+        for job in self.pending:
+            _deliver(job, 0, self._error(error))
+        self.pending.clear()
+
+
+def plan(batch: list[tuple[Job, int]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """The batch as groups of plain data, one ``translate`` call each (same model and options;
+    :mod:`nmt.tools.serve_worker`), and each group's positions in the batch. Requests already
+    answered, timed out or abandoned are left out."""
+    by_key: dict[tuple, list[int]] = {}
+    for k, (job, _) in enumerate(batch):
+        if not job.gone:
+            by_key.setdefault(job.key(), []).append(k)
+    groups = []
+    for members in by_key.values():
+        pairs = [batch[k] for k in members]
+        first = pairs[0][0]
+        # each sentence keeps its own terms; sentences without any search as if unconstrained
+        terms = [None if job.constraints is None else job.constraints[i] or None for job, i in pairs]
+        groups.append({"model": first.model.name, "texts": [job.texts[i] for job, i in pairs],
+                       "options": dict(first.options), "attention": first.attention,
+                       "alignment": first.alignment, "scores": [job.scores for job, _ in pairs],
+                       "constraints": terms if any(terms) else None})
+    return groups, list(by_key.values())
 
 
 def _deliver(job: Job, index: int, outcome: Any) -> None:
@@ -177,52 +227,3 @@ def _deliver(job: Job, index: int, outcome: Any) -> None:
     job.left -= 1
     if job.left == 0:
         job.future.set_result(job.results)
-
-
-def _set_threads(threads: int | None) -> None:
-    """The model thread's torch intra-op threads (OpenMP settings are per calling thread)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _floats(values, digits: int | None = None) -> list:
-    if values is None:
-        return None
-    data = values.tolist() if hasattr(values, "tolist") else list(values)
-    if digits is None:
-        return data
-
-    def rnd(x):
-        return [rnd(v) for v in x] if isinstance(x, list) else round(float(x), digits)
-
-    return rnd(data)
-
-
-def result_json(result, self_attention, job: Job) -> dict[str, Any]:
-    """One text's answer: JSON-ready (tensors become nested lists)."""
-    hyps = []
-    src_tokens: list[str] = []
-    for h in result.hypotheses:
-        src_tokens = src_tokens or list(h.src_tokens)
-        entry: dict[str, Any] = {"text": h.text, "tokens": list(h.tokens)}
-        if job.scores:
-            entry["score"] = float(h.score)
-            entry["log_prob"] = float(h.raw_score)
-            entry["token_log_probs"] = [float(x) for x in h.token_log_probs]
-        if job.attention:
-            entry["attention"] = _floats(h.attention, 5)
-            entry["positions"] = _floats(h.positions, 4)
-        if job.alignment:
-            entry["alignment"] = [list(pair) for pair in h.alignment]
-        if h.constraints_met is not None:
-            entry["constraints_met"] = bool(h.constraints_met)
-        if getattr(h, "constraint_spans", None) is not None:
-            entry["constraint_spans"] = [span.as_json() for span in h.constraint_spans]
-        hyps.append(entry)
-    out: dict[str, Any] = {"source": result.source, "text": result.text, "hypotheses": hyps}
-    if job.attention:
-        out["src_tokens"] = src_tokens
-        out["self_attention"] = _floats(self_attention, 5)
-    return out

@@ -5,7 +5,9 @@ tests) do not share counts.
 - ``nmt_serve_requests_total{status}``: translate requests by the HTTP status of their answer;
 - ``nmt_serve_request_seconds``: time from a translate request's arrival to its answer;
 - ``nmt_serve_batch_sentences``: sentences per model call;
-- ``nmt_serve_queue_requests`` / ``nmt_serve_queue_sentences``: requests and sentences waiting.
+- ``nmt_serve_queue_requests`` / ``nmt_serve_queue_sentences``: requests and sentences waiting;
+- ``nmt_serve_workers`` / ``nmt_serve_worker_restarts``: model worker processes running, and
+  started again after one died (0 with ``--workers 0``).
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServeMetrics:
-    """The server's counters, histograms and gauges (``waiting()`` and ``waiting_texts()`` are read
-    when the metrics are scraped)."""
+    """The server's counters, histograms and gauges (``waiting()``, ``waiting_texts()`` and the
+    ``stats`` counts of the worker pool are read when the metrics are scraped)."""
 
-    def __init__(self, waiting: Callable[[], int], waiting_texts: Callable[[], int]):
+    def __init__(self, waiting: Callable[[], int], waiting_texts: Callable[[], int],
+                 stats: dict[str, int] | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -35,6 +38,11 @@ class ServeMetrics:
               registry=self.registry).set_function(waiting)
         Gauge("nmt_serve_queue_sentences", "sentences waiting for the model",
               registry=self.registry).set_function(waiting_texts)
+        counts = stats if stats is not None else {}
+        Gauge("nmt_serve_workers", "model worker processes running",
+              registry=self.registry).set_function(lambda: counts.get("workers", 0))
+        Gauge("nmt_serve_worker_restarts", "model worker processes started again after one died",
+              registry=self.registry).set_function(lambda: counts.get("worker_restarts", 0))
 
     def request(self, status: int, seconds: float) -> None:
         self.requests.labels(status=str(status)).inc()
@@ -50,10 +58,11 @@ class ServeMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def metrics_or_none(waiting: Callable[[], int], waiting_texts: Callable[[], int]) -> ServeMetrics | None:
+def metrics_or_none(waiting: Callable[[], int], waiting_texts: Callable[[], int],
+                    stats: dict[str, int] | None = None) -> ServeMetrics | None:
     """The metrics, or None without ``prometheus-client`` (``/metrics`` then says how to install it)."""
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
         return None
-    return ServeMetrics(waiting, waiting_texts)
+    return ServeMetrics(waiting, waiting_texts, stats)

@@ -1,7 +1,9 @@
 """The models ``nmt serve`` answers with: :func:`make_translator` builds one translator from the
 command's options (the PyTorch engine on a run directory or an ensemble of runs, or the ONNX engine
 on an ``nmt export`` directory), and :func:`load_models` turns the command's directories into the
-named :class:`ServedModel` entries the server lists.
+named :class:`ServedModel` entries the server lists. A served model's options are plain data
+(:func:`model_options`), so a model worker process (:mod:`nmt.tools.serve_worker`) builds the same
+translator from them with :func:`build_translator`.
 
 Nothing here imports torch at module level: with ``engine="onnx"`` the server runs on onnxruntime
 and numpy only.
@@ -11,13 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nmt.errors import NmtError
 from nmt.tools.serve_requests import finite_or_null
 
-__all__ = ["ENGINES", "ServedModel", "make_translator", "translator_from_args", "check_dirs", "load_models",
-           "run_summary"]
+__all__ = ["ENGINES", "ServedModel", "make_translator", "translator_from_args", "model_options",
+           "build_translator", "check_dirs", "load_models", "run_summary"]
 
 ENGINES = ("torch", "onnx")
 
@@ -29,6 +31,9 @@ class ServedModel:
     summary: dict[str, Any]
     has_lexicon: bool
     self_attention: bool  #: the answer can carry the encoder's self-attention (torch engine only)
+    #: how to build the translator again (:func:`build_translator`): what a model worker process
+    #: loads; None for a translator built otherwise (served on the thread only)
+    options: dict[str, Any] | None = None
 
 
 def make_translator(paths: Sequence[str | Path], *, engine: str = "torch", checkpoint: str = "best",
@@ -58,6 +63,22 @@ def make_translator(paths: Sequence[str | Path], *, engine: str = "torch", check
 
     return Translator.load(paths if len(paths) > 1 else paths[0], checkpoint, device="cpu",
                            precision=precision)
+
+
+def model_options(paths, checkpoint: str = "best", precision: str = "float32", *, engine: str = "torch",
+                  threads: int | None = None) -> dict[str, Any]:
+    """The arguments of :func:`make_translator` as a plain dict (picklable, JSON-able): ``paths``
+    one directory or several (an ensemble)."""
+    many = [str(p) for p in paths] if isinstance(paths, (list, tuple)) else [str(paths)]
+    return {"paths": many, "engine": engine, "checkpoint": checkpoint, "precision": precision,
+            "threads": threads}
+
+
+def build_translator(options: Mapping[str, Any]):
+    """The translator :func:`model_options` describes."""
+    return make_translator(options["paths"], engine=options.get("engine", "torch"),
+                           checkpoint=options.get("checkpoint", "best"),
+                           precision=options.get("precision", "float32"), threads=options.get("threads"))
 
 
 def translator_from_args(paths: Sequence[str | Path], args) -> Any:
@@ -175,8 +196,8 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
         [(name, [path]) for name, path in zip(names, paths)]
     models = []
     for name, members in groups:
-        translator = make_translator(members, engine=engine, checkpoint=checkpoint, precision=precision,
-                                     threads=threads)
+        options = model_options(members, checkpoint, precision, engine=engine, threads=threads)
+        translator = build_translator(options)
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
             warn.prefix = f"nmt serve [{name}]"
@@ -184,5 +205,5 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
             name=name, translator=translator, summary=run_summary(name, translator),
             has_lexicon=_has_lexicon(translator, members),
             self_attention=bool(translator.recipe.model.encoder.self_attention_layers)
-            and hasattr(translator, "encoder_self_attention")))
+            and hasattr(translator, "encoder_self_attention"), options=options))
     return models

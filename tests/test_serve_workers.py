@@ -1,0 +1,274 @@
+"""``nmt serve --workers N``: the model in worker processes.
+
+The same answers as offline translation; a worker that dies is replaced (its batch answered 503)
+or, when none can be started, every request is answered 503, never left waiting; and no worker
+outlives a server killed with ``kill -9``. At most one server, one worker and multiprocessing's
+resource tracker run at once.
+"""
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from nmt.errors import NmtError
+from nmt.tools.serve_batcher import Batcher, Job
+from nmt.tools.serve_pool import WorkerPool, default_workers, worker_threads, workers_and_threads
+from nmt.tools.serve_requests import ApiError, ServeLimits
+
+SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
+             "Elle lit un livre.", "Je suis malade."]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import train_served_run
+
+    return train_served_run(tmp_path_factory.mktemp("workers") / "tiny")
+
+
+def test_default_workers_and_threads_follow_the_cpus():
+    assert [default_workers(c) for c in (1, 2, 4, 7, 8, 16, 64)] == [1, 1, 1, 1, 2, 4, 8]
+    assert [worker_threads(1, c) for c in (1, 2, 4)] == [1, 1, 3]
+    assert worker_threads(2, 8) == 3 and worker_threads(4, 4) == 1
+    assert workers_and_threads(0, None) == (0, None)  # the server's thread: torch's choice
+    assert workers_and_threads(2, 3) == (2, 3)
+    assert workers_and_threads(None, None) == (default_workers(), worker_threads(default_workers()))
+
+
+def test_workers_answer_what_offline_translation_gives(run):
+    """Concurrent requests with different settings, batched together in one worker process: each
+    sentence gets the text, scores and attention of ``Translator.translate`` in this process."""
+    from fastapi.testclient import TestClient
+
+    from nmt.inference.translator import Translator
+    from nmt.tools.serve import create_app
+
+    translator = Translator.load(run, device="cpu")
+    bodies = [{"texts": [s], "beam": 2 + k % 3, "n_best": 1 + k % 2, "return_attention": k % 2 == 0}
+              for k, s in enumerate(SENTENCES)]
+    app = create_app([run], ServeLimits(batch_window_ms=200), workers=1, threads=1)
+    with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: c.post("/api/translate", json=b), bodies))
+        health = c.get("/health").json()
+        metrics = c.get("/metrics").text
+    assert health["workers"] == 1 and health["model_calls"] >= 1
+    assert "nmt_serve_workers 1.0" in metrics and "nmt_serve_worker_restarts 0.0" in metrics
+    assert f"nmt_serve_batch_sentences_sum {len(bodies)}.0" in metrics
+    for body, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        (served,) = answer.json()["translations"]
+        (direct,) = translator.translate(body["texts"], beam=body["beam"], n_best=body["n_best"],
+                                         return_scores=True, return_attention=body["return_attention"])
+        assert served["text"] == direct.text
+        for h, ref in zip(served["hypotheses"], direct.hypotheses, strict=True):
+            assert (h["text"], h["tokens"], h["score"]) == (ref.text, ref.tokens, ref.score)
+            assert h["token_log_probs"] == ref.token_log_probs
+            if body["return_attention"]:
+                assert h["attention"] == [[round(x, 5) for x in row] for row in ref.attention.tolist()]
+
+
+# --------------------------------------------------------------- workers that fail (stand-ins)
+
+def dies_on_its_first_batch(conn, models, threads, parent):
+    """A stand-in worker: the first ever dies on its first batch; a replacement answers every
+    text with its upper case, or fails to start when ``models`` says so."""
+    ((_, options),) = models
+    marker = Path(options["marker"])
+    if marker.exists() and options["restart"] == "fails":
+        conn.send(("failed", "cannot load"))
+        return
+    conn.send(("ready", os.getpid()))
+    first = not marker.exists()
+    marker.touch()
+    while (groups := conn.recv()) is not None:
+        if first:
+            os._exit(3)
+        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+
+
+def slow_upper(conn, models, threads, parent):
+    """A stand-in worker whose every batch takes ``seconds``: answers each text in upper case."""
+    ((_, options),) = models
+    conn.send(("ready", os.getpid()))
+    while (groups := conn.recv()) is not None:
+        time.sleep(options["seconds"])
+        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+
+
+def _job(*texts: str) -> Job:
+    return Job(SimpleNamespace(name="m"), list(texts), {}, attention=False, scores=True)
+
+
+def test_in_a_worker_a_small_request_waits_for_one_call_and_a_gone_one_is_dropped():
+    """The batcher's guarantees hold with a worker process: a one-sentence request sent while an
+    8-sentence request runs (one sentence per call of 0.3 s) waits for the call under way and its
+    own; a request whose future is cancelled (client gone, time out) sends no more sentences."""
+    async def scenario():
+        pool = WorkerPool([("m", {"seconds": 0.3})], 1, target=slow_upper)
+        batcher = Batcher(ServeLimits(max_texts=8, max_batch_texts=1, batch_window_ms=0), pool)
+        await batcher.start()
+        collector = asyncio.create_task(batcher.run())
+        loop = asyncio.get_running_loop()
+        try:
+            large = batcher.submit(_job(*(f"s{k}" for k in range(8))))
+            await asyncio.sleep(0.1)  # its first call is under way
+            sent = loop.time()
+            small = await asyncio.wait_for(batcher.submit(_job("x")), 30)
+            waited = loop.time() - sent
+            assert small == [{"text": "X"}] and not large.done()
+            assert [r["text"] for r in await asyncio.wait_for(large, 30)] == [f"S{k}" for k in range(8)]
+            gone = batcher.submit(_job("a", "b", "c", "d"))
+            await asyncio.sleep(0.1)
+            gone.cancel()
+            await asyncio.sleep(1.0)  # the call under way ends; nothing else is sent
+            return waited, dict(batcher.stats)
+        finally:
+            collector.cancel()
+            batcher.close()
+
+    waited, stats = asyncio.run(scenario())
+    assert waited < 1.5, waited  # two calls of 0.3 s and the pipe; the large request took 8
+    assert stats["texts"] == 8 + 1 + 1 and stats["dropped_texts"] == 3, stats
+
+
+async def _serve(pool: WorkerPool, texts: list[str]) -> tuple[list, dict]:
+    """Each text as a request, one after the other: its answer or the error it got."""
+    batcher = Batcher(ServeLimits(batch_window_ms=0), pool)
+    await batcher.start()
+    collector = asyncio.create_task(batcher.run())
+    outcomes = []
+    try:
+        for text in texts:
+            try:
+                outcomes.append(await asyncio.wait_for(batcher.submit(_job(text)), 60))
+            except ApiError as exc:
+                outcomes.append(exc)
+    finally:
+        collector.cancel()
+        batcher.close()
+    return outcomes, dict(batcher.stats)
+
+
+def test_a_worker_dying_mid_batch_gets_503_and_is_replaced(tmp_path):
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "works"})], 1,
+                      target=dies_on_its_first_batch)
+    (first, second), stats = asyncio.run(_serve(pool, ["a", "b"]))
+    assert isinstance(first, ApiError) and first.status == 503, first
+    assert "killed" in first.message or "exited with status 3" in first.message, first.message
+    assert first.headers == {"Retry-After": "1"}
+    assert second == [{"text": "B"}]
+    assert stats["worker_restarts"] == 1 and stats["workers_lost"] == 1 and stats["workers"] == 0  # closed
+    assert not pool.workers
+
+
+def test_no_worker_left_answers_503_at_once(tmp_path):
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "fails"})], 1,
+                      target=dies_on_its_first_batch)
+    start = time.monotonic()
+    outcomes, stats = asyncio.run(_serve(pool, ["a", "b", "c"]))
+    assert [getattr(o, "status", None) for o in outcomes] == [503, 503, 503], outcomes
+    assert "no model worker is running" in outcomes[-1].message
+    assert pool.broken and stats["worker_restarts"] == 0 and time.monotonic() - start < 60
+
+
+def test_a_worker_that_cannot_load_stops_the_start(tmp_path):
+    (tmp_path / "m").touch()  # "restart fails": already the first start fails
+    pool = WorkerPool([("m", {"marker": str(tmp_path / "m"), "restart": "fails"})], 1,
+                      target=dies_on_its_first_batch)
+    with pytest.raises(NmtError, match="could not load the runs: cannot load"):
+        asyncio.run(pool.start())
+    assert not pool.workers
+
+
+# ---------------------------------------------------------------------- a real server process
+
+def _children(pid: int) -> list:
+    """The processes ``pid`` started that still run (a zombie has ended: it only waits to be reaped)."""
+    return [p for p in __import__("psutil").Process(pid).children(recursive=True) if _running(p)]
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _worker_of(pid: int, deadline_s: float = 30.0):
+    """The model worker process of the server ``pid`` (not multiprocessing's resource tracker)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        workers = [p for p in _children(pid) if "resource_tracker" not in " ".join(p.cmdline())]
+        if len(workers) == 1:
+            return workers[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no single worker among {_children(pid)}")
+
+
+def test_a_killed_worker_is_replaced_and_no_worker_outlives_the_server(run, tmp_path):
+    import httpx
+    from conftest import serving
+
+    log = tmp_path / "serve.log"
+    with serving([run], log, "--workers", "1", "--threads", "1", "--log-level", "warning") as (base, proc):
+        def translate():
+            return httpx.post(base + "/api/translate", json={"text": SENTENCES[0]}, timeout=60)
+
+        expected = translate().json()["translations"][0]["text"]
+        worker = _worker_of(proc.pid)
+        worker.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while (answer := translate()).status_code != 200:  # 503 while the new worker loads
+            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert answer.json()["translations"][0]["text"] == expected
+        health = httpx.get(base + "/health").json()
+        assert (health["workers"], health["worker_restarts"], health["workers_lost"]) == (1, 1, 1), health
+        assert "was killed by signal 9; starting another" in log.read_text()
+
+        survivors = _children(proc.pid)
+        replacement = _worker_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)  # no clean-up in the server: its workers must end themselves
+        proc.wait(10)
+        assert replacement in survivors
+        deadline = time.monotonic() + 15
+        while any(_running(p) for p in survivors):
+            assert time.monotonic() < deadline, f"still running after the server was killed: {survivors}"
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_server_whose_workers_cannot_start_again_answers_503(run, tmp_path):
+    """The run's weights disappear after the start: the killed worker's replacements cannot load
+    them, and every request (and /health) is answered 503 at once instead of waiting."""
+    import shutil
+
+    import httpx
+    from conftest import serving
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(run, copy)
+    log = tmp_path / "serve.log"
+    with serving([copy], log, "--workers", "1", "--threads", "1", "--log-level", "warning") as (base, proc):
+        shutil.rmtree(copy / "checkpoints")
+        _worker_of(proc.pid).send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while httpx.get(base + "/health", timeout=10).status_code == 200:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        start = time.monotonic()
+        answer = httpx.post(base + "/api/translate", json={"text": SENTENCES[0]}, timeout=60)
+        assert answer.status_code == 503 and time.monotonic() - start < 5, answer.text
+        assert "no model worker is running" in answer.json()["error"]
+        assert answer.headers["retry-after"] == "1"
+        assert "a replacement model worker failed" in log.read_text()
+        assert proc.poll() is None
