@@ -131,7 +131,9 @@ def _model_names(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
-                precision: str = "float32") -> list[ServedModel]:
+                precision: str | None = None) -> list[ServedModel]:
+    """Each run's translator (``precision`` None: its recipe's ``decode.precision``; ``auto`` is
+    resolved here, before the first request)."""
     from nmt.inference.shortlist import LEXICON_FILE
     from nmt.inference.translator import Translator
 
@@ -147,6 +149,7 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best",
         if not path.is_dir():
             raise NmtError(f"run directory {path} not found (train one with: nmt train RECIPE)")
         translator = Translator.load(path, checkpoint, device="cpu", precision=precision)
+        translator.resolve_precision()
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
             warn.prefix = f"nmt serve [{name}]"
@@ -380,6 +383,9 @@ def serve_cli(args) -> int:
         s = m.summary
         print(f"nmt serve: {m.name}: {s['attention']} attention, {s['activation']}, "
               f"{s['parameters']:,} parameters ({s['run_dir']})", file=sys.stderr)
+        choice = m.translator.precision_choice
+        if choice is not None:
+            print(f"nmt serve: {m.name}: {choice.describe()}", file=sys.stderr)
     if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the server "
               "has no authentication", file=sys.stderr)
