@@ -44,9 +44,9 @@ def test_calibrate_alternates_and_keeps_the_best_round():
             now[0] += next(durations[mode])
         return run
 
-    best = pa.calibrate({m: runner(m) for m in ("float32", "bf16")}, rounds=3, budget=1e9,
-                        clock=lambda: now[0])
-    assert best == {"float32": 2.0, "bf16": 1.0}
+    best, rounds = pa.calibrate({m: runner(m) for m in ("float32", "bf16")}, rounds=3, budget=1e9,
+                                clock=lambda: now[0])
+    assert best == {"float32": 2.0, "bf16": 1.0} and rounds == 3
     assert calls == ["float32", "bf16", "float32", "bf16", "bf16", "float32", "float32", "bf16"]
 
 
@@ -98,7 +98,7 @@ def calibrating(monkeypatch, tmp_path):
         State.runs += 1
         for run in runners.values():  # the searches really run: both translators work
             run()
-        return dict(State.timings)
+        return dict(State.timings), 3
 
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(pa, "MIN_PARAMETERS", 0)  # the test models are tiny
@@ -210,3 +210,13 @@ def test_cli_precision_auto_says_what_it_chose(tiny_run, tmp_path, repo):
     assert "precision auto ->" in said["auto"] and "precision auto" not in said["float32"]
     if "auto -> float32" in said["auto"]:
         assert outs["auto"] == outs["float32"]
+
+
+def test_calibrate_stops_starting_rounds_past_its_budget():
+    now = [0.0]
+
+    def run():
+        now[0] += 1.0
+
+    best, rounds = pa.calibrate({"float32": run, "bf16": run}, rounds=5, budget=3.5, clock=lambda: now[0])
+    assert rounds == 1 and best == {"float32": 1.0, "bf16": 1.0}  # warm-ups + one round = 4 s

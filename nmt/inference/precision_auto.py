@@ -49,14 +49,15 @@ class PrecisionChoice:
     reason: str
     #: best seconds per mode for the calibration batch (empty when nothing was timed)
     timings: dict[str, float] = field(default_factory=dict)
+    rounds: int = 0  #: timed rounds per mode behind ``timings``
     cached: bool = False
 
     def describe(self) -> str:
         """One line for logs: ``precision auto -> bf16: ... (float32 41.2 ms, bf16 30.1 ms)``."""
         figures = ", ".join(f"{mode} {seconds * 1e3:.1f} ms" for mode, seconds in self.timings.items())
         where = "; cached" if self.cached else ""
-        return (f"precision auto -> {self.mode}: {self.reason}" + (f" ({figures}, best of {ROUNDS}{where})"
-                                                                    if figures else ""))
+        return (f"precision auto -> {self.mode}: {self.reason}"
+                + (f" ({figures}, best of {self.rounds} round(s){where})" if figures else ""))
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,15 +83,16 @@ def pick(timings: Mapping[str, float], margin: float = MARGIN) -> tuple[str, str
 
 def calibrate(runners: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS,
               budget: float = BUDGET_SECONDS, clock: Callable[[], float] = time.perf_counter
-              ) -> dict[str, float]:
-    """Each mode's best wall time over ``rounds`` timed runs of its runner, after one untimed
-    warm-up each. Rounds alternate the order of the modes (a drift in the machine's load
-    reaches each mode alike); past ``budget`` seconds no further round starts."""
+              ) -> tuple[dict[str, float], int]:
+    """Each mode's best wall time over up to ``rounds`` timed runs of its runner, after one
+    untimed warm-up each, and the rounds run. Rounds alternate the order of the modes (a drift in
+    the machine's load reaches each mode alike); past ``budget`` seconds no further round starts."""
     started = clock()
     for run in runners.values():
         run()
     best = {mode: math.inf for mode in runners}
     order = list(runners)
+    done = 0
     for r in range(rounds):
         if r and clock() - started > budget:
             break
@@ -98,7 +100,8 @@ def calibrate(runners: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS,
             t0 = clock()
             runners[mode]()
             best[mode] = min(best[mode], clock() - t0)
-    return best
+        done += 1
+    return best, done
 
 
 def calibration_sources(vocab_size: int, first_id: int, sentences: int = SENTENCES,
@@ -191,7 +194,7 @@ def cached_choice(key: str, path: Path | None = None) -> PrecisionChoice | None:
     if not isinstance(entry, dict) or entry.get("mode") not in ("float32", "bf16"):
         return None
     return PrecisionChoice(entry["mode"], str(entry.get("reason", "")), dict(entry.get("timings") or {}),
-                           cached=True)
+                           int(entry.get("rounds") or 0), cached=True)
 
 
 def store_choice(key: str, choice: PrecisionChoice, path: Path | None = None) -> None:
@@ -203,7 +206,7 @@ def store_choice(key: str, choice: PrecisionChoice, path: Path | None = None) ->
     entries = _read_cache(path)
     entries.pop(key, None)
     entries[key] = {"mode": choice.mode, "reason": choice.reason, "timings": choice.timings,
-                    "stored": time.time()}
+                    "rounds": choice.rounds, "stored": time.time()}
     kept = dict(list(entries.items())[-CACHE_ENTRIES:])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,11 +271,12 @@ def choose_precision(translator, options) -> tuple[PrecisionChoice, Any]:
                for name, t in (("float32", translator), ("bf16", twin))}
     warn, translator.warn = translator.warn, _Silent()  # about made-up input: not the user's
     try:
-        timings = {mode: round(seconds, 6) for mode, seconds in calibrate(runners).items()}
+        best, rounds = calibrate(runners)
     finally:
         translator.warn = warn
+    timings = {mode: round(seconds, 6) for mode, seconds in best.items()}
     mode, reason = pick(timings)
-    choice = PrecisionChoice(mode, reason, timings)
+    choice = PrecisionChoice(mode, reason, timings, rounds)
     if key is not None:
         store_choice(key, choice)
     return choice, twin
