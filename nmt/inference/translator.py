@@ -136,9 +136,7 @@ class Translator(TranslatorBase):
         the recipe's ``decode`` section (:attr:`decode`). ``quantize=True`` is refused: int8 runs on
         the ONNX engine (``nmt export --quantize int8``).
         """
-        from nmt.inference.checkpoint import as_run_dirs, load_run
-
-        from nmt.inference.checkpoint import checkpoint_path
+        from nmt.inference.checkpoint import as_run_dirs, checkpoint_path, load_run
 
         check_precision(precision or "float32", quantize)  # before reading any weights
         runs = as_run_dirs(run_dir)

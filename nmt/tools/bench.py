@@ -406,8 +406,9 @@ def bench_cli(args) -> int:
                                  False, args.precision, decode=decode_arguments(args),
                                  label=decode_flag_label, kernels=args.kernels,
                                  beside_busy=args.beside_busy, busy_kind=args.busy_kind)
-        mode = result["precision"] + (" (auto)" if "precision_auto" in result else "") + f", kernels {result['kernels']}" + (
-            f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result)
+        mode = (result["precision"] + (" (auto)" if "precision_auto" in result else "")
+                + f", kernels {result['kernels']}"
+                + (f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result))
         line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: "
                 f"{result['sentences_per_s']:,} sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "
