@@ -1,8 +1,11 @@
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +14,9 @@ import pytest
 os.environ.setdefault("NMT_NO_PROGRESS", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# precision: auto caches its choices here, not in the user's cache (subprocesses inherit it)
+os.environ["NMT_CACHE_DIR"] = tempfile.mkdtemp(prefix="nmt-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NMT_CACHE_DIR"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 

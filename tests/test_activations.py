@@ -442,22 +442,15 @@ def test_unknown_name_and_bad_options():
         get_activation("softplus", beta=0)
 
 
-def test_aprelu_runs_with_int8_and_bf16_linear_layers():
-    """Inference turns Linear layers into int8 (``--quantize``) or bfloat16 (``--precision bf16``)
-    ones; APReLU's subnetwork then still runs, its sums in the LayerNorm's float32."""
+def test_aprelu_runs_with_bf16_linear_layers():
+    """Inference turns Linear layers into bfloat16 ones (``--precision bf16``); APReLU's
+    subnetwork then still runs, its sums in the LayerNorm's float32."""
     import copy
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
 
     torch.manual_seed(9)
     layer = ActivatedLinear(4, 6, "aprelu").eval()
     x = torch.randn(2, 3, 4)
     want = layer.forward_causal(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)[0]
-    torch.testing.assert_close(quantized.forward_causal(x), want, atol=0.05, rtol=0.05)
     bf16 = copy.deepcopy(layer)
     for module in bf16.modules():
         if isinstance(module, torch.nn.Linear):

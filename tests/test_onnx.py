@@ -359,7 +359,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
     from nmt.cli import main
 
     run, export = exports("bahdanau")
-    for extra, word in ((["--quantize"], "--quantize"), (["--precision", "bf16"], "--precision bf16"),
+    for extra, word in ((["--precision", "bf16"], "--precision bf16"),
                         (["--shortlist", "5"], "--shortlist")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err

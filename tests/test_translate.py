@@ -254,12 +254,17 @@ def test_local_p_positions(local_run):
     assert ((h.positions >= 0) & (h.positions <= len(h.src_tokens) - 1)).all()
 
 
-def test_quantized_translator(run_dir):
-    t = Translator.load(run_dir, quantize=True)
-    assert t.quantized
-    assert any("quantized" in type(m).__module__ for m in t.model.modules())
-    out = t.translate(SOURCES[:4])
-    assert len(out) == 4 and all(isinstance(x, str) for x in out)
+def test_int8_on_the_torch_engine_is_refused_naming_the_onnx_export(run_dir, tmp_path, capsys):
+    from nmt.cli import main
+    from nmt.errors import NmtError
+
+    with pytest.raises(NmtError, match="nmt export .*--quantize int8"):
+        Translator.load(run_dir, quantize=True)
+    for argv in (["translate", str(run_dir), "--quantize"], ["bench", "translate", str(run_dir), "--quantize"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "--quantize int8, then nmt translate --engine onnx" in capsys.readouterr().err
 
 
 def test_decode_split_timed(translator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nmt.commands.common import add_checkpoint, add_kernels, add_precision, add_set, formatter
+from nmt.commands.common import add_checkpoint, add_kernels, add_removed_quantize, add_set, formatter
 from nmt.config import add_decode_arguments
 
 NAME = "bench"
@@ -43,8 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     btr.add_argument("--split", default="test")
     btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
     add_checkpoint(btr)
-    btr.add_argument("--quantize", action="store_true")
-    add_precision(btr)
+    add_removed_quantize(btr)
     add_kernels(btr)
     add_decode_arguments(btr, exclude=("n_best",))
     _add_busy(btr)

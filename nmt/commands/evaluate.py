@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nmt.commands.common import add_checkpoint, add_precision
+from nmt.commands.common import add_checkpoint
 from nmt.config import add_decode_arguments
 
 NAME = "evaluate"
@@ -28,7 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with RUN_DIR: translate this source file instead of a split and score it "
                         "against --ref (a test set of your own)")
     add_checkpoint(p)
-    add_precision(p, "search under bf16 autocast when translating a split")
     add_decode_arguments(p, exclude=("n_best",))
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nmt.commands.common import add_checkpoint, add_kernels, add_precision
+from nmt.commands.common import add_checkpoint, add_kernels, add_removed_quantize
 from nmt.config import add_decode_arguments
 
 NAME = "translate"
@@ -52,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "&amp;); the text is translated and every tag put back around the target words "
                         "aligned to the words it enclosed; output is HTML. Tags that do not nest: exit 2 "
                         "(docs/decoding.md)")
-    p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
-    add_precision(p, "search under bf16 autocast (faster on AVX-512 BF16 CPUs and GPUs)")
+    add_removed_quantize(p)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr which precision --precision auto chose, and the figures why")
     add_kernels(p)
     add_decode_arguments(p, notes={"n_best": "writes K lines per input line, INDEX<TAB>SCORE<TAB>TEXT, "
                                              "INDEX the 0-based input line; default: one line per input "

@@ -13,6 +13,7 @@ from nmt.config.schema import (
     ACTIVATIONS,
     BLEU_TOKENIZERS,
     KERNELS,
+    PRECISIONS,
     METRICS,
     AttentionConfig,
     DataConfig,
@@ -50,7 +51,7 @@ from nmt.config.yamlfile import (
 from nmt.errors import ConfigError
 
 __all__ = [
-    "ACTIVATIONS", "BLEU_TOKENIZERS", "KERNELS", "MAX_YAML_DEPTH", "METRICS", "STOP_KEYS",
+    "ACTIVATIONS", "BLEU_TOKENIZERS", "KERNELS", "PRECISIONS", "MAX_YAML_DEPTH", "METRICS", "STOP_KEYS",
     "AttentionConfig", "ConfigError", "DataConfig", "DecodeConfig", "DecoderConfig", "EncoderConfig",
     "EnvValue", "EvalConfig", "FilterConfig", "ModelConfig", "OutputConfig", "Recipe", "RecipeLoader",
     "RecipeYAMLError", "TokenizerConfig", "TrainConfig",

@@ -42,6 +42,9 @@ def add_decode_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
         if hints[f.name] is bool:  # --sample / --no-sample; left out: the recipe's value
             group.add_argument(decode_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=default, help=text)
+        elif typing.get_origin(hints[f.name]) is typing.Literal:  # --precision
+            group.add_argument(decode_flag(f.name), dest=f.name, choices=typing.get_args(hints[f.name]),
+                               default=default, metavar=f.metadata.get("metavar"), help=text)
         else:
             group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
                                metavar=f.metadata.get("metavar"), help=text)

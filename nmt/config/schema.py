@@ -271,6 +271,11 @@ class DecodeConfig:
                                 "probability reaches P (nucleus); 1 = all", above=0, max=1, metavar="P")
     seed: int = setting(0, "sampling: random seed; each sentence is sampled from its own stream of "
                            "(seed, the sentence), the same wherever it stands", min=0, metavar="S")
+    precision: Literal["auto", "float32", "bf16"] = setting(
+        "auto", "auto | float32 | bf16: search in float32 or under bf16 autocast (faster on AVX-512 "
+                "BF16/AMX CPUs and GPUs); auto: time both on a small batch before the first search and "
+                "take bf16 only if it is at least a tenth faster (cached per model and machine; "
+                "docs/performance.md)", metavar="MODE")
 
     def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
         """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""
@@ -299,6 +304,10 @@ class DecodeConfig:
         if problems:
             raise ConfigError(problems, what="decode settings")
         return self
+
+
+#: the values of ``decode.precision``
+PRECISIONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(DecodeConfig)["precision"])
 
 
 @dataclass

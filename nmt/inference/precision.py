@@ -1,21 +1,28 @@
-"""Copies of a trained model for faster inference: bfloat16 weights, or int8 dynamic quantization.
+"""Copies of a trained model for faster inference: bfloat16 weights.
 
-Both return a model in eval mode; the model given is left as it is (bf16 copies it, int8 is
-``torch.ao.quantization.quantize_dynamic``, which copies too). :func:`for_inference` is what
-:class:`~nmt.inference.translator.Translator` applies.
+:func:`for_inference` is what :class:`~nmt.inference.translator.Translator` applies; the model
+given is left as it is (bf16 copies it). int8 runs on the ONNX engine (``nmt export --quantize
+int8``): the PyTorch engine's int8 dynamic quantization was slower than float32 here
+(docs/performance.md), and ``torch.ao.quantization`` is deprecated.
 """
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
 
+from nmt.config import PRECISIONS as _SCHEMA_PRECISIONS
 from nmt.errors import NmtError
 
-#: the ``precision`` values a Translator accepts
-PRECISIONS = ("float32", "bf16")
+#: the ``precision`` values a Translator accepts (``decode.precision``): ``auto`` measures which of
+#: the others is faster (:mod:`nmt.inference.precision_auto`)
+PRECISIONS = _SCHEMA_PRECISIONS
+
+#: what ``quantize=True`` (int8 on the PyTorch engine, removed) now answers
+QUANTIZE_REMOVED = ("quantize=True (int8 on the PyTorch engine) was removed: it was not faster than float32. "
+                    "int8 runs on the ONNX engine (nmt export RUN_DIR -o EXPORT_DIR --quantize int8, then "
+                    "OnnxTranslator.load(EXPORT_DIR)); precision='auto' picks bf16 where it is faster")
 
 
 def linear_weights_to_bf16(model: nn.Module) -> nn.Module:
@@ -37,35 +44,18 @@ def linear_weights_to_bf16(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Linear layers as int8 with dynamic activation quantization (CPU only).
-
-    The GRU weights (used by the decoder's own cell) stay float. ``torch.ao.quantization`` is
-    deprecated in favour of torchao, but still works and needs nothing else installed.
-    """
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8).eval()
-
-
-def check_precision(precision: str, quantize: bool, device: torch.device) -> None:
-    """Refuse the combinations that cannot run, naming the options."""
-    if precision not in PRECISIONS:
-        raise NmtError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
-    if precision == "bf16" and quantize:
-        raise NmtError("--precision bf16 and --quantize do not combine; choose one")
-    if quantize and device.type != "cpu":
-        raise NmtError(f"--quantize (int8 dynamic quantization) runs on the CPU only, not on {device}")
-
-
-def for_inference(model: nn.Module, precision: str = "float32", quantize: bool = False) -> nn.Module:
-    """``model`` in eval mode as inference runs it: as it is (float32), int8, or with bf16 weights."""
-    model = model.eval()
+def check_precision(precision: str, quantize: bool = False) -> None:
+    """Refuse what cannot run, naming the options."""
     if quantize:
-        return quantize_int8(model)
+        raise NmtError(QUANTIZE_REMOVED)
+    if precision not in PRECISIONS:
+        raise NmtError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
+
+
+def for_inference(model: nn.Module, precision: str = "float32") -> nn.Module:
+    """``model`` in eval mode as inference runs it: as it is (float32, or ``auto`` before it has
+    chosen), or with bf16 weights."""
+    model = model.eval()
     if precision == "bf16":
         return linear_weights_to_bf16(model)
     return model

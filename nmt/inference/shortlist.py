@@ -312,14 +312,10 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
 def shortlist_output(model, columns: Tensor) -> tuple[Tensor, Tensor]:
     """The output layer's rows for ``columns``: ``(weight (L, D), bias (L,))``.
 
-    Under autocast they are cast once here (per batch), not in every step's GEMM. A dynamically
-    quantized output layer is dequantized first (a shortlist of it is small).
+    Under autocast they are cast once here (per batch), not in every step's GEMM.
     """
     output = model.output
-    weight = output.weight() if callable(output.weight) else output.weight
-    bias = output.bias() if callable(output.bias) else output.bias
-    if weight.is_quantized:
-        weight = weight.dequantize()
+    weight, bias = output.weight, output.bias
     weight = weight.index_select(0, columns)
     bias = bias.index_select(0, columns) if bias is not None else torch.zeros(columns.numel(), device=weight.device)
     device_type = weight.device.type

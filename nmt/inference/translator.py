@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -54,6 +55,7 @@ from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
 from nmt.inference.precision import check_precision, for_inference
+from nmt.inference.precision_auto import PrecisionChoice
 from nmt.inference.sampling import sentence_key
 from nmt.inference.search import Hypothesis, pad_sources, score_targets, search
 from nmt.inference.sources import Source, TranslatedHypothesis, TranslationResult, WarningCounter, clean_source
@@ -61,6 +63,8 @@ from nmt.inference.translator_base import TranslatorBase
 
 __all__ = ["Translator", "TranslationResult", "TranslatedHypothesis", "Source", "WarningCounter",
            "clean_source"]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------- translator
@@ -79,13 +83,19 @@ class Translator(TranslatorBase):
     """
 
     def __init__(self, recipe, tokenizers, model: torch.nn.Module, device: Any = None,
-                 metadata: dict | None = None, quantize: bool = False, precision: str = "float32",
+                 metadata: dict | None = None, quantize: bool = False, precision: str | None = "float32",
                  run_dir: str | os.PathLike | None = None, lexicon=None, *, copy_model: bool = True,
                  decode: DecodeConfig | None = None):
         self.device = torch.device(device) if device is not None else distributed_state().device
-        check_precision(precision, quantize, self.device)
+        if precision is None:
+            precision = (decode or recipe.decode).precision
+        check_precision(precision, quantize)  # quantize=True: the error saying where int8 went
+        #: "float32" or "bf16"; "auto" until :meth:`resolve_precision` has chosen (before the first search)
         self.precision = precision
-        self.quantized = quantize
+        #: how ``auto`` chose (None: precision given explicitly, or not chosen yet)
+        self.precision_choice: PrecisionChoice | None = None
+        #: the weights files (:meth:`load`): the key of ``auto``'s cached choice
+        self.weights_files: list[Path] = []
         self.recipe = recipe
         self.decode = decode
         self._recipe_shortlist_off = False  # an ensemble without a shared lexicon
@@ -93,9 +103,9 @@ class Translator(TranslatorBase):
         if copy_model:
             model = copy.deepcopy(model)
         if isinstance(model, Ensemble):  # each member as inference runs a single model
-            model = Ensemble([for_inference(m, precision, quantize) for m in model.members])
+            model = Ensemble([for_inference(m, self.precision) for m in model.members])
         else:
-            model = for_inference(model, precision, quantize)
+            model = for_inference(model, self.precision)
         self.model = model.requires_grad_(False).to(self.device).eval()
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -108,7 +118,7 @@ class Translator(TranslatorBase):
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike | Sequence[str | os.PathLike], checkpoint: str = "best",
-             device: Any = None, quantize: bool = False, precision: str = "float32",
+             device: Any = None, quantize: bool = False, precision: str | None = None,
              kernels: str | None = None, decode: DecodeConfig | None = None) -> "Translator":
         """Load a run directory (``checkpoint``: ``best``, ``last``, ``avg`` (written by
         ``nmt average``) or a weights file).
@@ -120,23 +130,30 @@ class Translator(TranslatorBase):
 
         ``precision="bf16"`` runs search under bf16 autocast (Linear weights held in bf16; attention
         softmax and log-probabilities stay float32): faster on CPUs with AVX-512 BF16 and on GPUs.
+        ``"auto"`` measures which of the two is faster before the first search
+        (:meth:`resolve_precision`); ``None``: ``decode.precision`` of ``decode`` or of the recipe.
         ``kernels`` (``auto`` | ``reference``) replaces the recipe's ``model.kernels``: ``reference``
         searches with the plain equations only. ``decode``: the default search settings instead of
-        the recipe's ``decode`` section (:attr:`decode`).
+        the recipe's ``decode`` section (:attr:`decode`). ``quantize=True`` is refused: int8 runs on
+        the ONNX engine (``nmt export --quantize int8``).
         """
-        from nmt.inference.checkpoint import as_run_dirs, load_run
+        from nmt.inference.checkpoint import as_run_dirs, checkpoint_path, load_run
 
+        check_precision(precision or "float32", quantize)  # before reading any weights
         runs = as_run_dirs(run_dir)
+        if not runs:
+            raise NmtError("Translator.load: no run directory given")
+        if precision is None and decode is not None:
+            precision = decode.precision
         if len(runs) > 1:
             translator = cls._load_ensemble(runs, checkpoint, device, quantize, precision, kernels)
             translator.decode = decode
-            return translator
-        if not runs:
-            raise NmtError("Translator.load: no run directory given")
-        run_dir = runs[0]
-        recipe, tokenizers, model, metadata = load_run(run_dir, checkpoint, kernels=kernels)
-        return cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
-                   precision=precision, run_dir=run_dir, copy_model=False, decode=decode)
+        else:
+            recipe, tokenizers, model, metadata = load_run(runs[0], checkpoint, kernels=kernels)
+            translator = cls(recipe, tokenizers, model, device=device, metadata=metadata, quantize=quantize,
+                             precision=precision, run_dir=runs[0], copy_model=False, decode=decode)
+        translator.weights_files = [checkpoint_path(run, checkpoint) for run in runs]
+        return translator
 
     @classmethod
     def _load_ensemble(cls, runs, checkpoint, device, quantize, precision, kernels) -> "Translator":
@@ -162,6 +179,36 @@ class Translator(TranslatorBase):
             translator.warn("ensemble shortlist", f"decoding without the shortlist of {runs[0]}'s "
                             f"recipe: {why}; an ensemble's shortlist needs one lexicon in every run")
         return translator
+
+    # ----------------------------------------------------------------------------- precision
+    def resolve_precision(self, options: DecodeConfig | None = None,
+                          choice: PrecisionChoice | None = None) -> PrecisionChoice | None:
+        """Make ``precision="auto"`` a mode: the cached or measured faster one for searches with
+        ``options`` (default :attr:`decode`; :mod:`nmt.inference.precision_auto`), or ``choice``
+        (made by another process of the same job), logged with its figures. Runs once, before the
+        first search (searches call it); a no-op afterwards and for an explicit precision. Returns
+        :attr:`precision_choice`."""
+        if self.precision != "auto":
+            return self.precision_choice
+        from nmt.inference.precision_auto import choose_precision
+
+        self.precision = "float32"  # the calibration's float32 searches run on this translator
+        twin = None
+        if choice is None:
+            choice, twin = choose_precision(self, options or self.decode)
+        if choice.mode == "bf16":
+            twin = twin or self.twin("bf16")
+            self.model, self._tables, self.precision = twin.model, twin._tables, "bf16"
+        self.precision_choice = choice
+        logger.info("%s", choice.describe())
+        return choice
+
+    def twin(self, precision: str) -> "Translator":
+        """A translator of the same model, run dirs and lexicon in another (explicit) precision."""
+        twin = Translator(self.recipe, self.tokenizers, self.model, device=self.device, metadata=self.metadata,
+                          precision=precision, run_dir=self.run_dir, lexicon=self.lexicon, decode=self._decode)
+        twin.run_dirs, twin._recipe_shortlist_off = self.run_dirs, self._recipe_shortlist_off
+        return twin
 
     # ------------------------------------------------------------------------------ settings
     def _default_decode(self) -> DecodeConfig:
@@ -228,6 +275,7 @@ class Translator(TranslatorBase):
     def _autocast(self):
         """bf16 autocast for ``precision="bf16"``; otherwise whatever the caller runs under (an
         enclosing ``accelerator.autocast()`` during validation stays in force)."""
+        self.resolve_precision()
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
@@ -249,6 +297,7 @@ class Translator(TranslatorBase):
         """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
         target id lists by :attr:`Source.index` (lexically constrained beam search)."""
         out: dict[int, list[Hypothesis]] = {}
+        self.resolve_precision(options)
         lexicon = self._lexicon_for(options)
         tables = self.search_tables()
         with torch.inference_mode(), self._autocast():
@@ -267,7 +316,7 @@ class Translator(TranslatorBase):
         """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``:
         ``(sum, per-token log-probabilities)`` by :attr:`Source.index`."""
         out: dict[int, tuple[float, list[float]]] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():  # bf16 weights compute under bf16 autocast
             for group in batches:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 sums, toks = score_targets(self.model, src, lengths, mask,
@@ -303,7 +352,7 @@ class Translator(TranslatorBase):
         (item,) = self.encode([src])
         if item.ids is None:
             return None
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             source, lengths, mask = pad_sources([item.ids], self.device)
             enc = self.model.encode(source, lengths, mask, need_attention=True)
         if not enc.self_attention:

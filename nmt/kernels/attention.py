@@ -32,11 +32,7 @@ def additive_tanh_keys(proj_keys: Tensor) -> Tensor:
 
 def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module) -> Tensor:
     """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``keys2 = 2P`` from
-    :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` (or its int8
-    dynamic quantization) -> scores (B, T, S)."""
+    :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` -> scores (B, T, S)."""
     u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
     weight = v.weight
-    if isinstance(weight, Tensor):
-        return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
-    # int8 dynamic quantization (nmt translate --quantize): float32 output, a method for weight
-    return v(u).squeeze(-1) * 2 - weight().dequantize().sum()
+    return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2

@@ -52,8 +52,7 @@ class SearchTables:
 
 
 def search_tables_apply(readout_weight: Tensor, training: bool) -> bool:
-    """Search: eval mode, no autograd, and plain weight tensors (an int8 dynamically quantized
-    readout holds a packed weight: the plain step)."""
+    """Search: eval mode, no autograd, and a plain weight tensor (not a packed one: the plain step)."""
     return not training and not torch.is_grad_enabled() and isinstance(readout_weight, Tensor)
 
 

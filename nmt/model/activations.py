@@ -344,8 +344,8 @@ class APReLU(Activation):
     def _parts(self, x: Tensor) -> Tensor:
         """``[relu(x); min(x, 0)]`` in the subnetwork's dtype, ``(..., 2C)``.
 
-        That is the LayerNorm's: inference may turn the Linear layers into bfloat16 or int8 ones
-        (``nmt translate --precision bf16 / --quantize``), and the sums over steps stay exact.
+        That is the LayerNorm's: inference may turn the Linear layers into bfloat16 ones
+        (``nmt translate --precision bf16``), and the sums over steps stay exact.
         """
         dtype = self.norm.weight.dtype
         return torch.cat([_relu(x).to(dtype), _negative_part(x).to(dtype)], dim=-1)

@@ -215,8 +215,7 @@ class BahdanauDecoder(_GRUDecoderBase):
 
     def readout_parts(self) -> dict[str, torch.Tensor]:
         """The readout weight W_o (R, H + K + E) by input block, as views: ``state`` W_oh (R, H),
-        ``context`` W_oc (R, K), ``embedding`` W_oy (R, E). Plain tensors only (not under int8
-        dynamic quantization, whose readout holds a packed weight)."""
+        ``context`` W_oc (R, K), ``embedding`` W_oy (R, E)."""
         return self.readout_layout.split(self.readout.linear.weight, dim=1)
 
     def search_tables(self, embedding: torch.Tensor) -> kernels.SearchTables:

@@ -332,14 +332,15 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int | None = No
 
 
 def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sentences: int | None = None,
-                    checkpoint: str = "best", quantize: bool = False, precision: str = "float32",
+                    checkpoint: str = "best", quantize: bool = False, precision: str | None = None,
                     decode: Mapping[str, Any] | None = None,
                     label: Callable[[str], str] | None = None, kernels: str | None = None,
                     beside_busy: int = 0, busy_kind: str = "spin") -> dict[str, Any]:
     """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are laid
     over the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
     the run's ``model.kernels``; several run directories measure their ensemble; ``beside_busy``
-    busy processes run during the decoding."""
+    busy processes run during the decoding. ``quantize=True`` is refused (int8 runs on the ONNX
+    engine: ``nmt export --quantize int8``)."""
     from nmt.data.corpus import load_corpus
     from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
@@ -347,8 +348,9 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     load_start = time.perf_counter()
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
                                  kernels=kernels)
-    load_seconds = time.perf_counter() - load_start
     settings = apply_settings(translator, decode, label)
+    choice = translator.resolve_precision(settings)  # auto's calibration counts as loading
+    load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
 
@@ -363,7 +365,9 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     return {
         "what": "translate", "run_dir": _runs_label(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": settings.beam, "batch_tokens": settings.batch_tokens, "batch_sentences": batch_sentences,
-        "quantize": quantize, "precision": precision, "kernels": translator.recipe.model.kernels,
+        "precision": translator.precision,
+        **({"precision_auto": choice.as_record()} if choice is not None else {}),
+        "kernels": translator.recipe.model.kernels,
         "shortlist": settings.shortlist,
         "decode": dataclasses.asdict(settings), "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
@@ -399,11 +403,12 @@ def bench_cli(args) -> int:
                      f"measured {result['gemm_peak']['dtype']} GEMM peak {result['gemm_peak']['gflops']} GFLOP/s")
     else:
         result = bench_translate(args.run_dir, args.split, args.batch_sentences, args.checkpoint,
-                                 args.quantize, args.precision, decode=decode_arguments(args),
+                                 False, args.precision, decode=decode_arguments(args),
                                  label=decode_flag_label, kernels=args.kernels,
                                  beside_busy=args.beside_busy, busy_kind=args.busy_kind)
-        mode = args.precision + f", kernels {result['kernels']}" + (", int8" if args.quantize else "") + (
-            f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result)
+        mode = (result["precision"] + (" (auto)" if "precision_auto" in result else "")
+                + f", kernels {result['kernels']}"
+                + (f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result))
         line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: "
                 f"{result['sentences_per_s']:,} sentences/s, {result['target_tokens_per_s']:,} target tokens/s "
                 f"({result['sentences']} sentences in {result['seconds']} s); BLEU {result['bleu']} "

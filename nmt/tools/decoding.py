@@ -36,3 +36,23 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
     every setting given, so the translator's own defaults play no part."""
     return {**dataclasses.asdict(options), **changes}
 
+
+
+def settle_precision(translator, options: DecodeConfig, verbose: bool = False, world: int = 1,
+                     main: bool = True) -> None:
+    """Resolve ``precision: auto`` before the first search (the main process's choice holds in
+    every process of a distributed job: their outputs are one translation); ``verbose``: say which
+    mode and why on stderr."""
+    import sys
+
+    if getattr(translator, "precision", None) != "auto":
+        return
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        made = [translator.resolve_precision(options) if main else None]
+        broadcast_object_list(made, from_process=0)
+        translator.resolve_precision(options, choice=made[0])
+    choice = translator.resolve_precision(options)
+    if verbose and main and choice is not None:
+        print(f"nmt translate: {choice.describe()}", file=sys.stderr, flush=True)

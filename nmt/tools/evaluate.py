@@ -126,7 +126,7 @@ def _checkpoint_tag(checkpoint: str) -> str:
 def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str = "test",
                  checkpoint: str = "best",
                  metrics: Iterable[str] | str | None = None, command: str | None = None,
-                 precision: str = "float32", decode: Mapping[str, Any] | None = None,
+                 precision: str | None = None, decode: Mapping[str, Any] | None = None,
                  label: Callable[[str], str] | None = None,
                  report: Callable[[dict[str, Any]], None] | None = None,
                  external: ExternalSet | None = None) -> dict[str, Any]:
@@ -156,6 +156,8 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     recipe = translator.recipe
     options = apply_settings(translator, decode, label)
     beam, shortlist = options.beam, options.shortlist
+    choice = translator.resolve_precision(options)
+    precision = translator.precision  # what searched: auto's choice
     names = parse_metrics(metrics if metrics is not None else recipe.eval.metrics)
     if external is None:
         sources, reference_sets = _split_pairs(recipe, split)
@@ -182,6 +184,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
         "checkpoint": str(checkpoint),
         "beam": beam,
         "precision": precision,
+        **({"precision_auto": choice.as_record()} if choice is not None else {}),
         "shortlist": shortlist,
         "decode": dataclasses.asdict(options),
         "metrics": names,
@@ -292,18 +295,20 @@ _MODES = ("nmt evaluate needs one of these argument sets:\n"
           "      translate a test set of your own, then score it")
 
 
-def _command_line(run_dirs: Sequence[str | os.PathLike], split, checkpoint, metrics, precision="float32",
+def _command_line(run_dirs: Sequence[str | os.PathLike], split, checkpoint, metrics, precision=None,
                   decode: Mapping[str, Any] | None = None, external: ExternalSet | None = None) -> str:
     """The equivalent command line (for the record written into the run)."""
     data = ["--split", split] if external is None else \
         ["--src", external.src, *[arg for ref in external.refs for arg in ("--ref", ref)]]
     parts = ["nmt", "evaluate", *map(str, run_dirs), *data, "--checkpoint", checkpoint]
     for name, value in (decode or {}).items():
+        if name == "precision":  # below
+            continue
         if isinstance(value, bool):  # a yes/no option takes no value: --sample / --no-sample
             parts.append(decode_flag(name) if value else "--no-" + decode_flag(name)[2:])
         else:
             parts += [decode_flag(name), str(value)]
-    parts += ["--precision", precision] if precision != "float32" else []
+    parts += ["--precision", precision] if precision else []
     parts += ["--metrics", ",".join(metrics)] if metrics else []
     return shlex.join(parts)
 

@@ -293,7 +293,7 @@ def _attention_cli(args) -> int:
 
     from nmt.inference.translator import Translator
 
-    translator = Translator.load(args.run_dir, checkpoint=args.checkpoint)
+    translator = Translator.load(args.run_dir, checkpoint=args.checkpoint, precision=decode.get("precision"))
     kind = translator.attention_kind
     results = translator.translate([src for _, src in jobs], return_attention=True, **decode)
     for (out, src), result in zip(jobs, results):

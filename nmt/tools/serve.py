@@ -82,7 +82,7 @@ __all__ = ["ServeLimits", "ServedModel", "create_app", "load_models", "run_summa
 
 def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None = None, *,
                models: Sequence[ServedModel] | None = None, checkpoint: str = "best",
-               precision: str = "float32", threads: int | None = None,
+               precision: str | None = None, threads: int | None = None,
                allowed_hosts: Sequence[str] | None = None, engine: str = "torch", ensemble: bool = False,
                token: str | None = None, workers: int = 0):
     """The FastAPI application serving ``run_dirs`` (or already loaded ``models``).
@@ -101,7 +101,8 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     limits = limits or ServeLimits()
     onnx = engine == "onnx"
     served = list(models) if models is not None else load_models(
-        run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None)
+        run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None,
+        model_threads=None if onnx else threads)
     # the ONNX engine's threads are its sessions' (in the models' options), not torch's
     batcher = Batcher(limits, model_runner(served, workers, None if onnx else threads))
 
@@ -329,7 +330,8 @@ def serve_cli(args) -> int:
     workers, threads = workers_and_threads(getattr(args, "workers", None), args.threads)
     models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
                          ensemble=getattr(args, "ensemble", False),
-                         threads=threads if engine == "onnx" else None)
+                         threads=threads if engine == "onnx" else None,
+                         model_threads=None if engine == "onnx" else threads)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
     app = create_app(models=models, limits=limits, threads=None if engine == "onnx" else threads,
                      allowed_hosts=allowed, token=token, workers=workers)
@@ -350,6 +352,9 @@ def _announce(args, models: Sequence[ServedModel], app, with_token: bool, runner
         what = f"ensemble of {len(s['ensemble'])} runs, " if s["ensemble"] else ""
         print(f"nmt serve: {m.name}: {what}{s['attention']} attention, {s['activation']}, {size} "
               f"({s['run_dir']})", file=sys.stderr)
+        choice = getattr(m.translator, "precision_choice", None)
+        if choice is not None:
+            print(f"nmt serve: {m.name}: {choice.describe()}", file=sys.stderr)
     print(f"nmt serve: {runners}", file=sys.stderr)
     if not is_loopback(args.host):
         print(f"nmt serve: listening on {args.host}, reachable from other machines; the API needs the "

@@ -37,11 +37,11 @@ class ServedModel:
 
 
 def make_translator(paths: Sequence[str | Path], *, engine: str = "torch", checkpoint: str = "best",
-                    precision: str = "float32", threads: int | None = None):
+                    precision: str | None = None, threads: int | None = None):
     """One translator over ``paths``: one run directory, several (their ensemble: the mean of the
     runs' log-probabilities, as ``nmt translate RUN_A RUN_B`` decodes), or with ``engine="onnx"``
     one export directory. ``threads``: the ONNX engine's intra-op threads (the torch engine's are
-    set on the thread that runs the model)."""
+    set on the thread that runs the model). ``precision`` None: the recipe's ``decode.precision``."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise NmtError("nmt serve needs at least one run directory")
@@ -50,7 +50,7 @@ def make_translator(paths: Sequence[str | Path], *, engine: str = "torch", check
             raise NmtError(f"--engine onnx serves one export directory per model, got {len(paths)} for "
                            "one ensemble; ensembles run on the run directories with --engine torch")
         refused = [flag for flag, used in (("--checkpoint", checkpoint != "best"),
-                                           ("--precision bf16", precision != "float32")) if used]
+                                           ("--precision bf16", precision == "bf16")) if used]
         if refused:
             raise NmtError(f"{', '.join(refused)}: not available with --engine onnx (an export holds one "
                            "float32 model); serve the run directory with --engine torch instead")
@@ -65,7 +65,7 @@ def make_translator(paths: Sequence[str | Path], *, engine: str = "torch", check
                            precision=precision)
 
 
-def model_options(paths, checkpoint: str = "best", precision: str = "float32", *, engine: str = "torch",
+def model_options(paths, checkpoint: str = "best", precision: str | None = None, *, engine: str = "torch",
                   threads: int | None = None) -> dict[str, Any]:
     """The arguments of :func:`make_translator` as a plain dict (picklable, JSON-able): ``paths``
     one directory or several (an ensemble)."""
@@ -78,7 +78,7 @@ def build_translator(options: Mapping[str, Any]):
     """The translator :func:`model_options` describes."""
     return make_translator(options["paths"], engine=options.get("engine", "torch"),
                            checkpoint=options.get("checkpoint", "best"),
-                           precision=options.get("precision", "float32"), threads=options.get("threads"))
+                           precision=options.get("precision"), threads=options.get("threads"))
 
 
 def translator_from_args(paths: Sequence[str | Path], args) -> Any:
@@ -179,11 +179,28 @@ def check_dirs(run_dirs: Sequence[str | Path], engine: str = "torch") -> list[Pa
     return paths
 
 
-def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str = "float32", *,
-                engine: str = "torch", ensemble: bool = False, threads: int | None = None
-                ) -> list[ServedModel]:
+def _resolve_precision(translator, threads: int | None) -> None:
+    """``precision: auto`` made a mode, timed at ``threads`` torch threads (None: as they are)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        translator.resolve_precision()
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str | None = None, *,
+                engine: str = "torch", ensemble: bool = False, threads: int | None = None,
+                model_threads: int | None = None) -> list[ServedModel]:
     """The served models: one per directory, side by side, or with ``ensemble`` one model, the
-    ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`."""
+    ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`.
+
+    ``precision`` None: each recipe's ``decode.precision``; ``auto`` is resolved here, before the
+    first request, at ``model_threads`` torch threads (those the model will run with), and the
+    mode chosen goes into the model's options, so every worker process loads that mode."""
     paths = check_dirs(run_dirs, engine)
     if ensemble and engine == "onnx":
         raise NmtError("--ensemble: an export is one model, and --engine onnx serves one export directory "
@@ -198,6 +215,9 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
     for name, members in groups:
         options = model_options(members, checkpoint, precision, engine=engine, threads=threads)
         translator = build_translator(options)
+        if hasattr(translator, "resolve_precision"):
+            _resolve_precision(translator, model_threads)
+            options["precision"] = translator.precision
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
             warn.prefix = f"nmt serve [{name}]"

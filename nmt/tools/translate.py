@@ -64,8 +64,8 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
   torch, with the same formats; options that need the PyTorch model (``--score-reference``,
-  ``--quantize``, ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``,
-  ``--markup``) are refused.
+  ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``, ``--markup``) are
+  refused.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ from nmt.errors import NmtError
 from nmt.inference.alignment import format_alignment
 from nmt.inference.checkpoint import as_run_dirs
 from nmt.inference.sources import WarningCounter
-from nmt.tools.decoding import apply_settings, call_options
+from nmt.tools.decoding import apply_settings, call_options, settle_precision
 from nmt.tools.line_io import (
     CHUNK_LINES,
     Output,
@@ -124,6 +124,7 @@ def translate_cli(args) -> int:
     decode, reference = _decode_and_reference(args)
     translator = _onnx_translator(args) if onnx else _torch_translator(args)
     options = apply_settings(translator, decode)
+    settle_precision(translator, options, getattr(args, "verbose", False), world, main)
     if not main:
         translator.warn.prefix = f"nmt translate [rank {rank}]"
     nbest_format = args.n_best is not None
@@ -179,11 +180,31 @@ class _Share:
     markup: str | None = None  #: "html": lines carry inline tags (nmt.inference.markup)
 
 
+def _workers_precision(args, decode: dict[str, Any]) -> str | None:
+    """The precision every worker loads with: ``auto`` is resolved once, here, at one thread as
+    each worker runs (workers choosing for themselves could choose differently)."""
+    import torch
+
+    from nmt.inference.checkpoint import load_run_recipe
+
+    asked = args.precision or load_run_recipe(as_run_dirs(args.run_dir)[0]).decode.precision
+    if asked != "auto":
+        return asked
+    translator = _torch_translator(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settle_precision(translator, apply_settings(translator, decode), getattr(args, "verbose", False))
+    finally:
+        torch.set_num_threads(threads)
+    return translator.precision
+
+
 def _torch_translator(args):
     from nmt.inference.translator import Translator
 
-    return Translator.load(as_run_dirs(args.run_dir), args.checkpoint, quantize=args.quantize,
-                           precision=args.precision, kernels=args.kernels)
+    return Translator.load(as_run_dirs(args.run_dir), args.checkpoint, precision=args.precision,
+                           kernels=args.kernels)
 
 
 def _open_on_main(input_path: str | None, reference: str | None, output_path: str | None, main: bool):
@@ -285,7 +306,7 @@ def _onnx_translator(args, threads: int | None = None):
 
 def _refuse_torch_only_options(args) -> None:
     torch_only = [flag for flag, used in (
-        ("--quantize", args.quantize), ("--precision bf16", args.precision == "bf16"),
+        ("--precision bf16", args.precision == "bf16"),
         ("--checkpoint", args.checkpoint != "best"), ("--markup", getattr(args, "markup", None)))
         if used]
     if torch_only:
@@ -398,7 +419,7 @@ def _worker_translator(spec: dict[str, Any]):
             from nmt.inference.translator import Translator
 
             translator = Translator.load(spec["run_dirs"], spec["checkpoint"], device="cpu",
-                                         quantize=spec["quantize"], precision=spec["precision"],
+                                         precision=spec["precision"],
                                          kernels=spec["kernels"])
         options = apply_settings(translator, spec["decode"])
         translator.decode_options(**call_options(options, n_best=spec["n_best"]))
@@ -454,7 +475,8 @@ def _translate_with_workers(args, workers: int) -> int:
         _refuse_torch_only_options(args)
     nbest_format = args.n_best is not None
     spec = {"engine": args.engine, "run_dirs": [str(d) for d in as_run_dirs(args.run_dir)], "checkpoint": args.checkpoint,
-            "quantize": args.quantize, "precision": args.precision, "kernels": args.kernels,
+            "precision": None if onnx else _workers_precision(args, decode),
+            "kernels": args.kernels,
             "decode": decode, "n_best": args.n_best if nbest_format else 1, "nbest_format": nbest_format,
             "alignments": args.alignments, "glossary": _checked_glossary(args, decode, reference),
             "markup": getattr(args, "markup", None)}

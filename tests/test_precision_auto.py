@@ -1,0 +1,222 @@
+"""``precision: auto``: the decision from timings, the calibration, the cache, and that auto's
+translations are those of the mode it chose."""
+import os
+import random
+import shutil
+
+import pytest
+
+from nmt.inference import precision_auto as pa
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPUINFO = ("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+           "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16\n")
+
+
+# ------------------------------------------------------------------------------------ picking
+def test_pick_never_chooses_a_mode_slower_than_float32():
+    rng = random.Random(0)
+    for _ in range(2000):
+        timings = {"float32": rng.uniform(0.01, 1), "bf16": rng.uniform(0.01, 1)}
+        mode, _ = pa.pick(timings)
+        assert timings[mode] <= timings["float32"]
+        if mode != "float32":  # and only by the margin
+            assert timings[mode] <= timings["float32"] * (1 - pa.MARGIN)
+
+
+@pytest.mark.parametrize("bf16, expected", [(0.95, "float32"), (1.2, "float32"), (0.89, "bf16"), (0.5, "bf16")])
+def test_pick_takes_bf16_only_beyond_the_margin(bf16, expected):
+    mode, reason = pa.pick({"float32": 1.0, "bf16": bf16})
+    assert mode == expected
+    assert "bf16" in reason and "%" in reason
+
+
+def test_calibrate_alternates_and_keeps_the_best_round():
+    """Injected durations: each mode's best timed run wins; the warm-up is never timed."""
+    durations = {"float32": iter([9.0, 3.0, 2.0, 4.0]), "bf16": iter([9.0, 1.5, 2.5, 1.0])}
+    now = [0.0]
+    calls = []
+
+    def runner(mode):
+        def run():
+            calls.append(mode)
+            now[0] += next(durations[mode])
+        return run
+
+    best, rounds = pa.calibrate({m: runner(m) for m in ("float32", "bf16")}, rounds=3, budget=1e9,
+                                clock=lambda: now[0])
+    assert best == {"float32": 2.0, "bf16": 1.0} and rounds == 3
+    assert calls == ["float32", "bf16", "float32", "bf16", "bf16", "float32", "float32", "bf16"]
+
+
+def test_calibration_sources_are_fixed_and_in_the_vocabulary():
+    a, b = pa.calibration_sources(50, 4), pa.calibration_sources(50, 4)
+    assert a == b and len(a) == pa.SENTENCES
+    assert all(4 <= i < 50 for sentence in a for i in sentence)
+
+
+def test_native_bf16_reads_the_flags():
+    assert pa.native_bf16(CPUINFO)
+    assert not pa.native_bf16(CPUINFO.replace(" avx512_bf16 amx_bf16", ""))
+
+
+# ------------------------------------------------------------------------------------- cache
+def test_cache_key_changes_with_the_machine_and_the_weights(tmp_path):
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"1234")
+    cpu = pa.cpu_key(CPUINFO)
+    key = pa.cache_key([weights], "cpu", "auto", 5, 10, cpu)
+    assert key == pa.cache_key([weights], "cpu", "auto", 5, 10, cpu)
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, {**cpu, "threads": cpu["threads"] + 1})
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, pa.cpu_key(CPUINFO.replace("9000", "9001")))
+    assert key != pa.cache_key([weights], "cpu", "auto", 1, 10, cpu)
+    weights.write_bytes(b"12345")  # a rewritten checkpoint
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, cpu)
+
+
+def test_cache_round_trip(tmp_path):
+    path = tmp_path / "sub" / "precision.json"
+    assert pa.cached_choice("k", path) is None
+    pa.store_choice("k", pa.PrecisionChoice("bf16", "why", {"float32": 1.0, "bf16": 0.5}), path)
+    found = pa.cached_choice("k", path)
+    assert found.mode == "bf16" and found.cached and found.timings == {"float32": 1.0, "bf16": 0.5}
+    path.write_text("not json")
+    assert pa.cached_choice("k", path) is None
+
+
+# ------------------------------------------------------------------------- with a real run
+@pytest.fixture
+def calibrating(monkeypatch, tmp_path):
+    """A CPU with bf16 instructions, the cache in ``tmp_path``, and the timings of each
+    calibration injected: ``calibrating.timings`` (set by the test), ``calibrating.runs`` counted."""
+    class State:
+        timings = {"float32": 1.0, "bf16": 2.0}
+        runs = 0
+
+    def fake_calibrate(runners, **kwargs):
+        State.runs += 1
+        for run in runners.values():  # the searches really run: both translators work
+            run()
+        return dict(State.timings), 3
+
+    monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pa, "MIN_PARAMETERS", 0)  # the test models are tiny
+    monkeypatch.setattr(pa, "native_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(pa, "calibrate", fake_calibrate)
+    return State
+
+
+SOURCES = ["a b c", "hello world", "the cat sat", "x"]
+
+
+def _texts(translator):
+    return [r.text if hasattr(r, "text") else r for r in translator.translate(SOURCES, beam=2)]
+
+
+@pytest.mark.parametrize("timings, mode", [({"float32": 1.0, "bf16": 0.5}, "bf16"),
+                                           ({"float32": 1.0, "bf16": 0.95}, "float32")])
+def test_auto_translates_as_the_mode_it_chose(tiny_run, calibrating, timings, mode):
+    from nmt.inference.translator import Translator
+
+    calibrating.timings = timings
+    auto = Translator.load(tiny_run, precision="auto")
+    assert auto.precision == "auto"  # chosen before the first search, not at load
+    got = _texts(auto)
+    assert auto.precision == mode and auto.precision_choice.mode == mode
+    assert not auto.precision_choice.cached and calibrating.runs == 1
+    assert got == _texts(Translator.load(tiny_run, precision=mode))
+
+
+def test_auto_reuses_the_cache_until_the_checkpoint_changes(tiny_run, tmp_path, calibrating):
+    from nmt.inference.checkpoint import checkpoint_path
+    from nmt.inference.translator import Translator
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    calibrating.timings = {"float32": 1.0, "bf16": 0.5}
+    assert Translator.load(run).resolve_precision().mode == "bf16"  # the recipe's default: auto
+    again = Translator.load(run).resolve_precision()
+    assert again.cached and again.mode == "bf16" and calibrating.runs == 1
+    weights = checkpoint_path(run, "best")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    calibrating.timings = {"float32": 1.0, "bf16": 2.0}
+    fresh = Translator.load(run).resolve_precision()
+    assert not fresh.cached and fresh.mode == "float32" and calibrating.runs == 2
+
+
+def test_auto_reuses_the_cache_only_on_the_same_machine(tiny_run, calibrating, monkeypatch):
+    from nmt.inference.translator import Translator
+
+    Translator.load(tiny_run, precision="auto").resolve_precision()
+    Translator.load(tiny_run, precision="auto").resolve_precision()
+    assert calibrating.runs == 1
+    real = pa.cpu_key
+    monkeypatch.setattr(pa, "cpu_key", lambda cpuinfo=None: {**real(), "cpu": "another CPU"})
+    Translator.load(tiny_run, precision="auto").resolve_precision()
+    assert calibrating.runs == 2
+
+
+def test_explicit_precision_never_calibrates(tiny_run, calibrating):
+    from nmt.inference.translator import Translator
+
+    for precision in ("float32", "bf16"):
+        translator = Translator.load(tiny_run, precision=precision)
+        assert translator.resolve_precision() is None and translator.precision == precision
+        translator.translate(SOURCES)
+    assert calibrating.runs == 0
+
+
+def test_a_cpu_without_bf16_stays_float32_without_timing(tiny_run, calibrating, monkeypatch):
+    from nmt.inference.translator import Translator
+
+    monkeypatch.setattr(pa, "native_bf16", lambda cpuinfo=None: False)
+    choice = Translator.load(tiny_run, precision="auto").resolve_precision()
+    assert choice.mode == "float32" and "no bf16" in choice.reason and calibrating.runs == 0
+
+
+def test_a_small_model_stays_float32_without_timing(tiny_run, calibrating, monkeypatch):
+    from nmt.inference.translator import Translator
+
+    monkeypatch.setattr(pa, "MIN_PARAMETERS", 10**9)
+    choice = Translator.load(tiny_run, precision="auto").resolve_precision()
+    assert choice.mode == "float32" and "too small" in choice.reason and calibrating.runs == 0
+
+
+def test_bf16_scores_references(tiny_run, calibrating):
+    """Forced decoding runs under the autocast of the chosen mode (bf16 weights need it)."""
+    from nmt.inference.translator import Translator
+
+    calibrating.timings = {"float32": 1.0, "bf16": 0.5}
+    for translator in (Translator.load(tiny_run, precision="bf16"), Translator.load(tiny_run)):
+        scores = translator.score(SOURCES[:2], ["a b", "c"])
+        assert translator.precision == "bf16" and len(scores) == 2
+
+
+def test_cli_precision_auto_says_what_it_chose(tiny_run, tmp_path, repo):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCES) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(repo), "NMT_CACHE_DIR": str(tmp_path / "cache")}
+    outs, said = {}, {}
+    for precision in ("auto", "float32"):
+        done = subprocess.run([sys.executable, "-m", "nmt", "translate", str(tiny_run), "-i", str(src),
+                               "--precision", precision, "-v", "--beam", "2"], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outs[precision], said[precision] = done.stdout, done.stderr
+    assert "precision auto ->" in said["auto"] and "precision auto" not in said["float32"]
+    if "auto -> float32" in said["auto"]:
+        assert outs["auto"] == outs["float32"]
+
+
+def test_calibrate_stops_starting_rounds_past_its_budget():
+    now = [0.0]
+
+    def run():
+        now[0] += 1.0
+
+    best, rounds = pa.calibrate({"float32": run, "bf16": run}, rounds=5, budget=3.5, clock=lambda: now[0])
+    assert rounds == 1 and best == {"float32": 1.0, "bf16": 1.0}  # warm-ups + one round = 4 s
