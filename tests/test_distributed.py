@@ -126,6 +126,33 @@ def test_two_nodes_train_the_weights_of_one_node_with_two_processes(tmp_path):
     assert_same_weights(one, written[0])
 
 
+def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_path):
+    """``accelerate launch --multi_gpu --num_machines 2`` runs torchrun underneath, which works on
+    CPUs too (``--cpu`` would start one independent process per machine unless mpirun runs it)."""
+    options = sets("train.max_steps=4", "train.valid_every=4")
+    one = tmp_path / "one"
+    proc = one_node(one, *options)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run, port = tmp_path / "run", free_port()
+    procs, logs = [], [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    try:
+        for rank in (0, 1):
+            with open(logs[rank], "wb") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                     "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                     "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+                     "-m", "nmt", "train", RECIPE, "--run-dir", str(run), *options],
+                    env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        assert finished(procs, 180) == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    assert_same_weights(one, run)
+
+
 def test_two_processes_resume_mid_epoch_to_the_uninterrupted_weights(tmp_path):
     """Dropout draws differ between the processes: each one's random state is checkpointed. A
     resume with another number of processes is refused (exit 2) naming both counts."""
