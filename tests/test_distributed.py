@@ -105,34 +105,42 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(x[key], y[key]), key
 
 
-def test_two_nodes_train_the_weights_of_one_node_with_two_processes(tmp_path):
-    """One run directory on a shared file system, then one per node (as without a shared file
-    system): the node of rank 0 writes its own, the other node creates nothing."""
-    options = sets("train.max_steps=6", "train.valid_every=3")
-    one = tmp_path / "one"
-    proc = one_node(one, *options)
+#: a few updates with validation decoding over the shortlist (the lexicon is sent to every process)
+FEW_UPDATES = sets("train.max_steps=6", "train.valid_every=3", "decode.shortlist=3")
+
+
+@pytest.fixture(scope="module")
+def one_node_run(tmp_path_factory) -> Path:
+    """:data:`FEW_UPDATES` trained by one node with two processes."""
+    run = tmp_path_factory.mktemp("one-node") / "run"
+    proc = one_node(run, *FEW_UPDATES)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_two_nodes_train_the_weights_of_one_node_with_two_processes(tmp_path, one_node_run):
+    """Both nodes given one run directory on a shared file system: one writer, the lock released."""
     shared = tmp_path / "shared"
-    with two_nodes(tmp_path, (shared, shared), *options) as (procs, logs):
+    with two_nodes(tmp_path, (shared, shared), *FEW_UPDATES) as (procs, logs):
         assert finished(procs, 180) == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
-    assert_same_weights(one, shared)
+    assert_same_weights(one_node_run, shared)
     assert not (shared / "train.lock").exists()
 
+
+def test_a_node_without_the_run_directory_trains_the_same_weights(tmp_path, one_node_run):
+    """One run directory per node, as without a shared file system: the node of rank 0 writes its
+    own, the other creates nothing (it receives the tokenizers and the lexicon)."""
     apart = (tmp_path / "node0", tmp_path / "node1")
-    with two_nodes(tmp_path, apart, *options) as (procs, logs):
+    with two_nodes(tmp_path, apart, *FEW_UPDATES) as (procs, logs):
         assert finished(procs, 180) == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     written = [run for run in apart if run.exists()]
     assert len(written) == 1, "only the node of rank 0 creates its run directory"
-    assert_same_weights(one, written[0])
+    assert_same_weights(one_node_run, written[0])
 
 
-def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_path):
+def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_path, one_node_run):
     """``accelerate launch --multi_gpu --num_machines 2`` runs torchrun underneath, which works on
     CPUs too (``--cpu`` would start one independent process per machine unless mpirun runs it)."""
-    options = sets("train.max_steps=4", "train.valid_every=4")
-    one = tmp_path / "one"
-    proc = one_node(one, *options)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     run, port = tmp_path / "run", free_port()
     procs, logs = [], [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
     try:
@@ -142,7 +150,7 @@ def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_pa
                     [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
                      "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                      "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-                     "-m", "nmt", "train", RECIPE, "--run-dir", str(run), *options],
+                     "-m", "nmt", "train", RECIPE, "--run-dir", str(run), *FEW_UPDATES],
                     env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         assert finished(procs, 180) == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     finally:
@@ -150,7 +158,7 @@ def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_pa
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-    assert_same_weights(one, run)
+    assert_same_weights(one_node_run, run)
 
 
 def test_two_processes_resume_mid_epoch_to_the_uninterrupted_weights(tmp_path):
