@@ -117,7 +117,6 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
     still translates what it learnt there, and a small in-domain set alone would leave most of the
     vocabulary without candidates."""
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
-
     from nmt.training.distributed import share
 
     path = run_dir / LEXICON_FILE
