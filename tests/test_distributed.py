@@ -4,6 +4,7 @@ message, and exact resume at two processes (refused at another count)."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,25 +162,40 @@ def test_accelerate_launch_on_two_machines_trains_the_weights_of_one_node(tmp_pa
     assert_same_weights(one_node_run, run)
 
 
-def test_two_processes_resume_mid_epoch_to_the_uninterrupted_weights(tmp_path):
-    """Dropout draws differ between the processes: each one's random state is checkpointed. A
-    resume with another number of processes is refused (exit 2) naming both counts."""
-    common = ("model.dropout=0.3", "train.valid_every=6")
+#: dropout high enough that every process's random draws shape the weights
+RESUMED = ("model.dropout=0.3", "train.valid_every=6")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """Two processes stopped mid-epoch (step 6 of 15 batches per epoch and process)."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    proc = one_node(run, *sets("train.max_steps=6", *RESUMED))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_two_processes_resume_mid_epoch_to_the_uninterrupted_weights(tmp_path, interrupted_run):
+    """Dropout draws differ between the processes: each one's random state is checkpointed."""
     full, part = tmp_path / "full", tmp_path / "part"
-    proc = one_node(full, *sets("train.max_steps=12", *common))
+    shutil.copytree(interrupted_run, part)
+    proc = one_node(full, *sets("train.max_steps=12", *RESUMED))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = one_node(part, *sets("train.max_steps=6", *common))  # 15 batches per epoch and process
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    proc = one_node(part, "--resume", *sets("train.max_steps=12", *common), processes=1)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "trained by 2 process(es), this launch has 1" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-    proc = one_node(part, "--resume", *sets("train.max_steps=12", *common))
+    proc = one_node(part, "--resume", *sets("train.max_steps=12", *RESUMED))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((part / "train_summary.json").read_text())["steps"] == 12
     assert_same_weights(full, part)
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path, interrupted_run):
+    """Exit 2 and one message naming the saved and the current count; nothing trained."""
+    part = tmp_path / "part"
+    shutil.copytree(interrupted_run, part)
+    proc = one_node(part, "--resume", *sets("train.max_steps=12", *RESUMED), processes=1)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "trained by 2 process(es), this launch has 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads((part / "checkpoints/last.json").read_text())["step"] == 6
 
 
 def test_a_killed_node_ends_the_job_with_a_message_and_the_run_resumes(tmp_path):
