@@ -191,6 +191,13 @@ def train_served_run(run_dir: Path) -> Path:
     return run_dir
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (the system's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def serving(runs, log: Path, *options: str, code: str | None = None, pythonpath: tuple = ()):
     """``nmt serve RUNS --port FREE OPTIONS`` in a subprocess on 127.0.0.1, output to ``log``;

@@ -276,3 +276,21 @@ def test_a_lexicon_of_another_vocabulary_is_refused(tiny_run, tmp_path, capsys, 
     assert main(["translate", str(run), "-i", str(source), "--shortlist", "5", "--checkpoint", "last"]) == 2
     err = capsys.readouterr().err
     assert "lexicon.safetensors" in err and f"nmt shortlist {run}" in err and "Traceback" not in err
+
+
+def test_the_lexicon_is_built_over_data_lexicon_sample_pairs(tiny_recipe, tmp_path):
+    """``data.lexicon_sample`` bounds the pairs IBM Model 1 reads, in training and in `nmt shortlist`
+    (which takes it from the run's recipe unless --max-pairs says otherwise)."""
+    from nmt.cli import main
+    from nmt.training.loop import train
+
+    run = tmp_path / "run"
+    train(tiny_recipe("train.max_steps=1", "train.valid_every=1", "decode.shortlist=3", "data.lexicon_sample=50"),
+          run_dir=run)
+    assert Lexicon.load(run / LEXICON_FILE).metadata["pairs"] == "50"
+    assert main(["shortlist", str(run)]) == 0
+    assert Lexicon.load(run / LEXICON_FILE).metadata["pairs"] == "50"
+    assert main(["shortlist", str(run), "--max-pairs", "70"]) == 0
+    assert Lexicon.load(run / LEXICON_FILE).metadata["pairs"] == "70"
+    default = tiny_recipe().data.lexicon_sample
+    assert default >= 163_000, "the fr-en corpus (about 163k pairs) keeps being read whole"

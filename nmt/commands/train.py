@@ -15,6 +15,8 @@ EXAMPLES = """
     nmt train recipes/my-domain.yaml --init-from runs/fr-en   continue a trained run's weights on new data
     torchrun --nproc_per_node 2 -m nmt train recipes/tiny.yaml   2 CPU processes
     accelerate launch --num_processes 4 -m nmt train recipes/fr-en.yaml   (GPUs)
+    torchrun --nnodes 2 --node_rank R --master_addr HOST0 --master_port 29500 -m nmt train recipes/fr-en.yaml
+                                                          on each of 2 machines (docs/training.md)
     """
 
 

@@ -100,6 +100,11 @@ class DataConfig:
     #: Before training, check on a sample of training pairs that the source side is in ``src_lang`` and
     #: the target side in ``tgt_lang`` (refuse swapped columns or files); false turns the check off.
     check_languages: bool = True
+    #: The shortlist lexicon (``decode.shortlist``) is built by IBM Model 1 over at most this many
+    #: training pairs, evenly spaced over the corpus (its memory grows with the pairs it uses:
+    #: about 160 MB for 163k pairs); null uses every pair.
+    lexicon_sample: Optional[int] = setting(200_000, "training pairs the shortlist lexicon is built from",
+                                            above=0, metavar="N")
 
 
 _VOCAB_NOTE = "4 special pieces + characters"
@@ -114,7 +119,9 @@ class TokenizerConfig:
     src_vocab_size: int = setting(8000, "source vocabulary size", min=8, note=_VOCAB_NOTE)
     tgt_vocab_size: int = setting(8000, "target vocabulary size", min=8, note=_VOCAB_NOTE)
     character_coverage: float = setting(1.0, "share of characters sentencepiece covers", min=0, max=1)
-    input_sentence_size: int = 2_000_000  #: sentences sampled to train sentencepiece (large corpora)
+    input_sentence_size: int = setting(
+        2_000_000, "sentences of each side sentencepiece trains on: a larger corpus is sampled "
+                   "(uniformly at random) down to this many", above=0, metavar="N")
     num_threads: int = 2
 
 
@@ -232,6 +239,13 @@ class TrainConfig:
     init_from: Optional[str] = None
     init_checkpoint: Literal["best", "last", "avg"] = "best"  #: which weights of ``init_from``
     max_nan_skips: int = setting(5, "consecutive non-finite losses before the run stops", above=0)
+    #: Several processes: how long one waits for the others in a collective operation before the
+    #: run stops with an error (a node that died is seen at once; one that hangs after this long).
+    #: It must cover the longest wait at start-up, while rank 0 trains the tokenizers and builds the
+    #: lexicon (over at most ``tokenizer.input_sentence_size`` sentences and ``data.lexicon_sample``
+    #: pairs).
+    dist_timeout: float = setting(1800.0, "seconds a process waits for the others before the run stops",
+                                  min=5, metavar="SECONDS")
 
 
 @dataclass

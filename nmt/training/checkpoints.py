@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from nmt.atomic import atomic_write_json
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, NmtError
 from nmt.inference.checkpoint import CHECKPOINT_DIR, last_candidates, load_state, load_weights, save_last, save_weights
+from nmt.training.distributed import check_world_size, gather, share
 from nmt.training.state import TrainerState
 
 log = logging.getLogger("nmt.train")
@@ -33,6 +34,8 @@ def save_checkpoint(state: TrainerState, core, optimizer, plateau, sampler, run_
     ranks kept checkpoints by it).
     """
     accelerator.wait_for_everyone()
+    # each process draws its own dropout masks: every one's random state is kept, in rank order
+    rank_rng = gather(accelerator, [torch.get_rng_state(), json.dumps(random.getstate())])
     if not accelerator.is_main_process:
         return
     ckpt = run_dir / CHECKPOINT_DIR
@@ -48,6 +51,8 @@ def save_checkpoint(state: TrainerState, core, optimizer, plateau, sampler, run_
         "sampler": sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "python_rng": json.dumps(random.getstate()),
+        "world_size": accelerator.num_processes,
+        "rank_rng": rank_rng,
     }
     save_last(ckpt, core, payload, meta, keep_last)  # a new pair, then last.json names it
     if best:
@@ -91,16 +96,49 @@ def _load_newest_pair(run_dir: Path, model, tokenizers) -> tuple[dict[str, Any],
     raise CheckpointError(f"--resume: {ckpt} holds no checkpoint; run without --resume to start training")
 
 
-def restore(run_dir: Path, model, optimizer, plateau, sampler, tokenizers) -> TrainerState:
+def _shared_pair(accelerator, run_dir: Path, model, tokenizers) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_load_newest_pair` on rank 0, its weights, payload and record sent to every process
+    (and its refusal too: every process then stops with the same message)."""
+    found: Any = None
+    refused: NmtError | None = None
+    if accelerator.is_main_process:
+        try:
+            found = (*_load_newest_pair(run_dir, model, tokenizers), model.state_dict())
+        except NmtError as exc:
+            refused, found = exc, str(exc)
+    found = share(accelerator, found)
+    if refused is not None:
+        raise refused
+    if isinstance(found, str):
+        raise CheckpointError(found)
+    payload, trainer, weights = found
+    if not accelerator.is_main_process:
+        model.load_state_dict(weights)
+    return payload, trainer
+
+
+def restore(run_dir: Path, model, optimizer, plateau, sampler, tokenizers, accelerator=None) -> TrainerState:
     """Load the newest loadable checkpoint: weights into ``model``, and the optimizer, plateau,
-    sampler position and RNG states; returns the trainer state it was written with."""
-    payload, trainer = _load_newest_pair(run_dir, model, tokenizers)
+    sampler position and RNG states; returns the trainer state it was written with.
+
+    Under several processes (``accelerator``) rank 0 reads the checkpoint and sends it to the
+    others (a node needs no copy of the run directory); the checkpoint must have been written by
+    as many processes, and each process takes back its own random state."""
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    if world == 1:
+        payload, trainer = _load_newest_pair(run_dir, model, tokenizers)
+    else:
+        payload, trainer = _shared_pair(accelerator, run_dir, model, tokenizers)
+    saved_world = payload.get("world_size", (payload.get("sampler") or {}).get("num_replicas"))
+    check_world_size(saved_world, world, run_dir / CHECKPOINT_DIR)
     optimizer.load_state_dict(payload["optimizer"])
     if plateau is not None and payload.get("plateau"):
         plateau.load_state_dict(payload["plateau"])
     sampler.load_state_dict(payload["sampler"])
-    torch.set_rng_state(payload["torch_rng"])
-    py_state = json.loads(payload["python_rng"])
+    torch_rng, python_rng = payload["rank_rng"][rank] if payload.get("rank_rng") else \
+        (payload["torch_rng"], payload["python_rng"])
+    torch.set_rng_state(torch_rng)
+    py_state = json.loads(python_rng)
     random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
     state = TrainerState(**trainer)
     log.info("resumed from step %d (%s)", state.step, run_dir / CHECKPOINT_DIR)

@@ -36,8 +36,12 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
     from nmt.data.batching import TokenBatchSampler, lengths_of
 
     t = recipe.train
+    with accelerator.main_process_first():  # rank 0 fills the datasets cache, the others reuse it
+        corpus = _corpus(recipe)
+    # rank 0 trains, loads or copies them in the run directory; the others receive its models
+    tokenizers = _tokenizers(recipe, run_dir, resume, accelerator, init, corpus["train"])
     with accelerator.main_process_first():
-        corpus, tokenizers, train_ds, valid_ds = _encoded_corpus(recipe, run_dir, resume, accelerator, init)
+        train_ds, valid_ds = _encoded(recipe, corpus, tokenizers)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
@@ -52,26 +56,41 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
     return RunInputs(corpus, tokenizers, train_ds, valid_ds, lexicon, sampler)
 
 
-def _encoded_corpus(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: InitSource | None):
-    """``(corpus, tokenizers, train_ds, valid_ds)``."""
-    from nmt.data.batching import encode_dataset
+def _corpus(recipe: Recipe):
+    """The raw ``train`` and ``valid`` splits, their languages checked."""
     from nmt.data.corpus import load_corpus
-    from nmt.data.tokenizer import SubwordTokenizers
 
     corpus = load_corpus(recipe.data, splits=("train", "valid"))
     _check_sides(recipe, corpus["train"])
-    if init is not None:  # continued training: the trained run's models, copied
-        tokenizers = SubwordTokenizers.adopt(init.run_dir, run_dir, init.record) if accelerator.is_main_process \
-            else SubwordTokenizers.load(run_dir)
-    elif resume and init_record(run_dir) is not None:  # the checkpoint checks their sha256
-        tokenizers = SubwordTokenizers.load(run_dir)
-    else:
-        tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, corpus["train"], run_dir, resume=resume)
+    return corpus
+
+
+def _tokenizers(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: InitSource | None, train):
+    """The run's sentencepiece models: rank 0's, sent to every other process (which never reads
+    the run directory: on another node it need not exist)."""
+    from nmt.data.tokenizer import SubwordTokenizers
+    from nmt.training.distributed import share
+
+    tokenizers = None
+    if accelerator.is_main_process:
+        if init is not None:  # continued training: the trained run's models, copied
+            tokenizers = SubwordTokenizers.adopt(init.run_dir, run_dir, init.record)
+        elif resume and init_record(run_dir) is not None:  # the checkpoint checks their sha256
+            tokenizers = SubwordTokenizers.load(run_dir)
+        else:
+            tokenizers = SubwordTokenizers.load_or_train(recipe.tokenizer, train, run_dir, resume=resume)
+    return share(accelerator, tokenizers)
+
+
+def _encoded(recipe: Recipe, corpus, tokenizers):
+    """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded."""
+    from nmt.data.batching import encode_dataset
+
     f = recipe.data.filter
     train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
                               min_len=f.min_len)
     valid_ds = encode_dataset(corpus["valid"], tokenizers)
-    return corpus, tokenizers, train_ds, valid_ds
+    return train_ds, valid_ds
 
 
 def _check_sides(recipe: Recipe, train) -> None:
@@ -98,16 +117,20 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
     still translates what it learnt there, and a small in-domain set alone would leave most of the
     vocabulary without candidates."""
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
+    from nmt.training.distributed import share
 
     path = run_dir / LEXICON_FILE
-    if accelerator.is_main_process and not resume:  # one left by a failed attempt may fit other tokenizers
-        path.unlink(missing_ok=True)
-    if accelerator.is_main_process and not path.is_file():
-        build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds)
-        if init_from is not None and (init_from / LEXICON_FILE).is_file():
-            Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
-    accelerator.wait_for_everyone()
-    return Lexicon.load(path)
+    lexicon = None
+    if accelerator.is_main_process:
+        if not resume:  # one left by a failed attempt may fit other tokenizers
+            path.unlink(missing_ok=True)
+        if not path.is_file():
+            build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds,
+                          max_pairs=recipe.data.lexicon_sample)
+            if init_from is not None and (init_from / LEXICON_FILE).is_file():
+                Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
+        lexicon = Lexicon.load(path)
+    return share(accelerator, lexicon)  # the other processes never read the run directory
 
 
 def batch_stream(dataset, sampler) -> Iterator:

@@ -151,6 +151,20 @@ class _RunLog(logging.FileHandler):
                     opener=lambda path, flags: open_nofollow(path, flags))
 
 
+class _Console(logging.StreamHandler):
+    """The console: whatever ``sys.stderr`` is when a record is written, not when the handler was
+    made (a redirected or replaced stderr, e.g. in a notebook or a test, is not written after it
+    was closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup_logging(run_dir: Path | None) -> None:
     """Log to the console (once per process) and to this run's train.log: a second training in the
     same process (the Python API, a notebook) logs into its own run directory, not the first's."""
@@ -159,7 +173,7 @@ def setup_logging(run_dir: Path | None) -> None:
     close_run_log()
     if not root.handlers:
         root.setLevel(logging.INFO)
-        console = logging.StreamHandler()
+        console = _Console()
         console.setFormatter(fmt)
         root.addHandler(console)
     if run_dir is not None:

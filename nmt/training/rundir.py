@@ -140,17 +140,21 @@ def io_error(exc: OSError, run_dir: Path) -> NmtError:
     """A failed read or write (full disk, quota, permissions) as a message without a traceback."""
     where = exc.filename or run_dir
     what = exc.strerror or str(exc) or type(exc).__name__
+    kept = checkpoint_note(run_dir, full=exc.errno in (errno.ENOSPC, errno.EDQUOT))
+    return NmtError(f"training stopped: {what}: {where}. {kept}")
+
+
+def checkpoint_note(run_dir: Path, full: bool = False) -> str:
+    """Where a stopped training can continue from: its last complete checkpoint, if any (``full``:
+    the disk is full)."""
     try:
         step = json.loads((run_dir / CHECKPOINT_DIR / LAST_POINTER).read_text(encoding="utf-8")).get("step")
     except (OSError, ValueError, AttributeError):
         step = None
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     if step is not None:
-        kept = (f"The last complete checkpoint (step {step}) in {run_dir / CHECKPOINT_DIR} is intact: "
+        return (f"The last complete checkpoint (step {step}) in {run_dir / CHECKPOINT_DIR} is intact: "
                 f"continue with --resume{' once space is freed' if full else ''}")
-    else:
-        kept = "No checkpoint was written yet" + ("; free some space or choose another --run-dir" if full else "")
-    return NmtError(f"training stopped: {what}: {where}. {kept}")
+    return "No checkpoint was written yet" + ("; free some space or choose another --run-dir" if full else "")
 
 
 # ------------------------------------------------------------------------------------- resume

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from nmt.inference.checkpoint import CHECKPOINT_DIR, load_weights
 from nmt.inference.devices import force_cpu
 from nmt.model.seq2seq import PARTS, Seq2Seq, build_model, check_model_config, perplexity
 from nmt.training.checkpoints import restore, save_checkpoint, truncate_metrics, weights_checksum
+from nmt.training.distributed import is_peer_failure, peer_failure, process_group_kwargs
 from nmt.training.inputs import RunInputs, batch_stream, epoch_progress, prepare_inputs
 from nmt.training.progress import Progress, Window, append_jsonl, close_run_log, setup_logging
 from nmt.training.rundir import InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir
@@ -89,7 +91,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         torch.set_num_threads(threads.threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
-                              cpu=force_cpu())
+                              cpu=force_cpu(), kwargs_handlers=process_group_kwargs(t.dist_timeout))
     lock = lock_run_dir(run_dir) if accelerator.is_main_process else None
     try:
         changed = check_run_dir(run_dir, recipe, resume) if lock is not None else None
@@ -105,6 +107,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         return trainer.run()
     except OSError as exc:
         raise io_error(exc, run_dir) from None
+    except RuntimeError as exc:
+        if not is_peer_failure(exc, accelerator.num_processes):
+            raise
+        raise peer_failure(exc, run_dir, t.dist_timeout, accelerator.process_index) from None
     finally:
         close_run_log()
         if lock is not None:
@@ -145,6 +151,9 @@ class Trainer:
                                    accelerator, run_dir, inputs.lexicon)
         self.loader = batch_stream(inputs.train_ds, self.sampler)
         self.progress: Progress | None = None  #: the main process's, from :meth:`run` on
+        self.stop: StopSignal | None = None  #: the signals this process received, from :meth:`run` on
+        #: several processes: why all of them stop, agreed in the last update (None: go on)
+        self.agreed_stop: str | None = None
         self.window = Window()
         self.loop_start = 0.0
 
@@ -166,7 +175,7 @@ class Trainer:
         plateau = build_plateau(optimizer, recipe)
         state = TrainerState()
         if resume:
-            state = restore(run_dir, model, optimizer, plateau, inputs.sampler, inputs.tokenizers)
+            state = restore(run_dir, model, optimizer, plateau, inputs.sampler, inputs.tokenizers, accelerator)
             if accelerator.is_main_process:  # records past the checkpoint are trained again: keep them once
                 truncate_metrics(run_dir / "metrics.jsonl", state.step)
         state.tokenizers = inputs.tokenizers.file_hashes
@@ -179,6 +188,7 @@ class Trainer:
         """Train until a stop criterion holds; validate and checkpoint the end. Returns the summary."""
         self._start()
         with StopSignal() as stop:
+            self.stop = stop
             reason = self._loop(stop)
             self._finish(reason)
         return self._summary(reason)
@@ -214,9 +224,15 @@ class Trainer:
             return "max_steps"
         if t.max_epochs and self.sampler.epoch >= t.max_epochs:
             return "max_epochs"
-        if t.budget_minutes and (time.perf_counter() - self.loop_start) >= t.budget_minutes * 60:
+        if self.accelerator.num_processes > 1:  # a signal or a clock of one process stops them all
+            return self.agreed_stop
+        if self._over_budget():
             return "budget"
         return stop.reason
+
+    def _over_budget(self) -> bool:
+        t = self.recipe.train
+        return bool(t.budget_minutes) and (time.perf_counter() - self.loop_start) >= t.budget_minutes * 60
 
     def _finish(self, reason: str) -> None:
         """The final state is validated (unless interrupted) and always checkpointed as ``last``."""
@@ -276,10 +292,21 @@ class Trainer:
 
     def _all_finite(self, finite: bool) -> bool:
         """Whether every process saw finite losses: all must agree on skipping, or their weights
-        would diverge."""
+        would diverge. The same reduction agrees on stopping (:attr:`agreed_stop`): a process that
+        stopped alone would leave the others waiting in their next collective operation."""
         acc = self.accelerator
-        bad = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=acc.device), "sum")
-        return not float(bad) > 0
+        received = None if self.stop is None else self.stop.received
+        wishes = [0.0 if finite else 1.0, float(received == signal.SIGINT), float(received == signal.SIGTERM),
+                  float(self._over_budget())]
+        bad, sigint, sigterm, budget = acc.reduce(torch.tensor(wishes, device=acc.device), "sum").tolist()
+        if received is not None:
+            self.agreed_stop = self.stop.reason
+        elif (sigint or sigterm) and self.agreed_stop is None:  # the same reason (and exit status) everywhere
+            self.agreed_stop = f"signal {'SIGTERM' if sigterm else 'SIGINT'} (received by another process)"
+            log.warning("%s: writing a checkpoint, then stopping", self.agreed_stop)
+        elif budget > 0:
+            self.agreed_stop = "budget"
+        return not bad > 0
 
     def _skip_update(self) -> None:
         state, t = self.state, self.recipe.train
