@@ -55,6 +55,16 @@ def test_every_technique_is_off_by_default(path):
     assert Augmentation.from_recipe(load_recipe(REPO / "recipes/tiny.yaml", ["train.concat_ratio=0.5"])).active
 
 
+def test_subword_alpha_defaults_to_each_papers_setting():
+    def alpha(*overrides):
+        return Augmentation.from_recipe(load_recipe(REPO / "recipes/tiny.yaml", list(overrides)))
+
+    assert alpha().subword_alpha == 0.2 and alpha("tokenizer.model_type=bpe").subword_alpha == 0.1
+    assert alpha("train.subword_alpha=0.5", "tokenizer.model_type=bpe").subword_alpha == 0.5
+    assert alpha("train.subword_nbest=8").subword_nbest == 8
+    assert alpha("train.subword_nbest=8", "tokenizer.model_type=bpe").subword_nbest == -1
+
+
 # -------------------------------------------------------------------------------- word dropout
 
 
@@ -120,14 +130,14 @@ def test_word_dropout_of_a_batch_is_drawn_from_its_place(corpus):
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_sampled_segmentations_decode_to_the_text_and_vary(corpus, model_type):
     tok, ds = corpus[model_type]
-    ex = examples(corpus, model_type, subword_sampling=True, subword_alpha=0.1)
+    ex = examples(corpus, model_type, subword_sampling=True)
     indices = list(range(len(ds)))
     src, tgt = ex.examples(indices, epoch=0)
     assert tok.decode_src(src) == ds["src"] and tok.decode_tgt(tgt) == ds["tgt"]
     assert all(s[-1] == EOS_ID and t[-1] == EOS_ID for s, t in zip(src, tgt))
     changed = sum(s != d for s, d in zip(src, ds["src_ids"]))
     assert changed > len(ds) // 4, "sampling changes many segmentations"
-    again = examples(corpus, model_type, subword_sampling=True, subword_alpha=0.1)
+    again = examples(corpus, model_type, subword_sampling=True)
     assert again.examples(indices[::-1], epoch=0)[0] == src[::-1], "a pair's draw does not depend on its batch"
     next_epoch = again.examples(indices, epoch=1)[0]
     assert next_epoch != src and tok.decode_src(next_epoch) == ds["src"]
@@ -230,3 +240,20 @@ def test_bad_values_are_refused_naming_the_key():
         load_recipe(REPO / "recipes/tiny.yaml", ["train.subword_sampling=true", "train.subword_nbest=1"])
     load_recipe(REPO / "recipes/tiny.yaml", ["train.subword_sampling=true", "train.subword_nbest=1",
                                              "tokenizer.model_type=bpe"])  # ignored by BPE-dropout
+
+
+def test_resuming_with_another_concat_ratio_is_refused_naming_it(tmp_path, tiny_recipe):
+    """Concatenated examples change the set the sampler's position counts in: the data position
+    of the checkpoint would not mean the same batches."""
+    from nmt.errors import CheckpointError
+    from nmt.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_recipe("train.max_steps=2", "train.valid_every=2"), run_dir=run)
+    with pytest.raises(CheckpointError, match="train.concat_ratio"):
+        train(tiny_recipe("train.max_steps=4", "train.valid_every=2", "train.concat_ratio=0.5"), run_dir=run,
+              resume=True)
+    # word dropout and subword sampling may be switched on for the rest of a run
+    summary = train(tiny_recipe("train.max_steps=4", "train.valid_every=2", "train.src_word_dropout=0.1",
+                                "train.subword_sampling=true"), run_dir=run, resume=True)
+    assert summary["steps"] == 4

@@ -215,9 +215,10 @@ class TrainConfig:
     subword_sampling: bool = setting(
         False, "training only: a new sentencepiece segmentation of every training sentence each epoch "
                "(unigram: subword regularisation, bpe: BPE-dropout), seeded by (seed, epoch, pair)")
-    subword_alpha: float = setting(
-        0.1, "subword sampling: unigram smoothing (lower = more varied segmentations); bpe: the "
-             "probability of dropping each merge", above=0, below=1)
+    subword_alpha: Optional[float] = setting(
+        None, "subword sampling: unigram smoothing (lower = more varied segmentations); bpe: the "
+              "probability of dropping each merge; default: 0.2 for unigram (Kudo 2018), 0.1 for bpe "
+              "(Provilkov et al. 2020)", above=0, below=1)
     subword_nbest: int = setting(
         -1, "subword sampling (unigram): sample among the N best segmentations; -1 = all of them",
         min=-1, note="-1 or at least 2", metavar="N")

@@ -27,6 +27,10 @@ import torch
 from nmt.data.batching import Batch, collate, lengths_of
 from nmt.data.vocab import EOS_ID, N_SPECIAL, UNK_ID
 
+#: ``train.subword_alpha`` when the recipe leaves it unset: Kudo 2018's setting for sampling from
+#: all segmentations (0.1 there splits words into 1.6x as many pieces on fr-en), and BPE-dropout's
+DEFAULT_ALPHA = {"unigram": 0.2, "bpe": 0.1}
+
 # stream names, so that the draws of the three techniques never share a random stream
 _CONCAT, _SAMPLE, _DROPOUT = 0x636F6E63, 0x73706D73, 0x776F7264
 
@@ -40,7 +44,7 @@ class Augmentation:
     tgt_word_dropout: float = 0.0
     word_dropout_mode: str = "unk"
     subword_sampling: bool = False
-    subword_alpha: float = 0.1
+    subword_alpha: float = 0.2
     subword_nbest: int = -1  #: -1 for BPE models (sentencepiece ignores it there)
     concat_ratio: float = 0.0
     concat_pairs: int = 2
@@ -49,10 +53,11 @@ class Augmentation:
     @classmethod
     def from_recipe(cls, recipe: Any) -> "Augmentation":
         t = recipe.train
+        unigram = recipe.tokenizer.model_type == "unigram"
+        alpha = t.subword_alpha if t.subword_alpha is not None else DEFAULT_ALPHA[recipe.tokenizer.model_type]
         return cls(seed=t.seed, src_word_dropout=t.src_word_dropout, tgt_word_dropout=t.tgt_word_dropout,
                    word_dropout_mode=t.word_dropout_mode, subword_sampling=t.subword_sampling,
-                   subword_alpha=t.subword_alpha,
-                   subword_nbest=t.subword_nbest if recipe.tokenizer.model_type == "unigram" else -1,
+                   subword_alpha=alpha, subword_nbest=t.subword_nbest if unigram else -1,
                    concat_ratio=t.concat_ratio, concat_pairs=t.concat_pairs, concat_mode=t.concat_mode)
 
     @property
@@ -121,8 +126,8 @@ class TrainingExamples:
 
     def __init__(self, ds, tokenizers, aug: Augmentation):
         self.aug, self.tokenizers = aug, tokenizers
-        text = ["src", "tgt"] if aug.subword_sampling else []
-        self.columns = ds.select_columns(["src_ids", "tgt_ids", *text])
+        # sampling segments the text again: the ids are then not read
+        self.columns = ds.select_columns(["src", "tgt"] if aug.subword_sampling else ["src_ids", "tgt_ids"])
         self.n_pairs = len(ds)
         self.parts = concat_plan(self.n_pairs, aug.concat_ratio, aug.concat_pairs, aug.concat_mode, aug.seed)
         src, tgt = lengths_of(ds)
