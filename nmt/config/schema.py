@@ -159,8 +159,11 @@ class AttentionConfig:
 @dataclass
 class ModelConfig:
     embedding_dim: int = setting(256, "embedding size", above=0)
-    tied_embeddings: bool = False  #: tie decoder input embeddings to the output projection
-    shared_embeddings: bool = False  #: share source and target embeddings (needs a joint vocabulary)
+    tied_embeddings: bool = setting(
+        False, "the output layer's weight is the target embedding table (Press & Wolf 2017); the "
+               "readout before it is then embedding_dim wide")
+    shared_embeddings: bool = setting(
+        False, "one embedding table for source and target (needs tokenizer.joint: true)")
     dropout: float = setting(0.2, "on embeddings", min=0, below=1)
     #: Non-linearity of every layer that has one (bridge, readout / attentional state, self-attention
     #: feed-forward), by registry name (``nmt.model.activations.available_activations()``).
