@@ -69,13 +69,16 @@ def test_step_attention_equals_teacher_forced_attention(kind, feed, tiny_model, 
     assert torch.all(weights[~smask.unsqueeze(1).expand_as(weights)] == 0)
 
 
-@pytest.mark.parametrize("activation,fold", [("tanh", True), ("arelu", True), ("maxout", True), ("tanh", False),
-                                             ("aprelu", True)])
-def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold, tiny_model):
+@pytest.mark.parametrize("activation,fold,tied", [("tanh", True, False), ("arelu", True, False),
+                                                  ("maxout", True, False), ("tanh", False, False),
+                                                  ("aprelu", True, False), ("arelu", True, True)])
+def test_search_step_equals_step_with_beams_sharing_the_memory(activation, fold, tied, tiny_model):
     """The fast search step (kernels.search: context weights applied to the keys, embedding tables,
     one memory row per sentence for its K beams) computes what the plain step computes on per-beam
-    memory."""
-    model = tiny_model("bahdanau", activation=activation, attention_activation=activation)
+    memory; with tied embeddings too (the tables and the output layer read one weight)."""
+    model = tiny_model("bahdanau", activation=activation, attention_activation=activation,
+                       tied_embeddings=tied)
+    assert (model.output.weight is model.tgt_embed.weight) == tied
     src, lens, smask, tgt_in, _, _ = batch([5, 2, 7])
     K = 3
     rows = torch.arange(3).repeat_interleave(K)
@@ -120,6 +123,27 @@ def test_auto_equals_reference_in_float64_with_gradients(kind, feed, layers, tin
     tanh by sigmoid, fused loss) against the plain equations, values and gradients to 1e-10."""
     fast = tiny_model(kind, feed, layers=layers).double().train()
     plain = tiny_model(kind, feed, layers=layers, kernels="reference").double().train()
+    _assert_same_objective(fast, plain)
+
+
+@pytest.mark.parametrize("kind,feed,shared", [("bahdanau", True, False), ("bahdanau", True, True),
+                                              ("luong-general", False, False), ("luong-concat", True, True)])
+def test_tied_embeddings_fast_training_equals_plain(kind, feed, shared, tiny_model):
+    """Tied output and target embeddings (and with ``shared_embeddings`` the source's too): the
+    readout is sized to the embeddings, one weight gets the gradients of all its uses, and the
+    fast twins (fused loss, Bahdanau recurrence, GRU scan) equal the plain equations."""
+    fields = dict(tied_embeddings=True, shared_embeddings=shared, src_vocab=19 if shared else 17)
+    fast = tiny_model(kind, feed, **fields).double().train()
+    plain = tiny_model(kind, feed, kernels="reference", **fields).double().train()
+    assert fast.output.weight is fast.tgt_embed.weight
+    assert (fast.src_embed.weight is fast.tgt_embed.weight) == shared
+    assert fast.output.in_features == fast.cfg.embedding_dim != fast.cfg.decoder.hidden_size
+    _assert_same_objective(fast, plain)
+
+
+def _assert_same_objective(fast, plain):
+    """``fast`` and ``plain`` (float64, training mode) given the same weights: the same loss and
+    gradients on a batch, to 1e-10."""
     plain.load_state_dict(fast.state_dict())
     src, lens, smask, tgt_in, tgt_out, tmask = batch([5, 2, 7])
     results = []

@@ -46,6 +46,8 @@ VARIANTS = {
     "luong-dot": dict(attention=AttentionConfig(kind="luong-dot"),
                       decoder=DecoderConfig(hidden_size=16, dropout=0.0, input_feeding=False)),
     "luong-concat": dict(attention=AttentionConfig(kind="luong-concat"), tied_embeddings=True),
+    # tied: the fast search step's embedding tables and the output layer read one weight
+    "bahdanau-tied": dict(attention=AttentionConfig(kind="bahdanau"), tied_embeddings=True),
     "local-p": dict(attention=AttentionConfig(kind="local-p", window=2, score="general")),
     "local-p-concat": dict(attention=AttentionConfig(kind="local-p", window=3, score="concat"),
                            encoder=EncoderConfig(hidden_size=8, bidirectional=False, dropout=0.0),

@@ -54,6 +54,43 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_recipe, kernels):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_equals_uninterrupted_with_regularisation(tmp_path, tiny_recipe):
+    """Subword sampling, word dropout and concatenated pairs are drawn from (seed, epoch, pair or
+    batch position): a run resumed mid-epoch, in a later epoch than it started, builds the batches
+    the uninterrupted run builds. The tiny corpus makes 40 batches an epoch here: the checkpoint at
+    step 50 falls in the second epoch."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    regular = ["train.subword_sampling=true", "train.src_word_dropout=0.2", "train.tgt_word_dropout=0.1",
+               "train.word_dropout_mode=drop", "train.concat_ratio=0.3", "train.valid_every=50"]
+    train(tiny_recipe("train.max_steps=60", *regular), run_dir=full)
+    train(tiny_recipe("train.max_steps=50", *regular), run_dir=part)
+    summary = train(tiny_recipe("train.max_steps=60", *regular), run_dir=part, resume=True)
+    assert summary["steps"] == 60
+    a = load_file(checkpoint_path(full, "last"))
+    b = load_file(checkpoint_path(part, "last"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_tied_and_shared_embeddings_resume_and_load_tied(tmp_path, tiny_recipe):
+    """One weight for the source and target embeddings and the output layer (a joint vocabulary):
+    stored once, tied again when a checkpoint is loaded, and resumed exactly."""
+    from nmt.inference.translator import Translator
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    tied = ["model.tied_embeddings=true", "model.shared_embeddings=true", "tokenizer.joint=true",
+            "train.valid_every=4"]
+    train(tiny_recipe("train.max_steps=8", *tied), run_dir=full)
+    train(tiny_recipe("train.max_steps=4", *tied), run_dir=part)
+    train(tiny_recipe("train.max_steps=8", *tied), run_dir=part, resume=True)
+    a, b = load_file(checkpoint_path(full, "last")), load_file(checkpoint_path(part, "last"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    model = Translator.load(full, "last", device="cpu").model
+    assert model.output.weight is model.tgt_embed.weight is model.src_embed.weight
+    assert torch.equal(model.output.weight, a["output.weight"])
+
+
 def test_validation_late_in_a_run_equals_validating_the_weights_afresh(tmp_path, tiny_recipe, kernels):
     """The last validation of a run (not its first) scores the weights it checkpoints: a new
     translator on those weights gives the same valid loss, hypotheses and BLEU. (Fused Adam

@@ -166,8 +166,11 @@ class AttentionConfig:
 @dataclass
 class ModelConfig:
     embedding_dim: int = setting(256, "embedding size", above=0)
-    tied_embeddings: bool = False  #: tie decoder input embeddings to the output projection
-    shared_embeddings: bool = False  #: share source and target embeddings (needs a joint vocabulary)
+    tied_embeddings: bool = setting(
+        False, "the output layer's weight is the target embedding table (Press & Wolf 2017); the "
+               "readout before it is then embedding_dim wide")
+    shared_embeddings: bool = setting(
+        False, "one embedding table for source and target (needs tokenizer.joint: true)")
     dropout: float = setting(0.2, "on embeddings", min=0, below=1)
     #: Non-linearity of every layer that has one (bridge, readout / attentional state, self-attention
     #: feed-forward), by registry name (``nmt.model.activations.available_activations()``).
@@ -208,6 +211,34 @@ class TrainConfig:
     plateau_patience: int = 2
     clip_norm: float = setting(1.0, "gradient norm clipping; 0 disables clipping", min=0)
     label_smoothing: float = setting(0.0, "label smoothing of the loss", min=0, below=1)
+    # Regularisation for small corpora (docs/training.md): each is off by default and changes only
+    # the training batches; validation, evaluation and translation never see it.
+    src_word_dropout: float = setting(
+        0.0, "training only: probability that a source subword is replaced by <unk> (or removed, "
+             "word_dropout_mode); EOS and padding are never touched", min=0, below=1)
+    tgt_word_dropout: float = setting(
+        0.0, "training only: probability that a decoder input subword (the previous target token) "
+             "is replaced by <unk>; BOS and padding are never touched, the loss targets never", min=0, below=1)
+    word_dropout_mode: Literal["unk", "drop"] = setting(
+        "unk", "source word dropout: replace the subword by <unk>, or remove it", choices=("unk", "drop"),
+        noun="word dropout mode")
+    subword_sampling: bool = setting(
+        False, "training only: a new sentencepiece segmentation of every training sentence each epoch "
+               "(unigram: subword regularisation, bpe: BPE-dropout), seeded by (seed, epoch, pair)")
+    subword_alpha: Optional[float] = setting(
+        None, "subword sampling: unigram smoothing (lower = more varied segmentations); bpe: the "
+              "probability of dropping each merge; default: 0.2 for unigram (Kudo 2018), 0.1 for bpe "
+              "(Provilkov et al. 2020)", above=0, below=1)
+    subword_nbest: int = setting(
+        -1, "subword sampling (unigram): sample among the N best segmentations; -1 = all of them",
+        min=-1, note="-1 or at least 2", metavar="N")
+    concat_ratio: float = setting(
+        0.0, "add ratio x (training pairs) examples, each concat_pairs pairs joined (sources with "
+             "sources, targets with targets), drawn once from the seed", min=0, max=10)
+    concat_pairs: int = setting(2, "pairs joined into one concatenated example", min=2, max=16)
+    concat_mode: Literal["random", "consecutive"] = setting(
+        "random", "concatenated examples join random pairs, or pairs that follow each other in the corpus",
+        choices=("random", "consecutive"), noun="concatenation mode")
     max_steps: Optional[int] = setting(None, "stop after this many updates", above=0)
     max_epochs: Optional[int] = setting(None, "stop after this many epochs", above=0)
     budget_minutes: Optional[float] = setting(None, "stop training after this much training wall time",

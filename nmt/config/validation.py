@@ -293,6 +293,10 @@ def cross_field_problems(r: Recipe) -> list[str]:
     if r.model.shared_embeddings:
         need(r.tokenizer.joint, "model.shared_embeddings: needs tokenizer.joint: true "
              "(source and target must share one vocabulary)")
+    t = r.train
+    if t.subword_sampling and r.tokenizer.model_type == "unigram":
+        need(t.subword_nbest not in (0, 1), f"train.subword_nbest: {t.subword_nbest} samples nothing; "
+             "use -1 (all segmentations) or at least 2")
     problems += _data_problems(r)
     return problems
 

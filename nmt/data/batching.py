@@ -308,7 +308,8 @@ class TokenBatchSampler:
                 raise CheckpointError(
                     f"cannot resume the batch order exactly: the checkpoint's sampler had {key}="
                     f"{state[key]}, now {current[key]} (the corpus, its filters, train.batch_tokens, "
-                    "train.seed or the number of processes changed); restore them or start a new run")
+                    "train.seed, train.concat_ratio or the number of processes changed); restore them "
+                    "or start a new run")
         if not 0 <= int(state["position"]) <= len(self):
             raise CheckpointError(f"sampler position {state['position']} is outside the epoch "
                                   f"(0..{len(self)} batches)")

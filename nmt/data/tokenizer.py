@@ -295,6 +295,23 @@ class SubwordTokenizers:
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         return self.tgt.encode(list(texts), out_type=int)
 
+    def encode_sampled(self, side: str, texts: Sequence[str], seeds: Sequence[int], alpha: float,
+                       nbest_size: int = -1) -> list[list[int]]:
+        """One sampled segmentation of each text (``side``: ``src`` or ``tgt``), without BOS/EOS.
+
+        Unigram models draw from the segmentation lattice with probabilities ``P(x)^alpha`` among
+        the ``nbest_size`` best (-1: all; Kudo 2018); BPE models drop each merge with probability
+        ``alpha`` (Provilkov et al. 2020; ``nbest_size`` is ignored). Text ``i`` is drawn from its
+        own stream ``seeds[i]``: sentencepiece restarts its generator when the seed is set, so a
+        text's segmentation does not depend on what was encoded before it.
+        """
+        sp = self.src if side == "src" else self.tgt
+        out = []
+        for text, seed in zip(texts, seeds):
+            spm.set_random_generator_seed(int(seed))
+            out.append(sp.encode(text, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size))
+        return out
+
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Text of id sequences; each sequence is cut at its first EOS, PAD/BOS are ignored."""
         return self.tgt.decode([_until_eos(seq) for seq in ids])

@@ -27,12 +27,15 @@ class RunInputs:
     valid_ds: Any  #: the encoded valid split
     lexicon: Any  #: the shortlist lexicon (None without ``decode.shortlist``)
     sampler: Any  #: :class:`~nmt.data.batching.TokenBatchSampler` of this process's share
+    #: :class:`~nmt.data.augment.TrainingExamples` when a regularisation of ``train`` is on, else None
+    examples: Any = None
 
 
 def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
                    init: InitSource | None = None) -> RunInputs:
     """Load and encode the data (the main process first: it trains or copies the tokenizers, the
     others read what it wrote), write the resolved ``recipe.yaml``, build the lexicon and sampler."""
+    from nmt.data.augment import Augmentation, TrainingExamples
     from nmt.data.batching import TokenBatchSampler, lengths_of
 
     t = recipe.train
@@ -48,12 +51,17 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
     lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume,
                        None if init is None else init.run_dir) if recipe.decode.shortlist else None
-    src_lens, tgt_lens = lengths_of(train_ds)
+    augmentation = Augmentation.from_recipe(recipe)
+    examples = TrainingExamples(train_ds, tokenizers, augmentation) if augmentation.active else None
+    src_lens, tgt_lens = lengths_of(train_ds) if examples is None else (examples.src_lens, examples.tgt_lens)
+    if examples is not None and len(examples) > len(train_ds):
+        log.info("train.concat_ratio %s: %d concatenated examples of %d pairs each beside the %d pairs",
+                 t.concat_ratio, len(examples) - len(train_ds), t.concat_pairs, len(train_ds))
     sampler = TokenBatchSampler(
         src_lens, tgt_lens, batch_tokens=t.batch_tokens,
         max_sentences=t.max_sentences, bucket_width=t.bucket_width, seed=t.seed,
         num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    return RunInputs(corpus, tokenizers, train_ds, valid_ds, lexicon, sampler)
+    return RunInputs(corpus, tokenizers, train_ds, valid_ds, lexicon, sampler, examples)
 
 
 def _corpus(recipe: Recipe):
@@ -87,8 +95,9 @@ def _encoded(recipe: Recipe, corpus, tokenizers):
     from nmt.data.batching import encode_dataset
 
     f = recipe.data.filter
+    # subword sampling segments the text again every epoch: keep it beside the ids
     train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
-                              min_len=f.min_len)
+                              min_len=f.min_len, keep_text=recipe.train.subword_sampling)
     valid_ds = encode_dataset(corpus["valid"], tokenizers)
     return train_ds, valid_ds
 
@@ -133,14 +142,21 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
     return share(accelerator, lexicon)  # the other processes never read the run directory
 
 
-def batch_stream(dataset, sampler) -> Iterator:
+def batch_stream(dataset, sampler, examples=None) -> Iterator:
     """Endless stream of collated batches; the sampler advances epochs and remembers its position.
+
+    With ``examples`` (:class:`~nmt.data.augment.TrainingExamples`) the sampler's indices are
+    examples of that set, built for their epoch and batch position (regularisation on).
 
     No DataLoader: its iterators draw seeds from the global RNG, which would make a resumed run
     diverge from an uninterrupted one; and the sampler's position is then exactly the batches trained.
     """
     from nmt.data.batching import collate
 
+    if examples is not None:
+        while True:
+            for indices in sampler:  # the sampler counts the batch before handing it out
+                yield examples.batch(indices, sampler.epoch, sampler.position - 1, sampler.rank)
     columns = dataset.select_columns(["src_ids", "tgt_ids"])
     while True:
         for indices in sampler:

@@ -149,7 +149,7 @@ class Trainer:
         self.metrics_file = run_dir / "metrics.jsonl"
         self.validator = Validator(recipe, self.core, inputs.tokenizers, inputs.corpus["valid"], inputs.valid_ds,
                                    accelerator, run_dir, inputs.lexicon)
-        self.loader = batch_stream(inputs.train_ds, self.sampler)
+        self.loader = batch_stream(inputs.train_ds, self.sampler, inputs.examples)
         self.progress: Progress | None = None  #: the main process's, from :meth:`run` on
         self.stop: StopSignal | None = None  #: the signals this process received, from :meth:`run` on
         #: several processes: why all of them stop, agreed in the last update (None: go on)
