@@ -5,8 +5,9 @@
 #
 # This machine's speed drifts by tens of percent over minutes (shared host), which a single run of
 # each toolkit turns into noise in the ratio. Here every round decodes with JoeyNMT's 60-minute
-# model and then with nmt (float32, bf16, int8, and bf16 with a lexical shortlist of SHORTLIST
-# translations per source subword), beam 5 and greedy, so both toolkits see the same conditions;
+# model and then with nmt (float32 and bf16, each with and without a lexical shortlist of SHORTLIST
+# translations per source subword, and "default": the recipe's own settings with --precision auto),
+# beam 5 and greedy, so both toolkits see the same conditions;
 # the best and the median round of each are reported, with the ratios of each.
 # Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 10).
 set -euo pipefail
@@ -34,8 +35,9 @@ for round in $(seq 1 "$ROUNDS"); do
     ( . "$JOEY_VENV/bin/activate"
       DATA_DIR="$DATA_DIR" JOEY_VENV="$JOEY_VENV" "$PEERS/model-60min/decode.sh" "$beam" 64 \
           > "$WORK/joey-beam$beam.r$round.txt" )
-    for mode in "float32 --shortlist 0" "bf16 --precision bf16 --shortlist 0" "int8 --quantize --shortlist 0" \
-                "bf16-shortlist --precision bf16 --shortlist $SHORTLIST"; do
+    for mode in "float32 --precision float32 --shortlist 0" "bf16 --precision bf16 --shortlist 0" \
+                "float32-shortlist --precision float32 --shortlist $SHORTLIST" \
+                "bf16-shortlist --precision bf16 --shortlist $SHORTLIST" "default --precision auto"; do
       set -- $mode; name=$1; shift
       "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \
           2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
@@ -50,18 +52,19 @@ work, out = Path(sys.argv[1]), sys.argv[2]
 sys.path.insert(0, sys.argv[3])
 import joeynmt_result
 
+MODES = ("float32", "bf16", "float32-shortlist", "bf16-shortlist", "default")
 table = {}
 for beam in (5, 1):
     joey_runs = [joeynmt_result.read(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]
     table[f"joeynmt beam {beam}"] = {"sent_per_s": [r[0] for r in joey_runs], "bleu": joey_runs[0][1]}
-    for name in ("float32", "bf16", "int8", "bf16-shortlist"):
+    for name in MODES:
         runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"nmt-beam{beam}-{name}.r*.json"))]
         table[f"nmt beam {beam} {name}"] = {"sent_per_s": [r["sentences_per_s"] for r in runs],
                                             "bleu": runs[0]["bleu"]}
 print(f"{'':32} {'best':>9} {'median':>9} {'BLEU':>6}  ratio (best / median)")
 for beam in (5, 1):
     ref = table[f"joeynmt beam {beam}"]["sent_per_s"]
-    for key in [f"joeynmt beam {beam}"] + [f"nmt beam {beam} {n}" for n in ("float32", "bf16", "int8", "bf16-shortlist")]:
+    for key in [f"joeynmt beam {beam}"] + [f"nmt beam {beam} {n}" for n in MODES]:
         runs = table[key]["sent_per_s"]
         best, med = max(runs), statistics.median(runs)
         ratio = "" if key.startswith("joeynmt") else f"{best / max(ref):.2f}x / {med / statistics.median(ref):.2f}x"

@@ -59,10 +59,9 @@ done
 
 echo "== nmt: decoding the test split with $RUN_DIR" >&2
 [ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
-for mode in "beam5 --beam 5 --shortlist 0" "greedy --greedy --shortlist 0" \
+for mode in "beam5 --beam 5 --precision float32 --shortlist 0" "greedy --greedy --precision float32 --shortlist 0" \
             "beam5-bf16 --beam 5 --precision bf16 --shortlist 0" "greedy-bf16 --greedy --precision bf16 --shortlist 0" \
-            "beam5-int8 --beam 5 --quantize --shortlist 0" "greedy-int8 --greedy --quantize --shortlist 0" \
-            "beam5-b64 --beam 5 --batch-sentences 64 --shortlist 0" "greedy-b64 --greedy --batch-sentences 64 --shortlist 0" \
+            "beam5-b64 --beam 5 --precision float32 --batch-sentences 64 --shortlist 0" "greedy-b64 --greedy --precision float32 --batch-sentences 64 --shortlist 0" \
             "beam5-bf16-sl --beam 5 --precision bf16 --shortlist ${SHORTLIST:-10}" \
             "greedy-bf16-sl --greedy --precision bf16 --shortlist ${SHORTLIST:-10}"; do
   set -- $mode; name=$1; shift
@@ -92,7 +91,7 @@ for name, label in (("bf16", "bf16 autocast"), ("fp32", "float32"),
                  r["target_tokens_per_s"] / jt))
 for name, joey in (("beam5", joey_decode("beam5")), ("greedy", joey_decode("greedy"))):
     for suffix, label in (("", "token batches, float32"), ("-bf16", "token batches, bf16"),
-                          ("-int8", "token batches, int8 Linear"), ("-b64", "64-sentence batches, float32"),
+                          ("-b64", "64-sentence batches, float32"),
                           ("-bf16-sl", "token batches, bf16, lexical shortlist")):
         ours = nmt[name + suffix]
         rows.append((f"decode test {name}, sentences/s ({label}); BLEU {joey['bleu']} vs {ours['bleu']}",
