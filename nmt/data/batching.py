@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -71,7 +72,7 @@ def _encode_batch(batch: dict[str, list], tokenizers, max_len: Optional[int],
 
 def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Optional[float] = None,
                    min_len: int = 0, num_proc: Optional[int] = None, desc: str = "corpus",
-                   keep_text: bool = False):
+                   keep_text: bool = False, cache_dir: Optional[str] = None):
     """Columns ``src_ids``, ``tgt_ids`` (int32 lists ending in EOS), ``src_len``, ``tgt_len`` (with EOS).
 
     The text columns ``src``/``tgt`` are dropped unless ``keep_text`` (they would double the
@@ -82,7 +83,10 @@ def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Opt
     empty sides), more than ``max_len``, or if longer/shorter > ``max_ratio``. Counts of dropped pairs
     per reason are logged on ``nmt.data.corpus``. Without any filter argument nothing is dropped
     (valid/test). The result is cached by ``datasets`` under a fingerprint of the input dataset, the
-    tokenizers and the filter settings, so a resumed run reuses it.
+    tokenizers and the filter settings, so a resumed run reuses it; ``cache_dir`` puts the Arrow
+    files there instead (:mod:`nmt.data.encoded_cache` encodes into a scratch directory).
+    ``num_proc`` processes encode contiguous shards of ``ds``: the rows and their order, and so the
+    result, are the same for any number.
     """
     import datasets
 
@@ -110,6 +114,7 @@ def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Opt
             _encode_batch, batched=True, batch_size=_MAP_BATCH, writer_batch_size=_MAP_BATCH,
             num_proc=num_proc, remove_columns=removed, features=features,
             desc=f"encoding {desc}", new_fingerprint=fingerprint,
+            cache_file_name=None if cache_dir is None else os.path.join(cache_dir, "encoded.arrow"),
             fn_kwargs={"tokenizers": tokenizers, "max_len": max_len, "max_ratio": max_ratio,
                        "min_len": min_len, "with_drop": with_drop},
         )

@@ -83,13 +83,18 @@ def _tokenizers(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: 
 
 
 def _encoded(recipe: Recipe, corpus, tokenizers):
-    """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded."""
-    from nmt.data.batching import encode_dataset
+    """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded;
+    both memory-mapped from the encoded cache (:mod:`nmt.data.encoded_cache`), which a later run
+    of the same corpus and tokenizers reads instead of encoding again."""
+    import os
 
-    f = recipe.data.filter
-    train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
-                              min_len=f.min_len)
-    valid_ds = encode_dataset(corpus["valid"], tokenizers)
+    from nmt.data.encoded_cache import encode_split
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine (torchrun)
+    train_ds = encode_split(corpus["train"], tokenizers, recipe.data, "train", filtered=True,
+                            local_processes=local)
+    valid_ds = encode_split(corpus["valid"], tokenizers, recipe.data, "valid", filtered=False,
+                            local_processes=local)
     return train_ds, valid_ds
 
 
