@@ -140,6 +140,13 @@ def _value_counts(ds, column: str) -> dict[int, int]:
     return counts
 
 
+def _int32(values: np.ndarray) -> np.ndarray:
+    """``values`` as int32 (lengths and example indices; refused if one does not fit)."""
+    if values.size and (int(values.max()) >= 2**31 or int(values.min()) < -2**31):
+        raise ValueError("lengths and example counts must be below 2**31")
+    return values.astype(np.int32, copy=False)
+
+
 def int_column(ds, name: str) -> np.ndarray:
     """An integer column of a dataset as a numpy array (through Arrow, not Python objects)."""
     table = ds.select_columns([name]).with_format("arrow")[:]
@@ -208,8 +215,10 @@ class TokenBatchSampler:
                  max_sentences: Optional[int] = None, bucket_width: int = 1, shuffle: bool = True,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0, remainder: str = "pad",
                  epoch: int = 0):
-        self.src_lens = as_int_array(src_lens)
-        self.tgt_lens = as_int_array(tgt_lens)
+        # int32 lengths and example indices: a corpus of tens of millions of pairs keeps its batch
+        # plan in half the memory of int64 (the plan is the same: only the integers' width changes)
+        self.src_lens = _int32(as_int_array(src_lens))
+        self.tgt_lens = _int32(as_int_array(tgt_lens))
         if self.src_lens.shape != self.tgt_lens.shape or self.src_lens.ndim != 1:
             raise ValueError("src_lens and tgt_lens must be 1-D and of equal length")
         if batch_tokens <= 0 or bucket_width <= 0 or (max_sentences is not None and max_sentences <= 0):
@@ -243,7 +252,7 @@ class TokenBatchSampler:
         if n == 0:
             return []
         rng = self._rng(epoch)
-        perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        perm = _int32(rng.permutation(n) if self.shuffle else np.arange(n))
         tkey = self.tgt_lens[perm] // self.bucket_width
         skey = self.src_lens[perm] // self.bucket_width
         order = perm[np.lexsort((skey, tkey))]  # lexsort is stable: ties keep the random order
