@@ -93,6 +93,11 @@ def test_an_entry_of_another_size_is_not_used(tiny, cache):
     (entry,) = cache.iterdir()
     assert encoded_cache.load_entry(entry.name, len(corpus["valid"])) is not None
     assert encoded_cache.load_entry(entry.name, len(corpus["valid"]) + 1) is None
+    # an outdated entry of the same name is replaced, not read
+    (entry / "nmt-encoded.json").write_text('{"version": "encoded-v0", "input_rows": 1}')
+    again = encode_split(corpus["valid"], tok, cfg, "valid", filtered=False)
+    assert len(again) == len(corpus["valid"])
+    assert encoded_cache.load_entry(entry.name, len(corpus["valid"])) is not None
 
 
 def test_zero_gb_turns_the_cache_off(tiny, cache, monkeypatch):

@@ -171,6 +171,8 @@ def store_entry(ds, key: str, input_rows: int, root: Optional[Path] = None, desc
     manifest = {"version": ENCODE_VERSION, "input_rows": input_rows, "rows": len(ds),
                 "what": describe, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    if entry.exists() and load_entry(key, input_rows, root) is None:
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged or outdated entry of the same name
     try:
         os.rename(tmp, entry)
     except OSError:  # another process stored the same entry first: keep its copy
@@ -180,7 +182,13 @@ def store_entry(ds, key: str, input_rows: int, root: Optional[Path] = None, desc
 
 
 def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:  # deleted meanwhile by another process pruning the cache
+            pass
+    return total
 
 
 def cache_size(root: Optional[Path] = None) -> int:

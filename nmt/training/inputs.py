@@ -23,8 +23,8 @@ class RunInputs:
 
     corpus: dict[str, Any]  #: raw splits (``train``, ``valid``)
     tokenizers: Any  #: :class:`~nmt.data.tokenizer.SubwordTokenizers`
-    train_ds: Any  #: the encoded, filtered training split
-    valid_ds: Any  #: the encoded valid split
+    train_ds: Any  #: the encoded, filtered training split (memory-mapped Arrow)
+    valid_ds: Any  #: the encoded valid split (memory-mapped Arrow)
     lexicon: Any  #: the shortlist lexicon (None without ``decode.shortlist``)
     sampler: Any  #: :class:`~nmt.data.batching.TokenBatchSampler` of this process's share
 
@@ -40,7 +40,7 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
         corpus = _corpus(recipe)
     # rank 0 trains, loads or copies them in the run directory; the others receive its models
     tokenizers = _tokenizers(recipe, run_dir, resume, accelerator, init, corpus["train"])
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # rank 0 encodes into the encoded cache, the others read it
         train_ds, valid_ds = _encoded(recipe, corpus, tokenizers)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
