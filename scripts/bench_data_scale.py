@@ -19,8 +19,10 @@ What is measured, for each number of processes (`--processes`, default 1 and 2),
 - for both: seconds from the launch to the first update (the first `train` record of
   metrics.jsonl, logged at every update), the peak anonymous memory (RssAnon of /proc/PID/status,
   sampled every 0.2 s: heap, not the page cache of memory-mapped Arrow files) of each training
-  process and of the encoding processes they start, the encoded cache's size on disk, and the
-  training tokens/s after `--warmup-steps` updates;
+  process, over the run and before its first update (the data path: corpus, sentencepiece,
+  encoding, lexicon, batch plan), with the time of the peak (compare it with the run's log), and
+  of the encoding processes they start (forked: pages they share with their parent count in
+  both); the encoded cache's size on disk; the training tokens/s after `--warmup-steps` updates;
 - the same tokens/s on the first `--small-pairs` pairs of the corpus, for comparison.
 
     python scripts/bench_data_scale.py --pairs 200000 --workdir /tmp/nmt-scale   # a check (minutes)
@@ -127,14 +129,21 @@ class Sampler(threading.Thread):
         self.started = time.time()
         self.first_update: float | None = None
         self.trainers: dict[int, float] = {}
+        self.before_first_update: dict[int, float] = {}  # the data path's share: before training
         self.helpers = 0.0
+        self.peak_at = ""
 
     def _sample(self) -> None:
         tree = _children()
         root = self.launcher.pid
         trainers = [root] if self.processes == 1 else tree.get(root, [])
         for pid in trainers:
-            self.trainers[pid] = max(self.trainers.get(pid, 0.0), _rss_anon_mib(pid))
+            anon = _rss_anon_mib(pid)
+            if anon > max(self.trainers.values(), default=0.0):  # when: which step it was (the log)
+                self.peak_at = time.strftime("%H:%M:%S")
+            self.trainers[pid] = max(self.trainers.get(pid, 0.0), anon)
+            if self.first_update is None:
+                self.before_first_update[pid] = max(self.before_first_update.get(pid, 0.0), anon)
             for child in tree.get(pid, []):
                 self.helpers = max(self.helpers, _rss_anon_mib(child))
 
@@ -178,6 +187,8 @@ def train(args, corpus: Path, run_dir: Path, processes: int, hf_cache: Path) -> 
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
     return {"first_update_s": sampler.first_update, "peak_anon_mib": sorted(sampler.trainers.values()),
+            "peak_anon_before_first_update_mib": sorted(sampler.before_first_update.values()),
+            "peak_anon_at": sampler.peak_at,
             "encoder_workers_peak_anon_mib": sampler.helpers, "tokens_per_s": tokens_per_s(run_dir, args.warmup_steps),
             "encoding_skipped": "encoding skipped" in log.read_text(),
             "encoded_cache_mib": du(args.nmt_cache / "encoded"), "datasets_cache_mib": du(hf_cache)}
@@ -198,12 +209,13 @@ def du(path: Path) -> float:
 
 
 def summary(results: dict) -> None:
-    print(f"{'run':<26} {'first update s':>14} {'peak anon MiB/process':>22} {'encoders MiB':>12} "
-          f"{'encoded cache MiB':>17} {'skipped':>7} {'tokens/s':>9}")
+    print(f"{'run':<26} {'first update s':>14} {'peak anon MiB/process':>22} {'before 1st update':>18} "
+          f"{'encoders MiB':>12} {'encoded cache MiB':>17} {'skipped':>7} {'tokens/s':>9}")
     for name, r in results.items():
         peaks = ", ".join(f"{m:.0f}" for m in r["peak_anon_mib"])
+        data = ", ".join(f"{m:.0f}" for m in r["peak_anon_before_first_update_mib"])
         first = "n/a" if r["first_update_s"] is None else f"{r['first_update_s']:.1f}"
-        print(f"{name:<26} {first:>14} {peaks:>22} {r['encoder_workers_peak_anon_mib']:>12.0f} "
+        print(f"{name:<26} {first:>14} {peaks:>22} {data:>18} {r['encoder_workers_peak_anon_mib']:>12.0f} "
               f"{r['encoded_cache_mib']:>17.1f} {str(r['encoding_skipped']):>7} {r['tokens_per_s']:>9.0f}")
 
 
