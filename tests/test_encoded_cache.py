@@ -118,3 +118,16 @@ def test_prune_deletes_the_least_recently_used(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]
     assert prune(tmp_path, limit=10**6) == []
     assert encoded_cache.clear(tmp_path) > 2000 and not tmp_path.exists()
+
+
+def test_nmt_cache_lists_and_clears(tiny, cache, capsys):
+    from nmt.cli import main
+
+    cfg, corpus, tok = tiny
+    encode_split(corpus["valid"], tok, cfg, "valid", filtered=False)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache) in out and f"{len(corpus['valid'])} pairs" in out and "1 entry" in out
+    assert main(["cache", "--clear"]) == 0
+    assert "freed" in capsys.readouterr().out and not cache.exists()
+    assert main(["cache"]) == 0 and "0 entries" in capsys.readouterr().out

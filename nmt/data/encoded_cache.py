@@ -224,6 +224,28 @@ def prune(root: Path, limit: int, keep: str = "") -> list[str]:
     return removed
 
 
+def describe(root: Optional[Path] = None) -> str:
+    """What ``nmt cache`` prints: the directory, its limit and its entries, last used first."""
+    root = root or cache_root()
+    limit = max_bytes()
+    lines = [f"encoded cache: {root} (limit NMT_ENCODED_CACHE_GB={limit / 1e9:g}"
+             f"{': off' if limit == 0 else ''})"]
+    rows = []
+    for entry in root.iterdir() if root.is_dir() else []:
+        try:
+            manifest = json.loads((entry / _MANIFEST).read_text())
+            used = (entry / _MANIFEST).stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        rows.append((used, f"  {entry.name}  {_size(entry) / 1e6:9.1f} MB  {manifest.get('rows', '?'):>10} pairs  "
+                           f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(used))}  "
+                           f"{manifest.get('what', '')}"))
+    lines += [text for _, text in sorted(rows, reverse=True)]
+    lines.append(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {cache_size(root) / 1e6:.1f} MB; "
+                 "nmt cache --clear deletes them")
+    return "\n".join(lines)
+
+
 def clear(root: Optional[Path] = None) -> int:
     """Delete every entry; return the bytes freed."""
     root = root or cache_root()
