@@ -190,7 +190,8 @@ def train(args, corpus: Path, run_dir: Path, processes: int, hf_cache: Path) -> 
             "peak_anon_before_first_update_mib": sorted(sampler.before_first_update.values()),
             "peak_anon_at": sampler.peak_at,
             "encoder_workers_peak_anon_mib": sampler.helpers, "tokens_per_s": tokens_per_s(run_dir, args.warmup_steps),
-            "encoding_skipped": "encoding skipped" in log.read_text(),
+            # with 2 processes the second reads what rank 0 encoded: skipped only if nobody encoded
+            "encoding_skipped": "encoding skipped" in log.read_text() and "pairs encoded (" not in log.read_text(),
             "encoded_cache_mib": du(args.nmt_cache / "encoded"), "datasets_cache_mib": du(hf_cache)}
 
 
