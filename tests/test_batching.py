@@ -214,6 +214,18 @@ def test_distributed_ranks(remainder):
                                                     for f in few)
 
 
+@pytest.mark.parametrize("n", [1, 7, 1001, 3333])
+def test_two_ranks_train_as_many_batches_every_epoch(n):
+    """An odd number of batches (or a single pair): both ranks still iterate the same number of
+    batches in every epoch, so neither waits for the other's gradient all-reduce forever."""
+    src, tgt = _random_lengths(n, seed=n)
+    ranks = [TokenBatchSampler(src, tgt, batch_tokens=300, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) >= 1
+    for _ in range(3):  # iterating an epoch moves to the next one
+        counts = [sum(1 for _ in sampler) for sampler in ranks]
+        assert counts[0] == counts[1] == len(ranks[0])
+
+
 def test_the_batch_plan_is_kept_in_int32_and_unchanged_by_it(monkeypatch):
     """Lengths and example indices are int32 (half the memory of a large corpus's plan); the
     batches are those int64 arrays give."""
