@@ -131,3 +131,13 @@ def test_nmt_cache_lists_and_clears(tiny, cache, capsys):
     assert main(["cache", "--clear"]) == 0
     assert "freed" in capsys.readouterr().out and not cache.exists()
     assert main(["cache"]) == 0 and "0 entries" in capsys.readouterr().out
+
+
+def test_an_unwritable_cache_directory_only_costs_the_reuse(tiny, tmp_path, monkeypatch, caplog):
+    cfg, corpus, tok = tiny
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("NMT_CACHE_DIR", str(blocker))
+    caplog.set_level(logging.WARNING, "nmt.data.corpus")
+    encoded = encode_split(corpus["valid"], tok, cfg, "valid", filtered=False)
+    assert len(encoded) == len(corpus["valid"]) and "cannot be written" in caplog.text

@@ -279,7 +279,12 @@ def encode_split(ds, tokenizers, cfg: DataConfig, split: str, filtered: bool,
         return cached
     started = time.time()
     work = cache_root() / f".tmp-work-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    work.mkdir(parents=True)
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:  # e.g. a read-only home directory: encode without keeping the result
+        logger.warning("encoded cache %s cannot be written (%s); encoding without it (set "
+                       "NMT_CACHE_DIR to a writable directory)", cache_root(), exc)
+        return encode_dataset(ds, tokenizers, num_proc=num_proc, desc=split, **limits)
     try:
         encoded = encode_dataset(ds, tokenizers, num_proc=num_proc, desc=split, cache_dir=str(work),
                                  **limits)
