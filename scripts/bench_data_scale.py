@@ -1,22 +1,43 @@
 #!/usr/bin/env python
-"""Large-corpus demonstration of the data pipeline (not part of the tests).
+"""How `nmt train` scales with the corpus: a generated corpus of N pairs, 1 and 2 processes.
 
-Generates a synthetic multi-million-pair TSV (``English<TAB>French``-shaped, random words), then runs
-``load_corpus`` (one unsplit file -> deterministic split) -> sentencepiece training on a sample ->
-``encode_dataset`` with the length filters -> ``TokenBatchSampler`` -> the first DataLoader batch,
-printing the time of each stage and the peak resident memory (``resource.getrusage``).
+The corpus. Each generated pair joins 1 to 3 pairs of the shipped Tatoeba training split
+(data/tatoeba-fra-eng), drawn with a seeded RNG, side by side: English sentences joined with a
+space, their French translations in the same order. The sentences are real and so is the
+vocabulary; the pairs are longer and more varied than Tatoeba's. The TSV (English<TAB>French) is
+written 100,000 lines at a time, so generating 30M pairs needs no more memory than 300k; the script
+prints its size on disk (27 MiB for 200k pairs, about 140 bytes per pair: about 4 GiB for 30M).
+One file: `nmt train` splits valid and test off deterministically (here 1/1000 each).
 
-Peak RSS includes file-backed pages of the memory-mapped Arrow files that were touched; those are
-page cache, reclaimable, not heap; so the peak of anonymous memory (RssAnon, sampled) is printed too.
+What is measured, for each number of processes (`--processes`, default 1 and 2), with the recipe
+(default recipes/fr-en.yaml) trained for `--steps` updates:
 
-    python scripts/bench_data_scale.py --pairs 3000000 --workdir /tmp/nmt-scale
+- cold: empty caches (the `datasets` cache of `data.cache_dir` and the encoded cache of
+  `$NMT_CACHE_DIR`), a new run directory: loading, sentencepiece, encoding, lexicon, first update;
+- warm: the same again in another new run directory, caches kept (encoding is skipped when the
+  tokenizers come out the same; the report says whether it was);
+- for both: seconds from the launch to the first update (the first `train` record of
+  metrics.jsonl, logged at every update), the peak anonymous memory (RssAnon of /proc/PID/status,
+  sampled every 0.2 s: heap, not the page cache of memory-mapped Arrow files) of each training
+  process, over the run and before its first update (the data path: corpus, sentencepiece,
+  encoding, lexicon, batch plan), with the time of the peak (compare it with the run's log), and
+  of the encoding processes they start (forked: pages they share with their parent count in
+  both); the encoded cache's size on disk; the training tokens/s after `--warmup-steps` updates;
+- the same tokens/s on the first `--small-pairs` pairs of the corpus, for comparison.
+
+    python scripts/bench_data_scale.py --pairs 200000 --workdir /tmp/nmt-scale   # a check (minutes)
+    python scripts/bench_data_scale.py --workdir /data/nmt-scale                 # 30M pairs
+
+The workdir holds the corpus, the caches and the run directories; it is deleted afterwards unless
+`--keep`. This is a benchmark: run it on a machine with nothing else to do.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -24,136 +45,217 @@ from pathlib import Path
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
-class AnonPeak(threading.Thread):
-    """Samples RssAnon (heap, not file-backed mmap pages) from /proc/self/status every 0.1 s."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak_mb = 0.0
-
-    @staticmethod
-    def current_mb() -> float:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def run(self):
-        while True:
-            self.peak_mb = max(self.peak_mb, self.current_mb())
-            time.sleep(0.1)
+# ------------------------------------------------------------------------------------- corpus
 
 
-def generate(path: Path, pairs: int, seed: int = 0, chunk: int = 100_000) -> None:
-    """Random sentences over two synthetic vocabularies, written chunk by chunk."""
+def tatoeba_pairs(directory: Path) -> tuple[list[str], list[str]]:
+    """English and French sentences of the shipped training split."""
+    from nmt.data.corpus import existing_variant, open_maybe_compressed
+
+    en, fr = [], []
+    with open_maybe_compressed(existing_variant(directory / "train.tsv.xz")) as f:
+        for raw in f:
+            cols = raw.decode("utf-8").rstrip("\n").split("\t")
+            if len(cols) >= 2 and cols[0] and cols[1]:
+                en.append(cols[0])
+                fr.append(cols[1])
+    return en, fr
+
+
+def generate(path: Path, pairs: int, tatoeba: Path, seed: int = 0, chunk: int = 100_000) -> None:
+    """``pairs`` lines ``English<TAB>French``, each 1-3 Tatoeba pairs side by side (streamed)."""
+    en, fr = tatoeba_pairs(tatoeba)
     rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    accents = np.array(list("abcdeéèfghijklmnopqrstuvwxyzàç"))
-
-    def vocab(alphabet, n):
-        lens = rng.integers(2, 9, size=n)
-        return [("".join(rng.choice(alphabet, size=k))) for k in lens]
-
-    en_words, fr_words = vocab(letters, 20_000), vocab(accents, 25_000)
-    # Zipf-like word frequencies, like natural text
-    def probs(n):
-        p = 1.0 / np.arange(1, n + 1)
-        return p / p.sum()
-
-    p_en, p_fr = probs(len(en_words)), probs(len(fr_words))
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as out:
         for start in range(0, pairs, chunk):
             n = min(chunk, pairs - start)
-            en_len = rng.integers(2, 25, size=n)
-            fr_len = np.maximum(1, (en_len * rng.uniform(0.9, 1.4, size=n)).astype(int))
-            en_ids = rng.choice(len(en_words), size=int(en_len.sum()), p=p_en)
-            fr_ids = rng.choice(len(fr_words), size=int(fr_len.sum()), p=p_fr)
-            lines, ei, fi = [], 0, 0
-            for a, b in zip(en_len.tolist(), fr_len.tolist()):
-                en = " ".join(en_words[i] for i in en_ids[ei:ei + a])
-                fr = " ".join(fr_words[i] for i in fr_ids[fi:fi + b])
-                ei, fi = ei + a, fi + b
-                lines.append(f"{en.capitalize()}.\t{fr.capitalize()}.\n")
-            f.writelines(lines)
+            parts = rng.integers(1, 4, size=n)
+            picks = rng.integers(0, len(en), size=int(parts.sum())).tolist()
+            lines, at = [], 0
+            for k in parts.tolist():
+                chosen = picks[at:at + k]
+                at += k
+                lines.append(" ".join(en[i] for i in chosen) + "\t" + " ".join(fr[i] for i in chosen) + "\n")
+            out.writelines(lines)
+    tmp.rename(path)
+
+
+def head(src: Path, dst: Path, lines: int) -> None:
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for i, line in enumerate(f):
+            if i >= lines:
+                break
+            out.write(line)
+
+
+# ------------------------------------------------------------------------------------- memory
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _rss_anon_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Sampler(threading.Thread):
+    """Peak RssAnon of the training processes and of their children (encoding workers); the time
+    of the first update (the first ``train`` record in ``metrics``)."""
+
+    def __init__(self, launcher: subprocess.Popen, processes: int, metrics: Path):
+        super().__init__(daemon=True)
+        self.launcher, self.processes, self.metrics = launcher, processes, metrics
+        self.started = time.time()
+        self.first_update: float | None = None
+        self.trainers: dict[int, float] = {}
+        self.before_first_update: dict[int, float] = {}  # the data path's share: before training
+        self.helpers = 0.0
+        self.peak_at = ""
+
+    def _sample(self) -> None:
+        tree = _children()
+        root = self.launcher.pid
+        trainers = [root] if self.processes == 1 else tree.get(root, [])
+        for pid in trainers:
+            anon = _rss_anon_mib(pid)
+            if anon > max(self.trainers.values(), default=0.0):  # when: which step it was (the log)
+                self.peak_at = time.strftime("%H:%M:%S")
+            self.trainers[pid] = max(self.trainers.get(pid, 0.0), anon)
+            if self.first_update is None:
+                self.before_first_update[pid] = max(self.before_first_update.get(pid, 0.0), anon)
+            for child in tree.get(pid, []):
+                self.helpers = max(self.helpers, _rss_anon_mib(child))
+
+    def _check_first_update(self) -> None:
+        if self.first_update is None and self.metrics.is_file():
+            if '"kind": "train"' in self.metrics.read_text():
+                self.first_update = time.time() - self.started
+
+    def run(self) -> None:
+        while self.launcher.poll() is None:
+            self._sample()
+            self._check_first_update()
+            time.sleep(0.2)
+        self._check_first_update()
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+def train(args, corpus: Path, run_dir: Path, processes: int, hf_cache: Path) -> dict:
+    """One ``nmt train`` (or torchrun of it); its timings, memory and throughput."""
+    command = [sys.executable, "-m", "nmt", "train"]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(processes), "-m", "nmt", "train"]
+    overrides = [f"data.path={corpus}", f"data.cache_dir={hf_cache}",
+                 "data.split_permille.valid=1", "data.split_permille.test=1",
+                 "train.budget_minutes=null", f"train.max_steps={args.steps}", "train.log_every=1",
+                 "train.valid_every=100000", "train.valid_max_sentences=100", "train.num_threads=1",
+                 *args.set]
+    command += [args.recipe, "--run-dir", str(run_dir)] + [x for o in overrides for x in ("--set", o)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NMT_CACHE_DIR": str(args.nmt_cache), "NMT_NO_PROGRESS": "1"}
+    log = run_dir.with_suffix(".log")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        sampler = Sampler(launcher, processes, run_dir / "metrics.jsonl")
+        sampler.start()
+        code = launcher.wait()
+        sampler.join()
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
+    return {"first_update_s": sampler.first_update, "peak_anon_mib": sorted(sampler.trainers.values()),
+            "peak_anon_before_first_update_mib": sorted(sampler.before_first_update.values()),
+            "peak_anon_at": sampler.peak_at,
+            "encoder_workers_peak_anon_mib": sampler.helpers, "tokens_per_s": tokens_per_s(run_dir, args.warmup_steps),
+            # with 2 processes the second reads what rank 0 encoded: skipped only if nobody encoded
+            "encoding_skipped": "encoding skipped" in log.read_text() and "pairs encoded (" not in log.read_text(),
+            "encoded_cache_mib": du(args.nmt_cache / "encoded"), "datasets_cache_mib": du(hf_cache)}
+
+
+def tokens_per_s(run_dir: Path, warmup: int) -> float:
+    tokens = seconds = 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "train" and record["step"] > warmup:
+            tokens += record["tokens"]
+            seconds += record["seconds"]
+    return tokens / seconds if seconds else float("nan")
+
+
+def du(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
+
+
+def summary(results: dict) -> None:
+    print(f"{'run':<26} {'first update s':>14} {'peak anon MiB/process':>22} {'before 1st update':>18} "
+          f"{'encoders MiB':>12} {'encoded cache MiB':>17} {'skipped':>7} {'tokens/s':>9}")
+    for name, r in results.items():
+        peaks = ", ".join(f"{m:.0f}" for m in r["peak_anon_mib"])
+        data = ", ".join(f"{m:.0f}" for m in r["peak_anon_before_first_update_mib"])
+        first = "n/a" if r["first_update_s"] is None else f"{r['first_update_s']:.1f}"
+        print(f"{name:<26} {first:>14} {peaks:>22} {data:>18} {r['encoder_workers_peak_anon_mib']:>12.0f} "
+              f"{r['encoded_cache_mib']:>17.1f} {str(r['encoding_skipped']):>7} {r['tokens_per_s']:>9.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=3_000_000)
-    ap.add_argument("--workdir", default="/tmp/nmt-bench-scale")
-    ap.add_argument("--sample", type=int, default=300_000, help="sentences sampled for sentencepiece")
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--keep", action="store_true", help="keep the generated corpus and caches")
+    ap.add_argument("--pairs", type=int, default=30_000_000)
+    ap.add_argument("--small-pairs", type=int, default=100_000, help="the small corpus of the comparison")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/nmt-bench-scale"))
+    ap.add_argument("--tatoeba", type=Path, default=REPO / "data" / "tatoeba-fra-eng")
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "fr-en.yaml"))
+    ap.add_argument("--processes", default="1,2", help="comma-separated process counts")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup-steps", type=int, default=20)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more recipe overrides")
+    ap.add_argument("--keep", action="store_true", help="keep the corpus, caches and runs")
     args = ap.parse_args()
-
-    from nmt.data.batching import TokenBatchSampler, encode_dataset, make_dataloader
-    from nmt.config import DataConfig, FilterConfig, TokenizerConfig
-    from nmt.data.corpus import load_corpus
-    from nmt.data.tokenizer import SubwordTokenizers
-
-    work = Path(args.workdir)
+    work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    corpus = work / f"synthetic-{args.pairs}.tsv"
+    args.nmt_cache = work / "nmt-cache"
+    corpus, small = work / f"synthetic-{args.pairs}.tsv", work / f"synthetic-{args.small_pairs}.tsv"
     if not corpus.is_file():
-        t = time.time()
-        generate(corpus, args.pairs)
-        print(f"generated {args.pairs:,} pairs ({corpus.stat().st_size / 2**20:.0f} MiB) "
-              f"in {time.time() - t:.0f} s", flush=True)
-    print(f"corpus: {corpus} ({corpus.stat().st_size / 2**20:.0f} MiB); peak RSS before: "
-          f"{peak_rss_mb():.0f} MiB", flush=True)
-
-    anon = AnonPeak()
-    anon.start()
-    t0 = time.time()
-
-    def stage(name: str, since: float) -> float:
-        now = time.time()
-        print(f"  {name:<36} {now - since:8.1f} s   peak RSS {peak_rss_mb():6.0f} MiB, peak anon "
-              f"{anon.peak_mb:6.0f} MiB", flush=True)
-        return now
-
-    cache = work / "hf-cache"
-    cfg = DataConfig(path=str(corpus), columns={"src": 1, "tgt": 0}, cache_dir=str(cache),
-                     filter=FilterConfig(max_len=100, max_ratio=3.0, min_len=1))
-    t = time.time()
-    splits = load_corpus(cfg)
-    t = stage("load_corpus (+ split)", t)
-    print("   ", {k: len(v) for k, v in splits.items()}, flush=True)
-    tok_cfg = TokenizerConfig(src_vocab_size=args.vocab, tgt_vocab_size=args.vocab,
-                              input_sentence_size=args.sample, num_threads=args.threads)
-    tok = SubwordTokenizers.train(tok_cfg, splits["train"], work / "run")
-    t = stage(f"sentencepiece x2 (sample {args.sample:,})", t)
-    enc = encode_dataset(splits["train"], tok, max_len=cfg.filter.max_len,
-                         max_ratio=cfg.filter.max_ratio, min_len=cfg.filter.min_len, desc="train")
-    t = stage("encode_dataset (train)", t)
-    sampler = TokenBatchSampler.from_dataset(enc, batch_tokens=args.batch_tokens, max_sentences=512,
-                                             seed=1)
-    t = stage("TokenBatchSampler (1 epoch)", t)
-    batch = next(iter(make_dataloader(enc, sampler)))
-    t = stage("first batch", t)
-    total = time.time() - t0
-    arrow = sum(f.stat().st_size for f in cache.rglob("*.arrow")) / 2**20
-    print(f"time to first batch: {total:.1f} s; peak RSS {peak_rss_mb():.0f} MiB (anonymous "
-          f"{anon.peak_mb:.0f} MiB, the rest is page cache of memory-mapped Arrow files); "
-          f"{len(enc):,} training pairs, {len(sampler):,} batches/epoch, first batch "
-          f"{tuple(batch.tgt_out.shape)}; padding efficiency {sampler.padding_efficiency():.3f}; "
-          f"Arrow cache {arrow:.0f} MiB", flush=True)
+        started = time.time()
+        generate(corpus, args.pairs, args.tatoeba)
+        print(f"generated {args.pairs:,} pairs in {time.time() - started:.0f} s", flush=True)
+    head(corpus, small, args.small_pairs)
+    print(f"corpus {corpus}: {corpus.stat().st_size / 2**20:,.0f} MiB; small corpus {args.small_pairs:,} pairs",
+          flush=True)
+    results = {}
+    for processes in [int(p) for p in args.processes.split(",")]:
+        hf_cache = work / "hf-cache"
+        for cache in (args.nmt_cache, hf_cache):
+            shutil.rmtree(cache, ignore_errors=True)
+        for name, path in (("cold", corpus), ("warm", corpus), ("small", small)):
+            result = train(args, path, work / "runs" / f"{name}-{processes}p", processes, hf_cache)
+            results[f"{name}, {processes} process(es)"] = result
+            print(f"{name}, {processes} process(es): {json.dumps(result)}", flush=True)
+    summary(results)
     if not args.keep:
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.rmtree(work / "run", ignore_errors=True)
-        os.remove(corpus)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -150,19 +150,6 @@ def test_without_sampling_the_encoded_ids_are_used(corpus):
     assert src == ds["src_ids"] and tgt == ds["tgt_ids"]
 
 
-def test_subword_sampling_cost_per_sentence(corpus):
-    """Sampling is done per batch at training time; a sentence costs tens of microseconds (a
-    160k-pair epoch: seconds on top of minutes of training)."""
-    import time
-
-    ex = examples(corpus, subword_sampling=True)
-    indices = list(range(len(ex)))
-    start = time.perf_counter()
-    ex.examples(indices, epoch=0)
-    per_pair = (time.perf_counter() - start) / len(indices)
-    assert per_pair < 2e-3  # generous: a loaded 2-core machine
-
-
 # ------------------------------------------------------------------------------- concatenation
 
 

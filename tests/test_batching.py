@@ -214,6 +214,35 @@ def test_distributed_ranks(remainder):
                                                     for f in few)
 
 
+@pytest.mark.parametrize("n", [1, 7, 1001, 3333])
+def test_two_ranks_train_as_many_batches_every_epoch(n):
+    """An odd number of batches (or a single pair): both ranks still iterate the same number of
+    batches in every epoch, so neither waits for the other's gradient all-reduce forever."""
+    src, tgt = _random_lengths(n, seed=n)
+    ranks = [TokenBatchSampler(src, tgt, batch_tokens=300, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) >= 1
+    for _ in range(3):  # iterating an epoch moves to the next one
+        counts = [sum(1 for _ in sampler) for sampler in ranks]
+        assert counts[0] == counts[1] == len(ranks[0])
+
+
+def test_the_batch_plan_is_kept_in_int32_and_unchanged_by_it(monkeypatch):
+    """Lengths and example indices are int32 (half the memory of a large corpus's plan); the
+    batches are those int64 arrays give."""
+    import nmt.data.batching as batching
+
+    src, tgt = _random_lengths(5003, seed=8)
+    narrow = TokenBatchSampler(src, tgt, batch_tokens=600, seed=3, num_replicas=2, rank=1)
+    assert narrow.tgt_lens.dtype == np.int32 and narrow._rank_batches(0)[0].dtype == np.int32
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        TokenBatchSampler([2**31], [3], batch_tokens=600)
+    monkeypatch.setattr(batching, "_int32", lambda values: values)
+    wide = TokenBatchSampler(src, tgt, batch_tokens=600, seed=3, num_replicas=2, rank=1)
+    assert wide.tgt_lens.dtype == np.int64
+    for epoch in (0, 1):
+        assert narrow.batches(epoch) == wide.batches(epoch)
+
+
 # ------------------------------------------------------------------------------------ inference
 
 

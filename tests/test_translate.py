@@ -1050,3 +1050,49 @@ def test_workers_end_with_a_killed_parent_and_its_leftover_is_removed(run_dir, t
     assert again.returncode == 0, again.stderr
     assert f"removed {left}" in again.stderr
     assert [p.name for p in out_dir.iterdir()] == ["out.txt"]
+
+
+#: translates argv[3:] with chunks of argv[1] lines, tracing the main process's Python allocations
+#: from the call on; prints the peak and the largest resident size of its worker processes
+_TRACED_TRANSLATE = r"""
+import json, resource, sys, tracemalloc
+import nmt.tools.line_io as line_io
+import nmt.tools.translate, nmt.inference.translator, nmt.commands  # imported before tracing
+from nmt.cli import main
+line_io.CHUNK_LINES = int(sys.argv[1])
+tracemalloc.start()
+code = main(["translate", *sys.argv[2:]])
+peak = tracemalloc.get_traced_memory()[1]
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"code": code, "peak": peak, "children": children}))
+"""
+
+
+def _traced_translate(run_dir: Path, src: Path, out: Path, *extra: str, chunk: int = 100) -> dict:
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _TRACED_TRANSLATE, str(chunk), str(run_dir), "-i", str(src),
+                           "-o", str(out), "--greedy", *extra], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_large_file_is_translated_at_flat_memory(run_dir, tmp_path):
+    """4x the lines (chunks of 100 lines: 20 and 80 chunks), the same peak: input is read and output written chunk by chunk, by one
+    process and by workers, and the workers write what one process writes."""
+    lines = corpus(8_000, 11, max_words=10)
+    small, large = tmp_path / "2k.txt", tmp_path / "8k.txt"
+    small.write_text("\n".join(lines[:2_000]) + "\n")
+    large.write_text("\n".join(lines) + "\n")
+    # what holding the 6k extra input lines would cost (their output lines cost about as much)
+    held = sum(sys.getsizeof(line) + 8 for line in lines[2_000:])
+    for extra in ([], ["--workers", "2"]):
+        a = _traced_translate(run_dir, small, tmp_path / "a.txt", *extra)
+        b = _traced_translate(run_dir, large, tmp_path / f"b{len(extra)}.txt", *extra)
+        assert b["peak"] - a["peak"] < held / 4, (extra, a, b, held)
+        assert b["children"] - a["children"] < 64 << 20  # the workers' resident memory too
+    one, two = (tmp_path / "b0.txt").read_bytes(), (tmp_path / "b2.txt").read_bytes()
+    assert one.count(b"\n") == 8_000 and two == one

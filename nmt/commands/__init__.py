@@ -7,6 +7,7 @@ the library lazily, so ``nmt --help`` does not load torch.
 from nmt.commands import (
     average,
     bench,
+    cache,
     config,
     data,
     evaluate,
@@ -21,4 +22,5 @@ from nmt.commands import (
 )
 
 #: in the order ``nmt --help`` lists them
-COMMANDS = (train, translate, export, average, evaluate, plot, bench, shortlist, sweep, serve, config, data, info)
+COMMANDS = (train, translate, export, average, evaluate, plot, bench, shortlist, sweep, serve, config, data,
+            cache, info)

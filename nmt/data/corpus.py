@@ -476,7 +476,7 @@ def _missing_path(path: Path, what: str) -> DataError:
                      f"location, e.g. --set data.path=/path/to/corpus. {_TSV_FIX_HINT}")
 
 
-def _existing_variant(path: Path) -> Path:
+def existing_variant(path: Path) -> Path:
     """``path``, or if it does not exist the same file compressed or decompressed (``train.tsv`` <->
     ``train.tsv.xz``/``.gz``/``.bz2``), so that a directory of plain or of compressed splits works
     with the same ``data.splits``."""
@@ -499,7 +499,7 @@ def _split_files(cfg: DataConfig, root: Path, splits: Sequence[str]) -> dict[str
         if split not in cfg.splits:
             raise DataError(f"{root}: data.splits has no file for split {split!r}; "
                             f"known: {', '.join(cfg.splits) or 'none'}")
-        path = _existing_variant(root / cfg.splits[split])
+        path = existing_variant(root / cfg.splits[split])
         if not path.is_file():
             raise DataError(f"{path}: split file for {split!r} not found (data.path={root}, "
                             f"data.splits.{split}={cfg.splits[split]!r}). {_TSV_FIX_HINT}")

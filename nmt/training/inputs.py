@@ -23,8 +23,8 @@ class RunInputs:
 
     corpus: dict[str, Any]  #: raw splits (``train``, ``valid``)
     tokenizers: Any  #: :class:`~nmt.data.tokenizer.SubwordTokenizers`
-    train_ds: Any  #: the encoded, filtered training split
-    valid_ds: Any  #: the encoded valid split
+    train_ds: Any  #: the encoded, filtered training split (memory-mapped Arrow)
+    valid_ds: Any  #: the encoded valid split (memory-mapped Arrow)
     lexicon: Any  #: the shortlist lexicon (None without ``decode.shortlist``)
     sampler: Any  #: :class:`~nmt.data.batching.TokenBatchSampler` of this process's share
     #: :class:`~nmt.data.augment.TrainingExamples` when a regularisation of ``train`` is on, else None
@@ -43,7 +43,7 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
         corpus = _corpus(recipe)
     # rank 0 trains, loads or copies them in the run directory; the others receive its models
     tokenizers = _tokenizers(recipe, run_dir, resume, accelerator, init, corpus["train"])
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # rank 0 encodes into the encoded cache, the others read it
         train_ds, valid_ds = _encoded(recipe, corpus, tokenizers)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
@@ -91,14 +91,19 @@ def _tokenizers(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: 
 
 
 def _encoded(recipe: Recipe, corpus, tokenizers):
-    """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded."""
-    from nmt.data.batching import encode_dataset
+    """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded;
+    both memory-mapped from the encoded cache (:mod:`nmt.data.encoded_cache`), which a later run
+    of the same corpus and tokenizers reads instead of encoding again."""
+    import os
 
-    f = recipe.data.filter
+    from nmt.data.encoded_cache import encode_split
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine (torchrun)
     # subword sampling segments the text again every epoch: keep it beside the ids
-    train_ds = encode_dataset(corpus["train"], tokenizers, max_len=f.max_len, max_ratio=f.max_ratio,
-                              min_len=f.min_len, keep_text=recipe.train.subword_sampling)
-    valid_ds = encode_dataset(corpus["valid"], tokenizers)
+    train_ds = encode_split(corpus["train"], tokenizers, recipe.data, "train", filtered=True,
+                            local_processes=local, keep_text=recipe.train.subword_sampling)
+    valid_ds = encode_split(corpus["valid"], tokenizers, recipe.data, "valid", filtered=False,
+                            local_processes=local)
     return train_ds, valid_ds
 
 
