@@ -219,6 +219,41 @@ def test_auto_threads_follow_load_that_starts_and_ends(tmp_path):
     assert follower.observe() is None
 
 
+def test_a_training_started_beside_busy_work_uses_every_thread_once_it_ends(tmp_path, monkeypatch):
+    """The trainer's follower of a start-up choice of 1 thread (another process was busy): once
+    the work ends, it goes back to torch's default, read before the 1 thread was applied."""
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    stat, tick = tmp_path / "stat", os.sysconf("SC_CLK_TCK")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cpus", lambda seconds=0: 1.0)
+    monkeypatch.setattr(threads, "_CHOICE", {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        choice = threads.prepare("auto")
+        assert choice.threads == 1 and choice.max_threads == 2
+        torch.set_num_threads(choice.threads)  # what the trainer does with it
+        clock, own, busy = [0.0], [0.0], [0]
+
+        def write():
+            stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(
+                f"cpu{c} {busy[0] if i == 0 else 0} 0 0 1000000 0 0 0 0 0 0\n" for i, c in enumerate(cpus)))
+
+        write()
+        follower = threads.ThreadFollower.for_choice(choice, stat=stat, clock=lambda: clock[0],
+                                                     own_cpu_seconds=lambda: own[0])
+        clock[0], own[0], busy[0] = 20.0, 20.0, int(20 * 1.0 * tick)  # alone: own work only
+        write()
+        assert follower.observe() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_auto_threads_follower_without_proc_stat_changes_nothing(tmp_path):
     follower = threads.ThreadFollower(2, cpus=2, default_threads=2, stat=tmp_path / "missing")
     assert follower.others_busy() is None and follower.observe() is None

@@ -43,6 +43,8 @@ class ThreadChoice:
     cpus: int | None = None  #: CPUs this process may run on
     wait_policy: str | None = None  #: OMP_WAIT_POLICY set by auto (None: left alone)
     note: str = ""  #: what was decided, for the log
+    #: the most threads auto may use: torch's default, read before the choice was applied
+    max_threads: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +150,9 @@ def prepare(setting: str | int | None, *, seconds: float = SAMPLE_SECONDS) -> Th
         return choice
     cpus = usable_cpus()
     busy = busy_cpus(seconds)
-    threads = choose("auto", busy, cpus, _default_threads(cpus))
-    choice = ThreadChoice("auto", threads, None if busy is None else round(busy, 2), cpus)
+    most = _default_threads(cpus)
+    threads = choose("auto", busy, cpus, most)
+    choice = ThreadChoice("auto", threads, None if busy is None else round(busy, 2), cpus, max_threads=most)
     seen = f"{busy:.1f} of {cpus} CPUs busy with other work" if busy is not None else "CPU load unknown"
     if busy is not None and busy >= 0.5:
         if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
@@ -188,6 +191,12 @@ class ThreadFollower:
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.busy: float | None = None  #: other work's CPUs in the window that changed the choice
         self._last = self._sample()
+
+    @classmethod
+    def for_choice(cls, choice: ThreadChoice, **kwargs) -> "ThreadFollower":
+        """The follower of a start-up ``auto`` choice. Its ceiling is the one read at start-up:
+        once the choice is applied, torch's thread count is the choice, not the default."""
+        return cls(choice.threads, choice.cpus, choice.max_threads, **kwargs)
 
     def _sample(self) -> tuple[float, float, float] | None:
         """(machine busy CPU-seconds, own CPU-seconds, wall seconds), or None without /proc/stat."""

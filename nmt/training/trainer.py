@@ -103,7 +103,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             log.info(threads.note)
         trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)
         if t.num_threads == "auto" and threads.threads:
-            trainer.follower = ThreadFollower(threads.threads, threads.cpus)
+            trainer.follower = ThreadFollower.for_choice(threads)
         return trainer.run()
     except OSError as exc:
         raise io_error(exc, run_dir) from None
