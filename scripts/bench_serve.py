@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import socket
 import statistics
@@ -115,24 +116,61 @@ def wait_until_up(proc: subprocess.Popen, base: str, deadline: float) -> None:
         time.sleep(0.2)
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol to POST JSON and read
+    the answer: the load generator shares the 2 CPUs with the server, and a full HTTP client costs
+    several times more CPU per request (with 64 connections in one pool, enough to starve the
+    server of requests)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                          + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        answer = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        if fields.get("connection", "").lower() == "close":
+            self.writer.close()
+            self.reader = self.writer = None
+        return status, answer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(base: str, sentences: list[str], clients: int, beam: int | None) -> tuple[float, list[float]]:
-    """Every sentence once, ``clients`` at a time; (seconds, latency of each request)."""
+    """Every sentence once, ``clients`` at a time, each client on its own connection; (seconds,
+    latency of each request)."""
     latencies: list[float] = []
     extra = {"beam": beam} if beam else {}
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
 
-    async def client(c: httpx.AsyncClient, k: int) -> None:
-        for text in sentences[k::clients]:
-            start = time.perf_counter()
-            r = await c.post("/api/translate", json={"text": text, **extra})
-            r.raise_for_status()
-            latencies.append(time.perf_counter() - start)
+    async def client(k: int, share: list[str]) -> None:
+        conn = Connection(host, int(port))
+        try:
+            for text in share:
+                start = time.perf_counter()
+                status, answer = await conn.post("/api/translate", json.dumps({"text": text, **extra}).encode())
+                if status != 200:
+                    raise RuntimeError(f"the server answered {status}: {answer[:200]!r}")
+                latencies.append(time.perf_counter() - start)
+        finally:
+            conn.close()
 
-    async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=clients), timeout=120) as c:
-        await asyncio.gather(*(client(c, k) for k in range(min(clients, 4))))  # warm-up
-        latencies.clear()
-        start = time.perf_counter()
-        await asyncio.gather(*(client(c, k) for k in range(clients)))
-        return time.perf_counter() - start, latencies
+    await asyncio.gather(*(client(k, sentences[k:8:4]) for k in range(min(clients, 4))))  # warm-up
+    latencies.clear()
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k, sentences[k::clients]) for k in range(clients)))
+    return time.perf_counter() - start, latencies
 
 
 def level(base: str, sentences: list[str], clients: int, beam: int | None, left: float) -> dict | None:
