@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig  # noqa: E402
 from nmt.tools.serve import ServeLimits, create_app  # noqa: E402
+from test_onnx import NO_TORCH  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,21 +76,8 @@ def post(client, body):
 
 # ---------------------------------------------------------------------------- the ONNX engine
 
-#: torch cannot be imported in a process that starts with this (a ``sitecustomize`` module, so the
-#: server's model worker processes inherit it through PYTHONPATH: a worker importing torch fails to
-#: load and the server does not start)
-NO_TORCH = """
-import sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"importing {name} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-"""
-
+#: (``NO_TORCH``, as a ``sitecustomize`` module, reaches the server's model worker processes through
+#: PYTHONPATH too: a worker importing torch fails to load and the server does not start)
 #: the server process: torch cannot be imported in it, then ``nmt serve`` runs
 NO_TORCH_SERVE = NO_TORCH + """
 from nmt.cli import main
