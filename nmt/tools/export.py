@@ -360,8 +360,8 @@ def export_cli(args) -> int:
         raise NmtError("nmt export needs the onnx package: pip install 'nmt[onnx]'") from None
     out = export_run(args.run_dir, args.output, args.checkpoint or "best", getattr(args, "quantize", None))
     shortlist = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("recipe_shortlist")
-    note = " (the recipe's decode.shortlist is not exported: the ONNX translator scores the full " \
-           "vocabulary)" if shortlist else ""
+    note = (" (the ONNX translator scores the full vocabulary unless asked for the shortlist: nmt "
+            "translate --engine onnx DIR --shortlist K reads the run's lexicon, copied here)") if shortlist else ""
     int8 = " int8" if getattr(args, "quantize", None) else ""
     print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}{int8}, {SRC_MODEL}, {TGT_MODEL}, "
           f"{META_FILE}){note}", file=sys.stderr)

@@ -63,9 +63,8 @@ input line (``--n-best K``: exactly K lines per input line) in input order:
   plain text.
 - ``--engine onnx EXPORT_DIR`` translates with an export of ``nmt export`` on onnxruntime
   (:class:`~nmt.inference.onnx_translator.OnnxTranslator`), in one process that never imports
-  torch, with the same formats; options that need the PyTorch model (``--score-reference``,
-  ``--precision bf16``, ``--checkpoint``, ``--shortlist``, ``--alignments``, ``--markup``) are
-  refused.
+  torch, with the same formats (shortlist, alignments and reference scores included); options
+  that need the PyTorch model (``--precision bf16``, ``--checkpoint``, ``--markup``) are refused.
 """
 from __future__ import annotations
 
