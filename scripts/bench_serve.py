@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -92,14 +93,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, workers: int, threads: int | None, log) -> tuple[subprocess.Popen, str]:
+def server_arguments(args, workers: int, threads: int | None) -> list[str]:
+    """``nmt serve`` arguments of the measured server (after ``serve``; host and port are added)."""
+    return [args.run_dir, "--workers", str(workers), "--precision", args.precision, "--log-level", "warning",
+            "--queue-limit", "1000", *(["--threads", str(threads)] if threads else []), *args.serve_options]
+
+
+@contextlib.contextmanager
+def running_server(serve_args: list[str], log, deadline: float):
+    """``nmt serve SERVE_ARGS`` of this checkout on a free loopback port, output to ``log`` (None:
+    this process's); yields its base URL once ``/health`` answers, and stops it afterwards."""
     port = _free_port()
-    command = [sys.executable, "-m", "nmt", "serve", args.run_dir, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--precision", args.precision, "--log-level", "warning",
-               "--queue-limit", "1000", *(["--threads", str(threads)] if threads else []), *args.serve_options]
+    command = [sys.executable, "-m", "nmt", "serve", *serve_args, "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return proc, f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(proc, base, deadline)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until_up(proc: subprocess.Popen, base: str, deadline: float) -> None:
@@ -216,24 +234,17 @@ def main() -> None:
     workers, threads = server_settings(args)
     offline_rate = offline(args, sentences, threads)
     with tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log") as log:
-        proc, base = start_server(args, workers, threads, log)
         try:
-            wait_until_up(proc, base, min(deadline, time.monotonic() + 300))
-            rows = {}
-            for clients in levels:
-                left = deadline - time.monotonic()
-                rows[clients] = level(base, sentences, clients, args.beam, left) if left > 0 else None
+            with running_server(server_arguments(args, workers, threads), log,
+                                min(deadline, time.monotonic() + 300)) as base:
+                rows = {}
+                for clients in levels:
+                    left = deadline - time.monotonic()
+                    rows[clients] = level(base, sentences, clients, args.beam, left) if left > 0 else None
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
             raise
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
     print(report(args, workers, threads, offline_rate, rows))
 
 

@@ -12,38 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(base: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"nmt serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    sys.exit("nmt serve did not start")
 
 
 def cell_index(base: str, model: str, text: str, target: str | None, source: str | None) -> int:
@@ -69,13 +44,9 @@ def main() -> None:
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", args.run_dir, "--port", str(port),
-                             "--log-level", "warning"], env=env)
-    try:
-        wait_for(base, proc)
+    from bench_serve import running_server  # this directory's: start, wait for, stop nmt serve
+
+    with running_server([args.run_dir, "--log-level", "warning"], None, time.monotonic() + 120) as base:
         model = Path(args.run_dir).resolve().name
         index = cell_index(base, model, args.text, args.target, args.source)
         with sync_playwright() as pw:
@@ -88,13 +59,7 @@ def main() -> None:
             page.wait_for_timeout(300)
             page.screenshot(path=args.output)
             browser.close()
-        print(f"wrote {args.output}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -39,20 +39,29 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
 
 
 def settle_precision(translator, options: DecodeConfig, verbose: bool = False, world: int = 1,
-                     main: bool = True) -> None:
+                     main: bool = True, threads: int | None = None) -> None:
     """Resolve ``precision: auto`` before the first search (the main process's choice holds in
     every process of a distributed job: their outputs are one translation); ``verbose``: say which
-    mode and why on stderr."""
+    mode and why on stderr. ``threads``: the torch threads the searches will run with, when they
+    differ from this thread's (model worker processes): the calibration is timed at that count."""
     import sys
 
     if getattr(translator, "precision", None) != "auto":
         return
-    if world > 1:
-        from accelerate.utils import broadcast_object_list
+    import torch
 
-        made = [translator.resolve_precision(options) if main else None]
-        broadcast_object_list(made, from_process=0)
-        translator.resolve_precision(options, choice=made[0])
-    choice = translator.resolve_precision(options)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            made = [translator.resolve_precision(options) if main else None]
+            broadcast_object_list(made, from_process=0)
+            translator.resolve_precision(options, choice=made[0])
+        choice = translator.resolve_precision(options)
+    finally:
+        torch.set_num_threads(before)
     if verbose and main and choice is not None:
         print(f"nmt translate: {choice.describe()}", file=sys.stderr, flush=True)

@@ -179,19 +179,6 @@ def check_dirs(run_dirs: Sequence[str | Path], engine: str = "torch") -> list[Pa
     return paths
 
 
-def _resolve_precision(translator, threads: int | None) -> None:
-    """``precision: auto`` made a mode, timed at ``threads`` torch threads (None: as they are)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        translator.resolve_precision()
-    finally:
-        torch.set_num_threads(before)
-
-
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str | None = None, *,
                 engine: str = "torch", ensemble: bool = False, threads: int | None = None,
                 model_threads: int | None = None) -> list[ServedModel]:
@@ -215,8 +202,10 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
     for name, members in groups:
         options = model_options(members, checkpoint, precision, engine=engine, threads=threads)
         translator = build_translator(options)
-        if hasattr(translator, "resolve_precision"):
-            _resolve_precision(translator, model_threads)
+        if hasattr(translator, "resolve_precision"):  # the torch engine
+            from nmt.tools.decoding import settle_precision
+
+            settle_precision(translator, translator.decode, threads=model_threads)
             options["precision"] = translator.precision
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):

@@ -182,20 +182,13 @@ class _Share:
 def _workers_precision(args, decode: dict[str, Any]) -> str | None:
     """The precision every worker loads with: ``auto`` is resolved once, here, at one thread as
     each worker runs (workers choosing for themselves could choose differently)."""
-    import torch
-
     from nmt.inference.checkpoint import load_run_recipe
 
     asked = args.precision or load_run_recipe(as_run_dirs(args.run_dir)[0]).decode.precision
     if asked != "auto":
         return asked
     translator = _torch_translator(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        settle_precision(translator, apply_settings(translator, decode), getattr(args, "verbose", False))
-    finally:
-        torch.set_num_threads(threads)
+    settle_precision(translator, apply_settings(translator, decode), getattr(args, "verbose", False), threads=1)
     return translator.precision
 
 
