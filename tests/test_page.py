@@ -117,6 +117,16 @@ def wait_for_result(page, text):
                            timeout=30_000)
 
 
+def entered(page, server, text):
+    """``text`` translated by the tiny model alone, sent with Enter; the API's answer (n-best 3)."""
+    only(page)
+    page.fill("#source", text)
+    page.press("#source", "Enter")
+    expected = api(server, text, model="tiny", n_best=3)
+    wait_for_result(page, expected["text"])
+    return expected
+
+
 def wait_for_words(page, text):
     """Like :func:`wait_for_result`, but the browser shows runs of spaces as one."""
     page.wait_for_function("t => document.querySelector('.panel .best')?.innerText.split(/\\s+/).join(' ') === t",
@@ -282,11 +292,7 @@ def test_counter_shows_the_servers_limit_and_refuses_longer_text(open_page):
 
 def test_tooltip_beside_the_pointer_and_keys_scroll_the_map(open_page, server, tmp_path):
     page = open_page()
-    only(page)
-    page.fill("#source", LONG)
-    page.press("#source", "Enter")
-    expected = api(server, LONG, model="tiny", n_best=3)
-    wait_for_result(page, expected["text"])
+    expected = entered(page, server, LONG)
     hyp, S = expected["hypotheses"][0], len(expected["src_tokens"])
     T = len(hyp["tokens"])
     i, j = T - 1, S - 1  # the bottom-right cell: the tooltip has to flip to stay on screen
@@ -361,11 +367,7 @@ def test_translate_as_you_type(open_page, server):
 
 def test_low_confidence_words_are_marked(open_page, server):
     page = open_page()
-    only(page)
-    page.fill("#source", LONG)
-    page.press("#source", "Enter")
-    expected = api(server, LONG, model="tiny", n_best=3)
-    wait_for_result(page, expected["text"])
+    expected = entered(page, server, LONG)
     hyp = expected["hypotheses"][0]
     words, low = [], []
     for piece, lp in zip(hyp["tokens"], hyp["token_log_probs"]):
