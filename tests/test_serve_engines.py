@@ -212,19 +212,19 @@ def test_sampling_requests_are_checked_and_bounded(runs):
         assert r.status_code == 200 and len(r.json()["translations"][0]["hypotheses"]) == 4
 
 
-def test_the_translator_factory_reads_the_commands_options(runs, export):
-    """What a model process calls to build its translator from ``nmt serve``'s parsed options."""
-    import argparse
+def test_a_worker_builds_the_served_translator_from_its_options(runs, export):
+    """What a model worker process does: build the translator again from a served model's plain
+    options (the ONNX engine on an export; an ensemble of runs)."""
+    import pickle
 
-    from nmt.commands.serve import add_arguments
     from nmt.inference.onnx_translator import OnnxTranslator
     from nmt.inference.translator import Translator
-    from nmt.tools.serve_model import translator_from_args
+    from nmt.tools.serve_model import build_translator, load_models
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    onnx = translator_from_args([export], parser.parse_args(["--engine", "onnx", "--threads", "1", str(export)]))
+    (served_onnx,) = load_models([export], engine="onnx", threads=1)
+    onnx = build_translator(pickle.loads(pickle.dumps(served_onnx.options)))
     assert isinstance(onnx, OnnxTranslator)
-    ensemble = translator_from_args(runs, parser.parse_args(["--ensemble", *map(str, runs)]))
+    (served_ensemble,) = load_models(runs, ensemble=True)
+    ensemble = build_translator(pickle.loads(pickle.dumps(served_ensemble.options)))
     assert isinstance(ensemble, Translator) and ensemble.run_dirs == list(runs)
     assert onnx.translate(TEXTS[:2]) == Translator.load(runs[0], device="cpu").translate(TEXTS[:2])

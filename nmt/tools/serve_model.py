@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from nmt.errors import NmtError
 from nmt.tools.serve_requests import finite_or_null
 
-__all__ = ["ENGINES", "ServedModel", "make_translator", "translator_from_args", "model_options",
+__all__ = ["ENGINES", "ServedModel", "make_translator", "model_options",
            "build_translator", "check_dirs", "load_models", "run_summary"]
 
 ENGINES = ("torch", "onnx")
@@ -79,13 +79,6 @@ def build_translator(options: Mapping[str, Any]):
     return make_translator(options["paths"], engine=options.get("engine", "torch"),
                            checkpoint=options.get("checkpoint", "best"),
                            precision=options.get("precision"), threads=options.get("threads"))
-
-
-def translator_from_args(paths: Sequence[str | Path], args) -> Any:
-    """:func:`make_translator` with the parsed options of ``nmt serve``."""
-    engine = getattr(args, "engine", "torch")
-    return make_translator(paths, engine=engine, checkpoint=args.checkpoint, precision=args.precision,
-                           threads=args.threads if engine == "onnx" else None)
 
 
 # ------------------------------------------------------------------------------------ summaries
