@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 from nmt.errors import NmtError
-from nmt.tools.serve_worker import run_groups, worker_main
+from nmt.tools.serve_worker import run_groups, set_threads, worker_main
 
 __all__ = ["ModelThread", "WorkerPool", "WorkerLost", "default_workers", "worker_threads",
            "workers_and_threads", "model_runner", "describe_runners"]
@@ -102,7 +102,7 @@ class ModelThread:
     def __init__(self, translators: Mapping[str, Any], threads: int | None = None):
         self.translators = translators
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-serve-model",
-                                           initializer=_set_threads, initargs=(threads,))
+                                           initializer=set_threads, initargs=(threads,))
         self.stats: dict[str, int] = {}
         self._idle: asyncio.Queue | None = None
 
@@ -125,14 +125,6 @@ class ModelThread:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _set_threads(threads: int | None) -> None:
-    """The model thread's torch intra-op threads (OpenMP settings are per calling thread)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------ process mode

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from nmt.errors import NmtError
 
-__all__ = ["run_groups", "result_json", "worker_main"]
+__all__ = ["run_groups", "result_json", "set_threads", "worker_main"]
 
 
 def run_groups(translators: Mapping[str, Any], groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,13 +123,19 @@ def worker_main(conn, models: list[tuple[str, dict[str, Any]]], threads: int | N
         conn.send(run_groups(translators, groups))
 
 
-def _load(models: list[tuple[str, dict[str, Any]]], threads: int | None) -> dict[str, Any]:
-    from nmt.tools.serve_model import build_translator
-
-    if threads:  # torch's threads; the ONNX engine's come in its options and torch is never imported
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads of the calling thread (OpenMP settings are per thread); None leaves
+    them, and torch unimported: the ONNX engine's threads come in its options."""
+    if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _load(models: list[tuple[str, dict[str, Any]]], threads: int | None) -> dict[str, Any]:
+    from nmt.tools.serve_model import build_translator
+
+    set_threads(threads)
     translators = {}
     for name, options in models:
         translator = build_translator(options)
