@@ -10,7 +10,11 @@
 # then scores set 2 by source length (scripts/length_buckets.py). The hypotheses and the score
 # records go to RUN_DIR/eval/ as for any nmt evaluate; a summary is printed at the end and written
 # to RUN_DIR/eval/heldout-summary.json.
-# Env: NMT (default "python -m nmt"), PYTHON (default python).
+#
+# With HALF=dev it evaluates what a choice is made on instead: the shipped valid split and
+# data/heldout/tatoeba-unseen-dev (length buckets on the latter), summary in
+# RUN_DIR/eval/heldout-dev-summary.json; the test sets are left untouched.
+# Env: NMT (default "python -m nmt"), PYTHON (default python), HALF (test or dev; default test).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${1:?usage: eval_heldout.sh RUN_DIR [nmt evaluate options]}"; shift
@@ -26,33 +30,44 @@ evaluate() {  # name, then nmt evaluate arguments after RUN_DIR
   $NMT evaluate "$RUN_DIR" "$@" "${OPTIONS[@]}" --json > "$WORK/$name.json"
 }
 OPTIONS=("$@"); EXTRA="$*"
+HALF="${HALF:-test}"
 
-evaluate shipped-test --split test
-evaluate tatoeba-unseen-test \
-    --src "$HELDOUT/tatoeba-unseen-test.fr" --ref "$HELDOUT/tatoeba-unseen-test.en"
-evaluate flores200-devtest \
-    --src "$HELDOUT/flores200-devtest.fr" --ref "$HELDOUT/flores200-devtest.en"
+case "$HALF" in
+  test)
+    SETS="shipped-test tatoeba-unseen-test flores200-devtest"; SUMMARY=heldout-summary.json
+    evaluate shipped-test --split test
+    evaluate tatoeba-unseen-test \
+        --src "$HELDOUT/tatoeba-unseen-test.fr" --ref "$HELDOUT/tatoeba-unseen-test.en"
+    evaluate flores200-devtest \
+        --src "$HELDOUT/flores200-devtest.fr" --ref "$HELDOUT/flores200-devtest.en" ;;
+  dev)
+    SETS="shipped-valid tatoeba-unseen-dev"; SUMMARY=heldout-dev-summary.json
+    evaluate shipped-valid --split valid
+    evaluate tatoeba-unseen-dev \
+        --src "$HELDOUT/tatoeba-unseen-dev.fr" --ref "$HELDOUT/tatoeba-unseen-dev.en" ;;
+  *) echo "eval_heldout.sh: HALF must be test or dev, not '$HALF'" >&2; exit 2 ;;
+esac
 
 HYP="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["hypotheses"])' \
-    "$WORK/tatoeba-unseen-test.json")"
-"$PYTHON" "$HERE/scripts/length_buckets.py" --json --src "$HELDOUT/tatoeba-unseen-test.fr" \
-    --ref "$HELDOUT/tatoeba-unseen-test.en" --hyp "$HYP" > "$WORK/buckets.json"
+    "$WORK/tatoeba-unseen-$HALF.json")"
+"$PYTHON" "$HERE/scripts/length_buckets.py" --json --src "$HELDOUT/tatoeba-unseen-$HALF.fr" \
+    --ref "$HELDOUT/tatoeba-unseen-$HALF.en" --hyp "$HYP" > "$WORK/buckets.json"
 
-"$PYTHON" - "$WORK" "$RUN_DIR/eval/heldout-summary.json" <<'PY'
+"$PYTHON" - "$WORK" "$RUN_DIR/eval/$SUMMARY" "$HALF" $SETS <<'PY'
 import json, sys
 from pathlib import Path
 
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
-summary = {"sets": {}, "tatoeba_unseen_test_by_source_length": json.loads((work / "buckets.json").read_text())}
-for name in ("shipped-test", "tatoeba-unseen-test", "flores200-devtest"):
+work, out, half, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+summary = {"sets": {}, f"tatoeba_unseen_{half}_by_source_length": json.loads((work / "buckets.json").read_text())}
+for name in sets:
     summary["sets"][name] = json.loads((work / f"{name}.json").read_text())
 out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 print(f"{'set':22s} {'pairs':>6s} {'BLEU':>6s} {'chrF':>6s}")
 for name, rec in summary["sets"].items():
     s = rec["scores"]
     print(f"{name:22s} {rec['sentences']:6d} {s['bleu']['score']:6.2f} {s['chrf']['score']:6.2f}")
-print("tatoeba-unseen-test by source words:")
-for b in summary["tatoeba_unseen_test_by_source_length"]:
+print(f"tatoeba-unseen-{half} by source words:")
+for b in summary[f"tatoeba_unseen_{half}_by_source_length"]:
     print(f"  {b['bucket']:>5s} {b['pairs']:6d} {b.get('bleu', float('nan')):6.2f} {b.get('chrf', float('nan')):6.2f}")
 print(f"written: {out}")
 PY

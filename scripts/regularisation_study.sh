@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Which regularisation for small corpora helps the fr-en model on sentences it has never seen:
 # one recipe option at a time against the recipe as it is, at a fixed number of updates, for a
-# few seeds, each run scored by scripts/eval_heldout.sh (shipped test split, unseen Tatoeba test
-# half, FLORES-200 devtest). docs/training.md, "Regularisation for small corpora", describes the
+# few seeds, each run scored on what choices are made on (HALF=dev scripts/eval_heldout.sh: the
+# shipped valid split and the unseen Tatoeba dev half, by source length); the test sets are left
+# for the recipe that takes the winners. docs/training.md, "Regularisation for small corpora", describes the
 # options.
 #
 #   scripts/regularisation_study.sh                        # every option below, seeds 1 and 2
@@ -20,7 +21,7 @@
 #   EVAL     options for nmt evaluate through eval_heldout.sh (e.g. "--checkpoint last --beam 1")
 #   NMT      (default "python -m nmt"), PYTHON (default python)
 # A run that finished before (train_summary.json) is not trained again, a run already scored
-# (eval/heldout-summary.json) not scored again: an interrupted study continues where it stopped.
+# (eval/heldout-dev-summary.json) not scored again: an interrupted study continues where it stopped.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPE="${RECIPE:-$HERE/recipes/fr-en.yaml}"
@@ -72,10 +73,10 @@ for name in "${NAMES[@]}"; do
       $NMT train "$RECIPE" --run-dir "$run" "${overrides[@]}" "${resume[@]}" > "$OUT/$name-seed$seed.log" 2>&1 \
         || { echo "training failed: $OUT/$name-seed$seed.log" >&2; tail -5 "$OUT/$name-seed$seed.log" >&2; exit 1; }
     fi
-    if [[ ! -f "$run/eval/heldout-summary.json" ]]; then
+    if [[ ! -f "$run/eval/heldout-dev-summary.json" ]]; then
       echo "== evaluate $name seed $seed" >&2
       # shellcheck disable=SC2086  # EVAL holds several options
-      NMT="$NMT" PYTHON="$PYTHON" "$HERE/scripts/eval_heldout.sh" "$run" $EVAL > "$run/heldout.txt" 2>&1 \
+      HALF=dev NMT="$NMT" PYTHON="$PYTHON" "$HERE/scripts/eval_heldout.sh" "$run" $EVAL > "$run/heldout.txt" 2>&1 \
         || { echo "evaluation failed: $run/heldout.txt" >&2; tail -5 "$run/heldout.txt" >&2; exit 1; }
     fi
   done
@@ -90,14 +91,16 @@ import sys
 from pathlib import Path
 
 out, seeds, names = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
-SETS = ("shipped-test", "tatoeba-unseen-test", "flores200-devtest")
+SETS = ("shipped-valid", "tatoeba-unseen-dev", "unseen-dev-16+")
 scores = {}
 for name in names:
     for seed in seeds:
-        summary = json.loads((out / f"{name}-seed{seed}" / "eval" / "heldout-summary.json").read_text())
-        for s in SETS:
+        summary = json.loads((out / f"{name}-seed{seed}" / "eval" / "heldout-dev-summary.json").read_text())
+        for s in SETS[:2]:
             rec = summary["sets"][s]["scores"]
             scores.setdefault((name, s), []).append((rec["bleu"]["score"], rec["chrf"]["score"]))
+        long = summary["tatoeba_unseen_dev_by_source_length"][-1]
+        scores.setdefault((name, SETS[2]), []).append((long["bleu"], long["chrf"]))
 width = max(len(n) for n in names) + 2
 print(f"BLEU / chrF, mean over seeds {' '.join(seeds)} (per seed in brackets)")
 print(f"{'option':{width}s}" + "".join(f"{s:>34s}" for s in SETS))
