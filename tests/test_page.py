@@ -302,6 +302,11 @@ def test_tooltip_beside_the_pointer_and_keys_scroll_the_map(open_page, server, t
     box = tip.bounding_box()
     assert 0 <= box["x"] and box["x"] + box["width"] <= 1280 and 0 <= box["y"] and box["y"] + box["height"] <= 800
     page.screenshot(path=str(tmp_path / "page-wide.png"))
+    page.locator("svg.heatmap.attention rect.cell").nth((T // 2) * S).hover()
+    before = page.evaluate("scrollY")  # the page scrolls under the pointer: the tooltip stays shown
+    page.evaluate("window.scrollBy(0, scrollY >= 8 ? -8 : 8)")
+    page.wait_for_timeout(200)
+    assert page.evaluate("scrollY") != before and tip.is_visible()
     page.mouse.move(5, 5)
     assert tip.is_hidden()
 

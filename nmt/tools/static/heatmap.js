@@ -19,13 +19,20 @@ function tipNode() {
   return tip;
 }
 
-let tipAnchor = null;  // the keyboard's cell: the tooltip follows it when the page or the map scrolls
+// the element the tooltip is beside (the keyboard's cell, or the one under the pointer) and where
+// `box` is on it: the tooltip follows it when the page or the map scrolls (a page scrolled by the
+// wheel or to bring a cell into view would otherwise leave the pointer's tooltip behind, or hide it)
+let tipAnchor = null, tipOffset = null;
 
 /** Shows `text` beside the box {left, top, right, bottom} (viewport px), flipped and clamped so
  * that the whole tooltip stays inside the viewport; `anchor`: the element it stays beside. */
 export function showTip(text, box, anchor = null) {
   const tip = tipNode();
   tipAnchor = anchor;
+  if (anchor) {
+    const r = anchor.getBoundingClientRect();
+    tipOffset = { left: box.left - r.left, right: box.right - r.left, top: box.top - r.top, bottom: box.bottom - r.top };
+  }
   tip.textContent = text;
   tip.hidden = false;
   place(tip, box);
@@ -53,8 +60,9 @@ export function hideTip() {
 document.addEventListener("scroll", () => {  // capture: the maps' own horizontal scrolling too
   const tip = document.getElementById("tip");
   if (!tip || tip.hidden) return;
-  if (tipAnchor && tipAnchor.isConnected) place(tip, tipAnchor.getBoundingClientRect());
-  else hideTip();  // a pointer tooltip would be left beside nothing
+  if (!tipAnchor || !tipAnchor.isConnected) { hideTip(); return; }  // beside nothing
+  const r = tipAnchor.getBoundingClientRect(), o = tipOffset;
+  place(tip, { left: r.left + o.left, right: r.left + o.right, top: r.top + o.top, bottom: r.top + o.bottom });
 }, { capture: true, passive: true });
 
 // ------------------------------------------------------------------------------ layout
@@ -196,9 +204,9 @@ function interact(root, g, parts, readout, say) {
     colBand.classList.add("on");
     colLabels[j].classList.add("on");
   }
-  function write(text, box) {
+  function write(text, box, anchor) {
     readout.textContent = text;
-    showTip(text, box);
+    showTip(text, box, anchor);
   }
   function pointerBox(e) { return { left: e.clientX, right: e.clientX, top: e.clientY, bottom: e.clientY }; }
   function focusCell(i, j, box) {
@@ -210,14 +218,13 @@ function interact(root, g, parts, readout, say) {
     root.dataset.i = i;
     root.dataset.j = j;
     readout.textContent = say.cell(i, j);
-    if (box) showTip(readout.textContent, box);
-    else showTip(readout.textContent, active.getBoundingClientRect(), active);
+    showTip(readout.textContent, box || active.getBoundingClientRect(), active);
   }
   root.addEventListener("mousemove", (e) => {
     const t = e.target;
     if (t.classList.contains("cell")) focusCell(+t.dataset.i, +t.dataset.j, pointerBox(e));
-    else if (t.classList.contains("row")) { clear(); showRow(+t.dataset.i); write(say.row(+t.dataset.i), pointerBox(e)); }
-    else if (t.classList.contains("col")) { clear(); showCol(+t.dataset.j); write(say.col(+t.dataset.j), pointerBox(e)); }
+    else if (t.classList.contains("row")) { clear(); showRow(+t.dataset.i); write(say.row(+t.dataset.i), pointerBox(e), t); }
+    else if (t.classList.contains("col")) { clear(); showCol(+t.dataset.j); write(say.col(+t.dataset.j), pointerBox(e), t); }
   });
   root.addEventListener("mouseleave", () => { if (document.activeElement !== root) hideTip(); });
   root.addEventListener("blur", hideTip);
