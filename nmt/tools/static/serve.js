@@ -5,6 +5,7 @@
 import { $, el } from "./dom.js";
 import { hideTip } from "./heatmap.js";
 import { readGlossary, termsIn } from "./glossary.js";
+import { MAX_LINK, linkOf, readLink } from "./links.js";
 import { describe, renderPanel } from "./panel.js";
 
 const DEFAULT_MAX_CHARS = 1000;  // the server's default when /api/models gives no limits
@@ -13,6 +14,7 @@ const LIVE_KEY = "nmt-serve-live";
 let MODELS = [];
 let LIMITS = {};
 let liveTimer = 0;     // the pending translate-as-you-type request
+let shared = null;     // the link of the translation on screen (null: none shown)
 
 // ------------------------------------------------------------------------------ messages
 function showError(message) {
@@ -26,6 +28,7 @@ function setStatus(message) { $("status").textContent = message; }
 function clearResults() {
   $("results").textContent = "";
   hideTip();
+  shared = null;
 }
 
 /** A refusal before or after asking the server: the old result goes, so nothing stale stays on screen. */
@@ -57,9 +60,10 @@ function beamOf(name, beam) {
 /** N-best never exceeds the beam: lowered in the field when Beam is set, per model otherwise. */
 function clampNbest() {
   const beam = numberField("beam"), field = $("nbest"), note = $("nbest-note");
+  note.textContent = "";
+  if (sampling()) { field.max = LIMITS.max_beam || 16; return; }  // n-best: the number of samples
   field.max = beam !== null && beam >= 1 ? beam : (LIMITS.max_beam || 16);
   const n = numberField("nbest");
-  note.textContent = "";
   if (n === null) return;
   if (beam !== null && beam >= 1 && n > beam) {
     field.value = String(beam);
@@ -73,19 +77,56 @@ function clampNbest() {
   }
 }
 
+function sampling() { return $("sample").checked; }
+
+/** Sampling on: its fields shown, the beam (which does not apply) disabled with a cue saying why. */
+function showSampling() {
+  const on = sampling();
+  $("sampling").hidden = !on;
+  $("beam").disabled = on;
+  $("glossary").disabled = on;
+  $("beam-cue").hidden = !on;
+  clampNbest();
+}
+
 function readSettings() {
   return { text: $("source").value.trim(), models: selectedModels(), beam: numberField("beam"),
     nBest: numberField("nbest"), lp: numberField("lp"), glossary: $("glossary").value,
-    markup: $("markup").checked };
+    markup: $("markup").checked, sample: sampling(), temperature: numberField("temperature"),
+    topK: numberField("topk"), topP: numberField("topp"), seed: $("seed").value.trim() };
 }
 
-function requestBody(s, name) {
+/** The seed a sampling request sends: the Seed field's, else a new random one (shown with the
+ * answer and put in the link, so the translation can be reproduced and shared). */
+function seedFor(s) {
+  if (!s.sample) return null;
+  if (s.seed !== "") return s.seed;
+  return String(crypto.getRandomValues(new Uint32Array(1))[0]);
+}
+
+/** The JSON text of a request: the seed written as digits, exact up to the API's 2^63 - 1. */
+function requestJson(body) {
+  const { seed, ...rest } = body;
+  const json = JSON.stringify(rest);
+  return seed === undefined ? json : `${json.slice(0, -1)},"seed":${seed}}`;
+}
+
+function requestBody(s, name, seed) {
   const body = { text: s.text, model: name, return_attention: true, return_scores: true };
-  const beam = beamOf(name, s.beam);
-  if (s.nBest !== null) body.n_best = beam !== null ? Math.min(s.nBest, beam) : s.nBest;
-  if (s.beam !== null) body.beam = s.beam;
+  if (s.sample) {
+    body.sample = true;
+    if (s.nBest !== null) body.n_best = s.nBest;  // the number of samples
+    if (s.temperature !== null) body.temperature = s.temperature;
+    if (s.topK !== null) body.top_k = s.topK;
+    if (s.topP !== null) body.top_p = s.topP;
+    body.seed = seed;
+  } else {
+    const beam = beamOf(name, s.beam);
+    if (s.nBest !== null) body.n_best = beam !== null ? Math.min(s.nBest, beam) : s.nBest;
+    if (s.beam !== null) body.beam = s.beam;
+  }
   if (s.lp !== null) body.length_penalty = s.lp;
-  const targets = termsIn(s.text, readGlossary(s.glossary).terms);
+  const targets = s.sample ? [] : termsIn(s.text, readGlossary(s.glossary).terms);
   if (targets.length) body.constraints = [targets];
   if (s.markup) body.markup = "html";
   return body;
@@ -93,32 +134,50 @@ function requestBody(s, name) {
 
 function searchNote(body) {
   const beam = body.beam ?? `${beamOf(body.model, null)} (the run's recipe)`;
-  return `beam ${beam} · n-best ${body.n_best ?? 1}` +
+  const search = body.sample
+    ? `sampling · seed ${body.seed}` + (body.temperature !== undefined ? ` · temperature ${body.temperature}` : "") +
+      (body.top_k !== undefined ? ` · top-k ${body.top_k}` : "") + (body.top_p !== undefined ? ` · top-p ${body.top_p}` : "") +
+      ` · samples ${body.n_best ?? 1}`
+    : `beam ${beam} · n-best ${body.n_best ?? 1}`;
+  return search +
     (body.length_penalty !== undefined ? ` · length penalty ${body.length_penalty}` : "") +
     (body.constraints ? ` · glossary: ${body.constraints[0].join(", ")}` : "") +
     (body.markup ? " · HTML markup" : "");
 }
 
 // ------------------------------------------------------------------------------ links
-/** Every setting in the address (`/?text=…&model=…&beam=…&n_best=…&length_penalty=…`). */
-function linkOf(s) {
-  const params = new URLSearchParams({ text: s.text });
-  for (const n of s.models) params.append("model", n);
-  if (s.beam !== null) params.set("beam", s.beam);
-  if (s.nBest !== null) params.set("n_best", s.nBest);
-  if (s.lp !== null) params.set("length_penalty", s.lp);
-  return "?" + params.toString();
+/** The address of the translation on screen: in the address bar (unless too long), and shared. */
+function remember(s, seed) {
+  const link = location.origin + location.pathname + linkOf(s, seed);
+  shared = link;
+  history.replaceState(null, "", link.length <= MAX_LINK ? link : location.pathname);
 }
 
-function readLink(params) {
-  const fields = { beam: "beam", n_best: "nbest", length_penalty: "lp" };
-  for (const [key, id] of Object.entries(fields)) {
-    const v = params.get(key);
-    if (v !== null && v.trim() !== "" && Number.isFinite(Number(v))) $(id).value = v.trim();
+/** "Copy link": the translation on screen as a link, refused (with the reason) when too long. */
+async function share() {
+  const note = $("share-note"), box = $("share-link");
+  box.hidden = true;
+  if (shared === null) { note.textContent = "Translate first: the link opens the translation shown."; return; }
+  if (shared.length > MAX_LINK) {
+    note.textContent = `No link: it would be ${shared.length.toLocaleString("en")} characters, over ` +
+      `${MAX_LINK.toLocaleString("en")} (the glossary is too long for a link). Shorten the glossary to share.`;
+    return;
   }
-  const text = params.get("text");
-  if (text) $("source").value = text;
-  return text;
+  box.value = shared;
+  box.hidden = false;
+  try {
+    await navigator.clipboard.writeText(shared);
+    note.textContent = "Link copied.";
+  } catch (_) {
+    note.textContent = "Copy the link:";
+    box.select();
+  }
+}
+
+function showLinkNotes(notes) {
+  const box = $("link-note");
+  box.textContent = notes.length ? `Not taken from the link (the defaults instead): ${notes.join("; ")}.` : "";
+  box.hidden = !notes.length;
 }
 
 // ------------------------------------------------------------------------------ requests
@@ -139,11 +198,11 @@ async function api(url, options = {}) {
 let latest = 0;        // the number of the newest request; older answers are dropped
 let inflight = null;   // {key, controller} of the request being answered
 
-async function ask(s, signal) {
+async function ask(s, seed, signal) {
   return Promise.all(s.models.map(async (name) => {
-    const body = requestBody(s, name);
+    const body = requestBody(s, name, seed);
     const r = await api("/api/translate", { method: "POST", signal,
-      headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      headers: { "Content-Type": "application/json" }, body: requestJson(body) });
     let data;
     try { data = await r.json(); } catch (_) { data = { error: `HTTP ${r.status}` }; }
     return { name, ok: r.ok, status: r.status, data, body };
@@ -157,8 +216,27 @@ function checkInput(s, live) {
       `${maxChars().toLocaleString("en")} at once: shorten it or split it into sentences.`;
   }
   if (!s.models.length) return "Choose at least one model.";
-  const glossary = readGlossary(s.glossary);
+  const outOfRange = fieldProblem();
+  if (outOfRange) return outOfRange;
+  if (s.sample && s.seed !== "" && !/^\d+$/.test(s.seed)) {
+    return "Seed: a whole number (0 or more), or empty for a new random seed each time.";
+  }
+  const glossary = readGlossary(s.sample ? "" : s.glossary);
   if (glossary.problem) return glossary.problem;
+  return null;
+}
+
+/** The first number field in use whose value is out of its range or not a number, named by its
+ * label (the form is not validated by the browser: every refusal goes to the error area). */
+function fieldProblem() {
+  for (const input of document.querySelectorAll("#form input[type=number]")) {
+    if (input.disabled || input.closest("[hidden]")) continue;
+    const v = input.validity;
+    if (v.rangeUnderflow || v.rangeOverflow || v.badInput) {
+      const label = input.closest("label").firstChild.textContent.trim();
+      return `${label}: ${input.validationMessage}`;
+    }
+  }
   return null;
 }
 
@@ -168,7 +246,7 @@ function setBusy(busy) {
   results.classList.toggle("busy", busy);
 }
 
-function show(answers, s, started) {
+function show(answers, s, seed, started) {
   clearResults();
   const failed = answers.filter((a) => !a.ok);
   if (failed.length === answers.length) {
@@ -181,7 +259,18 @@ function show(answers, s, started) {
   showError(failed.map((a) => `${a.name}: ${a.data.error || `HTTP ${a.status}`}`).join("\n"));
   setStatus(`Translated with ${answers.length - failed.length} of ${answers.length} model(s) in ` +
     `${Math.round(performance.now() - started)} ms.`);
-  history.replaceState(null, "", linkOf(s));
+  remember(s, seed);
+  if (seed !== null) showSeed(s.seed === "" ? seed : null);
+}
+
+/** Under the Seed field: the random seed just used, with a button that keeps it. */
+function showSeed(random) {
+  const box = $("seed-used");
+  box.textContent = "";
+  if (random === null) return;
+  const keep = el("button", { type: "button", class: "keep-seed" }, "Keep it");
+  keep.addEventListener("click", () => { $("seed").value = random; box.textContent = ""; });
+  box.append(`Random seed used: ${random}. `, keep);
 }
 
 /** Sends the form's request; a newer one cancels it, the same one while it runs is dropped. */
@@ -205,9 +294,10 @@ async function translate({ live = false } = {}) {
   setBusy(true);
   setStatus("Translating…");
   const started = performance.now();
+  const seed = seedFor(s);
   try {
-    const answers = await ask(s, controller.signal);
-    if (mine === latest) { showError(""); show(answers, s, started); }
+    const answers = await ask(s, seed, controller.signal);
+    if (mine === latest) { showError(""); show(answers, s, seed, started); }
   } catch (err) {
     if (mine === latest && err.name !== "AbortError") fail(`The server did not answer: ${err}`);
   } finally {
@@ -252,7 +342,9 @@ async function loadModels() {
   }
   if (LIMITS.max_beam) { $("beam").max = LIMITS.max_beam; $("nbest").max = LIMITS.max_beam; }
   if (MODELS.length) $("beam").placeholder = String(MODELS[0].decode.beam);
-  return readLink(params);
+  const { text, notes } = readLink(params, $, LIMITS.max_beam || 16);
+  showLinkNotes(notes);
+  return text;
 }
 
 function wire() {
@@ -265,6 +357,8 @@ function wire() {
   });
   $("source").addEventListener("input", () => { updateCounter(); scheduleLive(); });
   $("glossary").addEventListener("input", scheduleLive);
+  $("share").addEventListener("click", share);
+  $("sample").addEventListener("change", showSampling);
   for (const id of ["beam", "nbest"]) $(id).addEventListener("input", clampNbest);
   $("form").addEventListener("change", (e) => {
     if (e.target.id === "live") {
@@ -283,7 +377,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   try {
     const text = await loadModels();
     updateCounter();
-    clampNbest();
+    showSampling();
     if (text) await translate();
   } catch (err) {
     showError(`Could not load the served models: ${err}`);
