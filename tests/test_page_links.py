@@ -110,6 +110,12 @@ def test_sampling_controls_send_the_fields_and_a_seed_reproduces(open_page, serv
     assert again.input_value("#seed") == str(seed) and again.locator("#sample").is_checked()
     page.click(".keep-seed")
     assert page.input_value("#seed") == str(seed)
+    for typed, exact in [("9223372036854775807", 2**63 - 1), ("0042", 42)]:  # sent exactly, as a number
+        page.fill("#seed", typed)
+        page.press("#source", "Enter")
+        wait_idle(page)
+        wait_for_words(page, api(server, SHORT, model="tiny", sample=True, **{**settings, "seed": exact})["text"])
+        assert bodies[-1]["seed"] == exact
 
     # bad values: the API's refusal in the error area, the old result gone
     page.fill("#seed", "9223372036854775808")  # 2^63: one above the API's largest seed

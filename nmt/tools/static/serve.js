@@ -28,7 +28,9 @@ function setStatus(message) { $("status").textContent = message; }
 function clearResults() {
   $("results").textContent = "";
   hideTip();
-  shared = null;
+  shared = null;  // and the share action's link with it
+  $("share-note").textContent = "";
+  $("share-link").hidden = true;
 }
 
 /** A refusal before or after asking the server: the old result goes, so nothing stale stays on screen. */
@@ -100,7 +102,7 @@ function readSettings() {
  * answer and put in the link, so the translation can be reproduced and shared). */
 function seedFor(s) {
   if (!s.sample) return null;
-  if (s.seed !== "") return s.seed;
+  if (s.seed !== "") return String(BigInt(s.seed));  // checked digits; "007" is no JSON number
   return String(crypto.getRandomValues(new Uint32Array(1))[0]);
 }
 
