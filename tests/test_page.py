@@ -307,8 +307,10 @@ def test_tooltip_beside_the_pointer_and_keys_scroll_the_map(open_page, server, t
     page.evaluate("window.scrollBy(0, scrollY >= 8 ? -8 : 8)")
     page.wait_for_timeout(200)
     assert page.evaluate("scrollY") != before and tip.is_visible()
+    readout = page.locator(".panel .maps > .readout").first  # the same words, always in view under the map
+    assert readout.inner_text() == tip.inner_text() and f"weight {hyp['attention'][T // 2][0]:.3f}" in readout.inner_text()
     page.mouse.move(5, 5)
-    assert tip.is_hidden()
+    assert tip.is_hidden() and readout.is_visible() and readout.inner_text() != ""
 
     narrow = open_page(width=390, height=844)
     only(narrow)
