@@ -44,7 +44,7 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
     # rank 0 trains, loads or copies them in the run directory; the others receive its models
     tokenizers = _tokenizers(recipe, run_dir, resume, accelerator, init, corpus["train"])
     with accelerator.main_process_first():  # rank 0 encodes into the encoded cache, the others read it
-        train_ds, valid_ds = _encoded(recipe, corpus, tokenizers)
+        train_ds, valid_ds = _encoded(recipe, corpus, tokenizers, accelerator.is_main_process)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
@@ -90,7 +90,7 @@ def _tokenizers(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: 
     return share(accelerator, tokenizers)
 
 
-def _encoded(recipe: Recipe, corpus, tokenizers):
+def _encoded(recipe: Recipe, corpus, tokenizers, first: bool = True):
     """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded;
     both memory-mapped from the encoded cache (:mod:`nmt.data.encoded_cache`), which a later run
     of the same corpus and tokenizers reads instead of encoding again."""
@@ -98,7 +98,9 @@ def _encoded(recipe: Recipe, corpus, tokenizers):
 
     from nmt.data.encoded_cache import encode_split
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine (torchrun)
+    # the main process encodes while every other process waits: it may use all the CPUs; the others
+    # (on another node, where its cache is not) share their machine's
+    local = 1 if first else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     # subword sampling segments the text again every epoch: keep it beside the ids
     train_ds = encode_split(corpus["train"], tokenizers, recipe.data, "train", filtered=True,
                             local_processes=local, keep_text=recipe.train.subword_sampling)
