@@ -201,3 +201,26 @@ def test_bad_sample_sizes_are_refused_with_the_key(tmp_path, capsys, setting, me
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "run" / SRC_MODEL)
+
+
+def test_a_checked_tsv_file_is_not_read_again_until_it_changes(tmp_path, cache, monkeypatch):
+    from nmt.config import DataConfig
+    from nmt.data import corpus as corpus_module
+    from nmt.errors import DataError
+
+    root = tmp_path / "tiny"
+    shutil.copytree(REPO / "data" / "tiny", root)
+    cfg = DataConfig(path=str(root), cache_dir=str(tmp_path / "hf"))
+    checked = []
+    real = corpus_module.check_tsv
+    monkeypatch.setattr(corpus_module, "check_tsv", lambda path, *a, **k: checked.append(path.name) or real(path, *a, **k))
+    first = corpus_module.load_corpus(cfg, splits=("train", "valid"))
+    assert sorted(checked) == ["train.tsv", "valid.tsv"]
+    checked.clear()
+    again = corpus_module.load_corpus(cfg, splits=("train", "valid"))
+    assert checked == [] and again["train"]["src"] == first["train"]["src"]
+    with open(root / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("one column only\n")
+    with pytest.raises(DataError, match=r"train\.tsv:\d+: found 1 tab-separated column"):
+        corpus_module.load_corpus(cfg, splits=("train", "valid"))
+    assert checked == ["train.tsv"]
