@@ -123,8 +123,8 @@ class TokenizerConfig:
     src_vocab_size: int = setting(8000, "source vocabulary size", min=8, note=_VOCAB_NOTE)
     tgt_vocab_size: int = setting(8000, "target vocabulary size", min=8, note=_VOCAB_NOTE)
     character_coverage: float = setting(1.0, "share of characters sentencepiece covers", min=0, max=1)
-    #: Above the fr-en corpus (163k pairs), which is read whole; about 30 s of training on 200k
-    #: pairs twice Tatoeba's length.
+    #: Above the fr-en corpus (163k pairs), which is read whole; about a minute of training on
+    #: 200k pairs twice Tatoeba's length on 2 busy cores.
     input_sentence_size: int = setting(
         200_000, "training pairs sentencepiece learns from (each side): a larger training split is "
                  "sampled down to this many, evenly spaced", above=0, metavar="N")
