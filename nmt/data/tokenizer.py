@@ -229,7 +229,8 @@ class SubwordTokenizers:
         from nmt.data.encoded_cache import cache_root, file_entry_key, load_files, store_files
 
         identity = identity or training_identity(cfg, train_ds)
-        key = file_entry_key("spm", identity)
+        # another sentencepiece may train other models from the same sentences
+        key = file_entry_key("spm", {**identity, "sentencepiece": spm.__version__})
         files = load_files(key, (SRC_MODEL, TGT_MODEL))
         if files is not None:
             out = Path(out_dir)
