@@ -347,9 +347,10 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
                   max_pairs: int | None = 200_000, recipe=None, tokenizers=None, train_ds=None) -> Path:
     """Build and write ``RUN_DIR/lexicon.safetensors`` from the run's training corpus.
 
-    EM holds every (source position, target position) link of the pairs it uses in memory (8 bytes
-    each: about 20M links, 160 MB, for the 163k Tatoeba pairs); ``max_pairs`` caps that for large
-    corpora with an evenly spaced sample.
+    EM keeps every (source position, target position) link of the pairs it uses in memory (8 bytes
+    each: about 20M links, 160 MB, for the 163k Tatoeba pairs) up to :data:`KEEP_LINKS_BYTES`, and
+    links them again at every iteration beyond; ``max_pairs`` bounds the time for large corpora
+    with an evenly spaced sample.
 
     ``recipe``/``tokenizers``/``train_ds`` (the encoded, filtered training split) may be passed by a
     caller that has them (``nmt train``); otherwise they are loaded from the run directory.
