@@ -14,8 +14,8 @@ What is measured, for each number of processes (`--processes`, default 1 and 2),
 
 - cold: empty caches (the `datasets` cache of `data.cache_dir` and the encoded cache of
   `$NMT_CACHE_DIR`), a new run directory: loading, sentencepiece, encoding, lexicon, first update;
-- warm: the same again in another new run directory, caches kept (encoding is skipped when the
-  tokenizers come out the same; the report says whether it was);
+- warm: the same again in another new run directory, caches kept (the sentencepiece models, the
+  encoded splits and the lexicon come from the cache; the report says whether encoding was skipped);
 - for both: seconds from the launch to the first update (the first `train` record of
   metrics.jsonl, logged at every update), the peak anonymous memory (RssAnon of /proc/PID/status,
   sampled every 0.2 s: heap, not the page cache of memory-mapped Arrow files) of each training

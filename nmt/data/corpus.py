@@ -507,8 +507,30 @@ def _split_files(cfg: DataConfig, root: Path, splits: Sequence[str]) -> dict[str
     return files
 
 
-def _tsv_names(path: Path, indices: list[int]) -> list[str]:
+def _checked_tsv(path: Path, indices: list[int]) -> int:
+    """:func:`check_tsv`, remembered: a file that passed (the same path, size and modification
+    time, the same columns) is not read again by a later run (a marker in ``$NMT_CACHE_DIR``,
+    beside the encoded cache; none when that cache is off)."""
+    from nmt.data.encoded_cache import cache_root, file_entry_key, max_bytes
+
+    st = path.stat()
+    key = file_entry_key("tsv", {"path": str(path.resolve()), "size": st.st_size,
+                                 "mtime_ns": st.st_mtime_ns, "columns": sorted(indices)})
+    marker = cache_root().parent / "checked" / key
+    with contextlib.suppress(OSError, ValueError):
+        return int(marker.read_text())
     ncols = check_tsv(path, indices)
+    if max_bytes() > 0:
+        with contextlib.suppress(OSError):  # only a speed-up: a cache that cannot be written is skipped
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_name(f".{key}.{os.getpid()}")
+            tmp.write_text(str(ncols))
+            os.replace(tmp, marker)
+    return ncols
+
+
+def _tsv_names(path: Path, indices: list[int]) -> list[str]:
+    ncols = _checked_tsv(path, indices)
     if ncols == 0:
         raise DataError(f"{path}: the file is empty (no sentence pairs); expected lines of "
                         "tab-separated columns")

@@ -34,7 +34,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from nmt.config import DataConfig
 
@@ -179,6 +179,61 @@ def store_entry(ds, key: str, input_rows: int, root: Optional[Path] = None, desc
         shutil.rmtree(tmp, ignore_errors=True)
     prune(root, max_bytes(), keep=key)
     return datasets.load_from_disk(str(entry))
+
+
+def file_entry_key(kind: str, identity: dict[str, Any]) -> str:
+    """The name of a cache entry of files (``kind``: ``spm``, ``lexicon``): ``kind-`` + sha256."""
+    blob = json.dumps({"kind": kind, "identity": identity, "version": ENCODE_VERSION}, sort_keys=True,
+                      default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+
+
+def load_files(key: str, names: Sequence[str], root: Optional[Path] = None) -> Optional[dict[str, bytes]]:
+    """The files ``names`` of the cache entry ``key`` (written by :func:`store_files`), or None
+    (no entry, an incomplete one, or the cache is off)."""
+    if max_bytes() == 0:
+        return None
+    entry = (root or cache_root()) / key
+    try:
+        manifest = json.loads((entry / _MANIFEST).read_text())
+        if manifest.get("version") != ENCODE_VERSION:
+            return None
+        files = {name: (entry / name).read_bytes() for name in names}
+    except (OSError, ValueError):
+        return None
+    if any(hashlib.sha256(data).hexdigest() != manifest.get("sha256", {}).get(name)
+           for name, data in files.items()):
+        logger.warning("%s: damaged cache entry (a file does not match its sha256); building again", entry)
+        return None
+    os.utime(entry / _MANIFEST)  # least recently used goes first when the cache is full
+    return files
+
+
+def store_files(key: str, files: dict[str, bytes], rows: int, describe: str = "",
+                root: Optional[Path] = None) -> None:
+    """Keep ``files`` as the cache entry ``key`` (atomically) and prune the cache; a cache that
+    cannot be written is only logged (the run goes on without it)."""
+    root = root or cache_root()
+    limit = max_bytes()
+    if limit == 0:
+        return
+    tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        manifest = {"version": ENCODE_VERSION, "rows": rows, "what": describe,
+                    "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        shutil.rmtree(root / key, ignore_errors=True)  # an outdated or damaged entry of that name
+        os.rename(tmp, root / key)
+    except OSError as exc:  # read-only, full, or another process stored the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / key).is_dir():
+            logger.warning("cache %s cannot be written (%s); going on without it", root, exc)
+        return
+    prune(root, limit, keep=key)
 
 
 def _size(path: Path) -> int:

@@ -1,9 +1,15 @@
 """sentencepiece subword models for the source and target languages.
 
 Models are trained on the training split only, streaming sentences out of the (memory-mapped)
-``datasets.Dataset`` through sentencepiece's ``sentence_iterator`` (no temporary corpus file);
-sentencepiece keeps a uniform random sample of ``tokenizer.input_sentence_size`` sentences
-(``shuffle_input_sentence``), so a huge corpus costs only the sample's memory.
+``datasets.Dataset`` through sentencepiece's ``sentence_iterator`` (no temporary corpus file). A
+split of more than ``tokenizer.input_sentence_size`` pairs is sampled down to that many pairs,
+evenly spaced (:func:`training_sample`), before anything is read, so a huge corpus costs only the
+sample's time and memory; a smaller split is read whole.
+
+Models depend only on the settings and the sample's text, so they are kept in the cache of
+:mod:`nmt.data.encoded_cache` under a sha256 of both: a new run directory of the same corpus and
+settings copies them from there instead of training again (the run directory still holds its own
+copy, and stays self-contained).
 
 Files in the run directory: ``spm.src.model`` and ``spm.tgt.model``. With ``tokenizer.joint`` one
 model is trained on both sides (vocabulary size ``tokenizer.src_vocab_size``) and written under both
@@ -32,6 +38,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from nmt.atomic import atomic_write_bytes, atomic_write_json
@@ -44,6 +51,10 @@ logger = logging.getLogger("nmt.data.tokenizer")
 SRC_MODEL, TGT_MODEL = "spm.src.model", "spm.tgt.model"
 RECORD = "spm.json"  #: what the models were trained from (see :func:`training_identity`)
 _ITER_BATCH = 10_000
+#: sentencepiece's own sample size as passed to it (and recorded in the model file): the sample of
+#: :func:`training_sample` is never larger, and models of the same sentences keep the same bytes
+#: as those trained when this was the default of ``tokenizer.input_sentence_size``
+_SPM_INPUT_SIZE = 2_000_000
 
 
 def sentence_stream(ds, columns: Sequence[str]) -> Iterator[str]:
@@ -55,17 +66,32 @@ def sentence_stream(ds, columns: Sequence[str]) -> Iterator[str]:
                     yield text
 
 
+def training_sample(cfg: TokenizerConfig, train_ds):
+    """The pairs sentencepiece learns from: all of them, or for a split of more than
+    ``tokenizer.input_sentence_size`` pairs that many, evenly spaced (deterministic), so that
+    training and the identity below read a bounded part of a large corpus."""
+    size = cfg.input_sentence_size
+    if len(train_ds) <= size:
+        return train_ds
+    return train_ds.select(np.linspace(0, len(train_ds) - 1, size).astype(np.int64))
+
+
 def training_identity(cfg: TokenizerConfig, train_ds) -> dict:
-    """What decides the models: the tokenizer settings (threads aside) and the training text."""
+    """What decides the models: the tokenizer settings (threads aside) and the text of the
+    training sample (:func:`training_sample`; the whole split when it is not larger)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "num_threads"}
+    sample = training_sample(cfg, train_ds)
     digest = hashlib.sha256()
     for column in ("src", "tgt"):
         digest.update(f"\0{column}\0".encode())
-        for batch in train_ds.select_columns([column]).iter(batch_size=_ITER_BATCH):
+        for batch in sample.select_columns([column]).iter(batch_size=_ITER_BATCH):
             for text in batch[column]:
                 digest.update(text.encode("utf-8"))
                 digest.update(b"\n")
-    return {"tokenizer": settings, "train_data": {"pairs": len(train_ds), "sha256": digest.hexdigest()}}
+    data = {"pairs": len(train_ds), "sha256": digest.hexdigest()}
+    if len(sample) < len(train_ds):
+        data["sample"] = len(sample)
+    return {"tokenizer": settings, "train_data": data}
 
 
 def model_hashes(out_dir: str | os.PathLike) -> dict[str, str]:
@@ -90,14 +116,18 @@ def _mismatch(record: dict, identity: dict, hashes: dict[str, str]) -> str | Non
 
 
 def _train_model(sentences: Iterable[str], vocab_size: int, key: str, cfg: TokenizerConfig,
-                 verbose: bool = False) -> bytes:
+                 verbose: bool = False, sides: int = 1) -> bytes:
+    """One model from ``sentences`` (the sample of ``sides`` sides: 2 for a joint vocabulary, so
+    that sentencepiece keeps every sentence of a sample of ``input_sentence_size`` pairs)."""
     buf = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=buf,
             vocab_size=vocab_size, model_type=cfg.model_type,
             character_coverage=cfg.character_coverage,
-            input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
+            # at least the sample's sentences, so sentencepiece samples no further
+            input_sentence_size=max(_SPM_INPUT_SIZE, cfg.input_sentence_size * sides),
+            shuffle_input_sentence=True,
             num_threads=cfg.num_threads,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             normalization_rule_name="identity",
@@ -163,6 +193,7 @@ class SubwordTokenizers:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         identity = identity or training_identity(cfg, train_ds)
+        train_ds = training_sample(cfg, train_ds)
         (out / RECORD).unlink(missing_ok=True)  # models first, then their record
         if cfg.joint:
             if cfg.tgt_vocab_size != cfg.src_vocab_size:
@@ -171,18 +202,45 @@ class SubwordTokenizers:
                                cfg.tgt_vocab_size)
             src_proto = tgt_proto = _train_model(sentence_stream(train_ds, ["src", "tgt"]),
                                                  cfg.src_vocab_size, "tokenizer.src_vocab_size", cfg,
-                                                 verbose)
+                                                 verbose, sides=2)
         else:
             src_proto = _train_model(sentence_stream(train_ds, ["src"]), cfg.src_vocab_size,
                                      "tokenizer.src_vocab_size", cfg, verbose)
             tgt_proto = _train_model(sentence_stream(train_ds, ["tgt"]), cfg.tgt_vocab_size,
                                      "tokenizer.tgt_vocab_size", cfg, verbose)
+        tok = cls._write(out, src_proto, tgt_proto, identity)
+        logger.info("trained sentencepiece %s: src %d pieces, tgt %d pieces%s -> %s", cfg.model_type,
+                    tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
+        return tok
+
+    @classmethod
+    def _write(cls, out: Path, src_proto: bytes, tgt_proto: bytes, identity: dict) -> "SubwordTokenizers":
+        """Write the models and then their record ``spm.json`` into ``out``."""
         atomic_write_bytes(out / SRC_MODEL, src_proto)
         atomic_write_bytes(out / TGT_MODEL, tgt_proto)
         atomic_write_json(out / RECORD, {**identity, "models": model_hashes(out)})
-        tok = cls(src_proto, tgt_proto, out)
-        logger.info("trained sentencepiece %s: src %d pieces, tgt %d pieces%s -> %s", cfg.model_type,
-                    tok.src_vocab_size, tok.tgt_vocab_size, " (joint)" if tok.joint else "", out)
+        return cls(src_proto, tgt_proto, out)
+
+    @classmethod
+    def cached_or_train(cls, cfg: TokenizerConfig, train_ds, out_dir: str | os.PathLike,
+                        verbose: bool = False, identity: dict | None = None) -> "SubwordTokenizers":
+        """The models of an earlier run with the same ``identity`` (settings and sample text), copied
+        from the cache (:mod:`nmt.data.encoded_cache`) into ``out_dir``; else trained and kept there."""
+        from nmt.data.encoded_cache import cache_root, file_entry_key, load_files, store_files
+
+        identity = identity or training_identity(cfg, train_ds)
+        # another sentencepiece may train other models from the same sentences
+        key = file_entry_key("spm", {**identity, "sentencepiece": spm.__version__})
+        files = load_files(key, (SRC_MODEL, TGT_MODEL))
+        if files is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / RECORD).unlink(missing_ok=True)  # models first, then their record
+            logger.info("sentencepiece models read from the cache %s (training skipped)", cache_root() / key)
+            return cls._write(out, files[SRC_MODEL], files[TGT_MODEL], identity)
+        tok = cls.train(cfg, train_ds, out_dir, verbose, identity=identity)
+        store_files(key, {SRC_MODEL: tok._src_proto, TGT_MODEL: tok._tgt_proto}, len(train_ds),
+                    describe=f"sentencepiece models of {identity['train_data']['pairs']} pairs")
         return tok
 
     @classmethod
@@ -248,7 +306,7 @@ class SubwordTokenizers:
                     "needs the models it was trained with. Restore the recipe's tokenizer settings and "
                     "the training data, or start a new run directory without --resume")
             logger.warning("%s: the tokenizer models there have %s; training new ones", out, why)
-        return cls.train(cfg, train_ds, out, verbose, identity=identity)
+        return cls.cached_or_train(cfg, train_ds, out, verbose, identity=identity)
 
     def __getstate__(self):
         return {"src_proto": self._src_proto, "tgt_proto": self._tgt_proto}

@@ -77,28 +77,95 @@ def _chunk_links(chunk: Chunk, tgt_vocab: int) -> tuple[np.ndarray, np.ndarray]:
     return s * tgt_vocab + t, tgt_pos
 
 
-def ibm_model1(chunks: Iterable[Chunk], src_vocab: int, tgt_vocab: int, iterations: int = 5
+#: EM keeps the links of its pairs between iterations (8 bytes each) up to this many bytes; a
+#: sample with more links is linked again at every iteration instead (same result, bounded memory)
+KEEP_LINKS_BYTES = 1 << 30
+#: links made at once: linking takes about 80 bytes of temporaries per link
+PIECE_LINKS = 2_000_000
+
+
+def _pieces(chunk: Chunk, max_links: int) -> Iterator[tuple[Chunk, int]]:
+    """Consecutive pairs of ``chunk`` with at most ``max_links`` links each (a longer pair alone),
+    with the offset of each piece's first target position within the chunk."""
+    src_values, src_offsets, tgt_values, tgt_offsets = chunk
+    per_pair = (np.diff(src_offsets) + 1) * np.diff(tgt_offsets)
+    ends = np.cumsum(per_pair)
+    a = 0
+    while a < len(per_pair):
+        before = ends[a - 1] if a else 0
+        b = max(a + 1, int(np.searchsorted(ends, before + max_links, side="right")))
+        yield ((src_values, src_offsets[a:b + 1], tgt_values, tgt_offsets[a:b + 1]),
+               int(tgt_offsets[a] - tgt_offsets[0]))
+        a = b
+
+
+def _links(chunk: Chunk, tgt_vocab: int, piece_links: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_chunk_links` of a chunk, made ``piece_links`` links at a time (equal results)."""
+    if len(chunk[1]) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    parts = [(link, (pos + shift).astype(np.int32))
+             for piece, shift in _pieces(chunk, piece_links)
+             for link, pos in [_chunk_links(piece, tgt_vocab)]]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if values.size else values
+
+
+def _distinct_links(chunk: Chunk, tgt_vocab: int, piece_links: int
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The links of a chunk as ``((distinct links, index of each link among them), tgt_pos)``:
+    looking the few distinct links up in the corpus's is much faster than every link."""
+    link, pos = _links(chunk, tgt_vocab, piece_links)
+    local, inverse = np.unique(link, return_inverse=True)
+    return (local, inverse.astype(np.int32)), pos
+
+
+def _link_count(chunks: list[Chunk]) -> int:
+    return sum(int(((np.diff(c[1]) + 1) * np.diff(c[3])).sum()) for c in chunks)
+
+
+def ibm_model1(chunks: Iterable[Chunk], src_vocab: int, tgt_vocab: int, iterations: int = 5,
+               keep_bytes: int = KEEP_LINKS_BYTES, piece_links: int = PIECE_LINKS
                ) -> tuple[np.ndarray, np.ndarray]:
     """Train IBM Model 1 by EM; returns the co-occurring ``links`` (sorted ``s * tgt_vocab + t``)
     and their probabilities ``p(t | s)`` (each source word's probabilities sum to 1).
 
     ``chunks``: the training pairs in chunks (flat id arrays with offsets, EOS included on both
-    sides, as the encoded corpus holds them). Starts from uniform ``p(t | s)``.
+    sides, as the encoded corpus holds them). Starts from uniform ``p(t | s)``. The links of all
+    pairs are kept between iterations when they take at most ``keep_bytes``, else made again per
+    chunk at every iteration: memory is then bounded by the largest chunk, and the arithmetic (and
+    so the result) is the same.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    linked = [_chunk_links(chunk, tgt_vocab) for chunk in chunks]
-    linked = [(link, pos) for link, pos in linked if link.size]
-    if not linked:
+    chunks = list(chunks)
+    keep = _link_count(chunks) * 8 <= keep_bytes
+    linked, distinct = [], []
+    for chunk in chunks:
+        local, pos = _distinct_links(chunk, tgt_vocab, piece_links)
+        if local[0].size:
+            distinct.append(local[0])
+            linked.append((local, pos) if keep else chunk)
+    if not distinct:
         raise NmtError("no training pairs to build a lexicon from")
-    links = np.unique(np.concatenate([np.unique(link) for link, _ in linked]))
-    # each link becomes an index into `links`; int32 halves the memory of the largest arrays
-    linked = [(np.searchsorted(links, link).astype(np.int32), pos.astype(np.int32)) for link, pos in linked]
+    links = _sorted_unique(np.concatenate(distinct))
+    del distinct
+
+    def indexed(item):  # each link becomes an index into `links`; int32 halves the memory
+        (local, inverse), pos = item if keep else _distinct_links(item, tgt_vocab, piece_links)
+        return np.searchsorted(links, local).astype(np.int32)[inverse], pos
+
+    if keep:
+        linked = [indexed(item) for item in linked]
     source_of = links // tgt_vocab
     prob = np.full(links.size, 1.0 / tgt_vocab)
     for _ in range(iterations):
         counts = np.zeros(links.size)
-        for index, tgt_pos in linked:
+        for item in linked:
+            index, tgt_pos = item if keep else indexed(item)
             p = prob[index]
             norm = np.bincount(tgt_pos, weights=p)  # Σ_i p(t_j | s_i) per target position
             counts += np.bincount(index, weights=p / norm[tgt_pos], minlength=links.size)
@@ -280,9 +347,10 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
                   max_pairs: int | None = 200_000, recipe=None, tokenizers=None, train_ds=None) -> Path:
     """Build and write ``RUN_DIR/lexicon.safetensors`` from the run's training corpus.
 
-    EM holds every (source position, target position) link of the pairs it uses in memory (8 bytes
-    each: about 20M links, 160 MB, for the 163k Tatoeba pairs); ``max_pairs`` caps that for large
-    corpora with an evenly spaced sample.
+    EM keeps every (source position, target position) link of the pairs it uses in memory (8 bytes
+    each: about 20M links, 160 MB, for the 163k Tatoeba pairs) up to :data:`KEEP_LINKS_BYTES`, and
+    links them again at every iteration beyond; ``max_pairs`` bounds the time for large corpora
+    with an evenly spaced sample.
 
     ``recipe``/``tokenizers``/``train_ds`` (the encoded, filtered training split) may be passed by a
     caller that has them (``nmt train``); otherwise they are loaded from the run directory.

@@ -44,13 +44,13 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
     # rank 0 trains, loads or copies them in the run directory; the others receive its models
     tokenizers = _tokenizers(recipe, run_dir, resume, accelerator, init, corpus["train"])
     with accelerator.main_process_first():  # rank 0 encodes into the encoded cache, the others read it
-        train_ds, valid_ds = _encoded(recipe, corpus, tokenizers)
+        train_ds, valid_ds = _encoded(recipe, corpus, tokenizers, accelerator.is_main_process)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
     lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume,
-                       None if init is None else init.run_dir) if recipe.decode.shortlist else None
+                       None if init is None else init.run_dir, corpus["train"]) if recipe.decode.shortlist else None
     augmentation = Augmentation.from_recipe(recipe)
     examples = TrainingExamples(train_ds, tokenizers, augmentation) if augmentation.active else None
     src_lens, tgt_lens = lengths_of(train_ds) if examples is None else (examples.src_lens, examples.tgt_lens)
@@ -90,7 +90,7 @@ def _tokenizers(recipe: Recipe, run_dir: Path, resume: bool, accelerator, init: 
     return share(accelerator, tokenizers)
 
 
-def _encoded(recipe: Recipe, corpus, tokenizers):
+def _encoded(recipe: Recipe, corpus, tokenizers, first: bool = True):
     """``(train_ds, valid_ds)``: the training split encoded and filtered, the valid split encoded;
     both memory-mapped from the encoded cache (:mod:`nmt.data.encoded_cache`), which a later run
     of the same corpus and tokenizers reads instead of encoding again."""
@@ -98,7 +98,9 @@ def _encoded(recipe: Recipe, corpus, tokenizers):
 
     from nmt.data.encoded_cache import encode_split
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine (torchrun)
+    # the main process encodes while every other process waits: it may use all the CPUs; the others
+    # (on another node, where its cache is not) share their machine's
+    local = 1 if first else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     # subword sampling segments the text again every epoch: keep it beside the ids
     train_ds = encode_split(corpus["train"], tokenizers, recipe.data, "train", filtered=True,
                             local_processes=local, keep_text=recipe.train.subword_sampling)
@@ -122,15 +124,19 @@ def _check_sides(recipe: Recipe, train) -> None:
 
 
 def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, resume: bool = False,
-             init_from: Path | None = None):
+             init_from: Path | None = None, raw_train=None):
     """The lexicon of a recipe that decodes with a shortlist (``decode.shortlist``): built from the
     training data before training (IBM Model 1 does not depend on the model), kept on resume.
 
     A continued training's lexicon is built from its own data and then given the translations of
     the lexicon of the run it starts from, if that has one (:meth:`Lexicon.merged`): the model
     still translates what it learnt there, and a small in-domain set alone would leave most of the
-    vocabulary without candidates."""
-    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, build_for_run
+    vocabulary without candidates.
+
+    The lexicon depends only on the corpus, the tokenizers, the length filter and
+    ``data.lexicon_sample``: it is kept in the cache of :mod:`nmt.data.encoded_cache` under a
+    sha256 of them (:func:`lexicon_identity`), and a later run of the same copies it from there."""
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon
     from nmt.training.distributed import share
 
     path = run_dir / LEXICON_FILE
@@ -139,12 +145,45 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
         if not resume:  # one left by a failed attempt may fit other tokenizers
             path.unlink(missing_ok=True)
         if not path.is_file():
-            build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds,
-                          max_pairs=recipe.data.lexicon_sample)
+            _cached_or_built_lexicon(run_dir, recipe, tokenizers, train_ds, raw_train)
             if init_from is not None and (init_from / LEXICON_FILE).is_file():
                 Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
         lexicon = Lexicon.load(path)
     return share(accelerator, lexicon)  # the other processes never read the run directory
+
+
+def lexicon_identity(recipe: Recipe, tokenizers, raw_train) -> dict | None:
+    """What decides a run's lexicon (None when the corpus has no identity: then it is not cached)."""
+    from dataclasses import asdict
+
+    from nmt.data.encoded_cache import corpus_identity
+
+    corpus = corpus_identity(recipe.data, raw_train)
+    if corpus is None:
+        return None
+    return {"corpus": corpus, "tokenizers": tokenizers.file_hashes, "filter": asdict(recipe.data.filter),
+            "lexicon_sample": recipe.data.lexicon_sample, "method": "ibm-model-1", "iterations": 5,
+            "keep": 100}
+
+
+def _cached_or_built_lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, raw_train) -> None:
+    """Write ``RUN_DIR/lexicon.safetensors``: from the cache, or built and then kept there."""
+    from nmt.atomic import atomic_write_bytes
+    from nmt.data.encoded_cache import cache_root, file_entry_key, load_files, store_files
+    from nmt.inference.shortlist import LEXICON_FILE, build_for_run
+
+    identity = None if raw_train is None else lexicon_identity(recipe, tokenizers, raw_train)
+    key = None if identity is None else file_entry_key("lexicon", identity)
+    files = None if key is None else load_files(key, (LEXICON_FILE,))
+    if files is not None:
+        atomic_write_bytes(run_dir / LEXICON_FILE, files[LEXICON_FILE])
+        log.info("lexicon read from the cache %s (building skipped)", cache_root() / key)
+        return
+    path = build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds,
+                         max_pairs=recipe.data.lexicon_sample)
+    if key is not None:
+        store_files(key, {LEXICON_FILE: path.read_bytes()}, len(train_ds),
+                    describe=f"lexicon of {len(train_ds)} pairs (data.lexicon_sample {recipe.data.lexicon_sample})")
 
 
 def batch_stream(dataset, sampler, examples=None) -> Iterator:
