@@ -5,9 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.config import EncoderConfig
 from nmt.kernels import gru_inference_applies, input_gate_table, run_gru_inference
-from nmt.model.encoder import Encoder
 
 
 def _packed_reference(rnn, x, lengths):
@@ -63,22 +61,6 @@ def test_used_only_for_cpu_search():
         assert not gru_inference_applies(torch.zeros(1, 1, 1, device="meta"), rnn.eval())
 
 
-def test_encoder_in_search_equals_reference_encoder():
-    """The encoder under auto in eval mode without autograd (the twin) and under reference."""
-    torch.manual_seed(4)
-    config = EncoderConfig(layers=2, hidden_size=5, dropout=0.3)
-    fast = Encoder(6, config, kernels="auto").double().eval()
-    plain = Encoder(6, config, kernels="reference").double().eval()
-    plain.load_state_dict(fast.state_dict())
-    emb = torch.randn(4, 6, 6, dtype=torch.double)
-    lengths = torch.tensor([5, 1, 6, 3])
-    mask = torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)
-    with torch.no_grad():
-        got, expected = fast(emb, lengths, mask), plain(emb, lengths, mask)
-    torch.testing.assert_close(got.states, expected.states, rtol=0, atol=1e-12)
-    torch.testing.assert_close(got.final, expected.final, rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("bidirectional,layers", [(True, 1), (True, 2), (False, 1)])
 def test_input_gate_lookup_equals_the_embedded_input(bidirectional, layers):
     """The first layer's input gates looked up per id (input_gate_table) give nn.GRU's result on
@@ -90,7 +72,7 @@ def test_input_gate_lookup_equals_the_embedded_input(bidirectional, layers):
     lengths = torch.tensor([4, 1, 5])
     with torch.no_grad():
         table = input_gate_table(rnn, embedding)
-        out, h_n = run_gru_inference(rnn, table[ids], lengths, input_gates=True)
+        out, h_n = run_gru_inference(rnn, None, lengths, gate_table=table, ids=ids)
         ref_out, ref_h = _packed_reference(rnn, embedding[ids], lengths)
     assert table.shape == (9, (2 if bidirectional else 1) * 3 * 4)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)

@@ -115,8 +115,8 @@ class Seq2Seq(nn.Module):
         """``src (batch, src_len)`` ids -> encoder states and final state. With search ``tables``
         that hold ``source_gates``, the GRU's first-layer input gates are looked up per id."""
         if tables is not None and tables.source_gates is not None:
-            gates = tables.source_gates.index_select(0, src.reshape(-1)).view(*src.shape, -1)
-            return self.encoder(gates, src_lengths, src_mask, need_attention=need_attention, input_gates=True)
+            return self.encoder(None, src_lengths, src_mask, need_attention=need_attention,
+                                gate_lookup=(tables.source_gates, src))
         embedded = self.embed_dropout(self.src_embed(src))
         return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
 
