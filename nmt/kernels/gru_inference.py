@@ -8,21 +8,22 @@ time step multiplies the running rows' inputs by W_ih and their states by W_hh. 
 - the first layer's input gates ``W_ih E_v + b_ih`` of every source id are a table, built once
   per search's weights (:func:`input_gate_table`, held in ``SearchTables.source_gates``): half of
   a one-layer GRU's products become a row lookup;
-- each time step is **one** batched product ``(2, rows, H) x (2, H, 3H)`` for both directions,
-  with the elementwise gate work on both at once. This works because the backward direction reads
-  each row reversed within its own length: at step t both directions run exactly the rows longer
-  than t (the leading ``active[t]`` rows once rows are sorted by length, as a packed sequence
-  lays them out);
+- each time step does the elementwise gate work of both directions at once, on their hidden
+  products written side by side. This works because the backward direction reads each row
+  reversed within its own length: at step t both directions run exactly the rows longer than t
+  (the leading ``active[t]`` rows once rows are sorted by length, as a packed sequence lays them
+  out);
 - no (batch, time, gates) array is reordered or copied: each step gathers its rows' input gates by
   index and writes its states straight to their places in the output. Such whole-array copies cost
   more than the products they would feed (docs/performance.md); without the table, the input GEMM
   over the batch makes the loop slower than ``nn.GRU`` (:func:`gru_inference_applies`).
 
 Same equations and gate order as ``nn.GRU`` (the plain cell is ``nmt.model.decoder.gru_cell``),
-with ATen's operand order in the elementwise terms; products round differently (about 1e-7 in
-float32). Outputs are zero at padded positions and each row's final state is the one after its own
-last token, as ``nn.GRU`` returns them for a packed input. Tested against ``nn.GRU`` on random
-weights and lengths: tests/test_gru_inference.py.
+with ATen's operand order in the elementwise terms and its own ``addmm`` for the hidden products
+on the same running rows: in float32 the encoding equals ``nn.GRU``'s to the bit. Outputs are zero
+at padded positions and each row's final state is the one after its own last token, as ``nn.GRU``
+returns them for a packed input. Tested against ``nn.GRU`` on random weights and lengths:
+tests/test_gru_inference.py.
 """
 from __future__ import annotations
 
@@ -41,13 +42,13 @@ def gru_inference_applies(x: Tensor, rnn: nn.GRU) -> bool:
 
 
 def _layer_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
-    """One layer's weights of all directions, stacked: ``W_ih (D·3H, in)``, ``b_ih (D·3H,)``,
-    ``W_hhᵀ (D, H, 3H)``, ``b_hh (D, 1, 3H)``, in ``dtype``."""
+    """One layer's weights of all directions: ``W_ih (D·3H, in)`` and ``b_ih (D·3H,)`` stacked,
+    ``W_hh (3H, H)`` and ``b_hh (3H,)`` per direction, in ``dtype``."""
     weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
     w_ih = torch.cat([w[0] for w in weights]).to(dtype)
     b_ih = torch.cat([w[2] for w in weights]).to(dtype)
-    w_hh = torch.stack([w[1].t() for w in weights]).to(dtype)
-    b_hh = torch.stack([w[3] for w in weights]).unsqueeze(1).to(dtype)
+    w_hh = [w[1].to(dtype) for w in weights]
+    b_hh = [w[3].to(dtype) for w in weights]
     return w_ih, b_ih, w_hh, b_hh
 
 
@@ -86,26 +87,33 @@ class _Reading:
         self.cells = torch.stack(times, dim=1)  # (T, D, B)
 
 
-def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: Tensor, b_hh: Tensor,
+def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], b_hh: list[Tensor],
           out: Tensor) -> Tensor:
     """The time loop of all directions at once.
 
     ``source (N, 3H)`` input gate rows and ``index (T, D, B)`` the row of ``source`` that direction
-    d of sorted row b reads at step t; ``w_hh (D, H, 3H)`` = W_hhᵀ; ``b_hh (D, 1, 3H)``. Each state
-    is written to ``out (B·T, D·H)`` at its cell (``reading.cells``), direction d in columns
-    ``d·H:(d+1)·H``. Returns the final states ``(D, B)`` of sorted rows, ``(D, B, H)``.
+    d of sorted row b reads at step t; ``w_hh``, ``b_hh`` per direction. Each state is written to
+    ``out (B·T, D·H)`` at its cell (``reading.cells``), direction d in columns ``d·H:(d+1)·H``.
+    Returns the final states of sorted rows, ``(D, B, H)``.
+
+    The hidden products are ``nn.GRU``'s own (``addmm`` per direction, W_hh transposed as
+    ``F.linear`` passes it), written side by side: a batched ``baddbmm`` rounds differently for a
+    few rows than for many, so a sentence's encoding would depend on its batch.
     """
-    directions, hidden = w_hh.size(0), w_hh.size(1)
+    directions, hidden = len(w_hh), w_hh[0].size(1)
     gates = gru_gates(hidden)
     rz, n_gate, r_gate, z_gate = gates.span("r", "z"), gates.block("n"), gates.block("r"), gates.block("z")
     h = source.new_zeros(directions, index.size(2), hidden)
+    g_h_rows = source.new_empty(directions, index.size(2), gates.width)
     columns = [out[:, d * hidden:(d + 1) * hidden] for d in range(directions)]
     for t, rows in enumerate(reading.active):
         if rows == 0:
             break
         h_t = h[:, :rows]
         x_t = source.index_select(0, index[t, :, :rows].reshape(-1)).view(directions, rows, -1)
-        g_h = torch.baddbmm(b_hh, h_t, w_hh)  # (D, rows, 3H) = W_h h + b_h
+        g_h = g_h_rows[:, :rows]  # (D, rows, 3H) = W_h h + b_h
+        for d in range(directions):
+            torch.addmm(b_hh[d], h_t[d], w_hh[d].t(), out=g_h[d])
         gate_rz = g_h[..., rz].add_(x_t[..., rz]).sigmoid_()
         new = torch.add(x_t[..., n_gate], g_h[..., n_gate].mul_(gate_rz[..., r_gate])).tanh_()
         h_new = (h_t - new).mul_(gate_rz[..., z_gate]).add_(new)  # h' = n + z (h - n)
@@ -137,10 +145,10 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
             dtype = gate_table.dtype if x is None else x.dtype
             w_ih, b_ih, w_hh, b_hh = _layer_weights(rnn, layer, directions, dtype)
             if layer == 0 and gate_table is not None:  # row (id, d) of the table seen as (V·D, 3H)
-                source = gate_table.reshape(-1, w_hh.size(2))
+                source = gate_table.reshape(-1, w_hh[0].size(0))
                 index = ids.reshape(-1)[reading.cells] * directions + offsets
             else:  # row (cell, d) of the input's gates seen as (B·T·D, 3H)
-                source = F.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh.size(2))
+                source = F.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
                 index = reading.cells * directions + offsets
             out = source.new_zeros(batch * steps, directions * hidden)
             finals.append(_scan(source, index, reading, w_hh, b_hh, out))
