@@ -120,8 +120,9 @@ class Ensemble(nn.Module):
         return None if all(t is None for t in tables) else tables
 
     def encode(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
-               need_attention: bool = False) -> EnsembleEncoding:
-        return EnsembleEncoding([m.encode(src, src_lengths, src_mask) for m in self.members])
+               need_attention: bool = False, tables: list | None = None) -> EnsembleEncoding:
+        return EnsembleEncoding([m.encode(src, src_lengths, src_mask, tables=self._tables_of(tables, i))
+                                 for i, m in enumerate(self.members)])
 
     def start(self, enc: EnsembleEncoding, tables: list | None = None,
               fold_context: bool = False) -> tuple[EnsembleState, EnsembleMemory]:

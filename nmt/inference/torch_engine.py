@@ -159,7 +159,7 @@ class TorchEngine:
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
-        enc = self.model.encode(src, src_lengths, src_mask)
+        enc = self.model.encode(src, src_lengths, src_mask, tables=self.tables)
         state, memory = self.model.start(enc, self.tables, fold_context=fold_context)
         if self.shortlist is not None:  # each memory row carries its sentence's own shortlist
             weight = self.shortlist.weight

@@ -13,6 +13,9 @@ kernel pays. Nothing here imports ``nmt.model``.
 
 - ``gru.run_gru`` (``GRUScan``): ``nn.GRU`` of the encoder and of the Luong decoder without input
   feeding; CPU training.
+- ``gru_inference.run_gru_inference``: ``nn.GRU`` of the encoder in search (eval mode, no
+  autograd, CPU): both directions of a bidirectional GRU in one time loop; with
+  ``input_gate_table`` (``SearchTables.source_gates``) the first layer's input gates are looked up.
 - ``bahdanau.BahdanauRecurrence``: the Bahdanau decoder's teacher-forcing step loop; CPU training,
   one layer, tanh scorer.
 - ``attention.additive_tanh_score``: ``AdditiveAttention.score`` with tanh; CPU.
@@ -27,6 +30,7 @@ from nmt.kernels.attention import additive_tanh_keys, additive_tanh_score, tanh_
 from nmt.kernels.bahdanau import BahdanauRecurrence, bahdanau_recurrence_applies
 from nmt.kernels.dropout import dropout, dropout_applies, dropout_mask
 from nmt.kernels.gru import GRUScan, gru_scan_applies, run_gru
+from nmt.kernels.gru_inference import gru_inference_applies, input_gate_table, run_gru_inference
 from nmt.kernels.layout import Layout, gru_gates
 from nmt.kernels.loss import linear_cross_entropy, linear_cross_entropy_applies
 from nmt.kernels.search import (
@@ -42,6 +46,7 @@ __all__ = [
     "BahdanauRecurrence", "bahdanau_recurrence_applies",
     "dropout", "dropout_applies", "dropout_mask",
     "GRUScan", "gru_scan_applies", "run_gru",
+    "gru_inference_applies", "input_gate_table", "run_gru_inference",
     "Layout", "gru_gates",
     "linear_cross_entropy", "linear_cross_entropy_applies",
     "SearchTables", "build_search_tables", "fold_context", "search_step", "search_tables_apply",

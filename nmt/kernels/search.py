@@ -49,6 +49,9 @@ class SearchTables:
     #: the rows of ``context_weight`` (the channels of its product with a context): ``gates`` (3H),
     #: the GRU input gates' context term, then ``readout`` (R), the readout's
     context_layout: Layout
+    #: (V_src, directions * 3H) the encoder GRU's first-layer input gates of each source id
+    #: (:func:`nmt.kernels.input_gate_table`), float32; None where the encoder runs ``nn.GRU``
+    source_gates: Tensor | None = None
 
 
 def search_tables_apply(readout_weight: Tensor, training: bool) -> bool:

@@ -3,7 +3,9 @@
 The GRU reads the source in both directions (Bahdanau et al. 2015 §3.2); packing makes padding
 invisible to it, so a sentence's encoding does not depend on how much padding its batch has.
 With ``kernels="auto"``, CPU training runs the same GRU as :func:`nmt.kernels.run_gru` (a
-hand-written backward pass); ``reference`` always runs ``nn.GRU``. Optional multi-head self-attention blocks (Vaswani et al. 2017) then refine the annotations.
+hand-written backward pass), and CPU search, given the search tables' input gates per source id,
+:func:`nmt.kernels.run_gru_inference` (both directions in one loop); ``reference`` always runs
+``nn.GRU``. Optional multi-head self-attention blocks (Vaswani et al. 2017) then refine the annotations.
 """
 from __future__ import annotations
 
@@ -50,10 +52,16 @@ class Encoder(nn.Module):
         self.final_norm = nn.LayerNorm(self.output_dim) if cfg.self_attention_layers else None
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
-                need_attention: bool = False) -> EncoderOutput:
-        """``embedded (batch, src_len, emb)``, ``lengths (batch,)``, ``mask (batch, src_len)``."""
-        src_len = embedded.size(1)
-        if self.fast and kernels.gru_scan_applies(embedded):
+                need_attention: bool = False, gate_lookup: tuple | None = None) -> EncoderOutput:
+        """``embedded (batch, src_len, emb)``, ``lengths (batch,)``, ``mask (batch, src_len)``.
+        ``gate_lookup = (table, ids)``: search's GRU looks the first layer's input gates of the
+        source ``ids (batch, src_len)`` up in ``table`` (``SearchTables.source_gates``) instead;
+        ``embedded`` is then None."""
+        src_len = mask.size(1)
+        if gate_lookup is not None:
+            table, ids = gate_lookup
+            states, h_n = kernels.run_gru_inference(self.rnn, None, lengths, gate_table=table, ids=ids)
+        elif self.fast and kernels.gru_scan_applies(embedded):
             states, h_n = kernels.run_gru(self.rnn, embedded, lengths, dropout=self.dropout)
         else:
             packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)

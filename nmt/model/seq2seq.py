@@ -111,8 +111,12 @@ class Seq2Seq(nn.Module):
 
     # ------------------------------------------------------------------------------------ forward
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor, src_mask: torch.Tensor,
-               need_attention: bool = False) -> EncoderOutput:
-        """``src (batch, src_len)`` ids -> encoder states and final state."""
+               need_attention: bool = False, tables: kernels.SearchTables | None = None) -> EncoderOutput:
+        """``src (batch, src_len)`` ids -> encoder states and final state. With search ``tables``
+        that hold ``source_gates``, the GRU's first-layer input gates are looked up per id."""
+        if tables is not None and tables.source_gates is not None:
+            return self.encoder(None, src_lengths, src_mask, need_attention=need_attention,
+                                gate_lookup=(tables.source_gates, src))
         embedded = self.embed_dropout(self.src_embed(src))
         return self.encoder(embedded, src_lengths, src_mask, need_attention=need_attention)
 
@@ -122,13 +126,17 @@ class Seq2Seq(nn.Module):
         Bahdanau decoder, eval mode without autograd, plain weight tensors.
 
         Call it under the autocast search runs in (the tables take its dtype), and keep the tables
-        no longer than the weights stay unchanged: they are a function of them.
+        no longer than the weights stay unchanged: they are a function of them. Where the encoder's
+        search GRU applies, they also hold its input gates per source id (``source_gates``).
         """
         dec = self.decoder
         if not (self.fast and isinstance(dec, BahdanauDecoder)
                 and kernels.search_tables_apply(dec.readout.linear.weight, self.training)):
             return None
-        return dec.search_tables(self.tgt_embed.weight)
+        tables = dec.search_tables(self.tgt_embed.weight)
+        if kernels.gru_inference_applies(self.src_embed.weight, self.encoder.rnn):
+            tables = replace(tables, source_gates=kernels.input_gate_table(self.encoder.rnn, self.src_embed.weight))
+        return tables
 
     def start(self, enc: EncoderOutput, tables: kernels.SearchTables | None = None,
               fold_context: bool = False) -> tuple[DecoderState, Memory]:
