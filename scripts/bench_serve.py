@@ -52,8 +52,12 @@ def _args() -> argparse.Namespace:
                                              "(default: the run's recipe)")
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="stop everything after this long")
-    ap.add_argument("serve_options", nargs="*", help="after --: more options of nmt serve")
-    return ap.parse_args()
+    ap.epilog = "Options of nmt serve for the measured server go after --, e.g. -- --max-batch-texts 32."
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.serve_options = argv[cut + 1:]
+    return args
 
 
 def cpu_model() -> str:
