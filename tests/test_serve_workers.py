@@ -138,43 +138,6 @@ def test_in_a_worker_a_small_request_waits_for_one_call_and_a_gone_one_is_droppe
     assert stats["texts"] == 8 + 1 + 1 and stats["dropped_texts"] == 3, stats
 
 
-def upper_and_queued(conn, models, threads, parent):
-    """A stand-in worker whose every batch takes ``seconds``: answers each text in upper case,
-    with whether the next batch was already in its pipe when this one ended."""
-    ((_, options),) = models
-    conn.send(("ready", os.getpid()))
-    while (groups := conn.recv()) is not None:
-        time.sleep(options["seconds"])
-        queued = conn.poll(0)
-        conn.send([{"results": [{"text": f"{t.upper()} {queued}"} for t in g["texts"]]} for g in groups])
-
-
-@pytest.mark.parametrize("clients, pipelined", [(8, True), (2, False)])
-def test_with_many_clients_waiting_the_next_call_waits_in_the_workers_pipe(clients, pipelined):
-    """Many one-sentence requests (at least half a batch of them waiting): the next call is in
-    the worker's pipe before the one under way ends, and each request still gets its own answer.
-    A few requests, or one large one, are never queued behind a running call."""
-    async def scenario():
-        pool = WorkerPool([("m", {"seconds": 0.3})], 1, target=upper_and_queued)
-        batcher = Batcher(ServeLimits(max_batch_texts=8, batch_window_ms=0), pool)  # queued: 4 waiting
-        await batcher.start()
-        collector = asyncio.create_task(batcher.run())
-        try:
-            first = batcher.submit(_job("first"))
-            await asyncio.sleep(0.1)  # under way
-            rest = [batcher.submit(_job(f"t{k}")) for k in range(clients)]
-            big = batcher.submit(_job(*(f"b{k}" for k in range(6))))
-            return await asyncio.wait_for(asyncio.gather(first, *rest, big), 30)
-        finally:
-            collector.cancel()
-            batcher.close()
-
-    first, *rest, big = asyncio.run(scenario())
-    assert first == [{"text": f"FIRST {pipelined}"}]
-    assert [r[0]["text"].split()[0] for r in rest] == [f"T{k}" for k in range(clients)]
-    assert [r["text"].split()[0] for r in big] == [f"B{k}" for k in range(6)]
-
-
 async def _serve(pool: WorkerPool, texts: list[str]) -> tuple[list, dict]:
     """Each text as a request, one after the other: its answer or the error it got."""
     batcher = Batcher(ServeLimits(batch_window_ms=0), pool)

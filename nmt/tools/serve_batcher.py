@@ -9,14 +9,10 @@ whole large request. Sentences with the same model and search options share one
 between model calls: its sentences that have not started are never computed.
 
 The collector waits ``batch_window_ms`` for more requests only when others are already waiting
-(a burst is under way); a request on an idle server starts at once. It takes the next batch when
-a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
-arrive wait in the queue and make the next batch large. A worker process also takes a second
-batch into its pipe while it computes, but only when many requests wait (as many as half a full
-batch has sentences): then its next call starts the moment the current one ends, while the HTTP
-process answers the finished requests. With several worker processes, a small request waits for
-at most the first of the calls under way to end, and its own; under the load of many concurrent
-requests, also for the call queued behind it.
+(a burst is under way); a request on an idle server starts at once. It takes the next batch only
+once a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
+arrive wait in the queue and make the next batch large. With several worker processes, a small
+request waits for at most the first of the calls under way to end, and its own.
 """
 from __future__ import annotations
 
@@ -72,7 +68,6 @@ class Batcher:
                       "timed_out": 0, "abandoned": 0, "dropped_texts": 0, **runner.stats}
         runner.stats = self.stats  # the runner's own counts (workers, restarts) in the same report
         self._wakeup: asyncio.Event | None = None
-        self._change: asyncio.Event | None = None  #: set by every request that comes
         self._calls: set[asyncio.Task] = set()
         #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
         self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts, self.stats)
@@ -85,7 +80,6 @@ class Batcher:
     async def start(self) -> None:
         """Start the runners (worker processes load the runs); then :meth:`run` collects."""
         self._wakeup = asyncio.Event()
-        self._change = asyncio.Event()
         await self.runner.start()
 
     def close(self) -> None:
@@ -108,26 +102,7 @@ class Batcher:
         job.results, job.left, job.taken = [None] * len(job.texts), len(job.texts), 0
         self.pending.append(job)
         self._wakeup.set()
-        self._change.set()
         return job.future
-
-    def _worth_queueing(self) -> bool:
-        """Enough waits to queue a call behind a running one: as many requests as half a full
-        batch holds sentences (at least 2). Many clients each waiting for an answer are what
-        leave a worker idle between calls; one large request's next sentences wait in the queue
-        anyway, so it is never pipelined and a small request behind it waits for one call."""
-        requests = sum(1 for j in self.pending if not j.gone and j.taken < len(j.texts))
-        return requests >= max(2, self.limits.max_batch_texts // 2)
-
-    async def _changed(self) -> None:
-        """Until a request comes or a model call ends."""
-        self._change.clear()
-        waiters = [asyncio.ensure_future(self._change.wait()), asyncio.ensure_future(self.runner.changed())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
     def waiting_texts(self) -> int:
         return sum(len(j.texts) - j.taken for j in self.pending if not j.gone)
@@ -170,12 +145,6 @@ class Batcher:
                 self.runner.release(runner, True)
                 continue
             self._drop_gone()
-            if self.runner.in_flight(runner) > 1 and not self._worth_queueing():
-                # the runner computes: queue a call behind it only for half a batch; else wait
-                # for more requests or for it to end (then the call starts at once)
-                self.runner.release(runner)
-                await self._changed()
-                continue
             if window and len(self.pending) > 1 and self.waiting_texts() < self.limits.max_batch_texts:
                 await asyncio.sleep(window)  # others are waiting: a burst, gather it
             batch = self.take()

@@ -1,16 +1,11 @@
 """Where ``nmt serve`` runs its model calls: a thread of the HTTP process (:class:`ModelThread`,
 ``--workers 0``) or model worker processes (:class:`WorkerPool`, ``--workers N``).
 
-Both offer the same steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
-``acquire()`` (wait for a runner with room for a call, idle ones first, and reserve it; None when
-none is left), ``in_flight(runner)`` (its calls under way or queued, the reservation included),
-``changed()`` (wait until a call ends or a worker comes or goes), ``run(runner, groups)`` (one
-batch, see :mod:`nmt.tools.serve_worker`) and ``release(runner)``. The thread runs one call at a
-time. A worker process takes a second call into its pipe while it computes one (``depth`` 2):
-the next batch is then ready the moment the current one ends, instead of the worker waiting while
-the HTTP process answers the finished batch's requests and reads their clients' next ones (with
-many concurrent clients on few CPUs, that turnaround was about a third of the time). The batcher
-decides when a second call is worth queueing.
+Both offer the same four steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
+``acquire()`` (wait for an idle runner; None when none is left), ``run(runner, groups)`` (one
+batch, see :mod:`nmt.tools.serve_worker`) and ``release(runner)``. The batcher takes the next
+batch from its queue only once a runner is idle, so under load the queue fills while every runner
+works and the next batch is large, while a lone request on an idle server starts at once.
 
 Worker processes start with ``spawn`` and load every served run once. They hear from the HTTP
 process through a pipe of plain data (the batch's sentences and search options; the answers), so
@@ -44,8 +39,6 @@ POLL_S = 0.2
 START_ATTEMPTS = 2
 #: seconds between two looks at the idle workers' liveness
 WATCH_S = 0.5
-#: calls a worker process holds at once: the one it computes and the next one, already in its pipe
-DEPTH = 2
 
 
 class WorkerLost(Exception):
@@ -111,31 +104,20 @@ class ModelThread:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-serve-model",
                                            initializer=set_threads, initargs=(threads,))
         self.stats: dict[str, int] = {}
-        self.calls = 0  #: 1 while a call is reserved or under way
-        self._change: asyncio.Event | None = None
+        self._idle: asyncio.Queue | None = None
 
     async def start(self) -> None:
-        self._change = asyncio.Event()
+        self._idle = asyncio.Queue()
+        self._idle.put_nowait(self)
 
     async def acquire(self):
-        while self.calls:
-            await self.changed()
-        self.calls = 1
-        return self
-
-    def in_flight(self, runner) -> int:
-        return self.calls
-
-    async def changed(self) -> None:
-        self._change.clear()
-        await self._change.wait()
+        return await self._idle.get()
 
     def alive(self) -> bool:
         return True
 
     def release(self, runner, lost: bool = False) -> None:
-        self.calls = 0
-        self._change.set()
+        self._idle.put_nowait(runner)
 
     async def run(self, runner, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -153,13 +135,8 @@ class _Worker:
     def __init__(self, slot: int, process, conn):
         self.slot, self.process, self.conn = slot, process, conn
         self.ready = False  #: it has loaded the runs
-        self.calls = 0  #: calls reserved, queued or under way
-        self.running = 0  #: calls sent or being sent (their end tells whether it died)
+        self.busy = False  #: a batch is under way (its end tells whether it died)
         self.replaced = False  #: found dead: another is (being) started in its slot
-        # one thread writes the calls into the pipe and another reads the answers, each in call
-        # order, so a second call can wait in the pipe while the worker computes the first
-        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nmt-serve-send-{slot}")
-        self.receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nmt-serve-recv-{slot}")
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -178,26 +155,12 @@ class _Worker:
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
 
-    def send(self, groups: list[dict[str, Any]]) -> None:
+    def call(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             self.conn.send(groups)
         except (OSError, ValueError):
             raise WorkerLost(self.describe()) from None
-
-    async def call(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The worker's answer to ``groups``; the next call may be sent before it comes."""
-        loop = asyncio.get_running_loop()
-        self.running += 1
-        try:
-            sent = loop.run_in_executor(self.sender, self.send, groups)
-            answer = loop.run_in_executor(self.receiver, self.wait_message)  # answers come in call order
-            outcomes = await asyncio.gather(sent, answer, return_exceptions=True)
-        finally:
-            self.running -= 1
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return outcomes[1]
+        return self.wait_message()
 
     def describe(self) -> str:
         self.process.join(0.5)
@@ -216,8 +179,6 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout)
-        self.sender.shutdown(wait=False, cancel_futures=True)
-        self.receiver.shutdown(wait=False, cancel_futures=True)
 
 
 class WorkerPool:
@@ -225,31 +186,32 @@ class WorkerPool:
 
     ``models``: ``(name, options)`` pairs of :func:`nmt.tools.serve_model.build_translator`;
     ``threads``: torch threads of each worker; ``target``: the worker's main function (tests give
-    another); ``depth``: calls a worker holds at once."""
+    another)."""
 
     def __init__(self, models: list[tuple[str, dict[str, Any]]], workers: int, threads: int | None = None,
-                 *, target=worker_main, start_timeout_s: float = START_TIMEOUT_S, depth: int = DEPTH):
+                 *, target=worker_main, start_timeout_s: float = START_TIMEOUT_S):
         if workers < 1:
             raise NmtError(f"a worker pool needs at least 1 worker, got {workers}")
         self.models, self.size, self.threads = models, workers, threads
-        self.target, self.start_timeout_s, self.depth = target, start_timeout_s, depth
+        self.target, self.start_timeout_s = target, start_timeout_s
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}  #: the current worker of each slot
         self.stats = {"workers": 0, "worker_restarts": 0, "workers_lost": 0}
         self.broken = False  #: no worker left: every request is answered 503
-        self._change: asyncio.Event | None = None
-        self._io = ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="nmt-serve-start")
+        self._idle: asyncio.Queue | None = None
+        self._io = ThreadPoolExecutor(max_workers=2 * workers + 1, thread_name_prefix="nmt-serve-pipe")
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded the runs; NmtError if one cannot."""
-        self._change = asyncio.Event()
+        self._idle = asyncio.Queue()
         started = [self._spawn(slot) for slot in range(self.size)]
         outcomes = await asyncio.gather(*(self._ready(w) for w in started), return_exceptions=True)
-        for outcome in outcomes:
+        for w, outcome in zip(started, outcomes):
             if outcome is not True:
                 self.close()
                 raise NmtError(f"nmt serve: a model worker could not load the runs: {outcome}")
+            self._idle.put_nowait(w)
         self.stats["workers"] = self.size
         self._keep(asyncio.get_running_loop().create_task(self._watch()))
 
@@ -285,43 +247,34 @@ class WorkerPool:
         while True:
             await asyncio.sleep(WATCH_S)
             for worker in list(self.workers.values()):
-                if worker.ready and not worker.running and not worker.replaced and not worker.alive():
+                if worker.ready and not worker.busy and not worker.replaced and not worker.alive():
                     self._replace(worker)
 
     async def acquire(self) -> _Worker | None:
-        """A live worker with room for a call (the least busy, idle ones first), reserved for
-        the caller; None when no worker is left."""
-        while not self.broken:
-            for worker in [w for w in self.workers.values() if w.ready and not w.running and not w.replaced]:
-                if not worker.alive():
-                    self._replace(worker)  # died while idle: no batch lost
-            ready = [w for w in self.workers.values()
-                     if w.ready and not w.replaced and w.calls < self.depth]
-            if ready:
-                worker = min(ready, key=lambda w: (w.calls, w.slot))
-                worker.calls += 1
+        """An idle live worker; None when no worker is left."""
+        while True:
+            worker = await self._idle.get()
+            if worker is None:  # broken: keep the mark for the next caller
+                self._idle.put_nowait(None)
+                return None
+            if worker.alive() and not worker.replaced:
                 return worker
-            await self.changed()
-        return None
-
-    def in_flight(self, worker: _Worker) -> int:
-        return worker.calls
-
-    async def changed(self) -> None:
-        """Until a call ends or a worker comes or goes."""
-        self._change.clear()
-        await self._change.wait()
+            self._replace(worker)  # died while idle: no batch lost
 
     async def run(self, worker: _Worker, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await worker.call(groups)
+        loop = asyncio.get_running_loop()
+        worker.busy = True
+        try:
+            return await loop.run_in_executor(self._io, worker.call, groups)
+        finally:
+            worker.busy = False
 
     def release(self, worker: _Worker, lost: bool = False) -> None:
-        """A call of ``worker`` ended (or its reservation was given back); ``lost``: the worker
-        failed it (it is replaced)."""
-        worker.calls -= 1
-        if lost or worker.replaced or not worker.alive():
+        """``worker`` is idle again; ``lost``: it failed its batch (it is replaced)."""
+        if worker.alive() and not lost and not worker.replaced:
+            self._idle.put_nowait(worker)
+        else:
             self._replace(worker)
-        self._change.set()
 
     def _replace(self, worker: _Worker) -> None:
         """Start another worker in the slot of ``worker`` (dead, or failed its batch); once."""
@@ -348,13 +301,13 @@ class WorkerPool:
             if outcome is True:
                 self.stats["worker_restarts"] += 1
                 self.stats["workers"] += 1
-                self._change.set()
+                self._idle.put_nowait(worker)
                 return
             print(f"nmt serve: a replacement model worker failed: {outcome}", file=sys.stderr, flush=True)
         self.workers.pop(slot, None)
         if not self.workers:
             self.broken = True
-            self._change.set()
+            self._idle.put_nowait(None)
 
     def close(self) -> None:
         """Stop every worker (each exits when its pipe closes; killed if it does not)."""
