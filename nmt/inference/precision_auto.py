@@ -36,8 +36,8 @@ BUDGET_SECONDS = 3.0
 #: the calibration's sentences: about LENGTH source subwords each (a typical sentence), searched for
 #: at most LENGTH steps (made-up ids need not end early), drawn with a fixed seed
 LENGTH, SEED = 12, 0
-#: sentences in the calibration batch: as many as one batch of the run, at most this many, which
-#: keeps a round short; by this size bf16's gain (or loss) is what the run's larger batches see
+#: sentences in the calibration batch: as many as one batch of the run (bf16 loses on a few rows
+#: what it gains on many), at most this many, which keeps a round short
 MAX_SENTENCES = 256
 #: smaller models stay float32 without a calibration: their steps are per-operation overhead,
 #: which bf16 does not reduce, and their calibration runs too short to time apart from noise
