@@ -228,6 +228,14 @@ def test_calibration_decodes_the_runs_batch_size(tiny_run, calibrating, searched
     assert not resolve(8, beam=1, batch_tokens=8000, shortlist=0).cached and calibrating.runs == 4
 
 
+def test_a_first_translate_calibrates_on_its_own_batch(tiny_run, calibrating, searched):
+    from nmt.inference.translator import Translator
+
+    translator = Translator.load(tiny_run, precision="auto")
+    translator.translate(SOURCES, beam=1)
+    assert searched == [len(SOURCES)] and translator.precision_choice.sentences == len(SOURCES)
+
+
 def test_explicit_precision_never_calibrates(tiny_run, calibrating):
     from nmt.inference.translator import Translator
 

@@ -299,7 +299,9 @@ class Translator(TranslatorBase):
         """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
         target id lists by :attr:`Source.index` (lexically constrained beam search)."""
         out: dict[int, list[Hypothesis]] = {}
-        self.resolve_precision(options)
+        # a first search not settled beforehand calibrates on its own largest batch
+        batches = list(batches)
+        self.resolve_precision(options, batch_sentences=max(map(len, batches), default=None))
         lexicon = self._lexicon_for(options)
         tables = self.search_tables()
         with torch.inference_mode(), self._autocast():
