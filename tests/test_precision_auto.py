@@ -51,9 +51,29 @@ def test_calibrate_alternates_and_keeps_the_best_round():
 
 
 def test_calibration_sources_are_fixed_and_in_the_vocabulary():
-    a, b = pa.calibration_sources(50, 4), pa.calibration_sources(50, 4)
-    assert a == b and len(a) == pa.SENTENCES
+    a, b = pa.calibration_sources(50, 4, 40), pa.calibration_sources(50, 4, 40)
+    assert a == b and len(a) == 40
     assert all(4 <= i < 50 for sentence in a for i in sentence)
+    assert {len(sentence) for sentence in a} == {pa.LENGTH - k for k in range(4)}
+
+
+def test_calibration_sources_draw_frequent_subwords_more_often():
+    """Ids about 1/rank, as text uses a frequency-numbered vocabulary: the lower half of the ids
+    is most of the draws, and a shortlist's union over the batch stays far below the vocabulary."""
+    ids = [i for sentence in pa.calibration_sources(8000, 4, 256) for i in sentence]
+    assert sum(i < 4000 for i in ids) > 0.85 * len(ids)
+    assert len(set(ids)) < 0.5 * 8000
+
+
+@pytest.mark.parametrize("batch_tokens, beam, given, sentences", [
+    (8000, 1, None, pa.MAX_SENTENCES),                  # greedy's large batches: capped
+    (8000, 5, None, 8000 // 5 // (pa.LENGTH + 1)),      # beam 5: the rows of one batch
+    (10 * (pa.LENGTH + 1), 1, None, 10),
+    (1, 4, None, 1),                                    # at least one sentence
+    (8000, 1, 64, 64),                                  # the server's batch
+    (8000, 1, 10_000, pa.MAX_SENTENCES)])
+def test_calibration_batch_follows_the_runs_batch_size(batch_tokens, beam, given, sentences):
+    assert pa.calibration_sentences(batch_tokens, beam, given) == sentences
 
 
 def test_native_bf16_reads_the_flags():
@@ -71,16 +91,32 @@ def test_cache_key_changes_with_the_machine_and_the_weights(tmp_path):
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, {**cpu, "threads": cpu["threads"] + 1})
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, pa.cpu_key(CPUINFO.replace("9000", "9001")))
     assert key != pa.cache_key([weights], "cpu", "auto", 1, 10, cpu)
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 0, cpu)
     weights.write_bytes(b"12345")  # a rewritten checkpoint
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, cpu)
+
+
+def test_cache_key_changes_with_the_batch_size_class(tmp_path):
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"1234")
+    cpu = pa.cpu_key(CPUINFO)
+
+    def key(sentences):
+        return pa.cache_key([weights], "cpu", "auto", 1, 10, cpu, sentences=sentences)
+
+    assert key(8) != key(256) and key(64) != key(32) and key(1) != key(2)
+    assert key(64) == key(100) and key(256) == key(pa.MAX_SENTENCES)  # one class: one timing
 
 
 def test_cache_round_trip(tmp_path):
     path = tmp_path / "sub" / "precision.json"
     assert pa.cached_choice("k", path) is None
-    pa.store_choice("k", pa.PrecisionChoice("bf16", "why", {"float32": 1.0, "bf16": 0.5}), path)
+    pa.store_choice("k", pa.PrecisionChoice("bf16", "why", {"float32": 1.0, "bf16": 0.5}, 2,
+                                            sentences=128, seconds=1.5), path)
     found = pa.cached_choice("k", path)
     assert found.mode == "bf16" and found.cached and found.timings == {"float32": 1.0, "bf16": 0.5}
+    assert found.sentences == 128 and found.seconds == 1.5
+    assert "per batch of 128 sentences" in found.describe() and "calibrated in 1.5 s" in found.describe()
     path.write_text("not json")
     assert pa.cached_choice("k", path) is None
 
@@ -155,6 +191,49 @@ def test_auto_reuses_the_cache_only_on_the_same_machine(tiny_run, calibrating, m
     monkeypatch.setattr(pa, "cpu_key", lambda cpuinfo=None: {**real(), "cpu": "another CPU"})
     Translator.load(tiny_run, precision="auto").resolve_precision()
     assert calibrating.runs == 2
+
+
+@pytest.fixture
+def searched(monkeypatch):
+    """The number of sentences in each calibration batch (its sources, recorded)."""
+    sizes = []
+    real = pa.calibration_sources
+
+    def recording(*args, **kwargs):
+        sources = real(*args, **kwargs)
+        sizes.append(len(sources))
+        return sources
+
+    monkeypatch.setattr(pa, "calibration_sources", recording)
+    return sizes
+
+
+def test_calibration_decodes_the_runs_batch_size(tiny_run, calibrating, searched):
+    """Greedy's default batches hold hundreds of sentences: the calibration decodes as many
+    (capped), beam search's fewer, the server's its own; each size class is cached apart."""
+    from nmt.inference.translator import Translator
+
+    def resolve(batch_sentences=None, **settings):
+        translator = Translator.load(tiny_run, precision="auto")
+        options = translator.decode_options(**settings)
+        return translator.resolve_precision(options, batch_sentences=batch_sentences)
+
+    greedy = resolve(beam=1, batch_tokens=8000, shortlist=0)
+    assert searched == [pa.MAX_SENTENCES] and greedy.sentences == pa.MAX_SENTENCES
+    resolve(beam=5, batch_tokens=8000, shortlist=0)
+    assert searched[-1] == 8000 // 5 // (pa.LENGTH + 1)
+    served = resolve(64, beam=1, batch_tokens=8000, shortlist=0)
+    assert searched[-1] == 64 and served.sentences == 64 and calibrating.runs == 3
+    assert resolve(100, beam=1, batch_tokens=8000, shortlist=0).cached  # 64 and 100: one class
+    assert not resolve(8, beam=1, batch_tokens=8000, shortlist=0).cached and calibrating.runs == 4
+
+
+def test_a_first_translate_calibrates_on_its_own_batch(tiny_run, calibrating, searched):
+    from nmt.inference.translator import Translator
+
+    translator = Translator.load(tiny_run, precision="auto")
+    translator.translate(SOURCES, beam=1)
+    assert searched == [len(SOURCES)] and translator.precision_choice.sentences == len(SOURCES)
 
 
 def test_explicit_precision_never_calibrates(tiny_run, calibrating):

@@ -324,7 +324,7 @@ class DecodeConfig:
                            "(seed, the sentence), the same wherever it stands", min=0, metavar="S")
     precision: Literal["auto", "float32", "bf16"] = setting(
         "auto", "auto | float32 | bf16: search in float32 or under bf16 autocast (faster on AVX-512 "
-                "BF16/AMX CPUs and GPUs); auto: time both on a small batch before the first search and "
+                "BF16/AMX CPUs and GPUs); auto: time both on a batch of the run's size before the first search and "
                 "take bf16 only if it is at least a tenth faster (cached per model and machine; "
                 "docs/performance.md)", metavar="MODE")
 

@@ -1,11 +1,13 @@
 """``precision: auto``: which of float32 and bf16 searches faster with this model on this machine.
 
 Whether bf16 pays depends on the CPU (AVX-512 BF16 / AMX), the model's sizes, the search (a
-per-sentence shortlist leaves little GEMM work to speed up) and how loaded the machine is, so it
-is measured rather than guessed: a short calibration decodes one fixed small batch in alternating
-rounds per mode and keeps each mode's best time (:func:`calibrate`); :func:`pick` takes bf16 only
-when it beats float32 by :data:`MARGIN`, so timing noise never picks the slower mode. The
-choice is cached per weights file, machine and search (:func:`cache_key`) in the user's cache
+per-sentence shortlist leaves little GEMM work to speed up), the batch size (bf16's GEMMs pay off
+on many rows; a few sentences are per-operation overhead) and how loaded the machine is, so it is
+measured rather than guessed: a short calibration decodes a batch shaped like the run's
+(:func:`calibration_sentences`, :func:`calibration_sources`) in alternating rounds per mode and
+keeps each mode's best time (:func:`calibrate`); :func:`pick` takes bf16 only when it beats
+float32 by :data:`MARGIN`, so timing noise never picks the slower mode. The choice is cached per
+weights file, machine, search and batch size class (:func:`cache_key`) in the user's cache
 directory (:func:`cache_file`): run directories stay read-only to translation.
 
 Whichever mode is picked, the translations are those of that mode given explicitly: the choice
@@ -30,10 +32,13 @@ MARGIN = 0.10
 #: timed rounds per mode (after one untimed warm-up each), alternating the order of the modes
 ROUNDS = 3
 #: the calibration stops adding rounds once it has spent this long (a large model on a slow CPU)
-BUDGET_SECONDS = 2.0
-#: the calibration batch: sentences of source ids drawn from the vocabulary with a fixed seed, each
-#: searched for at most LENGTH steps (random ids need not end early)
-SENTENCES, LENGTH, SEED = 8, 16, 0
+BUDGET_SECONDS = 3.0
+#: the calibration's sentences: about LENGTH source subwords each (a typical sentence), searched for
+#: at most LENGTH steps (made-up ids need not end early), drawn with a fixed seed
+LENGTH, SEED = 12, 0
+#: sentences in the calibration batch: as many as one batch of the run (bf16 loses on a few rows
+#: what it gains on many), at most this many, which keeps a round short
+MAX_SENTENCES = 256
 #: smaller models stay float32 without a calibration: their steps are per-operation overhead,
 #: which bf16 does not reduce, and their calibration runs too short to time apart from noise
 MIN_PARAMETERS = 1_000_000
@@ -51,13 +56,20 @@ class PrecisionChoice:
     timings: dict[str, float] = field(default_factory=dict)
     rounds: int = 0  #: timed rounds per mode behind ``timings``
     cached: bool = False
+    sentences: int = 0  #: sentences in the calibration batch
+    seconds: float = 0.0  #: the whole calibration's wall time (warm-ups included)
 
     def describe(self) -> str:
-        """One line for logs: ``precision auto -> bf16: ... (float32 41.2 ms, bf16 30.1 ms)``."""
+        """One line for logs: ``precision auto -> bf16: ... (float32 41.2 ms, bf16 30.1 ms per
+        batch of 256 sentences, best of 3 round(s), calibrated in 1.4 s)``."""
         figures = ", ".join(f"{mode} {seconds * 1e3:.1f} ms" for mode, seconds in self.timings.items())
+        if not figures:
+            return f"precision auto -> {self.mode}: {self.reason}"
+        batch = f" per batch of {self.sentences} sentences" if self.sentences else ""
+        took = f", calibrated in {self.seconds:.1f} s" if self.seconds else ""
         where = "; cached" if self.cached else ""
-        return (f"precision auto -> {self.mode}: {self.reason}"
-                + (f" ({figures}, best of {self.rounds} round(s){where})" if figures else ""))
+        return (f"precision auto -> {self.mode}: {self.reason} "
+                f"({figures}{batch}, best of {self.rounds} round(s){took}{where})")
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,16 +116,40 @@ def calibrate(runners: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS,
     return best, done
 
 
-def calibration_sources(vocab_size: int, first_id: int, sentences: int = SENTENCES,
+def size_class(sentences: int) -> int:
+    """The batch size class of the cache key: 1, 2-3, 4-7, ... sentences are classes 1, 2, 3, ..."""
+    return max(1, int(sentences)).bit_length()
+
+
+def calibration_sentences(batch_tokens: int, beam: int, sentences: int | None = None,
+                          length: int = LENGTH) -> int:
+    """Sentences in the calibration batch: ``sentences`` when the caller knows its batch size (the
+    server's, ``bench translate --batch-sentences``), else what one batch of ``batch_tokens``
+    padded source tokens x ``beam`` holds of sentences of ``length`` subwords and EOS (the
+    batching of :meth:`~nmt.inference.translator.Translator.batches`); at most
+    :data:`MAX_SENTENCES`."""
+    if not sentences:
+        sentences = max(1, batch_tokens // max(1, beam)) // (length + 1)
+    return max(1, min(MAX_SENTENCES, int(sentences)))
+
+
+def calibration_sources(vocab_size: int, first_id: int, sentences: int,
                         length: int = LENGTH) -> list[list[int]]:
     """A fixed batch of source ids in ``[first_id, vocab_size)`` (the same on every machine): what
-    the calibration searches. Lengths vary a little, as a real batch's do."""
+    the calibration searches. Lengths vary a little, as a real batch's do. Ids are drawn with
+    probability about 1/rank (SentencePiece numbers its pieces roughly by frequency): a
+    shortlist's union over the batch then stays near a real batch's, where uniform ids would
+    widen it to most of the vocabulary and overstate what bf16 gains."""
     import torch
 
     generator = torch.Generator().manual_seed(SEED)
-    high = max(first_id + 1, vocab_size)
-    return [torch.randint(first_id, high, (max(1, length - k % 4),), generator=generator).tolist()
-            for k in range(sentences)]
+    span = max(1, vocab_size - first_id)
+    rows = []
+    for k in range(sentences):
+        u = torch.rand(max(1, length - k % 4), generator=generator, dtype=torch.float64)
+        rank = torch.exp(u * math.log(span)).long() - 1  # log-uniform in [0, span)
+        rows.append((first_id + rank.clamp(0, span - 1)).tolist())
+    return rows
 
 
 # ------------------------------------------------------------------------------- the machine
@@ -164,10 +200,12 @@ def weights_key(paths: Sequence[str | os.PathLike]) -> list[list[Any]]:
 
 
 def cache_key(weights: Sequence[str | os.PathLike], device: str, kernels: str, beam: int, shortlist: int,
-              cpu: Mapping[str, Any] | None = None) -> str:
-    """The cache entry of one model, machine and search (beam and shortlist change which mode wins)."""
+              cpu: Mapping[str, Any] | None = None, sentences: int = MAX_SENTENCES) -> str:
+    """The cache entry of one model, machine, search and batch size (beam, shortlist and the
+    batch's :func:`size_class` change which mode wins)."""
     key = {"weights": weights_key(weights), "machine": dict(cpu or cpu_key()), "device": device,
-           "kernels": kernels, "beam": beam, "shortlist": shortlist > 0}
+           "kernels": kernels, "beam": beam, "shortlist": shortlist > 0, "batch": size_class(sentences),
+           "length": LENGTH}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -194,7 +232,8 @@ def cached_choice(key: str, path: Path | None = None) -> PrecisionChoice | None:
     if not isinstance(entry, dict) or entry.get("mode") not in ("float32", "bf16"):
         return None
     return PrecisionChoice(entry["mode"], str(entry.get("reason", "")), dict(entry.get("timings") or {}),
-                           int(entry.get("rounds") or 0), cached=True)
+                           int(entry.get("rounds") or 0), cached=True, sentences=int(entry.get("sentences") or 0),
+                           seconds=float(entry.get("seconds") or 0.0))
 
 
 def store_choice(key: str, choice: PrecisionChoice, path: Path | None = None) -> None:
@@ -206,7 +245,8 @@ def store_choice(key: str, choice: PrecisionChoice, path: Path | None = None) ->
     entries = _read_cache(path)
     entries.pop(key, None)
     entries[key] = {"mode": choice.mode, "reason": choice.reason, "timings": choice.timings,
-                    "rounds": choice.rounds, "stored": time.time()}
+                    "rounds": choice.rounds, "sentences": choice.sentences, "seconds": choice.seconds,
+                    "stored": time.time()}
     kept = dict(list(entries.items())[-CACHE_ENTRIES:])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,39 +284,51 @@ def _without_timing(translator) -> PrecisionChoice | None:
     return None
 
 
-def choose_precision(translator, options) -> tuple[PrecisionChoice, Any]:
+def choose_precision(translator, options, sentences: int | None = None) -> tuple[PrecisionChoice, Any]:
     """``(choice, bf16 twin or None)`` for ``translator`` (a float32
-    :class:`~nmt.inference.translator.Translator`) searching with ``options``: decided without
-    timing where the device settles it, else the cached choice, else a calibration (cached when
-    the translator came from weights files)."""
-    from nmt.data.vocab import N_SPECIAL
-
+    :class:`~nmt.inference.translator.Translator`) searching with ``options`` in batches of
+    ``sentences`` (None: the batches ``options.batch_tokens`` makes, :func:`calibration_sentences`):
+    decided without timing where the device settles it, else the cached choice, else a calibration
+    (cached when the translator came from weights files)."""
     settled = _without_timing(translator)
     if settled is not None:
         return settled, None
+    length = min(LENGTH, options.max_input_len)  # nothing truncated (and warned about)
+    sentences = calibration_sentences(options.batch_tokens, options.beam, sentences, length)
     key = None
     if translator.weights_files:
         key = cache_key(translator.weights_files, translator.device.type,
-                        translator.recipe.model.kernels, options.beam, options.shortlist)
+                        translator.recipe.model.kernels, options.beam, options.shortlist, sentences=sentences)
         cached = cached_choice(key)
         if cached is not None:
             return cached, None
+    started = time.perf_counter()
     twin = translator.twin("bf16")
+    best, rounds = _time_modes(translator, twin, options, sentences, length)
+    timings = {mode: round(seconds, 6) for mode, seconds in best.items()}
+    mode, reason = pick(timings)
+    choice = PrecisionChoice(mode, reason, timings, rounds, sentences=sentences,
+                             seconds=round(time.perf_counter() - started, 3))
+    if key is not None:
+        store_choice(key, choice)
+    return choice, twin
+
+
+def _time_modes(translator, twin, options, sentences: int, length: int) -> tuple[dict[str, float], int]:
+    """:func:`calibrate` float32 (``translator``) against bf16 (``twin``) on a batch of
+    ``sentences`` made-up sentences of about ``length`` subwords, searched for ``length`` steps."""
+    from nmt.data.vocab import N_SPECIAL
+
     vocab = getattr(translator.tokenizers, "src_vocab_size", None) or translator.recipe.tokenizer.src_vocab_size
-    # no longer than the inputs the search takes, so that nothing is truncated (and warned about)
-    sources = calibration_sources(vocab, N_SPECIAL, length=min(LENGTH, options.max_input_len))
+    sources = calibration_sources(vocab, N_SPECIAL, sentences, length)
+    # one batch, as the run's batching makes it (a larger budget would not change the searches)
+    batch_tokens = max(options.batch_tokens, sentences * (length + 1) * max(1, options.beam))
     settings = {**{k: v for k, v in asdict(options).items() if k not in ("beam", "n_best")},
-                "max_len_a": 0.0, "max_len_b": LENGTH, "min_len": 0}
+                "max_len_a": 0.0, "max_len_b": length, "min_len": 0, "batch_tokens": batch_tokens}
     runners = {name: (lambda t=t: t.search_ids(sources, options.beam, options.n_best, **settings))
                for name, t in (("float32", translator), ("bf16", twin))}
     warn, translator.warn = translator.warn, _Silent()  # about made-up input: not the user's
     try:
-        best, rounds = calibrate(runners)
+        return calibrate(runners)
     finally:
         translator.warn = warn
-    timings = {mode: round(seconds, 6) for mode, seconds in best.items()}
-    mode, reason = pick(timings)
-    choice = PrecisionChoice(mode, reason, timings, rounds)
-    if key is not None:
-        store_choice(key, choice)
-    return choice, twin

@@ -182,9 +182,11 @@ class Translator(TranslatorBase):
 
     # ----------------------------------------------------------------------------- precision
     def resolve_precision(self, options: DecodeConfig | None = None,
-                          choice: PrecisionChoice | None = None) -> PrecisionChoice | None:
+                          choice: PrecisionChoice | None = None, *,
+                          batch_sentences: int | None = None) -> PrecisionChoice | None:
         """Make ``precision="auto"`` a mode: the cached or measured faster one for searches with
-        ``options`` (default :attr:`decode`; :mod:`nmt.inference.precision_auto`), or ``choice``
+        ``options`` (default :attr:`decode`; :mod:`nmt.inference.precision_auto`) in batches of
+        ``batch_sentences`` sentences (None: those ``options.batch_tokens`` makes), or ``choice``
         (made by another process of the same job), logged with its figures. Runs once, before the
         first search (searches call it); a no-op afterwards and for an explicit precision. Returns
         :attr:`precision_choice`."""
@@ -195,7 +197,7 @@ class Translator(TranslatorBase):
         self.precision = "float32"  # the calibration's float32 searches run on this translator
         twin = None
         if choice is None:
-            choice, twin = choose_precision(self, options or self.decode)
+            choice, twin = choose_precision(self, options or self.decode, batch_sentences)
         if choice.mode == "bf16":
             twin = twin or self.twin("bf16")
             self.model, self._tables, self.precision = twin.model, twin._tables, "bf16"
@@ -297,7 +299,9 @@ class Translator(TranslatorBase):
         """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
         target id lists by :attr:`Source.index` (lexically constrained beam search)."""
         out: dict[int, list[Hypothesis]] = {}
-        self.resolve_precision(options)
+        # a first search not settled beforehand calibrates on its own largest batch
+        batches = list(batches)
+        self.resolve_precision(options, batch_sentences=max(map(len, batches), default=None))
         lexicon = self._lexicon_for(options)
         tables = self.search_tables()
         with torch.inference_mode(), self._autocast():

@@ -349,7 +349,8 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
                                  kernels=kernels)
     settings = apply_settings(translator, decode, label)
-    choice = translator.resolve_precision(settings)  # auto's calibration counts as loading
+    # auto's calibration counts as loading
+    choice = translator.resolve_precision(settings, batch_sentences=batch_sentences)
     load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])

@@ -39,11 +39,13 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
 
 
 def settle_precision(translator, options: DecodeConfig, verbose: bool = False, world: int = 1,
-                     main: bool = True, threads: int | None = None) -> None:
+                     main: bool = True, threads: int | None = None, batch_sentences: int | None = None) -> None:
     """Resolve ``precision: auto`` before the first search (the main process's choice holds in
     every process of a distributed job: their outputs are one translation); ``verbose``: say which
     mode and why on stderr. ``threads``: the torch threads the searches will run with, when they
-    differ from this thread's (model worker processes): the calibration is timed at that count."""
+    differ from this thread's (model worker processes): the calibration is timed at that count.
+    ``batch_sentences``: the sentences per batch the searches will run (the server's), when
+    ``options.batch_tokens`` does not make the batches."""
     import sys
 
     if getattr(translator, "precision", None) != "auto":
@@ -57,10 +59,10 @@ def settle_precision(translator, options: DecodeConfig, verbose: bool = False, w
         if world > 1:
             from accelerate.utils import broadcast_object_list
 
-            made = [translator.resolve_precision(options) if main else None]
+            made = [translator.resolve_precision(options, batch_sentences=batch_sentences) if main else None]
             broadcast_object_list(made, from_process=0)
             translator.resolve_precision(options, choice=made[0])
-        choice = translator.resolve_precision(options)
+        choice = translator.resolve_precision(options, batch_sentences=batch_sentences)
     finally:
         torch.set_num_threads(before)
     if verbose and main and choice is not None:

@@ -102,7 +102,7 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
     onnx = engine == "onnx"
     served = list(models) if models is not None else load_models(
         run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None,
-        model_threads=None if onnx else threads)
+        model_threads=None if onnx else threads, batch_sentences=limits.max_batch_texts)
     # the ONNX engine's threads are its sessions' (in the models' options), not torch's
     batcher = Batcher(limits, model_runner(served, workers, None if onnx else threads))
 
@@ -331,7 +331,8 @@ def serve_cli(args) -> int:
     models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
                          ensemble=getattr(args, "ensemble", False),
                          threads=threads if engine == "onnx" else None,
-                         model_threads=None if engine == "onnx" else threads)
+                         model_threads=None if engine == "onnx" else threads,
+                         batch_sentences=limits.max_batch_texts)
     allowed = args.allowed_hosts.split(",") if args.allowed_hosts else default_allowed_hosts(args.host)
     app = create_app(models=models, limits=limits, threads=None if engine == "onnx" else threads,
                      allowed_hosts=allowed, token=token, workers=workers)

@@ -174,13 +174,14 @@ def check_dirs(run_dirs: Sequence[str | Path], engine: str = "torch") -> list[Pa
 
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str | None = None, *,
                 engine: str = "torch", ensemble: bool = False, threads: int | None = None,
-                model_threads: int | None = None) -> list[ServedModel]:
+                model_threads: int | None = None, batch_sentences: int | None = None) -> list[ServedModel]:
     """The served models: one per directory, side by side, or with ``ensemble`` one model, the
     ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`.
 
     ``precision`` None: each recipe's ``decode.precision``; ``auto`` is resolved here, before the
-    first request, at ``model_threads`` torch threads (those the model will run with), and the
-    mode chosen goes into the model's options, so every worker process loads that mode."""
+    first request, at ``model_threads`` torch threads (those the model will run with) on batches
+    of ``batch_sentences`` (the server's sentences per model call), and the mode chosen goes into
+    the model's options, so every worker process loads that mode."""
     paths = check_dirs(run_dirs, engine)
     if ensemble and engine == "onnx":
         raise NmtError("--ensemble: an export is one model, and --engine onnx serves one export directory "
@@ -198,7 +199,8 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
         if hasattr(translator, "resolve_precision"):  # the torch engine
             from nmt.tools.decoding import settle_precision
 
-            settle_precision(translator, translator.decode, threads=model_threads)
+            settle_precision(translator, translator.decode, threads=model_threads,
+                             batch_sentences=batch_sentences)
             options["precision"] = translator.precision
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
