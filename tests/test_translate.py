@@ -818,7 +818,7 @@ def test_cli_a_full_file_system_removes_the_partial_output(run_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_translate_removes_the_partial_output(run_dir, tmp_path):
-    src = write_bytes(tmp_path / "in.txt", ("\n".join(SOURCES * 3000) + "\n").encode())
+    src = write_bytes(tmp_path / "in.txt", ("\n".join(SOURCES * 30000) + "\n").encode())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "nmt", "translate", str(run_dir), "-i", str(src),
