@@ -328,3 +328,28 @@ def test_a_runner_that_ends_a_batch_while_requests_wait_takes_them_at_once():
     assert answers == [[{"text": "A"}], [{"text": "B"}], [{"text": "C"}]]
     assert runner.batches == [["a"], ["b", "c"]]
     assert runner.releases == 1, runner.releases  # once, after the second batch
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_bench_serve_finds_the_workers_and_reads_their_cpu_time():
+    """scripts/bench_serve.py reports CPU time per sentence of the server and of its workers."""
+    import importlib.util
+    import multiprocessing
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    child.start()
+    try:
+        deadline = time.monotonic() + 20
+        while child.pid not in bench.worker_pids(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert child.pid in bench.worker_pids(os.getpid())
+        sum(range(3_000_000))  # some CPU time of this process
+        assert bench.cpu_seconds(os.getpid()) > 0 and bench.cpu_of([child.pid]) is not None
+        assert bench.cpu_of([]) is None and bench.cpu_seconds(2 ** 22 + 7) is None
+    finally:
+        child.terminate()
+        child.join(10)
