@@ -188,8 +188,11 @@ class Batcher:
         groups, members = plan(batch)
         future = None
         if groups:
-            started = self.runner.run(runner, groups)
-            future = asyncio.ensure_future(started)
+            try:
+                future = asyncio.ensure_future(self.runner.run(runner, groups))
+            except Exception as exc:  # could not even be sent: an outcome like a failed call's
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
         return groups, members, future
 
     async def _outcomes(self, runner, groups, members, future) -> tuple[list, list, list, bool]:
