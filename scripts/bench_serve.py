@@ -11,7 +11,9 @@ In one run, on this machine's loopback interface:
 2. ``nmt serve RUN_DIR`` started on a free loopback port (``--workers``, ``--threads``), and for
    each ``--clients`` level every sentence sent once as its own request (``{"text": ...}``), each
    client sending its next request when the last is answered: sentences/s, p50/p95/p99 latency,
-   and the sentences per model call the server batched (its ``/health`` counts).
+   the sentences per model call the server batched (its ``/health`` counts), and the CPU time per
+   sentence of the server process and of its model workers with the workers' busy fraction (from
+   ``/proc``, Linux): on a machine shared with other work these vary less than sentences/s do.
 
 Prints a markdown table with the CPU (``lscpu`` Model name) and served / offline. Stops by itself:
 the server is stopped at the end, on an error and past ``--max-seconds`` (levels not finished by
@@ -76,8 +78,9 @@ def server_settings(args) -> tuple[int, int]:
     return workers_and_threads(args.workers, args.threads)
 
 
-def offline(args, sentences: list[str], threads: int | None) -> float:
-    """Sentences/s of one ``Translator.translate`` call on the whole list."""
+def offline(args, sentences: list[str], threads: int | None) -> tuple[float, float]:
+    """Sentences/s of one ``Translator.translate`` call on the whole list, and its CPU seconds per
+    sentence (this process: the torch threads included)."""
     import torch
 
     from nmt.inference.translator import Translator
@@ -86,9 +89,44 @@ def offline(args, sentences: list[str], threads: int | None) -> float:
         torch.set_num_threads(threads)
     translator = Translator.load(args.run_dir, device="cpu", precision=args.precision)
     translator.translate(sentences[:8], beam=args.beam, return_scores=True)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     translator.translate(sentences, beam=args.beam, return_scores=True)
-    return len(sentences) / (time.perf_counter() - start)
+    return len(sentences) / (time.perf_counter() - start), (time.process_time() - cpu) / len(sentences)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far; None where ``/proc``
+    does not tell."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pids(server: int) -> list[int]:
+    """The model worker processes of the server ``server`` (its children started by
+    multiprocessing's ``spawn``)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == server and b"spawn_main" in command:
+            found.append(int(entry))
+    return found
+
+
+def cpu_of(pids: list[int]) -> float | None:
+    times = [cpu_seconds(pid) for pid in pids]
+    return None if not pids or None in times else sum(times)
 
 
 def _free_port() -> int:
@@ -106,7 +144,8 @@ def server_arguments(args, workers: int, threads: int | None) -> list[str]:
 @contextlib.contextmanager
 def running_server(serve_args: list[str], log, deadline: float):
     """``nmt serve SERVE_ARGS`` of this checkout on a free loopback port, output to ``log`` (None:
-    this process's); yields its base URL once ``/health`` answers, and stops it afterwards."""
+    this process's); yields its base URL and process id once ``/health`` answers, and stops it
+    afterwards."""
     port = _free_port()
     command = [sys.executable, "-m", "nmt", "serve", *serve_args, "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -114,7 +153,7 @@ def running_server(serve_args: list[str], log, deadline: float):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(proc, base, deadline)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -195,36 +234,56 @@ async def load(base: str, sentences: list[str], clients: int, beam: int | None) 
     return time.perf_counter() - start, latencies
 
 
-def level(base: str, sentences: list[str], clients: int, beam: int | None, left: float) -> dict | None:
-    """One concurrency level's figures; None when it did not finish within ``left`` seconds."""
+def level(base: str, sentences: list[str], clients: int, beam: int | None, left: float,
+          server: int | None = None) -> dict | None:
+    """One concurrency level's figures; None when it did not finish within ``left`` seconds.
+    ``server``: the server's process id, for the CPU time of it and of its workers."""
     before = httpx.get(base + "/health", timeout=10).json()
+    workers = worker_pids(server) if server else []
+    cpu_before = cpu_seconds(server) if server else None, cpu_of(workers)
     try:
         seconds, latencies = asyncio.run(asyncio.wait_for(load(base, sentences, clients, beam), left))
     except asyncio.TimeoutError:
         return None
+    cpu_after = cpu_seconds(server) if server else None, cpu_of(workers)
     after = httpx.get(base + "/health", timeout=10).json()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     calls = after["model_calls"] - before["model_calls"]
-    return {"rate": len(latencies) / seconds, "p50": q[49], "p95": q[94], "p99": q[98],
-            "per_call": (after["texts"] - before["texts"]) / max(1, calls)}
+    n = len(latencies)
+    spent = [None if a is None or b is None else b - a for a, b in zip(cpu_before, cpu_after)]
+    return {"rate": n / seconds, "p50": q[49], "p95": q[94], "p99": q[98],
+            "per_call": (after["texts"] - before["texts"]) / max(1, calls),
+            "server_cpu": None if spent[0] is None else spent[0] / n,
+            "worker_cpu": None if spent[1] is None else spent[1] / n,
+            "worker_busy": None if spent[1] is None else spent[1] / seconds / len(workers)}
 
 
-def report(args, workers: int, threads: int | None, offline_rate: float, rows: dict) -> str:
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def report(args, workers: int, threads: int | None, offline_rate: float, rows: dict,
+           offline_cpu: float | None = None) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"{when}, {cpu_model()} ({os.cpu_count()} CPUs), {args.lines} sentences of {args.source}, "
              f"run {args.run_dir}, beam {args.beam or 'of the recipe'}, {args.precision}, "
-             f"--workers {workers}, --threads {threads or 'default'}", "",
-             "| clients | sentences/s | p50 / p95 / p99 latency (ms) | sentences per model call | served / offline |",
-             "|---|---|---|---|---|"]
+             f"--workers {workers}, --threads {threads or 'default'} (offline: the same torch threads, "
+             "in this process)", "",
+             "| clients | sentences/s | p50 / p95 / p99 latency (ms) | sentences per model call | served / offline "
+             "| CPU ms per sentence: server / workers | workers busy |",
+             "|---|---|---|---|---|---|---|"]
     for clients, r in rows.items():
         if clients > args.lines:  # a client per sentence at most
             clients = f"{clients} ({args.lines} with a sentence)"
         if r is None:
-            lines.append(f"| {clients} | not finished within --max-seconds | | | |")
+            lines.append(f"| {clients} | not finished within --max-seconds | | | | | |")
             continue
         lines.append(f"| {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / "
-                     f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} |")
-    lines.append(f"| offline: one `Translator.translate` call | {offline_rate:,.1f} | | | 1 |")
+                     f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} | "
+                     f"{_ms(r['server_cpu'])} / {_ms(r['worker_cpu'])} | "
+                     f"{'?' if r['worker_busy'] is None else format(r['worker_busy'], '.0%')} |")
+    lines.append(f"| offline: one `Translator.translate` call | {offline_rate:,.1f} | | | 1 | "
+                 f"{_ms(offline_cpu)} (this process) | |")
     return "\n".join(lines)
 
 
@@ -236,20 +295,20 @@ def main() -> None:
     args.lines = len(sentences)
     levels = [int(c) for c in args.clients.split(",")]
     workers, threads = server_settings(args)
-    offline_rate = offline(args, sentences, threads)
+    offline_rate, offline_cpu = offline(args, sentences, threads)
     with tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log") as log:
         try:
             with running_server(server_arguments(args, workers, threads), log,
-                                min(deadline, time.monotonic() + 300)) as base:
+                                min(deadline, time.monotonic() + 300)) as (base, server):
                 rows = {}
                 for clients in levels:
                     left = deadline - time.monotonic()
-                    rows[clients] = level(base, sentences, clients, args.beam, left) if left > 0 else None
+                    rows[clients] = level(base, sentences, clients, args.beam, left, server) if left > 0 else None
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
             raise
-    print(report(args, workers, threads, offline_rate, rows))
+    print(report(args, workers, threads, offline_rate, rows, offline_cpu))
 
 
 if __name__ == "__main__":

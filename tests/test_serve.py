@@ -696,3 +696,22 @@ def test_constraints_and_alignments_through_the_api(client, translator):
                         ({"text": texts[0], "constraints": [["x"] * 9]}, "at most 8")):
         r = post(client, body)
         assert r.status_code == 422 and words in r.text, r.text
+
+
+def test_a_request_is_measured_one_text_at_a_time():
+    """sentencepiece encodes a list on threads it starts for the call: the server encodes each text
+    alone (the same ids)."""
+    from types import SimpleNamespace
+
+    from nmt.tools.serve_requests import source_ids
+
+    seen = []
+
+    class Processor:
+        def encode(self, text, out_type):
+            seen.append(text)
+            assert isinstance(text, str) and out_type is int, text
+            return [len(w) for w in text.split()]
+
+    assert source_ids(SimpleNamespace(src=Processor()), ["ab c", "d"]) == [[2, 1], [1]]
+    assert seen == ["ab c", "d"]

@@ -272,3 +272,84 @@ def test_a_server_whose_workers_cannot_start_again_answers_503(run, tmp_path):
         assert answer.headers["retry-after"] == "1"
         assert "a replacement model worker failed" in log.read_text()
         assert proc.poll() is None
+
+
+class _CountingRunner:
+    """A model runner without processes: each batch takes ``seconds``; counts what it is asked."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.stats, self.batches, self.releases = seconds, {}, [], 0
+
+    async def start(self):
+        self._idle = asyncio.Queue()
+        self._idle.put_nowait(self)
+
+    async def acquire(self):
+        return await self._idle.get()
+
+    def alive(self):
+        return True
+
+    def release(self, runner, lost=False):
+        self.releases += 1
+        self._idle.put_nowait(runner)
+
+    def run(self, runner, groups):
+        self.batches.append([t for g in groups for t in g["texts"]])
+        future = asyncio.get_running_loop().create_future()
+        outcomes = [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups]
+        asyncio.get_running_loop().call_later(self.seconds, future.set_result, outcomes)
+        return future
+
+    def close(self):
+        pass
+
+
+def test_a_runner_that_ends_a_batch_while_requests_wait_takes_them_at_once():
+    """The requests that arrived during a model call are the runner's next batch, sent before the
+    answers are delivered and without going back to the collector; an idle runner goes back."""
+    async def scenario():
+        runner = _CountingRunner(0.2)
+        batcher = Batcher(ServeLimits(batch_window_ms=0), runner)
+        await batcher.start()
+        collector = asyncio.create_task(batcher.run())
+        try:
+            first = batcher.submit(_job("a"))
+            await asyncio.sleep(0.05)  # its call is under way
+            later = [batcher.submit(_job(t)) for t in ("b", "c")]
+            answers = [await asyncio.wait_for(f, 10) for f in (first, *later)]
+            await asyncio.sleep(0.05)
+            return answers, runner
+        finally:
+            collector.cancel()
+            batcher.close()
+
+    answers, runner = asyncio.run(scenario())
+    assert answers == [[{"text": "A"}], [{"text": "B"}], [{"text": "C"}]]
+    assert runner.batches == [["a"], ["b", "c"]]
+    assert runner.releases == 1, runner.releases  # once, after the second batch
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_bench_serve_finds_the_workers_and_reads_their_cpu_time():
+    """scripts/bench_serve.py reports CPU time per sentence of the server and of its workers."""
+    import importlib.util
+    import multiprocessing
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    child.start()
+    try:
+        deadline = time.monotonic() + 20
+        while child.pid not in bench.worker_pids(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert child.pid in bench.worker_pids(os.getpid())
+        sum(range(3_000_000))  # some CPU time of this process
+        assert bench.cpu_seconds(os.getpid()) > 0 and bench.cpu_of([child.pid]) is not None
+        assert bench.cpu_of([]) is None and bench.cpu_seconds(2 ** 22 + 7) is None
+    finally:
+        child.terminate()
+        child.join(10)

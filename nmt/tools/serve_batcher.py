@@ -11,8 +11,10 @@ between model calls: its sentences that have not started are never computed.
 The collector waits ``batch_window_ms`` for more requests only when others are already waiting
 (a burst is under way); a request on an idle server starts at once. It takes the next batch only
 once a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
-arrive wait in the queue and make the next batch large. With several worker processes, a small
-request waits for at most the first of the calls under way to end, and its own.
+arrive wait in the queue and make the next batch large. A runner that ends a call while requests
+wait takes them at once, before its answers are delivered (no window: they waited for the call),
+so it does not sit idle while the event loop answers the clients. With several worker processes,
+a small request waits for at most the first of the calls under way to end, and its own.
 """
 from __future__ import annotations
 
@@ -147,31 +149,66 @@ class Batcher:
             self._drop_gone()
             if window and len(self.pending) > 1 and self.waiting_texts() < self.limits.max_batch_texts:
                 await asyncio.sleep(window)  # others are waiting: a burst, gather it
-            batch = self.take()
-            if not self.pending:
-                self._wakeup.clear()
+            batch = self._take_batch()
             if not batch:
                 self.runner.release(runner)
                 continue
-            if self.metrics is not None:
-                self.metrics.batch(len(batch))
-            task = asyncio.get_running_loop().create_task(self._call(runner, batch))
+            task = asyncio.get_running_loop().create_task(self._serve(runner, batch))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _call(self, runner, batch: list[tuple[Job, int]]) -> None:
-        """One batch on ``runner``; each sentence's answer (or error) into its request."""
+    def _take_batch(self) -> list[tuple[Job, int]]:
+        """:meth:`take`, counted; the collector sleeps once the queue is empty."""
+        batch = self.take()
+        if not self.pending:
+            self._wakeup.clear()
+        if batch and self.metrics is not None:
+            self.metrics.batch(len(batch))
+        return batch
+
+    async def _serve(self, runner, batch: list[tuple[Job, int]]) -> None:
+        """``batch`` on ``runner``, then, while requests wait, the next batch on the same runner: it
+        is taken and sent as soon as the answers are back, before they are delivered, so the
+        runner does not wait for the event loop to answer the clients and to wake the collector
+        (the requests that arrived during the call make the next batch, with no batching window).
+        A runner with nothing waiting goes back to the collector."""
+        call = self._start(runner, batch)
+        while batch:
+            groups, members, outcomes, lost = await self._outcomes(runner, *call)
+            following = self._take_batch() if self.pending and not lost and runner.alive() else []
+            if following:
+                call = self._start(runner, following)
+            else:
+                self.runner.release(runner, lost)
+            self._deliver_batch(batch, groups, members, outcomes)
+            batch = following
+
+    def _start(self, runner, batch: list[tuple[Job, int]]):
+        """The batch's groups sent to ``runner``: ``(groups, members, future of the outcomes)``."""
         groups, members = plan(batch)
+        future = None
+        if groups:
+            try:
+                future = asyncio.ensure_future(self.runner.run(runner, groups))
+            except Exception as exc:  # could not even be sent: an outcome like a failed call's
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+        return groups, members, future
+
+    async def _outcomes(self, runner, groups, members, future) -> tuple[list, list, list, bool]:
+        """The outcome of each group (an error outcome for every group when the runner failed)."""
         lost = False
         try:
-            outcomes = await self.runner.run(runner, groups) if groups else []
+            outcomes = await future if future is not None else []
         except WorkerLost as exc:  # its requests may be retried; the pool starts another worker
             lost = True
             outcomes = [{"status": 503, "error": f"{exc} while translating this request; retry"}] * len(groups)
         except Exception as exc:  # the runner itself failed: its requests fail, the server goes on
             outcomes = [{"status": 500, "error": repr(exc)}] * len(groups)
-        finally:
-            self.runner.release(runner, lost)
+        return groups, members, outcomes, lost
+
+    def _deliver_batch(self, batch, groups, members, outcomes) -> None:
+        """Each sentence's answer (or error) into its request."""
         self.stats["batches"] += 1
         for group, ks, outcome in zip(groups, members, outcomes):
             if "results" in outcome:

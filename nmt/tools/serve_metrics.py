@@ -11,7 +11,7 @@ tests) do not share counts.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["ServeMetrics", "metrics_or_none"]
 
@@ -38,6 +38,7 @@ class ServeMetrics:
               registry=self.registry).set_function(waiting)
         Gauge("nmt_serve_queue_sentences", "sentences waiting for the model",
               registry=self.registry).set_function(waiting_texts)
+        self._by_status: dict[int, Any] = {}
         counts = stats if stats is not None else {}
         Gauge("nmt_serve_workers", "model worker processes running",
               registry=self.registry).set_function(lambda: counts.get("workers", 0))
@@ -45,7 +46,10 @@ class ServeMetrics:
               registry=self.registry).set_function(lambda: counts.get("worker_restarts", 0))
 
     def request(self, status: int, seconds: float) -> None:
-        self.requests.labels(status=str(status)).inc()
+        counter = self._by_status.get(status)
+        if counter is None:  # labels() looks the child up by its label values: once per status
+            counter = self._by_status[status] = self.requests.labels(status=str(status))
+        counter.inc()
         self.latency.observe(seconds)
 
     def batch(self, sentences: int) -> None:

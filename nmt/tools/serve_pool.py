@@ -3,7 +3,8 @@
 
 Both offer the same four steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
 ``acquire()`` (wait for an idle runner; None when none is left), ``run(runner, groups)`` (one
-batch, see :mod:`nmt.tools.serve_worker`) and ``release(runner)``. The batcher takes the next
+batch, see :mod:`nmt.tools.serve_worker`: a future of its outcomes, started at once) and
+``release(runner)``. The batcher takes the next
 batch from its queue only once a runner is idle, so under load the queue fills while every runner
 works and the next batch is large, while a lone request on an idle server starts at once.
 
@@ -119,9 +120,10 @@ class ModelThread:
     def release(self, runner, lost: bool = False) -> None:
         self._idle.put_nowait(runner)
 
-    async def run(self, runner, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def run(self, runner, groups: list[dict[str, Any]]) -> asyncio.Future:
+        """The outcomes of ``groups`` (a future: the call starts now, not when awaited)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, run_groups, self.translators, groups)
+        return loop.run_in_executor(self.executor, run_groups, self.translators, groups)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -261,13 +263,17 @@ class WorkerPool:
                 return worker
             self._replace(worker)  # died while idle: no batch lost
 
-    async def run(self, worker: _Worker, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
+    def run(self, worker: _Worker, groups: list[dict[str, Any]]) -> asyncio.Future:
+        """The outcomes of ``groups`` on ``worker`` (a future: the batch is sent now, not when the
+        future is awaited, so the worker need not wait for the event loop's next turn)."""
         worker.busy = True
-        try:
-            return await loop.run_in_executor(self._io, worker.call, groups)
-        finally:
+        future = asyncio.get_running_loop().run_in_executor(self._io, worker.call, groups)
+
+        def done(_):
             worker.busy = False
+
+        future.add_done_callback(done)
+        return future
 
     def release(self, worker: _Worker, lost: bool = False) -> None:
         """``worker`` is idle again; ``lost``: it failed its batch (it is replaced)."""

@@ -284,7 +284,7 @@ def request_work(served: ServedModel, texts: list[str], options: dict[str, Any],
     n_best = options.get("n_best") or 1
     # sampling runs one row per sample: pieces × n_best
     beam = 1 if is_sampling(served, options) else max(options.get("beam") or decode.beam, n_best)
-    pieces = [min(len(ids), decode.max_input_len) + 1 for ids in translator.tokenizers.encode_src(texts)]
+    pieces = [min(len(ids), decode.max_input_len) + 1 for ids in source_ids(translator.tokenizers, texts)]
     work = [p * beam * n_best for p in pieces]
     if sum(work) > limits.max_request_work:
         raise ApiError(413, f"the request asks for {sum(work):,} units of work (source pieces × beam "
@@ -301,6 +301,16 @@ def request_work(served: ServedModel, texts: list[str], options: dict[str, Any],
                                 "return_attention with fewer or shorter texts or a smaller n_best, "
                                 "or without return_attention")
     return work
+
+
+def source_ids(tokenizers, texts: Sequence[str]) -> list[list[int]]:
+    """The source subword ids of each text, encoded one text at a time: sentencepiece encodes a
+    list on a pool of threads it starts for the call, which costs the event loop far more than the
+    encoding of one short sentence (and waits for a free CPU on a busy machine)."""
+    processor = getattr(tokenizers, "src", None)
+    if processor is None:
+        return tokenizers.encode_src(list(texts))
+    return [processor.encode(text, out_type=int) for text in texts]
 
 
 #: what FastAPI answers for a body it could not parse, whatever the reason
