@@ -24,7 +24,7 @@ import torch
 
 from nmt.data.grouping import length_groups
 from nmt.data.id_columns import EMPTY, KEEP, RATIO, TOO_LONG, TOO_SHORT, encoded_columns
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.vocab import BOS_ID, PAD_ID
 from nmt.errors import CheckpointError
 
 logger = logging.getLogger("nmt.data.corpus")
