@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from nmt.config import DataConfig, TokenizerConfig
+from nmt.data import batching
 from nmt.data.batching import _encode_batch, encode_dataset
 from nmt.data.corpus import load_corpus
 from nmt.data.id_columns import drop_reasons, with_eos
@@ -109,9 +110,11 @@ def test_with_eos_handles_empty_batches_and_empty_rows():
     assert with_eos(ids, np.array([0, 2, 0, 1])).to_pylist() == [[EOS_ID], [5, 6, EOS_ID], [EOS_ID], [7, EOS_ID]]
 
 
-@pytest.mark.parametrize("num_proc", [None, 2])
-def test_encoded_dataset_equals_the_reference(tiny, tmp_path, num_proc):
+@pytest.mark.parametrize("num_proc,map_batch", [(None, None), (None, 97), (2, None)])
+def test_encoded_dataset_equals_the_reference(tiny, tmp_path, monkeypatch, num_proc, map_batch):
     corpus, tok = tiny
+    if map_batch:  # many batches, the last one short
+        monkeypatch.setattr(batching, "_MAP_BATCH", map_batch)
     pairs = _pairs(corpus)
     ds = datasets.Dataset.from_dict({**pairs, "n": list(range(len(pairs["src"])))})
     max_len, max_ratio, min_len = 12, 1.5, 1
