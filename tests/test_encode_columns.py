@@ -131,3 +131,19 @@ def test_encoded_dataset_equals_the_reference(tiny, tmp_path, monkeypatch, num_p
     assert enc.features["src_len"] == datasets.Value("int32")
     unfiltered = encode_dataset(ds, tok, num_proc=num_proc)
     assert unfiltered["tgt_ids"][:] == ref["tgt_ids"] and unfiltered["src_len"][:] == ref["src_len"]
+
+
+def test_batching_does_not_load_pyarrow():
+    """Translation batches with nmt.data.batching; loading pyarrow there would add its import
+    (about 1.7 MB of Python objects) to what `nmt translate` holds (the flat-memory test)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import sys, nmt.data.batching, nmt.data.id_columns; "
+            "print('pyarrow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -5,16 +5,23 @@ columns that end in EOS, their lengths and the drop reasons of the training filt
 per sentence in Python and letting ``datasets`` convert lists of lists costs about as much as
 sentencepiece itself; here each batch is one flat values array plus offsets, and the filters are
 array operations. The columns are the same values and Arrow types as the per-sentence way.
+
+``pyarrow`` is imported inside the functions that build columns: ``nmt.data.batching`` imports
+this module, and translation (which batches with it but never encodes a corpus) should not load
+pyarrow: its import holds about 1.7 MB of Python objects that the memory of ``nmt translate`` is
+measured against.
 """
 from __future__ import annotations
 
 from itertools import chain
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from nmt.data.vocab import EOS_ID
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # reasons for dropping a training pair (column ``_drop`` during encoding)
 KEEP, EMPTY, TOO_SHORT, TOO_LONG, RATIO = 0, 1, 2, 3, 4
@@ -25,12 +32,14 @@ def lengths(ids: Sequence[Sequence[int]]) -> np.ndarray:
     return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
 
 
-def with_eos(ids: Sequence[Sequence[int]], lens: np.ndarray) -> pa.ListArray:
+def with_eos(ids: Sequence[Sequence[int]], lens: np.ndarray) -> "pa.ListArray":
     """``ids`` with ``EOS_ID`` appended to each sequence, as an Arrow ``list<int32>`` array.
 
     ``lens``: (N,) the lengths of ``ids`` (without EOS). Values are one flat int32 array and the
     offsets the running sum of ``lens + 1``, so no Python list is built per sentence.
     """
+    import pyarrow as pa
+
     ends = np.cumsum(lens + 1)
     offsets = np.zeros(len(lens) + 1, dtype=np.int32)
     offsets[1:] = ends
@@ -63,9 +72,11 @@ def drop_reasons(src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: Optional[i
 
 
 def encoded_columns(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]],
-                    drop: Optional[dict]) -> dict[str, pa.Array]:
+                    drop: Optional[dict]) -> "dict[str, pa.Array]":
     """``src_ids``, ``tgt_ids`` (ending in EOS), ``src_len``, ``tgt_len`` (counting it) and, when
     ``drop`` holds the filter settings (``max_len``, ``max_ratio``, ``min_len``), ``_drop``."""
+    import pyarrow as pa
+
     src_lens, tgt_lens = lengths(src), lengths(tgt)
     out = {"src_ids": with_eos(src, src_lens), "tgt_ids": with_eos(tgt, tgt_lens),
            "src_len": pa.array((src_lens + 1).astype(np.int32)),
