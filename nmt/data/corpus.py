@@ -67,7 +67,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from nmt.config import DataConfig
-from nmt.data.text import clean_text
+from nmt.data.text import clean_texts
 from nmt.errors import ConfigError, DataError
 
 logger = logging.getLogger("nmt.data.corpus")
@@ -86,8 +86,16 @@ ColumnSpec = tuple[str, Optional[str]]  #: (column name, key inside a ``translat
 
 
 def split_bucket(tgt: str, salt: str) -> int:
-    """The hash bucket (0..999) of a pair, from its target sentence."""
-    return int(hashlib.sha256((salt + tgt.lower()).encode("utf-8")).hexdigest(), 16) % 1000
+    """The hash bucket (0..999) of a pair, from its target sentence: the SHA-256 of the salted,
+    lower-cased target as a big-endian number, modulo 1000."""
+    return int.from_bytes(hashlib.sha256((salt + tgt.lower()).encode("utf-8")).digest(), "big") % 1000
+
+
+def split_buckets(tgts: Iterable[str], salt: str) -> list[int]:
+    """:func:`split_bucket` of each target sentence (one loop, no call per sentence)."""
+    sha256, from_bytes = hashlib.sha256, int.from_bytes
+    return [from_bytes(sha256((salt + tgt.lower()).encode("utf-8")).digest(), "big") % 1000
+            for tgt in tgts]
 
 
 def split_of_bucket(bucket: int, permille: dict[str, int]) -> str:
@@ -380,14 +388,15 @@ def _clean_table(table, specs: dict[str, ColumnSpec], form: str, salt: Optional[
         if not pa.types.is_string(col.type):
             col = pc.cast(col, pa.string())
         texts = pc.fill_null(col, "").to_pylist()
-        out[role] = pa.array([clean_text(text, form) for text in texts], type=pa.string())
+        out[role] = pa.array(clean_texts(texts, form), type=pa.string())
     if salt is not None:
-        buckets = [split_bucket(t, salt) for t in out["tgt"].to_pylist()]
+        buckets = split_buckets(out["tgt"].to_pylist(), salt)
         out["_bucket"] = pa.array(buckets, type=pa.int16())
     return pa.table(out)
 
 
-def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool, desc: str):
+def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool, desc: str,
+           num_proc: Optional[int] = None):
     import datasets
 
     features = {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
@@ -401,7 +410,7 @@ def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool,
         cleaned = ds.with_format("arrow").map(
             _clean_table, batched=True, batch_size=_MAP_BATCH, writer_batch_size=_MAP_BATCH,
             remove_columns=ds.column_names, features=datasets.Features(features),
-            desc=f"cleaning {desc}",
+            desc=f"cleaning {desc}", num_proc=num_proc if num_proc and num_proc > 1 else None,
             fn_kwargs={"specs": specs, "form": cfg.filter.normalize,
                        "salt": cfg.split_salt if with_bucket else None},
         )
@@ -412,6 +421,7 @@ def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool,
 
 
 def _row_mask(table, kind: str, lo: int = 0, hi: int = 1000):
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if kind == "bucket":
@@ -421,6 +431,8 @@ def _row_mask(table, kind: str, lo: int = 0, hi: int = 1000):
                        pc.greater(pc.utf8_length(table["tgt"]), 0))
     if kind == "keep":
         return pc.equal(table["_drop"], 0)
+    if kind == "all":
+        return pa.array(np.ones(table.num_rows, dtype=bool))
     raise ValueError(kind)
 
 
@@ -437,22 +449,24 @@ def _count_rows(ds, kind: str, columns: list[str], **kwargs) -> int:
     return kept
 
 
-_RULE_COLUMNS = {"bucket": ["_bucket"], "nonempty": ["src", "tgt"], "keep": ["_drop"]}
+_RULE_COLUMNS = {"bucket": ["_bucket"], "nonempty": ["src", "tgt"], "keep": ["_drop"], "all": []}
 
 
-def keep_rows(ds, kind: str, desc: str, drop: Sequence[str] = (), **kwargs):
+def keep_rows(ds, kind: str, desc: str, drop: Sequence[str] = (), cache_file_name: Optional[str] = None,
+              **kwargs):
     """Keep the rows selected by a vectorised (pyarrow) rule, writing a new Arrow table.
 
     Unlike ``Dataset.filter`` this leaves no indices mapping behind, so later sequential and
     random reads (encoding, batching) stay as fast as on the original table. ``kind``: ``bucket``
     (``lo <= _bucket < hi``), ``nonempty`` (both ``src`` and ``tgt`` non-empty) or ``keep``
-    (``_drop == 0``). Columns in ``drop`` are removed. When every row is kept nothing is rewritten.
+    (``_drop == 0``) or ``all``. Columns in ``drop`` are removed. When every row is kept nothing
+    is rewritten, unless ``cache_file_name`` names the file to write.
     """
-    if _count_rows(ds, kind, _RULE_COLUMNS[kind], **kwargs) == len(ds):
+    if cache_file_name is None and _count_rows(ds, kind, _RULE_COLUMNS[kind], **kwargs) == len(ds):
         return ds.remove_columns([c for c in drop if c in ds.column_names])
     out = ds.with_format("arrow").map(
         _select_rows, batched=True, batch_size=_MAP_BATCH, writer_batch_size=_MAP_BATCH,
-        remove_columns=list(drop) or None,
+        remove_columns=list(drop) or None, cache_file_name=cache_file_name,
         desc=desc, fn_kwargs={"kind": kind, "drop": list(drop), **kwargs})
     return out.with_format(None)
 
@@ -724,6 +738,8 @@ def load_cleaned_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS,
         os.makedirs(cfg.cache_dir, exist_ok=True)
     local = cfg.format in ("tsv", "text", "jsonl")
     with quiet_datasets(verbose), _offline(local):
+        if cfg.format == "tsv":
+            return _tsv_splits(cfg, splits)
         sources, unsplit = _SOURCES[cfg.format](cfg, splits)
         if unsplit:
             ds, specs, desc = sources["all"]
@@ -737,6 +753,21 @@ def load_cleaned_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS,
                      for s, (ds, specs, desc) in sources.items()}
             described = {s: desc for s, (_, _, desc) in sources.items()}
     return parts, described
+
+
+def _tsv_splits(cfg: DataConfig, splits: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The cleaned splits of a TSV corpus, kept as their final Arrow files only (``read_cache``)."""
+    from nmt.data import read_cache
+
+    root = Path(cfg.path).expanduser()
+    if root.is_file():
+        parts = read_cache.one_file_splits(cfg, root, splits)
+        return parts, {s: f"{root} (deterministic split {s!r})" for s in splits}
+    if not root.is_dir():
+        raise _missing_path(root, "corpus directory or file")
+    files = _split_files(cfg, root, splits)
+    return ({s: read_cache.split_file(cfg, path, s) for s, path in files.items()},
+            {s: str(path) for s, path in files.items()})
 
 
 def filter_train(ds, cfg: DataConfig, desc: str) -> tuple[Any, dict[str, int]]:
