@@ -94,12 +94,6 @@ def drop_intermediates(*datasets_: Any) -> None:
             logger.debug("removed the intermediate tables in %s", folder)
 
 
-def _bucket_range(split: str, permille: dict[str, int]) -> tuple[int, int]:
-    n_test, n_valid = permille.get("test", 0), permille.get("valid", 0)
-    return {"test": (0, n_test), "valid": (n_test, n_test + n_valid),
-            "train": (n_test + n_valid, 1000)}[split]
-
-
 def _read_cleaned(cfg: DataConfig, path: Path, with_bucket: bool):
     """The TSV ``path`` as ``datasets`` reads it and cleaned (``num_proc`` processes for a long
     file, like encoding); both tables are intermediates."""
@@ -134,7 +128,7 @@ def _written(cfg: DataConfig, key: str, splits: Sequence[str], path: Path, write
 
 def one_file_splits(cfg: DataConfig, path: Path, splits: Sequence[str]) -> dict[str, Any]:
     """``splits`` of one TSV file, split deterministically by hash bucket (all three are kept)."""
-    from nmt.data.corpus import SPLITS, keep_rows
+    from nmt.data.corpus import SPLITS, _bucket_range, keep_rows
 
     def write(folder: Path):
         raw, cleaned = _read_cleaned(cfg, path, with_bucket=True)
