@@ -4,8 +4,10 @@ Runs the data path of `nmt train` one step at a time in one process, on the gene
 scripts/bench_data_scale.py (N recombined Tatoeba pairs, one TSV, valid and test split off), with
 empty caches first ("cold") and then again ("warm"):
 
-- reading: the validation pass over the file, the `datasets` CSV reader, cleaning and hash buckets,
-  the split, the training filter; then `load_corpus` again with the `datasets` cache warm;
+- reading: the validation pass over the file, the `datasets` CSV reader, cleaning and hash buckets
+  (`--num-proc` processes), the split, the training filter, each on its own; then `load_corpus`,
+  which does all of them and keeps only the splits on disk, and `load_corpus` again, which maps
+  the kept splits;
 - sentencepiece: the identity of its training sample, training (cold), the cached models (warm);
 - encoding into the encoded cache (`--num-proc` processes) and reading the entry back (warm);
 - the shortlist lexicon over `data.lexicon_sample` pairs (cold) and its cache entry (warm).
@@ -74,7 +76,7 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=30_000_000, help="pairs to extrapolate to")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/nmt-bench-steps"))
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "fr-en.yaml"))
-    ap.add_argument("--num-proc", type=int, default=2, help="encoding processes")
+    ap.add_argument("--num-proc", type=int, default=2, help="cleaning and encoding processes")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     work = args.workdir
@@ -112,12 +114,15 @@ def run(args, corpus: Path, work: Path) -> None:
     with C.quiet_datasets():
         step("read: validation pass (check_tsv)", True, lambda: C.check_tsv(corpus, [0, 1]))
         raw = step("read: datasets CSV reader", True, lambda: C._read_tsv(str(corpus), ["c0", "c1"], cfg.cache_dir))
-        cleaned = step("read: cleaning, hash buckets", True,
-                       lambda: C._clean(raw, C._specs(cfg, "index"), cfg, True, "corpus"))
+        cleaned = step(f"read: cleaning, hash buckets, {args.num_proc} processes", True,
+                       lambda: C._clean(raw, C._specs(cfg, "index"), cfg, True, "corpus",
+                                        num_proc=args.num_proc))
         parts = step("read: split", True, lambda: C.split_deterministically(cleaned, cfg.split_permille,
                                                                             ("train", "valid")))
         step("read: training filter", True, lambda: C.filter_train(parts["train"], cfg, "corpus"))
-    data = step("read: load_corpus, datasets cache warm", True, lambda: C.load_corpus(cfg, ("train", "valid")))
+    step("read: load_corpus (all of the above, its splits kept)", True,
+         lambda: C.load_corpus(cfg, ("train", "valid")))
+    data = step("read: load_corpus again (the kept splits)", True, lambda: C.load_corpus(cfg, ("train", "valid")))
     train = data["train"]
     tok_cfg = recipe.tokenizer
     step(f"sentencepiece: sample identity ({tok_cfg.input_sentence_size} pairs)", False,

@@ -211,8 +211,9 @@ def test_stray_carriage_return(tmp_path):
 def test_validation_blocks_keep_line_numbers(tmp_path, monkeypatch):
     """The streaming check reads in blocks; line numbers and offsets must not depend on them."""
     import nmt.data.corpus
+    import nmt.data.line_check
 
-    monkeypatch.setattr(nmt.data.corpus, "_SCAN_CHUNK", 7)
+    monkeypatch.setattr(nmt.data.line_check, "_SCAN_CHUNK", 7)
     good = "\ufeffOne.\tUn.\r\n" + "".join(f"Line {i}.\tLigne {i}.\r\n" for i in range(2, 9))
     path = tmp_path / "x.tsv"
     path.write_bytes(good.encode() + b"\n" + "Eleven\tOnze\textra\n".encode())

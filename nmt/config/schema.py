@@ -100,7 +100,7 @@ class DataConfig:
     #: Processes that tokenise the corpus (the result is the same for any number); null: 1 for a
     #: split under 100k pairs, else the CPUs this process may use, at most 8 (rank 0 encodes while
     #: the other processes wait and uses them all; processes of another machine share theirs).
-    num_proc: Optional[int] = setting(None, "processes that tokenise the corpus", above=0, metavar="N")
+    num_proc: Optional[int] = setting(None, "processes that clean and tokenise the corpus", above=0, metavar="N")
     #: Before training, check on a sample of training pairs that the source side is in ``src_lang`` and
     #: the target side in ``tgt_lang`` (refuse swapped columns or files); false turns the check off.
     check_languages: bool = True

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from nmt.data.grouping import length_groups
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.id_columns import EMPTY, KEEP, RATIO, TOO_LONG, TOO_SHORT, encoded_columns
+from nmt.data.vocab import BOS_ID, PAD_ID
 from nmt.errors import CheckpointError
 
 logger = logging.getLogger("nmt.data.corpus")
@@ -31,7 +32,7 @@ logger = logging.getLogger("nmt.data.corpus")
 _MAP_BATCH = 10_000
 
 # reasons for dropping a training pair (column ``_drop`` during encoding)
-_KEEP, _EMPTY, _TOO_SHORT, _TOO_LONG, _RATIO = 0, 1, 2, 3, 4
+_KEEP, _EMPTY, _TOO_SHORT, _TOO_LONG, _RATIO = KEEP, EMPTY, TOO_SHORT, TOO_LONG, RATIO
 _REASONS = {_EMPTY: "an empty side", _TOO_SHORT: "fewer than min_len subwords on a side",
             _TOO_LONG: "more than max_len subwords on a side",
             _RATIO: "a length ratio above max_ratio"}
@@ -43,31 +44,20 @@ _REASONS = {_EMPTY: "an empty side", _TOO_SHORT: "fewer than min_len subwords on
 
 
 def _encode_batch(batch: dict[str, list], tokenizers, max_len: Optional[int],
-                  max_ratio: Optional[float], min_len: int, with_drop: bool) -> dict[str, list]:
+                  max_ratio: Optional[float], min_len: int, with_drop: bool, kept: Sequence[str] = ()):
+    """One batch of ``src``/``tgt`` texts to the encoded columns, as a ``pyarrow.Table``.
+
+    The id columns are built from flat arrays (:mod:`nmt.data.id_columns`), not per sentence;
+    ``datasets`` writes a returned table as it is, so the ``kept`` input columns are added here.
+    """
+    import pyarrow as pa
+
     src = tokenizers.encode_src(batch["src"])
     tgt = tokenizers.encode_tgt(batch["tgt"])
-    out: dict[str, list] = {
-        "src_ids": [ids + [EOS_ID] for ids in src],
-        "tgt_ids": [ids + [EOS_ID] for ids in tgt],
-        "src_len": [len(ids) + 1 for ids in src],
-        "tgt_len": [len(ids) + 1 for ids in tgt],
-    }
-    if with_drop:
-        reasons = []
-        for s, t in zip(src, tgt):
-            ls, lt = len(s), len(t)
-            if ls == 0 or lt == 0:
-                reasons.append(_EMPTY if min_len > 0 else _KEEP)
-            elif ls < min_len or lt < min_len:
-                reasons.append(_TOO_SHORT)
-            elif max_len is not None and (ls > max_len or lt > max_len):
-                reasons.append(_TOO_LONG)
-            elif max_ratio is not None and max(ls, lt) / min(ls, lt) > max_ratio:
-                reasons.append(_RATIO)
-            else:
-                reasons.append(_KEEP)
-        out["_drop"] = reasons
-    return out
+    drop = {"max_len": max_len, "max_ratio": max_ratio, "min_len": min_len} if with_drop else None
+    columns = {c: batch[c] for c in kept}
+    columns.update(encoded_columns(src, tgt, drop))
+    return pa.table(columns)
 
 
 def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Optional[float] = None,
@@ -116,7 +106,7 @@ def encode_dataset(ds, tokenizers, max_len: Optional[int] = None, max_ratio: Opt
             desc=f"encoding {desc}", new_fingerprint=fingerprint,
             cache_file_name=None if cache_dir is None else os.path.join(cache_dir, "encoded.arrow"),
             fn_kwargs={"tokenizers": tokenizers, "max_len": max_len, "max_ratio": max_ratio,
-                       "min_len": min_len, "with_drop": with_drop},
+                       "min_len": min_len, "with_drop": with_drop, "kept": kept},
         )
         if not with_drop:
             return encoded

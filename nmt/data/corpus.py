@@ -54,11 +54,9 @@ traceback; reading local files never touches the network (``datasets`` runs in o
 """
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -67,7 +65,9 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from nmt.config import DataConfig
-from nmt.data.text import clean_text
+from nmt.data.line_check import (  # noqa: F401  (public here since before)
+    _COMPRESSED, check_jsonl, check_tsv, count_lines, open_maybe_compressed)
+from nmt.data.text import clean_texts
 from nmt.errors import ConfigError, DataError
 
 logger = logging.getLogger("nmt.data.corpus")
@@ -86,8 +86,16 @@ ColumnSpec = tuple[str, Optional[str]]  #: (column name, key inside a ``translat
 
 
 def split_bucket(tgt: str, salt: str) -> int:
-    """The hash bucket (0..999) of a pair, from its target sentence."""
-    return int(hashlib.sha256((salt + tgt.lower()).encode("utf-8")).hexdigest(), 16) % 1000
+    """The hash bucket (0..999) of a pair, from its target sentence: the SHA-256 of the salted,
+    lower-cased target as a big-endian number, modulo 1000."""
+    return int.from_bytes(hashlib.sha256((salt + tgt.lower()).encode("utf-8")).digest(), "big") % 1000
+
+
+def split_buckets(tgts: Iterable[str], salt: str) -> list[int]:
+    """:func:`split_bucket` of each target sentence (one loop, no call per sentence)."""
+    sha256, from_bytes = hashlib.sha256, int.from_bytes
+    return [from_bytes(sha256((salt + tgt.lower()).encode("utf-8")).digest(), "big") % 1000
+            for tgt in tgts]
 
 
 def split_of_bucket(bucket: int, permille: dict[str, int]) -> str:
@@ -174,170 +182,6 @@ def _root_cause(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Streaming validation of local files (good error messages; no whole-file lists)
-# --------------------------------------------------------------------------------------------------
-
-
-_SCAN_CHUNK = 8 << 20  #: bytes per block of the streaming validation pass
-
-
-def _utf8_error(path: Path, chunk: bytes, pos: int, first_line: int, offset: int) -> DataError:
-    line = first_line + chunk.count(b"\n", 0, pos) + 1
-    column = pos - (chunk.rfind(b"\n", 0, pos) + 1) + 1
-    return DataError(
-        f"{path}:{line}: not valid UTF-8 (byte 0x{chunk[pos]:02x} at byte offset {offset + pos} of "
-        f"the file, column {column} of the line). Convert the file to UTF-8, e.g. "
-        f"iconv -f latin1 -t utf-8 {path} > fixed")
-
-
-def _cr_error(path: Path, line: int) -> DataError:
-    return DataError(
-        f"{path}:{line}: a carriage return (\\r) inside the line; readers would split the line "
-        f"there. Remove stray carriage returns, e.g. tr -d '\\r' < {path} > fixed")
-
-
-#: file name endings read through a decompressor (the ``csv``/``json``/``text`` builders of
-#: ``datasets`` infer the same compressions from the name)
-_COMPRESSED = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
-
-
-def open_maybe_compressed(path: Path):
-    """Open a local file for binary reading, decompressing ``.gz``, ``.xz`` and ``.bz2`` files."""
-    module = _COMPRESSED.get(Path(path).suffix.lower())
-    if module is None:
-        return open(path, "rb")
-    import importlib
-
-    return importlib.import_module(module).open(path, "rb")
-
-
-def _read_lines_block(f, path: Path) -> bytes:
-    """About :data:`_SCAN_CHUNK` bytes ending at a line break (or at the end of the file)."""
-    import lzma
-
-    try:
-        chunk = f.read(_SCAN_CHUNK)
-        if chunk and not chunk.endswith(b"\n"):
-            chunk += f.readline()  # finish the last line (\n never occurs inside a UTF-8 sequence)
-    except (OSError, EOFError, lzma.LZMAError) as exc:  # a truncated or corrupt compressed file
-        raise DataError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); if it is compressed, "
-                        "check that the download or copy is complete (e.g. xz -t / gzip -t)") from None
-    return chunk
-
-
-def _scan_blocks(path: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Stream a file in blocks of whole lines; check UTF-8 and stray carriage returns.
-
-    Compressed files (:data:`_COMPRESSED`) are checked on their decompressed bytes.
-    Yields ``(lines before the block, line starts, line ends, bytes as uint8 array)`` per block;
-    a line runs from start to end (exclusive), without its ``\\n`` / ``\\r\\n`` and without a
-    leading byte-order mark. Vectorised with numpy: no per-line Python work, memory bounded by
-    the block size.
-    """
-    lines_before = offset = 0
-    with open_maybe_compressed(path) as f:
-        while True:
-            chunk = _read_lines_block(f, path)
-            if not chunk:
-                return
-            try:
-                chunk.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _utf8_error(path, chunk, exc.start, lines_before, offset) from None
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            ends = np.flatnonzero(data == 10)
-            if not chunk.endswith(b"\n"):
-                ends = np.append(ends, len(chunk))
-            starts = np.empty_like(ends)
-            starts[0] = 3 if offset == 0 and chunk.startswith(codecs.BOM_UTF8) else 0
-            starts[1:] = ends[:-1] + 1
-            crlf = (ends > starts) & (data[np.maximum(ends - 1, 0)] == 13)
-            ends = ends - crlf
-            cr = np.flatnonzero(data == 13)
-            if len(cr):
-                per_line = np.searchsorted(cr, ends) - np.searchsorted(cr, starts)
-                if per_line.any():
-                    raise _cr_error(path, lines_before + int(np.argmax(per_line > 0)) + 1)
-            yield lines_before, starts, ends, data
-            lines_before += len(ends)
-            offset += len(chunk)
-
-
-def _iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, line without line break) after the checks of :func:`_scan_blocks`."""
-    for lines_before, starts, ends, data in _scan_blocks(path):
-        raw = data.tobytes()
-        for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-            yield lines_before + i + 1, raw[a:b]
-
-
-def check_tsv(path: Path, columns: Iterable[int], columns_key: str = "data.columns") -> int:
-    """Stream through a TSV file; return its number of columns or raise :class:`DataError`.
-
-    Checks UTF-8, stray carriage returns, that every non-blank line has the same number of tab-
-    separated columns and that the recipe's column indices exist. Blank lines are skipped (as the
-    reader does).
-    """
-    needed = max(columns) + 1
-    ncols = first = None
-    blank = 0
-    for lines_before, starts, ends, data in _scan_blocks(path):
-        tabs = np.flatnonzero(data == 9)
-        counts = np.searchsorted(tabs, ends) - np.searchsorted(tabs, starts) + 1
-        nonblank = ends > starts
-        blank += int((~nonblank).sum())
-        if ncols is None and nonblank.any():
-            i = int(np.argmax(nonblank))
-            ncols, first = int(counts[i]), lines_before + i + 1
-            if ncols < needed:
-                raise DataError(
-                    f"{path}:{first}: {columns_key} asks for column index {needed - 1} (0-based) but "
-                    f"the file has only {ncols} tab-separated column(s) (found on line {first}). Fix "
-                    f"{columns_key} (e.g. {{src: 1, tgt: 0}} for English<TAB>French) or the file.")
-        if ncols is not None:
-            bad = nonblank & (counts != ncols)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise DataError(
-                    f"{path}:{lines_before + i + 1}: found {int(counts[i])} tab-separated column(s), "
-                    f"but line {first} has {ncols} and {columns_key} needs at least {needed}. Every "
-                    "line must have the same number of columns: check for a missing or extra tab on "
-                    "that line.")
-    if blank:
-        logger.info("%s: skipped %d blank line(s)", path, blank)
-    return ncols or 0
-
-
-def count_lines(path: Path) -> int:
-    """Count lines (streaming), checking UTF-8 and stray carriage returns."""
-    return sum(len(ends) for _, _, ends, _ in _scan_blocks(path))
-
-
-def check_jsonl(path: Path, specs: dict[str, ColumnSpec], columns_key: str = "data.columns") -> int:
-    """Stream through a JSON-lines file: valid JSON objects holding the recipe's fields."""
-    n = 0
-    for lineno, line in _iter_raw_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}). "
-                            "Each line must be one JSON object.") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        for role, (name, sub) in specs.items():
-            value = obj.get(name)
-            if name not in obj or (sub is not None and not (isinstance(value, dict) and sub in value)):
-                where = f"{name}.{sub}" if sub else name
-                raise DataError(
-                    f"{path}:{lineno}: no field {where!r} for the {role} side ({columns_key}.{role}); "
-                    f"fields on this line: {', '.join(sorted(obj)) or 'none'}")
-        n += 1
-    return n
-
-
-# --------------------------------------------------------------------------------------------------
 # Column selection and cleaning
 # --------------------------------------------------------------------------------------------------
 
@@ -380,14 +224,15 @@ def _clean_table(table, specs: dict[str, ColumnSpec], form: str, salt: Optional[
         if not pa.types.is_string(col.type):
             col = pc.cast(col, pa.string())
         texts = pc.fill_null(col, "").to_pylist()
-        out[role] = pa.array([clean_text(text, form) for text in texts], type=pa.string())
+        out[role] = pa.array(clean_texts(texts, form), type=pa.string())
     if salt is not None:
-        buckets = [split_bucket(t, salt) for t in out["tgt"].to_pylist()]
+        buckets = split_buckets(out["tgt"].to_pylist(), salt)
         out["_bucket"] = pa.array(buckets, type=pa.int16())
     return pa.table(out)
 
 
-def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool, desc: str):
+def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool, desc: str,
+           num_proc: Optional[int] = None):
     import datasets
 
     features = {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
@@ -401,7 +246,7 @@ def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool,
         cleaned = ds.with_format("arrow").map(
             _clean_table, batched=True, batch_size=_MAP_BATCH, writer_batch_size=_MAP_BATCH,
             remove_columns=ds.column_names, features=datasets.Features(features),
-            desc=f"cleaning {desc}",
+            desc=f"cleaning {desc}", num_proc=num_proc if num_proc and num_proc > 1 else None,
             fn_kwargs={"specs": specs, "form": cfg.filter.normalize,
                        "salt": cfg.split_salt if with_bucket else None},
         )
@@ -412,6 +257,7 @@ def _clean(ds, specs: dict[str, ColumnSpec], cfg: DataConfig, with_bucket: bool,
 
 
 def _row_mask(table, kind: str, lo: int = 0, hi: int = 1000):
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if kind == "bucket":
@@ -421,6 +267,8 @@ def _row_mask(table, kind: str, lo: int = 0, hi: int = 1000):
                        pc.greater(pc.utf8_length(table["tgt"]), 0))
     if kind == "keep":
         return pc.equal(table["_drop"], 0)
+    if kind == "all":
+        return pa.array(np.ones(table.num_rows, dtype=bool))
     raise ValueError(kind)
 
 
@@ -437,22 +285,24 @@ def _count_rows(ds, kind: str, columns: list[str], **kwargs) -> int:
     return kept
 
 
-_RULE_COLUMNS = {"bucket": ["_bucket"], "nonempty": ["src", "tgt"], "keep": ["_drop"]}
+_RULE_COLUMNS = {"bucket": ["_bucket"], "nonempty": ["src", "tgt"], "keep": ["_drop"], "all": []}
 
 
-def keep_rows(ds, kind: str, desc: str, drop: Sequence[str] = (), **kwargs):
+def keep_rows(ds, kind: str, desc: str, drop: Sequence[str] = (), cache_file_name: Optional[str] = None,
+              **kwargs):
     """Keep the rows selected by a vectorised (pyarrow) rule, writing a new Arrow table.
 
     Unlike ``Dataset.filter`` this leaves no indices mapping behind, so later sequential and
     random reads (encoding, batching) stay as fast as on the original table. ``kind``: ``bucket``
     (``lo <= _bucket < hi``), ``nonempty`` (both ``src`` and ``tgt`` non-empty) or ``keep``
-    (``_drop == 0``). Columns in ``drop`` are removed. When every row is kept nothing is rewritten.
+    (``_drop == 0``) or ``all``. Columns in ``drop`` are removed. When every row is kept nothing
+    is rewritten, unless ``cache_file_name`` names the file to write.
     """
-    if _count_rows(ds, kind, _RULE_COLUMNS[kind], **kwargs) == len(ds):
+    if cache_file_name is None and _count_rows(ds, kind, _RULE_COLUMNS[kind], **kwargs) == len(ds):
         return ds.remove_columns([c for c in drop if c in ds.column_names])
     out = ds.with_format("arrow").map(
         _select_rows, batched=True, batch_size=_MAP_BATCH, writer_batch_size=_MAP_BATCH,
-        remove_columns=list(drop) or None,
+        remove_columns=list(drop) or None, cache_file_name=cache_file_name,
         desc=desc, fn_kwargs={"kind": kind, "drop": list(drop), **kwargs})
     return out.with_format(None)
 
@@ -724,6 +574,8 @@ def load_cleaned_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS,
         os.makedirs(cfg.cache_dir, exist_ok=True)
     local = cfg.format in ("tsv", "text", "jsonl")
     with quiet_datasets(verbose), _offline(local):
+        if cfg.format == "tsv":
+            return _tsv_splits(cfg, splits)
         sources, unsplit = _SOURCES[cfg.format](cfg, splits)
         if unsplit:
             ds, specs, desc = sources["all"]
@@ -737,6 +589,21 @@ def load_cleaned_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS,
                      for s, (ds, specs, desc) in sources.items()}
             described = {s: desc for s, (_, _, desc) in sources.items()}
     return parts, described
+
+
+def _tsv_splits(cfg: DataConfig, splits: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The cleaned splits of a TSV corpus, kept as their final Arrow files only (``read_cache``)."""
+    from nmt.data import read_cache
+
+    root = Path(cfg.path).expanduser()
+    if root.is_file():
+        parts = read_cache.one_file_splits(cfg, root, splits)
+        return parts, {s: f"{root} (deterministic split {s!r})" for s in splits}
+    if not root.is_dir():
+        raise _missing_path(root, "corpus directory or file")
+    files = _split_files(cfg, root, splits)
+    return ({s: read_cache.split_file(cfg, path, s) for s, path in files.items()},
+            {s: str(path) for s, path in files.items()})
 
 
 def filter_train(ds, cfg: DataConfig, desc: str) -> tuple[Any, dict[str, int]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["clean_text"]
+__all__ = ["clean_text", "clean_texts"]
 
 _SPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85"}
 
@@ -42,3 +42,13 @@ def clean_text(text: str, normalize: str = "NFC") -> str:
 def _is_noncharacter(ch: str) -> bool:
     code = ord(ch)
     return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+
+
+def clean_texts(texts: list[str], normalize: str = "NFC") -> list[str]:
+    """:func:`clean_text` of each of ``texts``, faster on a corpus.
+
+    A line of printable ASCII has nothing to drop and is already in every normal form, so only
+    ``strip`` applies to it; the per-character path runs for the other lines alone.
+    """
+    return [text.strip() if text.isascii() and text.isprintable() else clean_text(text, normalize)
+            for text in texts]
