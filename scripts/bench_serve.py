@@ -13,7 +13,9 @@ In one run, on this machine's loopback interface:
    client sending its next request when the last is answered: sentences/s, p50/p95/p99 latency,
    the sentences per model call the server batched (its ``/health`` counts), and the CPU time per
    sentence of the server process and of its model workers with the workers' busy fraction (from
-   ``/proc``, Linux): on a machine shared with other work these vary less than sentences/s do.
+   ``/proc``, Linux): on a machine shared with other work these vary less than sentences/s do;
+   and how often the workers were seen with a batch (running or waiting for a CPU, sampled every
+   5 ms), which, unlike the busy fraction, other work on the machine does not lower.
 
 Prints a markdown table with the CPU (``lscpu`` Model name) and served / offline. Stops by itself:
 the server is stopped at the end, on an error and past ``--max-seconds`` (levels not finished by
@@ -32,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +125,50 @@ def worker_pids(server: int) -> list[int]:
         if parent == server and b"spawn_main" in command:
             found.append(int(entry))
     return found
+
+
+class StateSampler:
+    """How often the processes ``pids`` were running or waiting for a CPU (state ``R``), rather
+    than waiting for work: sampled from ``/proc`` every ``every`` seconds on a thread. Unlike CPU
+    time over wall time this does not drop when other work on the machine takes the CPU: it tells
+    whether a worker had a batch to compute."""
+
+    def __init__(self, pids: list[int], every: float = 0.005):
+        self.pids, self.every = pids, every
+        self.samples = self.running = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        if self.pids:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            for pid in self.pids:
+                state = process_state(pid)
+                if state is not None:
+                    self.samples += 1
+                    self.running += state == "R"
+
+    @property
+    def fraction(self) -> float | None:
+        return self.running / self.samples if self.samples else None
+
+
+def process_state(pid: int) -> str | None:
+    """The scheduler state of process ``pid`` (``R`` running or runnable, ``S`` sleeping, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def cpu_of(pids: list[int]) -> float | None:
@@ -242,7 +289,8 @@ def level(base: str, sentences: list[str], clients: int, beam: int | None, left:
     workers = worker_pids(server) if server else []
     cpu_before = cpu_seconds(server) if server else None, cpu_of(workers)
     try:
-        seconds, latencies = asyncio.run(asyncio.wait_for(load(base, sentences, clients, beam), left))
+        with StateSampler(workers) as states:
+            seconds, latencies = asyncio.run(asyncio.wait_for(load(base, sentences, clients, beam), left))
     except asyncio.TimeoutError:
         return None
     cpu_after = cpu_seconds(server) if server else None, cpu_of(workers)
@@ -255,7 +303,12 @@ def level(base: str, sentences: list[str], clients: int, beam: int | None, left:
             "per_call": (after["texts"] - before["texts"]) / max(1, calls),
             "server_cpu": None if spent[0] is None else spent[0] / n,
             "worker_cpu": None if spent[1] is None else spent[1] / n,
-            "worker_busy": None if spent[1] is None else spent[1] / seconds / len(workers)}
+            "worker_busy": None if spent[1] is None else spent[1] / seconds / len(workers),
+            "worker_running": states.fraction}
+
+
+def _pct(fraction: float | None) -> str:
+    return "?" if fraction is None else format(fraction, ".0%")
 
 
 def _ms(seconds: float | None) -> str:
@@ -270,20 +323,20 @@ def report(args, workers: int, threads: int | None, offline_rate: float, rows: d
              f"--workers {workers}, --threads {threads or 'default'} (offline: the same torch threads, "
              "in this process)", "",
              "| clients | sentences/s | p50 / p95 / p99 latency (ms) | sentences per model call | served / offline "
-             "| CPU ms per sentence: server / workers | workers busy |",
-             "|---|---|---|---|---|---|---|"]
+             "| CPU ms per sentence: server / workers | workers busy | workers with a batch |",
+             "|---|---|---|---|---|---|---|---|"]
     for clients, r in rows.items():
         if clients > args.lines:  # a client per sentence at most
             clients = f"{clients} ({args.lines} with a sentence)"
         if r is None:
-            lines.append(f"| {clients} | not finished within --max-seconds | | | | | |")
+            lines.append(f"| {clients} | not finished within --max-seconds | | | | | | |")
             continue
         lines.append(f"| {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / "
                      f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} | "
                      f"{_ms(r['server_cpu'])} / {_ms(r['worker_cpu'])} | "
-                     f"{'?' if r['worker_busy'] is None else format(r['worker_busy'], '.0%')} |")
+                     f"{_pct(r['worker_busy'])} | {_pct(r.get('worker_running'))} |")
     lines.append(f"| offline: one `Translator.translate` call | {offline_rate:,.1f} | | | 1 | "
-                 f"{_ms(offline_cpu)} (this process) | |")
+                 f"{_ms(offline_cpu)} (this process) | | |")
     return "\n".join(lines)
 
 

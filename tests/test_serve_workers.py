@@ -102,6 +102,46 @@ def slow_upper(conn, models, threads, parent):
         conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
 
 
+def timed_upper(conn, models, threads, parent):
+    """A stand-in worker whose every batch takes ``seconds``; each answer tells when its batch
+    was received (``time.monotonic``, the same clock in every process)."""
+    ((_, options),) = models
+    conn.send(("ready", os.getpid()))
+    while (groups := conn.recv()) is not None:
+        received = time.monotonic()
+        time.sleep(options["seconds"])
+        conn.send([{"results": [{"text": t.upper(), "received": received} for t in g["texts"]]}
+                   for g in groups])
+
+
+def test_a_worker_gets_its_next_batch_while_the_event_loop_is_busy():
+    """The requests that arrived during a worker's call are sent to it by the thread that reads
+    its answers, as soon as they are back: not once the event loop, busy answering clients (here:
+    blocked for 0.6 s), gets to them. The worker starts the next call without waiting for it."""
+    async def scenario():
+        pool = WorkerPool([("m", {"seconds": 0.3})], 1, target=timed_upper)
+        batcher = Batcher(ServeLimits(batch_window_ms=0), pool)
+        await batcher.start()
+        collector = asyncio.create_task(batcher.run())
+        loop = asyncio.get_running_loop()
+        try:
+            first = batcher.submit(_job("a"))
+            await asyncio.sleep(0.1)  # its call is under way
+            second = batcher.submit(_job("b"))
+            await asyncio.sleep(0.1)
+            start = time.monotonic()
+            loop.call_soon(time.sleep, 0.6)  # the loop is busy while the first call ends
+            answers = [await asyncio.wait_for(f, 10) for f in (first, second)]
+            return start, answers
+        finally:
+            collector.cancel()
+            batcher.close()
+
+    start, (first, second) = asyncio.run(scenario())
+    assert [first[0]["text"], second[0]["text"]] == ["A", "B"]
+    assert second[0]["received"] - start < 0.45, second[0]["received"] - start  # not after 0.6 s
+
+
 def _job(*texts: str) -> Job:
     return Job(SimpleNamespace(name="m"), list(texts), {}, attention=False, scores=True)
 

@@ -19,6 +19,7 @@ a small request waits for at most the first of the calls under way to end, and i
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ class Batcher:
                       "timed_out": 0, "abandoned": 0, "dropped_texts": 0, **runner.stats}
         runner.stats = self.stats  # the runner's own counts (workers, restarts) in the same report
         self._wakeup: asyncio.Event | None = None
+        #: the queue is also taken from on a runner's pipe thread (:meth:`_take_next`)
+        self._lock = threading.Lock()
         self._calls: set[asyncio.Task] = set()
         #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
         self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts, self.stats)
@@ -102,17 +105,20 @@ class Batcher:
         job.future = asyncio.get_running_loop().create_future()
         job.work = job.work or [1] * len(job.texts)
         job.results, job.left, job.taken = [None] * len(job.texts), len(job.texts), 0
-        self.pending.append(job)
-        self._wakeup.set()
+        with self._lock:
+            self.pending.append(job)
+            self._wakeup.set()
         return job.future
 
     def waiting_texts(self) -> int:
-        return sum(len(j.texts) - j.taken for j in self.pending if not j.gone)
+        with self._lock:
+            return sum(len(j.texts) - j.taken for j in self.pending if not j.gone)
 
     def _drop_gone(self) -> None:
-        for job in [j for j in self.pending if j.gone]:
-            self.stats["dropped_texts"] += len(job.texts) - job.taken
-            self.pending.remove(job)
+        with self._lock:
+            for job in [j for j in self.pending if j.gone]:
+                self.stats["dropped_texts"] += len(job.texts) - job.taken
+                self.pending.remove(job)
 
     def take(self) -> list[tuple[Job, int]]:
         """The next model call: ``(job, sentence index)`` pairs, one sentence per waiting request
@@ -121,6 +127,11 @@ class Batcher:
         self._drop_gone()
         batch: list[tuple[Job, int]] = []
         work = 0
+        with self._lock:
+            self._fill(batch, work)
+        return batch
+
+    def _fill(self, batch: list[tuple[Job, int]], work: int) -> None:
         while self.pending and len(batch) < self.limits.max_batch_texts:
             job = self.pending[0]
             w = job.work[job.taken]
@@ -132,7 +143,6 @@ class Batcher:
             work += w
             if job.taken < len(job.texts):
                 self.pending.append(job)  # its next sentence after the others' (round robin)
-        return batch
 
     async def run(self) -> None:
         """Collect: for each idle runner, the next batch (see the module's docstring)."""
@@ -160,8 +170,9 @@ class Batcher:
     def _take_batch(self) -> list[tuple[Job, int]]:
         """:meth:`take`, counted; the collector sleeps once the queue is empty."""
         batch = self.take()
-        if not self.pending:
-            self._wakeup.clear()
+        with self._lock:
+            if not self.pending:
+                self._wakeup.clear()
         if batch and self.metrics is not None:
             self.metrics.batch(len(batch))
         return batch
@@ -172,6 +183,8 @@ class Batcher:
         runner does not wait for the event loop to answer the clients and to wake the collector
         (the requests that arrived during the call make the next batch, with no batching window).
         A runner with nothing waiting goes back to the collector."""
+        if hasattr(self.runner, "chain"):
+            return await self._serve_chained(runner, batch)
         call = self._start(runner, batch)
         while batch:
             groups, members, outcomes, lost = await self._outcomes(runner, *call)
@@ -182,6 +195,45 @@ class Batcher:
                 self.runner.release(runner, lost)
             self._deliver_batch(batch, groups, members, outcomes)
             batch = following
+
+    async def _serve_chained(self, runner, batch: list[tuple[Job, int]]) -> None:
+        """:meth:`_serve` on worker processes: the next batch is taken and sent by the thread that
+        reads the answers, the moment they are back (:meth:`WorkerPool.chain`), not once the event
+        loop, busy answering clients, gets to it; the worker then waits for the pipe only."""
+        groups, members = plan(batch)
+        sent = None if groups else []  # nothing left to compute: the batch's requests are gone
+        while batch:
+            following, error = None, None
+            if sent is None:
+                sent = self.runner.chain(runner, groups, self._take_next(runner))
+            try:
+                outcomes, following, error = await sent if sent else ([], None, None)
+                lost = error is not None
+            except Exception as exc:  # noqa: BLE001 - an outcome for each group, as _outcomes
+                outcomes, lost = self._failed(exc, groups)
+            if following is None or lost:
+                self.runner.release(runner, lost)
+            self._deliver_batch(batch, groups, members, outcomes)
+            if following is None:
+                return
+            batch, groups, members = following
+            sent = None
+            if error is not None:  # the worker could not be sent the next batch: it is lost
+                self._deliver_batch(batch, groups, members, self._failed(error, groups)[0])
+                return
+            sent = self.runner.chain(runner, None, self._take_next(runner))
+
+    def _take_next(self, runner):
+        """What a runner's pipe thread calls once a batch's answers are back: the next batch as
+        ``(batch, groups, members)``, taken from the queue at once; None when nothing waits."""
+        def take_next():
+            if not self.pending or not runner.alive():
+                return None
+            batch = self._take_batch()
+            groups, members = plan(batch)
+            return (batch, groups, members) if groups else None
+
+        return take_next
 
     def _start(self, runner, batch: list[tuple[Job, int]]):
         """The batch's groups sent to ``runner``: ``(groups, members, future of the outcomes)``."""
@@ -197,15 +249,19 @@ class Batcher:
 
     async def _outcomes(self, runner, groups, members, future) -> tuple[list, list, list, bool]:
         """The outcome of each group (an error outcome for every group when the runner failed)."""
-        lost = False
         try:
-            outcomes = await future if future is not None else []
-        except WorkerLost as exc:  # its requests may be retried; the pool starts another worker
-            lost = True
-            outcomes = [{"status": 503, "error": f"{exc} while translating this request; retry"}] * len(groups)
-        except Exception as exc:  # the runner itself failed: its requests fail, the server goes on
-            outcomes = [{"status": 500, "error": repr(exc)}] * len(groups)
+            outcomes, lost = await future if future is not None else [], False
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            outcomes, lost = self._failed(exc, groups)
         return groups, members, outcomes, lost
+
+    @staticmethod
+    def _failed(exc: Exception, groups: list) -> tuple[list, bool]:
+        """An error outcome for every group of a call that failed, and whether its worker is lost."""
+        if isinstance(exc, WorkerLost):  # its requests may be retried; the pool starts another worker
+            return [{"status": 503, "error": f"{exc} while translating this request; retry"}] * len(groups), True
+        # the runner itself failed: its requests fail, the server goes on
+        return [{"status": 500, "error": repr(exc)}] * len(groups), False
 
     def _deliver_batch(self, batch, groups, members, outcomes) -> None:
         """Each sentence's answer (or error) into its request."""
@@ -227,9 +283,10 @@ class Batcher:
 
     def _fail_pending(self) -> None:
         error = {"status": 503, "error": "no model worker is running (see the server's log)"}
-        for job in self.pending:
-            _deliver(job, 0, self._error(error))
-        self.pending.clear()
+        with self._lock:
+            for job in self.pending:
+                _deliver(job, 0, self._error(error))
+            self.pending.clear()
 
 
 def plan(batch: list[tuple[Job, int]]) -> tuple[list[dict[str, Any]], list[list[int]]]:

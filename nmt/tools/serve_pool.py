@@ -158,11 +158,31 @@ class _Worker:
                 raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
 
     def call(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.send(groups)
+        return self.wait_message()
+
+    def send(self, groups: list[dict[str, Any]]) -> None:
         try:
             self.conn.send(groups)
         except (OSError, ValueError):
             raise WorkerLost(self.describe()) from None
-        return self.wait_message()
+
+    def chain(self, groups: list[dict[str, Any]] | None, take_next) -> tuple[list, Any, Exception | None]:
+        """Send ``groups`` (None: they were sent already), wait for their outcomes, then at once,
+        on this thread, ``take_next()`` (None, or the next batch with its groups second) and send
+        that: the worker's next call starts without waiting for the event loop. Returns
+        ``(outcomes, next batch or None, the error of sending it or None)``."""
+        if groups is not None:
+            self.send(groups)
+        outcomes = self.wait_message()
+        following = take_next()
+        error = None
+        if following is not None:
+            try:
+                self.send(following[1])
+            except WorkerLost as exc:
+                error = exc
+        return outcomes, following, error
 
     def describe(self) -> str:
         self.process.join(0.5)
@@ -271,6 +291,19 @@ class WorkerPool:
 
         def done(_):
             worker.busy = False
+
+        future.add_done_callback(done)
+        return future
+
+    def chain(self, worker: _Worker, groups: list[dict[str, Any]] | None, take_next) -> asyncio.Future:
+        """:meth:`_Worker.chain` on a pipe thread (a future of its outcome): ``groups`` sent now
+        (None: the worker has them already) and, as soon as their outcomes are back, the batch
+        ``take_next()`` gives (called on that thread), before the event loop hears of them."""
+        worker.busy = True
+        future = asyncio.get_running_loop().run_in_executor(self._io, worker.chain, groups, take_next)
+
+        def done(f):
+            worker.busy = not f.cancelled() and f.exception() is None and f.result()[1] is not None
 
         future.add_done_callback(done)
         return future
