@@ -13,8 +13,10 @@ The collector waits ``batch_window_ms`` for more requests only when others are a
 once a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
 arrive wait in the queue and make the next batch large. A runner that ends a call while requests
 wait takes them at once, before its answers are delivered (no window: they waited for the call),
-so it does not sit idle while the event loop answers the clients. With several worker processes,
-a small request waits for at most the first of the calls under way to end, and its own.
+so it does not sit idle while the event loop answers the clients; a worker process is sent them
+by the thread that reads its answers, without waiting for the event loop at all. With several
+worker processes, a small request waits for at most the first of the calls under way to end, and
+its own.
 """
 from __future__ import annotations
 
@@ -126,12 +128,12 @@ class Batcher:
         ``max_batch_work`` work (at least one sentence)."""
         self._drop_gone()
         batch: list[tuple[Job, int]] = []
-        work = 0
         with self._lock:
-            self._fill(batch, work)
+            self._fill(batch)
         return batch
 
-    def _fill(self, batch: list[tuple[Job, int]], work: int) -> None:
+    def _fill(self, batch: list[tuple[Job, int]]) -> None:
+        work = 0
         while self.pending and len(batch) < self.limits.max_batch_texts:
             job = self.pending[0]
             w = job.work[job.taken]
