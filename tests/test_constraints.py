@@ -134,7 +134,9 @@ def test_unconstrained_sentences_of_a_constrained_batch_are_searched_as_alone(ti
     for cs, m, p in zip(constraints, mixed, plain):
         if not cs:
             assert [h.tokens for h in m] == [h.tokens for h in p]
-            assert [h.score for h in m] == pytest.approx([h.score for h in p], abs=1e-6)
+            # float rounding: this tiny model's products are below the sizes where a row is rounded
+            # the same in any batch (tests/test_batch_invariant.py holds that on real sizes)
+            assert [h.score for h in m] == pytest.approx([h.score for h in p], abs=1e-5)
 
 
 @pytest.mark.parametrize("constraints,alpha,beta,max_len,n_best", [

@@ -110,7 +110,7 @@ class Ensemble(nn.Module):
 
     # --------------------------------------------------------------------- the search interface
     @staticmethod
-    def log_normaliser():
+    def log_normaliser(ordered: bool = False):
         """``step_logits`` returns normalised log-probabilities: their log-normaliser is zero."""
         return lambda log_probs: log_probs.new_zeros(log_probs.size(0), dtype=torch.float32)
 

@@ -27,6 +27,7 @@ from nmt.inference.sentence_shortlist import (
     outside_own_shortlist,
     outside_penalty,
 )
+from nmt.kernels import batch_invariant
 
 __all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
 
@@ -38,10 +39,15 @@ class LogNormaliser:
     log-probabilities of the few tokens it keeps only. One float32 scratch matrix is reused for
     every step of a search (a fresh (N, V) allocation per step makes ``torch.logsumexp``
     much slower on CPU); bfloat16 logits are widened on the way into it.
+
+    ``ordered``: sum each row's terms one after the other
+    (:func:`nmt.kernels.batch_invariant.ordered_sum`), so that a row's normaliser does not depend
+    on the columns between its own (a batch's shortlist is the union of its sentences').
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ordered: bool = False) -> None:
         self.scratch: Tensor | None = None
+        self.ordered = ordered
 
     def __call__(self, logits: Tensor) -> Tensor:
         rows, vocab = logits.shape
@@ -51,7 +57,9 @@ class LogNormaliser:
         shifted = self.scratch[:rows]
         top = logits.amax(dim=1, keepdim=True).float()
         torch.sub(logits, top, out=shifted)
-        return shifted.exp_().sum(dim=1).log_().add_(top.squeeze(1))
+        exp = shifted.exp_()
+        total = batch_invariant.ordered_sum(exp) if self.ordered else exp.sum(dim=1)
+        return total.log_().add_(top.squeeze(1))
 
 
 class SingleModel:
@@ -64,8 +72,8 @@ class SingleModel:
         self.reports_positions = model.cfg.attention.kind == "local-p"
 
     @staticmethod
-    def log_normaliser():
-        return LogNormaliser()
+    def log_normaliser(ordered: bool = False):
+        return LogNormaliser(ordered)
 
     def shortlist_output(self, columns: Tensor) -> tuple[Tensor, Tensor]:
         from nmt.inference.shortlist import shortlist_output
@@ -155,7 +163,9 @@ class TorchEngine:
         self.shares_memory = tables is not None
         adapted = self.adapted = search_model(model)
         self.with_positions = adapted.reports_positions
-        self.normaliser = adapted.log_normaliser()
+        # the fast step's rows do not depend on their batch; with a shortlist, neither must the sum
+        # over a row's own columns, which the batch's other sentences spread apart
+        self.normaliser = adapted.log_normaliser(ordered=tables is not None and shortlist is not None)
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.kernels import batch_invariant
+
 
 def tanh_by_sigmoid_applies(activation: str, x: Tensor) -> bool:
     """The tanh scorer (the rewrite holds for it only) on the CPU (``x`` the query); elsewhere
@@ -30,9 +32,13 @@ def additive_tanh_keys(proj_keys: Tensor) -> Tensor:
     return proj_keys * 2
 
 
-def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module) -> Tensor:
+def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, invariant: bool = False) -> Tensor:
     """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``keys2 = 2P`` from
-    :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` -> scores (B, T, S)."""
+    :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` -> scores (B, T, S).
+    ``invariant``: the v product by :func:`nmt.kernels.batch_invariant.dot` (search), so that a
+    score does not depend on the other rows of the batch."""
     u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
     weight = v.weight
+    if invariant:
+        return batch_invariant.dot(u, weight[0], -0.5 * weight.sum(dim=1)) * 2
     return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2

@@ -19,8 +19,11 @@ time step multiplies the running rows' inputs by W_ih and their states by W_hh. 
   over the batch makes the loop slower than ``nn.GRU`` (:func:`gru_inference_applies`).
 
 Same equations and gate order as ``nn.GRU`` (the plain cell is ``nmt.model.decoder.gru_cell``),
-with ATen's operand order in the elementwise terms and its own ``addmm`` for the hidden products
-on the same running rows: in float32 the encoding equals ``nn.GRU``'s to the bit. Outputs are zero
+with ATen's operand order in the elementwise terms and its own ``addmm`` for the hidden products.
+Those products run on at least 16 rows (:mod:`nmt.kernels.batch_invariant`), so that a sentence's
+encoding is the same alone and in any batch; ``nn.GRU`` multiplies only the running rows, which
+MKL rounds differently for 1, 2–15 and 16+ rows. So the float32 encoding equals ``nn.GRU``'s to
+the bit where at least 16 rows run at every step, and to float rounding elsewhere. Outputs are zero
 at padded positions and each row's final state is the one after its own last token, as ``nn.GRU``
 returns them for a packed input. Tested against ``nn.GRU`` on random weights and lengths:
 tests/test_gru_inference.py.
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.kernels import batch_invariant
 from nmt.kernels.layout import gru_gates
 
 
@@ -97,30 +101,33 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     Returns the final states of sorted rows, ``(D, B, H)``.
 
     The hidden products are ``nn.GRU``'s own (``addmm`` per direction, W_hh transposed as
-    ``F.linear`` passes it), written side by side: a batched ``baddbmm`` rounds differently for a
-    few rows than for many, so a sentence's encoding would depend on its batch.
+    ``F.linear`` passes it), written side by side, on at least ``MIN_ROWS`` rows
+    (:func:`nmt.kernels.batch_invariant.addmm_`; the states past the running rows are zeros or
+    finished rows' last ones): so a sentence's encoding does not depend on its batch.
     """
     directions, hidden = len(w_hh), w_hh[0].size(1)
     gates = gru_gates(hidden)
     rz, n_gate, r_gate, z_gate = gates.span("r", "z"), gates.block("n"), gates.block("r"), gates.block("z")
-    h = source.new_zeros(directions, index.size(2), hidden)
-    g_h_rows = source.new_empty(directions, index.size(2), gates.width)
+    batch = index.size(2)
+    room = max(batch, batch_invariant.MIN_ROWS)
+    h = source.new_zeros(directions, room, hidden)
+    g_h_rows = source.new_empty(directions, room, gates.width)
     columns = [out[:, d * hidden:(d + 1) * hidden] for d in range(directions)]
     for t, rows in enumerate(reading.active):
         if rows == 0:
             break
         h_t = h[:, :rows]
         x_t = source.index_select(0, index[t, :, :rows].reshape(-1)).view(directions, rows, -1)
-        g_h = g_h_rows[:, :rows]  # (D, rows, 3H) = W_h h + b_h
-        for d in range(directions):
-            torch.addmm(b_hh[d], h_t[d], w_hh[d].t(), out=g_h[d])
+        for d in range(directions):  # (D, rows, 3H) = W_h h + b_h
+            batch_invariant.addmm_(g_h_rows[d], b_hh[d], h[d], w_hh[d].t(), rows)
+        g_h = g_h_rows[:, :rows]
         gate_rz = g_h[..., rz].add_(x_t[..., rz]).sigmoid_()
         new = torch.add(x_t[..., n_gate], g_h[..., n_gate].mul_(gate_rz[..., r_gate])).tanh_()
         h_new = (h_t - new).mul_(gate_rz[..., z_gate]).add_(new)  # h' = n + z (h - n)
         h[:, :rows] = h_new
         for d in range(directions):
             columns[d].index_copy_(0, reading.cells[t, d, :rows], h_new[d])
-    return h
+    return h[:, :batch]
 
 
 def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table: Tensor | None = None,
@@ -148,7 +155,7 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
                 source = gate_table.reshape(-1, w_hh[0].size(0))
                 index = ids.reshape(-1)[reading.cells] * directions + offsets
             else:  # row (cell, d) of the input's gates seen as (B·T·D, 3H)
-                source = F.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
+                source = batch_invariant.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
                 index = reading.cells * directions + offsets
             out = source.new_zeros(batch * steps, directions * hidden)
             finals.append(_scan(source, index, reading, w_hh, b_hh, out))

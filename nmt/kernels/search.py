@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.kernels import batch_invariant
 from nmt.kernels.layout import Layout
 
 
@@ -94,7 +95,7 @@ def build_search_tables(embedding: Tensor, gru_input: Mapping[str, Tensor], bias
 def fold_context(keys: Tensor, tables: SearchTables) -> Tensor:
     """``keys (B, S, K)`` -> ``[W_ic; W_oc] keys``, (B, S, 3H + R): once per source."""
     weight = tables.context_weight
-    return F.linear(keys.to(weight.dtype), weight)
+    return batch_invariant.linear(keys.to(weight.dtype), weight)
 
 
 def search_step(tables: SearchTables, weights: Tensor, keys: Tensor, folded: Tensor | None,
@@ -106,16 +107,19 @@ def search_step(tables: SearchTables, weights: Tensor, keys: Tensor, folded: Ten
     and ``folded`` (:func:`fold_context` of them, or None to multiply the context instead) one row
     per sentence; ``prev_tokens (rows,)`` ids of y_{t-1}; ``hidden (rows, layers, H)``;
     ``gru(gates_x, hidden)`` the decoder's GRU step from first-layer input gates.
+
+    Every product is rounded the same for a row whatever the rest of the batch
+    (:mod:`nmt.kernels.batch_invariant`); ``gru`` should be too.
     """
     rows = prev_tokens.size(0)
     if folded is not None:
-        proj = torch.bmm(weights.to(folded.dtype), folded).reshape(rows, -1)
+        proj = batch_invariant.bmm(weights.to(folded.dtype), folded).reshape(rows, -1)
     else:
-        context = torch.bmm(weights.to(keys.dtype), keys).reshape(rows, -1)
-        proj = F.linear(context, tables.context_weight)
+        context = batch_invariant.bmm(weights.to(keys.dtype), keys).reshape(rows, -1)
+        proj = batch_invariant.linear(context, tables.context_weight)
     gates_c, read_c = tables.context_layout.unpack(proj, dim=1)  # (rows, 3H), (rows, R)
     gates_y = tables.gates_y.index_select(0, prev_tokens)
     read_y = tables.read_y.index_select(0, prev_tokens)
     hidden = gru(gates_y + gates_c, hidden)
-    pre = F.linear(hidden[:, -1], tables.read_h, tables.read_bias) + read_c + read_y
+    pre = batch_invariant.linear(hidden[:, -1], tables.read_h, tables.read_bias) + read_c + read_y
     return pre, hidden

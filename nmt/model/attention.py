@@ -226,6 +226,25 @@ class AdditiveAttention(Attention):
                           mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
         return self.v(hidden).squeeze(-1)                              # (B, T, S, H) -> (B, T, S)
 
+    # -- the fast search step's twins: a row's values do not depend on the other rows of the batch
+    def search_precompute(self, keys: Tensor) -> Tensor:
+        """:meth:`precompute` for search with ``kernels="auto"``, the keys projected by
+        :func:`nmt.kernels.batch_invariant.linear`."""
+        proj = kernels.batch_invariant.linear(keys, self.key_proj.weight, self.key_proj.bias)
+        if kernels.tanh_by_sigmoid_applies(self.activation_name, keys):
+            return kernels.additive_tanh_keys(proj)
+        return proj
+
+    def search_score(self, query: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """:meth:`score` for search with ``kernels="auto"`` (``proj_keys`` from :meth:`search_precompute`),
+        its products from :mod:`nmt.kernels.batch_invariant`: (B, T, S)."""
+        query_proj = kernels.batch_invariant.linear(query, self.query_proj.weight)
+        if kernels.tanh_by_sigmoid_applies(self.activation_name, query):
+            return kernels.additive_tanh_score(query_proj, proj_keys, self.v, invariant=True)
+        hidden = self.act(query_proj.unsqueeze(2) + proj_keys.unsqueeze(1),
+                          mask=None if mask is None else mask.unsqueeze(1))
+        return kernels.batch_invariant.dot(hidden, self.v.weight[0])
+
 
 class BahdanauAttention(AdditiveAttention):
     """Bahdanau et al. 2015 additive attention (the decoder applies it *before* its GRU step)."""

@@ -37,6 +37,7 @@ applies it with ``forward_causal`` and a step with ``forward_step`` (its running
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ from nmt import kernels
 from nmt.config import AttentionConfig, DecoderConfig
 from nmt.kernels import Layout, gru_gates
 from nmt.model.activations import ActivatedLinear, Dropout, make_dropout
-from nmt.model.attention import build_attention, masked_softmax
+from nmt.model.attention import build_attention
 
 
 @dataclass
@@ -92,7 +93,7 @@ class StepOutput:
 
 
 def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
-             bias_hh: torch.Tensor) -> torch.Tensor:
+             bias_hh: torch.Tensor, linear=F.linear) -> torch.Tensor:
     """One GRU step (Cho et al. 2014) given the *precomputed* input gates ``gates_x = W_ih x + b_ih``.
 
     Same equations and gate order (r, z, n) as ``torch.nn.GRU``::
@@ -100,10 +101,11 @@ def gru_cell(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
         r = σ(x_r + h_r),  z = σ(x_z + h_z),  n = tanh(x_n + r ⊙ h_n),  h' = (1 − z) ⊙ n + z ⊙ h
 
     with ``h_* = W_h* h + b_h*``. ``gates_x (batch, 3H)``, ``h (batch, H)`` -> ``h' (batch, H)``;
-    the 3H channels are the gates of :func:`nmt.kernels.gru_gates`.
+    the 3H channels are the gates of :func:`nmt.kernels.gru_gates`. ``linear``: how ``W_h h + b_h``
+    is multiplied (``F.linear``'s signature).
     """
     gates = gru_gates(h.size(-1))
-    gates_h = F.linear(h, weight_hh, bias_hh)
+    gates_h = linear(h, weight_hh, bias_hh)
     x_r, x_z, x_n = gates.unpack(gates_x)
     h_r, h_z, h_n = gates.unpack(gates_h)
     r = torch.sigmoid(x_r + h_r)
@@ -169,16 +171,17 @@ class _GRUDecoderBase(nn.Module):
         return {name: part.to(dtype).contiguous() for name, part in parts.items()}
 
     # -- the GRU, layer by layer, for step-wise decoding --------------------------------------------
-    def gru(self, gates_x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def gru(self, gates_x: torch.Tensor, hidden: torch.Tensor, linear=F.linear) -> torch.Tensor:
         """Advance the stacked GRU one step from the first layer's input gates ``gates_x = W_ih x + b_ih``
-        (batch, 3H). ``hidden (batch, layers, H)`` -> same shape."""
+        (batch, 3H). ``hidden (batch, layers, H)`` -> same shape. ``linear``: how every product is
+        multiplied (``F.linear``'s signature; search's fast step: the batch-invariant one)."""
         weights = self.rnn.all_weights  # per layer: W_ih, W_hh, b_ih, b_hh
         _, w_hh, _, b_hh = weights[0]
-        h = gru_cell(gates_x, hidden[:, 0], w_hh, b_hh)
+        h = gru_cell(gates_x, hidden[:, 0], w_hh, b_hh, linear)
         new = [h]
         for layer in range(1, self.cfg.layers):
             w_ih, w_hh, b_ih, b_hh = weights[layer]
-            h = gru_cell(F.linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh)
+            h = gru_cell(linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh, linear)
             new.append(h)
         return torch.stack(new, dim=1)
 
@@ -223,6 +226,11 @@ class BahdanauDecoder(_GRUDecoderBase):
         given the target embedding weight (V, E)."""
         return kernels.build_search_tables(embedding, self.gru_input_parts(), self.rnn.bias_ih_l0,
                                            self.readout_parts(), self.readout.linear.bias)
+
+    def search_precompute(self, memory: Memory) -> Memory:
+        """:meth:`precompute` for :meth:`search_step`: the keys projected with
+        :func:`nmt.kernels.batch_invariant.linear`."""
+        return replace(memory, proj_keys=self.attention.search_precompute(memory.keys))
 
     def init_state(self, hidden: torch.Tensor) -> DecoderState:
         return DecoderState(hidden=hidden)
@@ -278,14 +286,16 @@ class BahdanauDecoder(_GRUDecoderBase):
 
         The memory holds one row per sentence while the state holds ``rows = sentences × K``
         (beams, sentence-major): a sentence's K beams attend as K query positions of one attention.
+        A row's values do not depend on the other rows (:mod:`nmt.kernels.batch_invariant`); the
+        memory comes from :meth:`search_precompute`.
         """
         sentences, src_len = memory.mask.shape
         rows = state.hidden.size(0)
         query = state.hidden[:, -1].reshape(sentences, rows // sentences, -1)  # (sentences, K, H)
-        scores = self.attention.score(query, memory.keys, memory.proj_keys, memory.mask)  # (sentences, K, S)
-        weights = masked_softmax(scores, memory.mask.unsqueeze(1))
+        scores = self.attention.search_score(query, memory.proj_keys, memory.mask)  # (sentences, K, S)
+        weights = kernels.batch_invariant.masked_softmax(scores, memory.mask.unsqueeze(1))
         pre, hidden = kernels.search_step(tables, weights, memory.keys, memory.folded, prev_tokens,
-                                          state.hidden, self.gru)
+                                          state.hidden, partial(self.gru, linear=kernels.batch_invariant.linear))
         readout, pool = self.readout.activation.forward_step(pre, state.pool)
         return StepOutput(readout, DecoderState(hidden=hidden, pool=pool), weights.reshape(rows, src_len), None)
 

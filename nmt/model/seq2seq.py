@@ -144,11 +144,18 @@ class Seq2Seq(nn.Module):
 
         With search ``tables`` and ``fold_context`` the memory also holds the keys through every
         weight that reads the context (:func:`nmt.kernels.fold_context`; pays with several beams).
+        With ``tables`` every product is :mod:`nmt.kernels.batch_invariant`'s: a sentence starts the
+        same alone and in any batch.
         """
         batch = enc.final.size(0)
         dec = self.cfg.decoder
         if self.bridge is not None:
-            hidden = self.bridge(enc.final).view(batch, dec.layers, dec.hidden_size)
+            if tables is None:
+                bridged = self.bridge(enc.final)
+            else:
+                linear = self.bridge.linear
+                bridged = self.bridge.activation(kernels.batch_invariant.linear(enc.final, linear.weight, linear.bias))
+            hidden = bridged.view(batch, dec.layers, dec.hidden_size)
         else:
             hidden = enc.final.new_zeros(batch, dec.layers, dec.hidden_size)
         keys = enc.states
@@ -156,7 +163,8 @@ class Seq2Seq(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
-        memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask))
+        memory = Memory(keys=keys, mask=enc.mask)
+        memory = self.decoder.precompute(memory) if tables is None else self.decoder.search_precompute(memory)
         if tables is not None and fold_context:
             memory = replace(memory, folded=kernels.fold_context(memory.keys, tables))
         return self.decoder.init_state(hidden), memory
@@ -171,12 +179,14 @@ class Seq2Seq(nn.Module):
         matrix costs about as much as the decoder's own GEMMs. ``output = (weight (L, D), bias (L,))``
         replaces the output layer by some of its rows (a lexical shortlist): logits ``(batch, L)``.
         With ``tables`` (:meth:`search_tables`) the decoder's fast search step runs; its memory then
-        holds one row per sentence, shared by the sentence's ``batch / sentences`` beams.
+        holds one row per sentence, shared by the sentence's ``batch / sentences`` beams, and a row's
+        logits do not depend on the other rows (:mod:`nmt.kernels.batch_invariant`).
         """
         if tables is not None:
             out = self.decoder.search_step(tables, prev_tokens, state, memory)
-        else:
-            out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+            weight, bias = output if output is not None else (self.output.weight, self.output.bias)
+            return kernels.batch_invariant.linear(out.readout, weight, bias), out
+        out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
         if output is not None:
             return F.linear(out.readout, output[0], output[1]), out
         return self.output(out.readout), out

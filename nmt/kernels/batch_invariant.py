@@ -1,0 +1,91 @@
+"""Products and sums whose value for one row does not depend on the other rows of the call: what
+search needs so that a sentence's translation does not depend on the rest of its batch.
+
+A batch changes two things a row does not see in the equations, and CPU kernels round by both:
+
+- **the number of rows.** MKL's float32 GEMM picks its kernel by the row count M: one row runs
+  as a matrix-vector product, 2 to 15 rows through a small-matrix kernel, 16 rows or more through
+  the blocked kernel, and each rounds a row's dot products differently. From 16 rows on, a row's
+  result is the same for any M and any position of the row (measured on AVX-512, MKL 2024.2,
+  tests/test_batch_invariant.py). A product with a single output column (``vᵀ u``) runs as a
+  matrix-vector product whose rounding depends on the row's position.
+- **padding.** A sum over a row whose tail is padding (exp(-inf) = 0: a softmax over a batch's
+  padded source positions, a log-normaliser over the union of a batch's shortlists) groups the
+  real terms by their positions in vector lanes, so the same terms are added in another order
+  when the row is longer; a one-row product (``bmm`` of one query) over a padded source length
+  likewise.
+
+So search's fast path runs every product with at least :data:`MIN_ROWS` rows (:func:`linear`,
+:func:`bmm`, :func:`dot`: the few padded rows cost little, batches of 16 rows and more pay
+nothing) and adds the terms of a softmax or a log-normaliser one after the other in float64
+(:func:`ordered_sum`), where zeros of padding change nothing. Costs: docs/performance.md.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: the fewest rows of a product for which MKL's float32 GEMM rounds a row the same whatever the
+#: number of rows (below: a matrix-vector product for 1 row, a small-matrix kernel for 2 to 15)
+MIN_ROWS = 16
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed with at least
+    :data:`MIN_ROWS` rows (zero rows added, then dropped): each row is rounded as in any batch."""
+    rows = x.numel() // max(1, x.size(-1))
+    flat = x.reshape(rows, x.size(-1))  # one 2-d GEMM whatever the leading dims
+    if 0 < rows < MIN_ROWS:
+        flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, flat.size(1))])
+    return F.linear(flat, weight, bias)[:rows].reshape(*x.shape[:-1], -1)
+
+
+def addmm_(out: Tensor, bias: Tensor, x: Tensor, weight_t: Tensor, rows: int) -> Tensor:
+    """``out[:rows] = bias + x[:rows] @ weight_t`` where ``x`` and ``out`` have at least
+    :data:`MIN_ROWS` rows: the product runs on ``max(rows, MIN_ROWS)`` of them (the rows past
+    ``rows`` must be finite; their results are scratch). ``x (N, in)``, ``weight_t (in, out)``."""
+    n = max(rows, min(MIN_ROWS, x.size(0)))
+    torch.addmm(bias, x[:n], weight_t, out=out[:n])
+    return out[:rows]
+
+
+def dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``vᵀ u`` over the last dim, ``u (..., H)``, ``v (H,)``, plus a scalar ``bias (1,)`` ->
+    ``(...)``: as a GEMM with ``v`` padded to :data:`MIN_ROWS` output columns, so that each row is
+    rounded the same at any position and in any number of rows (a matrix-vector product is not)."""
+    weight = v.new_zeros(MIN_ROWS, v.numel())
+    weight[0] = v.reshape(-1)
+    full_bias = None
+    if bias is not None:
+        full_bias = bias.new_zeros(MIN_ROWS)
+        full_bias[:1] = bias
+    return linear(u, weight, full_bias)[..., 0]
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm(a, b)`` for ``a (B, M, S)``, ``b (B, S, N)`` with ``S`` possibly padded by zero
+    columns of ``a``: a one-row product (``M == 1``) runs on two rows, whose kernel rounds the same
+    for any ``S``, where the matrix-vector product does not."""
+    if a.size(1) != 1:
+        return torch.bmm(a, b)
+    return torch.bmm(torch.cat([a, torch.zeros_like(a)], dim=1), b)[:, :1]
+
+
+def ordered_sum(x: Tensor) -> Tensor:
+    """``x (..., N)`` summed over the last dim one term after the other in float64, rounded to
+    ``x``'s dtype: the same for a row and for the row with zeros inserted anywhere or appended."""
+    return x.cumsum(-1, dtype=torch.float64)[..., -1].to(x.dtype)
+
+
+def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
+    """Softmax of ``scores (..., S)`` over the ``allowed`` positions (bool, broadcastable), exactly
+    0 elsewhere and for a row with none, in float32 at least: ``nmt.model.attention.masked_softmax``
+    with its sum taken by :func:`ordered_sum`, so that a row's weights do not depend on how far its
+    batch pads it."""
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    x = scores.to(dtype).masked_fill(~allowed, float("-inf"))
+    top = x.amax(dim=-1, keepdim=True)
+    exp = x.sub_(top.masked_fill_(top == float("-inf"), 0.0)).exp_()
+    weights = exp.div_(ordered_sum(exp).unsqueeze(-1))
+    return weights.masked_fill_(~allowed, 0.0)

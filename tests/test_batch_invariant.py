@@ -1,0 +1,194 @@
+"""A sentence's numbers in search do not depend on the rest of its batch (``kernels="auto"``,
+float32, CPU): nmt.kernels.batch_invariant and the fast search path built on it.
+
+MKL rounds a row of a product by the number of rows (1, 2–15, 16+) and a sum by the padding of
+the row, so these tests need the sizes of a real model (hidden sizes 256): the tiny models of the
+other tests multiply matrices too small to show it. They compare with ``torch.equal``.
+"""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.config import AttentionConfig, DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
+from nmt.data.vocab import BOS_ID, EOS_ID
+from nmt.inference.search import pad_sources, search
+from nmt.inference.shortlist import Lexicon
+from nmt.inference.torch_engine import LogNormaliser
+from nmt.kernels import batch_invariant
+from nmt.model.seq2seq import build_model
+
+SRC_VOCAB, TGT_VOCAB = 300, 400
+BATCH_SIZES = (2, 7, 8, 33)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The fr-en recipe's sizes (embeddings, GRUs and readout 256, bidirectional encoder,
+    Bahdanau attention, arelu) with random weights and small vocabularies."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=256, dropout=0.0, activation="arelu", kernels="auto",
+                      encoder=EncoderConfig(hidden_size=256, dropout=0.0),
+                      decoder=DecoderConfig(hidden_size=256, dropout=0.0),
+                      attention=AttentionConfig(kind="bahdanau"))
+    return build_model(cfg, SRC_VOCAB, TGT_VOCAB).eval()
+
+
+def _sources(n: int = 33, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 26, (n,), generator=g).tolist()
+    return [torch.randint(4, SRC_VOCAB, (k,), generator=g).tolist() + [EOS_ID] for k in lengths]
+
+
+SOURCES = _sources()
+PROBE = SOURCES[5]  # 22 tokens: shorter than the longest of the batches of 7 and more
+
+
+def _batches():
+    """The probe alone, then in batches of BATCH_SIZES at different positions: ``(sources, row)``."""
+    yield [PROBE], 0
+    others = [s for s in SOURCES if s is not PROBE]
+    for n in BATCH_SIZES:
+        row = n // 2
+        batch = others[:n - 1]
+        yield batch[:row] + [PROBE] + batch[row:], row
+
+
+def _start(model, sources, fold_context):
+    src, lengths, mask = pad_sources(sources)
+    tables = model.search_tables()
+    enc = model.encode(src, lengths, mask, tables=tables)
+    state, memory = model.start(enc, tables, fold_context=fold_context)
+    return enc, state, memory, tables
+
+
+def test_products_round_a_row_the_same_whatever_the_rows():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(40, 256), torch.randn(768, 256) * 0.05, torch.randn(768)
+    alone = batch_invariant.linear(x[1:2], weight, bias)
+    for rows in (2, 7, 15, 16, 33, 40):
+        assert torch.equal(batch_invariant.linear(x[:rows], weight, bias)[1:2], alone)
+    out, scratch = torch.empty(40, 768), torch.randn(40, 256)
+    scratch[0] = x[1]
+    assert torch.equal(batch_invariant.addmm_(out, bias, scratch, weight.t(), 1), alone)
+    assert batch_invariant.linear(x[:3].view(3, 1, 256), weight).shape == (3, 1, 768)
+    u, v = torch.rand(8, 5, 20, 256), torch.randn(256)
+    scores = batch_invariant.dot(u, v, torch.tensor([0.5]))
+    assert scores.shape == (8, 5, 20)
+    torch.testing.assert_close(scores, u @ v + 0.5)
+    assert torch.equal(batch_invariant.dot(u[3:4, :, :9], v, torch.tensor([0.5])), scores[3:4, :, :9])
+
+
+def test_padding_changes_no_sum_softmax_or_one_row_product():
+    torch.manual_seed(1)
+    scores = torch.randn(5, 9)
+    weights = batch_invariant.masked_softmax(scores, torch.ones(9, dtype=torch.bool))
+    torch.testing.assert_close(weights, torch.softmax(scores, -1))
+    keys = torch.randn(1, 9, 512)
+    context = batch_invariant.bmm(weights[:1, None], keys)
+    for width in (10, 16, 20, 33, 64):
+        padded = torch.cat([scores, torch.randn(5, width - 9)], dim=1)
+        allowed = torch.arange(width) < 9
+        got = batch_invariant.masked_softmax(padded, allowed)
+        assert torch.equal(got[:, :9], weights) and got[:, 9:].abs().max() == 0
+        padded_keys = torch.cat([keys, torch.randn(1, width - 9, 512)], dim=1)
+        assert torch.equal(batch_invariant.bmm(got[:1, None], padded_keys), context)
+        spread = torch.zeros(5, 2 * width)
+        spread[:, ::2][:, :9] = scores.exp()  # the terms apart, zeros between and after them
+        assert torch.equal(batch_invariant.ordered_sum(spread), batch_invariant.ordered_sum(scores.exp()))
+    none = batch_invariant.masked_softmax(scores, torch.zeros(9, dtype=torch.bool))
+    assert none.abs().max() == 0  # a row with no allowed position: zeros, not NaN
+
+
+def test_an_ordered_log_normaliser_ignores_the_columns_between_a_rows_own():
+    torch.manual_seed(2)
+    logits = torch.randn(3, 300) * 4
+    own = LogNormaliser(ordered=True)(logits)
+    torch.testing.assert_close(own, torch.logsumexp(logits, dim=1))
+    union = torch.full((3, 900), float("-inf"))
+    union[:, 1::3] = logits
+    assert torch.equal(LogNormaliser(ordered=True)(union), own)
+
+
+def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model):
+    with torch.inference_mode():
+        want = None
+        for sources, row in _batches():
+            enc, state, memory, _ = _start(model, sources, fold_context=True)
+            n = len(PROBE)
+            got = (enc.states[row, :n], enc.final[row], state.hidden[row], memory.proj_keys[row, :n],
+                   memory.folded[row, :n])
+            if want is None:
+                want = got
+                continue
+            for name, a, b in zip(("states", "final", "bridge", "proj_keys", "folded"), got, want):
+                assert torch.equal(a, b), f"{name} differs in a batch of {len(sources)}"
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_a_sentences_step_logits_are_the_same_alone_and_in_any_batch(model, beam):
+    """Three steps from the same tokens, all of the vocabulary and a shortlist of some columns."""
+    columns = torch.arange(0, TGT_VOCAB, 3)
+    tokens = [BOS_ID, 17, 230]
+    with torch.inference_mode():
+        want = None
+        for sources, row in _batches():
+            _, state, memory, tables = _start(model, sources, fold_context=beam > 1)
+            rows = torch.arange(len(sources)).repeat_interleave(beam)
+            state = state.select(rows)
+            mine = slice(row * beam, (row + 1) * beam)
+            got = []
+            for token in tokens:
+                prev = torch.full((len(rows),), token)
+                logits, out = model.step_logits(prev, state, memory, tables=tables)
+                short, _ = model.step_logits(prev, state, memory, tables=tables,
+                                             output=(model.output.weight[columns], model.output.bias[columns]))
+                got += [logits[mine], short[mine], out.attention[mine, :len(PROBE)], out.state.hidden[mine]]
+                state = out.state
+            if want is None:
+                want = got
+                continue
+            for k, (a, b) in enumerate(zip(got, want)):
+                assert torch.equal(a, b), f"step {k // 4}, value {k % 4} differs in a batch of {len(sources)}"
+
+
+def _lexicon(keep: int = 12, seed: int = 3) -> Lexicon:
+    g = torch.Generator().manual_seed(seed)
+    top_ids = torch.stack([torch.randperm(TGT_VOCAB - 4, generator=g)[:keep] + 4 for _ in range(SRC_VOCAB)])
+    probs = torch.linspace(0.5, 0.1, keep).expand(SRC_VOCAB, keep).clone()
+    return Lexicon(top_ids, probs, torch.randperm(TGT_VOCAB, generator=g))
+
+
+@pytest.mark.parametrize("beam,shortlist", [(5, 10), (1, 10), (5, 0)])
+def test_a_sentences_hypotheses_and_scores_are_the_same_alone_and_in_any_batch(model, beam, shortlist):
+    """Search end to end, scores compared exactly: the output layer over the batch's shortlist
+    union, each row normalised over its own."""
+    options = DecodeConfig(beam=beam, n_best=min(beam, 3), max_len_a=0.0, max_len_b=6, shortlist=shortlist,
+                           shortlist_frequent=20)
+    lexicon = _lexicon()
+    with torch.inference_mode():
+        tables = model.search_tables()
+        want = None
+        for sources, row in _batches():
+            src, lengths, mask = pad_sources(sources)
+            hyps = search(model, src, lengths, mask, options, lexicon, tables=tables)[row]
+            got = [(h.tokens, h.score, h.log_probs) for h in hyps]
+            if want is None:
+                want = got
+            assert got == want, f"a batch of {len(sources)}"
+
+
+def test_fast_search_stays_within_rounding_of_the_reference(model):
+    """The batch-invariant products are the same equations: logits close to the plain step's."""
+    reference = build_model(dataclasses.replace(model.cfg, kernels="reference"), SRC_VOCAB, TGT_VOCAB).eval()
+    reference.load_state_dict(model.state_dict())
+    sources = SOURCES[:7]
+    with torch.inference_mode():
+        _, state, memory, tables = _start(model, sources, fold_context=True)
+        src, lengths, mask = pad_sources(sources)
+        ref_state, ref_memory = reference.start(reference.encode(src, lengths, mask))
+        prev = torch.full((len(sources),), BOS_ID)
+        got, _ = model.step_logits(prev, state, memory, tables=tables)
+        want, _ = reference.step_logits(prev, ref_state, ref_memory)
+    torch.testing.assert_close(F.log_softmax(got, -1), F.log_softmax(want, -1), rtol=0, atol=1e-4)
