@@ -177,6 +177,7 @@ def train(args, corpus: Path, run_dir: Path, processes: int, hf_cache: Path) -> 
     command += [args.recipe, "--run-dir", str(run_dir)] + [x for o in overrides for x in ("--set", o)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NMT_CACHE_DIR": str(args.nmt_cache), "NMT_NO_PROGRESS": "1"}
     log = run_dir.with_suffix(".log")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run kept (--keep) by an earlier measurement
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
