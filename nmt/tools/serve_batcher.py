@@ -15,9 +15,15 @@ arrive wait in the queue and make the next batch large. A runner that ends a cal
 wait takes them at once, before its answers are delivered (no window: they waited for the call),
 so it does not sit idle while the event loop answers the clients: the thread that waits for the
 runner's answers (the model thread itself, or the thread reading a worker process's pipe) takes
-them and sends them, without waiting for the event loop at all. With several
-worker processes, a small request waits for at most the first of the calls under way to end, and
-its own.
+them and sends them, without waiting for the event loop at all.
+
+A runner starting from idle while many sentences wait (at least ``2 * SPLIT_FROM``) takes half of
+them; the other half is its next call, taken the moment the first ends. Otherwise, when every
+client is in the call under way, nothing waits as it ends and the runner waits for the server to
+answer all of them and read their next requests; split, the clients form two groups, one
+answered while the other is computed. A request left for the second half waits for the first
+half's call and its own, less than for one call of both. With several worker processes, a small
+request waits for at most the first of the calls under way to end, and its own.
 """
 from __future__ import annotations
 
@@ -35,8 +41,10 @@ from nmt.tools.serve_worker import result_json  # noqa: F401 - its home before t
 __all__ = ["Job", "Batcher", "plan"]
 
 #: a runner starting from idle takes half of the waiting sentences once this many would be in
-#: each half (:meth:`Batcher._first_share`)
-SPLIT_FROM = 8
+#: each half (:meth:`Batcher._first_share`). An extra call costs the worker about 13 ms (its
+#: encoder and search steps, what 8 sentences cost); the server spends about 0.6 ms answering a
+#: request and reading the next, so waiting for 32 or more clients costs more (docs/performance.md)
+SPLIT_FROM = 16
 
 
 @dataclass
