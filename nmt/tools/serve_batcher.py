@@ -41,7 +41,7 @@ from nmt.tools.serve_worker import result_json  # noqa: F401 - its home before t
 __all__ = ["Job", "Batcher", "plan"]
 
 #: a runner starting from idle takes half of the waiting sentences once this many would be in
-#: each half (:meth:`Batcher._first_share`). An extra call costs the worker about 13 ms (its
+#: each half (:meth:`Batcher._first_share`). An extra call costs the worker 13-17 ms (its
 #: encoder and search steps, what 8 sentences cost); the server spends about 0.6 ms answering a
 #: request and reading the next, so waiting for 32 or more clients costs more (docs/performance.md)
 SPLIT_FROM = 16
