@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from nmt.errors import NmtError
-from nmt.tools.serve_batcher import Batcher, Job
-from nmt.tools.serve_pool import WorkerPool, default_workers, worker_threads, workers_and_threads
+from nmt.tools.serve_batcher import SPLIT_FROM, Batcher, Job
+from nmt.tools.serve_pool import WorkerPool, chain_calls, default_workers, worker_threads, workers_and_threads
 from nmt.tools.serve_requests import ApiError, ServeLimits
 
 SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
@@ -334,12 +334,16 @@ class _CountingRunner:
         self.releases += 1
         self._idle.put_nowait(runner)
 
-    def run(self, runner, groups):
+    def send(self, groups):
         self.batches.append([t for g in groups for t in g["texts"]])
-        future = asyncio.get_running_loop().create_future()
-        outcomes = [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups]
-        asyncio.get_running_loop().call_later(self.seconds, future.set_result, outcomes)
-        return future
+        self._sent = groups
+
+    def receive(self):
+        time.sleep(self.seconds)
+        return [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in self._sent]
+
+    def chain(self, runner, groups, take_next):
+        return asyncio.get_running_loop().run_in_executor(None, chain_calls, self, groups, take_next)
 
     def close(self):
         pass
@@ -368,6 +372,31 @@ def test_a_runner_that_ends_a_batch_while_requests_wait_takes_them_at_once():
     assert answers == [[{"text": "A"}], [{"text": "B"}], [{"text": "C"}]]
     assert runner.batches == [["a"], ["b", "c"]]
     assert runner.releases == 1, runner.releases  # once, after the second batch
+
+
+def test_a_runner_starting_from_idle_takes_half_of_many_waiting_requests():
+    """Many requests waiting for an idle runner are split into two calls, the second taken the
+    moment the first ends: the first half's clients can send their next requests while the second
+    half is computed. A few waiting requests make one call."""
+    async def scenario(count):
+        runner = _CountingRunner(0.1)
+        batcher = Batcher(ServeLimits(batch_window_ms=0), runner)
+        await batcher.start()
+        collector = asyncio.create_task(batcher.run())
+        try:
+            futures = [batcher.submit(_job(f"s{k}")) for k in range(count)]
+            answers = [await asyncio.wait_for(f, 10) for f in futures]
+            return answers, runner
+        finally:
+            collector.cancel()
+            batcher.close()
+
+    answers, runner = asyncio.run(scenario(2 * SPLIT_FROM + 1))
+    assert answers == [[{"text": f"S{k}"}] for k in range(2 * SPLIT_FROM + 1)]
+    assert [len(b) for b in runner.batches] == [SPLIT_FROM + 1, SPLIT_FROM], runner.batches
+    assert runner.releases == 1  # the second half went to the runner without the collector
+    answers, runner = asyncio.run(scenario(2 * SPLIT_FROM - 1))
+    assert [len(b) for b in runner.batches] == [2 * SPLIT_FROM - 1], runner.batches
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")

@@ -61,6 +61,43 @@ def test_files_and_special_ids(trained):
     assert tok.src_vocab_size == 50 and tok.tgt_vocab_size == 45 and not tok.joint
 
 
+def test_short_lists_are_coded_one_text_at_a_time_with_the_same_result(trained, train_ds, monkeypatch):
+    """sentencepiece starts a thread pool for every list it is given: a short list (a served model
+    call) is encoded and decoded one text at a time, a long one as a list; both give the same."""
+    import copy
+
+    from nmt.data import tokenizer as module
+
+    tok, _ = trained
+    texts = list(train_ds["tgt"][:300]) + ["", "   "]
+    whole = [tok.tgt.encode(texts, out_type=int), tok.tgt.decode(tok.tgt.encode(texts, out_type=int))]
+    lists = []
+    spy = copy.copy(tok)
+    for side in ("src", "tgt"):
+        real = getattr(tok, side)
+
+        class Spy:
+            def __getattr__(self, name, real=real):
+                return getattr(real, name)
+
+            def encode(self, x, real=real, **kw):
+                lists.append(isinstance(x, list))
+                return real.encode(x, **kw)
+
+            def decode(self, x, real=real, **kw):
+                lists.append(bool(x) and isinstance(x[0], list))
+                return real.decode(x, **kw)
+
+        setattr(spy, side, Spy())
+    short = texts[:module.THREADED_FROM - 3] + texts[-2:]
+    assert spy.encode_tgt(short) == whole[0][:module.THREADED_FROM - 3] + whole[0][-2:]
+    assert spy.decode_tgt(spy.encode_tgt(short)) == whole[1][:module.THREADED_FROM - 3] + whole[1][-2:]
+    assert spy.encode_src(short[:3]) == tok.src.encode(short[:3], out_type=int)
+    assert lists and not any(lists)  # never a list: no thread pool
+    assert spy.encode_tgt(texts) == whole[0] and spy.decode_tgt(whole[0]) == whole[1]
+    assert lists[-2:] == [True, True]  # a long list goes to sentencepiece whole
+
+
 def test_round_trip(trained):
     tok, _ = trained
     sentences = ["I see the cat at 12.", "They eat green tea at 7.", "We like my friend at 42."]

@@ -13,10 +13,17 @@ The collector waits ``batch_window_ms`` for more requests only when others are a
 once a runner is idle (:mod:`nmt.tools.serve_pool`): while every runner works, the requests that
 arrive wait in the queue and make the next batch large. A runner that ends a call while requests
 wait takes them at once, before its answers are delivered (no window: they waited for the call),
-so it does not sit idle while the event loop answers the clients; a worker process is sent them
-by the thread that reads its answers, without waiting for the event loop at all. With several
-worker processes, a small request waits for at most the first of the calls under way to end, and
-its own.
+so it does not sit idle while the event loop answers the clients: the thread that waits for the
+runner's answers (the model thread itself, or the thread reading a worker process's pipe) takes
+them and sends them, without waiting for the event loop at all.
+
+A runner starting from idle while many sentences wait (at least ``2 * SPLIT_FROM``) takes half of
+them; the other half is its next call, taken the moment the first ends. Otherwise, when every
+client is in the call under way, nothing waits as it ends and the runner waits for the server to
+answer all of them and read their next requests; split, the clients form two groups, one
+answered while the other is computed. A request left for the second half waits for the first
+half's call and its own, less than for one call of both. With several worker processes, a small
+request waits for at most the first of the calls under way to end, and its own.
 """
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ from nmt.tools.serve_requests import ApiError, ServeLimits
 from nmt.tools.serve_worker import result_json  # noqa: F401 - its home before the worker module
 
 __all__ = ["Job", "Batcher", "plan"]
+
+#: a runner starting from idle takes half of the waiting sentences once this many would be in
+#: each half (:meth:`Batcher._first_share`). An extra call costs the worker 13-17 ms (its
+#: encoder and search steps, what 8 sentences cost); the server spends about 0.6 ms answering a
+#: request and reading the next, so waiting for 32 or more clients costs more (docs/performance.md)
+SPLIT_FROM = 16
 
 
 @dataclass
@@ -122,19 +135,19 @@ class Batcher:
                 self.stats["dropped_texts"] += len(job.texts) - job.taken
                 self.pending.remove(job)
 
-    def take(self) -> list[tuple[Job, int]]:
+    def take(self, most: int | None = None) -> list[tuple[Job, int]]:
         """The next model call: ``(job, sentence index)`` pairs, one sentence per waiting request
-        per round (round robin in arrival order), within ``max_batch_texts`` sentences and
-        ``max_batch_work`` work (at least one sentence)."""
+        per round (round robin in arrival order), within ``max_batch_texts`` sentences (and
+        ``most``) and ``max_batch_work`` work (at least one sentence)."""
         self._drop_gone()
         batch: list[tuple[Job, int]] = []
         with self._lock:
-            self._fill(batch)
+            self._fill(batch, min(most or self.limits.max_batch_texts, self.limits.max_batch_texts))
         return batch
 
-    def _fill(self, batch: list[tuple[Job, int]]) -> None:
+    def _fill(self, batch: list[tuple[Job, int]], most: int) -> None:
         work = 0
-        while self.pending and len(batch) < self.limits.max_batch_texts:
+        while self.pending and len(batch) < most:
             job = self.pending[0]
             w = job.work[job.taken]
             if batch and work + w > self.limits.max_batch_work:
@@ -161,7 +174,7 @@ class Batcher:
             self._drop_gone()
             if window and len(self.pending) > 1 and self.waiting_texts() < self.limits.max_batch_texts:
                 await asyncio.sleep(window)  # others are waiting: a burst, gather it
-            batch = self._take_batch()
+            batch = self._take_batch(self._first_share())
             if not batch:
                 self.runner.release(runner)
                 continue
@@ -169,9 +182,18 @@ class Batcher:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    def _take_batch(self) -> list[tuple[Job, int]]:
+    def _first_share(self) -> int | None:
+        """At most how many of the waiting sentences a runner starting from idle takes: half of
+        them when many wait (None: all). The other half is the runner's next call, taken the
+        moment this one ends, and the first half's clients send their next requests while it runs:
+        the runner then goes from one half to the other without waiting for the server to answer
+        a whole call's clients and read their next requests."""
+        waiting = self.waiting_texts()
+        return -(-waiting // 2) if waiting >= 2 * SPLIT_FROM else None
+
+    def _take_batch(self, most: int | None = None) -> list[tuple[Job, int]]:
         """:meth:`take`, counted; the collector sleeps once the queue is empty."""
-        batch = self.take()
+        batch = self.take(most)
         with self._lock:
             if not self.pending:
                 self._wakeup.clear()
@@ -180,53 +202,31 @@ class Batcher:
         return batch
 
     async def _serve(self, runner, batch: list[tuple[Job, int]]) -> None:
-        """``batch`` on ``runner``, then, while requests wait, the next batch on the same runner: it
-        is taken and sent as soon as the answers are back, before they are delivered, so the
-        runner does not wait for the event loop to answer the clients and to wake the collector
-        (the requests that arrived during the call make the next batch, with no batching window).
-        A runner with nothing waiting goes back to the collector."""
-        if hasattr(self.runner, "chain"):
-            return await self._serve_chained(runner, batch)
-        call = self._start(runner, batch)
-        while batch:
-            groups, members, outcomes, lost = await self._outcomes(runner, *call)
-            following = self._take_batch() if self.pending and not lost and runner.alive() else []
-            if following:
-                call = self._start(runner, following)
-            else:
-                self.runner.release(runner, lost)
-            self._deliver_batch(batch, groups, members, outcomes)
-            batch = following
-
-    async def _serve_chained(self, runner, batch: list[tuple[Job, int]]) -> None:
-        """:meth:`_serve` on worker processes: the next batch is taken and sent by the thread that
-        reads the answers, the moment they are back (:meth:`WorkerPool.chain`), not once the event
-        loop, busy answering clients, gets to it; the worker then waits for the pipe only."""
+        """``batch`` on ``runner``, then, while requests wait, the next batch on the same runner: the
+        thread that waits for the runner's answers takes it and sends it the moment they are back
+        (:func:`~nmt.tools.serve_pool.chain_calls`), before they are delivered and without waiting
+        for the event loop, busy answering clients (the requests that arrived during the call make
+        the next batch, with no batching window). A runner with nothing waiting goes back to the
+        collector."""
         groups, members = plan(batch)
-        sent = None if groups else []  # nothing left to compute: the batch's requests are gone
-        while batch:
-            following, error = None, None
-            if sent is None:
-                sent = self.runner.chain(runner, groups, self._take_next(runner))
-            try:
-                outcomes, following, error = await sent if sent else ([], None, None)
-                lost = error is not None
-            except Exception as exc:  # noqa: BLE001 - an outcome for each group, as _outcomes
-                outcomes, lost = self._failed(exc, groups)
+        sent = self.runner.chain(runner, groups, self._take_next(runner)) if groups else None
+        while True:
+            outcomes, following, lost, error = await self._outcomes(sent, groups)
+            sent = None
             if following is None or lost:
                 self.runner.release(runner, lost)
+            else:  # the runner has the next batch: wait for it (started before these answers go out)
+                sent = self.runner.chain(runner, None, self._take_next(runner))
             self._deliver_batch(batch, groups, members, outcomes)
             if following is None:
                 return
             batch, groups, members = following
-            sent = None
             if error is not None:  # the worker could not be sent the next batch: it is lost
                 self._deliver_batch(batch, groups, members, self._failed(error, groups)[0])
                 return
-            sent = self.runner.chain(runner, None, self._take_next(runner))
 
     def _take_next(self, runner):
-        """What a runner's pipe thread calls once a batch's answers are back: the next batch as
+        """What a runner's thread calls once a batch's answers are back: the next batch as
         ``(batch, groups, members)``, taken from the queue at once; None when nothing waits."""
         def take_next():
             if not self.pending or not runner.alive():
@@ -237,25 +237,18 @@ class Batcher:
 
         return take_next
 
-    def _start(self, runner, batch: list[tuple[Job, int]]):
-        """The batch's groups sent to ``runner``: ``(groups, members, future of the outcomes)``."""
-        groups, members = plan(batch)
-        future = None
-        if groups:
-            try:
-                future = asyncio.ensure_future(self.runner.run(runner, groups))
-            except Exception as exc:  # could not even be sent: an outcome like a failed call's
-                future = asyncio.get_running_loop().create_future()
-                future.set_exception(exc)
-        return groups, members, future
-
-    async def _outcomes(self, runner, groups, members, future) -> tuple[list, list, list, bool]:
-        """The outcome of each group (an error outcome for every group when the runner failed)."""
+    async def _outcomes(self, sent, groups: list) -> tuple[list, Any, bool, Exception | None]:
+        """``(outcome of each group, the next batch or None, runner lost, error of sending the next
+        batch)`` of the call ``sent`` (None: nothing to compute); an error outcome for every group
+        when the runner failed."""
+        if sent is None:  # the batch's requests are all gone
+            return [], None, False, None
         try:
-            outcomes, lost = await future if future is not None else [], False
+            outcomes, following, error = await sent
         except Exception as exc:  # noqa: BLE001 - see _failed
             outcomes, lost = self._failed(exc, groups)
-        return groups, members, outcomes, lost
+            return outcomes, None, lost, None
+        return outcomes, following, error is not None, error
 
     @staticmethod
     def _failed(exc: Exception, groups: list) -> tuple[list, bool]:

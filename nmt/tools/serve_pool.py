@@ -1,12 +1,15 @@
 """Where ``nmt serve`` runs its model calls: a thread of the HTTP process (:class:`ModelThread`,
 ``--workers 0``) or model worker processes (:class:`WorkerPool`, ``--workers N``).
 
-Both offer the same four steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
-``acquire()`` (wait for an idle runner; None when none is left), ``run(runner, groups)`` (one
-batch, see :mod:`nmt.tools.serve_worker`: a future of its outcomes, started at once) and
-``release(runner)``. The batcher takes the next
-batch from its queue only once a runner is idle, so under load the queue fills while every runner
-works and the next batch is large, while a lone request on an idle server starts at once.
+Both offer the same steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
+``acquire()`` (wait for an idle runner; None when none is left), ``chain(runner, groups,
+take_next)`` (one batch, see :mod:`nmt.tools.serve_worker`, then at once the next one
+``take_next()`` gives: a future of :func:`chain_calls`) and ``release(runner)``. A runner is what
+:func:`chain_calls` needs: ``send(groups)`` starts a call, ``receive()`` waits for its outcomes;
+the pool runs :func:`chain_calls` on a thread of its own (the model thread itself for
+:class:`ModelThread`, a pipe thread for a worker process). The batcher takes the next batch from
+its queue only once a runner is idle, so under load the queue fills while every runner works and
+the next batch is large, while a lone request on an idle server starts at once.
 
 Worker processes start with ``spawn`` and load every served run once. They hear from the HTTP
 process through a pipe of plain data (the batch's sentences and search options; the answers), so
@@ -29,7 +32,7 @@ from typing import Any, Mapping
 from nmt.errors import NmtError
 from nmt.tools.serve_worker import run_groups, set_threads, worker_main
 
-__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "default_workers", "worker_threads",
+__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "chain_calls", "default_workers", "worker_threads",
            "workers_and_threads", "model_runner", "describe_runners"]
 
 #: seconds a worker may take to load the served runs
@@ -94,6 +97,25 @@ def model_runner(served, workers: int, threads: int | None):
     return WorkerPool([(m.name, m.options) for m in served], workers, threads)
 
 
+def chain_calls(runner, groups: list[dict[str, Any]] | None, take_next) -> tuple[list, Any, Exception | None]:
+    """One call on ``runner`` and the start of the next, on the thread that waits for the call:
+    send ``groups`` (None: they were sent already), wait for their outcomes, then at once
+    ``take_next()`` (None, or the next batch with its groups second) and send that, so the
+    runner's next call starts without waiting for the event loop. Returns ``(outcomes, next
+    batch or None, the error of sending it or None)``."""
+    if groups is not None:
+        runner.send(groups)
+    outcomes = runner.receive()
+    following = take_next()
+    error = None
+    if following is not None:
+        try:
+            runner.send(following[1])
+        except WorkerLost as exc:
+            error = exc
+    return outcomes, following, error
+
+
 # ------------------------------------------------------------------------------- thread mode
 
 class ModelThread:
@@ -106,6 +128,7 @@ class ModelThread:
                                            initializer=set_threads, initargs=(threads,))
         self.stats: dict[str, int] = {}
         self._idle: asyncio.Queue | None = None
+        self._sent: list[dict[str, Any]] | None = None  #: the call :meth:`receive` computes
 
     async def start(self) -> None:
         self._idle = asyncio.Queue()
@@ -120,10 +143,17 @@ class ModelThread:
     def release(self, runner, lost: bool = False) -> None:
         self._idle.put_nowait(runner)
 
-    def run(self, runner, groups: list[dict[str, Any]]) -> asyncio.Future:
-        """The outcomes of ``groups`` (a future: the call starts now, not when awaited)."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.executor, run_groups, self.translators, groups)
+    def send(self, groups: list[dict[str, Any]]) -> None:
+        self._sent = groups
+
+    def receive(self) -> list[dict[str, Any]]:
+        """The outcomes of the groups sent, computed now, on the calling (model) thread."""
+        groups, self._sent = self._sent, None
+        return run_groups(self.translators, groups)
+
+    def chain(self, runner, groups: list[dict[str, Any]] | None, take_next) -> asyncio.Future:
+        """:func:`chain_calls` on the model thread (a future of its outcome)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, chain_calls, self, groups, take_next)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -157,8 +187,8 @@ class _Worker:
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
 
-    def call(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        self.send(groups)
+    def receive(self) -> list[dict[str, Any]]:
+        """The outcomes of the call sent (:class:`WorkerLost` if the worker ends first)."""
         return self.wait_message()
 
     def send(self, groups: list[dict[str, Any]]) -> None:
@@ -166,23 +196,6 @@ class _Worker:
             self.conn.send(groups)
         except (OSError, ValueError):
             raise WorkerLost(self.describe()) from None
-
-    def chain(self, groups: list[dict[str, Any]] | None, take_next) -> tuple[list, Any, Exception | None]:
-        """Send ``groups`` (None: they were sent already), wait for their outcomes, then at once,
-        on this thread, ``take_next()`` (None, or the next batch with its groups second) and send
-        that: the worker's next call starts without waiting for the event loop. Returns
-        ``(outcomes, next batch or None, the error of sending it or None)``."""
-        if groups is not None:
-            self.send(groups)
-        outcomes = self.wait_message()
-        following = take_next()
-        error = None
-        if following is not None:
-            try:
-                self.send(following[1])
-            except WorkerLost as exc:
-                error = exc
-        return outcomes, following, error
 
     def describe(self) -> str:
         self.process.join(0.5)
@@ -283,24 +296,12 @@ class WorkerPool:
                 return worker
             self._replace(worker)  # died while idle: no batch lost
 
-    def run(self, worker: _Worker, groups: list[dict[str, Any]]) -> asyncio.Future:
-        """The outcomes of ``groups`` on ``worker`` (a future: the batch is sent now, not when the
-        future is awaited, so the worker need not wait for the event loop's next turn)."""
-        worker.busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._io, worker.call, groups)
-
-        def done(_):
-            worker.busy = False
-
-        future.add_done_callback(done)
-        return future
-
     def chain(self, worker: _Worker, groups: list[dict[str, Any]] | None, take_next) -> asyncio.Future:
-        """:meth:`_Worker.chain` on a pipe thread (a future of its outcome): ``groups`` sent now
+        """:func:`chain_calls` on a pipe thread (a future of its outcome): ``groups`` sent now
         (None: the worker has them already) and, as soon as their outcomes are back, the batch
         ``take_next()`` gives (called on that thread), before the event loop hears of them."""
         worker.busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._io, worker.chain, groups, take_next)
+        future = asyncio.get_running_loop().run_in_executor(self._io, chain_calls, worker, groups, take_next)
 
         def done(f):
             worker.busy = not f.cancelled() and f.exception() is None and f.result()[1] is not None
