@@ -17,6 +17,7 @@ from nmt.inference.search import pad_sources, search
 from nmt.inference.shortlist import Lexicon
 from nmt.inference.torch_engine import LogNormaliser
 from nmt.kernels import batch_invariant
+from nmt.model.attention import BahdanauAttention, masked_softmax
 from nmt.model.seq2seq import build_model
 
 SRC_VOCAB, TGT_VOCAB = 300, 400
@@ -83,22 +84,43 @@ def test_products_round_a_row_the_same_whatever_the_rows():
 def test_padding_changes_no_sum_softmax_or_one_row_product():
     torch.manual_seed(1)
     scores = torch.randn(5, 9)
-    weights = batch_invariant.masked_softmax(scores, torch.ones(9, dtype=torch.bool))
+    weights = masked_softmax(scores, torch.ones(9, dtype=torch.bool), total=batch_invariant.ordered_sum)
     torch.testing.assert_close(weights, torch.softmax(scores, -1))
     keys = torch.randn(1, 9, 512)
     context = batch_invariant.bmm(weights[:1, None], keys)
     for width in (10, 16, 20, 33, 64):
         padded = torch.cat([scores, torch.randn(5, width - 9)], dim=1)
         allowed = torch.arange(width) < 9
-        got = batch_invariant.masked_softmax(padded, allowed)
+        got = masked_softmax(padded, allowed, total=batch_invariant.ordered_sum)
         assert torch.equal(got[:, :9], weights) and got[:, 9:].abs().max() == 0
         padded_keys = torch.cat([keys, torch.randn(1, width - 9, 512)], dim=1)
         assert torch.equal(batch_invariant.bmm(got[:1, None], padded_keys), context)
         spread = torch.zeros(5, 2 * width)
         spread[:, ::2][:, :9] = scores.exp()  # the terms apart, zeros between and after them
         assert torch.equal(batch_invariant.ordered_sum(spread), batch_invariant.ordered_sum(scores.exp()))
-    none = batch_invariant.masked_softmax(scores, torch.zeros(9, dtype=torch.bool))
+    none = masked_softmax(scores, torch.zeros(9, dtype=torch.bool), total=batch_invariant.ordered_sum)
     assert none.abs().max() == 0  # a row with no allowed position: zeros, not NaN
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_attention_scores_with_the_invariant_products_are_the_same_alone_and_in_any_batch(activation):
+    """The additive score given batch_invariant's ``linear`` and ``dot`` (search's fast step), in
+    both of its forms: tanh through the sigmoid kernel, and any other scorer activation as written."""
+    torch.manual_seed(3)
+    att = BahdanauAttention(256, 512, activation=activation)
+    keys, query = torch.randn(33, 20, 512), torch.randn(33, 5, 256)
+    mask = torch.arange(20) < torch.randint(10, 21, (33, 1))
+    products = {"linear": batch_invariant.linear, "dot": batch_invariant.dot}
+
+    def scores(rows):
+        proj = att.precompute(keys[:rows], batch_invariant.linear)
+        return att.score(query[:rows], keys[:rows], proj, mask[:rows], **products)
+
+    with torch.inference_mode():
+        want = scores(33)
+        torch.testing.assert_close(want, att.score(query, keys, att.precompute(keys), mask))
+        for rows in (1, 2, 7):
+            assert torch.equal(scores(rows)[0], want[0]), f"the first row differs among {rows}"
 
 
 def test_an_ordered_log_normaliser_ignores_the_columns_between_a_rows_own():

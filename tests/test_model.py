@@ -290,13 +290,13 @@ def test_every_aprelu_in_a_model_pools_over_its_sequence(kind, feed, tiny_model)
     ffn = model.encoder.self_attention[0].ff_in
     readout = model.decoder.readout if kind == "bahdanau" else model.decoder.combine
     scorer = model.decoder.attention.act
-    ffn.linear.register_forward_hook(keep("ffn_pre"))
+    ffn.activation.register_forward_hook(keep("ffn_act"))  # its input: the pre-activation
     ffn.register_forward_hook(keep("ffn"))
     readout.linear.register_forward_hook(keep("readout_pre"))
     scorer.register_forward_hook(keep("scorer"))
     with torch.no_grad():
         out, _ = model.teacher_force(src, lens, smask, tgt_in)
-        [(_, pre)], [(_, got)] = seen["ffn_pre"], seen["ffn"]
+        [(pre, _)], [(_, got)] = seen["ffn_act"], seen["ffn"]
         for b, n in enumerate(lens.tolist()):
             torch.testing.assert_close(got[b, :n], _aprelu_by_hand(ffn.activation, pre[b], n)[:n])
         for x, got in seen["scorer"]:  # (batch, queries, src_len, H), once or once per step

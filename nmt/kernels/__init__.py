@@ -25,7 +25,7 @@ kernel pays. Nothing here imports ``nmt.model``.
   (GRU gates, the decoder's input and readout columns) once, for the model and the kernels alike.
 - ``search.search_step`` (with ``build_search_tables``, ``fold_context``): ``BahdanauDecoder.step``
   in search (no autograd, eval mode); chosen by ``Seq2Seq.search_tables``.
-- ``batch_invariant``: products, a softmax and a sum whose value for a row does not depend on the
+- ``batch_invariant``: products and a sum whose value for a row does not depend on the
   other rows (MKL rounds a row by the number of rows, a sum by the padding): search's fast path
   uses them throughout, so that a sentence translates the same alone and in any batch.
 """

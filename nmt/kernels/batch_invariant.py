@@ -77,15 +77,3 @@ def ordered_sum(x: Tensor) -> Tensor:
     ``x``'s dtype: the same for a row and for the row with zeros inserted anywhere or appended."""
     return x.cumsum(-1, dtype=torch.float64)[..., -1].to(x.dtype)
 
-
-def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
-    """Softmax of ``scores (..., S)`` over the ``allowed`` positions (bool, broadcastable), exactly
-    0 elsewhere and for a row with none, in float32 at least: ``nmt.model.attention.masked_softmax``
-    with its sum taken by :func:`ordered_sum`, so that a row's weights do not depend on how far its
-    batch pads it."""
-    dtype = torch.promote_types(scores.dtype, torch.float32)
-    x = scores.to(dtype).masked_fill(~allowed, float("-inf"))
-    top = x.amax(dim=-1, keepdim=True)
-    exp = x.sub_(top.masked_fill_(top == float("-inf"), 0.0)).exp_()
-    weights = exp.div_(ordered_sum(exp).unsqueeze(-1))
-    return weights.masked_fill_(~allowed, 0.0)

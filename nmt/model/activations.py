@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt import kernels
@@ -577,8 +578,10 @@ class ActivatedLinear(nn.Module):
             if bias:
                 nn.init.zeros_(self.linear.bias)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return self.activation(self.linear(x), mask=mask)
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, linear: Callable = F.linear) -> Tensor:
+        """``linear``: how ``W x + b`` is multiplied (``F.linear``'s signature; search's fast path:
+        :func:`nmt.kernels.batch_invariant.linear`)."""
+        return self.activation(linear(x, self.linear.weight, self.linear.bias), mask=mask)
 
     def forward_causal(self, x: Tensor) -> Tensor:
         return self.activation.forward_causal(self.linear(x))

@@ -38,7 +38,8 @@ position / Gaussian arithmetic) always runs in at least float32; returned ``weig
 
 Fast path: with ``kernels="auto"`` the tanh additive score runs as
 :func:`nmt.kernels.additive_tanh_score` (tanh through the sigmoid, on the CPU); ``reference`` runs
-the equation as written.
+the equation as written. Search's fast step passes the products and the softmax's sum of
+:mod:`nmt.kernels.batch_invariant` into the same equations (``linear=``, ``dot=``, ``total=``).
 
 Scorer activations: ``act`` (additive / concat scores) is any registry activation, tanh by default.
 Width-changing activations are supported by asking the registry for the width factor: with
@@ -50,9 +51,10 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt import kernels
@@ -80,6 +82,7 @@ __all__ = [
     "MultiHeadAttention",
     "SelfAttentionLayer",
     "build_attention",
+    "dot_product",
     "masked_softmax",
 ]
 
@@ -104,17 +107,35 @@ def _softmax_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
-    """Softmax over the last dim restricted to ``allowed`` positions; exactly 0 elsewhere.
+def masked_softmax(scores: Tensor, allowed: Tensor, total: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """Softmax over the last dim restricted to ``allowed`` positions; exactly 0 elsewhere::
+
+        a_s = exp(x_s - m) / Σ_{s' allowed} exp(x_s' - m),   m = max_{s allowed} x_s
 
     ``scores`` (..., src_len); ``allowed`` bool, broadcastable to ``scores``. Computed in at least
     float32. A row with no allowed position (never expected: every source has >= 1 token) comes out
     as all zeros instead of NaN, so one bad row cannot poison a whole batch.
+
+    ``total`` sums Σ, ``(..., src_len) -> (...)``; None: ``torch.softmax``'s own sum.
     """
     dtype = _softmax_dtype(scores)
-    weights = torch.softmax(scores.to(dtype).masked_fill(~allowed, float("-inf")), dim=-1)
+    x = scores.to(dtype).masked_fill(~allowed, float("-inf"))
+    if total is None:
+        weights = torch.softmax(x, dim=-1)
+    else:
+        top = x.amax(dim=-1, keepdim=True)
+        # a row with no allowed position has m = -inf: subtract 0 instead (its exp is 0 everywhere)
+        exp = (x - top.masked_fill(top == float("-inf"), 0.0)).exp()
+        weights = exp / total(exp).unsqueeze(-1)
     # exp(-inf) is already exactly 0; this second fill only turns all-masked NaN rows into zeros.
     return weights.masked_fill(~allowed, 0.0)
+
+
+def dot_product(u: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``vᵀ u + bias`` over the last dim, as :func:`nmt.kernels.batch_invariant.dot`: ``u (..., H)``,
+    ``v (1, H)`` an ``nn.Linear(H, 1)``'s weight itself (autocast caches its cast of a leaf only),
+    ``bias (1,)`` or None -> ``(...)``."""
+    return F.linear(u, v, bias).squeeze(-1)
 
 
 def _check_inputs(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> None:
@@ -156,8 +177,9 @@ class Attention(nn.Module):
     :meth:`precompute` (which is then computed once per source, not once per decoder step).
     """
 
-    def precompute(self, keys: Tensor) -> Any:
-        """Key-only part of the score, ``keys (batch, src_len, k_dim)`` -> kind-specific; or None."""
+    def precompute(self, keys: Tensor, linear: Callable = F.linear) -> Any:
+        """Key-only part of the score, ``keys (batch, src_len, k_dim)`` -> kind-specific; or None.
+        ``linear`` (``F.linear``'s signature) multiplies a key projection."""
         return None
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
@@ -212,38 +234,25 @@ class AdditiveAttention(Attention):
         self.v = nn.Linear(hidden, 1, bias=False)                               # v
         self.fast = kernels == "auto"
 
-    def precompute(self, keys: Tensor) -> Tensor:
-        proj = self.key_proj(keys)                                     # W_k k + b: (B, S, f·H)
+    def precompute(self, keys: Tensor, linear: Callable = F.linear) -> Tensor:
+        proj = linear(keys, self.key_proj.weight, self.key_proj.bias)          # W_k k + b: (B, S, f·H)
         if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, keys):
             return kernels.additive_tanh_keys(proj)  # the fast score's form of it: 2 (W_k k + b)
         return proj
 
-    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None, *,
+              linear: Callable = F.linear, dot: Callable = dot_product) -> Tensor:
+        """Scores ``(B, T, S)`` of ``query (B, T, q_dim)``; ``linear`` multiplies ``W_q q`` and ``dot``
+        takes ``vᵀ`` (the signatures of ``F.linear`` and :func:`dot_product`)."""
+        query_proj = linear(query, self.query_proj.weight)                    # W_q q: (B, T, f·H)
         if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, query):
-            return kernels.additive_tanh_score(self.query_proj(query), proj_keys, self.v)
+            # the kernel takes the choice of its v product as a flag
+            return kernels.additive_tanh_score(query_proj, proj_keys, self.v,
+                                               invariant=dot is kernels.batch_invariant.dot)
         # Broadcast (B, T, 1, f·H) + (B, 1, S, f·H): every query position meets every key independently.
-        hidden = self.act(self.query_proj(query).unsqueeze(2) + proj_keys.unsqueeze(1),
-                          mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
-        return self.v(hidden).squeeze(-1)                              # (B, T, S, H) -> (B, T, S)
-
-    # -- the fast search step's twins: a row's values do not depend on the other rows of the batch
-    def search_precompute(self, keys: Tensor) -> Tensor:
-        """:meth:`precompute` for search with ``kernels="auto"``, the keys projected by
-        :func:`nmt.kernels.batch_invariant.linear`."""
-        proj = kernels.batch_invariant.linear(keys, self.key_proj.weight, self.key_proj.bias)
-        if kernels.tanh_by_sigmoid_applies(self.activation_name, keys):
-            return kernels.additive_tanh_keys(proj)
-        return proj
-
-    def search_score(self, query: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """:meth:`score` for search with ``kernels="auto"`` (``proj_keys`` from :meth:`search_precompute`),
-        its products from :mod:`nmt.kernels.batch_invariant`: (B, T, S)."""
-        query_proj = kernels.batch_invariant.linear(query, self.query_proj.weight)
-        if kernels.tanh_by_sigmoid_applies(self.activation_name, query):
-            return kernels.additive_tanh_score(query_proj, proj_keys, self.v, invariant=True)
         hidden = self.act(query_proj.unsqueeze(2) + proj_keys.unsqueeze(1),
-                          mask=None if mask is None else mask.unsqueeze(1))
-        return kernels.batch_invariant.dot(hidden, self.v.weight[0])
+                          mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
+        return dot(hidden, self.v.weight)                              # (B, T, S, H) -> (B, T, S)
 
 
 class BahdanauAttention(AdditiveAttention):
@@ -282,8 +291,8 @@ class LuongGeneralAttention(Attention):
         super().__init__()
         self.key_proj = nn.Linear(key_dim, query_dim, bias=False)      # W
 
-    def precompute(self, keys: Tensor) -> Tensor:
-        return self.key_proj(keys)
+    def precompute(self, keys: Tensor, linear: Callable = F.linear) -> Tensor:
+        return linear(keys, self.key_proj.weight)                      # W k: (B, S, q_dim)
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return torch.bmm(query, proj_keys.transpose(1, 2))
@@ -344,8 +353,8 @@ class LocalPAttention(Attention):
         self.position_v = nn.Linear(hidden, 1, bias=False)             # v_p
         self.last_positions: Optional[Tensor] = None
 
-    def precompute(self, keys: Tensor) -> Any:
-        return self.scorer.precompute(keys)
+    def precompute(self, keys: Tensor, linear: Callable = F.linear) -> Any:
+        return self.scorer.precompute(keys, linear)
 
     def score(self, query: Tensor, keys: Tensor, proj_keys: Any, mask: Optional[Tensor] = None) -> Tensor:
         return self.scorer.score(query, keys, proj_keys, mask)

@@ -47,7 +47,7 @@ from nmt import kernels
 from nmt.config import AttentionConfig, DecoderConfig
 from nmt.kernels import Layout, gru_gates
 from nmt.model.activations import ActivatedLinear, Dropout, make_dropout
-from nmt.model.attention import build_attention
+from nmt.model.attention import build_attention, masked_softmax
 
 
 @dataclass
@@ -195,8 +195,11 @@ class _GRUDecoderBase(nn.Module):
         (batch, T) for local-p, else None."""
         return self.attention.attend(query, memory.keys, memory.keys, memory.mask, proj_keys=memory.proj_keys)
 
-    def precompute(self, memory: Memory) -> Memory:
-        return replace(memory, proj_keys=self.attention.precompute(memory.keys))
+    def precompute(self, memory: Memory, linear=F.linear) -> Memory:
+        """``memory`` with the attention's key projection (``proj_keys``), once per source;
+        ``linear``: how it is multiplied (``F.linear``'s signature; search's fast path: the
+        batch-invariant one)."""
+        return replace(memory, proj_keys=self.attention.precompute(memory.keys, linear))
 
 
 class BahdanauDecoder(_GRUDecoderBase):
@@ -226,11 +229,6 @@ class BahdanauDecoder(_GRUDecoderBase):
         given the target embedding weight (V, E)."""
         return kernels.build_search_tables(embedding, self.gru_input_parts(), self.rnn.bias_ih_l0,
                                            self.readout_parts(), self.readout.linear.bias)
-
-    def search_precompute(self, memory: Memory) -> Memory:
-        """:meth:`precompute` for :meth:`search_step`: the keys projected with
-        :func:`nmt.kernels.batch_invariant.linear`."""
-        return replace(memory, proj_keys=self.attention.search_precompute(memory.keys))
 
     def init_state(self, hidden: torch.Tensor) -> DecoderState:
         return DecoderState(hidden=hidden)
@@ -287,15 +285,17 @@ class BahdanauDecoder(_GRUDecoderBase):
         The memory holds one row per sentence while the state holds ``rows = sentences × K``
         (beams, sentence-major): a sentence's K beams attend as K query positions of one attention.
         A row's values do not depend on the other rows (:mod:`nmt.kernels.batch_invariant`); the
-        memory comes from :meth:`search_precompute`.
+        memory comes from :meth:`precompute` with its ``linear``.
         """
         sentences, src_len = memory.mask.shape
         rows = state.hidden.size(0)
+        invariant = kernels.batch_invariant
         query = state.hidden[:, -1].reshape(sentences, rows // sentences, -1)  # (sentences, K, H)
-        scores = self.attention.search_score(query, memory.proj_keys, memory.mask)  # (sentences, K, S)
-        weights = kernels.batch_invariant.masked_softmax(scores, memory.mask.unsqueeze(1))
+        scores = self.attention.score(query, memory.keys, memory.proj_keys, memory.mask,
+                                      linear=invariant.linear, dot=invariant.dot)  # (sentences, K, S)
+        weights = masked_softmax(scores, memory.mask.unsqueeze(1), total=invariant.ordered_sum)
         pre, hidden = kernels.search_step(tables, weights, memory.keys, memory.folded, prev_tokens,
-                                          state.hidden, partial(self.gru, linear=kernels.batch_invariant.linear))
+                                          state.hidden, partial(self.gru, linear=invariant.linear))
         readout, pool = self.readout.activation.forward_step(pre, state.pool)
         return StepOutput(readout, DecoderState(hidden=hidden, pool=pool), weights.reshape(rows, src_len), None)
 

@@ -149,13 +149,9 @@ class Seq2Seq(nn.Module):
         """
         batch = enc.final.size(0)
         dec = self.cfg.decoder
+        linear = F.linear if tables is None else kernels.batch_invariant.linear
         if self.bridge is not None:
-            if tables is None:
-                bridged = self.bridge(enc.final)
-            else:
-                linear = self.bridge.linear
-                bridged = self.bridge.activation(kernels.batch_invariant.linear(enc.final, linear.weight, linear.bias))
-            hidden = bridged.view(batch, dec.layers, dec.hidden_size)
+            hidden = self.bridge(enc.final, linear=linear).view(batch, dec.layers, dec.hidden_size)
         else:
             hidden = enc.final.new_zeros(batch, dec.layers, dec.hidden_size)
         keys = enc.states
@@ -163,8 +159,7 @@ class Seq2Seq(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
-        memory = Memory(keys=keys, mask=enc.mask)
-        memory = self.decoder.precompute(memory) if tables is None else self.decoder.search_precompute(memory)
+        memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask), linear)
         if tables is not None and fold_context:
             memory = replace(memory, folded=kernels.fold_context(memory.keys, tables))
         return self.decoder.init_state(hidden), memory
@@ -184,12 +179,12 @@ class Seq2Seq(nn.Module):
         """
         if tables is not None:
             out = self.decoder.search_step(tables, prev_tokens, state, memory)
-            weight, bias = output if output is not None else (self.output.weight, self.output.bias)
-            return kernels.batch_invariant.linear(out.readout, weight, bias), out
-        out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
-        if output is not None:
-            return F.linear(out.readout, output[0], output[1]), out
-        return self.output(out.readout), out
+            linear = kernels.batch_invariant.linear
+        else:
+            out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+            linear = F.linear
+        weight, bias = output if output is not None else (self.output.weight, self.output.bias)
+        return linear(out.readout, weight, bias), out
 
     def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):
         """Training objective of a batch: ``(loss_sum, nll_sum)`` summed over real target tokens.
