@@ -22,6 +22,8 @@ nothing) and adds the terms of a softmax or a log-normaliser one after the other
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,12 +35,34 @@ MIN_ROWS = 16
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed with at least
-    :data:`MIN_ROWS` rows (zero rows added, then dropped): each row is rounded as in any batch."""
+    :data:`MIN_ROWS` rows (padding rows added, then dropped): each row is rounded as in any batch."""
     rows = x.numel() // max(1, x.size(-1))
     flat = x.reshape(rows, x.size(-1))  # one 2-d GEMM whatever the leading dims
     if 0 < rows < MIN_ROWS:
-        flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, flat.size(1))])
+        flat = _padded_rows(flat)
     return F.linear(flat, weight, bias)[:rows].reshape(*x.shape[:-1], -1)
+
+
+#: per thread, the (MIN_ROWS, in) buffers a few rows are padded in, by (in, dtype, device, mode)
+_ROW_BUFFERS = threading.local()
+
+
+def _padded_rows(flat: Tensor) -> Tensor:
+    """``flat (rows, in)``, rows < :data:`MIN_ROWS`, as the first rows of a ``(MIN_ROWS, in)``
+    tensor. Without autograd it is a buffer kept per thread and shape (a search step pads the same
+    few shapes every time), the rows past ``rows`` left from earlier calls: a product's row
+    depends on that row of its input only, so they need not be zeros."""
+    if torch.is_grad_enabled():
+        return torch.cat([flat, flat.new_zeros(MIN_ROWS - flat.size(0), flat.size(1))])
+    buffers = getattr(_ROW_BUFFERS, "by_key", None)
+    if buffers is None:
+        buffers = _ROW_BUFFERS.by_key = {}
+    key = (flat.size(1), flat.dtype, flat.device, torch.is_inference_mode_enabled())
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = flat.new_zeros(MIN_ROWS, flat.size(1))
+    buffer[:flat.size(0)].copy_(flat)
+    return buffer
 
 
 def addmm_(out: Tensor, bias: Tensor, x: Tensor, weight_t: Tensor, rows: int) -> Tensor:
@@ -77,11 +101,11 @@ def dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     """``torch.bmm(a, b)`` for ``a (B, M, S)``, ``b (B, S, N)`` with ``S`` possibly padded by zero
-    columns of ``a``: a one-row product (``M == 1``) runs on two rows, whose kernel rounds the same
-    for any ``S``, where the matrix-vector product does not."""
+    columns of ``a``: a one-row product (``M == 1``) runs on two rows (the row twice), whose kernel
+    rounds the same for any ``S``, where the matrix-vector product does not."""
     if a.size(1) != 1:
         return torch.bmm(a, b)
-    return torch.bmm(torch.cat([a, torch.zeros_like(a)], dim=1), b)[:, :1]
+    return torch.bmm(a.expand(-1, 2, -1), b)[:, :1]
 
 
 def ordered_sum(x: Tensor) -> Tensor:
