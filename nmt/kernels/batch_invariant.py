@@ -123,7 +123,8 @@ def ordered_sum(x: Tensor) -> Tensor:
     rounded), so its last value is the float64 sum rounded once, without a float64 copy of ``x``:
     half the time of the float64 ``cumsum`` and the same bits (tests/test_batch_invariant.py).
     """
-    dtype = torch.promote_types(x.dtype, torch.float32)  # float16 and bfloat16: accumulate wider
+    # float16 and bfloat16 through float64, rounded once as before (search passes float32)
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float64
     return x.cumsum(-1, dtype=dtype)[..., -1].to(x.dtype)
 
 
