@@ -81,6 +81,29 @@ def test_products_round_a_row_the_same_whatever_the_rows():
     assert torch.equal(batch_invariant.dot(u[3:4, :, :9], v, torch.tensor([0.5])), scores[3:4, :, :9])
 
 
+def test_the_invariant_attention_score_follows_its_v_weight():
+    """The score's padded v operands are kept between steps, and built again when v changes."""
+    from torch import nn
+
+    from nmt.kernels import additive_tanh_score
+
+    torch.manual_seed(5)
+    v = nn.Linear(256, 1, bias=False)
+    query_proj, keys2 = torch.randn(3, 2, 256), torch.randn(3, 7, 256)
+
+    def fresh():
+        weight = v.weight.detach()
+        u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()
+        return batch_invariant.dot(u, weight[0], -0.5 * weight.sum(dim=1)) * 2
+
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(additive_tanh_score(query_proj, keys2, v, invariant=True), fresh())
+            v.weight.mul_(-0.5)  # an update in place, as an optimiser step or load_state_dict
+    with torch.inference_mode():
+        assert torch.equal(additive_tanh_score(query_proj, keys2, v, invariant=True), fresh())
+
+
 def test_padding_changes_no_sum_softmax_or_one_row_product():
     torch.manual_seed(1)
     scores = torch.randn(5, 9)
@@ -121,6 +144,27 @@ def test_attention_scores_with_the_invariant_products_are_the_same_alone_and_in_
         torch.testing.assert_close(want, att.score(query, keys, att.precompute(keys), mask))
         for rows in (1, 2, 7):
             assert torch.equal(scores(rows)[0], want[0]), f"the first row differs among {rows}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_ordered_sum_ignores_zeros_anywhere_and_the_other_rows_and_is_the_float64_sum(dtype):
+    """Zeros inserted between a row's terms (their order kept) and appended, rows of another batch
+    around it: the same bits (a vectorised sum groups a row's terms by their positions, in float64
+    too); the float64 sequential sum rounded once."""
+    torch.manual_seed(4)
+    terms = (torch.randn(6, 700, dtype=dtype) * 4).exp()
+    want = batch_invariant.ordered_sum(terms)
+    assert torch.equal(want, terms.double().cumsum(dim=1)[:, -1].to(dtype))
+    for width in (700, 701, 1024, 3001):
+        spread = torch.rand(9, width, dtype=dtype)
+        for row in range(6):
+            at = torch.randperm(width)[:700].sort().values
+            spread[row + 3] = 0
+            spread[row + 3, at] = terms[row]
+        assert torch.equal(batch_invariant.ordered_sum(spread[3:]), want)
+        assert torch.equal(batch_invariant.ordered_sum(spread)[3:], want)
+    half = terms.to(torch.bfloat16)
+    assert torch.equal(batch_invariant.ordered_sum(half), half.double().cumsum(dim=1)[:, -1].to(torch.bfloat16))
 
 
 def test_an_ordered_log_normaliser_ignores_the_columns_between_a_rows_own():

@@ -13,6 +13,8 @@ lose its low bits). Tested against the plain score in float64 and under bf16: te
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,5 +42,26 @@ def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, invaria
     u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
     weight = v.weight
     if invariant:
-        return batch_invariant.dot(u, weight[0], -0.5 * weight.sum(dim=1)) * 2
+        return batch_invariant.dot_padded(u, *_invariant_v(v)) * 2
     return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
+
+
+#: per v module: its weight's stamp (version, address, dtype) and the operands of the invariant
+#: score's v product built from it (search runs the same v at every step)
+_INVARIANT_V: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _invariant_v(v: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """:func:`nmt.kernels.batch_invariant.dot_weight` of ``v``'s weight (1, H) and the bias
+    ``-Σv / 2``; without autograd built again only when the weight changed (an update in place
+    bumps its version; an inference tensor counts none, so it is not kept)."""
+    weight = v.weight
+    if torch.is_grad_enabled() or weight.is_inference():
+        return batch_invariant.dot_weight(weight[0], -0.5 * weight.sum(dim=1))
+    stamp = (weight._version, weight.data_ptr(), weight.dtype)
+    cached = _INVARIANT_V.get(v)
+    if cached is None or cached[0] != stamp:
+        # plain tensors, usable outside inference mode too, with no autograd history
+        with torch.inference_mode(False), torch.no_grad():
+            cached = _INVARIANT_V[v] = (stamp, batch_invariant.dot_weight(weight[0], -0.5 * weight.sum(dim=1)))
+    return cached[1]

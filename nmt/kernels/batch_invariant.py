@@ -17,10 +17,14 @@ A batch changes two things a row does not see in the equations, and CPU kernels 
 
 So search's fast path runs every product with at least :data:`MIN_ROWS` rows (:func:`linear`,
 :func:`bmm`, :func:`dot`: the few padded rows cost little, batches of 16 rows and more pay
-nothing) and adds the terms of a softmax or a log-normaliser one after the other in float64
-(:func:`ordered_sum`), where zeros of padding change nothing. Costs: docs/performance.md.
+nothing) and adds the terms of a softmax or a log-normaliser one after the other (:func:`ordered_sum`,
+a float32 ``cumsum`` that accumulates in float64), where zeros of padding change nothing. What
+does not change between steps is kept: the score's padded v (:func:`dot_weight`), the buffers a
+few rows are padded in. Costs: docs/performance.md.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +37,34 @@ MIN_ROWS = 16
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed with at least
-    :data:`MIN_ROWS` rows (zero rows added, then dropped): each row is rounded as in any batch."""
+    :data:`MIN_ROWS` rows (padding rows added, then dropped): each row is rounded as in any batch."""
     rows = x.numel() // max(1, x.size(-1))
     flat = x.reshape(rows, x.size(-1))  # one 2-d GEMM whatever the leading dims
     if 0 < rows < MIN_ROWS:
-        flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, flat.size(1))])
+        flat = _padded_rows(flat)
     return F.linear(flat, weight, bias)[:rows].reshape(*x.shape[:-1], -1)
+
+
+#: per thread, the (MIN_ROWS, in) buffers a few rows are padded in, by (in, dtype, device, mode)
+_ROW_BUFFERS = threading.local()
+
+
+def _padded_rows(flat: Tensor) -> Tensor:
+    """``flat (rows, in)``, rows < :data:`MIN_ROWS`, as the first rows of a ``(MIN_ROWS, in)``
+    tensor. Without autograd it is a buffer kept per thread and shape (a search step pads the same
+    few shapes every time), the rows past ``rows`` left from earlier calls: a product's row
+    depends on that row of its input only, so they need not be zeros."""
+    if torch.is_grad_enabled():
+        return torch.cat([flat, flat.new_zeros(MIN_ROWS - flat.size(0), flat.size(1))])
+    buffers = getattr(_ROW_BUFFERS, "by_key", None)
+    if buffers is None:
+        buffers = _ROW_BUFFERS.by_key = {}
+    key = (flat.size(1), flat.dtype, flat.device, torch.is_inference_mode_enabled())
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = flat.new_zeros(MIN_ROWS, flat.size(1))
+    buffer[:flat.size(0)].copy_(flat)
+    return buffer
 
 
 def addmm_(out: Tensor, bias: Tensor, x: Tensor, weight_t: Tensor, rows: int) -> Tensor:
@@ -50,30 +76,54 @@ def addmm_(out: Tensor, bias: Tensor, x: Tensor, weight_t: Tensor, rows: int) ->
     return out[:rows]
 
 
-def dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``vᵀ u`` over the last dim, ``u (..., H)``, ``v (H,)``, plus a scalar ``bias (1,)`` ->
-    ``(...)``: as a GEMM with ``v`` padded to :data:`MIN_ROWS` output columns, so that each row is
-    rounded the same at any position and in any number of rows (a matrix-vector product is not)."""
+def dot_weight(v: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The GEMM operands of :func:`dot`: ``v (H,)`` as row 0 of a ``(MIN_ROWS, H)`` weight and a
+    scalar ``bias (1,)`` as entry 0 of a ``(MIN_ROWS,)`` bias, zeros elsewhere. Build them once
+    where ``v`` does not change and pass them to :func:`dot_padded`."""
     weight = v.new_zeros(MIN_ROWS, v.numel())
     weight[0] = v.reshape(-1)
     full_bias = None
     if bias is not None:
         full_bias = bias.new_zeros(MIN_ROWS)
         full_bias[:1] = bias
-    return linear(u, weight, full_bias)[..., 0]
+    return weight, full_bias
+
+
+def dot_padded(u: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """:func:`dot` from the operands :func:`dot_weight` built: ``u (..., H)`` -> ``(...)``."""
+    return linear(u, weight, bias)[..., 0]
+
+
+def dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``vᵀ u`` over the last dim, ``u (..., H)``, ``v (H,)``, plus a scalar ``bias (1,)`` ->
+    ``(...)``: as a GEMM with ``v`` padded to :data:`MIN_ROWS` output columns, so that each row is
+    rounded the same at any position and in any number of rows (a matrix-vector product is not)."""
+    return dot_padded(u, *dot_weight(v, bias))
 
 
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     """``torch.bmm(a, b)`` for ``a (B, M, S)``, ``b (B, S, N)`` with ``S`` possibly padded by zero
-    columns of ``a``: a one-row product (``M == 1``) runs on two rows, whose kernel rounds the same
-    for any ``S``, where the matrix-vector product does not."""
+    columns of ``a``: a one-row product (``M == 1``) runs on two rows (the row twice), whose kernel
+    rounds the same for any ``S``, where the matrix-vector product does not."""
     if a.size(1) != 1:
         return torch.bmm(a, b)
-    return torch.bmm(torch.cat([a, torch.zeros_like(a)], dim=1), b)[:, :1]
+    return torch.bmm(a.expand(-1, 2, -1), b)[:, :1]
 
 
 def ordered_sum(x: Tensor) -> Tensor:
-    """``x (..., N)`` summed over the last dim one term after the other in float64, rounded to
-    ``x``'s dtype: the same for a row and for the row with zeros inserted anywhere or appended."""
-    return x.cumsum(-1, dtype=torch.float64)[..., -1].to(x.dtype)
+    """``x (..., N)`` summed over the last dim one term after the other, rounded to ``x``'s dtype:
+    the same for a row and for the row with zeros inserted anywhere or appended, whatever the
+    other rows.
+
+    A sequential sum adds each term to the running total, so a zero changes nothing (``s + 0 ==
+    s``) and the real terms meet in the same order whatever the zeros between and after them; a
+    vectorised ``sum`` groups a row's terms by their positions in vector lanes and splits the row by
+    its width, which padding moves. ``cumsum`` over the last dim is that sequential sum; on a CPU it
+    accumulates float32 in float64 (the value each position stores is the float64 running total
+    rounded), so its last value is the float64 sum rounded once, without a float64 copy of ``x``:
+    half the time of the float64 ``cumsum`` and the same bits (tests/test_batch_invariant.py).
+    """
+    # float16 and bfloat16 through float64, rounded once as before (search passes float32)
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float64
+    return x.cumsum(-1, dtype=dtype)[..., -1].to(x.dtype)
 
