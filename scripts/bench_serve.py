@@ -7,7 +7,9 @@
 In one run, on this machine's loopback interface:
 
 1. offline: ``Translator.translate`` on the whole list of sentences, in this process, with the
-   server's settings (precision, torch threads of one worker, beam), after a warm-up call;
+   server's settings (precision, torch threads of one worker, beam), after a warm-up call, called
+   ``--offline-calls`` times, half before and half after the served levels; the median is the
+   reference of served / offline;
 2. ``nmt serve RUN_DIR`` started on a free loopback port (``--workers``, ``--threads``), and for
    each ``--clients`` level every sentence sent once as its own request (``{"text": ...}``), each
    client sending its next request when the last is answered: sentences/s, p50/p95/p99 latency,
@@ -57,6 +59,8 @@ def _args() -> argparse.Namespace:
                                              "(default: the run's recipe)")
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="stop everything after this long")
+    ap.add_argument("--offline-calls", type=int, default=4,
+                    help="offline calls, half before and half after the served levels; their median is the reference")
     ap.epilog = "Options of nmt serve for the measured server go after --, e.g. -- --max-batch-texts 32."
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -81,9 +85,8 @@ def server_settings(args) -> tuple[int, int]:
     return workers_and_threads(args.workers, args.threads)
 
 
-def offline(args, sentences: list[str], threads: int | None) -> tuple[float, float]:
-    """Sentences/s of one ``Translator.translate`` call on the whole list, and its CPU seconds per
-    sentence (this process: the torch threads included)."""
+def offline_translator(args, sentences: list[str], threads: int | None):
+    """The offline side: a ``Translator`` in this process with the server's settings, warmed up."""
     import torch
 
     from nmt.inference.translator import Translator
@@ -92,9 +95,18 @@ def offline(args, sentences: list[str], threads: int | None) -> tuple[float, flo
         torch.set_num_threads(threads)
     translator = Translator.load(args.run_dir, device="cpu", precision=args.precision)
     translator.translate(sentences[:8], beam=args.beam, return_scores=True)  # warm-up
-    start, cpu = time.perf_counter(), time.process_time()
-    translator.translate(sentences, beam=args.beam, return_scores=True)
-    return len(sentences) / (time.perf_counter() - start), (time.process_time() - cpu) / len(sentences)
+    return translator
+
+
+def offline(args, translator, sentences: list[str], calls: int) -> list[tuple[float, float]]:
+    """For each of ``calls`` ``Translator.translate`` calls on the whole list: sentences/s and CPU
+    seconds per sentence (this process: the torch threads included)."""
+    out = []
+    for _ in range(calls):
+        start, cpu = time.perf_counter(), time.process_time()
+        translator.translate(sentences, beam=args.beam, return_scores=True)
+        out.append((len(sentences) / (time.perf_counter() - start), (time.process_time() - cpu) / len(sentences)))
+    return out
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -316,7 +328,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def report(args, workers: int, threads: int | None, offline_rate: float, rows: dict,
-           offline_cpu: float | None = None) -> str:
+           offline_cpu: float | None = None, spread: tuple[float, float, int] | None = None) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"{when}, {cpu_model()} ({os.cpu_count()} CPUs), {args.lines} sentences of {args.source}, "
              f"run {args.run_dir}, beam {args.beam or 'of the recipe'}, {args.precision}, "
@@ -335,7 +347,10 @@ def report(args, workers: int, threads: int | None, offline_rate: float, rows: d
                      f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} | "
                      f"{_ms(r['server_cpu'])} / {_ms(r['worker_cpu'])} | "
                      f"{_pct(r['worker_busy'])} | {_pct(r.get('worker_running'))} |")
-    lines.append(f"| offline: one `Translator.translate` call | {offline_rate:,.1f} | | | 1 | "
+    what = "one `Translator.translate` call"
+    if spread and spread[2] > 1:
+        what = f"median of {spread[2]} `Translator.translate` calls ({spread[0]:,.1f}–{spread[1]:,.1f})"
+    lines.append(f"| offline: {what} | {offline_rate:,.1f} | | | 1 | "
                  f"{_ms(offline_cpu)} (this process) | | |")
     return "\n".join(lines)
 
@@ -348,7 +363,10 @@ def main() -> None:
     args.lines = len(sentences)
     levels = [int(c) for c in args.clients.split(",")]
     workers, threads = server_settings(args)
-    offline_rate, offline_cpu = offline(args, sentences, threads)
+    translator = offline_translator(args, sentences, threads)
+    # offline calls before and after the served levels, their median the reference: one call of a
+    # few hundred sentences varies by a quarter from one minute to the next on a shared host
+    calls = offline(args, translator, sentences, (args.offline_calls + 1) // 2)
     with tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log") as log:
         try:
             with running_server(server_arguments(args, workers, threads), log,
@@ -361,7 +379,11 @@ def main() -> None:
             log.seek(0)
             sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
             raise
-    print(report(args, workers, threads, offline_rate, rows, offline_cpu))
+    calls += offline(args, translator, sentences, args.offline_calls // 2)
+    rates = sorted(rate for rate, _ in calls)
+    offline_rate = statistics.median(rates)
+    offline_cpu = statistics.median(cpu for _, cpu in calls)
+    print(report(args, workers, threads, offline_rate, rows, offline_cpu, (rates[0], rates[-1], len(rates))))
 
 
 if __name__ == "__main__":
