@@ -193,6 +193,7 @@ def test_an_ordered_log_normaliser_over_a_rows_own_columns_only_gives_the_same_b
     for row in range(5):
         own = (~outside[row]).nonzero().squeeze(1)
         assert torch.equal(columns[row, :own.numel()], own), "own columns first, ascending"
+        assert outside[row, columns[row, own.numel():]].all(), "then outside columns"
     whole = LogNormaliser(ordered=True)(union)
     assert torch.equal(LogNormaliser(ordered=True)(union, columns), whole)
 

@@ -70,10 +70,15 @@ class LogNormaliser:
 
 def own_columns(outside: Tensor) -> Tensor:
     """``outside (B, L)`` bool -> ``(B, K)`` long: each row's own columns (False in ``outside``)
-    in ascending order, then its first outside columns up to K, the most own columns of a row."""
-    order = torch.sort(outside.to(torch.uint8), dim=1, stable=True).indices
-    width = int((~outside).sum(1).max())
-    return order[:, :width].contiguous()
+    in ascending order, K the most own columns of a row; a row with fewer is filled up with its
+    first outside column (-inf in the scores, so its terms are zeros)."""
+    own = ~outside
+    counts = own.sum(1)
+    rows, cols = own.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+    place = torch.arange(rows.numel(), device=outside.device) - (counts.cumsum(0) - counts)[rows]
+    index = outside.to(torch.uint8).argmax(1, keepdim=True).expand(-1, int(counts.max())).contiguous()
+    index[rows, place] = cols
+    return index
 
 
 class SingleModel:
