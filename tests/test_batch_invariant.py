@@ -198,6 +198,19 @@ def test_an_ordered_log_normaliser_over_a_rows_own_columns_only_gives_the_same_b
     assert torch.equal(LogNormaliser(ordered=True)(union, columns), whole)
 
 
+def test_the_arg_max_over_a_rows_own_columns_is_the_arg_max_of_the_row_ties_included():
+    from nmt.inference.torch_engine import own_argmax, own_columns
+
+    torch.manual_seed(5)
+    outside = torch.rand(6, 400) > 0.3
+    outside[:, :4] = False
+    scores = torch.randint(-3, 3, (6, 400)).float().masked_fill(outside, float("-inf"))  # many ties
+    scores[1] = float("-inf")  # a row with every column forbidden
+    values, columns = own_argmax(scores, own_columns(outside))
+    want_values, want_columns = scores.max(dim=-1)
+    assert torch.equal(values, want_values) and torch.equal(columns, want_columns)
+
+
 def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model):
     with torch.inference_mode():
         want = None
