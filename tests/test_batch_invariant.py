@@ -177,6 +177,40 @@ def test_an_ordered_log_normaliser_ignores_the_columns_between_a_rows_own():
     assert torch.equal(LogNormaliser(ordered=True)(union), own)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_ordered_log_normaliser_over_a_rows_own_columns_only_gives_the_same_bits(dtype):
+    """Each row reads only its own columns (the others -inf): the same bits as the whole union."""
+    from nmt.inference.torch_engine import own_columns
+
+    torch.manual_seed(3)
+    outside = torch.rand(5, 900) > 0.2
+    outside[0] = True
+    outside[0, ::7] = False  # rows with different numbers of own columns
+    outside[:, :4] = False
+    union = (torch.randn(5, 900) * 4).to(dtype).masked_fill(outside, float("-inf"))
+    columns = own_columns(outside)
+    assert columns.shape == (5, int((~outside).sum(1).max()))
+    for row in range(5):
+        own = (~outside[row]).nonzero().squeeze(1)
+        assert torch.equal(columns[row, :own.numel()], own), "own columns first, ascending"
+        assert outside[row, columns[row, own.numel():]].all(), "then outside columns"
+    whole = LogNormaliser(ordered=True)(union)
+    assert torch.equal(LogNormaliser(ordered=True)(union, columns), whole)
+
+
+def test_the_arg_max_over_a_rows_own_columns_is_the_arg_max_of_the_row_ties_included():
+    from nmt.inference.torch_engine import own_argmax, own_columns
+
+    torch.manual_seed(5)
+    outside = torch.rand(6, 400) > 0.3
+    outside[:, :4] = False
+    scores = torch.randint(-3, 3, (6, 400)).float().masked_fill(outside, float("-inf"))  # many ties
+    scores[1] = float("-inf")  # a row with every column forbidden
+    values, columns = own_argmax(scores, own_columns(outside))
+    want_values, want_columns = scores.max(dim=-1)
+    assert torch.equal(values, want_values) and torch.equal(columns, want_columns)
+
+
 def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model):
     with torch.inference_mode():
         want = None

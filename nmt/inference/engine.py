@@ -30,6 +30,10 @@ class SearchEngine(Protocol):
         ``scores`` are log-probabilities already). ``out`` goes to :meth:`next_state`,
         :meth:`attention` and :meth:`positions`."""
 
+    def best(self, scores, memory) -> tuple[Any, Any]:
+        """``(values (N,), columns (N,))``: each row's largest score of a step and its column (the
+        first of equal ones), ``memory`` the step's."""
+
     def next_state(self, out) -> Any:
         """The decoder state after the step (rows as the step's)."""
 

@@ -80,7 +80,7 @@ class _OneTokenSearch:
             seen = engine.to_columns(self.history[self.active][:, :step])
         allowed = forbid_(ops, scores, seen, step, self.opts)
         if self.choose is None:
-            best, tok = ops.argmax(allowed)
+            best, tok = engine.best(allowed, self.memory)
         else:
             tok = self.choose(allowed, self.active, step)
             best = ops.pick(allowed, tok)

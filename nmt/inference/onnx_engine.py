@@ -190,6 +190,9 @@ class OnnxEngine:
             return memory.select(_rows, index)
         return _rows(memory, index)
 
+    def best(self, scores: np.ndarray, memory) -> tuple[np.ndarray, np.ndarray]:
+        return self.ops.argmax(scores)
+
     def to_target(self, columns: np.ndarray) -> np.ndarray:
         return columns if self.columns is None else self.columns[columns]
 

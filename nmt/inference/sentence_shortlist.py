@@ -75,28 +75,38 @@ def mask_outside(scores, penalty):
 
 
 class ShortlistMemory:
-    """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`);
-    search only passes it back and selects its rows.
+    """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`)
+    and, optionally, ``own (B, K)``: each row's own columns (an engine that normalises a row over
+    those only); search only passes it back and selects its rows.
 
     The memory holds one row per sentence or one per beam; a step's ``rows`` are beams, each
-    sentence's side by side, so :meth:`penalty_rows` repeats each memory row's penalty.
+    sentence's side by side, so :meth:`penalty_rows` and :meth:`own_rows` repeat each memory row's.
     """
 
-    def __init__(self, memory: Any, penalty: Any):
-        self.memory, self.penalty = memory, penalty
-        self._rows: tuple[int, Any] | None = None  # the last repeat, reused while rows do not change
+    def __init__(self, memory: Any, penalty: Any, own: Any = None):
+        self.memory, self.penalty, self.own = memory, penalty, own
+        self._rows: tuple[int, Any, Any] | None = None  # the last repeat, reused while rows do not change
 
     def select(self, select_rows: Callable[[Any, Any], Any], index) -> "ShortlistMemory":
-        """Rows ``index`` of the memory (``select_rows``: the engine's) and of the penalties."""
-        return ShortlistMemory(select_rows(self.memory, index), self.penalty[index])
+        """Rows ``index`` of the memory (``select_rows``: the engine's), of the penalties and own columns."""
+        return ShortlistMemory(select_rows(self.memory, index), self.penalty[index],
+                               None if self.own is None else self.own[index])
 
     def penalty_rows(self, ops, rows: int):
         """``(rows, L)``: the penalty of each step row."""
+        return self._repeated(ops, rows)[0]
+
+    def own_rows(self, ops, rows: int):
+        """``(rows, K)``: the own columns of each step row (None if not given)."""
+        return self._repeated(ops, rows)[1]
+
+    def _repeated(self, ops, rows: int):
         have = self.penalty.shape[0]
         if rows == have:
-            return self.penalty
+            return self.penalty, self.own
         if self._rows is None or self._rows[0] != rows:
             if rows % have:
                 raise ValueError(f"{rows} step rows for {have} memory rows")
-            self._rows = (rows, self.penalty[ops.repeat_each(ops.arange(have), rows // have)])
-        return self._rows[1]
+            index = ops.repeat_each(ops.arange(have), rows // have)
+            self._rows = (rows, self.penalty[index], None if self.own is None else self.own[index])
+        return self._rows[1], self._rows[2]

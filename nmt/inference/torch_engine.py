@@ -43,13 +43,19 @@ class LogNormaliser:
     ``ordered``: sum each row's terms one after the other
     (:func:`nmt.kernels.batch_invariant.ordered_sum`), so that a row's normaliser does not depend
     on the columns between its own (a batch's shortlist is the union of its sentences').
+
+    ``columns (N, K)``: each row's own columns (:func:`own_columns`), the others of the row being
+    -inf: only those are read. The sum is the same, since the columns left out add exact zeros to
+    the ordered sum, and K is a few times smaller than a batch's union of shortlists.
     """
 
     def __init__(self, ordered: bool = False) -> None:
         self.scratch: Tensor | None = None
         self.ordered = ordered
 
-    def __call__(self, logits: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, columns: Tensor | None = None) -> Tensor:
+        if columns is not None:
+            logits = logits.gather(1, columns)
         rows, vocab = logits.shape
         if self.scratch is None or self.scratch.size(0) < rows or self.scratch.size(1) != vocab \
                 or self.scratch.device != logits.device:
@@ -60,6 +66,26 @@ class LogNormaliser:
         exp = shifted.exp_()
         total = batch_invariant.ordered_sum(exp) if self.ordered else exp.sum(dim=1)
         return total.log_().add_(top.squeeze(1))
+
+
+def own_columns(outside: Tensor) -> Tensor:
+    """``outside (B, L)`` bool -> ``(B, K)`` long: each row's own columns (False in ``outside``)
+    in ascending order, K the most own columns of a row; a row with fewer is filled up with its
+    first outside column (-inf in the scores, so its terms are zeros)."""
+    own = ~outside
+    counts = own.sum(1)
+    rows, cols = own.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+    place = torch.arange(rows.numel(), device=outside.device) - (counts.cumsum(0) - counts)[rows]
+    index = outside.to(torch.uint8).argmax(1, keepdim=True).expand(-1, int(counts.max())).contiguous()
+    index[rows, place] = cols
+    return index
+
+
+def own_argmax(scores: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
+    """``scores (N, L)``, -inf outside each row's ``own (N, K)`` columns (:func:`own_columns`) ->
+    ``scores.max(dim=-1)``: each row's largest score and its first column, reading K columns."""
+    values, at = scores.gather(1, own).max(dim=-1)
+    return values, own.gather(1, at.unsqueeze(1)).squeeze(1)
 
 
 class SingleModel:
@@ -165,7 +191,10 @@ class TorchEngine:
         self.with_positions = adapted.reports_positions
         # the fast step's rows do not depend on their batch; with a shortlist, neither must the sum
         # over a row's own columns, which the batch's other sentences spread apart
-        self.normaliser = adapted.log_normaliser(ordered=tables is not None and shortlist is not None)
+        ordered = tables is not None and shortlist is not None
+        self.normaliser = adapted.log_normaliser(ordered=ordered)
+        # an ordered sum adds a row's outside columns as exact zeros: it may read its own columns only
+        self.own_only = ordered and isinstance(adapted, SingleModel)
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
@@ -174,17 +203,29 @@ class TorchEngine:
         if self.shortlist is not None:  # each memory row carries its sentence's own shortlist
             weight = self.shortlist.weight
             dtype = (weight[0] if isinstance(weight, list) else weight).dtype  # the logits'
-            memory = ShortlistMemory(memory, outside_penalty(self.ops, self.shortlist.outside, dtype))
+            outside = self.shortlist.outside
+            memory = ShortlistMemory(memory, outside_penalty(self.ops, outside, dtype),
+                                     own_columns(outside) if self.own_only else None)
         return state, memory
 
     def step(self, prev_tokens: Tensor, state, memory):
         if self.shortlist is None:
             logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
-        else:
-            penalty = memory.penalty_rows(self.ops, prev_tokens.size(0))
-            logits, out = self.adapted.step_logits(prev_tokens, state, memory.memory, self.output, self.tables,
-                                                   penalty)
+            return logits, self.normaliser(logits), out
+        rows = prev_tokens.size(0)
+        logits, out = self.adapted.step_logits(prev_tokens, state, memory.memory, self.output, self.tables,
+                                               memory.penalty_rows(self.ops, rows))
+        if self.own_only:
+            return logits, self.normaliser(logits, memory.own_rows(self.ops, rows)), out
         return logits, self.normaliser(logits), out  # the normaliser before search's masking: no renormalisation
+
+    def best(self, scores: Tensor, memory) -> tuple[Tensor, Tensor]:
+        """With each row's own columns known, only those are searched (the others are -inf): a
+        batch's union of shortlists is many times wider, and ``max`` over it costs more than the
+        output layer's bf16 GEMM. Own columns are ascending, so a tie goes to the same column."""
+        if not self.own_only:
+            return self.ops.argmax(scores)
+        return own_argmax(scores, memory.own_rows(self.ops, scores.size(0)))
 
     @staticmethod
     def next_state(out):
