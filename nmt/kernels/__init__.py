@@ -20,6 +20,8 @@ kernel pays. Nothing here imports ``nmt.model``.
   one layer, tanh scorer.
 - ``attention.additive_tanh_score``: ``AdditiveAttention.score`` with tanh; CPU.
 - ``loss.linear_cross_entropy``: the output layer + ``seq2seq.cross_entropy``; CPU.
+- ``rows.padded_linear`` (with ``padded_mm``): sequence-wide products and weight gradients on row
+  counts rounded up to a multiple of 32 in bf16 CPU training, so oneDNN compiles few shapes.
 - ``dropout.dropout``: ``activations.Dropout`` (``F.dropout``); CPU training.
 - ``layout.Layout`` (with ``gru_gates``) is no kernel: it names the blocks of a fused weight
   (GRU gates, the decoder's input and readout columns) once, for the model and the kernels alike.
@@ -37,6 +39,7 @@ from nmt.kernels.gru import GRUScan, gru_scan_applies, run_gru
 from nmt.kernels.gru_inference import gru_inference_applies, input_gate_table, run_gru_inference
 from nmt.kernels.layout import Layout, gru_gates
 from nmt.kernels.loss import linear_cross_entropy, linear_cross_entropy_applies
+from nmt.kernels.rows import padded_linear, row_padding_applies
 from nmt.kernels.search import (
     SearchTables,
     build_search_tables,
@@ -54,5 +57,6 @@ __all__ = [
     "gru_inference_applies", "input_gate_table", "run_gru_inference",
     "Layout", "gru_gates",
     "linear_cross_entropy", "linear_cross_entropy_applies",
+    "padded_linear", "row_padding_applies",
     "SearchTables", "build_search_tables", "fold_context", "search_step", "search_tables_apply",
 ]

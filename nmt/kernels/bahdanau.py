@@ -18,6 +18,7 @@ from torch import Tensor
 
 from nmt.kernels.gru import _gru_step, _gru_step_backward, _gru_weight_grads, _state_dtype
 from nmt.kernels.layout import gru_gates
+from nmt.kernels.rows import padded_mm, row_multiple
 
 
 def bahdanau_recurrence_applies(x: Tensor, layers: int, score_activation: str) -> bool:
@@ -133,13 +134,16 @@ class BahdanauRecurrence(torch.autograd.Function):
                 torch.sum(d_pre, dim=1, dtype=dtype, out=dq2)
                 grad_h.add_(torch.mm(dq2.to(gemm_dtype), w_q2))  # q2 = 2 W_q s
             grad_weight_hh, grad_bias_hh = _gru_weight_grads(grad_gates_h, grad_x, grad_hn, h_prev)
+            # sums over all T·B (·S) rows, their count rounded up for a 16-bit GEMM (nmt.kernels.rows)
+            multiple = row_multiple(weight_hh)
             flat_h = h_prev.view(-1, hidden).to(gemm_dtype)
-            grad_w_context = torch.mm(grad_x.view(-1, width).t().to(gemm_dtype),
-                                      contexts.view(-1, contexts.size(2)).to(gemm_dtype))
-            grad_w_query = 2 * torch.mm(grad_q2.view(-1, grad_q2.size(2)).t().to(gemm_dtype), flat_h)
+            grad_w_context = padded_mm(grad_x.view(-1, width).to(gemm_dtype),
+                                       contexts.view(-1, contexts.size(2)).to(gemm_dtype), multiple)
+            grad_w_query = 2 * padded_mm(grad_q2.view(-1, grad_q2.size(2)).to(gemm_dtype), flat_h, multiple)
             # d v = Σ d e (2u − 1) over steps, rows and source positions
             de_flat = grad_scores.view(1, -1)
-            grad_v = 2 * torch.mm(de_flat.to(sig.dtype), sig.view(-1, sig.size(3))).to(dtype) - de_flat.sum()
+            grad_v = (2 * padded_mm(de_flat.t().to(sig.dtype), sig.view(-1, sig.size(3)), multiple).to(dtype)
+                      - de_flat.sum())
             # keys through the contexts: d k_j = Σ_t a_tj dc_t, one batched GEMM over steps
             grad_keys = torch.bmm(weights.permute(1, 2, 0).to(gemm_dtype), grad_c.transpose(0, 1).to(gemm_dtype))
         return (grad_x.to(emb_dtype), grad_h.to(h0_dtype), grad_proj.to(proj_keys.dtype),

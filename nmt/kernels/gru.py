@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.kernels.layout import gru_gates
+from nmt.kernels.rows import padded_linear, padded_mm, row_multiple
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -74,10 +74,12 @@ def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor
 def _gru_weight_grads(grad_gates_h: Tensor, grad_x: Tensor, grad_hn: Tensor,
                       h_prev: Tensor) -> tuple[Tensor, Tensor]:
     """dL/dW_hh and dL/db_hh from all steps' buffers of :func:`_gru_step_backward` and the states
-    before each step (T, B, H): one GEMM over T·B rows and one sum. Rows a step did not run are zero."""
+    before each step (T, B, H): one GEMM over T·B rows (rounded up for a 16-bit GEMM,
+    :mod:`nmt.kernels.rows`) and one sum. Rows a step did not run are zero."""
     hidden = h_prev.size(2)
     gates = gru_gates(hidden)
-    grad_weight_hh = torch.mm(grad_gates_h.view(-1, gates.width).t(), h_prev.view(-1, hidden).to(grad_gates_h.dtype))
+    grad_weight_hh = padded_mm(grad_gates_h.view(-1, gates.width), h_prev.view(-1, hidden).to(grad_gates_h.dtype),
+                               row_multiple(grad_gates_h))
     grad_bias_hh = torch.cat([grad_x[..., gates.span("r", "z")].sum((0, 1)), grad_hn.sum((0, 1))])
     return grad_weight_hh, grad_bias_hh
 
@@ -214,7 +216,7 @@ def run_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor | None = None, h0: Tensor | 
         for direction in range(directions):
             index = layer * directions + direction
             w_ih, w_hh, b_ih, b_hh = rnn.all_weights[index]  # nn.GRU's order: layers, then directions
-            gates_x = F.linear(layer_input, w_ih, b_ih)  # (T, B, 3H), autocast dtype
+            gates_x = padded_linear(layer_input, w_ih, b_ih)  # (T, B, 3H), autocast dtype
             start = h0[index] if h0 is not None else x.new_zeros(batch, hidden, dtype=_state_dtype(gates_x.dtype))
             out, last = GRUScan.apply(gates_x.contiguous(), start, w_hh.to(gates_x.dtype), b_hh,
                                       active, bool(direction))

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nmt.kernels.rows import pad_rows, row_multiple
+
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     device_type = weight.device.type
@@ -57,8 +59,9 @@ def _losses(log_probs: torch.Tensor, targets: torch.Tensor,
 CHUNK_BYTES = 16 * 2**20
 
 
-def _chunk_rows(vocab_size: int, dtype: torch.dtype, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // (vocab_size * torch.empty((), dtype=dtype).element_size()))
+def _chunk_rows(vocab_size: int, dtype: torch.dtype, chunk_bytes: int, multiple: int = 1) -> int:
+    rows = chunk_bytes // (vocab_size * torch.empty((), dtype=dtype).element_size())
+    return max(multiple, rows // multiple * multiple)
 
 
 def linear_cross_entropy_applies(hidden: torch.Tensor) -> bool:
@@ -69,28 +72,34 @@ def linear_cross_entropy_applies(hidden: torch.Tensor) -> bool:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, label_smoothing: float, dtype: torch.dtype,
-                chunk_bytes: int):
-        h, w = hidden.to(dtype), weight.to(dtype)
+                chunk_bytes: int, multiple: int):
+        # rows rounded up to ``multiple`` (nmt.kernels.rows): zero rows, their logits' gradient zero
+        tokens = hidden.size(0)
+        h, w = pad_rows(hidden.to(dtype), multiple), weight.to(dtype)
+        targets = pad_rows(targets, multiple)
         b = None if bias is None else bias.to(dtype)
-        rows = _chunk_rows(w.size(0), dtype, chunk_bytes)
+        rows = _chunk_rows(w.size(0), dtype, chunk_bytes, multiple)
         grads = []
         loss = nll = h.new_zeros((), dtype=_accumulation_dtype(dtype))
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, h.size(0), rows):
                 chunk_targets = targets[start: start + rows]
                 grad_logits = F.log_softmax(F.linear(h[start: start + rows], w, b), dim=-1)  # becomes dL/dz
-                chunk_loss, chunk_nll = _losses(grad_logits, chunk_targets, label_smoothing)
+                real = min(grad_logits.size(0), tokens - start)  # the rest are padding rows
+                chunk_loss, chunk_nll = _losses(grad_logits[:real], chunk_targets[:real], label_smoothing)
                 loss, nll = loss + chunk_loss, nll + chunk_nll
                 grad_logits.exp_()
                 if label_smoothing:
                     grad_logits.sub_(label_smoothing / grad_logits.size(1))
                 picked = torch.arange(chunk_targets.numel(), device=targets.device)
                 grad_logits[picked, chunk_targets] -= 1 - label_smoothing
+                grad_logits[real:] = 0
                 grads.append(grad_logits)
         if nll is loss:  # no tokens
             nll = nll.clone()  # the returned loss must stay differentiable
         ctx.save_for_backward(h, w, *grads)
         ctx.has_bias = bias is not None
+        ctx.tokens = tokens
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(nll)
         return loss, nll
@@ -118,28 +127,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_bias += grad_logits.sum(0)
                 start = end
         scale = grad_loss.to(acc)
-        return (None if grad_hidden is None else grad_hidden.mul_(scale.to(h.dtype)).to(hidden_dtype),
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden[:ctx.tokens].mul_(scale.to(h.dtype)).to(hidden_dtype)
+        return (grad_hidden,
                 None if grad_weight is None else grad_weight.mul_(scale).to(weight_dtype),
                 None if grad_bias is None else grad_bias.mul_(scale).to(bias_dtype),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          targets: torch.Tensor, label_smoothing: float = 0.0,
-                         chunk_bytes: int = CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_bytes: int = CHUNK_BYTES,
+                         multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.cross_entropy(F.linear(hidden, weight, bias), targets, label_smoothing, reduction="sum")``
     and the summed plain NLL, as float32 scalars (float64 for float64 inputs); the NLL carries no
     gradient.
 
     ``hidden (N, D)``, ``weight (V, D)``, ``bias (V,)`` or None, ``targets (N,)`` ids in ``[0, V)``.
     Uses autocast's dtype for the GEMMs when autocast is on (as ``nn.Linear`` would). The logits
-    are formed ``chunk_bytes`` at a time.
+    are formed ``chunk_bytes`` at a time. In training, the rows are rounded up to a multiple of
+    ``multiple`` (default :func:`nmt.kernels.rows.row_multiple`: 32 for a 16-bit GEMM on the CPU,
+    else 1) with zero rows that add nothing, and the chunks hold a multiple of it.
     """
     dtype = _compute_dtype(weight)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     if needs_grad:
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, dtype, chunk_bytes)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, dtype, chunk_bytes,
+                                         row_multiple(hidden) if multiple is None else multiple)
     with torch.autocast(hidden.device.type, enabled=False):
         log_probs = F.log_softmax(F.linear(hidden.to(dtype), weight.to(dtype),
                                            None if bias is None else bias.to(dtype)), dim=-1)

@@ -583,8 +583,10 @@ class ActivatedLinear(nn.Module):
         :func:`nmt.kernels.batch_invariant.linear`)."""
         return self.activation(linear(x, self.linear.weight, self.linear.bias), mask=mask)
 
-    def forward_causal(self, x: Tensor) -> Tensor:
-        return self.activation.forward_causal(self.linear(x))
+    def forward_causal(self, x: Tensor, linear: Callable = F.linear) -> Tensor:
+        """``linear``: as in :meth:`forward` (bf16 CPU training: :func:`nmt.kernels.padded_linear`)."""
+        pre = self.linear(x) if linear is F.linear else linear(x, self.linear.weight, self.linear.bias)
+        return self.activation.forward_causal(pre)
 
     def forward_step(self, x: Tensor, pool: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         return self.activation.forward_step(self.linear(x), pool)

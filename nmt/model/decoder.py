@@ -237,7 +237,9 @@ class BahdanauDecoder(_GRUDecoderBase):
         """Teacher forcing. ``embedded (batch, T, emb)`` -> readout (batch, T, D), attention (batch, T, S)."""
         parts = self._gemm_input_parts()
         w_iy, w_ic = parts["embedding"], parts["context"]
-        emb_gates = F.linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
+        # sequence-wide products: rows rounded up in bf16 CPU training (nmt.kernels.rows)
+        linear = kernels.padded_linear if self.fast and kernels.row_padding_applies(embedded) else F.linear
+        emb_gates = linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
         if self.fast and kernels.bahdanau_recurrence_applies(embedded, self.cfg.layers,
                                                              self.attention.activation_name):
             dtype = emb_gates.dtype
@@ -262,7 +264,7 @@ class BahdanauDecoder(_GRUDecoderBase):
             ctx = torch.stack(contexts, dim=1)  # (batch, T, K)
             weights = torch.stack(weights, dim=1)  # (batch, T, S)
         readout = self.readout.forward_causal(  # one GEMM for all steps
-            self.readout_layout.cat({"state": top, "context": ctx, "embedding": embedded}))
+            self.readout_layout.cat({"state": top, "context": ctx, "embedding": embedded}), linear)
         return self.readout_dropout(readout), weights
 
     def step(self, embedded: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
@@ -349,7 +351,9 @@ class LuongDecoder(_GRUDecoderBase):
             return self.readout_dropout(attentional), weights
         parts = self._gemm_input_parts()
         w_iy, w_if = parts["embedding"], parts["feed"]
-        emb_gates = F.linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
+        # sequence-wide products: rows rounded up in bf16 CPU training (nmt.kernels.rows)
+        linear = kernels.padded_linear if self.fast and kernels.row_padding_applies(embedded) else F.linear
+        emb_gates = linear(embedded, w_iy, self.rnn.bias_ih_l0)  # W_iy E y + b_i: (batch, T, 3H), one GEMM
         hidden, feed, pool = state.hidden, state.feed, state.pool
         outputs, weights = [], []
         for gates_t in emb_gates.unbind(1):

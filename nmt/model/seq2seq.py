@@ -159,6 +159,8 @@ class Seq2Seq(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
+        if tables is None and self.fast and kernels.row_padding_applies(keys):  # B·S rows, rounded up
+            linear = kernels.padded_linear
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask), linear)
         if tables is not None and fold_context:
             memory = replace(memory, folded=kernels.fold_context(memory.keys, tables))
