@@ -98,10 +98,34 @@ def test_the_invariant_attention_score_follows_its_v_weight():
 
     with torch.no_grad():
         for _ in range(2):
-            assert torch.equal(additive_tanh_score(query_proj, keys2, v, invariant=True), fresh())
+            assert torch.equal(additive_tanh_score(query_proj, keys2, v, dot=batch_invariant.dot), fresh())
             v.weight.mul_(-0.5)  # an update in place, as an optimiser step or load_state_dict
     with torch.inference_mode():
-        assert torch.equal(additive_tanh_score(query_proj, keys2, v, invariant=True), fresh())
+        assert torch.equal(additive_tanh_score(query_proj, keys2, v, dot=batch_invariant.dot), fresh())
+
+
+def test_the_fast_attention_score_runs_the_product_it_is_given():
+    """``dot=`` is the v product: any product runs as given, and batch_invariant.dot from its kept
+    operands gives the bits of the same product built afresh."""
+    from torch import nn
+
+    from nmt.kernels import additive_tanh_score
+
+    torch.manual_seed(6)
+    v = nn.Linear(64, 1, bias=False)
+    query_proj, keys2 = torch.randn(3, 2, 64), torch.randn(3, 7, 64)
+    calls = []
+
+    def recorded(u, weight, bias):
+        calls.append((tuple(u.shape), tuple(weight.shape), tuple(bias.shape)))
+        return batch_invariant.dot(u, weight, bias)
+
+    with torch.no_grad():
+        assert torch.equal(additive_tanh_score(query_proj, keys2, v, dot=recorded),
+                           additive_tanh_score(query_proj, keys2, v, dot=batch_invariant.dot))
+        assert calls == [((3, 2, 7, 64), (1, 64), (1,))]
+        doubled = additive_tanh_score(query_proj, keys2, v, dot=lambda u, weight, bias: 2 * (u @ weight[0] + bias))
+        torch.testing.assert_close(doubled, 2 * additive_tanh_score(query_proj, keys2, v))
 
 
 def test_padding_changes_no_sum_softmax_or_one_row_product():

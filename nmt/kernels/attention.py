@@ -14,6 +14,7 @@ lose its low bits). Tested against the plain score in float64 and under bf16: te
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +35,24 @@ def additive_tanh_keys(proj_keys: Tensor) -> Tensor:
     return proj_keys * 2
 
 
-def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, invariant: bool = False) -> Tensor:
+def _linear_dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``vᵀ u + bias`` over the last dim by ``F.linear``: ``u (..., H)``, ``v (1, H)``, ``bias (1,)``
+    or None -> ``(...)`` (the plain product of :func:`additive_tanh_score`)."""
+    return F.linear(u, v, bias).squeeze(-1)
+
+
+def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, dot: Callable = _linear_dot) -> Tensor:
     """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``keys2 = 2P`` from
     :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` -> scores (B, T, S).
-    ``invariant``: the v product by :func:`nmt.kernels.batch_invariant.dot` (search), so that a
-    score does not depend on the other rows of the batch."""
+
+    ``dot(u, v.weight, bias)`` takes the v product (:func:`_linear_dot`'s signature). Search passes
+    :func:`nmt.kernels.batch_invariant.dot`, so that a score does not depend on the other rows of
+    the batch; its padded operands are the same at every step, so they are kept (:func:`_invariant_v`)."""
     u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
-    weight = v.weight
-    if invariant:
+    if dot is batch_invariant.dot:
         return batch_invariant.dot_padded(u, *_invariant_v(v)) * 2
-    return F.linear(u, weight, -0.5 * weight.sum(dim=1)).squeeze(-1) * 2
+    weight = v.weight
+    return dot(u, weight, -0.5 * weight.sum(dim=1)) * 2
 
 
 #: per v module: its weight's stamp (version, address, dtype) and the operands of the invariant

@@ -246,9 +246,7 @@ class AdditiveAttention(Attention):
         takes ``vᵀ`` (the signatures of ``F.linear`` and :func:`dot_product`)."""
         query_proj = linear(query, self.query_proj.weight)                    # W_q q: (B, T, f·H)
         if self.fast and kernels.tanh_by_sigmoid_applies(self.activation_name, query):
-            # the kernel takes the choice of its v product as a flag
-            return kernels.additive_tanh_score(query_proj, proj_keys, self.v,
-                                               invariant=dot is kernels.batch_invariant.dot)
+            return kernels.additive_tanh_score(query_proj, proj_keys, self.v, dot=dot)
         # Broadcast (B, T, 1, f·H) + (B, 1, S, f·H): every query position meets every key independently.
         hidden = self.act(query_proj.unsqueeze(2) + proj_keys.unsqueeze(1),
                           mask=None if mask is None else mask.unsqueeze(1))  # APReLU: pool over real s
