@@ -123,33 +123,3 @@ def test_float32_is_the_same_alone_and_in_a_batch_and_nn_grus_products():
         out, h_n = run_gru_inference(rnn, None, many, gate_table=table, ids=ids)
         ref_out, ref_h = _packed_reference(rnn, embedding[ids], many)
         assert torch.equal(out, ref_out) and torch.equal(h_n, ref_h)
-
-
-def test_follows_its_weights_when_they_change():
-    """The stacked weights are kept between calls and built again when a weight is updated in place
-    (an optimiser step, load_state_dict), replaced, or the GRU is cast."""
-    torch.manual_seed(8)
-    rnn = nn.GRU(5, 4, num_layers=2, batch_first=True, bidirectional=True).eval()
-    lengths = torch.tensor([6, 3, 1])
-    x = torch.randn(3, 6, 5)
-
-    def check(rnn, x):
-        with torch.no_grad():
-            ref_out, ref_h = _packed_reference(rnn, x, lengths)
-            out, h_n = run_gru_inference(rnn, x, lengths)
-        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
-        torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-6)
-
-    check(rnn, x)
-    with torch.no_grad():
-        rnn.weight_hh_l1_reverse.mul_(-1.5)  # in place: the version moves
-        rnn.bias_ih_l0.add_(0.5)
-    check(rnn, x)
-    with torch.no_grad():
-        rnn.load_state_dict({k: torch.randn_like(w) for k, w in rnn.state_dict().items()})
-    check(rnn, x)
-    rnn.weight_ih_l0 = nn.Parameter(torch.randn_like(rnn.weight_ih_l0))  # replaced
-    check(rnn, x)
-    check(rnn.double(), x.double())
-    with torch.inference_mode():
-        check(rnn, x.double())

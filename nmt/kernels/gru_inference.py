@@ -30,8 +30,6 @@ tests/test_gru_inference.py.
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,33 +47,8 @@ def gru_inference_applies(x: Tensor, rnn: nn.GRU) -> bool:
 
 def _layer_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
     """One layer's weights of all directions: ``W_ih (D·3H, in)`` and ``b_ih (D·3H,)`` stacked,
-    ``W_hh (3H, H)`` and ``b_hh (3H,)`` per direction, in ``dtype``.
-
-    Without autograd they are built once per weights and kept (search encodes with the same
-    weights every batch): built again when a weight is updated in place (its version), replaced
-    (its identity and address) or another ``dtype`` is asked for. Inference tensors count no
-    versions, so from them the weights are built on every call."""
-    sources = [rnn.all_weights[layer * directions + d] for d in range(directions)]
-    flat = [w for weights in sources for w in weights]
-    if torch.is_grad_enabled() or any(w.is_inference() for w in flat):
-        return _stacked(sources, dtype)
-    stamp = (dtype, tuple((id(w), w.data_ptr(), w._version) for w in flat))
-    kept = _LAYER_WEIGHTS.setdefault(rnn, {})
-    entry = kept.get(layer)
-    if entry is None or entry[0] != stamp:
-        # plain tensors, usable outside inference mode too, with no autograd history
-        with torch.inference_mode(False), torch.no_grad():
-            entry = kept[layer] = (stamp, flat, _stacked(sources, dtype))  # flat: ids stay unique while kept
-    return entry[2]
-
-
-#: per GRU: per layer, the stamp of the weights (dtype; identity, address and version of each
-#: weight), those weights, and :func:`_stacked` of them
-_LAYER_WEIGHTS: "weakref.WeakKeyDictionary[nn.GRU, dict]" = weakref.WeakKeyDictionary()
-
-
-def _stacked(weights: list[list[Tensor]], dtype: torch.dtype):
-    """:func:`_layer_weights` from ``weights``, ``nn.GRU.all_weights``' entries of one layer's directions."""
+    ``W_hh (3H, H)`` and ``b_hh (3H,)`` per direction, in ``dtype``."""
+    weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
     w_ih = torch.cat([w[0] for w in weights]).to(dtype)
     b_ih = torch.cat([w[2] for w in weights]).to(dtype)
     w_hh = [w[1].to(dtype) for w in weights]
