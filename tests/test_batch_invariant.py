@@ -17,7 +17,7 @@ from nmt.inference.search import pad_sources, search
 from nmt.inference.shortlist import Lexicon
 from nmt.inference.torch_engine import LogNormaliser
 from nmt.kernels import batch_invariant
-from nmt.model.attention import BahdanauAttention, masked_softmax
+from nmt.model.attention import BahdanauAttention, dot_product, masked_softmax
 from nmt.model.seq2seq import build_model
 
 SRC_VOCAB, TGT_VOCAB = 300, 400
@@ -125,7 +125,7 @@ def test_the_fast_attention_score_runs_the_product_it_is_given():
                            additive_tanh_score(query_proj, keys2, v, dot=batch_invariant.dot))
         assert calls == [((3, 2, 7, 64), (1, 64), (1,))]
         doubled = additive_tanh_score(query_proj, keys2, v, dot=lambda u, weight, bias: 2 * (u @ weight[0] + bias))
-        torch.testing.assert_close(doubled, 2 * additive_tanh_score(query_proj, keys2, v))
+        torch.testing.assert_close(doubled, 2 * additive_tanh_score(query_proj, keys2, v, dot=dot_product))
 
 
 def test_padding_changes_no_sum_softmax_or_one_row_product():

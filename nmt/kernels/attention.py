@@ -17,7 +17,6 @@ import weakref
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.kernels import batch_invariant
@@ -35,17 +34,12 @@ def additive_tanh_keys(proj_keys: Tensor) -> Tensor:
     return proj_keys * 2
 
 
-def _linear_dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``vᵀ u + bias`` over the last dim by ``F.linear``: ``u (..., H)``, ``v (1, H)``, ``bias (1,)``
-    or None -> ``(...)`` (the plain product of :func:`additive_tanh_score`)."""
-    return F.linear(u, v, bias).squeeze(-1)
-
-
-def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, dot: Callable = _linear_dot) -> Tensor:
+def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, dot: Callable) -> Tensor:
     """``vᵀ tanh(W_q q + P)`` for ``query_proj = W_q q`` (B, T, H), ``keys2 = 2P`` from
     :func:`additive_tanh_keys` (B, S, H) and ``v`` an ``nn.Linear(H, 1, bias=False)`` -> scores (B, T, S).
 
-    ``dot(u, v.weight, bias)`` takes the v product (:func:`_linear_dot`'s signature). Search passes
+    ``dot(u, v.weight, bias)`` takes the v product (the model's plain one is
+    :func:`nmt.model.attention.dot_product`). Search passes
     :func:`nmt.kernels.batch_invariant.dot`, so that a score does not depend on the other rows of
     the batch; its padded operands are the same at every step, so they are kept (:func:`_invariant_v`)."""
     u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
