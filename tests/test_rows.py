@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nmt.kernels.loss import linear_cross_entropy
-from nmt.kernels.rows import ROW_MULTIPLE, pad_rows, padded_linear, padded_mm, row_multiple, row_padding_applies
+from nmt.kernels.rows import ROW_MULTIPLE, coarse_multiple, pad_rows, padded_rows, padded_linear, padded_mm, row_multiple, row_padding_applies
 from tests.test_model import batch
 
 
@@ -66,7 +66,7 @@ class _RowCounts(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.sizes = set()
+        self.sizes, self.long_sums = set(), set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
@@ -74,6 +74,8 @@ class _RowCounts(TorchDispatchMode):
         # a product with one column is the attention's per-step score vᵀu over B·S rows: not padded
         if operands is not None and operands[0].dtype == torch.bfloat16 and operands[1].size(1) > 1:
             self.sizes.update((operands[0].size(0), operands[0].size(1)))
+            if operands[0].size(0) == 1 and operands[0].size(1) > 64:  # v's gradient: one row, K = T·B·S
+                self.long_sums.add(operands[0].size(1))
         return func(*args, **(kwargs or {}))
 
 
@@ -93,3 +95,15 @@ def test_a_bf16_training_step_runs_few_row_counts(tiny_model):
             loss.backward()
     large = {size for size in counts.sizes if size > 64}
     assert large and all(size % ROW_MULTIPLE == 0 for size in large), sorted(large)
+    # v's gradient sums over T·B·S rows: one of 8 counts per power of two, not one per batch
+    assert counts.long_sums and all(padded_rows(k, coarse_multiple(k)) == k for k in counts.long_sums), \
+        sorted(counts.long_sums)
+
+
+@pytest.mark.parametrize("rows", [1, 31, 33, 255, 1000, 1056, 2049, 36000, 32769, 10**6 + 1])
+def test_coarse_multiple_adds_at_most_an_eighth(rows):
+    padded = padded_rows(rows, coarse_multiple(rows))
+    assert padded % ROW_MULTIPLE == 0 and rows <= padded <= max(rows * 1.125, padded_rows(rows, ROW_MULTIPLE))
+    assert padded_rows(padded, coarse_multiple(padded)) == padded  # a padded count stays as it is
+    octave = [padded_rows(k, coarse_multiple(k)) for k in range(4096, 8193)]
+    assert len(set(octave)) == 9  # 8 counts in (4096, 8192], and 4096 itself

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from nmt.kernels.gru import _gru_step, _gru_step_backward, _gru_weight_grads, _state_dtype
 from nmt.kernels.layout import gru_gates
-from nmt.kernels.rows import padded_mm, row_multiple
+from nmt.kernels.rows import coarse_multiple, padded_mm, row_multiple
 
 
 def bahdanau_recurrence_applies(x: Tensor, layers: int, score_activation: str) -> bool:
@@ -142,7 +142,8 @@ class BahdanauRecurrence(torch.autograd.Function):
             grad_w_query = 2 * padded_mm(grad_q2.view(-1, grad_q2.size(2)).to(gemm_dtype), flat_h, multiple)
             # d v = Σ d e (2u − 1) over steps, rows and source positions
             de_flat = grad_scores.view(1, -1)
-            grad_v = (2 * padded_mm(de_flat.t().to(sig.dtype), sig.view(-1, sig.size(3)), multiple).to(dtype)
+            v_multiple = coarse_multiple(de_flat.size(1)) if multiple > 1 else 1
+            grad_v = (2 * padded_mm(de_flat.t().to(sig.dtype), sig.view(-1, sig.size(3)), v_multiple).to(dtype)
                       - de_flat.sum())
             # keys through the contexts: d k_j = Σ_t a_tj dc_t, one batched GEMM over steps
             grad_keys = torch.bmm(weights.permute(1, 2, 0).to(gemm_dtype), grad_c.transpose(0, 1).to(gemm_dtype))

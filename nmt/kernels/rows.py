@@ -18,6 +18,8 @@ from torch import Tensor
 
 #: row counts of sequence-wide bf16 products are rounded up to a multiple of this
 ROW_MULTIPLE = 32
+#: long sums (K in the tens of thousands) are rounded to one of this many row counts per power of two
+COUNTS_PER_OCTAVE = 8
 
 
 def _gemm_dtype(x: Tensor) -> torch.dtype:
@@ -44,6 +46,19 @@ def row_padding_applies(x: Tensor) -> bool:
 def padded_rows(rows: int, multiple: int) -> int:
     """``rows`` rounded up to a multiple of ``multiple``."""
     return -(-rows // multiple) * multiple
+
+
+def coarse_multiple(rows: int) -> int:
+    """The multiple to round a long sum's ``rows`` up to: :data:`ROW_MULTIPLE`, or an eighth
+    (:data:`COUNTS_PER_OCTAVE`) of the power of two below ``rows`` when that is larger, so at most
+    12.5% rows are added and each octave has 8 row counts.
+
+    A compiled oneDNN kernel holds a buffer the size of its K × N operand: a product summed over
+    tens of thousands of rows (the attention's ``v`` gradient, K = T·B·S) keeps ~10 MB per row
+    count, and a multiple of 32 leaves a new count almost every batch, so the kernel cache held
+    gigabytes of them (docs/performance.md)."""
+    octave_step = 1 << max(0, rows.bit_length() - 1 - COUNTS_PER_OCTAVE.bit_length() + 1)
+    return max(ROW_MULTIPLE, octave_step)
 
 
 def pad_rows(x: Tensor, multiple: int) -> Tensor:
