@@ -6,14 +6,13 @@ Every :class:`~nmt.errors.NmtError` becomes a one-paragraph message on stderr an
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import sys
 import textwrap
 
 from nmt.commands import COMMANDS
 from nmt.commands.common import formatter
 from nmt.errors import NmtError
+from nmt.heap import keep_freed_memory_for_reuse
 
 EPILOG_MAIN = """\
 examples:
@@ -52,26 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         _add_command(sub, command)
     return parser
-
-
-def keep_freed_memory_for_reuse() -> bool:
-    """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse (``mallopt``).
-
-    By default glibc returns large freed blocks to the kernel, so the same activation and gradient
-    buffers are mapped and page-faulted in again at every training step; PyTorch's CPU
-    tuning guide suggests jemalloc or tcmalloc for the same reason.
-    The peak footprint does not grow: memory is only kept, not added. Skipped when the user set any
-    ``MALLOC_*`` variable or the C library is not glibc. Returns whether it was applied.
-    """
-    if any(name.startswith("MALLOC_") for name in os.environ) or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(
-            libc.mallopt(m_trim_threshold, 512 * 2**20))
-    except (OSError, AttributeError):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

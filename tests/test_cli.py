@@ -107,7 +107,7 @@ def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):
     import ctypes
     import sys
 
-    from nmt.cli import keep_freed_memory_for_reuse
+    from nmt.heap import keep_freed_memory_for_reuse
     calls = []
 
     class FakeLibc:
