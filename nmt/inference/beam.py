@@ -43,7 +43,7 @@ from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID
 from nmt.inference.constraints import Constraints, allocate
 from nmt.inference.pool import Pool
-from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, length_penalty, max_lengths
+from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, max_lengths, penalised
 
 __all__ = ["BeamSearch", "ConstrainedBeamSearch", "beam_search_on"]
 
@@ -153,7 +153,7 @@ class BeamSearch:
         if not bool(admit.any()):
             return
         alpha, beta = self.opts.length_penalty, self.opts.coverage_penalty
-        pen = top_val / length_penalty(ops, step + 1, alpha)
+        pen = penalised(ops, top_val, step + 1, alpha)
         if beta:
             cand_rows = ops.arange(ops.size(self.active))[:, None] * K + top_par
             pen = pen + coverage_penalty(ops, new_cov[cand_rows], self.src_mask[self.active][:, None, :], beta)
@@ -178,7 +178,7 @@ class BeamSearch:
     def done_sentences(self, nexts: _Candidates, at_max):
         """Rule 4: ``(n_act,)`` bool, the sentences whose pool no beam can still improve."""
         ops = self.ops
-        bound = nexts.val[:, 0] / length_penalty(ops, self.act_max, self.opts.length_penalty)
+        bound = penalised(ops, nexts.val[:, 0], self.act_max, self.opts.length_penalty)
         worst = self.pool.worst(self.active)
         return at_max | ~ops.isfinite(nexts.val[:, 0]) | (worst >= bound)
 

@@ -249,6 +249,10 @@ class NumpyOps:
         x[:, column] = value
 
     @staticmethod
+    def fill_columns_(x: np.ndarray, columns: tuple[int, ...], value: float) -> None:
+        x[:, list(columns)] = value
+
+    @staticmethod
     def scatter_(x: np.ndarray, index: np.ndarray, value: float) -> None:
         np.put_along_axis(x, index, value, axis=1)
 

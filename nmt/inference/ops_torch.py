@@ -16,6 +16,7 @@ class TorchOps:
 
     def __init__(self, device: torch.device | str):
         self.device = device
+        self._columns: dict[tuple[int, ...], Tensor] = {}  # fill_columns_'s index tensors
 
     # ----------------------------------------------------------------------------- creation
     def full(self, shape, value, dtype=torch.float32) -> Tensor:
@@ -206,6 +207,13 @@ class TorchOps:
     @staticmethod
     def fill_column_(x: Tensor, column: int, value: float) -> None:
         x[:, column] = value
+
+    def fill_columns_(self, x: Tensor, columns: tuple[int, ...], value: float) -> None:
+        """``x[:, c] = value`` for every c of ``columns``, in one operation (every search step)."""
+        index = self._columns.get(columns)
+        if index is None:
+            index = self._columns[columns] = torch.tensor(columns, device=self.device)
+        x.index_fill_(1, index, value)
 
     @staticmethod
     def scatter_(x: Tensor, index: Tensor, value: float) -> None:
