@@ -252,7 +252,7 @@ class TorchEngine:
         return memory.select(index)
 
     def to_target(self, columns: Tensor) -> Tensor:
-        return columns if self.shortlist is None else self.shortlist.columns[columns]
+        return columns if self.shortlist is None else self.shortlist.columns.take(columns)
 
     def to_columns(self, ids: Tensor) -> Tensor:
-        return ids if self.shortlist is None else self.shortlist.column_of[ids]
+        return ids if self.shortlist is None else self.shortlist.column_of.take(ids)
