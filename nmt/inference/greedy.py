@@ -68,7 +68,7 @@ class _OneTokenSearch:
             tok, best, out = self.choose_tokens(step)
             if not self.end_rows(step, tok, best, out):
                 break
-        self.lengths[self.active] = self.row_len
+        self.ops.put_rows_(self.lengths, self.active, self.row_len)
         return self.hypotheses()
 
     def choose_tokens(self, step: int):
@@ -115,13 +115,15 @@ class _OneTokenSearch:
             return False
         rows = ops.size(self.running)
         if rows - n_running >= max(1, int(rows * self.drop_fraction)):
+            rows_of = ops.rows
             done = ops.nonzero(~self.running)
-            self.lengths[self.active[done]] = self.row_len[done]
+            ops.put_rows_(self.lengths, rows_of(self.active, done), rows_of(self.row_len, done))
             keep = ops.nonzero(self.running)
             self.state = self.engine.select_state(self.engine.next_state(out), keep)
             self.memory = self.engine.select_memory(self.memory, keep)
-            self.active, self.act_max, self.prev = self.active[keep], self.act_max[keep], tok[keep]
-            self.row_len, self.running = self.row_len[keep], self.running[keep]
+            self.active, self.act_max = rows_of(self.active, keep), rows_of(self.act_max, keep)
+            self.prev = rows_of(tok, keep)
+            self.row_len, self.running = rows_of(self.row_len, keep), rows_of(self.running, keep)
         else:
             self.state, self.prev = self.engine.next_state(out), tok
         return True

@@ -248,7 +248,7 @@ class TorchEngine:
     @staticmethod
     def select_memory(memory, index: Tensor):
         if isinstance(memory, ShortlistMemory):
-            return memory.select(lambda m, i: m.select(i), index)
+            return memory.select(lambda m, i: m.select(i), index, TorchOps.rows)
         return memory.select(index)
 
     def to_target(self, columns: Tensor) -> Tensor:
