@@ -45,15 +45,17 @@ def gru_inference_applies(x: Tensor, rnn: nn.GRU) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled() and not rnn.training
 
 
-def _layer_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
-    """One layer's weights of all directions: ``W_ih (D·3H, in)`` and ``b_ih (D·3H,)`` stacked,
-    ``W_hh (3H, H)`` and ``b_hh (3H,)`` per direction, in ``dtype``."""
+def _input_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
+    """One layer's input weights of all directions, stacked: ``W_ih (D·3H, in)`` and ``b_ih
+    (D·3H,)``, in ``dtype``."""
     weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
-    w_ih = torch.cat([w[0] for w in weights]).to(dtype)
-    b_ih = torch.cat([w[2] for w in weights]).to(dtype)
-    w_hh = [w[1].to(dtype) for w in weights]
-    b_hh = [w[3].to(dtype) for w in weights]
-    return w_ih, b_ih, w_hh, b_hh
+    return torch.cat([w[0] for w in weights]).to(dtype), torch.cat([w[2] for w in weights]).to(dtype)
+
+
+def _hidden_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
+    """One layer's hidden weights per direction: ``W_hh (3H, H)`` and ``b_hh (3H,)``, in ``dtype``."""
+    weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
+    return [w[1].to(dtype) for w in weights], [w[3].to(dtype) for w in weights]
 
 
 def input_gate_table(rnn: nn.GRU, embedding: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ def input_gate_table(rnn: nn.GRU, embedding: Tensor) -> Tensor:
     ``nn.GRU`` runs."""
     directions = 2 if rnn.bidirectional else 1
     with torch.autocast(embedding.device.type, enabled=False):
-        w_ih, b_ih, _, _ = _layer_weights(rnn, 0, directions, embedding.dtype)
+        w_ih, b_ih = _input_weights(rnn, 0, directions, embedding.dtype)
         return F.linear(embedding, w_ih, b_ih)
 
 
@@ -167,11 +169,13 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
         finals = []
         for layer in range(rnn.num_layers):
             dtype = gate_table.dtype if x is None else x.dtype
-            w_ih, b_ih, w_hh, b_hh = _layer_weights(rnn, layer, directions, dtype)
+            w_hh, b_hh = _hidden_weights(rnn, layer, directions, dtype)
             if layer == 0 and gate_table is not None:  # row (id, d) of the table seen as (V·D, 3H)
+                # the input weights are not read: stacking them would copy them at every call
                 source = gate_table.reshape(-1, w_hh[0].size(0))
                 index = ids.reshape(-1)[reading.cells] * directions + offsets
             else:  # row (cell, d) of the input's gates seen as (B·T·D, 3H)
+                w_ih, b_ih = _input_weights(rnn, layer, directions, dtype)
                 source = batch_invariant.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
                 index = reading.cells * directions + offsets
             out = source.new_zeros(batch * steps, directions * hidden)
