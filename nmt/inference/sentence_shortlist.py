@@ -39,7 +39,7 @@ def outside_own_shortlist(ops, top_ids, by_frequency, columns, src, src_mask, pe
     own[:, :N_SPECIAL] = True
     own[:, column_of[by_frequency[:frequent]]] = True
     sentence = ops.repeat_each(ops.arange(batch), width).reshape(batch, width)[src_mask]  # (n,)
-    candidates = top_ids[src[src_mask]][:, :per_source]  # (n, per_source)
+    candidates = ops.rows(top_ids[:, :per_source], src[src_mask])  # (n, per_source)
     sentence = ops.repeat_each(sentence, candidates.shape[1])
     candidates = candidates.reshape(-1)
     found = candidates >= 0
