@@ -11,11 +11,12 @@ consecutive sentences and in one call, each ``--repeats`` times, and reports the
 time (``time.process_time``) per sentence of both and their difference per call: the cost a call
 pays whatever its size. CPU time at one thread is what a shared machine disturbs least.
 
-``--profile cprofile`` prints the functions that take the most time in the small calls (cumulative
-and own); ``--profile ops`` counts the ATen operators of the small calls per decoder step
-(``torch.profiler``). ``--dump FILE`` writes every result of both ways of calling (text, scores,
-per-token log-probabilities, the attention's bytes as a hash) and checks that they are equal:
-compare dumps of two versions with ``cmp``.
+Each mode is ``BEAM:PRECISION[:SHORTLIST]`` (the shortlist replaces the recipe's
+``decode.shortlist``; 0 turns it off). ``--profile cprofile`` prints the functions that take the
+most time in the small calls (cumulative and own); ``--profile ops`` counts the ATen operators of
+the small calls (``torch.profiler``). ``--dump FILE`` appends every result of both ways of calling
+(text, scores, per-token log-probabilities, the attention's bytes as a hash) and says whether they
+are equal: compare the dumps of two versions with ``cmp``.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def describe(results) -> list[str]:
 
 
 def op_counts(translator, calls: list[list[str]], beam: int) -> None:
-    """ATen operators of the small calls, per call and per decoder step (``step_logits`` calls)."""
+    """ATen operators of the small calls: how many per call, and the 30 that take the most time."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -69,10 +70,9 @@ def op_counts(translator, calls: list[list[str]], beam: int) -> None:
         if event.name.startswith("aten::"):
             counts[event.name] += 1
             cpu[event.name] += event.self_cpu_time_total
-    steps = sum(1 for e in prof.events() if e.name == "aten::index_select") or 1
     top = sorted(counts.items(), key=lambda kv: -cpu[kv[0]])[:30]
-    print(f"  ATen ops: {sum(counts.values())} in {len(calls)} calls "
-          f"({sum(counts.values()) / len(calls):.0f} per call); index_select count {steps}")
+    print(f"  ATen ops (nested ones included): {sum(counts.values())} in {len(calls)} calls "
+          f"({sum(counts.values()) / len(calls):.0f} per call)")
     for name, n in top:
         print(f"    {name:<36}{n:>8}{n / len(calls):>9.0f}/call{cpu[name] / 1e3:>10.1f} ms self")
 
