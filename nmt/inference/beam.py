@@ -173,8 +173,8 @@ class BeamSearch:
         if self.keep_att:
             c_att = ops.cat([rows(self.hist_att, flat), rows(step_att, flat)[:, None]], 1)
             c_pos = ops.cat([rows(self.hist_pos, flat), rows(self.engine.positions(out), flat)[:, None]], 1)
-        self.pool.merge(rows(self.active, sub), step, rows(pen, sub), rows(top_val, sub), c_tok, c_lp, c_att, c_pos,
-                        None if met is None else rows(met, sub))
+        self.pool.merge(rows(self.active, sub), step, rows(pen, sub), rows(top_val, sub), c_tok, c_lp,
+                        c_att, c_pos, None if met is None else rows(met, sub))
 
     def done_sentences(self, nexts: _Candidates, at_max):
         """Rule 4: ``(n_act,)`` bool, the sentences whose pool no beam can still improve."""
@@ -200,7 +200,8 @@ class BeamSearch:
         self.hist_lp = ops.cat([rows(self.hist_lp, parents), rows(nexts.lp, keep).reshape(-1, 1)], 1)
         if self.keep_att:
             self.hist_att = ops.cat([rows(self.hist_att, parents), rows(step_att, parents)[:, None]], 1)
-            self.hist_pos = ops.cat([rows(self.hist_pos, parents), rows(engine.positions(out), parents)[:, None]], 1)
+            positions = rows(engine.positions(out), parents)
+            self.hist_pos = ops.cat([rows(self.hist_pos, parents), positions[:, None]], 1)
         if new_cov is not None:
             self.coverage = rows(new_cov, parents)
         self.prev = tok

@@ -115,5 +115,6 @@ class ShortlistMemory:
             if rows % have:
                 raise ValueError(f"{rows} step rows for {have} memory rows")
             index = ops.repeat_each(ops.arange(have), rows // have)
-            self._rows = (rows, ops.rows(self.penalty, index), None if self.own is None else ops.rows(self.own, index))
+            own = None if self.own is None else ops.rows(self.own, index)
+            self._rows = (rows, ops.rows(self.penalty, index), own)
         return self._rows[1], self._rows[2]
