@@ -169,6 +169,30 @@ def test_arelu_clamps_negative_slope(alpha, slope):
     assert act(torch.tensor([-2.0])).item() == pytest.approx(-2 * slope)
 
 
+def test_arelu_keeps_its_slopes_in_search_and_follows_parameter_updates(monkeypatch):
+    act = AReLU()
+    computed = []
+    plain = AReLU.positive_slope
+    monkeypatch.setattr(AReLU, "positive_slope", lambda self: computed.append(1) or plain(self))
+    x = torch.tensor([-2.0, 3.0])
+    expected = torch.tensor([-1.8, 3.0 * (1 + 1 / (1 + math.exp(-2)))])
+    with torch.inference_mode():  # search: computed once, then kept
+        for _ in range(3):
+            torch.testing.assert_close(act(x), expected)
+    assert len(computed) == 1
+    with torch.no_grad():  # an update in place is seen at the next call
+        act.beta.fill_(-1.0)
+    with torch.inference_mode():
+        assert act(torch.tensor([2.0])).item() == pytest.approx(2 * (1 + 1 / (1 + math.e)))
+    act.load_state_dict({"alpha": torch.tensor(0.5), "beta": torch.tensor(0.0)})
+    with torch.inference_mode():
+        torch.testing.assert_close(act(torch.tensor([-2.0, 2.0])), torch.tensor([-1.0, 3.0]))
+    assert len(computed) == 3
+    y = act(x.requires_grad_())  # with autograd: computed at every call, gradients reach the parameters
+    y.sum().backward()
+    assert act.beta.grad is not None and len(computed) == 4
+
+
 # ---- APReLU
 
 

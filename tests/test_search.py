@@ -546,3 +546,25 @@ def test_log_normaliser_matches_logsumexp_and_reuses_its_scratch():
     assert torch.allclose(got, torch.logsumexp(half.float(), dim=1), atol=1e-4)
     huge = torch.tensor([[1000.0, 1000.0, -1000.0]])  # no overflow: shifted by the row maximum
     assert norm(huge).item() == pytest.approx(1000.0 + math.log(2.0))
+
+
+def test_row_and_column_operations_of_both_engines_agree():
+    """The array operations search steps use to take and write rows and to forbid columns, in
+    one operation each, give the numpy engine's results."""
+    import numpy as np
+
+    from nmt.inference.ops_numpy import numpy_ops
+    from nmt.inference.ops_torch import TorchOps
+
+    torch_ops = TorchOps("cpu")
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    index = np.array([3, 0, 2])
+    assert torch.equal(torch_ops.rows(torch.from_numpy(x), torch.from_numpy(index)),
+                       torch.from_numpy(numpy_ops.rows(x, index)))
+    y, t = x.copy(), torch.from_numpy(x.copy())
+    numpy_ops.put_rows_(y, index, -x[:3])
+    torch_ops.put_rows_(t, torch.from_numpy(index), torch.from_numpy(-x[:3]))
+    assert torch.equal(t, torch.from_numpy(y)) and y[3].tolist() == (-x[0]).tolist()
+    numpy_ops.fill_columns_(y, (0, 2), -math.inf)
+    torch_ops.fill_columns_(t, (0, 2), -math.inf)
+    assert torch.equal(t, torch.from_numpy(y)) and np.isneginf(y[:, [0, 2]]).all() and np.isfinite(y[:, 1]).all()

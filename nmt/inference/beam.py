@@ -43,7 +43,7 @@ from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID
 from nmt.inference.constraints import Constraints, allocate
 from nmt.inference.pool import Pool
-from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, length_penalty, max_lengths
+from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, max_lengths, penalised
 
 __all__ = ["BeamSearch", "ConstrainedBeamSearch", "beam_search_on"]
 
@@ -153,7 +153,7 @@ class BeamSearch:
         if not bool(admit.any()):
             return
         alpha, beta = self.opts.length_penalty, self.opts.coverage_penalty
-        pen = top_val / length_penalty(ops, step + 1, alpha)
+        pen = penalised(ops, top_val, step + 1, alpha)
         if beta:
             cand_rows = ops.arange(ops.size(self.active))[:, None] * K + top_par
             pen = pen + coverage_penalty(ops, new_cov[cand_rows], self.src_mask[self.active][:, None, :], beta)
@@ -165,42 +165,45 @@ class BeamSearch:
             sub = ops.nonzero(admit.any(1))
         if not ops.size(sub):
             return
-        flat = (sub[:, None] * K + top_par[sub]).reshape(-1)  # (s * K,) rows of the parents
-        c_tok = ops.cat([self.seqs[flat], top_tok[sub].reshape(-1, 1)], 1)
-        c_lp = ops.cat([self.hist_lp[flat], top.lp[sub].reshape(-1, 1)], 1)
+        rows = ops.rows
+        flat = (sub[:, None] * K + rows(top_par, sub)).reshape(-1)  # (s * K,) rows of the parents
+        c_tok = ops.cat([rows(self.seqs, flat), rows(top_tok, sub).reshape(-1, 1)], 1)
+        c_lp = ops.cat([rows(self.hist_lp, flat), rows(top.lp, sub).reshape(-1, 1)], 1)
         c_att = c_pos = None
         if self.keep_att:
-            c_att = ops.cat([self.hist_att[flat], step_att[flat][:, None]], 1)
-            c_pos = ops.cat([self.hist_pos[flat], self.engine.positions(out)[flat][:, None]], 1)
-        self.pool.merge(self.active[sub], step, pen[sub], top_val[sub], c_tok, c_lp, c_att, c_pos,
-                        None if met is None else met[sub])
+            c_att = ops.cat([rows(self.hist_att, flat), rows(step_att, flat)[:, None]], 1)
+            c_pos = ops.cat([rows(self.hist_pos, flat), rows(self.engine.positions(out), flat)[:, None]], 1)
+        self.pool.merge(rows(self.active, sub), step, rows(pen, sub), rows(top_val, sub), c_tok, c_lp,
+                        c_att, c_pos, None if met is None else rows(met, sub))
 
     def done_sentences(self, nexts: _Candidates, at_max):
         """Rule 4: ``(n_act,)`` bool, the sentences whose pool no beam can still improve."""
         ops = self.ops
-        bound = nexts.val[:, 0] / length_penalty(ops, self.act_max, self.opts.length_penalty)
+        bound = penalised(ops, nexts.val[:, 0], self.act_max, self.opts.length_penalty)
         worst = self.pool.worst(self.active)
         return at_max | ~ops.isfinite(nexts.val[:, 0]) | (worst >= bound)
 
     def advance(self, nexts: _Candidates, done, out, step_att, new_cov) -> None:
         """Rule 2: the next beams of the sentences that are not done; done sentences leave the batch."""
         ops, engine, K = self.ops, self.engine, self.K
+        rows = ops.rows
         keep = ops.nonzero(~done)
-        parents = (keep[:, None] * K + nexts.par[keep]).reshape(-1)
-        tok = nexts.tok[keep].reshape(-1)
+        parents = (keep[:, None] * K + rows(nexts.par, keep)).reshape(-1)
+        tok = rows(nexts.tok, keep).reshape(-1)
         self.state = engine.select_state(engine.next_state(out), parents)
         if ops.size(keep) < ops.size(self.active):
             self.memory = engine.select_memory(
                 self.memory, keep if engine.shares_memory else (keep[:, None] * K + ops.arange(K)).reshape(-1))
-            self.active, self.act_max = self.active[keep], self.act_max[keep]
-        self.beam_scores = nexts.val[keep].reshape(-1)
-        self.seqs = ops.cat([self.seqs[parents], tok[:, None]], 1)
-        self.hist_lp = ops.cat([self.hist_lp[parents], nexts.lp[keep].reshape(-1, 1)], 1)
+            self.active, self.act_max = rows(self.active, keep), rows(self.act_max, keep)
+        self.beam_scores = rows(nexts.val, keep).reshape(-1)
+        self.seqs = ops.cat([rows(self.seqs, parents), tok[:, None]], 1)
+        self.hist_lp = ops.cat([rows(self.hist_lp, parents), rows(nexts.lp, keep).reshape(-1, 1)], 1)
         if self.keep_att:
-            self.hist_att = ops.cat([self.hist_att[parents], step_att[parents][:, None]], 1)
-            self.hist_pos = ops.cat([self.hist_pos[parents], engine.positions(out)[parents][:, None]], 1)
+            self.hist_att = ops.cat([rows(self.hist_att, parents), rows(step_att, parents)[:, None]], 1)
+            positions = rows(engine.positions(out), parents)
+            self.hist_pos = ops.cat([rows(self.hist_pos, parents), positions[:, None]], 1)
         if new_cov is not None:
-            self.coverage = new_cov[parents]
+            self.coverage = rows(new_cov, parents)
         self.prev = tok
 
 

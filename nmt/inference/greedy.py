@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from nmt.config import DecodeConfig
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, hypothesis, length_penalty, max_lengths
+from nmt.inference.rules import Hypothesis, coverage_penalty, forbid_, hypothesis, max_lengths, penalised
 
 __all__ = ["one_token_per_step", "DROP_FINISHED_FRACTION"]
 
@@ -68,7 +68,7 @@ class _OneTokenSearch:
             tok, best, out = self.choose_tokens(step)
             if not self.end_rows(step, tok, best, out):
                 break
-        self.lengths[self.active] = self.row_len
+        self.ops.put_rows_(self.lengths, self.active, self.row_len)
         return self.hypotheses()
 
     def choose_tokens(self, step: int):
@@ -115,13 +115,15 @@ class _OneTokenSearch:
             return False
         rows = ops.size(self.running)
         if rows - n_running >= max(1, int(rows * self.drop_fraction)):
+            rows_of = ops.rows
             done = ops.nonzero(~self.running)
-            self.lengths[self.active[done]] = self.row_len[done]
+            ops.put_rows_(self.lengths, rows_of(self.active, done), rows_of(self.row_len, done))
             keep = ops.nonzero(self.running)
             self.state = self.engine.select_state(self.engine.next_state(out), keep)
             self.memory = self.engine.select_memory(self.memory, keep)
-            self.active, self.act_max, self.prev = self.active[keep], self.act_max[keep], tok[keep]
-            self.row_len, self.running = self.row_len[keep], self.running[keep]
+            self.active, self.act_max = rows_of(self.active, keep), rows_of(self.act_max, keep)
+            self.prev = rows_of(tok, keep)
+            self.row_len, self.running = rows_of(self.row_len, keep), rows_of(self.running, keep)
         else:
             self.state, self.prev = self.engine.next_state(out), tok
         return True
@@ -146,12 +148,12 @@ class _OneTokenSearch:
         att = ops.masked_fill(by_sentence(columns[3], 0.0), ~valid[:, :, None], 0.0) if self.need_att else None
         pos = by_sentence(columns[4], 0.0) if self.with_positions else None
         raw = ops.sum_steps(tok_lps, self.horizon)
-        penalised = raw / length_penalty(ops, ops.clamp_min(self.lengths, 1), opts.length_penalty)
+        scores = penalised(ops, raw, ops.clamp_min(self.lengths, 1), opts.length_penalty)
         if opts.coverage_penalty:
-            penalised = penalised + coverage_penalty(ops, att.sum(1), self.src_mask, opts.coverage_penalty)
+            scores = scores + coverage_penalty(ops, att.sum(1), self.src_mask, opts.coverage_penalty)
         # whole arrays to Python lists once: per-sentence indexing is slow
         all_tokens, all_log_probs = ops.to_list(tokens), ops.to_list(tok_lps)
-        scores, raw_scores = ops.to_list(penalised), ops.to_list(raw)
+        scores, raw_scores = ops.to_list(scores), ops.to_list(raw)
         results = []
         for b, (n, src_n) in enumerate(zip(ops.to_list(self.lengths), ops.to_list(self.src_lengths))):
             results.append(hypothesis(

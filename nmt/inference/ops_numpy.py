@@ -100,6 +100,14 @@ class NumpyOps:
         return np.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), 1)
 
     @staticmethod
+    def rows(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        return x[index]
+
+    @staticmethod
+    def put_rows_(x: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+        x[index] = values
+
+    @staticmethod
     def where(cond: np.ndarray, x, y) -> np.ndarray:
         return np.where(cond, x, np.float32(y) if isinstance(y, float) else y)
 
@@ -247,6 +255,10 @@ class NumpyOps:
     @staticmethod
     def fill_column_(x: np.ndarray, column: int, value: float) -> None:
         x[:, column] = value
+
+    @staticmethod
+    def fill_columns_(x: np.ndarray, columns: tuple[int, ...], value: float) -> None:
+        x[:, list(columns)] = value
 
     @staticmethod
     def scatter_(x: np.ndarray, index: np.ndarray, value: float) -> None:

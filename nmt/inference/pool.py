@@ -30,10 +30,10 @@ class Pool:
         """``(n,)`` the score of the worst slot of each of ``sentences`` (-inf while one is empty,
         or, constrained, while the worst does not meet its constraints: any hypothesis that meets
         them outranks it)."""
-        worst = self.score[sentences][:, self.P - 1]
+        worst = self.ops.rows(self.score, sentences)[:, self.P - 1]
         if self.met is None:
             return worst
-        return self.ops.masked_fill(worst, ~self.met[sentences][:, self.P - 1], -math.inf)
+        return self.ops.masked_fill(worst, ~self.ops.rows(self.met, sentences)[:, self.P - 1], -math.inf)
 
     def merge(self, ids, step: int, pen, raw, c_tok, c_lp, c_att=None, c_pos=None, met=None) -> None:
         """Merge K candidates of each sentence ``ids (s,)`` (their penalised scores ``pen (s, K)``,
@@ -43,16 +43,16 @@ class Pool:
         ops = self.ops
         s, K = pen.shape
         pad = self.horizon - step - 1
-        merged_score = ops.cat([self.score[ids], pen], 1)  # (s, P + K)
+        merged_score = ops.cat([ops.rows(self.score, ids), pen], 1)  # (s, P + K)
         if self.met is None:
             sel = ops.best_first(merged_score, self.P)
         else:  # by score, then those that meet their constraints first (a stable reordering)
             by_score = ops.best_first(merged_score, merged_score.shape[1])
-            merged_met = ops.cat([self.met[ids], met], 1)
+            merged_met = ops.cat([ops.rows(self.met, ids), met], 1)
             sel = ops.gather(by_score, ops.false_first(~ops.gather(merged_met, by_score), self.P))
 
         def merge(pool, cand):
-            pool[ids] = ops.gather(ops.cat([pool[ids], cand], 1), sel)
+            ops.put_rows_(pool, ids, ops.gather(ops.cat([ops.rows(pool, ids), cand], 1), sel))
 
         if self.met is not None:
             merge(self.met, met)
@@ -64,7 +64,7 @@ class Pool:
         if self.att is not None:
             merge(self.att, ops.pad_steps(c_att, pad).reshape(s, K, self.horizon, c_att.shape[2]))
             merge(self.pos, ops.pad_steps(c_pos, pad).reshape(s, K, self.horizon))
-        self.score[ids] = ops.gather(merged_score, sel)
+        ops.put_rows_(self.score, ids, ops.gather(merged_score, sel))
 
     def hypotheses(self, src_lengths, with_positions: bool) -> list[list[Hypothesis]]:
         """The pool as hypotheses per sentence, best first (empty slots left out)."""

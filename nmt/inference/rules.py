@@ -45,8 +45,8 @@ from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 #: coverage below this is clamped before the log of the coverage penalty
 COVERAGE_FLOOR = 1e-6
 
-__all__ = ["COVERAGE_FLOOR", "Hypothesis", "max_lengths", "length_penalty", "coverage_penalty", "forbid_",
-           "hypothesis"]
+__all__ = ["COVERAGE_FLOOR", "Hypothesis", "max_lengths", "length_penalty", "penalised", "coverage_penalty",
+           "forbid_", "hypothesis"]
 
 
 @dataclass
@@ -81,6 +81,14 @@ def length_penalty(ops, lengths, alpha: float):
     return ops.length_penalty(lengths, alpha)
 
 
+def penalised(ops, raw, lengths, alpha: float):
+    """``raw / lp(lengths)``: ``raw`` itself for ``alpha = 0`` (``lp = 1`` exactly and ``x / 1 == x``,
+    so the division, a few array operations per search step, is left out)."""
+    if alpha == 0:
+        return raw
+    return raw / length_penalty(ops, lengths, alpha)
+
+
 def coverage_penalty(ops, coverage, mask, beta: float):
     """GNMT ``beta * Σ_i log(min(coverage_i, 1))`` over ``mask``-ed source positions, ``(..., S) -> (...)``."""
     return ops.masked_sum(ops.clamped_log(coverage, COVERAGE_FLOOR, 1.0), mask, beta)
@@ -93,8 +101,7 @@ def forbid_(ops, out, history, step: int, opts: DecodeConfig):
     before ``min_len`` tokens, and tokens that would repeat an n-gram (``no_repeat_ngram``).
     The log-normaliser is taken before this: forbidden choices are not renormalised.
     """
-    ops.fill_column_(out, PAD_ID, -math.inf)
-    ops.fill_column_(out, BOS_ID, -math.inf)
+    ops.fill_columns_(out, (PAD_ID, BOS_ID), -math.inf)
     if step < opts.min_len:
         ops.fill_column_(out, EOS_ID, -math.inf)
     n = opts.no_repeat_ngram

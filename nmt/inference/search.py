@@ -63,9 +63,9 @@ def pad_sources(sources: Sequence[Sequence[int]], device: torch.device | str | N
     if not sources or any(len(s) == 0 for s in sources):
         raise ValueError("pad_sources needs a non-empty list of non-empty id lists")
     width = max(len(s) for s in sources)
-    src = torch.full((len(sources), width), PAD_ID, dtype=torch.long)
-    for row, ids in enumerate(sources):
-        src[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+    # one tensor from Python lists: a row-by-row copy costs a few tensor operations per sentence
+    src = torch.tensor([[int(i) for i in ids] + [PAD_ID] * (width - len(ids)) for ids in sources],
+                       dtype=torch.long)
     lengths = torch.tensor([len(s) for s in sources], dtype=torch.long)
     mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
     if device is not None:

@@ -39,7 +39,7 @@ def outside_own_shortlist(ops, top_ids, by_frequency, columns, src, src_mask, pe
     own[:, :N_SPECIAL] = True
     own[:, column_of[by_frequency[:frequent]]] = True
     sentence = ops.repeat_each(ops.arange(batch), width).reshape(batch, width)[src_mask]  # (n,)
-    candidates = top_ids[src[src_mask]][:, :per_source]  # (n, per_source)
+    candidates = ops.rows(top_ids[:, :per_source], src[src_mask])  # (n, per_source)
     sentence = ops.repeat_each(sentence, candidates.shape[1])
     candidates = candidates.reshape(-1)
     found = candidates >= 0
@@ -74,6 +74,10 @@ def mask_outside(scores, penalty):
     return scores + penalty
 
 
+def _indexed(array, index):
+    return array[index]
+
+
 class ShortlistMemory:
     """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`)
     and, optionally, ``own (B, K)``: each row's own columns (an engine that normalises a row over
@@ -87,10 +91,13 @@ class ShortlistMemory:
         self.memory, self.penalty, self.own = memory, penalty, own
         self._rows: tuple[int, Any, Any] | None = None  # the last repeat, reused while rows do not change
 
-    def select(self, select_rows: Callable[[Any, Any], Any], index) -> "ShortlistMemory":
-        """Rows ``index`` of the memory (``select_rows``: the engine's), of the penalties and own columns."""
-        return ShortlistMemory(select_rows(self.memory, index), self.penalty[index],
-                               None if self.own is None else self.own[index])
+    def select(self, select_rows: Callable[[Any, Any], Any], index,
+               take: Callable[[Any, Any], Any] | None = None) -> "ShortlistMemory":
+        """Rows ``index`` of the memory (``select_rows``: the engine's), of the penalties and own
+        columns (``take(array, index)``: the engine's ``ops.rows``; default: indexing)."""
+        take = take or _indexed
+        return ShortlistMemory(select_rows(self.memory, index), take(self.penalty, index),
+                               None if self.own is None else take(self.own, index))
 
     def penalty_rows(self, ops, rows: int):
         """``(rows, L)``: the penalty of each step row."""
@@ -108,5 +115,6 @@ class ShortlistMemory:
             if rows % have:
                 raise ValueError(f"{rows} step rows for {have} memory rows")
             index = ops.repeat_each(ops.arange(have), rows // have)
-            self._rows = (rows, self.penalty[index], None if self.own is None else self.own[index])
+            own = None if self.own is None else ops.rows(self.own, index)
+            self._rows = (rows, ops.rows(self.penalty, index), own)
         return self._rows[1], self._rows[2]

@@ -248,11 +248,11 @@ class TorchEngine:
     @staticmethod
     def select_memory(memory, index: Tensor):
         if isinstance(memory, ShortlistMemory):
-            return memory.select(lambda m, i: m.select(i), index)
+            return memory.select(lambda m, i: m.select(i), index, TorchOps.rows)
         return memory.select(index)
 
     def to_target(self, columns: Tensor) -> Tensor:
-        return columns if self.shortlist is None else self.shortlist.columns[columns]
+        return columns if self.shortlist is None else self.shortlist.columns.take(columns)
 
     def to_columns(self, ids: Tensor) -> Tensor:
-        return ids if self.shortlist is None else self.shortlist.column_of[ids]
+        return ids if self.shortlist is None else self.shortlist.column_of.take(ids)

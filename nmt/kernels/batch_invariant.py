@@ -38,11 +38,14 @@ MIN_ROWS = 16
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed with at least
     :data:`MIN_ROWS` rows (padding rows added, then dropped): each row is rounded as in any batch."""
-    rows = x.numel() // max(1, x.size(-1))
-    flat = x.reshape(rows, x.size(-1))  # one 2-d GEMM whatever the leading dims
+    # a search step makes several of these products: no view is taken that would change nothing
+    flat = x if x.dim() == 2 else x.reshape(x.numel() // max(1, x.size(-1)), x.size(-1))  # one 2-d GEMM
+    rows = flat.size(0)
     if 0 < rows < MIN_ROWS:
-        flat = _padded_rows(flat)
-    return F.linear(flat, weight, bias)[:rows].reshape(*x.shape[:-1], -1)
+        out = F.linear(_padded_rows(flat), weight, bias)[:rows]
+    else:
+        out = F.linear(flat, weight, bias)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], -1)
 
 
 #: per thread, the (MIN_ROWS, in) buffers a few rows are padded in, by (in, dtype, device, mode)
@@ -125,5 +128,6 @@ def ordered_sum(x: Tensor) -> Tensor:
     """
     # float16 and bfloat16 through float64, rounded once as before (search passes float32)
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float64
-    return x.cumsum(-1, dtype=dtype)[..., -1].to(x.dtype)
+    total = x.cumsum(-1, dtype=dtype)[..., -1]
+    return total if dtype == x.dtype else total.to(x.dtype)
 

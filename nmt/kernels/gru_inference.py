@@ -45,15 +45,17 @@ def gru_inference_applies(x: Tensor, rnn: nn.GRU) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled() and not rnn.training
 
 
-def _layer_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
-    """One layer's weights of all directions: ``W_ih (D·3H, in)`` and ``b_ih (D·3H,)`` stacked,
-    ``W_hh (3H, H)`` and ``b_hh (3H,)`` per direction, in ``dtype``."""
+def _input_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
+    """One layer's input weights of all directions, stacked: ``W_ih (D·3H, in)`` and ``b_ih
+    (D·3H,)``, in ``dtype``."""
     weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
-    w_ih = torch.cat([w[0] for w in weights]).to(dtype)
-    b_ih = torch.cat([w[2] for w in weights]).to(dtype)
-    w_hh = [w[1].to(dtype) for w in weights]
-    b_hh = [w[3].to(dtype) for w in weights]
-    return w_ih, b_ih, w_hh, b_hh
+    return torch.cat([w[0] for w in weights]).to(dtype), torch.cat([w[2] for w in weights]).to(dtype)
+
+
+def _hidden_weights(rnn: nn.GRU, layer: int, directions: int, dtype: torch.dtype):
+    """One layer's hidden weights per direction: ``W_hh (3H, H)`` and ``b_hh (3H,)``, in ``dtype``."""
+    weights = [rnn.all_weights[layer * directions + d] for d in range(directions)]
+    return [w[1].to(dtype) for w in weights], [w[3].to(dtype) for w in weights]
 
 
 def input_gate_table(rnn: nn.GRU, embedding: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ def input_gate_table(rnn: nn.GRU, embedding: Tensor) -> Tensor:
     ``nn.GRU`` runs."""
     directions = 2 if rnn.bidirectional else 1
     with torch.autocast(embedding.device.type, enabled=False):
-        w_ih, b_ih, _, _ = _layer_weights(rnn, 0, directions, embedding.dtype)
+        w_ih, b_ih = _input_weights(rnn, 0, directions, embedding.dtype)
         return F.linear(embedding, w_ih, b_ih)
 
 
@@ -112,22 +114,39 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     room = max(batch, batch_invariant.MIN_ROWS)
     h = source.new_zeros(directions, room, hidden)
     g_h_rows = source.new_empty(directions, room, gates.width)
-    columns = [out[:, d * hidden:(d + 1) * hidden] for d in range(directions)]
-    for t, rows in enumerate(reading.active):
+    # the per-step operands taken once: the loop's cost is mostly its number of tensor operations
+    h_of, g_h_of, w_hh_t = h.unbind(0), g_h_rows.unbind(0), [w.t() for w in w_hh]
+    reads, writes = _step_rows(index, reading, directions)
+    out_rows = out.view(-1, hidden)  # row cell·D + d: direction d's columns of cell
+    start = 0
+    for rows in reading.active:
         if rows == 0:
             break
+        end = start + directions * rows
         h_t = h[:, :rows]
-        x_t = source.index_select(0, index[t, :, :rows].reshape(-1)).view(directions, rows, -1)
+        x_t = source.index_select(0, reads[start:end]).view(directions, rows, -1)
         for d in range(directions):  # (D, rows, 3H) = W_h h + b_h
-            batch_invariant.addmm_(g_h_rows[d], b_hh[d], h[d], w_hh[d].t(), rows)
+            batch_invariant.addmm_(g_h_of[d], b_hh[d], h_of[d], w_hh_t[d], rows)
         g_h = g_h_rows[:, :rows]
         gate_rz = g_h[..., rz].add_(x_t[..., rz]).sigmoid_()
         new = torch.add(x_t[..., n_gate], g_h[..., n_gate].mul_(gate_rz[..., r_gate])).tanh_()
         h_new = (h_t - new).mul_(gate_rz[..., z_gate]).add_(new)  # h' = n + z (h - n)
         h[:, :rows] = h_new
-        for d in range(directions):
-            columns[d].index_copy_(0, reading.cells[t, d, :rows], h_new[d])
+        out_rows.index_copy_(0, writes[start:end], h_new.reshape(-1, hidden))
+        start = end
     return h[:, :batch]
+
+
+def _step_rows(index: Tensor, reading: _Reading, directions: int) -> tuple[Tensor, Tensor]:
+    """Every step's rows laid end to end, step after step, each step's ``D × active[t]`` entries
+    direction-major: the row of the input gates each reads (from ``index (T, D, B)``) and the row
+    of ``out`` seen as ``(B·T·D, H)`` each writes. A step then takes a slice of each."""
+    steps = index.size(0)
+    running = torch.arange(index.size(2), device=index.device)[None, None, :] \
+        < torch.tensor(reading.active, device=index.device)[:steps, None, None]  # (T, 1, B)
+    running = running.expand_as(index)
+    direction = torch.arange(directions, device=index.device)[None, :, None]
+    return index.masked_select(running), (reading.cells * directions + direction).masked_select(running)
 
 
 def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table: Tensor | None = None,
@@ -150,11 +169,13 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
         finals = []
         for layer in range(rnn.num_layers):
             dtype = gate_table.dtype if x is None else x.dtype
-            w_ih, b_ih, w_hh, b_hh = _layer_weights(rnn, layer, directions, dtype)
+            w_hh, b_hh = _hidden_weights(rnn, layer, directions, dtype)
             if layer == 0 and gate_table is not None:  # row (id, d) of the table seen as (V·D, 3H)
+                # the input weights are not read: stacking them would copy them at every call
                 source = gate_table.reshape(-1, w_hh[0].size(0))
                 index = ids.reshape(-1)[reading.cells] * directions + offsets
             else:  # row (cell, d) of the input's gates seen as (B·T·D, 3H)
+                w_ih, b_ih = _input_weights(rnn, layer, directions, dtype)
                 source = batch_invariant.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
                 index = reading.cells * directions + offsets
             out = source.new_zeros(batch * steps, directions * hidden)

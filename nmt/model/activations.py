@@ -297,8 +297,24 @@ class AReLU(Activation):
         return 1.0 + torch.sigmoid(self.beta)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        pos, neg = self.positive_slope().to(x.dtype), self.negative_slope().to(x.dtype)
+        pos, neg = self._slopes(x.dtype)
         return torch.where(x > 0, pos * x, neg * x)
+
+    def _slopes(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Both slopes in ``dtype``. Without autograd they are kept while the parameters do not
+        change (search applies the activation at every step; an update in place bumps a
+        parameter's version; inference tensors count none, so theirs are not kept)."""
+        alpha, beta = self.alpha, self.beta
+        if torch.is_grad_enabled() or alpha.is_inference() or beta.is_inference():
+            return self.positive_slope().to(dtype), self.negative_slope().to(dtype)
+        stamp = (alpha._version, beta._version, alpha.data_ptr(), beta.data_ptr(), dtype)
+        cached = self.__dict__.get("_kept_slopes")
+        if cached is None or cached[0] != stamp:
+            # plain tensors, usable outside inference mode too, with no autograd history
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (stamp, (self.positive_slope().to(dtype), self.negative_slope().to(dtype)))
+            self.__dict__["_kept_slopes"] = cached
+        return cached[1]
 
 
 class APReLU(Activation):

@@ -119,7 +119,8 @@ def masked_softmax(scores: Tensor, allowed: Tensor, total: Optional[Callable[[Te
     ``total`` sums Σ, ``(..., src_len) -> (...)``; None: ``torch.softmax``'s own sum.
     """
     dtype = _softmax_dtype(scores)
-    x = scores.to(dtype).masked_fill(~allowed, float("-inf"))
+    blocked = ~allowed
+    x = scores.to(dtype).masked_fill(blocked, float("-inf"))
     if total is None:
         weights = torch.softmax(x, dim=-1)
     else:
@@ -128,7 +129,7 @@ def masked_softmax(scores: Tensor, allowed: Tensor, total: Optional[Callable[[Te
         exp = (x - top.masked_fill(top == float("-inf"), 0.0)).exp()
         weights = exp / total(exp).unsqueeze(-1)
     # exp(-inf) is already exactly 0; this second fill only turns all-masked NaN rows into zeros.
-    return weights.masked_fill(~allowed, 0.0)
+    return weights.masked_fill(blocked, 0.0)
 
 
 def dot_product(u: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:

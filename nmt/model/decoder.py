@@ -183,7 +183,7 @@ class _GRUDecoderBase(nn.Module):
             w_ih, w_hh, b_ih, b_hh = weights[layer]
             h = gru_cell(linear(self.layer_dropout(h), w_ih, b_ih), hidden[:, layer], w_hh, b_hh, linear)
             new.append(h)
-        return torch.stack(new, dim=1)
+        return new[0].unsqueeze(1) if len(new) == 1 else torch.stack(new, dim=1)  # one layer: a view, no copy
 
     def input_gates(self, **inputs: torch.Tensor) -> torch.Tensor:
         """First-layer input gates of one step, ``W_ih x + b_ih``: (batch, 3H), from the blocks of
