@@ -8,8 +8,9 @@ page-faulted in again at every step (PyTorch's CPU tuning guide suggests jemallo
 the same reason). A heap only shrinks from its top, though: blocks of many sizes freed beneath a
 few small ones that stay allocated (a compiled oneDNN kernel of bf16 training, kept in its cache
 of 1,024) leave free pages the process keeps. :func:`return_free_memory` (``malloc_trim``) hands
-every free page inside the heap back; training calls it every ``train.log_every`` steps
-(docs/performance.md, "Freed memory kept for reuse").
+every free page inside the heap back; training calls it every :data:`TRIM_EVERY` updates (the
+steps after it fault those pages in again, so not at every step) (docs/performance.md, "Freed
+memory kept for reuse, free pages handed back").
 
 Both do nothing when the user set a ``MALLOC_*`` variable, or on another C library.
 """
@@ -18,6 +19,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+
+#: training hands the heap's free pages back every this many updates
+TRIM_EVERY = 100
 
 #: ``mallopt`` options of <malloc.h>
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3

@@ -1,5 +1,5 @@
 """glibc's heap in a long-running process (nmt.heap): free pages among blocks still in use go back
-to the kernel, and training hands them back every train.log_every steps."""
+to the kernel, and training hands them back every heap.TRIM_EVERY updates."""
 import subprocess
 import sys
 import textwrap
@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 import nmt.training.trainer as trainer_module
+from nmt import heap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 
@@ -55,9 +56,11 @@ def test_free_pages_among_blocks_in_use_go_back_to_the_kernel(trim):
         assert after > before - 50
 
 
-def test_training_returns_free_memory_every_log_step(tmp_path, tiny_recipe, monkeypatch):
+def test_training_returns_free_memory_every_trim_every_updates(tmp_path, tiny_recipe, monkeypatch):
+    """Every heap.TRIM_EVERY updates, whatever train.log_every is (nmt bench logs every step)."""
     calls = []
-    monkeypatch.setattr(trainer_module, "return_free_memory", lambda: calls.append(1))
-    trainer_module.train(tiny_recipe("train.max_steps=6", "train.log_every=2", "train.valid_every=100"),
+    monkeypatch.setattr(heap, "return_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(heap, "TRIM_EVERY", 3)
+    trainer_module.train(tiny_recipe("train.max_steps=7", "train.log_every=1", "train.valid_every=100"),
                          run_dir=tmp_path / "run")
-    assert len(calls) == 3
+    assert len(calls) == 2  # after updates 3 and 6

@@ -33,7 +33,7 @@ import torch
 from nmt.atomic import atomic_write_json
 from nmt.config import Recipe, check_stops, load_recipe, resolved_run_dir
 from nmt.errors import NmtError
-from nmt.heap import return_free_memory
+from nmt import heap
 from nmt.inference.checkpoint import CHECKPOINT_DIR, load_weights
 from nmt.inference.devices import force_cpu
 from nmt.model.seq2seq import PARTS, Seq2Seq, build_model, check_model_config, perplexity
@@ -334,10 +334,10 @@ class Trainer:
     def log(self, result: StepResult) -> None:
         """The progress line; on ``train.log_every`` steps a metrics.jsonl record of the window."""
         window, world = self.window, self.accelerator.num_processes
-        if result.log_now:
-            return_free_memory()  # what the steps' blocks of many sizes left free in the heap
-            if self.follower is not None:
-                self._follow_load()
+        if self.state.step % heap.TRIM_EVERY == 0:
+            heap.return_free_memory()  # what the steps' blocks of many sizes left free in the heap
+        if result.log_now and self.follower is not None:
+            self._follow_load()
         if self.progress is not None:  # loss and speed averaged since the last log line
             self.progress.step(self.state, epoch_progress(self.sampler), window.loss * world / window.tokens,
                                window.tokens / window.seconds, result.log_now)
