@@ -18,7 +18,7 @@ from nmt.errors import CheckpointError, NmtError
 from nmt.inference.beam import beam_search_on
 from nmt.inference.greedy import one_token_per_step
 from nmt.inference.onnx_shortlist import LexiconTable, log_normaliser
-from nmt.inference.ops_numpy import numpy_ops
+from nmt.inference.ops_numpy import NumpyOps, numpy_ops
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sampling import sample
 from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_penalty
@@ -187,7 +187,7 @@ class OnnxEngine:
     @staticmethod
     def select_memory(memory, index: np.ndarray):
         if isinstance(memory, ShortlistMemory):
-            return memory.select(_rows, index)
+            return memory.select(_rows, index, NumpyOps.rows)
         return _rows(memory, index)
 
     def best(self, scores: np.ndarray, memory) -> tuple[np.ndarray, np.ndarray]:

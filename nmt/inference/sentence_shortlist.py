@@ -74,10 +74,6 @@ def mask_outside(scores, penalty):
     return scores + penalty
 
 
-def _indexed(array, index):
-    return array[index]
-
-
 class ShortlistMemory:
     """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`)
     and, optionally, ``own (B, K)``: each row's own columns (an engine that normalises a row over
@@ -92,10 +88,9 @@ class ShortlistMemory:
         self._rows: tuple[int, Any, Any] | None = None  # the last repeat, reused while rows do not change
 
     def select(self, select_rows: Callable[[Any, Any], Any], index,
-               take: Callable[[Any, Any], Any] | None = None) -> "ShortlistMemory":
+               take: Callable[[Any, Any], Any]) -> "ShortlistMemory":
         """Rows ``index`` of the memory (``select_rows``: the engine's), of the penalties and own
-        columns (``take(array, index)``: the engine's ``ops.rows``; default: indexing)."""
-        take = take or _indexed
+        columns (``take(array, index)``: the engine's ``ops.rows``)."""
         return ShortlistMemory(select_rows(self.memory, index), take(self.penalty, index),
                                None if self.own is None else take(self.own, index))
 
