@@ -57,8 +57,8 @@ def coarse_multiple(rows: int) -> int:
     tens of thousands of rows (the attention's ``v`` gradient, K = T·B·S) keeps ~10 MB per row
     count, and a multiple of 32 leaves a new count almost every batch, so the kernel cache held
     gigabytes of them (docs/performance.md)."""
-    octave_step = 1 << max(0, rows.bit_length() - 1 - COUNTS_PER_OCTAVE.bit_length() + 1)
-    return max(ROW_MULTIPLE, octave_step)
+    below = 1 << max(0, rows.bit_length() - 1)  # the power of two at or below rows
+    return max(ROW_MULTIPLE, below // COUNTS_PER_OCTAVE)
 
 
 def pad_rows(x: Tensor, multiple: int) -> Tensor:
