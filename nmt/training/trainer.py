@@ -215,6 +215,8 @@ class Trainer:
             result = self.step()
             if result is None:  # a non-finite loss: no update
                 continue
+            if self.state.step % heap.TRIM_EVERY == 0:
+                heap.return_free_memory()  # what the steps' blocks of many sizes left free in the heap
             self.log(result)
             if self.maybe_validate():
                 return "early_stopping"
@@ -334,8 +336,6 @@ class Trainer:
     def log(self, result: StepResult) -> None:
         """The progress line; on ``train.log_every`` steps a metrics.jsonl record of the window."""
         window, world = self.window, self.accelerator.num_processes
-        if self.state.step % heap.TRIM_EVERY == 0:
-            heap.return_free_memory()  # what the steps' blocks of many sizes left free in the heap
         if result.log_now and self.follower is not None:
             self._follow_load()
         if self.progress is not None:  # loss and speed averaged since the last log line
