@@ -235,8 +235,10 @@ def test_the_arg_max_over_a_rows_own_columns_is_the_arg_max_of_the_row_ties_incl
     assert torch.equal(values, want_values) and torch.equal(columns, want_columns)
 
 
-def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model):
-    with torch.inference_mode():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model, bf16):
+    """float32, and bf16 autocast (the encoder's hidden products in bf16)."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         want = None
         for sources, row in _batches():
             enc, state, memory, _ = _start(model, sources, fold_context=True)

@@ -92,6 +92,10 @@ def test_cache_key_changes_with_the_machine_and_the_weights(tmp_path):
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, pa.cpu_key(CPUINFO.replace("9000", "9001")))
     assert key != pa.cache_key([weights], "cpu", "auto", 1, 10, cpu)
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 0, cpu)
+    software = pa.software_key()
+    assert key == pa.cache_key([weights], "cpu", "auto", 5, 10, cpu, software=software)
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, cpu, software={**software, "nmt": "9.9"})
+    assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, cpu, software={**software, "torch": "9.9"})
     weights.write_bytes(b"12345")  # a rewritten checkpoint
     assert key != pa.cache_key([weights], "cpu", "auto", 5, 10, cpu)
 

@@ -7,8 +7,8 @@ measured rather than guessed: a short calibration decodes a batch shaped like th
 (:func:`calibration_sentences`, :func:`calibration_sources`) in alternating rounds per mode and
 keeps each mode's best time (:func:`calibrate`); :func:`pick` takes bf16 only when it beats
 float32 by :data:`MARGIN`, so timing noise never picks the slower mode. The choice is cached per
-weights file, machine, search and batch size class (:func:`cache_key`) in the user's cache
-directory (:func:`cache_file`): run directories stay read-only to translation.
+weights file, machine, nmt and torch versions, search and batch size class (:func:`cache_key`) in
+the user's cache directory (:func:`cache_file`): run directories stay read-only to translation.
 
 Whichever mode is picked, the translations are those of that mode given explicitly: the choice
 is made once, before the first search, and kept for the translator's lifetime.
@@ -199,13 +199,23 @@ def weights_key(paths: Sequence[str | os.PathLike]) -> list[list[Any]]:
     return found
 
 
+def software_key() -> dict[str, str]:
+    """The versions of nmt and torch: a new release of either can change which mode is faster."""
+    import torch
+
+    from nmt import __version__
+
+    return {"nmt": __version__, "torch": torch.__version__}
+
+
 def cache_key(weights: Sequence[str | os.PathLike], device: str, kernels: str, beam: int, shortlist: int,
-              cpu: Mapping[str, Any] | None = None, sentences: int = MAX_SENTENCES) -> str:
-    """The cache entry of one model, machine, search and batch size (beam, shortlist and the
-    batch's :func:`size_class` change which mode wins)."""
+              cpu: Mapping[str, Any] | None = None, sentences: int = MAX_SENTENCES,
+              software: Mapping[str, str] | None = None) -> str:
+    """The cache entry of one model, machine, software, search and batch size (beam, shortlist and
+    the batch's :func:`size_class` change which mode wins)."""
     key = {"weights": weights_key(weights), "machine": dict(cpu or cpu_key()), "device": device,
            "kernels": kernels, "beam": beam, "shortlist": shortlist > 0, "batch": size_class(sentences),
-           "length": LENGTH}
+           "length": LENGTH, "software": dict(software or software_key())}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

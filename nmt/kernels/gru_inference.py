@@ -20,6 +20,10 @@ time step multiplies the running rows' inputs by W_ih and their states by W_hh. 
 
 Same equations and gate order as ``nn.GRU`` (the plain cell is ``nmt.model.decoder.gru_cell``),
 with ATen's operand order in the elementwise terms and its own ``addmm`` for the hidden products.
+Under bf16 autocast the hidden products run in bf16, as the decoder's do (a CPU with AMX runs
+them about five times faster than float32 at a search batch's few hundred rows), while the states,
+the input gates and the gate sums stay float32; ``nn.GRU`` itself keeps float32 under CPU
+autocast, so there the two agree to bf16 rounding (docs/performance.md).
 Those products run on at least 16 rows (:mod:`nmt.kernels.batch_invariant`), so that a sentence's
 encoding is the same alone and in any batch; ``nn.GRU`` multiplies only the running rows, which
 MKL rounds differently for 1, 2–15 and 16+ rows. So the float32 encoding equals ``nn.GRU``'s to
@@ -94,7 +98,7 @@ class _Reading:
 
 
 def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], b_hh: list[Tensor],
-          out: Tensor) -> Tensor:
+          out: Tensor, product_dtype: torch.dtype | None = None) -> Tensor:
     """The time loop of all directions at once.
 
     ``source (N, 3H)`` input gate rows and ``index (T, D, B)`` the row of ``source`` that direction
@@ -105,7 +109,9 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     The hidden products are ``nn.GRU``'s own (``addmm`` per direction, W_hh transposed as
     ``F.linear`` passes it), written side by side, on at least ``MIN_ROWS`` rows
     (:func:`nmt.kernels.batch_invariant.addmm_`; the states past the running rows are zeros or
-    finished rows' last ones): so a sentence's encoding does not depend on its batch.
+    finished rows' last ones): so a sentence's encoding does not depend on its batch. With
+    ``product_dtype`` (bf16) they run on the states and weights cast to it; their results are
+    added to the float32 input gates in float32.
     """
     directions, hidden = len(w_hh), w_hh[0].size(1)
     gates = gru_gates(hidden)
@@ -113,9 +119,14 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     batch = index.size(2)
     room = max(batch, batch_invariant.MIN_ROWS)
     h = source.new_zeros(directions, room, hidden)
-    g_h_rows = source.new_empty(directions, room, gates.width)
+    cast = product_dtype not in (None, source.dtype)
+    product_dtype = product_dtype if cast else source.dtype
+    h_in = h.to(product_dtype) if cast else h  # the products' copy of the states
+    g_h_rows = source.new_empty(directions, room, gates.width, dtype=product_dtype)
     # the per-step operands taken once: the loop's cost is mostly its number of tensor operations
-    h_of, g_h_of, w_hh_t = h.unbind(0), g_h_rows.unbind(0), [w.t() for w in w_hh]
+    h_of, g_h_of = h_in.unbind(0), g_h_rows.unbind(0)
+    w_hh_t = [w.to(product_dtype).t() for w in w_hh]
+    b_hh = [b.to(product_dtype) for b in b_hh]
     reads, writes = _step_rows(index, reading, directions)
     out_rows = out.view(-1, hidden)  # row cell·D + d: direction d's columns of cell
     start = 0
@@ -125,11 +136,17 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
         end = start + directions * rows
         h_t = h[:, :rows]
         x_t = source.index_select(0, reads[start:end]).view(directions, rows, -1)
+        if cast:
+            h_in[:, :rows].copy_(h_t)
         for d in range(directions):  # (D, rows, 3H) = W_h h + b_h
             batch_invariant.addmm_(g_h_of[d], b_hh[d], h_of[d], w_hh_t[d], rows)
         g_h = g_h_rows[:, :rows]
-        gate_rz = g_h[..., rz].add_(x_t[..., rz]).sigmoid_()
-        new = torch.add(x_t[..., n_gate], g_h[..., n_gate].mul_(gate_rz[..., r_gate])).tanh_()
+        if cast:  # out of place: the sums in the input gates' float32
+            gate_rz = torch.add(g_h[..., rz], x_t[..., rz]).sigmoid_()
+            new = torch.add(x_t[..., n_gate], g_h[..., n_gate] * gate_rz[..., r_gate]).tanh_()
+        else:
+            gate_rz = g_h[..., rz].add_(x_t[..., rz]).sigmoid_()
+            new = torch.add(x_t[..., n_gate], g_h[..., n_gate].mul_(gate_rz[..., r_gate])).tanh_()
         h_new = (h_t - new).mul_(gate_rz[..., z_gate]).add_(new)  # h' = n + z (h - n)
         h[:, :rows] = h_new
         out_rows.index_copy_(0, writes[start:end], h_new.reshape(-1, hidden))
@@ -156,11 +173,14 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
 
     With ``gate_table`` (:func:`input_gate_table` of the embedding) and the ids ``(B, T)`` that
     ``x`` embeds, the first layer's input gates are looked up and ``x`` is not needed (None).
+    Under autocast the hidden products run in its dtype (the module's docstring).
     Returns ``outputs (B, T, directions * H)`` (zero at padded positions) and
     ``h_n (layers * directions, B, H)``: each row's state after its last token, per direction.
     """
     device = (x if x is not None else ids).device
-    with torch.autocast(device.type, enabled=False):  # nn.GRU runs in float32 under autocast too
+    # the hidden products in autocast's dtype; the rest in float32, as nn.GRU runs under autocast
+    product_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    with torch.autocast(device.type, enabled=False):
         batch, steps = (x if x is not None else ids).shape[:2]
         directions = 2 if rnn.bidirectional else 1
         hidden = rnn.hidden_size
@@ -179,7 +199,7 @@ def run_gru_inference(rnn: nn.GRU, x: Tensor | None, lengths: Tensor, gate_table
                 source = batch_invariant.linear(x.reshape(batch * steps, -1), w_ih, b_ih).view(-1, w_hh[0].size(0))
                 index = reading.cells * directions + offsets
             out = source.new_zeros(batch * steps, directions * hidden)
-            finals.append(_scan(source, index, reading, w_hh, b_hh, out))
+            finals.append(_scan(source, index, reading, w_hh, b_hh, out, product_dtype))
             x = out.view(batch, steps, -1)
     inverse = torch.empty_like(reading.order)
     inverse[reading.order] = torch.arange(batch, device=device)
