@@ -81,6 +81,41 @@ def test_products_round_a_row_the_same_whatever_the_rows():
     assert torch.equal(batch_invariant.dot(u[3:4, :, :9], v, torch.tensor([0.5])), scores[3:4, :, :9])
 
 
+def test_bf16_products_run_on_few_row_counts_and_round_a_row_the_same():
+    """Under bf16 autocast a product runs on a rounded row count (oneDNN compiles a kernel per
+    shape): multiples of 16 up to 128, then 8 counts per power of two; a row's result is the same
+    whatever the rows, and float32 products keep their own count."""
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(700, 256), torch.randn(768, 256) * 0.05, torch.randn(768)
+    assert [batch_invariant.product_rows(n, x) for n in (1, 16, 17, 300, 700)] == [16, 16, 17, 300, 700]
+    seen = []
+    real_linear = F.linear
+
+    def spy(a, *rest):
+        seen.append(a.size(0))
+        return real_linear(a, *rest)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        assert [batch_invariant.product_rows(n, x) for n in (1, 17, 100, 129, 300, 700)] == \
+            [16, 32, 112, 144, 320, 704]
+        alone = batch_invariant.linear(x[1:2], weight, bias)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(batch_invariant.F, "linear", spy)
+            for rows in (2, 17, 33, 100, 129, 300, 700):
+                got = batch_invariant.linear(x[:rows], weight, bias)
+                assert got.shape == (rows, 768) and torch.equal(got[1:2], alone), rows
+    assert seen == [16, 32, 48, 112, 144, 320, 704]
+
+
+def test_coarse_counts_round_up_by_at_most_an_eighth_or_one_step():
+    from nmt.kernels.rows import coarse_count
+
+    counts = [coarse_count(n) for n in range(1, 5000)]
+    assert all(n <= c <= max(n + 15, n * 1.125) for n, c in zip(range(1, 5000), counts))
+    assert len(set(counts)) == 8 + 8 * 5 + 2  # 16..128 by 16, 8 per octave to 4096, then 4608, 5120
+    assert coarse_count(2041) == 2048 and coarse_count(1926) == 2048 and coarse_count(1025) == 1152
+
+
 def test_the_invariant_attention_score_follows_its_v_weight():
     """The score's padded v operands are kept between steps, and built again when v changes."""
     from torch import nn
@@ -286,14 +321,15 @@ def _lexicon(keep: int = 12, seed: int = 3) -> Lexicon:
     return Lexicon(top_ids, probs, torch.randperm(TGT_VOCAB, generator=g))
 
 
-@pytest.mark.parametrize("beam,shortlist", [(5, 10), (1, 10), (5, 0)])
-def test_a_sentences_hypotheses_and_scores_are_the_same_alone_and_in_any_batch(model, beam, shortlist):
+@pytest.mark.parametrize("beam,shortlist,bf16", [(5, 10, False), (1, 10, False), (5, 0, False),
+                                                 (5, 10, True), (1, 10, True)])
+def test_a_sentences_hypotheses_and_scores_are_the_same_alone_and_in_any_batch(model, beam, shortlist, bf16):
     """Search end to end, scores compared exactly: the output layer over the batch's shortlist
-    union, each row normalised over its own."""
+    union (in bf16 widened to a rounded count of columns), each row normalised over its own."""
     options = DecodeConfig(beam=beam, n_best=min(beam, 3), max_len_a=0.0, max_len_b=6, shortlist=shortlist,
                            shortlist_frequent=20)
     lexicon = _lexicon()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         tables = model.search_tables()
         want = None
         for sources, row in _batches():

@@ -344,6 +344,21 @@ class Lexicon:
         return torch.unique(torch.cat(parts))  # sorted: ids 0..3 are columns 0..3
 
 
+def padded_columns(columns: Tensor, by_frequency: Tensor, count: int) -> Tensor:
+    """``columns`` (a batch's sorted shortlist) with the most frequent target ids it lacks added
+    up to ``count`` ids (or the whole vocabulary), still sorted. The added ids are in no
+    sentence's own shortlist, so every row sets them to -inf: they change no sentence's output, only
+    the width of the output layer's product (:func:`nmt.kernels.rows.coarse_count`)."""
+    extra = count - columns.numel()
+    if extra <= 0:
+        return columns
+    taken = torch.zeros(by_frequency.numel(), dtype=torch.bool, device=columns.device)
+    taken[columns] = True
+    order = by_frequency.to(columns.device)
+    free = order[~taken[order]][:extra]
+    return torch.unique(torch.cat([columns, free]))
+
+
 def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 100,
                   max_pairs: int | None = 200_000, recipe=None, tokenizers=None, train_ds=None) -> Path:
     """Build and write ``RUN_DIR/lexicon.safetensors`` from the run's training corpus.

@@ -27,7 +27,9 @@ from nmt.inference.sentence_shortlist import (
     outside_own_shortlist,
     outside_penalty,
 )
+from nmt.inference.shortlist import padded_columns
 from nmt.kernels import batch_invariant
+from nmt.kernels.rows import coarse_count, row_multiple
 
 __all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
 
@@ -153,6 +155,8 @@ class OutputShortlist:
         """``constraints``: per sentence, its terms' target ids, which join its own shortlist."""
         columns = lexicon.columns(src, src_mask, options.shortlist, options.shortlist_frequent)
         columns = torch.unique(torch.cat([columns, columns.new_tensor(constraint_ids(constraints))]))
+        if row_multiple(next(model.parameters())) > 1:  # bf16 on the CPU: a kernel per width
+            columns = padded_columns(columns, lexicon.by_frequency, coarse_count(columns.numel()))
         vocab = model.tgt_vocab_size
         if lexicon.tgt_vocab_size != vocab or int(columns[-1]) >= vocab:
             raise NmtError(f"the lexicon is for a target vocabulary of {lexicon.tgt_vocab_size}, the model "

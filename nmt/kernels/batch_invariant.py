@@ -17,7 +17,8 @@ A batch changes two things a row does not see in the equations, and CPU kernels 
 
 So search's fast path runs every product with at least :data:`MIN_ROWS` rows (:func:`linear`,
 :func:`bmm`, :func:`dot`: the few padded rows cost little, batches of 16 rows and more pay
-nothing) and adds the terms of a softmax or a log-normaliser one after the other (:func:`ordered_sum`,
+nothing; 16-bit products on the CPU, which compile a oneDNN kernel per shape, on a row count
+rounded up to a few per power of two, :func:`product_rows`) and adds the terms of a softmax or a log-normaliser one after the other (:func:`ordered_sum`,
 a float32 ``cumsum`` that accumulates in float64), where zeros of padding change nothing. What
 does not change between steps is kept: the score's padded v (:func:`dot_weight`), the buffers a
 few rows are padded in. Costs: docs/performance.md.
@@ -30,21 +31,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.kernels.rows import coarse_count, row_multiple
+
 #: the fewest rows of a product for which MKL's float32 GEMM rounds a row the same whatever the
 #: number of rows (below: a matrix-vector product for 1 row, a small-matrix kernel for 2 to 15)
 MIN_ROWS = 16
 
 
+def product_rows(rows: int, x: Tensor) -> int:
+    """The rows a search product of ``x`` with ``rows`` rows runs on: at least :data:`MIN_ROWS`;
+    16-bit products on the CPU (``x``'s dtype or autocast's) on :func:`~nmt.kernels.rows.coarse_count`
+    rows, since oneDNN compiles a kernel for each new shape, at the cost of tens of products
+    (docs/performance.md). A row's result does not depend on the rows added."""
+    if row_multiple(x) > 1:
+        return coarse_count(rows, MIN_ROWS)  # multiples of 16 up to 128, then 8 counts per octave
+    return max(rows, MIN_ROWS)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed with at least
-    :data:`MIN_ROWS` rows (padding rows added, then dropped): each row is rounded as in any batch."""
+    """``F.linear(x, weight, bias)``, ``x (..., in)`` -> ``(..., out)``, computed on
+    :func:`product_rows` rows (padding rows added, then dropped): each row is rounded as in any batch."""
     # a search step makes several of these products: no view is taken that would change nothing
     flat = x if x.dim() == 2 else x.reshape(x.numel() // max(1, x.size(-1)), x.size(-1))  # one 2-d GEMM
     rows = flat.size(0)
-    if 0 < rows < MIN_ROWS:
+    run = product_rows(rows, flat) if rows else 0
+    if run == rows:
+        out = F.linear(flat, weight, bias)
+    elif run == MIN_ROWS:
         out = F.linear(_padded_rows(flat), weight, bias)[:rows]
     else:
-        out = F.linear(flat, weight, bias)
+        out = F.linear(F.pad(flat, (0, 0, 0, run - rows)), weight, bias)[:rows]
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], -1)
 
 
@@ -72,9 +88,9 @@ def _padded_rows(flat: Tensor) -> Tensor:
 
 def addmm_(out: Tensor, bias: Tensor, x: Tensor, weight_t: Tensor, rows: int) -> Tensor:
     """``out[:rows] = bias + x[:rows] @ weight_t`` where ``x`` and ``out`` have at least
-    :data:`MIN_ROWS` rows: the product runs on ``max(rows, MIN_ROWS)`` of them (the rows past
-    ``rows`` must be finite; their results are scratch). ``x (N, in)``, ``weight_t (in, out)``."""
-    n = max(rows, min(MIN_ROWS, x.size(0)))
+    :func:`product_rows` rows: the product runs on that many of them (the rows past ``rows`` must
+    be finite; their results are scratch). ``x (N, in)``, ``weight_t (in, out)``."""
+    n = min(product_rows(rows, x), x.size(0))
     torch.addmm(bias, x[:n], weight_t, out=out[:n])
     return out[:rows]
 

@@ -117,10 +117,10 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     gates = gru_gates(hidden)
     rz, n_gate, r_gate, z_gate = gates.span("r", "z"), gates.block("n"), gates.block("r"), gates.block("z")
     batch = index.size(2)
-    room = max(batch, batch_invariant.MIN_ROWS)
-    h = source.new_zeros(directions, room, hidden)
     cast = product_dtype not in (None, source.dtype)
     product_dtype = product_dtype if cast else source.dtype
+    room = batch_invariant.product_rows(batch, source.new_empty(0, dtype=product_dtype))
+    h = source.new_zeros(directions, room, hidden)
     h_in = h.to(product_dtype) if cast else h  # the products' copy of the states
     g_h_rows = source.new_empty(directions, room, gates.width, dtype=product_dtype)
     # the per-step operands taken once: the loop's cost is mostly its number of tensor operations

@@ -39,7 +39,7 @@ def row_multiple(x: Tensor) -> int:
 
 def row_padding_applies(x: Tensor) -> bool:
     """Where :func:`padded_linear` pads: training (grad mode on) with 16-bit products of ``x`` on the
-    CPU. Search keeps its products, and its outputs, as they are."""
+    CPU. Search rounds its own counts (:func:`coarse_count`, :mod:`nmt.kernels.batch_invariant`)."""
     return torch.is_grad_enabled() and row_multiple(x) > 1
 
 
@@ -59,6 +59,15 @@ def coarse_multiple(rows: int) -> int:
     gigabytes of them (docs/performance.md)."""
     below = 1 << max(0, rows.bit_length() - 1)  # the power of two at or below rows
     return max(ROW_MULTIPLE, below // COUNTS_PER_OCTAVE)
+
+
+def coarse_count(count: int, step: int = 16) -> int:
+    """``count`` rounded up to a multiple of ``step``, or of an eighth (:data:`COUNTS_PER_OCTAVE`)
+    of the power of two below it when that is larger: the row and column counts of search's 16-bit
+    products (at most ``step`` or 12.5% more), so that a search compiles a few dozen kernels, reused
+    by the next batches, instead of one for nearly every step."""
+    below = 1 << max(0, count.bit_length() - 1)
+    return padded_rows(max(count, 1), max(step, below // COUNTS_PER_OCTAVE))
 
 
 def pad_rows(x: Tensor, multiple: int) -> Tensor:
