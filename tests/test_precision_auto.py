@@ -232,6 +232,27 @@ def test_calibration_decodes_the_runs_batch_size(tiny_run, calibrating, searched
     assert not resolve(8, beam=1, batch_tokens=8000, shortlist=0).cached and calibrating.runs == 4
 
 
+@pytest.mark.parametrize("small_bf16, mode", [(0.5, "bf16"), (1.0, "float32")])
+def test_a_server_takes_bf16_only_if_it_wins_at_its_small_and_its_large_calls(
+        tiny_run, calibrating, searched, monkeypatch, small_bf16, mode):
+    """``nmt serve`` calibrates at an eighth of its largest call and at the largest: bf16 faster
+    at 64 sentences but not at 8 keeps float32."""
+    from nmt.inference.translator import Translator
+    from nmt.tools.serve_model import calibration_sizes
+
+    def by_size(runners, **kwargs):
+        calibrating.runs += 1
+        return ({"float32": 1.0, "bf16": small_bf16} if searched[-1] == 8 else {"float32": 1.0, "bf16": 0.5}), 3
+
+    monkeypatch.setattr(pa, "calibrate", by_size)
+    assert calibration_sizes(64) == [8, 64] and calibration_sizes(1) == [1] and calibration_sizes(None) == [None]
+    translator = Translator.load(tiny_run, precision="auto")
+    choice = translator.resolve_precision(translator.decode_options(beam=2, shortlist=0),
+                                          batch_sentences=calibration_sizes(64))
+    assert searched == [8, 64][: 2 if small_bf16 < 1 else 1]
+    assert translator.precision == choice.mode == mode
+
+
 def test_a_first_translate_calibrates_on_its_own_batch(tiny_run, calibrating, searched):
     from nmt.inference.translator import Translator
 

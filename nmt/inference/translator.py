@@ -183,12 +183,13 @@ class Translator(TranslatorBase):
     # ----------------------------------------------------------------------------- precision
     def resolve_precision(self, options: DecodeConfig | None = None,
                           choice: PrecisionChoice | None = None, *,
-                          batch_sentences: int | None = None) -> PrecisionChoice | None:
+                          batch_sentences: int | Sequence[int] | None = None) -> PrecisionChoice | None:
         """Make ``precision="auto"`` a mode: the cached or measured faster one for searches with
         ``options`` (default :attr:`decode`; :mod:`nmt.inference.precision_auto`) in batches of
-        ``batch_sentences`` sentences (None: those ``options.batch_tokens`` makes), or ``choice``
-        (made by another process of the same job), logged with its figures. Runs once, before the
-        first search (searches call it); a no-op afterwards and for an explicit precision. Returns
+        ``batch_sentences`` sentences (None: those ``options.batch_tokens`` makes; several sizes, as
+        a server's calls have: bf16 only where it wins at each), or ``choice`` (made by another
+        process of the same job), logged with its figures. Runs once, before the first search
+        (searches call it); a no-op afterwards and for an explicit precision. Returns
         :attr:`precision_choice`."""
         if self.precision != "auto":
             return self.precision_choice
@@ -196,8 +197,12 @@ class Translator(TranslatorBase):
 
         self.precision = "float32"  # the calibration's float32 searches run on this translator
         twin = None
-        if choice is None:
-            choice, twin = choose_precision(self, options or self.decode, batch_sentences)
+        sizes = batch_sentences if isinstance(batch_sentences, Sequence) else [batch_sentences]
+        for size in sizes if choice is None else []:
+            choice, made = choose_precision(self, options or self.decode, size)
+            twin = twin or made
+            if choice.mode != "bf16":  # float32 at one size: the searches would be slower there
+                break
         if choice.mode == "bf16":
             twin = twin or self.twin("bf16")
             self.model, self._tables, self.precision = twin.model, twin._tables, "bf16"

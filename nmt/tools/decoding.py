@@ -39,13 +39,14 @@ def call_options(options: DecodeConfig, **changes: Any) -> dict[str, Any]:
 
 
 def settle_precision(translator, options: DecodeConfig, verbose: bool = False, world: int = 1,
-                     main: bool = True, threads: int | None = None, batch_sentences: int | None = None) -> None:
+                     main: bool = True, threads: int | None = None,
+                     batch_sentences: int | list[int | None] | None = None) -> None:
     """Resolve ``precision: auto`` before the first search (the main process's choice holds in
     every process of a distributed job: their outputs are one translation); ``verbose``: say which
     mode and why on stderr. ``threads``: the torch threads the searches will run with, when they
     differ from this thread's (model worker processes): the calibration is timed at that count.
-    ``batch_sentences``: the sentences per batch the searches will run (the server's), when
-    ``options.batch_tokens`` does not make the batches."""
+    ``batch_sentences``: the sentences per batch the searches will run (the server's call sizes:
+    bf16 only if it wins at each), when ``options.batch_tokens`` does not make the batches."""
     import sys
 
     if getattr(translator, "precision", None) != "auto":

@@ -19,7 +19,7 @@ from nmt.errors import NmtError
 from nmt.tools.serve_requests import finite_or_null
 
 __all__ = ["ENGINES", "ServedModel", "make_translator", "model_options",
-           "build_translator", "check_dirs", "load_models", "run_summary"]
+           "build_translator", "calibration_sizes", "check_dirs", "load_models", "run_summary"]
 
 ENGINES = ("torch", "onnx")
 
@@ -172,6 +172,16 @@ def check_dirs(run_dirs: Sequence[str | Path], engine: str = "torch") -> list[Pa
     return paths
 
 
+def calibration_sizes(batch_sentences: int | None) -> list[int | None]:
+    """The call sizes ``auto`` is calibrated at for a server whose largest call holds
+    ``batch_sentences`` sentences: an eighth of it and all of it. bf16 is taken only if it is
+    faster at both: a server's calls range from one sentence to the largest, and bf16 can win on
+    the largest and lose on the small ones (docs/performance.md, serving)."""
+    if not batch_sentences or batch_sentences < 2:
+        return [batch_sentences]
+    return [max(1, batch_sentences // 8), batch_sentences]
+
+
 def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str | None = None, *,
                 engine: str = "torch", ensemble: bool = False, threads: int | None = None,
                 model_threads: int | None = None, batch_sentences: int | None = None) -> list[ServedModel]:
@@ -179,9 +189,9 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
     ensemble of all the runs (named ``A+B``). ``threads``: see :func:`make_translator`.
 
     ``precision`` None: each recipe's ``decode.precision``; ``auto`` is resolved here, before the
-    first request, at ``model_threads`` torch threads (those the model will run with) on batches
-    of ``batch_sentences`` (the server's sentences per model call), and the mode chosen goes into
-    the model's options, so every worker process loads that mode."""
+    first request, at ``model_threads`` torch threads (those the model will run with) on the call
+    sizes of :func:`calibration_sizes` (``batch_sentences``: the server's largest call), and the
+    mode chosen goes into the model's options, so every worker process loads that mode."""
     paths = check_dirs(run_dirs, engine)
     if ensemble and engine == "onnx":
         raise NmtError("--ensemble: an export is one model, and --engine onnx serves one export directory "
@@ -200,7 +210,7 @@ def load_models(run_dirs: Sequence[str | Path], checkpoint: str = "best", precis
             from nmt.tools.decoding import settle_precision
 
             settle_precision(translator, translator.decode, threads=model_threads,
-                             batch_sentences=batch_sentences)
+                             batch_sentences=calibration_sizes(batch_sentences))
             options["precision"] = translator.precision
         warn = getattr(translator, "warn", None)
         if warn is not None and hasattr(warn, "prefix"):
