@@ -18,10 +18,11 @@ A batch changes two things a row does not see in the equations, and CPU kernels 
 So search's fast path runs every product with at least :data:`MIN_ROWS` rows (:func:`linear`,
 :func:`bmm`, :func:`dot`: the few padded rows cost little, batches of 16 rows and more pay
 nothing; 16-bit products on the CPU, which compile a oneDNN kernel per shape, on a row count
-rounded up to a few per power of two, :func:`product_rows`) and adds the terms of a softmax or a log-normaliser one after the other (:func:`ordered_sum`,
-a float32 ``cumsum`` that accumulates in float64), where zeros of padding change nothing. What
-does not change between steps is kept: the score's padded v (:func:`dot_weight`), the buffers a
-few rows are padded in. Costs: docs/performance.md.
+rounded up to a few per power of two, :func:`product_rows`) and adds the terms of a softmax or a
+log-normaliser one after the other (:func:`ordered_sum`, a float32 ``cumsum`` that accumulates in
+float64), where zeros of padding change nothing. What does not change between steps is kept: the
+score's padded v (:func:`dot_weight`), the buffers a few rows are padded in. Costs:
+docs/performance.md.
 """
 from __future__ import annotations
 
