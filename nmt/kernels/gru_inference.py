@@ -119,14 +119,14 @@ def _scan(source: Tensor, index: Tensor, reading: _Reading, w_hh: list[Tensor], 
     batch = index.size(2)
     cast = product_dtype not in (None, source.dtype)
     product_dtype = product_dtype if cast else source.dtype
-    room = batch_invariant.product_rows(batch, source.new_empty(0, dtype=product_dtype))
+    # the per-step operands taken once: the loop's cost is mostly its number of tensor operations
+    w_hh_t = [w.to(product_dtype).t() for w in w_hh]
+    b_hh = [b.to(product_dtype) for b in b_hh]
+    room = batch_invariant.product_rows(batch, w_hh_t[0])  # the rows every step's product may run on
     h = source.new_zeros(directions, room, hidden)
     h_in = h.to(product_dtype) if cast else h  # the products' copy of the states
     g_h_rows = source.new_empty(directions, room, gates.width, dtype=product_dtype)
-    # the per-step operands taken once: the loop's cost is mostly its number of tensor operations
     h_of, g_h_of = h_in.unbind(0), g_h_rows.unbind(0)
-    w_hh_t = [w.to(product_dtype).t() for w in w_hh]
-    b_hh = [b.to(product_dtype) for b in b_hh]
     reads, writes = _step_rows(index, reading, directions)
     out_rows = out.view(-1, hidden)  # row cell·D + d: direction d's columns of cell
     start = 0

@@ -48,8 +48,8 @@ def padded_rows(rows: int, multiple: int) -> int:
     return -(-rows // multiple) * multiple
 
 
-def coarse_multiple(rows: int) -> int:
-    """The multiple to round a long sum's ``rows`` up to: :data:`ROW_MULTIPLE`, or an eighth
+def coarse_multiple(rows: int, least: int = ROW_MULTIPLE) -> int:
+    """The multiple to round a long sum's ``rows`` up to: ``least``, or an eighth
     (:data:`COUNTS_PER_OCTAVE`) of the power of two below ``rows`` when that is larger, so at most
     12.5% rows are added and each octave has 8 row counts.
 
@@ -58,7 +58,7 @@ def coarse_multiple(rows: int) -> int:
     count, and a multiple of 32 leaves a new count almost every batch, so the kernel cache held
     gigabytes of them (docs/performance.md)."""
     below = 1 << max(0, rows.bit_length() - 1)  # the power of two at or below rows
-    return max(ROW_MULTIPLE, below // COUNTS_PER_OCTAVE)
+    return max(least, below // COUNTS_PER_OCTAVE)
 
 
 def coarse_count(count: int, step: int = 16) -> int:
@@ -66,8 +66,7 @@ def coarse_count(count: int, step: int = 16) -> int:
     of the power of two below it when that is larger: the row and column counts of search's 16-bit
     products (at most ``step`` or 12.5% more), so that a search compiles a few dozen kernels, reused
     by the next batches, instead of one for nearly every step."""
-    below = 1 << max(0, count.bit_length() - 1)
-    return padded_rows(max(count, 1), max(step, below // COUNTS_PER_OCTAVE))
+    return padded_rows(max(count, 1), coarse_multiple(count, step))
 
 
 def pad_rows(x: Tensor, multiple: int) -> Tensor:
