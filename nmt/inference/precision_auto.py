@@ -294,15 +294,17 @@ def _without_timing(translator) -> PrecisionChoice | None:
     return None
 
 
-def choose_precision(translator, options, sentences: int | None = None) -> tuple[PrecisionChoice, Any]:
+def choose_precision(translator, options, sentences: int | None = None,
+                     twin=None) -> tuple[PrecisionChoice, Any]:
     """``(choice, bf16 twin or None)`` for ``translator`` (a float32
     :class:`~nmt.inference.translator.Translator`) searching with ``options`` in batches of
     ``sentences`` (None: the batches ``options.batch_tokens`` makes, :func:`calibration_sentences`):
     decided without timing where the device settles it, else the cached choice, else a calibration
-    (cached when the translator came from weights files)."""
+    (cached when the translator came from weights files) with ``twin``, the bf16 translator of an
+    earlier calibration, or a new one."""
     settled = _without_timing(translator)
     if settled is not None:
-        return settled, None
+        return settled, twin
     length = min(LENGTH, options.max_input_len)  # nothing truncated (and warned about)
     sentences = calibration_sentences(options.batch_tokens, options.beam, sentences, length)
     key = None
@@ -311,9 +313,9 @@ def choose_precision(translator, options, sentences: int | None = None) -> tuple
                         translator.recipe.model.kernels, options.beam, options.shortlist, sentences=sentences)
         cached = cached_choice(key)
         if cached is not None:
-            return cached, None
+            return cached, twin
     started = time.perf_counter()
-    twin = translator.twin("bf16")
+    twin = twin or translator.twin("bf16")
     best, rounds = _time_modes(translator, twin, options, sentences, length)
     timings = {mode: round(seconds, 6) for mode, seconds in best.items()}
     mode, reason = pick(timings)

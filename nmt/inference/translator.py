@@ -197,12 +197,12 @@ class Translator(TranslatorBase):
 
         self.precision = "float32"  # the calibration's float32 searches run on this translator
         twin = None
-        sizes = batch_sentences if isinstance(batch_sentences, Sequence) else [batch_sentences]
-        for size in sizes if choice is None else []:
-            choice, made = choose_precision(self, options or self.decode, size)
-            twin = twin or made
-            if choice.mode != "bf16":  # float32 at one size: the searches would be slower there
-                break
+        if choice is None:
+            sizes = batch_sentences if isinstance(batch_sentences, Sequence) else [batch_sentences]
+            for size in sizes:
+                choice, twin = choose_precision(self, options or self.decode, size, twin)
+                if choice.mode != "bf16":  # float32 at one size: the searches would be slower there
+                    break
         if choice.mode == "bf16":
             twin = twin or self.twin("bf16")
             self.model, self._tables, self.precision = twin.model, twin._tables, "bf16"
