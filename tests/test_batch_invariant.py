@@ -107,6 +107,42 @@ def test_bf16_products_run_on_few_row_counts_and_round_a_row_the_same():
     assert seen == [16, 32, 48, 112, 144, 320, 704]
 
 
+def test_bf16_products_without_a_bias_run_with_a_zero_one_and_a_room_is_padded_in_place():
+    """oneDNN compiles a kernel with a bias apart from one without: a bf16 search product without
+    one runs with a zero bias (same bits), so the query's and the readout's products of the same
+    shape share kernels; float32 products keep theirs. A tensor made by ``room`` holds the rounded
+    rows already: the product runs on it without a copy, and its scratch rows (NaN here) change
+    no real row."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(37, 256), torch.randn(256, 256) * 0.05
+    calls = []
+    real_linear = F.linear
+
+    def spy(a, w, b=None):
+        calls.append((a.data_ptr(), a.size(0), b))
+        return real_linear(a, w, b)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch_invariant.F, "linear", spy)
+        batch_invariant.linear(x, weight)
+        assert calls[-1][2] is None  # float32: no bias added
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+            got = batch_invariant.linear(x, weight)
+            b = calls[-1][2]
+            assert b is not None and not b.any() and calls[-1][1] == 48
+            assert torch.equal(got, real_linear(F.pad(x, (0, 0, 0, 11)), weight)[:37])
+            for shape, run in (((3, 5, 256), 16), ((3, 7, 256), 32)):
+                u = batch_invariant.room(shape, x.bfloat16())
+                assert u.untyped_storage().nbytes() == run * 256 * 2  # product_rows(rows) rows
+                torch.empty(0, dtype=torch.bfloat16).set_(u.untyped_storage()).fill_(float("nan"))
+                u.copy_(torch.randn(shape))
+                calls.clear()
+                out = batch_invariant.linear(u, weight, torch.ones(256))
+                assert calls[0][0] == u.data_ptr() and calls[0][1] == run
+                assert torch.isfinite(out).all() and out.shape == shape
+            assert torch.equal(out, batch_invariant.linear(u.clone(), weight, torch.ones(256)))
+
+
 def test_coarse_counts_round_up_by_at_most_an_eighth_or_one_step():
     from nmt.kernels.rows import coarse_count
 

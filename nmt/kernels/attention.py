@@ -42,9 +42,14 @@ def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, dot: Ca
     :func:`nmt.model.attention.dot_product`). Search passes
     :func:`nmt.kernels.batch_invariant.dot`, so that a score does not depend on the other rows of
     the batch; its padded operands are the same at every step, so they are kept (:func:`_invariant_v`)."""
-    u = torch.add((query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)).sigmoid_()  # σ(2a)
-    if dot is batch_invariant.dot:
+    q2, k2 = (query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)
+    if dot is batch_invariant.dot and not torch.is_grad_enabled():
+        # made with the rows the v product runs on, so that it pads them without a copy
+        shape = torch.broadcast_shapes(q2.shape, k2.shape)
+        u = batch_invariant.room(shape, query_proj, torch.result_type(q2, k2))
+        torch.add(q2, k2, out=u).sigmoid_()  # σ(2a)
         return batch_invariant.dot_padded(u, *_invariant_v(v)) * 2
+    u = torch.add(q2, k2).sigmoid_()
     weight = v.weight
     return dot(u, weight, -0.5 * weight.sum(dim=1)) * 2
 

@@ -56,13 +56,47 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     flat = x if x.dim() == 2 else x.reshape(x.numel() // max(1, x.size(-1)), x.size(-1))  # one 2-d GEMM
     rows = flat.size(0)
     run = product_rows(rows, flat) if rows else 0
+    if bias is None and row_multiple(flat) > 1:
+        bias = _zero_bias(weight)
     if run == rows:
         out = F.linear(flat, weight, bias)
-    elif run == MIN_ROWS:
-        out = F.linear(_padded_rows(flat), weight, bias)[:rows]
     else:
-        out = F.linear(F.pad(flat, (0, 0, 0, run - rows)), weight, bias)[:rows]
+        out = F.linear(_with_rows(flat, run), weight, bias)[:rows]
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], -1)
+
+
+def _zero_bias(weight: Tensor) -> Tensor:
+    """A zero bias for a rounded 16-bit product without one: oneDNN compiles a kernel with a bias
+    apart from one without, and search multiplies states of the same shape with and without one
+    (the attention's query, the readout), so each rounded count compiled two kernels."""
+    return weight.new_zeros(weight.size(0))
+
+
+def _with_rows(flat: Tensor, run: int) -> Tensor:
+    """``flat (rows, in)`` as the first rows of a ``(run, in)`` tensor: a view when its storage
+    already holds ``run`` rows from where it starts (:func:`room`), else a copy into a kept buffer
+    (:data:`MIN_ROWS` rows) or an uninitialised tensor. The rows past ``rows`` are never zeroed: a product's row depends on that
+    row of its input only, and they are sliced off."""
+    width = flat.size(1)
+    start = flat.storage_offset()
+    if flat.is_contiguous() and flat.untyped_storage().nbytes() >= (start + run * width) * flat.element_size():
+        return flat.as_strided((run, width), (width, 1), start)
+    if run == MIN_ROWS:
+        return _padded_rows(flat)
+    out = flat.new_empty(run, width)
+    out[:flat.size(0)].copy_(flat)
+    return out
+
+
+def room(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised tensor of ``shape`` (``dtype``, default ``like``'s, on ``like``'s device)
+    whose storage holds the :func:`product_rows` rows of a product of it with ``like``'s
+    precision: :func:`linear` over it pads without a copy. The rows past ``shape`` are scratch."""
+    rows = 1
+    for size in shape[:-1]:
+        rows *= size
+    spare = like.new_empty(max(rows, product_rows(rows, like)) * shape[-1], dtype=dtype)
+    return spare[:rows * shape[-1]].view(shape)
 
 
 #: per thread, the (MIN_ROWS, in) buffers a few rows are padded in, by (in, dtype, device, mode)
