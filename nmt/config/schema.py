@@ -309,6 +309,9 @@ class DecodeConfig:
                                       metavar="N")
     max_input_len: int = setting(250, "longer inputs are truncated (with a warning) to this many subwords",
                                  min=1, metavar="N")
+    split_sentences: bool = setting(
+        True, "translate an input of several sentences one sentence at a time (cut by sentencex for the "
+              "source language) and join the translations")
     sample: bool = setting(
         False, "draw each token from the model's distribution instead of searching; n_best is then "
                "the number of independent samples per sentence; excludes beam > 1")

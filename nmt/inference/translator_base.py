@@ -13,6 +13,7 @@ from nmt.inference.alignment import word_alignment
 from nmt.inference.constraints import constraint_spans
 from nmt.inference.markup import translate_markup
 from nmt.inference.rules import Hypothesis
+from nmt.inference.sentences import translate_by_sentence
 from nmt.inference.sources import (
     Source,
     TranslatedHypothesis,
@@ -162,10 +163,32 @@ class TranslatorBase:
         (``constraints_met``) and where each term is (``constraint_spans``); a best translation
         that could not meet them is reported as a warning.
 
+        ``split_sentences`` (default: ``decode.split_sentences``): an input of several sentences is
+        translated one sentence at a time and the translations joined (:mod:`nmt.inference.sentences`).
+
         ``markup="html"``: the sources are HTML text with inline tags; the tags are carried into
         the translations by the word alignments (:mod:`nmt.inference.markup`), the other fields
         of a result are those of the plain text. Markup that does not nest is refused.
         """
+        split = overrides.pop("split_sentences", None)
+        if markup is None and (self.decode.split_sentences if split is None else split):
+            return translate_by_sentence(self, sources, beam=beam, n_best=n_best, return_scores=return_scores,
+                                         return_attention=return_attention, return_alignment=return_alignment,
+                                         batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
+                                         shard=shard, constraints=constraints, **overrides)
+        return self.translate_inputs(sources, beam, n_best, return_scores, return_attention,
+                                     return_alignment=return_alignment, batch_tokens=batch_tokens,
+                                     max_sentences=max_sentences, lines=lines, shard=shard,
+                                     constraints=constraints, markup=markup, **overrides)
+
+    def translate_inputs(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
+                         return_scores: bool = False, return_attention: bool = False, *,
+                         return_alignment: bool = False,
+                         batch_tokens: int | None = None, max_sentences: int | None = None,
+                         lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
+                         constraints: Sequence[Sequence[Any] | None] | None = None,
+                         markup: str | None = None, **overrides: Any):
+        """:meth:`translate` with each input searched whole, as one sentence."""
         if markup is not None:
             return translate_markup(self, sources, markup, beam=beam, n_best=n_best, return_scores=return_scores,
                                     return_attention=return_attention, return_alignment=return_alignment,

@@ -168,7 +168,7 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     scores = score_corpus(hypotheses, reference_sets, names, recipe.eval.bleu_tokenize)
 
-    stem = _stem(split, checkpoint, len(runs), beam, precision, shortlist)
+    stem = _stem(split, checkpoint, len(runs), beam, precision, shortlist, options.split_sentences)
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
@@ -205,11 +205,12 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     return record
 
 
-def _stem(split: str, checkpoint: str, runs: int, beam: int, precision: str, shortlist: int) -> str:
+def _stem(split: str, checkpoint: str, runs: int, beam: int, precision: str, shortlist: int,
+          split_sentences: bool = True) -> str:
     """The name, without suffix, of an evaluation's files in ``RUN_DIR/eval/``."""
     return (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{runs}" if runs > 1 else "")
             + f".beam{beam}" + (".bf16" if precision == "bf16" else "")
-            + (f".shortlist{shortlist}" if shortlist else ""))
+            + (f".shortlist{shortlist}" if shortlist else "") + ("" if split_sentences else ".whole"))
 
 
 def _split_pairs(recipe, split: str) -> tuple[list[str], list[list[str]]]:
