@@ -45,7 +45,8 @@ def additive_tanh_score(query_proj: Tensor, keys2: Tensor, v: nn.Module, dot: Ca
     q2, k2 = (query_proj * 2).unsqueeze(2), keys2.unsqueeze(1)
     if dot is batch_invariant.dot and not torch.is_grad_enabled():
         # made with the rows the v product runs on, so that it pads them without a copy
-        shape = torch.broadcast_shapes(q2.shape, k2.shape)
+        # not torch.broadcast_shapes, which runs Python reference code and caches the shapes it meets
+        shape = tuple(max(q, k) for q, k in zip(q2.shape, k2.shape))
         u = batch_invariant.room(shape, query_proj, torch.result_type(q2, k2))
         torch.add(q2, k2, out=u).sigmoid_()  # σ(2a)
         return batch_invariant.dot_padded(u, *_invariant_v(v)) * 2
