@@ -23,8 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from nmt.errors import NmtError
-from nmt.inference.sources import TranslatedHypothesis, TranslationResult, clean_source
+from nmt.inference.sources import TranslatedHypothesis, TranslationResult, checked_shard, clean_source
 
 __all__ = ["split_sentences", "translate_by_sentence", "joiner"]
 
@@ -86,7 +85,8 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
                                            return_attention=return_attention, return_alignment=return_alignment,
                                            lines=lines, shard=shard, constraints=constraints,
                                            **options)  # its own error
-    mine = range(n) if shard is None else range(_rank(shard), n, shard[1])
+    rank, world = (0, 1) if shard is None else checked_shard(shard)
+    mine = range(rank, n, world)
     lines = list(lines) if lines is not None else list(range(1, n + 1))
     language = translator.recipe.data.src_lang
     pieces, owner, spaced, piece_lines, piece_terms = [], [], [], [], []
@@ -104,37 +104,33 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
                                         return_attention=return_attention, return_alignment=return_alignment,
                                         lines=piece_lines, constraints=piece_terms if constraints is not None else None,
                                         **options)
-    by_input: dict[int, list[tuple[Any, bool, int]]] = {}
-    form = translator.recipe.data.filter.normalize
-    for i, out, at_space, text in zip(owner, found, spaced, pieces):
-        by_input.setdefault(i, []).append((out, at_space, len(clean_source(text, form).split())))
+    by_input: dict[int, list[tuple[Any, bool]]] = {}
+    for i, out, at_space in zip(owner, found, spaced):
+        by_input.setdefault(i, []).append((out, at_space))
     glue = joiner(translator.recipe.data.tgt_lang)
+    form = translator.recipe.data.filter.normalize
     results: list[Any] = [None] * n
     for i, parts in by_input.items():
         if not detailed:
-            results[i] = glue.join(text for text, _, _ in parts if text)
+            results[i] = glue.join(text for text, _ in parts if text)
         elif len(parts) == 1:
             results[i] = TranslationResult(sources[i], parts[0][0].hypotheses)
         else:
-            results[i] = _joined_result(sources[i], parts, glue)
+            results[i] = _joined_result(sources[i], parts, glue, form)
     return results
 
 
-def _rank(shard: tuple[int, int]) -> int:
-    rank, world = shard
-    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
-        raise NmtError(f"shard {shard!r}: expected (rank, world) with 0 <= rank < world")
-    return rank
-
-
-def _joined_result(source: str, parts: list[tuple[TranslationResult, bool, int]], glue: str) -> TranslationResult:
+def _joined_result(source: str, parts: list[tuple[TranslationResult, bool]], glue: str,
+                   form: str) -> TranslationResult:
     """One result from the results of an input's sentences, each with whether whitespace
-    separates it from the one before in the input and its number of (cleaned) words."""
-    count = max(len(result.hypotheses) for result, _, _ in parts)
+    separates it from the one before in the input; ``form``: the Unicode normal form of cleaning."""
+    count = max(len(result.hypotheses) for result, _ in parts)
+    # each sentence's words as the alignment counts them: those of its cleaned text
+    sources = [(at_space, len(clean_source(result.source, form).split())) for result, at_space in parts]
     hypotheses = []
     for k in range(count):
-        chosen = [result.hypotheses[min(k, len(result.hypotheses) - 1)] for result, _, _ in parts]
-        hypotheses.append(_joined_hypothesis(chosen, [(at_space, words) for _, at_space, words in parts], glue))
+        chosen = [result.hypotheses[min(k, len(result.hypotheses) - 1)] for result, _ in parts]
+        hypotheses.append(_joined_hypothesis(chosen, sources, glue))
     return TranslationResult(source, hypotheses)
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 MAX_WARNINGS = 20
 
 __all__ = ["TranslatedHypothesis", "TranslationResult", "Source", "WarningCounter", "clean_source",
-           "make_sources", "warn_truncated", "shard_of", "MAX_WARNINGS"]
+           "make_sources", "warn_truncated", "shard_of", "checked_shard", "MAX_WARNINGS"]
 
 
 # ------------------------------------------------------------------------------------- results
@@ -126,7 +126,13 @@ def shard_of(batches: list[list[Source]], shard: tuple[int, int] | None) -> list
     batches dealt round-robin, so each sentence is searched in the batch one process would use."""
     if shard is None:
         return batches
+    rank, world = checked_shard(shard)
+    return batches[rank::world]
+
+
+def checked_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard = (rank, world)`` of a process of a distributed job, checked."""
     rank, world = shard
     if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
         raise NmtError(f"shard {shard!r}: expected (rank, world) with 0 <= rank < world")
-    return batches[rank::world]
+    return rank, world

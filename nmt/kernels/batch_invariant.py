@@ -26,6 +26,7 @@ docs/performance.md.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -75,8 +76,8 @@ def _zero_bias(weight: Tensor) -> Tensor:
 def _with_rows(flat: Tensor, run: int) -> Tensor:
     """``flat (rows, in)`` as the first rows of a ``(run, in)`` tensor: a view when its storage
     already holds ``run`` rows from where it starts (:func:`room`), else a copy into a kept buffer
-    (:data:`MIN_ROWS` rows) or an uninitialised tensor. The rows past ``rows`` are never zeroed: a product's row depends on that
-    row of its input only, and they are sliced off."""
+    (:data:`MIN_ROWS` rows) or an uninitialised tensor. The rows past ``rows`` are never zeroed: a
+    product's row depends on that row of its input only, and they are sliced off."""
     width = flat.size(1)
     start = flat.storage_offset()
     if flat.is_contiguous() and flat.untyped_storage().nbytes() >= (start + run * width) * flat.element_size():
@@ -92,9 +93,7 @@ def room(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None)
     """An uninitialised tensor of ``shape`` (``dtype``, default ``like``'s, on ``like``'s device)
     whose storage holds the :func:`product_rows` rows of a product of it with ``like``'s
     precision: :func:`linear` over it pads without a copy. The rows past ``shape`` are scratch."""
-    rows = 1
-    for size in shape[:-1]:
-        rows *= size
+    rows = math.prod(shape[:-1])
     spare = like.new_empty(max(rows, product_rows(rows, like)) * shape[-1], dtype=dtype)
     return spare[:rows * shape[-1]].view(shape)
 
