@@ -223,7 +223,9 @@ def test_attention_and_alignments_equal_torch_translator(exports, variant):
                 if wx.attention is None:
                     assert hx.attention is None
                     continue
-                np.testing.assert_allclose(hx.attention, wx.attention.numpy(), atol=1e-5)
+                # two libraries' float32 exp and sigmoid: local-p's Gaussian window turns their last-bit
+                # differences in the predicted position into relative differences of ~1e-4 (AMD EPYC)
+                np.testing.assert_allclose(hx.attention, wx.attention.numpy(), rtol=1e-4, atol=1e-5)
                 if variant == "local-p":
                     np.testing.assert_allclose(hx.positions, wx.positions.numpy(), atol=1e-4)
                 else:
