@@ -20,7 +20,7 @@ def test_int8_export_translates(tiny_run, tmp_path):
     int8 = export_run(tiny_run, tmp_path / "int8", quantize="int8")
     meta = json.loads((int8 / "export.json").read_text())
     assert meta["quantize"] == "int8" and "quantize" not in json.loads((plain / "export.json").read_text())
-    for graph in ("encoder.onnx", "decoder_step.onnx"):
+    for graph in ("encoder.onnx", "decoder_step.onnx", "decoder_step_shortlist.onnx"):
         assert "MatMulInteger" in _op_types(int8 / graph) and "MatMulInteger" not in _op_types(plain / graph)
     assert not list(int8.glob("*.float32"))
     sources = ["a b c", "hello world", "x"]

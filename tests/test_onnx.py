@@ -450,6 +450,62 @@ def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):
         assert [r.hypotheses[0].score for r in full] != pytest.approx([r.hypotheses[0].score for r in have])
 
 
+def test_shortlist_step_scores_only_the_shortlist_and_an_older_export_still_works(exports, tmp_path):
+    """The shortlist step graph gives the logits of the columns asked for: normalised over them they
+    equal the full step's log-probabilities renormalised over the same columns, with the same state
+    and attention. An export made before that graph existed (export.json without it) translates
+    over a shortlist as one with it does."""
+    from nmt.inference.onnx_translator import OnnxTranslator, pad_sources
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, id_list_chunks
+
+    run, export = exports("bahdanau")
+    translator = OnnxTranslator.load(export, threads=1)
+    model = translator.model
+    assert model.shortlist_decoder is not None
+    sources = _sources(translator.tokenizers, 6)
+    src, lengths = pad_sources(sources)
+    state, memory = model.encode(src, lengths)
+    prev = np.full(len(sources), 2, dtype=np.int64)
+    columns = np.array([0, 1, 2, 3, 5, 9, 17, 20], dtype=np.int64)
+    log_probs, full_state, full_att, _ = model.step(prev, state, memory)
+    logits, cut_state, cut_att, _ = model.step_columns(prev, columns, state, memory)
+    assert logits.shape == (len(sources), columns.size)
+
+    def renormalised(x):
+        return x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+
+    np.testing.assert_allclose(renormalised(logits), renormalised(log_probs[:, columns]), atol=2e-5)
+    np.testing.assert_allclose(cut_att, full_att, atol=1e-6)
+    for name in model.state_names:
+        np.testing.assert_allclose(cut_state[name], full_state[name], atol=1e-6)
+
+    # an older export: no shortlist step in export.json (nor on disk)
+    rng = random.Random(3)
+    src_ids = [[rng.randrange(4, 34) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    tgt_ids = [[rng.randrange(4, 26) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    with_lexicon = tmp_path / "export"
+    shutil.copytree(export, with_lexicon)
+    Lexicon.build(id_list_chunks(src_ids, tgt_ids), 34, 26, iterations=2, keep=4).save(with_lexicon / LEXICON_FILE)
+    meta = json.loads((with_lexicon / "export.json").read_text())
+    meta["lexicon"] = LEXICON_FILE
+    meta["sha256"].pop("decoder_step_shortlist.onnx")
+    (with_lexicon / "export.json").write_text(json.dumps(meta))
+    older = tmp_path / "older"
+    shutil.copytree(with_lexicon, older)
+    (older / "decoder_step_shortlist.onnx").unlink()
+    meta.pop("decoder_step_shortlist")
+    (older / "export.json").write_text(json.dumps(meta))
+    new_t, old_t = OnnxTranslator.load(with_lexicon, threads=1), OnnxTranslator.load(older, threads=1)
+    assert old_t.model.shortlist_decoder is None
+    texts = corpus(20, 13)
+    for settings in (dict(beam=1), dict(beam=3, n_best=2)):
+        want = old_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        have = new_t.translate(texts, return_scores=True, shortlist=2, shortlist_frequent=3, **settings)
+        assert [[x.tokens for x in r.hypotheses] for r in have] == [[x.tokens for x in r.hypotheses] for r in want]
+        for w, h in zip(want, have):
+            assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
+
+
 def test_sampling_runs_the_shared_sampler(exports, tmp_path):
     """Sampling on the ONNX engine: reproducible per line whatever the batch, different with
     another seed; top_k=1 is greedy search (the torch engine's tokens)."""

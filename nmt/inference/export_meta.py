@@ -21,7 +21,7 @@ __all__ = ["check_meta", "check_fingerprints", "file_sha256", "FILE_KEYS"]
 REEXPORT = "re-export the run with `nmt export RUN_DIR -o EXPORT_DIR`"
 
 #: the keys that name a file of the export directory
-FILE_KEYS = ("encoder", "decoder_step", "src_tokenizer", "tgt_tokenizer", "lexicon")
+FILE_KEYS = ("encoder", "decoder_step", "decoder_step_shortlist", "src_tokenizer", "tgt_tokenizer", "lexicon")
 
 #: key -> (what it must be, check)
 _TYPES: dict[str, tuple[str, Any]] = {
@@ -52,7 +52,7 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
                 and not ok(meta[key]):
             problems.append(f"{key} must be {what}, not {meta[key]!r}")
     for key in FILE_KEYS:
-        if key in meta and not (key == "lexicon" and meta[key] is None):
+        if key in meta and not (key in ("lexicon", "decoder_step_shortlist") and meta[key] is None):
             problem = _file_problem(root, meta[key])
             if problem:
                 problems.append(f"{key}: {problem}")

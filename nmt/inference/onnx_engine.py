@@ -2,7 +2,10 @@
 (encoder, decoder step) on onnxruntime, with numpy arrays. Importing this module imports no torch.
 
 The decoder-step graph gives float32 log-probabilities of every target token, so the step's
-log-normaliser is None; the memory holds one row per beam.
+log-normaliser is None; the memory holds one row per beam. With a lexical shortlist the
+shortlist step graph scores only the shortlist's target ids (logits, normalised here over each
+sentence's own shortlist); an export without that graph (made by an earlier version) scores the
+whole vocabulary and keeps the shortlist's columns.
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ from nmt.inference.sampling import sample
 from nmt.inference.sentence_shortlist import ShortlistMemory, mask_outside, outside_penalty
 
 __all__ = ["OnnxModel", "OnnxEngine", "search", "greedy_search", "beam_search", "pad_sources",
-           "EXPORT_FORMAT", "EXPORT_VERSION", "ENCODER_FILE", "DECODER_FILE", "META_FILE"]
+           "EXPORT_FORMAT", "EXPORT_VERSION", "ENCODER_FILE", "DECODER_FILE", "DECODER_SHORTLIST_FILE",
+           "META_FILE"]
 
 EXPORT_FORMAT = "nmt-onnx"
 EXPORT_VERSION = 1
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
+DECODER_SHORTLIST_FILE = "decoder_step_shortlist.onnx"
 META_FILE = "export.json"
 
 _REEXPORT = "re-export the run with `nmt export RUN_DIR -o EXPORT_DIR`"
@@ -69,6 +74,10 @@ class OnnxModel:
         self.decoder = self._session(ort, meta["decoder_step"], opts,
                                      ["prev_tokens"] + state_in + memory_in, outputs)
         self._step_outputs = outputs
+        #: the shortlist step (None: an export of an earlier version, which has none)
+        self.shortlist_file = meta.get("decoder_step_shortlist") or None
+        self.shortlist_decoder = None if self.shortlist_file is None else self._session(
+            ort, self.shortlist_file, opts, ["prev_tokens", "columns"] + state_in + memory_in, ["logits"] + outputs[1:])
         self._check_vocabulary(meta.get("tgt_vocab_size"))
 
     def _check_vocabulary(self, tgt_vocab_size: Any) -> None:
@@ -127,6 +136,20 @@ class OnnxModel:
         return out[0], new_state, out[1 + n], positions
 
 
+    def step_columns(self, prev: np.ndarray, columns: np.ndarray, state: dict[str, np.ndarray],
+                     memory: dict[str, np.ndarray]):
+        """The shortlist step: ``(logits (N, L) float32 of target ids columns (L,), next state,
+        attention (N, S), positions or None)``."""
+        feed = {"prev_tokens": prev, "columns": columns}
+        feed.update((f"state.{n}", state[n]) for n in self.state_names)
+        feed.update((f"memory.{n}", memory[n]) for n in self.memory_names)
+        out = self._run(self.shortlist_decoder, self.shortlist_file, feed)
+        n = len(self.state_names)
+        new_state = dict(zip(self.state_names, out[1: 1 + n]))
+        positions = out[2 + n] if self.with_positions else None
+        return out[0], new_state, out[1 + n], positions
+
+
 def _rows(tensors: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {name: value[index] for name, value in tensors.items()}
 
@@ -145,7 +168,9 @@ class OnnxEngine:
     def __init__(self, model: OnnxModel, columns: np.ndarray | None = None, outside: np.ndarray | None = None):
         self.model = model
         self.with_positions = model.with_positions
-        self.columns, self.outside = columns, outside
+        # int64: the shortlist step graph's input
+        self.columns = None if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
+        self.outside = outside
         if columns is not None:
             self.column_of = np.zeros(int(columns.max()) + 1, dtype=np.int64)
             self.column_of[columns] = np.arange(columns.size)
@@ -161,9 +186,14 @@ class OnnxEngine:
         if self.columns is None:
             log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory)
             return log_probs, None, (new_state, attention, positions)
-        log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory.memory)
-        # (N, L): each row normalised again over its own sentence's shortlist by search
-        kept = mask_outside(log_probs[:, self.columns], memory.penalty_rows(self.ops, prev_tokens.shape[0]))
+        if self.model.shortlist_decoder is not None:
+            scores, new_state, attention, positions = self.model.step_columns(
+                prev_tokens, self.columns, state, memory.memory)
+        else:  # the whole vocabulary's log-probabilities, of which the shortlist's columns are kept
+            log_probs, new_state, attention, positions = self.model.step(prev_tokens, state, memory.memory)
+            scores = log_probs[:, self.columns]
+        # (N, L): each row normalised over its own sentence's shortlist
+        kept = mask_outside(scores, memory.penalty_rows(self.ops, prev_tokens.shape[0]))
         return kept, log_normaliser(kept), (new_state, attention, positions)
 
     @staticmethod

@@ -37,6 +37,7 @@ from nmt.inference.export_meta import check_fingerprints, check_meta
 from nmt.inference.forced import forced_scores
 from nmt.inference.onnx_engine import (
     DECODER_FILE,
+    DECODER_SHORTLIST_FILE,
     ENCODER_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -59,7 +60,7 @@ from nmt.inference.translator_base import TranslatorBase
 
 __all__ = ["OnnxTranslator", "OnnxModel", "Hypothesis", "search", "greedy_search", "beam_search",
            "pad_sources", "max_lengths", "read_export", "COVERAGE_FLOOR", "EXPORT_FORMAT", "EXPORT_VERSION",
-           "ENCODER_FILE", "DECODER_FILE", "META_FILE"]
+           "ENCODER_FILE", "DECODER_FILE", "DECODER_SHORTLIST_FILE", "META_FILE"]
 
 
 def max_lengths(options: DecodeConfig, src_lengths: np.ndarray) -> np.ndarray:
@@ -95,7 +96,10 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; {_REEXPORT}")
     check_meta(meta, path)  # types, and file names that stay inside the directory
-    for key in ("src_tokenizer", "tgt_tokenizer", "encoder", "decoder_step"):
+    # decoder_step_shortlist: exports of earlier versions have none (they slice decoder_step's output)
+    for key in ("src_tokenizer", "tgt_tokenizer", "encoder", "decoder_step", "decoder_step_shortlist"):
+        if key == "decoder_step_shortlist" and not meta.get(key):
+            continue
         if not (root / meta[key]).is_file():
             what = "tokenizer model" if key.endswith("tokenizer") else "ONNX graph"
             raise CheckpointError(f"{root / meta[key]} not found: the export directory is missing its "

@@ -8,6 +8,9 @@ An export directory holds everything :class:`~nmt.inference.onnx_translator.Onnx
     decoder_step.onnx   previous ids (N,), state, memory -> log-probabilities (N, V) over the
                         target vocabulary, the next state, attention weights (N, S) [and local-p's
                         predicted positions (N,)]
+    decoder_step_shortlist.onnx   the same step with target ids ``columns (L,)`` as one more
+                        input, scoring only them: logits (N, L) of the output layer's rows
+                        ``columns`` (a lexical shortlist), not normalised
     spm.src.model spm.tgt.model   the run's sentencepiece models
     export.json         the graphs' input and output names, the run's recipe (model and decode
                         settings: the translator's defaults), the vocabulary sizes and the
@@ -22,7 +25,9 @@ state and memory are passed through the graphs field by field (named ``state.<fi
 
 Search (greedy and beam, the same code as :mod:`nmt.inference.search`) runs in numpy outside the
 graphs. The ONNX translator scores the full vocabulary by default; a run's ``lexicon.safetensors``
-(``nmt shortlist``) is copied beside the graphs, for a shortlist asked for explicitly.
+(``nmt shortlist``) is copied beside the graphs, for a shortlist asked for explicitly, which runs
+the shortlist step: the output layer's product and its normalisation then cover the shortlist's
+few hundred rows instead of the vocabulary.
 
 ``nmt export --quantize int8`` rewrites both graphs with onnxruntime's dynamic int8 quantization
 (:func:`quantize_graphs`; ``export.json`` says ``"quantize": "int8"``): its translations differ a
@@ -51,6 +56,7 @@ from nmt.errors import CheckpointError, NmtError
 from nmt.inference.export_meta import FILE_KEYS, file_sha256
 from nmt.inference.onnx_translator import (
     DECODER_FILE,
+    DECODER_SHORTLIST_FILE,
     ENCODER_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -88,24 +94,35 @@ class _EncoderGraph(nn.Module):
 
 
 class _StepGraph(nn.Module):
-    """``prev_tokens (N,)``, state and memory tensors -> log-probs (N, V), next state, attention."""
+    """``prev_tokens (N,)``, state and memory tensors -> log-probs (N, V), next state, attention.
 
-    def __init__(self, model: nn.Module, state: Any, memory: Any, with_positions: bool):
+    ``columns``: the shortlist step, whose second input is ``columns (L,)`` target ids and whose
+    first output is the logits (N, L) of those rows of the output layer, not normalised (search
+    normalises each row over its sentence's own shortlist)."""
+
+    def __init__(self, model: nn.Module, state: Any, memory: Any, with_positions: bool, columns: bool = False):
         super().__init__()
         self.model = model
         # templates: the step rebuilds the state and memory objects around the graph's inputs
         self.state, self.memory = state, memory
         self.state_names, self.memory_names = list(_fields(state)), list(_fields(memory))
-        self.with_positions = with_positions
+        self.with_positions, self.columns = with_positions, columns
 
     def forward(self, prev_tokens: torch.Tensor, *tensors: torch.Tensor):
+        output = None
+        if self.columns:
+            columns, tensors = tensors[0], tensors[1:]
+            layer = self.model.output
+            output = (layer.weight.index_select(0, columns),
+                      None if layer.bias is None else layer.bias.index_select(0, columns))
         n = len(self.state_names)
         state = dataclasses.replace(self.state, **dict(zip(self.state_names, tensors[:n])))
         memory = dataclasses.replace(self.memory, **dict(zip(self.memory_names, tensors[n:])))
-        logits, out = self.model.step_logits(prev_tokens, state, memory)  # plain memory: the plain step
+        # plain memory: the plain step
+        logits, out = self.model.step_logits(prev_tokens, state, memory, output=output)
+        scores = logits.float() if self.columns else torch.log_softmax(logits.float(), dim=-1)
         new_state = _fields(out.state)
-        outputs = (torch.log_softmax(logits.float(), dim=-1),) + tuple(new_state[name] for name in self.state_names) \
-            + (out.attention.float(),)
+        outputs = (scores,) + tuple(new_state[name] for name in self.state_names) + (out.attention.float(),)
         if self.with_positions:
             outputs += (out.positions.float(),)
         return outputs
@@ -203,9 +220,19 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
     with torch.no_grad():
         step_onnx = _onnx_bytes(step, (prev, *state_t.values(), *memory_t.values()),
                                 ["prev_tokens"] + state_in + memory_in, outputs, step_axes)
+    shortlist_step = _StepGraph(model, state, memory, with_positions, columns=True)
+    columns = torch.tensor([0, 1, 2, 3, model.tgt_vocab_size - 1])  # any ids: the axis is dynamic
+    shortlist_axes = {**step_axes, "columns": {0: "columns"}, "logits": {0: "rows", 1: "columns"}}
+    del shortlist_axes["log_probs"]
+    with torch.no_grad():
+        shortlist_onnx = _onnx_bytes(shortlist_step, (prev, columns, *state_t.values(), *memory_t.values()),
+                                     ["prev_tokens", "columns"] + state_in + memory_in, ["logits"] + outputs[1:],
+                                     shortlist_axes)
     atomic_write_bytes(out_dir / ENCODER_FILE, encoder_onnx)
     atomic_write_bytes(out_dir / DECODER_FILE, step_onnx)
-    return {"state": state_names, "memory": memory_names, "positions": with_positions, "opset": OPSET}
+    atomic_write_bytes(out_dir / DECODER_SHORTLIST_FILE, shortlist_onnx)
+    return {"state": state_names, "memory": memory_names, "positions": with_positions, "opset": OPSET,
+            "decoder_step_shortlist": DECODER_SHORTLIST_FILE}
 
 
 def _export_lexicon(run_dir: Path, out: Path) -> dict[str, str]:
@@ -256,7 +283,7 @@ def quantize_graphs(out: Path) -> dict[str, Any]:
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to pre-process the graph first: the graphs are already plain
     try:
-        for name in (ENCODER_FILE, DECODER_FILE):
+        for name in (ENCODER_FILE, DECODER_FILE, DECODER_SHORTLIST_FILE):
             plain = out / f"{name}.float32"
             (out / name).rename(plain)
             quantize_dynamic(plain, out / name, weight_type=QuantType.QInt8)
@@ -363,6 +390,7 @@ def export_cli(args) -> int:
     note = (" (the ONNX translator scores the full vocabulary unless asked for the shortlist: nmt "
             "translate --engine onnx DIR --shortlist K reads the run's lexicon, copied here)") if shortlist else ""
     int8 = " int8" if getattr(args, "quantize", None) else ""
-    print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}{int8}, {SRC_MODEL}, {TGT_MODEL}, "
+    print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}, {DECODER_SHORTLIST_FILE}{int8}, "
+          f"{SRC_MODEL}, {TGT_MODEL}, "
           f"{META_FILE}){note}", file=sys.stderr)
     return 0
