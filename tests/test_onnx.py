@@ -506,6 +506,38 @@ def test_shortlist_step_scores_only_the_shortlist_and_an_older_export_still_work
             assert [x.score for x in h.hypotheses] == pytest.approx([x.score for x in w.hypotheses], abs=5e-5)
 
 
+def test_an_export_decodes_over_the_recipes_shortlist_when_it_holds_the_lexicon(tmp_path, random_run):
+    """The export of a run whose recipe has a shortlist decodes over it by default, as the run
+    does, when the run has a lexicon to copy; without one it scores the full vocabulary."""
+    import yaml
+
+    from nmt.inference.onnx_translator import OnnxTranslator
+    from nmt.inference.shortlist import LEXICON_FILE, Lexicon, id_list_chunks
+    from nmt.inference.translator import Translator
+    from nmt.tools.export import export_run
+
+    run = build_run(tmp_path / "run", "bahdanau", random_run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["decode"].update(shortlist=2, shortlist_frequent=3)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    bare = export_run(run, tmp_path / "bare")  # no lexicon yet
+    assert OnnxTranslator.load(bare, threads=1).decode_options().shortlist == 0
+    rng = random.Random(3)
+    src = [[rng.randrange(4, 34) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    tgt = [[rng.randrange(4, 26) for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    Lexicon.build(id_list_chunks(src, tgt), 34, 26, iterations=2, keep=4).save(run / LEXICON_FILE)
+    onnx_t = OnnxTranslator.load(export_run(run, tmp_path / "export"), threads=1)
+    assert onnx_t.decode_options().shortlist == 2
+    texts = corpus(12, 5)
+    default = onnx_t.translate(texts, return_scores=True)
+    run_default = Translator.load(run, device="cpu").translate(texts, return_scores=True)
+    full = onnx_t.translate(texts, return_scores=True, shortlist=0)
+    assert [r.hypotheses[0].tokens for r in default] == [r.hypotheses[0].tokens for r in run_default]
+    assert [r.hypotheses[0].score for r in default] == pytest.approx([r.hypotheses[0].score for r in run_default],
+                                                                     abs=5e-5)
+    assert [r.hypotheses[0].score for r in full] != pytest.approx([r.hypotheses[0].score for r in default])
+
+
 def test_sampling_runs_the_shared_sampler(exports, tmp_path):
     """Sampling on the ONNX engine: reproducible per line whatever the batch, different with
     another seed; top_k=1 is greedy search (the torch engine's tokens)."""

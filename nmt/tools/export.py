@@ -24,10 +24,10 @@ state and memory are passed through the graphs field by field (named ``state.<fi
 ``memory.<field>``), so the exporter does not depend on which tensors a decoder keeps.
 
 Search (greedy and beam, the same code as :mod:`nmt.inference.search`) runs in numpy outside the
-graphs. The ONNX translator scores the full vocabulary by default; a run's ``lexicon.safetensors``
-(``nmt shortlist``) is copied beside the graphs, for a shortlist asked for explicitly, which runs
-the shortlist step: the output layer's product and its normalisation then cover the shortlist's
-few hundred rows instead of the vocabulary.
+graphs. A run's ``lexicon.safetensors`` (``nmt shortlist``) is copied beside the graphs, and the
+export then decodes over the recipe's shortlist as the run does (without one, over the full
+vocabulary); a shortlist runs the shortlist step: the output layer's product and its
+normalisation cover the shortlist's few hundred rows instead of the vocabulary.
 
 ``nmt export --quantize int8`` rewrites both graphs with onnxruntime's dynamic int8 quantization
 (:func:`quantize_graphs`; ``export.json`` says ``"quantize": "int8"``): its translations differ a
@@ -237,7 +237,7 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
 
 def _export_lexicon(run_dir: Path, out: Path) -> dict[str, str]:
     """Copy the run's lexicon (``nmt shortlist``), if it has one, beside the graphs: the ONNX
-    translator decodes over a shortlist with it when asked to (``shortlist=K``)."""
+    translator decodes over the recipe's shortlist with it (``shortlist=K`` in a call changes K)."""
     from nmt.inference.shortlist import LEXICON_FILE
 
     if not (run_dir / LEXICON_FILE).is_file():
@@ -303,9 +303,12 @@ def _write_export(run_dir: Path, out: Path, weights: Path, recipe, tokenizers, m
         graphs.update(quantize_graphs(out))
     for name in (SRC_MODEL, TGT_MODEL):
         atomic_write_bytes(out / name, (run_dir / name).read_bytes())
-    # the export decodes over the full vocabulary unless a call asks for a shortlist
+    # the export decodes as the run does: over the recipe's shortlist when the run has a lexicon
+    # to copy, else over the full vocabulary
     shortlist = recipe.decode.shortlist
-    recipe.decode.shortlist = 0
+    lexicon = _export_lexicon(run_dir, out)
+    if not lexicon:
+        recipe.decode.shortlist = 0
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "encoder": ENCODER_FILE, "decoder_step": DECODER_FILE,
@@ -314,7 +317,7 @@ def _write_export(run_dir: Path, out: Path, weights: Path, recipe, tokenizers, m
         "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
         "recipe": recipe.to_dict(),
         "recipe_shortlist": shortlist,
-        **_export_lexicon(run_dir, out),
+        **lexicon,
         "checkpoint": {"file": str(weights), "metadata": metadata},
         "exported_by": {"nmt": __version__, "torch": torch.__version__},
     }
@@ -386,9 +389,16 @@ def export_cli(args) -> int:
     except ImportError:
         raise NmtError("nmt export needs the onnx package: pip install 'nmt[onnx]'") from None
     out = export_run(args.run_dir, args.output, args.checkpoint or "best", getattr(args, "quantize", None))
-    shortlist = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("recipe_shortlist")
-    note = (" (the ONNX translator scores the full vocabulary unless asked for the shortlist: nmt "
-            "translate --engine onnx DIR --shortlist K reads the run's lexicon, copied here)") if shortlist else ""
+    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    shortlist = meta.get("recipe_shortlist")
+    if shortlist and meta.get("lexicon"):
+        note = (f" (it decodes over the recipe's shortlist of {shortlist} with the run's lexicon, copied here, "
+                "as the run does; --shortlist 0 scores the full vocabulary)")
+    elif shortlist:
+        note = (f" (the run has no lexicon, so the export scores the full vocabulary; for the recipe's "
+                f"shortlist of {shortlist}: `nmt shortlist {args.run_dir}`, then export again)")
+    else:
+        note = ""
     int8 = " int8" if getattr(args, "quantize", None) else ""
     print(f"nmt export: wrote {out} ({ENCODER_FILE}, {DECODER_FILE}, {DECODER_SHORTLIST_FILE}{int8}, "
           f"{SRC_MODEL}, {TGT_MODEL}, "
