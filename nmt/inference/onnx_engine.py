@@ -126,24 +126,20 @@ class OnnxModel:
 
     def step(self, prev: np.ndarray, state: dict[str, np.ndarray], memory: dict[str, np.ndarray]):
         """One decoder step: ``(log_probs (N, V) float32, next state, attention (N, S), positions or None)``."""
-        feed = {"prev_tokens": prev}
-        feed.update((f"state.{n}", state[n]) for n in self.state_names)
-        feed.update((f"memory.{n}", memory[n]) for n in self.memory_names)
-        out = self._run(self.decoder, self.decoder_file, feed)
-        n = len(self.state_names)
-        new_state = dict(zip(self.state_names, out[1: 1 + n]))
-        positions = out[2 + n] if self.with_positions else None
-        return out[0], new_state, out[1 + n], positions
-
+        return self._step(self.decoder, self.decoder_file, {"prev_tokens": prev}, state, memory)
 
     def step_columns(self, prev: np.ndarray, columns: np.ndarray, state: dict[str, np.ndarray],
                      memory: dict[str, np.ndarray]):
         """The shortlist step: ``(logits (N, L) float32 of target ids columns (L,), next state,
         attention (N, S), positions or None)``."""
-        feed = {"prev_tokens": prev, "columns": columns}
+        return self._step(self.shortlist_decoder, self.shortlist_file, {"prev_tokens": prev, "columns": columns},
+                          state, memory)
+
+    def _step(self, session, name: str, feed: dict[str, np.ndarray], state: dict[str, np.ndarray],
+              memory: dict[str, np.ndarray]):
         feed.update((f"state.{n}", state[n]) for n in self.state_names)
         feed.update((f"memory.{n}", memory[n]) for n in self.memory_names)
-        out = self._run(self.shortlist_decoder, self.shortlist_file, feed)
+        out = self._run(session, name, feed)
         n = len(self.state_names)
         new_state = dict(zip(self.state_names, out[1: 1 + n]))
         positions = out[2 + n] if self.with_positions else None
