@@ -54,10 +54,7 @@ def test_an_input_of_several_sentences_is_its_sentences_translations_joined(tran
     whole = f"{FIRST} {SECOND} {THIRD}"
     alone = " ".join(t for t in translator.translate([FIRST, SECOND, THIRD], split_sentences=False) if t)
     assert translator.translate([whole, "le chien"]) == [alone, translator.translate(["le chien"])[0]]
-    # turned off, the input is one search: one </s> in its source pieces, where cut each sentence has its own
-    (kept,) = translator.translate([whole], split_sentences=False, return_scores=True)
-    (cut,) = translator.translate([whole], return_scores=True)
-    assert kept.hypotheses[0].src_tokens.count("</s>") == 1 and cut.hypotheses[0].src_tokens.count("</s>") == 3
+    assert translator.translate([whole], split_sentences=False) == translator.translate_inputs([whole])
     # in a batch of other inputs, and with the sentences themselves as inputs: the same
     assert translator.translate([SECOND, whole, FIRST])[1] == alone
 
@@ -93,7 +90,7 @@ def test_an_input_with_constraints_is_translated_whole(translator):
     whole = f"{FIRST} {SECOND}"
     terms = [["cat"], None]
     got = translator.translate([whole, whole], constraints=terms, return_scores=True)
-    kept = translator.translate([whole], constraints=[["cat"]], return_scores=True, split_sentences=False)
+    kept = translator.translate_inputs([whole], constraints=[["cat"]], return_scores=True)
     assert got[0].hypotheses[0].text == kept[0].hypotheses[0].text
     assert got[0].hypotheses[0].tokens.count("</s>") <= 1  # one search over the whole input
     assert got[1].text == " ".join(translator.translate([FIRST, SECOND], split_sentences=False))
@@ -105,7 +102,7 @@ def test_the_recipe_setting_and_the_api_field_turn_it_off(translator, run_dir, m
     from nmt.tools.serve import create_app
 
     whole = f"{FIRST} {SECOND}"
-    cut, kept = translator.translate([whole])[0], translator.translate([whole], split_sentences=False)[0]
+    cut, kept = translator.translate([whole])[0], translator.translate_inputs([whole])[0]
     assert cut != kept  # else this test could not tell them apart
     monkeypatch.setattr(translator, "decode", translator.decode.updated({"split_sentences": False}))
     assert translator.translate([whole]) == [kept]

@@ -73,8 +73,7 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
                           return_attention: bool, return_alignment: bool, lines: Sequence[int] | None,
                           shard: tuple[int, int] | None, constraints, **options: Any) -> list[Any]:
     """``translator.translate(sources, ...)`` with each input cut into sentences (see the module's
-    docstring), each searched whole (``translator.translate`` with ``split_sentences=False``);
-    ``options`` are the other arguments of
+    docstring), searched by ``translator.translate_inputs``; ``options`` are the other arguments of
     ``translate``. With ``shard=(rank, world)``
     this process translates the inputs ``rank, rank + world, ...`` (a sentence's translation does
     not depend on its batch) and the other entries are None."""
@@ -82,10 +81,10 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
         raise TypeError("translate/score take a list of sentences, not a single string")
     n = len(sources)
     if constraints is not None and (isinstance(constraints, str) or len(constraints) != n):
-        return translator.translate(sources, n_best=n_best, return_scores=return_scores,
-                                    return_attention=return_attention, return_alignment=return_alignment,
-                                    lines=lines, shard=shard, constraints=constraints, split_sentences=False,
-                                    **options)  # its own error
+        return translator.translate_inputs(sources, n_best=n_best, return_scores=return_scores,
+                                           return_attention=return_attention, return_alignment=return_alignment,
+                                           lines=lines, shard=shard, constraints=constraints,
+                                           **options)  # its own error
     rank, world = (0, 1) if shard is None else checked_shard(shard)
     mine = range(rank, n, world)
     lines = list(lines) if lines is not None else list(range(1, n + 1))
@@ -101,10 +100,10 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
             piece_lines.append(lines[i])
             piece_terms.append(terms)
     detailed = n_best > 1 or return_scores or return_attention or return_alignment
-    found = translator.translate(pieces, n_best=n_best, return_scores=return_scores,
-                                 return_attention=return_attention, return_alignment=return_alignment,
-                                 lines=piece_lines, constraints=piece_terms if constraints is not None else None,
-                                 split_sentences=False, **options)
+    found = translator.translate_inputs(pieces, n_best=n_best, return_scores=return_scores,
+                                        return_attention=return_attention, return_alignment=return_alignment,
+                                        lines=piece_lines, constraints=piece_terms if constraints is not None else None,
+                                        **options)
     by_input: dict[int, list[tuple[Any, bool]]] = {}
     for i, out, at_space in zip(owner, found, spaced):
         by_input.setdefault(i, []).append((out, at_space))

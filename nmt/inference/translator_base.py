@@ -176,6 +176,19 @@ class TranslatorBase:
                                          return_attention=return_attention, return_alignment=return_alignment,
                                          batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
                                          shard=shard, constraints=constraints, **overrides)
+        return self.translate_inputs(sources, beam, n_best, return_scores, return_attention,
+                                     return_alignment=return_alignment, batch_tokens=batch_tokens,
+                                     max_sentences=max_sentences, lines=lines, shard=shard,
+                                     constraints=constraints, markup=markup, **overrides)
+
+    def translate_inputs(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
+                         return_scores: bool = False, return_attention: bool = False, *,
+                         return_alignment: bool = False,
+                         batch_tokens: int | None = None, max_sentences: int | None = None,
+                         lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
+                         constraints: Sequence[Sequence[Any] | None] | None = None,
+                         markup: str | None = None, **overrides: Any):
+        """:meth:`translate` with each input searched whole, as one sentence."""
         if markup is not None:
             return translate_markup(self, sources, markup, beam=beam, n_best=n_best, return_scores=return_scores,
                                     return_attention=return_attention, return_alignment=return_alignment,
