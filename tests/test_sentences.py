@@ -96,6 +96,14 @@ def test_an_input_with_constraints_is_translated_whole(translator):
     assert got[1].text == " ".join(translator.translate([FIRST, SECOND], split_sentences=False))
 
 
+def test_markup_follows_the_setting_given_with_it(translator):
+    """With inline markup, split_sentences reaches the translation of the plain text."""
+    html = f"<b>{FIRST}</b> {SECOND}"
+    (kept,) = translator.translate([html], markup="html", split_sentences=False, return_scores=True)
+    (cut,) = translator.translate([html], markup="html", return_scores=True)
+    assert kept.hypotheses[0].src_tokens.count("</s>") == 1 and cut.hypotheses[0].src_tokens.count("</s>") == 2
+
+
 def test_the_recipe_setting_and_the_api_field_turn_it_off(translator, run_dir, monkeypatch):
     from fastapi.testclient import TestClient
 

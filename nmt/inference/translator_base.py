@@ -170,8 +170,13 @@ class TranslatorBase:
         the translations by the word alignments (:mod:`nmt.inference.markup`), the other fields
         of a result are those of the plain text. Markup that does not nest is refused.
         """
+        if markup is not None:  # its plain texts are translated by this method, split_sentences included
+            return translate_markup(self, sources, markup, beam=beam, n_best=n_best, return_scores=return_scores,
+                                    return_attention=return_attention, return_alignment=return_alignment,
+                                    batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
+                                    shard=shard, constraints=constraints, **overrides)
         split = overrides.pop("split_sentences", None)
-        if markup is None and (self.decode.split_sentences if split is None else split):
+        if self.decode.split_sentences if split is None else split:
             return translate_by_sentence(self, sources, beam=beam, n_best=n_best, return_scores=return_scores,
                                          return_attention=return_attention, return_alignment=return_alignment,
                                          batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
@@ -179,21 +184,15 @@ class TranslatorBase:
         return self.translate_inputs(sources, beam, n_best, return_scores, return_attention,
                                      return_alignment=return_alignment, batch_tokens=batch_tokens,
                                      max_sentences=max_sentences, lines=lines, shard=shard,
-                                     constraints=constraints, markup=markup, **overrides)
+                                     constraints=constraints, **overrides)
 
     def translate_inputs(self, sources: Sequence[str], beam: int | None = None, n_best: int = 1,
                          return_scores: bool = False, return_attention: bool = False, *,
                          return_alignment: bool = False,
                          batch_tokens: int | None = None, max_sentences: int | None = None,
                          lines: Sequence[int] | None = None, shard: tuple[int, int] | None = None,
-                         constraints: Sequence[Sequence[Any] | None] | None = None,
-                         markup: str | None = None, **overrides: Any):
-        """:meth:`translate` with each input searched whole, as one sentence."""
-        if markup is not None:
-            return translate_markup(self, sources, markup, beam=beam, n_best=n_best, return_scores=return_scores,
-                                    return_attention=return_attention, return_alignment=return_alignment,
-                                    batch_tokens=batch_tokens, max_sentences=max_sentences, lines=lines,
-                                    shard=shard, constraints=constraints, **overrides)
+                         constraints: Sequence[Sequence[Any] | None] | None = None, **overrides: Any):
+        """:meth:`translate` of plain text with each input searched whole, as one sentence."""
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
         items = self.encode(sources, lines, warn=False)
         terms = self._constraint_terms(constraints, len(items))
