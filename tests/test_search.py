@@ -330,13 +330,13 @@ def test_finished_sentences_leave_the_batch(tiny_model):
     """Rows of finished sentences are dropped: later steps run on fewer rows."""
     model = tiny_model(eos_bias=-8.0)  # EOS (almost) never: lengths are set by the max length
     sizes = []
-    original = model.step_logits
+    original = model.step_readout
 
-    def spy(prev, state, memory, **kwargs):
+    def spy(prev, state, memory, *args, **kwargs):
         sizes.append(prev.size(0))
-        return original(prev, state, memory, **kwargs)
+        return original(prev, state, memory, *args, **kwargs)
 
-    model.step_logits = spy
+    model.step_readout = spy
     srcs = [[4, EOS_ID], [4, 5, 6, 7, 8, 9, 4, EOS_ID]]  # max lengths 1.0 * S + 1: 3 and 9
     run(greedy_search, model, srcs, beam=1, max_len_a=1.0, max_len_b=1)
     assert sizes == [2] * 3 + [1] * 6

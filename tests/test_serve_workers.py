@@ -17,7 +17,7 @@ import pytest
 
 from nmt.errors import NmtError
 from nmt.tools.serve_batcher import SPLIT_FROM, Batcher, Job
-from nmt.tools.serve_pool import WorkerPool, chain_calls, default_workers, worker_threads, workers_and_threads
+from nmt.tools.serve_pool import WorkerPool, default_workers, pump_calls, worker_threads, workers_and_threads
 from nmt.tools.serve_requests import ApiError, ServeLimits
 
 SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
@@ -42,18 +42,21 @@ def test_default_workers_and_threads_follow_the_cpus():
     assert workers_and_threads(None, None) == (default_workers(), worker_threads(default_workers()))
 
 
-def test_workers_answer_what_offline_translation_gives(run):
-    """Concurrent requests with different settings, batched together in one worker process: each
-    sentence gets the text, scores and attention of ``Translator.translate`` in this process."""
+@pytest.mark.parametrize("continuous", [False, True])
+def test_workers_answer_what_offline_translation_gives(run, continuous):
+    """Concurrent requests with different settings, batched together in one worker process (or
+    joining its searches under way, ``continuous``): each sentence gets the text, scores and
+    attention of ``Translator.translate`` in this process."""
     from fastapi.testclient import TestClient
 
     from nmt.inference.translator import Translator
     from nmt.tools.serve import create_app
 
     translator = Translator.load(run, device="cpu")
+    texts = SENTENCES + ["Je suis fatigué. Il fait froid.", "Tu es belle. Je suis malade."]  # cut in two
     bodies = [{"texts": [s], "beam": 2 + k % 3, "n_best": 1 + k % 2, "return_attention": k % 2 == 0}
-              for k, s in enumerate(SENTENCES)]
-    app = create_app([run], ServeLimits(batch_window_ms=200), workers=1, threads=1)
+              for k, s in enumerate(texts)]
+    app = create_app([run], ServeLimits(batch_window_ms=200, continuous=continuous), workers=1, threads=1)
     with TestClient(app) as c, ThreadPoolExecutor(len(bodies)) as pool:
         answers = list(pool.map(lambda b: c.post("/api/translate", json=b), bodies))
         health = c.get("/health").json()
@@ -87,19 +90,21 @@ def dies_on_its_first_batch(conn, models, threads, parent):
     conn.send(("ready", os.getpid()))
     first = not marker.exists()
     marker.touch()
-    while (groups := conn.recv()) is not None:
+    while (call := conn.recv()) is not None:
         if first:
             os._exit(3)
-        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+        ident, groups = call
+        conn.send((ident, [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups]))
 
 
 def slow_upper(conn, models, threads, parent):
     """A stand-in worker whose every batch takes ``seconds``: answers each text in upper case."""
     ((_, options),) = models
     conn.send(("ready", os.getpid()))
-    while (groups := conn.recv()) is not None:
+    while (call := conn.recv()) is not None:
         time.sleep(options["seconds"])
-        conn.send([{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups])
+        ident, groups = call
+        conn.send((ident, [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in groups]))
 
 
 def timed_upper(conn, models, threads, parent):
@@ -107,11 +112,12 @@ def timed_upper(conn, models, threads, parent):
     was received (``time.monotonic``, the same clock in every process)."""
     ((_, options),) = models
     conn.send(("ready", os.getpid()))
-    while (groups := conn.recv()) is not None:
+    while (call := conn.recv()) is not None:
         received = time.monotonic()
         time.sleep(options["seconds"])
-        conn.send([{"results": [{"text": t.upper(), "received": received} for t in g["texts"]]}
-                   for g in groups])
+        ident, groups = call
+        conn.send((ident, [{"results": [{"text": t.upper(), "received": received} for t in g["texts"]]}
+                           for g in groups]))
 
 
 def test_a_worker_gets_its_next_batch_while_the_event_loop_is_busy():
@@ -334,16 +340,19 @@ class _CountingRunner:
         self.releases += 1
         self._idle.put_nowait(runner)
 
+    depth = 1
+
     def send(self, groups):
         self.batches.append([t for g in groups for t in g["texts"]])
         self._sent = groups
+        return len(self.batches)
 
-    def receive(self):
+    def receive(self, timeout=None):
         time.sleep(self.seconds)
-        return [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in self._sent]
+        return len(self.batches), [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in self._sent]
 
-    def chain(self, runner, groups, take_next):
-        return asyncio.get_running_loop().run_in_executor(None, chain_calls, self, groups, take_next)
+    def pump(self, runner, first, take_next, deliver):
+        return asyncio.get_running_loop().run_in_executor(None, pump_calls, self, first, take_next, deliver)
 
     def close(self):
         pass

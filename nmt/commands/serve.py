@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intra-op threads of each worker, torch's or onnxruntime's (default: the CPUs "
                         "but one, shared between the workers; with --workers 0, the engine's choice; 1 "
                         "suits small models and busy machines)")
+    p.add_argument("--continuous", action="store_true",
+                   help="continuous batching: a worker's sentences join the beam search under way at its "
+                        "next step and each is answered when done, instead of waiting for the model call "
+                        "under way to end (beam search without attention, alignments, constraints, "
+                        "markup or sampling; other requests run as before). Lower latency at moderate "
+                        "load; see docs/performance.md for when it pays")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 

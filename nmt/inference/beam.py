@@ -88,24 +88,43 @@ class BeamSearch:
         self.hist_pos = ops.zeros((rows, 0)) if self.keep_att else None
         self.coverage = ops.zeros((rows, src_len)) if opts.coverage_penalty else None
         self.active = ops.arange(batch)
+        self.step = 0  #: the step :meth:`next_step` runs: each active hypothesis has this many tokens
         self.act_max = self.max_lens
         self.prev = ops.full((rows,), BOS_ID, ops.long)
         self.pool = Pool(ops, batch, opts.n_best, self.horizon, src_len, self.keep_att)
 
     def run(self) -> list[list[Hypothesis]]:
         """Up to ``n_best`` hypotheses per sentence, best first."""
-        for step in range(self.horizon):
-            cands, out, step_att, new_cov = self.expand(step)
-            at_max = self.act_max <= step + 1  # (n_act,)
-            self.pool_finished(step, cands, at_max, out, step_att, new_cov)
-            if bool(at_max.all()):
-                break
+        while self.running:
+            self.next_step()
+        return self.pool.hypotheses(self.src_lengths, self.engine.with_positions)
+
+    @property
+    def running(self) -> bool:
+        """Some sentence is still searched."""
+        return self.ops.size(self.active) > 0
+
+    def next_step(self):
+        """One step of every active sentence; returns the sentences (indices of the batch) that
+        are done after it, whose pool entries are then final (:meth:`hypotheses_of`)."""
+        step = self.step
+        cands, out, step_att, new_cov = self.expand(step)
+        at_max = self.act_max <= step + 1  # (n_act,)
+        self.pool_finished(step, cands, at_max, out, step_att, new_cov)
+        if not bool(at_max.all()):
             nexts = self.next_beams(cands)
             done = self.done_sentences(nexts, at_max)
-            if bool(done.all()):
-                break
-            self.advance(nexts, done, out, step_att, new_cov)
-        return self.pool.hypotheses(self.src_lengths, self.engine.with_positions)
+            if not bool(done.all()):
+                finished = self.ops.rows(self.active, self.ops.nonzero(done))
+                self.advance(nexts, done, out, step_att, new_cov)
+                self.step += 1
+                return finished
+        finished, self.active = self.active, self.active[:0]
+        return finished
+
+    def hypotheses_of(self, sentences) -> list[list[Hypothesis]]:
+        """The final hypotheses of ``sentences`` (done ones: :meth:`next_step`), best first."""
+        return self.pool.hypotheses(self.src_lengths, self.engine.with_positions, sentences)
 
     def expand(self, step: int):
         """Run the step for every beam: the 2K best continuations of each sentence, the step's

@@ -66,24 +66,32 @@ class Pool:
             merge(self.pos, ops.pad_steps(c_pos, pad).reshape(s, K, self.horizon))
         ops.put_rows_(self.score, ids, ops.gather(merged_score, sel))
 
-    def hypotheses(self, src_lengths, with_positions: bool) -> list[list[Hypothesis]]:
-        """The pool as hypotheses per sentence, best first (empty slots left out)."""
+    def hypotheses(self, src_lengths, with_positions: bool, sentences=None) -> list[list[Hypothesis]]:
+        """The pool as hypotheses per sentence, best first (empty slots left out); ``sentences``:
+        those of these sentences only (default: all)."""
         ops = self.ops
-        scores, raws, lens = ops.to_list(self.score), ops.to_list(self.raw), ops.to_list(self.len)
-        all_tokens, all_log_probs = ops.to_list(self.tok), ops.to_list(self.lp)  # once, not per hypothesis
-        mets = None if self.met is None else ops.to_list(self.met)
-        src_lens = ops.to_list(src_lengths)
+        if sentences is None:
+            sentences = ops.arange(self.score.shape[0])
+
+        def listed(x):  # once, not per hypothesis
+            return ops.to_list(ops.rows(x, sentences))
+
+        scores, raws, lens = listed(self.score), listed(self.raw), listed(self.len)
+        all_tokens, all_log_probs = listed(self.tok), listed(self.lp)
+        mets = None if self.met is None else listed(self.met)
+        src_lens = listed(src_lengths)
+        rows = ops.to_list(sentences)
         results = []
-        for b in range(len(scores)):
+        for i, b in enumerate(rows):
             hyps = []
-            for p, score in enumerate(scores[b]):
+            for p, score in enumerate(scores[i]):
                 if not math.isfinite(score):
                     continue
-                n = lens[b][p]
+                n = lens[i][p]
                 hyps.append(hypothesis(
-                    all_tokens[b][p][:n], score, all_log_probs[b][p][:n], raws[b][p],
-                    attention=None if self.att is None else ops.copy(self.att[b, p, :n, : src_lens[b]]),
+                    all_tokens[i][p][:n], score, all_log_probs[i][p][:n], raws[i][p],
+                    attention=None if self.att is None else ops.copy(self.att[b, p, :n, : src_lens[i]]),
                     positions=None if self.pos is None or not with_positions else ops.copy(self.pos[b, p, :n]),
-                    constraints_met=None if mets is None else bool(mets[b][p])))
+                    constraints_met=None if mets is None else bool(mets[i][p])))
             results.append(hyps)
         return results

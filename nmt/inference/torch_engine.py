@@ -108,14 +108,6 @@ class SingleModel:
 
         return shortlist_output(self.model, columns)
 
-    def step_logits(self, prev_tokens: Tensor, state, memory, output, tables, penalty: Tensor | None):
-        """The model's step; with a shortlist, ``penalty (rows, L)`` puts each row's columns outside
-        its own sentence's shortlist at -inf (:mod:`nmt.inference.sentence_shortlist`)."""
-        logits, out = self.model.step_logits(prev_tokens, state, memory, output=output, tables=tables)
-        if penalty is not None:
-            logits = mask_outside(logits, penalty.to(logits.dtype))
-        return logits, out
-
     def teacher_forced_log_probs(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
                                  tgt_in: Tensor) -> Tensor:
         """``(batch, tgt_len, V)`` float32 log-probabilities of every target token."""
@@ -204,24 +196,42 @@ class TorchEngine:
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
         enc = self.model.encode(src, src_lengths, src_mask, tables=self.tables)
         state, memory = self.model.start(enc, self.tables, fold_context=fold_context)
-        if self.shortlist is not None:  # each memory row carries its sentence's own shortlist
-            weight = self.shortlist.weight
-            dtype = (weight[0] if isinstance(weight, list) else weight).dtype  # the logits'
-            outside = self.shortlist.outside
-            memory = ShortlistMemory(memory, outside_penalty(self.ops, outside, dtype),
-                                     own_columns(outside) if self.own_only else None)
-        return state, memory
+        return state, self.with_shortlist(memory)
+
+    def with_shortlist(self, memory):
+        """The model's ``memory`` (one row per sentence of the shortlist) as the step reads it:
+        with a shortlist, each row carries its sentence's own columns."""
+        if self.shortlist is None:
+            return memory
+        weight = self.shortlist.weight
+        dtype = (weight[0] if isinstance(weight, list) else weight).dtype  # the logits'
+        outside = self.shortlist.outside
+        return ShortlistMemory(memory, outside_penalty(self.ops, outside, dtype),
+                               own_columns(outside) if self.own_only else None)
 
     def step(self, prev_tokens: Tensor, state, memory):
-        if self.shortlist is None:
-            logits, out = self.model.step_logits(prev_tokens, state, memory, output=self.output, tables=self.tables)
+        model_memory = memory if self.shortlist is None else memory.memory
+        if not isinstance(self.adapted, SingleModel):  # an ensemble's step gives its mean log-probabilities
+            rows = prev_tokens.size(0)
+            penalty = None if self.shortlist is None else memory.penalty_rows(self.ops, rows)
+            logits, out = self.adapted.step_logits(prev_tokens, state, model_memory, self.output, self.tables,
+                                                   penalty)
             return logits, self.normaliser(logits), out
-        rows = prev_tokens.size(0)
-        logits, out = self.adapted.step_logits(prev_tokens, state, memory.memory, self.output, self.tables,
-                                               memory.penalty_rows(self.ops, rows))
+        out = self.model.step_readout(prev_tokens, state, model_memory, self.tables)
+        return (*self.scores(out.readout, memory), out)
+
+    def scores(self, readout: Tensor, memory) -> tuple[Tensor, Tensor]:
+        """A single model's ``(logits, log_norm)`` of a step from its ``readout (rows, D)``;
+        ``memory``: the step's (with a shortlist, a :class:`ShortlistMemory` of these rows'
+        sentences; its model memory is not read)."""
+        logits = self.model.logits(readout, self.output, self.tables)
+        if self.shortlist is None:
+            return logits, self.normaliser(logits)
+        rows = readout.size(0)
+        logits = mask_outside(logits, memory.penalty_rows(self.ops, rows).to(logits.dtype))
         if self.own_only:
-            return logits, self.normaliser(logits, memory.own_rows(self.ops, rows)), out
-        return logits, self.normaliser(logits), out  # the normaliser before search's masking: no renormalisation
+            return logits, self.normaliser(logits, memory.own_rows(self.ops, rows))
+        return logits, self.normaliser(logits)  # the normaliser before search's masking: no renormalisation
 
     def best(self, scores: Tensor, memory) -> tuple[Tensor, Tensor]:
         """With each row's own columns known, only those are searched (the others are -inf): a

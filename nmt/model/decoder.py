@@ -68,6 +68,19 @@ class Memory:
 
         return Memory(rows(self.keys), rows(self.mask), rows(self.proj_keys), rows(self.folded))
 
+    @staticmethod
+    def cat(memories: list["Memory"]) -> "Memory":
+        """The rows of ``memories`` one after the other, each padded to the longest source (zeros,
+        masked out: padding gets zero attention, as in any batch of sentences of several lengths)."""
+        width = max(m.mask.size(1) for m in memories)
+
+        def joined(parts):
+            if parts[0] is None:
+                return None
+            return torch.cat([F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.size(1))) for x in parts])
+
+        return Memory(*(joined([getattr(m, f) for m in memories]) for f in ("keys", "mask", "proj_keys", "folded")))
+
 
 @dataclass
 class DecoderState:
@@ -82,6 +95,15 @@ class DecoderState:
             return None if x is None else x.index_select(0, index)
 
         return DecoderState(rows(self.hidden), rows(self.feed), rows(self.pool))
+
+    @staticmethod
+    def cat(states: list["DecoderState"]) -> "DecoderState":
+        """The rows of ``states`` one after the other."""
+        def joined(parts):
+            return None if parts[0] is None else torch.cat(parts)
+
+        return DecoderState(joined([s.hidden for s in states]), joined([s.feed for s in states]),
+                            joined([s.pool for s in states]))
 
 
 @dataclass

@@ -179,14 +179,23 @@ class Seq2Seq(nn.Module):
         holds one row per sentence, shared by the sentence's ``batch / sentences`` beams, and a row's
         logits do not depend on the other rows (:mod:`nmt.kernels.batch_invariant`).
         """
+        out = self.step_readout(prev_tokens, state, memory, tables)
+        return self.logits(out.readout, output, tables), out
+
+    def step_readout(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
+                     tables: kernels.SearchTables | None = None):
+        """:meth:`step_logits` up to the output layer: the StepOutput, whose ``readout (batch, D)``
+        :meth:`logits` turns into logits."""
         if tables is not None:
-            out = self.decoder.search_step(tables, prev_tokens, state, memory)
-            linear = kernels.batch_invariant.linear
-        else:
-            out = self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
-            linear = F.linear
+            return self.decoder.search_step(tables, prev_tokens, state, memory)
+        return self.decoder.step(self.embed_dropout(self.tgt_embed(prev_tokens)), state, memory)
+
+    def logits(self, readout: torch.Tensor, output: tuple[torch.Tensor, torch.Tensor] | None = None,
+               tables: kernels.SearchTables | None = None) -> torch.Tensor:
+        """The output layer of search's step (``output``, ``tables``: see :meth:`step_logits`)."""
+        linear = F.linear if tables is None else kernels.batch_invariant.linear
         weight, bias = output if output is not None else (self.output.weight, self.output.bias)
-        return linear(out.readout, weight, bias), out
+        return linear(readout, weight, bias)
 
     def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):
         """Training objective of a batch: ``(loss_sum, nll_sum)`` summed over real target tokens.

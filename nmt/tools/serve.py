@@ -104,7 +104,7 @@ def create_app(run_dirs: Sequence[str | Path] = (), limits: ServeLimits | None =
         run_dirs, checkpoint, precision, engine=engine, ensemble=ensemble, threads=threads if onnx else None,
         model_threads=None if onnx else threads, batch_sentences=limits.max_batch_texts)
     # the ONNX engine's threads are its sessions' (in the models' options), not torch's
-    batcher = Batcher(limits, model_runner(served, workers, None if onnx else threads))
+    batcher = Batcher(limits, model_runner(served, workers, None if onnx else threads, limits.continuous))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -301,7 +301,7 @@ def _limits(args) -> ServeLimits:
                        queue_limit=args.queue_limit, batch_window_ms=args.batch_window_ms,
                        max_batch_texts=args.max_batch_texts, max_batch_work=args.max_batch_work,
                        max_request_work=args.max_request_work, max_attention_cells=args.max_attention_cells,
-                       request_timeout_s=args.request_timeout_s)
+                       request_timeout_s=args.request_timeout_s, continuous=args.continuous)
 
 
 def _token(args) -> str | None:

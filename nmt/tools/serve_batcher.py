@@ -202,28 +202,27 @@ class Batcher:
         return batch
 
     async def _serve(self, runner, batch: list[tuple[Job, int]]) -> None:
-        """``batch`` on ``runner``, then, while requests wait, the next batch on the same runner: the
-        thread that waits for the runner's answers takes it and sends it the moment they are back
-        (:func:`~nmt.tools.serve_pool.chain_calls`), before they are delivered and without waiting
-        for the event loop, busy answering clients (the requests that arrived during the call make
-        the next batch, with no batching window). A runner with nothing waiting goes back to the
-        collector."""
+        """``batch`` on ``runner``, then, while requests wait, the next batches on the same runner:
+        the thread that waits for the runner's answers takes them from the queue and sends them
+        (:func:`~nmt.tools.serve_pool.pump_calls`), as soon as the runner takes another call (a
+        worker process: at once, its sentences join the search under way; a model thread: when its
+        call ends, before the answers are delivered), without waiting for the event loop, busy
+        answering clients. Answers are delivered on the event loop as each call's come back. A
+        runner with nothing under way and nothing waiting goes back to the collector."""
         groups, members = plan(batch)
-        sent = self.runner.chain(runner, groups, self._take_next(runner)) if groups else None
-        while True:
-            outcomes, following, lost, error = await self._outcomes(sent, groups)
-            sent = None
-            if following is None or lost:
-                self.runner.release(runner, lost)
-            else:  # the runner has the next batch: wait for it (started before these answers go out)
-                sent = self.runner.chain(runner, None, self._take_next(runner))
-            self._deliver_batch(batch, groups, members, outcomes)
-            if following is None:
-                return
-            batch, groups, members = following
-            if error is not None:  # the worker could not be sent the next batch: it is lost
-                self._deliver_batch(batch, groups, members, self._failed(error, groups)[0])
-                return
+        if not groups:  # the batch's requests are all gone
+            self.runner.release(runner)
+            return
+        loop = asyncio.get_running_loop()
+
+        def deliver(call, outcomes) -> None:  # on the runner's thread
+            if isinstance(outcomes, dict):  # sentences answered before their call ends
+                loop.call_soon_threadsafe(self._deliver_sentences, *call, outcomes)
+            else:
+                loop.call_soon_threadsafe(self._deliver_batch, *call, outcomes)
+
+        error = await self.runner.pump(runner, (batch, groups, members), self._take_next(runner), deliver)
+        self.runner.release(runner, isinstance(error, WorkerLost))
 
     def _take_next(self, runner):
         """What a runner's thread calls once a batch's answers are back: the next batch as
@@ -237,27 +236,6 @@ class Batcher:
 
         return take_next
 
-    async def _outcomes(self, sent, groups: list) -> tuple[list, Any, bool, Exception | None]:
-        """``(outcome of each group, the next batch or None, runner lost, error of sending the next
-        batch)`` of the call ``sent`` (None: nothing to compute); an error outcome for every group
-        when the runner failed."""
-        if sent is None:  # the batch's requests are all gone
-            return [], None, False, None
-        try:
-            outcomes, following, error = await sent
-        except Exception as exc:  # noqa: BLE001 - see _failed
-            outcomes, lost = self._failed(exc, groups)
-            return outcomes, None, lost, None
-        return outcomes, following, error is not None, error
-
-    @staticmethod
-    def _failed(exc: Exception, groups: list) -> tuple[list, bool]:
-        """An error outcome for every group of a call that failed, and whether its worker is lost."""
-        if isinstance(exc, WorkerLost):  # its requests may be retried; the pool starts another worker
-            return [{"status": 503, "error": f"{exc} while translating this request; retry"}] * len(groups), True
-        # the runner itself failed: its requests fail, the server goes on
-        return [{"status": 500, "error": repr(exc)}] * len(groups), False
-
     def _deliver_batch(self, batch, groups, members, outcomes) -> None:
         """Each sentence's answer (or error) into its request."""
         self.stats["batches"] += 1
@@ -268,6 +246,13 @@ class Batcher:
             for j, k in enumerate(ks):
                 job, index = batch[k]
                 _deliver(job, index, outcome["results"][j] if "results" in outcome else self._error(outcome))
+
+    @staticmethod
+    def _deliver_sentences(batch, groups, members, answers: dict[tuple[int, int], Any]) -> None:
+        """Answers of single sentences (``(group, index in it)``) of a call still under way."""
+        for (g, k), answer in answers.items():
+            job, index = batch[members[g][k]]
+            _deliver(job, index, answer)
 
     def _error(self, outcome: dict[str, Any]) -> BaseException:
         status = outcome["status"]

@@ -2,20 +2,23 @@
 ``--workers 0``) or model worker processes (:class:`WorkerPool`, ``--workers N``).
 
 Both offer the same steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
-``acquire()`` (wait for an idle runner; None when none is left), ``chain(runner, groups,
-take_next)`` (one batch, see :mod:`nmt.tools.serve_worker`, then at once the next one
-``take_next()`` gives: a future of :func:`chain_calls`) and ``release(runner)``. A runner is what
-:func:`chain_calls` needs: ``send(groups)`` starts a call, ``receive()`` waits for its outcomes;
-the pool runs :func:`chain_calls` on a thread of its own (the model thread itself for
-:class:`ModelThread`, a pipe thread for a worker process). The batcher takes the next batch from
-its queue only once a runner is idle, so under load the queue fills while every runner works and
-the next batch is large, while a lone request on an idle server starts at once.
+``acquire()`` (wait for an idle runner; None when none is left), ``pump(runner, first, take_next,
+deliver)`` (the runner's calls from ``first`` on, until none is under way and none waits: a
+future of :func:`pump_calls`) and ``release(runner)``. A runner is what :func:`pump_calls`
+needs: ``send(groups)`` starts a call and returns its id, ``receive(timeout)`` gives the next
+``(id, outcomes)``, and ``depth`` says how many calls it takes at once. The pool runs
+:func:`pump_calls` on a thread of its own (the model thread itself for :class:`ModelThread`, a
+pipe thread for a worker process). The batcher takes a batch from its queue for an idle runner,
+and the pump gives a runner that takes several calls the requests that arrive while it computes
+(a worker process: its sentences join the search under way, :mod:`nmt.tools.serve_worker`), so
+a lone request on an idle server starts at once and, under load, no request waits for a call to
+end.
 
 Worker processes start with ``spawn`` and load every served run once. They hear from the HTTP
 process through a pipe of plain data (the batch's sentences and search options; the answers), so
 the HTTP and JSON work of the server never shares an interpreter with the model. A worker ends
 with the server however the server ends (the parent-death check and the pipe's end). A worker that
-dies is replaced: the batch it was running is answered 503 (retry), the others wait for an idle
+dies is replaced: the calls it was running are answered 503 (retry), the others wait for an idle
 worker; when a worker cannot be started again the pool has one worker fewer, and with none left
 every request is answered 503.
 """
@@ -27,12 +30,13 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Mapping
 
 from nmt.errors import NmtError
 from nmt.tools.serve_worker import run_groups, set_threads, worker_main
 
-__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "chain_calls", "default_workers", "worker_threads",
+__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "pump_calls", "default_workers", "worker_threads",
            "workers_and_threads", "model_runner", "describe_runners"]
 
 #: seconds a worker may take to load the served runs
@@ -43,6 +47,10 @@ POLL_S = 0.2
 START_ATTEMPTS = 2
 #: seconds between two looks at the idle workers' liveness
 WATCH_S = 0.5
+#: calls a worker whose sentences join the search under way is given at once
+JOIN_DEPTH = 8
+#: seconds between two looks at the queue while a worker could take another call
+QUEUE_POLL_S = 0.002
 
 
 class WorkerLost(Exception):
@@ -85,35 +93,60 @@ def describe_runners(workers: int, threads: int | None) -> str:
     return f"the model runs in {where}" + (f", {threads} torch threads each" if threads else "")
 
 
-def model_runner(served, workers: int, threads: int | None):
+def model_runner(served, workers: int, threads: int | None, continuous: bool = False):
     """Where the model calls of ``served`` (:class:`~nmt.tools.serve.ServedModel` list) run:
-    ``workers`` processes, or a thread of this process (0)."""
+    ``workers`` processes, or a thread of this process (0). ``continuous``: the workers' sentences
+    join the search under way (:class:`~nmt.tools.serve_worker.WorkerLoop`)."""
     if not workers:
         return ModelThread({m.name: m.translator for m in served}, threads)
     missing = [m.name for m in served if m.options is None]
     if missing:
         raise NmtError(f"model workers load runs from their options; {', '.join(missing)} has none "
                        "(serve it with workers=0)")
-    return WorkerPool([(m.name, m.options) for m in served], workers, threads)
+    target = partial(worker_main, joins=True) if continuous else worker_main
+    return WorkerPool([(m.name, m.options) for m in served], workers, threads, target=target)
 
 
-def chain_calls(runner, groups: list[dict[str, Any]] | None, take_next) -> tuple[list, Any, Exception | None]:
-    """One call on ``runner`` and the start of the next, on the thread that waits for the call:
-    send ``groups`` (None: they were sent already), wait for their outcomes, then at once
-    ``take_next()`` (None, or the next batch with its groups second) and send that, so the
-    runner's next call starts without waiting for the event loop. Returns ``(outcomes, next
-    batch or None, the error of sending it or None)``."""
-    if groups is not None:
-        runner.send(groups)
-    outcomes = runner.receive()
-    following = take_next()
-    error = None
-    if following is not None:
-        try:
-            runner.send(following[1])
-        except WorkerLost as exc:
-            error = exc
-    return outcomes, following, error
+def pump_calls(runner, first: tuple, take_next, deliver) -> Exception | None:
+    """The calls of ``runner``, on the thread that waits for them: ``first`` (a batch, its groups
+    second) is sent, then, while fewer than ``runner.depth`` calls are under way, each batch
+    ``take_next()`` gives (None: nothing waits); each call's outcomes go to ``deliver(batch,
+    outcomes)`` as they come back, in any order, and the sentences a runner answers before its
+    call ends (``("sentences", [(call id, group, index, answer), ...])``) to ``deliver(batch,
+    {(group, index): answer})``. Returns when no call is under way and none
+    waits: None, or the error that ended it (its calls under way get an error outcome: 503 when
+    the runner is lost, a :class:`WorkerLost`, else 500)."""
+    under_way: dict[Any, tuple] = {}
+
+    def send(batch) -> None:
+        under_way[runner.send(batch[1])] = batch
+
+    try:
+        send(first)
+        while under_way:
+            while len(under_way) < runner.depth and (batch := take_next()) is not None:
+                send(batch)
+            room = len(under_way) < runner.depth  # then look at the queue again soon
+            message = runner.receive(QUEUE_POLL_S if room else None)
+            if message is None:
+                continue
+            if message[0] == "sentences":
+                for ident, g, k, answer in message[1]:
+                    deliver(under_way[ident], {(g, k): answer})
+                continue
+            ident, outcomes = message
+            deliver(under_way.pop(ident), outcomes)
+            if not under_way and (batch := take_next()) is not None:
+                send(batch)
+    except Exception as exc:  # noqa: BLE001 - the calls under way must be answered
+        if isinstance(exc, WorkerLost):  # their requests may be retried; the pool starts another worker
+            outcome = {"status": 503, "error": f"{exc} while translating this request; retry"}
+        else:  # the runner itself failed: its requests fail, the server goes on
+            outcome = {"status": 500, "error": repr(exc)}
+        for batch in under_way.values():
+            deliver(batch, [outcome] * len(batch[1]))
+        return exc
+    return None
 
 
 # ------------------------------------------------------------------------------- thread mode
@@ -129,6 +162,7 @@ class ModelThread:
         self.stats: dict[str, int] = {}
         self._idle: asyncio.Queue | None = None
         self._sent: list[dict[str, Any]] | None = None  #: the call :meth:`receive` computes
+        self._calls = 0
 
     async def start(self) -> None:
         self._idle = asyncio.Queue()
@@ -143,17 +177,21 @@ class ModelThread:
     def release(self, runner, lost: bool = False) -> None:
         self._idle.put_nowait(runner)
 
-    def send(self, groups: list[dict[str, Any]]) -> None:
+    depth = 1  #: one call at a time, computed when received
+
+    def send(self, groups: list[dict[str, Any]]) -> int:
         self._sent = groups
+        self._calls += 1
+        return self._calls
 
-    def receive(self) -> list[dict[str, Any]]:
-        """The outcomes of the groups sent, computed now, on the calling (model) thread."""
+    def receive(self, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """The outcomes of the call sent, computed now, on the calling (model) thread."""
         groups, self._sent = self._sent, None
-        return run_groups(self.translators, groups)
+        return self._calls, run_groups(self.translators, groups)
 
-    def chain(self, runner, groups: list[dict[str, Any]] | None, take_next) -> asyncio.Future:
-        """:func:`chain_calls` on the model thread (a future of its outcome)."""
-        return asyncio.get_running_loop().run_in_executor(self.executor, chain_calls, self, groups, take_next)
+    def pump(self, runner, first: tuple, take_next, deliver) -> asyncio.Future:
+        """:func:`pump_calls` on the model thread (a future of its outcome)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, pump_calls, self, first, take_next, deliver)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -169,6 +207,8 @@ class _Worker:
         self.ready = False  #: it has loaded the runs
         self.busy = False  #: a batch is under way (its end tells whether it died)
         self.replaced = False  #: found dead: another is (being) started in its slot
+        self.depth = 1  #: calls it takes at once (:data:`JOIN_DEPTH` when its sentences join)
+        self._calls = 0
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -187,15 +227,30 @@ class _Worker:
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
 
-    def receive(self) -> list[dict[str, Any]]:
-        """The outcomes of the call sent (:class:`WorkerLost` if the worker ends first)."""
-        return self.wait_message()
+    def receive(self, timeout: float | None = None):
+        """The next ``(call id, outcomes)``, or None when none came within ``timeout`` seconds
+        (:class:`WorkerLost` if the worker ends first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            try:
+                if self.conn.poll(wait):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                raise WorkerLost(self.describe()) from None
+            if not self.process.is_alive():
+                raise WorkerLost(self.describe())
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
-    def send(self, groups: list[dict[str, Any]]) -> None:
+    def send(self, groups: list[dict[str, Any]]) -> int:
+        """Start a call; its id."""
+        self._calls += 1
         try:
-            self.conn.send(groups)
+            self.conn.send((self._calls, groups))
         except (OSError, ValueError):
             raise WorkerLost(self.describe()) from None
+        return self._calls
 
     def describe(self) -> str:
         self.process.join(0.5)
@@ -266,7 +321,7 @@ class WorkerPool:
         """True once ``worker`` says it is ready, else what went wrong."""
         loop = asyncio.get_running_loop()
         try:
-            kind, detail = await loop.run_in_executor(self._io, worker.wait_message, self.start_timeout_s)
+            kind, detail, *more = await loop.run_in_executor(self._io, worker.wait_message, self.start_timeout_s)
         except WorkerLost as exc:
             worker.stop(0)
             return str(exc)
@@ -274,6 +329,8 @@ class WorkerPool:
             worker.stop()
             return detail
         worker.ready = True
+        if more and more[0].get("joins"):
+            worker.depth = JOIN_DEPTH
         return True
 
     async def _watch(self) -> None:
@@ -296,15 +353,13 @@ class WorkerPool:
                 return worker
             self._replace(worker)  # died while idle: no batch lost
 
-    def chain(self, worker: _Worker, groups: list[dict[str, Any]] | None, take_next) -> asyncio.Future:
-        """:func:`chain_calls` on a pipe thread (a future of its outcome): ``groups`` sent now
-        (None: the worker has them already) and, as soon as their outcomes are back, the batch
-        ``take_next()`` gives (called on that thread), before the event loop hears of them."""
+    def pump(self, worker: _Worker, first: tuple, take_next, deliver) -> asyncio.Future:
+        """:func:`pump_calls` on a pipe thread (a future of its outcome)."""
         worker.busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._io, chain_calls, worker, groups, take_next)
+        future = asyncio.get_running_loop().run_in_executor(self._io, pump_calls, worker, first, take_next, deliver)
 
         def done(f):
-            worker.busy = not f.cancelled() and f.exception() is None and f.result()[1] is not None
+            worker.busy = False
 
         future.add_done_callback(done)
         return future

@@ -38,6 +38,9 @@ class ServeLimits:
     max_terms: int = 8  #: constraint terms per text
     max_term_chars: int = 200
     retry_after_s: int = 1
+    #: a model worker's sentences join the beam search under way at its next step (continuous
+    #: batching, :mod:`nmt.tools.serve_worker`) instead of waiting for the call under way to end
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_texts", "max_chars", "max_beam", "queue_limit", "max_batch_texts",

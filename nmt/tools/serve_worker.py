@@ -6,6 +6,17 @@ It runs either on the HTTP process's model thread (``--workers 0``) or in a mode
 plain data (strings, numbers, lists, dicts), so they cross a pipe unchanged and the answer does
 not depend on where it was computed.
 
+A model worker process (:func:`worker_main`) answers each call ``(call_id, groups)`` with
+``(call_id, outcomes)``. By default it runs each call whole, one at a time. With continuous
+batching (``nmt serve --continuous``) it runs several calls at once: the sentences of a call
+whose search can join others (:func:`~nmt.inference.continuous.joinable`: beam search without
+attention, alignments, constraints, markup or sampling) join the beam search under way for their
+model and options (:class:`~nmt.inference.continuous.ContinuousTranslation`) at its next step;
+other groups run whole when they arrive. Each call is answered, by its id, the moment its last
+sentence is done, so a short call overtakes a long one, and each of its sentences done before
+the last is answered at once, as ``("sentences", [(call_id, group, index, answer), ...])``
+(None in place of its answer in the call's outcomes) (:class:`WorkerLoop`).
+
 A group is ``{"model": name, "texts": [...], "options": {...}, "attention": bool, "alignment":
 bool, "scores": [bool per text], "constraints": [terms or None per text] or None}``; its outcome is
 ``{"results": [answer per text]}``, or ``{"status": 422, "error": message}`` for options the
@@ -16,11 +27,20 @@ from __future__ import annotations
 import os
 import signal
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from nmt.errors import NmtError
 
-__all__ = ["run_groups", "result_json", "set_threads", "worker_main"]
+__all__ = ["run_groups", "result_json", "set_threads", "worker_main", "WorkerLoop", "JOIN_WAIT_STEPS"]
+
+#: a sentence waits at most this many steps of the search under way before it joins; sooner when
+#: as many sentences wait as half of those under way (each join encodes its sentences in one call)
+JOIN_WAIT_STEPS = 6
+#: ... or at least this many
+JOIN_AT = 16
+#: searches kept for options that have nothing under way
+KEEP_IDLE = 8
 
 
 def run_groups(translators: Mapping[str, Any], groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,10 +115,13 @@ def result_json(result, self_attention, *, scores: bool = True, attention: bool 
 
 # ------------------------------------------------------------------------------ worker process
 
-def worker_main(conn, models: list[tuple[str, dict[str, Any]]], threads: int | None, parent: int) -> None:
+def worker_main(conn, models: list[tuple[str, dict[str, Any]]], threads: int | None, parent: int,
+                joins: bool = False) -> None:
     """A model worker process: load every served run once (``models``: ``(name, options of
-    build_translator)``), say ``("ready", pid)`` (or ``("failed", message)``), then answer each
-    list of groups received on ``conn`` with its outcomes, until ``None`` or the pipe's end.
+    build_translator)``), say ``("ready", pid, {"joins": joins})`` (or ``("failed", message)``),
+    then answer each call ``(call_id, groups)`` received on ``conn`` with ``(call_id, outcomes)``
+    (:class:`WorkerLoop`; ``joins``: its sentences join the searches under way, else each call
+    runs whole, one at a time), until ``None`` or the pipe's end.
 
     It ends with its parent however that ends (``kill -9`` included): the parent-death check of
     :func:`~nmt.tools.orphans.die_with_parent`, and the pipe's end-of-file.
@@ -112,15 +135,151 @@ def worker_main(conn, models: list[tuple[str, dict[str, Any]]], threads: int | N
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the server must hear it
         conn.send(("failed", str(exc) if isinstance(exc, NmtError) else traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
-    while True:
+    conn.send(("ready", os.getpid(), {"joins": joins}))
+    WorkerLoop(translators, conn, joins).run()
+
+
+@dataclass
+class _Call:
+    ident: Any
+    groups: list[dict[str, Any]]
+    outcomes: list[Any]  #: per group, None until known
+    left: int = 0  #: sentences of joined groups not answered yet
+
+
+@dataclass
+class _Joining:
+    """The search under way for one model and one set of options, and the sentences waiting to join it."""
+
+    translation: Any  #: ContinuousTranslation
+    waiting: list[tuple[Any, str]] = field(default_factory=list)  #: (ticket, text)
+    waited: int = 0  #: steps the first waiting sentence has waited
+
+
+class WorkerLoop:
+    """Calls in, answers out, on ``conn`` (see the module's docstring). Between two steps of the
+    searches under way it reads the calls that arrived; a group that cannot join runs whole then.
+    Waiting sentences join at once when nothing is under way, else when as many wait as half of
+    those under way (at least :data:`JOIN_AT`) or after :data:`JOIN_WAIT_STEPS` steps."""
+
+    def __init__(self, translators: Mapping[str, Any], conn, joins: bool = True):
+        self.translators, self.conn, self.joins = translators, conn, joins
+        self.joining: dict[tuple, _Joining] = {}
+        self.calls: dict[Any, _Call] = {}
+
+    def run(self) -> None:
+        while True:
+            busy = any(j.translation.running or j.waiting for j in self.joining.values())
+            try:
+                if not busy or self.conn.poll(0):
+                    message = self.conn.recv()
+                    if message is None:
+                        return
+                    self.accept(*message)
+                    continue
+            except (EOFError, OSError):
+                return  # the server is gone
+            self.step()
+
+    def accept(self, ident, groups: list[dict[str, Any]]) -> None:
+        """A call: its joinable groups' sentences wait to join, the others run now."""
+        call = _Call(ident, groups, [None] * len(groups))
+        self.calls[ident] = call
+        for g, group in enumerate(groups):
+            joining = self._joining(group)
+            if joining is None:
+                call.outcomes[g] = _run_group(self.translators[group["model"]], group)
+                continue
+            call.outcomes[g] = {"results": [None] * len(group["texts"])}
+            call.left += len(group["texts"])
+            joining.waiting += [((ident, g, k), text) for k, text in enumerate(group["texts"])]
+        self._answer_if_done(call)
+
+    def step(self) -> None:
+        """Joins the sentences whose time has come, then one step of every search under way."""
+        for key, joining in list(self.joining.items()):
+            under_way = joining.translation.sentences
+            if joining.waiting and (not under_way or len(joining.waiting) >= max(JOIN_AT, under_way)
+                                    or joining.waited >= JOIN_WAIT_STEPS):
+                waiting, joining.waiting, joining.waited = joining.waiting, [], 0
+                tickets = [w for w, _ in waiting]
+                if not self._run(key, lambda t: t.add([text for _, text in waiting], tickets), tickets):
+                    continue
+            elif joining.waiting:
+                joining.waited += 1
+            if joining.translation.running:
+                self._run(key, lambda t: t.step())
+        if len(self.joining) > KEEP_IDLE:  # searches of options no longer asked for
+            for key in [k for k, j in self.joining.items() if not (j.translation.running or j.waiting)]:
+                del self.joining[key]
+
+    def _run(self, key, work, tickets=()) -> bool:
+        """``work(translation)``'s finished texts answered. A failure (a bug) fails every call
+        with a sentence in this search (500) and drops the search; False then."""
+        joining = self.joining[key]
         try:
-            groups = conn.recv()
-        except (EOFError, OSError):
-            return  # the server is gone
-        if groups is None:
-            return
-        conn.send(run_groups(translators, groups))
+            finished = work(joining.translation)
+        except Exception:  # noqa: BLE001 - the worker goes on
+            error = {"status": 500, "error": traceback.format_exc()}
+            for ident in {t[0] for t in (*tickets, *joining.translation.texts, *(t for t, _ in joining.waiting))}:
+                call = self.calls.get(ident)
+                if call is not None:  # its groups still under way fail with it
+                    call.outcomes = [error if "results" in o and None in o["results"] else o for o in call.outcomes]
+                    call.left = 0
+                    self._answer_if_done(call)
+            del self.joining[key]
+            return False
+        answers, ended = [], []
+        for (ident, g, k), result in finished:
+            call = self.calls.get(ident)
+            if call is None:  # failed in another search
+                continue
+            answer = result_json(result, None, scores=call.groups[g]["scores"][k])
+            call.left -= 1
+            if call.left == 0:  # the call's answer carries it
+                call.outcomes[g]["results"][k] = answer
+                ended.append(call)
+            else:  # answered now; None in the call's answer
+                answers.append((ident, g, k, answer))
+        if answers:  # before any call's end: the server forgets a call once it has ended
+            self.conn.send(("sentences", answers))
+        for call in ended:
+            self._answer_if_done(call)
+        return True
+
+    def _joining(self, group: dict[str, Any]) -> _Joining | None:
+        """The search this group's sentences join; None when they cannot join one."""
+        if not self.joins:
+            return None
+        translator = self.translators[group["model"]]
+        options = dict(group["options"])
+        key = (group["model"], group["attention"], group["alignment"], bool(group.get("constraints")),
+               tuple(sorted(options.items())))
+        if key in self.joining:
+            return self.joining[key]
+        # a torch model (the ONNX engine's worker has no torch to import)
+        if group.get("constraints") or not hasattr(getattr(translator, "model", None), "step_readout"):
+            return None
+        from nmt.inference.continuous import ContinuousTranslation, joinable
+
+        markup = options.pop("markup", None) is not None
+        try:
+            decode = translator.decode_options(options.pop("beam", None), options.pop("n_best", 1), **options)
+        except (NmtError, TypeError):
+            return None  # run whole: its error is the translator's to give
+        if not joinable(decode, attention=group["attention"], alignment=group["alignment"], markup=markup):
+            return None
+        try:
+            translation = ContinuousTranslation(translator, decode)
+        except Exception:  # noqa: BLE001 - run whole, where the error is reported
+            return None
+        self.joining[key] = _Joining(translation)
+        return self.joining[key]
+
+    def _answer_if_done(self, call: _Call) -> None:
+        if call.left == 0 and all(o is not None for o in call.outcomes):
+            del self.calls[call.ident]
+            self.conn.send((call.ident, call.outcomes))
 
 
 def set_threads(threads: int | None) -> None:
