@@ -350,6 +350,23 @@ def test_a_sentences_step_logits_are_the_same_alone_and_in_any_batch(model, beam
                 assert torch.equal(a, b), f"step {k // 4}, value {k % 4} differs in a batch of {len(sources)}"
 
 
+def test_a_lone_batched_product_rounds_as_in_any_batch_with_several_threads():
+    """torch splits a lone product of ``bmm`` between its threads by columns, whose pieces round
+    otherwise than the whole products a batch's threads get: a sentence alone (its beams' context
+    from its folded memory) would differ from the same sentence in a batch."""
+    torch.manual_seed(0)
+    a, b = torch.randn(9, 5, 23), torch.randn(9, 23, 1024)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_batch, one_row = batch_invariant.bmm(a, b), batch_invariant.bmm(a[:, :1], b)
+        for k in (0, 4):
+            assert torch.equal(batch_invariant.bmm(a[k:k + 1], b[k:k + 1])[0], in_batch[k])
+            assert torch.equal(batch_invariant.bmm(a[k:k + 1, :1], b[k:k + 1])[0], one_row[k])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _lexicon(keep: int = 12, seed: int = 3) -> Lexicon:
     g = torch.Generator().manual_seed(seed)
     top_ids = torch.stack([torch.randperm(TGT_VOCAB - 4, generator=g)[:keep] + 4 for _ in range(SRC_VOCAB)])

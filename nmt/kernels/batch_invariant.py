@@ -157,10 +157,17 @@ def dot(u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     """``torch.bmm(a, b)`` for ``a (B, M, S)``, ``b (B, S, N)`` with ``S`` possibly padded by zero
     columns of ``a``: a one-row product (``M == 1``) runs on two rows (the row twice), whose kernel
-    rounds the same for any ``S``, where the matrix-vector product does not."""
-    if a.size(1) != 1:
-        return torch.bmm(a, b)
-    return torch.bmm(a.expand(-1, 2, -1), b)[:, :1]
+    rounds the same for any ``S``, where the matrix-vector product does not. With several intra-op
+    threads a batch of one product runs as two (the product twice): torch hands the products of a
+    batch to its threads whole, but splits a lone product's columns between them, and the kernels
+    of the pieces round some columns otherwise."""
+    rows, batch = a.size(1), a.size(0)
+    if rows == 1:
+        a = a.expand(-1, 2, -1)
+    if batch == 1 and torch.get_num_threads() > 1:
+        a, b = a.expand(2, -1, -1), b.expand(2, -1, -1)
+    out = torch.bmm(a, b)
+    return out if (rows, batch) == tuple(out.shape[1::-1]) else out[:batch, :rows]
 
 
 def ordered_sum(x: Tensor) -> Tensor:
