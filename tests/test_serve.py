@@ -461,6 +461,8 @@ def test_cli_errors_exit_2(tmp_path, runs, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", str(runs[0]), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", str(runs[0]), "--port", "0", "--workers", "0", "--continuous"]) == 2
+    assert "--continuous needs model worker processes" in capsys.readouterr().err
     for option, value, message in (("--queue-limit", "0", "0 is out of range: at least 1"),
                                    ("--batch-window-ms", "1e300", "1e300 is out of range"),
                                    ("--batch-window-ms", "nan", "nan is out of range"),

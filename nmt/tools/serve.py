@@ -337,6 +337,8 @@ def serve_cli(args) -> int:
     check_dirs(args.run_dirs, engine)  # before binding the port: the commonest mistake first
     _check_port(args.host, args.port)
     workers, threads = workers_and_threads(getattr(args, "workers", None), args.threads)
+    if limits.continuous and not workers:
+        raise NmtError("--continuous needs model worker processes: drop --workers 0 (or give --workers N)")
     models = load_models(args.run_dirs, args.checkpoint, args.precision, engine=engine,
                          ensemble=getattr(args, "ensemble", False),
                          threads=threads if engine == "onnx" else None,
