@@ -6,40 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from nmt.config import AttentionConfig, DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
-from nmt.data.vocab import EOS_ID
+from test_batch_invariant import SRC_VOCAB, TGT_VOCAB, _lexicon, _sources, model  # noqa: F401 - model: a fixture
+
+from nmt.config import DecodeConfig
 from nmt.inference.continuous import JoiningSearch, joinable
 from nmt.inference.search import pad_sources, search
-from nmt.inference.shortlist import Lexicon
 from nmt.model.seq2seq import build_model
 
-SRC_VOCAB, TGT_VOCAB = 300, 400
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def model():
-    """The fr-en recipe's sizes with random weights and small vocabularies."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=256, dropout=0.0, activation="arelu", kernels="auto",
-                      encoder=EncoderConfig(hidden_size=256, dropout=0.0),
-                      decoder=DecoderConfig(hidden_size=256, dropout=0.0),
-                      attention=AttentionConfig(kind="bahdanau"))
-    return build_model(cfg, SRC_VOCAB, TGT_VOCAB).eval()
-
-
-def _sources(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(2, 26, (n,), generator=g).tolist()
-    return [torch.randint(4, SRC_VOCAB, (k,), generator=g).tolist() + [EOS_ID] for k in lengths]
-
-
-def _lexicon(keep: int = 12, seed: int = 3) -> Lexicon:
-    g = torch.Generator().manual_seed(seed)
-    top_ids = torch.stack([torch.randperm(TGT_VOCAB - 4, generator=g)[:keep] + 4 for _ in range(SRC_VOCAB)])
-    probs = torch.linspace(0.5, 0.1, keep).expand(SRC_VOCAB, keep).clone()
-    return Lexicon(top_ids, probs, torch.randperm(TGT_VOCAB, generator=g))
 
 
 def _joined(model, tables, lexicon, options, arrivals: dict[int, list[list[int]]]):

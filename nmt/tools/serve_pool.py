@@ -213,23 +213,18 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def wait_message(self, timeout: float | None = None):
-        """The worker's next message (blocking); :class:`WorkerLost` if it ends first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                if self.conn.poll(POLL_S):
-                    return self.conn.recv()
-            except (EOFError, OSError):
-                raise WorkerLost(self.describe()) from None
-            if not self.process.is_alive():
-                raise WorkerLost(self.describe())
-            if deadline is not None and time.monotonic() > deadline:
-                raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
+    def wait_message(self, timeout: float):
+        """The worker's first message (its start); :class:`WorkerLost` if it ends first or says
+        nothing within ``timeout`` seconds."""
+        message = self.receive(timeout)
+        if message is None:
+            raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
+        return message
 
     def receive(self, timeout: float | None = None):
-        """The next ``(call id, outcomes)``, or None when none came within ``timeout`` seconds
-        (:class:`WorkerLost` if the worker ends first)."""
+        """The worker's next message (a call's ``(call id, outcomes)``, or sentences answered),
+        or None when none came within ``timeout`` seconds (:class:`WorkerLost` if the worker ends
+        first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
