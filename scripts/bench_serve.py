@@ -19,7 +19,10 @@ In one run, on this machine's loopback interface:
    and how often the workers were seen with a batch (running or waiting for a CPU, sampled every
    5 ms), which, unlike the busy fraction, other work on the machine does not lower.
 
-Prints a markdown table with the CPU (``lscpu`` Model name) and served / offline. Stops by itself:
+Prints a markdown table with the CPU (``lscpu`` Model name) and served / offline. With
+``--rounds N`` every level is served N times, an offline call between rounds, and a level's row
+is its round of median served / offline, each round taken against the offline calls on either
+side of it, with the range of the rounds. Stops by itself:
 the server is stopped at the end, on an error and past ``--max-seconds`` (levels not finished by
 then are reported as such).
 """
@@ -61,6 +64,11 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=float, default=900.0, help="stop everything after this long")
     ap.add_argument("--offline-calls", type=int, default=4,
                     help="offline calls, half before and half after the served levels; their median is the reference")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="serve every level this many times, with an offline call after each round: each "
+                         "round's served / offline is taken against the offline calls on either side of it, "
+                         "and the table gives their median and range (the speed of a shared host drifts "
+                         "within minutes)")
     ap.epilog = "Options of nmt serve for the measured server go after --, e.g. -- --max-batch-texts 32."
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -343,8 +351,12 @@ def report(args, workers: int, threads: int | None, offline_rate: float, rows: d
         if r is None:
             lines.append(f"| {clients} | not finished within --max-seconds | | | | | | |")
             continue
-        lines.append(f"| {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / "
-                     f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {r['rate'] / offline_rate:.2f} | "
+        rate, ratio = f"{r['rate']:,.1f}", f"{r['rate'] / offline_rate:.2f}"
+        if "ratio" in r:  # the median of several rounds, each against its own offline reference
+            rate += f" ({r['rate_range'][0]:,.1f}–{r['rate_range'][1]:,.1f}, {r['rounds']} rounds)"
+            ratio = f"{r['ratio']:.2f} ({r['ratio_range'][0]:.2f}–{r['ratio_range'][1]:.2f})"
+        lines.append(f"| {clients} | {rate} | {r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / "
+                     f"{r['p99'] * 1e3:.0f} | {r['per_call']:.1f} | {ratio} | "
                      f"{_ms(r['server_cpu'])} / {_ms(r['worker_cpu'])} | "
                      f"{_pct(r['worker_busy'])} | {_pct(r.get('worker_running'))} |")
     what = "one `Translator.translate` call"
@@ -371,10 +383,15 @@ def main() -> None:
         try:
             with running_server(server_arguments(args, workers, threads), log,
                                 min(deadline, time.monotonic() + 300)) as (base, server):
-                rows = {}
-                for clients in levels:
-                    left = deadline - time.monotonic()
-                    rows[clients] = level(base, sentences, clients, args.beam, left, server) if left > 0 else None
+                rounds = []  # per round: its rows and the offline rate on either side of it
+                for r in range(max(1, args.rounds)):
+                    rows = {}
+                    for clients in levels:
+                        left = deadline - time.monotonic()
+                        rows[clients] = level(base, sentences, clients, args.beam, left, server) if left > 0 else None
+                    if r < args.rounds - 1:  # between two rounds (the server idle)
+                        calls += offline(args, translator, sentences, 1)
+                    rounds.append((rows, calls[-1][0]))
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
@@ -383,7 +400,32 @@ def main() -> None:
     rates = sorted(rate for rate, _ in calls)
     offline_rate = statistics.median(rates)
     offline_cpu = statistics.median(cpu for _, cpu in calls)
-    print(report(args, workers, threads, offline_rate, rows, offline_cpu, (rates[0], rates[-1], len(rates))))
+    if len(rounds) == 1:
+        print(report(args, workers, threads, offline_rate, rounds[0][0], offline_cpu, (rates[0], rates[-1], len(rates))))
+        return
+    # each round against the offline calls on either side of it
+    references = [(before + after) / 2 for (_, before), after in zip(rounds, [r for _, r in rounds[1:]] + [calls[-1][0]])]
+    print(report(args, workers, threads, offline_rate, median_rows(rounds, references), offline_cpu,
+                 (rates[0], rates[-1], len(rates))))
+
+
+def median_rows(rounds: list[tuple[dict, float]], references: list[float]) -> dict:
+    """Per level, the round of median served / offline (its own offline reference; the lower middle
+    one of an even count), with the
+    range of the rounds' rates and ratios in ``rate_range`` and ``ratio_range``."""
+    out = {}
+    for clients in rounds[0][0]:
+        done = [(rows[clients], ref) for (rows, _), ref in zip(rounds, references) if rows.get(clients)]
+        if not done:
+            out[clients] = None
+            continue
+        done.sort(key=lambda pair: pair[0]["rate"] / pair[1])
+        row, ref = done[(len(done) - 1) // 2]  # the lower of the middle two for an even count
+        ratios = [r["rate"] / f for r, f in done]
+        out[clients] = {**row, "ratio": row["rate"] / ref, "ratio_range": (min(ratios), max(ratios)),
+                        "rate_range": (min(r["rate"] for r, _ in done), max(r["rate"] for r, _ in done)),
+                        "rounds": len(done)}
+    return out
 
 
 if __name__ == "__main__":

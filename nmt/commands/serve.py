@@ -99,8 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continuous batching: a worker's sentences join the beam search under way at its "
                         "next step and each is answered when done, instead of waiting for the model call "
                         "under way to end (beam search without attention, alignments, constraints, "
-                        "markup or sampling; other requests run as before). Lower latency at moderate "
-                        "load; see docs/performance.md for when it pays")
+                        "markup or sampling; other requests run as before): a small request no longer "
+                        "waits behind a large one's model call (docs/performance.md)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (info logs every request)")
 
