@@ -24,6 +24,11 @@ answer all of them and read their next requests; split, the clients form two gro
 answered while the other is computed. A request left for the second half waits for the first
 half's call and its own, less than for one call of both. With several worker processes, a small
 request waits for at most the first of the calls under way to end, and its own.
+
+A worker whose sentences join the search under way (``nmt serve --continuous``) takes calls while
+it computes: the thread reading its pipe sends it the waiting requests as they come, up to
+:data:`~nmt.tools.serve_pool.JOIN_DEPTH` calls at once, and delivers each sentence's answer as
+the worker sends it, so a small request waits for no other request's call.
 """
 from __future__ import annotations
 

@@ -35,9 +35,9 @@ from nmt.errors import NmtError
 __all__ = ["run_groups", "result_json", "set_threads", "worker_main", "WorkerLoop", "JOIN_WAIT_STEPS"]
 
 #: a sentence waits at most this many steps of the search under way before it joins; sooner when
-#: as many sentences wait as half of those under way (each join encodes its sentences in one call)
+#: as many sentences wait as are under way (each join encodes its sentences in one call)
 JOIN_WAIT_STEPS = 6
-#: ... or at least this many
+#: ... and at least this many wait
 JOIN_AT = 16
 #: searches kept for options that have nothing under way
 KEEP_IDLE = 8
@@ -159,8 +159,8 @@ class _Joining:
 class WorkerLoop:
     """Calls in, answers out, on ``conn`` (see the module's docstring). Between two steps of the
     searches under way it reads the calls that arrived; a group that cannot join runs whole then.
-    Waiting sentences join at once when nothing is under way, else when as many wait as half of
-    those under way (at least :data:`JOIN_AT`) or after :data:`JOIN_WAIT_STEPS` steps."""
+    Waiting sentences join at once when nothing is under way, else when as many wait as are under
+    way (at least :data:`JOIN_AT`) or after :data:`JOIN_WAIT_STEPS` steps."""
 
     def __init__(self, translators: Mapping[str, Any], conn, joins: bool = True):
         self.translators, self.conn, self.joins = translators, conn, joins
