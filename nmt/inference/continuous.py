@@ -33,7 +33,7 @@ from torch import Tensor
 from nmt.config import DecodeConfig
 from nmt.inference.beam import BeamSearch
 from nmt.inference.rules import Hypothesis
-from nmt.inference.sentences import _joined_result, joiner, split_sentences
+from nmt.inference.sentences import joined_result, split_sentences
 from nmt.inference.sources import TranslationResult
 from nmt.inference.torch_engine import OutputShortlist, TorchEngine
 
@@ -283,6 +283,4 @@ class ContinuousTranslation:
         for k, ((text, at_space), item) in enumerate(zip(e.parts, e.items)):
             hyps = e.found[k]
             parts.append((tr._result(text, item, hyps or None, iter(tr.detokenize(hyps)), False, False), at_space))
-        if len(parts) == 1:
-            return TranslationResult(e.text, parts[0][0].hypotheses)
-        return _joined_result(e.text, parts, joiner(tr.recipe.data.tgt_lang), tr.recipe.data.filter.normalize)
+        return joined_result(tr, e.text, parts)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from nmt.inference.sources import TranslatedHypothesis, TranslationResult, checked_shard, clean_source
 
-__all__ = ["split_sentences", "translate_by_sentence", "joiner"]
+__all__ = ["split_sentences", "translate_by_sentence", "joiner", "joined_result"]
 
 #: a sentence mark with text after it: only such inputs are given to the segmenter
 _MAYBE_SEVERAL = re.compile(r"[.!?…。！？؟।]\S*\s*\S")
@@ -108,16 +108,22 @@ def translate_by_sentence(translator, sources: Sequence[str], *, n_best: int, re
     for i, out, at_space in zip(owner, found, spaced):
         by_input.setdefault(i, []).append((out, at_space))
     glue = joiner(translator.recipe.data.tgt_lang)
-    form = translator.recipe.data.filter.normalize
     results: list[Any] = [None] * n
     for i, parts in by_input.items():
         if not detailed:
             results[i] = glue.join(text for text, _ in parts if text)
-        elif len(parts) == 1:
-            results[i] = TranslationResult(sources[i], parts[0][0].hypotheses)
         else:
-            results[i] = _joined_result(sources[i], parts, glue, form)
+            results[i] = joined_result(translator, sources[i], parts)
     return results
+
+
+def joined_result(translator, source: str, parts: list[tuple[TranslationResult, bool]]) -> TranslationResult:
+    """The result of input ``source`` from the results of its sentences, each with whether
+    whitespace separates it from the one before (see the module's docstring)."""
+    if len(parts) == 1:
+        return TranslationResult(source, parts[0][0].hypotheses)
+    data = translator.recipe.data
+    return _joined_result(source, parts, joiner(data.tgt_lang), data.filter.normalize)
 
 
 def _joined_result(source: str, parts: list[tuple[TranslationResult, bool]], glue: str,

@@ -62,6 +62,7 @@ from nmt.inference.onnx_translator import (
     EXPORT_VERSION,
     META_FILE,
 )
+from nmt.inference.shortlist import shortlist_output
 
 #: ONNX opset of the exported graphs (17: LayerNormalization is one operator)
 OPSET = 17
@@ -112,9 +113,7 @@ class _StepGraph(nn.Module):
         output = None
         if self.columns:
             columns, tensors = tensors[0], tensors[1:]
-            layer = self.model.output
-            output = (layer.weight.index_select(0, columns),
-                      None if layer.bias is None else layer.bias.index_select(0, columns))
+            output = shortlist_output(self.model, columns)
         n = len(self.state_names)
         state = dataclasses.replace(self.state, **dict(zip(self.state_names, tensors[:n])))
         memory = dataclasses.replace(self.memory, **dict(zip(self.memory_names, tensors[n:])))
