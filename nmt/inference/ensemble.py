@@ -63,10 +63,6 @@ class EnsembleState:
     def select(self, index: Tensor) -> "EnsembleState":
         return EnsembleState([state.select(index) for state in self.members])
 
-    @staticmethod
-    def cat(states: list["EnsembleState"]) -> "EnsembleState":
-        return EnsembleState([DecoderState.cat(list(parts)) for parts in zip(*(s.members for s in states))])
-
 
 @dataclass
 class EnsembleMemory:
@@ -79,10 +75,6 @@ class EnsembleMemory:
 
     def select(self, index: Tensor) -> "EnsembleMemory":
         return EnsembleMemory([memory.select(index) for memory in self.members])
-
-    @staticmethod
-    def cat(memories: list["EnsembleMemory"]) -> "EnsembleMemory":
-        return EnsembleMemory([Memory.cat(list(parts)) for parts in zip(*(m.members for m in memories))])
 
 
 @dataclass

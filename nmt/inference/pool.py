@@ -70,17 +70,15 @@ class Pool:
         """The pool as hypotheses per sentence, best first (empty slots left out); ``sentences``:
         those of these sentences only (default: all)."""
         ops = self.ops
-        if sentences is None:
-            sentences = ops.arange(self.score.shape[0])
 
         def listed(x):  # once, not per hypothesis
-            return ops.to_list(ops.rows(x, sentences))
+            return ops.to_list(x if sentences is None else ops.rows(x, sentences))
 
         scores, raws, lens = listed(self.score), listed(self.raw), listed(self.len)
         all_tokens, all_log_probs = listed(self.tok), listed(self.lp)
         mets = None if self.met is None else listed(self.met)
         src_lens = listed(src_lengths)
-        rows = ops.to_list(sentences)
+        rows = range(len(scores)) if sentences is None else ops.to_list(sentences)
         results = []
         for i, b in enumerate(rows):
             hyps = []

@@ -166,8 +166,7 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
         a = a.expand(-1, 2, -1)
     if batch == 1 and torch.get_num_threads() > 1:
         a, b = a.expand(2, -1, -1), b.expand(2, -1, -1)
-    out = torch.bmm(a, b)
-    return out if (rows, batch) == tuple(out.shape[1::-1]) else out[:batch, :rows]
+    return torch.bmm(a, b)[:batch, :rows]
 
 
 def ordered_sum(x: Tensor) -> Tensor:

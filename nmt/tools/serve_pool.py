@@ -123,21 +123,24 @@ def pump_calls(runner, first: tuple, take_next, deliver) -> Exception | None:
 
     try:
         send(first)
-        while under_way:
+        while True:
             while len(under_way) < runner.depth and (batch := take_next()) is not None:
                 send(batch)
+            if not under_way:
+                break
             room = len(under_way) < runner.depth  # then look at the queue again soon
             message = runner.receive(QUEUE_POLL_S if room else None)
             if message is None:
                 continue
-            if message[0] == "sentences":
+            if message[0] == "sentences":  # one delivery per call
+                answers: dict[Any, dict] = {}
                 for ident, g, k, answer in message[1]:
-                    deliver(under_way[ident], {(g, k): answer})
+                    answers.setdefault(ident, {})[(g, k)] = answer
+                for ident, by_sentence in answers.items():
+                    deliver(under_way[ident], by_sentence)
                 continue
             ident, outcomes = message
             deliver(under_way.pop(ident), outcomes)
-            if not under_way and (batch := take_next()) is not None:
-                send(batch)
     except Exception as exc:  # noqa: BLE001 - the calls under way must be answered
         if isinstance(exc, WorkerLost):  # their requests may be retried; the pool starts another worker
             outcome = {"status": 503, "error": f"{exc} while translating this request; retry"}
