@@ -323,6 +323,37 @@ def test_a_sentence_is_encoded_the_same_alone_and_in_any_batch(model, bf16):
                 assert torch.equal(a, b), f"{name} differs in a batch of {len(sources)}"
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_memorys_products_run_on_the_real_positions_only(model, bf16, monkeypatch):
+    """In a batch of mixed lengths the keys' projection and the folded context multiply the real
+    source positions, not the B·S padded ones; at those positions the memory is what the product
+    of every position gives, bit for bit, and zero at padding (which the attention weighs 0)."""
+    sources = SOURCES[:9]
+    real = sum(len(s) for s in sources)
+    assert real < 0.75 * len(sources) * max(len(s) for s in sources)
+    rows = []
+    plain = batch_invariant.linear
+
+    def spy(x, weight, bias=None):
+        rows.append(x.reshape(-1, x.size(-1)).size(0))
+        return plain(x, weight, bias)
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        src, lengths, mask = pad_sources(sources)
+        tables = model.search_tables()
+        enc = model.encode(src, lengths, mask, tables=tables)
+        monkeypatch.setattr(batch_invariant, "linear", spy)
+        _, memory = model.start(enc, tables, fold_context=True)
+        monkeypatch.setattr(batch_invariant, "linear", plain)
+        keys = enc.states.to(torch.bfloat16) if bf16 else enc.states
+        proj = model.decoder.attention.precompute(keys, plain)
+        folded = plain(keys.to(tables.context_weight.dtype), tables.context_weight)
+    assert rows.count(real) == 2 and src.numel() not in rows, rows
+    for name, got, full in (("proj_keys", memory.proj_keys, proj), ("folded", memory.folded, folded)):
+        assert torch.equal(got[mask], full[mask]), name
+        assert not got[~mask].any(), name
+
+
 @pytest.mark.parametrize("beam", [1, 5])
 def test_a_sentences_step_logits_are_the_same_alone_and_in_any_batch(model, beam):
     """Three steps from the same tokens, all of the vocabulary and a shortlist of some columns."""

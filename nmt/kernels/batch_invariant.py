@@ -66,6 +66,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], -1)
 
 
+def masked_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mask: Tensor) -> Tensor:
+    """:func:`linear` of ``x (B, S, in)`` at the positions where ``mask (B, S)`` is True, ``(B, S,
+    out)``: a source's padded positions are never read (the attention masks them), and in a batch
+    of mixed lengths, as a server's, they are about half of its B·S rows. Where at least a quarter
+    of them are padding only the real rows are multiplied and the padded ones are zero; else
+    every row is (gathering the real rows then costs more than it saves: docs/performance.md).
+    The real rows are the same bits either way (a row does not depend on the others)."""
+    batch, positions = mask.shape
+    where = mask.reshape(-1).nonzero().squeeze(1)
+    if 4 * where.numel() > 3 * batch * positions:
+        return linear(x, weight, bias)
+    rows = linear(x.reshape(batch * positions, -1).index_select(0, where), weight, bias)
+    out = rows.new_zeros(batch * positions, rows.size(1))
+    return out.index_copy_(0, where, rows).view(batch, positions, -1)
+
+
 def _zero_bias(weight: Tensor) -> Tensor:
     """A zero bias for a rounded 16-bit product without one: oneDNN compiles a kernel with a bias
     apart from one without, and search multiplies states of the same shape with and without one

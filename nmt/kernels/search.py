@@ -92,10 +92,11 @@ def build_search_tables(embedding: Tensor, gru_input: Mapping[str, Tensor], bias
         context_layout=layout)
 
 
-def fold_context(keys: Tensor, tables: SearchTables) -> Tensor:
-    """``keys (B, S, K)`` -> ``[W_ic; W_oc] keys``, (B, S, 3H + R): once per source."""
+def fold_context(keys: Tensor, tables: SearchTables, mask: Tensor) -> Tensor:
+    """``keys (B, S, K)`` -> ``[W_ic; W_oc] keys``, (B, S, 3H + R): once per source, at the real
+    positions of ``mask (B, S)`` (zeros at padding, which the attention gives weight 0)."""
     weight = tables.context_weight
-    return batch_invariant.linear(keys.to(weight.dtype), weight)
+    return batch_invariant.masked_linear(keys.to(weight.dtype), weight, mask=mask)
 
 
 def search_step(tables: SearchTables, weights: Tensor, keys: Tensor, folded: Tensor | None,

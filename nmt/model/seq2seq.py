@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -161,9 +162,11 @@ class Seq2Seq(nn.Module):
             keys = keys.to(torch.get_autocast_dtype(device_type))
         if tables is None and self.fast and kernels.row_padding_applies(keys):  # B·S rows, rounded up
             linear = kernels.padded_linear
+        elif tables is not None:  # the real positions only: a batch of mixed lengths is half padding
+            linear = partial(kernels.batch_invariant.masked_linear, mask=enc.mask)
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask), linear)
         if tables is not None and fold_context:
-            memory = replace(memory, folded=kernels.fold_context(memory.keys, tables))
+            memory = replace(memory, folded=kernels.fold_context(memory.keys, tables, enc.mask))
         return self.decoder.init_state(hidden), memory
 
     def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
