@@ -17,7 +17,8 @@ import pytest
 
 from nmt.errors import NmtError
 from nmt.tools.serve_batcher import SPLIT_FROM, Batcher, Job
-from nmt.tools.serve_pool import WorkerPool, default_workers, pump_calls, worker_threads, workers_and_threads
+from nmt.tools.serve_pool import (Doorbell, WorkerPool, _Worker, default_workers, pump_calls, worker_threads,
+                                  workers_and_threads)
 from nmt.tools.serve_requests import ApiError, ServeLimits
 
 SENTENCES = ["Je suis fatigué.", "Tu es belle.", "Il fait froid.", "Nous sommes en retard.",
@@ -347,15 +348,51 @@ class _CountingRunner:
         self._sent = groups
         return len(self.batches)
 
-    def receive(self, timeout=None):
+    def receive(self, timeout=None, wake=None):
         time.sleep(self.seconds)
         return len(self.batches), [{"results": [{"text": t.upper()} for t in g["texts"]]} for g in self._sent]
 
-    def pump(self, runner, first, take_next, deliver):
-        return asyncio.get_running_loop().run_in_executor(None, pump_calls, self, first, take_next, deliver)
+    def pump(self, runner, first, take_next, deliver, wake=None):
+        return asyncio.get_running_loop().run_in_executor(None, pump_calls, self, first, take_next, deliver, wake)
 
     def close(self):
         pass
+
+
+def test_a_joining_workers_thread_sleeps_until_a_request_is_queued_then_sends_it_at_once():
+    """A worker that takes several calls at once (``--continuous``) has one under way and none
+    queued: the thread reading its pipe looks at the queue when the doorbell rings, not in a loop
+    (a loop of looks would take the CPU the HTTP side needs), and sends the queued call at once."""
+    import multiprocessing
+
+    ours, theirs = multiprocessing.Pipe()
+    worker = _Worker(0, SimpleNamespace(is_alive=lambda: True, pid=0), ours)
+    worker.depth = 2
+    queued, looks, delivered = [], [], []
+    bell = Doorbell()
+
+    def take_next():
+        looks.append(time.monotonic())
+        return queued.pop() if queued else None
+
+    with ThreadPoolExecutor(1) as pool:
+        pumped = pool.submit(pump_calls, worker, ("first", [{"texts": ["a"]}]), take_next,
+                             lambda batch, outcomes: delivered.append((batch, outcomes)), bell)
+        assert theirs.poll(5) and theirs.recv() == (1, [{"texts": ["a"]}])
+        time.sleep(0.3)
+        idle_looks = len(looks)
+        queued.append(("second", [{"texts": ["b"]}]))
+        rung = time.monotonic()
+        bell.ring()
+        assert theirs.poll(5) and theirs.recv() == (2, [{"texts": ["b"]}])
+        sent_after = time.monotonic() - rung
+        theirs.send((2, ["B"]))
+        theirs.send((1, ["A"]))
+        assert pumped.result(5) is None
+    bell.close()
+    assert idle_looks <= 2, f"{idle_looks} looks at the queue in 0.3 s with nothing queued"
+    assert sent_after < 0.15, sent_after
+    assert delivered == [(("second", [{"texts": ["b"]}]), ["B"]), (("first", [{"texts": ["a"]}]), ["A"])]
 
 
 def test_a_runner_that_ends_a_batch_while_requests_wait_takes_them_at_once():

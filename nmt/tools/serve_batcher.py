@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nmt.tools.serve_metrics import metrics_or_none
-from nmt.tools.serve_pool import WorkerLost
+from nmt.tools.serve_pool import Doorbell, WorkerLost
 from nmt.tools.serve_requests import ApiError, ServeLimits
 from nmt.tools.serve_worker import result_json  # noqa: F401 - its home before the worker module
 
@@ -94,6 +94,8 @@ class Batcher:
         #: the queue is also taken from on a runner's pipe thread (:meth:`_take_next`)
         self._lock = threading.Lock()
         self._calls: set[asyncio.Task] = set()
+        #: rung for each queued request: wakes a runner's thread that can take another call
+        self.doorbell = Doorbell()
         #: Prometheus metrics (:mod:`nmt.tools.serve_metrics`), None without prometheus-client
         self.metrics = metrics_or_none(lambda: len(self.pending), self.waiting_texts, self.stats)
 
@@ -111,6 +113,7 @@ class Batcher:
         for task in list(self._calls):
             task.cancel()
         self.runner.close()
+        self.doorbell.close()
 
     def submit(self, job: Job) -> asyncio.Future:
         if self.broken:
@@ -128,6 +131,7 @@ class Batcher:
         with self._lock:
             self.pending.append(job)
             self._wakeup.set()
+        self.doorbell.ring()
         return job.future
 
     def waiting_texts(self) -> int:
@@ -226,7 +230,8 @@ class Batcher:
             else:
                 loop.call_soon_threadsafe(self._deliver_batch, *call, outcomes)
 
-        error = await self.runner.pump(runner, (batch, groups, members), self._take_next(runner), deliver)
+        error = await self.runner.pump(runner, (batch, groups, members), self._take_next(runner), deliver,
+                                       self.doorbell)
         self.runner.release(runner, isinstance(error, WorkerLost))
 
     def _take_next(self, runner):

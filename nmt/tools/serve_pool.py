@@ -5,8 +5,9 @@ Both offer the same steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``sta
 ``acquire()`` (wait for an idle runner; None when none is left), ``pump(runner, first, take_next,
 deliver)`` (the runner's calls from ``first`` on, until none is under way and none waits: a
 future of :func:`pump_calls`) and ``release(runner)``. A runner is what :func:`pump_calls`
-needs: ``send(groups)`` starts a call and returns its id, ``receive(timeout)`` gives the next
-``(id, outcomes)``, and ``depth`` says how many calls it takes at once. The pool runs
+needs: ``send(groups)`` starts a call and returns its id, ``receive(timeout, wake)`` gives the
+next ``(id, outcomes)`` (None when ``wake``, a :class:`Doorbell`, rang first), and ``depth`` says
+how many calls it takes at once. The pool runs
 :func:`pump_calls` on a thread of its own (the model thread itself for :class:`ModelThread`, a
 pipe thread for a worker process). The batcher takes a batch from its queue for an idle runner,
 and the pump gives a runner that takes several calls the requests that arrive while it computes
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
@@ -36,7 +38,7 @@ from typing import Any, Mapping
 from nmt.errors import NmtError
 from nmt.tools.serve_worker import run_groups, set_threads, worker_main
 
-__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "pump_calls", "default_workers", "worker_threads",
+__all__ = ["ModelThread", "WorkerPool", "WorkerLost", "Doorbell", "pump_calls", "default_workers", "worker_threads",
            "workers_and_threads", "model_runner", "describe_runners"]
 
 #: seconds a worker may take to load the served runs
@@ -49,8 +51,41 @@ START_ATTEMPTS = 2
 WATCH_S = 0.5
 #: calls a worker whose sentences join the search under way is given at once
 JOIN_DEPTH = 8
-#: seconds between two looks at the queue while a worker could take another call
-QUEUE_POLL_S = 0.002
+
+
+class Doorbell:
+    """Wakes the threads that wait for a runner's answers when a request is queued (a pipe whose
+    read end they wait on beside the runner's): a runner that can take another call takes it
+    then, not at its next answer, and no thread looks at the queue while nothing comes."""
+
+    def __init__(self):
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:  # rung many times already and not heard yet: once is enough
+            pass
+
+    def hush(self) -> None:
+        """Forget the rings so far (called by a thread that heard them)."""
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class WorkerLost(Exception):
@@ -107,10 +142,11 @@ def model_runner(served, workers: int, threads: int | None, continuous: bool = F
     return WorkerPool([(m.name, m.options) for m in served], workers, threads, target=target)
 
 
-def pump_calls(runner, first: tuple, take_next, deliver) -> Exception | None:
+def pump_calls(runner, first: tuple, take_next, deliver, wake: Doorbell | None = None) -> Exception | None:
     """The calls of ``runner``, on the thread that waits for them: ``first`` (a batch, its groups
     second) is sent, then, while fewer than ``runner.depth`` calls are under way, each batch
-    ``take_next()`` gives (None: nothing waits); each call's outcomes go to ``deliver(batch,
+    ``take_next()`` gives (None: nothing waits), looked for again whenever ``wake`` rings (a
+    request was queued) or an answer comes; each call's outcomes go to ``deliver(batch,
     outcomes)`` as they come back, in any order, and the sentences a runner answers before its
     call ends (``("sentences", [(call id, group, index, answer), ...])``) to ``deliver(batch,
     {(group, index): answer})``. Returns when no call is under way and none
@@ -128,8 +164,8 @@ def pump_calls(runner, first: tuple, take_next, deliver) -> Exception | None:
                 send(batch)
             if not under_way:
                 break
-            room = len(under_way) < runner.depth  # then look at the queue again soon
-            message = runner.receive(QUEUE_POLL_S if room else None)
+            room = len(under_way) < runner.depth  # then a queued request wakes this thread
+            message = runner.receive(None, wake if room else None)
             if message is None:
                 continue
             if message[0] == "sentences":  # one delivery per call
@@ -187,14 +223,15 @@ class ModelThread:
         self._calls += 1
         return self._calls
 
-    def receive(self, timeout: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+    def receive(self, timeout: float | None = None, wake: Doorbell | None = None) -> tuple[int, list[dict[str, Any]]]:
         """The outcomes of the call sent, computed now, on the calling (model) thread."""
         groups, self._sent = self._sent, None
         return self._calls, run_groups(self.translators, groups)
 
-    def pump(self, runner, first: tuple, take_next, deliver) -> asyncio.Future:
+    def pump(self, runner, first: tuple, take_next, deliver, wake: Doorbell | None = None) -> asyncio.Future:
         """:func:`pump_calls` on the model thread (a future of its outcome)."""
-        return asyncio.get_running_loop().run_in_executor(self.executor, pump_calls, self, first, take_next, deliver)
+        return asyncio.get_running_loop().run_in_executor(self.executor, pump_calls, self, first, take_next,
+                                                          deliver, wake)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -224,18 +261,23 @@ class _Worker:
             raise WorkerLost(f"model worker {self.process.pid} did not start within {timeout:g} s")
         return message
 
-    def receive(self, timeout: float | None = None):
+    def receive(self, timeout: float | None = None, wake: Doorbell | None = None):
         """The worker's next message (a call's ``(call id, outcomes)``, or sentences answered),
-        or None when none came within ``timeout`` seconds (:class:`WorkerLost` if the worker ends
-        first)."""
+        or None when none came within ``timeout`` seconds or ``wake`` rang first
+        (:class:`WorkerLost` if the worker ends first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        waited = [self.conn] if wake is None else [self.conn, wake]
         while True:
             wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
             try:
-                if self.conn.poll(wait):
+                ready = multiprocessing.connection.wait(waited, wait)
+                if self.conn in ready:
                     return self.conn.recv()
             except (EOFError, OSError):
                 raise WorkerLost(self.describe()) from None
+            if ready:  # the doorbell
+                wake.hush()
+                return None
             if not self.process.is_alive():
                 raise WorkerLost(self.describe())
             if deadline is not None and time.monotonic() >= deadline:
@@ -351,10 +393,11 @@ class WorkerPool:
                 return worker
             self._replace(worker)  # died while idle: no batch lost
 
-    def pump(self, worker: _Worker, first: tuple, take_next, deliver) -> asyncio.Future:
+    def pump(self, worker: _Worker, first: tuple, take_next, deliver, wake: Doorbell | None = None) -> asyncio.Future:
         """:func:`pump_calls` on a pipe thread (a future of its outcome)."""
         worker.busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._io, pump_calls, worker, first, take_next, deliver)
+        future = asyncio.get_running_loop().run_in_executor(self._io, pump_calls, worker, first, take_next,
+                                                            deliver, wake)
 
         def done(f):
             worker.busy = False
