@@ -3,7 +3,7 @@
 
 Both offer the same steps to the batcher (:mod:`nmt.tools.serve_batcher`): ``start()``,
 ``acquire()`` (wait for an idle runner; None when none is left), ``pump(runner, first, take_next,
-deliver)`` (the runner's calls from ``first`` on, until none is under way and none waits: a
+deliver, wake)`` (the runner's calls from ``first`` on, until none is under way and none waits: a
 future of :func:`pump_calls`) and ``release(runner)``. A runner is what :func:`pump_calls`
 needs: ``send(groups)`` starts a call and returns its id, ``receive(timeout, wake)`` gives the
 next ``(id, outcomes)`` (None when ``wake``, a :class:`Doorbell`, rang first), and ``depth`` says
