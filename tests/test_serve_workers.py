@@ -275,12 +275,13 @@ def test_a_killed_worker_is_replaced_and_no_worker_outlives_the_server(run, tmp_
         worker.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 120
         while (answer := translate()).status_code != 200:  # 503 while the new worker loads
-            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            assert answer.status_code == 503 and time.monotonic() < deadline, (answer.text, log.read_text())
             time.sleep(0.2)
         assert answer.json()["translations"][0]["text"] == expected
         health = httpx.get(base + "/health").json()
         assert (health["workers"], health["worker_restarts"], health["workers_lost"]) == (1, 1, 1), health
         assert "was killed by signal 9; starting another" in log.read_text()
+        assert f"model worker {_worker_of(proc.pid).pid} started in slot 0" in log.read_text()
 
         survivors = _children(proc.pid)
         replacement = _worker_of(proc.pid)

@@ -438,6 +438,8 @@ class WorkerPool:
                 self.stats["worker_restarts"] += 1
                 self.stats["workers"] += 1
                 self._idle.put_nowait(worker)
+                print(f"nmt serve: model worker {worker.process.pid} started in slot {slot}", file=sys.stderr,
+                      flush=True)
                 return
             print(f"nmt serve: a replacement model worker failed: {outcome}", file=sys.stderr, flush=True)
         self.workers.pop(slot, None)
