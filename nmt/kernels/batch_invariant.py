@@ -66,20 +66,26 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], -1)
 
 
-def masked_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mask: Tensor) -> Tensor:
-    """:func:`linear` of ``x (B, S, in)`` at the positions where ``mask (B, S)`` is True, ``(B, S,
-    out)``: a source's padded positions are never read (the attention masks them), and in a batch
-    of mixed lengths, as a server's, they are about half of its B·S rows. Where at least a quarter
-    of them are padding only the real rows are multiplied and the padded ones are zero; else
-    every row is (gathering the real rows then costs more than it saves: docs/performance.md).
-    The real rows are the same bits either way (a row does not depend on the others)."""
-    batch, positions = mask.shape
+def real_rows(mask: Tensor) -> Tensor | None:
+    """The flat indices (into B·S) of the real positions of ``mask (B, S)`` when at least a quarter
+    of its positions are padding, else None: the rows :func:`masked_linear` multiplies. A source's
+    padded positions are never read (the attention masks them), and in a batch of mixed lengths,
+    as a server's, they are about half of its B·S rows; below a quarter, gathering the real rows
+    costs more than it saves (docs/performance.md)."""
     where = mask.reshape(-1).nonzero().squeeze(1)
-    if 4 * where.numel() > 3 * batch * positions:
+    return None if 4 * where.numel() > 3 * mask.numel() else where
+
+
+def masked_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, real: Tensor | None) -> Tensor:
+    """:func:`linear` of ``x (B, S, in)`` at its rows ``real`` (:func:`real_rows`), zeros at the
+    others: ``(B, S, out)``; every row when ``real`` is None. The rows multiplied are the same bits
+    either way (a row does not depend on the others)."""
+    if real is None:
         return linear(x, weight, bias)
-    rows = linear(x.reshape(batch * positions, -1).index_select(0, where), weight, bias)
-    out = rows.new_zeros(batch * positions, rows.size(1))
-    return out.index_copy_(0, where, rows).view(batch, positions, -1)
+    flat = x.reshape(-1, x.size(-1))
+    rows = linear(flat.index_select(0, real), weight, bias)
+    out = rows.new_zeros(flat.size(0), rows.size(1))
+    return out.index_copy_(0, real, rows).view(*x.shape[:-1], -1)
 
 
 def _zero_bias(weight: Tensor) -> Tensor:

@@ -92,11 +92,12 @@ def build_search_tables(embedding: Tensor, gru_input: Mapping[str, Tensor], bias
         context_layout=layout)
 
 
-def fold_context(keys: Tensor, tables: SearchTables, mask: Tensor) -> Tensor:
-    """``keys (B, S, K)`` -> ``[W_ic; W_oc] keys``, (B, S, 3H + R): once per source, at the real
-    positions of ``mask (B, S)`` (zeros at padding, which the attention gives weight 0)."""
+def fold_context(keys: Tensor, tables: SearchTables, real: Tensor | None) -> Tensor:
+    """``keys (B, S, K)`` -> ``[W_ic; W_oc] keys``, (B, S, 3H + R): once per source, at the rows
+    ``real`` (:func:`~nmt.kernels.batch_invariant.real_rows`; zeros at padding, which the attention
+    gives weight 0)."""
     weight = tables.context_weight
-    return batch_invariant.masked_linear(keys.to(weight.dtype), weight, mask=mask)
+    return batch_invariant.masked_linear(keys.to(weight.dtype), weight, real=real)
 
 
 def search_step(tables: SearchTables, weights: Tensor, keys: Tensor, folded: Tensor | None,

@@ -160,13 +160,15 @@ class Seq2Seq(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # cast once per source, not in every decoder step's attention bmm
             keys = keys.to(torch.get_autocast_dtype(device_type))
+        real = None
         if tables is None and self.fast and kernels.row_padding_applies(keys):  # B·S rows, rounded up
             linear = kernels.padded_linear
         elif tables is not None:  # the real positions only: a batch of mixed lengths is half padding
-            linear = partial(kernels.batch_invariant.masked_linear, mask=enc.mask)
+            real = kernels.batch_invariant.real_rows(enc.mask)
+            linear = partial(kernels.batch_invariant.masked_linear, real=real)
         memory = self.decoder.precompute(Memory(keys=keys, mask=enc.mask), linear)
         if tables is not None and fold_context:
-            memory = replace(memory, folded=kernels.fold_context(memory.keys, tables, enc.mask))
+            memory = replace(memory, folded=kernels.fold_context(memory.keys, tables, real))
         return self.decoder.init_state(hidden), memory
 
     def step_logits(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory,
