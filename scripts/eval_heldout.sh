@@ -7,7 +7,8 @@
 #   1. the shipped test split (nmt evaluate --split test),
 #   2. data/heldout/tatoeba-unseen-test (Tatoeba sentences in neither train nor valid),
 #   3. data/heldout/flores200-devtest (FLORES-200, out of domain),
-# then scores set 2 by source length (scripts/length_buckets.py). The hypotheses and the score
+# then scores set 2 by source length and by words unseen in the shipped training split
+# (scripts/length_buckets.py --train-src). The hypotheses and the score
 # records go to RUN_DIR/eval/ as for any nmt evaluate; a summary is printed at the end and written
 # to RUN_DIR/eval/heldout-summary.json.
 #
@@ -50,15 +51,19 @@ esac
 
 HYP="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["hypotheses"])' \
     "$WORK/tatoeba-unseen-$HALF.json")"
+xz -dc "$HERE/data/tatoeba-fra-eng/train.tsv.xz" | cut -f2 > "$WORK/train.fr"  # the French side
 "$PYTHON" "$HERE/scripts/length_buckets.py" --json --src "$HELDOUT/tatoeba-unseen-$HALF.fr" \
-    --ref "$HELDOUT/tatoeba-unseen-$HALF.en" --hyp "$HYP" > "$WORK/buckets.json"
+    --ref "$HELDOUT/tatoeba-unseen-$HALF.en" --hyp "$HYP" --train-src "$WORK/train.fr" > "$WORK/buckets.json"
 
 "$PYTHON" - "$WORK" "$RUN_DIR/eval/$SUMMARY" "$HALF" $SETS <<'PY'
 import json, sys
 from pathlib import Path
 
 work, out, half, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
-summary = {"sets": {}, f"tatoeba_unseen_{half}_by_source_length": json.loads((work / "buckets.json").read_text())}
+buckets = json.loads((work / "buckets.json").read_text())
+summary = {"sets": {}, f"tatoeba_unseen_{half}_by_source_length": buckets["by_source_length"],
+           f"tatoeba_unseen_{half}_by_unseen_words": buckets["by_unseen_words"],
+           f"tatoeba_unseen_{half}_estimates": buckets["estimates"]}
 for name in sets:
     summary["sets"][name] = json.loads((work / f"{name}.json").read_text())
 out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -66,8 +71,12 @@ print(f"{'set':22s} {'pairs':>6s} {'BLEU':>6s} {'chrF':>6s}")
 for name, rec in summary["sets"].items():
     s = rec["scores"]
     print(f"{name:22s} {rec['sentences']:6d} {s['bleu']['score']:6.2f} {s['chrf']['score']:6.2f}")
-print(f"tatoeba-unseen-{half} by source words:")
-for b in summary[f"tatoeba_unseen_{half}_by_source_length"]:
-    print(f"  {b['bucket']:>5s} {b['pairs']:6d} {b.get('bleu', float('nan')):6.2f} {b.get('chrf', float('nan')):6.2f}")
+for key, title in (("by_source_length", "source words"), ("by_unseen_words", "words unseen in training")):
+    print(f"tatoeba-unseen-{half} by {title}:")
+    for b in summary[f"tatoeba_unseen_{half}_{key}"]:
+        print(f"  {b['bucket']:>18s} {b['pairs']:6d} {b.get('bleu', float('nan')):6.2f} {b.get('chrf', float('nan')):6.2f}")
+estimate = summary[f"tatoeba_unseen_{half}_estimates"].get("names_as_seen")
+if estimate is not None:
+    print(f"  its unseen-capitalised pairs translated as well as its seen ones: about {estimate:.2f} BLEU")
 print(f"written: {out}")
 PY

@@ -93,10 +93,15 @@ def test_shipped_heldout_sets_share_no_sentence_with_train_or_valid(build):
     assert dev_en.isdisjoint(s.lower() for s in _read_side(HELDOUT / "tatoeba-unseen-test.en"))
 
 
-def test_length_buckets_split_by_source_words_and_score_each_bucket():
+def _length_buckets():
     spec = importlib.util.spec_from_file_location("length_buckets", REPO / "scripts" / "length_buckets.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_length_buckets_split_by_source_words_and_score_each_bucket():
+    module = _length_buckets()
     assert [module.bucket_of(" ".join(["w"] * n)) for n in (1, 6, 7, 10, 11, 15, 16, 40)] == \
         ["1-6", "1-6", "7-10", "7-10", "11-15", "11-15", "16+", "16+"]
     sources = ["a b c", "a b c d e f g h", "x y"]
@@ -107,3 +112,64 @@ def test_length_buckets_split_by_source_words_and_score_each_bucket():
     assert records["7-10"]["pairs"] == 1 and records["7-10"]["bleu"] < 10
     assert records["11-15"] == {"bucket": "11-15", "pairs": 0}
     assert records["1-6"]["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+
+def test_pairs_are_split_by_source_words_the_training_sources_lack(tmp_path, capsys):
+    module = _length_buckets()
+    known = module.known_words(["Tom a mangé l'orange.", "Il pleut à Paris, 12 fois !"])
+    assert known == {"tom", "a", "mangé", "l", "orange", "il", "pleut", "à", "paris", "12", "fois"}
+    # words are compared lower-cased; an apostrophe or a hyphen splits words; case marks names
+    assert module.unseen_bucket_of("TOM A MANGÉ L'ORANGE", known) == ["seen"]
+    assert module.unseen_bucket_of("Il pleut des figues.", known) == ["unseen"]
+    assert module.unseen_bucket_of("Ichiro a mangé l'orange.", known) == ["unseen", "unseen-capitalised"]
+    assert module.unseen_bucket_of("Il pleut 13 fois.", known) == ["unseen"]
+    sources = ["Tom a mangé l'orange.", "Il pleut des figues.", "Ichiro a mangé."]
+    refs = ["Tom ate the orange.", "It is raining figs.", "Ichiro ate."]
+    hyps = ["Tom ate the orange.", "It is raining.", "He ate."]
+    records = {r["bucket"]: r for r in module.score_unseen(sources, refs, hyps, known)}
+    assert records["seen"]["pairs"] == 1 and records["seen"]["bleu"] == 100.0
+    assert records["unseen"]["pairs"] == 2 and records["unseen"]["bleu"] < 100
+    assert records["unseen-capitalised"]["pairs"] == 1 and records["unseen-capitalised"]["bleu"] < 100
+    # the command line: --train-src adds the second breakdown to the table and to --json
+    for name, lines in (("src", sources), ("ref", refs), ("hyp", hyps), ("train", ["Tom a mangé l'orange.", "Il pleut."])):
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [f"--{k}={tmp_path / k}" for k in ("src", "ref", "hyp")]
+    assert module.main(args + ["--json"]) == 0
+    assert [r["bucket"] for r in json.loads(capsys.readouterr().out)] == ["1-6", "7-10", "11-15", "16+"]
+    assert module.main(args + ["--json", f"--train-src={tmp_path / 'train'}"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [r["pairs"] for r in both["by_unseen_words"]] == [1, 2, 1]
+    assert both["by_source_length"][0]["pairs"] == 3
+    assert module.main(args + [f"--train-src={tmp_path / 'train'}"]) == 0
+    table = capsys.readouterr().out
+    assert "training words" in table and "unseen-capitalised      1" in table
+
+
+def test_the_estimate_gives_the_names_pairs_the_seen_pairs_precisions_and_length_ratio():
+    from sacrebleu.metrics import BLEU
+
+    module = _length_buckets()
+    seen = ([900, 500, 300, 200], [1000, 900, 800, 700], 1000, 1100)
+    names = ([100, 20, 5, 1], [400, 350, 300, 250], 400, 380)
+    counts, totals, sys_len, ref_len = module._like(names, seen)
+    assert ref_len == 380 and sys_len == round(380 * 1000 / 1100)  # the seen pairs' length ratio
+    assert totals == [round(t * sys_len / 400) for t in names[1]]
+    for c, t, (mc, mt) in zip(counts, totals, zip(seen[0], seen[1])):
+        assert abs(c / t - mc / mt) < 2 / t  # the seen pairs' precisions, to rounding
+    # pooled as sacrebleu pools a corpus
+    parts = [seen, names]
+    assert module._bleu_of(parts) == round(BLEU.compute_bleu(
+        [1000, 520, 305, 201], [1400, 1250, 1100, 950], 1400, 1480, smooth_method="exp").score, 2)
+    known = module.known_words(["le chat dort sur le lit", "il pleut sur la ville ce matin"])
+    sources = ["le chat dort sur le lit", "il pleut sur la ville ce matin", "Ichiro dort sur le lit",
+               "il pleut des figues sur la ville"]
+    refs = ["the cat sleeps on the bed", "it is raining on the town this morning",
+            "Ichiro sleeps on the bed", "it is raining figs on the town"]
+    perfect_seen = ["the cat sleeps on the bed", "it is raining on the town this morning",
+                    "he sleeps on the bed", "it is raining on the town"]
+    estimates = module.as_seen_estimates(sources, refs, perfect_seen, known)
+    assert estimates["set"] == round(BLEU().corpus_score(perfect_seen, [refs]).score, 2) < 100
+    assert estimates["set"] < estimates["names_as_seen"] < 100  # the figs pair stays as it is
+    assert module.as_seen_estimates(sources[:3], refs[:3], perfect_seen[:3], known)["names_as_seen"] == 100
+    assert module.as_seen_estimates(sources[2:], refs[2:], perfect_seen[2:], known) == \
+        {"set": round(BLEU().corpus_score(perfect_seen[2:], [refs[2:]]).score, 2)}  # no seen pair
