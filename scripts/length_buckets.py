@@ -12,7 +12,7 @@ letters and digits, compared lower-cased): ``seen`` (every word occurs in traini
 capital: mostly names). No subword model, regularisation or search setting can teach what such
 a word means. Each bucket is scored as a corpus of its own with sacrebleu (BLEU with the 13a
 tokenizer, chrF), the scores ``nmt evaluate`` reports. It also estimates the whole set's BLEU had
-the unseen-word pairs been translated as well as the seen ones (:func:`as_seen_estimates`).
+the unseen-capitalised pairs been translated as well as the seen ones (:func:`as_seen_estimates`).
 """
 from __future__ import annotations
 
