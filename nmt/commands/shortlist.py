@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 NAME = "shortlist"
-HELP = "build a run's lexicon for shortlist decoding (IBM Model 1 on its training data)"
+HELP = ("build a run's lexicon for shortlist decoding (IBM Model 1 on its training data) and its "
+        "table of names (decode.names)")
 EXAMPLES = """
     nmt shortlist runs/fr-en
     nmt translate runs/fr-en -i test.fr --shortlist 20     decode over the batch's shortlist
@@ -34,5 +35,7 @@ def run(args) -> int:
     max_pairs = recipe.data.lexicon_sample if args.max_pairs is None else args.max_pairs
     path = build_for_run(args.run_dir, iterations=args.iterations, keep=args.keep, max_pairs=max_pairs,
                          recipe=recipe)
-    print(f"wrote {path}")
+    from nmt.inference.names import NAMES_FILE
+
+    print(f"wrote {path} and {path.parent / NAMES_FILE}")
     return 0

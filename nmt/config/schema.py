@@ -312,6 +312,9 @@ class DecodeConfig:
     split_sentences: bool = setting(
         True, "translate an input of several sentences one sentence at a time (cut by sentencex for the "
               "source language) and join the translations")
+    names: bool = setting(
+        True, "carry capitalised source words the training data lacks (names) into the translation "
+              "through surrogate names the model knows (RUN_DIR/names.json, written with the lexicon)")
     sample: bool = setting(
         False, "draw each token from the model's distribution instead of searching; n_best is then "
                "the number of independent samples per sentence; excludes beam > 1")

@@ -206,6 +206,7 @@ class _Text:
     parts: list[tuple[str, bool]]  #: its sentences, each with whether whitespace precedes it
     items: list[Any]  #: each sentence's Source
     found: dict[int, list[Hypothesis]] = field(default_factory=dict)
+    given: list[Any] = field(default_factory=list)  #: each sentence's surrogate names (nmt.inference.names)
 
 
 class ContinuousTranslation:
@@ -244,10 +245,11 @@ class ContinuousTranslation:
         for text, ticket in zip(texts, tickets):
             parts = split_sentences(text, self.language) if self.options.split_sentences else [(text, True)]
             entries.append(_Text(ticket, text, parts, []))
-        items = self.translator.encode([p for e in entries for p, _ in e.parts], warn=True)
+        protected, given = self.translator.protect_names([p for e in entries for p, _ in e.parts], self.options)
+        items = self.translator.encode(protected, warn=True)
         at, sources, names, ready = 0, [], [], []
         for e in entries:
-            e.items = items[at: at + len(e.parts)]
+            e.items, e.given = items[at: at + len(e.parts)], given[at: at + len(e.parts)]
             at += len(e.parts)
             for k, item in enumerate(e.items):
                 if item.ids is None:
@@ -282,5 +284,6 @@ class ContinuousTranslation:
         parts = []
         for k, ((text, at_space), item) in enumerate(zip(e.parts, e.items)):
             hyps = e.found[k]
-            parts.append((tr._result(text, item, hyps or None, iter(tr.detokenize(hyps)), False, False), at_space))
+            parts.append((tr._result(text, item, hyps or None, iter(tr.detokenize(hyps)), False, False,
+                                     given=e.given[k]), at_space))
         return joined_result(tr, e.text, parts)

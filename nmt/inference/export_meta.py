@@ -21,7 +21,8 @@ __all__ = ["check_meta", "check_fingerprints", "file_sha256", "FILE_KEYS"]
 REEXPORT = "re-export the run with `nmt export RUN_DIR -o EXPORT_DIR`"
 
 #: the keys that name a file of the export directory
-FILE_KEYS = ("encoder", "decoder_step", "decoder_step_shortlist", "src_tokenizer", "tgt_tokenizer", "lexicon")
+FILE_KEYS = ("encoder", "decoder_step", "decoder_step_shortlist", "src_tokenizer", "tgt_tokenizer", "lexicon",
+             "names")
 
 #: key -> (what it must be, check)
 _TYPES: dict[str, tuple[str, Any]] = {

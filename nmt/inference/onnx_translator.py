@@ -142,6 +142,7 @@ class OnnxTranslator(TranslatorBase):
             check_lexicon_sizes(self.export_dir / self.meta["lexicon"], table.shape, self.lexicon.tgt_vocab_size,
                                 int(table.max()) if table.size else -1, tokenizers.src_vocab_size,
                                 tokenizers.tgt_vocab_size)
+        self.names_dir = self.export_dir if self.meta.get("names") else None  # nmt.inference.names
         self.warn = WarningCounter()
 
     @classmethod

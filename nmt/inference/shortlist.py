@@ -43,6 +43,7 @@ from nmt.data.vocab import (  # the special ids are always in a shortlist, at co
 )
 from nmt.errors import NmtError
 from nmt.inference.onnx_shortlist import check_lexicon_sizes
+from nmt.inference.names import NAMES_FILE, NameTable
 
 logger = logging.getLogger("nmt.inference.shortlist")
 
@@ -390,7 +391,26 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
     lexicon.save(path)
     logger.info("lexicon (IBM Model 1, %s iterations, %s pairs, %s s) -> %s", lexicon.metadata["iterations"],
                 lexicon.metadata["pairs"], lexicon.metadata["seconds"], path)
+    name_table(train_ds, tokenizers, max_pairs).save(run_dir / NAMES_FILE)
     return path
+
+
+def name_table(train_ds, tokenizers, max_pairs: int | None = 200_000) -> NameTable:
+    """The run's :class:`~nmt.inference.names.NameTable`, from the texts of the pairs the lexicon
+    is built from (``max_pairs``: the same evenly spaced sample)."""
+    sample = train_ds
+    if max_pairs is not None and len(sample) > max_pairs:
+        sample = sample.select(np.linspace(0, len(sample) - 1, max_pairs).astype(np.int64))
+    columns = sample.select_columns(["src_ids", "tgt_ids"])
+    src = tokenizers.decode_src(columns["src_ids"])
+    tgt = tokenizers.decode_tgt(columns["tgt_ids"])
+
+    def single_piece(word: str) -> bool:
+        return all(len(ids) == 1 for ids in (*tokenizers.encode_src([word]), *tokenizers.encode_tgt([word])))
+
+    table = NameTable.build(zip(src, tgt), single_piece)
+    logger.info("names: %d source words, surrogates %s", len(table.known), ", ".join(table.surrogates) or "none")
+    return table
 
 
 def shortlist_output(model, columns: Tensor) -> tuple[Tensor, Tensor]:

@@ -109,6 +109,7 @@ class Translator(TranslatorBase):
         self.model = model.requires_grad_(False).to(self.device).eval()
         self.metadata = metadata or {}
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.names_dir = self.run_dir  # an ensemble reads its first run's table of names
         #: the run directories of an ensemble's members (:meth:`load` with several runs)
         self.run_dirs = [] if run_dir is None else [self.run_dir]
         self.lexicon = lexicon  #: nmt.inference.shortlist.Lexicon, loaded from run_dir when a shortlist is asked for

@@ -5,6 +5,7 @@ engine supplies its decode settings, batching and search. Nothing here imports t
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from nmt.config import DecodeConfig
@@ -12,6 +13,7 @@ from nmt.errors import NmtError
 from nmt.inference.alignment import word_alignment
 from nmt.inference.constraints import constraint_spans
 from nmt.inference.markup import translate_markup
+from nmt.inference.names import NAMES_FILE, NameTable, Surrogates
 from nmt.inference.rules import Hypothesis
 from nmt.inference.sentences import translate_by_sentence
 from nmt.inference.sources import (
@@ -37,6 +39,9 @@ class TranslatorBase:
     tokenizers: Any
     warn: Any
     _decode: DecodeConfig | None = None
+    #: the directory whose ``names.json`` the translator reads (a run's, an export's); None: none
+    names_dir: Path | None = None
+    _names: NameTable | None | bool = False  #: False until read
 
     @property
     def decode(self) -> DecodeConfig:
@@ -100,6 +105,25 @@ class TranslatorBase:
     def warn_truncated(self, items: Sequence[Source]) -> None:
         """One warning per input longer than ``decode.max_input_len`` subwords, by line number."""
         warn_truncated(self.warn, items, self.decode.max_input_len)
+
+    def name_table(self) -> NameTable | None:
+        """The table of :mod:`nmt.inference.names` (``names.json``), read once; None without one."""
+        if self._names is False:
+            path = None if self.names_dir is None else Path(self.names_dir) / NAMES_FILE
+            self._names = NameTable.load(path) if path is not None and path.is_file() else None
+        return self._names
+
+    def protect_names(self, sources: Sequence[str], options: DecodeConfig,
+                      keep: Sequence[bool] | None = None) -> tuple[list[str], list[Surrogates]]:
+        """``sources`` with their unseen names replaced by surrogates (``decode.names``), and each
+        one's replacements; ``keep[i]``: leave source i as it is (its constraints may name a word)."""
+        if isinstance(sources, str):  # encode() refuses it, saying why
+            return sources, []
+        table = self.name_table() if options.names else None
+        if table is None:
+            return list(sources), [Surrogates()] * len(sources)
+        out = [(s, Surrogates()) if keep and keep[i] else table.protect(s) for i, s in enumerate(sources)]
+        return [text for text, _ in out], [given for _, given in out]
 
     def detokenize(self, hyps: Sequence[Hypothesis]) -> list[str]:
         """Detokenized text of each hypothesis."""
@@ -194,8 +218,9 @@ class TranslatorBase:
                          constraints: Sequence[Sequence[Any] | None] | None = None, **overrides: Any):
         """:meth:`translate` of plain text with each input searched whole, as one sentence."""
         options = self.decode_options(beam, n_best, batch_tokens=batch_tokens, **overrides)
-        items = self.encode(sources, lines, warn=False)
-        terms = self._constraint_terms(constraints, len(items))
+        terms = self._constraint_terms(constraints, len(sources))
+        protected, given = self.protect_names(sources, options, [i in terms for i in range(len(sources))])
+        items = self.encode(protected, lines, warn=False)
         by_index = self._term_ids(terms)
         batches, mine = self._share(items, shard, beam=options.beam, batch_tokens=options.batch_tokens,
                                     max_sentences=max_sentences)
@@ -208,13 +233,14 @@ class TranslatorBase:
             best = [found[it.index][0] for it in mine if found.get(it.index)]
             texts = iter(self.detokenize(best))
             for it in mine:
-                out[it.index] = next(texts) if found.get(it.index) else ""
+                out[it.index] = given[it.index].restore(next(texts)) if found.get(it.index) else ""
             return out
         texts = iter(self.detokenize([h for it in mine for h in found.get(it.index, [])]))
         for it in mine:
             out[it.index] = self._result(sources[it.index], it, found.get(it.index), texts,
                                          return_attention, return_alignment,
-                                         (terms[it.index], by_index[it.index]) if it.index in terms else None)
+                                         (terms[it.index], by_index[it.index]) if it.index in terms else None,
+                                         given[it.index])
         return out
 
     def constraint_ids(self, constraints: Sequence[Sequence[Any] | None] | None, n: int
@@ -253,19 +279,21 @@ class TranslatorBase:
 
     def _result(self, source: str, item: Source, hyps: list[Hypothesis] | None, texts,
                 return_attention: bool, return_alignment: bool,
-                terms: tuple[list[str], list[list[int]]] | None = None) -> TranslationResult:
+                terms: tuple[list[str], list[list[int]]] | None = None,
+                given: Surrogates = Surrogates()) -> TranslationResult:
         """The result of one input: its hypotheses with their texts (taken from ``texts`` in order);
-        ``terms``: its constraints, as strings and as target ids."""
+        ``terms``: its constraints, as strings and as target ids; ``given``: the surrogates its
+        search saw, shown as the words they stand for."""
         if item.ids is None or not hyps:
             return TranslationResult(source, [TranslatedHypothesis(
                 text="", score=0.0, tokens=[], src_tokens=[], token_log_probs=[],
                 alignment=[] if return_alignment else None)])
-        src_tokens = self._src_tokens(item)
+        src_tokens = given.restore_pieces(self._src_tokens(item))
         results = []
         for h in hyps:
-            pieces = self.tokenizers.tgt_pieces_from_ids(h.tokens)
+            pieces = given.restore_pieces(self.tokenizers.tgt_pieces_from_ids(h.tokens))
             results.append(TranslatedHypothesis(
-                text=next(texts), score=h.score, tokens=pieces, src_tokens=src_tokens,
+                text=given.restore(next(texts)), score=h.score, tokens=pieces, src_tokens=src_tokens,
                 attention=h.attention if return_attention else None,
                 positions=h.positions if return_attention else None, token_log_probs=h.log_probs,
                 raw_score=h.raw_score, constraints_met=h.constraints_met,

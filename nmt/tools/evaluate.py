@@ -168,7 +168,8 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
     seconds = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     scores = score_corpus(hypotheses, reference_sets, names, recipe.eval.bleu_tokenize)
 
-    stem = _stem(split, checkpoint, len(runs), beam, precision, shortlist, options.split_sentences)
+    stem = _stem(split, checkpoint, len(runs), beam, precision, shortlist, options.split_sentences,
+                 options.names or translator.name_table() is None)
     eval_dir = run / "eval"
     hyp_path = eval_dir / f"{stem}.hyp"
     json_path = eval_dir / f"{stem}.json"
@@ -206,11 +207,13 @@ def evaluate_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], split
 
 
 def _stem(split: str, checkpoint: str, runs: int, beam: int, precision: str, shortlist: int,
-          split_sentences: bool = True) -> str:
-    """The name, without suffix, of an evaluation's files in ``RUN_DIR/eval/``."""
+          split_sentences: bool = True, names: bool = True) -> str:
+    """The name, without suffix, of an evaluation's files in ``RUN_DIR/eval/`` (``names``: False
+    when a table of names was there and not used)."""
     return (f"{split}.{_checkpoint_tag(checkpoint)}" + (f".ensemble{runs}" if runs > 1 else "")
             + f".beam{beam}" + (".bf16" if precision == "bf16" else "")
-            + (f".shortlist{shortlist}" if shortlist else "") + ("" if split_sentences else ".whole"))
+            + (f".shortlist{shortlist}" if shortlist else "") + ("" if split_sentences else ".whole")
+            + ("" if names else ".nonames"))
 
 
 def _split_pairs(recipe, split: str) -> tuple[list[str], list[list[str]]]:

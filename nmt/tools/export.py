@@ -236,12 +236,17 @@ def export_model(model: nn.Module, out_dir: Path) -> dict[str, Any]:
 
 def _export_lexicon(run_dir: Path, out: Path) -> dict[str, str]:
     """Copy the run's lexicon (``nmt shortlist``), if it has one, beside the graphs: the ONNX
-    translator decodes over the recipe's shortlist with it (``shortlist=K`` in a call changes K)."""
+    translator decodes over the recipe's shortlist with it (``shortlist=K`` in a call changes K);
+    and its table of names (:mod:`nmt.inference.names`)."""
+    from nmt.inference.names import NAMES_FILE
     from nmt.inference.shortlist import LEXICON_FILE
 
     if not (run_dir / LEXICON_FILE).is_file():
         return {}
     atomic_write_bytes(out / LEXICON_FILE, (run_dir / LEXICON_FILE).read_bytes())
+    if (run_dir / NAMES_FILE).is_file():  # written with the lexicon: the names to carry over
+        atomic_write_bytes(out / NAMES_FILE, (run_dir / NAMES_FILE).read_bytes())
+        return {"lexicon": LEXICON_FILE, "names": NAMES_FILE}
     return {"lexicon": LEXICON_FILE}
 
 

@@ -136,6 +136,7 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
     The lexicon depends only on the corpus, the tokenizers, the length filter and
     ``data.lexicon_sample``: it is kept in the cache of :mod:`nmt.data.encoded_cache` under a
     sha256 of them (:func:`lexicon_identity`), and a later run of the same copies it from there."""
+    from nmt.inference.names import NAMES_FILE, NameTable
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon
     from nmt.training.distributed import share
 
@@ -148,6 +149,9 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
             _cached_or_built_lexicon(run_dir, recipe, tokenizers, train_ds, raw_train)
             if init_from is not None and (init_from / LEXICON_FILE).is_file():
                 Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
+            if init_from is not None and (init_from / NAMES_FILE).is_file():  # the words it learnt there
+                names = run_dir / NAMES_FILE
+                NameTable.load(names).merged(NameTable.load(init_from / NAMES_FILE)).save(names)
         lexicon = Lexicon.load(path)
     return share(accelerator, lexicon)  # the other processes never read the run directory
 
@@ -163,26 +167,30 @@ def lexicon_identity(recipe: Recipe, tokenizers, raw_train) -> dict | None:
         return None
     return {"corpus": corpus, "tokenizers": tokenizers.file_hashes, "filter": asdict(recipe.data.filter),
             "lexicon_sample": recipe.data.lexicon_sample, "method": "ibm-model-1", "iterations": 5,
-            "keep": 100}
+            "keep": 100, "names": 1}
 
 
 def _cached_or_built_lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, raw_train) -> None:
-    """Write ``RUN_DIR/lexicon.safetensors``: from the cache, or built and then kept there."""
+    """Write ``RUN_DIR/lexicon.safetensors`` and ``RUN_DIR/names.json`` (built with it): from the
+    cache, or built and then kept there."""
     from nmt.atomic import atomic_write_bytes
     from nmt.data.encoded_cache import cache_root, file_entry_key, load_files, store_files
+    from nmt.inference.names import NAMES_FILE
     from nmt.inference.shortlist import LEXICON_FILE, build_for_run
 
     identity = None if raw_train is None else lexicon_identity(recipe, tokenizers, raw_train)
     key = None if identity is None else file_entry_key("lexicon", identity)
-    files = None if key is None else load_files(key, (LEXICON_FILE,))
+    files = None if key is None else load_files(key, (LEXICON_FILE, NAMES_FILE))
     if files is not None:
-        atomic_write_bytes(run_dir / LEXICON_FILE, files[LEXICON_FILE])
+        for name, data in files.items():
+            atomic_write_bytes(run_dir / name, data)
         log.info("lexicon read from the cache %s (building skipped)", cache_root() / key)
         return
     path = build_for_run(run_dir, recipe=recipe, tokenizers=tokenizers, train_ds=train_ds,
                          max_pairs=recipe.data.lexicon_sample)
     if key is not None:
-        store_files(key, {LEXICON_FILE: path.read_bytes()}, len(train_ds),
+        store_files(key, {LEXICON_FILE: path.read_bytes(), NAMES_FILE: (run_dir / NAMES_FILE).read_bytes()},
+                    len(train_ds),
                     describe=f"lexicon of {len(train_ds)} pairs (data.lexicon_sample {recipe.data.lexicon_sample})")
 
 
