@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from nmt.inference.names import words_of  # the words decode.names compares
 
 BUCKETS = ((1, 6), (7, 10), (11, 15), (16, None))  #: inclusive word ranges; None = no upper bound
 
@@ -35,14 +36,6 @@ def bucket_of(source: str) -> str:
         if high is None or words <= high:
             return bucket_label(low, high)
     raise AssertionError("unreachable: the last bucket has no upper bound")
-
-
-_WORD = re.compile(r"[^\W_]+")  # letters and digits
-
-
-def words_of(text: str) -> list[str]:
-    """The words of a sentence: runs of letters and digits ("l'habitude" is "l", "habitude")."""
-    return _WORD.findall(text)
 
 
 def known_words(sentences) -> set[str]:

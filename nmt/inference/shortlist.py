@@ -42,8 +42,8 @@ from nmt.data.vocab import (  # the special ids are always in a shortlist, at co
     PAD_ID,
 )
 from nmt.errors import NmtError
-from nmt.inference.onnx_shortlist import check_lexicon_sizes
 from nmt.inference.names import NAMES_FILE, NameTable
+from nmt.inference.onnx_shortlist import check_lexicon_sizes
 
 logger = logging.getLogger("nmt.inference.shortlist")
 
