@@ -145,3 +145,21 @@ def test_an_export_carries_the_table(named_run, tmp_path):
     meta = _export_lexicon(run, tmp_path)
     assert meta == {"lexicon": "lexicon.safetensors", "names": NAMES_FILE}
     assert (tmp_path / NAMES_FILE).read_bytes() == (run / NAMES_FILE).read_bytes()
+
+
+def test_a_served_translation_shows_the_name_and_a_request_may_turn_it_off(named_run):
+    from fastapi.testclient import TestClient
+
+    from nmt.tools.serve import ServeLimits, create_app
+
+    run, surrogate = named_run
+    with TestClient(create_app([run], ServeLimits())) as client:
+        def src_tokens(**extra):
+            answer = client.post("/api/translate", json={"text": "Je suis Zorglub .", "return_attention": True,
+                                                         **extra})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["translations"][0]["src_tokens"]
+
+        assert "\u2581Zorglub" in src_tokens() and "\u2581" + surrogate not in src_tokens()
+        assert "\u2581Zorglub" not in src_tokens(names=False)  # several subwords of the tiny vocabulary
+        assert client.post("/api/translate", json={"text": "x", "names": "maybe"}).status_code == 422

@@ -653,7 +653,7 @@ def test_request_decode_fields_come_from_the_decode_schema():
     schema = {f.name: f for f in dataclasses.fields(DecodeConfig)}
     fields = request_model().model_fields
     assert set(REQUEST_DECODE) == {"beam", "n_best", "length_penalty", "shortlist", "sample", "temperature",
-                                   "top_k", "top_p", "seed", "split_sentences"}
+                                   "top_k", "top_p", "seed", "split_sentences", "names"}
     bounds = {"min": "ge", "above": "gt", "max": "le"}
     for name in REQUEST_DECODE:
         assert fields[name].description.startswith(schema[name].metadata["help"]), name

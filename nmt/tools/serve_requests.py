@@ -74,7 +74,7 @@ class ApiError(Exception):
 #: type, range and description come from :class:`~nmt.config.DecodeConfig`
 REQUEST_DECODE: dict[str, Any] = {"beam": None, "n_best": 1, "length_penalty": None, "shortlist": None,
                                   "sample": None, "temperature": None, "top_k": None, "top_p": None,
-                                  "seed": None, "split_sentences": None}
+                                  "seed": None, "split_sentences": None, "names": None}
 
 #: the sampling settings a request may give (see :func:`check_sampling`)
 SAMPLING_FIELDS = ("sample", "temperature", "top_k", "top_p", "seed")
@@ -228,6 +228,8 @@ def check_request(req, models: dict[str, ServedModel], default: str, limits: Ser
         options["length_penalty"] = float(req.length_penalty)
     if req.split_sentences is not None:
         options["split_sentences"] = req.split_sentences
+    if req.names is not None:
+        options["names"] = req.names
     if req.shortlist is not None:
         options["shortlist"] = req.shortlist
     elif not served.has_lexicon and served.summary["decode"]["shortlist"]:
