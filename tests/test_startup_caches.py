@@ -17,6 +17,7 @@ import pytest
 from nmt.config import TokenizerConfig
 from nmt.data.encoded_cache import file_entry_key, load_files, store_files
 from nmt.data.tokenizer import SRC_MODEL, TGT_MODEL, SubwordTokenizers, training_identity, training_sample
+from nmt.inference.names import NAMES_FILE
 from nmt.inference.shortlist import LEXICON_FILE, Lexicon, ibm_model1, id_list_chunks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_a_second_run_hits_every_cache_and_a_change_misses(tiny_recipe, tmp_path
     _train(tiny_recipe, tmp_path / "warm", data)
     assert _what_ran(caplog.text) == dict.fromkeys(redone, False)
     assert "training skipped" in caplog.text and "building skipped" in caplog.text
-    for name in (SRC_MODEL, TGT_MODEL, LEXICON_FILE):  # each run directory holds its own copy
+    for name in (SRC_MODEL, TGT_MODEL, LEXICON_FILE, NAMES_FILE):  # each run directory holds its own copy
         assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes()
     caplog.clear()
     if change == "corpus":
