@@ -193,3 +193,14 @@ def test_a_shortlist_recipe_merges_the_runs_lexicon(tiny_recipe, corpora, source
         assert set(general.top_ids[row].tolist()) - {-1} <= ids
         assert set(own.top_ids[row].tolist()) - {-1} <= ids
     assert merged.top_ids.ne(-1).sum() > own.top_ids.ne(-1).sum()
+
+
+@pytest.mark.parametrize("shortlist", [0, 3])
+def test_a_continued_runs_table_of_names_knows_both_runs_words(tiny_recipe, corpora, source, tmp_path, shortlist):
+    from nmt.inference.names import NAMES_FILE, NameTable
+
+    run = tmp_path / "domain"
+    _fine_tune(tiny_recipe, corpora, source, run, "train.max_steps=1", "train.valid_every=1",
+               f"decode.shortlist={shortlist}")
+    general, merged = NameTable.load(source / NAMES_FILE), NameTable.load(run / NAMES_FILE)
+    assert general.known <= merged.known and merged.known - general.known  # the domain's words too

@@ -109,10 +109,17 @@ def test_every_result_path_gives_the_name_back_in_the_text(named_run, monkeypatc
     assert tr.translate(sentences[:1], names=False) == [f"{surrogate}'s {surrogate}."]
 
 
-def test_without_a_table_nothing_is_replaced(tiny_run):
+def test_training_writes_the_table_and_without_one_nothing_is_replaced(tiny_run, tmp_path):
     from nmt.inference.translator import Translator
 
-    tr = Translator.load(tiny_run, precision="float32")
+    # recipes/tiny.yaml has no shortlist: the table is written without a lexicon
+    assert not (tiny_run / "lexicon.safetensors").exists()
+    table = NameTable.load(tiny_run / NAMES_FILE)
+    assert {"je", "suis", "fatigué"} <= table.known and table.surrogates == ()  # no name in the tiny corpus
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / NAMES_FILE).unlink()
+    tr = Translator.load(run, precision="float32")
     assert tr.name_table() is None
     assert tr.protect_names(["Je suis Zorglub ."], tr.decode_options()) == (["Je suis Zorglub ."], [Surrogates()])
 

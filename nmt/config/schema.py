@@ -314,7 +314,7 @@ class DecodeConfig:
               "source language) and join the translations")
     names: bool = setting(
         True, "carry capitalised source words the training data lacks (names) into the translation "
-              "through surrogate names the model knows (RUN_DIR/names.json, written with the lexicon)")
+              "through surrogate names the model knows (RUN_DIR/names.json, written by nmt train)")
     sample: bool = setting(
         False, "draw each token from the model's distribution instead of searching; n_best is then "
                "the number of independent samples per sentence; excludes beam > 1")

@@ -11,8 +11,8 @@ its original word. A word is one run of letters and digits, compared lower-cased
 one subword in both vocabularies, so a hypothesis keeps its pieces, scores and attention, and only
 what they display changes.
 
-The table (:class:`NameTable`, ``RUN_DIR/names.json``) is built with the run's lexicon, from the
-same training pairs (``nmt train``, ``nmt shortlist``): an evenly spaced sample of
+The table (:class:`NameTable`, ``RUN_DIR/names.json``) is built from the training pairs the run's
+lexicon reads (``nmt train``, ``nmt shortlist``): an evenly spaced sample of
 ``data.lexicon_sample`` pairs, so on a larger corpus a word outside the sample counts as unseen.
 ``decode.names: false`` turns it off. Measured on held-out Tatoeba sentences in docs/results.md.
 """

@@ -49,8 +49,11 @@ def prepare_inputs(recipe: Recipe, run_dir: Path, resume: bool, accelerator,
         atomic_write_text(run_dir / "recipe.yaml", RECIPE_HEADER + recipe.to_yaml())
     if len(train_ds) == 0:
         raise NmtError("the training split is empty after filtering; relax data.filter (max_len, max_ratio)")
+    init_dir = None if init is None else init.run_dir
     lexicon = _lexicon(run_dir, recipe, tokenizers, train_ds, accelerator, resume,
-                       None if init is None else init.run_dir, corpus["train"]) if recipe.decode.shortlist else None
+                       init_dir, corpus["train"]) if recipe.decode.shortlist else None
+    if not recipe.decode.shortlist and accelerator.is_main_process:  # else written with the lexicon
+        _names(run_dir, recipe, tokenizers, train_ds, resume, init_dir)
     augmentation = Augmentation.from_recipe(recipe)
     examples = TrainingExamples(train_ds, tokenizers, augmentation) if augmentation.active else None
     src_lens, tgt_lens = lengths_of(train_ds) if examples is None else (examples.src_lens, examples.tgt_lens)
@@ -136,7 +139,6 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
     The lexicon depends only on the corpus, the tokenizers, the length filter and
     ``data.lexicon_sample``: it is kept in the cache of :mod:`nmt.data.encoded_cache` under a
     sha256 of them (:func:`lexicon_identity`), and a later run of the same copies it from there."""
-    from nmt.inference.names import NAMES_FILE, NameTable
     from nmt.inference.shortlist import LEXICON_FILE, Lexicon
     from nmt.training.distributed import share
 
@@ -149,11 +151,31 @@ def _lexicon(run_dir: Path, recipe: Recipe, tokenizers, train_ds, accelerator, r
             _cached_or_built_lexicon(run_dir, recipe, tokenizers, train_ds, raw_train)
             if init_from is not None and (init_from / LEXICON_FILE).is_file():
                 Lexicon.load(path).merged(Lexicon.load(init_from / LEXICON_FILE)).save(path)
-            if init_from is not None and (init_from / NAMES_FILE).is_file():  # the words it learnt there
-                names = run_dir / NAMES_FILE
-                NameTable.load(names).merged(NameTable.load(init_from / NAMES_FILE)).save(names)
+            _merge_parent_names(run_dir, init_from)
         lexicon = Lexicon.load(path)
     return share(accelerator, lexicon)  # the other processes never read the run directory
+
+
+def _names(run_dir: Path, recipe: Recipe, tokenizers, train_ds, resume: bool, init_from: Path | None) -> None:
+    """``RUN_DIR/names.json`` (:mod:`nmt.inference.names`) for a recipe without a lexicon: from the
+    pairs a lexicon would read, kept on resume."""
+    from nmt.inference.names import NAMES_FILE
+    from nmt.inference.shortlist import name_table
+
+    path = run_dir / NAMES_FILE
+    if resume and path.is_file():
+        return
+    name_table(train_ds, tokenizers, recipe.data.lexicon_sample).save(path)
+    _merge_parent_names(run_dir, init_from)
+
+
+def _merge_parent_names(run_dir: Path, init_from: Path | None) -> None:
+    """A continued run's table of names also knows the words of the run it starts from."""
+    from nmt.inference.names import NAMES_FILE, NameTable
+
+    if init_from is not None and (init_from / NAMES_FILE).is_file() and (run_dir / NAMES_FILE).is_file():
+        names = run_dir / NAMES_FILE
+        NameTable.load(names).merged(NameTable.load(init_from / NAMES_FILE)).save(names)
 
 
 def lexicon_identity(recipe: Recipe, tokenizers, raw_train) -> dict | None:
