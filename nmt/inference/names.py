@@ -93,7 +93,10 @@ class NameTable:
     def protect(self, text: str) -> tuple[str, Surrogates]:
         """``text`` with each capitalised word the training sources lack replaced by a surrogate
         not in ``text`` (while any is left), and the replacements made."""
-        present = set(words_of(text))
+        words = words_of(text)
+        if not any(_capitalised(w) and w.lower() not in self.known for w in words):
+            return text, Surrogates()  # most sentences: a third of the cost of replacing
+        present = set(words)
         free = [s for s in self.surrogates if s not in present]
         given: dict[str, str] = {}
 
