@@ -22,6 +22,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -87,7 +88,7 @@ class NameTable:
             known.update(w.lower() for w in words)
             target = set(words_of(tgt))
             held.update({w for w in words[1:] if _capitalised(w) and len(w) > 1 and w.isalpha() and w in target})
-        surrogates = [w for w, _ in held.most_common() if single_piece(w)][:most]
+        surrogates = islice((w for w, _ in held.most_common() if single_piece(w)), most)
         return cls(frozenset(known), tuple(surrogates))
 
     def protect(self, text: str) -> tuple[str, Surrogates]:

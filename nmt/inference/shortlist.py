@@ -192,13 +192,18 @@ def top_translations(links: np.ndarray, prob: np.ndarray, src_vocab: int, tgt_vo
     return torch.from_numpy(ids), torch.from_numpy(probs)
 
 
-def dataset_chunks(ds, max_pairs: int | None = None, chunk_pairs: int = 50_000) -> Iterator[Chunk]:
-    """Chunks of an encoded corpus (``src_ids``/``tgt_ids`` columns, see ``nmt.data.batching``).
-
-    With ``max_pairs`` an evenly spaced sample of that many pairs is used (deterministic).
-    """
+def lexicon_pairs(ds, max_pairs: int | None = None):
+    """The pairs of an encoded corpus a lexicon (and the table of names) is built from: all, or
+    with ``max_pairs`` an evenly spaced sample of that many (deterministic)."""
     if max_pairs is not None and len(ds) > max_pairs:
-        ds = ds.select(np.linspace(0, len(ds) - 1, max_pairs).astype(np.int64))
+        return ds.select(np.linspace(0, len(ds) - 1, max_pairs).astype(np.int64))
+    return ds
+
+
+def dataset_chunks(ds, max_pairs: int | None = None, chunk_pairs: int = 50_000) -> Iterator[Chunk]:
+    """Chunks of an encoded corpus (``src_ids``/``tgt_ids`` columns, see ``nmt.data.batching``),
+    of :func:`lexicon_pairs` ``(ds, max_pairs)``."""
+    ds = lexicon_pairs(ds, max_pairs)
     table_iter = ds.select_columns(["src_ids", "tgt_ids"]).with_format("arrow").iter(batch_size=chunk_pairs)
     for table in table_iter:
         columns = []
@@ -398,10 +403,7 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
 def name_table(train_ds, tokenizers, max_pairs: int | None = 200_000) -> NameTable:
     """The run's :class:`~nmt.inference.names.NameTable`, from the texts of the pairs the lexicon
     is built from (``max_pairs``: the same evenly spaced sample)."""
-    sample = train_ds
-    if max_pairs is not None and len(sample) > max_pairs:
-        sample = sample.select(np.linspace(0, len(sample) - 1, max_pairs).astype(np.int64))
-    columns = sample.select_columns(["src_ids", "tgt_ids"])
+    columns = lexicon_pairs(train_ds, max_pairs).select_columns(["src_ids", "tgt_ids"])
     src = tokenizers.decode_src(columns["src_ids"])
     tgt = tokenizers.decode_tgt(columns["tgt_ids"])
 
