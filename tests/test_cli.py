@@ -56,7 +56,7 @@ def test_config_show_prints_the_recipe_with_its_base_applied(repo, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert "base" not in shown
     assert shown["model"]["attention"]["kind"] == "luong-general"  # the variant's key
-    assert shown["train"]["budget_minutes"] == 30 and shown["train"]["precision"] == "bf16"  # fr-en's
+    assert shown["train"]["budget_minutes"] == 30 and shown["train"]["precision"] == "auto"  # fr-en's
     assert shown["output"]["name"] == "fr-en-luong"
 
 

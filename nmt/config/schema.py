@@ -259,7 +259,10 @@ class TrainConfig:
     #: next to nothing).
     early_stopping_metric: Literal["bleu", "loss"] = "bleu"
     patience: Optional[int] = setting(None, "validations without improvement before stopping", above=0)
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["auto", "no", "bf16", "fp16"] = setting(
+        "no", "auto | no | bf16 | fp16: mixed precision of training (accelerate's autocast); auto: bf16 "
+              "on a GPU with bf16 and on a CPU with bf16 instructions (AVX-512 BF16, AMX), else no "
+              "(float32); a resumed run keeps the mode it started with (docs/performance.md)", metavar="MODE")
     #: torch intra-op threads. ``auto`` (default): on an idle machine torch's own choice; beside
     #: other work seen at start-up, one per CPU it leaves free, waiting passively
     #: (nmt.training.threads); an integer fixes the count, ``null`` always takes torch's choice

@@ -168,13 +168,19 @@ def _first(text: str, name: str) -> str:
     return ""
 
 
-def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU has bf16 instructions (AVX-512 BF16 or AMX): without them bf16 GEMMs are
-    emulated and never faster than float32's, so ``auto`` does not calibrate. Unknown (no
-    /proc/cpuinfo): True, and the calibration decides."""
+def bf16_instructions(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU has bf16 instructions (AVX-512 BF16 or AMX); None when /proc/cpuinfo does
+    not say (another OS)."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = _first(text, "flags").split()
-    return not flags or "avx512_bf16" in flags or "amx_bf16" in flags
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) if flags else None
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 search may pay on this CPU: without bf16 instructions (AVX-512 BF16 or AMX) bf16
+    GEMMs are emulated and never faster than float32's, so ``auto`` does not calibrate. Unknown (no
+    /proc/cpuinfo): True, and the calibration decides."""
+    return bf16_instructions(cpuinfo) is not False
 
 
 def cpu_key(cpuinfo: str | None = None) -> dict[str, Any]:

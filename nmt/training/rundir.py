@@ -167,6 +167,16 @@ def saved_recipe(run_dir: Path) -> Recipe | None:
     return recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
 
 
+def saved_precision(run_dir: Path) -> str | None:
+    """``train.precision`` of the run in ``run_dir`` (its recipe.yaml), or None when it has none or
+    it cannot be read (resume reports that itself)."""
+    try:
+        saved = saved_recipe(Path(run_dir))
+    except (NmtError, OSError, ValueError):
+        return None
+    return None if saved is None else saved.train.precision
+
+
 def check_resume_recipe(saved: Recipe, recipe: Recipe) -> None:
     """``--resume`` with a recipe whose frozen sections equal the run's ``saved`` recipe."""
     # model.kernels picks implementations, not weights: a run may resume under the other setting

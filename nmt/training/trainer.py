@@ -40,8 +40,10 @@ from nmt.model.seq2seq import PARTS, Seq2Seq, build_model, check_model_config, p
 from nmt.training.checkpoints import restore, save_checkpoint, truncate_metrics, weights_checksum
 from nmt.training.distributed import is_peer_failure, peer_failure, process_group_kwargs
 from nmt.training.inputs import RunInputs, batch_stream, epoch_progress, prepare_inputs
+from nmt.training.precision import resolve_precision
 from nmt.training.progress import Progress, Window, append_jsonl, close_run_log, setup_logging
-from nmt.training.rundir import InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir
+from nmt.training.rundir import (InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir,
+                                 saved_precision)
 from nmt.training.schedule import build_optimizer, build_plateau, plateau_step, set_lr
 from nmt.training.state import StopSignal, TrainerState
 from nmt.training.threads import ThreadFollower
@@ -91,8 +93,12 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     if threads.threads:
         torch.set_num_threads(threads.threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
+    cpu = force_cpu()
+    precision = resolve_precision(t.precision, "cpu" if cpu or not torch.cuda.is_available() else "cuda",
+                                  saved_precision(run_dir) if resume else None)
+    t.precision = precision.mode  # the run's recipe.yaml records the mode it trains in
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
-                              cpu=force_cpu(), kwargs_handlers=process_group_kwargs(t.dist_timeout))
+                              cpu=cpu, kwargs_handlers=process_group_kwargs(t.dist_timeout))
     lock = lock_run_dir(run_dir) if accelerator.is_main_process else None
     try:
         changed = check_run_dir(run_dir, recipe, resume) if lock is not None else None
@@ -102,6 +108,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             log.warning(changed)
         if threads.note:
             log.info(threads.note)
+        if precision.note:
+            log.info(precision.note)
+        if precision.warning:
+            log.warning(precision.warning)
         trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)
         if t.num_threads == "auto" and threads.threads:
             trainer.follower = ThreadFollower.for_choice(threads)

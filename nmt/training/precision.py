@@ -1,0 +1,54 @@
+"""``train.precision: auto``: bf16 autocast where the device computes bf16 natively, float32 elsewhere.
+
+bf16 autocast pays on a GPU with bf16 and on a CPU with bf16 instructions (AVX-512 BF16 or AMX).
+On a CPU without them its products run emulated: a training step of the fr-en recipe ran 2.2×
+slower than float32 with AVX-512 but no BF16, and 27× slower with AVX2 only (docs/performance.md,
+"Training on a CPU without bf16 instructions"). ``auto`` decides from the hardware, not from
+timings, so a machine always trains a recipe the same way; and a resumed run keeps the mode its
+recipe.yaml recorded (:func:`resolve_precision`), so resuming equals training without a stop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nmt.inference.precision_auto import bf16_instructions
+
+__all__ = ["PrecisionDecision", "resolve_precision", "EMULATED_NOTE"]
+
+#: why bf16 is not taken (or is slow) on a CPU without bf16 instructions
+EMULATED_NOTE = ("the CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 products run emulated, "
+                 "2-27x slower than float32 (docs/performance.md)")
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    mode: str  #: what accelerate's ``mixed_precision`` gets: no | bf16 | fp16
+    note: str = ""  #: said in the log: why ``auto`` chose ``mode``
+    warning: str = ""  #: said as a warning: a mode asked for that runs slowly here
+
+
+def resolve_precision(requested: str, device: str, saved: str | None = None,
+                      cpuinfo: str | None = None) -> PrecisionDecision:
+    """The training precision for ``requested`` (``train.precision``) on ``device`` (``cpu``,
+    ``cuda``, ...). ``saved``: the precision of the run being resumed (its recipe.yaml), which
+    ``auto`` keeps. ``cpuinfo``: /proc/cpuinfo's text (tests)."""
+    if requested != "auto":
+        if requested == "bf16" and device == "cpu" and bf16_instructions(cpuinfo) is False:
+            return PrecisionDecision(requested, warning=f"train.precision is bf16, but {EMULATED_NOTE}; "
+                                                        "set train.precision: auto (or no)")
+        return PrecisionDecision(requested)
+    if saved not in (None, "auto"):
+        return PrecisionDecision(saved, note=f"train.precision auto: {saved}, as the run was started")
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionDecision("bf16", note="train.precision auto: bf16 (the GPU computes bf16)")
+        return PrecisionDecision("no", note="train.precision auto: no (the GPU has no bf16)")
+    if device == "cpu":
+        native = bf16_instructions(cpuinfo)
+        if native:
+            return PrecisionDecision("bf16", note="train.precision auto: bf16 (the CPU has bf16 instructions)")
+        why = EMULATED_NOTE if native is False else "this system does not say whether the CPU has bf16 instructions"
+        return PrecisionDecision("no", note=f"train.precision auto: no ({why})")
+    return PrecisionDecision("no", note=f"train.precision auto: no (bf16 is not chosen on {device})")

@@ -1,0 +1,86 @@
+"""``train.precision: auto``: bf16 where the hardware computes it, float32 elsewhere, and a resumed
+run keeps the mode it started with."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+
+from nmt.training import precision as tp
+
+WITH_BF16 = "model name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+AVX512_ONLY = "model name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+AVX2_ONLY = "model name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma\n"
+AMX = "model name\t: Some CPU\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n"
+
+
+@pytest.mark.parametrize("cpuinfo, mode", [(WITH_BF16, "bf16"), (AMX, "bf16"), (AVX512_ONLY, "no"),
+                                           (AVX2_ONLY, "no"), ("", "no")])
+def test_auto_takes_bf16_only_on_a_cpu_with_bf16_instructions(cpuinfo, mode):
+    decision = tp.resolve_precision("auto", "cpu", cpuinfo=cpuinfo)
+    assert decision.mode == mode
+    assert decision.note.startswith(f"train.precision auto: {mode}")
+    assert not decision.warning
+    if cpuinfo in (AVX512_ONLY, AVX2_ONLY):
+        assert "emulated" in decision.note
+
+
+def test_a_resumed_run_keeps_the_mode_it_started_with():
+    assert tp.resolve_precision("auto", "cpu", saved="bf16", cpuinfo=AVX2_ONLY).mode == "bf16"
+    assert tp.resolve_precision("auto", "cpu", saved="no", cpuinfo=WITH_BF16).mode == "no"
+    assert tp.resolve_precision("auto", "cpu", saved="auto", cpuinfo=WITH_BF16).mode == "bf16"
+
+
+def test_a_mode_given_is_kept_and_bf16_without_the_instructions_is_warned_about():
+    assert tp.resolve_precision("no", "cpu", cpuinfo=WITH_BF16) == tp.PrecisionDecision("no")
+    assert tp.resolve_precision("bf16", "cpu", cpuinfo=WITH_BF16) == tp.PrecisionDecision("bf16")
+    slow = tp.resolve_precision("bf16", "cpu", cpuinfo=AVX2_ONLY)
+    assert slow.mode == "bf16"
+    assert "emulated" in slow.warning and "train.precision: auto" in slow.warning
+    assert not tp.resolve_precision("bf16", "cpu", cpuinfo="").warning  # unknown: not warned about
+
+
+def test_the_recipe_accepts_auto_and_names_it_among_the_choices(tiny_recipe):
+    from nmt.errors import NmtError
+
+    assert tiny_recipe("train.precision=auto").train.precision == "auto"
+    with pytest.raises(NmtError, match="'auto'"):
+        tiny_recipe("train.precision=bf17")
+
+
+def test_training_with_auto_records_the_chosen_mode_and_resume_keeps_it(tmp_path, tiny_recipe, monkeypatch, caplog):
+    """The run's recipe.yaml says the mode it trained in; resumed on a machine where ``auto`` would
+    choose the other, it keeps its own. (accelerate fixes the mixed precision once per process, so
+    this test trains in float32 only: the machine first lacks bf16, then has it.)"""
+    from nmt.training.loop import train
+    from nmt.training.rundir import saved_precision
+
+    monkeypatch.setattr(tp, "bf16_instructions", lambda cpuinfo=None: False)
+    run = tmp_path / "run"
+    recipe = tiny_recipe("train.precision=auto", "train.max_steps=2", "train.valid_every=2")
+    with caplog.at_level(logging.INFO, logger="nmt.train"):
+        train(recipe, run_dir=run)
+    assert recipe.train.precision == "no" and saved_precision(run) == "no"
+    assert any("train.precision auto: no (the CPU has no bf16 instructions" in r.getMessage() for r in caplog.records)
+
+    monkeypatch.setattr(tp, "bf16_instructions", lambda cpuinfo=None: True)
+    resumed = tiny_recipe("train.precision=auto", "train.max_steps=4", "train.valid_every=2")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nmt.train"):
+        train(resumed, run_dir=run, resume=True)
+    assert resumed.train.precision == "no" and saved_precision(run) == "no"
+    messages = [r.getMessage() for r in caplog.records]
+    assert "train.precision auto: no, as the run was started" in messages
+    changed = [m for m in messages if "changed settings" in m]
+    assert changed and "max_steps" in changed[0] and "precision" not in changed[0]
+
+
+def test_a_run_directory_without_a_readable_recipe_has_no_saved_precision(tmp_path, tiny_run):
+    from nmt.training.rundir import saved_precision
+
+    assert saved_precision(tmp_path / "nothing") is None
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "recipe.yaml").write_text("train: [unclosed\n")
+    assert saved_precision(copy) is None
