@@ -101,6 +101,7 @@ def test_info_prints_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "accelerate" in out and "threads" in out
+    assert "train.precision auto here: " in out  # what the fr-en recipe trains in on this machine
 
 
 def test_allocator_tuning_respects_the_users_malloc_settings(monkeypatch):

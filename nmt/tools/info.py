@@ -48,6 +48,10 @@ def info_text() -> str:
         lines.append(f"cpu features: {' '.join(flags) or 'none of ' + ', '.join(CPU_FLAGS)}; "
                      f"bf16 in hardware: {bf16}")
     cuda = torch.cuda.is_available()
+    from nmt.training.precision import resolve_precision
+
+    training = resolve_precision("auto", "cuda" if cuda else "cpu")
+    lines.append(training.note.replace("train.precision auto:", "train.precision auto here:"))
     lines.append(f"cuda: {torch.cuda.device_count()} device(s)" if cuda else "cuda: not available")
     if cuda:
         for i in range(torch.cuda.device_count()):
