@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nmt.inference.names import words_of  # the words decode.names compares
+from nmt.inference.names import capitalised, words_of  # the words decode.names compares
 
 BUCKETS = ((1, 6), (7, 10), (11, 15), (16, None))  #: inclusive word ranges; None = no upper bound
 
@@ -49,7 +49,7 @@ def unseen_bucket_of(source: str, known: set[str]) -> list[str]:
     unseen = [w for w in words_of(source) if w.lower() not in known]
     if not unseen:
         return ["seen"]
-    return ["unseen", "unseen-capitalised"] if any(w[0].isupper() for w in unseen) else ["unseen"]
+    return ["unseen", "unseen-capitalised"] if any(capitalised(w) for w in unseen) else ["unseen"]
 
 
 UNSEEN_BUCKETS = ("seen", "unseen", "unseen-capitalised")

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 from nmt.atomic import atomic_write_text
 
-__all__ = ["NAMES_FILE", "NameTable", "Surrogates", "words_of"]
+__all__ = ["NAMES_FILE", "NameTable", "Surrogates", "words_of", "capitalised"]
 
 NAMES_FILE = "names.json"
 #: surrogates kept: a sentence with more unseen names keeps the others as they are
@@ -42,7 +42,8 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def _capitalised(word: str) -> bool:
+def capitalised(word: str) -> bool:
+    """A word written with a capital: a name, where it does not start the sentence."""
     return word[0].isupper()
 
 
@@ -87,7 +88,7 @@ class NameTable:
             words = words_of(src)
             known.update(w.lower() for w in words)
             target = set(words_of(tgt))
-            held.update({w for w in words[1:] if _capitalised(w) and len(w) > 1 and w.isalpha() and w in target})
+            held.update({w for w in words[1:] if capitalised(w) and len(w) > 1 and w.isalpha() and w in target})
         surrogates = islice((w for w, _ in held.most_common() if single_piece(w)), most)
         return cls(frozenset(known), tuple(surrogates))
 
@@ -95,7 +96,7 @@ class NameTable:
         """``text`` with each capitalised word the training sources lack replaced by a surrogate
         not in ``text`` (while any is left), and the replacements made."""
         words = words_of(text)
-        if not any(_capitalised(w) and w.lower() not in self.known for w in words):
+        if not any(capitalised(w) and w.lower() not in self.known for w in words):
             return text, Surrogates()  # most sentences: a third of the cost of replacing
         present = set(words)
         free = [s for s in self.surrogates if s not in present]
@@ -103,7 +104,7 @@ class NameTable:
 
         def replace(match: re.Match) -> str:
             word = match.group(0)
-            if not _capitalised(word) or word.lower() in self.known:
+            if not capitalised(word) or word.lower() in self.known:
                 return word
             if word not in given and free:
                 given[word] = free.pop(0)

@@ -400,7 +400,7 @@ def build_for_run(run_dir: str | os.PathLike, iterations: int = 5, keep: int = 1
     return path
 
 
-def name_table(train_ds, tokenizers, max_pairs: int | None = 200_000) -> NameTable:
+def name_table(train_ds, tokenizers, max_pairs: int | None) -> NameTable:
     """The run's :class:`~nmt.inference.names.NameTable`, from the texts of the pairs the lexicon
     is built from (``max_pairs``: the same evenly spaced sample)."""
     columns = lexicon_pairs(train_ds, max_pairs).select_columns(["src_ids", "tgt_ids"])
