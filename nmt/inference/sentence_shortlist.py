@@ -77,14 +77,16 @@ def mask_outside(scores, penalty):
 class ShortlistMemory:
     """An engine's attention memory with each memory row's ``penalty`` (:func:`outside_penalty`)
     and, optionally, ``own (B, K)``: each row's own columns (an engine that normalises a row over
-    those only); search only passes it back and selects its rows.
+    those only); search only passes it back and selects its rows. ``chunks``: what an engine
+    computes the output layer by, set at its first step (an object with ``select(index)``, which
+    gives None when the engine should build a new one).
 
     The memory holds one row per sentence or one per beam; a step's ``rows`` are beams, each
     sentence's side by side, so :meth:`penalty_rows` and :meth:`own_rows` repeat each memory row's.
     """
 
-    def __init__(self, memory: Any, penalty: Any, own: Any = None):
-        self.memory, self.penalty, self.own = memory, penalty, own
+    def __init__(self, memory: Any, penalty: Any, own: Any = None, chunks: Any = None):
+        self.memory, self.penalty, self.own, self.chunks = memory, penalty, own, chunks
         self._rows: tuple[int, Any, Any] | None = None  # the last repeat, reused while rows do not change
 
     def select(self, select_rows: Callable[[Any, Any], Any], index,
@@ -92,7 +94,8 @@ class ShortlistMemory:
         """Rows ``index`` of the memory (``select_rows``: the engine's), of the penalties and own
         columns (``take(array, index)``: the engine's ``ops.rows``)."""
         return ShortlistMemory(select_rows(self.memory, index), take(self.penalty, index),
-                               None if self.own is None else take(self.own, index))
+                               None if self.own is None else take(self.own, index),
+                               None if self.chunks is None else self.chunks.select(index))
 
     def penalty_rows(self, ops, rows: int):
         """``(rows, L)``: the penalty of each step row."""

@@ -28,6 +28,7 @@ from nmt.inference.sentence_shortlist import (
     outside_penalty,
 )
 from nmt.inference.shortlist import padded_columns
+from nmt import kernels
 from nmt.kernels import batch_invariant
 from nmt.kernels.rows import coarse_count, row_multiple
 
@@ -192,6 +193,8 @@ class TorchEngine:
         # an ordered sum adds a row's outside columns as exact zeros: it may read its own columns only
         self.own_only = ordered and isinstance(adapted, SingleModel)
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
+        # a row's own columns are all it reads: products per chunk of rows over their columns only
+        self.chunked = self.own_only and kernels.shortlist_chunks_apply(shortlist.weight)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
         enc = self.model.encode(src, src_lengths, src_mask, tables=self.tables)
@@ -224,6 +227,8 @@ class TorchEngine:
         """A single model's ``(logits, log_norm)`` of a step from its ``readout (rows, D)``;
         ``memory``: the step's (with a shortlist, a :class:`ShortlistMemory` of these rows'
         sentences; its model memory is not read)."""
+        if self.chunked:
+            return self.chunked_scores(readout, memory)
         logits = self.model.logits(readout, self.output, self.tables)
         if self.shortlist is None:
             return logits, self.normaliser(logits)
@@ -232,6 +237,20 @@ class TorchEngine:
         if self.own_only:
             return logits, self.normaliser(logits, memory.own_rows(self.ops, rows))
         return logits, self.normaliser(logits)  # the normaliser before search's masking: no renormalisation
+
+    def chunked_scores(self, readout: Tensor, memory: ShortlistMemory) -> tuple[Tensor, Tensor]:
+        """:meth:`scores` by :class:`~nmt.kernels.ShortlistChunks`: the same logits at each row's own
+        columns, -inf at the others, and the normaliser over the own columns."""
+        rows, memory_rows = readout.size(0), memory.penalty.size(0)
+        chunks = memory.chunks
+        if chunks is None or chunks.per_row * memory_rows != rows:
+            if rows % memory_rows:
+                raise ValueError(f"{rows} step rows for {memory_rows} memory rows")
+            chunks = memory.chunks = kernels.ShortlistChunks(
+                self.shortlist.weight, self.shortlist.bias, memory.penalty != 0, memory.own, rows // memory_rows)
+        own_logits = chunks.own_logits(readout)
+        scores = chunks.scores(own_logits, memory.own_rows(self.ops, rows), self.shortlist.columns.numel())
+        return scores, self.normaliser(own_logits)
 
     def best(self, scores: Tensor, memory) -> tuple[Tensor, Tensor]:
         """With each row's own columns known, only those are searched (the others are -inf): a

@@ -27,6 +27,9 @@ kernel pays. Nothing here imports ``nmt.model``.
   (GRU gates, the decoder's input and readout columns) once, for the model and the kernels alike.
 - ``search.search_step`` (with ``build_search_tables``, ``fold_context``): ``BahdanauDecoder.step``
   in search (no autograd, eval mode); chosen by ``Seq2Seq.search_tables``.
+- ``shortlist_chunks.ShortlistChunks``: search's output layer over a batch's union of shortlists
+  (``Seq2Seq.logits`` with an ``OutputShortlist``), one product per chunk of rows over the columns
+  its rows own; float32.
 - ``batch_invariant``: products and a sum whose value for a row does not depend on the
   other rows (MKL rounds a row by the number of rows, a sum by the padding): search's fast path
   uses them throughout, so that a sentence translates the same alone and in any batch.
@@ -40,6 +43,7 @@ from nmt.kernels.gru_inference import gru_inference_applies, input_gate_table, r
 from nmt.kernels.layout import Layout, gru_gates
 from nmt.kernels.loss import linear_cross_entropy, linear_cross_entropy_applies
 from nmt.kernels.rows import padded_linear, row_padding_applies
+from nmt.kernels.shortlist_chunks import CHUNK_ROWS, ShortlistChunks, shortlist_chunks_apply
 from nmt.kernels.search import (
     SearchTables,
     build_search_tables,
@@ -59,4 +63,5 @@ __all__ = [
     "linear_cross_entropy", "linear_cross_entropy_applies",
     "padded_linear", "row_padding_applies",
     "SearchTables", "build_search_tables", "fold_context", "search_step", "search_tables_apply",
+    "CHUNK_ROWS", "ShortlistChunks", "shortlist_chunks_apply",
 ]
