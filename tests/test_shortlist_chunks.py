@@ -55,7 +55,7 @@ def test_chunks_give_the_union_products_bits_at_each_rows_own_columns(batch, per
     assert torch.equal(got, want)
     assert torch.equal(scores, union)  # -inf wherever a row's sentence does not own the column
     assert chunks.slots >= batch_invariant.MIN_ROWS and chunks.slots % per_row == 0
-    if batch * per_row > 2 * CHUNK_ROWS:  # the chunks but the first (row 0 owns all) are narrower than the union
+    if batch * per_row > 2 * CHUNK_ROWS:  # the chunks but the first (row 0 owns all) are narrower
         assert (chunks.bias[1:] > -math.inf).sum(-1).max() < outside.size(1) // 2
 
 
@@ -71,7 +71,8 @@ def test_rows_that_stay_keep_their_slots_and_their_bits():
     assert kept is not None and kept.weight is chunks.weight  # nothing gathered again
     rows = (keep[:, None] * per_row + torch.arange(per_row)).reshape(-1)
     sub = torch.randn(rows.numel(), weight.size(1))
-    _, want, _ = union_own_logits(weight, bias, outside[keep], sub, per_row, own[keep])  # as search selects them
+    # own columns selected as search selects them (their width stays the batch's)
+    _, want, _ = union_own_logits(weight, bias, outside[keep], sub, per_row, own[keep])
     assert torch.equal(kept.own_logits(sub), want)
     assert chunks.select(keep[:10]) is None  # a layout mostly idle: built anew
 
@@ -95,7 +96,7 @@ def test_search_over_chunks_equals_search_over_the_union_product(tiny_model, mon
     for options in settings:
         options = dict(options, shortlist=2, shortlist_frequent=3)
         with monkeypatch.context() as m:
-            m.setattr(torch_engine.kernels, "shortlist_chunks_apply", lambda weight: False)
+            m.setattr(torch_engine, "shortlist_chunks_apply", lambda weight: False)
             plain = translator.search_ids(sources, **options)
         assert not calls
         fast = translator.search_ids(sources, **options)

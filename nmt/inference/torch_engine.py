@@ -28,8 +28,7 @@ from nmt.inference.sentence_shortlist import (
     outside_penalty,
 )
 from nmt.inference.shortlist import padded_columns
-from nmt import kernels
-from nmt.kernels import batch_invariant
+from nmt.kernels import ShortlistChunks, batch_invariant, shortlist_chunks_apply
 from nmt.kernels.rows import coarse_count, row_multiple
 
 __all__ = ["TorchEngine", "check_eval", "LogNormaliser", "OutputShortlist", "SingleModel", "search_model"]
@@ -194,7 +193,7 @@ class TorchEngine:
         self.own_only = ordered and isinstance(adapted, SingleModel)
         self.output = None if shortlist is None else (shortlist.weight, shortlist.bias)
         # a row's own columns are all it reads: products per chunk of rows over their columns only
-        self.chunked = self.own_only and kernels.shortlist_chunks_apply(shortlist.weight)
+        self.chunked = self.own_only and shortlist_chunks_apply(shortlist.weight)
 
     def begin(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, fold_context: bool):
         enc = self.model.encode(src, src_lengths, src_mask, tables=self.tables)
@@ -239,15 +238,16 @@ class TorchEngine:
         return logits, self.normaliser(logits)  # the normaliser before search's masking: no renormalisation
 
     def chunked_scores(self, readout: Tensor, memory: ShortlistMemory) -> tuple[Tensor, Tensor]:
-        """:meth:`scores` by :class:`~nmt.kernels.ShortlistChunks`: the same logits at each row's own
-        columns, -inf at the others, and the normaliser over the own columns."""
+        """:meth:`scores` by :class:`~nmt.kernels.shortlist_chunks.ShortlistChunks`: the same logits
+        at each row's own columns, -inf at the others, and the normaliser over the own columns."""
         rows, memory_rows = readout.size(0), memory.penalty.size(0)
         chunks = memory.chunks
         if chunks is None or chunks.per_row * memory_rows != rows:
             if rows % memory_rows:
                 raise ValueError(f"{rows} step rows for {memory_rows} memory rows")
-            chunks = memory.chunks = kernels.ShortlistChunks(
-                self.shortlist.weight, self.shortlist.bias, memory.penalty != 0, memory.own, rows // memory_rows)
+            outside = memory.penalty != 0  # the penalty is -inf outside a row's own columns, 0 in them
+            chunks = memory.chunks = ShortlistChunks(
+                self.shortlist.weight, self.shortlist.bias, outside, memory.own, rows // memory_rows)
         own_logits = chunks.own_logits(readout)
         scores = chunks.scores(own_logits, memory.own_rows(self.ops, rows), self.shortlist.columns.numel())
         return scores, self.normaliser(own_logits)

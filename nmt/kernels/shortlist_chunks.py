@@ -6,7 +6,7 @@ A row of a step reads its own sentence's shortlist only (about 140 of the union'
 columns in a batch of the fr-en test set), yet the union product computes every column for every
 row. Neighbouring sentences share most of their shortlists (the special and frequent ids), so a
 chunk of :data:`CHUNK_ROWS` rows has a union of a few hundred columns: one batched product, each
-chunk over its own columns, computes about a quarter of the union product's terms, and each row's
+chunk over its own columns, computes about a fifth of the union product's terms, and each row's
 logits are bit for bit the union product's (a float32 GEMM rounds a row of at least
 :data:`~nmt.kernels.batch_invariant.MIN_ROWS` rows the same whatever the other rows and columns;
 tests/test_shortlist_chunks.py).
@@ -42,10 +42,11 @@ def shortlist_chunks_apply(weight: Tensor) -> bool:
 class ShortlistChunks:
     """The output layer restricted to each chunk's union of its rows' own columns.
 
-    ``columns`` are the batch's union (``weight (L, D)``, ``bias (L,)`` its rows of the output
-    layer), ``outside (B, L)`` each memory row's columns not in its own shortlist and ``own (B, K)``
-    its own columns (:func:`nmt.inference.torch_engine.own_columns`: ascending, padded with an
-    outside column). :meth:`own_logits` gives each step row's logits at its own columns.
+    ``weight (L, D)`` and ``bias (L,)``: the output layer's rows of the batch's union of
+    shortlists; ``outside (B, L)``: each memory row's columns not in its own shortlist; ``own (B,
+    K)``: its own columns (:func:`nmt.inference.torch_engine.own_columns`: ascending, padded with an
+    outside column); ``per_row``: step rows per memory row. :meth:`own_logits` gives each step
+    row's logits at its own columns, :meth:`scores` the same over the union.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, outside: Tensor, own: Tensor, per_row: int):
@@ -84,8 +85,9 @@ class ShortlistChunks:
         return self.weight.size(0)
 
     def select(self, index: Tensor) -> "ShortlistChunks | None":
-        """The layout of memory rows ``index``: theirs slots and weights kept; None when fewer than
-        half of the slots would be in use (a new layout costs less than the idle rows)."""
+        """The layout of memory rows ``index``, their slots and the gathered weights kept; None when
+        fewer than half of the slots would be in use (a new layout then costs less than the idle
+        rows)."""
         if 2 * index.numel() * self.per_row < self.chunks * self.slots:
             return None
         kept = object.__new__(ShortlistChunks)
@@ -108,7 +110,8 @@ class ShortlistChunks:
         chunks, spread, dim = self.weight.shape
         a = self.inputs.view(chunks, self.slots, dim)
         b, bias = self.weight.transpose(1, 2), self.bias
-        if chunks == 1 and torch.get_num_threads() > 1:  # a lone product's columns split between threads round otherwise
+        # threads split a lone product's columns, whose pieces round otherwise: it runs twice
+        if chunks == 1 and torch.get_num_threads() > 1:
             a, b, bias = a.expand(2, -1, -1), b.expand(2, -1, -1), bias.expand(2, -1, -1)
         out = torch.baddbmm(bias, a, b)
         return out.take(self._take)
