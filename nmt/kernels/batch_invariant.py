@@ -184,8 +184,8 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
     batch to its threads whole, but splits a lone product's columns between them, and the kernels
     of the pieces round some columns otherwise."""
     rows, batch = a.size(1), a.size(0)
-    if rows == 1:
-        a = a.expand(-1, 2, -1)
+    if rows == 1:  # a copy: torch's bmm runs a stride-0 operand through a slow path (the same bits)
+        a = a.expand(-1, 2, -1).contiguous()
     if batch == 1 and torch.get_num_threads() > 1:
         a, b = a.expand(2, -1, -1), b.expand(2, -1, -1)
     return torch.bmm(a, b)[:batch, :rows]
