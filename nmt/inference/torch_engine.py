@@ -227,7 +227,12 @@ class TorchEngine:
         ``memory``: the step's (with a shortlist, a :class:`ShortlistMemory` of these rows'
         sentences; its model memory is not read)."""
         if self.chunked:
-            return self.chunked_scores(readout, memory)
+            chunks = self.chunks_of(memory, readout.size(0))
+            if chunks.pays:
+                own_logits = chunks.own_logits(readout)
+                scores = chunks.scores(own_logits, memory.own_rows(self.ops, readout.size(0)),
+                                       self.shortlist.columns.numel())
+                return scores, self.normaliser(own_logits)
         logits = self.model.logits(readout, self.output, self.tables)
         if self.shortlist is None:
             return logits, self.normaliser(logits)
@@ -237,10 +242,10 @@ class TorchEngine:
             return logits, self.normaliser(logits, memory.own_rows(self.ops, rows))
         return logits, self.normaliser(logits)  # the normaliser before search's masking: no renormalisation
 
-    def chunked_scores(self, readout: Tensor, memory: ShortlistMemory) -> tuple[Tensor, Tensor]:
-        """:meth:`scores` by :class:`~nmt.kernels.shortlist_chunks.ShortlistChunks`: the same logits
-        at each row's own columns, -inf at the others, and the normaliser over the own columns."""
-        rows, memory_rows = readout.size(0), memory.penalty.size(0)
+    def chunks_of(self, memory: ShortlistMemory, rows: int) -> ShortlistChunks:
+        """The :class:`~nmt.kernels.shortlist_chunks.ShortlistChunks` of ``memory`` for a step of
+        ``rows`` rows: built at its first step, selected with its rows after that."""
+        memory_rows = memory.penalty.size(0)
         chunks = memory.chunks
         if chunks is None or chunks.per_row * memory_rows != rows:
             if rows % memory_rows:
@@ -248,9 +253,7 @@ class TorchEngine:
             outside = memory.penalty != 0  # the penalty is -inf outside a row's own columns, 0 in them
             chunks = memory.chunks = ShortlistChunks(
                 self.shortlist.weight, self.shortlist.bias, outside, memory.own, rows // memory_rows)
-        own_logits = chunks.own_logits(readout)
-        scores = chunks.scores(own_logits, memory.own_rows(self.ops, rows), self.shortlist.columns.numel())
-        return scores, self.normaliser(own_logits)
+        return chunks
 
     def best(self, scores: Tensor, memory) -> tuple[Tensor, Tensor]:
         """With each row's own columns known, only those are searched (the others are -inf): a

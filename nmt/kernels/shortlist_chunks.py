@@ -31,6 +31,12 @@ __all__ = ["ShortlistChunks", "shortlist_chunks_apply", "CHUNK_ROWS"]
 #: step rows per chunk (rounded to whole memory rows, at least MIN_ROWS): 16–32 rows measured
 #: alike, and fewer rows per chunk gather more weight columns in all
 CHUNK_ROWS = 32
+#: the chunks are used when their products have at most this fraction of the union product's terms
+#: (the fr-en test set: 0.19); wider ones, as when every sentence owns most of the union, gain
+#: less than the layout, the gathers and the scatter cost
+PAYS_FRACTION = 0.5
+#: nor when the chunks' gathered weight rows would take more memory than this
+MAX_GATHERED_BYTES = 256 * 2 ** 20
 
 
 def shortlist_chunks_apply(weight: Tensor) -> bool:
@@ -46,14 +52,16 @@ class ShortlistChunks:
     shortlists; ``outside (B, L)``: each memory row's columns not in its own shortlist; ``own (B,
     K)``: its own columns (:func:`nmt.inference.torch_engine.own_columns`: ascending, padded with an
     outside column); ``per_row``: step rows per memory row. :meth:`own_logits` gives each step
-    row's logits at its own columns, :meth:`scores` the same over the union.
+    row's logits at its own columns, :meth:`scores` the same over the union. :attr:`pays` is False
+    (and nothing is gathered) when the chunks are too wide to gain (:data:`PAYS_FRACTION`,
+    :data:`MAX_GATHERED_BYTES`): the caller then runs the union product.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, outside: Tensor, own: Tensor, per_row: int):
         batch, width = outside.shape
         dim = weight.size(1)
         self.per_row = per_row
-        group = max(1, round(CHUNK_ROWS / per_row))  # memory rows per chunk
+        group = min(batch, max(1, round(CHUNK_ROWS / per_row)))  # memory rows per chunk
         self.slots = max(group * per_row, MIN_ROWS)  # GEMM rows per chunk
         chunks = -(-batch // group)
         owned = torch.zeros(chunks * group, width, dtype=torch.bool, device=outside.device)
@@ -61,6 +69,11 @@ class ShortlistChunks:
         owned = owned.view(chunks, group, width).any(1)  # (chunks, L)
         counts = owned.sum(1)
         spread = int(counts.max()) + 1  # at least one dump column: a zero weight and a -inf bias
+        union_rows = max(batch * per_row, MIN_ROWS)  # what the union product runs on
+        self.pays = (chunks * self.slots * spread <= PAYS_FRACTION * union_rows * width
+                     and chunks * spread * dim * weight.element_size() <= MAX_GATHERED_BYTES)
+        if not self.pays:
+            return
         index = torch.full((chunks, spread), width, dtype=torch.long, device=outside.device)
         chunk, column = owned.nonzero(as_tuple=True)  # row-major: each chunk's columns ascending
         place = torch.arange(chunk.numel(), device=outside.device) - (counts.cumsum(0) - counts)[chunk]
@@ -88,10 +101,12 @@ class ShortlistChunks:
         """The layout of memory rows ``index``, their slots and the gathered weights kept; None when
         fewer than half of the slots would be in use (a new layout then costs less than the idle
         rows)."""
+        if not self.pays:
+            return self  # the union product, whatever the rows
         if 2 * index.numel() * self.per_row < self.chunks * self.slots:
             return None
         kept = object.__new__(ShortlistChunks)
-        kept.per_row, kept.slots = self.per_row, self.slots
+        kept.per_row, kept.slots, kept.pays = self.per_row, self.slots, True
         kept.weight, kept.bias, kept.inputs = self.weight, self.bias, self.inputs
         kept.local, kept.base = self.local[index], self.base[index]
         kept._take = kept._step_slots = kept._scores = None
