@@ -47,8 +47,8 @@ def union_own_logits(weight, bias, outside, readout, per_row, own=None):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("batch,per_row,full_row", [(3, 1, False), (70, 1, False), (9, 5, False), (40, 4, False),
-                                                    (70, 1, True), (3, 1, True)])
+@pytest.mark.parametrize("batch,per_row,full_row", [
+    (3, 1, False), (70, 1, False), (9, 5, False), (40, 4, False), (70, 1, True), (3, 1, True)])
 def test_chunks_give_the_union_products_bits_at_each_rows_own_columns(batch, per_row, full_row, threads,
                                                                      monkeypatch):
     if full_row:  # a row without padding in its own columns; its chunk is the whole union
