@@ -227,11 +227,11 @@ class TorchEngine:
         ``memory``: the step's (with a shortlist, a :class:`ShortlistMemory` of these rows'
         sentences; its model memory is not read)."""
         if self.chunked:
-            chunks = self.chunks_of(memory, readout.size(0))
+            own = memory.own_rows(self.ops, readout.size(0))  # checks the rows against the memory's
+            chunks = self.chunks_of(memory, own.size(0))
             if chunks.pays:
                 own_logits = chunks.own_logits(readout)
-                scores = chunks.scores(own_logits, memory.own_rows(self.ops, readout.size(0)),
-                                       self.shortlist.columns.numel())
+                scores = chunks.scores(own_logits, own, self.shortlist.columns.numel())
                 return scores, self.normaliser(own_logits)
         logits = self.model.logits(readout, self.output, self.tables)
         if self.shortlist is None:
@@ -245,11 +245,9 @@ class TorchEngine:
     def chunks_of(self, memory: ShortlistMemory, rows: int) -> ShortlistChunks:
         """The :class:`~nmt.kernels.shortlist_chunks.ShortlistChunks` of ``memory`` for a step of
         ``rows`` rows: built at its first step, selected with its rows after that."""
-        memory_rows = memory.penalty.size(0)
+        memory_rows = memory.penalty.size(0)  # dividing ``rows`` (ShortlistMemory.own_rows checks)
         chunks = memory.chunks
         if chunks is None or chunks.per_row * memory_rows != rows:
-            if rows % memory_rows:
-                raise ValueError(f"{rows} step rows for {memory_rows} memory rows")
             outside = memory.penalty != 0  # the penalty is -inf outside a row's own columns, 0 in them
             chunks = memory.chunks = ShortlistChunks(
                 self.shortlist.weight, self.shortlist.bias, outside, memory.own, rows // memory_rows)

@@ -18,6 +18,7 @@ once; a layout whose slots are less than half in use is rebuilt. Costs: docs/per
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -105,11 +106,9 @@ class ShortlistChunks:
             return self  # the union product, whatever the rows
         if 2 * index.numel() * self.per_row < self.chunks * self.slots:
             return None
-        kept = object.__new__(ShortlistChunks)
-        kept.per_row, kept.slots, kept.pays = self.per_row, self.slots, True
-        kept.weight, kept.bias, kept.inputs = self.weight, self.bias, self.inputs
+        kept = copy.copy(self)  # the gathered weights and the inputs' buffer shared
         kept.local, kept.base = self.local[index], self.base[index]
-        kept._take = kept._step_slots = kept._scores = None
+        kept._take = kept._step_slots = kept._scores = None  # per rows: built at the next step
         return kept
 
     def own_logits(self, readout: Tensor) -> Tensor:
