@@ -202,14 +202,16 @@ class Seq2Seq(nn.Module):
         weight, bias = output if output is not None else (self.output.weight, self.output.bias)
         return linear(readout, weight, bias)
 
-    def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0):
+    def forward(self, src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, label_smoothing: float = 0.0,
+                subset: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Training objective of a batch: ``(loss_sum, nll_sum)`` summed over real target tokens.
 
-        ``src (batch, src_len)``, ``tgt_in``/``tgt_out``/``tgt_mask (batch, tgt_len)``. Computing the
-        loss inside ``forward`` keeps every parameter inside DistributedDataParallel's forward.
+        ``src (batch, src_len)``, ``tgt_in``/``tgt_out``/``tgt_mask (batch, tgt_len)``; ``subset``:
+        see :meth:`loss`. Computing the loss inside ``forward`` keeps every parameter inside
+        DistributedDataParallel's forward.
         """
         readout, _ = self.teacher_force(src, src_lengths, src_mask, tgt_in)
-        return self.loss(readout, tgt_out, tgt_mask, label_smoothing)
+        return self.loss(readout, tgt_out, tgt_mask, label_smoothing, subset)
 
     def teacher_force(self, src, src_lengths, src_mask, tgt_in):
         """Readout ``(batch, tgt_len, D)`` and attention ``(batch, tgt_len, src_len)`` of a target."""
@@ -219,7 +221,8 @@ class Seq2Seq(nn.Module):
         return self.decoder(embedded, state, memory)
 
     def loss(self, readout: torch.Tensor, tgt_out: torch.Tensor, tgt_mask: torch.Tensor,
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             label_smoothing: float = 0.0,
+             subset: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed token cross-entropy over real target positions (one output GEMM, no padding).
 
         Returns ``(loss_sum, nll_sum)``: the (label-smoothed) training objective and the plain
@@ -227,13 +230,23 @@ class Seq2Seq(nn.Module):
         :func:`cross_entropy`. The fast twin (:func:`nmt.kernels.linear_cross_entropy`) runs the
         output layer and the loss as one operation that never keeps the (tokens, vocabulary) logits
         for autograd; under bf16 autocast they stay bf16 (per-token values summed in float32).
+
+        ``subset``: ``(columns (C,), offsets (C,))``, sorted target ids holding every target of the
+        batch and a constant added to each one's logit (training only,
+        :mod:`nmt.training.batch_vocab`). The softmax then runs over those rows of the output layer,
+        ``p'_v = exp(z_v + o_v) / Σ_{u ∈ C} exp(z_u + o_u)`` (a sampled softmax, Jean et al. 2015),
+        and label smoothing spreads ε over the C ids.
         """
         flat = readout[tgt_mask]  # (n_tokens, D): padding never reaches the output layer
         targets = tgt_out[tgt_mask]
+        weight, bias = self.output.weight, self.output.bias
+        if subset is not None:
+            columns, offsets = subset
+            weight, bias = weight.index_select(0, columns), bias.index_select(0, columns) + offsets
+            targets = torch.searchsorted(columns, targets)  # each target's place among the columns
         if self.fast and kernels.linear_cross_entropy_applies(flat):
-            return kernels.linear_cross_entropy(flat, self.output.weight, self.output.bias, targets,
-                                                label_smoothing)
-        return cross_entropy(self.output(flat), targets, label_smoothing)
+            return kernels.linear_cross_entropy(flat, weight, bias, targets, label_smoothing)
+        return cross_entropy(F.linear(flat, weight, bias), targets, label_smoothing)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

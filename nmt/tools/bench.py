@@ -194,6 +194,7 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
     from nmt.data.corpus import load_corpus
     from nmt.data.tokenizer import SubwordTokenizers
     from nmt.model.seq2seq import build_model
+    from nmt.training.batch_vocab import BatchVocabulary
 
     t = recipe.train
     train_split = load_corpus(recipe.data, splits=("train",))["train"]
@@ -206,6 +207,8 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
     sampler = TokenBatchSampler(src_lens, tgt_lens, batch_tokens=t.batch_tokens, max_sentences=t.max_sentences,
                                 bucket_width=t.bucket_width, seed=t.seed)
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size).train()
+    batch_vocab = (BatchVocabulary.from_dataset(ds, tokenizers.tgt_vocab_size, t.softmax_frequent,
+                                                t.softmax_sampled, t.seed) if t.softmax == "batch" else None)
     flops, tokens = 0, 0
     for i, indices in enumerate(sampler):
         if i == batches:
@@ -213,8 +216,9 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
         rows = ds[list(indices)]
         batch = collate([{"src_ids": s, "tgt_ids": tg} for s, tg in zip(rows["src_ids"], rows["tgt_ids"])])
         with FlopCounterMode(display=False) as counter:
+            subset = None if batch_vocab is None else batch_vocab.subset(batch.tgt_out, batch.tgt_mask, (i,))
             loss, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
-                            batch.tgt_mask, label_smoothing=t.label_smoothing)
+                            batch.tgt_mask, label_smoothing=t.label_smoothing, subset=subset)
             if backward:
                 loss.backward()
         model.zero_grad(set_to_none=True)

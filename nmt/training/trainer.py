@@ -37,6 +37,7 @@ from nmt import heap
 from nmt.inference.checkpoint import CHECKPOINT_DIR, load_weights
 from nmt.inference.devices import force_cpu
 from nmt.model.seq2seq import PARTS, Seq2Seq, build_model, check_model_config, perplexity
+from nmt.training.batch_vocab import BatchVocabulary
 from nmt.training.checkpoints import restore, save_checkpoint, truncate_metrics, weights_checksum
 from nmt.training.distributed import is_peer_failure, peer_failure, process_group_kwargs
 from nmt.training.inputs import RunInputs, batch_stream, epoch_progress, prepare_inputs
@@ -161,6 +162,11 @@ class Trainer:
         self.validator = Validator(recipe, self.core, inputs.tokenizers, inputs.corpus["valid"], inputs.valid_ds,
                                    accelerator, run_dir, inputs.lexicon)
         self.loader = batch_stream(inputs.train_ds, self.sampler, inputs.examples)
+        #: ``train.softmax: batch``: the output rows of each batch's softmax (None: the full softmax)
+        t = recipe.train
+        self.batch_vocab = (BatchVocabulary.from_dataset(inputs.train_ds, inputs.tokenizers.tgt_vocab_size,
+                                                         t.softmax_frequent, t.softmax_sampled, t.seed)
+                            if t.softmax == "batch" else None)
         self.progress: Progress | None = None  #: the main process's, from :meth:`run` on
         self.stop: StopSignal | None = None  #: the signals this process received, from :meth:`run` on
         #: several processes: why all of them stop, agreed in the last update (None: go on)
@@ -290,11 +296,13 @@ class Trainer:
         finite = True
         for micro in range(t.accumulate):
             batch = next(self.loader).to(acc.device)
+            subset = None if self.batch_vocab is None else self.batch_vocab.subset(
+                batch.tgt_out, batch.tgt_mask, (self.state.step, micro, acc.process_index))
             sync = nullcontext() if micro == t.accumulate - 1 else acc.no_sync(model)
             with sync:
                 with acc.autocast():
                     loss_sum, nll_sum = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                              batch.tgt_out, batch.tgt_mask, t.label_smoothing)
+                                              batch.tgt_out, batch.tgt_mask, t.label_smoothing, subset)
                 loss = loss_sum / batch.n_tgt_tokens / t.accumulate
                 finite = finite and bool(torch.isfinite(loss))
                 acc.backward(loss)  # always: DDP expects every rank to run backward
