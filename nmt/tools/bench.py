@@ -207,8 +207,7 @@ def train_flops_per_token(recipe, run_dir: Path, batches: int = 16, backward: bo
     sampler = TokenBatchSampler(src_lens, tgt_lens, batch_tokens=t.batch_tokens, max_sentences=t.max_sentences,
                                 bucket_width=t.bucket_width, seed=t.seed)
     model = build_model(recipe.model, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size).train()
-    batch_vocab = (BatchVocabulary.from_dataset(ds, tokenizers.tgt_vocab_size, t.softmax_frequent,
-                                                t.softmax_sampled, t.seed) if t.softmax == "batch" else None)
+    batch_vocab = BatchVocabulary.for_training(t, ds, tokenizers.tgt_vocab_size)
     flops, tokens = 0, 0
     for i, indices in enumerate(sampler):
         if i == batches:

@@ -14,7 +14,7 @@ Translation"; Bengio and Senécal 2008 for the sampled part):
   ``Σ_{v ∈ subset} exp(z_v) / π_v`` is an unbiased (Horvitz–Thompson) estimate of the full
   normaliser ``Σ_v exp(z_v)``. Without these, ids outside every batch's targets are never pushed
   down, and the full softmax that validation and search use gives them mass (a 3,000-update fr-en
-  model without them lost 6 valid BLEU searching the whole vocabulary, docs/performance.md).
+  model without them lost 6 valid BLEU searching the whole vocabulary, docs/training.md).
 
 The width is then rounded up to a multiple of :data:`WIDTH_MULTIPLE` with more sampled ids, so the
 product has few distinct widths (oneDNN compiles a kernel per bf16 shape, docs/performance.md).
@@ -43,6 +43,14 @@ class BatchVocabulary:
     @property
     def vocab_size(self) -> int:
         return self.by_frequency.numel()
+
+    @classmethod
+    def for_training(cls, train, ds, vocab_size: int) -> "BatchVocabulary | None":
+        """The subsets of ``train`` (the recipe's ``train`` section) over the encoded training split
+        ``ds``; None for ``train.softmax: full``."""
+        if train.softmax != "batch":
+            return None
+        return cls.from_dataset(ds, vocab_size, train.softmax_frequent, train.softmax_sampled, train.seed)
 
     @classmethod
     def from_dataset(cls, ds, vocab_size: int, frequent: int, sampled: int, seed: int = 0) -> "BatchVocabulary":

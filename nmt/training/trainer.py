@@ -163,10 +163,8 @@ class Trainer:
                                    accelerator, run_dir, inputs.lexicon)
         self.loader = batch_stream(inputs.train_ds, self.sampler, inputs.examples)
         #: ``train.softmax: batch``: the output rows of each batch's softmax (None: the full softmax)
-        t = recipe.train
-        self.batch_vocab = (BatchVocabulary.from_dataset(inputs.train_ds, inputs.tokenizers.tgt_vocab_size,
-                                                         t.softmax_frequent, t.softmax_sampled, t.seed)
-                            if t.softmax == "batch" else None)
+        self.batch_vocab = BatchVocabulary.for_training(recipe.train, inputs.train_ds,
+                                                        inputs.tokenizers.tgt_vocab_size)
         self.progress: Progress | None = None  #: the main process's, from :meth:`run` on
         self.stop: StopSignal | None = None  #: the signals this process received, from :meth:`run` on
         #: several processes: why all of them stop, agreed in the last update (None: go on)
