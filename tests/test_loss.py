@@ -108,6 +108,23 @@ def test_tied_weight_gets_both_gradients():
     torch.testing.assert_close(ours, weight.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_loss_of_targets_whose_probability_underflows(dtype, label_smoothing):
+    """The log-normaliser is read off the softmax at the target; where the target's probability is
+    zero or too small to take the log of, the loss still equals PyTorch's (logsumexp)."""
+    hidden, weight, b, targets = _inputs(torch.float32, seed=4)
+    with torch.no_grad():
+        hidden[:5].mul_(60)  # logit gaps of hundreds: p_y underflows in rows where y is not the top
+    reference = F.cross_entropy(F.linear(hidden, weight, b), targets, label_smoothing=label_smoothing,
+                                reduction="none")
+    assert (reference > 100).sum() >= 2
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss, _ = linear_cross_entropy(hidden, weight, b, targets, label_smoothing)
+    assert loss.isfinite()
+    assert loss.item() == pytest.approx(reference.sum().item(), rel=1e-5 if dtype == torch.float32 else 2e-2)
+
+
 def test_bf16_autocast_matches_float32_within_bf16_precision():
     hidden, weight, b, targets = _inputs(torch.float32, seed=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -95,9 +95,9 @@ def test_a_bf16_training_step_runs_few_row_counts(tiny_model):
             loss.backward()
     large = {size for size in counts.sizes if size > 64}
     assert large and all(size % ROW_MULTIPLE == 0 for size in large), sorted(large)
-    # v's gradient sums over T·B·S rows: one of 8 counts per power of two, not one per batch
-    assert counts.long_sums and all(padded_rows(k, coarse_multiple(k)) == k for k in counts.long_sums), \
-        sorted(counts.long_sums)
+    # v's gradient is summed step by step: no product sums over the T·B·S rows of a batch, whose
+    # count would compile a kernel per batch
+    assert not counts.long_sums, sorted(counts.long_sums)
 
 
 @pytest.mark.parametrize("rows", [1, 31, 33, 255, 1000, 1056, 2049, 36000, 32769, 10**6 + 1])

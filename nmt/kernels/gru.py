@@ -35,16 +35,18 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _gru_step(x_t: Tensor, h_t: Tensor, w_t: Tensor, bias: Tensor, gates_h_t: Tensor, rz_t: Tensor,
-              new_t: Tensor) -> None:
+              new_t: Tensor, h_gemm: Tensor | None = None) -> None:
     """One GRU step on ``rows`` rows, in place: ``h_t (rows, H)`` becomes h'.
 
     ``x_t`` input gates (rows, 3H, :func:`gru_gates` layout); ``w_t = W_hhᵀ`` and ``bias`` in the
     GEMM dtype; the outputs ``gates_h_t = W_h h + b_h`` (rows, 3H), ``rz_t = [r, z]`` (rows, 2H) and
-    ``new_t = n`` (rows, H) are what the backward step needs.
+    ``new_t = n`` (rows, H) are what the backward step needs. ``h_gemm``: ``h_t`` already in the
+    GEMM dtype, if the caller has it.
     """
     gates = gru_gates(h_t.size(1))
     rz, n = gates.span("r", "z"), gates.block("n")
-    g_h = torch.addmm(bias, h_t.to(w_t.dtype), w_t, out=gates_h_t)
+    h_gemm = h_t.to(w_t.dtype) if h_gemm is None else h_gemm
+    g_h = torch.addmm(bias, h_gemm, w_t, out=gates_h_t)
     torch.add(x_t[:, rz], g_h[:, rz], out=rz_t).sigmoid_()
     torch.addcmul(x_t[:, n], rz_t[:, gates.block("r")], g_h[:, n], out=new_t).tanh_()
     h_t.sub_(new_t).mul_(rz_t[:, gates.block("z")]).add_(new_t)  # h' = n + z (h - n)
@@ -62,9 +64,11 @@ def _gru_step_backward(dh: Tensor, h_prev_t: Tensor, rz_t: Tensor, new_t: Tensor
     rz, n = gates.span("r", "z"), gates.block("n")
     r, z = rz_t[:, gates.block("r")], rz_t[:, gates.block("z")]
     g_r, g_z, g_n = grad_x_t[:, gates.block("r")], grad_x_t[:, gates.block("z")], grad_x_t[:, n]
-    torch.mul(dh, 1 - z, out=g_n).mul_(1 - new_t * new_t)  # dh (1 - z) (1 - n^2)
-    torch.sub(h_prev_t, new_t, out=g_z).mul_(dh).mul_(z * (1 - z))  # dh (h - n) z (1 - z)
-    torch.mul(g_n, gates_h_t[:, n], out=g_r).mul_(r * (1 - r))  # d n_pre h_n r (1 - r)
+    slopes = torch.addcmul(rz_t, rz_t, rz_t, value=-1)  # [r (1 - r), z (1 - z)]
+    torch.addcmul(dh, dh, z, value=-1, out=g_n)  # dh (1 - z)
+    g_n.addcmul_(g_n * new_t, new_t, value=-1)  # dh (1 - z) (1 - n^2)
+    torch.sub(h_prev_t, new_t, out=g_z).mul_(dh).mul_(slopes[:, gates.block("z")])  # dh (h - n) z (1 - z)
+    torch.mul(g_n, gates_h_t[:, n], out=g_r).mul_(slopes[:, gates.block("r")])  # d n_pre h_n r (1 - r)
     torch.mul(g_n, r, out=grad_hn_t)
     grad_gates_h_t[:, rz] = grad_x_t[:, rz]
     grad_gates_h_t[:, n] = grad_hn_t

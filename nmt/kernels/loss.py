@@ -11,13 +11,19 @@ Here the gradient of the loss with respect to the logits,
 
     dL/dz_v = p_v - (1 - eps) [v = y] - eps / V    (p = softmax(z); eps = label smoothing),
 
-is formed in the forward pass, in place of the log-probabilities, and the backward pass is the two
-GEMMs and the bias sum alone, scaled by the incoming gradient. The loss is PyTorch's
-``F.cross_entropy(z, y, label_smoothing=eps, reduction="sum")``:
+is formed in the forward pass, in place of the softmax, with its column sum (the bias gradient) while
+each chunk is in cache; the backward pass is the two GEMMs alone, scaled by the incoming gradient.
+The loss is PyTorch's ``F.cross_entropy(z, y, label_smoothing=eps, reduction="sum")``:
 
     L = sum_tokens [ (1 - eps) (-log p_y) + eps * mean_v(-log p_v) ]
+      = sum_tokens [ lse - (1 - eps) z_y - eps * mean_v z_v ]    (lse = log sum_v exp z_v)
 
-and the plain negative log-likelihood ``sum_tokens -log p_y`` comes with it for reporting.
+and the plain negative log-likelihood ``sum_tokens -log p_y`` comes with it for reporting. The
+log-normaliser is read off the softmax at the target, ``lse = z_y - log p_y``, so that the
+(tokens, vocabulary) matrix is passed over once for the softmax, not for log-softmax and then its
+exponential; a row whose ``p_y`` is too small to take the log of (below :data:`TINY`) gets
+``logsumexp`` instead. In bf16 ``p_y`` carries a relative error of 2^-9, so a token's loss is off
+by at most 0.002 nats (a log-softmax rounded to bf16 is off by up to 2^-9 times the loss).
 Under bf16 autocast the GEMMs and the (tokens, vocabulary) buffer are bfloat16; the per-token
 losses are summed in float32 (float64 for float64 inputs). Tested against ``F.cross_entropy`` of
 ``F.linear`` (values and gradients in float64 to 1e-10, gradcheck, bf16): tests/test_loss.py.
@@ -25,7 +31,6 @@ losses are summed in float32 (float64 for float64 inputs). Tested against ``F.cr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nmt.kernels.rows import pad_rows, row_multiple
 
@@ -40,17 +45,36 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _losses(log_probs: torch.Tensor, targets: torch.Tensor,
+#: below this target probability (a token loss above 69 nats) the log-normaliser is not read off
+#: the softmax: 16-bit probabilities lose their relative precision far below it
+TINY = 2.0 ** -100
+
+
+def _losses(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
             label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed (smoothed loss, nll) from ``log_probs (N, V)``, accumulated in float32 at least."""
-    acc = _accumulation_dtype(log_probs.dtype)
-    nll = -log_probs.gather(1, targets.unsqueeze(1)).to(acc).sum()
+    """Summed (smoothed loss, nll) from ``logits (N, V)`` and ``probs = softmax(logits)``,
+    accumulated in float32 at least."""
+    acc = _accumulation_dtype(logits.dtype)
+    picked = targets.unsqueeze(1)
+    target_logit = logits.gather(1, picked).squeeze(1).to(acc)
+    target_prob = probs.gather(1, picked).squeeze(1).to(acc)
+    lse = target_logit - target_prob.log()
+    low = (target_prob < TINY).nonzero().squeeze(1)
+    if low.numel():
+        lse[low] = torch.logsumexp(logits.index_select(0, low).to(acc), dim=1)
+    nll = (lse - target_logit).sum()
     if label_smoothing == 0:
         return nll, nll
     # a row sum in the input dtype (PyTorch accumulates it in float32 anyway): sum(dtype=float32)
     # would first copy the whole (N, V) matrix
-    uniform = -log_probs.sum(dim=1).to(acc).sum() / log_probs.size(1)
+    uniform = (lse - logits.sum(dim=1).to(acc) / logits.size(1)).sum()
     return (1 - label_smoothing) * nll + label_smoothing * uniform, nll
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h wᵀ + b``, the bias added in place (``addmm`` takes longer over it on the CPU)."""
+    logits = torch.mm(h, w.t())
+    return logits if b is None else logits.add_(b)
 
 
 #: bytes of one chunk of (rows, vocabulary) logits. Below glibc's largest mmap threshold (32 MiB),
@@ -81,24 +105,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows = _chunk_rows(w.size(0), dtype, chunk_bytes, multiple)
         grads = []
         loss = nll = h.new_zeros((), dtype=_accumulation_dtype(dtype))
+        # the bias gradient is the column sum of dL/dz, taken while each chunk is still in cache
+        grad_bias = (torch.zeros(w.size(0), dtype=loss.dtype, device=w.device)
+                     if bias is not None and ctx.needs_input_grad[2] else None)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, h.size(0), rows):
                 chunk_targets = targets[start: start + rows]
-                grad_logits = F.log_softmax(F.linear(h[start: start + rows], w, b), dim=-1)  # becomes dL/dz
+                logits = _logits(h[start: start + rows], w, b)
+                grad_logits = torch.softmax(logits, dim=-1)  # becomes dL/dz
                 real = min(grad_logits.size(0), tokens - start)  # the rest are padding rows
-                chunk_loss, chunk_nll = _losses(grad_logits[:real], chunk_targets[:real], label_smoothing)
+                chunk_loss, chunk_nll = _losses(logits[:real], grad_logits[:real], chunk_targets[:real],
+                                                label_smoothing)
+                del logits
                 loss, nll = loss + chunk_loss, nll + chunk_nll
-                grad_logits.exp_()
                 if label_smoothing:
                     grad_logits.sub_(label_smoothing / grad_logits.size(1))
                 picked = torch.arange(chunk_targets.numel(), device=targets.device)
                 grad_logits[picked, chunk_targets] -= 1 - label_smoothing
                 grad_logits[real:] = 0
+                if grad_bias is not None:
+                    # sum(dtype=float32) would first copy the chunk to float32
+                    grad_bias += grad_logits.sum(0)
                 grads.append(grad_logits)
         if nll is loss:  # no tokens
             nll = nll.clone()  # the returned loss must stay differentiable
         ctx.save_for_backward(h, w, *grads)
-        ctx.has_bias = bias is not None
+        ctx.grad_bias = grad_bias
         ctx.tokens = tokens
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(nll)
@@ -109,11 +141,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w, *grads = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         acc = _accumulation_dtype(h.dtype)
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and ctx.has_bias
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.empty_like(h) if need_hidden else None
         grad_weight = torch.zeros(w.shape, dtype=acc, device=w.device) if need_weight else None
-        grad_bias = torch.zeros(w.size(0), dtype=acc, device=w.device) if need_bias else None
+        grad_bias = ctx.grad_bias
         start = 0
         with torch.autocast(h.device.type, enabled=False):
             for grad_logits in grads:
@@ -122,16 +153,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(grad_logits, w, out=grad_hidden[start:end])
                 if need_weight:
                     grad_weight += grad_logits.t() @ h[start:end]
-                if need_bias:
-                    # sum(dtype=float32) would first copy the chunk to float32
-                    grad_bias += grad_logits.sum(0)
                 start = end
         scale = grad_loss.to(acc)
         if grad_hidden is not None:
             grad_hidden = grad_hidden[:ctx.tokens].mul_(scale.to(h.dtype)).to(hidden_dtype)
         return (grad_hidden,
                 None if grad_weight is None else grad_weight.mul_(scale).to(weight_dtype),
-                None if grad_bias is None else grad_bias.mul_(scale).to(bias_dtype),
+                None if grad_bias is None else (grad_bias * scale).to(bias_dtype),
                 None, None, None, None, None)
 
 
@@ -156,6 +184,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, dtype, chunk_bytes,
                                          row_multiple(hidden) if multiple is None else multiple)
     with torch.autocast(hidden.device.type, enabled=False):
-        log_probs = F.log_softmax(F.linear(hidden.to(dtype), weight.to(dtype),
-                                           None if bias is None else bias.to(dtype)), dim=-1)
-        return _losses(log_probs, targets, label_smoothing)
+        logits = _logits(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return _losses(logits, torch.softmax(logits, dim=-1), targets, label_smoothing)

@@ -268,7 +268,7 @@ class BahdanauDecoder(_GRUDecoderBase):
             att = self.attention
             states, contexts, weights = kernels.BahdanauRecurrence.apply(
                 emb_gates.transpose(0, 1).contiguous(), state.hidden[:, 0], memory.proj_keys.to(dtype),
-                memory.keys.to(dtype), memory.mask, att.query_proj.weight.to(dtype), att.v.weight.to(dtype),
+                memory.keys, memory.mask, att.query_proj.weight.to(dtype), att.v.weight.to(dtype),
                 w_ic, self.rnn.weight_hh_l0.to(dtype), self.rnn.bias_hh_l0)
             top, ctx, weights = states.transpose(0, 1), contexts.transpose(0, 1), weights.transpose(0, 1)
         else:
