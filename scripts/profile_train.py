@@ -60,8 +60,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = ap.parse_args(argv)
 
+    from nmt.heap import keep_freed_memory_for_reuse
     from nmt.training import trainer as trainer_module
 
+    keep_freed_memory_for_reuse()  # as the CLI does at start-up: heap blocks reused, not re-faulted
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
     overrides = [*args.set, f"train.max_steps={total}", "train.budget_minutes=null",

@@ -45,8 +45,9 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-#: below this target probability (a token loss above 69 nats) the log-normaliser is not read off
-#: the softmax: 16-bit probabilities lose their relative precision far below it
+#: below this target probability (a token loss above 69 nats), or below the dtype's smallest normal
+#: number (float16), the log-normaliser is not read off the softmax, whose subnormal values lose
+#: their relative precision
 TINY = 2.0 ** -100
 
 
@@ -59,7 +60,7 @@ def _losses(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
     target_logit = logits.gather(1, picked).squeeze(1).to(acc)
     target_prob = probs.gather(1, picked).squeeze(1).to(acc)
     lse = target_logit - target_prob.log()
-    low = (target_prob < TINY).nonzero().squeeze(1)
+    low = (target_prob < max(TINY, torch.finfo(probs.dtype).tiny)).nonzero().squeeze(1)
     if low.numel():
         lse[low] = torch.logsumexp(logits.index_select(0, low).to(acc), dim=1)
     nll = (lse - target_logit).sum()

@@ -54,9 +54,9 @@ def coarse_multiple(rows: int, least: int = ROW_MULTIPLE) -> int:
     12.5% rows are added and each octave has 8 row counts.
 
     A compiled oneDNN kernel holds a buffer the size of its K × N operand: a product summed over
-    tens of thousands of rows (the attention's ``v`` gradient, K = T·B·S) keeps ~10 MB per row
-    count, and a multiple of 32 leaves a new count almost every batch, so the kernel cache held
-    gigabytes of them (docs/performance.md)."""
+    tens of thousands of rows keeps ~10 MB per row count, and a multiple of 32 leaves a new count
+    almost every batch, so the kernel cache held gigabytes of them (docs/performance.md; the
+    attention's ``v`` gradient was such a sum over T·B·S rows until it was summed per step)."""
     below = 1 << max(0, rows.bit_length() - 1)  # the power of two at or below rows
     return max(least, below // COUNTS_PER_OCTAVE)
 
