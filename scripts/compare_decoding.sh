@@ -16,15 +16,7 @@ RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && 
 ROUNDS="${2:-3}"
 OUT_JSON="${3:-compare-decoding.json}"
 PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, model-60min)}" && pwd)"
-JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
-WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
-if [ -z "${DATA_DIR:-}" ]; then  # JoeyNMT reads plain files: decompress the shipped splits
-  DATA_DIR="$WORK/tatoeba-fra-eng"; mkdir -p "$DATA_DIR"
-  for split in train valid test; do xz -dc "$HERE/data/tatoeba-fra-eng/$split.tsv.xz" > "$DATA_DIR/$split.tsv"; done
-fi
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-NMT="$(command -v nmt)"
-[ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+. "$HERE/scripts/joeynmt_peer.sh"
 SHORTLIST="${SHORTLIST:-10}"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
 [ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2

@@ -22,18 +22,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_joeynmt.sh RUN_DIR [OUT_JSON]}" && pwd)"
 OUT_JSON="${2:-compare-joeynmt.json}"
 PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, model-60min)}" && pwd)"
-JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 TRAIN_SEC="${TRAIN_SEC:-150}"
 STEPS="${STEPS:-200}"
-WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
-if [ -z "${DATA_DIR:-}" ]; then  # JoeyNMT reads plain files: decompress the shipped splits
-  DATA_DIR="$WORK/tatoeba-fra-eng"; mkdir -p "$DATA_DIR"
-  for split in train valid test; do xz -dc "$HERE/data/tatoeba-fra-eng/$split.tsv.xz" > "$DATA_DIR/$split.tsv"; done
-fi
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-NMT="$(command -v nmt)"
-
-[ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+. "$HERE/scripts/joeynmt_peer.sh"
 
 echo "== JoeyNMT: ${TRAIN_SEC}s of training (config-sent64.yaml), throughput from its own log" >&2
 ( . "$JOEY_VENV/bin/activate"

@@ -16,18 +16,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS="${1:-2}"
 OUT_JSON="${2:-compare-training.json}"
 PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, config-sent64.yaml)}" && pwd)"
-JOEY_VENV="${JOEY_VENV:-$HOME/venvs/joeynmt}"
 TRAIN_SEC="${TRAIN_SEC:-150}"
 STEPS="${STEPS:-80}"
 PRECISIONS="${PRECISIONS:-bf16 no}"
-WORK="$(mktemp -d)"; echo "work directory (logs): $WORK" >&2
-if [ -z "${DATA_DIR:-}" ]; then  # JoeyNMT reads plain files: decompress the shipped splits
-  DATA_DIR="$WORK/tatoeba-fra-eng"; mkdir -p "$DATA_DIR"
-  for split in train valid test; do xz -dc "$HERE/data/tatoeba-fra-eng/$split.tsv.xz" > "$DATA_DIR/$split.tsv"; done
-fi
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-NMT="$(command -v nmt)"
-[ -x "$JOEY_VENV/bin/python" ] || JOEY_VENV="$JOEY_VENV" "$PEERS/setup.sh" > "$WORK/setup.log" 2>&1
+. "$HERE/scripts/joeynmt_peer.sh"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
 
 ( . "$JOEY_VENV/bin/activate"
