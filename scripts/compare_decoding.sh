@@ -9,7 +9,9 @@
 # translations per source subword, and "default": the recipe's own settings with --precision auto),
 # beam 5 and greedy, so both toolkits see the same conditions;
 # the best and the median round of each are reported, with the ratios of each.
-# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 10).
+# Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 10);
+# EXPORTS: export directories of RUN_DIR (`nmt export RUN_DIR -o DIR [--quantize int8]`), each
+# decoded in every round too (onnxruntime, the export's own settings), as "onnx-<directory name>".
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$(cd "${1:?usage: compare_decoding.sh RUN_DIR [ROUNDS] [OUT_JSON]}" && pwd)"
@@ -18,6 +20,7 @@ OUT_JSON="${3:-compare-decoding.json}"
 PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, model-60min)}" && pwd)"
 . "$HERE/scripts/joeynmt_peer.sh"
 SHORTLIST="${SHORTLIST:-10}"
+EXPORTS="${EXPORTS:-}"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
 [ -f "$RUN_DIR/lexicon.safetensors" ] || "$NMT" shortlist "$RUN_DIR" >&2
 
@@ -34,17 +37,22 @@ for round in $(seq 1 "$ROUNDS"); do
       "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \
           2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
     done
+    for export in $EXPORTS; do
+      name="onnx-$(basename "$export")"
+      "$NMT" bench translate --engine onnx "$export" --beam "$beam" --json \
+          2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
+    done
   done
 done
 
-python3 - "$WORK" "$OUT_JSON" "$HERE/scripts" <<'PY'
+python3 - "$WORK" "$OUT_JSON" "$HERE/scripts" $(for e in $EXPORTS; do echo "onnx-$(basename "$e")"; done) <<'PY'
 import json, statistics, sys
 from pathlib import Path
 work, out = Path(sys.argv[1]), sys.argv[2]
 sys.path.insert(0, sys.argv[3])
 import joeynmt_result
 
-MODES = ("float32", "bf16", "float32-shortlist", "bf16-shortlist", "default")
+MODES = ("float32", "bf16", "float32-shortlist", "bf16-shortlist", "default", *sys.argv[4:])
 table = {}
 for beam in (5, 1):
     joey_runs = [joeynmt_result.read(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]

@@ -364,7 +364,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
 
     run, export = exports("bahdanau")
     for extra, word in ((["--precision", "bf16"], "--precision bf16"),
-                        (["--shortlist", "5"], "--shortlist")):
+                        (["--shortlist", "5"], "--shortlist"), (["--kernels", "reference"], "--kernels")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
@@ -565,3 +565,29 @@ def test_sampling_runs_the_shared_sampler(exports, tmp_path):
                  "-o", str(tmp_path / "out.txt"), "--sample", "--seed", "4"]) == 0
     assert (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines() == \
         onnx_t.translate(texts, sample=True, seed=4)
+
+
+def test_bench_translate_measures_an_export_beside_the_run(tiny_run, tmp_path, capsys):
+    """`nmt bench translate --engine onnx EXPORT`: the export's speed and quality on the run's split,
+    the same sentences and BLEU as the torch engine in float32; options an export cannot honour exit 2."""
+    from nmt.cli import main
+    from nmt.tools.export import export_run
+
+    export = export_run(tiny_run, tmp_path / "export")
+    records = {}
+    for engine, path, extra in (("torch", tiny_run, ["--precision", "float32"]), ("onnx", export, [])):
+        capsys.readouterr()
+        assert main(["bench", "translate", "--engine", engine, str(path), "--split", "test", "--beam", "2",
+                     "--json", *extra]) == 0
+        records[engine] = json.loads(capsys.readouterr().out)
+    torch_record, onnx_record = records["torch"], records["onnx"]
+    assert onnx_record["engine"] == "onnx" and onnx_record["precision"] == "float32"
+    assert onnx_record["kernels"] is None and onnx_record["sentences_per_s"] > 0
+    assert onnx_record["sentences"] == torch_record["sentences"] > 0
+    assert onnx_record["bleu"] == torch_record["bleu"] and onnx_record["chrf"] == torch_record["chrf"]
+    for extra, word in ((["--precision", "bf16"], "--precision bf16"), (["--kernels", "reference"], "--kernels"),
+                        (["--batch-sentences", "8"], "--batch-sentences"), (["--checkpoint", "last"], "--checkpoint")):
+        assert main(["bench", "translate", "--engine", "onnx", str(export), *extra]) == 2
+        assert word in capsys.readouterr().err
+    assert main(["bench", "translate", "--engine", "onnx", str(export), str(export)]) == 2
+    assert "one export directory" in capsys.readouterr().err

@@ -12,6 +12,7 @@ HELP = "measure training and translation speed"
 EXAMPLES = """
     nmt bench train recipes/bench-joeynmt.yaml --steps 200 --flops
     nmt bench translate runs/fr-en --beam 5 --split test --json
+    nmt bench translate --engine onnx export/fr-en --beam 5     an nmt export on onnxruntime
     nmt bench train recipes/bench-joeynmt.yaml --beside-busy 1        beside a CPU-bound process
     """
 
@@ -39,7 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_busy(bt)
     bt.add_argument("--json", action="store_true")
     btr = sub.add_parser("translate", help="decoding throughput and BLEU", formatter_class=formatter)
-    btr.add_argument("run_dir", nargs="+", metavar="RUN_DIR", help="run directory; several: their ensemble")
+    btr.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                     help="run directory; several: their ensemble; --engine onnx: one export directory")
+    btr.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                     help="torch: the run's PyTorch model (default); onnx: an nmt export on onnxruntime "
+                          "(its float32 or int8 graphs)")
     btr.add_argument("--split", default="test")
     btr.add_argument("--batch-sentences", type=int, help="fixed sentence batches, e.g. 64 as JoeyNMT")
     add_checkpoint(btr)

@@ -322,8 +322,8 @@ def decode_split_timed(translator, sources: Sequence[str], beam: int | None = No
     # the options load a shortlist's lexicon, before the clock starts as the model is
     options = translator.decode_options(**given)
     items = translator.encode(sources)
-    batches = translator.batches(items, beam=options.beam, batch_tokens=options.batch_tokens,
-                                 batch_sentences=batch_sentences)
+    fixed = {"batch_sentences": batch_sentences} if batch_sentences else {}  # the torch engine's option
+    batches = translator.batches(items, beam=options.beam, batch_tokens=options.batch_tokens, **fixed)
     start = time.perf_counter()
     found = translator.search_batches(batches, options)
     best = [found[it.index][0] if found.get(it.index) else None for it in items]
@@ -338,22 +338,33 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
                     checkpoint: str = "best", quantize: bool = False, precision: str | None = None,
                     decode: Mapping[str, Any] | None = None,
                     label: Callable[[str], str] | None = None, kernels: str | None = None,
-                    beside_busy: int = 0, busy_kind: str = "spin") -> dict[str, Any]:
+                    beside_busy: int = 0, busy_kind: str = "spin", engine: str = "torch") -> dict[str, Any]:
     """Decoding speed and quality on ``split`` of the run's corpus; ``decode`` settings are laid
     over the run's recipe ``decode`` section (problems named ``label(key)``); ``kernels`` replaces
     the run's ``model.kernels``; several run directories measure their ensemble; ``beside_busy``
     busy processes run during the decoding. ``quantize=True`` is refused (int8 runs on the ONNX
-    engine: ``nmt export --quantize int8``)."""
+    engine: ``nmt export --quantize int8``). ``engine="onnx"``: ``run_dir`` is an export directory
+    (``nmt export``), searched on onnxruntime; its precision is the export's (float32 or int8)."""
     from nmt.data.corpus import load_corpus
-    from nmt.inference.translator import Translator
     from nmt.metrics import score_corpus
 
     load_start = time.perf_counter()
-    translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
-                                 kernels=kernels)
-    settings = apply_settings(translator, decode, label)
-    # auto's calibration counts as loading
-    choice = translator.resolve_precision(settings, batch_sentences=batch_sentences)
+    choice = None
+    if engine == "onnx":
+        from nmt.inference.onnx_translator import OnnxTranslator
+
+        translator = OnnxTranslator.load(_one_export(run_dir))
+        settings = apply_settings(translator, decode, label)
+        mode, kernels_used = translator.meta.get("quantize") or "float32", None
+    else:
+        from nmt.inference.translator import Translator
+
+        translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
+                                     kernels=kernels)
+        settings = apply_settings(translator, decode, label)
+        # auto's calibration counts as loading
+        choice = translator.resolve_precision(settings, batch_sentences=batch_sentences)
+        mode, kernels_used = translator.precision, translator.recipe.model.kernels
     load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
@@ -369,9 +380,9 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     return {
         "what": "translate", "run_dir": _runs_label(run_dir), "checkpoint": checkpoint, "split": split,
         "beam": settings.beam, "batch_tokens": settings.batch_tokens, "batch_sentences": batch_sentences,
-        "precision": translator.precision,
+        "engine": engine, "precision": mode,
         **({"precision_auto": choice.as_record()} if choice is not None else {}),
-        "kernels": translator.recipe.model.kernels,
+        "kernels": kernels_used,
         "shortlist": settings.shortlist,
         "decode": dataclasses.asdict(settings), "sentences": len(sources), "seconds": round(seconds, 3),
         "sentences_per_s": round(len(sources) / seconds, 1),
@@ -381,6 +392,13 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
         "peak_rss_mib": round(peak_rss_mib(), 1), "beside_busy": beside_busy, **busy.report(),
         "load_average_before": load_before, "machine": _machine(),
     }
+
+
+def _one_export(run_dir: str | Sequence[str]) -> str:
+    exports = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    if len(exports) != 1:
+        raise NmtError(f"--engine onnx measures one export directory, got {len(exports)}")
+    return exports[0]
 
 
 def _runs_label(run_dir) -> str:
@@ -406,12 +424,16 @@ def bench_cli(args) -> int:
                      f"{result['achieved_gflops']} GFLOP/s, {100 * result['fraction_of_peak']:.0f}% of the "
                      f"measured {result['gemm_peak']['dtype']} GEMM peak {result['gemm_peak']['gflops']} GFLOP/s")
     else:
+        if args.engine == "onnx":
+            from nmt.tools.translate import refuse_torch_only_options
+
+            refuse_torch_only_options(args)
         result = bench_translate(args.run_dir, args.split, args.batch_sentences, args.checkpoint,
                                  False, args.precision, decode=decode_arguments(args),
                                  label=decode_flag_label, kernels=args.kernels,
-                                 beside_busy=args.beside_busy, busy_kind=args.busy_kind)
+                                 beside_busy=args.beside_busy, busy_kind=args.busy_kind, engine=args.engine)
         mode = (result["precision"] + (" (auto)" if "precision_auto" in result else "")
-                + f", kernels {result['kernels']}"
+                + (f", kernels {result['kernels']}" if result["engine"] == "torch" else ", onnx")
                 + (f", shortlist {result['shortlist']}" if result["shortlist"] else "") + _busy_words(result))
         line = (f"translate {_runs_label(args.run_dir)} [{args.split}, beam {result['beam']}, {mode}]: "
                 f"{result['sentences_per_s']:,} sentences/s, {result['target_tokens_per_s']:,} target tokens/s "

@@ -290,20 +290,24 @@ def _glossary(path: str | None, translator, options: DecodeConfig, reference: st
 
 def _onnx_translator(args, threads: int | None = None):
     """The onnxruntime translator of an export directory; options only the PyTorch model has are refused."""
-    _refuse_torch_only_options(args)
+    refuse_torch_only_options(args)
     from nmt.inference.onnx_translator import OnnxTranslator
 
     return OnnxTranslator.load(as_run_dirs(args.run_dir)[0], threads=threads)
 
 
-def _refuse_torch_only_options(args) -> None:
+def refuse_torch_only_options(args) -> None:
+    """Exit-2 errors for options an export cannot honour (``nmt translate`` and ``nmt bench
+    translate`` with ``--engine onnx``)."""
     torch_only = [flag for flag, used in (
         ("--precision bf16", args.precision == "bf16"),
-        ("--checkpoint", args.checkpoint != "best"), ("--markup", getattr(args, "markup", None)))
+        ("--checkpoint", args.checkpoint != "best"), ("--markup", getattr(args, "markup", None)),
+        ("--kernels", getattr(args, "kernels", None) is not None),
+        ("--batch-sentences", getattr(args, "batch_sentences", None) is not None))
         if used]
     if torch_only:
-        raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one "
-                       "float32 model); translate the run directory with --engine torch instead")
+        raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one model, "
+                       "searched as exported); translate the run directory with --engine torch instead")
     exports = as_run_dirs(args.run_dir)
     if len(exports) > 1:
         raise NmtError(f"--engine onnx translates with one export directory, got {len(exports)}; ensembles "
@@ -464,7 +468,7 @@ def _translate_with_workers(args, workers: int) -> int:
     onnx = args.engine == "onnx"
     decode, reference = _decode_and_reference(args)
     if onnx:
-        _refuse_torch_only_options(args)
+        refuse_torch_only_options(args)
     nbest_format = args.n_best is not None
     spec = {"engine": args.engine, "run_dirs": [str(d) for d in as_run_dirs(args.run_dir)], "checkpoint": args.checkpoint,
             "precision": None if onnx else _workers_precision(args, decode),
