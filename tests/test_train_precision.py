@@ -63,6 +63,7 @@ def test_training_with_auto_records_the_chosen_mode_and_resume_keeps_it(tmp_path
         train(recipe, run_dir=run)
     assert recipe.train.precision == "no" and saved_precision(run) == "no"
     assert any("train.precision auto: no (the CPU has no bf16 instructions" in r.getMessage() for r in caplog.records)
+    assert any("train.softmax: batch" in r.getMessage() for r in caplog.records)  # float32: the hint
 
     monkeypatch.setattr(tp, "bf16_instructions", lambda cpuinfo=None: True)
     resumed = tiny_recipe("train.precision=auto", "train.max_steps=4", "train.valid_every=2")
@@ -84,3 +85,9 @@ def test_a_run_directory_without_a_readable_recipe_has_no_saved_precision(tmp_pa
     shutil.copytree(tiny_run, copy)
     (copy / "recipe.yaml").write_text("train: [unclosed\n")
     assert saved_precision(copy) is None
+
+
+def test_the_softmax_hint_is_said_for_float32_training_on_a_cpu_with_the_full_softmax_only():
+    assert "train.softmax: batch" in tp.softmax_hint("no", "full", "cpu")
+    for mode, softmax, device in (("bf16", "full", "cpu"), ("no", "batch", "cpu"), ("no", "full", "cuda")):
+        assert tp.softmax_hint(mode, softmax, device) == ""

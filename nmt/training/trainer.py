@@ -41,7 +41,7 @@ from nmt.training.batch_vocab import BatchVocabulary
 from nmt.training.checkpoints import restore, save_checkpoint, truncate_metrics, weights_checksum
 from nmt.training.distributed import is_peer_failure, peer_failure, process_group_kwargs
 from nmt.training.inputs import RunInputs, batch_stream, epoch_progress, prepare_inputs
-from nmt.training.precision import resolve_precision
+from nmt.training.precision import resolve_precision, softmax_hint
 from nmt.training.progress import Progress, Window, append_jsonl, close_run_log, setup_logging
 from nmt.training.rundir import (InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir,
                                  saved_precision)
@@ -95,8 +95,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
         torch.set_num_threads(threads.threads)
     trackers = "tensorboard" if recipe.output.tensorboard else None
     cpu = force_cpu()
-    precision = resolve_precision(t.precision, "cpu" if cpu or not torch.cuda.is_available() else "cuda",
-                                  saved_precision(run_dir) if resume else None)
+    device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
+    precision = resolve_precision(t.precision, device, saved_precision(run_dir) if resume else None)
     t.precision = precision.mode  # the run's recipe.yaml records the mode it trains in
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
                               cpu=cpu, kwargs_handlers=process_group_kwargs(t.dist_timeout))
@@ -113,6 +113,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             log.info(precision.note)
         if precision.warning:
             log.warning(precision.warning)
+        if hint := softmax_hint(precision.mode, t.softmax, device):
+            log.info(hint)
         trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)
         if t.num_threads == "auto" and threads.threads:
             trainer.follower = ThreadFollower.for_choice(threads)
