@@ -234,9 +234,13 @@ def test_beam_scores_equal_forced_decoding(kind, tiny_model, kernels):
     assert any(h.finished for h in flat_hyp) and any(not h.finished for h in flat_hyp)
     totals, per_token = forced(model, flat_src, [h.tokens for h in flat_hyp])
     for h, total, toks in zip(flat_hyp, totals, per_token):
-        assert h.raw_score == pytest.approx(total, abs=1e-4)
-        assert h.score == pytest.approx(total, abs=1e-4)  # no penalties
-        assert h.log_probs == pytest.approx(toks, abs=1e-4)
+        # float32 rounding (which differs with the CPU's vector width and the batch's shape) grows
+        # along the recurrence: 1.1e-4 over 13 tokens of local-p on an AVX2 CPU, against 1.8e-4
+        # from float64 for search and 7e-5 for forced decoding; a bookkeeping error is 1e-2 or more
+        tol = max(1e-4, 2e-5 * len(toks))
+        assert h.raw_score == pytest.approx(total, abs=tol)
+        assert h.score == pytest.approx(total, abs=tol)  # no penalties
+        assert h.log_probs == pytest.approx(toks, abs=tol)
         assert sum(h.log_probs) == pytest.approx(h.raw_score, abs=1e-4)
 
 
