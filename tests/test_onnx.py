@@ -585,6 +585,9 @@ def test_bench_translate_measures_an_export_beside_the_run(tiny_run, tmp_path, c
     assert onnx_record["kernels"] is None and onnx_record["sentences_per_s"] > 0
     assert onnx_record["sentences"] == torch_record["sentences"] > 0
     assert onnx_record["bleu"] == torch_record["bleu"] and onnx_record["chrf"] == torch_record["chrf"]
+    from nmt.inference.precision_auto import cpu_description
+
+    assert torch_record["machine"]["cpu"] == onnx_record["machine"]["cpu"] == cpu_description()  # the host, named
     for extra, word in ((["--precision", "bf16"], "--precision bf16"), (["--kernels", "reference"], "--kernels"),
                         (["--batch-sentences", "8"], "--batch-sentences"), (["--checkpoint", "last"], "--checkpoint")):
         assert main(["bench", "translate", "--engine", "onnx", str(export), *extra]) == 2

@@ -76,6 +76,13 @@ def test_calibration_batch_follows_the_runs_batch_size(batch_tokens, beam, given
     assert pa.calibration_sentences(batch_tokens, beam, given) == sentences
 
 
+def test_cpu_description_names_family_and_model_when_the_system_gives_them():
+    epyc = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    assert pa.cpu_description(epyc) == "AMD EPYC (family 25, model 1)"
+    assert pa.cpu_description("processor\t: 0\nmodel name\t: Test CPU 9000\n") == "Test CPU 9000"
+    assert pa.cpu_description("") == ""
+
+
 def test_native_bf16_reads_the_flags():
     assert pa.native_bf16(CPUINFO)
     assert not pa.native_bf16(CPUINFO.replace(" avx512_bf16 amx_bf16", ""))

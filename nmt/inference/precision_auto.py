@@ -183,6 +183,14 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
     return bf16_instructions(cpuinfo) is not False
 
 
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU as ``lscpu`` names it, with its family and model where the name alone does not tell
+    one generation from another (``AMD EPYC (family 25, model 1)``); "" when the system does not say."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    name, family, model = (_first(text, key) for key in ("model name", "cpu family", "model"))
+    return f"{name} (family {family}, model {model})" if name and family and model else name
+
+
 def cpu_key(cpuinfo: str | None = None) -> dict[str, Any]:
     """What makes timings of one machine comparable: CPU model and flags, torch, threads."""
     import platform

@@ -149,7 +149,11 @@ def peak_rss_mib() -> float:
 
 def _machine() -> dict[str, Any]:
     import torch
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+
+    from nmt.inference.precision_auto import cpu_description
+
+    return {"cpu": cpu_description(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "processes": int(os.environ.get("WORLD_SIZE", "1") or 1)}
