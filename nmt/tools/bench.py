@@ -353,22 +353,21 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
     from nmt.metrics import score_corpus
 
     load_start = time.perf_counter()
-    choice = None
-    if engine == "onnx":
+    onnx = engine == "onnx"
+    if onnx:
         from nmt.inference.onnx_translator import OnnxTranslator
 
         translator = OnnxTranslator.load(_one_export(run_dir))
-        settings = apply_settings(translator, decode, label)
-        mode, kernels_used = translator.meta.get("quantize") or "float32", None
     else:
         from nmt.inference.translator import Translator
 
         translator = Translator.load(run_dir, checkpoint=checkpoint, quantize=quantize, precision=precision,
                                      kernels=kernels)
-        settings = apply_settings(translator, decode, label)
-        # auto's calibration counts as loading
-        choice = translator.resolve_precision(settings, batch_sentences=batch_sentences)
-        mode, kernels_used = translator.precision, translator.recipe.model.kernels
+    settings = apply_settings(translator, decode, label)
+    # auto's calibration counts as loading; an export's precision is the one it was exported in
+    choice = None if onnx else translator.resolve_precision(settings, batch_sentences=batch_sentences)
+    mode = (translator.meta.get("quantize") or "float32") if onnx else translator.precision
+    kernels_used = None if onnx else translator.recipe.model.kernels
     load_seconds = time.perf_counter() - load_start
     corpus = load_corpus(translator.recipe.data, splits=(split,))[split]
     sources, references = list(corpus["src"]), list(corpus["tgt"])
@@ -399,7 +398,9 @@ def bench_translate(run_dir: str | Sequence[str], split: str = "test", batch_sen
 
 
 def _one_export(run_dir: str | Sequence[str]) -> str:
-    exports = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    from nmt.inference.checkpoint import as_run_dirs
+
+    exports = as_run_dirs(run_dir)
     if len(exports) != 1:
         raise NmtError(f"--engine onnx measures one export directory, got {len(exports)}")
     return exports[0]
