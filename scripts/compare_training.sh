@@ -10,8 +10,9 @@
 # sizes, 4,096-token batches) once per word of RUNS. Each nmt figure is divided by the JoeyNMT run
 # of its own round; the table gives every round, and the best and median ratios.
 # Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; TRAIN_SEC (default 150),
-# STEPS (timed nmt steps, default 80), RUNS (default "bf16 no": bf16 autocast, then float32). A
-# word of RUNS is a train.precision value, optionally followed by comma-separated recipe overrides:
+# STEPS (timed nmt steps, default 80), RUNS (default "auto,train.softmax=auto no": the choices
+# recipes/fr-en.yaml makes on this host, then float32 with the full softmax). A word of RUNS is a
+# train.precision value, optionally followed by comma-separated recipe overrides:
 # RUNS="auto auto,train.softmax=batch" times the host's own precision with the full softmax and
 # with the softmax over part of the vocabulary.
 set -euo pipefail
@@ -21,7 +22,7 @@ OUT_JSON="${2:-compare-training.json}"
 PEERS="$(cd "${PEERS:?set PEERS to the JoeyNMT peer directory (setup.sh, prep_data.py, config-sent64.yaml)}" && pwd)"
 TRAIN_SEC="${TRAIN_SEC:-150}"
 STEPS="${STEPS:-80}"
-RUNS="${RUNS:-bf16 no}"
+RUNS="${RUNS:-auto,train.softmax=auto no}"
 . "$HERE/scripts/joeynmt_peer.sh"
 export NMT_TATOEBA_DIR="$DATA_DIR" NMT_NO_PROGRESS=1
 

@@ -217,12 +217,13 @@ class TrainConfig:
     plateau_patience: int = 2
     clip_norm: float = setting(1.0, "gradient norm clipping; 0 disables clipping", min=0)
     label_smoothing: float = setting(0.0, "label smoothing of the loss", min=0, below=1)
-    softmax: Literal["full", "batch"] = setting(
-        "full", "full | batch: the training loss's softmax over the whole target vocabulary, or over a "
-                "subset per batch: its target subwords, the softmax_frequent most frequent ones and "
-                "softmax_sampled drawn uniformly from the rest (Jean et al. 2015); validation, evaluation "
-                "and translation always use the whole vocabulary", choices=("full", "batch"),
-        noun="softmax", metavar="KIND")
+    softmax: Literal["full", "batch", "auto"] = setting(
+        "full", "full | batch | auto: the training loss's softmax over the whole target vocabulary, or over "
+                "a subset per batch: its target subwords, the softmax_frequent most frequent ones and "
+                "softmax_sampled drawn uniformly from the rest (Jean et al. 2015); auto: batch when training "
+                "runs in float32 on a CPU, full elsewhere (the run's recipe.yaml records the choice); "
+                "validation, evaluation and translation always use the whole vocabulary",
+        choices=("full", "batch", "auto"), noun="softmax", metavar="KIND")
     softmax_frequent: int = setting(
         500, "softmax: batch: the most frequent target subwords of the training split, in every batch's "
              "subset", min=0, metavar="N")

@@ -277,7 +277,7 @@ def bench_train(recipe_path: str, overrides: list[str], steps: int, warmup: int,
                  "gemm_peak": peak, "fraction_of_peak": round(achieved / peak["gflops"], 3)}
     return {
         "what": "train", "recipe": recipe_path, "overrides": overrides, "precision": recipe.train.precision,
-        "kernels": recipe.model.kernels,
+        "softmax": recipe.train.softmax, "kernels": recipe.model.kernels,
         "steps_timed": len(timed), "warmup_steps": warmup, "target_tokens": tokens,
         "seconds": round(seconds, 3), "target_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "steps_per_s": round(len(timed) / seconds, 3) if seconds else None,

@@ -167,14 +167,14 @@ def saved_recipe(run_dir: Path) -> Recipe | None:
     return recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
 
 
-def saved_precision(run_dir: Path) -> str | None:
-    """``train.precision`` of the run in ``run_dir`` (its recipe.yaml), or None when it has none or
-    it cannot be read (resume reports that itself)."""
+def saved_train(run_dir: Path):
+    """The ``train`` section of the run in ``run_dir`` (its recipe.yaml), or None when it has none or
+    it cannot be read (resume reports that itself): what ``auto`` settings chose when it started."""
     try:
         saved = saved_recipe(Path(run_dir))
     except (NmtError, OSError, ValueError):
         return None
-    return None if saved is None else saved.train.precision
+    return None if saved is None else saved.train
 
 
 def check_resume_recipe(saved: Recipe, recipe: Recipe) -> None:

@@ -41,10 +41,10 @@ from nmt.training.batch_vocab import BatchVocabulary
 from nmt.training.checkpoints import restore, save_checkpoint, truncate_metrics, weights_checksum
 from nmt.training.distributed import is_peer_failure, peer_failure, process_group_kwargs
 from nmt.training.inputs import RunInputs, batch_stream, epoch_progress, prepare_inputs
-from nmt.training.precision import resolve_precision, softmax_hint
+from nmt.training.precision import resolve_precision, resolve_softmax, softmax_hint
 from nmt.training.progress import Progress, Window, append_jsonl, close_run_log, setup_logging
 from nmt.training.rundir import (InitSource, check_run_dir, init_record, init_source, io_error, lock_run_dir,
-                                 saved_precision)
+                                 saved_train)
 from nmt.training.schedule import build_optimizer, build_plateau, plateau_step, set_lr
 from nmt.training.state import StopSignal, TrainerState
 from nmt.training.threads import ThreadFollower
@@ -96,8 +96,11 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
     trackers = "tensorboard" if recipe.output.tensorboard else None
     cpu = force_cpu()
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
-    precision = resolve_precision(t.precision, device, saved_precision(run_dir) if resume else None)
-    t.precision = precision.mode  # the run's recipe.yaml records the mode it trains in
+    saved = saved_train(run_dir) if resume else None
+    precision = resolve_precision(t.precision, device, saved and saved.precision)
+    softmax = resolve_softmax(t.softmax, precision.mode, device, saved and saved.softmax)
+    # the run's recipe.yaml records what it trains with
+    t.precision, t.softmax = precision.mode, softmax.mode
     accelerator = Accelerator(mixed_precision=t.precision, log_with=trackers, project_dir=str(run_dir),
                               cpu=cpu, kwargs_handlers=process_group_kwargs(t.dist_timeout))
     lock = lock_run_dir(run_dir) if accelerator.is_main_process else None
@@ -113,6 +116,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike | None = None, resume: bool
             log.info(precision.note)
         if precision.warning:
             log.warning(precision.warning)
+        if softmax.note:
+            log.info(softmax.note)
         if hint := softmax_hint(precision.mode, t.softmax, device):
             log.info(hint)
         trainer = Trainer.build(recipe, run_dir, resume, accelerator, trackers, init)
