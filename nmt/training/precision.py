@@ -40,7 +40,7 @@ def resolve_precision(requested: str, device: str, saved: str | None = None,
     if requested != "auto":
         if requested == "bf16" and device == "cpu" and bf16_instructions(cpuinfo) is False:
             return Decision(requested, warning=f"train.precision is bf16, but {EMULATED_NOTE}; "
-                                                        "set train.precision: auto (or no)")
+                                               "set train.precision: auto (or no)")
         return Decision(requested)
     if saved not in (None, "auto"):
         return Decision(saved, note=f"train.precision auto: {saved}, as the run was started")

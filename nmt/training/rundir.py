@@ -167,7 +167,7 @@ def saved_recipe(run_dir: Path) -> Recipe | None:
     return recipe_from_dict(read_yaml_file(saved_file), str(saved_file))
 
 
-def saved_train(run_dir: Path):
+def saved_train(run_dir: Path) -> TrainConfig | None:
     """The ``train`` section of the run in ``run_dir`` (its recipe.yaml), or None when it has none or
     it cannot be read (resume reports that itself): what ``auto`` settings chose when it started."""
     try:
