@@ -14,7 +14,7 @@ functions minus the time of the other phases they call, so the phases add up to 
     attention            the attention score of each step
     step GEMMs           nmt.kernels.search_step: the GRU, context and readout products
     decoder step, other  the rest of the decoder's search step (softmax, readout activation)
-    output layer         Seq2Seq.step_logits: the output (or shortlist) GEMM
+    output layer         TorchEngine.scores (an ensemble's Seq2Seq.step_logits): the output (or shortlist) GEMM
     log-normaliser       log-softmax of the kept scores
     search ops           the search's tensor operations (top-k, gathers, masks: TorchOps)
     state reorder        selecting the surviving beams' states and memories
@@ -45,6 +45,7 @@ class PhaseTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._children: list[float] = []  # time of wrapped callees, per open wrapped call
+        self._originals: list[tuple[object, str, object]] = []
 
     def wrap(self, label: str, fn):
         @functools.wraps(fn)
@@ -65,12 +66,19 @@ class PhaseTimer:
     def patch(self, owner, name: str, label: str) -> None:
         """Wrap ``owner.name`` (a module function, or a method, static or class method)."""
         raw = inspect.getattr_static(owner, name)
+        self._originals.append((owner, name, vars(owner)[name]))
         if isinstance(raw, staticmethod):
             setattr(owner, name, staticmethod(self.wrap(label, raw.__func__)))
         elif isinstance(raw, classmethod):
             setattr(owner, name, classmethod(self.wrap(label, raw.__func__)))
         else:
             setattr(owner, name, self.wrap(label, raw))
+
+    def restore(self) -> None:
+        """Put back every attribute :meth:`patch` wrapped."""
+        while self._originals:
+            owner, name, original = self._originals.pop()
+            setattr(owner, name, original)
 
     def reset(self) -> None:
         self.seconds.clear()
@@ -89,7 +97,8 @@ def instrument(timer: PhaseTimer, translator) -> None:
     timer.patch(torch_engine.TorchEngine, "select_state", "state reorder")
     timer.patch(torch_engine.TorchEngine, "select_memory", "state reorder")
     timer.patch(torch_engine.LogNormaliser, "__call__", "log-normaliser")
-    timer.patch(seq2seq.Seq2Seq, "step_logits", "output layer")
+    timer.patch(torch_engine.TorchEngine, "scores", "output layer")  # a single model's
+    timer.patch(seq2seq.Seq2Seq, "step_logits", "output layer")  # an ensemble member's
     timer.patch(nmt.kernels, "search_step", "step GEMMs")
     done = set()
     for model in getattr(translator.model, "members", [translator.model]):
