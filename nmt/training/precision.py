@@ -57,27 +57,32 @@ def resolve_precision(requested: str, device: str, saved: str | None = None,
     return Decision("no", note=f"train.precision auto: no (bf16 is not chosen on {device})")
 
 
+def _subset_pays(mode: str, device: str) -> bool:
+    """Whether the softmax over part of the vocabulary is worth its cost: in float32 (``mode``
+    ``no``) on a CPU, where the output layer's three products are about half of each step."""
+    return device == "cpu" and mode == "no"
+
+
 def resolve_softmax(requested: str, mode: str, device: str, saved: str | None = None) -> Decision:
     """The training softmax for ``requested`` (``train.softmax``) when training runs in precision
-    ``mode`` (:func:`resolve_precision`'s) on ``device``. ``auto``: ``batch`` in float32 on a CPU,
-    where the output layer's three products are about half of each step; ``full`` elsewhere (bf16
-    products or a GPU make the output layer cheap, and the full softmax keeps the probabilities
-    calibrated). ``saved``: the softmax of the run being resumed, which ``auto`` keeps."""
+    ``mode`` (:func:`resolve_precision`'s) on ``device``. ``auto``: ``batch`` where
+    :func:`_subset_pays`; ``full`` elsewhere (bf16 products or a GPU make the output layer cheap,
+    and the full softmax keeps the probabilities calibrated). ``saved``: the softmax of the run being resumed, which ``auto`` keeps."""
     if requested != "auto":
         return Decision(requested)
     if saved in ("full", "batch"):
         return Decision(saved, note=f"train.softmax auto: {saved}, as the run was started")
-    if device == "cpu" and mode == "no":
+    if _subset_pays(mode, device):
         return Decision("batch", note="train.softmax auto: batch (float32 on a CPU, where the output layer is "
                                       "about half of each step; docs/training.md)")
     return Decision("full", note=f"train.softmax auto: full ({'float32' if mode == 'no' else mode} on {device})")
 
 
 def softmax_hint(mode: str, softmax: str, device: str) -> str:
-    """A note for float32 training on a CPU with the full softmax: there the output layer's products
-    are about half of a step, and ``train.softmax: batch`` trains faster (docs/training.md);
-    empty elsewhere. Only said: the recipe decides what is trained."""
-    if device != "cpu" or mode != "no" or softmax != "full":
+    """A note for training with the full softmax where :func:`_subset_pays`: ``train.softmax: batch``
+    trains faster there (docs/training.md); empty elsewhere. Only said: the recipe decides what is
+    trained."""
+    if softmax != "full" or not _subset_pays(mode, device):
         return ""
     return ("training in float32 on a CPU with train.softmax: full, where the output layer is about half "
             "of each step: train.softmax: batch (a softmax over part of the vocabulary; auto takes it here) "
