@@ -45,10 +45,21 @@ def add_decode_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
         elif typing.get_origin(hints[f.name]) is typing.Literal:  # --precision
             group.add_argument(decode_flag(f.name), dest=f.name, choices=typing.get_args(hints[f.name]),
                                default=default, metavar=f.metadata.get("metavar"), help=text)
+        elif typing.get_origin(hints[f.name]) is typing.Union:  # --inter-threads N|auto: checked by the schema
+            group.add_argument(decode_flag(f.name), dest=f.name, type=_integer_or_word, default=default,
+                               metavar=f.metadata.get("metavar"), help=text)
         else:
             group.add_argument(decode_flag(f.name), dest=f.name, type=hints[f.name], default=default,
                                metavar=f.metadata.get("metavar"), help=text)
     group.add_argument("--greedy", action="store_true", help="greedy search (the same as --beam 1)")
+
+
+def _integer_or_word(text: str) -> int | str:
+    """A command-line value of an ``int | word`` setting as the recipe's YAML would read it."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def decode_arguments(args: argparse.Namespace) -> dict[str, Any]:

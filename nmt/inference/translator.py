@@ -54,6 +54,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
+from nmt.inference.inter_threads import resolve_inter_threads, run_parts, split_batches
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.precision_auto import PrecisionChoice
 from nmt.inference.sampling import sentence_key
@@ -304,21 +305,31 @@ class Translator(TranslatorBase):
                        ) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
         target id lists by :attr:`Source.index` (lexically constrained beam search)."""
-        out: dict[int, list[Hypothesis]] = {}
         # a first search not settled beforehand calibrates on its own largest batch
         batches = list(batches)
         self.resolve_precision(options, batch_sentences=max(map(len, batches), default=None))
         lexicon = self._lexicon_for(options)
         tables = self.search_tables()
-        with torch.inference_mode(), self._autocast():
-            for group in batches:
+        device_type = self.device.type
+        with self._autocast():  # the recipe's, or the caller's (validation under bf16 training)
+            cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+        def search_part(group: Sequence[Source]) -> list[list[Hypothesis]]:
+            # entered here: inference mode and autocast are settings of the thread that searches
+            autocast = torch.autocast(device_type, dtype=cast) if cast is not None else nullcontext()
+            with torch.inference_mode(), autocast:
                 src, lengths, mask = pad_sources([it.ids for it in group], self.device)
                 # a sentence samples from streams of its own: (seed, its source ids)
-                found = search(self.model, src, lengths, mask, options, lexicon, return_attention,
-                               tables=tables, keys=[sentence_key(it.ids) for it in group],
-                               constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
-                for it, hyps in zip(group, found):
-                    out[it.index] = hyps
+                return search(self.model, src, lengths, mask, options, lexicon, return_attention,
+                              tables=tables, keys=[sentence_key(it.ids) for it in group],
+                              constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
+
+        threads = resolve_inter_threads(options.inter_threads, self.device)
+        parts = split_batches(batches, threads) if threads > 1 else batches
+        out: dict[int, list[Hypothesis]] = {}
+        for group, found in zip(parts, run_parts(search_part, parts, threads)):
+            for it, hyps in zip(group, found):
+                out[it.index] = hyps
         return out
 
     def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
