@@ -6,7 +6,8 @@
 # This machine's speed drifts by tens of percent over minutes (shared host), which a single run of
 # each toolkit turns into noise in the ratio. Here every round decodes with JoeyNMT's 60-minute
 # model and then with nmt (float32 and bf16, each with and without a lexical shortlist of SHORTLIST
-# translations per source subword, and "default": the recipe's own settings with --precision auto),
+# translations per source subword, "default": the recipe's own settings with --precision auto, and
+# "default-inter1": the same searching one batch at a time on all threads, --inter-threads 1),
 # beam 5 and greedy, so both toolkits see the same conditions;
 # the best and the median round of each are reported, with the ratios of each.
 # Env: JOEY_VENV, PEERS, DATA_DIR as for scripts/compare_joeynmt.sh; SHORTLIST (default 10);
@@ -32,7 +33,8 @@ for round in $(seq 1 "$ROUNDS"); do
           > "$WORK/joey-beam$beam.r$round.txt" )
     for mode in "float32 --precision float32 --shortlist 0" "bf16 --precision bf16 --shortlist 0" \
                 "float32-shortlist --precision float32 --shortlist $SHORTLIST" \
-                "bf16-shortlist --precision bf16 --shortlist $SHORTLIST" "default --precision auto"; do
+                "bf16-shortlist --precision bf16 --shortlist $SHORTLIST" "default --precision auto" \
+                "default-inter1 --precision auto --inter-threads 1"; do
       set -- $mode; name=$1; shift
       "$NMT" bench translate "$RUN_DIR" --beam "$beam" "$@" --json \
           2> "$WORK/nmt-beam$beam-$name.r$round.log" > "$WORK/nmt-beam$beam-$name.r$round.json"
@@ -52,7 +54,7 @@ work, out = Path(sys.argv[1]), sys.argv[2]
 sys.path.insert(0, sys.argv[3])
 import joeynmt_result
 
-MODES = ("float32", "bf16", "float32-shortlist", "bf16-shortlist", "default", *sys.argv[4:])
+MODES = ("float32", "bf16", "float32-shortlist", "bf16-shortlist", "default", "default-inter1", *sys.argv[4:])
 table = {}
 for beam in (5, 1):
     joey_runs = [joeynmt_result.read(p) for p in sorted(work.glob(f"joey-beam{beam}.r*.txt"))]

@@ -364,7 +364,8 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
 
     run, export = exports("bahdanau")
     for extra, word in ((["--precision", "bf16"], "--precision bf16"),
-                        (["--shortlist", "5"], "--shortlist"), (["--kernels", "reference"], "--kernels")):
+                        (["--shortlist", "5"], "--shortlist"), (["--kernels", "reference"], "--kernels"),
+                        (["--inter-threads", "2"], "--inter-threads")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
