@@ -4,9 +4,9 @@ CTranslate2's ``inter_threads`` and Marian's CPU workers, inside one process.
 A search step is a chain of small products and elementwise operations. Torch's intra-op threads
 split each of them and meet again after it, many times per step, and most of the step's smaller
 operations (and all of its Python) run on one thread meanwhile. Here each of N threads searches
-batches of its own on T / N intra-op threads (T: torch's threads), sharing the model, its search
-tables and the lexicon, which search only reads. Torch's operations release the GIL, so one
-thread's Python runs while another's products do.
+parts of the batches on T / N intra-op threads (T: torch's threads), sharing the model, its
+search tables and the lexicon, which search only reads. Torch's operations release the GIL, so
+one thread's Python runs while another's products do.
 
 Each batch is split into N interleaved parts (sentences k, k + N, ...): the parts of a
 length-sorted batch have the same lengths, so threads finish their parts together, and together

@@ -20,7 +20,8 @@ Python API::
 Input handling:
 
 - Sentences are batched by length (``decode.batch_tokens`` padded source tokens × beam per
-  batch) and the results are put back in input order.
+  batch) and the results are put back in input order. On a CPU each batch is searched as parts
+  side by side, one per torch thread (``decode.inter_threads``).
 - Text is cleaned the way the training data was: control characters (NUL, escape, ...; tabs and
   other whitespace become spaces), lone surrogates and non-characters are dropped, the recipe's
   ``data.filter.normalize`` Unicode normalisation is applied, and the result is stripped.
@@ -304,7 +305,9 @@ class Translator(TranslatorBase):
                        return_attention: bool = False, constraints: dict[int, list[list[int]]] | None = None
                        ) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by :attr:`Source.index`. ``constraints``:
-        target id lists by :attr:`Source.index` (lexically constrained beam search)."""
+        target id lists by :attr:`Source.index` (lexically constrained beam search). With
+        ``options.inter_threads`` above 1 each batch is searched as that many parts side by side
+        (:mod:`nmt.inference.inter_threads`)."""
         # a first search not settled beforehand calibrates on its own largest batch
         batches = list(batches)
         self.resolve_precision(options, batch_sentences=max(map(len, batches), default=None))
