@@ -51,13 +51,16 @@ def test_parts_interleave_each_batch_and_cover_it_once():
     assert split_batches([], 4) == []
 
 
-def test_auto_is_one_search_per_torch_thread_on_a_cpu_and_one_elsewhere(two_threads):
-    assert resolve_inter_threads("auto", torch.device("cpu")) == 2
-    assert resolve_inter_threads("auto", torch.device("meta")) == 1  # any other device: a GPU
-    assert resolve_inter_threads(3, torch.device("cpu")) == 3
-    assert resolve_inter_threads(3, torch.device("meta")) == 3  # a number is kept
-    torch.set_num_threads(1)
-    assert resolve_inter_threads("auto", torch.device("cpu")) == 1
+def test_auto_is_one_search_per_engine_thread_on_a_cpu_and_one_elsewhere():
+    assert resolve_inter_threads("auto", 2) == 2
+    assert resolve_inter_threads("auto", 2, on_cpu=False) == 1  # a GPU
+    assert resolve_inter_threads(3, 2) == 3
+    assert resolve_inter_threads(3, 2, on_cpu=False) == 3  # a number is kept
+    assert resolve_inter_threads("auto", 1) == 1
+    assert resolve_inter_threads("auto", 0) == 1
+
+
+TORCH_THREADS = (torch.get_num_threads, torch.set_num_threads)
 
 
 def test_parts_run_at_once_on_their_share_of_the_threads(two_threads):
@@ -69,11 +72,12 @@ def test_parts_run_at_once_on_their_share_of_the_threads(two_threads):
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return x * 10
 
-    assert run_parts(part, [1, 2, 3, 4], 2) == [10, 20, 30, 40]  # in the parts' order
+    assert run_parts(part, [1, 2, 3, 4], 2, TORCH_THREADS) == [10, 20, 30, 40]  # in the parts' order
     assert len({ident for ident, _ in seen}) == 2
     assert {threads for _, threads in seen} == {1}  # 2 torch threads / 2 searches
     assert torch.get_num_threads() == 2  # the caller's again
-    assert run_parts(lambda x: threading.get_ident(), [1, 2], 1) == [threading.get_ident()] * 2
+    assert run_parts(lambda x: threading.get_ident(), [1, 2], 1, TORCH_THREADS) == [threading.get_ident()] * 2
+    assert run_parts(lambda x: torch.get_num_threads(), [1], 2, TORCH_THREADS) == [2]  # one part: all threads
 
 
 def test_a_failing_part_is_raised_and_stops_the_parts_not_started(two_threads):
@@ -86,7 +90,7 @@ def test_a_failing_part_is_raised_and_stops_the_parts_not_started(two_threads):
         done.append(x)
 
     with pytest.raises(ValueError, match="part 0 failed"):
-        run_parts(part, list(range(40)), 2)
+        run_parts(part, list(range(40)), 2, TORCH_THREADS)
     assert len(done) < 39  # the rest were dropped, not run
     assert torch.get_num_threads() == 2
 

@@ -364,8 +364,7 @@ def test_torch_only_options_are_refused_with_the_onnx_engine(exports, capsys):
 
     run, export = exports("bahdanau")
     for extra, word in ((["--precision", "bf16"], "--precision bf16"),
-                        (["--shortlist", "5"], "--shortlist"), (["--kernels", "reference"], "--kernels"),
-                        (["--inter-threads", "2"], "--inter-threads")):
+                        (["--shortlist", "5"], "--shortlist"), (["--kernels", "reference"], "--kernels")):
         assert main(["translate", "--engine", "onnx", str(export), *extra]) == 2
         assert word in capsys.readouterr().err
     assert main(["translate", "--engine", "onnx", str(run)]) == 2  # a run directory, not an export
@@ -421,6 +420,39 @@ def test_cli_workers_write_what_one_process_writes(exports, tmp_path):
         assert main([*common, "-o", str(two), "--workers", "2"]) == 0
         assert two.read_bytes() == one.read_bytes()
         assert len(one.read_text(encoding="utf-8").splitlines()) == len(lines) * (2 if extra else 1)
+
+
+@pytest.mark.parametrize("search", [dict(beam=1), dict(beam=3, n_best=2), dict(sample=True, n_best=2, seed=4)],
+                         ids=["greedy", "beam-nbest", "sampling"])
+def test_parts_on_threads_translate_as_one_search_at_a_time(exports, monkeypatch, search):
+    """decode.inter_threads on onnxruntime: each batch's parts, searched side by side on sessions of
+    one thread each, give each sentence what the same parts give searched one at a time."""
+    import threading
+
+    import nmt.inference.onnx_translator as onnx_translator
+    from nmt.inference.inter_threads import split_batches
+    from nmt.inference.onnx_translator import OnnxTranslator
+
+    _, export = exports("bahdanau")
+    translator = OnnxTranslator.load(export, threads=2)
+    items = translator.encode(corpus(40, 21, max_words=9))
+    batches = translator.batches(items, beam=search.get("beam", 1), batch_tokens=120)
+    assert len(batches) > 1
+    alone = OnnxTranslator.load(export, threads=1)  # the sessions each part thread runs on
+    one_at_a_time = alone.search_batches(split_batches(batches, 2), alone.decode_options(**search, inter_threads=1))
+    threads, original = set(), onnx_translator.search
+
+    def spy(model, *args, **kwargs):
+        threads.add((threading.get_ident(), model))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_translator, "search", spy)
+    parallel = translator.search_batches(batches, translator.decode_options(**search, inter_threads=2))
+    assert len({ident for ident, _ in threads}) == 2
+    assert {model for _, model in threads} == {translator._sessions(1)} != {translator.model}
+    assert parallel == one_at_a_time
+    assert translator.search_batches(batches, translator.decode_options(**search, inter_threads=1)).keys() \
+        == parallel.keys()
 
 
 def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):

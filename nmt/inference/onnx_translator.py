@@ -35,6 +35,7 @@ from nmt.data.tokenizer import SubwordTokenizers
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.export_meta import check_fingerprints, check_meta
 from nmt.inference.forced import forced_scores
+from nmt.inference.inter_threads import resolve_inter_threads, run_parts, split_batches
 from nmt.inference.onnx_engine import (
     DECODER_FILE,
     DECODER_SHORTLIST_FILE,
@@ -133,7 +134,9 @@ class OnnxTranslator(TranslatorBase):
                     f"exported model was trained with {expected}; {_REEXPORT}")
         #: the run's recipe: its ``decode`` section gives the default settings (as a run's would)
         self.recipe: Recipe = recipe_from_dict(self.meta["recipe"], source=str(self.export_dir / META_FILE))
+        self.threads = threads
         self.model = OnnxModel(self.export_dir, self.meta, threads)
+        self._part_models: dict[int, OnnxModel] = {}  # decode.inter_threads' sessions, by thread count
         check_fingerprints(self.meta, self.export_dir)  # graphs and models of this export, not another's
         #: the run's lexicon when the export holds one (a shortlist decodes over it)
         self.lexicon = LexiconTable.load(self.export_dir / self.meta["lexicon"]) if self.meta.get("lexicon") else None
@@ -176,16 +179,38 @@ class OnnxTranslator(TranslatorBase):
                        constraints: dict[int, list[list[int]]] | None = None) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by ``Source.index``; ``constraints``: target
         id lists by ``Source.index`` (lexically constrained beam search)."""
-        out: dict[int, list[Hypothesis]] = {}
-        for group in batches:
+        threads = resolve_inter_threads(options.inter_threads, self.cpu_threads())
+        # parts side by side run sessions of their share of the threads (a session's own count)
+        model = self.model if threads == 1 else self._sessions(max(1, self.cpu_threads() // threads))
+        parts = split_batches(batches, threads) if threads > 1 else list(batches)
+
+        def search_part(group) -> list[list[Hypothesis]]:
             src, lengths = pad_sources([it.ids for it in group])
             # a sentence samples from streams of its own: (seed, its source ids)
-            found = search(self.model, src, lengths, options, return_attention, self.lexicon,
-                           keys=[sentence_key(it.ids) for it in group],
-                           constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
+            return search(model, src, lengths, options, return_attention, self.lexicon,
+                          keys=[sentence_key(it.ids) for it in group],
+                          constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
+
+        out: dict[int, list[Hypothesis]] = {}
+        for group, found in zip(parts, run_parts(search_part, parts, threads)):
             for it, hyps in zip(group, found):
                 out[it.index] = hyps
         return out
+
+    def cpu_threads(self) -> int:
+        """The intra-op threads of the translator's sessions: ``threads`` as loaded, else the CPUs
+        this process may run on (onnxruntime's own choice is of that order)."""
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def _sessions(self, threads: int) -> OnnxModel:
+        """The export's graphs on sessions of ``threads`` intra-op threads, made once per count."""
+        if threads == self.threads:
+            return self.model
+        if threads not in self._part_models:
+            self._part_models[threads] = OnnxModel(self.export_dir, self.meta, threads)
+        return self._part_models[threads]
 
     def score_batches(self, batches, tgt_ids: Sequence[Sequence[int]]) -> dict[int, tuple[float, list[float]]]:
         """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``,

@@ -327,10 +327,11 @@ class Translator(TranslatorBase):
                               tables=tables, keys=[sentence_key(it.ids) for it in group],
                               constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
 
-        threads = resolve_inter_threads(options.inter_threads, self.device)
+        threads = resolve_inter_threads(options.inter_threads, torch.get_num_threads(), device_type == "cpu")
         parts = split_batches(batches, threads) if threads > 1 else batches
+        found_parts = run_parts(search_part, parts, threads, (torch.get_num_threads, torch.set_num_threads))
         out: dict[int, list[Hypothesis]] = {}
-        for group, found in zip(parts, run_parts(search_part, parts, threads)):
+        for group, found in zip(parts, found_parts):
             for it, hyps in zip(group, found):
                 out[it.index] = hyps
         return out

@@ -303,8 +303,7 @@ def refuse_torch_only_options(args) -> None:
         ("--precision bf16", args.precision == "bf16"),
         ("--checkpoint", args.checkpoint != "best"), ("--markup", getattr(args, "markup", None)),
         ("--kernels", getattr(args, "kernels", None) is not None),
-        ("--batch-sentences", getattr(args, "batch_sentences", None) is not None),
-        ("--inter-threads", getattr(args, "inter_threads", None) not in (None, "auto", 1)))
+        ("--batch-sentences", getattr(args, "batch_sentences", None) is not None))
         if used]
     if torch_only:
         raise NmtError(f"{', '.join(torch_only)}: not available with --engine onnx (an export holds one model, "
