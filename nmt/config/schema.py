@@ -350,9 +350,9 @@ class DecodeConfig:
                 "take bf16 only if it is at least a tenth faster (cached per model and machine; "
                 "docs/performance.md)", metavar="MODE")
     inter_threads: Union[int, Literal["auto"]] = setting(
-        "auto", "searches at once: each batch is split into N parts, searched side by side on torch's "
-                "threads / N intra-op threads each (the torch engine; CTranslate2's inter_threads); "
-                "auto: N = torch's threads on a CPU, 1 on a GPU", above=0, metavar="N")
+        "auto", "searches at once: each batch is split into N parts, searched side by side on the "
+                "engine's threads / N intra-op threads each (CTranslate2's inter_threads); auto: N = the "
+                "engine's threads on a CPU, 1 on a GPU", above=0, metavar="N")
 
     def problems(self, label: Callable[[str], str] | None = None) -> list[str]:
         """Out-of-range values and combinations, each named by ``label(field)`` (default: the field)."""
