@@ -111,7 +111,9 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
 class OnnxTranslator(TranslatorBase):
     """An exported model with its tokenizers: the API of :class:`~nmt.inference.translator.Translator`
     (``translate``, ``score``, ``decode_options``, ``encode``, ``batches``, ``search_batches``,
-    ``score_batches``, ``detokenize``) on onnxruntime. ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
+    ``score_batches``, ``detokenize``) on onnxruntime. ``threads``: onnxruntime's intra-op threads
+    (default: its own choice); ``decode.inter_threads`` above 1 searches each batch as parts side
+    by side, on sessions of their share of the threads (:meth:`search_batches`)."""
 
     def __init__(self, export_dir: str | os.PathLike, threads: int | None = None,
                  decode: DecodeConfig | None = None):
