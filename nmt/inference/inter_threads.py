@@ -14,17 +14,17 @@ run on T / N threads each).
 Each batch is split into N interleaved parts (sentences k, k + N, ...): the parts of a
 length-sorted batch have the same lengths, so threads finish their parts together, and together
 they hold as many rows as the batch did, so memory stays what ``decode.batch_tokens`` sets.
-With the torch engine's fast paths (``model.kernels: auto``) search gives a sentence the same translation in any
-batch and on any number of threads (:mod:`nmt.kernels.batch_invariant`), so the parts change no
-translation; the plain equations round a score with its batch, as they do for any batch size
-(tests/test_inter_threads.py). Speed: docs/performance.md.
+With the torch engine's fast paths (``model.kernels: auto``) search gives a sentence the same
+translation in any batch and on any number of threads (:mod:`nmt.kernels.batch_invariant`), so
+the parts change no translation; the plain equations round a score with its batch, as they do for
+any batch size (tests/test_inter_threads.py). Speed: docs/performance.md.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
-__all__ = ["resolve_inter_threads", "split_batches", "run_parts"]
+__all__ = ["resolve_inter_threads", "split_batches", "run_parts", "search_in_parts"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -78,3 +78,17 @@ def run_parts(fn: Callable[[T], R], parts: Sequence[T], threads: int,
         pool.shutdown(wait=True, cancel_futures=True)
         if intra_threads is not None:
             set_threads(total)
+
+
+def search_in_parts(batches: Sequence[Sequence[T]], threads: int, search_part: Callable[[list[T]], list[R]],
+                    intra_threads: tuple[Callable[[], int], Callable[[int], None]] | None = None
+                    ) -> dict[int, R]:
+    """Every batch split into ``threads`` parts (:func:`split_batches`; one thread: the batches as
+    they are), each searched by ``search_part`` (:func:`run_parts`): its results, one per item,
+    gathered by the items' ``index``."""
+    parts = split_batches(batches, threads)
+    out: dict[int, R] = {}
+    for group, found in zip(parts, run_parts(search_part, parts, threads, intra_threads)):
+        for item, result in zip(group, found):
+            out[item.index] = result
+    return out

@@ -35,7 +35,7 @@ from nmt.data.tokenizer import SubwordTokenizers
 from nmt.errors import CheckpointError, NmtError
 from nmt.inference.export_meta import check_fingerprints, check_meta
 from nmt.inference.forced import forced_scores
-from nmt.inference.inter_threads import resolve_inter_threads, run_parts, split_batches
+from nmt.inference.inter_threads import resolve_inter_threads, search_in_parts
 from nmt.inference.onnx_engine import (
     DECODER_FILE,
     DECODER_SHORTLIST_FILE,
@@ -181,10 +181,10 @@ class OnnxTranslator(TranslatorBase):
                        constraints: dict[int, list[list[int]]] | None = None) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by ``Source.index``; ``constraints``: target
         id lists by ``Source.index`` (lexically constrained beam search)."""
-        threads = resolve_inter_threads(options.inter_threads, self.cpu_threads())
+        total = self.cpu_threads()
+        threads = resolve_inter_threads(options.inter_threads, total)
         # parts side by side run sessions of their share of the threads (a session's own count)
-        model = self.model if threads == 1 else self._sessions(max(1, self.cpu_threads() // threads))
-        parts = split_batches(batches, threads) if threads > 1 else list(batches)
+        model = self.model if threads == 1 else self._sessions(max(1, total // threads))
 
         def search_part(group) -> list[list[Hypothesis]]:
             src, lengths = pad_sources([it.ids for it in group])
@@ -193,11 +193,7 @@ class OnnxTranslator(TranslatorBase):
                           keys=[sentence_key(it.ids) for it in group],
                           constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
 
-        out: dict[int, list[Hypothesis]] = {}
-        for group, found in zip(parts, run_parts(search_part, parts, threads)):
-            for it, hyps in zip(group, found):
-                out[it.index] = hyps
-        return out
+        return search_in_parts(batches, threads, search_part)
 
     def cpu_threads(self) -> int:
         """The intra-op threads of the translator's sessions: ``threads`` as loaded, else the CPUs

@@ -55,7 +55,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import NmtError
 from nmt.inference.devices import distributed_state
 from nmt.inference.ensemble import Ensemble, check_compatible, shared_lexicon
-from nmt.inference.inter_threads import resolve_inter_threads, run_parts, split_batches
+from nmt.inference.inter_threads import resolve_inter_threads, search_in_parts
 from nmt.inference.precision import check_precision, for_inference
 from nmt.inference.precision_auto import PrecisionChoice
 from nmt.inference.sampling import sentence_key
@@ -328,13 +328,7 @@ class Translator(TranslatorBase):
                               constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
 
         threads = resolve_inter_threads(options.inter_threads, torch.get_num_threads(), device_type == "cpu")
-        parts = split_batches(batches, threads) if threads > 1 else batches
-        found_parts = run_parts(search_part, parts, threads, (torch.get_num_threads, torch.set_num_threads))
-        out: dict[int, list[Hypothesis]] = {}
-        for group, found in zip(parts, found_parts):
-            for it, hyps in zip(group, found):
-                out[it.index] = hyps
-        return out
+        return search_in_parts(batches, threads, search_part, (torch.get_num_threads, torch.set_num_threads))
 
     def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
                       ) -> dict[int, tuple[float, list[float]]]:
