@@ -117,6 +117,7 @@ def test_cache_key_changes_with_the_batch_size_class(tmp_path):
 
     assert key(8) != key(256) and key(64) != key(32) and key(1) != key(2)
     assert key(64) == key(100) and key(256) == key(pa.MAX_SENTENCES)  # one class: one timing
+    assert pa.cache_key([weights], "cpu", "auto", 1, 10, cpu, parts=2) != key(pa.MAX_SENTENCES)
 
 
 def test_cache_round_trip(tmp_path):
@@ -202,6 +203,28 @@ def test_auto_reuses_the_cache_only_on_the_same_machine(tiny_run, calibrating, m
     monkeypatch.setattr(pa, "cpu_key", lambda cpuinfo=None: {**real(), "cpu": "another CPU"})
     Translator.load(tiny_run, precision="auto").resolve_precision()
     assert calibrating.runs == 2
+
+
+def test_auto_calibrates_in_the_runs_parts_and_again_for_another_count(tiny_run, calibrating, monkeypatch):
+    import torch
+
+    import nmt.inference.translator as translator_module
+    from nmt.inference.translator import Translator
+
+    parts = []
+    real = translator_module.search_in_parts
+    monkeypatch.setattr(translator_module, "search_in_parts",
+                        lambda batches, threads, *args: parts.append(threads) or real(batches, threads, *args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for count in (2, 1, 2):
+            Translator.load(tiny_run, precision="auto").resolve_precision(
+                Translator.load(tiny_run).decode_options(inter_threads=count))
+    finally:
+        torch.set_num_threads(threads)
+    # float32 and bf16 each searched once in the run's parts per calibration; the third load is cached
+    assert calibrating.runs == 2 and parts == [2, 2, 1, 1]
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ Whether bf16 pays depends on the CPU (AVX-512 BF16 / AMX), the model's sizes, th
 per-sentence shortlist leaves little GEMM work to speed up), the batch size (bf16's GEMMs pay off
 on many rows; a few sentences are per-operation overhead) and how loaded the machine is, so it is
 measured rather than guessed: a short calibration decodes a batch shaped like the run's
-(:func:`calibration_sentences`, :func:`calibration_sources`) in alternating rounds per mode and
-keeps each mode's best time (:func:`calibrate`); :func:`pick` takes bf16 only when it beats
-float32 by :data:`MARGIN`, so timing noise never picks the slower mode. The choice is cached per
-weights file, machine, nmt and torch versions, search and batch size class (:func:`cache_key`) in
-the user's cache directory (:func:`cache_file`): run directories stay read-only to translation.
+(:func:`calibration_sentences`, :func:`calibration_sources`), in the run's parts side by side
+(``decode.inter_threads``), in alternating rounds per mode and keeps each mode's best time
+(:func:`calibrate`); :func:`pick` takes bf16 only when it beats float32 by :data:`MARGIN`, so
+timing noise never picks the slower mode. The choice is cached per weights file, machine, nmt and
+torch versions, search, batch size class and parts (:func:`cache_key`) in the user's cache
+directory (:func:`cache_file`): run directories stay read-only to translation.
 
 Whichever mode is picked, the translations are those of that mode given explicitly: the choice
 is made once, before the first search, and kept for the translator's lifetime.
@@ -24,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from nmt.inference.inter_threads import resolve_inter_threads
 
 logger = logging.getLogger(__name__)
 
@@ -224,12 +227,13 @@ def software_key() -> dict[str, str]:
 
 def cache_key(weights: Sequence[str | os.PathLike], device: str, kernels: str, beam: int, shortlist: int,
               cpu: Mapping[str, Any] | None = None, sentences: int = MAX_SENTENCES,
-              software: Mapping[str, str] | None = None) -> str:
-    """The cache entry of one model, machine, software, search and batch size (beam, shortlist and
-    the batch's :func:`size_class` change which mode wins)."""
+              software: Mapping[str, str] | None = None, parts: int = 1) -> str:
+    """The cache entry of one model, machine, software, search and batch size (beam, shortlist,
+    the batch's :func:`size_class` and the ``parts`` it is searched in side by side, each on fewer
+    threads, change which mode wins)."""
     key = {"weights": weights_key(weights), "machine": dict(cpu or cpu_key()), "device": device,
            "kernels": kernels, "beam": beam, "shortlist": shortlist > 0, "batch": size_class(sentences),
-           "length": LENGTH, "software": dict(software or software_key())}
+           "parts": parts, "length": LENGTH, "software": dict(software or software_key())}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -316,6 +320,8 @@ def choose_precision(translator, options, sentences: int | None = None,
     decided without timing where the device settles it, else the cached choice, else a calibration
     (cached when the translator came from weights files) with ``twin``, the bf16 translator of an
     earlier calibration, or a new one."""
+    import torch
+
     settled = _without_timing(translator)
     if settled is not None:
         return settled, twin
@@ -323,8 +329,10 @@ def choose_precision(translator, options, sentences: int | None = None,
     sentences = calibration_sentences(options.batch_tokens, options.beam, sentences, length)
     key = None
     if translator.weights_files:
-        key = cache_key(translator.weights_files, translator.device.type,
-                        translator.recipe.model.kernels, options.beam, options.shortlist, sentences=sentences)
+        # the calibration searches in the run's parts (search_ids): a choice made for others is not reused
+        parts = resolve_inter_threads(options.inter_threads, torch.get_num_threads(), translator.device.type == "cpu")
+        key = cache_key(translator.weights_files, translator.device.type, translator.recipe.model.kernels,
+                        options.beam, options.shortlist, sentences=sentences, parts=parts)
         cached = cached_choice(key)
         if cached is not None:
             return cached, twin
