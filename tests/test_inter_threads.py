@@ -95,6 +95,26 @@ def test_a_failing_part_is_raised_and_stops_the_parts_not_started(two_threads):
     assert torch.get_num_threads() == 2
 
 
+def test_a_later_part_failing_stops_the_rest_while_an_earlier_one_runs(two_threads):
+    done, failed = [], threading.Event()
+
+    def part(x):
+        if x == 0:
+            failed.wait(5)
+            time.sleep(0.2)  # still running when part 1 fails
+        elif x == 1:
+            failed.set()
+            raise ValueError("part 1 failed")
+        else:
+            time.sleep(0.01)
+        done.append(x)
+
+    with pytest.raises(ValueError, match="part 1 failed"):
+        run_parts(part, list(range(40)), 2, TORCH_THREADS)
+    assert 0 in done and len(done) < 5, done  # the running part ended; the others were dropped
+    assert torch.get_num_threads() == 2
+
+
 # ------------------------------------------------------------------------------- the translator
 
 OPTIONS = [dict(beam=1), dict(beam=3, n_best=2), dict(sample=True, n_best=2, seed=3),

@@ -21,7 +21,7 @@ any batch size (tests/test_inter_threads.py). Speed: docs/performance.md.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
 __all__ = ["resolve_inter_threads", "split_batches", "run_parts", "search_in_parts"]
@@ -49,7 +49,7 @@ def run_parts(fn: Callable[[T], R], parts: Sequence[T], threads: int,
               intra_threads: tuple[Callable[[], int], Callable[[int], None]] | None = None) -> list[R]:
     """``[fn(p) for p in parts]``, on ``threads`` threads at once when there are that many parts.
     Parts are taken in order as threads come free. The first part that raises stops the parts not
-    yet started and its exception is raised here.
+    yet started; its exception is raised here once the running ones have ended.
 
     ``intra_threads``: the library's intra-op thread count as ``(get, set)`` functions (torch's:
     per calling thread, but a new thread starts with the count set last): each part thread runs on
@@ -73,6 +73,10 @@ def run_parts(fn: Callable[[T], R], parts: Sequence[T], threads: int,
     pool = ThreadPoolExecutor(min(threads, len(parts)), thread_name_prefix="nmt-search")
     try:
         futures = [pool.submit(run, p) for p in parts]
+        wait(futures, return_when=FIRST_EXCEPTION)  # a failure ends the wait while others still run
+        for f in futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
