@@ -191,6 +191,16 @@ def train_served_run(run_dir: Path) -> Path:
     return run_dir
 
 
+def load_script(name: str):
+    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on (the system's choice)."""
     with socket.socket() as s:

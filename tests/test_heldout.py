@@ -1,24 +1,20 @@
 """scripts/build_heldout.py and the held-out sets it built (data/heldout/): no pair may share a
 sentence with what a model of the shipped corpus trains or selects on."""
-import importlib.util
 import json
 import lzma
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO, load_script
 from nmt.data.text import clean_text
 
-REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "data" / "heldout"
 
 
 @pytest.fixture(scope="module")
 def build():
-    spec = importlib.util.spec_from_file_location("build_heldout", REPO / "scripts" / "build_heldout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_heldout")
 
 
 def _xz_tsv(path: Path, rows):
@@ -94,10 +90,7 @@ def test_shipped_heldout_sets_share_no_sentence_with_train_or_valid(build):
 
 
 def _length_buckets():
-    spec = importlib.util.spec_from_file_location("length_buckets", REPO / "scripts" / "length_buckets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("length_buckets")
 
 
 def test_length_buckets_split_by_source_words_and_score_each_bucket():

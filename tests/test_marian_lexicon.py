@@ -1,18 +1,12 @@
 """scripts/marian_lexicon.py: the lexicon Marian's --shortlist reads, from nmt's IBM Model 1."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "marian_lexicon.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def lexicon_lines():
-    spec = importlib.util.spec_from_file_location("marian_lexicon", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.lexicon_lines
+    return load_script("marian_lexicon").lexicon_lines
 
 
 # Marian's sentencepiece ids start at 0 with </s>: id 0 is a real word here, not IBM Model 1's NULL

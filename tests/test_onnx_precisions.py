@@ -1,21 +1,16 @@
 """scripts/onnx_precisions.py: the graphs it times compute the product they are named after."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
+
 pytest.importorskip("onnxruntime")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "onnx_precisions.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("onnx_precisions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("onnx_precisions")
 
 
 def test_bfloat16_words_round_to_nearest_even_as_torch_does(script):

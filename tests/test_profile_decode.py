@@ -1,20 +1,14 @@
 """scripts/profile_decode.py: every phase of a search is attributed, the output layer included."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "profile_decode.py"
+from conftest import load_script
 
 
 @pytest.fixture
 def profile_decode():
-    spec = importlib.util.spec_from_file_location("profile_decode", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("profile_decode")
 
 
 @pytest.mark.parametrize("beam", [1, 3])

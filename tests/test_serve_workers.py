@@ -449,13 +449,11 @@ def test_a_runner_starting_from_idle_takes_half_of_many_waiting_requests():
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_bench_serve_finds_the_workers_and_reads_their_cpu_time():
     """scripts/bench_serve.py reports CPU time per sentence of the server and of its workers."""
-    import importlib.util
     import multiprocessing
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_serve.py"
-    spec = importlib.util.spec_from_file_location("bench_serve", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_script
+
+    bench = load_script("bench_serve")
     child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
     child.start()
     try:
