@@ -449,11 +449,30 @@ def test_parts_on_threads_translate_as_one_search_at_a_time(exports, monkeypatch
     monkeypatch.setattr(onnx_translator, "search", spy)
     parallel = translator.search_batches(batches, translator.decode_options(**search, inter_threads=2))
     assert len({ident for ident, _ in threads}) == 2
-    assert {model for _, model in threads} == {translator._sessions(1)} != {translator.model}
+    assert {model for _, model in threads} == {translator.model} == {translator._sessions(1)}  # loaded
     assert parallel == one_at_a_time
     threads.clear()
     translator.search_batches(batches, translator.decode_options(**search, inter_threads=1))
-    assert threads == {(threading.get_ident(), translator.model)}  # one at a time: the loaded sessions, here
+    # one at a time: sessions of both threads, made for it, on the calling thread
+    assert threads == {(threading.get_ident(), translator._sessions(2))} and translator._sessions(2) is not translator.model
+
+
+def test_the_graphs_are_loaded_once_for_the_default_settings(exports):
+    """With ``decode.inter_threads: auto`` the translator searches and scores in parts on one-thread
+    sessions: those are the only sessions it loads (a second copy of the graphs only for a call
+    that asks for one search at a time), and scoring in parts gives one-thread scores."""
+    from nmt.inference.onnx_translator import OnnxTranslator
+
+    _, export = exports("bahdanau")
+    translator = OnnxTranslator.load(export, threads=2)
+    lines = corpus(24, 5, max_words=9)
+    hyps = translator.translate(lines)
+    scores = translator.score(lines, hyps)
+    assert list(translator._models) == [1]
+    alone = OnnxTranslator.load(export, threads=1)
+    assert hyps == alone.translate(lines) and scores == alone.score(lines, hyps)
+    translator.translate(lines, inter_threads=1)
+    assert sorted(translator._models) == [1, 2]
 
 
 def test_shortlist_search_equals_torch_shortlist_search(tmp_path, random_run):

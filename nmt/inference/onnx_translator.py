@@ -113,7 +113,11 @@ class OnnxTranslator(TranslatorBase):
     (``translate``, ``score``, ``decode_options``, ``encode``, ``batches``, ``search_batches``,
     ``score_batches``, ``detokenize``) on onnxruntime. ``threads``: onnxruntime's intra-op threads
     (default: its own choice); ``decode.inter_threads`` above 1 searches each batch as parts side
-    by side, on sessions of their share of the threads (:meth:`search_batches`)."""
+    by side, on sessions of their share of the threads (:meth:`search_batches`).
+
+    A session's thread count is fixed when it is made, so the graphs are loaded once per count a
+    search runs with: at load, the count of the default settings (:attr:`model`; with ``auto`` on
+    a CPU, one thread per part), another only when a call asks for it."""
 
     def __init__(self, export_dir: str | os.PathLike, threads: int | None = None,
                  decode: DecodeConfig | None = None):
@@ -137,8 +141,9 @@ class OnnxTranslator(TranslatorBase):
         #: the run's recipe: its ``decode`` section gives the default settings (as a run's would)
         self.recipe: Recipe = recipe_from_dict(self.meta["recipe"], source=str(self.export_dir / META_FILE))
         self.threads = threads
-        self.model = OnnxModel(self.export_dir, self.meta, threads)
-        self._part_models: dict[int, OnnxModel] = {}  # decode.inter_threads' sessions, by thread count
+        self._models: dict[int | None, OnnxModel] = {}  # the graphs' sessions by intra-op thread count
+        #: the sessions the default settings search and score with (made here: a bad graph fails at load)
+        self.model = self._sessions(self._parts(self.decode.inter_threads)[1])
         check_fingerprints(self.meta, self.export_dir)  # graphs and models of this export, not another's
         #: the run's lexicon when the export holds one (a shortlist decodes over it)
         self.lexicon = LexiconTable.load(self.export_dir / self.meta["lexicon"]) if self.meta.get("lexicon") else None
@@ -181,10 +186,8 @@ class OnnxTranslator(TranslatorBase):
                        constraints: dict[int, list[list[int]]] | None = None) -> dict[int, list[Hypothesis]]:
         """Search every batch; hypotheses (best first) by ``Source.index``; ``constraints``: target
         id lists by ``Source.index`` (lexically constrained beam search)."""
-        total = self.cpu_threads()
-        threads = resolve_inter_threads(options.inter_threads, total)
-        # parts side by side run sessions of their share of the threads (a session's own count)
-        model = self.model if threads == 1 else self._sessions(max(1, total // threads))
+        threads, per_part = self._parts(options.inter_threads)
+        model = self._sessions(per_part)
 
         def search_part(group) -> list[list[Hypothesis]]:
             src, lengths = pad_sources([it.ids for it in group])
@@ -202,24 +205,31 @@ class OnnxTranslator(TranslatorBase):
             return self.threads
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    def _sessions(self, threads: int) -> OnnxModel:
+    def _parts(self, setting: int | str) -> tuple[int, int | None]:
+        """``(parts, threads of each part's sessions)`` for ``decode.inter_threads = setting``: one
+        part on the translator's threads (None: onnxruntime's choice), or parts side by side on
+        their share of :meth:`cpu_threads`."""
+        total = self.cpu_threads()
+        parts = resolve_inter_threads(setting, total)
+        return parts, (self.threads if parts == 1 else max(1, total // parts))
+
+    def _sessions(self, threads: int | None) -> OnnxModel:
         """The export's graphs on sessions of ``threads`` intra-op threads, made once per count."""
-        if threads == self.threads:
-            return self.model
-        if threads not in self._part_models:
-            self._part_models[threads] = OnnxModel(self.export_dir, self.meta, threads)
-        return self._part_models[threads]
+        if threads not in self._models:
+            self._models[threads] = OnnxModel(self.export_dir, self.meta, threads)
+        return self._models[threads]
 
     def score_batches(self, batches, tgt_ids: Sequence[Sequence[int]]) -> dict[int, tuple[float, list[float]]]:
         """Forced decoding of ``tgt_ids[item.index]`` (EOS appended) for every item of ``batches``,
         step by step through the decoder-step graph: ``(sum, per-token log-probabilities)`` by
-        ``Source.index``."""
-        out: dict[int, tuple[float, list[float]]] = {}
-        engine = OnnxEngine(self.model)
-        for group in batches:
+        ``Source.index``. In parts side by side as the default settings search (:attr:`model`)."""
+        threads, per_part = self._parts(self.decode.inter_threads)
+        model = self._sessions(per_part)
+
+        def score_part(group) -> list[tuple[float, list[float]]]:
             src, lengths = pad_sources([it.ids for it in group])
             mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
-            sums, toks = forced_scores(engine, src, lengths, mask, [tgt_ids[it.index] for it in group])
-            for it, total, per_token in zip(group, sums, toks):
-                out[it.index] = (total, per_token)
-        return out
+            sums, toks = forced_scores(OnnxEngine(model), src, lengths, mask, [tgt_ids[it.index] for it in group])
+            return list(zip(sums, toks))
+
+        return search_in_parts(batches, threads, score_part)
