@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nmt.inference.inter_threads import resolve_inter_threads
-
 logger = logging.getLogger(__name__)
 
 #: a non-float32 mode is picked only when its best time is at most (1 - MARGIN) x float32's
@@ -320,8 +318,6 @@ def choose_precision(translator, options, sentences: int | None = None,
     decided without timing where the device settles it, else the cached choice, else a calibration
     (cached when the translator came from weights files) with ``twin``, the bf16 translator of an
     earlier calibration, or a new one."""
-    import torch
-
     settled = _without_timing(translator)
     if settled is not None:
         return settled, twin
@@ -330,9 +326,8 @@ def choose_precision(translator, options, sentences: int | None = None,
     key = None
     if translator.weights_files:
         # the calibration searches in the run's parts (search_ids): a choice made for others is not reused
-        parts = resolve_inter_threads(options.inter_threads, torch.get_num_threads(), translator.device.type == "cpu")
         key = cache_key(translator.weights_files, translator.device.type, translator.recipe.model.kernels,
-                        options.beam, options.shortlist, sentences=sentences, parts=parts)
+                        options.beam, options.shortlist, sentences=sentences, parts=translator.search_parts(options))
         cached = cached_choice(key)
         if cached is not None:
             return cached, twin

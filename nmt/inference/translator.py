@@ -327,8 +327,13 @@ class Translator(TranslatorBase):
                               tables=tables, keys=[sentence_key(it.ids) for it in group],
                               constraints=[constraints.get(it.index, []) for it in group] if constraints else None)
 
-        threads = resolve_inter_threads(options.inter_threads, torch.get_num_threads(), device_type == "cpu")
-        return search_in_parts(batches, threads, search_part, (torch.get_num_threads, torch.set_num_threads))
+        return search_in_parts(batches, self.search_parts(options), search_part,
+                               (torch.get_num_threads, torch.set_num_threads))
+
+    def search_parts(self, options: DecodeConfig) -> int:
+        """The parts each batch is searched in side by side with ``options``: ``decode.inter_threads``
+        for this translator's device and the calling thread's torch threads."""
+        return resolve_inter_threads(options.inter_threads, torch.get_num_threads(), self.device.type == "cpu")
 
     def score_batches(self, batches: Sequence[Sequence[Source]], tgt_ids: Sequence[Sequence[int]]
                       ) -> dict[int, tuple[float, list[float]]]:
